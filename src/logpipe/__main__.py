@@ -1,0 +1,5 @@
+"""`python -m logpipe` runs the CLI."""
+
+from logpipe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The `logpipe` command line: wires settings, logging and signals, then hands off to a subcommand module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from typing import Any
+
+from logpipe import __version__
+from logpipe.config import Settings, load_settings
+
+# subcommands in help order; any other module in logpipe.commands is appended
+ORDER = ["demo", "stack", "generate", "produce", "stream", "verify", "bench", "health"]
+
+
+def setup_logging(verbose: int = 0) -> None:
+    """Logs to stderr; rich formatting when stderr is a terminal."""
+    level = logging.DEBUG if verbose > 0 else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+    for noisy in ("kafka", "py4j", "urllib3", "hdfs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from LOGPIPE_* env, overridden by any CLI flag whose dest is a Settings field."""
+    fields = Settings.model_fields
+    return load_settings(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add `--<name>` flags (default: unset) overriding the Settings fields `names`."""
+    for name in names:
+        field = Settings.model_fields[name]
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                            help=(field.description or "") + f" [env LOGPIPE_{name.upper()}]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logpipe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"logpipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    import logpipe.commands as pkg
+
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__)]
+    for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        importlib.import_module(f"logpipe.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        result: Any = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""`logpipe stack up|down|status|urls`: the native Kafka + HDFS stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from logpipe.cli import add_setting_flags, settings_from_args
+from logpipe.health import ServiceTimeout
+from logpipe.stack import services
+from logpipe.stack.jars import StackError
+
+log = logging.getLogger("logpipe.stack")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stack", help="start/stop/inspect the native Kafka + HDFS stack")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--wipe", action="store_true", help="with down: also delete Kafka and HDFS data")
+    p.add_argument("--json", action="store_true", help="with status: machine-readable output")
+    add_setting_flags(p, "run_dir", "bind_host", "kafka_port", "namenode_rpc_port", "namenode_http_port",
+                      "kafka_heap", "namenode_heap", "datanode_heap", "java_home", "stack_timeout_s")
+    p.set_defaults(func=run)
+
+
+def _print_status(rows: list[dict], urls: dict[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="logpipe native stack")
+    for col in ("service", "state", "pid", "ports", "data", "log"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["service"], "[green]running[/]" if r["running"] else "[red]stopped[/]",
+                      str(r["pid"] or "-"), r["ports"], r["data"], r["log"])
+    console = Console()
+    console.print(table)
+    for k, v in urls.items():
+        console.print(f"  {k}: {v}")
+
+
+def run(args: argparse.Namespace) -> int:
+    s = settings_from_args(args)
+    try:
+        if args.action == "up":
+            t = time.monotonic()
+            rows = services.up(s, progress=lambda m: log.info(m))
+            log.info("stack ready in %.1fs", time.monotonic() - t)
+            _print_status(rows, services.urls(s))
+        elif args.action == "down":
+            services.down(s, wipe=args.wipe, progress=lambda m: log.info(m))
+        else:
+            rows = services.status(s)
+            if args.json:
+                print(json.dumps({"services": rows, "urls": services.urls(s)}, indent=2))
+            else:
+                _print_status(rows, services.urls(s))
+            return 0 if all(r["running"] for r in rows) else 3
+    except (StackError, ServiceTimeout, RuntimeError) as exc:
+        print(f"logpipe stack {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0

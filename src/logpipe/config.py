@@ -1,0 +1,124 @@
+"""One frozen settings object for every part of logpipe, read from `LOGPIPE_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _project_root() -> Path:
+    """The checkout this package was installed from (editable install), else the working directory."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").is_file() and (parent / "src" / "logpipe").is_dir():
+            return parent
+    return Path.cwd()
+
+
+PROJECT_ROOT = _project_root()
+
+
+class Settings(BaseSettings):
+    """All settings. Environment variables `LOGPIPE_<FIELD>` set them; CLI flags override the environment.
+
+    The native stack and docker-compose read the same names (see `.env` for compose).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LOGPIPE_", frozen=True, extra="forbid")
+
+    # ---- native stack --------------------------------------------------------------------------
+    run_dir: Path = Field(PROJECT_ROOT / ".logpipe", description="jars, data, logs and pids of the native stack")
+    bind_host: str = Field("127.0.0.1", description="address every native service binds to")
+    java_home: str | None = Field(None, description="JDK for the native services (default: JAVA_HOME or java on PATH)")
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "1g"
+    namenode_rpc_port: int = 8020
+    namenode_http_port: int = 9870
+    datanode_http_port: int = 9864
+    datanode_data_port: int = 9866
+    datanode_ipc_port: int = 9867
+    namenode_heap: str = "768m"
+    datanode_heap: str = "768m"
+    stack_timeout_s: float = Field(180.0, description="how long `stack up` waits for a service to be ready")
+
+    # ---- addresses clients use (compose points these at container names) ------------------------
+    kafka_bootstrap: str | None = Field(None, description="host:port; default bind_host:kafka_port")
+    hdfs_url: str | None = Field(None, description="hdfs://host:port; default hdfs://bind_host:namenode_rpc_port")
+    webhdfs_url: str | None = Field(None, description="http://host:port of the NameNode UI/WebHDFS")
+    hdfs_user: str | None = Field(None, description="user for WebHDFS calls (default: the OS user)")
+
+    # ---- topics and paths -------------------------------------------------------------------------
+    topic: str = "access-logs"
+    alerts_topic: str = "alerts"
+    quarantine_topic: str = Field("access-logs-quarantine", description="producer side: lines too large for Kafka")
+    topic_partitions: int = 2
+    topic_replication: int = 1
+    hdfs_root: str = Field("/logpipe", description="HDFS folder holding events/, windows/, alerts/, quarantine/")
+
+    # ---- producer ---------------------------------------------------------------------------------
+    producer_client: Literal["kafka-python", "confluent"] = "kafka-python"
+    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = "lz4"
+    batch_size: int = Field(512 * 1024, description="producer batch size in bytes")
+    linger_ms: int = 20
+    speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
+    max_message_bytes: int = Field(1_000_000, description="lines larger than this go to the quarantine topic")
+
+    # ---- streaming job ----------------------------------------------------------------------------
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "4g"
+    spark_ui_port: int = 4040
+    shuffle_partitions: int = 4
+    spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")
+    window: str = "20 seconds"
+    slide: str = "10 seconds"
+    watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
+    max_offsets_per_trigger: int = 1_000_000
+    trigger_interval: str = "0 seconds"
+
+    # ---- alert rules ------------------------------------------------------------------------------
+    rate_limit_ceiling: int = Field(200, description="requests by one host in one window that trigger a block")
+    surge_min_count: int = Field(100, description="failed requests of one status in one window")
+    surge_min_share: float = Field(0.25, description="that status's share of all requests in the window")
+    surge_top_hosts: int = Field(5, description="hosts named in a surge alert")
+
+    # ---- derived ----------------------------------------------------------------------------------
+    @cached_property
+    def kafka_address(self) -> str:
+        return self.kafka_bootstrap or f"{self.bind_host}:{self.kafka_port}"
+
+    @cached_property
+    def hdfs_address(self) -> str:
+        return self.hdfs_url or f"hdfs://{self.bind_host}:{self.namenode_rpc_port}"
+
+    @cached_property
+    def webhdfs_address(self) -> str:
+        return self.webhdfs_url or f"http://{self.bind_host}:{self.namenode_http_port}"
+
+    @cached_property
+    def hdfs_user_name(self) -> str:
+        import getpass
+
+        return self.hdfs_user or getpass.getuser()
+
+    def hdfs_path(self, *parts: str) -> str:
+        """A path under hdfs_root, e.g. hdfs_path("windows", "by_host") -> /logpipe/windows/by_host."""
+        return "/".join([self.hdfs_root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+    def hdfs_uri(self, *parts: str) -> str:
+        """Like hdfs_path, with the NameNode address in front (for Spark)."""
+        return self.hdfs_address.rstrip("/") + self.hdfs_path(*parts)
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        """A copy with the given fields replaced; None values (unset CLI flags) are ignored."""
+        data = {k: v for k, v in overrides.items() if v is not None}
+        return Settings(**{**self.model_dump(), **data}) if data else self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, then CLI overrides (None = flag not given)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,167 @@
+"""Readiness checks (port, HTTP, Kafka metadata, HDFS out of safe mode) shared by the launcher, compose and tests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class NotReady(Exception):
+    """A single readiness probe failed; the message says why."""
+
+
+class ServiceTimeout(TimeoutError):
+    """A service did not become ready in time. The message says what to check next."""
+
+
+def wait_until(
+    probe: Callable[[], T],
+    *,
+    what: str,
+    timeout: float,
+    hint: str,
+    interval: float = 0.5,
+    alive: Callable[[], str | None] | None = None,
+) -> T:
+    """Call `probe` until it returns without raising NotReady/OSError; raise ServiceTimeout after `timeout` s.
+
+    `alive`, if given, is checked between tries; a returned string means the service died (it becomes the error).
+    """
+    deadline = time.monotonic() + timeout
+    last = "no attempt made"
+    while True:
+        try:
+            return probe()
+        except (NotReady, OSError) as exc:
+            last = str(exc) or type(exc).__name__
+        if alive is not None:
+            dead = alive()
+            if dead:
+                raise RuntimeError(f"{what} died while starting: {dead}")
+        if time.monotonic() >= deadline:
+            raise ServiceTimeout(f"{what} not ready after {timeout:.0f}s (last error: {last}). {hint}")
+        time.sleep(interval)
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def probe_port(host: str, port: int) -> None:
+    if not port_open(host, port):
+        raise NotReady(f"nothing listens on {host}:{port}")
+
+
+def http_get(url: str, timeout: float = 5.0) -> bytes:
+    """GET url and return the body; raise NotReady on non-2xx or connection errors."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URLs from settings
+            return resp.read()
+    except urllib.error.HTTPError as exc:
+        raise NotReady(f"GET {url} -> HTTP {exc.code}") from exc
+    except (urllib.error.URLError, ConnectionError, socket.timeout) as exc:
+        raise NotReady(f"GET {url} failed: {getattr(exc, 'reason', exc)}") from exc
+
+
+def probe_kafka(bootstrap: str) -> int:
+    """Ask the broker for cluster metadata; return the number of brokers. Raises NotReady."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="logpipe-health")
+    except KafkaConfigurationError:
+        raise
+    except (KafkaError, ValueError) as exc:
+        raise NotReady(f"Kafka at {bootstrap}: {exc!r}") from exc
+    try:
+        cluster = admin.describe_cluster()
+        brokers = cluster.get("brokers", [])
+        if not brokers:
+            raise NotReady(f"Kafka at {bootstrap} answered with no brokers")
+        return len(brokers)
+    except KafkaError as exc:
+        raise NotReady(f"Kafka at {bootstrap}: {exc!r}") from exc
+    finally:
+        admin.close()
+
+
+def namenode_info(webhdfs: str) -> dict:
+    """The NameNode's NameNodeInfo JMX bean (safe mode, live datanodes, version)."""
+    body = http_get(f"{webhdfs.rstrip('/')}/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo")
+    beans = json.loads(body).get("beans", [])
+    if not beans:
+        raise NotReady("NameNode JMX has no NameNodeInfo bean yet")
+    return beans[0]
+
+
+def probe_hdfs(webhdfs: str) -> dict:
+    """HDFS is writable: NameNode out of safe mode, at least one live DataNode, WebHDFS answers."""
+    info = namenode_info(webhdfs)
+    if info.get("Safemode"):
+        raise NotReady(f"NameNode in safe mode: {info['Safemode'].strip()}")
+    live = json.loads(info.get("LiveNodes") or "{}")
+    if not live:
+        raise NotReady("NameNode has no live DataNode")
+    body = http_get(f"{webhdfs.rstrip('/')}/webhdfs/v1/?op=LISTSTATUS&user.name=logpipe-health")
+    if b"FileStatuses" not in body:
+        raise NotReady("WebHDFS LISTSTATUS gave an unexpected answer")
+    return info
+
+
+def probe_namenode_ui(webhdfs: str) -> None:
+    """The "Browse the file system" page is served (needs the webapps folder on the classpath)."""
+    body = http_get(f"{webhdfs.rstrip('/')}/explorer.html")
+    if b"Browse Directory" not in body:
+        raise NotReady("explorer.html is served but is not the HDFS file browser")
+
+
+def wait_for_kafka(bootstrap: str, timeout: float = 60.0) -> int:
+    return wait_until(lambda: probe_kafka(bootstrap), what=f"Kafka at {bootstrap}", timeout=timeout,
+                      hint="Check that the broker runs (`logpipe stack status`) and its log; "
+                           "LOGPIPE_KAFKA_BOOTSTRAP must name its PLAINTEXT listener.")
+
+
+def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
+    return wait_until(lambda: probe_hdfs(webhdfs), what=f"HDFS at {webhdfs}", timeout=timeout,
+                      hint="Check the NameNode and DataNode logs (`logpipe stack status`): safe mode stays on with "
+                           "under 100 MB free disk or with no DataNode registered.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m logpipe.health kafka|hdfs|port` for compose healthchecks and scripts."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="logpipe health", description="exit 0 when a service is ready")
+    parser.add_argument("service", choices=["kafka", "hdfs"])
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    from logpipe.config import load_settings
+
+    s = load_settings()
+    try:
+        if args.service == "kafka":
+            wait_for_kafka(s.kafka_address, args.timeout)
+        else:
+            wait_for_hdfs(s.webhdfs_address, args.timeout)
+    except (ServiceTimeout, RuntimeError) as exc:
+        print(exc)
+        return 1
+    print(f"{args.service}: ready")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

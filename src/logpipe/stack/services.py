@@ -1,0 +1,408 @@
+"""Starts, checks and stops the native stack: one Kafka KRaft broker, one HDFS NameNode and one DataNode."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import psutil
+
+from logpipe import health
+from logpipe.config import Settings
+from logpipe.stack.jars import StackError, classpath, resolve
+
+log = logging.getLogger(__name__)
+
+MIN_JAVA = 17
+
+
+# ------------------------------------------------------------------------------------------------
+# layout of the run folder
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def jars(self) -> Path:
+        return self.root / "jars"
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "conf"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    def log_file(self, service: str) -> Path:
+        return self.logs / f"{service}.log"
+
+    def pid_file(self, service: str) -> Path:
+        return self.pids / f"{service}.json"
+
+
+# ------------------------------------------------------------------------------------------------
+# java
+# ------------------------------------------------------------------------------------------------
+def java_binary(settings: Settings) -> str:
+    """The `java` to run services with; raises StackError if missing or older than Java 17."""
+    home = settings.java_home or os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise StackError("Java not found: install a JDK 17+ (Debian: apt-get install openjdk-17-jre-headless) "
+                         "or set LOGPIPE_JAVA_HOME / JAVA_HOME.")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(m.group(1)) if m else 0
+    if major == 1 and m and m.group(2):  # "1.8.0_..." style
+        major = int(m.group(2))
+    if major < MIN_JAVA:
+        raise StackError(f"{java} is Java {major or '?'}; Kafka 4 and Spark 4 need Java {MIN_JAVA}+. "
+                         "Set LOGPIPE_JAVA_HOME to a newer JDK.")
+    return java
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration files
+# ------------------------------------------------------------------------------------------------
+def _hadoop_xml(props: dict[str, str]) -> str:
+    rows = "\n".join(f"  <property><name>{escape(k)}</name><value>{escape(v)}</value></property>"
+                     for k, v in props.items())
+    return f'<?xml version="1.0"?>\n<!-- written by logpipe stack up -->\n<configuration>\n{rows}\n</configuration>\n'
+
+
+def write_configs(s: Settings, lay: Layout) -> None:
+    h = s.bind_host
+    kconf = lay.conf / "kafka"
+    hconf = lay.conf / "hadoop"
+    kconf.mkdir(parents=True, exist_ok=True)
+    hconf.mkdir(parents=True, exist_ok=True)
+    (kconf / "server.properties").write_text("\n".join([
+        "# written by logpipe stack up: single-node KRaft broker+controller on loopback",
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@{h}:{s.kafka_controller_port}",
+        f"listeners=PLAINTEXT://{h}:{s.kafka_port},CONTROLLER://{h}:{s.kafka_controller_port}",
+        f"advertised.listeners=PLAINTEXT://{h}:{s.kafka_port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={lay.data / 'kafka'}",
+        f"num.partitions={s.topic_partitions}",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "log.retention.hours=168",
+        "log.segment.bytes=268435456",
+        "",
+    ]))
+    (kconf / "log4j2.properties").write_text("\n".join([
+        "status = warn",
+        "appender.out.type = Console",
+        "appender.out.name = OUT",
+        "appender.out.layout.type = PatternLayout",
+        "appender.out.layout.pattern = [%d] %p %m (%c)%n",
+        "rootLogger.level = INFO",
+        "rootLogger.appenderRef.out.ref = OUT",
+        "logger.state.name = state.change.logger",
+        "logger.state.level = WARN",
+        "logger.request.name = kafka.request.logger",
+        "logger.request.level = WARN",
+        "",
+    ]))
+    (hconf / "core-site.xml").write_text(_hadoop_xml({
+        "fs.defaultFS": s.hdfs_address,
+        "hadoop.tmp.dir": str(lay.data / "hadoop-tmp"),
+    }))
+    (hconf / "hdfs-site.xml").write_text(_hadoop_xml({
+        "dfs.replication": "1",
+        "dfs.namenode.name.dir": str(lay.data / "namenode"),
+        "dfs.datanode.data.dir": str(lay.data / "datanode"),
+        "dfs.namenode.rpc-address": f"{h}:{s.namenode_rpc_port}",
+        "dfs.namenode.http-address": f"{h}:{s.namenode_http_port}",
+        "dfs.namenode.https-address": f"{h}:{s.namenode_http_port + 1}",
+        "dfs.namenode.secondary.http-address": f"{h}:{s.namenode_http_port - 2}",
+        "dfs.datanode.address": f"{h}:{s.datanode_data_port}",
+        "dfs.datanode.http.address": f"{h}:{s.datanode_http_port}",
+        "dfs.datanode.ipc.address": f"{h}:{s.datanode_ipc_port}",
+        "dfs.datanode.hostname": h,
+        "dfs.webhdfs.enabled": "true",
+        "dfs.namenode.safemode.extension": "0",
+        # a restarted DataNode re-registers quickly; a dead one is noticed in ~1 min, not 10
+        "dfs.namenode.heartbeat.recheck-interval": "30000",
+    }))
+    (hconf / "log4j.properties").write_text("\n".join([
+        "log4j.rootLogger=INFO,console",
+        "log4j.appender.console=org.apache.log4j.ConsoleAppender",
+        "log4j.appender.console.target=System.err",
+        "log4j.appender.console.layout=org.apache.log4j.PatternLayout",
+        "log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %p %c{2}: %m%n",
+        "log4j.logger.org.apache.hadoop.util.NativeCodeLoader=ERROR",
+        "log4j.logger.org.apache.hadoop.hdfs.StateChange=WARN",
+        "log4j.logger.BlockStateChange=WARN",
+        "log4j.logger.org.apache.hadoop.hdfs.server.namenode.FSNamesystem.audit=WARN",
+        "log4j.logger.org.apache.hadoop.hdfs.server.datanode.DataNode.clienttrace=WARN",
+        "",
+    ]))
+
+
+# ------------------------------------------------------------------------------------------------
+# services
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Service:
+    name: str
+    main_class: str
+    jars: str  # classpath name in jars.CLASSPATHS
+    ports: tuple[int, ...]
+    heap: str
+    data_dir: Path
+    args: tuple[str, ...]
+
+
+def services(s: Settings, lay: Layout) -> list[Service]:
+    """The services in start order."""
+    return [
+        Service("kafka", "kafka.Kafka", "kafka", (s.kafka_port, s.kafka_controller_port), s.kafka_heap,
+                lay.data / "kafka", (str(lay.conf / "kafka" / "server.properties"),)),
+        Service("namenode", "org.apache.hadoop.hdfs.server.namenode.NameNode", "hdfs",
+                (s.namenode_rpc_port, s.namenode_http_port), s.namenode_heap, lay.data / "namenode", ()),
+        Service("datanode", "org.apache.hadoop.hdfs.server.datanode.DataNode", "hdfs",
+                (s.datanode_data_port, s.datanode_http_port, s.datanode_ipc_port), s.datanode_heap,
+                lay.data / "datanode", ()),
+    ]
+
+
+def _java_cmd(java: str, svc_jars: Path, lay: Layout, main: str, args: tuple[str, ...], heap: str,
+              kind: str) -> list[str]:
+    opts = [f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true"]
+    if kind == "kafka":
+        opts.append(f"-Dlog4j2.configurationFile={lay.conf / 'kafka' / 'log4j2.properties'}")
+        cp = classpath(svc_jars)
+    else:
+        opts += [f"-Dhadoop.log.dir={lay.logs}", f"-Dhadoop.home.dir={lay.root}",
+                 f"-Dlog4j.configuration=file:{lay.conf / 'hadoop' / 'log4j.properties'}"]
+        cp = classpath(svc_jars, lay.conf / "hadoop")
+    return [java, *opts, "-cp", cp, main, *args]
+
+
+def _read_pid(lay: Layout, name: str) -> dict | None:
+    try:
+        return json.loads(lay.pid_file(name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def running_pid(lay: Layout, svc: Service) -> int | None:
+    """The pid of our running instance of svc, checked against its command line (no pid-reuse mistakes)."""
+    rec = _read_pid(lay, svc.name)
+    if not rec:
+        return None
+    try:
+        proc = psutil.Process(rec["pid"])
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmd = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return rec["pid"] if svc.main_class in cmd and str(lay.root) in " ".join(cmd) else None
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _port_owner(port: int) -> str:
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                p = psutil.Process(c.pid)
+                return f"pid {c.pid} ({p.name()})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
+def _run_once(java: str, cmd: list[str], log_path: Path, what: str) -> None:
+    with log_path.open("a") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise StackError(f"{what} failed (exit {proc.returncode}). Last lines of {log_path}:\n{_log_tail(log_path)}")
+
+
+def _format_if_needed(s: Settings, lay: Layout, java: str) -> None:
+    kafka_meta = lay.data / "kafka" / "meta.properties"
+    if not kafka_meta.exists():
+        (lay.data / "kafka").mkdir(parents=True, exist_ok=True)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        log.info("formatting Kafka storage (cluster id %s)", cluster_id)
+        cmd = _java_cmd(java, lay.jars / "kafka", lay, "kafka.tools.StorageTool",
+                        ("format", "-t", cluster_id, "-c", str(lay.conf / "kafka" / "server.properties"), "-g"),
+                        "256m", "kafka")
+        _run_once(java, cmd, lay.log_file("kafka-format"), "formatting Kafka storage")
+    if not (lay.data / "namenode" / "current" / "VERSION").exists():
+        log.info("formatting the HDFS NameNode")
+        cmd = _java_cmd(java, lay.jars / "hdfs", lay, "org.apache.hadoop.hdfs.server.namenode.NameNode",
+                        ("-format", "-nonInteractive", "-force"), "256m", "hdfs")
+        _run_once(java, cmd, lay.log_file("namenode-format"), "formatting the HDFS NameNode")
+
+
+def _ready_probe(s: Settings, name: str) -> Callable[[], object]:
+    if name == "kafka":
+        return lambda: health.probe_kafka(s.kafka_address)
+    if name == "namenode":
+        def nn() -> None:
+            health.probe_port(s.bind_host, s.namenode_rpc_port)
+            health.probe_namenode_ui(s.webhdfs_address)
+        return nn
+    return lambda: health.probe_hdfs(s.webhdfs_address)
+
+
+def _start(s: Settings, lay: Layout, java: str, svc: Service) -> tuple[int, bool]:
+    """Start svc unless it runs; wait until ready. Returns (pid, started_now)."""
+    pid = running_pid(lay, svc)
+    if pid is None:
+        for port in svc.ports:
+            if health.port_open(s.bind_host, port):
+                raise StackError(f"cannot start {svc.name}: port {s.bind_host}:{port} is taken by {_port_owner(port)}. "
+                                 f"Stop it, or choose other ports (LOGPIPE_* port settings).")
+        cmd = _java_cmd(java, lay.jars / svc.jars, lay, svc.main_class, svc.args, svc.heap,
+                        "kafka" if svc.jars == "kafka" else "hdfs")
+        log_path = lay.log_file(svc.name)
+        with log_path.open("a") as out:
+            out.write(f"\n===== logpipe: starting {svc.name} at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
+            out.flush()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=lay.root, start_new_session=True)
+        lay.pid_file(svc.name).write_text(json.dumps({"pid": proc.pid, "main": svc.main_class,
+                                                      "started": time.time()}))
+        pid, started = proc.pid, True
+
+        def alive() -> str | None:
+            code = proc.poll()
+            return None if code is None else f"exit code {code}. Last lines of {log_path}:\n{_log_tail(log_path)}"
+    else:
+        started = False
+
+        def alive() -> str | None:
+            return None if running_pid(lay, svc) else "process vanished"
+
+    health.wait_until(_ready_probe(s, svc.name), what=svc.name, timeout=s.stack_timeout_s, alive=alive,
+                      hint=f"Check its log: {lay.log_file(svc.name)}")
+    return pid, started
+
+
+def up(s: Settings, progress: Callable[[str], None] = print) -> list[dict]:
+    """Resolve jars, write configs, format once, start every service and wait until all are ready."""
+    lay = Layout(s.run_dir)
+    for d in (lay.logs, lay.pids, lay.data, lay.jars):
+        d.mkdir(parents=True, exist_ok=True)
+    java = java_binary(s)
+    for name in ("kafka", "hdfs"):
+        t = time.monotonic()
+        resolve(name, lay.jars)
+        if time.monotonic() - t > 1:
+            progress(f"resolved {name} jars in {time.monotonic() - t:.1f}s")
+    write_configs(s, lay)
+    _format_if_needed(s, lay, java)
+    for svc in services(s, lay):
+        t = time.monotonic()
+        pid, started = _start(s, lay, java, svc)
+        progress(f"{svc.name:9s} {'started' if started else 'running'} (pid {pid})"
+                 + (f", ready in {time.monotonic() - t:.1f}s" if started else ""))
+    return status(s)
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        psutil.Process(pid).kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
+def stop_service(s: Settings, name: str, *, kill: bool = False, timeout: float = 30.0) -> bool:
+    """Stop one service we started (SIGTERM, or SIGKILL with kill=True). True if it was running."""
+    lay = Layout(s.run_dir)
+    svc = next(x for x in services(s, lay) if x.name == name)
+    pid = running_pid(lay, svc)
+    if pid is None:
+        return False
+    if kill:
+        psutil.Process(pid).kill()
+        psutil.Process(pid).wait(timeout) if psutil.pid_exists(pid) else None
+    else:
+        _stop_pid(pid, timeout)
+    lay.pid_file(name).unlink(missing_ok=True)
+    return True
+
+
+def start_service(s: Settings, name: str) -> int:
+    """(Re)start one service and wait until it is ready (for fault tests)."""
+    lay = Layout(s.run_dir)
+    svc = next(x for x in services(s, lay) if x.name == name)
+    return _start(s, lay, java_binary(s), svc)[0]
+
+
+def down(s: Settings, wipe: bool = False, progress: Callable[[str], None] = print) -> None:
+    """Stop the services we started (reverse order), by recorded pid. wipe=True also deletes their data."""
+    lay = Layout(s.run_dir)
+    for svc in reversed(services(s, lay)):
+        if stop_service(s, svc.name):
+            progress(f"{svc.name:9s} stopped")
+        else:
+            progress(f"{svc.name:9s} was not running")
+    if wipe and lay.data.exists():
+        shutil.rmtree(lay.data)
+        progress(f"wiped {lay.data}")
+
+
+def status(s: Settings) -> list[dict]:
+    lay = Layout(s.run_dir)
+    rows = []
+    for svc in services(s, lay):
+        pid = running_pid(lay, svc)
+        rows.append({"service": svc.name, "running": pid is not None, "pid": pid,
+                     "ports": ",".join(f"{s.bind_host}:{p}" for p in svc.ports),
+                     "data": str(svc.data_dir), "log": str(lay.log_file(svc.name))})
+    return rows
+
+
+def urls(s: Settings) -> dict[str, str]:
+    return {
+        "HDFS NameNode UI": f"{s.webhdfs_address}/dfshealth.html",
+        "HDFS file browser": f"{s.webhdfs_address}/explorer.html#{s.hdfs_root}",
+        "HDFS DataNode UI": f"http://{s.bind_host}:{s.datanode_http_port}/",
+        "Kafka bootstrap": s.kafka_address,
+        "Spark UI (while a job runs)": f"http://{s.bind_host}:{s.spark_ui_port}/",
+    }

@@ -1,0 +1,95 @@
+"""The native stack really works: Kafka round trip, HDFS via WebHDFS, Spark on hdfs:// and Kafka, web UIs."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from logpipe import health
+
+pytestmark = pytest.mark.integration
+
+
+def test_kafka_round_trip(stack, unique):
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"t-roundtrip-{unique}"
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_address)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    sent = [f"line {i} é".encode() for i in range(500)]
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_address, acks="all", compression_type="lz4")
+    for value in sent:
+        producer.send(topic, value)
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer(topic, bootstrap_servers=stack.kafka_address, auto_offset_reset="earliest",
+                             consumer_timeout_ms=10000)
+    got = [m.value for m in consumer]
+    consumer.close()
+    assert got == sent
+
+
+def test_hdfs_write_list_read(hdfs_client, stack, unique):
+    base = f"/tests/stack-{unique}"
+    hdfs_client.write(f"{base}/a.txt", data=b"hello hdfs\n")
+    hdfs_client.write(f"{base}/b.txt", data=b"x" * 100_000)
+    assert sorted(hdfs_client.list(base)) == ["a.txt", "b.txt"]
+    with hdfs_client.read(f"{base}/a.txt") as r:
+        assert r.read() == b"hello hdfs\n"
+    assert hdfs_client.status(f"{base}/b.txt")["length"] == 100_000
+    hdfs_client.delete(base, recursive=True)
+
+
+def test_spark_parquet_on_hdfs(spark, stack, unique):
+    path = stack.hdfs_address + f"/tests/spark-{unique}/numbers"
+    df = spark.range(0, 10_000).selectExpr("id", "id % 7 AS k")
+    df.write.mode("overwrite").parquet(path)
+    back = spark.read.parquet(path)
+    assert back.count() == 10_000
+    assert back.groupBy("k").count().orderBy("k").collect()[0]["count"] == len([i for i in range(10_000) if i % 7 == 0])
+
+
+def test_spark_reads_kafka_with_connector(spark, stack, unique):
+    from kafka import KafkaProducer
+
+    topic = f"t-spark-{unique}"
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_address)
+    for i in range(100):
+        producer.send(topic, f"v{i}".encode(), headers=[("src", b"test")])
+    producer.flush()
+    producer.close()
+    df = (spark.read.format("kafka").option("kafka.bootstrap.servers", stack.kafka_address)
+          .option("subscribe", topic).option("startingOffsets", "earliest").option("includeHeaders", "true").load())
+    rows = df.selectExpr("CAST(value AS STRING) AS v", "headers[0].key AS h").collect()
+    assert sorted(r.v for r in rows) == sorted(f"v{i}" for i in range(100))
+    assert {r.h for r in rows} == {"src"}
+
+
+def test_namenode_ui_and_webhdfs(stack, hdfs_client, unique):
+    hdfs_client.makedirs(f"/tests/ui-{unique}")
+    page = urllib.request.urlopen(f"{stack.webhdfs_address}/explorer.html", timeout=10).read()
+    assert b"Browse Directory" in page
+    listing = json.loads(urllib.request.urlopen(
+        f"{stack.webhdfs_address}/webhdfs/v1/tests?op=LISTSTATUS&user.name=tests", timeout=10).read())
+    names = {f["pathSuffix"] for f in listing["FileStatuses"]["FileStatus"]}
+    assert f"ui-{unique}" in names
+    info = health.probe_hdfs(stack.webhdfs_address)
+    assert info["Safemode"] == ""
+
+
+def test_services_listen_on_loopback_only(stack):
+    import psutil
+
+    from logpipe.stack import services
+
+    pids = {r["pid"] for r in services.status(stack) if r["running"]}
+    if not pids:
+        pytest.fail("stack fixture gave no running service we started")
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert listening, "our services listen on no socket?"
+    bad = [(c.pid, c.laddr) for c in listening if not c.laddr.ip.startswith("127.")]
+    assert not bad, f"sockets not on loopback: {bad}"

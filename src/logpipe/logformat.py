@@ -1,0 +1,158 @@
+"""The access-log formats and the parsed-record schema; `parse_line` is the pure-Python reference parser.
+
+Formats (one line each; the three share the CLF layout and differ in the timestamp and trailing fields):
+- seed:     `host ident user [YYYY-mm-dd HH:MM:SS] "request" status bytes`   (no zone: UTC)
+- clf:      `host ident user [dd/Mon/YYYY:HH:MM:SS +zzzz] "request" status bytes`
+- combined: clf + ` "referrer" "user agent"`
+
+Rules (the Spark job implements the same rules as SQL expressions; tests check they agree):
+- the line is UTF-8; a trailing CR/LF is ignored; anything else that does not fit is quarantined with a reason;
+- `bytes` of `-` means no body was sent and is stored as 0;
+- status must be 100..599; bytes must fit a signed 32-bit int;
+- timestamps are converted to UTC and must lie in [1990-01-01, 2100-01-01): a forged far-future timestamp
+  would otherwise push the event-time watermark and make all real traffic "late".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+# The schema of a parsed line (the seed's five columns first, then extras).
+SCHEMA_DDL = ("host STRING, timestamp TIMESTAMP, request STRING, http_response INT, bytes_sent INT, "
+              "method STRING, path STRING, protocol STRING")
+SEED_COLUMNS = ("host", "timestamp", "request", "http_response", "bytes_sent")
+
+INT32_MAX = 2**31 - 1
+MIN_TIME = datetime(1990, 1, 1, tzinfo=timezone.utc)
+MAX_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc)
+
+# Quarantine reasons (stable strings: they are stored in the quarantine table).
+EMPTY = "empty"
+INVALID_UTF8 = "invalid_utf8"
+NO_MATCH = "malformed"
+BAD_TIMESTAMP = "bad_timestamp"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+BAD_STATUS = "bad_status"
+BAD_BYTES = "bad_bytes"
+REASONS = (EMPTY, INVALID_UTF8, NO_MATCH, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, BAD_STATUS, BAD_BYTES)
+
+# A quoted field: anything but an unescaped quote (backslash escapes allowed, as Apache writes them).
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+# Shared line layout. Group order: host, ident, user, time, request, status, bytes, referrer, agent.
+# The same pattern is used by the Spark job through Java's regex engine (compatible syntax).
+LINE_PATTERN = (r'^(\S+) (\S+) (\S+) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d{1,10}|-)'
+                r'(?: ' + _QUOTED + r' ' + _QUOTED + r')?$')
+SEED_TIME_PATTERN = r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$"
+CLF_TIME_PATTERN = r"^(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
+REQUEST_PATTERN = r"^(\S+) (\S+)(?: (\S+))?$"
+
+_LINE = re.compile(LINE_PATTERN, re.ASCII)  # \S, \d as in Java regex
+_SEED_TIME = re.compile(SEED_TIME_PATTERN, re.ASCII)
+_CLF_TIME = re.compile(CLF_TIME_PATTERN, re.ASCII)
+_REQUEST = re.compile(REQUEST_PATTERN, re.ASCII)
+MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One parsed access-log line."""
+
+    host: str
+    timestamp: datetime  # timezone-aware, UTC
+    request: str
+    http_response: int
+    bytes_sent: int
+    method: str | None = None
+    path: str | None = None
+    protocol: str | None = None
+
+
+class ParseError(ValueError):
+    """A line that cannot be parsed; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def parse_timestamp(text: str) -> datetime:
+    """`2004-05-18 05:58:48` (UTC) or `18/May/2004:05:58:48 -0700` -> aware UTC datetime. Raises ParseError."""
+    try:
+        if m := _SEED_TIME.match(text):
+            y, mo, d, hh, mm, ss = map(int, m.groups())
+            ts = datetime(y, mo, d, hh, mm, ss, tzinfo=timezone.utc)
+        elif m := _CLF_TIME.match(text):
+            d, mon, y, hh, mm, ss, sign, zh, zm = m.groups()
+            if mon not in MONTHS:
+                raise ParseError(BAD_TIMESTAMP, text)
+            offset = timedelta(hours=int(zh), minutes=int(zm)) * (1 if sign == "+" else -1)
+            local = datetime(int(y), MONTHS[mon], int(d), int(hh), int(mm), int(ss), tzinfo=timezone(offset))
+            ts = local.astimezone(timezone.utc)
+        else:
+            raise ParseError(BAD_TIMESTAMP, text)
+    except ValueError as exc:  # day 31 in April, hour 25, offset >= 24h ...
+        if isinstance(exc, ParseError):
+            raise
+        raise ParseError(BAD_TIMESTAMP, text) from exc
+    if not MIN_TIME <= ts < MAX_TIME:
+        raise ParseError(TIMESTAMP_OUT_OF_RANGE, text)
+    return ts
+
+
+def parse_line(raw: bytes | str) -> LogRecord:
+    """Parse one line (bytes as read from the file or Kafka, or str). Raises ParseError with a reason."""
+    if isinstance(raw, bytes):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParseError(INVALID_UTF8) from exc
+    else:
+        line = raw
+    line = line.rstrip("\r\n")
+    if not line.strip():
+        raise ParseError(EMPTY)
+    m = _LINE.match(line)
+    if m is None:
+        raise ParseError(NO_MATCH)
+    host, _ident, _user, time_text, request, status_text, bytes_text = m.groups()[:7]
+    ts = parse_timestamp(time_text)
+    status = int(status_text)
+    if not 100 <= status <= 599:
+        raise ParseError(BAD_STATUS, status_text)
+    size = 0 if bytes_text == "-" else int(bytes_text)
+    if size > INT32_MAX:
+        raise ParseError(BAD_BYTES, bytes_text)
+    rm = _REQUEST.match(request)
+    method, path, protocol = rm.groups() if rm else (None, None, None)
+    return LogRecord(host, ts, request, status, size, method, path, protocol)
+
+
+def try_parse_line(raw: bytes | str) -> LogRecord | str:
+    """The record, or the quarantine reason (a str) when the line does not parse."""
+    try:
+        return parse_line(raw)
+    except ParseError as exc:
+        return exc.reason
+
+
+SEED_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+CLF_TIME_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
+
+
+def format_line(host: str, ts: datetime, request: str, status: int, size: int | None, fmt: str = "seed",
+                referrer: str = "-", agent: str = "-") -> str:
+    """Render one line in `fmt` (seed, clf, combined), without the newline. size None renders `-`."""
+    size_text = "-" if size is None else str(size)
+    if fmt == "seed":
+        stamp = ts.astimezone(timezone.utc).strftime(SEED_TIME_FORMAT)
+    elif fmt in ("clf", "combined"):
+        stamp = ts.strftime(CLF_TIME_FORMAT) if ts.tzinfo else ts.replace(tzinfo=timezone.utc).strftime(CLF_TIME_FORMAT)
+    else:
+        raise ValueError(f"unknown log format {fmt!r} (seed, clf, combined)")
+    line = f'{host} - - [{stamp}] "{request}" {status} {size_text}'
+    if fmt == "combined":
+        line += f' "{referrer}" "{agent}"'
+    return line

@@ -28,8 +28,10 @@ def setup_logging(verbose: int = 0) -> None:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
-    for noisy in ("kafka", "py4j", "urllib3", "hdfs"):
+    for noisy in ("py4j", "urllib3", "hdfs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python logs every refused connection while a broker starts; our code reports real failures itself
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose > 0 else logging.CRITICAL)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

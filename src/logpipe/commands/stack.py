@@ -36,7 +36,7 @@ def _print_status(rows: list[dict], urls: dict[str, str]) -> None:
     for r in rows:
         table.add_row(r["service"], "[green]running[/]" if r["running"] else "[red]stopped[/]",
                       str(r["pid"] or "-"), r["ports"], r["data"], r["log"])
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
     for k, v in urls.items():
         console.print(f"  {k}: {v}")

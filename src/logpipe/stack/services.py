@@ -261,7 +261,9 @@ def _format_if_needed(s: Settings, lay: Layout, java: str) -> None:
     kafka_meta = lay.data / "kafka" / "meta.properties"
     if not kafka_meta.exists():
         (lay.data / "kafka").mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # like Kafka's Uuid.randomUuid: a leading '-' reads as a CLI option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         log.info("formatting Kafka storage (cluster id %s)", cluster_id)
         cmd = _java_cmd(java, lay.jars / "kafka", lay, "kafka.tools.StorageTool",
                         ("format", "-t", cluster_id, "-c", str(lay.conf / "kafka" / "server.properties"), "-g"),

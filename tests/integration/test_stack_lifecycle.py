@@ -1,0 +1,75 @@
+"""`logpipe stack up|status|down` lifecycle on a private run folder and ports: idempotent up, data kept by down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+PORTS = {"KAFKA_PORT": 19092, "KAFKA_CONTROLLER_PORT": 19093, "NAMENODE_RPC_PORT": 18020,
+         "NAMENODE_HTTP_PORT": 19870, "DATANODE_HTTP_PORT": 19864, "DATANODE_DATA_PORT": 19866,
+         "DATANODE_IPC_PORT": 19867}
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "logpipe", "stack", *args], env=env, capture_output=True, text=True,
+                          timeout=400)
+
+
+def test_up_status_down_up_keeps_data(tmp_path: Path, settings):
+    from hdfs import InsecureClient
+
+    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run"),
+           **{f"LOGPIPE_{k}": str(v) for k, v in PORTS.items()}}
+    env.pop("LOGPIPE_KAFKA_BOOTSTRAP", None)
+    timings = {}
+    try:
+        t = time.monotonic()
+        r = _cli(env, "up")
+        timings["up_from_nothing_s"] = time.monotonic() - t
+        assert r.returncode == 0, r.stderr[-3000:]
+        t = time.monotonic()
+        r = _cli(env, "up")
+        timings["up_again_s"] = time.monotonic() - t
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "started" not in r.stderr  # nothing restarted: up twice is harmless
+        r = _cli(env, "status", "--json")
+        assert r.returncode == 0
+        status = json.loads(r.stdout)
+        assert [s["service"] for s in status["services"]] == ["kafka", "namenode", "datanode"]
+        assert all(s["running"] and s["pid"] for s in status["services"])
+        assert all(Path(s["log"]).is_file() for s in status["services"])
+        assert status["urls"]["HDFS file browser"].startswith("http://127.0.0.1:19870/explorer.html")
+
+        client = InsecureClient("http://127.0.0.1:19870", user=settings.hdfs_user_name)
+        client.write("/keep/me.txt", data=b"kept", overwrite=True)
+
+        t = time.monotonic()
+        r = _cli(env, "down")
+        timings["down_s"] = time.monotonic() - t
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert _cli(env, "status").returncode == 3  # not running any more
+        t = time.monotonic()
+        r = _cli(env, "up")
+        timings["up_with_data_s"] = time.monotonic() - t
+        assert r.returncode == 0, r.stderr[-3000:]
+        with client.read("/keep/me.txt") as f:
+            assert f.read() == b"kept"
+    finally:
+        _cli(env, "down", "--wipe")
+        print("stack lifecycle timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_port_taken_is_a_clear_error(tmp_path: Path, stack):
+    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run2")}  # default ports: the shared stack holds them
+    r = _cli(env, "up")
+    assert r.returncode == 1
+    assert "port 127.0.0.1:9092 is taken" in r.stderr

@@ -80,6 +80,10 @@ def probe_kafka(bootstrap: str) -> int:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaConfigurationError, KafkaError
 
+    first = bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if host and port.isdigit():
+        probe_port(host.strip("[]"), int(port))  # fail fast: kafka-python would wait ~30 s on a closed port
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="logpipe-health")
     except KafkaConfigurationError:

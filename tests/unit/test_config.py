@@ -1,0 +1,57 @@
+"""Settings: defaults, LOGPIPE_* environment, CLI overrides on top, frozen, derived addresses."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from logpipe.cli import build_parser, settings_from_args
+from logpipe.config import Settings, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_loopback(monkeypatch):
+    for k in list(__import__("os").environ):
+        if k.startswith("LOGPIPE_"):
+            monkeypatch.delenv(k)
+    s = load_settings()
+    assert s.kafka_address == "127.0.0.1:9092"
+    assert s.hdfs_address == "hdfs://127.0.0.1:8020"
+    assert s.webhdfs_address == "http://127.0.0.1:9870"
+    assert s.hdfs_path("windows", "by_host") == "/logpipe/windows/by_host"
+    assert s.hdfs_uri("alerts") == "hdfs://127.0.0.1:8020/logpipe/alerts"
+
+
+def test_environment_then_overrides(monkeypatch):
+    monkeypatch.setenv("LOGPIPE_KAFKA_PORT", "19092")
+    monkeypatch.setenv("LOGPIPE_TOPIC", "from-env")
+    monkeypatch.setenv("LOGPIPE_RATE_LIMIT_CEILING", "42")
+    s = load_settings(topic="from-flag", kafka_bootstrap=None)
+    assert s.kafka_address == "127.0.0.1:19092"
+    assert s.topic == "from-flag"          # flag beats env
+    assert s.rate_limit_ceiling == 42      # env beats default, typed
+    t = s.with_overrides(hdfs_root="/x/", topic=None)
+    assert t.hdfs_path("events") == "/x/events" and t.topic == "from-flag"
+
+
+def test_frozen_and_validated(monkeypatch):
+    s = Settings()
+    with pytest.raises(pydantic.ValidationError):
+        s.topic = "other"  # type: ignore[misc]
+    monkeypatch.setenv("LOGPIPE_KAFKA_PORT", "not-a-port")
+    with pytest.raises(pydantic.ValidationError):
+        load_settings()
+
+
+def test_unknown_setting_is_rejected():
+    with pytest.raises(pydantic.ValidationError):
+        Settings(no_such_setting=1)  # type: ignore[call-arg]
+
+
+def test_cli_flags_override_settings(monkeypatch):
+    monkeypatch.setenv("LOGPIPE_KAFKA_PORT", "1111")
+    args = build_parser().parse_args(["stack", "status", "--kafka-port", "2222"])
+    assert settings_from_args(args).kafka_port == 2222
+    args = build_parser().parse_args(["stack", "status"])
+    assert settings_from_args(args).kafka_port == 1111

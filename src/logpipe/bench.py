@@ -1,0 +1,209 @@
+"""`logpipe bench`: the whole pipeline on a big log, stage by stage, beside Kafka's Java producer and a batch Spark job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from logpipe.config import PROJECT_ROOT, Settings
+from logpipe.procstats import ResourceSampler
+from logpipe.stack import services
+
+log = logging.getLogger(__name__)
+
+SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
+
+
+def parse_size(text: str) -> int:
+    """'250MB' / '2.5GB' / '1000000' -> bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMG]B)?\s*", text.upper())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 250MB, 2.5GB)")
+    return int(float(m.group(1)) * SIZE_UNITS.get(m.group(2) or "", 1))
+
+
+@dataclass
+class Stage:
+    name: str
+    wall_s: float
+    lines: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lines_per_s(self) -> float:
+        return self.lines / self.wall_s if self.wall_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.name, "wall_s": round(self.wall_s, 2), "lines": self.lines,
+                "lines_per_s": round(self.lines_per_s), **self.extra}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "logpipe", *args]
+
+
+def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceSampler, lines: int,
+              log_dir: Path) -> Stage:
+    """Run one stage as a subprocess, watched by the sampler; raise with the log tail if it fails."""
+    log_path = log_dir / f"{name}.log"
+    log.info("stage %s: %s", name, " ".join(cmd[2:]))
+    t = time.monotonic()
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        sampler.watch(name, proc.pid)
+        code = proc.wait()
+    wall = time.monotonic() - t
+    if code != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"stage {name} failed (exit {code}); log {log_path}:\n{tail}")
+    stage = Stage(name, wall, lines)
+    log.info("stage %s: %.1fs, %.0f lines/s", name, wall, stage.lines_per_s)
+    return stage
+
+
+def java_producer_perf(s: Settings, topic: str, records: int, record_size: int, sampler: ResourceSampler,
+                       log_dir: Path) -> Stage:
+    """Kafka's own ProducerPerformance with the same record count, size and producer settings as ours."""
+    from logpipe.stack.jars import classpath
+    from logpipe.stack.services import Layout, java_binary
+
+    lay = Layout(s.run_dir)
+    cmd = [java_binary(s), "-Xmx1g", f"-Dlog4j2.configurationFile={lay.conf / 'kafka' / 'log4j2.properties'}",
+           "-cp", classpath(lay.jars / "kafka"), "org.apache.kafka.tools.ProducerPerformance",
+           "--topic", topic, "--num-records", str(records), "--record-size", str(record_size),
+           "--throughput", "-1", "--producer-props", f"bootstrap.servers={s.kafka_address}", "acks=all",
+           f"compression.type={s.compression}", f"batch.size={s.batch_size}", f"linger.ms={s.linger_ms}"]
+    _create_topic(s, topic)
+    stage = run_stage("java-producer-perf", cmd, dict(os.environ), sampler, records, log_dir)
+    text = (log_dir / "java-producer-perf.log").read_text()
+    m = re.findall(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)", text)
+    if m:
+        stage.extra.update(records_per_s=float(m[-1][1]), mb_per_s=float(m[-1][2]))
+    return stage
+
+
+def _create_topic(s: Settings, topic: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=s.topic_partitions, replication_factor=1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+def count_lines(path: Path) -> int:
+    n = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            n += block.count(b"\n")
+    return n
+
+
+def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_dir: Path, seed: int = 1,
+              reference: bool = True) -> dict[str, Any]:
+    """One full benchmark run at one log size. Returns the result record (also written as JSON)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    label = f"{size_bytes / 1e9:.2f}GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.0f}MB"
+    run_dir = out_dir / f"run-{stamp}-{label}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"bench-{label}-seed{seed}.log"
+    topic = f"bench-{stamp}-{label}".replace(".", "_")
+    root = f"/bench/{stamp}-{label}"
+    env = {**os.environ, "LOGPIPE_TOPIC": topic, "LOGPIPE_HDFS_ROOT": root, "LOGPIPE_PRODUCER_CLIENT": client}
+    sampler = ResourceSampler().start()
+    for row in services.status(s):
+        if row["running"]:
+            sampler.watch(row["service"], row["pid"])
+    stages: list[Stage] = []
+    try:
+        if not log_path.exists():
+            t_gen = run_stage("generate", _cli("generate", "--size", str(size_bytes), "--seed", str(seed),
+                                                 "--out", str(log_path)), env, sampler, 0, run_dir)
+        else:
+            t_gen = None
+        lines = count_lines(log_path)
+        if t_gen:
+            t_gen.lines = lines
+            stages.append(t_gen)
+        avg = max(1, round(log_path.stat().st_size / max(lines, 1)) - 1)
+        if reference:
+            stages.append(java_producer_perf(s, topic + "-java", lines, avg, sampler, run_dir))
+        t0 = time.monotonic()
+        stages.append(run_stage("produce", _cli("produce", str(log_path), "--client", client), env, sampler, lines,
+                                run_dir))
+        stages.append(run_stage("stream", _cli("stream", "--until-done"), env, sampler, lines, run_dir))
+        e2e = Stage("end-to-end (produce + stream)", time.monotonic() - t0, lines)
+        if reference:
+            stages.append(run_stage("batch-reference",
+                                    [sys.executable, "-m", "logpipe.streaming.batch", str(log_path),
+                                     "--json", str(run_dir / "batch.json")], env, sampler, lines, run_dir))
+        verify_json = run_dir / "verify.json"
+        vstage = run_stage("verify", _cli("verify", "--log", str(log_path), "--json", str(verify_json)), env, sampler,
+                           lines, run_dir)
+        stages.append(vstage)
+    finally:
+        stats = sampler.stop()
+    by = {st.name: st for st in stages}
+    ratios = {}
+    if "java-producer-perf" in by:
+        ratios["producer_vs_java"] = round(by["produce"].lines_per_s / by["java-producer-perf"].lines_per_s, 3)
+    if "batch-reference" in by:
+        ratios["stream_vs_batch"] = round(by["stream"].lines_per_s / by["batch-reference"].lines_per_s, 3)
+    result = {
+        "date": stamp, "machine": machine_info(), "versions": versions(), "client": client,
+        "size_bytes": log_path.stat().st_size, "lines": lines, "log": str(log_path), "topic": topic, "hdfs_root": root,
+        "settings": {k: getattr(s, k) for k in ("topic_partitions", "compression", "batch_size", "linger_ms",
+                                                "spark_master", "shuffle_partitions", "max_offsets_per_trigger",
+                                                "window", "slide", "watermark")},
+        "stages": [st.as_dict() for st in stages],
+        "end_to_end": e2e.as_dict(),
+        "ratios": ratios,
+        "processes": {k: v.as_dict() for k, v in stats.items()},
+        "peak_rss_mb_total": round(sum(v.peak_rss_mb for v in stats.values()), 1),
+        "verify": json.loads(verify_json.read_text()) if verify_json.exists() else None,
+    }
+    (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def machine_info() -> dict[str, Any]:
+    import psutil
+
+    return {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("pyspark", "kafka-python", "confluent-kafka")} | {
+        "kafka_broker": "4.1.1", "hadoop": "3.5.0"}
+
+
+def markdown_row(r: dict[str, Any]) -> str:
+    st = {x["stage"]: x for x in r["stages"]}
+    get = lambda name, key="lines_per_s": st.get(name, {}).get(key, "")  # noqa: E731
+    return (f"| {r['date']} | {r['size_bytes'] / 1e9:.2f} GB | {r['lines']:,} | {r['client']} | "
+            f"{r['end_to_end']['wall_s']} s | {r['end_to_end']['lines_per_s']:,} | {get('produce'):,} | "
+            f"{get('java-producer-perf')} | {get('stream'):,} | {get('batch-reference')} | "
+            f"{r['ratios'].get('producer_vs_java', '')} | {r['ratios'].get('stream_vs_batch', '')} | "
+            f"{r['peak_rss_mb_total'] / 1024:.1f} GiB | {'exact' if (r.get('verify') or {}).get('ok') else 'MISMATCH'} |")
+
+
+MD_HEADER = ("| date | size | lines | client | e2e wall | e2e lines/s | produce lines/s | Java producer rec/s | "
+             "stream lines/s | batch Spark lines/s | producer/Java | stream/batch | peak mem (all) | verify |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -1,0 +1,53 @@
+"""`logpipe bench`: benchmark the whole pipeline on the native stack and record the figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from logpipe.cli import add_setting_flags, settings_from_args
+
+log = logging.getLogger("logpipe.bench")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark generate -> produce -> stream -> verify at one or more log sizes")
+    p.add_argument("--size", default="2.5GB", help="log size(s), comma-separated, e.g. 250MB,1GB,2.5GB")
+    p.add_argument("--client", choices=["kafka-python", "confluent"], default="confluent")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="where generated logs are kept and reused")
+    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--no-reference", action="store_true", help="skip the Java producer and batch Spark references")
+    p.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"), help="table to append rows to")
+    add_setting_flags(p, "topic_partitions", "max_offsets_per_trigger", "shuffle_partitions")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from logpipe import bench
+    from logpipe.stack import services
+
+    s = settings_from_args(args)
+    services.up(s, progress=log.info)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for size in args.size.split(","):
+        r = bench.bench_one(s, bench.parse_size(size), args.client, data_dir=args.data_dir, out_dir=args.out_dir,
+                            seed=args.seed, reference=not args.no_reference)
+        results.append(r)
+        row = bench.markdown_row(r)
+        print(row)
+        if args.markdown:
+            md = args.markdown
+            md.parent.mkdir(parents=True, exist_ok=True)
+            if not md.exists() or bench.MD_HEADER.splitlines()[0] not in md.read_text():
+                with md.open("a") as f:
+                    f.write("\n" + bench.MD_HEADER + "\n")
+            with md.open("a") as f:
+                f.write(row + "\n")
+    print(json.dumps([{k: r[k] for k in ("lines", "end_to_end", "ratios", "peak_rss_mb_total")} for r in results],
+                     indent=2), file=sys.stderr)
+    return 0 if all((r.get("verify") or {}).get("ok") for r in results) else 1

@@ -1,0 +1,97 @@
+"""Samples CPU seconds and peak memory of running processes (and their children) for benchmarks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class ProcStats:
+    """CPU seconds used and peak resident memory of one process tree while it was watched."""
+
+    name: str
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    _start_cpu: dict[int, float] = field(default_factory=dict, repr=False)
+    _last_cpu: dict[int, float] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {"name": self.name, "cpu_s": round(self.cpu_s, 2), "peak_rss_mb": round(self.peak_rss_mb, 1)}
+
+
+class ResourceSampler:
+    """Polls named process trees every `interval` s in a background thread.
+
+    CPU is the growth of user+system time while watched (so long-running services such as Kafka count only
+    the benchmark's share); memory is the peak sum of RSS over the tree.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self._roots: dict[str, int] = {}
+        self.stats: dict[str, ProcStats] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
+
+    def watch(self, name: str, pid: int) -> None:
+        with self._lock:
+            self._roots[name] = pid
+            self.stats.setdefault(name, ProcStats(name))
+        self._sample_one(name, pid)
+
+    def start(self) -> "ResourceSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, ProcStats]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample_all()
+        return self.stats
+
+    def __enter__(self) -> "ResourceSampler":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample_all()
+
+    def _sample_all(self) -> None:
+        with self._lock:
+            roots = dict(self._roots)
+        for name, pid in roots.items():
+            self._sample_one(name, pid)
+
+    def _sample_one(self, name: str, pid: int) -> None:
+        st = self.stats[name]
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        rss = 0
+        for p in procs:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    cpu = t.user + t.system
+                    rss += p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            st._start_cpu.setdefault(p.pid, cpu)
+            st._last_cpu[p.pid] = cpu
+        st.cpu_s = sum(st._last_cpu[k] - st._start_cpu[k] for k in st._last_cpu)
+        st.peak_rss_mb = max(st.peak_rss_mb, rss / 2**20)
+
+
+def timed() -> float:
+    """A monotonic clock reading, for stage timings."""
+    return time.monotonic()

@@ -51,6 +51,7 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
         java = java_binary(s)  # raises a clear error if Java is missing or too old
         os.environ["JAVA_HOME"] = str(os.path.dirname(os.path.dirname(os.path.realpath(java))))
     os.environ.setdefault("HADOOP_USER_NAME", s.hdfs_user_name)
+    os.environ.setdefault("SPARK_LOCAL_IP", s.bind_host)  # every Spark socket on loopback, not the first NIC
     builder = SparkSession.builder
     for k, v in {**spark_conf(s, app_name, kafka=kafka), **(extra or {})}.items():
         builder = builder.config(k, v)

@@ -39,7 +39,8 @@ BAD_BYTES = "bad_bytes"
 REASONS = (EMPTY, INVALID_UTF8, NO_MATCH, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, BAD_STATUS, BAD_BYTES)
 
 # A quoted field: anything but an unescaped quote (backslash escapes allowed, as Apache writes them).
-_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+# `[^\n]` rather than `.` after a backslash: Java's `.` also refuses \r, \u0085, \u2028, \u2029; Python's does not.
+_QUOTED = r'"((?:[^"\\]|\\[^\n])*)"'
 # Shared line layout. Group order: host, ident, user, time, request, status, bytes, referrer, agent.
 # The same pattern is used by the Spark job through Java's regex engine (compatible syntax).
 LINE_PATTERN = (r'^(\S+) (\S+) (\S+) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d{1,10}|-)'
@@ -47,6 +48,9 @@ LINE_PATTERN = (r'^(\S+) (\S+) (\S+) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d
 SEED_TIME_PATTERN = r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$"
 CLF_TIME_PATTERN = r"^(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
 REQUEST_PATTERN = r"^(\S+) (\S+)(?: (\S+))?$"
+# Java's `$` also matches before a final \r, \u0085, \u2028 or \u2029; `\z` is the true end (Python 3.11 lacks \z).
+JAVA_LINE_PATTERN = LINE_PATTERN[:-1] + r"\z"
+JAVA_REQUEST_PATTERN = REQUEST_PATTERN[:-1] + r"\z"
 
 _LINE = re.compile(LINE_PATTERN, re.ASCII)  # \S, \d as in Java regex
 _SEED_TIME = re.compile(SEED_TIME_PATTERN, re.ASCII)
@@ -86,7 +90,7 @@ def parse_timestamp(text: str) -> datetime:
             ts = datetime(y, mo, d, hh, mm, ss, tzinfo=timezone.utc)
         elif m := _CLF_TIME.match(text):
             d, mon, y, hh, mm, ss, sign, zh, zm = m.groups()
-            if mon not in MONTHS:
+            if mon not in MONTHS or int(zm) > 59 or int(zh) * 60 + int(zm) > 18 * 60:  # java.time offsets: <= 18:00
                 raise ParseError(BAD_TIMESTAMP, text)
             offset = timedelta(hours=int(zh), minutes=int(zm)) * (1 if sign == "+" else -1)
             local = datetime(int(y), MONTHS[mon], int(d), int(hh), int(mm), int(ss), tzinfo=timezone(offset))
@@ -112,9 +116,11 @@ def parse_line(raw: bytes | str) -> LogRecord:
     else:
         line = raw
     line = line.rstrip("\r\n")
-    if not line.strip():
+    if not line.strip(" \t\f\v"):
         raise ParseError(EMPTY)
-    m = _LINE.match(line)
+    if "\x00" in line:  # NUL never occurs in a real log line (and the Spark parse uses it as a separator)
+        raise ParseError(NO_MATCH)
+    m = _LINE.fullmatch(line)
     if m is None:
         raise ParseError(NO_MATCH)
     host, _ident, _user, time_text, request, status_text, bytes_text = m.groups()[:7]

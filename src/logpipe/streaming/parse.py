@@ -1,0 +1,81 @@
+"""The log parse as Spark SQL expressions (JVM only, one regex pass per line), mirroring logpipe.logformat."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from logpipe import logformat as lf
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+SEP = "\u0000"  # never in a parsed line (logformat rejects NUL), so safe as a field separator
+
+
+def _sql_str(text: str) -> str:
+    """A Spark SQL string literal (raw: backslashes are kept for the regex engine)."""
+    return "r'" + text.replace("'", "\\'") + "'" if "'" not in text else "'" + text.replace("\\", "\\\\").replace(
+        "'", "\\'") + "'"
+
+
+def parse_columns(df: "DataFrame", value_col: str = "value") -> "DataFrame":
+    """Add the parsed columns and a quarantine `reason` (null when the line parsed) to a frame with a binary
+    `value` column. Columns added: line, host, timestamp, request, http_response, bytes_sent, method, path,
+    protocol, reason. The rules and reasons are those of logformat.parse_line (tests check they agree)."""
+    from pyspark.sql import functions as F
+
+    line_pat = _sql_str(lf.JAVA_LINE_PATTERN)
+    req_pat = _sql_str(lf.JAVA_REQUEST_PATTERN)
+    seed_t = _sql_str(lf.SEED_TIME_PATTERN[:-1] + r"\z")
+    clf_t = _sql_str(lf.CLF_TIME_PATTERN[:-1] + r"\z")
+    sep = "char(0)"
+    # one regex pass: a matching line is rewritten to its five fields joined by NUL; a non-matching one is unchanged
+    fields = F.expr(f"split(regexp_replace(line, {line_pat}, concat_ws({sep}, '$1', '$4', '$5', '$6', '$7')), {sep})")
+    out = (df
+           .withColumn("_utf8", F.expr(f"is_valid_utf8(CAST({value_col} AS STRING))"))
+           .withColumn("line", F.expr(f"TRIM(TRAILING '\\r\\n' FROM CAST({value_col} AS STRING))"))
+           .withColumn("_f", F.when(F.expr(f"instr(line, {sep}) = 0"), fields))
+           .withColumn("_ok", F.expr("coalesce(size(_f) = 5, false)"))
+           .withColumn("host", F.expr("CASE WHEN _ok THEN _f[0] END"))
+           .withColumn("_t", F.expr("CASE WHEN _ok THEN _f[1] END"))
+           .withColumn("_seed", F.expr(f"_t RLIKE {seed_t}"))
+           .withColumn("_clf", F.expr(f"_t RLIKE {clf_t}"))
+           .withColumn("timestamp", F.expr(
+               "CASE WHEN _seed THEN try_to_timestamp(_t, 'yyyy-MM-dd HH:mm:ss') "
+               "WHEN _clf THEN try_to_timestamp(_t, 'dd/MMM/yyyy:HH:mm:ss Z') END"))
+           .withColumn("request", F.expr("CASE WHEN _ok THEN _f[2] END"))
+           .withColumn("http_response", F.expr("CASE WHEN _ok THEN CAST(_f[3] AS INT) END"))
+           .withColumn("_bytes", F.expr("CASE WHEN _ok THEN CASE WHEN _f[4] = '-' THEN 0L ELSE CAST(_f[4] AS BIGINT) END END"))
+           .withColumn("_r", F.expr(f"split(regexp_replace(request, {req_pat}, concat_ws({sep}, '$1', '$2', '$3')), {sep})"))
+           .withColumn("reason", F.expr(f"""
+               CASE WHEN NOT _utf8 THEN '{lf.INVALID_UTF8}'
+                    WHEN line RLIKE '^[ \\\\t\\\\f\\\\x0B]*\\\\z' THEN '{lf.EMPTY}'
+                    WHEN NOT _ok THEN '{lf.NO_MATCH}'
+                    WHEN timestamp IS NULL THEN '{lf.BAD_TIMESTAMP}'
+                    WHEN timestamp < TIMESTAMP'{lf.MIN_TIME:%Y-%m-%d %H:%M:%S}'
+                      OR timestamp >= TIMESTAMP'{lf.MAX_TIME:%Y-%m-%d %H:%M:%S}' THEN '{lf.TIMESTAMP_OUT_OF_RANGE}'
+                    WHEN http_response < 100 OR http_response > 599 THEN '{lf.BAD_STATUS}'
+                    WHEN _bytes > {lf.INT32_MAX} THEN '{lf.BAD_BYTES}'
+               END"""))
+           .withColumn("bytes_sent", F.expr("CASE WHEN reason IS NULL THEN CAST(_bytes AS INT) END"))
+           .withColumn("method", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN _r[0] END"))
+           .withColumn("path", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN _r[1] END"))
+           .withColumn("protocol", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN nullif(_r[2], '') END"))
+           )
+    return out.drop("_utf8", "_f", "_ok", "_t", "_seed", "_clf", "_bytes", "_r")
+
+
+EVENT_COLUMNS = ["host", "timestamp", "request", "http_response", "bytes_sent", "method", "path", "protocol"]
+
+
+def header_columns(df: "DataFrame") -> "DataFrame":
+    """src/off from the Kafka record headers (see the producer), and `src_key`, unique per source line:
+    `src:off` when the producer set them, else the Kafka position (records from other producers)."""
+    from pyspark.sql import functions as F
+
+    return (df
+            .withColumn("src", F.expr("CAST(filter(headers, h -> h.key = 'src')[0].value AS STRING)"))
+            .withColumn("off", F.expr("CAST(CAST(filter(headers, h -> h.key = 'off')[0].value AS STRING) AS BIGINT)"))
+            .withColumn("src_key", F.expr(
+                "CASE WHEN src IS NOT NULL AND off IS NOT NULL THEN concat(src, ':', off) "
+                "ELSE concat('kafka:', topic, ':', partition, ':', offset) END")))

@@ -1,0 +1,109 @@
+"""The Spark SQL parse agrees with the reference parser (logformat.parse_line) on good and bad lines."""
+
+from __future__ import annotations
+
+from datetime import timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from logpipe import logformat as lf
+
+pytestmark = pytest.mark.unit
+
+GOOD = [
+    b'168.178.113.108 - - [2004-05-18 05:58:48] "GET /Archives/edgar/data/0001439124/000129281422000854/ HTTP/1.0" 500 14101',
+    b'127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326',
+    b'127.0.0.1 - - [10/Oct/2000:13:55:36 +0530] "GET /a HTTP/1.1" 200 2326 "http://x.example/start" "Mozilla/4.08 [en] (Win98; I ;Nav)"',
+    b'2001:db8::1 - - [2004-05-18 05:58:48] "POST /login HTTP/1.1" 403 -',
+    b'crawler.example.org - - [2004-05-18 05:58:48] "GET /q?a=\\"b\\" HTTP/1.1" 304 0',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /no-protocol" 200 5\r\n',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "weird request with many words" 200 5',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "" 400 0',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /caf\xc3\xa9 HTTP/1.1" 200 2147483647',
+    b'1.2.3.4 - - [29/Feb/2004:23:59:59 -1800] "GET / HTTP/1.1" 599 1',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 100 0\r',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\\\r HTTP/1.1" 200 1',  # backslash + CR (Java `.` trap)
+]
+BAD = [
+    b"", b"\r\n", b"   ", b"\t", b"\xff\xfe garbage", b"\x80\x81\x82", b"just some text",
+    b'1.2.3.4 - - [2004-13-18 05:58:48] "GET / HTTP/1.1" 200 1',     # month 13
+    b'1.2.3.4 - - [2004-02-30 05:58:48] "GET / HTTP/1.1" 200 1',     # Feb 30
+    b'1.2.3.4 - - [2004-05-18 25:58:48] "GET / HTTP/1.1" 200 1',     # hour 25
+    b'1.2.3.4 - - [18/Mai/2004:05:58:48 +0000] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [18/May/2004:05:58:48 +1900] "GET / HTTP/1.1" 200 1',  # offset beyond 18:00
+    b'1.2.3.4 - - [18/May/2004:05:58:48 +0075] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [2004/05/18 05:58:48] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [1969-12-31 23:59:59] "GET / HTTP/1.1" 200 1',     # before 1990
+    b'1.2.3.4 - - [2999-01-01 00:00:00] "GET / HTTP/1.1" 200 1',     # far future
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 999 1',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 000 1',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 9999999999',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200',       # missing field
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1 200 1',      # unclosed quote
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1 extra',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\x00 HTTP/1.1" 200 1',  # NUL
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1\xc2\x85',  # NEL at the end (Java $ trap)
+    b'1.2.3.4  - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',    # double space
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1' + b"x" * 1_000_000,
+]
+
+
+def _reference(raw: bytes) -> tuple:
+    r = lf.try_parse_line(raw)
+    if isinstance(r, str):
+        return (r,)
+    return (None, r.host, r.timestamp.astimezone(timezone.utc).replace(tzinfo=None), r.request, r.http_response,
+            r.bytes_sent, r.method, r.path, r.protocol)
+
+
+def _spark_parse(spark, lines: list[bytes]) -> list[tuple]:
+    from logpipe.streaming.parse import parse_columns
+
+    df = spark.createDataFrame([(i, bytearray(v)) for i, v in enumerate(lines)], "i INT, value BINARY")
+    rows = parse_columns(df).orderBy("i").collect()
+    out = []
+    for r in rows:
+        if r.reason is not None:
+            out.append((r.reason,))
+        else:
+            out.append((None, r.host, r.timestamp, r.request, r.http_response, r.bytes_sent, r.method, r.path,
+                        r.protocol))
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_spark():
+    from logpipe.config import load_settings
+    from logpipe.spark import build_spark
+
+    return build_spark(load_settings(), "parse-tests", kafka=False)
+
+
+def test_good_lines_parse_identically(local_spark):
+    got = _spark_parse(local_spark, GOOD)
+    for raw, g in zip(GOOD, got):
+        assert g[0] is None, (raw, g)
+        assert g == _reference(raw), raw
+
+
+def test_bad_lines_quarantined_with_the_same_reason(local_spark):
+    got = _spark_parse(local_spark, BAD)
+    for raw, g in zip(BAD, got):
+        ref = _reference(raw)
+        assert ref[0] is not None, f"reference parser accepts {raw[:80]!r}"
+        assert g == ref, raw[:80]
+
+
+_line_chars = st.sampled_from(list(b' -"[]:/\\+\t\r\x00\x85\xc2\xff0123456789aZ.')) 
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(
+    st.binary(max_size=40),
+    st.lists(_line_chars, max_size=60).map(bytes),
+    st.builds(lambda h, s, b: f'{h} - - [2004-05-18 05:58:48] "GET / HTTP/1.1" {s} {b}'.encode(),
+              st.text(alphabet="ab1:.-", min_size=1, max_size=8), st.integers(0, 1200), st.integers(0, 2**33)),
+), min_size=1, max_size=30))
+def test_parsers_agree_on_arbitrary_input(local_spark, lines):
+    assert _spark_parse(local_spark, lines) == [_reference(x) for x in lines]

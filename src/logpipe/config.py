@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     linger_ms: int = 20
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
     max_message_bytes: int = Field(1_000_000, description="lines larger than this go to the quarantine topic")
+    producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
+    producer_connect_timeout_s: float = Field(30.0, description="give up reaching the broker after this long")
+    producer_checkpoint_s: float = Field(1.0, description="flush and save the position at least this often")
 
     # ---- streaming job ----------------------------------------------------------------------------
     spark_master: str = "local[2]"
@@ -79,6 +82,7 @@ class Settings(BaseSettings):
     watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
     max_offsets_per_trigger: int = 1_000_000
     trigger_interval: str = "0 seconds"
+    windows_max_files_per_trigger: int = Field(16, description="events files per micro-batch of the window queries")
 
     # ---- alert rules ------------------------------------------------------------------------------
     rate_limit_ceiling: int = Field(200, description="requests by one host in one window that trigger a block")

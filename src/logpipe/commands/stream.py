@@ -1,0 +1,33 @@
+"""`logpipe stream`: the Structured Streaming job (Kafka -> parse -> windows/alerts -> Parquet on HDFS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from logpipe.cli import add_setting_flags, settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stream", help="run the streaming analytics job")
+    p.add_argument("--until-done", action="store_true",
+                   help="process everything in the topic, write the still-open windows, then exit")
+    add_setting_flags(p, "topic", "alerts_topic", "hdfs_root", "spark_master", "window", "slide", "watermark",
+                      "max_offsets_per_trigger", "trigger_interval", "shuffle_partitions", "rate_limit_ceiling",
+                      "surge_min_count", "surge_min_share")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from logpipe.health import ServiceTimeout
+    from logpipe.streaming.run import run_stream
+
+    s = settings_from_args(args)
+    try:
+        metrics = run_stream(s, until_done=args.until_done)
+    except (ServiceTimeout, RuntimeError) as exc:
+        print(f"logpipe stream: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(metrics, default=str))
+    return 0

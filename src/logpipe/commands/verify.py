@@ -1,0 +1,60 @@
+"""`logpipe verify`: check the job's results on HDFS against an independent batch computation over the log."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from logpipe.cli import add_setting_flags, settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="compare HDFS results with a batch recomputation from the raw log")
+    p.add_argument("--log", type=Path, required=True, help="the log file that was produced into the topic")
+    p.add_argument("--truth", type=Path, default=None, help="ground truth (default: <log>.truth.json if present)")
+    p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--lenient-truth", action="store_true",
+                   help="report recall/precision against the truth file but do not fail on them")
+    add_setting_flags(p, "hdfs_root", "window", "slide", "rate_limit_ceiling", "surge_min_count", "surge_min_share")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from logpipe.verify import verify_run
+
+    if not args.log.is_file():
+        print(f"logpipe verify: no such log file: {args.log}", file=sys.stderr)
+        return 2
+    s = settings_from_args(args)
+    r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(r.to_json())
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    t = Table(title=f"logpipe verify {args.log} ({r.seconds:.1f}s)")
+    for col in ("check", "result", "details"):
+        t.add_column(col)
+    mark = lambda ok: "[green]ok[/]" if ok else "[red]FAIL[/]"  # noqa: E731
+    a = r.accounting
+    t.add_row("accounting", mark(a["ok"]), f"lines {a['lines']:,} = parsed {a['parsed']:,} + quarantined "
+              f"{a['quarantined']:,}; job: parsed {a['job_parsed_unique']:,}, quarantined "
+              f"{a['job_quarantined_unique']:,}; late {a['late']}, duplicates dropped {a['duplicates_dropped']}")
+    for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
+        t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
+                  f"wrong {c['wrong']}, duplicates {c['duplicates']}")
+    al = r.alerts
+    t.add_row("alerts vs rules", mark(al["ok"]), f"expected {al['expected']}, raised {al['raised']}, missing "
+              f"{al['missing']}, duplicates {al['duplicates']}, transient surges {al['transient_surges']}")
+    if r.truth:
+        tr = r.truth
+        delays = [e["delay_s"] for i in tr["incidents"] for e in i["expected"] if e["delay_s"] is not None]
+        t.add_row("alerts vs ground truth", mark(tr["ok"]), f"recall {tr['recall']:.0%}, precision "
+                  f"{tr['precision']:.0%}, false positives {tr['false_positives']}, detection delay (log time) "
+                  f"max {max(delays) if delays else '-'} s")
+    console.print(t)
+    console.print("[bold green]verify: exact[/]" if r.ok else "[bold red]verify: MISMATCH[/]")
+    return 0 if r.ok else 1

@@ -1,0 +1,107 @@
+"""Idempotent per-micro-batch Parquet writes on HDFS: a re-run of a batch id never writes its rows twice."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+class HadoopFs:
+    """The few Hadoop FileSystem calls we need, through the driver's JVM (no extra client)."""
+
+    def __init__(self, spark: "SparkSession", uri: str) -> None:
+        self.jvm = spark._jvm
+        conf = spark._jsc.hadoopConfiguration()
+        self.fs = self.jvm.org.apache.hadoop.fs.Path(uri).getFileSystem(conf)
+
+    def path(self, p: str) -> Any:
+        return self.jvm.org.apache.hadoop.fs.Path(p)
+
+    def exists(self, p: str) -> bool:
+        return bool(self.fs.exists(self.path(p)))
+
+    def delete(self, p: str) -> None:
+        self.fs.delete(self.path(p), True)
+
+    def write_text(self, p: str, text: str) -> None:
+        out = self.fs.create(self.path(p), True)
+        try:
+            out.write(bytearray(text.encode()))
+        finally:
+            out.close()
+
+    def read_text(self, p: str) -> str:
+        stream = self.fs.open(self.path(p))
+        try:
+            reader = self.jvm.java.io.BufferedReader(self.jvm.java.io.InputStreamReader(stream, "UTF-8"))
+            lines = []
+            while (line := reader.readLine()) is not None:
+                lines.append(line)
+            return "\n".join(lines)
+        finally:
+            stream.close()
+
+    def files(self, p: str) -> list[str]:
+        """All files below p (recursive), as full paths."""
+        if not self.exists(p):
+            return []
+        it = self.fs.listFiles(self.path(p), True)
+        out = []
+        while it.hasNext():
+            out.append(it.next().getPath().toString())
+        return out
+
+    def rename(self, src: str, dst: str) -> None:
+        parent = self.path(dst).getParent()
+        self.fs.mkdirs(parent)
+        if not self.fs.rename(self.path(src), self.path(dst)):
+            raise OSError(f"HDFS rename {src} -> {dst} failed")
+
+
+def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
+                 writes: list[tuple["DataFrame", str, list[str]]], meta: dict[str, Any], prefix: str = "b") -> bool:
+    """Write each (frame, table, partition columns) of one micro-batch under root_uri/table, exactly once.
+
+    Files are written to a staging folder, then renamed into the table with a `b<batch>-` prefix; a commit
+    marker `_commits/<query>/<batch>.json` (holding `meta`) ends the batch. A batch that was committed is
+    skipped on re-run; one that died half-way is cleaned (its prefixed files removed) and redone.
+    Returns False when the batch had already been committed.
+    """
+    fs = HadoopFs(spark, root_uri)
+    tag = f"{prefix}{batch_id:010d}"
+    marker = f"{root_uri}/_commits/{query}/{tag}.json"
+    pending = f"{root_uri}/_commits/{query}/{tag}.pending"
+    if fs.exists(marker):
+        return False
+    if fs.exists(pending):  # an earlier attempt died while moving files: remove what it moved
+        for _, table, _ in writes:
+            for f in fs.files(f"{root_uri}/{table}"):
+                if f.rsplit("/", 1)[-1].startswith(tag + "-"):
+                    fs.delete(f)
+    fs.write_text(pending, "")
+    for df, table, parts in writes:
+        staging = f"{root_uri}/{table}/_staging/{tag}"
+        writer = df.write.mode("overwrite")
+        if parts:
+            writer = writer.partitionBy(*parts)
+        writer.parquet(staging)
+        for i, f in enumerate(sorted(fs.files(staging))):
+            name = f.rsplit("/", 1)[-1]
+            if not name.endswith(".parquet"):
+                continue
+            rel_dir = f[len(staging):].rsplit("/", 1)[0]  # e.g. /date=2004-05-18 or ""
+            fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
+        fs.delete(staging)
+    fs.write_text(marker, json.dumps(meta, default=str))
+    fs.delete(pending)
+    return True
+
+
+def committed_meta(spark: "SparkSession", root_uri: str, query: str) -> list[dict[str, Any]]:
+    """The meta of every committed batch of a query (accounting)."""
+    fs = HadoopFs(spark, root_uri)
+    return [json.loads(fs.read_text(f)) for f in sorted(fs.files(f"{root_uri}/_commits/{query}"))
+            if f.endswith(".json")]

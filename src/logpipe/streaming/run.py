@@ -1,0 +1,113 @@
+"""Runs the streaming job: continuously, or `until_done` (drain the topic, then flush the open windows)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from logpipe.config import Settings
+
+log = logging.getLogger("logpipe.stream")
+
+
+def _listener(job: Any) -> Any:
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    class ProgressLogger(StreamingQueryListener):
+        """Logs each micro-batch (rows, rows/s, lag, state) and feeds late/duplicate counts to the job."""
+
+        def onQueryStarted(self, event: Any) -> None:
+            log.info("query %s started (id %s)", event.name, event.id)
+
+        def onQueryProgress(self, event: Any) -> None:
+            p = json.loads(event.progress.json)
+            name = p.get("name")
+            job.record_progress(name, p)
+            rows = int(p.get("numInputRows", 0))
+            if not rows:
+                return
+            lag = ""
+            for src in p.get("sources", []):
+                latest, end = src.get("latestOffset"), src.get("endOffset")
+                if isinstance(latest, str) and latest.startswith("{") and isinstance(end, str):
+                    try:
+                        lat, en = json.loads(latest), json.loads(end)
+                        behind = sum(int(v) - int(en.get(t, {}).get(pt, 0)) for t, parts in lat.items()
+                                     for pt, v in parts.items())
+                        lag = f", lag {behind:,} records"
+                    except (ValueError, AttributeError):
+                        pass
+            state = sum(int(op.get("numRowsTotal", 0)) for op in p.get("stateOperators", []))
+            mem = sum(int(op.get("memoryUsedBytes", 0)) for op in p.get("stateOperators", []))
+            wm = p.get("eventTime", {}).get("watermark", "")
+            log.info("%-7s batch %d: %s rows, %.0f rows/s%s, state %s rows (%.1f MB)%s", name, p["batchId"],
+                     f"{rows:,}", float(p.get("processedRowsPerSecond") or 0), lag, f"{state:,}", mem / 1e6,
+                     f", watermark {wm}" if wm else "")
+
+        def onQueryIdle(self, event: Any) -> None:
+            pass
+
+        def onQueryTerminated(self, event: Any) -> None:
+            if event.exception:
+                log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
+
+    return ProgressLogger()
+
+
+def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
+    """Run the job. until_done: returns the run's metrics when everything in the topic has been processed."""
+    from logpipe import health
+    from logpipe.spark import build_spark
+    from logpipe.streaming.job import StreamJob
+
+    health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}", timeout=30,
+                      hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
+    health.wait_until(lambda: health.probe_hdfs(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
+                      timeout=60, hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
+    spark = build_spark(s, "logpipe-stream")
+    job = StreamJob(spark, s)
+    spark.streams.addListener(_listener(job))
+    t0 = time.monotonic()
+    try:
+        if until_done:
+            q = job.ingest_query(available_now=True)
+            q.awaitTermination()
+            _raise_if_failed(q)
+            t_ingest = time.monotonic() - t0
+            qs = [job.windows_query(available_now=True), job.alerts_query(available_now=True)]
+            for q in qs:
+                q.awaitTermination()
+                _raise_if_failed(q)
+            flushed = job.flush_open_windows()
+            metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
+                                             "flushed_window_rows": flushed})
+            log.info("done in %.1fs: %s lines = %s parsed + %s quarantined; late %s, duplicates dropped %s",
+                     time.monotonic() - t0, f"{metrics['lines']:,}", f"{metrics['parsed']:,}",
+                     f"{metrics['quarantined']:,}", metrics["late"], metrics["duplicates_dropped"])
+            return metrics
+        queries = [job.ingest_query(False), job.windows_query(False), job.alerts_query(False)]
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        log.info("streaming from %s topic %s into %s; Spark UI %s (Ctrl-C stops)", s.kafka_address, s.topic,
+                 s.hdfs_uri(), spark.sparkContext.uiWebUrl)
+        while not stop.wait(2):
+            for q in queries:
+                if not q.isActive:
+                    _raise_if_failed(q)
+                    raise RuntimeError(f"query {q.name} stopped")
+        for q in queries:
+            q.stop()
+        return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
+    finally:
+        spark.stop()
+
+
+def _raise_if_failed(q: Any) -> None:
+    exc = q.exception()
+    if exc is not None:
+        raise RuntimeError(f"streaming query {q.name} failed: {str(exc).splitlines()[0]}")

@@ -1,0 +1,39 @@
+"""Sliding-window assignment with Spark's semantics (epoch-aligned), in plain Python/numpy for checks."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def duration_seconds(text: str) -> int:
+    """'20 seconds' / '1 minute' / '2 hours' -> seconds (Spark interval strings, whole seconds)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(second|minute|hour|day)s?\s*", text.lower())
+    if not m:
+        raise ValueError(f"unsupported duration {text!r} (e.g. '20 seconds', '1 minute')")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def window_starts(ts: int, size: int, slide: int) -> list[int]:
+    """Starts of the windows [s, s + size) holding epoch second ts: s is a multiple of slide (Spark's
+    window(ts, size, slide) with startTime 0), newest first."""
+    if size <= 0 or slide <= 0 or slide > size:
+        raise ValueError("need 0 < slide <= size")
+    last = ts - ts % slide
+    return [s for s in range(last, ts - size, -slide) if s <= ts < s + size]
+
+
+def window_starts_array(ts: np.ndarray, size: int, slide: int) -> list[np.ndarray]:
+    """Vectorised window_starts: one array of starts per possible window (size/slide rounded up); entries
+    whose window does not hold the timestamp are set to -1 (only when size is not a multiple of slide)."""
+    if size <= 0 or slide <= 0 or slide > size:
+        raise ValueError("need 0 < slide <= size")
+    last = ts - ts % slide
+    out = []
+    for j in range(-(-size // slide)):
+        s = last - j * slide
+        out.append(np.where(s + size > ts, s, -1))
+    return out

@@ -1,0 +1,48 @@
+"""`logpipe produce`: tail an access log into a Kafka topic, one record per line (the python_service)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from logpipe.cli import add_setting_flags, settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("produce", help="send a log file's lines to Kafka (resumable; --follow like tail -F)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--follow", action="store_true", help="keep reading appended lines; survives rotation/truncation")
+    p.add_argument("--reset", action="store_true", help="ignore the saved position and send the file again")
+    p.add_argument("--client", dest="producer_client", choices=["kafka-python", "confluent"], default=None)
+    add_setting_flags(p, "topic", "speed", "compression", "batch_size", "linger_ms", "topic_partitions",
+                      "max_message_bytes", "producer_state_dir")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from logpipe.health import ServiceTimeout
+    from logpipe.producer.clients import DeliveryError
+    from logpipe.producer.run import produce_file
+    from logpipe.producer.source import InputFileError
+
+    s = settings_from_args(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        summary = produce_file(s, args.file, follow=args.follow, reset=args.reset, stop_event=stop)
+    except InputFileError as exc:
+        print(f"logpipe produce: {exc}", file=sys.stderr)
+        return 2
+    except (ServiceTimeout, RuntimeError) as exc:
+        print(f"logpipe produce: {exc}", file=sys.stderr)
+        return 1
+    except DeliveryError as exc:
+        print(f"logpipe produce: delivery failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary.as_dict()))
+    return 0 if summary.errors == 0 else 1

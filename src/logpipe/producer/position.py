@@ -1,0 +1,107 @@
+"""Producer positions: where reading of one file (identity + generation) may resume, saved atomically after delivery.
+
+One JSON file per (topic, file identity): `<state_dir>/<topic>/<dev>-<ino>.json`. A position is written only
+after every record before `offset` was acknowledged by the broker, so a restart (even after kill -9) resumes at a
+line boundary whose earlier lines are all in Kafka; lines after it may be sent again, with the same (src, off).
+
+The stored head (length + SHA-256 of the file's first bytes) detects that the inode now holds different content
+(copytruncate while the producer was down, or a deleted file whose inode number was reused): then the file is read
+from byte 0 under the next *generation*, which changes the `src` header so old and new offsets never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+HEAD_BYTES = 4096  # how much of a file's beginning identifies its content
+
+
+def file_key(st: os.stat_result) -> str:
+    """The identity of an open file: `<st_dev>:<st_ino>` (survives renames; the path does not)."""
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def src_id(key: str, generation: int) -> str:
+    """The `src` header: the file key, with `:<generation>` appended once the inode's content was replaced."""
+    return key if generation == 0 else f"{key}:{generation}"
+
+
+def head_digest(head: bytes) -> str:
+    return hashlib.sha256(head).hexdigest()
+
+
+@dataclass(frozen=True)
+class Position:
+    """Everything before `offset` in file `key` (generation `generation`) is acknowledged by the broker."""
+
+    key: str
+    generation: int
+    offset: int
+    path: str
+    head_len: int
+    head_sha256: str
+    updated_at: str = ""
+
+    @property
+    def src(self) -> str:
+        return src_id(self.key, self.generation)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PositionStore:
+    """Position files of one topic under `directory` (created on first save)."""
+
+    def __init__(self, directory: Path, topic: str) -> None:
+        safe_topic = re.sub(r"[^A-Za-z0-9._-]", "_", topic)
+        self.directory = Path(directory) / safe_topic
+
+    def _file(self, key: str) -> Path:
+        return self.directory / (key.replace(":", "-") + ".json")
+
+    def load(self, key: str) -> Position | None:
+        """The saved position of file `key`, or None if there is none."""
+        try:
+            data = json.loads(self._file(key).read_text())
+        except FileNotFoundError:
+            return None
+        return Position(**data)
+
+    def all(self) -> list[Position]:
+        """Every saved position of this topic."""
+        if not self.directory.is_dir():
+            return []
+        return [Position(**json.loads(p.read_text())) for p in sorted(self.directory.glob("*.json"))]
+
+    def save(self, position: Position) -> None:
+        """Write atomically and durably: temp file, fsync, rename over the old one, fsync the directory."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamped = Position(**{**asdict(position), "updated_at": datetime.now(timezone.utc).isoformat()})
+        target = self._file(position.key)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=target.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(stamped), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.directory)
+
+    def delete(self, key: str) -> None:
+        self._file(key).unlink(missing_ok=True)

@@ -1,0 +1,179 @@
+"""The produce loop: file blocks -> Kafka records with (src, off) headers; positions saved only after delivery."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from logpipe import health
+from logpipe.config import Settings
+from logpipe.logformat import ParseError, parse_timestamp
+from logpipe.producer.clients import DeliveryError, make_sink
+from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
+from logpipe.producer.source import IDLE, Block, LogSource
+
+log = logging.getLogger("logpipe.producer")
+
+
+@dataclass
+class ProduceSummary:
+    path: str
+    topic: str
+    client: str
+    lines: int = 0          # lines read from the file this run
+    records: int = 0        # records acknowledged on the main topic
+    quarantined: int = 0    # lines too large for Kafka, sent (truncated) to the quarantine topic
+    bytes: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+    resumed_from: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def ensure_topic(s: Settings, topic: str) -> None:
+    """Create the topic if it does not exist (partitions and replication from the settings)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-producer-admin")
+    try:
+        if topic not in admin.list_topics():
+            admin.create_topics([NewTopic(topic, num_partitions=s.topic_partitions,
+                                          replication_factor=s.topic_replication)])
+            log.info("created topic %s (%d partitions)", topic, s.topic_partitions)
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+class Pacer:
+    """Replays at the log's own pace (`realtime`) or a multiple of it; `max` does nothing."""
+
+    def __init__(self, speed: str) -> None:
+        self.factor = None if speed == "max" else 1.0 if speed == "realtime" else float(speed)
+        if self.factor is not None and self.factor <= 0:
+            raise ValueError(f"--speed must be max, realtime or a positive factor, not {speed!r}")
+        self.t_log0: float | None = None
+        self.t_wall0 = 0.0
+
+    def wait(self, line: bytes) -> None:
+        if self.factor is None:
+            return
+        a, b = line.find(b"["), line.find(b"]")
+        if a < 0 or b < a:
+            return
+        try:
+            t = parse_timestamp(line[a + 1:b].decode("ascii", "replace")).timestamp()
+        except ParseError:
+            return
+        if self.t_log0 is None:
+            self.t_log0, self.t_wall0 = t, time.monotonic()
+            return
+        delay = self.t_wall0 + (t - self.t_log0) / self.factor - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool = False,
+                 progress: bool | None = None, stop_event=None) -> ProduceSummary:
+    """Send every line of `path` (then, with follow, every appended line) to settings.topic.
+
+    Raises InputFileError (missing/unreadable file), ServiceTimeout (broker unreachable), DeliveryError.
+    """
+    from logpipe.producer.source import open_log
+
+    fd, _ = open_log(path)  # clear error before touching Kafka
+    import os
+
+    os.close(fd)
+    health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
+                      timeout=s.producer_connect_timeout_s,
+                      hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
+    ensure_topic(s, s.topic)
+    store = PositionStore(s.producer_state_dir or (s.run_dir / "producer"), s.topic)
+    source = LogSource(str(path), store, follow=follow, reset=reset)
+    if stop_event is not None:
+        source.stop = stop_event
+    seg = source.open()
+    summary = ProduceSummary(str(path), s.topic, s.producer_client, resumed_from=seg.read_pos)
+    sink = make_sink(s)
+    pacer = Pacer(s.speed)
+    quarantine_ready = False
+    t0 = time.monotonic()
+    last_save = t0
+    pending: Block | None = None  # the last block sent: its end is the position once delivery is confirmed
+    total = max(1, os.path.getsize(path) - seg.read_pos)
+    show = sys.stderr.isatty() if progress is None else progress
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    bar = Progress(TextColumn("produce"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                   TextColumn("{task.fields[lines]} lines ({task.fields[rate]}/s)"), TransferSpeedColumn(),
+                   TimeRemainingColumn(), disable=not show, transient=True)
+    task = bar.add_task("produce", total=total, lines="0", rate="0")
+
+    def checkpoint(block: Block | None) -> None:
+        sink.flush()
+        if block is not None:
+            seg_ = block.segment
+            head = seg_.head[:HEAD_BYTES]
+            store.save(Position(seg_.key, seg_.generation, block.end, source.path, len(head), head_digest(head)))
+
+    try:
+        with bar:
+            for item in source.blocks():
+                if item is IDLE:
+                    checkpoint(pending)
+                    pending = None
+                    continue
+                block: Block = item  # type: ignore[assignment]
+                src = block.src.encode()
+                off = block.start
+                topic = s.topic
+                for line in block.lines:
+                    if len(line) > s.max_message_bytes or block.oversize_len is not None:
+                        if not quarantine_ready:
+                            ensure_topic(s, s.quarantine_topic)
+                            quarantine_ready = True
+                        length = block.oversize_len if block.oversize_len is not None else len(line)
+                        sink.send(s.quarantine_topic, line[:16384],
+                                  [("src", src), ("off", str(off).encode()), ("reason", b"too_large"),
+                                   ("length", str(length).encode())])
+                        log.warning("line at byte %d of %s is %d bytes (> %d): sent truncated to topic %s",
+                                    off, path, length, s.max_message_bytes, s.quarantine_topic)
+                        summary.quarantined += 1
+                    else:
+                        pacer.wait(line)
+                        sink.send(topic, line, [("src", src), ("off", str(off).encode())])
+                    off += len(line) + 1
+                summary.lines += len(block.lines)
+                summary.bytes += block.end - block.start
+                pending = block
+                now = time.monotonic()
+                if now - last_save >= s.producer_checkpoint_s:
+                    checkpoint(pending)
+                    pending, last_save = None, now
+                    bar.update(task, completed=summary.bytes, lines=f"{summary.lines:,}",
+                               rate=f"{summary.lines / max(now - t0, 1e-9):,.0f}")
+            checkpoint(pending)
+    except DeliveryError:
+        summary.errors = sink.failed
+        raise
+    finally:
+        summary.seconds = time.monotonic() - t0
+        summary.records = sink.sent - sink.failed - summary.quarantined
+        summary.errors = sink.failed
+        try:
+            sink.close()
+        finally:
+            source.close()
+    log.info("produced %s: %s lines (%s records, %d quarantined, %d errors), %.1f MB in %.1fs: %s lines/s, %.1f MB/s",
+             path, f"{summary.lines:,}", f"{summary.records:,}", summary.quarantined, summary.errors,
+             summary.bytes / 1e6, summary.seconds, f"{summary.lines / max(summary.seconds, 1e-9):,.0f}",
+             summary.bytes / 1e6 / max(summary.seconds, 1e-9))
+    return summary

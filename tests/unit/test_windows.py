@@ -1,0 +1,42 @@
+"""Window assignment with Spark's semantics: epoch-aligned starts, every event in size/slide windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from logpipe.windows import duration_seconds, window_starts, window_starts_array
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("ts,expected", [(0, [0, -10]), (9, [0, -10]), (10, [10, 0]), (25, [20, 10]),
+                                          (1084859928, [1084859920, 1084859910])])
+def test_window_starts_20s_sliding_10s(ts, expected):
+    assert window_starts(ts, 20, 10) == expected
+    for s in expected:
+        assert s <= ts < s + 20 and s % 10 == 0
+
+
+def test_tumbling_and_non_multiple():
+    assert window_starts(37, 10, 10) == [30]
+    starts = window_starts(37, 25, 10)  # 25 s windows sliding by 10: 2 or 3 windows hold a point
+    assert starts == [30, 20] and all(s <= 37 < s + 25 for s in starts)
+
+
+def test_vectorised_matches_scalar():
+    rng = np.random.default_rng(0)
+    ts = rng.integers(0, 10**9, 2000)
+    for size, slide in [(20, 10), (60, 10), (25, 10), (10, 10)]:
+        cols = window_starts_array(ts, size, slide)
+        for i, t in enumerate(ts.tolist()):
+            assert sorted(c[i] for c in cols if c[i] >= 0) == sorted(window_starts(t, size, slide))
+
+
+def test_durations():
+    assert duration_seconds("20 seconds") == 20
+    assert duration_seconds("1 minute") == 60
+    with pytest.raises(ValueError):
+        duration_seconds("20 fortnights")
+    with pytest.raises(ValueError):
+        window_starts(5, 10, 20)

@@ -69,7 +69,7 @@ def test_up_status_down_up_keeps_data(tmp_path: Path, settings):
 
 
 def test_port_taken_is_a_clear_error(tmp_path: Path, stack):
-    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run2")}  # default ports: the shared stack holds them
+    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run2")}  # same ports: the session's stack holds them
     r = _cli(env, "up")
     assert r.returncode == 1
-    assert "port 127.0.0.1:9092 is taken" in r.stderr
+    assert f"port {stack.bind_host}:{stack.kafka_port} is taken" in r.stderr

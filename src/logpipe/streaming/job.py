@@ -74,7 +74,8 @@ class StreamJob:
                               F.col("partition").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
                               F.date_format("timestamp", "yyyy-MM-dd").alias("date")))
             quarantine = (parsed.where("reason IS NOT NULL")
-                          .select(F.col("line").alias("raw"), F.col("value").alias("raw_bytes"), "reason", "src",
+                          .select(F.expr("make_valid_utf8(line)").alias("raw"),  # U+FFFD for bad bytes
+                                  F.col("value").alias("raw_bytes"), "reason", "src",
                                   "off", "src_key", F.col("partition").alias("kafka_partition"),
                                   F.col("offset").alias("kafka_offset")))
             counts = {r["reason"] or "parsed": r["n"] for r in

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Entry point of the namenode and datanode containers (apache/hadoop image): writes core-site.xml and
+# hdfs-site.xml from the environment, formats the NameNode on its first start, then runs the daemon in
+# the foreground. `start-hadoop.sh health` is the compose healthcheck of either role.
+#
+#   start-hadoop.sh namenode|datanode|health
+#
+# Environment (defaults match docker-compose.yml and the native stack's ports):
+#   HDFS_ROLE                namenode | datanode (default: the role this container was started with)
+#   HDFS_NAMENODE_HOST       namenode        host name of the NameNode inside the compose network
+#   HDFS_DATANODE_HOSTNAME   datanode        name the DataNode registers with (clients connect to it)
+#   HDFS_NAMENODE_RPC_PORT   8020            HDFS_NAMENODE_HTTP_PORT 9870
+#   HDFS_DATANODE_DATA_PORT  9866            HDFS_DATANODE_HTTP_PORT 9864   HDFS_DATANODE_IPC_PORT 9867
+#   HDFS_BIND_HOST           0.0.0.0         inside a container: every interface (compose publishes on 127.0.0.1)
+#   HDFS_NAME_DIR            /hadoop/dfs/name
+#   HDFS_DATA_DIR            /hadoop/dfs/data
+set -euo pipefail
+
+NN_HOST="${HDFS_NAMENODE_HOST:-namenode}"
+DN_HOSTNAME="${HDFS_DATANODE_HOSTNAME:-datanode}"
+RPC_PORT="${HDFS_NAMENODE_RPC_PORT:-8020}"
+NN_HTTP_PORT="${HDFS_NAMENODE_HTTP_PORT:-9870}"
+DN_DATA_PORT="${HDFS_DATANODE_DATA_PORT:-9866}"
+DN_HTTP_PORT="${HDFS_DATANODE_HTTP_PORT:-9864}"
+DN_IPC_PORT="${HDFS_DATANODE_IPC_PORT:-9867}"
+BIND="${HDFS_BIND_HOST:-0.0.0.0}"
+NAME_DIR="${HDFS_NAME_DIR:-/hadoop/dfs/name}"
+DATA_DIR="${HDFS_DATA_DIR:-/hadoop/dfs/data}"
+CONF_DIR="${HADOOP_CONF_DIR:?HADOOP_CONF_DIR must be set (the Dockerfile sets it)}"
+
+property() { printf '  <property><name>%s</name><value>%s</value></property>\n' "$1" "$2"; }
+
+write_config() {
+  mkdir -p "$CONF_DIR"
+  # keep the image's log4j.properties and friends; replace the two site files
+  if [ -d "${HADOOP_HOME:-/opt/hadoop}/etc/hadoop" ] && [ ! -f "$CONF_DIR/log4j.properties" ]; then
+    cp -n "${HADOOP_HOME:-/opt/hadoop}/etc/hadoop/"* "$CONF_DIR/" 2>/dev/null || true
+  fi
+  {
+    echo '<?xml version="1.0"?>'
+    echo '<configuration>'
+    property fs.defaultFS "hdfs://${NN_HOST}:${RPC_PORT}"
+    property hadoop.tmp.dir /tmp/hadoop
+    echo '</configuration>'
+  } > "$CONF_DIR/core-site.xml"
+  {
+    echo '<?xml version="1.0"?>'
+    echo '<configuration>'
+    property dfs.replication 1
+    property dfs.namenode.name.dir "$NAME_DIR"
+    property dfs.datanode.data.dir "$DATA_DIR"
+    # the NameNode is reached by its service name; it listens on every interface of its container
+    property dfs.namenode.rpc-address "${NN_HOST}:${RPC_PORT}"
+    property dfs.namenode.rpc-bind-host "$BIND"
+    property dfs.namenode.servicerpc-bind-host "$BIND"
+    property dfs.namenode.http-address "${BIND}:${NN_HTTP_PORT}"
+    property dfs.namenode.http-bind-host "$BIND"
+    property dfs.datanode.address "${BIND}:${DN_DATA_PORT}"
+    property dfs.datanode.http.address "${BIND}:${DN_HTTP_PORT}"
+    property dfs.datanode.ipc.address "${BIND}:${DN_IPC_PORT}"
+    # clients (Spark, WebHDFS redirects) reach the DataNode by its compose host name, never by a container IP
+    property dfs.datanode.hostname "$DN_HOSTNAME"
+    property dfs.client.use.datanode.hostname true
+    property dfs.datanode.use.datanode.hostname true
+    # container IPs have no reverse DNS entry the NameNode could check
+    property dfs.namenode.datanode.registration.ip-hostname-check false
+    property dfs.webhdfs.enabled true
+    property dfs.namenode.safemode.extension 0
+    property dfs.namenode.heartbeat.recheck-interval 30000
+    property dfs.client.block.write.replace-datanode-on-failure.policy NEVER
+    echo '</configuration>'
+  } > "$CONF_DIR/hdfs-site.xml"
+}
+
+health() {
+  # NameNode: its RPC answers (safe mode may still be on: the DataNode must be able to start and report).
+  # DataNode: safe mode is off and at least one DataNode is live, i.e. HDFS accepts writes.
+  local role="${HDFS_ROLE:-$(cat "$CONF_DIR/role" 2>/dev/null || true)}"
+  local mode
+  mode="$(hdfs dfsadmin -safemode get 2>/dev/null)" || { echo "NameNode RPC does not answer"; return 1; }
+  if [ "$role" = "namenode" ]; then
+    echo "$mode"
+    return 0
+  fi
+  case "$mode" in
+    *"Safe mode is OFF"*) ;;
+    *) echo "NameNode still in safe mode: $mode"; return 1 ;;
+  esac
+  if hdfs dfsadmin -report -live 2>/dev/null | grep -Eq 'Live datanodes \([1-9]'; then
+    echo "HDFS writable"
+    return 0
+  fi
+  echo "no live DataNode yet"
+  return 1
+}
+
+role="${1:-${HDFS_ROLE:-}}"
+case "$role" in
+  namenode)
+    write_config
+    echo namenode > "$CONF_DIR/role"
+    if [ ! -f "$NAME_DIR/current/VERSION" ]; then
+      echo "formatting the NameNode in $NAME_DIR (first start)"
+      hdfs namenode -format -nonInteractive -force
+    fi
+    exec hdfs namenode
+    ;;
+  datanode)
+    write_config
+    echo datanode > "$CONF_DIR/role"
+    exec hdfs datanode
+    ;;
+  health)
+    health
+    ;;
+  *)
+    echo "usage: $0 namenode|datanode|health (got '${role}')" >&2
+    exit 2
+    ;;
+esac

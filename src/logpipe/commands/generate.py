@@ -4,35 +4,46 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 log = logging.getLogger("logpipe.generate")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from logpipe.cli import add_setting_flags
+    from logpipe.generator import DEFAULT_MALFORMED_SHARE, DEFAULT_OUT_OF_ORDER_SHARE, DEFAULT_RATE
+
     p = sub.add_parser("generate", help="generate an access log (+ <out>.truth.json) deterministically")
     size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--size", help="approximate size, e.g. 40MB, 2.5GB")
+    size.add_argument("--size", help="approximate size in decimal units, e.g. 40MB, 2.5GB")
     size.add_argument("--lines", type=int, help="exact number of lines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data/access.log"))
     p.add_argument("--format", dest="fmt", choices=["seed", "clf", "combined"], default="seed")
-    p.add_argument("--start", default="2004-05-18T00:00:00Z", help="log time of the first line (UTC)")
-    p.add_argument("--rate", type=float, default=100.0, help="average lines per second of log time")
-    p.add_argument("--malformed-share", type=float, default=0.001)
+    p.add_argument("--start", default="2004-05-18T00:00:00Z", help="log time of the first line (ISO, UTC if no zone)")
+    p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="average lines per second of log time")
+    p.add_argument("--malformed-share", type=float, default=DEFAULT_MALFORMED_SHARE)
+    p.add_argument("--out-of-order-share", type=float, default=DEFAULT_OUT_OF_ORDER_SHARE)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when not a TTY)")
+    # the traffic is shaped by the alert rules: background below them, incidents clearly above
+    add_setting_flags(p, "rate_limit_ceiling", "surge_min_count", "surge_min_share", "window")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from logpipe.config import load_settings
+    from logpipe.cli import settings_from_args
     from logpipe.generator import generate, parse_size, truth_path
 
-    s = load_settings()
+    s = settings_from_args(args)
     start = datetime.fromisoformat(args.start.replace("Z", "+00:00"))
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=timezone.utc)
     truth = generate(args.out, lines=args.lines, size_bytes=parse_size(args.size) if args.size else None,
                      seed=args.seed, fmt=args.fmt, start=start, rate=args.rate, malformed_share=args.malformed_share,
-                     ceiling=s.rate_limit_ceiling, surge_min_count=s.surge_min_count)
-    log.info("%s: %d lines (%d malformed, %d out of order), %d incidents; truth in %s", args.out, truth.total_lines,
-             truth.malformed_lines, truth.out_of_order_lines, len(truth.incidents), truth_path(args.out))
+                     out_of_order_share=args.out_of_order_share, settings=s,
+                     progress=False if args.no_progress else None)
+    log.info("%s: %d lines, %.1f MB (%d malformed, %d out of order), %d incidents; truth in %s", args.out,
+             truth.total_lines, truth.total_bytes / 1e6, truth.malformed_lines, truth.out_of_order_lines,
+             len(truth.incidents), truth_path(args.out))
     return 0

@@ -1,0 +1,248 @@
+"""`logpipe stream` on the real stack: Kafka -> Spark -> HDFS equals an independent pure-Python computation,
+alerts fire exactly once (HDFS and Kafka), accounting adds up, and a kill -9 mid-stream changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from logpipe import logformat as lf
+from logpipe.config import Settings
+from logpipe.rules import FAILURE_SURGE, RATE_LIMIT, AlertRules, WindowCount
+
+pytestmark = pytest.mark.integration
+
+WINDOW_S, SLIDE_S, WATERMARK_S = 20, 10, 30
+BASE = datetime(2024, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+SRC = "test-file-1"
+
+
+@dataclass
+class Sent:
+    """What the test wrote to Kafka: (off, raw bytes) per record, in send order (duplicates included)."""
+
+    records: list[tuple[int, bytes]]
+    planted_rate_host: str
+    planted_surge_status: str
+
+
+def make_lines(n: int, seed: int = 11) -> tuple[list[bytes], str, str]:
+    """~n lines over n/200 seconds of event time: 40 background hosts (no alert at default thresholds), one host
+    hammering for 15 s (rate limit), a 503 burst (failure surge), three formats, ~1% malformed, local jitter."""
+    rnd = random.Random(seed)
+    hosts = [f"10.1.{i // 10}.{i % 10}" for i in range(36)] + ["2001:db8::7", "crawler.example.org", "a-b.c", "x"]
+    fmts = ["seed", "clf", "combined"]
+    out: list[tuple[float, bytes]] = []
+    span = n / 200
+    for i in range(n):
+        t = i / 200 + rnd.uniform(-4, 4)  # out of order, well inside the watermark
+        ts = BASE + timedelta(seconds=max(t, 0))
+        host, status = rnd.choice(hosts), rnd.choices([200, 304, 404, 500], [85, 8, 5, 2])[0]
+        if span * 0.3 <= t < span * 0.3 + 15 and i % 3 == 0:
+            host = "6.6.6.6"  # ~1000 requests in 15 s: rate limit
+        if span * 0.6 <= t < span * 0.6 + 12 and i % 4 != 0:
+            status = 503  # 3/4 of the traffic for 12 s: failure surge
+        fmt = fmts[i % 3]
+        stamp = ts.astimezone(timezone(timedelta(hours=-7))) if fmt == "clf" else ts
+        line = lf.format_line(host, stamp, f"GET /p/{i % 97} HTTP/1.1", status, None if i % 50 == 0 else i % 5000,
+                              fmt, "http://ref.example/", "Mozilla/5.0 (X11)").encode()
+        if i % 100 == 7:
+            line = rnd.choice([b"garbage \xff\xfe", b"", b"   ", line.replace(b" 200 ", b" 999 "),
+                               line[:-5], b'1.2.3.4 - - [2024-02-30 12:00:00] "GET / HTTP/1.1" 200 1'])
+        if i % 13 == 0:
+            line += b"\r"  # CRLF file
+        out.append((t, line))
+    return [line for _, line in out], "6.6.6.6", "503"
+
+
+LATE_LINES = 50
+
+
+def build_records(lines: list[bytes]) -> list[tuple[int, bytes]]:
+    """Offsets as in a file, plus a restarted producer re-sending 1500 lines it had already sent, and at the
+    end LATE_LINES lines stamped 10 minutes before the newest events (far behind the watermark)."""
+    late = [lf.format_line("7.7.7.7", BASE + timedelta(seconds=i), "GET /late HTTP/1.1", 200, 1).encode()
+            for i in range(LATE_LINES)]
+    offs, pos = [], 0
+    for line in lines + late:
+        offs.append(pos)
+        pos += len(line) + 1
+    recs = list(zip(offs, lines + late))
+    cut = len(lines) // 2
+    return recs[:cut] + recs[cut - 1500: cut] + recs[cut:]  # duplicates, same (src, off)
+
+
+def send(s: Settings, records: list[tuple[int, bytes]]) -> None:
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        admin.create_topics([NewTopic(s.topic, num_partitions=2, replication_factor=1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=s.kafka_address, linger_ms=20, batch_size=256 * 1024, acks="all")
+    for off, line in records:
+        producer.send(s.topic, value=line, headers=[("src", SRC.encode()), ("off", str(off).encode())])
+    producer.flush()
+    producer.close()
+
+
+def expected(records: list[tuple[int, bytes]], late_offs: set[int]) -> dict:
+    """The independent computation: parse with logformat, keep the first copy of each (src, off), drop the
+    rows the job reported late, assign Spark's epoch-aligned sliding windows, count."""
+    seen: set[int] = set()
+    by_host: Counter = Counter()
+    by_status: Counter = Counter()
+    fine: Counter = Counter()
+    parsed = quarantined = dup_events = 0
+    for off, raw in records:
+        rec = lf.try_parse_line(raw)
+        if isinstance(rec, str):
+            quarantined += 1
+            continue
+        parsed += 1
+        if off in late_offs:
+            continue
+        if off in seen:
+            dup_events += 1
+            continue
+        seen.add(off)
+        ts = int(rec.timestamp.timestamp())
+        last = ts - ts % SLIDE_S
+        for k in range(WINDOW_S // SLIDE_S):
+            start = last - k * SLIDE_S
+            if start <= ts < start + WINDOW_S:
+                by_host[(start, rec.host)] += 1
+                by_status[(start, rec.http_response)] += 1
+                fine[(start, rec.host, rec.http_response)] += 1
+    return {"by_host": by_host, "by_status": by_status, "fine": fine, "parsed": parsed,
+            "quarantined": quarantined, "dup_events": dup_events}
+
+
+def _epoch(series) -> list[int]:
+    return [int(x.timestamp()) if x.tzinfo else int(x.replace(tzinfo=timezone.utc).timestamp()) for x in series]
+
+
+def check_results(s: Settings, sent: Sent, metrics: dict) -> None:
+    from kafka import KafkaConsumer
+
+    from logpipe.results import load_table
+
+    late = load_table(s, "late")
+    late_offs = set(int(x) for x in late["off"]) if len(late) else set()
+    exp = expected(sent.records, late_offs)
+    total = len(sent.records)
+    # accounting
+    assert metrics["lines"] == total
+    assert metrics["parsed"] + metrics["quarantined"] == total
+    assert (metrics["parsed"], metrics["quarantined"]) == (exp["parsed"], exp["quarantined"])
+    assert metrics["late_dropped_by_watermark"] == 0
+    assert metrics["late"] == metrics["late_kept"] == len(late)
+    assert metrics["duplicates_dropped"] == exp["dup_events"] >= 1000
+    assert len(late) == LATE_LINES and set(late["host"]) == {"7.7.7.7"}  # exactly the planted late lines
+    quarantine = load_table(s, "quarantine", ["reason", "off"])
+    assert len(quarantine) == exp["quarantined"]
+    assert set(quarantine["reason"]) <= set(lf.REASONS) and quarantine["off"].notna().all()
+    events = load_table(s, "events", ["off", "timestamp", "date"])
+    assert len(events) + len(late) == exp["parsed"]
+    assert (events["date"].astype(str) == events["timestamp"].dt.strftime("%Y-%m-%d")).all()
+    # windows: each (window, key) once, equal to the independent computation
+    for table, key, counter in (("windows/by_host", "host", exp["by_host"]),
+                                ("windows/by_status", "http_response", exp["by_status"])):
+        got = load_table(s, table)
+        assert not got.duplicated(["window_start", key]).any(), f"{table}: a (window, key) written twice"
+        assert (_epoch(got["window_end"]) == [x + WINDOW_S for x in _epoch(got["window_start"])])
+        got_counts = {(st, k): int(c) for st, k, c in zip(_epoch(got["window_start"]), got[key], got["count"])}
+        assert got_counts == dict(counter), table
+    # alerts: the rules over the final counts, each (rule, key, window) exactly once on HDFS and in Kafka
+    rules = AlertRules.from_settings(s)
+    want = rules.evaluate(WindowCount(datetime.fromtimestamp(st, timezone.utc), None, h, code, n)
+                          for (st, h, code), n in exp["fine"].items())
+    want_keys = {(a.rule, a.key, int(a.window_start.timestamp())) for a in want}
+    assert (RATE_LIMIT, sent.planted_rate_host) in {(r, k) for r, k, _ in want_keys}
+    assert (FAILURE_SURGE, sent.planted_surge_status) in {(r, k) for r, k, _ in want_keys}
+    alerts = load_table(s, "alerts")
+    hdfs_keys = list(zip(alerts["rule"], alerts["key"], _epoch(alerts["window_start"])))
+    assert len(hdfs_keys) == len(set(hdfs_keys)), "an alert written twice to HDFS"
+    assert {k for k in hdfs_keys if k[0] == RATE_LIMIT} == {k for k in want_keys if k[0] == RATE_LIMIT}
+    assert {k for k in want_keys if k[0] == FAILURE_SURGE} <= set(hdfs_keys)  # may also fire on a transient share
+    consumer = KafkaConsumer(s.alerts_topic, bootstrap_servers=s.kafka_address, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000, enable_auto_commit=False)
+    published = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    kafka_keys = [(a["rule"], a["key"], int(datetime.fromisoformat(a["window_start"]).replace(
+        tzinfo=timezone.utc).timestamp())) for a in published]
+    assert sorted(kafka_keys) == sorted(hdfs_keys), "Kafka alerts differ from HDFS alerts (or are duplicated)"
+    assert set(published[0]) >= {"alert_id", "rule", "key", "window_start", "window_end", "count", "share",
+                                 "threshold", "top_hosts", "detected_at"}
+
+
+def job_env(s: Settings, **extra: str) -> dict[str, str]:
+    return {**os.environ, "LOGPIPE_TOPIC": s.topic, "LOGPIPE_HDFS_ROOT": s.hdfs_root,
+            "LOGPIPE_ALERTS_TOPIC": s.alerts_topic, "LOGPIPE_WINDOW": f"{WINDOW_S} seconds",
+            "LOGPIPE_SLIDE": f"{SLIDE_S} seconds", "LOGPIPE_WATERMARK": f"{WATERMARK_S} seconds", **extra}
+
+
+def run_until_done(s: Settings, **extra: str) -> dict:
+    r = subprocess.run([sys.executable, "-m", "logpipe", "stream", "--until-done"], env=job_env(s, **extra),
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-5000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def job_settings(stack: Settings, unique: str) -> Settings:
+    return stack.with_overrides(topic=f"t-{unique}", alerts_topic=f"alerts-{unique}", hdfs_root=f"/tests/stream-{unique}",
+                                window=f"{WINDOW_S} seconds", slide=f"{SLIDE_S} seconds",
+                                watermark=f"{WATERMARK_S} seconds")
+
+
+def test_until_done_is_exact(job_settings: Settings):
+    lines, rate_host, surge_status = make_lines(60_000)
+    sent = Sent(build_records(lines), rate_host, surge_status)
+    send(job_settings, sent.records)
+    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="25000")
+    assert metrics["flushed_window_rows"] > 0  # the last windows came from the state store
+    check_results(job_settings, sent, metrics)
+
+
+def test_kill_9_mid_stream_then_restart_is_exact(job_settings: Settings, tmp_path: Path):
+    from logpipe.results import webhdfs_fs
+
+    lines, rate_host, surge_status = make_lines(40_000, seed=3)
+    sent = Sent(build_records(lines), rate_host, surge_status)
+    send(job_settings, sent.records)
+    log = (tmp_path / "stream.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "stream"], stdout=log, stderr=subprocess.STDOUT,
+                            env=job_env(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="4000"),
+                            start_new_session=True)
+    fs = webhdfs_fs(job_settings)
+    commits = f"{job_settings.hdfs_root}/_commits/ingest"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if fs.exists(commits) and len([f for f in fs.ls(commits, detail=False) if f.endswith(".json")]) >= 3:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the job committed nothing in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # python and its JVM: nothing gets to clean up
+        proc.wait()
+        log.close()
+    done = len([f for f in fs.ls(commits, detail=False) if f.endswith(".json")])
+    assert done < len(sent.records) / 4000, "killed too late to test a restart"
+    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="15000")
+    check_results(job_settings, sent, metrics)

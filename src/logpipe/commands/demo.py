@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         args.log.parent.mkdir(parents=True, exist_ok=True)
         timings["generate"] = _step("generate sample", ["generate", "--size", args.size, "--seed", str(args.seed),
                                                         "--out", str(args.log)], env)
+    fresh_results_for(s, args.log)
     produce = ["produce", str(args.log)] + (["--client", args.client] if args.client else [])
     timings["produce"] = _step("produce", produce, env)
     timings["stream"] = _step("stream --until-done", ["stream", "--until-done"], env)
@@ -59,6 +60,45 @@ def run(args: argparse.Namespace) -> int:
     timings["verify"] = _step("verify", ["verify", "--log", str(args.log), "--json", str(report_path)], env)
     print_summary(s, args.log, json.loads(report_path.read_text()), timings, time.monotonic() - t0)
     return 0
+
+
+def _log_identity(path: Path) -> dict:
+    import hashlib
+
+    with path.open("rb") as f:
+        head = f.read(1 << 20)
+    return {"log": str(path.resolve()), "size": path.stat().st_size, "head_sha256": hashlib.sha256(head).hexdigest()}
+
+
+def fresh_results_for(s: Settings, log_path: Path) -> None:
+    """Results, topic and producer position must all come from this log: if the demo's HDFS root holds results of
+    another log (e.g. the sample was regenerated), start over instead of mixing the two."""
+    import shutil
+
+    from hdfs import InsecureClient
+    from kafka.admin import KafkaAdminClient
+
+    client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
+    marker = s.hdfs_path("_source.json")
+    ident = _log_identity(log_path)
+    if client.status(marker, strict=False) is not None:
+        with client.read(marker) as f:
+            if json.loads(f.read()) == ident:
+                return
+    log.info("starting over: %s does not hold results of %s", s.hdfs_root, log_path)
+    client.delete(s.hdfs_root, recursive=True)
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        stale = [t for t in (s.topic, s.alerts_topic) if t in admin.list_topics()]
+        if stale:
+            admin.delete_topics(stale)
+            deadline = time.monotonic() + 60  # deletion is asynchronous: wait until the names are free again
+            while set(stale) & set(admin.list_topics()) and time.monotonic() < deadline:
+                time.sleep(0.5)
+    finally:
+        admin.close()
+    shutil.rmtree((s.producer_state_dir or s.run_dir / "producer") / s.topic, ignore_errors=True)
+    client.write(marker, data=json.dumps(ident), overwrite=True)
 
 
 def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, float], total_s: float) -> None:

@@ -1,0 +1,164 @@
+"""The producer on the real broker: every line once with its source position, both clients, follow mode with
+rotation and truncation, kill -9 and resume, oversize lines, clear failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _lines(n: int, tag: str = "") -> list[bytes]:
+    return [f'10.0.{i % 250}.{i % 7} - - [2004-05-18 00:{(i // 60) % 60:02d}:{i % 60:02d}] "GET /{tag}{i} HTTP/1.1" 200 {i}'
+            .encode() for i in range(n)]
+
+
+def _consume(stack, topic: str, expect: int, timeout_ms: int = 15000) -> list:
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(topic, bootstrap_servers=stack.kafka_address, auto_offset_reset="earliest",
+                      consumer_timeout_ms=timeout_ms, max_poll_records=5000)
+    out = []
+    for m in c:
+        out.append((dict(m.headers), m.value))
+        if len(out) >= expect:
+            break
+    c.close()
+    return out
+
+
+def _env(stack, unique, tmp_path, **extra) -> dict[str, str]:
+    return {**os.environ, "LOGPIPE_TOPIC": f"prod-{unique}", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos"),
+            **extra}
+
+
+def _produce(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "logpipe", "produce", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _offsets(data: bytes) -> dict[int, bytes]:
+    out, off = {}, 0
+    for line in data.split(b"\n")[:-1]:
+        out[off] = line
+        off += len(line) + 1
+    return out
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_every_line_once_with_position(stack, unique, tmp_path, client):
+    log = tmp_path / "a.log"
+    lines = _lines(20_000) + [b"", b"\xff\xfe not utf-8", b"crlf line\r"]
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    env = _env(stack, unique, tmp_path)
+    r = _produce(env, str(log), "--client", client)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["lines"] == summary["records"] == len(lines) and summary["errors"] == 0
+    got = _consume(stack, env["LOGPIPE_TOPIC"], len(lines) + 1)
+    assert len(got) == len(lines)
+    expected = _offsets(log.read_bytes())
+    by_off = {int(h["off"]): v for h, v in got}
+    assert by_off == expected  # every line exactly once, value = raw bytes, off = its byte offset
+    assert len({h["src"] for h, _ in got}) == 1
+    assert [v for _, v in got] == lines  # one partition: file order kept
+
+
+def test_resume_after_kill9_loses_nothing(stack, unique, tmp_path):
+    log = tmp_path / "big.log"
+    log.write_bytes(b"\n".join(_lines(300_000, "k")) + b"\n")
+    env = _env(stack, unique, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pos_dir = tmp_path / "pos"
+    deadline = time.monotonic() + 120
+    while not any(pos_dir.rglob("*.json")):  # wait for a first confirmed position, then kill mid-file
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = _produce(env, str(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    second = json.loads(r.stdout.strip().splitlines()[-1])
+    assert 0 < second["resumed_from"] < log.stat().st_size
+    got = _consume(stack, env["LOGPIPE_TOPIC"], 10**9, timeout_ms=10000)
+    expected = _offsets(log.read_bytes())
+    seen: dict[int, bytes] = {}
+    for h, v in got:
+        off = int(h["off"])
+        assert seen.setdefault(off, v) == v  # a line sent twice carries the same (src, off) and value
+    assert seen == expected  # nothing lost
+
+
+def test_follow_rotation_and_truncation(stack, unique, tmp_path):
+    log = tmp_path / "live.log"
+    log.write_bytes(b"\n".join(_lines(100, "a")) + b"\n")
+    env = _env(stack, unique, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        with log.open("ab") as f:
+            f.write(b"\n".join(_lines(50, "b")) + b"\n")
+            f.write(b"partial line without newline")   # must not be sent before its newline
+        time.sleep(2)
+        with log.open("ab") as f:
+            f.write(b" now complete\n")
+        time.sleep(2)
+        log.rename(tmp_path / "live.log.1")             # rotation: rename, then a new file
+        log.write_bytes(b"\n".join(_lines(30, "c")) + b"\n")
+        time.sleep(3)
+        with log.open("r+b") as f:                       # copytruncate
+            f.truncate(0)
+        time.sleep(1)
+        log.write_bytes(b"\n".join(_lines(20, "d")) + b"\n")
+        time.sleep(4)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    got = [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"], 10**9, timeout_ms=8000)]
+    want = (_lines(100, "a") + _lines(50, "b") + [b"partial line without newline now complete"]
+            + _lines(30, "c") + _lines(20, "d"))
+    assert sorted(got) == sorted(want)
+    assert len(got) == len(want)
+
+
+def test_oversize_line_goes_to_quarantine_topic(stack, unique, tmp_path):
+    log = tmp_path / "o.log"
+    log.write_bytes(b"small one\n" + b"x" * 50_000 + b"\nsmall two\n")
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_MESSAGE_BYTES="10000",
+               LOGPIPE_QUARANTINE_TOPIC=f"q-{unique}")
+    r = _produce(env, str(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["lines"], s["records"], s["quarantined"]) == (3, 2, 1)
+    q = _consume(stack, f"q-{unique}", 1)
+    assert q[0][0]["reason"] == b"too_large" and q[0][0]["length"] == b"50000" and q[0][0]["off"] == b"10"
+
+
+def test_missing_file_exits_2(stack, tmp_path, unique):
+    r = _produce(_env(stack, unique, tmp_path), str(tmp_path / "nope.log"))
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_unreachable_broker_is_a_clear_error(tmp_path, unique):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "a.log"
+    log.write_bytes(b"x\n")
+    env = {**os.environ, "LOGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "LOGPIPE_PRODUCER_CONNECT_TIMEOUT_S": "3",
+           "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
+    r = _produce(env, str(log), timeout=60)
+    assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr

@@ -213,6 +213,9 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                                 "http_response")
     # accounting: unique source lines in the job's tables vs the file
     events = load_table(s, "events", ["src_key"], fs=fs)
+    late = load_table(s, "late", ["src_key"], fs=fs)  # parsed lines the job kept aside as late (not in windows)
+    if len(late):
+        events = pd.concat([events, late], ignore_index=True)
     quarantine = load_table(s, "quarantine", ["src_key", "reason"], fs=fs)
     q_unique = quarantine.drop_duplicates("src_key") if len(quarantine) else quarantine
     job_q_by_reason = q_unique.groupby("reason").size().to_dict() if len(q_unique) else {}

@@ -83,26 +83,15 @@ def java_producer_perf(s: Settings, topic: str, records: int, record_size: int, 
            "--topic", topic, "--num-records", str(records), "--record-size", str(record_size),
            "--throughput", "-1", "--producer-props", f"bootstrap.servers={s.kafka_address}", "acks=all",
            f"compression.type={s.compression}", f"batch.size={s.batch_size}", f"linger.ms={s.linger_ms}"]
-    _create_topic(s, topic)
+    from logpipe.producer.run import ensure_topic
+
+    ensure_topic(s, topic)
     stage = run_stage("java-producer-perf", cmd, dict(os.environ), sampler, records, log_dir)
     text = (log_dir / "java-producer-perf.log").read_text()
     m = re.findall(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)", text)
     if m:
         stage.extra.update(records_per_s=float(m[-1][1]), mb_per_s=float(m[-1][2]))
     return stage
-
-
-def _create_topic(s: Settings, topic: str) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=s.topic_partitions, replication_factor=1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
 
 
 def count_lines(path: Path) -> int:

@@ -198,8 +198,15 @@ def job_env(s: Settings, **extra: str) -> dict[str, str]:
 def run_until_done(s: Settings, **extra: str) -> dict:
     r = subprocess.run([sys.executable, "-m", "logpipe", "stream", "--until-done"], env=job_env(s, **extra),
                        capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-5000:]
+    assert r.returncode == 0, _first_errors(r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _first_errors(stderr: str) -> str:
+    """The first ERROR lines with their context (the cause), then the tail (shutdown noise comes last)."""
+    lines = stderr.splitlines()
+    first = next((i for i, line in enumerate(lines) if " ERROR " in line or "Exception" in line), len(lines))
+    return "\n".join(lines[max(first - 5, 0):first + 60]) + "\n...\n" + "\n".join(lines[-40:])
 
 
 @pytest.fixture

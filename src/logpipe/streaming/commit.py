@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,6 +18,8 @@ class HadoopFs:
         self.jvm = spark._jvm
         conf = spark._jsc.hadoopConfiguration()
         self.fs = self.jvm.org.apache.hadoop.fs.Path(uri).getFileSystem(conf)
+        self.fc = self.jvm.org.apache.hadoop.fs.FileContext.getFileContext(self.fs.getUri(), conf)
+        self._gateway = spark.sparkContext._gateway
 
     def path(self, p: str) -> Any:
         return self.jvm.org.apache.hadoop.fs.Path(p)
@@ -27,11 +31,19 @@ class HadoopFs:
         self.fs.delete(self.path(p), True)
 
     def write_text(self, p: str, text: str) -> None:
-        out = self.fs.create(self.path(p), True)
+        """Write p atomically: a temp file beside it, closed, then renamed over p. A process killed half-way
+        leaves a hidden `.tmp` file, never an empty or partial p (HDFS keeps an unclosed file visible)."""
+        dst = self.path(p)
+        tmp = self.path(f"{dst.getParent().toString()}/.{dst.getName()}.{uuid.uuid4().hex}.tmp")
+        out = self.fs.create(tmp, True)
         try:
             out.write(bytearray(text.encode()))
         finally:
             out.close()
+        rename = self.jvm.org.apache.hadoop.fs.Options.Rename
+        overwrite = self._gateway.new_array(rename, 1)
+        overwrite[0] = rename.OVERWRITE
+        self.fc.rename(tmp, dst, overwrite)
 
     def read_text(self, p: str) -> str:
         stream = self.fs.open(self.path(p))
@@ -62,11 +74,13 @@ class HadoopFs:
 
 
 def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
-                 writes: list[tuple["DataFrame", str, list[str]]], meta: dict[str, Any], prefix: str = "b") -> bool:
+                 writes: list[tuple["DataFrame", str, list[str]]], meta: dict[str, Any] | Callable[[], dict[str, Any]],
+                 prefix: str = "b") -> bool:
     """Write each (frame, table, partition columns) of one micro-batch under root_uri/table, exactly once.
 
     Files are written to a staging folder, then renamed into the table with a `b<batch>-` prefix; a commit
-    marker `_commits/<query>/<batch>.json` (holding `meta`) ends the batch. A batch that was committed is
+    marker `_commits/<query>/<batch>.json` (holding `meta`, or what `meta()` returns once the files are
+    written) ends the batch. A batch that was committed is
     skipped on re-run; one that died half-way is cleaned (its prefixed files removed) and redone.
     Returns False when the batch had already been committed.
     """
@@ -95,7 +109,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
             rel_dir = f[len(staging):].rsplit("/", 1)[0]  # e.g. /date=2004-05-18 or ""
             fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
         fs.delete(staging)
-    fs.write_text(marker, json.dumps(meta, default=str))
+    fs.write_text(marker, json.dumps(meta() if callable(meta) else meta, default=str))
     fs.delete(pending)
     return True
 

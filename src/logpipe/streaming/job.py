@@ -45,8 +45,6 @@ class RunStats:
     batches: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     last_batch: dict[str, int] = field(default_factory=dict)
-    late_rows: int = 0
-    duplicates_dropped: int = 0
 
 
 class StreamJob:
@@ -174,11 +172,33 @@ class StreamJob:
             by_host = fine.groupBy("window_start", "window_end", "host").agg(F.sum("count").alias("count"))
             by_status = (fine.groupBy("window_start", "window_end", "http_response")
                          .agg(F.sum("count").alias("count")))
+            # the de-duplication and watermark counts of this very batch go into its commit marker: counted
+            # exactly once, however often the batch is re-run after a crash
+            meta = ((lambda: {"batch": tag_id, **self._dropped_rows(query)}) if query == "windows"
+                    else {"batch": tag_id})
             commit_batch(self.spark, self.root, query, tag_id,
                          [(by_host.coalesce(1), "windows/by_host", []),
-                          (by_status.coalesce(1), "windows/by_status", [])], {"batch": tag_id}, prefix=prefix)
+                          (by_status.coalesce(1), "windows/by_status", [])], meta, prefix=prefix)
         finally:
             fine.unpersist()
+
+    def _dropped_rows(self, query: str) -> dict[str, int]:
+        """Rows the running micro-batch of `query` dropped: duplicates, and rows behind the watermark. Read from
+        the SQL metrics of its stateful operators once the batch's writes are done (Spark reports them only
+        after the batch commits, too late to be committed with it)."""
+        q = next(q for q in self.spark.streams.active if q.name == query)
+        totals = {"late": 0, "duplicates_dropped": 0}
+        nodes = [q._jsq.streamingQuery().lastExecution().executedPlan()]
+        while nodes:
+            node = nodes.pop()
+            metrics = node.metrics()
+            for key, name in (("numRowsDroppedByWatermark", "late"), ("numDroppedDuplicateRows", "duplicates_dropped")):
+                found = metrics.get(key)
+                if found.isDefined():
+                    totals[name] += int(found.get().value())
+            children = node.children()
+            nodes.extend(children.apply(i) for i in range(children.size()))
+        return totals
 
     def windows_query(self, available_now: bool) -> "StreamingQuery":
         self._flushed_until = self._read_flushed_until()
@@ -336,28 +356,16 @@ class StreamJob:
                 "quarantined_by_reason": by_reason, "late_kept": sum(m.get("late", 0) for m in metas)}
 
     def record_progress(self, name: str, progress: dict[str, Any]) -> None:
-        """Called by the listener per micro-batch: keeps late/duplicate counts of the windows query on HDFS."""
+        """Called by the listener per micro-batch (for the logs and run statistics)."""
         self.stats.batches[name] = self.stats.batches.get(name, 0) + 1
         self.stats.last_batch[name] = int(progress.get("batchId", -1))
         self.stats.rows[name] = self.stats.rows.get(name, 0) + int(progress.get("numInputRows", 0))
-        if name != "windows":
-            return
-        late = dups = 0
-        for op in progress.get("stateOperators", []):
-            late += int(op.get("numRowsDroppedByWatermark", 0))
-            dups += int(op.get("customMetrics", {}).get("numDroppedDuplicateRows", 0))
-        self.stats.late_rows += late
-        self.stats.duplicates_dropped += dups
-        if late or dups:
-            HadoopFs(self.spark, self.root).write_text(
-                self.s.hdfs_uri("_metrics", "windows", f"b{int(progress['batchId']):010d}.json"),
-                json.dumps({"batch": progress["batchId"], "late": late, "duplicates_dropped": dups}))
 
     def late_and_duplicates(self) -> dict[str, int]:
-        """Totals over every windows batch ever run (from _metrics/windows/)."""
-        metas = [m for m in committed_meta_dir(self.spark, self.s.hdfs_uri("_metrics", "windows"))]
-        return {"late_dropped_by_watermark": sum(m["late"] for m in metas),
-                "duplicates_dropped": sum(m["duplicates_dropped"] for m in metas)}
+        """Totals over every committed windows batch (from the commit markers)."""
+        metas = committed_meta(self.spark, self.root, "windows")
+        return {"late_dropped_by_watermark": sum(m.get("late", 0) for m in metas),
+                "duplicates_dropped": sum(m.get("duplicates_dropped", 0) for m in metas)}
 
     def write_run_metrics(self, extra: dict[str, Any]) -> dict[str, Any]:
         metrics = {**self.accounting(), **self.late_and_duplicates(), **extra}
@@ -366,11 +374,6 @@ class StreamJob:
         HadoopFs(self.spark, self.root).write_text(
             self.s.hdfs_uri("_metrics", "latest.json"), json.dumps(metrics, default=str))
         return metrics
-
-
-def committed_meta_dir(spark: "SparkSession", folder: str) -> list[dict[str, Any]]:
-    fs = HadoopFs(spark, folder)
-    return [json.loads(fs.read_text(f)) for f in sorted(fs.files(folder)) if f.endswith(".json")]
 
 
 def alerts_of_items(items: "DataFrame", rules: AlertRules) -> "DataFrame":

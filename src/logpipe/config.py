@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     producer_checkpoint_s: float = Field(1.0, description="flush and save the position at least this often")
 
     # ---- streaming job ----------------------------------------------------------------------------
+    connect_timeout_s: float = Field(60.0, description="the job gives up waiting for Kafka or HDFS after this long")
+    stop_grace_s: float = Field(120.0, description="on SIGTERM/Ctrl-C, let running micro-batches finish this long")
     spark_master: str = "local[2]"
     spark_driver_memory: str = "4g"
     spark_ui_port: int = 4040

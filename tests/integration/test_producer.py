@@ -72,6 +72,7 @@ def test_every_line_once_with_position(stack, unique, tmp_path, client):
     assert [v for _, v in got] == lines  # one partition: file order kept
 
 
+@pytest.mark.faults
 def test_resume_after_kill9_loses_nothing(stack, unique, tmp_path):
     log = tmp_path / "big.log"
     log.write_bytes(b"\n".join(_lines(300_000, "k")) + b"\n")
@@ -150,6 +151,7 @@ def test_missing_file_exits_2(stack, tmp_path, unique):
     assert r.returncode == 2 and "not found" in r.stderr
 
 
+@pytest.mark.faults
 def test_unreachable_broker_is_a_clear_error(tmp_path, unique):
     import socket
 

@@ -225,6 +225,7 @@ def test_until_done_is_exact(job_settings: Settings):
     check_results(job_settings, sent, metrics)
 
 
+@pytest.mark.faults
 def test_kill_9_mid_stream_then_restart_is_exact(job_settings: Settings, tmp_path: Path):
     from logpipe.results import webhdfs_fs
 

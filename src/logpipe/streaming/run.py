@@ -64,10 +64,11 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
     from logpipe.spark import build_spark
     from logpipe.streaming.job import StreamJob
 
-    health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}", timeout=30,
+    health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
+                      timeout=s.connect_timeout_s,
                       hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
     health.wait_until(lambda: health.probe_hdfs(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
-                      timeout=60, hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
+                      timeout=s.connect_timeout_s, hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
     spark = build_spark(s, "logpipe-stream")
     job = StreamJob(spark, s)
     spark.streams.addListener(_listener(job))
@@ -97,17 +98,43 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
                  s.hdfs_uri(), spark.sparkContext.uiWebUrl)
         while not stop.wait(2):
             for q in queries:
-                if not q.isActive:
+                if not q.isActive:  # one failed: let the others finish their batch, then report the failure
+                    for other in queries:
+                        if other.isActive:
+                            _stop_between_batches(other, min(s.stop_grace_s, 30))
                     _raise_if_failed(q)
                     raise RuntimeError(f"query {q.name} stopped")
+        log.info("stopping: letting the running micro-batches finish (up to %.0fs)", s.stop_grace_s)
         for q in queries:
-            q.stop()
+            _stop_between_batches(q, s.stop_grace_s)
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
         spark.stop()
 
 
+def _stop_between_batches(q: Any, grace_s: float) -> None:
+    """Stop a query once its running micro-batch is done (waiting up to grace_s), so a stop interrupts no write
+    in the middle; a batch that is interrupted anyway is redone on restart (its commit is idempotent)."""
+    def last_batch() -> int:
+        return int((q.lastProgress or {}).get("batchId", -1))
+
+    running, deadline = last_batch() + 1, time.monotonic() + grace_s
+    while q.isActive and q.status.get("isTriggerActive") and last_batch() < running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    q.stop()
+
+
 def _raise_if_failed(q: Any) -> None:
     exc = q.exception()
     if exc is not None:
-        raise RuntimeError(f"streaming query {q.name} failed: {str(exc).splitlines()[0]}")
+        first = str(exc).splitlines()[0]
+        hint = next((h for k, h in FAILURE_HINTS.items() if k in first), "")
+        raise RuntimeError(f"streaming query {q.name} failed: {first}{hint}")
+
+
+FAILURE_HINTS = {  # what to check next, by a telling part of the error
+    "minReplication": " -- HDFS has no DataNode to write to: check `logpipe stack status` and the DataNode log;"
+                      " once it is back, start the job again (it resumes from its checkpoints)",
+    "Connection refused": " -- a service is not reachable: check `logpipe stack status`; the job resumes from its"
+                          " checkpoints when started again",
+}

@@ -1,0 +1,202 @@
+"""Fault injection on the real stack: a broker restart, a DataNode restart, services unreachable at start.
+Each run ends with `verify` exact and lines in = parsed + quarantined."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from logpipe.config import Settings
+from logpipe.stack import services
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+def _env(stack: Settings, unique: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "LOGPIPE_TOPIC": f"f-{unique}", "LOGPIPE_HDFS_ROOT": f"/tests/faults-{unique}",
+            "LOGPIPE_ALERTS_TOPIC": f"alerts-{unique}", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "positions"),
+            **extra}
+
+
+def _logpipe(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "logpipe", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "logpipe", *args], env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _end_offset(stack: Settings, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_address)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        return sum(consumer.end_offsets(tps).values()) if tps else 0
+    finally:
+        consumer.close()
+
+
+def _ingest_commits(stack: Settings, root: str) -> int:
+    from hdfs import InsecureClient
+
+    client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
+    folder = f"{root}/_commits/ingest"
+    names = client.list(folder) if client.status(folder, strict=False) else []
+    return sum(n.endswith(".json") for n in names)
+
+
+def _stop_job(proc: subprocess.Popen, timeout: float = 300) -> int:
+    """SIGTERM to the job (a graceful stop, as `docker stop` does) if still running; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def _assert_survived_or_failed_clearly(rc: int, job_log: str) -> None:
+    """The job either ran on and stopped cleanly, or exited 1 with one line saying which query failed and why."""
+    if rc == 0:
+        assert "Traceback" not in job_log, job_log[-3000:]
+        return
+    assert rc == 1, job_log[-3000:]
+    errors = [line for line in job_log.splitlines() if line.startswith("logpipe stream: streaming query ")]
+    assert len(errors) == 1 and " failed: " in errors[0], job_log[-3000:]
+
+
+def _finish_and_verify(env: dict[str, str], log: Path, tmp_path: Path, lines: int) -> dict:
+    r = _logpipe(env, "stream", "--until-done")
+    assert r.returncode == 0, r.stderr[-5000:]
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    assert metrics["lines"] == lines == metrics["parsed"] + metrics["quarantined"]
+    out = tmp_path / "verify.json"
+    r = _logpipe(env, "verify", "--log", str(log), "--json", str(out))
+    report = json.loads(out.read_text())
+    assert r.returncode == 0 and report["ok"], r.stdout[-4000:] + r.stderr[-2000:]
+    acc = report["accounting"]
+    assert acc["lines"] == acc["parsed"] + acc["quarantined"] == lines
+    assert acc["job_parsed_unique"] == acc["job_event_rows"] == acc["parsed"]  # nothing lost, nothing twice
+    return report
+
+
+def _assert_not_world_writable(stack: Settings, root: str) -> int:
+    """Every file and folder of a run's results: not writable by others. Returns how many were checked."""
+    from hdfs import InsecureClient
+
+    client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
+    checked, writable = 0, []
+    for folder, dirs, files in client.walk(root, status=True):
+        for name, st in [folder, *dirs, *files]:
+            checked += 1
+            if int(st["permission"], 8) & 0o002:
+                writable.append((name, st["permission"]))
+    assert not writable, f"world-writable on HDFS: {writable[:10]}"
+    return checked
+
+
+def _restart(stack: Settings, name: str, down_s: float) -> None:
+    assert services.stop_service(stack, name), f"{name} was not running"
+    time.sleep(down_s)
+    services.start_service(stack, name)
+
+
+def test_kafka_restart_while_producing_and_streaming(stack, unique, tmp_path):
+    """The broker stops and comes back while the producer sends and the job reads: no line lost or doubled."""
+    log = tmp_path / "access.log"
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="20000")
+    lines = 150_000
+    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "21", "--out", str(log)).returncode == 0
+    producer = _start(env, tmp_path / "produce.log", "produce", str(log), "--speed", "40")
+    job = _start(env, tmp_path / "stream.log", "stream")
+    try:
+        deadline = time.monotonic() + 300
+        while _end_offset(stack, env["LOGPIPE_TOPIC"]) < 30_000:
+            assert producer.poll() is None, (tmp_path / "produce.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the producer sent too little in time"
+            time.sleep(1)
+        _restart(stack, "kafka", down_s=8)
+        assert producer.wait(600) == 0, (tmp_path / "produce.log").read_text()[-3000:]
+    finally:
+        if producer.poll() is None:
+            os.killpg(producer.pid, signal.SIGKILL)
+        rc = _stop_job(job)
+    summary = json.loads((tmp_path / "produce.log").read_text().strip().splitlines()[-1])
+    assert summary["lines"] == summary["records"] == lines and summary["errors"] == 0
+    job_log = (tmp_path / "stream.log").read_text()
+    _assert_survived_or_failed_clearly(rc, job_log)
+    _finish_and_verify(env, log, tmp_path, lines)
+
+
+def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):
+    """The DataNode goes away while the job writes: the job carries on or fails clearly; after a restart the
+    results are exact."""
+    log = tmp_path / "access.log"
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="10000")
+    lines = 150_000
+    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "22", "--out", str(log)).returncode == 0
+    assert _logpipe(env, "produce", str(log), "--client", "confluent").returncode == 0
+    job = _start(env, tmp_path / "stream.log", "stream")
+    try:
+        deadline = time.monotonic() + 300
+        while _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < 2:
+            assert job.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the job committed nothing in time"
+            time.sleep(0.5)
+        _restart(stack, "datanode", down_s=10)
+        time.sleep(10)
+    finally:
+        rc = _stop_job(job)
+    job_log = (tmp_path / "stream.log").read_text()
+    _assert_survived_or_failed_clearly(rc, job_log)
+    assert _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < lines / 10_000, "the outage came too late to matter"
+    _finish_and_verify(env, log, tmp_path, lines)
+    assert _assert_not_world_writable(stack, env["LOGPIPE_HDFS_ROOT"]) > 10
+
+
+def test_kafka_unreachable_at_start(stack, unique, tmp_path):
+    """The job cannot reach Kafka: a clear error naming the address, exit code 1, nothing written to HDFS."""
+    from hdfs import InsecureClient
+
+    port = _free_port()
+    env = _env(stack, unique, tmp_path, LOGPIPE_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}", LOGPIPE_CONNECT_TIMEOUT_S="3")
+    r = _logpipe(env, "stream", "--until-done", timeout=120)
+    assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
+    assert client.status(env["LOGPIPE_HDFS_ROOT"], strict=False) is None, "partial output left on HDFS"
+
+
+def test_namenode_unreachable_at_start(stack, unique, tmp_path):
+    """The job cannot reach the NameNode: a clear error naming the address, exit code 1, no topic consumed,
+    nothing on the real HDFS."""
+    from hdfs import InsecureClient
+
+    http, rpc = _free_port(), _free_port()
+    env = _env(stack, unique, tmp_path, LOGPIPE_WEBHDFS_URL=f"http://127.0.0.1:{http}",
+               LOGPIPE_HDFS_URL=f"hdfs://127.0.0.1:{rpc}", LOGPIPE_CONNECT_TIMEOUT_S="3")
+    r = _logpipe(env, "stream", "--until-done", timeout=120)
+    assert r.returncode == 1 and f"127.0.0.1:{http}" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
+    assert client.status(env["LOGPIPE_HDFS_ROOT"], strict=False) is None

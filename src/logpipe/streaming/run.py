@@ -105,11 +105,30 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
                     _raise_if_failed(q)
                     raise RuntimeError(f"query {q.name} stopped")
         log.info("stopping: letting the running micro-batches finish (up to %.0fs)", s.stop_grace_s)
+        _quiet_interrupted_callbacks()
         for q in queries:
             _stop_between_batches(q, s.stop_grace_s)
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
         spark.stop()
+
+
+def _quiet_interrupted_callbacks() -> logging.Filter:
+    """A stop that lands just as a new micro-batch starts interrupts its Python callback: py4j then logs the
+    InterruptedException as an error with a traceback. That batch was not committed and is redone on restart, so
+    during a deliberate stop those records are noise: they are logged as one info line instead."""
+    class DropInterrupted(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            text = record.getMessage() + (logging.Formatter().formatException(record.exc_info)
+                                          if record.exc_info else "")
+            if "InterruptedException" in text or "Python Proxy" in text:
+                log.info("a micro-batch interrupted by the stop will be redone on restart")
+                return False
+            return True
+
+    drop = DropInterrupted()
+    logging.getLogger("py4j.clientserver").addFilter(drop)
+    return drop
 
 
 def _stop_between_batches(q: Any, grace_s: float) -> None:

@@ -56,7 +56,8 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
               log_dir: Path) -> Stage:
     """Run one stage as a subprocess, watched by the sampler; raise with the log tail if it fails."""
     log_path = log_dir / f"{name}.log"
-    log.info("stage %s: %s", name, " ".join(cmd[2:]))
+    shown = " ".join(a if len(a) < 200 else a[:60] + "..." for a in cmd[2:])  # a classpath is not worth reading
+    log.info("stage %s: %s", name, shown)
     t = time.monotonic()
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)

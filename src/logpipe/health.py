@@ -111,6 +111,20 @@ def namenode_info(webhdfs: str) -> dict:
     return beans[0]
 
 
+def probe_blocks_reported(webhdfs: str) -> int:
+    """Every block has a live replica: after a DataNode (re)starts, its files cannot be read until it has sent
+    the NameNode its block report. Returns the number of blocks."""
+    body = http_get(f"{webhdfs.rstrip('/')}/jmx?qry=Hadoop:service=NameNode,name=FSNamesystem")
+    beans = json.loads(body).get("beans", [])
+    if not beans:
+        raise NotReady("NameNode JMX has no FSNamesystem bean yet")
+    missing = int(beans[0].get("MissingBlocks", 0))
+    if missing:
+        raise NotReady(f"{missing} HDFS blocks have no live replica yet (a DataNode has not reported its blocks; "
+                       "if this persists, run `hdfs fsck /` and see the DataNode log)")
+    return int(beans[0].get("BlocksTotal", 0))
+
+
 def probe_hdfs(webhdfs: str) -> dict:
     """HDFS is writable: NameNode out of safe mode, at least one live DataNode, WebHDFS answers."""
     info = namenode_info(webhdfs)

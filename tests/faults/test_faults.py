@@ -85,9 +85,17 @@ def _assert_survived_or_failed_clearly(rc: int, job_log: str) -> None:
     assert len(errors) == 1 and " failed: " in errors[0], job_log[-3000:]
 
 
+def _first_errors(stderr: str) -> str:
+    """Our one-line error, then the first ERROR lines with context (the cause), then the tail."""
+    lines = stderr.splitlines()
+    ours = [line for line in lines if line.startswith("logpipe stream:")]
+    first = next((i for i, line in enumerate(lines) if " ERROR " in line), len(lines))
+    return "\n".join(ours + lines[max(first - 3, 0):first + 40] + ["..."] + lines[-20:])
+
+
 def _finish_and_verify(env: dict[str, str], log: Path, tmp_path: Path, lines: int) -> dict:
     r = _logpipe(env, "stream", "--until-done")
-    assert r.returncode == 0, r.stderr[-5000:]
+    assert r.returncode == 0, _first_errors(r.stderr)
     metrics = json.loads(r.stdout.strip().splitlines()[-1])
     assert metrics["lines"] == lines == metrics["parsed"] + metrics["quarantined"]
     out = tmp_path / "verify.json"

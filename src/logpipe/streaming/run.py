@@ -75,14 +75,9 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         if until_done:
-            q = job.ingest_query(available_now=True)
-            q.awaitTermination()
-            _raise_if_failed(q)
+            _await_all([job.ingest_query(available_now=True)], s)
             t_ingest = time.monotonic() - t0
-            qs = [job.windows_query(available_now=True), job.alerts_query(available_now=True)]
-            for q in qs:
-                q.awaitTermination()
-                _raise_if_failed(q)
+            _await_all([job.windows_query(available_now=True), job.alerts_query(available_now=True)], s)
             flushed = job.flush_open_windows()
             metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
                                              "flushed_window_rows": flushed})
@@ -111,6 +106,20 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
         spark.stop()
+
+
+def _await_all(queries: list[Any], s: Settings) -> None:
+    """Wait for run-to-the-end queries; if one fails, let the others finish their batch, then report it."""
+    from pyspark.errors import StreamingQueryException
+
+    for q in queries:
+        try:
+            q.awaitTermination()
+        except StreamingQueryException:
+            for other in queries:
+                if other.isActive:
+                    _stop_between_batches(other, min(s.stop_grace_s, 30))
+        _raise_if_failed(q)
 
 
 def _quiet_interrupted_callbacks() -> logging.Filter:

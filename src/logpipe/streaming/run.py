@@ -68,7 +68,8 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
                       timeout=s.connect_timeout_s,
                       hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
     health.wait_until(lambda: health.probe_hdfs(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
-                      timeout=s.connect_timeout_s, hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
+                      timeout=s.connect_timeout_s,
+                      hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
     spark = build_spark(s, "logpipe-stream")
     job = StreamJob(spark, s)
     spark.streams.addListener(_listener(job))
@@ -94,9 +95,7 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
         while not stop.wait(2):
             for q in queries:
                 if not q.isActive:  # one failed: let the others finish their batch, then report the failure
-                    for other in queries:
-                        if other.isActive:
-                            _stop_between_batches(other, min(s.stop_grace_s, 30))
+                    _stop_the_others(queries, s)
                     _raise_if_failed(q)
                     raise RuntimeError(f"query {q.name} stopped")
         log.info("stopping: letting the running micro-batches finish (up to %.0fs)", s.stop_grace_s)
@@ -116,10 +115,15 @@ def _await_all(queries: list[Any], s: Settings) -> None:
         try:
             q.awaitTermination()
         except StreamingQueryException:
-            for other in queries:
-                if other.isActive:
-                    _stop_between_batches(other, min(s.stop_grace_s, 30))
+            _stop_the_others(queries, s)
         _raise_if_failed(q)
+
+
+def _stop_the_others(queries: list[Any], s: Settings) -> None:
+    """After one query failed: stop the still active ones between their micro-batches (at most 30 s each)."""
+    for other in queries:
+        if other.isActive:
+            _stop_between_batches(other, min(s.stop_grace_s, 30))
 
 
 def _quiet_interrupted_callbacks() -> logging.Filter:

@@ -254,3 +254,29 @@ def test_kill_9_mid_stream_then_restart_is_exact(job_settings: Settings, tmp_pat
     assert done < len(sent.records) / 4000, "killed too late to test a restart"
     metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="15000")
     check_results(job_settings, sent, metrics)
+
+
+@pytest.mark.faults
+def test_batch_committed_by_us_but_not_by_spark_is_rerun_exactly(job_settings: Settings):
+    """A kill -9 after a batch's commit marker but before Spark's own commit log entry: Spark re-runs the batch.
+    Its rows must not be written twice, and the stateful queries must still advance their state (Spark 4 checks
+    that every state store partition committed). Reproduced exactly by removing Spark's last commit entry of each query."""
+    from logpipe.results import webhdfs_fs
+
+    lines, rate_host, surge_status = make_lines(20_000, seed=5)
+    sent = Sent(build_records(lines), rate_host, surge_status)
+    send(job_settings, sent.records)
+    run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000", LOGPIPE_WINDOWS_MAX_FILES_PER_TRIGGER="1")
+    fs = webhdfs_fs(job_settings)
+    removed = []
+    for query in ("ingest", "windows", "alerts"):
+        commits = f"{job_settings.hdfs_root}/_checkpoints/{query}/commits"
+        ids = sorted(int(p.rsplit("/", 1)[-1]) for p in fs.ls(commits, detail=False) if p.rsplit("/", 1)[-1].isdigit())
+        assert len(ids) >= 2, f"{query}: too few micro-batches to test a re-run ({ids})"
+        fs.rm(f"{commits}/{ids[-1]}")  # Spark re-runs the newest batch of its offset log when it has no commit
+        removed.append((query, ids[-1]))
+    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000",
+                             LOGPIPE_WINDOWS_MAX_FILES_PER_TRIGGER="1")
+    for query, bid in removed:  # Spark did re-run (and now commit) each batch
+        assert fs.exists(f"{job_settings.hdfs_root}/_checkpoints/{query}/commits/{bid}"), (query, bid)
+    check_results(job_settings, sent, metrics)

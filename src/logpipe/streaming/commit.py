@@ -73,6 +73,15 @@ class HadoopFs:
             raise OSError(f"HDFS rename {src} -> {dst} failed")
 
 
+def batch_tag(batch_id: int, prefix: str = "b") -> str:
+    return f"{prefix}{batch_id:010d}"
+
+
+def is_committed(spark: "SparkSession", root_uri: str, query: str, batch_id: int, prefix: str = "b") -> bool:
+    """Whether commit_batch already committed this batch (its marker exists)."""
+    return HadoopFs(spark, root_uri).exists(f"{root_uri}/_commits/{query}/{batch_tag(batch_id, prefix)}.json")
+
+
 def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
                  writes: list[tuple["DataFrame", str, list[str]]], meta: dict[str, Any] | Callable[[], dict[str, Any]],
                  prefix: str = "b") -> bool:
@@ -85,7 +94,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     Returns False when the batch had already been committed.
     """
     fs = HadoopFs(spark, root_uri)
-    tag = f"{prefix}{batch_id:010d}"
+    tag = batch_tag(batch_id, prefix)
     marker = f"{root_uri}/_commits/{query}/{tag}.json"
     pending = f"{root_uri}/_commits/{query}/{tag}.pending"
     if fs.exists(marker):

@@ -27,13 +27,15 @@ class ResourceSampler:
     """Polls named process trees every `interval` s in a background thread.
 
     CPU is the growth of user+system time while watched (so long-running services such as Kafka count only
-    the benchmark's share); memory is the peak sum of RSS over the tree.
+    the benchmark's share); memory is the peak sum of RSS over the tree. `peak_concurrent_mb` is the highest sum of
+    RSS over every watched tree in one sample: the memory the machine really needed at once.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self._roots: dict[str, int] = {}
         self.stats: dict[str, ProcStats] = {}
+        self.peak_concurrent_mb = 0.0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
@@ -67,16 +69,17 @@ class ResourceSampler:
     def _sample_all(self) -> None:
         with self._lock:
             roots = dict(self._roots)
-        for name, pid in roots.items():
-            self._sample_one(name, pid)
+        total = sum(self._sample_one(name, pid) for name, pid in roots.items())
+        self.peak_concurrent_mb = max(self.peak_concurrent_mb, total / 2**20)
 
-    def _sample_one(self, name: str, pid: int) -> None:
+    def _sample_one(self, name: str, pid: int) -> int:
+        """Sample one tree; returns its RSS in bytes now (0 when it has ended)."""
         st = self.stats[name]
         try:
             root = psutil.Process(pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return
+            return 0
         rss = 0
         for p in procs:
             try:
@@ -90,6 +93,7 @@ class ResourceSampler:
             st._last_cpu[p.pid] = cpu
         st.cpu_s = sum(st._last_cpu[k] - st._start_cpu[k] for k in st._last_cpu)
         st.peak_rss_mb = max(st.peak_rss_mb, rss / 2**20)
+        return rss
 
 
 def timed() -> float:

@@ -76,7 +76,11 @@ class StreamJob:
         horizon = self._late_horizon(batch_id)
         parsed = parse_columns(header_columns(batch))
         late_flag = F.lit(False) if horizon is None else F.col("timestamp") < F.lit(horizon)
-        parsed = parsed.withColumn("_late", F.when(F.col("reason").isNull(), late_flag)).persist()
+        # cache only what the outputs need: the raw line and bytes are kept for quarantined lines only
+        parsed = (parsed.withColumn("_late", F.when(F.col("reason").isNull(), late_flag))
+                  .select(*EVENT_COLUMNS, "src", "off", "src_key", "partition", "offset", "reason", "_late",
+                          *(F.when(F.col("reason").isNotNull(), F.col(c)).alias(c) for c in ("line", "value")))
+                  .persist())
         try:
             ok = (parsed.where("reason IS NULL")
                   .select(*EVENT_COLUMNS, "src", "off", "src_key", "_late",

@@ -1,0 +1,38 @@
+"""The benchmark's resource sampler: per-process peaks, and the peak of all watched processes at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from logpipe.procstats import ResourceSampler
+
+pytestmark = pytest.mark.unit
+
+HOLD_50MB = "import time; b = bytearray(50 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep({})"
+
+
+def test_concurrent_peak_counts_processes_running_together_not_one_after_another():
+    sampler = ResourceSampler(interval=0.05).start()
+    try:
+        first = subprocess.Popen([sys.executable, "-c", HOLD_50MB.format(1.5)])
+        second = subprocess.Popen([sys.executable, "-c", HOLD_50MB.format(1.5)])
+        sampler.watch("first", first.pid)
+        sampler.watch("second", second.pid)
+        first.wait()
+        second.wait()
+        together = sampler.peak_concurrent_mb
+        time.sleep(0.2)
+        third = subprocess.Popen([sys.executable, "-c", HOLD_50MB.format(1.0)])  # alone, after the others ended
+        sampler.watch("third", third.pid)
+        third.wait()
+    finally:
+        stats = sampler.stop()
+    assert all(stats[n].peak_rss_mb >= 50 for n in ("first", "second", "third"))
+    assert together >= stats["first"].peak_rss_mb + stats["second"].peak_rss_mb - 10  # both at once
+    # the third never ran with the others: the concurrent peak is below the sum of all three peaks
+    assert sampler.peak_concurrent_mb < sum(s.peak_rss_mb for s in stats.values()) - 40
+    assert all(stats[n].cpu_s >= 0 for n in stats)

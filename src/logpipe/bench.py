@@ -199,3 +199,15 @@ def markdown_row(r: dict[str, Any]) -> str:
 MD_HEADER = ("| date | size | lines | client | e2e wall | e2e lines/s | produce lines/s | Java producer rec/s | "
              "stream lines/s | batch Spark lines/s | producer/Java | stream/batch | peak mem (at once) | verify |\n"
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def add_table_row(markdown: str, row: str) -> str:
+    """`markdown` with `row` added at the end of the results table (the table is created at the end if absent)."""
+    lines = markdown.splitlines()
+    header = MD_HEADER.splitlines()[0]
+    if header not in lines:
+        return markdown.rstrip("\n") + ("\n\n" if markdown.strip() else "") + MD_HEADER + "\n" + row + "\n"
+    end = lines.index(header) + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:end] + [row] + lines[end:]) + "\n"

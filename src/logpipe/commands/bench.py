@@ -41,13 +41,9 @@ def run(args: argparse.Namespace) -> int:
         row = bench.markdown_row(r)
         print(row)
         if args.markdown:
-            md = args.markdown
-            md.parent.mkdir(parents=True, exist_ok=True)
-            if not md.exists() or bench.MD_HEADER.splitlines()[0] not in md.read_text():
-                with md.open("a") as f:
-                    f.write("\n" + bench.MD_HEADER + "\n")
-            with md.open("a") as f:
-                f.write(row + "\n")
-    print(json.dumps([{k: r[k] for k in ("lines", "end_to_end", "ratios", "peak_rss_mb_total")} for r in results],
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            text = args.markdown.read_text() if args.markdown.exists() else ""
+            args.markdown.write_text(bench.add_table_row(text, row))
+    print(json.dumps([{k: r[k] for k in ("lines", "end_to_end", "ratios", "peak_rss_mb_concurrent")} for r in results],
                      indent=2), file=sys.stderr)
     return 0 if all((r.get("verify") or {}).get("ok") for r in results) else 1

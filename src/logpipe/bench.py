@@ -145,9 +145,15 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         vstage = run_stage("verify", _cli("verify", "--log", str(log_path), "--json", str(verify_json)), env, sampler,
                            lines, run_dir)
         stages.append(vstage)
-    finally:
+    except BaseException as exc:  # keep what was measured: a late stage failing must not lose an hour's figures
         stats = sampler.stop()
-        peak_concurrent = sampler.peak_concurrent_mb
+        (run_dir / "partial.json").write_text(json.dumps({
+            "date": stamp, "size_bytes": size_bytes, "client": client, "error": str(exc).splitlines()[0],
+            "stages": [st.as_dict() for st in stages], "processes": {k: v.as_dict() for k, v in stats.items()},
+            "peak_rss_mb_concurrent": round(sampler.peak_concurrent_mb, 1)}, indent=2, default=str))
+        raise
+    stats = sampler.stop()
+    peak_concurrent = sampler.peak_concurrent_mb
     by = {st.name: st for st in stages}
     ratios = {}
     if "java-producer-perf" in by:

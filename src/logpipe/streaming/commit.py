@@ -74,12 +74,18 @@ class HadoopFs:
 
 
 def batch_tag(batch_id: int, prefix: str = "b") -> str:
+    """The name of a batch's files and marker: prefix + zero-padded batch id (sorts in batch order)."""
     return f"{prefix}{batch_id:010d}"
+
+
+def marker_path(root_uri: str, query: str, tag: str) -> str:
+    """Where the commit marker of one batch of one query lives."""
+    return f"{root_uri}/_commits/{query}/{tag}.json"
 
 
 def is_committed(spark: "SparkSession", root_uri: str, query: str, batch_id: int, prefix: str = "b") -> bool:
     """Whether commit_batch already committed this batch (its marker exists)."""
-    return HadoopFs(spark, root_uri).exists(f"{root_uri}/_commits/{query}/{batch_tag(batch_id, prefix)}.json")
+    return HadoopFs(spark, root_uri).exists(marker_path(root_uri, query, batch_tag(batch_id, prefix)))
 
 
 def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
@@ -95,7 +101,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     """
     fs = HadoopFs(spark, root_uri)
     tag = batch_tag(batch_id, prefix)
-    marker = f"{root_uri}/_commits/{query}/{tag}.json"
+    marker = marker_path(root_uri, query, tag)
     pending = f"{root_uri}/_commits/{query}/{tag}.pending"
     if fs.exists(marker):
         return False

@@ -88,9 +88,6 @@ class Settings(BaseSettings):
     max_offsets_per_trigger: int = 1_000_000
     trigger_interval: str = "0 seconds"
     kafka_read_tasks: int = Field(2, description="Spark tasks reading the topic per micro-batch (minPartitions)")
-    windows_max_files_per_trigger: int = Field(
-        2, description="events files per micro-batch of the window queries (one per date per ingest batch): small "
-                       "enough that the watermark advances and window state stays bounded on big logs")
 
     # ---- alert rules ------------------------------------------------------------------------------
     rate_limit_ceiling: int = Field(200, description="requests by one host in one window that trigger a block")

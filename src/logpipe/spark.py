@@ -25,9 +25,6 @@ def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) ->
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(s.shuffle_partitions),
         "spark.sql.adaptive.enabled": "false",  # not used by streaming; keeps batch plans comparable
-        "spark.sql.streaming.stateStore.providerClass":
-            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
-        "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
         "spark.hadoop.fs.defaultFS": s.hdfs_address,
         # one DataNode: never try to replace it in a write pipeline
         "spark.hadoop.dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -37,3 +38,13 @@ def window_starts_array(ts: np.ndarray, size: int, slide: int) -> list[np.ndarra
         s = last - j * slide
         out.append(np.where(s + size > ts, s, -1))
     return out
+
+
+def late_horizon(max_times: list[datetime], watermark_s: int, floor: datetime | None = None) -> datetime | None:
+    """Rows with an event time before this are late: the newest of `max_times` (the newest event time of each
+    batch so far) minus the watermark, but not before `floor` (the end of windows already written by a flush).
+    None: nothing is late yet."""
+    horizon = max(max_times) - timedelta(seconds=watermark_s) if max_times else None
+    if floor is not None and (horizon is None or floor > horizon):
+        return floor
+    return horizon

@@ -74,7 +74,6 @@ def test_restart_after_kill9_is_exact(stack, unique, tmp_path):
     log = tmp_path / "access.log"
     env = run_env(stack, unique, tmp_path)
     env["LOGPIPE_MAX_OFFSETS_PER_TRIGGER"] = "20000"   # many small batches, so the kill lands mid-stream
-    env["LOGPIPE_WINDOWS_MAX_FILES_PER_TRIGGER"] = "2"
     assert logpipe(env, "generate", "--lines", "200000", "--seed", "11", "--out", str(log)).returncode == 0
     assert logpipe(env, "produce", str(log), "--client", "confluent").returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "logpipe", "stream"], env=env, stdout=subprocess.PIPE,
@@ -83,7 +82,7 @@ def test_restart_after_kill9_is_exact(stack, unique, tmp_path):
     deadline = time.monotonic() + 600
     for line in proc.stdout:  # wait until a few batches are committed, then kill the whole process group
         seen.append(line)
-        if "ingest  batch 3:" in line or "windows batch 1:" in line:
+        if "ingest  batch 3:" in line:
             break
         assert time.monotonic() < deadline, "".join(seen[-30:])
     os.killpg(proc.pid, signal.SIGKILL)

@@ -164,3 +164,20 @@ def test_unreachable_broker_is_a_clear_error(tmp_path, unique):
            "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
     r = _produce(env, str(log), timeout=60)
     assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_record_the_broker_rejects_is_a_delivery_error(stack, unique, client):
+    """A record the broker refuses (larger than its 1 MB message limit, let through by a raised producer limit)
+    fails flush() with the broker's reason: confluent reports deliveries of failures only, and still counts them."""
+    from logpipe.producer.clients import DeliveryError, make_sink
+
+    s = stack.with_overrides(producer_client=client, max_message_bytes=4_000_000)
+    sink = make_sink(s)
+    try:
+        sink.send(f"reject-{unique}", b"ok", [("src", b"t"), ("off", b"0")])
+        sink.send(f"reject-{unique}", os.urandom(2_000_000), [("src", b"t"), ("off", b"3")])  # incompressible
+        with pytest.raises(DeliveryError, match="(?i)too.?large|size"):
+            sink.flush(timeout=60)
+    finally:
+        sink.close()

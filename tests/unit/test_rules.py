@@ -1,4 +1,4 @@
-"""Alert rules: the pure-Python evaluate on hand-made windows, and the Spark twin (job.alerts_of_items) agrees."""
+"""Alert rules: the pure-Python evaluate on hand-made windows, and the Spark twin (job.alerts_of_counts) agrees."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def local_spark():
 
 
 def test_spark_alerts_agree_with_evaluate(local_spark):
-    """job.alerts_of_items on a random small batch = AlertRules.evaluate on the same counts (ids included)."""
-    from logpipe.streaming.job import alerts_of_items
+    """job.alerts_of_counts on random small window counts = AlertRules.evaluate on the same counts (ids included)."""
+    from logpipe.streaming.job import alerts_of_counts
 
     rnd = random.Random(5)
     hosts = [f"10.0.0.{i}" for i in range(8)]
@@ -87,9 +87,10 @@ def test_spark_alerts_agree_with_evaluate(local_spark):
             status = rnd.choice([200, 200, 200, 404, 500, 503])
             items.append((ws, ws + timedelta(seconds=20), host, status))
     rules = AlertRules(RateLimitRule(15), FailureSurgeRule(8, 0.2, 3))
-    df = local_spark.createDataFrame(items, "window_start TIMESTAMP, window_end TIMESTAMP, host STRING, "
-                                            "http_response INT")
-    got = {(r.rule, r.key, r.window_start): r for r in alerts_of_items(df, rules).collect()}
+    counts = [(*k, n) for k, n in Counter(items).items()]
+    df = local_spark.createDataFrame(counts, "window_start TIMESTAMP, window_end TIMESTAMP, host STRING, "
+                                             "http_response INT, count BIGINT")
+    got = {(r.rule, r.key, r.window_start): r for r in alerts_of_counts(df, rules).collect()}
     expected = rules.evaluate(WindowCount(*k, n) for k, n in Counter(items).items())
     assert len(expected) >= 5  # the data does trigger both rules
     assert {e.rule for e in expected} == {RATE_LIMIT, FAILURE_SURGE}

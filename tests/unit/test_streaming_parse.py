@@ -107,3 +107,19 @@ _line_chars = st.sampled_from(list(b' -"[]:/\\+\t\r\x00\x85\xc2\xff0123456789aZ.
 ), min_size=1, max_size=30))
 def test_parsers_agree_on_arbitrary_input(local_spark, lines):
     assert _spark_parse(local_spark, lines) == [_reference(x) for x in lines]
+
+
+def test_header_columns_read_src_and_off_wherever_they_are(local_spark):
+    """The producer's order (src, off), another order, extra headers, none: the same src, off and src_key."""
+    from logpipe.streaming.parse import header_columns
+
+    rows = [([("src", b"a.log"), ("off", b"17")], 0),
+            ([("off", b"18"), ("x", b"1"), ("src", b"a.log")], 1),
+            ([("x", b"1"), ("src", b"b.log"), ("off", b"5")], 2),
+            ([], 3)]
+    df = local_spark.createDataFrame(
+        [([{"key": k, "value": bytearray(v)} for k, v in h], "t", 0, o) for h, o in rows],
+        "headers ARRAY<STRUCT<key: STRING, value: BINARY>>, topic STRING, partition INT, offset BIGINT")
+    got = [(r["src"], r["off"], r["src_key"]) for r in header_columns(df).orderBy("offset").collect()]
+    assert got == [("a.log", 17, "a.log:17"), ("a.log", 18, "a.log:18"), ("b.log", 5, "b.log:5"),
+                   (None, None, "kafka:t:0:3")]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 import pytest
 
-from logpipe.windows import duration_seconds, window_starts, window_starts_array
+from logpipe.windows import duration_seconds, late_horizon, window_starts, window_starts_array
 
 pytestmark = pytest.mark.unit
 
@@ -40,3 +42,18 @@ def test_durations():
         duration_seconds("20 fortnights")
     with pytest.raises(ValueError):
         window_starts(5, 10, 20)
+
+
+def test_late_horizon_is_newest_event_time_minus_watermark():
+    t = [datetime(2024, 3, 1, 12, 0, 0), datetime(2024, 3, 1, 12, 5, 0), datetime(2024, 3, 1, 12, 1, 0)]
+    assert late_horizon([], 30) is None  # nothing seen yet: nothing is late
+    assert late_horizon(t, 30) == datetime(2024, 3, 1, 12, 4, 30)
+    assert late_horizon(t[:1], 0) == t[0]
+
+
+def test_late_horizon_never_reopens_flushed_windows():
+    t = [datetime(2024, 3, 1, 12, 0, 0)]
+    floor = datetime(2024, 3, 1, 12, 0, 20)  # a flush wrote windows ending up to here
+    assert late_horizon(t, 30, floor) == floor
+    assert late_horizon([], 30, floor) == floor
+    assert late_horizon([datetime(2024, 3, 1, 13, 0, 0)], 30, floor) == datetime(2024, 3, 1, 12, 59, 30)

@@ -73,6 +73,9 @@ class ConfluentSink:
             "compression.type": s.compression, "linger.ms": s.linger_ms, "batch.size": s.batch_size,
             "message.max.bytes": max(s.max_message_bytes + 4096, 1 << 20),
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1 << 20,
+            # a Python callback per failed record only (not one per record): flush() still waits for every
+            # acknowledgement, and a failure is still counted and raised
+            "delivery.report.only.error": True, "on_delivery": self._on_delivery,
             "client.id": "logpipe-producer"})
         self._since_poll = 0
 
@@ -85,7 +88,7 @@ class ConfluentSink:
     def send(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         while True:
             try:
-                self._p.produce(topic, value, headers=headers, on_delivery=self._on_delivery)
+                self._p.produce(topic, value, headers=headers)
                 break
             except BufferError:
                 self._p.poll(0.05)  # local queue full: let deliveries drain

@@ -74,14 +74,23 @@ def parse_columns(df: "DataFrame", value_col: str = "value") -> "DataFrame":
 EVENT_COLUMNS = ["host", "timestamp", "request", "http_response", "bytes_sent", "method", "path", "protocol"]
 
 
+def _header(name: str, position: int) -> str:
+    """SQL for the value of Kafka header `name`: read at `position` (where logpipe's producer puts it), else
+    searched for. The search is a higher-order function Spark evaluates without code generation, so the
+    positional read makes header extraction about twice as fast; both give the same result. A record without
+    the header (another producer) gives NULL."""
+    return (f"CASE WHEN get(headers, {position}).key = '{name}' THEN get(headers, {position}).value "
+            f"ELSE get(filter(headers, h -> h.key = '{name}'), 0).value END")  # get: NULL when out of range
+
+
 def header_columns(df: "DataFrame") -> "DataFrame":
     """src/off from the Kafka record headers (see the producer), and `src_key`, unique per source line:
     `src:off` when the producer set them, else the Kafka position (records from other producers)."""
     from pyspark.sql import functions as F
 
     return (df
-            .withColumn("src", F.expr("CAST(filter(headers, h -> h.key = 'src')[0].value AS STRING)"))
-            .withColumn("off", F.expr("CAST(CAST(filter(headers, h -> h.key = 'off')[0].value AS STRING) AS BIGINT)"))
+            .withColumn("src", F.expr(f"CAST({_header('src', 0)} AS STRING)"))
+            .withColumn("off", F.expr(f"CAST(CAST({_header('off', 1)} AS STRING) AS BIGINT)"))
             .withColumn("src_key", F.expr(
                 "CASE WHEN src IS NOT NULL AND off IS NOT NULL THEN concat(src, ':', off) "
                 "ELSE concat('kafka:', topic, ':', partition, ':', offset) END")))

@@ -18,7 +18,7 @@ def _listener(job: Any) -> Any:
     from pyspark.sql.streaming import StreamingQueryListener
 
     class ProgressLogger(StreamingQueryListener):
-        """Logs each micro-batch (rows, rows/s, lag, state size)."""
+        """Logs each micro-batch (rows, rows/s, lag)."""
 
         def onQueryStarted(self, event: Any) -> None:
             log.info("query %s started (id %s)", event.name, event.id)
@@ -41,12 +41,9 @@ def _listener(job: Any) -> Any:
                         lag = f", lag {behind:,} records"
                     except (ValueError, AttributeError):
                         pass
-            state = sum(int(op.get("numRowsTotal", 0)) for op in p.get("stateOperators", []))
-            mem = sum(int(op.get("memoryUsedBytes", 0)) for op in p.get("stateOperators", []))
-            wm = p.get("eventTime", {}).get("watermark", "")
-            log.info("%-7s batch %d: %s rows, %.0f rows/s%s, state %s rows (%.1f MB)%s", name, p["batchId"],
-                     f"{rows:,}", float(p.get("processedRowsPerSecond") or 0), lag, f"{state:,}", mem / 1e6,
-                     f", watermark {wm}" if wm else "")
+            # the carried window state and the late horizon are in the job's own line for the batch
+            log.info("%-7s batch %d: %s rows, %.0f rows/s%s", name, p["batchId"], f"{rows:,}",
+                     float(p.get("processedRowsPerSecond") or 0), lag)
 
         def onQueryIdle(self, event: Any) -> None:
             pass
@@ -78,7 +75,6 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
         if until_done:
             _await_all([job.ingest_query(available_now=True)], s)
             t_ingest = time.monotonic() - t0
-            _await_all([job.windows_query(available_now=True), job.alerts_query(available_now=True)], s)
             flushed = job.flush_open_windows()
             metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
                                              "flushed_window_rows": flushed})
@@ -86,7 +82,7 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
                      time.monotonic() - t0, f"{metrics['lines']:,}", f"{metrics['parsed']:,}",
                      f"{metrics['quarantined']:,}", metrics["late"], metrics["duplicates_dropped"])
             return metrics
-        queries = [job.ingest_query(False), job.windows_query(False), job.alerts_query(False)]
+        queries = [job.ingest_query(False)]
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

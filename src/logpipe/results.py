@@ -10,6 +10,7 @@ from logpipe.config import Settings
 if TYPE_CHECKING:
     import fsspec
     import pandas as pd
+    import pyarrow as pa
 
 # result tables under settings.hdfs_root
 TABLES = ("events", "quarantine", "late", "alerts", "windows/by_host", "windows/by_status")
@@ -24,21 +25,29 @@ def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
                              use_https=url.scheme == "https")
 
 
-def load_table(s: Settings, table: str, columns: list[str] | None = None, *,
-               fs: "fsspec.AbstractFileSystem | None" = None) -> "pd.DataFrame":
-    """One result table as a pandas DataFrame (empty frame if the folder does not exist or holds no data).
+def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
+               fs: "fsspec.AbstractFileSystem | None" = None) -> "pa.Table | None":
+    """One result table as an Arrow table (None if the folder does not exist or holds no data).
 
     Hive partitions (e.g. events/date=2004-05-18/) become columns; Spark's _SUCCESS/_temporary files are ignored.
     """
-    import pandas as pd
     import pyarrow.dataset as ds
 
     fs = fs or webhdfs_fs(s)
     path = s.hdfs_path(table)
     if not fs.exists(path):
-        return pd.DataFrame(columns=columns or [])
+        return None
     files = [f for f in fs.find(path) if f.endswith(".parquet") and "/_" not in f and "/." not in f]
     if not files:
-        return pd.DataFrame(columns=columns or [])
+        return None
     dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive", partition_base_dir=path)
-    return dataset.to_table(columns=columns).to_pandas()
+    return dataset.to_table(columns=columns)
+
+
+def load_table(s: Settings, table: str, columns: list[str] | None = None, *,
+               fs: "fsspec.AbstractFileSystem | None" = None) -> "pd.DataFrame":
+    """One result table as a pandas DataFrame (an empty frame with `columns` if there is no data)."""
+    import pandas as pd
+
+    t = load_arrow(s, table, columns, fs=fs)
+    return pd.DataFrame(columns=columns or []) if t is None else t.to_pandas()

@@ -29,7 +29,7 @@ def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) ->
         # one DataNode: never try to replace it in a write pipeline
         "spark.hadoop.dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
         "spark.hadoop.dfs.client.use.datanode.hostname": "true",
-        "spark.sql.parquet.compression.codec": "zstd",
+        "spark.sql.parquet.compression.codec": s.parquet_codec,
         "spark.ui.showConsoleProgress": "false",
     }
     if kafka and s.spark_kafka_jars:

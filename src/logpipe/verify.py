@@ -20,6 +20,66 @@ from logpipe.windows import duration_seconds, window_starts_array
 
 log = logging.getLogger(__name__)
 CHUNK_LINES = 500_000
+_KEY_BITS = 32  # a (window, key) pair packs into one uint64: seconds since a base << 32 | key code
+
+
+@dataclass
+class KeyedCounts:
+    """Counts per (window_start, key), held as arrays: `code` indexes `labels` (host names or statuses). Integer
+    codes keep tens of millions of rows in a few hundred MB, where a pandas frame of host strings took GBs."""
+
+    key: str                    # "host" | "http_response"
+    window_start: np.ndarray    # int64 epoch seconds
+    code: np.ndarray            # int64, index into labels
+    count: np.ndarray           # int64
+    labels: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.count)
+
+    def frame(self, mask: np.ndarray | None = None) -> pd.DataFrame:
+        """Rows (all, or those under `mask`) as a DataFrame window_start, <key>, count."""
+        sel = slice(None) if mask is None else mask
+        labels = np.asarray(self.labels, dtype=object)
+        return pd.DataFrame({"window_start": self.window_start[sel], self.key: labels[self.code[sel]],
+                             "count": self.count[sel]})
+
+    @classmethod
+    def from_arrays(cls, key: str, window_start: Any, values: Any, count: Any,
+                    labels: list[Any] | None = None) -> "KeyedCounts":
+        """From columns (numpy, pandas or Arrow); key values are coded against `labels` (extended with new ones),
+        so that two tables coded against the same labels can be compared by code."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        labels = list(labels or [])
+        values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+        if not len(values):
+            codes = np.zeros(0, dtype=np.int64)
+        else:
+            known = pa.array(labels, type=values.type) if labels else pa.array([], type=values.type)
+            idx = pc.index_in(values, value_set=known, skip_nulls=False)
+            if idx.null_count:
+                labels += pc.unique(pc.filter(values, pc.is_null(idx))).to_pylist()
+                idx = pc.index_in(values, value_set=pa.array(labels, type=values.type), skip_nulls=False)
+            codes = np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)
+        return cls(key, np.asarray(window_start, dtype=np.int64), codes, np.asarray(count, dtype=np.int64), labels)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, key: str, labels: list[Any] | None = None) -> "KeyedCounts":
+        return cls.from_arrays(key, df["window_start"].to_numpy(), df[key].tolist(), df["count"].to_numpy(), labels)
+
+
+def _pack(window_start: np.ndarray, code: np.ndarray, base: int) -> np.ndarray:
+    rel = window_start - base
+    if len(rel) and (rel.min() < 0 or rel.max() >= 1 << _KEY_BITS):
+        raise ValueError("window starts span more than 136 years: cannot pack them")
+    return (rel.astype(np.uint64) << np.uint64(_KEY_BITS)) | code.astype(np.uint64)
+
+
+def _unpack(packed: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    return ((packed >> np.uint64(_KEY_BITS)).astype(np.int64) + base,
+            (packed & np.uint64((1 << _KEY_BITS) - 1)).astype(np.int64))
 
 
 @dataclass
@@ -29,30 +89,62 @@ class BatchCounts:
     lines: int = 0
     parsed: int = 0
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
-    by_host: pd.DataFrame | None = None      # window_start (int s), host, count
-    by_status: pd.DataFrame | None = None    # window_start (int s), http_response, count
-    window_totals: pd.DataFrame | None = None  # window_start, total
+    host: KeyedCounts | None = None      # per (window_start, host)
+    status: KeyedCounts | None = None    # per (window_start, http_response)
+
+    @property
+    def by_status(self) -> pd.DataFrame:
+        return self.status.frame().astype({"http_response": "int64"})
+
+    @property
+    def window_totals(self) -> pd.DataFrame:
+        return self.by_status.groupby("window_start", as_index=False)["count"].sum().rename(
+            columns={"count": "total"})
+
+
+class _WindowCounter:
+    """Accumulates (window_start, key code) pairs chunk by chunk, packed in uint64, and counts them at the end."""
+
+    def __init__(self, key: str, base: int) -> None:
+        self.key, self.base, self.parts = key, base, []
+        self.codes: dict[Any, int] = {}
+
+    def code(self, value: Any) -> int:
+        c = self.codes.get(value)
+        if c is None:
+            c = self.codes[value] = len(self.codes)
+        return c
+
+    def add(self, starts: list[np.ndarray], codes: np.ndarray) -> None:
+        for s in starts:
+            keep = s != -1  # -1: this window does not hold the timestamp (window_starts_array)
+            self.parts.append(_pack(s[keep], codes[keep], self.base) if not keep.all() else _pack(s, codes, self.base))
+
+    def result(self) -> KeyedCounts:
+        packed, counts = np.unique(np.concatenate(self.parts) if self.parts else np.zeros(0, np.uint64),
+                                   return_counts=True)
+        self.parts = []
+        ws, code = _unpack(packed, self.base)
+        return KeyedCounts(self.key, ws, code, counts.astype(np.int64), list(self.codes))
 
 
 def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False) -> BatchCounts:
     """Parse every line with the reference parser and count per (window, host) and (window, status)."""
-    out = BatchCounts()
-    host_parts, status_parts = [], []
+    from logpipe.logformat import MIN_TIME
 
-    def flush(ts: list[int], hosts: list[str], statuses: list[int]) -> None:
-        if not ts:
-            return
-        t = np.asarray(ts, dtype=np.int64)
-        frame = pd.DataFrame({"host": hosts, "http_response": np.asarray(statuses, dtype=np.int32)})
-        for starts in window_starts_array(t, size_s, slide_s):
-            f = frame.assign(window_start=starts)
-            f = f[f.window_start >= 0] if (starts < 0).any() else f
-            host_parts.append(f.groupby(["window_start", "host"], sort=False).size())
-            status_parts.append(f.groupby(["window_start", "http_response"], sort=False).size())
+    out = BatchCounts()
+    base = int(MIN_TIME.timestamp()) - size_s  # every parsed timestamp is >= MIN_TIME
+    hosts, statuses = _WindowCounter("host", base), _WindowCounter("http_response", base)
+
+    def flush(ts: list[int], host_codes: list[int], status_codes: list[int]) -> None:
+        if ts:
+            starts = window_starts_array(np.asarray(ts, dtype=np.int64), size_s, slide_s)
+            hosts.add(starts, np.asarray(host_codes, dtype=np.int64))
+            statuses.add(starts, np.asarray(status_codes, dtype=np.int64))
 
     ts: list[int] = []
-    hosts: list[str] = []
-    statuses: list[int] = []
+    host_codes: list[int] = []
+    status_codes: list[int] = []
     with path.open("rb") as f:
         for raw in f:
             out.lines += 1
@@ -62,25 +154,15 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False) -> 
                 continue
             out.parsed += 1
             ts.append(int(r.timestamp.timestamp()))
-            hosts.append(r.host)
-            statuses.append(r.http_response)
+            host_codes.append(hosts.code(r.host))
+            status_codes.append(statuses.code(r.http_response))
             if len(ts) >= CHUNK_LINES:
-                flush(ts, hosts, statuses)
-                ts, hosts, statuses = [], [], []
+                flush(ts, host_codes, status_codes)
+                ts, host_codes, status_codes = [], [], []
                 if progress:
                     log.info("verify: %s lines read", f"{out.lines:,}")
-    flush(ts, hosts, statuses)
-
-    def merge(parts: list[pd.Series], key: str) -> pd.DataFrame:
-        if not parts:
-            return pd.DataFrame(columns=["window_start", key, "count"])
-        s = pd.concat(parts).groupby(level=[0, 1], sort=False).sum()
-        return s.rename("count").reset_index()
-
-    out.by_host = merge(host_parts, "host")
-    out.by_status = merge(status_parts, "http_response")
-    out.window_totals = out.by_status.groupby("window_start", as_index=False)["count"].sum().rename(
-        columns={"count": "total"})
+    flush(ts, host_codes, status_codes)
+    out.host, out.status = hosts.result(), statuses.result()
     return out
 
 
@@ -90,31 +172,83 @@ def _epoch_s(col: pd.Series) -> pd.Series:
     return (c - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
 
 
-def compare_counts(expected: pd.DataFrame, actual: pd.DataFrame, key: str, limit: int = 10) -> dict[str, Any]:
-    """Row-by-row comparison of (window_start, key) -> count. Reports missing, extra, wrong and duplicate rows."""
-    dup_mask = actual.duplicated(["window_start", key], keep=False)
-    dups = actual[dup_mask]
-    act = actual.drop_duplicates(["window_start", key])
-    m = expected.merge(act, on=["window_start", key], how="outer", suffixes=("_expected", "_actual"),
-                       indicator=True)
-    missing = m[m._merge == "left_only"]
-    extra = m[m._merge == "right_only"]
-    both = m[m._merge == "both"]
-    wrong = both[both.count_expected != both.count_actual]
+def _epoch_s_arrow(col: Any) -> np.ndarray:
+    """An Arrow timestamp column -> int64 epoch seconds."""
+    import pyarrow as pa
 
-    def sample(df: pd.DataFrame) -> list[dict]:
-        return json.loads(df.drop(columns=["_merge"], errors="ignore").head(limit).to_json(orient="records"))
+    per_s = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[col.type.unit]
+    return np.asarray(col.cast(pa.int64()).to_numpy(), dtype=np.int64) // per_s
 
-    return {"compared": int(len(m)), "expected_rows": int(len(expected)), "actual_rows": int(len(actual)),
-            "missing": int(len(missing)), "extra": int(len(extra)), "wrong": int(len(wrong)),
-            "duplicates": int(len(dups)), "ok": not (len(missing) or len(extra) or len(wrong) or len(dups)),
-            "examples": {"missing": sample(missing), "extra": sample(extra), "wrong": sample(wrong),
-                         "duplicates": sample(dups)}}
+
+def keyed_counts_of_table(table: Any, key: str, labels: list[Any]) -> KeyedCounts:
+    """A result table (Arrow: window_start, <key>, count) coded against the expected table's labels."""
+    if table is None or not table.num_rows:
+        return KeyedCounts(key, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), list(labels))
+    return KeyedCounts.from_arrays(key, _epoch_s_arrow(table.column("window_start")), table.column(key),
+                                   table.column("count").to_numpy(), labels)
+
+
+def compare_counts(expected: KeyedCounts, actual: KeyedCounts, limit: int = 10) -> dict[str, Any]:
+    """Row-by-row comparison of (window_start, key) -> count. Reports missing, extra, wrong and duplicate rows.
+    Both sides must be coded against the same labels (see KeyedCounts.from_arrays)."""
+    if expected.labels != actual.labels[:len(expected.labels)]:
+        raise ValueError("expected and actual counts are not coded against the same labels")
+    starts = [a.window_start for a in (expected, actual) if len(a)]
+    base = int(min(s.min() for s in starts)) if starts else 0
+    # packed keys sort as (window_start, code): the expected side from count_log is sorted already
+    e_keys = _pack(expected.window_start, expected.code, base)
+    e_order = None if (e_keys[1:] > e_keys[:-1]).all() else np.argsort(e_keys, kind="stable")
+    if e_order is not None:
+        e_keys = e_keys[e_order]
+        if (e_keys[1:] == e_keys[:-1]).any():
+            raise ValueError("expected counts hold a (window, key) twice")
+    a_order = np.argsort(_pack(actual.window_start, actual.code, base), kind="stable")
+    a_keys = _pack(actual.window_start[a_order], actual.code[a_order], base)
+    # duplicates: every actual row whose (window, key) appears more than once; the first one is compared
+    same_as_next = a_keys[1:] == a_keys[:-1]
+    dups = np.zeros(len(actual), bool)
+    dups[a_order[:-1][same_as_next]] = True
+    dups[a_order[1:][same_as_next]] = True
+    first = np.ones(len(a_keys), bool)
+    first[1:] = ~same_as_next
+    del same_as_next
+    a_rows, a_keys = a_order[first], a_keys[first]  # actual rows, one per (window, key), in key order
+    del a_order, first
+    pos = np.searchsorted(e_keys, a_keys)
+    found = pos < len(e_keys)
+    found[found] = e_keys[pos[found]] == a_keys[found]
+    del e_keys, a_keys
+    e_rows = pos[found] if e_order is None else e_order[pos[found]]
+    extra = np.zeros(len(actual), bool)
+    extra[a_rows[~found]] = True
+    a_rows = a_rows[found]
+    del pos, found, e_order
+    wrong = expected.count[e_rows] != actual.count[a_rows]
+    missing = np.ones(len(expected), bool)
+    missing[e_rows] = False
+
+    def sample(kc: KeyedCounts, mask: np.ndarray) -> list[dict]:
+        idx = np.flatnonzero(mask)[:limit]
+        sel = np.zeros(len(kc), bool)
+        sel[idx] = True
+        return json.loads(kc.frame(sel).to_json(orient="records"))
+
+    wrong_rows = e_rows[wrong][:limit]
+    wrong_examples = [{"window_start": int(expected.window_start[e]), expected.key: expected.labels[expected.code[e]],
+                       "count_expected": int(expected.count[e]), "count_actual": int(actual.count[a])}
+                      for e, a in zip(wrong_rows, a_rows[wrong][:limit])]
+    n_missing, n_extra, n_wrong, n_dups = int(missing.sum()), int(extra.sum()), int(wrong.sum()), int(dups.sum())
+    return {"compared": int(len(expected) + n_extra), "expected_rows": int(len(expected)),
+            "actual_rows": int(len(actual)), "missing": n_missing, "extra": n_extra, "wrong": n_wrong,
+            "duplicates": n_dups, "ok": not (n_missing or n_extra or n_wrong or n_dups),
+            "examples": {"missing": sample(expected, missing), "extra": sample(actual, extra),
+                         "wrong": json.loads(json.dumps(wrong_examples, default=str)),
+                         "duplicates": sample(actual, dups)}}
 
 
 def expected_alerts(c: BatchCounts, s: Settings) -> pd.DataFrame:
     """(rule, key, window_start) the rules imply for the FINAL window counts."""
-    rate = c.by_host[c.by_host["count"] >= s.rate_limit_ceiling]
+    rate = c.host.frame(c.host.count >= s.rate_limit_ceiling)
     rate = pd.DataFrame({"rule": "rate_limit", "key": rate.host.astype(str), "window_start": rate.window_start})
     st = c.by_status.merge(c.window_totals, on="window_start")
     st = st[(st.http_response >= 400) & (st["count"] >= s.surge_min_count)
@@ -196,26 +330,27 @@ class VerifyReport:
 
 def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, strict_truth: bool = True,
                progress: bool = False) -> VerifyReport:
-    from logpipe.results import load_table, webhdfs_fs
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from logpipe.results import load_arrow, load_table, webhdfs_fs
 
     t0 = time.monotonic()
     size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
     counts = count_log(log_path, size_s, slide_s, progress=progress)
     fs = webhdfs_fs(s)
-    by_host = load_table(s, "windows/by_host", ["window_start", "host", "count"], fs=fs)
-    by_status = load_table(s, "windows/by_status", ["window_start", "http_response", "count"], fs=fs)
-    for df in (by_host, by_status):
-        if len(df):
-            df["window_start"] = _epoch_s(df["window_start"])
-    host_cmp = compare_counts(counts.by_host, by_host, "host")
-    status_cmp = compare_counts(counts.by_status.astype({"http_response": "int32"}),
-                                by_status.astype({"http_response": "int32"}) if len(by_status) else by_status,
-                                "http_response")
-    # accounting: unique source lines in the job's tables vs the file
-    events = load_table(s, "events", ["src_key"], fs=fs)
-    late = load_table(s, "late", ["src_key"], fs=fs)  # parsed lines the job kept aside as late (not in windows)
-    if len(late):
-        events = pd.concat([events, late], ignore_index=True)
+    comparisons = {}
+    for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
+        actual = keyed_counts_of_table(load_arrow(s, table, ["window_start", kc.key, "count"], fs=fs), kc.key,
+                                       kc.labels)
+        comparisons[table] = compare_counts(kc, actual)
+        del actual
+    host_cmp, status_cmp = comparisons["windows/by_host"], comparisons["windows/by_status"]
+    # accounting: unique source lines in the job's tables vs the file (late: parsed lines the job kept aside)
+    tables = [load_arrow(s, name, ["src_key"], fs=fs) for name in ("events", "late")]
+    src_keys = pa.chunked_array([c for t in tables if t is not None for c in t.column("src_key").chunks],
+                                type=pa.string())
+    del tables
     quarantine = load_table(s, "quarantine", ["src_key", "reason"], fs=fs)
     q_unique = quarantine.drop_duplicates("src_key") if len(quarantine) else quarantine
     job_q_by_reason = q_unique.groupby("reason").size().to_dict() if len(q_unique) else {}
@@ -223,8 +358,8 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     metrics = json.loads(fs.cat(metrics_path)) if fs.exists(metrics_path) else {}
     acc = {"lines": counts.lines, "parsed": counts.parsed, "quarantined": sum(counts.quarantined_by_reason.values()),
            "quarantined_by_reason": counts.quarantined_by_reason,
-           "job_parsed_unique": int(events.src_key.nunique()) if len(events) else 0,
-           "job_event_rows": int(len(events)),
+           "job_parsed_unique": int(pc.count_distinct(src_keys).as_py()) if len(src_keys) else 0,
+           "job_event_rows": int(len(src_keys)),
            "job_quarantined_unique": int(len(q_unique)), "job_quarantined_by_reason": job_q_by_reason,
            "job_records_read": metrics.get("lines"), "late": metrics.get("late", 0),
            "duplicates_dropped": metrics.get("duplicates_dropped", 0)}

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from logpipe.config import Settings
-from logpipe.verify import BatchCounts, check_alerts, compare_counts, count_log, score_against_truth
+from logpipe.verify import BatchCounts, KeyedCounts, check_alerts, compare_counts, count_log, score_against_truth
 
 pytestmark = pytest.mark.unit
 
@@ -15,9 +15,15 @@ def frame(rows):
     return pd.DataFrame(rows, columns=["window_start", "host", "count"])
 
 
+def compare(expected_rows, actual_rows):
+    e = KeyedCounts.from_frame(frame(expected_rows), "host")
+    return compare_counts(e, KeyedCounts.from_frame(frame(actual_rows), "host", e.labels))
+
+
 def test_equal_tables_pass():
-    e = frame([(0, "a", 3), (10, "a", 1), (0, "b", 2)])
-    assert compare_counts(e, e.sample(frac=1, random_state=1), "host")["ok"]
+    rows = [(0, "a", 3), (10, "a", 1), (0, "b", 2)]
+    r = compare(rows, frame(rows).sample(frac=1, random_state=1).itertuples(index=False))
+    assert r["ok"] and r["compared"] == 3
 
 
 @pytest.mark.parametrize("actual,kind", [
@@ -26,9 +32,28 @@ def test_equal_tables_pass():
     ([(0, "a", 3), (10, "a", 1), (0, "b", 2), (20, "c", 1)], "extra"),
     ([(0, "a", 3), (10, "a", 1), (0, "b", 2), (0, "b", 2)], "duplicates"),
 ])
-def test_each_kind_of_error_is_caught(actual, kind):
-    r = compare_counts(frame([(0, "a", 3), (10, "a", 1), (0, "b", 2)]), frame(actual), "host")
+@pytest.mark.parametrize("expected", [[(0, "a", 3), (10, "a", 1), (0, "b", 2)],   # not in key order
+                                      [(0, "a", 3), (0, "b", 2), (10, "a", 1)]])  # in key order, as count_log's
+def test_each_kind_of_error_is_caught(actual, kind, expected):
+    r = compare(expected, actual)
     assert not r["ok"] and r[kind] >= 1
+    assert sum(r[k] for k in ("wrong", "missing", "extra", "duplicates")) == r[kind]  # nothing else is reported
+    assert r["examples"][kind]
+
+
+def test_comparison_names_the_rows_that_differ():
+    r = compare([(0, "a", 3), (10, "a", 1), (0, "b", 2)], [(10, "a", 5), (0, "b", 2), (0, "b", 2), (20, "c", 1)])
+    assert (r["missing"], r["extra"], r["wrong"], r["duplicates"]) == (1, 1, 1, 2)
+    assert r["examples"]["missing"] == [{"window_start": 0, "host": "a", "count": 3}]
+    assert r["examples"]["extra"] == [{"window_start": 20, "host": "c", "count": 1}]
+    assert r["examples"]["wrong"] == [{"window_start": 10, "host": "a", "count_expected": 1, "count_actual": 5}]
+    assert r["compared"] == 4 and r["actual_rows"] == 4
+
+
+def test_counts_far_apart_in_time_are_compared_exactly():
+    rows = [(0, "a", 1), (2_000_000_000, "a", 2), (1_000_000_000, "b", 3)]
+    assert compare(rows, rows)["ok"]
+    assert compare(rows, [(0, "a", 1), (2_000_000_000, "a", 2), (1_000_000_010, "b", 3)])["missing"] == 1
 
 
 def test_count_log_windows_and_accounting(tmp_path):
@@ -40,18 +65,17 @@ def test_count_log_windows_and_accounting(tmp_path):
     c = count_log(log, 20, 10)
     assert (c.lines, c.parsed, c.quarantined_by_reason) == (5, 3, {"malformed": 1, "empty": 1})
     t0 = 1084838400  # 2004-05-18T00:00:00Z
-    got = {(r.window_start - t0, r.host): r.count for r in c.by_host.itertuples()}
+    got = {(r.window_start - t0, r.host): r.count for r in c.host.frame().itertuples()}
     assert got == {(-10, "1.1.1.1"): 1, (0, "1.1.1.1"): 2, (10, "1.1.1.1"): 1, (0, "2.2.2.2"): 1, (10, "2.2.2.2"): 1}
     totals = dict(zip(c.window_totals.window_start - t0, c.window_totals.total))
     assert totals == {-10: 1, 0: 3, 10: 2}
 
 
 def _counts(host_rows, status_rows):
-    c = BatchCounts(by_host=pd.DataFrame(host_rows, columns=["window_start", "host", "count"]),
-                    by_status=pd.DataFrame(status_rows, columns=["window_start", "http_response", "count"]))
-    c.window_totals = c.by_status.groupby("window_start", as_index=False)["count"].sum().rename(
-        columns={"count": "total"})
-    return c
+    return BatchCounts(host=KeyedCounts.from_frame(frame(host_rows), "host"),
+                       status=KeyedCounts.from_frame(
+                           pd.DataFrame(status_rows, columns=["window_start", "http_response", "count"]),
+                           "http_response"))
 
 
 def test_alert_rules_missing_duplicate_and_unbacked():

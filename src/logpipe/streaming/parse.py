@@ -19,14 +19,14 @@ def _sql_str(text: str) -> str:
         "'", "\\'") + "'"
 
 
-def parse_columns(df: "DataFrame", value_col: str = "value") -> "DataFrame":
+def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: bool = True) -> "DataFrame":
     """Add the parsed columns and a quarantine `reason` (null when the line parsed) to a frame with a binary
-    `value` column. Columns added: line, host, timestamp, request, http_response, bytes_sent, method, path,
-    protocol, reason. The rules and reasons are those of logformat.parse_line (tests check they agree)."""
+    `value` column. Columns added: line, host, timestamp, request, http_response, bytes_sent, reason, and (with
+    `request_parts`) method, path, protocol. The rules and reasons are those of logformat.parse_line (tests
+    check they agree)."""
     from pyspark.sql import functions as F
 
     line_pat = _sql_str(lf.JAVA_LINE_PATTERN)
-    req_pat = _sql_str(lf.JAVA_REQUEST_PATTERN)
     seed_t = _sql_str(lf.SEED_TIME_PATTERN[:-1] + r"\z")
     clf_t = _sql_str(lf.CLF_TIME_PATTERN[:-1] + r"\z")
     sep = "char(0)"
@@ -52,10 +52,9 @@ def parse_columns(df: "DataFrame", value_col: str = "value") -> "DataFrame":
            .withColumn("request", F.expr("CASE WHEN _ok THEN _f[2] END"))
            .withColumn("http_response", F.expr("CASE WHEN _ok THEN CAST(_f[3] AS INT) END"))
            .withColumn("_bytes", F.expr("CASE WHEN _ok THEN CASE WHEN _f[4] = '-' THEN 0L ELSE CAST(_f[4] AS BIGINT) END END"))
-           .withColumn("_r", F.expr(f"split(regexp_replace(request, {req_pat}, concat_ws({sep}, '$1', '$2', '$3')), {sep})"))
            .withColumn("reason", F.expr(f"""
                CASE WHEN NOT _utf8 THEN '{lf.INVALID_UTF8}'
-                    WHEN line RLIKE '^[ \\\\t\\\\f\\\\x0B]*\\\\z' THEN '{lf.EMPTY}'
+                    WHEN NOT _ok AND line RLIKE '^[ \\\\t\\\\f\\\\x0B]*\\\\z' THEN '{lf.EMPTY}'
                     WHEN NOT _ok THEN '{lf.NO_MATCH}'
                     WHEN timestamp IS NULL THEN '{lf.BAD_TIMESTAMP}'
                     WHEN timestamp < TIMESTAMP'{lf.MIN_TIME:%Y-%m-%d %H:%M:%S}'
@@ -64,11 +63,24 @@ def parse_columns(df: "DataFrame", value_col: str = "value") -> "DataFrame":
                     WHEN _bytes > {lf.INT32_MAX} THEN '{lf.BAD_BYTES}'
                END"""))
            .withColumn("bytes_sent", F.expr("CASE WHEN reason IS NULL THEN CAST(_bytes AS INT) END"))
-           .withColumn("method", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN _r[0] END"))
-           .withColumn("path", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN _r[1] END"))
-           .withColumn("protocol", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN nullif(_r[2], '') END"))
-           )
-    return out.drop("_utf8", "_f", "_ok", "_t", "_seed", "_clf", "_bytes", "_r")
+           .drop("_utf8", "_f", "_ok", "_t", "_seed", "_clf", "_bytes"))
+    return request_columns(out) if request_parts else out
+
+
+def request_columns(df: "DataFrame") -> "DataFrame":
+    """Add method, path, protocol from `request` (null when the request is not `METHOD PATH [PROTOCOL]` or the
+    line did not parse). Separate from parse_columns so that a job can derive them only where it writes them."""
+    from pyspark.sql import functions as F
+
+    req_pat = _sql_str(lf.JAVA_REQUEST_PATTERN)
+    sep = "char(0)"
+    return (df
+            .withColumn("_r", F.expr(f"split(regexp_replace(request, {req_pat}, concat_ws({sep}, '$1', '$2', '$3')), "
+                                     f"{sep})"))
+            .withColumn("method", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN _r[0] END"))
+            .withColumn("path", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN _r[1] END"))
+            .withColumn("protocol", F.expr("CASE WHEN reason IS NULL AND size(_r) = 3 THEN nullif(_r[2], '') END"))
+            .drop("_r"))
 
 
 EVENT_COLUMNS = ["host", "timestamp", "request", "http_response", "bytes_sent", "method", "path", "protocol"]
@@ -91,6 +103,15 @@ def header_columns(df: "DataFrame") -> "DataFrame":
     return (df
             .withColumn("src", F.expr(f"CAST({_header('src', 0)} AS STRING)"))
             .withColumn("off", F.expr(f"CAST(CAST({_header('off', 1)} AS STRING) AS BIGINT)"))
-            .withColumn("src_key", F.expr(
-                "CASE WHEN src IS NOT NULL AND off IS NOT NULL THEN concat(src, ':', off) "
-                "ELSE concat('kafka:', topic, ':', partition, ':', offset) END")))
+            .withColumn("src_key", src_key_column()))
+
+
+def src_key_column(topic: "Column | None" = None) -> "Column":
+    """`src:off`, or `kafka:topic:partition:offset` for a record without them; `topic` (default: the column)."""
+    from pyspark.sql import functions as F
+
+    topic = F.col("topic") if topic is None else topic
+    return (F.when(F.col("src").isNotNull() & F.col("off").isNotNull(),
+                   F.concat(F.col("src"), F.lit(":"), F.col("off").cast("string")))
+            .otherwise(F.concat(F.lit("kafka:"), topic, F.lit(":"), F.col("partition").cast("string"), F.lit(":"),
+                                F.col("offset").cast("string"))))

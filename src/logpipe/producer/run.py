@@ -135,28 +135,26 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                 src = block.src.encode()
                 off = block.start
                 topic = s.topic
-                if pacer.factor is None and block.oversize_len is None and (
-                        not block.lines or max(map(len, block.lines)) <= s.max_message_bytes):
-                    off = sink.send_lines(topic, block.lines, src, off)  # the fast path: no pacing, no big lines
-                    block_lines = ()
+                if (pacer.factor is None and block.oversize_len is None
+                        and max(map(len, block.lines), default=0) <= s.max_message_bytes):
+                    sink.send_lines(topic, block.lines, src, off)  # the fast path: no pacing, no line too large
                 else:
-                    block_lines = block.lines
-                for line in block_lines:
-                    if len(line) > s.max_message_bytes or block.oversize_len is not None:
-                        if not quarantine_ready:
-                            ensure_topic(s, s.quarantine_topic)
-                            quarantine_ready = True
-                        length = block.oversize_len if block.oversize_len is not None else len(line)
-                        sink.send(s.quarantine_topic, line[:16384],
-                                  [("src", src), ("off", str(off).encode()), ("reason", b"too_large"),
-                                   ("length", str(length).encode())])
-                        log.warning("line at byte %d of %s is %d bytes (> %d): sent truncated to topic %s",
-                                    off, path, length, s.max_message_bytes, s.quarantine_topic)
-                        summary.quarantined += 1
-                    else:
-                        pacer.wait(line)
-                        sink.send(topic, line, [("src", src), ("off", str(off).encode())])
-                    off += len(line) + 1
+                    for line in block.lines:
+                        if len(line) > s.max_message_bytes or block.oversize_len is not None:
+                            if not quarantine_ready:
+                                ensure_topic(s, s.quarantine_topic)
+                                quarantine_ready = True
+                            length = block.oversize_len if block.oversize_len is not None else len(line)
+                            sink.send(s.quarantine_topic, line[:16384],
+                                      [("src", src), ("off", str(off).encode()), ("reason", b"too_large"),
+                                       ("length", str(length).encode())])
+                            log.warning("line at byte %d of %s is %d bytes (> %d): sent truncated to topic %s",
+                                        off, path, length, s.max_message_bytes, s.quarantine_topic)
+                            summary.quarantined += 1
+                        else:
+                            pacer.wait(line)
+                            sink.send(topic, line, [("src", src), ("off", str(off).encode())])
+                        off += len(line) + 1
                 summary.lines += len(block.lines)
                 summary.bytes += block.end - block.start
                 pending = block

@@ -118,7 +118,7 @@ class _WindowCounter:
     def add(self, starts: list[np.ndarray], codes: np.ndarray) -> None:
         for s in starts:
             keep = s != -1  # -1: this window does not hold the timestamp (window_starts_array)
-            self.parts.append(_pack(s[keep], codes[keep], self.base) if not keep.all() else _pack(s, codes, self.base))
+            self.parts.append(_pack(s, codes, self.base) if keep.all() else _pack(s[keep], codes[keep], self.base))
 
     def result(self) -> KeyedCounts:
         packed, counts = np.unique(np.concatenate(self.parts) if self.parts else np.zeros(0, np.uint64),

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from logpipe.config import Settings
 from logpipe.rules import AlertRules
 from logpipe.streaming.commit import HadoopFs, batch_tag, commit_batch, committed_meta
-from logpipe.streaming.parse import EVENT_COLUMNS, header_columns, parse_columns, request_columns, src_key_column
+from logpipe.streaming.parse import (EVENT_COLUMNS, header_columns, key_hash_column, parse_columns, request_columns,
+                                     src_key_column)
 from logpipe.windows import duration_seconds, late_horizon
 
 if TYPE_CHECKING:
@@ -49,7 +50,10 @@ OPEN_SCHEMA = ("grain STRING, window_start TIMESTAMP, window_end TIMESTAMP, host
 GRAINS = {"host": ["host"], "status": ["http_response"], "failed": ["host", "http_response"]}
 WINDOW_COLUMNS = ["window_start", "window_end"]
 CACHED_EVENT_COLUMNS = [c for c in EVENT_COLUMNS if c not in ("method", "path", "protocol")]
-SEEN_SCHEMA = "src_key STRING, timestamp TIMESTAMP"
+SEEN_SCHEMA = "src_key STRING, key_hash BIGINT, timestamp TIMESTAMP"
+# The per-batch cache is built once and read a few times within seconds: building it uncompressed measured
+# 17.6-19.1 s instead of 23.1-25.4 s for 2.1 M records (cache ~2x larger, well within the heap), scans unchanged.
+SPARK_CONF = {"spark.sql.inMemoryColumnarStorage.compressed": "false"}
 ALERTS_SCHEMA = ("rule STRING, key STRING, window_start TIMESTAMP, window_end TIMESTAMP, count BIGINT, share DOUBLE, "
                  "threshold INT, top_hosts ARRAY<STRING>, alert_id STRING, detected_at TIMESTAMP")
 
@@ -144,7 +148,8 @@ class StreamJob:
                          *(F.when(F.col("reason").isNotNull(), F.col(c)).alias(c) for c in ("line", "value")))
                  .persist())
         cached: list[DataFrame] = [cache]
-        parsed = cache.withColumn("src_key", src_key_column(F.lit(self.s.topic)))
+        topic = F.lit(self.s.topic)
+        parsed = cache.withColumn("src_key", src_key_column(topic)).withColumn("key_hash", key_hash_column(topic))
         try:
             groups = (parsed.groupBy("reason", "_late")
                       .agg(F.count(F.lit(1)).alias("n"), F.max("timestamp").alias("max_ts")).collect())
@@ -156,12 +161,12 @@ class StreamJob:
                          default=None)
             n_parsed = counts.pop("parsed", 0)
             ok = (request_columns(parsed.where("reason IS NULL"))
-                  .select(*EVENT_COLUMNS, "src", "off", "src_key", "_late",
+                  .select(*EVENT_COLUMNS, "src", "off", "src_key", "key_hash", "_late",
                           F.col("partition").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
                           F.date_format("timestamp", "yyyy-MM-dd").alias("date")))
-            late = ok.where("_late").drop("_late")
+            late = ok.where("_late").drop("_late", "key_hash")
             seen_prev = self._state(STATE_SEEN, prev, SEEN_SCHEMA)
-            events, n_events = self._drop_duplicates(ok.where("NOT _late").drop("_late"), seen_prev,
+            events, n_events = drop_duplicate_lines(ok.where("NOT _late").drop("_late"), seen_prev,
                                                      n_parsed - n_late)
             next_horizon = self._horizon(batch_id, extra=max_ts)
             t1 = time.monotonic()
@@ -187,14 +192,14 @@ class StreamJob:
             n_final = sizes["host"].get(True, 0) + sizes["status"].get(True, 0)
             n_open = sum(sz.get(False, 0) for sz in sizes.values())
             new_alerts = self._new_alerts(by_host, by_status, counts_of["failed"])
-            seen_next = (seen_prev.unionByName(events.select("src_key", "timestamp"))
+            seen_next = (seen_prev.unionByName(events.select("src_key", "key_hash", "timestamp"))
                          .where(F.lit(True) if next_horizon is None else F.col("timestamp") >= F.lit(next_horizon)))
             seen_next = seen_next.persist()
             cached.append(seen_next)
             n_seen = seen_next.count()
             t2 = time.monotonic()
 
-            writes = [(events, "events", ["date"])]
+            writes = [(events.drop("key_hash"), "events", ["date"])]
             if counts:
                 writes.append((parsed.where("reason IS NOT NULL")
                                .select(F.expr("make_valid_utf8(line)").alias("raw"),  # U+FFFD for bad bytes
@@ -241,24 +246,6 @@ class StreamJob:
                  "parse+count %.1fs, windows+alerts %.1fs, write+commit %.1fs", batch_id, f"{meta['lines']:,}",
                  f"{n_late:,}", f"{meta['duplicates']:,}", f"{n_final:,}", f"{n_open:,}", f"{n_seen:,}",
                  t1 - t0, t2 - t1, time.monotonic() - t2)
-
-    def _drop_duplicates(self, rows: "DataFrame", seen_prev: "DataFrame", n_rows: int) -> tuple["DataFrame", int]:
-        """`rows` without the repeats of a source line (src_key) within them or in `seen_prev`, and how many
-        remain. Only the keys are shuffled to find the repeats; the rows themselves only when there are some."""
-        from pyspark.sql import functions as F
-
-        keys = rows.select("src_key")
-        repeated = keys.groupBy("src_key").count().where("count > 1").select("src_key")
-        again = keys.join(F.broadcast(seen_prev.select("src_key")), "src_key", "left_semi")
-        dup_keys = [r[0] for r in repeated.union(again).distinct().collect()]
-        if not dup_keys:
-            return rows, n_rows
-        dups = F.broadcast(self.spark.createDataFrame([(k,) for k in dup_keys], "src_key STRING"))
-        kept = (rows.join(dups, "src_key", "left_semi")
-                .join(F.broadcast(seen_prev.select("src_key")), "src_key", "left_anti")
-                .dropDuplicates(["src_key"]))
-        out = rows.join(dups, "src_key", "left_anti").unionByName(kept)
-        return out, out.count()
 
     def _new_alerts(self, by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame") -> list[dict[str, Any]]:
         """Alerts of the running window counts not emitted before (by alert_id), as rows of the alerts table."""
@@ -369,6 +356,36 @@ class StreamJob:
         metrics = {**self.accounting(), **extra}
         self.fs.write_text(self.s.hdfs_uri("_metrics", "latest.json"), json.dumps(metrics, default=str))
         return metrics
+
+
+def drop_duplicate_lines(rows: "DataFrame", seen_prev: "DataFrame", n_rows: int) -> tuple["DataFrame", int]:
+    """`rows` without the repeats of a source line (src_key) within them or in `seen_prev`, and how many remain
+    (`n_rows`: how many `rows` has). Both frames have src_key and its key_hash. Repeats are searched for on the
+    64-bit key_hash (a shuffle of longs, not strings); only rows whose hash repeats are then compared on src_key,
+    and the rows themselves are shuffled only when there are real repeats (a restarted producer)."""
+    from pyspark.sql import functions as F
+
+    spark = rows.sparkSession
+
+    def repeats(keys: "DataFrame", key: str) -> list[Any]:
+        repeated = keys.groupBy(key).count().where("count > 1").select(key)
+        again = keys.join(F.broadcast(seen_prev.select(key)), key, "left_semi")
+        return [r[0] for r in repeated.union(again).distinct().collect()]
+
+    hashes = repeats(rows.select("key_hash"), "key_hash")
+    if not hashes:
+        return rows, n_rows
+    candidates = rows.join(F.broadcast(spark.createDataFrame([(h,) for h in hashes], "key_hash BIGINT")),
+                           "key_hash", "left_semi")
+    dup_keys = repeats(candidates.select("src_key"), "src_key")
+    if not dup_keys:  # hash collisions only
+        return rows, n_rows
+    dups = F.broadcast(spark.createDataFrame([(k,) for k in dup_keys], "src_key STRING"))
+    kept = (rows.join(dups, "src_key", "left_semi")
+            .join(F.broadcast(seen_prev.select("src_key")), "src_key", "left_anti")
+            .dropDuplicates(["src_key"]))
+    out = rows.join(dups, "src_key", "left_anti").unionByName(kept)
+    return out, out.count()
 
 
 def alerts_of_counts(fine: "DataFrame", rules: AlertRules) -> "DataFrame":

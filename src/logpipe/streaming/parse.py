@@ -115,3 +115,14 @@ def src_key_column(topic: "Column | None" = None) -> "Column":
                    F.concat(F.col("src"), F.lit(":"), F.col("off").cast("string")))
             .otherwise(F.concat(F.lit("kafka:"), topic, F.lit(":"), F.col("partition").cast("string"), F.lit(":"),
                                 F.col("offset").cast("string"))))
+
+
+def key_hash_column(topic: "Column | None" = None) -> "Column":
+    """A 64-bit hash of the parts of `src_key` (src, off; else topic, partition, offset): rows with the same
+    src_key have the same hash, so repeats can be searched for on a long instead of a string (a hash collision
+    only makes a candidate, which is then checked on src_key)."""
+    from pyspark.sql import functions as F
+
+    topic = F.col("topic") if topic is None else topic
+    return (F.when(F.col("src").isNotNull() & F.col("off").isNotNull(), F.xxhash64("src", "off"))
+            .otherwise(F.xxhash64(F.lit("kafka"), topic, F.col("partition"), F.col("offset"))))

@@ -59,7 +59,7 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
     """Run the job. until_done: returns the run's metrics when everything in the topic has been processed."""
     from logpipe import health
     from logpipe.spark import build_spark
-    from logpipe.streaming.job import StreamJob
+    from logpipe.streaming.job import SPARK_CONF, StreamJob
 
     health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
                       timeout=s.connect_timeout_s,
@@ -67,7 +67,7 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
     health.wait_until(lambda: health.probe_hdfs(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
                       timeout=s.connect_timeout_s,
                       hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
-    spark = build_spark(s, "logpipe-stream")
+    spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
     job = StreamJob(spark, s)
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()

@@ -1,0 +1,75 @@
+"""The streaming job's duplicate check: repeats of a source line are dropped exactly, hash collisions are not."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROWS = "src_key STRING, key_hash BIGINT, timestamp TIMESTAMP, n INT"
+SEEN = "src_key STRING, key_hash BIGINT, timestamp TIMESTAMP"
+T = datetime(2004, 5, 18, 5, 58, 48)
+
+
+@pytest.fixture(scope="module")
+def local_spark():
+    from logpipe.config import load_settings
+    from logpipe.spark import build_spark
+
+    return build_spark(load_settings(), "job-tests", kafka=False)
+
+
+def _dedupe(spark, rows, seen=()):
+    from logpipe.streaming.job import drop_duplicate_lines
+
+    df = spark.createDataFrame([(k, h, T, i) for i, (k, h) in enumerate(rows)], ROWS)
+    out, n = drop_duplicate_lines(df, spark.createDataFrame([(k, h, T) for k, h in seen], SEEN), len(rows))
+    got = sorted((r["src_key"], r["n"]) for r in out.collect())
+    assert n == len(got)
+    return got
+
+
+def test_lines_without_repeats_are_all_kept(local_spark):
+    assert _dedupe(local_spark, [("a:1", 1), ("a:2", 2), ("b:1", 3)]) == [("a:1", 0), ("a:2", 1), ("b:1", 2)]
+
+
+def test_a_repeat_within_the_batch_is_kept_once(local_spark):
+    got = _dedupe(local_spark, [("a:1", 1), ("a:2", 2), ("a:1", 1), ("a:1", 1)])
+    assert [k for k, _ in got] == ["a:1", "a:2"]
+
+
+def test_a_line_seen_in_an_earlier_batch_is_dropped(local_spark):
+    assert _dedupe(local_spark, [("a:1", 1), ("a:2", 2)], seen=[("a:1", 1)]) == [("a:2", 1)]
+
+
+def test_a_hash_collision_is_not_a_duplicate(local_spark):
+    """Different lines with the same hash, in the batch and against the earlier keys, are all kept."""
+    rows = [("a:1", 7), ("b:9", 7), ("c:3", 8)]
+    assert _dedupe(local_spark, rows, seen=[("z:5", 8)]) == [("a:1", 0), ("b:9", 1), ("c:3", 2)]
+
+
+def test_collisions_and_real_repeats_together(local_spark):
+    rows = [("a:1", 7), ("b:9", 7), ("b:9", 7), ("c:3", 8), ("d:4", 5)]
+    got = _dedupe(local_spark, rows, seen=[("z:5", 8), ("d:4", 5)])
+    assert [k for k, _ in got] == ["a:1", "b:9", "c:3"]
+
+
+def test_key_hash_is_the_same_for_the_same_src_key(local_spark):
+    """Equal src_key -> equal key_hash (what the exact check relies on), for producer and Kafka-position keys."""
+    from pyspark.sql import functions as F
+
+    from logpipe.streaming.parse import key_hash_column, src_key_column
+
+    df = local_spark.createDataFrame(
+        [("a.log", 17, 0, 100), ("a.log", 17, 1, 5), ("a.log", 18, 0, 101), (None, None, 0, 3), (None, None, 1, 3),
+         (None, None, 0, 3), ("b.log", None, 0, 3)],
+        "src STRING, off BIGINT, partition INT, offset BIGINT")
+    rows = df.select(src_key_column(F.lit("t")).alias("k"), key_hash_column(F.lit("t")).alias("h")).collect()
+    by_key: dict[str, set[int]] = {}
+    for r in rows:
+        by_key.setdefault(r["k"], set()).add(r["h"])
+    assert all(len(h) == 1 for h in by_key.values()), by_key
+    assert sorted(by_key) == ["a.log:17", "a.log:18", "kafka:t:0:3", "kafka:t:1:3"]  # src without off: position
+    assert len({next(iter(h)) for h in by_key.values()}) == 4  # different keys, different hashes here

@@ -135,7 +135,7 @@ def _epoch(series) -> list[int]:
     return [int(x.timestamp()) if x.tzinfo else int(x.replace(tzinfo=timezone.utc).timestamp()) for x in series]
 
 
-def check_results(s: Settings, sent: Sent, metrics: dict) -> None:
+def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool = False) -> None:
     from kafka import KafkaConsumer
 
     from logpipe.results import load_table
@@ -159,6 +159,13 @@ def check_results(s: Settings, sent: Sent, metrics: dict) -> None:
     assert len(events) + len(late) + metrics["duplicates_dropped"] == exp["parsed"]
     assert not events["off"].duplicated().any() and metrics["events"] == len(events)
     assert (events["date"].astype(str) == events["timestamp"].dt.strftime("%Y-%m-%d")).all()
+    # the events table's columns; method, path and protocol only with LOGPIPE_EVENTS_REQUEST_PARTS
+    events = load_table(s, "events")
+    parts = ["method", "path", "protocol"] if request_parts else []
+    assert sorted(events.columns) == sorted(["host", "timestamp", "request", "http_response", "bytes_sent", *parts,
+                                             "src", "off", "src_key", "kafka_partition", "kafka_offset", "date"])
+    if request_parts:
+        assert (events["method"] + " " + events["path"] + " " + events["protocol"] == events["request"]).all()
     # windows: each (window, key) once, equal to the independent computation
     for table, key, counter in (("windows/by_host", "host", exp["by_host"]),
                                 ("windows/by_status", "http_response", exp["by_status"])):
@@ -221,9 +228,9 @@ def test_until_done_is_exact(job_settings: Settings):
     lines, rate_host, surge_status = make_lines(60_000)
     sent = Sent(build_records(lines), rate_host, surge_status)
     send(job_settings, sent.records)
-    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="25000")
+    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="25000", LOGPIPE_EVENTS_REQUEST_PARTS="true")
     assert metrics["flushed_window_rows"] > 0  # the last windows came from the carried open-window state
-    check_results(job_settings, sent, metrics)
+    check_results(job_settings, sent, metrics, request_parts=True)
 
 
 @pytest.mark.faults

@@ -83,7 +83,8 @@ def request_columns(df: "DataFrame") -> "DataFrame":
             .drop("_r"))
 
 
-EVENT_COLUMNS = ["host", "timestamp", "request", "http_response", "bytes_sent", "method", "path", "protocol"]
+REQUEST_PARTS = ("method", "path", "protocol")
+EVENT_COLUMNS = ["host", "timestamp", "request", "http_response", "bytes_sent", *REQUEST_PARTS]
 
 
 def _header(name: str, position: int) -> str:

@@ -45,7 +45,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
         field = Settings.model_fields[name]
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                            help=(field.description or "") + f" [env LOGPIPE_{name.upper()}]")
+                            help=(field.description or "").replace("%", "%%")  # argparse formats help with %
+                            + f" [env LOGPIPE_{name.upper()}]")
 
 
 def build_parser() -> argparse.ArgumentParser:

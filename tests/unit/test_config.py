@@ -55,3 +55,15 @@ def test_cli_flags_override_settings(monkeypatch):
     assert settings_from_args(args).kafka_port == 2222
     args = build_parser().parse_args(["stack", "status"])
     assert settings_from_args(args).kafka_port == 1111
+
+
+def test_every_command_prints_its_help(capsys):
+    """`--help` of every subcommand works (setting descriptions become help text: a bare % once broke it)."""
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # the registered subcommands
+    assert {"demo", "stream", "bench", "verify"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([name, "--help"])
+        assert exit_.value.code == 0, name
+        assert "usage: logpipe " + name in capsys.readouterr().out

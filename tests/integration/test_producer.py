@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from logpipe.producer.source import BLOCK_BYTES
+from logpipe.record import parse_record_key
+
 pytestmark = pytest.mark.integration
 
 
@@ -21,14 +24,16 @@ def _lines(n: int, tag: str = "") -> list[bytes]:
             .encode() for i in range(n)]
 
 
-def _consume(stack, topic: str, expect: int, timeout_ms: int = 15000) -> list:
+def _consume(stack, topic: str, expect: int, timeout_ms: int = 15000, *, records: bool = False) -> list:
+    """(position, value) of each record: position = (src, off) parsed from its key; the records themselves with
+    `records`."""
     from kafka import KafkaConsumer
 
     c = KafkaConsumer(topic, bootstrap_servers=stack.kafka_address, auto_offset_reset="earliest",
                       consumer_timeout_ms=timeout_ms, max_poll_records=5000)
     out = []
     for m in c:
-        out.append((dict(m.headers), m.value))
+        out.append(m if records else (parse_record_key(m.key), m.value))
         if len(out) >= expect:
             break
     c.close()
@@ -66,10 +71,34 @@ def test_every_line_once_with_position(stack, unique, tmp_path, client):
     got = _consume(stack, env["LOGPIPE_TOPIC"], len(lines) + 1)
     assert len(got) == len(lines)
     expected = _offsets(log.read_bytes())
-    by_off = {int(h["off"]): v for h, v in got}
-    assert by_off == expected  # every line exactly once, value = raw bytes, off = its byte offset
-    assert len({h["src"] for h, _ in got}) == 1
+    by_off = {pos[1]: v for pos, v in got}
+    assert by_off == expected  # every line exactly once, value = raw bytes, off = its byte offset (in the key)
+    st = log.stat()
+    assert {pos[0] for pos, _ in got} == {f"{st.st_dev}:{st.st_ino}"}  # src: the file's identity
     assert [v for _, v in got] == lines  # one partition: file order kept
+
+
+def test_blocks_take_the_partitions_in_turn(stack, unique, tmp_path):
+    """On a topic of 3 partitions, each block of lines (one read of BLOCK_BYTES) goes to the next partition: each
+    partition holds whole runs of consecutive lines (large batches, as a sticky partitioner would give), and every
+    line is sent once."""
+    log = tmp_path / "p.log"
+    lines = _lines(80_000)  # ~5.3 MiB: 6 blocks
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    env = _env(stack, unique, tmp_path, LOGPIPE_TOPIC_PARTITIONS="3")
+    r = _produce(env, str(log), "--client", "confluent")
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = _consume(stack, env["LOGPIPE_TOPIC"], len(lines) + 1, records=True)
+    index = {off: i for i, off in enumerate(_offsets(log.read_bytes()))}  # byte offset -> line number
+    assert sorted(index[parse_record_key(m.key)[1]] for m in got) == list(range(len(lines)))
+    runs: dict[int, int] = {}  # partition -> how many runs of consecutive lines it holds, in Kafka order
+    for p in range(3):
+        nums = [index[parse_record_key(m.key)[1]] for m in sorted((m for m in got if m.partition == p),
+                                                                  key=lambda m: m.offset)]
+        assert nums, f"partition {p} got nothing"
+        runs[p] = 1 + sum(1 for a, b in zip(nums, nums[1:]) if b != a + 1)
+    blocks = -(-log.stat().st_size // BLOCK_BYTES)
+    assert blocks >= 4 and sum(runs.values()) == blocks, runs  # one run per block: not a partition per line
 
 
 @pytest.mark.faults
@@ -93,8 +122,7 @@ def test_resume_after_kill9_loses_nothing(stack, unique, tmp_path):
     got = _consume(stack, env["LOGPIPE_TOPIC"], 10**9, timeout_ms=10000)
     expected = _offsets(log.read_bytes())
     seen: dict[int, bytes] = {}
-    for h, v in got:
-        off = int(h["off"])
+    for (_, off), v in got:
         assert seen.setdefault(off, v) == v  # a line sent twice carries the same (src, off) and value
     assert seen == expected  # nothing lost
 
@@ -142,8 +170,8 @@ def test_oversize_line_goes_to_quarantine_topic(stack, unique, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert (s["lines"], s["records"], s["quarantined"]) == (3, 2, 1)
-    q = _consume(stack, f"q-{unique}", 1)
-    assert q[0][0]["reason"] == b"too_large" and q[0][0]["length"] == b"50000" and q[0][0]["off"] == b"10"
+    q = _consume(stack, f"q-{unique}", 1, records=True)
+    assert dict(q[0].headers) == {"reason": b"too_large", "length": b"50000"} and parse_record_key(q[0].key)[1] == 10
 
 
 def test_missing_file_exits_2(stack, tmp_path, unique):
@@ -175,8 +203,8 @@ def test_a_record_the_broker_rejects_is_a_delivery_error(stack, unique, client):
     s = stack.with_overrides(producer_client=client, max_message_bytes=4_000_000)
     sink = make_sink(s)
     try:
-        sink.send(f"reject-{unique}", b"ok", [("src", b"t"), ("off", b"0")])
-        sink.send(f"reject-{unique}", os.urandom(2_000_000), [("src", b"t"), ("off", b"3")])  # incompressible
+        sink.send(f"reject-{unique}", b"ok", b"lp:t:0")
+        sink.send(f"reject-{unique}", os.urandom(2_000_000), b"lp:t:3")  # incompressible
         with pytest.raises(DeliveryError, match="(?i)too.?large|size"):
             sink.flush(timeout=60)
     finally:

@@ -19,6 +19,7 @@ import pytest
 
 from logpipe import logformat as lf
 from logpipe.config import Settings
+from logpipe.record import record_key
 from logpipe.rules import FAILURE_SURGE, RATE_LIMIT, AlertRules, WindowCount
 
 pytestmark = pytest.mark.integration
@@ -94,7 +95,7 @@ def send(s: Settings, records: list[tuple[int, bytes]]) -> None:
         admin.close()
     producer = KafkaProducer(bootstrap_servers=s.kafka_address, linger_ms=20, batch_size=256 * 1024, acks="all")
     for off, line in records:
-        producer.send(s.topic, value=line, headers=[("src", SRC.encode()), ("off", str(off).encode())])
+        producer.send(s.topic, value=line, key=record_key(SRC.encode(), off))
     producer.flush()
     producer.close()
 

@@ -60,16 +60,16 @@ def test_key_hash_is_the_same_for_the_same_src_key(local_spark):
     """Equal src_key -> equal key_hash (what the exact check relies on), for producer and Kafka-position keys."""
     from pyspark.sql import functions as F
 
-    from logpipe.streaming.parse import key_hash_column, src_key_column
+    from logpipe.streaming.parse import source_columns
 
     df = local_spark.createDataFrame(
-        [("a.log", 17, 0, 100), ("a.log", 17, 1, 5), ("a.log", 18, 0, 101), (None, None, 0, 3), (None, None, 1, 3),
-         (None, None, 0, 3), ("b.log", None, 0, 3)],
-        "src STRING, off BIGINT, partition INT, offset BIGINT")
-    rows = df.select(src_key_column(F.lit("t")).alias("k"), key_hash_column(F.lit("t")).alias("h")).collect()
+        [(b"lp:a.log:17", 0, 100), (b"lp:a.log:17", 1, 5), (b"lp:a.log:18", 0, 101), (None, 0, 3), (None, 1, 3),
+         (None, 0, 3), (b"lp:a.log:x", 0, 3)],
+        "key BINARY, partition INT, offset BIGINT")
+    rows = source_columns(df, F.lit("t")).select("src_key", "key_hash").collect()
     by_key: dict[str, set[int]] = {}
     for r in rows:
-        by_key.setdefault(r["k"], set()).add(r["h"])
+        by_key.setdefault(r["src_key"], set()).add(r["key_hash"])
     assert all(len(h) == 1 for h in by_key.values()), by_key
-    assert sorted(by_key) == ["a.log:17", "a.log:18", "kafka:t:0:3", "kafka:t:1:3"]  # src without off: position
+    assert sorted(by_key) == ["a.log:17", "a.log:18", "kafka:t:0:3", "kafka:t:1:3"]  # a bad key: the position
     assert len({next(iter(h)) for h in by_key.values()}) == 4  # different keys, different hashes here

@@ -109,17 +109,24 @@ def test_parsers_agree_on_arbitrary_input(local_spark, lines):
     assert _spark_parse(local_spark, lines) == [_reference(x) for x in lines]
 
 
-def test_header_columns_read_src_and_off_wherever_they_are(local_spark):
-    """The producer's order (src, off), another order, extra headers, none: the same src, off and src_key."""
-    from logpipe.streaming.parse import header_columns
+def test_source_columns_read_the_producers_key_and_agree_with_python(local_spark):
+    """src, off, src_key from the record key `lp:<src>:<off>` as logpipe.record reads it; any other key (another
+    producer's, a malformed one, none) gives the Kafka position."""
+    from logpipe.record import parse_record_key, record_key
+    from logpipe.streaming.parse import source_columns
 
-    rows = [([("src", b"a.log"), ("off", b"17")], 0),
-            ([("off", b"18"), ("x", b"1"), ("src", b"a.log")], 1),
-            ([("x", b"1"), ("src", b"b.log"), ("off", b"5")], 2),
-            ([], 3)]
-    df = local_spark.createDataFrame(
-        [([{"key": k, "value": bytearray(v)} for k, v in h], "t", 0, o) for h, o in rows],
-        "headers ARRAY<STRUCT<key: STRING, value: BINARY>>, topic STRING, partition INT, offset BIGINT")
-    got = [(r["src"], r["off"], r["src_key"]) for r in header_columns(df).orderBy("offset").collect()]
-    assert got == [("a.log", 17, "a.log:17"), ("a.log", 18, "a.log:18"), ("b.log", 5, "b.log:5"),
-                   (None, None, "kafka:t:0:3")]
+    keys = [record_key(b"2049:1234", 0), record_key(b"2049:1234:2", 118), record_key(b"a.log", 17), None,
+            b"10.0.0.1", b"lp:", b"lp:5", b"lp::5", b"lp:a.log:", b"lp:a.log:x", b"lp:a.log:-3", b"LP:a.log:3",
+            b"lp:a.log:99999999999999999999", b"lp:a.log:007", b"lp:a.log: 7", b"lp:a.log:+7", b"\xff\xfe",
+            record_key(b"b.log", 2**63 - 1)]
+    df = local_spark.createDataFrame([(k, 0, i) for i, k in enumerate(keys)], "key BINARY, partition INT, offset BIGINT")
+    got = [(r["src"], r["off"], r["src_key"]) for r in source_columns(df.selectExpr("*", "'t' AS topic"))
+           .orderBy("offset").collect()]
+    want = []
+    for i, k in enumerate(keys):
+        pos = parse_record_key(k)
+        want.append((pos[0], pos[1], f"{pos[0]}:{pos[1]}") if pos else (None, None, f"kafka:t:0:{i}"))
+    assert got == want
+    assert want[:3] == [("2049:1234", 0, "2049:1234:0"), ("2049:1234:2", 118, "2049:1234:2:118"),
+                        ("a.log", 17, "a.log:17")]
+    assert all(w[0] is None for w in want[3:-1]) and want[-1][1] == 2**63 - 1

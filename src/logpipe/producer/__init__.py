@@ -1,1 +1,1 @@
-"""python_service: tails an access log into Kafka, one record per line, with its source position in headers."""
+"""python_service: tails an access log into Kafka, one record per line, keyed by its source position."""

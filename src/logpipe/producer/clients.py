@@ -7,6 +7,7 @@ import time
 from typing import Protocol
 
 from logpipe.config import Settings
+from logpipe.record import KEY_FORMAT
 
 log = logging.getLogger("logpipe.producer")
 
@@ -16,14 +17,17 @@ class DeliveryError(RuntimeError):
 
 
 class RecordSink(Protocol):
-    """Sends raw records with headers; `flush` waits for every acknowledgement and raises on failures."""
+    """Sends raw keyed records; `flush` waits for every acknowledgement and raises on failures."""
 
     sent: int
     failed: int
 
-    def send(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> None: ...
+    def partitions(self, topic: str) -> int: ...
 
-    def send_lines(self, topic: str, lines: list[bytes], src: bytes, off: int) -> int: ...
+    def send(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]] | None = None,
+             partition: int | None = None) -> None: ...
+
+    def send_lines(self, topic: str, lines: list[bytes], src: bytes, off: int, partition: int) -> int: ...
 
     def flush(self, timeout: float = 120.0) -> None: ...
 
@@ -49,14 +53,19 @@ class KafkaPythonSink:
         if self.first_error is None:
             self.first_error = repr(exc)
 
-    def send(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self._p.send(topic, value=value, headers=headers).add_errback(self._on_error)
+    def partitions(self, topic: str) -> int:
+        return len(self._p.partitions_for(topic))
+
+    def send(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]] | None = None,
+             partition: int | None = None) -> None:
+        self._p.send(topic, value=value, key=key, headers=headers, partition=partition).add_errback(self._on_error)
         self.sent += 1
 
-    def send_lines(self, topic: str, lines: list[bytes], src: bytes, off: int) -> int:
-        """Each line as a record with headers src and off (its byte offset); returns the offset after the last."""
+    def send_lines(self, topic: str, lines: list[bytes], src: bytes, off: int, partition: int) -> int:
+        """Each line as a record keyed `lp:<src>:<off>` (off: its byte offset) to `partition`; returns the offset
+        after the last line."""
         for line in lines:
-            self.send(topic, line, [("src", src), ("off", b"%d" % off)])
+            self.send(topic, line, KEY_FORMAT % (src, off), partition=partition)
             off += len(line) + 1
         return off
 
@@ -94,32 +103,42 @@ class ConfluentSink:
             if self.first_error is None:
                 self.first_error = str(err)
 
-    def send(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self._produce(topic, value, headers)
+    def partitions(self, topic: str) -> int:
+        return len(self._p.list_topics(topic, timeout=30).topics[topic].partitions)
+
+    def send(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]] | None = None,
+             partition: int | None = None) -> None:
+        extra: dict[str, object] = {} if partition is None else {"partition": partition}
+        if headers:
+            extra["headers"] = headers
+        self._produce(topic, value, key, **extra)
         self.sent += 1
         self._since_poll += 1
         if self._since_poll >= 10_000:
             self._p.poll(0)
             self._since_poll = 0
 
-    def _produce(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    def _produce(self, *args: object, **kwargs: object) -> None:
         while True:
             try:
-                self._p.produce(topic, value, headers=headers)
+                self._p.produce(*args, **kwargs)
                 return
             except BufferError:
                 self._p.poll(0.05)  # local queue full: let deliveries drain
 
-    def send_lines(self, topic: str, lines: list[bytes], src: bytes, off: int) -> int:
-        """Each line as a record with headers src and off (its byte offset); returns the offset after the last.
-        The hot loop of the producer: one C call per line, the queue-full retry only when it happens."""
+    def send_lines(self, topic: str, lines: list[bytes], src: bytes, off: int, partition: int) -> int:
+        """Each line as a record keyed `lp:<src>:<off>` (off: its byte offset) to `partition`; returns the offset
+        after the last line. The hot loop of the producer: one C call per line with positional arguments, no
+        headers (headers cost librdkafka an allocation per record: 200 k -> 320 k lines/s without them), the
+        queue-full retry only when it happens."""
         produce = self._p.produce
+        key_format = KEY_FORMAT
         for line in lines:
-            headers = [("src", src), ("off", b"%d" % off)]
+            key = key_format % (src, off)
             try:
-                produce(topic, line, headers=headers)
+                produce(topic, line, key, partition)
             except BufferError:
-                self._produce(topic, line, headers)
+                self._produce(topic, line, key, partition)
             off += len(line) + 1
         self.sent += len(lines)
         self._p.poll(0)

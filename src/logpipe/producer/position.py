@@ -6,7 +6,7 @@ line boundary whose earlier lines are all in Kafka; lines after it may be sent a
 
 The stored head (length + SHA-256 of the file's first bytes) detects that the inode now holds different content
 (copytruncate while the producer was down, or a deleted file whose inode number was reused): then the file is read
-from byte 0 under the next *generation*, which changes the `src` header so old and new offsets never collide.
+from byte 0 under the next *generation*, which changes `src` (in the record key) so old and new offsets never collide.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def file_key(st: os.stat_result) -> str:
 
 
 def src_id(key: str, generation: int) -> str:
-    """The `src` header: the file key, with `:<generation>` appended once the inode's content was replaced."""
+    """`src` in the record key: the file key, with `:<generation>` appended once the inode's content was replaced."""
     return key if generation == 0 else f"{key}:{generation}"
 
 

@@ -1,4 +1,4 @@
-"""The produce loop: file blocks -> Kafka records with (src, off) headers; positions saved only after delivery."""
+"""The produce loop: file blocks -> Kafka records keyed by source position; positions saved only after delivery."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from logpipe.logformat import ParseError, parse_timestamp
 from logpipe.producer.clients import DeliveryError, make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
 from logpipe.producer.source import IDLE, Block, LogSource
+from logpipe.record import record_key
 
 log = logging.getLogger("logpipe.producer")
 
@@ -103,6 +104,10 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     seg = source.open()
     summary = ProduceSummary(str(path), s.topic, s.producer_client, resumed_from=seg.read_pos)
     sink = make_sink(s)
+    # each block (~1 MiB of lines) to the next partition in turn: batches stay large, as with a keyless sticky
+    # partitioner (a keyed record would otherwise go to the partition of its key's hash)
+    n_partitions = max(1, sink.partitions(s.topic))
+    n_blocks = 0
     pacer = Pacer(s.speed)
     quarantine_ready = False
     t0 = time.monotonic()
@@ -135,9 +140,12 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                 src = block.src.encode()
                 off = block.start
                 topic = s.topic
+                partition = n_blocks % n_partitions
+                n_blocks += 1
                 if (pacer.factor is None and block.oversize_len is None
                         and max(map(len, block.lines), default=0) <= s.max_message_bytes):
-                    sink.send_lines(topic, block.lines, src, off)  # the fast path: no pacing, no line too large
+                    # the fast path: no pacing, no line too large
+                    sink.send_lines(topic, block.lines, src, off, partition)
                 else:
                     for line in block.lines:
                         if len(line) > s.max_message_bytes or block.oversize_len is not None:
@@ -145,15 +153,14 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                                 ensure_topic(s, s.quarantine_topic)
                                 quarantine_ready = True
                             length = block.oversize_len if block.oversize_len is not None else len(line)
-                            sink.send(s.quarantine_topic, line[:16384],
-                                      [("src", src), ("off", str(off).encode()), ("reason", b"too_large"),
-                                       ("length", str(length).encode())])
+                            sink.send(s.quarantine_topic, line[:16384], record_key(src, off),
+                                      [("reason", b"too_large"), ("length", str(length).encode())])
                             log.warning("line at byte %d of %s is %d bytes (> %d): sent truncated to topic %s",
                                         off, path, length, s.max_message_bytes, s.quarantine_topic)
                             summary.quarantined += 1
                         else:
                             pacer.wait(line)
-                            sink.send(topic, line, [("src", src), ("off", str(off).encode())])
+                            sink.send(topic, line, record_key(src, off), partition=partition)
                         off += len(line) + 1
                 summary.lines += len(block.lines)
                 summary.bytes += block.end - block.start

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from logpipe import logformat as lf
+from logpipe.record import KEY_PREFIX
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -87,43 +88,26 @@ REQUEST_PARTS = ("method", "path", "protocol")
 EVENT_COLUMNS = ["host", "timestamp", "request", "http_response", "bytes_sent", *REQUEST_PARTS]
 
 
-def _header(name: str, position: int) -> str:
-    """SQL for the value of Kafka header `name`: read at `position` (where logpipe's producer puts it), else
-    searched for. The search is a higher-order function Spark evaluates without code generation, so the
-    positional read makes header extraction about twice as fast; both give the same result. A record without
-    the header (another producer) gives NULL."""
-    return (f"CASE WHEN get(headers, {position}).key = '{name}' THEN get(headers, {position}).value "
-            f"ELSE get(filter(headers, h -> h.key = '{name}'), 0).value END")  # get: NULL when out of range
-
-
-def header_columns(df: "DataFrame") -> "DataFrame":
-    """src/off from the Kafka record headers (see the producer), and `src_key`, unique per source line:
-    `src:off` when the producer set them, else the Kafka position (records from other producers)."""
+def source_columns(df: "DataFrame", topic: "Column | None" = None) -> "DataFrame":
+    """src, off, `src_key` (unique per source line) and its `key_hash`, from the record key `lp:<src>:<off>` that
+    logpipe's producer sets (see logpipe.record); a record from another producer (no key, another format) gets
+    src and off NULL and the src_key `kafka:<topic>:<partition>:<offset>`. `topic`: default the column."""
     from pyspark.sql import functions as F
 
+    topic = F.col("topic") if topic is None else topic
+    key = F.col("key").cast("string")
+    off_text = F.substring_index(key, ":", -1)
+    off = off_text.try_cast("bigint")
+    body_len = F.length(key) - len(KEY_PREFIX)  # src:off
+    src_len = body_len - F.length(off_text) - 1
+    # ours: the prefix, a non-empty src, and off a canonical non-negative long (as logpipe.record requires)
+    ours = F.coalesce(key.startswith(KEY_PREFIX) & (off >= 0) & (off.cast("string") == off_text) & (src_len > 0),
+                      F.lit(False))
+    position = F.concat(F.lit("kafka:"), topic, F.lit(":"), F.col("partition").cast("string"), F.lit(":"),
+                        F.col("offset").cast("string"))
+    start = F.lit(len(KEY_PREFIX) + 1)
     return (df
-            .withColumn("src", F.expr(f"CAST({_header('src', 0)} AS STRING)"))
-            .withColumn("off", F.expr(f"CAST(CAST({_header('off', 1)} AS STRING) AS BIGINT)"))
-            .withColumn("src_key", src_key_column()))
-
-
-def src_key_column(topic: "Column | None" = None) -> "Column":
-    """`src:off`, or `kafka:topic:partition:offset` for a record without them; `topic` (default: the column)."""
-    from pyspark.sql import functions as F
-
-    topic = F.col("topic") if topic is None else topic
-    return (F.when(F.col("src").isNotNull() & F.col("off").isNotNull(),
-                   F.concat(F.col("src"), F.lit(":"), F.col("off").cast("string")))
-            .otherwise(F.concat(F.lit("kafka:"), topic, F.lit(":"), F.col("partition").cast("string"), F.lit(":"),
-                                F.col("offset").cast("string"))))
-
-
-def key_hash_column(topic: "Column | None" = None) -> "Column":
-    """A 64-bit hash of the parts of `src_key` (src, off; else topic, partition, offset): rows with the same
-    src_key have the same hash, so repeats can be searched for on a long instead of a string (a hash collision
-    only makes a candidate, which is then checked on src_key)."""
-    from pyspark.sql import functions as F
-
-    topic = F.col("topic") if topic is None else topic
-    return (F.when(F.col("src").isNotNull() & F.col("off").isNotNull(), F.xxhash64("src", "off"))
-            .otherwise(F.xxhash64(F.lit("kafka"), topic, F.col("partition"), F.col("offset"))))
+            .withColumn("src", F.when(ours, key.substr(start, src_len)))
+            .withColumn("off", F.when(ours, off))
+            .withColumn("src_key", F.when(ours, key.substr(start, body_len)).otherwise(position))
+            .withColumn("key_hash", F.xxhash64("src_key")))

@@ -31,9 +31,10 @@ SRC = "test-file-1"
 
 @dataclass
 class Sent:
-    """What the test wrote to Kafka: (off, raw bytes) per record, in send order (duplicates included)."""
+    """What the test wrote to Kafka: (off, raw bytes) per record, in send order (duplicates included); off None:
+    a record without logpipe's key (another producer)."""
 
-    records: list[tuple[int, bytes]]
+    records: list[tuple[int | None, bytes]]
     planted_rate_host: str
     planted_surge_status: str
 
@@ -68,11 +69,14 @@ def make_lines(n: int, seed: int = 11) -> tuple[list[bytes], str, str]:
 
 
 LATE_LINES = 50
+FOREIGN_LINES = 200
 
 
-def build_records(lines: list[bytes]) -> list[tuple[int, bytes]]:
+def build_records(lines: list[bytes]) -> list[tuple[int | None, bytes]]:
     """Offsets as in a file, plus a restarted producer re-sending 1500 lines it had already sent, and at the
-    end LATE_LINES lines stamped 10 minutes before the newest events (far behind the watermark)."""
+    end LATE_LINES lines stamped 10 minutes before the newest events (far behind the watermark). First come
+    FOREIGN_LINES records from another producer, without a key: copies of the first lines, which are distinct
+    records (identified by their Kafka position), not duplicates."""
     late = [lf.format_line("7.7.7.7", BASE + timedelta(seconds=i), "GET /late HTTP/1.1", 200, 1).encode()
             for i in range(LATE_LINES)]
     offs, pos = [], 0
@@ -81,10 +85,11 @@ def build_records(lines: list[bytes]) -> list[tuple[int, bytes]]:
         pos += len(line) + 1
     recs = list(zip(offs, lines + late))
     cut = len(lines) // 2
-    return recs[:cut] + recs[cut - 1500: cut] + recs[cut:]  # duplicates, same (src, off)
+    foreign: list[tuple[int | None, bytes]] = [(None, line) for line in lines[:FOREIGN_LINES]]
+    return foreign + recs[:cut] + recs[cut - 1500: cut] + recs[cut:]  # duplicates, same (src, off)
 
 
-def send(s: Settings, records: list[tuple[int, bytes]]) -> None:
+def send(s: Settings, records: list[tuple[int | None, bytes]]) -> None:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -95,31 +100,36 @@ def send(s: Settings, records: list[tuple[int, bytes]]) -> None:
         admin.close()
     producer = KafkaProducer(bootstrap_servers=s.kafka_address, linger_ms=20, batch_size=256 * 1024, acks="all")
     for off, line in records:
-        producer.send(s.topic, value=line, key=record_key(SRC.encode(), off))
+        producer.send(s.topic, value=line, key=None if off is None else record_key(SRC.encode(), off))
     producer.flush()
     producer.close()
 
 
-def expected(records: list[tuple[int, bytes]], late_offs: set[int]) -> dict:
-    """The independent computation: parse with logformat, keep the first copy of each (src, off), drop the
-    rows the job reported late, assign Spark's epoch-aligned sliding windows, count."""
+def expected(records: list[tuple[int | None, bytes]], late_offs: set[int]) -> dict:
+    """The independent computation: parse with logformat, keep the first copy of each (src, off) and every
+    record without one, drop the rows the job reported late, assign Spark's epoch-aligned sliding windows,
+    count."""
     seen: set[int] = set()
     by_host: Counter = Counter()
     by_status: Counter = Counter()
     fine: Counter = Counter()
-    parsed = quarantined = dup_events = 0
+    parsed = quarantined = dup_events = foreign_parsed = foreign_quarantined = 0
     for off, raw in records:
         rec = lf.try_parse_line(raw)
         if isinstance(rec, str):
             quarantined += 1
+            foreign_quarantined += off is None
             continue
         parsed += 1
-        if off in late_offs:
+        if off is None:
+            foreign_parsed += 1
+        elif off in late_offs:
             continue
-        if off in seen:
+        elif off in seen:
             dup_events += 1
             continue
-        seen.add(off)
+        else:
+            seen.add(off)
         ts = int(rec.timestamp.timestamp())
         last = ts - ts % SLIDE_S
         for k in range(WINDOW_S // SLIDE_S):
@@ -129,7 +139,8 @@ def expected(records: list[tuple[int, bytes]], late_offs: set[int]) -> dict:
                 by_status[(start, rec.http_response)] += 1
                 fine[(start, rec.host, rec.http_response)] += 1
     return {"by_host": by_host, "by_status": by_status, "fine": fine, "parsed": parsed,
-            "quarantined": quarantined, "dup_events": dup_events}
+            "quarantined": quarantined, "dup_events": dup_events, "foreign_parsed": foreign_parsed,
+            "foreign_quarantined": foreign_quarantined}
 
 
 def _epoch(series) -> list[int]:
@@ -152,13 +163,19 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
     assert metrics["late"] == len(late)
     assert metrics["duplicates_dropped"] == exp["dup_events"] >= 1000
     assert len(late) == LATE_LINES and set(late["host"]) == {"7.7.7.7"}  # exactly the planted late lines
-    quarantine = load_table(s, "quarantine", ["reason", "off"])
+    quarantine = load_table(s, "quarantine", ["reason", "off", "src_key"])
     assert len(quarantine) == exp["quarantined"]
-    assert set(quarantine["reason"]) <= set(lf.REASONS) and quarantine["off"].notna().all()
-    events = load_table(s, "events", ["off", "timestamp", "date"])
-    # events hold each source line once: the re-sent copies are counted as duplicates, not written
+    assert set(quarantine["reason"]) <= set(lf.REASONS)
+    # records without logpipe's key: identified by Kafka position, src/off null
+    foreign = quarantine["src_key"].str.startswith("kafka:")
+    assert (quarantine["off"].isna() == foreign).all() and foreign.sum() == exp["foreign_quarantined"]
+    events = load_table(s, "events", ["off", "src_key", "timestamp", "date"])
+    # events hold each source line once: the re-sent copies are counted as duplicates, not written; the other
+    # producer's records are all kept, although their text repeats lines of ours
     assert len(events) + len(late) + metrics["duplicates_dropped"] == exp["parsed"]
-    assert not events["off"].duplicated().any() and metrics["events"] == len(events)
+    assert not events["src_key"].duplicated().any() and metrics["events"] == len(events)
+    foreign = events["src_key"].str.startswith("kafka:")
+    assert (events["off"].isna() == foreign).all() and foreign.sum() == exp["foreign_parsed"] > 0
     assert (events["date"].astype(str) == events["timestamp"].dt.strftime("%Y-%m-%d")).all()
     # the events table's columns; method, path and protocol only with LOGPIPE_EVENTS_REQUEST_PARTS
     events = load_table(s, "events")

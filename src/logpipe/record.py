@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 KEY_PREFIX = "lp:"
-# `KEY_FORMAT % (src, off)`: the producer's hot loop formats the key inline (a function call per line costs ~5 %)
+# `KEY_FORMAT % (src, off)`: the producer's hot loop formats the key inline, without a function call per line
 KEY_FORMAT = b"lp:%s:%d"
 
 

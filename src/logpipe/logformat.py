@@ -47,10 +47,13 @@ _QUOTED = r'"((?:[^"\\]++|\\[^\n])*+)"'
 # The same pattern is used by the Spark job through Java's regex engine (compatible syntax).
 LINE_PATTERN = (r'^(\S+) (\S+) (\S+) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d{1,10}|-)'
                 r'(?: ' + _QUOTED + r' ' + _QUOTED + r')?$')
-SEED_TIME_PATTERN = r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$"
-CLF_TIME_PATTERN = r"^(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
+# Seconds are 00-59: Spark's make_timestamp would turn a leap second `:60` into the next minute, Python's datetime
+# refuses it; the pattern refuses it for both (bad_timestamp).
+SEED_TIME_PATTERN = r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):([0-5]\d)$"
+CLF_TIME_PATTERN = r"^(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):([0-5]\d) ([+-])(\d{2})(\d{2})$"
 REQUEST_PATTERN = r"^(\S+) (\S+)(?: (\S+))?$"
-# Java's `$` also matches before a final \r, \u0085, \u2028 or \u2029; `\z` is the true end (Python 3.11 lacks \z).
+# Java's `$` also matches before a final \r, \u0085, \u2028 or \u2029, and Python's before a final \n: the Spark
+# job uses `\z` (the true end), Python uses fullmatch.
 JAVA_LINE_PATTERN = LINE_PATTERN[:-1] + r"\z"
 JAVA_REQUEST_PATTERN = REQUEST_PATTERN[:-1] + r"\z"
 
@@ -85,25 +88,30 @@ class ParseError(ValueError):
 
 
 def parse_timestamp(text: str) -> datetime:
-    """`2004-05-18 05:58:48` (UTC) or `18/May/2004:05:58:48 -0700` -> aware UTC datetime. Raises ParseError."""
-    try:
-        if m := _SEED_TIME.match(text):
-            y, mo, d, hh, mm, ss = map(int, m.groups())
-            ts = datetime(y, mo, d, hh, mm, ss, tzinfo=timezone.utc)
-        elif m := _CLF_TIME.match(text):
-            d, mon, y, hh, mm, ss, sign, zh, zm = m.groups()
-            if mon not in MONTHS or int(zm) > 59 or int(zh) * 60 + int(zm) > 18 * 60:  # java.time offsets: <= 18:00
-                raise ParseError(BAD_TIMESTAMP, text)
-            offset = timedelta(hours=int(zh), minutes=int(zm)) * (1 if sign == "+" else -1)
-            local = datetime(int(y), MONTHS[mon], int(d), int(hh), int(mm), int(ss), tzinfo=timezone(offset))
-            ts = local.astimezone(timezone.utc)
-        else:
+    """`2004-05-18 05:58:48` (UTC) or `18/May/2004:05:58:48 -0700` -> aware UTC datetime. Raises ParseError.
+
+    Like the Spark job's make_timestamp (proleptic Gregorian, year 0 included): a valid date outside the
+    accepted range, however far (year 0, or moved past year 1 or 9999 by its offset), is out of range, not bad."""
+    if m := _SEED_TIME.fullmatch(text):
+        y, mo, d, hh, mm, ss = map(int, m.groups())
+        offset = 0
+    elif m := _CLF_TIME.fullmatch(text):
+        d_text, mon, y_text, hh_text, mm_text, ss_text, sign, zh, zm = m.groups()
+        if mon not in MONTHS or int(zm) > 59 or int(zh) * 60 + int(zm) > 18 * 60:  # java.time offsets: <= 18:00
             raise ParseError(BAD_TIMESTAMP, text)
-    except ValueError as exc:  # day 31 in April, hour 25, offset >= 24h ...
-        if isinstance(exc, ParseError):
-            raise
+        y, mo, d, hh, mm, ss = int(y_text), MONTHS[mon], int(d_text), int(hh_text), int(mm_text), int(ss_text)
+        offset = (int(zh) * 60 + int(zm)) * (1 if sign == "+" else -1)
+    else:
+        raise ParseError(BAD_TIMESTAMP, text)
+    try:  # year 0 (a leap year, as 2000 is) is not a Python date, and lies before MIN_TIME anyway
+        local = datetime(y or 2000, mo, d, hh, mm, ss)
+    except ValueError as exc:  # day 31 in April, hour 25 ...
         raise ParseError(BAD_TIMESTAMP, text) from exc
-    if not MIN_TIME <= ts < MAX_TIME:
+    try:
+        ts = (local - timedelta(minutes=offset)).replace(tzinfo=timezone.utc)
+    except OverflowError:  # before year 1 or after 9999 in UTC
+        raise ParseError(TIMESTAMP_OUT_OF_RANGE, text) from None
+    if y == 0 or not MIN_TIME <= ts < MAX_TIME:
         raise ParseError(TIMESTAMP_OUT_OF_RANGE, text)
     return ts
 
@@ -133,7 +141,7 @@ def parse_line(raw: bytes | str) -> LogRecord:
     size = 0 if bytes_text == "-" else int(bytes_text)
     if size > INT32_MAX:
         raise ParseError(BAD_BYTES, bytes_text)
-    rm = _REQUEST.match(request)
+    rm = _REQUEST.fullmatch(request)
     method, path, protocol = rm.groups() if rm else (None, None, None)
     return LogRecord(host, ts, request, status, size, method, path, protocol)
 

@@ -209,3 +209,50 @@ def test_a_record_the_broker_rejects_is_a_delivery_error(stack, unique, client):
             sink.flush(timeout=60)
     finally:
         sink.close()
+
+
+def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
+    """Lines appended to the log, then the log rotated, while the producer was stopped: the next `--follow` run
+    sends the old file's tail and saves that file's end before moving to the new file, so a third run sends
+    nothing again (the tail was re-sent on every restart when only the new file's position was saved)."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"\n".join(_lines(100, "a")) + b"\n")
+    env = _env(stack, unique, tmp_path, LOGPIPE_PRODUCER_CHECKPOINT_S="3600")  # saves at idle, switch and end only
+
+    def follow_briefly() -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+
+    follow_briefly()
+    with log.open("ab") as f:
+        f.write(b"\n".join(_lines(10, "t")) + b"\n")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"\n".join(_lines(30, "c")) + b"\n")
+    follow_briefly()  # finishes live.log.1 (the 10 t lines), then follows the new live.log
+    follow_briefly()  # nothing new
+    got = [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"], 10**9, timeout_ms=8000)]
+    want = _lines(100, "a") + _lines(10, "t") + _lines(30, "c")
+    assert sorted(got) == sorted(want)  # each line exactly once
+
+
+def test_positions_of_a_topic_that_no_longer_exists_are_dropped(stack, unique, tmp_path):
+    """Saved positions whose topic is gone (the broker's data wiped, the topic deleted) stand for lines the new
+    topic does not hold: the producer creates the topic, drops them and sends the whole file."""
+    import shutil
+
+    log = tmp_path / "a.log"
+    log.write_bytes(b"\n".join(_lines(500)) + b"\n")
+    env = _env(stack, unique, tmp_path)
+    r = _produce(env, str(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    gone = f"gone-{unique}"  # the same positions, for a topic that does not exist (as after `stack down --wipe`)
+    shutil.copytree(tmp_path / "pos" / env["LOGPIPE_TOPIC"], tmp_path / "pos" / gone)
+    r = _produce({**env, "LOGPIPE_TOPIC": gone}, str(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["resumed_from"], summary["lines"]) == (0, 500) and "dropped 1 saved position" in r.stderr
+    assert sorted(v for _, v in _consume(stack, gone, 501)) == sorted(_lines(500))

@@ -1,4 +1,5 @@
-"""`logpipe stack up|status|down` lifecycle on a private run folder and ports: idempotent up, data kept by down."""
+"""`logpipe stack up|status|down` lifecycle on a private run folder and ports: idempotent up, data kept by down,
+wiped (with the producer's positions) by down --wipe."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def test_up_status_down_up_keeps_data(tmp_path: Path, settings):
     env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run"),
            **{f"LOGPIPE_{k}": str(v) for k, v in PORTS.items()}}
     env.pop("LOGPIPE_KAFKA_BOOTSTRAP", None)
+    env.pop("LOGPIPE_PRODUCER_STATE_DIR", None)  # the default position store, under the run folder
+    positions = tmp_path / "run" / "producer" / "some-topic"
     timings = {}
     try:
         t = time.monotonic()
@@ -62,10 +65,13 @@ def test_up_status_down_up_keeps_data(tmp_path: Path, settings):
         assert r.returncode == 0, r.stderr[-3000:]
         with client.read("/keep/me.txt") as f:
             assert f.read() == b"kept"
+        positions.mkdir(parents=True)
+        (positions / "1-2.json").write_text("{}")  # a producer position: it points into the topics wiped below
     finally:
         _cli(env, "down", "--wipe")
         print("stack lifecycle timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
     assert not (tmp_path / "run" / "data").exists()
+    assert not positions.parent.exists()  # a producer would otherwise resume past lines the new topics lack
 
 
 def test_port_taken_is_a_clear_error(tmp_path: Path, stack):

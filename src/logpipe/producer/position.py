@@ -105,3 +105,12 @@ class PositionStore:
 
     def delete(self, key: str) -> None:
         self._file(key).unlink(missing_ok=True)
+
+    def clear(self) -> int:
+        """Delete every saved position of this topic; returns how many there were."""
+        files = sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []
+        for f in files:
+            f.unlink(missing_ok=True)
+        if files:
+            _fsync_dir(self.directory)
+        return len(files)

@@ -36,8 +36,8 @@ class ProduceSummary:
         return asdict(self)
 
 
-def ensure_topic(s: Settings, topic: str) -> None:
-    """Create the topic if it does not exist (partitions and replication from the settings)."""
+def ensure_topic(s: Settings, topic: str) -> bool:
+    """Create the topic if it does not exist (partitions and replication from the settings); True if created."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -47,10 +47,12 @@ def ensure_topic(s: Settings, topic: str) -> None:
             admin.create_topics([NewTopic(topic, num_partitions=s.topic_partitions,
                                           replication_factor=s.topic_replication)])
             log.info("created topic %s (%d partitions)", topic, s.topic_partitions)
+            return True
     except TopicAlreadyExistsError:
         pass
     finally:
         admin.close()
+    return False
 
 
 class Pacer:
@@ -96,8 +98,14 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
                       timeout=s.producer_connect_timeout_s,
                       hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
-    ensure_topic(s, s.topic)
     store = PositionStore(s.producer_state_dir or (s.run_dir / "producer"), s.topic)
+    if ensure_topic(s, s.topic) and not reset:
+        # a new topic holds none of the lines the saved positions stand for (the broker's data was wiped, or the
+        # topic deleted): resuming at them would skip those lines
+        stale = store.clear()
+        if stale:
+            log.warning("topic %s did not exist: dropped %d saved position(s) of it in %s, reading %s from byte 0",
+                        s.topic, stale, store.directory, path)
     source = LogSource(str(path), store, follow=follow, reset=reset)
     if stop_event is not None:
         source.stop = stop_event
@@ -137,6 +145,9 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                     pending = None
                     continue
                 block: Block = item  # type: ignore[assignment]
+                if pending is not None and block.segment is not pending.segment:
+                    checkpoint(pending)  # the end of a file left behind (rotated or finished): saved before moving on
+                    pending = None
                 src = block.src.encode()
                 off = block.start
                 topic = s.topic

@@ -182,10 +182,14 @@ class LogSource:
             for leftover in self.rotated_leftovers():
                 log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
                 fd, st = open_log(leftover)
-                old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
-                yield from self._read_available(old)
-                yield from self._finish(old)
-                os.close(fd)
+                try:
+                    old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
+                    yield from self._read_available(old)
+                    if self.stop.is_set():  # stopped before its end: its unread tail is finished next time
+                        return
+                    yield from self._finish(old)
+                finally:
+                    os.close(fd)
             seg = self.current  # type: ignore[assignment]
         while True:
             yield from self._read_available(seg)
@@ -203,6 +207,9 @@ class LogSource:
             if isinstance(change, tuple):
                 fd, st = change
                 yield from self._read_available(seg)  # whatever the writer appended before switching files
+                if self.stop.is_set():  # not read to its end: an unterminated tail is not its last line yet
+                    os.close(fd)
+                    return
                 yield from self._finish(seg)
                 os.close(seg.fd)
                 new = self._resume(self.path, fd, st)

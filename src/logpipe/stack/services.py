@@ -390,6 +390,10 @@ def down(s: Settings, wipe: bool = False, progress: Callable[[str], None] = prin
     if wipe and lay.data.exists():
         shutil.rmtree(lay.data)
         progress(f"wiped {lay.data}")
+    positions = s.run_dir / "producer"  # the producer's default position store: it points into the wiped topics
+    if wipe and not s.producer_state_dir and positions.exists():
+        shutil.rmtree(positions)
+        progress(f"wiped {positions}")
 
 
 def status(s: Settings) -> list[dict]:

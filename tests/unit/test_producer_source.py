@@ -1,0 +1,70 @@
+"""LogSource (the producer's file reader): blocks of whole lines, resuming, rotation; no Kafka involved."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, file_key, head_digest
+from logpipe.producer.source import LogSource
+
+pytestmark = pytest.mark.unit
+
+
+def _save_end(store: PositionStore, path, offset: int) -> None:
+    st = os.stat(path)
+    head = path.read_bytes()[:min(HEAD_BYTES, offset)]
+    store.save(Position(file_key(st), 0, offset, str(path), len(head), head_digest(head)))
+
+
+def test_a_stop_while_finishing_a_rotated_file_keeps_its_unterminated_tail(tmp_path):
+    """Stopped while reading a file rotated away, the source must not send that file's unterminated tail as a
+    line (its end was not reached: the line may continue); it ends, and the tail waits for the next run."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"one\ntwo\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 8)
+    with log.open("ab") as f:
+        f.write(b"three\nfour\npartial li")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"new\n")
+    source = LogSource(str(log), store, follow=True)
+    source.open()
+    blocks = source.blocks()
+    first = next(blocks)
+    assert (first.lines, first.start) == ([b"three", b"four"], 8)
+    source.stop.set()
+    assert list(blocks) == []  # not b"partial li" as a line, and not the new file
+    source.close()
+
+
+def test_a_rotated_file_read_to_its_end_sends_its_unterminated_tail(tmp_path):
+    """Without a stop, the rotated file's end is definite: its unterminated tail is its last line."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"one\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 4)
+    with log.open("ab") as f:
+        f.write(b"two\nlast")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"new\n")
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01)
+    source.open()
+    lines = []
+    for item in source.blocks():
+        if not hasattr(item, "lines"):  # IDLE: everything available was read
+            break
+        lines += item.lines
+    assert lines == [b"two", b"last", b"new"]
+    source.close()
+
+
+def test_clear_drops_every_position_of_the_topic_only(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_bytes(b"x\n")
+    mine, other = PositionStore(tmp_path / "pos", "mine"), PositionStore(tmp_path / "pos", "other")
+    _save_end(mine, log, 2)
+    _save_end(other, log, 2)
+    assert mine.clear() == 1 and mine.all() == [] and len(other.all()) == 1
+    assert mine.clear() == 0

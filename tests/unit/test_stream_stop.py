@@ -32,3 +32,37 @@ def test_interrupted_callback_traceback_is_quieted_only_once_stopping(caplog: py
     assert [(r.name, r.levelname) for r in caplog.records] == [
         ("logpipe.stream", "INFO"), ("py4j.clientserver", "ERROR")]
     assert "redone on restart" in caplog.records[0].getMessage()
+
+
+class _Query:
+    """The few StreamingQuery members the stop logic reads; the running batch fails after `fails_after` polls."""
+
+    name = "ingest"
+
+    def __init__(self, fails_after: int | None) -> None:
+        self.polls, self.fails_after, self.stopped = 0, fails_after, False
+
+    @property
+    def isActive(self) -> bool:  # noqa: N802 (PySpark's name)
+        self.polls += 1
+        return not self.stopped and (self.fails_after is None or self.polls <= self.fails_after)
+
+    status = {"isTriggerActive": True}
+    lastProgress = {"batchId": 3}
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def exception(self) -> object | None:
+        return "org.apache.spark.SparkException: write failed\n\tat ..." if self.fails_after is not None else None
+
+
+def test_a_batch_that_fails_during_the_stop_is_reported() -> None:
+    """Ctrl-C waits for the running batch; if that batch fails meanwhile, the stop reports it (exit non-zero),
+    it does not pass for a clean stop."""
+    failing = _Query(fails_after=3)
+    assert run._stop_between_batches(failing, grace_s=5) is True and failing.stopped
+    with pytest.raises(RuntimeError, match="streaming query ingest failed: .*write failed"):
+        run._raise_if_failed(failing)
+    running = _Query(fails_after=None)  # still busy when the grace time is over: stopped, not a failure
+    assert run._stop_between_batches(running, grace_s=0.3) is False and running.stopped

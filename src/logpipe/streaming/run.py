@@ -97,7 +97,9 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
         log.info("stopping: letting the running micro-batches finish (up to %.0fs)", s.stop_grace_s)
         _quiet_interrupted_callbacks()
         for q in queries:
-            _stop_between_batches(q, s.stop_grace_s)
+            if _stop_between_batches(q, s.stop_grace_s):  # its last batch failed while we waited for it
+                _raise_if_failed(q)
+                raise RuntimeError(f"streaming query {q.name} failed: it ended by itself while stopping")
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
         spark.stop()
@@ -140,16 +142,19 @@ def _quiet_interrupted_callbacks() -> logging.Filter:
     return drop
 
 
-def _stop_between_batches(q: Any, grace_s: float) -> None:
+def _stop_between_batches(q: Any, grace_s: float) -> bool:
     """Stop a query once its running micro-batch is done (waiting up to grace_s), so a stop interrupts no write
-    in the middle; a batch that is interrupted anyway is redone on restart (its commit is idempotent)."""
+    in the middle; a batch that is interrupted anyway is redone on restart (its commit is idempotent). Returns
+    True if the query had ended by itself (failed) before the stop."""
     def last_batch() -> int:
         return int((q.lastProgress or {}).get("batchId", -1))
 
     running, deadline = last_batch() + 1, time.monotonic() + grace_s
     while q.isActive and q.status.get("isTriggerActive") and last_batch() < running and time.monotonic() < deadline:
         time.sleep(0.1)
+    ended = not q.isActive
     q.stop()
+    return ended
 
 
 def _raise_if_failed(q: Any) -> None:

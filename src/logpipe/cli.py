@@ -9,6 +9,8 @@ import pkgutil
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 from logpipe import __version__
 from logpipe.config import Settings, load_settings
 
@@ -68,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         result: Any = args.func(args)
+    except ValidationError as exc:  # a bad flag or LOGPIPE_* value: say which, without a traceback
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            print(f"logpipe: invalid setting {name} = {err.get('input')!r} (flag --{name.replace('_', '-')} or "
+                  f"LOGPIPE_{name.upper()}): {err['msg']}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,19 @@ class Settings(BaseSettings):
     batch_size: int = Field(512 * 1024, description="producer batch size in bytes")
     linger_ms: int = 20
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
+
+    @field_validator("speed")
+    @classmethod
+    def _speed_is_known(cls, v: str) -> str:
+        if v in ("max", "realtime"):
+            return v
+        try:
+            ok = float(v) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("must be max, realtime or a positive factor (e.g. 10)")
+        return v
     max_message_bytes: int = Field(1_000_000, description="lines larger than this go to the quarantine topic")
     producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
     producer_connect_timeout_s: float = Field(30.0, description="give up reaching the broker after this long")

@@ -44,6 +44,30 @@ def test_frozen_and_validated(monkeypatch):
         load_settings()
 
 
+@pytest.mark.parametrize("speed", ["max", "realtime", "10", "0.5"])
+def test_known_speeds_are_accepted(speed):
+    assert Settings(speed=speed).speed == speed
+
+
+@pytest.mark.parametrize("speed", ["abc", "0", "-2", "", "fast"])
+def test_a_bad_speed_is_rejected_when_the_settings_load(speed):
+    with pytest.raises(pydantic.ValidationError, match="max, realtime or a positive factor"):
+        Settings(speed=speed)
+
+
+def test_a_bad_value_is_one_clear_line_and_exit_2(monkeypatch, capsys):
+    """A bad flag or LOGPIPE_* value names the setting, its value and both ways to set it: no traceback."""
+    from logpipe.cli import main
+
+    assert main(["stack", "status", "--kafka-port", "abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("logpipe: invalid setting kafka_port = 'abc' (flag --kafka-port or LOGPIPE_KAFKA_PORT)")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("LOGPIPE_SPEED", "fast")
+    assert main(["stack", "status"]) == 2
+    assert "invalid setting speed = 'fast'" in capsys.readouterr().err
+
+
 def test_unknown_setting_is_rejected():
     with pytest.raises(pydantic.ValidationError):
         Settings(no_such_setting=1)  # type: ignore[call-arg]

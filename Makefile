@@ -1,5 +1,5 @@
 # Two entry points do all set-up on a fresh machine: `make demo` (the main job) and `make test`.
-# Needs: python3 (3.10+) with venv, Java 17+, Maven 3.6+ (jars come from Maven Central on first use).
+# Needs: python3 (3.11+) with venv, Java 17+, Maven 3.6+ (jars come from Maven Central on first use).
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin

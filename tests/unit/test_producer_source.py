@@ -68,3 +68,36 @@ def test_clear_drops_every_position_of_the_topic_only(tmp_path):
     _save_end(other, log, 2)
     assert mine.clear() == 1 and mine.all() == [] and len(other.all()) == 1
     assert mine.clear() == 0
+
+
+def test_a_file_that_took_a_deleted_files_inode_is_not_taken_for_it(tmp_path):
+    """A rotated file, finished or not, may be deleted (logrotate's `rotate N`), and a new file in the same
+    folder may get its inode number: it is not that file (its first bytes differ), so it is never read as a
+    rotated leftover; the stale position is dropped."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"current\n")
+    other = tmp_path / "live.log.2.gz"
+    other.write_bytes(b"\x1f\x8b compressed bytes, longer than the saved offset\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    st = os.stat(other)  # a position saved for the deleted file whose inode `other` now has
+    store.save(Position(file_key(st), 0, 5, str(log), 5, head_digest(b"one\nt")))
+    source = LogSource(str(log), store, follow=True)
+    assert source.rotated_leftovers() == []
+    assert store.load(file_key(st)) is None
+
+
+def test_positions_of_deleted_rotated_files_are_dropped_and_live_ones_kept(tmp_path):
+    log = tmp_path / "live.log"
+    log.write_bytes(b"one\ntwo\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 4)  # rotated before its end: a leftover
+    log.rename(tmp_path / "live.log.1")
+    gone = tmp_path / "gone.log"
+    gone.write_bytes(b"old\n")
+    st_gone = os.stat(gone)
+    store.save(Position(file_key(st_gone), 0, 4, str(log), 4, head_digest(b"old\n")))
+    log.write_bytes(b"new\n")  # (before the unlink: the new file must not get the freed inode here)
+    gone.unlink()  # rotated away, then deleted
+    source = LogSource(str(log), store, follow=True)
+    assert source.rotated_leftovers() == [str(tmp_path / "live.log.1")]
+    assert store.load(file_key(st_gone)) is None and len(store.all()) == 1

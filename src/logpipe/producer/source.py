@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from logpipe.producer.position import HEAD_BYTES, PositionStore, file_key, head_digest, src_id
+from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, file_key, head_digest, src_id
 
 log = logging.getLogger("logpipe.producer")
 
@@ -107,6 +107,16 @@ def open_log(path: str | Path) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def _starts_with(path: str, pos: Position) -> bool:
+    """Whether the file at `path` begins with the bytes the position `pos` recorded (it is the file we read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(pos.head_len)
+    except OSError:
+        return False
+    return len(head) == pos.head_len and head_digest(head) == pos.head_sha256
+
+
 @dataclass
 class LogSource:
     """Blocks of lines from `path`, resuming at the saved position (unless `reset`), following it if `follow`."""
@@ -163,6 +173,7 @@ class LogSource:
         if not pending:
             return []
         found: list[tuple[str, str]] = []
+        still_there: set[str] = set()
         directory = os.path.dirname(self.path)
         for entry in os.scandir(directory):
             try:
@@ -170,8 +181,13 @@ class LogSource:
             except OSError:
                 continue
             pos = pending.get(file_key(st))
-            if pos is not None and entry.is_file() and st.st_size > pos.offset:
+            if pos is None or not entry.is_file() or not _starts_with(entry.path, pos):
+                continue  # not a file we read: another file can get a deleted file's inode number
+            still_there.add(pos.key)
+            if st.st_size > pos.offset:
                 found.append((pos.updated_at, entry.path))
+        for key in pending.keys() - still_there:  # rotated away and since deleted (or replaced): nothing to finish
+            self.store.delete(key)
         return [p for _, p in sorted(found)]
 
     # ---- reading -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 from logpipe.config import Settings
@@ -47,6 +48,12 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
     if "JAVA_HOME" not in os.environ:
         java = java_binary(s)  # raises a clear error if Java is missing or too old
         os.environ["JAVA_HOME"] = str(os.path.dirname(os.path.dirname(os.path.realpath(java))))
+    # PySpark turns collected timestamps into naive datetimes, and datetimes back, in the process's local zone
+    # (fromtimestamp/mktime): outside UTC, the job's stored cutoffs and alert windows would shift by the offset, an
+    # hour at a daylight-saving change. logpipe's times are UTC, so the driver process (and its JVM) runs in UTC.
+    if os.environ.get("TZ") != "UTC":
+        os.environ["TZ"] = "UTC"
+        time.tzset()
     os.environ.setdefault("HADOOP_USER_NAME", s.hdfs_user_name)
     os.environ.setdefault("SPARK_LOCAL_IP", s.bind_host)  # every Spark socket on loopback, not the first NIC
     builder = SparkSession.builder

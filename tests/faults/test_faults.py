@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from logpipe.config import Settings
+from logpipe.results import load_table
 from logpipe.stack import services
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -183,6 +184,55 @@ def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):
     assert _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < lines / 10_000, "the outage came too late to matter"
     _finish_and_verify(env, log, tmp_path, lines)
     assert _assert_not_world_writable(stack, env["LOGPIPE_HDFS_ROOT"]) > 10
+
+
+def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack, unique, tmp_path):
+    """Two crashes that no later batch repairs by re-running itself, set up on a finished run:
+    - the flush of the open windows died after moving in its window files, before its marker: once more lines
+      arrive, those windows are carried on and written by a later batch, so the flush's files must go;
+    - batches committed on HDFS whose alerts never reached Kafka (the send markers missing): Spark does not re-run
+      a committed batch, so the next start must send them.
+    More lines follow; the next run removes the flush's files and sends every alert, and `verify` is exact."""
+    from hdfs import InsecureClient
+    from kafka import KafkaConsumer
+
+    full, log = tmp_path / "full.log", tmp_path / "access.log"
+    env = _env(stack, unique, tmp_path)
+    assert _logpipe(env, "generate", "--lines", "60000", "--seed", "23", "--out", str(full)).returncode == 0
+    lines = full.read_bytes().split(b"\n")[:-1]
+    half = len(lines) // 2  # the first half holds the rate-limit incident (alerts)
+    log.write_bytes(b"\n".join(lines[:half]) + b"\n")
+    assert _logpipe(env, "produce", str(log)).returncode == 0
+    r = _logpipe(env, "stream", "--until-done")
+    assert r.returncode == 0, _first_errors(r.stderr)
+
+    client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
+    root = env["LOGPIPE_HDFS_ROOT"]
+    flush = [n[:-5] for n in client.list(f"{root}/_commits/flush") if n.endswith(".json")]
+    assert len(flush) == 1
+    tag = flush[0]
+    flushed = [n for n in client.list(f"{root}/windows/by_host") if n.startswith(tag + "-")]
+    assert flushed, "the flush wrote no window rows"
+    client.delete(f"{root}/_commits/flush/{tag}.json")  # the flush died after moving its files in
+    client.write(f"{root}/_commits/flush/{tag}.pending", data=b"")
+    sent = client.list(f"{root}/_commits/alerts-kafka")
+    assert sent, "the first half raised no alert"
+    for name in sent:  # committed, never sent
+        client.delete(f"{root}/_commits/alerts-kafka/{name}")
+    env = {**env, "LOGPIPE_ALERTS_TOPIC": f"alerts-again-{unique}"}  # what reaches Kafka from now on
+
+    with log.open("ab") as f:
+        f.write(b"\n".join(lines[half:]) + b"\n")
+    assert _logpipe(env, "produce", str(log)).returncode == 0  # resumes after the first half
+    _finish_and_verify(env, log, tmp_path, len(lines))  # exact: no window row twice
+
+    assert not [n for n in client.list(f"{root}/windows/by_host") if n.startswith(tag + "-")]
+    alerts = load_table(stack.with_overrides(hdfs_root=root), "alerts", ["alert_id"])
+    consumer = KafkaConsumer(env["LOGPIPE_ALERTS_TOPIC"], bootstrap_servers=stack.kafka_address,
+                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)
+    on_kafka = {m.key.decode() for m in consumer}
+    consumer.close()
+    assert len(alerts) and on_kafka == set(alerts["alert_id"])  # the first half's alerts too
 
 
 def test_kafka_unreachable_at_start(stack, unique, tmp_path):

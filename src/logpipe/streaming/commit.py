@@ -129,6 +129,30 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     return True
 
 
+def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[str]) -> list[str]:
+    """Remove what attempts that died before their commit marker left behind: for every `<tag>.pending` of any
+    query without its `<tag>.json`, the tag's files in every table and its staging folders. Run once at start,
+    before any batch: a crashed flush (which no later batch re-runs under its own tag) or an attempt whose tables
+    differ from the re-run's would otherwise leave rows behind. Returns the cleaned tags."""
+    fs = HadoopFs(spark, root_uri)
+    crashed = []
+    for f in fs.files(f"{root_uri}/_commits"):
+        if f.endswith(".pending") and not fs.exists(f[:-len(".pending")] + ".json"):
+            crashed.append((f, f.rsplit("/", 1)[-1][:-len(".pending")]))
+    if not crashed:
+        return []
+    tags = {tag for _, tag in crashed}
+    for table in tables:
+        for f in fs.files(f"{root_uri}/{table}"):
+            if f.rsplit("/", 1)[-1].split("-", 1)[0] in tags:
+                fs.delete(f)
+        for tag in tags:
+            fs.delete(f"{root_uri}/{table}/_staging/{tag}")
+    for pending, _ in crashed:
+        fs.delete(pending)
+    return sorted(tags)
+
+
 def committed_meta(spark: "SparkSession", root_uri: str, query: str) -> list[dict[str, Any]]:
     """The meta of every committed batch of a query (accounting)."""
     fs = HadoopFs(spark, root_uri)

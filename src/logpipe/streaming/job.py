@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
 from logpipe.rules import AlertRules
-from logpipe.streaming.commit import HadoopFs, batch_tag, commit_batch, committed_meta
+from logpipe.streaming.commit import HadoopFs, batch_tag, clean_crashed_attempts, commit_batch, committed_meta
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, request_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
 
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_OPEN, STATE_SEEN = "_state/open", "_state/seen"  # carried from one batch to the next
+# every table a batch or flush writes (files named by batch tag)
+OUTPUT_TABLES = ("events", "quarantine", "late", "windows/by_host", "windows/by_status", "alerts", STATE_OPEN,
+                 STATE_SEEN)
 # open windows carried between batches, at three grains: per host, per status, and per (host, status) for failed
 # requests only (the hosts behind a failure surge)
 OPEN_SCHEMA = ("grain STRING, window_start TIMESTAMP, window_end TIMESTAMP, host STRING, http_response INT, "
@@ -255,6 +258,16 @@ class StreamJob:
         rows = alerts_of_sums(by_host, by_status, failed, self.rules).collect()
         emitted = self._emitted()
         return [r.asDict() for r in rows if r["alert_id"] not in emitted]
+
+    def recover(self) -> None:
+        """Before the first batch: remove what a crashed attempt left half-written (commit.clean_crashed_attempts),
+        then send the committed alerts a crash kept from Kafka (a committed batch is not run again, so nothing
+        else would send them)."""
+        cleaned = clean_crashed_attempts(self.spark, self.root, list(OUTPUT_TABLES))
+        if cleaned:
+            log.warning("removed the files of %d attempt(s) that died before their commit: %s", len(cleaned),
+                        ", ".join(cleaned))
+        self._publish_committed_alerts()
 
     def ingest_query(self, available_now: bool) -> "StreamingQuery":
         w = (self._kafka_stream().writeStream.queryName("ingest")

@@ -69,6 +69,7 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
                       hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
     spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
     job = StreamJob(spark, s)
+    job.recover()
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()
     try:

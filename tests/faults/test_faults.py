@@ -192,7 +192,8 @@ def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack,
       arrive, those windows are carried on and written by a later batch, so the flush's files must go;
     - batches committed on HDFS whose alerts never reached Kafka (the send markers missing): Spark does not re-run
       a committed batch, so the next start must send them.
-    More lines follow; the next run removes the flush's files and sends every alert, and `verify` is exact."""
+    More lines follow; the next run removes the flush's files and sends every alert, and `verify` is exact. Then
+    a copied events file makes `verify` fail (each parsed line must be in the events once)."""
     from hdfs import InsecureClient
     from kafka import KafkaConsumer
 
@@ -233,6 +234,15 @@ def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack,
     on_kafka = {m.key.decode() for m in consumer}
     consumer.close()
     assert len(alerts) and on_kafka == set(alerts["alert_id"])  # the first half's alerts too
+
+    # and verify would have caught doubled events: one events file copied under another name
+    events = [f"{folder}/{name}" for folder, _, names in client.walk(f"{root}/events") for name in names
+              if name.endswith(".parquet")]
+    with client.read(events[0]) as f:
+        client.write(events[0].replace(".parquet", "-copy.parquet"), data=f.read())
+    r = _logpipe(env, "verify", "--log", str(log), "--json", str(tmp_path / "doubled.json"))
+    acc = json.loads((tmp_path / "doubled.json").read_text())["accounting"]
+    assert r.returncode != 0 and not acc["ok"] and acc["job_event_rows"] > acc["job_event_lines"] == acc["parsed"]
 
 
 def test_kafka_unreachable_at_start(stack, unique, tmp_path):

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     mark = lambda ok: "[green]ok[/]" if ok else "[red]FAIL[/]"  # noqa: E731
     a = r.accounting
     t.add_row("accounting", mark(a["ok"]), f"lines {a['lines']:,} = parsed {a['parsed']:,} + quarantined "
-              f"{a['quarantined']:,}; job: parsed {a['job_parsed_unique']:,}, quarantined "
+              f"{a['quarantined']:,}; job: parsed {a['job_parsed_unique']:,} (in {a['job_event_rows']:,} event rows), "
+              f"quarantined "
               f"{a['job_quarantined_unique']:,}; late {a['late']}, duplicates dropped {a['duplicates_dropped']}")
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "

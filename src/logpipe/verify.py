@@ -166,6 +166,34 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False) -> 
     return out
 
 
+def without_late(expected: KeyedCounts, late_ts: np.ndarray, late_values: Any, size_s: int,
+                 slide_s: int) -> tuple[KeyedCounts, int]:
+    """`expected` less the windows of lines the job kept out of its windows as late (a log out of order by more
+    than the watermark), and how many of those (window, key) contributions `expected` does not hold (not 0 only
+    if the late table holds lines that are not in the log)."""
+    if not len(late_ts):
+        return expected, 0
+    late = KeyedCounts.from_arrays(expected.key, late_ts, late_values, np.ones(len(late_ts)), expected.labels)
+    starts = window_starts_array(late.window_start, size_s, slide_s)
+    ws = np.concatenate(starts)
+    codes = np.tile(late.code, len(starts))
+    keep = ws != -1
+    ws, codes = ws[keep], codes[keep]
+    base = int(min(expected.window_start.min(initial=ws.min()), ws.min()))
+    e_keys = _pack(expected.window_start, expected.code, base)
+    order = np.argsort(e_keys, kind="stable")
+    l_keys, l_counts = np.unique(_pack(ws, codes, base), return_counts=True)
+    pos = np.searchsorted(e_keys, l_keys, sorter=order)
+    found = pos < len(e_keys)
+    found[found] = e_keys[order[pos[found]]] == l_keys[found]
+    count = expected.count.copy()
+    np.subtract.at(count, order[pos[found]], l_counts[found])
+    nonzero = count > 0
+    return (KeyedCounts(expected.key, expected.window_start[nonzero], expected.code[nonzero], count[nonzero],
+                        late.labels[:len(expected.labels)]),
+            int(l_counts[~found].sum()) + int((count < 0).sum()))
+
+
 def _epoch_s(col: pd.Series) -> pd.Series:
     """Timestamps from Parquet (datetime64, naive UTC or aware) -> epoch seconds."""
     c = pd.to_datetime(col, utc=True)
@@ -339,6 +367,24 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
     counts = count_log(log_path, size_s, slide_s, progress=progress)
     fs = webhdfs_fs(s)
+    # lines the job kept out of its windows as late (not a copy of a line in events/): not in the windows either
+    late_t = load_arrow(s, "late", ["src_key", "timestamp", "host", "http_response"], fs=fs)
+    n_late_lines, late_unmatched = 0, 0
+    if late_t is not None and late_t.num_rows:
+        ev_keys = load_arrow(s, "events", ["src_key"], fs=fs)
+        if ev_keys is not None:
+            late_t = late_t.filter(pc.invert(pc.is_in(late_t["src_key"], value_set=pc.unique(ev_keys["src_key"]))))
+            del ev_keys
+        # once per source line
+        late_t = late_t.group_by("src_key", use_threads=False).aggregate(
+            [("timestamp", "first"), ("host", "first"), ("http_response", "first")])
+        n_late_lines = late_t.num_rows
+        ts = _epoch_s_arrow(late_t.column("timestamp_first")) if n_late_lines else np.zeros(0, np.int64)
+        counts.host, miss_h = without_late(counts.host, ts, late_t.column("host_first"), size_s, slide_s)
+        counts.status, miss_s = without_late(counts.status, ts, late_t.column("http_response_first"), size_s,
+                                             slide_s)
+        late_unmatched = miss_h + miss_s
+        del late_t
     comparisons = {}
     for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
         actual = keyed_counts_of_table(load_arrow(s, table, ["window_start", kc.key, "count"], fs=fs), kc.key,
@@ -366,12 +412,13 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
            "job_event_lines": int(pc.count_distinct(event_keys).as_py()) if len(event_keys) else 0,
            "job_quarantined_unique": int(len(q_unique)), "job_quarantined_by_reason": job_q_by_reason,
            "job_records_read": metrics.get("lines"), "late": metrics.get("late", 0),
-           "duplicates_dropped": metrics.get("duplicates_dropped", 0)}
+           "duplicates_dropped": metrics.get("duplicates_dropped", 0),
+           "late_lines_excluded": n_late_lines, "late_not_in_log": late_unmatched}
     # every parsed line of the file in events/ or late/, none twice in events/; every other line quarantined with
     # the reference parser's reason
     acc["ok"] = (acc["job_parsed_unique"] == counts.parsed and acc["job_event_rows"] == acc["job_event_lines"]
                  and acc["job_quarantined_unique"] == acc["quarantined"]
-                 and job_q_by_reason == counts.quarantined_by_reason)
+                 and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0)
     alerts = load_table(s, "alerts", fs=fs)
     alert_check = check_alerts(counts, alerts, s)
     truth = None

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from logpipe.config import Settings
-from logpipe.verify import BatchCounts, KeyedCounts, check_alerts, compare_counts, count_log, score_against_truth
+from logpipe.verify import (BatchCounts, KeyedCounts, check_alerts, compare_counts, count_log, score_against_truth,
+                            without_late)
 
 pytestmark = pytest.mark.unit
 
@@ -69,6 +70,31 @@ def test_count_log_windows_and_accounting(tmp_path):
     assert got == {(-10, "1.1.1.1"): 1, (0, "1.1.1.1"): 2, (10, "1.1.1.1"): 1, (0, "2.2.2.2"): 1, (10, "2.2.2.2"): 1}
     totals = dict(zip(c.window_totals.window_start - t0, c.window_totals.total))
     assert totals == {-10: 1, 0: 3, 10: 2}
+
+
+def test_without_late_leaves_the_counts_of_the_other_lines(tmp_path):
+    """The job keeps late lines out of its windows: the file's counts less those lines' windows equal the
+    counts of the file without them; a late line that is not in the log is reported."""
+    import numpy as np
+
+    t0 = 1084838400
+    lines = [(t0 + 5, "a"), (t0 + 15, "a"), (t0 + 17, "b"), (t0 + 40, "b"), (t0 + 41, "c")]
+    late = [1, 4]  # (t0+15, a) and (t0+41, c): c's windows hold nothing else and must disappear
+
+    def counts_of(rows):
+        log = tmp_path / f"l{len(rows)}.log"
+        log.write_text("".join(f'{h} - - [{pd.Timestamp(t, unit="s"):%Y-%m-%d %H:%M:%S}] "GET / HTTP/1.1" 200 1\n'
+                               for t, h in rows))
+        return count_log(log, 20, 10).host
+
+    everything = counts_of(lines)
+    ts = np.array([lines[i][0] for i in late], dtype=np.int64)
+    got, unmatched = without_late(everything, ts, [lines[i][1] for i in late], 20, 10)
+    rest = counts_of([r for i, r in enumerate(lines) if i not in late])
+    assert unmatched == 0 and compare_counts(got, KeyedCounts.from_frame(rest.frame(), "host", got.labels))["ok"]
+    assert "c" not in set(got.frame()["host"])
+    _, unmatched = without_late(everything, np.array([t0 + 5, t0 + 500], dtype=np.int64), ["zz", "a"], 20, 10)
+    assert unmatched == 4  # two windows each: a host not in the log, a time the log has no line of that host at
 
 
 def _counts(host_rows, status_rows):

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     t.add_row("accounting", mark(a["ok"]), f"lines {a['lines']:,} = parsed {a['parsed']:,} + quarantined "
               f"{a['quarantined']:,}; job: parsed {a['job_parsed_unique']:,} (in {a['job_event_rows']:,} event rows), "
               f"quarantined "
-              f"{a['job_quarantined_unique']:,}; late {a['late']}, duplicates dropped {a['duplicates_dropped']}")
+              f"{a['job_quarantined_unique']:,}; late {a['late']} ({a['late_lines_excluded']:,} lines out of the windows), "
+              f"duplicates dropped {a['duplicates_dropped']}")
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}")

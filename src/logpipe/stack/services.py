@@ -320,7 +320,8 @@ def _start(s: Settings, lay: Layout, java: str, svc: Service) -> tuple[int, bool
             return None if running_pid(lay, svc) else "process vanished"
 
     health.wait_until(_ready_probe(s, svc.name), what=svc.name, timeout=s.stack_timeout_s, alive=alive,
-                      hint=f"Check its log: {lay.log_file(svc.name)}")
+                      hint=f"Check its log: {lay.log_file(svc.name)}. It is left running (it may still come up: "
+                           f"`logpipe stack status`); `logpipe stack down` stops it")
     return pid, started
 
 

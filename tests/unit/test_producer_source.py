@@ -18,17 +18,24 @@ def _save_end(store: PositionStore, path, offset: int) -> None:
     store.save(Position(file_key(st), 0, offset, str(path), len(head), head_digest(head)))
 
 
+def _rotated_while_stopped(tmp_path, sent: bytes, unsent: bytes):
+    """live.log: `sent` delivered (its end saved), then `unsent` appended, then rotated to live.log.1 and a new
+    live.log holding b"new\\n" created, all while the producer was stopped. Returns (live.log, store)."""
+    log = tmp_path / "live.log"
+    log.write_bytes(sent)
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, len(sent))
+    with log.open("ab") as f:
+        f.write(unsent)
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"new\n")
+    return log, store
+
+
 def test_a_stop_while_finishing_a_rotated_file_keeps_its_unterminated_tail(tmp_path):
     """Stopped while reading a file rotated away, the source must not send that file's unterminated tail as a
     line (its end was not reached: the line may continue); it ends, and the tail waits for the next run."""
-    log = tmp_path / "live.log"
-    log.write_bytes(b"one\ntwo\n")
-    store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, 8)
-    with log.open("ab") as f:
-        f.write(b"three\nfour\npartial li")
-    log.rename(tmp_path / "live.log.1")
-    log.write_bytes(b"new\n")
+    log, store = _rotated_while_stopped(tmp_path, b"one\ntwo\n", b"three\nfour\npartial li")
     source = LogSource(str(log), store, follow=True)
     source.open()
     blocks = source.blocks()
@@ -41,14 +48,7 @@ def test_a_stop_while_finishing_a_rotated_file_keeps_its_unterminated_tail(tmp_p
 
 def test_a_rotated_file_read_to_its_end_sends_its_unterminated_tail(tmp_path):
     """Without a stop, the rotated file's end is definite: its unterminated tail is its last line."""
-    log = tmp_path / "live.log"
-    log.write_bytes(b"one\n")
-    store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, 4)
-    with log.open("ab") as f:
-        f.write(b"two\nlast")
-    log.rename(tmp_path / "live.log.1")
-    log.write_bytes(b"new\n")
+    log, store = _rotated_while_stopped(tmp_path, b"one\n", b"two\nlast")
     source = LogSource(str(log), store, follow=True, poll_interval=0.01)
     source.open()
     lines = []

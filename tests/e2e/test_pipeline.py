@@ -122,8 +122,8 @@ def test_a_log_out_of_order_beyond_the_watermark_verifies(stack, unique, tmp_pat
 
     log = tmp_path / "access.log"
     # several micro-batches: lines are late against the watermark of the batches before theirs
-    env = {**run_env(stack, unique, tmp_path), "LOGPIPE_MAX_OFFSETS_PER_TRIGGER": "5000"}
-    assert logpipe(env, "generate", "--lines", "20000", "--seed", "9", "--out", str(log)).returncode == 0
+    env = {**run_env(stack, unique, tmp_path), "LOGPIPE_MAX_OFFSETS_PER_TRIGGER": "4000"}
+    assert logpipe(env, "generate", "--lines", "8000", "--seed", "9", "--out", str(log)).returncode == 0
     start = datetime(2004, 5, 18, tzinfo=timezone.utc)
     late = [lf.format_line(f"10.9.9.{i % 3}", start + timedelta(seconds=i), "GET /late HTTP/1.1",
                            404 if i % 2 else 200, 5).encode() for i in range(40)]

@@ -367,14 +367,18 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
     counts = count_log(log_path, size_s, slide_s, progress=progress)
     fs = webhdfs_fs(s)
-    # lines the job kept out of its windows as late (not a copy of a line in events/): not in the windows either
+    # the job's source lines, each table read once: events/ (each line at most once) and late/ (a line sent again
+    # after it had left the horizon is kept there as well)
+    def keys(t: Any) -> Any:
+        return pa.chunked_array(t.column("src_key").chunks if t is not None else [], type=pa.string())
+
+    event_keys = keys(load_arrow(s, "events", ["src_key"], fs=fs))
     late_t = load_arrow(s, "late", ["src_key", "timestamp", "host", "http_response"], fs=fs)
+    src_keys = pa.chunked_array(event_keys.chunks + keys(late_t).chunks, type=pa.string())
+    # lines the job kept out of its windows as late (not a copy of a line in events/): not in the windows either
     n_late_lines, late_unmatched = 0, 0
     if late_t is not None and late_t.num_rows:
-        ev_keys = load_arrow(s, "events", ["src_key"], fs=fs)
-        if ev_keys is not None:
-            late_t = late_t.filter(pc.invert(pc.is_in(late_t["src_key"], value_set=pc.unique(ev_keys["src_key"]))))
-            del ev_keys
+        late_t = late_t.filter(pc.invert(pc.is_in(late_t["src_key"], value_set=pc.unique(event_keys))))
         # once per source line
         late_t = late_t.group_by("src_key", use_threads=False).aggregate(
             [("timestamp", "first"), ("host", "first"), ("http_response", "first")])
@@ -384,7 +388,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
         counts.status, miss_s = without_late(counts.status, ts, late_t.column("http_response_first"), size_s,
                                              slide_s)
         late_unmatched = miss_h + miss_s
-        del late_t
+    del late_t
     comparisons = {}
     for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
         actual = keyed_counts_of_table(load_arrow(s, table, ["window_start", kc.key, "count"], fs=fs), kc.key,
@@ -393,13 +397,6 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
         del actual
     host_cmp, status_cmp = comparisons["windows/by_host"], comparisons["windows/by_status"]
     # accounting: unique source lines in the job's tables vs the file (late: parsed lines the job kept aside)
-    # (a line sent again after it had left the horizon is kept in late/ as well: it is in events/ at most once)
-    tables = {name: load_arrow(s, name, ["src_key"], fs=fs) for name in ("events", "late")}
-    keys_of = {name: pa.chunked_array(t.column("src_key").chunks if t is not None else [], type=pa.string())
-               for name, t in tables.items()}
-    src_keys = pa.chunked_array(keys_of["events"].chunks + keys_of["late"].chunks, type=pa.string())
-    event_keys = keys_of["events"]
-    del tables, keys_of
     quarantine = load_table(s, "quarantine", ["src_key", "reason"], fs=fs)
     q_unique = quarantine.drop_duplicates("src_key") if len(quarantine) else quarantine
     job_q_by_reason = q_unique.groupby("reason").size().to_dict() if len(q_unique) else {}

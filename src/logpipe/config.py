@@ -98,8 +98,9 @@ class Settings(BaseSettings):
     window: str = "20 seconds"
     slide: str = "10 seconds"
     watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
-    max_offsets_per_trigger: int = Field(2_500_000, description="records per micro-batch at most (catch-up); "
-                                         "bigger batches cost less per line (measured: 1 M -> 2.5 M, ~10%)")
+    max_offsets_per_trigger: int = Field(5_000_000, description="records per micro-batch at most (catch-up); "
+                                         "bigger batches cost less per line (measured: 1 M -> 2.5 M, ~10%; "
+                                         "2.5 M -> 5 M, 9% on 1 GB, stream peak RSS 4.5 -> 5.1 GB)")
     trigger_interval: str = "0 seconds"
     kafka_read_tasks: int = Field(2, description="Spark tasks reading the topic per micro-batch (minPartitions)")
     parquet_codec: Literal["zstd", "snappy", "lz4_raw", "gzip", "none"] = Field(

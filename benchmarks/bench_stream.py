@@ -34,21 +34,21 @@ def batch_job(topic: str, root: str) -> dict:
 
     from logpipe.config import load_settings
     from logpipe.spark import build_spark
-    from logpipe.streaming.parse import EVENT_COLUMNS, header_columns, parse_columns
+    from logpipe.streaming.parse import EVENT_COLUMNS, parse_columns, source_columns
 
     s = load_settings().with_overrides(topic=topic, hdfs_root=root)
     spark = build_spark(s, "bench-batch")
     spark.range(1).count()  # warm the JVM a little, like the streaming job's first batch
     t0 = time.monotonic()
     raw = (spark.read.format("kafka").option("kafka.bootstrap.servers", s.kafka_address).option("subscribe", topic)
-           .option("startingOffsets", "earliest").option("includeHeaders", "true").load())
-    parsed = parse_columns(header_columns(raw)).persist()
-    events = parsed.where("reason IS NULL").select(*EVENT_COLUMNS, "src", "off", F.col("partition").alias(
+           .option("startingOffsets", "earliest").load())
+    parsed = source_columns(parse_columns(raw)).persist()
+    events = parsed.where("reason IS NULL").select(*EVENT_COLUMNS, "src", "off", "src_key", F.col("partition").alias(
         "kafka_partition"), F.col("offset").alias("kafka_offset"), F.date_format("timestamp", "yyyy-MM-dd").alias("date"))
     events.write.mode("overwrite").partitionBy("date").parquet(s.hdfs_uri("events"))
     parsed.where("reason IS NOT NULL").select("line", "value", "reason").coalesce(1).write.mode(
         "overwrite").parquet(s.hdfs_uri("quarantine"))
-    fine = (events.dropDuplicates(["src", "off"])
+    fine = (events.dropDuplicates(["src_key"])
             .groupBy(F.window("timestamp", s.window, s.slide).alias("w"), "host", "http_response").count().persist())
     fine.groupBy("w", "host").agg(F.sum("count").alias("count")).coalesce(1).write.mode("overwrite").parquet(
         s.hdfs_uri("windows", "by_host"))

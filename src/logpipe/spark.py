@@ -32,11 +32,12 @@ def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) ->
         "spark.hadoop.dfs.client.use.datanode.hostname": "true",
         "spark.sql.parquet.compression.codec": s.parquet_codec,
         "spark.ui.showConsoleProgress": "false",
-        # the throughput collector: the jobs are batch-like and a pause is harmless. Measured, 1 GB topic, two runs
-        # each: stream 138-141 s / 246-256 CPU s with G1 (Java's default), 131-133 s / 233 CPU s with it; batch
-        # reference 62.8 -> 60.9 s. In local mode the driver JVM is the executor.
-        "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     }
+    # default the throughput collector: the jobs are batch-like and a pause is harmless. Measured, 1 GB topic, two
+    # runs each: stream 138-141 s / 246-256 CPU s with G1 (Java's default), 131-133 s / 233 CPU s with it; batch
+    # reference 62.8 -> 60.9 s. In local mode the driver JVM is the executor.
+    if s.spark_driver_java_options.strip():
+        conf["spark.driver.extraJavaOptions"] = s.spark_driver_java_options.strip()
     if kafka and s.spark_kafka_jars:
         conf["spark.jars"] = s.spark_kafka_jars
     return conf

@@ -29,3 +29,15 @@ def test_collected_timestamps_round_trip_in_utc_in_a_zone_with_daylight_saving()
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-2:] == ["2024-10-27T00:30:00", "2024-10-27T00:30:00"]
+
+
+def test_driver_java_options_are_a_setting_that_can_be_emptied() -> None:
+    """The collector is passed to the driver JVM by default; an empty setting leaves Java's defaults (and any
+    spark-defaults.conf value) alone."""
+    from logpipe.config import load_settings
+    from logpipe.spark import spark_conf
+
+    s = load_settings()
+    opts = s.with_overrides(spark_driver_java_options=" -XX:+UseParallelGC ")
+    assert spark_conf(opts)["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
+    assert "spark.driver.extraJavaOptions" not in spark_conf(s.with_overrides(spark_driver_java_options=""))

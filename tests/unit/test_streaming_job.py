@@ -73,3 +73,25 @@ def test_key_hash_is_the_same_for_the_same_src_key(local_spark):
     assert all(len(h) == 1 for h in by_key.values()), by_key
     assert sorted(by_key) == ["a.log:17", "a.log:18", "kafka:t:0:3", "kafka:t:1:3"]  # a bad key: the position
     assert len({next(iter(h)) for h in by_key.values()}) == 4  # different keys, different hashes here
+
+
+@pytest.mark.parametrize("rows, seen, kept", [
+    ([("a:1", 1), ("a:2", 2), ("b:1", 3)], [], ["a:1", "a:2", "b:1"]),
+    ([("a:1", 1), ("a:2", 2), ("a:1", 1)], [], ["a:1", "a:2"]),
+    ([("a:1", 7), ("b:9", 7), ("b:9", 7), ("c:3", 8), ("d:4", 5)], [("z:5", 8), ("d:4", 5)], ["a:1", "b:9", "c:3"]),
+])
+def test_the_check_for_large_batches_keeps_the_same_lines(local_spark, monkeypatch, rows, seen, kept):
+    """Past DISTINCT_IN_ONE_TASK rows the check counts distinct hashes with count(DISTINCT): same lines kept."""
+    from logpipe.streaming import job
+
+    monkeypatch.setattr(job, "DISTINCT_IN_ONE_TASK", 0)
+    assert [k for k, _ in _dedupe(local_spark, rows, seen)] == kept
+
+
+def test_with_cutoff_adds_the_cutoff_to_every_row_once(local_spark):
+    from logpipe.streaming.job import with_cutoff
+
+    df = local_spark.createDataFrame([(T,), (T,), (None,)], "timestamp TIMESTAMP")
+    for cutoff in (None, T):
+        got = with_cutoff(df, cutoff).collect()
+        assert [r["_cutoff"] for r in got] == [cutoff] * 3

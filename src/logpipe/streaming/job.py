@@ -394,20 +394,27 @@ def with_cutoff(df: "DataFrame", cutoff: datetime | None) -> "DataFrame":
     return df.crossJoin(F.broadcast(df.sparkSession.createDataFrame([(cutoff,)], "_cutoff TIMESTAMP")))
 
 
+# rows whose hashes the duplicate check may gather in one task: 5 M hashes take some 200 MB there, boxed
+DISTINCT_IN_ONE_TASK = 6_000_000
+
+
 def drop_duplicate_lines(rows: "DataFrame", seen_prev: "DataFrame", n_rows: int) -> tuple["DataFrame", int]:
     """`rows` without the repeats of a source line (src_key) within them or in `seen_prev`, and how many remain
     (`n_rows`: how many `rows` has). Both frames have src_key and its key_hash. Repeats are searched for on the
     64-bit key_hash (a shuffle of longs, not strings); only rows whose hash repeats are then compared on src_key,
     and the rows themselves are shuffled only when there are real repeats (a restarted producer). Most batches
-    have none: one aggregation (no shuffle of the rows' hashes) shows that every hash is distinct and none was
-    seen before, and the rows are returned as they are."""
+    have none: one aggregation shows that every hash is distinct and none was seen before, and the rows are
+    returned as they are. Up to DISTINCT_IN_ONE_TASK rows, it gathers the hashes in one task and counts them there
+    (2.1 M rows: 0.6 s, against 1.0 s for count(DISTINCT), which shuffles them); past that, count(DISTINCT) keeps
+    the memory spread over the tasks."""
     from pyspark.sql import functions as F
 
     spark = rows.sparkSession
     seen_hashes = F.broadcast(seen_prev.select("key_hash", F.lit(True).alias("_seen")))
+    distinct = (F.size(F.array_distinct(F.collect_list("key_hash"))) if n_rows <= DISTINCT_IN_ONE_TASK
+                else F.count_distinct("key_hash"))
     check = (rows.select("key_hash").join(seen_hashes, "key_hash", "left")
-             .agg(F.size(F.array_distinct(F.collect_list("key_hash"))).alias("distinct"),
-                  F.max("_seen").alias("seen")).first())
+             .agg(distinct.alias("distinct"), F.max("_seen").alias("seen")).first())
     if check["distinct"] == n_rows and not check["seen"]:
         return rows, n_rows
 

@@ -25,7 +25,8 @@ def logpipe(env: dict[str, str], *args: str) -> str:
     r = subprocess.run([sys.executable, "-m", "logpipe", *args], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"logpipe {' '.join(args)} failed:\n{r.stderr[-3000:]}")
-    return r.stdout.strip().splitlines()[-1]
+    lines = r.stdout.strip().splitlines()
+    return lines[-1] if lines else ""  # the JSON result of produce and stream; generate prints none
 
 
 def batch_job(topic: str, root: str) -> dict:

@@ -191,17 +191,16 @@ class StreamJob:
                                 "http_response"))
             carried = self._state(STATE_OPEN, prev, OPEN_SCHEMA)
             final = F.col("_final")
+            final_by_cutoff = F.col("window_end") <= F.col("_cutoff")  # NULL cutoff (none yet): not final
             counts_of: dict[str, DataFrame] = {}
             sizes: dict[str, dict[bool, int]] = {}
             for grain, keys in GRAINS.items():
                 rows = windowed.where("http_response >= 400") if grain == "failed" else windowed
-                counts_of[grain] = (
-                    rows.select(*WINDOW_COLUMNS, *keys, F.lit(1).cast("bigint").alias("count"))
-                    .unionByName(carried.where(F.col("grain") == grain).select(*WINDOW_COLUMNS, *keys, "count"))
-                    .groupBy(*WINDOW_COLUMNS, *keys).agg(F.sum("count").alias("count")))
-                counts_of[grain] = (with_cutoff(counts_of[grain], next_horizon)
-                                    .withColumn("_final", F.coalesce(F.col("window_end") <= F.col("_cutoff"),
-                                                                     F.lit(False)))
+                summed = (rows.select(*WINDOW_COLUMNS, *keys, F.lit(1).cast("bigint").alias("count"))
+                          .unionByName(carried.where(F.col("grain") == grain).select(*WINDOW_COLUMNS, *keys, "count"))
+                          .groupBy(*WINDOW_COLUMNS, *keys).agg(F.sum("count").alias("count")))
+                counts_of[grain] = (with_cutoff(summed, next_horizon)
+                                    .withColumn("_final", F.coalesce(final_by_cutoff, F.lit(False)))
                                     .drop("_cutoff").persist())
                 cached.append(counts_of[grain])
                 sizes[grain] = {r[0]: r[1] for r in counts_of[grain].groupBy(final).count().collect()}

@@ -89,9 +89,13 @@ def is_committed(spark: "SparkSession", root_uri: str, query: str, batch_id: int
 
 
 def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
-                 writes: list[tuple["DataFrame", str, list[str]]], meta: dict[str, Any] | Callable[[], dict[str, Any]],
+                 writes: "list[tuple[Any, ...]]", meta: dict[str, Any] | Callable[[], dict[str, Any]],
                  prefix: str = "b") -> bool:
-    """Write each (frame, table, partition columns) of one micro-batch under root_uri/table, exactly once.
+    """Write each (frame, table, partition columns[, keep]) of one micro-batch under root_uri/table, exactly once.
+
+    `frame` may be a function that returns the frame (or None: nothing to write), called when its turn comes, so
+    that it can use what the writes before it found out; `keep`, if given, is called after the write, and False
+    drops what it wrote (e.g. a frame that turned out empty).
 
     Files are written to a staging folder, then renamed into the table with a `b<batch>-` prefix; a commit
     marker `_commits/<query>/<batch>.json` (holding `meta`, or what `meta()` returns once the files are
@@ -106,17 +110,24 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     if fs.exists(marker):
         return False
     if fs.exists(pending):  # an earlier attempt died while moving files: remove what it moved
-        for _, table, _ in writes:
+        for table in (w[1] for w in writes):
             for f in fs.files(f"{root_uri}/{table}"):
                 if f.rsplit("/", 1)[-1].startswith(tag + "-"):
                     fs.delete(f)
     fs.write_text(pending, "")
-    for df, table, parts in writes:
+    for df, table, parts, *keep in writes:
+        if callable(df):
+            df = df()
+            if df is None:
+                continue
         staging = f"{root_uri}/{table}/_staging/{tag}"
         writer = df.write.mode("overwrite")
         if parts:
             writer = writer.partitionBy(*parts)
         writer.parquet(staging)
+        if keep and not keep[0]():
+            fs.delete(staging)
+            continue
         for i, f in enumerate(sorted(fs.files(staging))):
             name = f.rsplit("/", 1)[-1]
             if not name.endswith(".parquet"):

@@ -1,0 +1,53 @@
+"""commit_batch on a local file system: frames given as functions are built in turn, `keep` drops a write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def local_spark():
+    from logpipe.config import load_settings
+    from logpipe.spark import build_spark
+
+    return build_spark(load_settings(), "commit-tests", kafka=False)
+
+
+def _files(root: Path, table: str) -> list[str]:
+    return sorted(p.name for p in (root / table).glob("*.parquet"))
+
+
+def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: Path):
+    from logpipe.streaming.commit import batch_tag, commit_batch
+
+    root = f"file:{tmp_path}"  # as Hadoop names local paths (commit_batch maps its listings back onto root)
+    calls: list[str] = []
+    first = local_spark.range(3)
+
+    def second():  # built only after `first` is written, as the alerts frame is after windows/by_host
+        calls.append("second")
+        assert _files(tmp_path, "first"), "the earlier write is done when a lazy frame is built"
+        return local_spark.range(5)
+
+    def nothing():
+        calls.append("nothing")
+        return None
+
+    writes = [(first, "first", []), (second, "second", []), (nothing, "skipped", []),
+              (local_spark.range(0), "dropped", [], lambda: False), (local_spark.range(2), "kept", [], lambda: True)]
+    assert commit_batch(local_spark, root, "q", 7, writes, lambda: {"n": len(calls)})
+    assert calls == ["second", "nothing"]
+    assert local_spark.read.parquet(f"{root}/second").count() == 5
+    assert _files(tmp_path, "kept") and all(f.startswith(batch_tag(7) + "-") for f in _files(tmp_path, "kept"))
+    assert not (tmp_path / "skipped").exists()
+    assert not _files(tmp_path, "dropped") and not list((tmp_path / "dropped").rglob("*.parquet"))
+    marker = json.loads(next((tmp_path / "_commits" / "q").glob("*.json")).read_text())
+    assert marker == {"n": 2}
+    # committed: a second run writes nothing and builds no frame
+    assert not commit_batch(local_spark, root, "q", 7, writes, {"n": 0})
+    assert calls == ["second", "nothing"]

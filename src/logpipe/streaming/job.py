@@ -304,8 +304,8 @@ class StreamJob:
                             f" share {r['share']:.0%} top hosts {list(r['top_hosts'] or [])}" if r["share"] else "")
         log.info("batch %d: %s lines (%s late, %s duplicates), %s final window rows, %s open, %s keys carried; "
                  "parse+count %.1fs, windows+alerts %.1fs, write+commit %.1fs", batch_id, f"{meta['lines']:,}",
-                 f"{n_late:,}", f"{meta['duplicates']:,}", f"{meta['final_window_rows']:,}", f"{n_open:,}", f"{n_seen:,}",
-                 t1 - t0, t2 - t1, time.monotonic() - t2)
+                 f"{n_late:,}", f"{meta['duplicates']:,}", f"{meta['final_window_rows']:,}", f"{n_open:,}",
+                 f"{n_seen:,}", t1 - t0, t2 - t1, time.monotonic() - t2)
 
     def _new_alerts(self, by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame") -> list[dict[str, Any]]:
         """Alerts of the running window counts not emitted before (by alert_id), as rows of the alerts table."""

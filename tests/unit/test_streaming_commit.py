@@ -51,3 +51,31 @@ def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: 
     # committed: a second run writes nothing and builds no frame
     assert not commit_batch(local_spark, root, "q", 7, writes, {"n": 0})
     assert calls == ["second", "nothing"]
+
+
+def test_a_half_moved_batch_is_cleaned_before_lazy_frames_are_built(local_spark, tmp_path: Path):
+    """A pending marker (an attempt that died while moving files) removes the tag's files from every listed table,
+    those of lazy frames and of dropped writes too, before the batch is written again."""
+    from logpipe.streaming.commit import TableWrite, batch_tag, commit_batch
+
+    root = f"file:{tmp_path}"
+    tag = batch_tag(3)
+    for table in ("lazy", "dropped"):  # what the dead attempt had moved in
+        (tmp_path / table).mkdir()
+        local_spark.range(4).coalesce(1).write.parquet(f"{root}/{table}/_tmp")
+        next((tmp_path / table / "_tmp").glob("*.parquet")).rename(tmp_path / table / f"{tag}-00000.parquet")
+    (tmp_path / "_commits" / "q").mkdir(parents=True)
+    (tmp_path / "_commits" / "q" / f"{tag}.pending").write_text("")
+    kept: list[bool] = []
+
+    def keep() -> bool:
+        kept.append(True)
+        return False
+
+    writes = [TableWrite(lambda: local_spark.range(2), "lazy"), TableWrite(local_spark.range(1), "dropped", keep=keep),
+              TableWrite(lambda: None, "none", keep=keep)]
+    assert commit_batch(local_spark, root, "q", 3, writes, {})
+    assert local_spark.read.parquet(f"{root}/lazy/{tag}-*.parquet").count() == 2  # the old 4 rows are gone
+    assert not list((tmp_path / "dropped").glob(f"{tag}-*.parquet"))
+    assert kept == [True]  # keep runs after a write only, not for a frame that returned None
+    assert not (tmp_path / "_commits" / "q" / f"{tag}.pending").exists()

@@ -95,3 +95,37 @@ def test_with_cutoff_adds_the_cutoff_to_every_row_once(local_spark):
     for cutoff in (None, T):
         got = with_cutoff(df, cutoff).collect()
         assert [r["_cutoff"] for r in got] == [cutoff] * 3
+
+
+OPEN = "grain STRING, window_start TIMESTAMP, window_end TIMESTAMP, host STRING, http_response INT, count BIGINT"
+
+
+@pytest.mark.parametrize("window,slide", [("20 seconds", "10 seconds"), ("25 seconds", "10 seconds"),
+                                          ("1 minute", "1 minute")])
+@pytest.mark.parametrize("cutoff_s", [None, -100, 0, 30, 35, 60, 1000])
+def test_host_window_counts_split_the_running_counts_at_the_cutoff(local_spark, window, slide, cutoff_s):
+    """Final (from every row) and open (from the recent rows only) together are exactly the running counts of every
+    row plus the carried windows, split at the cutoff: a window ending at the cutoff is final, NULL cutoff: none."""
+    from datetime import timedelta
+
+    from logpipe.streaming.job import host_window_counts, summed, windowed_rows
+
+    t0 = datetime(2004, 5, 18, 6, 0, 0)
+    events = local_spark.createDataFrame(
+        [(t0 + timedelta(seconds=s), h, 200) for s, h in [(0, "a"), (5, "a"), (9, "b"), (10, "a"), (29, "a"),
+                                                          (30, "b"), (41, "a"), (59, "a"), (60, "b")]],
+        "timestamp TIMESTAMP, host STRING, http_response INT")
+    carried = local_spark.createDataFrame(  # open windows from an earlier batch, one per grain; only host's count
+        [("host", t0 - timedelta(seconds=10), t0 + timedelta(seconds=10), "a", None, 7),
+         ("host", t0 + timedelta(seconds=20), t0 + timedelta(seconds=40), "c", None, 2),
+         ("status", t0 - timedelta(seconds=10), t0 + timedelta(seconds=10), None, 200, 9)], OPEN)
+    cutoff = None if cutoff_s is None else t0 + timedelta(seconds=cutoff_s)
+    final, still_open = host_window_counts(events, carried, cutoff, window, slide)
+    as_set = lambda df: {(r["window_start"], r["window_end"], r["host"], r["count"]) for r in df.collect()}  # noqa: E731
+    got_final, got_open = as_set(final), as_set(still_open)
+    expected = as_set(summed(windowed_rows(events, carried, "host", window, slide), ["host"]))
+    assert got_final | got_open == expected and not got_final & got_open
+    assert all(cutoff is not None and end <= cutoff for _, end, _, _ in got_final)
+    assert all(cutoff is None or end > cutoff for _, end, _, _ in got_open)
+    if window == "20 seconds":  # the carried window of host a adds up with this batch's rows at 0 s and 5 s
+        assert (t0 - timedelta(seconds=10), t0 + timedelta(seconds=10), "a", 9) in expected

@@ -26,9 +26,15 @@ GOOD = [
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\\\r HTTP/1.1" 200 1',  # backslash + CR (Java `.` trap)
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /a HTTP/1.1\n" 200 1',  # request parts: no (Python `$` trap)
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /a\r" 200 1',
+    # any run of CR/LF at the end is trimmed: the regex allows it rather than matching a trimmed copy
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5\n\r\n',
+    b'127.0.0.1 - - [10/Oct/2000:13:55:36 +0530] "GET /a HTTP/1.1" 200 2326 "-" "curl/8"\r\r',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 -\n',
 ]
 BAD = [
-    b"", b"\r\n", b"   ", b"\t", b"\xff\xfe garbage", b"\x80\x81\x82", b"just some text",
+    b"", b"\r\n", b"   ", b"\t", b"\xff\xfe garbage", b"\x80\x81\x82", b"just some text", b" \t\r\n\r",
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5\r\n ',  # a space after the CR/LF
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5 \r\n',  # a space before it
     b'1.2.3.4 - - [2004-13-18 05:58:48] "GET / HTTP/1.1" 200 1',     # month 13
     b'1.2.3.4 - - [2004-02-30 05:58:48] "GET / HTTP/1.1" 200 1',     # Feb 30
     b'1.2.3.4 - - [2004-05-18 25:58:48] "GET / HTTP/1.1" 200 1',     # hour 25
@@ -162,3 +168,17 @@ def test_source_columns_read_the_producers_key_and_agree_with_python(local_spark
     assert want[:3] == [("2049:1234", 0, "2049:1234:0"), ("2049:1234:2", 118, "2049:1234:2:118"),
                         ("a.log", 17, "a.log:17")]
     assert all(w[0] is None for w in want[3:-1]) and want[-1][1] == 2**63 - 1
+
+
+def test_the_parse_refuses_a_session_outside_utc(local_spark):
+    """Seed times are UTC and make_timestamp reads them in the session time zone: another zone is an error."""
+    from logpipe.streaming.parse import parse_columns
+
+    df = local_spark.createDataFrame([(GOOD[0],)], "value BINARY")
+    local_spark.conf.set("spark.sql.session.timeZone", "Europe/Berlin")
+    try:
+        with pytest.raises(ValueError, match="timeZone=UTC"):
+            parse_columns(df)
+    finally:
+        local_spark.conf.set("spark.sql.session.timeZone", "UTC")
+    assert parse_columns(df).first()["reason"] is None

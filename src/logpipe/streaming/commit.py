@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -88,14 +88,24 @@ def is_committed(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     return HadoopFs(spark, root_uri).exists(marker_path(root_uri, query, batch_tag(batch_id, prefix)))
 
 
-def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
-                 writes: "list[tuple[Any, ...]]", meta: dict[str, Any] | Callable[[], dict[str, Any]],
-                 prefix: str = "b") -> bool:
-    """Write each (frame, table, partition columns[, keep]) of one micro-batch under root_uri/table, exactly once.
+class TableWrite(NamedTuple):
+    """One table of a batch for commit_batch (a plain (frame, table, parts) tuple works too).
 
     `frame` may be a function that returns the frame (or None: nothing to write), called when its turn comes, so
     that it can use what the writes before it found out; `keep`, if given, is called after the write, and False
-    drops what it wrote (e.g. a frame that turned out empty).
+    drops what it wrote (e.g. a frame that turned out empty)."""
+
+    frame: "DataFrame | Callable[[], DataFrame | None]"
+    table: str
+    parts: Sequence[str] = ()
+    keep: Callable[[], bool] | None = None
+
+
+def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
+                 writes: "Sequence[TableWrite | tuple[Any, ...]]",
+                 meta: dict[str, Any] | Callable[[], dict[str, Any]], prefix: str = "b") -> bool:
+    """Write each TableWrite (frame, table, partition columns[, keep]) of one micro-batch under root_uri/table,
+    exactly once.
 
     Files are written to a staging folder, then renamed into the table with a `b<batch>-` prefix; a commit
     marker `_commits/<query>/<batch>.json` (holding `meta`, or what `meta()` returns once the files are
@@ -110,22 +120,22 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     if fs.exists(marker):
         return False
     if fs.exists(pending):  # an earlier attempt died while moving files: remove what it moved
-        for table in (w[1] for w in writes):
+        for table in (TableWrite(*w).table for w in writes):
             for f in fs.files(f"{root_uri}/{table}"):
                 if f.rsplit("/", 1)[-1].startswith(tag + "-"):
                     fs.delete(f)
     fs.write_text(pending, "")
-    for df, table, parts, *keep in writes:
-        if callable(df):
-            df = df()
-            if df is None:
-                continue
+    for w in writes:
+        frame, table, parts, keep = TableWrite(*w)
+        df = frame() if callable(frame) else frame
+        if df is None:
+            continue
         staging = f"{root_uri}/{table}/_staging/{tag}"
         writer = df.write.mode("overwrite")
         if parts:
             writer = writer.partitionBy(*parts)
         writer.parquet(staging)
-        if keep and not keep[0]():
+        if keep is not None and not keep():
             fs.delete(staging)
             continue
         for i, f in enumerate(sorted(fs.files(staging))):

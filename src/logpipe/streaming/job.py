@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
 from logpipe.rules import AlertRules
-from logpipe.streaming.commit import HadoopFs, batch_tag, clean_crashed_attempts, commit_batch, committed_meta
+from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
+                                      committed_meta)
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, request_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
 log = logging.getLogger(__name__)
@@ -191,45 +192,26 @@ class StreamJob:
 
             # windows: this batch's rows + the open windows carried in; those ending by the next horizon are final
             carried = self._state(STATE_OPEN, prev, OPEN_SCHEMA)
-            final = F.col("_final")
-            final_by_cutoff = F.coalesce(F.col("window_end") <= F.col("_cutoff"), F.lit(False))  # NULL: none yet
-
-            def rows_of(grain: str, rows: "DataFrame") -> "DataFrame":
-                """(window, keys, count 1) per window of each row, with the grain's carried open windows."""
-                keys = GRAINS[grain]
-                rows = rows.where("http_response >= 400") if grain == "failed" else rows
-                return (window_rows(rows, self.s.window, self.s.slide)
-                        .select(*WINDOW_COLUMNS, *keys, F.lit(1).cast("bigint").alias("count"))
-                        .unionByName(carried.where(F.col("grain") == grain).select(*WINDOW_COLUMNS, *keys, "count")))
-
-            def summed(rows: "DataFrame", keys: list[str]) -> "DataFrame":
-                return rows.groupBy(*WINDOW_COLUMNS, *keys).agg(F.sum("count").alias("count"))
-
+            is_final = F.col("_final")
             # per status, and per (host, status) of failed requests: small, cached, split into final and open
             counts_of: dict[str, DataFrame] = {}
             sizes: dict[str, dict[bool, int]] = {}
             for grain in ("status", "failed"):
-                counts_of[grain] = (with_cutoff(summed(rows_of(grain, events), GRAINS[grain]), next_horizon)
-                                    .withColumn("_final", final_by_cutoff).drop("_cutoff").persist())
+                rows = windowed_rows(events, carried, grain, self.s.window, self.s.slide)
+                counts_of[grain] = (with_cutoff(summed(rows, GRAINS[grain]), next_horizon)
+                                    .withColumn("_final", final_at_cutoff()).drop("_cutoff").persist())
                 cached.append(counts_of[grain])
-                sizes[grain] = {r[0]: r[1] for r in counts_of[grain].groupBy(final).count().collect()}
+                sizes[grain] = {r[0]: r[1] for r in counts_of[grain].groupBy(is_final).count().collect()}
             # per host: about as many rows as events. The final ones are summed and written in one pass, as a batch
             # job would; that pass also counts them and gathers those at or over the rate-limit ceiling (an
-            # Observation), so they are not cached and scanned again. The open ones come from the rows recent
-            # enough to fall in a window ending after the horizon, and from the carried open windows: few.
-            ceiling = self.rules.rate_limit.ceiling
+            # Observation), so they are not cached and scanned again. The open ones are few (host_window_counts).
+            final_host, open_host = host_window_counts(events, carried, next_horizon, self.s.window, self.s.slide)
             host_seen = Observation(f"by_host_{batch_id}")
-            final_host = (summed(with_cutoff(rows_of("host", events), next_horizon).where(final_by_cutoff)
-                                 .drop("_cutoff"), ["host"])
-                          .observe(host_seen, F.count(F.lit(1)).alias("rows"),
-                                   F.collect_list(F.when(F.col("count") >= ceiling,
-                                                         F.struct(*WINDOW_COLUMNS, "host", "count"))).alias("over")))
-            recent = (with_cutoff(events.select("timestamp", "host", "http_response"), next_horizon)
-                      .where(F.col("_cutoff").isNull() | (F.col("timestamp") > F.col("_cutoff") - F.expr(
-                          f"INTERVAL {duration_seconds(self.s.window)} SECONDS")))
-                      .drop("_cutoff"))
-            open_host = summed(with_cutoff(rows_of("host", recent), next_horizon).where(~final_by_cutoff)
-                               .drop("_cutoff"), ["host"]).persist()
+            final_host = final_host.observe(
+                host_seen, F.count(F.lit(1)).alias("rows"),
+                F.collect_list(F.when(F.col("count") >= self.rules.rate_limit.ceiling,
+                                      F.struct(*WINDOW_COLUMNS, "host", "count"))).alias("over"))
+            open_host = open_host.persist()
             cached.append(open_host)
             n_open_host = open_host.count()
             by_status = counts_of["status"].drop("_final")
@@ -242,40 +224,55 @@ class StreamJob:
             t2 = time.monotonic()
 
             new_alerts: list[dict[str, Any]] = []
+            host_metrics: dict[str, Any] = {}
+
+            def final_host_metrics() -> dict[str, Any]:
+                """What the by_host pass observed: its row count and the rows over the ceiling. Only valid once
+                windows/by_host is written (Observation.get waits for that pass: call it only after it)."""
+                if not host_metrics:
+                    got = host_seen.get
+                    if "rows" not in got or "over" not in got:
+                        raise RuntimeError(f"batch {batch_id}: the windows/by_host pass reported no metrics ({got})")
+                    host_metrics.update(got)
+                return host_metrics
 
             def alerts() -> "DataFrame | None":
-                """The alerts of this batch's running counts: run after windows/by_host is written (its pass
-                gathered the final host windows over the ceiling)."""
-                over = self.spark.createDataFrame([tuple(r) for r in host_seen.get["over"]], HOST_COUNTS_SCHEMA)
+                """The alerts of this batch's running counts. Listed after windows/by_host in `writes`: that pass
+                gathered the final host windows over the ceiling."""
+                over = self.spark.createDataFrame([tuple(r) for r in final_host_metrics()["over"]],
+                                                  HOST_COUNTS_SCHEMA)
                 new_alerts.extend(self._new_alerts(over.unionByName(open_host), by_status, failed))
                 return self.spark.createDataFrame(new_alerts, ALERTS_SCHEMA).coalesce(1) if new_alerts else None
 
             # a write whose rows are few but whose input is the whole batch reads it with all cores, then gathers
             # the rows into one file (repartition(1)); coalesce(1) would read it all in one task
-            writes: list[tuple[Any, ...]] = [(events.drop("key_hash"), "events", ["date"])]
+            writes: list[TableWrite] = [TableWrite(events.drop("key_hash"), "events", ["date"])]
             if counts:
-                writes.append((parsed.where("reason IS NOT NULL")
-                               .select(F.expr("make_valid_utf8(line)").alias("raw"),  # U+FFFD for bad bytes
-                                       F.col("value").alias("raw_bytes"), "reason", "src", "off", "src_key",
-                                       F.col("partition").alias("kafka_partition"),
-                                       F.col("offset").alias("kafka_offset")).repartition(1), "quarantine", []))
+                quarantine = (parsed.where("reason IS NOT NULL")
+                              .select(F.expr("make_valid_utf8(line)").alias("raw"),  # U+FFFD for bad bytes
+                                      F.col("value").alias("raw_bytes"), "reason", "src", "off", "src_key",
+                                      F.col("partition").alias("kafka_partition"),
+                                      F.col("offset").alias("kafka_offset")))
+                writes.append(TableWrite(quarantine.repartition(1), "quarantine"))
             if n_late:
-                writes.append((late.repartition(1), "late", []))
-            writes.append((final_host.coalesce(2), "windows/by_host", [], lambda: host_seen.get["rows"] > 0))
+                writes.append(TableWrite(late.repartition(1), "late"))
+            writes.append(TableWrite(final_host.coalesce(2), "windows/by_host",
+                                     keep=lambda: final_host_metrics()["rows"] > 0))
             if sizes["status"].get(True, 0):
-                writes.append((counts_of["status"].where(final).drop("_final").coalesce(1), "windows/by_status", []))
-            writes.append((alerts, "alerts", []))
+                writes.append(TableWrite(counts_of["status"].where(is_final).drop("_final").coalesce(1),
+                                         "windows/by_status"))
+            writes.append(TableWrite(alerts, "alerts"))  # after windows/by_host: see final_host_metrics
             n_open = n_open_host + sizes["status"].get(False, 0) + sizes["failed"].get(False, 0)
             if n_open:
                 still_open = [df.select(F.lit(g).alias("grain"), *WINDOW_COLUMNS,
                                         *(F.col(c) if c in GRAINS[g] else F.lit(None).alias(c)
                                           for c in ("host", "http_response")), "count")
-                              for g, df in (("host", open_host), ("status", counts_of["status"].where(~final)),
-                                            ("failed", counts_of["failed"].where(~final)))]
+                              for g, df in (("host", open_host), ("status", counts_of["status"].where(~is_final)),
+                                            ("failed", counts_of["failed"].where(~is_final)))]
                 open_rows = still_open[0].unionByName(still_open[1]).unionByName(still_open[2])
-                writes.append((open_rows.coalesce(1), STATE_OPEN, []))
+                writes.append(TableWrite(open_rows.coalesce(1), STATE_OPEN))
             if n_seen:
-                writes.append((seen_next.coalesce(1), STATE_SEEN, []))
+                writes.append(TableWrite(seen_next.coalesce(1), STATE_SEEN))
             meta: dict[str, Any] = {}
 
             def batch_meta() -> dict[str, Any]:
@@ -286,11 +283,15 @@ class StreamJob:
                     "duplicates": n_parsed - n_late - n_events, "events": n_events,
                     "max_ts": max_ts.isoformat() if max_ts else None,
                     "horizon": next_horizon.isoformat() if next_horizon else None,
-                    "final_window_rows": host_seen.get["rows"] + sizes["status"].get(True, 0),
+                    "final_window_rows": final_host_metrics()["rows"] + sizes["status"].get(True, 0),
                     "open_window_rows": n_open, "seen_keys": n_seen, "alerts": len(new_alerts), "at": time.time()})
                 return meta
 
-            commit_batch(self.spark, self.root, "ingest", batch_id, writes, batch_meta)
+            if not commit_batch(self.spark, self.root, "ingest", batch_id, writes, batch_meta):
+                log.warning("batch %d was committed meanwhile by another run on %s: nothing written", batch_id,
+                            self.root)
+                self._metas = None  # read the committed history again
+                return
         finally:
             for df in cached:
                 df.unpersist()
@@ -303,9 +304,10 @@ class StreamJob:
                 log.warning("ALERT %s %s window %s count %s%s", r["rule"], r["key"], r["window_start"], r["count"],
                             f" share {r['share']:.0%} top hosts {list(r['top_hosts'] or [])}" if r["share"] else "")
         log.info("batch %d: %s lines (%s late, %s duplicates), %s final window rows, %s open, %s keys carried; "
-                 "parse+count %.1fs, windows+alerts %.1fs, write+commit %.1fs", batch_id, f"{meta['lines']:,}",
-                 f"{n_late:,}", f"{meta['duplicates']:,}", f"{meta['final_window_rows']:,}", f"{n_open:,}",
-                 f"{n_seen:,}", t1 - t0, t2 - t1, time.monotonic() - t2)
+                 "parse+count %.1fs, open windows %.1fs, write+commit (with the final host windows, alerts) %.1fs",
+                 batch_id, f"{meta['lines']:,}", f"{n_late:,}", f"{meta['duplicates']:,}",
+                 f"{meta['final_window_rows']:,}", f"{n_open:,}", f"{n_seen:,}", t1 - t0, t2 - t1,
+                 time.monotonic() - t2)
 
     def _new_alerts(self, by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame") -> list[dict[str, Any]]:
         """Alerts of the running window counts not emitted before (by alert_id), as rows of the alerts table."""
@@ -426,6 +428,50 @@ class StreamJob:
         metrics = {**self.accounting(), **extra}
         self.fs.write_text(self.s.hdfs_uri("_metrics", "latest.json"), json.dumps(metrics, default=str))
         return metrics
+
+
+def windowed_rows(events: "DataFrame", carried: "DataFrame", grain: str, window: str, slide: str) -> "DataFrame":
+    """A row (window_start, window_end, <the grain's keys>, count 1) per window of each event, plus the grain's
+    carried open windows with their counts: summed per window and keys, the grain's running counts."""
+    from pyspark.sql import functions as F
+
+    keys = GRAINS[grain]
+    events = events.where("http_response >= 400") if grain == "failed" else events
+    return (window_rows(events, window, slide).select(*WINDOW_COLUMNS, *keys, F.lit(1).cast("bigint").alias("count"))
+            .unionByName(carried.where(F.col("grain") == grain).select(*WINDOW_COLUMNS, *keys, "count")))
+
+
+def summed(rows: "DataFrame", keys: list[str]) -> "DataFrame":
+    """The counts of `rows` summed per window and `keys`."""
+    from pyspark.sql import functions as F
+
+    return rows.groupBy(*WINDOW_COLUMNS, *keys).agg(F.sum("count").alias("count"))
+
+
+def final_at_cutoff() -> "Column":
+    """Whether a window is final: it ends at or before the `_cutoff` column (the next horizon; NULL: none yet)."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(F.col("window_end") <= F.col("_cutoff"), F.lit(False))
+
+
+def host_window_counts(events: "DataFrame", carried: "DataFrame", cutoff: datetime | None, window: str,
+                       slide: str) -> tuple["DataFrame", "DataFrame"]:
+    """The per-host running counts, split at `cutoff` (None: nothing is final yet): (final, open). The final
+    windows (ending at or before the cutoff) come from all rows and the carried windows. The open ones come only
+    from the carried windows and the rows late enough to fall in a window ending after the cutoff (later than
+    cutoff - window length): few, without a scan of every row's windows."""
+    from pyspark.sql import functions as F
+
+    final = summed(with_cutoff(windowed_rows(events, carried, "host", window, slide), cutoff)
+                   .where(final_at_cutoff()).drop("_cutoff"), ["host"])
+    recent = (with_cutoff(events.select("timestamp", "host", "http_response"), cutoff)
+              .where(F.col("_cutoff").isNull()
+                     | (F.col("timestamp") > F.col("_cutoff") - F.expr(f"INTERVAL {duration_seconds(window)} SECONDS")))
+              .drop("_cutoff"))
+    still_open = summed(with_cutoff(windowed_rows(recent, carried, "host", window, slide), cutoff)
+                        .where(~final_at_cutoff()).drop("_cutoff"), ["host"])
+    return final, still_open
 
 
 def window_rows(df: "DataFrame", window: str, slide: str) -> "DataFrame":

@@ -27,16 +27,27 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
     check they agree)."""
     from pyspark.sql import functions as F
 
-    line_pat = _sql_str(lf.JAVA_LINE_PATTERN)
+    # seed times are UTC: make_timestamp reads them in the session time zone, which logpipe.spark sets to UTC (a
+    # zone argument would be parsed again for every line: ~8 % of the parse)
+    zone = df.sparkSession.conf.get("spark.sql.session.timeZone")
+    if zone not in ("UTC", "Etc/UTC", "GMT", "Z"):
+        raise ValueError(f"the log parse needs spark.sql.session.timeZone=UTC (logpipe.spark.build_spark sets it), "
+                         f"not {zone!r}")
+    # the line pattern allows the trailing CR/LF that `line` trims (nothing it matches ends in one), so the regex
+    # runs on the text as read and the trimmed copy is made only for lines that go to quarantine
+    assert lf.JAVA_LINE_PATTERN.endswith(r"\z")
+    line_pat = _sql_str(lf.JAVA_LINE_PATTERN[:-2] + r"[\r\n]*\z")
     seed_t = _sql_str(lf.SEED_TIME_PATTERN[:-1] + r"\z")
     clf_t = _sql_str(lf.CLF_TIME_PATTERN[:-1] + r"\z")
     sep = "char(0)"
     # one regex pass: a matching line is rewritten to its five fields joined by NUL; a non-matching one is unchanged
-    fields = F.expr(f"split(regexp_replace(line, {line_pat}, concat_ws({sep}, '$1', '$4', '$5', '$6', '$7')), {sep})")
+    fields = F.expr(f"split(regexp_replace(_text, {line_pat}, concat_ws({sep}, '$1', '$4', '$5', '$6', '$7')), "
+                    f"{sep})")
     out = (df
-           .withColumn("_utf8", F.expr(f"is_valid_utf8(CAST({value_col} AS STRING))"))
-           .withColumn("line", F.expr(f"TRIM(TRAILING '\\r\\n' FROM CAST({value_col} AS STRING))"))
-           .withColumn("_f", F.when(F.expr(f"instr(line, {sep}) = 0"), fields))
+           .withColumn("_text", F.expr(f"CAST({value_col} AS STRING)"))
+           .withColumn("_utf8", F.expr("is_valid_utf8(_text)"))
+           .withColumn("line", F.expr("TRIM(TRAILING '\\r\\n' FROM _text)"))
+           .withColumn("_f", F.when(F.expr(f"instr(_text, {sep}) = 0"), fields))
            .withColumn("_ok", F.expr("coalesce(size(_f) = 5, false)"))
            .withColumn("host", F.expr("CASE WHEN _ok THEN _f[0] END"))
            .withColumn("_t", F.expr("CASE WHEN _ok THEN _f[1] END"))
@@ -45,7 +56,7 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
            # make_timestamp from fixed positions: ~3x cheaper than parsing with a datetime pattern
            .withColumn("timestamp", F.expr(
                "CASE WHEN _seed THEN try_make_timestamp(int(substr(_t, 1, 4)), int(substr(_t, 6, 2)), "
-               "int(substr(_t, 9, 2)), int(substr(_t, 12, 2)), int(substr(_t, 15, 2)), int(substr(_t, 18, 2)), 'UTC') "
+               "int(substr(_t, 9, 2)), int(substr(_t, 12, 2)), int(substr(_t, 15, 2)), int(substr(_t, 18, 2))) "
                "WHEN _clf THEN try_make_timestamp(int(substr(_t, 8, 4)), "
                f"array_position(array({_MONTHS}), substr(_t, 4, 3)), int(substr(_t, 1, 2)), "
                "int(substr(_t, 13, 2)), int(substr(_t, 16, 2)), int(substr(_t, 19, 2)), "
@@ -64,7 +75,7 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
                     WHEN _bytes > {lf.INT32_MAX} THEN '{lf.BAD_BYTES}'
                END"""))
            .withColumn("bytes_sent", F.expr("CASE WHEN reason IS NULL THEN CAST(_bytes AS INT) END"))
-           .drop("_utf8", "_f", "_ok", "_t", "_seed", "_clf", "_bytes"))
+           .drop("_text", "_utf8", "_f", "_ok", "_t", "_seed", "_clf", "_bytes"))
     return request_columns(out) if request_parts else out
 
 

@@ -72,6 +72,44 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
     return stage
 
 
+def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: ResourceSampler, lines: int,
+                 log_dir: Path) -> Stage:
+    """Run the stages in `cmds` at the same time (the producer and the stream, as the pipeline runs in
+    production), each watched by the sampler and logged to pipeline-<name>.log; the Stage's wall time is from
+    their start to the end of the last. Raises with the log tail of any that fails; the others are then killed."""
+    procs: dict[str, tuple[subprocess.Popen, Any, float]] = {}
+    t = time.monotonic()
+    try:
+        for name, cmd in cmds.items():
+            out = (log_dir / f"pipeline-{name}.log").open("w")
+            log.info("pipeline %s: %s", name, " ".join(cmd[2:]))
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+            sampler.watch(f"pipeline-{name}", proc.pid)
+            procs[name] = (proc, out, time.monotonic())
+        walls: dict[str, float] = {}
+        while len(walls) < len(procs):
+            for name, (proc, _, started) in procs.items():
+                if name in walls or proc.poll() is None:
+                    continue
+                walls[name] = time.monotonic() - started
+                log.info("pipeline %s: done in %.1fs (exit %d)", name, walls[name], proc.returncode)
+                if proc.returncode != 0:
+                    path = log_dir / f"pipeline-{name}.log"
+                    tail = "\n".join(path.read_text(errors="replace").splitlines()[-30:])
+                    raise RuntimeError(f"pipeline stage {name} failed (exit {proc.returncode}); log {path}:\n{tail}")
+            time.sleep(0.2)
+    finally:
+        for proc, out, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
+    stage = Stage("end-to-end (produce and stream at once)", time.monotonic() - t, lines,
+                  {f"{name}_wall_s": round(w, 2) for name, w in walls.items()})
+    log.info("pipeline: %.1fs, %.0f lines/s", stage.wall_s, stage.lines_per_s)
+    return stage
+
+
 def java_producer_perf(s: Settings, topic: str, records: int, record_size: int, sampler: ResourceSampler,
                        log_dir: Path) -> Stage:
     """Kafka's own ProducerPerformance with the same record count, size and producer settings as ours."""
@@ -104,8 +142,13 @@ def count_lines(path: Path) -> int:
 
 
 def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_dir: Path, seed: int = 1,
-              reference: bool = True) -> dict[str, Any]:
-    """One full benchmark run at one log size. Returns the result record (also written as JSON)."""
+              reference: bool = True, pipeline: bool = True, idle_s: float = 2.0) -> dict[str, Any]:
+    """One full benchmark run at one log size. Returns the result record (also written as JSON).
+
+    The stages run one after the other, each measured alone: produce, stream --until-done (and the references).
+    With `pipeline`, the pipeline then runs as in production into a fresh topic and HDFS root: the producer and
+    `stream --until-idle idle_s` start together, and end to end is from their start to the stream's exit (its
+    last windows written; the idle wait included). Both runs are verified."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     label = f"{size_bytes / 1e9:.2f}GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.0f}MB"
     run_dir = out_dir / f"run-{stamp}-{label}"
@@ -136,7 +179,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         stages.append(run_stage("produce", _cli("produce", str(log_path), "--client", client), env, sampler, lines,
                                 run_dir))
         stages.append(run_stage("stream", _cli("stream", "--until-done"), env, sampler, lines, run_dir))
-        e2e = Stage("end-to-end (produce + stream)", time.monotonic() - t0, lines)
+        e2e_seq = Stage("end-to-end, one after the other (produce, then stream)", time.monotonic() - t0, lines)
         if reference:
             stages.append(run_stage("batch-reference",
                                     [sys.executable, "-m", "logpipe.streaming.batch", str(log_path),
@@ -145,6 +188,16 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         vstage = run_stage("verify", _cli("verify", "--log", str(log_path), "--json", str(verify_json)), env, sampler,
                            lines, run_dir)
         stages.append(vstage)
+        e2e = e2e_seq
+        if pipeline:
+            penv = {**env, "LOGPIPE_TOPIC": topic + "-pipeline", "LOGPIPE_HDFS_ROOT": root + "-pipeline"}
+            e2e = run_pipeline({"stream": _cli("stream", "--until-idle", str(idle_s)),
+                                "produce": _cli("produce", str(log_path), "--client", client)},
+                               penv, sampler, lines, run_dir)
+            stages.append(e2e)
+            stages.append(run_stage("verify-pipeline", _cli("verify", "--log", str(log_path), "--json",
+                                                             str(run_dir / "verify-pipeline.json")),
+                                    penv, sampler, lines, run_dir))
     except BaseException as exc:  # keep what was measured: a late stage failing must not lose an hour's figures
         stats = sampler.stop()
         (run_dir / "partial.json").write_text(json.dumps({
@@ -168,11 +221,14 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
                                                 "window", "slide", "watermark")},
         "stages": [st.as_dict() for st in stages],
         "end_to_end": e2e.as_dict(),
+        "end_to_end_sequential": e2e_seq.as_dict(),
         "ratios": ratios,
         "processes": {k: v.as_dict() for k, v in stats.items()},
         "peak_rss_mb_total": round(sum(v.peak_rss_mb for v in stats.values()), 1),  # sum of per-process peaks
         "peak_rss_mb_concurrent": round(peak_concurrent, 1),  # all processes in one sample
         "verify": json.loads(verify_json.read_text()) if verify_json.exists() else None,
+        "verify_pipeline": (json.loads((run_dir / "verify-pipeline.json").read_text())
+                            if (run_dir / "verify-pipeline.json").exists() else None),
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
@@ -192,19 +248,34 @@ def versions() -> dict[str, str]:
         "kafka_broker": "4.1.1", "hadoop": "3.5.0"}
 
 
+def verified_exact(r: dict[str, Any]) -> bool:
+    """Whether `verify` found the results exact, for the stream run and, if it ran, the pipeline run."""
+    ran_pipeline = r["end_to_end"]["stage"] != (r.get("end_to_end_sequential") or r["end_to_end"])["stage"]
+    reports = [r.get("verify")] + ([r.get("verify_pipeline")] if ran_pipeline else [])
+    return all((v or {}).get("ok") for v in reports)
+
+
 def markdown_row(r: dict[str, Any]) -> str:
     st = {x["stage"]: x for x in r["stages"]}
     get = lambda name, key="lines_per_s": st.get(name, {}).get(key, "")  # noqa: E731
+    seq = r.get("end_to_end_sequential") or r["end_to_end"]
+    at_once = r["end_to_end"] if r["end_to_end"]["stage"] != seq["stage"] else None
+    at_once_wall, at_once_rate = (f"{at_once['wall_s']} s", f"{at_once['lines_per_s']:,}") if at_once else ("not run", "")
+    exact = verified_exact(r)
     return (f"| {r['date']} | {r['size_bytes'] / 1e9:.2f} GB | {r['lines']:,} | {r['client']} | "
-            f"{r['end_to_end']['wall_s']} s | {r['end_to_end']['lines_per_s']:,} | {get('produce'):,} | "
+            f"{at_once_wall} | {at_once_rate} | {seq['wall_s']} s | {seq['lines_per_s']:,} | {get('produce'):,} | "
             f"{get('java-producer-perf')} | {get('stream'):,} | {get('batch-reference')} | "
             f"{r['ratios'].get('producer_vs_java', '')} | {r['ratios'].get('stream_vs_batch', '')} | "
-            f"{r.get('peak_rss_mb_concurrent', r['peak_rss_mb_total']) / 1024:.1f} GiB | {'exact' if (r.get('verify') or {}).get('ok') else 'MISMATCH'} |")
+            f"{r.get('peak_rss_mb_concurrent', r['peak_rss_mb_total']) / 1024:.1f} GiB | "
+            f"{'exact' if exact else 'MISMATCH'} |")
 
 
-MD_HEADER = ("| date | size | lines | client | e2e wall | e2e lines/s | produce lines/s | Java producer rec/s | "
-             "stream lines/s | batch Spark lines/s | producer/Java | stream/batch | peak mem (at once) | verify |\n"
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+# e2e at once: producer and stream started together (the pipeline as it runs); one after the other: produce, then
+# stream --until-done (each also measured alone for the stage columns)
+MD_HEADER = ("| date | size | lines | client | e2e at once | e2e at once lines/s | e2e one after the other | "
+             "lines/s | produce lines/s | Java producer rec/s | stream lines/s | batch Spark lines/s | producer/Java | "
+             "stream/batch | peak mem (at once) | verify |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def add_table_row(markdown: str, row: str) -> str:

@@ -102,6 +102,24 @@ def probe_kafka(bootstrap: str) -> int:
         admin.close()
 
 
+def probe_topic(bootstrap: str, topic: str) -> None:
+    """Raise NotReady unless `topic` exists on the broker."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="logpipe-health")
+    except (KafkaError, ValueError) as exc:
+        raise NotReady(f"Kafka at {bootstrap}: {exc!r}") from exc
+    try:
+        if topic not in admin.list_topics():
+            raise NotReady(f"topic {topic!r} does not exist yet")
+    except KafkaError as exc:
+        raise NotReady(f"Kafka at {bootstrap}: {exc!r}") from exc
+    finally:
+        admin.close()
+
+
 def namenode_info(webhdfs: str) -> dict:
     """The NameNode's NameNodeInfo JMX bean (safe mode, live datanodes, version)."""
     body = http_get(f"{webhdfs.rstrip('/')}/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo")

@@ -136,3 +136,45 @@ def test_a_log_out_of_order_beyond_the_watermark_verifies(stack, unique, tmp_pat
     report = verify(env, log, tmp_path / "verify.json")
     assert report["ok"] and report["accounting"]["late_lines_excluded"] == 40
     assert report["windows_compared"] > 1000
+
+
+def test_stream_until_idle_follows_a_running_producer(stack, unique, tmp_path):
+    """`stream --until-idle` started before the producer: it waits for the first records, processes them in
+    micro-batches while the producer still writes, finishes by itself once none arrive, and is exact."""
+    log = tmp_path / "access.log"
+    env = {**run_env(stack, unique, tmp_path), "LOGPIPE_MAX_OFFSETS_PER_TRIGGER": "40000"}
+    assert logpipe(env, "generate", "--lines", "200000", "--seed", "13", "--out", str(log)).returncode == 0
+    from logpipe.producer.run import ensure_topic
+
+    ensure_topic(stack, env["LOGPIPE_TOPIC"])  # as a producer's earlier run would have: the query starts
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "stream", "--until-idle", "3"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        seen = []
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:  # the query runs and waits for records: now start the producer
+            seen.append(line)
+            if "query ingest started" in line:
+                break
+            assert time.monotonic() < deadline, "".join(seen[-30:])
+        time.sleep(4)  # longer than the idle time: the wait for the first records is not idleness
+        r = logpipe(env, "produce", str(log), "--client", "confluent")
+        assert r.returncode == 0, r.stderr[-3000:]
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(seen) + out
+    assert proc.returncode == 0, text[-5000:]
+    assert "no new records for 3s" in text
+    metrics = json.loads(text.strip().splitlines()[-1])
+    assert metrics["lines"] == 200000 and metrics["batches"] >= 5
+    report = verify(env, log, tmp_path / "verify.json")
+    assert report["ok"] and report["accounting"]["lines"] == 200000
+
+
+def test_stream_until_done_on_a_topic_never_produced_to_says_so(stack, unique, tmp_path):
+    env = {**run_env(stack, unique, tmp_path), "LOGPIPE_CONNECT_TIMEOUT_S": "2"}
+    r = logpipe(env, "stream", "--until-done", timeout=120)
+    assert r.returncode == 1
+    assert f"topic 'e2e-{unique}'" in r.stderr and "logpipe produce" in r.stderr, r.stderr[-2000:]

@@ -30,6 +30,10 @@ GOOD = [
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5\n\r\n',
     b'127.0.0.1 - - [10/Oct/2000:13:55:36 +0530] "GET /a HTTP/1.1" 200 2326 "-" "curl/8"\r\r',
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 -\n',
+    # seed times read by a cast: a leap day, the ends of the accepted range
+    b'1.2.3.4 - - [2004-02-29 23:59:59] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [1990-01-01 00:00:00] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [2099-12-31 23:59:59] "GET / HTTP/1.1" 200 1',
 ]
 BAD = [
     b"", b"\r\n", b"   ", b"\t", b"\xff\xfe garbage", b"\x80\x81\x82", b"just some text", b" \t\r\n\r",
@@ -48,6 +52,17 @@ BAD = [
     b'1.2.3.4 - - [18/May/2004:05:58:60 +0000] "GET / HTTP/1.1" 200 1',
     b'1.2.3.4 - - [0000-01-01 00:00:00] "GET / HTTP/1.1" 200 1',     # year 0: a Java date, not a Python one
     b'1.2.3.4 - - [0000-02-30 00:00:00] "GET / HTTP/1.1" 200 1',
+    # seed times are read by a cast once their pattern holds: impossible leap days, just out of range, other
+    # layouts a cast would accept; lines of blanks and line ends
+    b'1.2.3.4 - - [2003-02-29 00:00:00] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [1900-02-29 00:00:00] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [0000-02-29 00:00:00] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [1989-12-31 23:59:59] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [2100-01-01 00:00:00] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [2004-05-18T05:58:48] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [2004-05-18 05:58:48Z] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [2004-5-18 05:58:48] "GET / HTTP/1.1" 200 1',
+    b' \t \r\n\r', b'\r\n \n', b'\x0b\x0c',
     b'1.2.3.4 - - [18/May/0000:05:58:48 +0000] "GET / HTTP/1.1" 200 1',
     b'1.2.3.4 - - [01/Jan/0001:00:30:00 +0100] "GET / HTTP/1.1" 200 1',  # UTC before year 1
     b'1.2.3.4 - - [31/Dec/9999:23:59:59 -0100] "GET / HTTP/1.1" 200 1',  # UTC after year 9999

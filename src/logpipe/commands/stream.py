@@ -11,8 +11,12 @@ from logpipe.cli import add_setting_flags, settings_from_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stream", help="run the streaming analytics job")
-    p.add_argument("--until-done", action="store_true",
-                   help="process everything in the topic, write the still-open windows, then exit")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--until-done", action="store_true",
+                      help="process everything in the topic, write the still-open windows, then exit")
+    mode.add_argument("--until-idle", type=float, metavar="SECONDS", default=None,
+                      help="process records as they arrive (while a producer writes them); once records came and "
+                           "then none for SECONDS, finish as --until-done does")
     add_setting_flags(p, "topic", "alerts_topic", "hdfs_root", "spark_master", "window", "slide", "watermark",
                       "max_offsets_per_trigger", "trigger_interval", "shuffle_partitions", "rate_limit_ceiling",
                       "surge_min_count", "surge_min_share")
@@ -25,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = settings_from_args(args)
     try:
-        metrics = run_stream(s, until_done=args.until_done)
+        metrics = run_stream(s, until_done=args.until_done, until_idle_s=args.until_idle)
     except (ServiceTimeout, RuntimeError) as exc:
         print(f"logpipe stream: {exc}", file=sys.stderr)
         return 1

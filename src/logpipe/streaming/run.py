@@ -1,4 +1,5 @@
-"""Runs the streaming job: continuously, or `until_done` (drain the topic, then flush the open windows)."""
+"""Runs the streaming job: continuously, `until_done` (drain the topic, then flush the open windows), or
+`until_idle_s` (run continuously while records arrive; once they stop, finish as `until_done` does)."""
 
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ def _listener(job: Any) -> Any:
     return ProgressLogger()
 
 
-def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
-    """Run the job. until_done: returns the run's metrics when everything in the topic has been processed."""
+def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = None) -> dict[str, Any]:
+    """Run the job. until_done: returns the run's metrics when everything in the topic has been processed.
+    until_idle_s: process records as they arrive (a producer may still be writing them); once the first records
+    were processed and then none arrived for until_idle_s seconds, finish as until_done does."""
     from logpipe import health
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF, StreamJob
@@ -67,12 +70,34 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
     health.wait_until(lambda: health.probe_hdfs(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
                       timeout=s.connect_timeout_s,
                       hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
+    if until_done and until_idle_s is None:  # drains what is there: a topic nobody produced to is a mistake
+        health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",
+                          timeout=min(s.connect_timeout_s, 10),
+                          hint="Nothing was produced to it: check LOGPIPE_TOPIC, or run `logpipe produce` first.")
+    else:  # a stream that waits for records may start before the producer, which creates the topic
+        try:
+            health.probe_topic(s.kafka_address, s.topic)
+        except health.NotReady:
+            log.info("waiting for topic %s on %s: the producer creates it with its first records", s.topic,
+                     s.kafka_address)
+            health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",
+                              timeout=float("inf"), hint="", interval=1.0)
     spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
     job = StreamJob(spark, s)
     job.recover()
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()
     try:
+        if until_idle_s is not None:
+            follow = job.ingest_query(available_now=False)
+            _wait_until_idle(follow, job, until_idle_s)
+            if _stop_between_batches(follow, s.stop_grace_s):
+                _raise_if_failed(follow)
+                raise RuntimeError(f"streaming query {follow.name} ended by itself while stopping")
+            log.info("no new records for %.0fs: draining what is left and writing the still-open windows",
+                     until_idle_s)
+            job.recover()  # a batch the stop interrupted after all: its half-written files go, it is redone next
+            until_done = True
         if until_done:
             _await_all([job.ingest_query(available_now=True)], s)
             t_ingest = time.monotonic() - t0
@@ -104,6 +129,26 @@ def run_stream(s: Settings, *, until_done: bool) -> dict[str, Any]:
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
         spark.stop()
+
+
+def _wait_until_idle(q: Any, job: Any, idle_s: float) -> None:
+    """Return once `q` has processed records and then, for idle_s seconds, found no new ones and finished no
+    batch. Raises if the query fails meanwhile. (While idle, the query keeps asking Kafka for new offsets, so
+    `isTriggerActive` flickers; `isDataAvailable` stays true during a batch with records and false between.)"""
+    idle_since: float | None = None
+    rows_seen = 0
+    while True:
+        if not q.isActive:
+            _raise_if_failed(q)
+            raise RuntimeError(f"streaming query {q.name} stopped before the input went idle")
+        rows, now = job.stats.rows.get(q.name, 0), time.monotonic()
+        if q.status.get("isDataAvailable") or not rows or rows != rows_seen:
+            idle_since, rows_seen = None, rows
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= idle_s:
+            return
+        time.sleep(0.1)
 
 
 def _await_all(queries: list[Any], s: Settings) -> None:

@@ -22,7 +22,8 @@ def _files(root: Path, table: str) -> list[str]:
     return sorted(p.name for p in (root / table).glob("*.parquet"))
 
 
-def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: Path):
+@pytest.mark.parametrize("concurrent", [0, 3], ids=["one at a time", "at once"])
+def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: Path, concurrent: int):
     from logpipe.streaming.commit import batch_tag, commit_batch
 
     root = f"file:{tmp_path}"  # as Hadoop names local paths (commit_batch maps its listings back onto root)
@@ -31,7 +32,8 @@ def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: 
 
     def second():  # built only after `first` is written, as the alerts frame is after windows/by_host
         calls.append("second")
-        assert _files(tmp_path, "first"), "the earlier write is done when a lazy frame is built"
+        for table in ("first", "kept"):  # every frame given as such is written before a lazy one is built
+            assert _files(tmp_path, table), table
         return local_spark.range(5)
 
     def nothing():
@@ -40,7 +42,7 @@ def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: 
 
     writes = [(first, "first", []), (second, "second", []), (nothing, "skipped", []),
               (local_spark.range(0), "dropped", [], lambda: False), (local_spark.range(2), "kept", [], lambda: True)]
-    assert commit_batch(local_spark, root, "q", 7, writes, lambda: {"n": len(calls)})
+    assert commit_batch(local_spark, root, "q", 7, writes, lambda: {"n": len(calls)}, concurrent=concurrent)
     assert calls == ["second", "nothing"]
     assert local_spark.read.parquet(f"{root}/second").count() == 5
     assert _files(tmp_path, "kept") and all(f.startswith(batch_tag(7) + "-") for f in _files(tmp_path, "kept"))

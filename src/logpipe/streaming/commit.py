@@ -103,7 +103,7 @@ class TableWrite(NamedTuple):
 
 def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
                  writes: "Sequence[TableWrite | tuple[Any, ...]]",
-                 meta: dict[str, Any] | Callable[[], dict[str, Any]], prefix: str = "b") -> bool:
+                 meta: dict[str, Any] | Callable[[], dict[str, Any]], prefix: str = "b", concurrent: int = 0) -> bool:
     """Write each TableWrite (frame, table, partition columns[, keep]) of one micro-batch under root_uri/table,
     exactly once.
 
@@ -111,6 +111,8 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     marker `_commits/<query>/<batch>.json` (holding `meta`, or what `meta()` returns once the files are
     written) ends the batch. A batch that was committed is
     skipped on re-run; one that died half-way is cleaned (its prefixed files removed) and redone.
+    `concurrent`: up to this many writes of frames given as such run at once (in threads that carry the
+    caller's Spark job group, so a stopped query cancels them); then the callables build theirs, in order.
     Returns False when the batch had already been committed.
     """
     fs = HadoopFs(spark, root_uri)
@@ -125,11 +127,12 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
                 if f.rsplit("/", 1)[-1].startswith(tag + "-"):
                     fs.delete(f)
     fs.write_text(pending, "")
-    for w in writes:
+
+    def write(w: "TableWrite | tuple[Any, ...]") -> None:
         frame, table, parts, keep = TableWrite(*w)
         df = frame() if callable(frame) else frame
         if df is None:
-            continue
+            return
         staging = f"{root_uri}/{table}/_staging/{tag}"
         writer = df.write.mode("overwrite")
         if parts:
@@ -137,7 +140,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
         writer.parquet(staging)
         if keep is not None and not keep():
             fs.delete(staging)
-            continue
+            return
         for i, f in enumerate(sorted(fs.files(staging))):
             name = f.rsplit("/", 1)[-1]
             if not name.endswith(".parquet"):
@@ -145,6 +148,24 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
             rel_dir = f[len(staging):].rsplit("/", 1)[0]  # e.g. /date=2004-05-18 or ""
             fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
         fs.delete(staging)
+
+    # the writes of frames given as such run at once (Spark fills a core one leaves idle: a job's last task, the
+    # driver's work between jobs, a wait on HDFS); those built by a callable run after them, in order
+    ready = [w for w in writes if not callable(TableWrite(*w).frame)]
+    if len(ready) > 1 and concurrent:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pyspark import inheritable_thread_target
+
+        with ThreadPoolExecutor(max_workers=concurrent) as pool:
+            for fut in [pool.submit(inheritable_thread_target(spark)(write), w) for w in ready]:
+                fut.result()
+    else:
+        for w in ready:
+            write(w)
+    for w in writes:
+        if callable(TableWrite(*w).frame):
+            write(w)
     fs.write_text(marker, json.dumps(meta() if callable(meta) else meta, default=str))
     fs.delete(pending)
     return True

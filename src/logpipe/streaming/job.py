@@ -293,7 +293,9 @@ class StreamJob:
                     "open_window_rows": n_open, "seen_keys": n_seen, "alerts": len(new_alerts), "at": time.time()})
                 return meta
 
-            if not commit_batch(self.spark, self.root, "ingest", batch_id, writes, batch_meta):
+            # the tables are written three at a time: 1 GB topic, write+commit 30.7/18.9 s -> 28.3/16.9 s per
+            # batch; whole stream, alternating: 112.7, 116.9 s against 117.8, 119.1 s one at a time
+            if not commit_batch(self.spark, self.root, "ingest", batch_id, writes, batch_meta, concurrent=3):
                 log.warning("batch %d was committed meanwhile by another run on %s: nothing written", batch_id,
                             self.root)
                 self._metas = None  # read the committed history again

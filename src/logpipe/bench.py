@@ -53,8 +53,9 @@ def _cli(*args: str) -> list[str]:
 
 
 def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceSampler, lines: int,
-              log_dir: Path) -> Stage:
-    """Run one stage as a subprocess, watched by the sampler; raise with the log tail if it fails."""
+              log_dir: Path, ok_codes: tuple[int, ...] = (0,)) -> Stage:
+    """Run one stage as a subprocess, watched by the sampler; raise with the log tail if it fails (an exit code
+    not in ok_codes)."""
     log_path = log_dir / f"{name}.log"
     shown = " ".join(a if len(a) < 200 else a[:60] + "..." for a in cmd[2:])  # a classpath is not worth reading
     log.info("stage %s: %s", name, shown)
@@ -64,7 +65,7 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
         sampler.watch(name, proc.pid)
         code = proc.wait()
     wall = time.monotonic() - t
-    if code != 0:
+    if code not in ok_codes:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"stage {name} failed (exit {code}); log {log_path}:\n{tail}")
     stage = Stage(name, wall, lines)
@@ -77,18 +78,18 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
     """Run the stages in `cmds` at the same time (the producer and the stream, as the pipeline runs in
     production), each watched by the sampler and logged to pipeline-<name>.log; the Stage's wall time is from
     their start to the end of the last. Raises with the log tail of any that fails; the others are then killed."""
-    procs: dict[str, tuple[subprocess.Popen, Any, float]] = {}
+    procs: dict[str, tuple[subprocess.Popen, float]] = {}
     t = time.monotonic()
     try:
         for name, cmd in cmds.items():
-            out = (log_dir / f"pipeline-{name}.log").open("w")
             log.info("pipeline %s: %s", name, " ".join(cmd[2:]))
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+            with (log_dir / f"pipeline-{name}.log").open("w") as out:  # the child keeps its own handle
+                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
             sampler.watch(f"pipeline-{name}", proc.pid)
-            procs[name] = (proc, out, time.monotonic())
+            procs[name] = (proc, time.monotonic())
         walls: dict[str, float] = {}
         while len(walls) < len(procs):
-            for name, (proc, _, started) in procs.items():
+            for name, (proc, started) in procs.items():
                 if name in walls or proc.poll() is None:
                     continue
                 walls[name] = time.monotonic() - started
@@ -99,11 +100,10 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
                     raise RuntimeError(f"pipeline stage {name} failed (exit {proc.returncode}); log {path}:\n{tail}")
             time.sleep(0.2)
     finally:
-        for proc, out, _ in procs.values():
+        for proc, _ in procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            out.close()
     stage = Stage("end-to-end (produce and stream at once)", time.monotonic() - t, lines,
                   {f"{name}_wall_s": round(w, 2) for name, w in walls.items()})
     log.info("pipeline: %.1fs, %.0f lines/s", stage.wall_s, stage.lines_per_s)
@@ -141,8 +141,15 @@ def count_lines(path: Path) -> int:
     return n
 
 
+def _require_report(report: Path, log_path: Path) -> None:
+    """verify exits 1 on a mismatch and on a crash; only a mismatch leaves its report."""
+    if not report.exists():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"verify wrote no report ({report}); log {log_path}:\n{tail}")
+
+
 def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_dir: Path, seed: int = 1,
-              reference: bool = True, pipeline: bool = True, idle_s: float = 2.0) -> dict[str, Any]:
+              reference: bool = True, pipeline: bool = True, idle_s: float = 5.0) -> dict[str, Any]:
     """One full benchmark run at one log size. Returns the result record (also written as JSON).
 
     The stages run one after the other, each measured alone: produce, stream --until-done (and the references).
@@ -185,8 +192,10 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
                                     [sys.executable, "-m", "logpipe.streaming.batch", str(log_path),
                                      "--json", str(run_dir / "batch.json")], env, sampler, lines, run_dir))
         verify_json = run_dir / "verify.json"
+        # verify exits 1 on a mismatch: that is a result to record (the row says MISMATCH), not a crash
         vstage = run_stage("verify", _cli("verify", "--log", str(log_path), "--json", str(verify_json)), env, sampler,
-                           lines, run_dir)
+                           lines, run_dir, ok_codes=(0, 1))
+        _require_report(verify_json, run_dir / "verify.log")
         stages.append(vstage)
         e2e = e2e_seq
         if pipeline:
@@ -197,7 +206,8 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
             stages.append(e2e)
             stages.append(run_stage("verify-pipeline", _cli("verify", "--log", str(log_path), "--json",
                                                              str(run_dir / "verify-pipeline.json")),
-                                    penv, sampler, lines, run_dir))
+                                    penv, sampler, lines, run_dir, ok_codes=(0, 1)))
+            _require_report(run_dir / "verify-pipeline.json", run_dir / "verify-pipeline.log")
     except BaseException as exc:  # keep what was measured: a late stage failing must not lose an hour's figures
         stats = sampler.stop()
         (run_dir / "partial.json").write_text(json.dumps({

@@ -139,35 +139,44 @@ def test_a_log_out_of_order_beyond_the_watermark_verifies(stack, unique, tmp_pat
 
 
 def test_stream_until_idle_follows_a_running_producer(stack, unique, tmp_path):
-    """`stream --until-idle` started before the producer: it waits for the first records, processes them in
-    micro-batches while the producer still writes, finishes by itself once none arrive, and is exact."""
+    """`stream --until-idle` started before anything exists: it waits for the topic, then for the first records
+    (longer than its idle time), processes them in micro-batches, finishes by itself once none arrive, exact."""
+    import threading
+
+    from logpipe.producer.run import ensure_topic
+
     log = tmp_path / "access.log"
     env = {**run_env(stack, unique, tmp_path), "LOGPIPE_MAX_OFFSETS_PER_TRIGGER": "40000"}
     assert logpipe(env, "generate", "--lines", "200000", "--seed", "13", "--out", str(log)).returncode == 0
-    from logpipe.producer.run import ensure_topic
-
-    ensure_topic(stack, env["LOGPIPE_TOPIC"])  # as a producer's earlier run would have: the query starts
     proc = subprocess.Popen([sys.executable, "-m", "logpipe", "stream", "--until-idle", "3"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        seen = []
-        deadline = time.monotonic() + 300
-        for line in proc.stdout:  # the query runs and waits for records: now start the producer
+    watchdog = threading.Timer(900, lambda: os.killpg(proc.pid, signal.SIGKILL))  # a silent hang ends the read
+    watchdog.start()
+    seen: list[str] = []
+
+    def read_until(text: str) -> None:
+        for line in proc.stdout:
             seen.append(line)
-            if "query ingest started" in line:
-                break
-            assert time.monotonic() < deadline, "".join(seen[-30:])
-        time.sleep(4)  # longer than the idle time: the wait for the first records is not idleness
+            if text in line:
+                return
+        raise AssertionError(f"the stream ended before {text!r}:\n" + "".join(seen[-30:]))
+
+    try:
+        read_until("waiting for topic")
+        ensure_topic(stack, env["LOGPIPE_TOPIC"])  # as the producer does when it starts
+        read_until("query ingest started")
+        time.sleep(4)  # longer than the idle time: waiting for the first records is not idleness
         r = logpipe(env, "produce", str(log), "--client", "confluent")
         assert r.returncode == 0, r.stderr[-3000:]
         out, _ = proc.communicate(timeout=900)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     text = "".join(seen) + out
     assert proc.returncode == 0, text[-5000:]
     assert "no new records for 3s" in text
-    metrics = json.loads(text.strip().splitlines()[-1])
+    metrics = json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
     assert metrics["lines"] == 200000 and metrics["batches"] >= 5
     report = verify(env, log, tmp_path / "verify.json")
     assert report["ok"] and report["accounting"]["lines"] == 200000

@@ -81,3 +81,24 @@ def test_a_half_moved_batch_is_cleaned_before_lazy_frames_are_built(local_spark,
     assert not list((tmp_path / "dropped").glob(f"{tag}-*.parquet"))
     assert kept == [True]  # keep runs after a write only, not for a frame that returned None
     assert not (tmp_path / "_commits" / "q" / f"{tag}.pending").exists()
+
+
+@pytest.mark.parametrize("concurrent", [0, 3], ids=["one at a time", "at once"])
+def test_a_failed_write_fails_the_batch_and_leaves_no_marker(local_spark, tmp_path: Path, concurrent: int):
+    from logpipe.streaming.commit import commit_batch
+
+    root = f"file:{tmp_path}"
+    built: list[str] = []
+
+    def later():
+        built.append("later")
+        return local_spark.range(1)
+
+    failing = local_spark.range(3).selectExpr("raise_error('boom') AS x")
+    writes = [(local_spark.range(2), "a", []), (failing, "bad", []), (local_spark.range(2), "b", []),
+              (later, "c", [])]
+    with pytest.raises(Exception, match="boom"):
+        commit_batch(local_spark, root, "q", 4, writes, {"n": 1}, concurrent=concurrent)
+    assert built == []  # nothing built after the failure
+    assert not list((tmp_path / "_commits" / "q").glob("*.json"))  # not committed ...
+    assert list((tmp_path / "_commits" / "q").glob("*.pending"))  # ... and marked for cleaning on the next run

@@ -147,7 +147,7 @@ _timed_lines = st.builds(lambda t, nl: f'1.2.3.4 - - [{t}{nl}] "GET / HTTP/1.1" 
                          st.one_of(_seed_times, _clf_times), st.sampled_from(["", "", "", "\n", "\r"]))
 
 
-_line_chars = st.sampled_from(list(b' -"[]:/\\+\t\r\x00\x85\xc2\xff0123456789aZ.')) 
+_line_chars = st.sampled_from(list(b' -"[]:/\\+\t\r\n\x0b\x0c\x00\x85\xc2\xff0123456789aZ.')) 
 
 
 @hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -26,8 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from logpipe.health import ServiceTimeout
     from logpipe.streaming.run import run_stream
+    from logpipe.windows import duration_seconds
 
     s = settings_from_args(args)
+    if args.until_idle is not None and args.until_idle <= duration_seconds(s.trigger_interval):
+        print(f"logpipe stream: --until-idle {args.until_idle:g} must be longer than the trigger interval "
+              f"({s.trigger_interval}): between two triggers the job does not look for new records", file=sys.stderr)
+        return 2
     try:
         metrics = run_stream(s, until_done=args.until_done, until_idle_s=args.until_idle)
     except (ServiceTimeout, RuntimeError) as exc:

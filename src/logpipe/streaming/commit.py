@@ -153,13 +153,18 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     # driver's work between jobs, a wait on HDFS); those built by a callable run after them, in order
     ready = [w for w in writes if not callable(TableWrite(*w).frame)]
     if len(ready) > 1 and concurrent:
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor, as_completed
 
         from pyspark import inheritable_thread_target
 
         with ThreadPoolExecutor(max_workers=concurrent) as pool:
-            for fut in [pool.submit(inheritable_thread_target(spark)(write), w) for w in ready]:
-                fut.result()
+            futures = [pool.submit(inheritable_thread_target(spark)(write), w) for w in ready]
+            try:
+                for fut in as_completed(futures):
+                    fut.result()
+            except BaseException:  # the first failure ends the batch: writes not started yet are not run
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     else:
         for w in ready:
             write(w)

@@ -270,7 +270,8 @@ def markdown_row(r: dict[str, Any]) -> str:
     get = lambda name, key="lines_per_s": st.get(name, {}).get(key, "")  # noqa: E731
     seq = r.get("end_to_end_sequential") or r["end_to_end"]
     at_once = r["end_to_end"] if r["end_to_end"]["stage"] != seq["stage"] else None
-    at_once_wall, at_once_rate = (f"{at_once['wall_s']} s", f"{at_once['lines_per_s']:,}") if at_once else ("not run", "")
+    at_once_wall, at_once_rate = ((f"{at_once['wall_s']} s", f"{at_once['lines_per_s']:,}") if at_once
+                                  else ("not run", ""))
     exact = verified_exact(r)
     return (f"| {r['date']} | {r['size_bytes'] / 1e9:.2f} GB | {r['lines']:,} | {r['client']} | "
             f"{at_once_wall} | {at_once_rate} | {seq['wall_s']} s | {seq['lines_per_s']:,} | {get('produce'):,} | "

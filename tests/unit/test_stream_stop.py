@@ -1,4 +1,4 @@
-"""A deliberate stop: py4j's traceback for an interrupted micro-batch callback becomes one info line."""
+"""Stopping and finishing the stream: a stop quiets py4j's interrupted-callback traceback; --until-idle's check."""
 
 from __future__ import annotations
 
@@ -66,3 +66,14 @@ def test_a_batch_that_fails_during_the_stop_is_reported() -> None:
         run._raise_if_failed(failing)
     running = _Query(fails_after=None)  # still busy when the grace time is over: stopped, not a failure
     assert run._stop_between_batches(running, grace_s=0.3) is False and running.stopped
+
+
+def test_until_idle_must_be_longer_than_the_trigger_interval():
+    from logpipe.config import load_settings
+    from logpipe.streaming.run import check_until_idle
+
+    s = load_settings().with_overrides(trigger_interval="10 seconds")
+    check_until_idle(s, None)
+    check_until_idle(s, 10.5)
+    with pytest.raises(ValueError, match="longer than the trigger interval"):
+        check_until_idle(s, 10)

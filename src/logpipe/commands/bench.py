@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--no-reference", action="store_true", help="skip the Java producer and batch Spark references")
     p.add_argument("--no-pipeline", action="store_true",
-                   help="skip the run with the producer and the stream at once (end to end is then one after the other)")
+                   help="skip the run with the producer and the stream at once "
+                        "(end to end is then one after the other)")
     p.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"), help="table to append rows to")
     add_setting_flags(p, "topic_partitions", "max_offsets_per_trigger", "shuffle_partitions")
     p.set_defaults(func=run)

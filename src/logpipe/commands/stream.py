@@ -25,13 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from logpipe.health import ServiceTimeout
-    from logpipe.streaming.run import run_stream
-    from logpipe.windows import duration_seconds
+    from logpipe.streaming.run import check_until_idle, run_stream
 
     s = settings_from_args(args)
-    if args.until_idle is not None and args.until_idle <= duration_seconds(s.trigger_interval):
-        print(f"logpipe stream: --until-idle {args.until_idle:g} must be longer than the trigger interval "
-              f"({s.trigger_interval}): between two triggers the job does not look for new records", file=sys.stderr)
+    try:
+        check_until_idle(s, args.until_idle)
+    except ValueError as exc:
+        print(f"logpipe stream: {exc}", file=sys.stderr)
         return 2
     try:
         metrics = run_stream(s, until_done=args.until_done, until_idle_s=args.until_idle)

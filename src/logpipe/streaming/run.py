@@ -62,7 +62,6 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     were processed and then none arrived for until_idle_s seconds, finish as until_done does."""
     from logpipe import health
     from logpipe.spark import build_spark
-    from logpipe.windows import duration_seconds
     from logpipe.streaming.job import SPARK_CONF, StreamJob
 
     health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
@@ -71,9 +70,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     health.wait_until(lambda: health.probe_hdfs(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
                       timeout=s.connect_timeout_s,
                       hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
-    if until_idle_s is not None and until_idle_s <= duration_seconds(s.trigger_interval):
-        raise ValueError(f"--until-idle {until_idle_s:g} must be longer than the trigger interval "
-                         f"({s.trigger_interval}): between two triggers the job does not look for new records")
+    check_until_idle(s, until_idle_s)
     if until_done and until_idle_s is None:  # drains what is there: a topic nobody produced to is a mistake
         health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",
                           timeout=min(s.connect_timeout_s, 10),
@@ -135,6 +132,16 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
         spark.stop()
+
+
+def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
+    """Raise ValueError unless until_idle_s (if given) is longer than the trigger interval: between two triggers
+    the job does not look for new records, so a shorter idle time could end it while records wait."""
+    from logpipe.windows import duration_seconds
+
+    if until_idle_s is not None and until_idle_s <= duration_seconds(s.trigger_interval):
+        raise ValueError(f"--until-idle {until_idle_s:g} must be longer than the trigger interval "
+                         f"({s.trigger_interval}): between two triggers the job does not look for new records")
 
 
 def _wait_until_idle(q: Any, job: Any, idle_s: float) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
 from logpipe.config import Settings
 from logpipe.stack.jars import spark_kafka_jars
-from logpipe.stack.services import Layout, java_binary
+from logpipe.stack.services import Layout, spark_java_home
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
 
 
 def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) -> dict[str, str]:
@@ -50,9 +53,6 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
 
     if kafka and not s.spark_kafka_jars:
         s = s.with_overrides(spark_kafka_jars=",".join(spark_kafka_jars(Layout(s.run_dir).jars)))
-    if "JAVA_HOME" not in os.environ:
-        java = java_binary(s)  # raises a clear error if Java is missing or too old
-        os.environ["JAVA_HOME"] = str(os.path.dirname(os.path.dirname(os.path.realpath(java))))
     # PySpark turns collected timestamps into naive datetimes, and datetimes back, in the process's local zone
     # (fromtimestamp/mktime): outside UTC, the job's stored cutoffs and alert windows would shift by the offset, an
     # hour at a daylight-saving change. logpipe's times are UTC, so the driver process (and its JVM) runs in UTC.
@@ -64,6 +64,18 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
     builder = SparkSession.builder
     for k, v in {**spark_conf(s, app_name, kafka=kafka), **(extra or {})}.items():
         builder = builder.config(k, v)
-    spark = builder.getOrCreate()
+    # pyspark starts the JVM from JAVA_HOME: set to Spark's Java while it starts, then as it was (the services and
+    # other child processes keep theirs)
+    java_home, release = spark_java_home(s)
+    saved = os.environ.get("JAVA_HOME")
+    os.environ["JAVA_HOME"] = java_home
+    try:
+        spark = builder.getOrCreate()
+    finally:
+        if saved is None:
+            os.environ.pop("JAVA_HOME", None)
+        else:
+            os.environ["JAVA_HOME"] = saved
+    log.info("Spark %s on Java %s (%s)", spark.version, release or "?", java_home)
     spark.sparkContext.setLogLevel("WARN")
     return spark

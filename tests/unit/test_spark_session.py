@@ -41,3 +41,61 @@ def test_driver_java_options_are_a_setting_that_can_be_emptied() -> None:
     opts = s.with_overrides(spark_driver_java_options=" -XX:+UseParallelGC ")
     assert spark_conf(opts)["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
     assert "spark.driver.extraJavaOptions" not in spark_conf(s.with_overrides(spark_driver_java_options=""))
+
+
+def _jdk(root, name: str, version: str, *, java: bool = True):
+    home = root / name
+    (home / "bin").mkdir(parents=True)
+    if java:
+        (home / "bin" / "java").write_text("")
+    (home / "release").write_text(f'IMPLEMENTOR="test"\nJAVA_VERSION="{version}"\n')
+    return home
+
+
+def test_spark_runs_on_the_newest_java_spark_supports(tmp_path, monkeypatch) -> None:
+    """Among the JDKs found, Spark gets the newest release it supports (17/21/25): not 26 (unsupported), not a
+    home without bin/java; LOGPIPE_SPARK_JAVA_HOME pins one, and a wrong one is a clear error."""
+    from logpipe.config import load_settings
+    from logpipe.stack.jars import StackError
+    from logpipe.stack.services import java_release, spark_java_home
+
+    jvm = tmp_path / "jvm"
+    j17 = _jdk(jvm, "java-17", "17.0.15")
+    j21 = _jdk(jvm, "java-21", "21.0.2")
+    _jdk(jvm, "java-26", "26")
+    _jdk(jvm, "broken-25", "25.0.1", java=False)
+    explicit = _jdk(tmp_path, "explicit-17", "17.0.1")
+    monkeypatch.setenv("JAVA_HOME", str(explicit))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no java on PATH
+    s = load_settings().with_overrides(java_home=None, spark_java_home=None)
+
+    assert [java_release(h) for h in (j17, j21, jvm / "java-26", jvm / "broken-25")] == [17, 21, 26, None]
+    assert spark_java_home(s, (jvm,)) == (str(j21), 21)
+    j25 = _jdk(jvm, "temurin-25", "25.0.3")
+    assert spark_java_home(s, (jvm,)) == (str(j25), 25)
+    # nothing newer found: the first of equals, JAVA_HOME before the JVM directory
+    assert spark_java_home(s, (tmp_path / "none",)) == (str(explicit), 17)
+    assert spark_java_home(s.with_overrides(spark_java_home=str(j17)), (jvm,)) == (str(j17), 17)
+    with pytest.raises(StackError, match="LOGPIPE_SPARK_JAVA_HOME=.*no bin/java"):
+        spark_java_home(s.with_overrides(spark_java_home=str(tmp_path / "nowhere")), (jvm,))
+
+
+def test_the_jvm_runs_on_the_java_logpipe_chose_and_java_home_is_left_as_it_was() -> None:
+    """build_spark starts Spark's JVM on spark_java_home's choice and restores JAVA_HOME for other children."""
+    code = """
+import os
+from logpipe.config import load_settings
+from logpipe.spark import build_spark
+from logpipe.stack.services import java_release, spark_java_home
+from pathlib import Path
+s = load_settings()
+home, release = spark_java_home(s)
+spark = build_spark(s, "java-test", kafka=False)
+print(release, spark._jvm.System.getProperty("java.specification.version"), os.environ.get("JAVA_HOME", "unset"))
+spark.stop()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    release, running, java_home = r.stdout.split()[-3:]
+    assert release == running and java_home == "unset"

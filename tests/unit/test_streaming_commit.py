@@ -102,3 +102,24 @@ def test_a_failed_write_fails_the_batch_and_leaves_no_marker(local_spark, tmp_pa
     assert built == []  # nothing built after the failure
     assert not list((tmp_path / "_commits" / "q").glob("*.json"))  # not committed ...
     assert list((tmp_path / "_commits" / "q").glob("*.pending"))  # ... and marked for cleaning on the next run
+
+
+def test_writer_options_reach_the_parquet_writer(local_spark, tmp_path: Path):
+    """A TableWrite's options go to its Parquet writer: the events table's (no dictionary encoding) and no other."""
+    import pyarrow.parquet as pq
+
+    from logpipe.streaming.commit import TableWrite, commit_batch
+    from logpipe.streaming.job import EVENTS_PARQUET_OPTIONS
+
+    frame = local_spark.range(1000).selectExpr("CAST(id % 3 AS STRING) AS host", "id")  # dictionary-friendly
+    writes = [TableWrite(frame.coalesce(1), "plain", options=EVENTS_PARQUET_OPTIONS),
+              TableWrite(frame.coalesce(1), "default")]
+    assert commit_batch(local_spark, f"file:{tmp_path}", "q", 0, writes, {})
+
+    def encodings(table: str) -> set[str]:
+        (f,) = (tmp_path / table).glob("*.parquet")
+        md = pq.ParquetFile(f).metadata.row_group(0)
+        return {e for c in range(md.num_columns) for e in md.column(c).encodings}
+
+    assert not {e for e in encodings("plain") if "DICTIONARY" in e}
+    assert {e for e in encodings("default") if "DICTIONARY" in e}

@@ -83,6 +83,52 @@ def java_binary(settings: Settings) -> str:
     return java
 
 
+# Spark 4.2 runs on these Java releases ("Spark runs on Java 17/21/25", its docs)
+SPARK_JAVA_RELEASES = (17, 21, 25)
+JVM_DIRS = (Path("/usr/lib/jvm"),)  # where Debian and Ubuntu install JDKs (and the Temurin packages)
+
+
+def java_release(home: Path) -> int | None:
+    """The feature release (17, 21, 25, ...) of the Java installed at `home`, from its `release` file; None if
+    `home` holds no `bin/java` or no readable release."""
+    if not (home / "bin" / "java").exists():
+        return None
+    try:
+        m = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', (home / "release").read_text(), re.M)
+    except OSError:
+        return None
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2)) if major == 1 and m.group(2) else major
+
+
+def spark_java_home(settings: Settings, jvm_dirs: tuple[Path, ...] = JVM_DIRS) -> tuple[str, int | None]:
+    """The Java home Spark's JVM runs on, and its release: LOGPIPE_SPARK_JAVA_HOME if set, else the newest release
+    Spark supports (SPARK_JAVA_RELEASES) among LOGPIPE_JAVA_HOME, JAVA_HOME, the `java` on PATH and the JDKs in
+    `jvm_dirs` (the first of equals wins), else the services' Java (java_binary: a clear error if none)."""
+    if settings.spark_java_home:
+        home = Path(settings.spark_java_home)
+        if not (home / "bin" / "java").exists():
+            raise StackError(f"LOGPIPE_SPARK_JAVA_HOME={home} has no bin/java: point it at a JDK or JRE 17+.")
+        return str(home), java_release(home)
+    candidates = [Path(h) for h in (settings.java_home, os.environ.get("JAVA_HOME")) if h]
+    if on_path := shutil.which("java"):
+        candidates.append(Path(os.path.realpath(on_path)).parent.parent)
+    for d in jvm_dirs:
+        if d.is_dir():
+            candidates.extend(sorted(p for p in d.iterdir() if p.is_dir()))
+    best: tuple[int, Path] | None = None
+    for home in candidates:
+        release = java_release(home)
+        if release in SPARK_JAVA_RELEASES and (best is None or release > best[0]):
+            best = (release, home)
+    if best:
+        return str(best[1]), best[0]
+    home = Path(os.path.realpath(java_binary(settings))).parent.parent
+    return str(home), java_release(home)
+
+
 # ------------------------------------------------------------------------------------------------
 # configuration files
 # ------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -88,17 +88,43 @@ def is_committed(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     return HadoopFs(spark, root_uri).exists(marker_path(root_uri, query, batch_tag(batch_id, prefix)))
 
 
+T = TypeVar("T")
+
+
+def run_at_once(spark: "SparkSession", calls: Sequence[Callable[[], T]], workers: int) -> list[T]:
+    """Call each of `calls` (functions that run Spark jobs), up to `workers` at a time, and return their results in
+    order; 0 or 1 worker: one after the other. The threads carry the caller's Spark job group and properties, so a
+    stopped query cancels their jobs too. The first failure is raised once the running calls end; the calls not
+    started yet are not made."""
+    if workers <= 1 or len(calls) <= 1:
+        return [call() for call in calls]
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from pyspark import inheritable_thread_target
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(inheritable_thread_target(spark)(call)) for call in calls]
+        try:
+            for fut in as_completed(futures):
+                fut.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [fut.result() for fut in futures]
+
+
 class TableWrite(NamedTuple):
     """One table of a batch for commit_batch (a plain (frame, table, parts) tuple works too).
 
     `frame` may be a function that returns the frame (or None: nothing to write), called when its turn comes, so
     that it can use what the writes before it found out; `keep`, if given, is called after the write, and False
-    drops what it wrote (e.g. a frame that turned out empty)."""
+    drops what it wrote (e.g. a frame that turned out empty); `options` are the Parquet writer's options."""
 
     frame: "DataFrame | Callable[[], DataFrame | None]"
     table: str
     parts: Sequence[str] = ()
     keep: Callable[[], bool] | None = None
+    options: Mapping[str, str] | None = None
 
 
 def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
@@ -129,12 +155,12 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     fs.write_text(pending, "")
 
     def write(w: "TableWrite | tuple[Any, ...]") -> None:
-        frame, table, parts, keep = TableWrite(*w)
+        frame, table, parts, keep, options = TableWrite(*w)
         df = frame() if callable(frame) else frame
         if df is None:
             return
         staging = f"{root_uri}/{table}/_staging/{tag}"
-        writer = df.write.mode("overwrite")
+        writer = df.write.mode("overwrite").options(**(options or {}))
         if parts:
             writer = writer.partitionBy(*parts)
         writer.parquet(staging)
@@ -152,22 +178,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     # the writes of frames given as such run at once (Spark fills a core one leaves idle: a job's last task, the
     # driver's work between jobs, a wait on HDFS); those built by a callable run after them, in order
     ready = [w for w in writes if not callable(TableWrite(*w).frame)]
-    if len(ready) > 1 and concurrent:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
-        from pyspark import inheritable_thread_target
-
-        with ThreadPoolExecutor(max_workers=concurrent) as pool:
-            futures = [pool.submit(inheritable_thread_target(spark)(write), w) for w in ready]
-            try:
-                for fut in as_completed(futures):
-                    fut.result()
-            except BaseException:  # the first failure ends the batch: writes not started yet are not run
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-    else:
-        for w in ready:
-            write(w)
+    run_at_once(spark, [lambda w=w: write(w) for w in ready], concurrent)
     for w in writes:
         if callable(TableWrite(*w).frame):
             write(w)

@@ -49,6 +49,7 @@ def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) ->
 def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
                 extra: dict[str, str] | None = None) -> "SparkSession":
     """A SparkSession for logpipe. Resolves the connector jars with mvn on first use (native stack)."""
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     if kafka and not s.spark_kafka_jars:
@@ -64,18 +65,26 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
     builder = SparkSession.builder
     for k, v in {**spark_conf(s, app_name, kafka=kafka), **(extra or {})}.items():
         builder = builder.config(k, v)
-    # pyspark starts the JVM from JAVA_HOME: set to Spark's Java while it starts, then as it was (the services and
-    # other child processes keep theirs)
-    java_home, release = spark_java_home(s)
-    saved = os.environ.get("JAVA_HOME")
-    os.environ["JAVA_HOME"] = java_home
-    try:
+    if SparkContext._active_spark_context is not None:  # the JVM runs already: its session, with these settings
         spark = builder.getOrCreate()
-    finally:
-        if saved is None:
-            os.environ.pop("JAVA_HOME", None)
-        else:
-            os.environ["JAVA_HOME"] = saved
-    log.info("Spark %s on Java %s (%s)", spark.version, release or "?", java_home)
+    else:
+        # pyspark starts the JVM from JAVA_HOME: Spark's Java while it starts, then as it was (the services and
+        # other child processes keep theirs)
+        java_home, _ = spark_java_home(s)
+        saved = os.environ.get("JAVA_HOME")
+        if saved and os.path.realpath(saved) != os.path.realpath(java_home):
+            log.info("JAVA_HOME is %s; Spark runs on %s, the newest Java it supports here "
+                     "(LOGPIPE_SPARK_JAVA_HOME pins one)", saved, java_home)
+        os.environ["JAVA_HOME"] = java_home
+        try:
+            spark = builder.getOrCreate()
+        finally:
+            if saved is None:
+                os.environ.pop("JAVA_HOME", None)
+            else:
+                os.environ["JAVA_HOME"] = saved
+        jvm = spark._jvm.System
+        log.info("Spark %s on Java %s (%s)", spark.version, jvm.getProperty("java.version"),
+                 jvm.getProperty("java.home"))
     spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -283,6 +283,7 @@ def test_streaming_image_bakes_the_connector_jars_of_the_pom() -> None:
     assert "COPY --from=connector-jars /jars /opt/logpipe/jars/spark-kafka" in text
     assert _pom_property("spark-kafka.xml", "spark.version") == pyspark.__version__
     assert "COPY --from=eclipse-temurin:25-jre /opt/java/openjdk /opt/java" in text and "JAVA_HOME=/opt/java" in text
+    assert "PATH=/opt/java/bin:$PATH" in text  # `java -version` at build time finds it
     # the package (with its pinned pyspark) is installed from the context, never fetched by name
     for dockerfile in DOCKERFILES[1:]:
         assert "pip install --no-cache-dir .\\" in dockerfile.read_text().replace(" \\\n", "\\")

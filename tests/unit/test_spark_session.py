@@ -64,12 +64,16 @@ def test_spark_runs_on_the_newest_java_spark_supports(tmp_path, monkeypatch) -> 
     j21 = _jdk(jvm, "java-21", "21.0.2")
     _jdk(jvm, "java-26", "26")
     _jdk(jvm, "broken-25", "25.0.1", java=False)
+    _jdk(jvm, "early-25", "25-ea")  # a pre-release build is not taken
     explicit = _jdk(tmp_path, "explicit-17", "17.0.1")
+    for name in ("LOGPIPE_JAVA_HOME", "LOGPIPE_SPARK_JAVA_HOME"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JAVA_HOME", str(explicit))
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no java on PATH
-    s = load_settings().with_overrides(java_home=None, spark_java_home=None)
+    s = load_settings()
 
-    assert [java_release(h) for h in (j17, j21, jvm / "java-26", jvm / "broken-25")] == [17, 21, 26, None]
+    assert [java_release(h) for h in (j17, j21, jvm / "java-26", jvm / "broken-25", jvm / "early-25")] == [
+        17, 21, 26, None, None]
     assert spark_java_home(s, (jvm,)) == (str(j21), 21)
     j25 = _jdk(jvm, "temurin-25", "25.0.3")
     assert spark_java_home(s, (jvm,)) == (str(j25), 25)
@@ -78,6 +82,10 @@ def test_spark_runs_on_the_newest_java_spark_supports(tmp_path, monkeypatch) -> 
     assert spark_java_home(s.with_overrides(spark_java_home=str(j17)), (jvm,)) == (str(j17), 17)
     with pytest.raises(StackError, match="LOGPIPE_SPARK_JAVA_HOME=.*no bin/java"):
         spark_java_home(s.with_overrides(spark_java_home=str(tmp_path / "nowhere")), (jvm,))
+    with pytest.raises(StackError, match="is Java 26; Spark runs on Java 17/21/25"):
+        spark_java_home(s.with_overrides(spark_java_home=str(jvm / "java-26")), (jvm,))
+    # an unreadable or missing JVM directory is no error
+    assert spark_java_home(s, (tmp_path / "missing",))[1] == 17
 
 
 def test_the_jvm_runs_on_the_java_logpipe_chose_and_java_home_is_left_as_it_was() -> None:

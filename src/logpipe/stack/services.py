@@ -91,13 +91,13 @@ JVM_DIRS = (Path("/usr/lib/jvm"),)  # where Debian and Ubuntu install JDKs (and 
 def java_release(home: Path) -> int | None:
     """The feature release (17, 21, 25, ...) of the Java installed at `home`, from its `release` file; None if
     `home` holds no `bin/java` or no readable release."""
-    if not (home / "bin" / "java").exists():
-        return None
     try:
-        m = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', (home / "release").read_text(), re.M)
+        if not (home / "bin" / "java").exists():
+            return None
+        m = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?[^"-]*"', (home / "release").read_text(), re.M)
     except OSError:
         return None
-    if not m:
+    if not m:  # no release file, or a pre-release build ("25-ea")
         return None
     major = int(m.group(1))
     return int(m.group(2)) if major == 1 and m.group(2) else major
@@ -107,17 +107,24 @@ def spark_java_home(settings: Settings, jvm_dirs: tuple[Path, ...] = JVM_DIRS) -
     """The Java home Spark's JVM runs on, and its release: LOGPIPE_SPARK_JAVA_HOME if set, else the newest release
     Spark supports (SPARK_JAVA_RELEASES) among LOGPIPE_JAVA_HOME, JAVA_HOME, the `java` on PATH and the JDKs in
     `jvm_dirs` (the first of equals wins), else the services' Java (java_binary: a clear error if none)."""
+    supported = "/".join(map(str, SPARK_JAVA_RELEASES))
     if settings.spark_java_home:
         home = Path(settings.spark_java_home)
         if not (home / "bin" / "java").exists():
-            raise StackError(f"LOGPIPE_SPARK_JAVA_HOME={home} has no bin/java: point it at a JDK or JRE 17+.")
-        return str(home), java_release(home)
+            raise StackError(f"LOGPIPE_SPARK_JAVA_HOME={home} has no bin/java: point it at a JDK or JRE of Java "
+                             f"{supported}.")
+        release = java_release(home)
+        if release is not None and release not in SPARK_JAVA_RELEASES:
+            raise StackError(f"LOGPIPE_SPARK_JAVA_HOME={home} is Java {release}; Spark runs on Java {supported}.")
+        return str(home), release
     candidates = [Path(h) for h in (settings.java_home, os.environ.get("JAVA_HOME")) if h]
     if on_path := shutil.which("java"):
         candidates.append(Path(os.path.realpath(on_path)).parent.parent)
     for d in jvm_dirs:
-        if d.is_dir():
+        try:
             candidates.extend(sorted(p for p in d.iterdir() if p.is_dir()))
+        except OSError:  # missing or unreadable: nothing to find there
+            pass
     best: tuple[int, Path] | None = None
     for home in candidates:
         release = java_release(home)

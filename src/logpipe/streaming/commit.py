@@ -137,6 +137,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     marker `_commits/<query>/<batch>.json` (holding `meta`, or what `meta()` returns once the files are
     written) ends the batch. A batch that was committed is
     skipped on re-run; one that died half-way is cleaned (its prefixed files removed) and redone.
+    A TableWrite's `options` go to its Parquet writer.
     `concurrent`: up to this many writes of frames given as such run at once (in threads that carry the
     caller's Spark job group, so a stopped query cancels them); then the callables build theirs, in order.
     Returns False when the batch had already been committed.

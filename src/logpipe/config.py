@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     spark_java_home: str | None = Field(
         None, description="JDK for Spark's JVM (the whole job in local mode). Default: the newest JDK Spark supports "
         "(25, 21, 17) among LOGPIPE_JAVA_HOME, JAVA_HOME, java on PATH and /usr/lib/jvm: the 1 GB stream took "
-        "145 s on Java 25 against 172-185 s on Java 17 (see docs/benchmarks.md)")
+        "134-147 s on Java 25 against 172-187 s on Java 17 (docs/benchmarks.md)")
     spark_ui_port: int = 4040
     shuffle_partitions: int = 4
     spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")

@@ -123,3 +123,20 @@ def test_writer_options_reach_the_parquet_writer(local_spark, tmp_path: Path):
 
     assert not {e for e in encodings("plain") if "DICTIONARY" in e}
     assert {e for e in encodings("default") if "DICTIONARY" in e}
+
+
+@pytest.mark.parametrize("workers", [0, 4])
+def test_run_at_once_returns_results_in_call_order_and_raises_a_failure(local_spark, workers: int):
+    """The batch's small count jobs run through run_at_once: each result comes back in the place of its call,
+    whatever order the jobs finish in, and a failing job fails the whole call."""
+    from logpipe.streaming.commit import run_at_once
+
+    sizes = [50_000, 1, 2_000, 3]
+    calls = [lambda n=n: local_spark.range(n).selectExpr("id % 7 AS k").distinct().count() + n for n in sizes]
+    assert run_at_once(local_spark, calls, workers) == [min(n, 7) + n for n in sizes]
+
+    def fails() -> int:
+        return len(local_spark.range(3).selectExpr("assert_true(id < 2) AS ok").collect())
+
+    with pytest.raises(Exception, match="is not true"):
+        run_at_once(local_spark, [calls[0], fails, calls[1]], workers)

@@ -149,13 +149,18 @@ def _require_report(report: Path, log_path: Path) -> None:
 
 
 def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_dir: Path, seed: int = 1,
-              reference: bool = True, pipeline: bool = True, idle_s: float = 5.0) -> dict[str, Any]:
+              reference: bool = True, pipeline: bool = True, idle_s: float = 5.0,
+              keep_data: bool = False) -> dict[str, Any]:
     """One full benchmark run at one log size. Returns the result record (also written as JSON).
 
     The stages run one after the other, each measured alone: produce, stream --until-done (and the references).
     With `pipeline`, the pipeline then runs as in production into a fresh topic and HDFS root: the producer and
     `stream --until-idle idle_s` start together, and end to end is from their start to the stream's exit (its
-    last windows written; the idle wait included). Both runs are verified."""
+    last windows written; the idle wait included). Both runs are verified.
+
+    Once measured and verified exact, the run's Kafka topics and HDFS folders are deleted unless `keep_data` (each
+    topic holds the whole log: a 2.5 GB run left about 7.5 GB in Kafka). A run that fails or mismatches keeps them,
+    to look into."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     label = f"{size_bytes / 1e9:.2f}GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.0f}MB"
     run_dir = out_dir / f"run-{stamp}-{label}"
@@ -239,9 +244,39 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         "verify": json.loads(verify_json.read_text()) if verify_json.exists() else None,
         "verify_pipeline": (json.loads((run_dir / "verify-pipeline.json").read_text())
                             if (run_dir / "verify-pipeline.json").exists() else None),
+        "run_data": "kept" if keep_data else "deleted",
     }
+    if not keep_data and not verified_exact(result):
+        result["run_data"] = "kept: verify found a mismatch"
+        log.warning("verify found a mismatch: the run's Kafka topics and HDFS folders (%s) are kept", root)
+    elif not keep_data:
+        topics = [topic] + ([topic + "-java"] if reference else []) + ([topic + "-pipeline"] if pipeline else [])
+        roots = [root] + ([root + "-pipeline"] if pipeline else [])
+        try:
+            gone = drop_run_data(s, topics, roots)
+            log.info("deleted the run's data (--keep-data keeps it): %s", ", ".join(gone) or "nothing was left")
+        except Exception as exc:  # the figures stand; say what is left behind
+            result["run_data"] = f"not deleted: {exc}"
+            log.warning("could not delete the run's Kafka topics %s and HDFS folders %s: %s", topics, roots, exc)
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def drop_run_data(s: Settings, topics: list[str], roots: list[str]) -> list[str]:
+    """Delete a benchmark run's Kafka topics and HDFS folders, those that exist; returns what was deleted."""
+    from hdfs import InsecureClient
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-bench")
+    try:
+        existing = set(admin.list_topics())
+        present = [t for t in topics if t in existing]
+        if present:
+            admin.delete_topics(present, timeout_ms=60_000)
+    finally:
+        admin.close()
+    client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
+    return [f"topic {t}" for t in present] + [f"hdfs:{r}" for r in roots if client.delete(r, recursive=True)]
 
 
 def machine_info() -> dict[str, Any]:

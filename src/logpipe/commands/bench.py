@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pipeline", action="store_true",
                    help="skip the run with the producer and the stream at once "
                         "(end to end is then one after the other)")
+    p.add_argument("--keep-data", action="store_true",
+                   help="keep the run's Kafka topics and HDFS results (each topic holds the whole log); by default "
+                        "they are deleted once the run is measured and verified")
     p.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"), help="table to append rows to")
     add_setting_flags(p, "topic_partitions", "max_offsets_per_trigger", "shuffle_partitions")
     p.set_defaults(func=run)
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     for size in args.size.split(","):
         r = bench.bench_one(s, bench.parse_size(size), args.client, data_dir=args.data_dir, out_dir=args.out_dir,
                             seed=args.seed, reference=not args.no_reference,
-                            pipeline=not args.no_pipeline)
+                            pipeline=not args.no_pipeline, keep_data=args.keep_data)
         results.append(r)
         row = bench.markdown_row(r)
         print(row)

@@ -1,0 +1,50 @@
+"""`logpipe bench` end to end on a small log: every stage runs and is verified, the row is written, and the run's
+Kafka topics and HDFS folders are removed afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from logpipe.config import PROJECT_ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, tmp_path):
+    from kafka.admin import KafkaAdminClient
+
+    md = tmp_path / "benchmarks.md"
+    r = subprocess.run([sys.executable, "-m", "logpipe", "bench", "--size", "4MB", "--no-reference",
+                        "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "results"),
+                        "--markdown", str(md)],
+                       env=dict(os.environ), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    (result_file,) = (tmp_path / "results").glob("run-*/result.json")
+    result = json.loads(result_file.read_text())
+    log = tmp_path / "data" / "bench-4MB-seed1.log"
+    assert result["lines"] == sum(1 for _ in log.open("rb")) > 10_000
+    stages = {st["stage"]: st for st in result["stages"]}
+    assert {"generate", "produce", "stream", "verify", "verify-pipeline"} <= stages.keys()
+    assert all(st["lines"] == result["lines"] for name, st in stages.items())
+    assert result["verify"]["ok"] and result["verify_pipeline"]["ok"]
+    assert result["end_to_end"]["stage"] == "end-to-end (produce and stream at once)"
+    assert "| exact |" in md.read_text().splitlines()[-1]
+
+    assert result["run_data"] == "deleted"
+    topics = [result["topic"], result["topic"] + "-pipeline"]
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_address)
+    try:
+        deadline = time.monotonic() + 30  # a deleted topic leaves the brokers' metadata shortly after
+        while (left := set(topics) & set(admin.list_topics())) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        admin.close()
+    assert not left, f"topics still there: {left}"
+    for root in (result["hdfs_root"], result["hdfs_root"] + "-pipeline"):
+        assert hdfs_client.status(root, strict=False) is None, root

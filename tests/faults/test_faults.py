@@ -160,6 +160,40 @@ def test_kafka_restart_while_producing_and_streaming(stack, unique, tmp_path):
     _finish_and_verify(env, log, tmp_path, lines)
 
 
+def test_sigterm_stops_until_done_between_batches_and_the_same_command_goes_on(stack, unique, tmp_path):
+    """SIGTERM to `stream --until-done` (as `docker stop` sends; Ctrl-C alike): the running micro-batch finishes and
+    commits, the job exits 128 + 15 saying how many lines its committed batches hold, and the same command again
+    finishes the topic with `verify` exact, no line lost or doubled."""
+    log = tmp_path / "access.log"
+    per_batch, lines = 50_000, 400_000
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch))
+    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "17", "--out", str(log)).returncode == 0
+    assert _logpipe(env, "produce", str(log)).returncode == 0
+    out = tmp_path / "stream.log"
+    job = _start(env, out, "stream", "--until-done")
+    root = env["LOGPIPE_HDFS_ROOT"]
+    try:
+        deadline = time.monotonic() + 300
+        while _ingest_commits(stack, root) < 1 and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert job.poll() is None, "the job ended before the stop:\n" + out.read_text()[-3000:]
+        job.send_signal(signal.SIGTERM)
+        rc = job.wait(300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    text = out.read_text()
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    said = [line for line in text.splitlines() if line.startswith("logpipe stream: stopped by SIGTERM")]
+    assert len(said) == 1 and "run the same command again" in said[0], text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    committed = _ingest_commits(stack, root)
+    assert 1 <= committed < lines // per_batch  # it stopped before the end ...
+    assert f"{committed * per_batch:,} lines" in said[0]  # ... between batches: each committed whole
+    _finish_and_verify(env, log, tmp_path, lines)
+
+
 def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):
     """The DataNode goes away while the job writes: the job carries on or fails clearly; after a restart the
     results are exact."""

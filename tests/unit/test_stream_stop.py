@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -77,3 +78,79 @@ def test_until_idle_must_be_longer_than_the_trigger_interval():
     check_until_idle(s, 10.5)
     with pytest.raises(ValueError, match="longer than the trigger interval"):
         check_until_idle(s, 10)
+
+
+def test_first_signal_asks_for_a_stop_and_a_second_acts_as_before() -> None:
+    """SIGTERM sets the stop event (the job stops between micro-batches); the handler that was there before is back
+    at once, so a second signal stops at once; restore() puts it back if no signal came."""
+    import os
+    import signal
+
+    seen: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    try:
+        stop = run.StopSignal()
+        assert not stop.event.is_set() and stop.signum is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.event.wait(5) and stop.signum == signal.SIGTERM and seen == []
+        os.kill(os.getpid(), signal.SIGTERM)  # the earlier handler again
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGTERM]
+        again = run.StopSignal()
+        again.restore()
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGTERM] * 2 and not again.event.is_set()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_stop_requested_says_what_stands_and_exits_with_the_signal_code() -> None:
+    import signal
+
+    exc = run.StopRequested(signal.SIGTERM, 1_234_567)
+    assert exc.exit_code == 143 and run.StopRequested(signal.SIGINT, 0).exit_code == 130
+    assert "SIGTERM" in str(exc) and "1,234,567 lines" in str(exc) and "run the same command again" in str(exc)
+
+
+class _Draining:
+    """A run-to-the-end query: awaitTermination(timeout) says whether it ended; it ends after `polls` waits."""
+
+    def __init__(self, polls: int) -> None:
+        self.left = polls
+
+    def awaitTermination(self, timeout: float) -> bool:  # noqa: N802 (PySpark's name)
+        self.left -= 1
+        return self.left <= 0
+
+    def exception(self) -> None:
+        return None
+
+
+def test_waiting_for_the_end_returns_early_on_a_stop() -> None:
+    import threading
+
+    from logpipe.config import load_settings
+
+    s, stop = load_settings(), threading.Event()
+    assert run._await_all([_Draining(3)], s, stop) is True
+    stop.set()
+    query = _Draining(1_000)
+    assert run._await_all([query], s, stop) is False and query.left == 999  # one wait, then the stop is seen
+
+
+def test_waiting_for_idle_returns_early_on_a_stop() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    stop = threading.Event()
+    stop.set()
+    job = SimpleNamespace(stats=SimpleNamespace(rows={"ingest": 5}))
+    query = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": True})
+    assert run._wait_until_idle(query, job, 60, stop) is False
+    idle = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False})
+    assert run._wait_until_idle(idle, job, 0.3, threading.Event()) is True  # records came, then none for 0.3 s

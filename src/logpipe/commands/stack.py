@@ -1,4 +1,4 @@
-"""`logpipe stack up|down|status|urls`: the native Kafka + HDFS stack."""
+"""`logpipe stack up|down|status`: the native Kafka + HDFS stack."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ log = logging.getLogger("logpipe.stack")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stack", help="start/stop/inspect the native Kafka + HDFS stack")
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--wipe", action="store_true", help="with down: also delete Kafka and HDFS data")
+    p.add_argument("--wipe", action="store_true",
+                   help="with down: also delete the Kafka and HDFS data and the producer positions (unless "
+                        "LOGPIPE_PRODUCER_STATE_DIR keeps them elsewhere)")
     p.add_argument("--json", action="store_true", help="with status: machine-readable output")
     add_setting_flags(p, "run_dir", "bind_host", "kafka_port", "namenode_rpc_port", "namenode_http_port",
                       "kafka_heap", "namenode_heap", "datanode_heap", "java_home", "stack_timeout_s")

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from logpipe.health import ServiceTimeout
-    from logpipe.streaming.run import check_until_idle, run_stream
+    from logpipe.streaming.run import StopRequested, check_until_idle, run_stream
 
     s = settings_from_args(args)
     try:
@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         metrics = run_stream(s, until_done=args.until_done, until_idle_s=args.until_idle)
+    except StopRequested as exc:  # committed batches stand: not an error, but not done either
+        print(f"logpipe stream: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (ServiceTimeout, RuntimeError) as exc:
         print(f"logpipe stream: {exc}", file=sys.stderr)
         return 1

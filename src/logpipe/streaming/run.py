@@ -15,6 +15,45 @@ from logpipe.config import Settings
 log = logging.getLogger("logpipe.stream")
 
 
+class StopRequested(Exception):
+    """A SIGINT or SIGTERM ended a run-to-the-end stream (`until_done`, `until_idle_s`) before the end of its
+    input. The micro-batches committed so far stand; running the same command again goes on from there."""
+
+    def __init__(self, signum: int, lines: int) -> None:
+        self.signum, self.lines = signum, lines
+        super().__init__(f"stopped by {signal.Signals(signum).name} before the end of the topic: {lines:,} lines in "
+                         "the micro-batches committed so far (their windows still open are not written yet); run "
+                         "the same command again to go on from there")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignal:
+    """SIGINT and SIGTERM ask the job to stop between micro-batches (`event` is set, `signum` says which). A second
+    signal acts as it did before: an impatient user can still stop at once (a batch cut short is redone on
+    restart). Install it from the main thread."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self._before:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+        self.event.set()
+        self.restore()
+        log.info("%s: stopping once the running micro-batch is done (again to stop at once)",
+                 signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 def _listener(job: Any) -> Any:
     from pyspark.sql.streaming import StreamingQueryListener
 
@@ -88,12 +127,14 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     job.recover()
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()
+    stop = StopSignal()
     try:
         if until_idle_s is not None:
             follow = job.ingest_query(available_now=False)
             log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic,
                      until_idle_s)
-            _wait_until_idle(follow, job, until_idle_s)
+            if not _wait_until_idle(follow, job, until_idle_s, stop.event):
+                _stop_before_the_end(follow, job, s, stop)
             if _stop_between_batches(follow, s.stop_grace_s):
                 _raise_if_failed(follow)
                 raise RuntimeError(f"streaming query {follow.name} ended by itself while stopping")
@@ -102,7 +143,9 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             job.recover()  # a batch the stop interrupted after all: its half-written files go, it is redone next
             until_done = True
         if until_done:
-            _await_all([job.ingest_query(available_now=True)], s)
+            drain = job.ingest_query(available_now=True)
+            if not _await_all([drain], s, stop.event):
+                _stop_before_the_end(drain, job, s, stop)
             t_ingest = time.monotonic() - t0
             flushed = job.flush_open_windows()
             metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
@@ -112,12 +155,9 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                      f"{metrics['quarantined']:,}", metrics["late"], metrics["duplicates_dropped"])
             return metrics
         queries = [job.ingest_query(False)]
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         log.info("streaming from %s topic %s into %s; Spark UI %s (Ctrl-C stops)", s.kafka_address, s.topic,
                  s.hdfs_uri(), spark.sparkContext.uiWebUrl)
-        while not stop.wait(2):
+        while not stop.event.wait(2):
             for q in queries:
                 if not q.isActive:  # one failed: let the others finish their batch, then report the failure
                     _stop_the_others(queries, s)
@@ -131,7 +171,20 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                 raise RuntimeError(f"streaming query {q.name} failed: it ended by itself while stopping")
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
+        stop.restore()
         spark.stop()
+
+
+def _stop_before_the_end(q: Any, job: Any, s: Settings, stop: StopSignal) -> None:
+    """A signal came before a run-to-the-end query was done: stop it between micro-batches, then raise
+    StopRequested (or the query's own failure, if its last batch failed meanwhile)."""
+    log.info("stopping: letting the running micro-batch finish (up to %.0fs)", s.stop_grace_s)
+    _quiet_interrupted_callbacks()
+    if _stop_between_batches(q, s.stop_grace_s):
+        _raise_if_failed(q)
+        raise RuntimeError(f"streaming query {q.name} ended by itself while stopping")
+    assert stop.signum is not None
+    raise StopRequested(stop.signum, job.accounting()["lines"])
 
 
 def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
@@ -144,13 +197,16 @@ def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
                          f"({s.trigger_interval}): between two triggers the job does not look for new records")
 
 
-def _wait_until_idle(q: Any, job: Any, idle_s: float) -> None:
-    """Return once `q` has processed records and then, for idle_s seconds, found no new ones and finished no
-    batch. Raises if the query fails meanwhile. (While idle, the query keeps asking Kafka for new offsets, so
-    `isTriggerActive` flickers; `isDataAvailable` stays true during a batch with records and false between.)"""
+def _wait_until_idle(q: Any, job: Any, idle_s: float, stop: threading.Event | None = None) -> bool:
+    """Return True once `q` has processed records and then, for idle_s seconds, found no new ones and finished no
+    batch; False as soon as `stop` is set. Raises if the query fails meanwhile. (While idle, the query keeps asking
+    Kafka for new offsets, so `isTriggerActive` flickers; `isDataAvailable` stays true during a batch with records
+    and false between.)"""
     idle_since: float | None = None
     rows_seen = 0
     while True:
+        if stop is not None and stop.is_set():
+            return False
         if not q.isActive:
             _raise_if_failed(q)
             raise RuntimeError(f"streaming query {q.name} stopped before the input went idle")
@@ -160,20 +216,24 @@ def _wait_until_idle(q: Any, job: Any, idle_s: float) -> None:
         elif idle_since is None:
             idle_since = now
         elif now - idle_since >= idle_s:
-            return
+            return True
         time.sleep(0.1)
 
 
-def _await_all(queries: list[Any], s: Settings) -> None:
-    """Wait for run-to-the-end queries; if one fails, let the others finish their batch, then report it."""
+def _await_all(queries: list[Any], s: Settings, stop: threading.Event | None = None) -> bool:
+    """Wait for run-to-the-end queries; if one fails, let the others finish their batch, then report it. Returns
+    False as soon as `stop` is set (the queries still run), True once all ended."""
     from pyspark.errors import StreamingQueryException
 
     for q in queries:
         try:
-            q.awaitTermination()
+            while not q.awaitTermination(1):
+                if stop is not None and stop.is_set():
+                    return False
         except StreamingQueryException:
             _stop_the_others(queries, s)
         _raise_if_failed(q)
+    return True
 
 
 def _stop_the_others(queries: list[Any], s: Settings) -> None:

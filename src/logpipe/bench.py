@@ -63,7 +63,12 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
         sampler.watch(name, proc.pid)
-        code = proc.wait()
+        try:
+            code = proc.wait()
+        except BaseException:  # Ctrl-C: the stage's figures are void; do not leave it running on its own
+            proc.kill()
+            proc.wait()
+            raise
     wall = time.monotonic() - t
     if code not in ok_codes:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
@@ -252,31 +257,51 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     elif not keep_data:
         topics = [topic] + ([topic + "-java"] if reference else []) + ([topic + "-pipeline"] if pipeline else [])
         roots = [root] + ([root + "-pipeline"] if pipeline else [])
-        try:
-            gone = drop_run_data(s, topics, roots)
-            log.info("deleted the run's data (--keep-data keeps it): %s", ", ".join(gone) or "nothing was left")
-        except Exception as exc:  # the figures stand; say what is left behind
-            result["run_data"] = f"not deleted: {exc}"
-            log.warning("could not delete the run's Kafka topics %s and HDFS folders %s: %s", topics, roots, exc)
+        gone, failed = drop_run_data(s, topics, roots)
+        log.info("deleted the run's data (--keep-data keeps it): %s", ", ".join(gone) or "nothing was left")
+        if failed:  # the figures stand; say what is left behind
+            result["run_data"] = "not all deleted: " + "; ".join(failed)
+            log.warning("could not delete all of the run's data: %s", "; ".join(failed))
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
-def drop_run_data(s: Settings, topics: list[str], roots: list[str]) -> list[str]:
-    """Delete a benchmark run's Kafka topics and HDFS folders, those that exist; returns what was deleted."""
+def drop_run_data(s: Settings, topics: list[str], roots: list[str]) -> tuple[list[str], list[str]]:
+    """Delete a benchmark run's Kafka topics (and the producer's saved positions in them) and HDFS folders, those
+    that exist. Returns (what was deleted, what could not be deleted and why)."""
+    import shutil
+
     from hdfs import InsecureClient
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-bench")
+    from logpipe.producer.position import PositionStore
+
+    gone: list[str] = []
+    failed: list[str] = []
     try:
-        existing = set(admin.list_topics())
-        present = [t for t in topics if t in existing]
-        if present:
-            admin.delete_topics(present, timeout_ms=60_000)
-    finally:
-        admin.close()
+        admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-bench",
+                                 request_timeout_ms=70_000)
+        try:
+            existing = set(admin.list_topics())
+            present = [t for t in topics if t in existing]
+            if present:
+                admin.delete_topics(present, timeout_ms=60_000)
+            gone += [f"topic {t}" for t in present]
+        finally:
+            admin.close()
+        for t in topics:  # positions in a deleted topic would make a later produce into that name resume
+            positions = PositionStore(s.producer_state_dir or (s.run_dir / "producer"), t).directory
+            shutil.rmtree(positions, ignore_errors=True)
+    except Exception as exc:  # noqa: BLE001 (reported in the result, not fatal: the figures stand)
+        failed.append(f"Kafka topics {topics}: {exc}")
     client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
-    return [f"topic {t}" for t in present] + [f"hdfs:{r}" for r in roots if client.delete(r, recursive=True)]
+    for root in roots:
+        try:
+            if client.delete(root, recursive=True):
+                gone.append(f"hdfs:{root}")
+        except Exception as exc:  # noqa: BLE001
+            failed.append(f"HDFS {root}: {exc}")
+    return gone, failed
 
 
 def machine_info() -> dict[str, Any]:

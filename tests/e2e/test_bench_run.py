@@ -16,14 +16,19 @@ from logpipe.config import PROJECT_ROOT
 pytestmark = pytest.mark.e2e
 
 
-def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, tmp_path):
+def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, tmp_path, unique):
     from kafka.admin import KafkaAdminClient
 
+    from logpipe.producer.position import PositionStore
+
     md = tmp_path / "benchmarks.md"
+    positions = tmp_path / "positions"
+    # bench names its own topics and HDFS folders (by date); the alerts topic and positions are this test's
+    env = {**os.environ, "LOGPIPE_ALERTS_TOPIC": f"alerts-{unique}", "LOGPIPE_PRODUCER_STATE_DIR": str(positions)}
     r = subprocess.run([sys.executable, "-m", "logpipe", "bench", "--size", "4MB", "--no-reference",
                         "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "results"),
                         "--markdown", str(md)],
-                       env=dict(os.environ), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+                       env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     (result_file,) = (tmp_path / "results").glob("run-*/result.json")
     result = json.loads(result_file.read_text())
@@ -48,3 +53,5 @@ def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, 
     assert not left, f"topics still there: {left}"
     for root in (result["hdfs_root"], result["hdfs_root"] + "-pipeline"):
         assert hdfs_client.status(root, strict=False) is None, root
+    assert positions.is_dir()  # the producer saved its positions there, and they went with the topics
+    assert not any(PositionStore(positions, t).directory.exists() for t in topics), list(positions.iterdir())

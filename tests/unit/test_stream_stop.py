@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -132,8 +133,6 @@ class _Draining:
 
 
 def test_waiting_for_the_end_returns_early_on_a_stop() -> None:
-    import threading
-
     from logpipe.config import load_settings
 
     s, stop = load_settings(), threading.Event()
@@ -144,7 +143,6 @@ def test_waiting_for_the_end_returns_early_on_a_stop() -> None:
 
 
 def test_waiting_for_idle_returns_early_on_a_stop() -> None:
-    import threading
     from types import SimpleNamespace
 
     stop = threading.Event()
@@ -154,3 +152,77 @@ def test_waiting_for_idle_returns_early_on_a_stop() -> None:
     assert run._wait_until_idle(query, job, 60, stop) is False
     idle = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False})
     assert run._wait_until_idle(idle, job, 0.3, threading.Event()) is True  # records came, then none for 0.3 s
+
+
+class _Stopping:
+    """A query being stopped after a signal: `ends_itself` says whether it ended on its own during the grace
+    time (the drain after its last batch, or a failure if `error`)."""
+
+    name = "ingest"
+    status = {"isTriggerActive": True}
+    lastProgress = {"batchId": 0}
+
+    def __init__(self, ends_itself: bool, error: str | None = None) -> None:
+        self.ends_itself, self.error, self.stopped = ends_itself, error, False
+
+    @property
+    def isActive(self) -> bool:  # noqa: N802 (PySpark's name)
+        return not (self.ends_itself or self.stopped)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def exception(self) -> str | None:
+        return self.error
+
+
+class _Job:
+    def __init__(self, lines: int | None) -> None:
+        self.lines = lines
+
+    def accounting(self) -> dict:
+        if self.lines is None:
+            raise RuntimeError("py4j: HDFS is gone")
+        return {"lines": self.lines}
+
+
+def _signalled(signum: int) -> "run.StopSignal":
+    stop = run.StopSignal.__new__(run.StopSignal)  # as after a signal, without touching the process's handlers
+    stop.event, stop.signum, stop._before = threading.Event(), signum, {}
+    stop.event.set()
+    return stop
+
+
+def test_a_stop_before_the_end_says_what_is_committed_or_lets_a_finished_drain_finish() -> None:
+    import signal
+
+    from logpipe.config import load_settings
+
+    s = load_settings().with_overrides(stop_grace_s=1)
+    running = _Stopping(ends_itself=False)
+    with pytest.raises(run.StopRequested) as got:
+        run._stop_before_the_end(running, _Job(150_000), s, _signalled(signal.SIGTERM), may_end=True)
+    assert running.stopped and got.value.exit_code == 143 and "150,000 lines" in str(got.value)
+    with pytest.raises(run.StopRequested, match="could not be read") as got:  # the count is a courtesy
+        run._stop_before_the_end(_Stopping(False), _Job(None), s, _signalled(signal.SIGINT), may_end=True)
+    assert got.value.exit_code == 130 and got.value.lines is None
+    # the drain ended by itself while we waited: the run goes on (to write the still-open windows)
+    assert run._stop_before_the_end(_Stopping(True), _Job(1), s, _signalled(signal.SIGTERM), may_end=True) is None
+    with pytest.raises(RuntimeError, match="ended by itself while stopping"):  # a continuous query must not end
+        run._stop_before_the_end(_Stopping(True), _Job(1), s, _signalled(signal.SIGTERM), may_end=False)
+    with pytest.raises(RuntimeError, match="streaming query ingest failed: .*disk full"):
+        run._stop_before_the_end(_Stopping(True, "org.apache.spark.SparkException: disk full"), _Job(1), s,
+                                 _signalled(signal.SIGTERM), may_end=True)
+
+
+def test_stop_signal_installs_nothing_outside_the_main_thread() -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    made: list[run.StopSignal] = []
+    t = threading.Thread(target=lambda: made.append(run.StopSignal()))
+    t.start()
+    t.join()
+    assert made and signal.getsignal(signal.SIGTERM) is before and not made[0].event.is_set()
+    made[0].restore()
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -19,11 +19,12 @@ class StopRequested(Exception):
     """A SIGINT or SIGTERM ended a run-to-the-end stream (`until_done`, `until_idle_s`) before the end of its
     input. The micro-batches committed so far stand; running the same command again goes on from there."""
 
-    def __init__(self, signum: int, lines: int) -> None:
+    def __init__(self, signum: int, lines: int | None) -> None:
         self.signum, self.lines = signum, lines
-        super().__init__(f"stopped by {signal.Signals(signum).name} before the end of the topic: {lines:,} lines in "
-                         "the micro-batches committed so far (their windows still open are not written yet); run "
-                         "the same command again to go on from there")
+        held = (f"{lines:,} lines in the micro-batches committed so far" if lines is not None
+                else "the micro-batches committed so far stand (their count could not be read)")
+        super().__init__(f"stopped by {signal.Signals(signum).name} before the end of the topic: {held} (their "
+                         "windows still open are not written yet); run the same command again to go on from there")
 
     @property
     def exit_code(self) -> int:
@@ -33,14 +34,17 @@ class StopRequested(Exception):
 class StopSignal:
     """SIGINT and SIGTERM ask the job to stop between micro-batches (`event` is set, `signum` says which). A second
     signal acts as it did before: an impatient user can still stop at once (a batch cut short is redone on
-    restart). Install it from the main thread."""
+    restart). Python takes signals in the main thread only: elsewhere nothing is installed and the event is never
+    set (the caller's thread keeps the process's handlers)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signum: int | None = None
-        self._before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in self._before:
-            signal.signal(sig, self._handle)
+        self._before: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            self._before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            for sig in self._before:
+                signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signum = signum
@@ -52,6 +56,7 @@ class StopSignal:
     def restore(self) -> None:
         for sig, handler in self._before.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._before = {}
 
 
 def _listener(job: Any) -> Any:
@@ -134,7 +139,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic,
                      until_idle_s)
             if not _wait_until_idle(follow, job, until_idle_s, stop.event):
-                _stop_before_the_end(follow, job, s, stop)
+                _stop_before_the_end(follow, job, s, stop, may_end=False)
             if _stop_between_batches(follow, s.stop_grace_s):
                 _raise_if_failed(follow)
                 raise RuntimeError(f"streaming query {follow.name} ended by itself while stopping")
@@ -145,7 +150,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         if until_done:
             drain = job.ingest_query(available_now=True)
             if not _await_all([drain], s, stop.event):
-                _stop_before_the_end(drain, job, s, stop)
+                _stop_before_the_end(drain, job, s, stop, may_end=True)  # returns if the drain was done anyway
+            # a signal from here on lets the still-open windows be written: the run then ends as if none came
             t_ingest = time.monotonic() - t0
             flushed = job.flush_open_windows()
             metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
@@ -175,16 +181,26 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         spark.stop()
 
 
-def _stop_before_the_end(q: Any, job: Any, s: Settings, stop: StopSignal) -> None:
+def _stop_before_the_end(q: Any, job: Any, s: Settings, stop: StopSignal, *, may_end: bool) -> None:
     """A signal came before a run-to-the-end query was done: stop it between micro-batches, then raise
-    StopRequested (or the query's own failure, if its last batch failed meanwhile)."""
+    StopRequested, or the query's own failure if its last batch failed meanwhile. `may_end`: the query is the
+    drain, which ends by itself after its last batch; if it did so while we waited, this returns (the run goes on
+    to write the still-open windows). A continuous query that ended by itself is a failure."""
     log.info("stopping: letting the running micro-batch finish (up to %.0fs)", s.stop_grace_s)
     _quiet_interrupted_callbacks()
     if _stop_between_batches(q, s.stop_grace_s):
         _raise_if_failed(q)
+        if may_end:
+            log.info("the topic was drained meanwhile: finishing the run")
+            return
         raise RuntimeError(f"streaming query {q.name} ended by itself while stopping")
     assert stop.signum is not None
-    raise StopRequested(stop.signum, job.accounting()["lines"])
+    try:
+        lines: int | None = job.accounting()["lines"]
+    except Exception as exc:  # noqa: BLE001 (the stop is what matters; the count is a courtesy)
+        log.warning("could not count the committed lines: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        lines = None
+    raise StopRequested(stop.signum, lines)
 
 
 def check_until_idle(s: Settings, until_idle_s: float | None) -> None:

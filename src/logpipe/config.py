@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     # ---- topics and paths -------------------------------------------------------------------------
     topic: str = "access-logs"
     alerts_topic: str = "alerts"
-    quarantine_topic: str = Field("access-logs-quarantine", description="producer side: lines too large for Kafka")
     # One partition keeps the log's order: with several, partitions drift apart in event time (the producer's
     # sticky partitioner), and a micro-batch reading ahead in one partition makes rows of the other "late".
     # Spark still reads it with several tasks (kafka_read_tasks splits the offset range).
@@ -82,10 +81,15 @@ class Settings(BaseSettings):
         if not ok:
             raise ValueError("must be max, realtime or a positive factor (e.g. 10)")
         return v
-    max_message_bytes: int = Field(1_000_000, description="lines larger than this go to the quarantine topic")
+    max_message_bytes: int = Field(
+        1_000_000,
+        description="a longer line is sent as a too_large record (its first 16 KB), which the job quarantines")
     producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
     producer_connect_timeout_s: float = Field(30.0, description="give up reaching the broker after this long")
     producer_checkpoint_s: float = Field(1.0, description="flush and save the position at least this often")
+    rotate_grace_s: float = Field(
+        1.0, gt=0, description="--follow: a log rotated away is read until it has had no new bytes this long (its "
+        "writer appends to it until it reopens the log); then its last line is final and the new file is followed")
 
     # ---- streaming job ----------------------------------------------------------------------------
     connect_timeout_s: float = Field(60.0, description="the job gives up waiting for Kafka or HDFS after this long")

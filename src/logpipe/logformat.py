@@ -36,7 +36,9 @@ BAD_TIMESTAMP = "bad_timestamp"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 BAD_STATUS = "bad_status"
 BAD_BYTES = "bad_bytes"
-REASONS = (EMPTY, INVALID_UTF8, NO_MATCH, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, BAD_STATUS, BAD_BYTES)
+# not a parse outcome: the producer sends a line over the Kafka message limit as a too_large record (logpipe.record)
+TOO_LARGE = "too_large"
+REASONS = (EMPTY, INVALID_UTF8, NO_MATCH, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, BAD_STATUS, BAD_BYTES, TOO_LARGE)
 
 # A quoted field: anything but an unescaped quote (backslash escapes allowed, as Apache writes them).
 # `[^\n]` rather than `.` after a backslash: Java's `.` also refuses \r, \u0085, \u2028, \u2029; Python's does not.

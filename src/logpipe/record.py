@@ -1,10 +1,23 @@
-"""The Kafka record of one log line: the value is the raw line, the key its source position `lp:<src>:<off>`."""
+"""The Kafka record of one log line: the value is the raw line, the key its source position `lp:<src>:<off>`.
+A line too large for a Kafka record is sent as a `too_large` record instead (too_large_value)."""
 
 from __future__ import annotations
 
 KEY_PREFIX = "lp:"
 # `KEY_FORMAT % (src, off)`: the producer's hot loop formats the key inline, without a function call per line
 KEY_FORMAT = b"lp:%s:%d"
+
+
+# A line over the Kafka message limit: the value is this prefix, the line's length in bytes, a NUL, and the line's
+# first TOO_LARGE_HEAD_BYTES bytes. No log line starts with a NUL (a line holding one never parses), so the stream
+# tells it from a line, and quarantines it with the reason `too_large`.
+TOO_LARGE_PREFIX = b"\x00logpipe:too_large:"
+TOO_LARGE_HEAD_BYTES = 16 << 10
+
+
+def too_large_value(head: bytes, length: int) -> bytes:
+    """The record value standing for a line of `length` bytes too large for Kafka, of which `head` is the start."""
+    return TOO_LARGE_PREFIX + str(length).encode() + b"\x00" + head[:TOO_LARGE_HEAD_BYTES]
 
 
 def record_key(src: bytes, off: int) -> bytes:

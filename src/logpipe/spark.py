@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,9 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
         time.tzset()
     os.environ.setdefault("HADOOP_USER_NAME", s.hdfs_user_name)
     os.environ.setdefault("SPARK_LOCAL_IP", s.bind_host)  # every Spark socket on loopback, not the first NIC
+    # Spark's Python workers (a DataFrame made from Python rows is unpickled by one) run this interpreter, not
+    # whatever `python3` is first on PATH, which may be another version than the driver's (Spark refuses that)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for k, v in {**spark_conf(s, app_name, kafka=kafka), **(extra or {})}.items():
         builder = builder.config(k, v)

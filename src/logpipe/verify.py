@@ -128,9 +128,11 @@ class _WindowCounter:
         return KeyedCounts(self.key, ws, code, counts.astype(np.int64), list(self.codes))
 
 
-def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False) -> BatchCounts:
-    """Parse every line with the reference parser and count per (window, host) and (window, status)."""
-    from logpipe.logformat import MIN_TIME
+def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
+              max_line_bytes: int | None = None) -> BatchCounts:
+    """Parse every line with the reference parser and count per (window, host) and (window, status). A line over
+    `max_line_bytes` (without its newline) is quarantined as too_large, as the producer sends it."""
+    from logpipe.logformat import MIN_TIME, TOO_LARGE
 
     out = BatchCounts()
     base = int(MIN_TIME.timestamp()) - size_s  # every parsed timestamp is >= MIN_TIME
@@ -148,6 +150,9 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False) -> 
     with path.open("rb") as f:
         for raw in f:
             out.lines += 1
+            if max_line_bytes is not None and len(raw) - raw.endswith(b"\n") > max_line_bytes:
+                out.quarantined_by_reason[TOO_LARGE] = out.quarantined_by_reason.get(TOO_LARGE, 0) + 1
+                continue
             r = try_parse_line(raw)
             if isinstance(r, str):
                 out.quarantined_by_reason[r] = out.quarantined_by_reason.get(r, 0) + 1
@@ -300,10 +305,30 @@ def check_alerts(c: BatchCounts, alerts: pd.DataFrame, s: Settings) -> dict[str,
     st = c.by_status.assign(key=c.by_status.http_response.astype(str))
     extra_surge = extra[extra.rule == "failure_surge"].merge(st, on=["window_start", "key"], how="left")
     unexplained = int((extra.rule == "rate_limit").sum() + (extra_surge["count"].fillna(0) < s.surge_min_count).sum())
+    off_rule = alert_rows_off_rule(c, alerts, s)
     return {"expected": int(len(exp)), "raised": int(len(act)), "missing": int(len(missing)),
             "duplicates": dups, "transient_surges": int(len(extra)) - unexplained, "unexplained": unexplained,
-            "ok": not (len(missing) or dups or unexplained),
+            "off_rule": off_rule, "ok": not (len(missing) or dups or unexplained or off_rule),
             "examples_missing": json.loads(missing.drop(columns="_merge").head(10).to_json(orient="records"))}
+
+
+def alert_rows_off_rule(c: BatchCounts, alerts: pd.DataFrame, s: Settings) -> int:
+    """Raised alerts whose own figures break their rule: a count under the threshold, a surge's share under the
+    minimum, or a count over the window's final count (a window's running count only grows)."""
+    if not len(alerts):
+        return 0
+    a = alerts.assign(window_start=_epoch_s(alerts.window_start))
+    final_host = c.host.frame(c.host.count >= s.rate_limit_ceiling)
+    final_host = pd.DataFrame({"window_start": final_host.window_start, "key": final_host.host.astype(str),
+                               "final": final_host["count"]})
+    rate = a[a.rule == "rate_limit"].merge(final_host, on=["window_start", "key"], how="left")
+    final_status = pd.DataFrame({"window_start": c.by_status.window_start,
+                                 "key": c.by_status.http_response.astype(str), "final": c.by_status["count"]})
+    surge = a[a.rule == "failure_surge"].merge(final_status, on=["window_start", "key"], how="left")
+    bad_rate = (rate["count"] < s.rate_limit_ceiling) | ~(rate["count"] <= rate["final"])  # NaN final: no window
+    bad_surge = ((surge["count"] < s.surge_min_count) | ~(surge["share"] >= s.surge_min_share - 1e-12)
+                 | ~(surge["count"] <= surge["final"]))
+    return int(bad_rate.sum() + bad_surge.sum())
 
 
 def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int) -> dict[str, Any]:
@@ -340,6 +365,72 @@ def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int
             "incidents": incidents}
 
 
+def _batch_of(path: str) -> tuple[str, int] | None:
+    """('b', id) for a micro-batch's file `b<id>-NNNNN.parquet`, ('f', id) for the flush after batch id; None for
+    anything else (Spark's _SUCCESS, staging)."""
+    name = path.rsplit("/", 1)[-1]
+    head = name.split("-", 1)[0]
+    if "/_" in path or "/." in path or not name.endswith(".parquet") or head[:1] not in ("b", "f") or not head[1:].isdigit():
+        return None
+    return head[0], int(head[1:])
+
+
+def _newest_per_file(s: Settings, table: str, column: str, fs: Any) -> dict[tuple[str, int], int]:
+    """The newest `column` (a timestamp, as epoch seconds) of each batch's and flush's files of `table`."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    path = s.hdfs_path(table)
+    files = [f for f in (fs.find(path) if fs.exists(path) else []) if _batch_of(f)]
+    out: dict[tuple[str, int], int] = {}
+    if not files:
+        return out
+    scanner = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive",
+                         partition_base_dir=path).scanner(columns=[column, "__filename"])
+    for rb in scanner.to_batches():  # each record batch comes from one file
+        values = rb.column(0).filter(pc.is_valid(rb.column(0)))
+        if len(values):
+            tag = _batch_of(rb.column(1)[0].as_py())
+            assert tag is not None
+            newest = int(_epoch_s_arrow(values).max())
+            out[tag] = max(out.get(tag, newest), newest)
+    return out
+
+
+def check_late_rows(s: Settings, fs: Any) -> dict[str, Any]:
+    """Every row in late/ is behind the horizon of the micro-batch that wrote it, recomputed from the tables alone:
+    the newest event time in events/ and late/ of the batches before it minus the watermark, or, if later, the end
+    of the windows a flush (`--until-done`) wrote before it. verify takes the late rows out of its own counts, so a
+    job that called on-time rows late would still match the windows; it does not pass this."""
+    import pyarrow.parquet as pq
+
+    watermark_s = duration_seconds(s.watermark)
+    newest: dict[int, int] = {}
+    for table in ("events", "late"):
+        for (kind, bid), ts in _newest_per_file(s, table, "timestamp", fs).items():
+            if kind == "b":
+                newest[bid] = max(newest.get(bid, ts), ts)
+    floors: dict[int, int] = {}
+    for table in ("windows/by_host", "windows/by_status"):
+        for (kind, bid), end in _newest_per_file(s, table, "window_end", fs).items():
+            if kind == "f":
+                floors[bid] = max(floors.get(bid, end), end)
+    late_rows = ahead = 0
+    path = s.hdfs_path("late")
+    for f in (fs.find(path) if fs.exists(path) else []):
+        tag = _batch_of(f)
+        if tag is None:
+            continue
+        with fs.open(f, "rb") as fh:
+            ts = _epoch_s_arrow(pq.read_table(fh, columns=["timestamp"]).column("timestamp"))
+        before = [t - watermark_s for b, t in newest.items() if b < tag[1]]
+        before += [end for b, end in floors.items() if b < tag[1]]
+        horizon = max(before) if before else None
+        late_rows += len(ts)
+        ahead += len(ts) if horizon is None else int((ts >= horizon).sum())
+    return {"late_rows": late_rows, "not_behind_horizon": ahead, "ok": ahead == 0}
+
+
 @dataclass
 class VerifyReport:
     ok: bool
@@ -365,7 +456,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
 
     t0 = time.monotonic()
     size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
-    counts = count_log(log_path, size_s, slide_s, progress=progress)
+    counts = count_log(log_path, size_s, slide_s, progress=progress, max_line_bytes=s.max_message_bytes)
     fs = webhdfs_fs(s)
     # the job's source lines, each table read once: events/ (each line at most once) and late/ (a line sent again
     # after it had left the horizon is kept there as well)
@@ -413,9 +504,11 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
            "late_lines_excluded": n_late_lines, "late_not_in_log": late_unmatched}
     # every parsed line of the file in events/ or late/, none twice in events/; every other line quarantined with
     # the reference parser's reason
+    acc["late_check"] = check_late_rows(s, fs)
     acc["ok"] = (acc["job_parsed_unique"] == counts.parsed and acc["job_event_rows"] == acc["job_event_lines"]
                  and acc["job_quarantined_unique"] == acc["quarantined"]
-                 and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0)
+                 and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0
+                 and acc["late_check"]["ok"])
     alerts = load_table(s, "alerts", fs=fs)
     alert_check = check_alerts(counts, alerts, s)
     truth = None

@@ -1,7 +1,8 @@
-"""Fixtures of the end-to-end tests: real pipeline results (generate -> produce -> stream) in a unique topic/root."""
+"""Fixtures of the end-to-end tests: real pipeline results (`logpipe demo`) in a unique topic and HDFS root."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import pytest
 
 from logpipe.config import PROJECT_ROOT, Settings
 
-PIPELINE_COMMANDS = ("generate", "produce", "stream")
-DEMO_LINES = 60_000  # ~10 minutes of log time at the generator's default rate, with its planted incidents
+PIPELINE_COMMANDS = ("demo", "generate", "produce", "stream", "verify")
+DEMO_SIZE = "7MB"  # ~60,000 lines, ~10 minutes of log time at the generator's default rate, with planted incidents
 
 
 @dataclass(frozen=True)
@@ -49,24 +50,30 @@ def _step(name: str, args: list[str], env: dict[str, str], log_dir: Path, timeou
 
 @pytest.fixture(scope="session")
 def demo_results(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoResults]:
-    """Real results on HDFS: `logpipe generate`, `logpipe produce`, `logpipe stream --until-done`, in that order,
-    into a unique Kafka topic and HDFS root (the shared stack's /logpipe is never touched)."""
+    """Real results on HDFS from the README's main job, `logpipe demo` (stack up, generate a sample, produce,
+    stream --until-done, verify, summary), into a unique Kafka topic, alerts topic and HDFS root (the shared
+    stack's /logpipe is never touched). Its summary must say that verify was exact and account for every line."""
     missing = _missing_commands()
     if missing:
         pytest.fail("demo_results needs the pipeline commands " + ", ".join(f"`logpipe {c}`" for c in missing)
                     + " which this checkout does not have yet (src/logpipe/commands/); no results, no test")
     unique = uuid.uuid4().hex[:10]
-    s = stack.with_overrides(topic=f"e2e-{unique}", hdfs_root=f"/tests/e2e-{unique}")
+    s = stack.with_overrides(topic=f"e2e-{unique}", alerts_topic=f"alerts-{unique}", hdfs_root=f"/tests/e2e-{unique}")
     work = tmp_path_factory.mktemp("demo-results")
-    log = work / "access.log"
-    env = {**os.environ, "LOGPIPE_TOPIC": s.topic, "LOGPIPE_HDFS_ROOT": s.hdfs_root,
-           "LOGPIPE_PRODUCER_STATE_DIR": str(work / "producer-state")}
-    seconds = {
-        "generate": _step("generate", ["generate", "--lines", str(DEMO_LINES), "--seed", "11", "--out", str(log)],
-                          env, work, timeout=300),
-        "produce": _step("produce", ["produce", str(log)], env, work, timeout=600),
-        "stream": _step("stream", ["stream", "--until-done"], env, work, timeout=1200),
-    }
+    log = work / "access.log"  # missing: the demo generates it
+    env = {**os.environ, "LOGPIPE_TOPIC": s.topic, "LOGPIPE_ALERTS_TOPIC": s.alerts_topic,
+           "LOGPIPE_HDFS_ROOT": s.hdfs_root, "LOGPIPE_PRODUCER_STATE_DIR": str(work / "producer-state")}
+    report = work / "verify.json"
+    seconds = {"demo": _step("demo", ["demo", "--log", str(log), "--size", DEMO_SIZE, "--seed", "11",
+                                      "--report", str(report)], env, work, timeout=1800)}
+    truth = json.loads(log.with_name(log.name + ".truth.json").read_text())
+    verified = json.loads(report.read_text())
+    assert verified["ok"] and verified["accounting"]["lines"] == truth["total_lines"] > 50_000, verified
+    assert verified["truth"]["recall"] == 1.0 and verified["truth"]["false_positives"] == 0, verified["truth"]
+    summary = (work / "demo.log").read_text(errors="replace")
+    acc = verified["accounting"]
+    assert "verify: exact" in summary and (f"lines read {acc['lines']:,} = parsed {acc['parsed']:,} + quarantined "
+                                           f"{acc['quarantined']:,}") in summary, summary[-3000:]
     yield DemoResults(settings=s, log=log, seconds=seconds)
     if os.environ.get("LOGPIPE_KEEP_RESULTS") != "1":  # keep them for a look with LOGPIPE_KEEP_RESULTS=1
         from hdfs import InsecureClient

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def run_env(stack, unique: str, tmp_path: Path) -> dict[str, str]:
 
 def verify(env: dict[str, str], log: Path, out: Path) -> dict:
     r = logpipe(env, "verify", "--log", str(log), "--json", str(out))
+    assert out.is_file(), f"verify wrote no report (exit {r.returncode}):\n{r.stderr[-3000:]}"
     report = json.loads(out.read_text())
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     return report
@@ -53,6 +55,9 @@ def test_million_lines_exact(stack, unique, tmp_path):
     assert metrics["lines"] == E2E_LINES
     assert metrics["parsed"] + metrics["quarantined"] == E2E_LINES
     assert metrics["quarantined"] == truth["malformed_lines"]
+    # the generator moves lines up to 10 s back, within the 30 s watermark, and one partition keeps file order:
+    # none is late (verify takes late lines out of its counts, so a job calling on-time lines late is caught here)
+    assert metrics["late"] == 0 and truth["out_of_order_lines"] > 0
     report = verify(env, log, tmp_path / "verify.json")
     assert report["ok"]
     assert report["windows_compared"] > 1000
@@ -78,15 +83,22 @@ def test_restart_after_kill9_is_exact(stack, unique, tmp_path):
     assert logpipe(env, "produce", str(log), "--client", "confluent").returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "logpipe", "stream"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # a job that hangs without output is killed after 600 s: its output then ends and the test fails below
+    watchdog = threading.Timer(600, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    watchdog.start()
     seen = []
-    deadline = time.monotonic() + 600
-    for line in proc.stdout:  # wait until a few batches are committed, then kill the whole process group
-        seen.append(line)
-        if "ingest  batch 3:" in line:
-            break
-        assert time.monotonic() < deadline, "".join(seen[-30:])
+    try:
+        for line in proc.stdout:  # wait until a few batches are committed, then kill the whole process group
+            seen.append(line)
+            if "ingest  batch 3:" in line:
+                break
+    finally:
+        watchdog.cancel()
+    alive = proc.poll() is None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the kill landed mid-stream: batch 3 was committed (of the 10 the 200,000 lines need) and the job still ran
+    assert alive and "ingest  batch 3:" in seen[-1], "".join(seen[-30:])
     # the restart drains the rest in large batches (the batch planned before the kill keeps its logged offsets)
     r = logpipe({**env, "LOGPIPE_MAX_OFFSETS_PER_TRIGGER": "500000"}, "stream", "--until-done")
     assert r.returncode == 0, r.stderr[-5000:]
@@ -113,36 +125,41 @@ def test_restarted_producer_duplicates_are_dropped(stack, unique, tmp_path):
     assert metrics["duplicates_dropped"] + metrics["late"] >= 100000 - report["accounting"]["quarantined"]
 
 
-def test_a_log_out_of_order_beyond_the_watermark_verifies(stack, unique, tmp_path):
+def test_a_log_out_of_order_beyond_the_watermark_and_a_line_too_large_for_kafka_verify(stack, unique, tmp_path):
     """Lines minutes older than their neighbours (a merged log): the job keeps them out of its windows as late;
-    `verify` takes them out of its batch counts too and is exact, reporting how many it took out."""
+    `verify` takes them out of its batch counts too and is exact, reporting how many it took out. A line over the
+    Kafka message limit (one that would parse) is quarantined as too_large, and verify counts it so."""
     from datetime import datetime, timedelta, timezone
 
     from logpipe import logformat as lf
 
     log = tmp_path / "access.log"
     # several micro-batches: lines are late against the watermark of the batches before theirs
-    env = {**run_env(stack, unique, tmp_path), "LOGPIPE_MAX_OFFSETS_PER_TRIGGER": "4000"}
+    env = {**run_env(stack, unique, tmp_path), "LOGPIPE_MAX_OFFSETS_PER_TRIGGER": "4000",
+           "LOGPIPE_MAX_MESSAGE_BYTES": "10000"}
     assert logpipe(env, "generate", "--lines", "8000", "--seed", "9", "--out", str(log)).returncode == 0
     start = datetime(2004, 5, 18, tzinfo=timezone.utc)
     late = [lf.format_line(f"10.9.9.{i % 3}", start + timedelta(seconds=i), "GET /late HTTP/1.1",
                            404 if i % 2 else 200, 5).encode() for i in range(40)]
+    huge = lf.format_line("10.9.9.9", start + timedelta(hours=1), "GET /" + "a" * 20_000 + " HTTP/1.1", 200, 5)
+    assert not isinstance(lf.try_parse_line(huge.encode()), str)  # it parses: only its size quarantines it
     with log.open("ab") as f:
-        f.write(b"\n".join(late) + b"\n")
-    assert logpipe(env, "produce", str(log)).returncode == 0
+        f.write(b"\n".join(late) + b"\n" + huge.encode() + b"\n")
+    r = logpipe(env, "produce", str(log))
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["quarantined"] == 1, r.stderr[-3000:]
     r = logpipe(env, "stream", "--until-done")
     assert r.returncode == 0, r.stderr[-5000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1])["late"] == 40
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    assert metrics["late"] == 40 and metrics["quarantined_by_reason"].get("too_large") == 1, metrics
     report = verify(env, log, tmp_path / "verify.json")
     assert report["ok"] and report["accounting"]["late_lines_excluded"] == 40
+    assert report["accounting"]["quarantined_by_reason"]["too_large"] == 1
     assert report["windows_compared"] > 1000
 
 
 def test_stream_until_idle_follows_a_running_producer(stack, unique, tmp_path):
     """`stream --until-idle` started before anything exists: it waits for the topic, then for the first records
     (longer than its idle time), processes them in micro-batches, finishes by itself once none arrive, exact."""
-    import threading
-
     from logpipe.producer.run import ensure_topic
 
     log = tmp_path / "access.log"

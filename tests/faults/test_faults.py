@@ -104,6 +104,7 @@ def _finish_and_verify(env: dict[str, str], log: Path, tmp_path: Path, lines: in
     assert metrics["lines"] == lines == metrics["parsed"] + metrics["quarantined"]
     out = tmp_path / "verify.json"
     r = _logpipe(env, "verify", "--log", str(log), "--json", str(out))
+    assert out.is_file(), f"verify wrote no report (exit {r.returncode}):\n{r.stderr[-3000:]}"
     report = json.loads(out.read_text())
     assert r.returncode == 0 and report["ok"], r.stdout[-4000:] + r.stderr[-2000:]
     acc = report["accounting"]

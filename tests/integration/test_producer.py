@@ -161,17 +161,23 @@ def test_follow_rotation_and_truncation(stack, unique, tmp_path):
     assert len(got) == len(want)
 
 
-def test_oversize_line_goes_to_quarantine_topic(stack, unique, tmp_path):
+def test_an_oversize_line_is_sent_as_a_too_large_record_in_its_place(stack, unique, tmp_path):
+    """A line over the Kafka limit goes to the same topic, at its own source position, as the too_large stand-in:
+    its length and its first 16 KB (the job quarantines it)."""
+    from logpipe.record import too_large_value
+
     log = tmp_path / "o.log"
-    log.write_bytes(b"small one\n" + b"x" * 50_000 + b"\nsmall two\n")
-    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_MESSAGE_BYTES="10000",
-               LOGPIPE_QUARANTINE_TOPIC=f"q-{unique}")
+    big = b"x" * 50_000
+    log.write_bytes(b"small one\n" + big + b"\nsmall two\n")
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_MESSAGE_BYTES="10000")
     r = _produce(env, str(log))
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
-    assert (s["lines"], s["records"], s["quarantined"]) == (3, 2, 1)
-    q = _consume(stack, f"q-{unique}", 1, records=True)
-    assert dict(q[0].headers) == {"reason": b"too_large", "length": b"50000"} and parse_record_key(q[0].key)[1] == 10
+    assert (s["lines"], s["records"], s["quarantined"]) == (3, 3, 1)
+    got = dict(_consume(stack, env["LOGPIPE_TOPIC"], 3))
+    assert {off: v for (_, off), v in got.items()} == {0: b"small one", 10: too_large_value(big, 50_000),
+                                                       50_011: b"small two"}
+    assert got[next(k for k in got if k[1] == 10)].startswith(b"\x00logpipe:too_large:50000\x00xxx")
 
 
 def test_missing_file_exits_2(stack, tmp_path, unique):
@@ -222,7 +228,7 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
     def follow_briefly() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(5)
+        time.sleep(6)  # start, finish a rotated file (it has not grown for rotate_grace_s), follow the new one
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err[-2000:]

@@ -249,6 +249,45 @@ def test_until_done_is_exact(job_settings: Settings):
     metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="25000", LOGPIPE_EVENTS_REQUEST_PARTS="true")
     assert metrics["flushed_window_rows"] > 0  # the last windows came from the carried open-window state
     check_results(job_settings, sent, metrics, request_parts=True)
+    check_alerts_fire_before_their_window_closes(job_settings)
+
+
+def _rows_by_batch(s: Settings, table: str, columns: list[str]) -> dict[tuple, tuple[int, int]]:
+    """Each row of `table` (its `columns`) -> the micro-batch that wrote it, as (batch id, 0) for a batch's files
+    (b<id>-...) and (batch id, 1) for the --until-done flush after that batch (f<id>-...)."""
+    import pyarrow.parquet as pq
+
+    from logpipe.results import webhdfs_fs
+
+    fs = webhdfs_fs(s)
+    out: dict[tuple, tuple[int, int]] = {}
+    for f in fs.find(s.hdfs_path(table)):
+        name = f.rsplit("/", 1)[-1]
+        if not name.endswith(".parquet") or "/_" in f:
+            continue
+        when = (int(name[1:].split("-", 1)[0]), 0 if name.startswith("b") else 1)
+        with fs.open(f, "rb") as fh:
+            rows = pq.read_table(fh, columns=columns).to_pylist()
+        for r in rows:
+            key = tuple(r[c] for c in columns)
+            assert key not in out, f"{table}: {key} written twice"
+            out[key] = when
+    return out
+
+
+def check_alerts_fire_before_their_window_closes(s: Settings) -> None:
+    """An alert is written (and sent) by the micro-batch whose rows cross the threshold, never after its window's
+    final count, and, for a window that stays open past that batch, before it."""
+    alerts = _rows_by_batch(s, "alerts", ["rule", "key", "window_start"])
+    final = {(RATE_LIMIT, str(host), start): when
+             for (start, host), when in _rows_by_batch(s, "windows/by_host", ["window_start", "host"]).items()}
+    final.update({(FAILURE_SURGE, str(code), start): when for (start, code), when in
+                  _rows_by_batch(s, "windows/by_status", ["window_start", "http_response"]).items()})
+    assert alerts and all(k in final for k in alerts), "an alert for a window that has no final count"
+    assert all(when <= final[k] for k, when in alerts.items()), "an alert written after its window was final"
+    early = [k for k, when in alerts.items() if when < final[k]]
+    # the rate-limit burst's windows are still open after the batch that holds the burst (25,000 records a batch)
+    assert RATE_LIMIT in {r for r, _, _ in early}, f"no rate-limit alert fired before its window closed: {alerts}"
 
 
 @pytest.mark.faults

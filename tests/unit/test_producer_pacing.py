@@ -36,3 +36,19 @@ def test_max_never_waits_and_garbage_is_ignored():
 def test_bad_speed_refused(bad):
     with pytest.raises(ValueError):
         Pacer(bad)
+
+
+def test_a_stop_ends_a_long_wait_at_once():
+    """Ctrl-C / SIGTERM set the stop: a paced replay must not sleep out the log time first (here 59 s)."""
+    import threading
+
+    stop = threading.Event()
+    p = Pacer("realtime", stop)
+    p.wait(_line(0))
+    threading.Timer(0.2, stop.set).start()
+    t = time.monotonic()
+    p.wait(_line(59))
+    assert stop.is_set() and time.monotonic() - t < 5
+    t = time.monotonic()
+    p.wait(_line(59))  # once stopped, no more waits
+    assert time.monotonic() - t < 0.05

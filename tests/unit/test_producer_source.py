@@ -49,14 +49,43 @@ def test_a_stop_while_finishing_a_rotated_file_keeps_its_unterminated_tail(tmp_p
 def test_a_rotated_file_read_to_its_end_sends_its_unterminated_tail(tmp_path):
     """Without a stop, the rotated file's end is definite: its unterminated tail is its last line."""
     log, store = _rotated_while_stopped(tmp_path, b"one\n", b"two\nlast")
-    source = LogSource(str(log), store, follow=True, poll_interval=0.01)
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.05)
     source.open()
-    lines = []
-    for item in source.blocks():
-        if not hasattr(item, "lines"):  # IDLE: everything available was read
-            break
-        lines += item.lines
-    assert lines == [b"two", b"last", b"new"]
+    assert _lines_until(source.blocks(), b"new") == [b"two", b"last", b"new"]
+    source.close()
+
+
+def _lines_until(blocks, last: bytes, timeout: float = 10.0) -> list[bytes]:
+    """The lines of `blocks` (IDLE waits skipped) up to and including the line `last`."""
+    import time
+
+    lines: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    for item in blocks:
+        lines += getattr(item, "lines", [])
+        if last in lines or time.monotonic() > deadline:
+            return lines
+    return lines
+
+
+def test_a_file_rotated_away_is_read_until_its_writer_stops_appending(tmp_path):
+    """logrotate's `create`: the log is renamed and a new one created, but the writer appends to the renamed file
+    until it reopens its log. Those lines, and the line it was half-way through, are read from the old file before
+    the new one; nothing is cut in two."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"one\npart")
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
+                       rotate_grace_s=0.5)
+    source.open()
+    blocks = source.blocks()
+    assert next(blocks).lines == [b"one"]
+    assert not hasattr(next(blocks), "lines")  # IDLE: "part" waits for its newline
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"new\n")
+    assert not hasattr(next(blocks), "lines")  # the rotation is seen; the old file is still read
+    with (tmp_path / "live.log.1").open("ab") as f:
+        f.write(b"ial line\nthree\n")  # the writer has not reopened its log yet
+    assert _lines_until(blocks, b"new") == [b"partial line", b"three", b"new"]
     source.close()
 
 

@@ -22,11 +22,17 @@ spark.stop()
 """
 
 
-def test_collected_timestamps_round_trip_in_utc_in_a_zone_with_daylight_saving() -> None:
+def test_collected_timestamps_round_trip_in_utc_in_a_zone_with_daylight_saving(tmp_path) -> None:
     """The job stores collected times (the late cutoff, flushed window ends) and sends alert rows back to Spark;
-    in Europe/Berlin, at the end of summer time, PySpark's local-time conversions would move them by hours."""
-    r = subprocess.run([sys.executable, "-c", ROUND_TRIP], env={**os.environ, "TZ": "Europe/Berlin"},
-                       capture_output=True, text=True, timeout=300)
+    in Europe/Berlin, at the end of summer time, PySpark's local-time conversions would move them by hours.
+    Rows made in Python are unpickled by a Spark Python worker: it runs the driver's interpreter, not the
+    `python3` first on PATH (here one that fails, as another Python version would)."""
+    shim = tmp_path / "python3"
+    shim.write_text("#!/bin/sh\necho 'the python3 on PATH ran' >&2\nexit 3\n")
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    env.update(TZ="Europe/Berlin", PATH=f"{tmp_path}:{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-c", ROUND_TRIP], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split()[-2:] == ["2024-10-27T00:30:00", "2024-10-27T00:30:00"]
 

@@ -95,6 +95,11 @@ def test_with_cutoff_adds_the_cutoff_to_every_row_once(local_spark):
     for cutoff in (None, T):
         got = with_cutoff(df, cutoff).collect()
         assert [r["_cutoff"] for r in got] == [cutoff] * 3
+    # the cutoff stays a column of a local table: not folded into the query as a literal (generated code would
+    # differ every batch), and no Python rows to unpickle (a job with a Python worker per broadcast)
+    rows = local_spark.range(10).selectExpr("timestamp_seconds(id) AS timestamp")
+    plan = with_cutoff(rows, T).where("timestamp < _cutoff")._jdf.queryExecution().optimizedPlan().toString()
+    assert "< _cutoff#" in plan and "LocalRelation" in plan and "LogicalRDD" not in plan, plan
 
 
 OPEN = "grain STRING, window_start TIMESTAMP, window_end TIMESTAMP, host STRING, http_response INT, count BIGINT"

@@ -77,6 +77,12 @@ BAD = [
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\x00 HTTP/1.1" 200 1',  # NUL
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1\xc2\x85',  # NEL at the end (Java $ trap)
     b'1.2.3.4  - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',    # double space
+    # bytes Python's strict UTF-8 decoder refuses: the JVM's check must refuse them too
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\xed\xa0\x80 HTTP/1.1" 200 1',  # a UTF-16 surrogate (CESU-8)
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\xc0\x80 HTTP/1.1" 200 1',      # overlong NUL (modified UTF-8)
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\xe0\x80\xaf HTTP/1.1" 200 1',  # overlong '/'
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\xf4\x90\x80\x80 HTTP/1.1" 200 1',  # past U+10FFFF
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\xe2\x82 HTTP/1.1" 200 1',      # a truncated sequence
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1' + b"x" * 1_000_000,
 ]
 
@@ -118,6 +124,7 @@ def local_spark():
 
 def test_good_lines_parse_identically(local_spark):
     got = _spark_parse(local_spark, GOOD)
+    assert len(got) == len(GOOD), "a line was dropped or added by the parse"
     for raw, g in zip(GOOD, got):
         assert g[0] is None, (raw, g)
         assert g == _reference(raw), raw
@@ -125,6 +132,7 @@ def test_good_lines_parse_identically(local_spark):
 
 def test_bad_lines_quarantined_with_the_same_reason(local_spark):
     got = _spark_parse(local_spark, BAD)
+    assert len(got) == len(BAD), "a line was dropped or added by the parse"
     for raw, g in zip(BAD, got):
         ref = _reference(raw)
         assert ref[0] is not None, f"reference parser accepts {raw[:80]!r}"
@@ -160,6 +168,20 @@ _line_chars = st.sampled_from(list(b' -"[]:/\\+\t\r\n\x0b\x0c\x00\x85\xc2\xff012
 ), min_size=1, max_size=30))
 def test_parsers_agree_on_arbitrary_input(local_spark, lines):
     assert _spark_parse(local_spark, lines) == [_reference(x) for x in lines]
+
+
+def test_a_too_large_record_is_quarantined_as_too_large(local_spark):
+    """The producer's stand-in for a line over the Kafka limit; a line that merely starts with a NUL is malformed,
+    as the Python parser says."""
+    from logpipe.record import too_large_value
+
+    line = b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /' + b"\xff" * 30_000 + b' HTTP/1.1" 200 1'
+    values = [too_large_value(line, len(line)), too_large_value(b"", 5_000_000), b"\x00logpipe:too_larg",
+              b"\x00" + line[:40]]
+    got = [g[0] for g in _spark_parse(local_spark, values)]
+    assert got == ["too_large", "too_large", _reference(values[2])[0], _reference(values[3])[0]]
+    assert got[2:] == ["malformed", "malformed"]
+    assert len(values[0]) < 17_000
 
 
 def test_source_columns_read_the_producers_key_and_agree_with_python(local_spark):

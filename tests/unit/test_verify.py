@@ -72,6 +72,19 @@ def test_count_log_windows_and_accounting(tmp_path):
     assert totals == {-10: 1, 0: 3, 10: 2}
 
 
+def test_count_log_quarantines_lines_over_the_kafka_limit_as_the_producer_does(tmp_path):
+    """A line longer than max_message_bytes (without its newline) is too_large, even one that would parse."""
+    line = b'1.1.1.1 - - [2004-05-18 00:00:05] "GET /' + b"a" * 100 + b' HTTP/1.1" 200 1'
+    log = tmp_path / "a.log"
+    log.write_bytes(line + b"\n" + line + b"\r\n" + b"garbage" * 20 + b"\n")
+    c = count_log(log, 20, 10, max_line_bytes=len(line))
+    assert (c.lines, c.parsed, c.quarantined_by_reason) == (3, 1, {"too_large": 1, "malformed": 1})  # CR counts
+    c = count_log(log, 20, 10, max_line_bytes=len(line) + 1)
+    assert (c.parsed, c.quarantined_by_reason) == (2, {"malformed": 1})
+    c = count_log(log, 20, 10, max_line_bytes=100)
+    assert (c.parsed, c.quarantined_by_reason) == (0, {"too_large": 3})
+
+
 def test_without_late_leaves_the_counts_of_the_other_lines(tmp_path):
     """The job keeps late lines out of its windows: the file's counts less those lines' windows equal the
     counts of the file without them; a late line that is not in the log is reported."""
@@ -104,20 +117,42 @@ def _counts(host_rows, status_rows):
                            "http_response"))
 
 
+def _alerts(*rows: tuple) -> pd.DataFrame:
+    """Alerts table rows (rule, key, count, share), all for the window starting at 0."""
+    return pd.DataFrame([(rule, key, pd.Timestamp(0, unit="s", tz="UTC"), count, share)
+                         for rule, key, count, share in rows],
+                        columns=["rule", "key", "window_start", "count", "share"]).astype({"share": "float64"})
+
+
 def test_alert_rules_missing_duplicate_and_unbacked():
     s = Settings(rate_limit_ceiling=10, surge_min_count=5, surge_min_share=0.5)
     c = _counts([(0, "a", 12), (0, "b", 3)], [(0, 200, 8), (0, 404, 7)])
-    ts = pd.Timestamp(0, unit="s", tz="UTC")
-    good = pd.DataFrame({"rule": ["rate_limit"], "key": ["a"], "window_start": [ts]})
-    r = check_alerts(c, good, s)  # 404: 7 >= 5 but 7/15 < 0.5, so only the rate limit is expected
+    rate, surge = ("rate_limit", "a", 10, None), ("failure_surge", "404", 6, 6 / 14)  # surge: 6 of 14 failed
+    r = check_alerts(c, _alerts(rate), s)  # 404: 7 >= 5 but 7/15 < 0.5, so only the rate limit is expected
     assert r["ok"] and r["expected"] == 1 and r["missing"] == 0
     s2 = Settings(rate_limit_ceiling=10, surge_min_count=5, surge_min_share=0.4)
-    assert check_alerts(c, good, s2)["missing"] == 1           # the 404 surge was not raised
-    both = pd.concat([good, pd.DataFrame({"rule": ["failure_surge"], "key": ["404"], "window_start": [ts]})])
-    assert check_alerts(c, both, s2)["ok"]
-    assert check_alerts(c, pd.concat([both, good]), s2)["duplicates"] == 1
-    bogus = pd.concat([both, pd.DataFrame({"rule": ["rate_limit"], "key": ["b"], "window_start": [ts]})])
-    assert check_alerts(c, bogus, s2)["unexplained"] == 1
+    assert check_alerts(c, _alerts(rate), s2)["missing"] == 1           # the 404 surge was not raised
+    assert check_alerts(c, _alerts(rate, surge), s2)["ok"]
+    assert check_alerts(c, _alerts(rate, surge, rate), s2)["duplicates"] == 1
+    assert check_alerts(c, _alerts(rate, surge, ("rate_limit", "b", 10, None)), s2)["unexplained"] == 1
+
+
+@pytest.mark.parametrize("rule, count, share", [
+    ("rate_limit", 9, None),         # under the ceiling of 10
+    ("rate_limit", 13, None),        # more than the window's final 12
+    ("failure_surge", 4, 0.5),       # under the minimum count of 5
+    ("failure_surge", 6, 0.3),       # under the minimum share of 0.4 (a job that ignores the share rule)
+    ("failure_surge", 8, 0.6),       # more than the window's final 7
+])
+def test_an_alert_whose_own_figures_break_its_rule_fails(rule, count, share):
+    s = Settings(rate_limit_ceiling=10, surge_min_count=5, surge_min_share=0.4)
+    c = _counts([(0, "a", 12)], [(0, 200, 8), (0, 404, 7)])
+    alerts = _alerts(("rate_limit", "a", 10, None), ("failure_surge", "404", 5, 0.4))
+    assert check_alerts(c, alerts, s)["ok"]  # at the thresholds exactly: right
+    key = "a" if rule == "rate_limit" else "404"
+    alerts.loc[alerts.rule == rule, ["count", "share"]] = [count, share]
+    r = check_alerts(c, alerts, s)
+    assert r["off_rule"] == 1 and not r["ok"] and r["missing"] == 0, (key, r)
 
 
 def test_truth_scoring():
@@ -130,3 +165,37 @@ def test_truth_scoring():
     r = score_against_truth(alerts, truth, 20)
     assert r["recall"] == 0.5 and r["false_positives"] == 1 and r["precision"] == 0.5
     assert r["incidents"][0]["expected"][0]["delay_s"] == 100 + 20 - 90
+
+
+def test_late_rows_must_be_behind_the_horizon_of_their_batch(tmp_path):
+    """The horizon of batch b, from the tables alone: the newest event time (events/ and late/) of the batches
+    before b minus the watermark, or the end of the windows a flush wrote before b, whichever is later."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logpipe.verify import check_late_rows
+
+    t0 = 1_084_838_400
+    s = Settings(hdfs_root=str(tmp_path), watermark="30 seconds")
+
+    def write(table: str, name: str, column: str, seconds: list[int]) -> None:
+        folder = tmp_path / table
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({column: pa.array([(t0 + x) * 10**9 for x in seconds], pa.timestamp("ns"))}),
+                       folder / name)
+
+    write("events/date=2004-05-18", "b0000000000-00000.parquet", "timestamp", [0, 100, 50])
+    write("events/date=2004-05-18", "b0000000001-00000.parquet", "timestamp", [150, 200])
+    write("late", "b0000000001-00000.parquet", "timestamp", [60, 69])   # horizon 100 - 30 = 70: both late
+    write("windows/by_host", "f0000000001-00000.parquet", "window_end", [220, 210])  # a flush after batch 1
+    write("windows/by_host", "b0000000001-00000.parquet", "window_end", [400])        # not a flush: no floor
+    write("late", "b0000000002-00000.parquet", "timestamp", [215])      # behind the flush's 220 (not 200 - 30)
+    write("late/_staging/b0000000003", "part-0.parquet", "timestamp", [999])  # not committed: not read
+    fs = fsspec.filesystem("file")
+    assert check_late_rows(s, fs) == {"late_rows": 3, "not_behind_horizon": 0, "ok": True}
+    write("late", "b0000000001-00001.parquet", "timestamp", [70, 5])    # 70 is not before the horizon of 70
+    write("late", "b0000000000-00000.parquet", "timestamp", [1])        # nothing is late in the first batch
+    r = check_late_rows(s, fs)
+    assert (r["late_rows"], r["not_behind_horizon"], r["ok"]) == (6, 2, False)
+

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", default="40MB", help="size of the generated sample")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--client", choices=["kafka-python", "confluent"], default=None)
+    p.add_argument("--report", type=Path, default=None,
+                   help="where verify writes its JSON report (default: <run dir>/demo-verify.json)")
     add_setting_flags(p, "topic", "hdfs_root")
     p.set_defaults(func=run)
 
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     produce = ["produce", str(args.log)] + (["--client", args.client] if args.client else [])
     timings["produce"] = _step("produce", produce, env)
     timings["stream"] = _step("stream --until-done", ["stream", "--until-done"], env)
-    report_path = s.run_dir / "demo-verify.json"
+    report_path = args.report or s.run_dir / "demo-verify.json"
     timings["verify"] = _step("verify", ["verify", "--log", str(args.log), "--json", str(report_path)], env)
     print_summary(s, args.log, json.loads(report_path.read_text()), timings, time.monotonic() - t0)
     return 0

@@ -38,11 +38,24 @@ def run(args: argparse.Namespace) -> int:
     except InputFileError as exc:
         print(f"logpipe produce: {exc}", file=sys.stderr)
         return 2
+    except DeliveryError as exc:  # before RuntimeError, its base
+        print(f"logpipe produce: delivery failed: {exc}", file=sys.stderr)
+        return 1
     except (ServiceTimeout, RuntimeError) as exc:
         print(f"logpipe produce: {exc}", file=sys.stderr)
         return 1
-    except DeliveryError as exc:
-        print(f"logpipe produce: delivery failed: {exc}", file=sys.stderr)
+    except kafka_client_errors() as exc:
+        print(f"logpipe produce: the Kafka client failed: {exc!r}. Is the broker at {s.kafka_address} up and "
+              f"reachable (`logpipe stack status`, LOGPIPE_KAFKA_BOOTSTRAP)? The same command goes on from the last "
+              "saved position.", file=sys.stderr)
         return 1
     print(json.dumps(summary.as_dict()))
     return 0 if summary.errors == 0 else 1
+
+
+def kafka_client_errors() -> tuple[type[BaseException], ...]:
+    """The base exceptions of both Kafka clients (kafka-python's KafkaError, confluent-kafka's KafkaException)."""
+    from confluent_kafka import KafkaException
+    from kafka.errors import KafkaError
+
+    return (KafkaError, KafkaException)

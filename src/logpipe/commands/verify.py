@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from logpipe.cli import add_setting_flags, settings_from_args
+
+if TYPE_CHECKING:
+    from logpipe.config import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--lenient-truth", action="store_true",
                    help="report recall/precision against the truth file but do not fail on them")
-    add_setting_flags(p, "hdfs_root", "window", "slide", "rate_limit_ceiling", "surge_min_count", "surge_min_share")
+    add_setting_flags(p, "hdfs_root", "window", "slide", "rate_limit_ceiling", "surge_min_count", "surge_min_share",
+                      "max_message_bytes")
     p.set_defaults(func=run)
 
 
@@ -29,7 +34,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.log.is_file():
         print(f"logpipe verify: no such log file: {args.log}", file=sys.stderr)
         return 2
+    if args.truth is not None and not args.truth.is_file():
+        print(f"logpipe verify: no such truth file: {args.truth}", file=sys.stderr)
+        return 2
     s = settings_from_args(args)
+    problem = results_problem(s)  # before the minutes a large log's recount takes
+    if problem:
+        print(f"logpipe verify: {problem}", file=sys.stderr)
+        return 1
     r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -44,13 +56,15 @@ def run(args: argparse.Namespace) -> int:
               f"{a['quarantined']:,}; job: parsed {a['job_parsed_unique']:,} (in {a['job_event_rows']:,} event rows), "
               f"quarantined "
               f"{a['job_quarantined_unique']:,}; late {a['late']} ({a['late_lines_excluded']:,} lines out of the windows), "
-              f"duplicates dropped {a['duplicates_dropped']}")
+              f"duplicates dropped {a['duplicates_dropped']}; late rows not behind their batch's horizon "
+              f"{a['late_check']['not_behind_horizon']}")
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}")
     al = r.alerts
     t.add_row("alerts vs rules", mark(al["ok"]), f"expected {al['expected']}, raised {al['raised']}, missing "
-              f"{al['missing']}, duplicates {al['duplicates']}, transient surges {al['transient_surges']}")
+              f"{al['missing']}, duplicates {al['duplicates']}, transient surges {al['transient_surges']}, "
+              f"figures off the rule {al['off_rule']}")
     if r.truth:
         tr = r.truth
         delays = [e["delay_s"] for i in tr["incidents"] for e in i["expected"] if e["delay_s"] is not None]
@@ -60,3 +74,21 @@ def run(args: argparse.Namespace) -> int:
     console.print(t)
     console.print("[bold green]verify: exact[/]" if r.ok else "[bold red]verify: MISMATCH[/]")
     return 0 if r.ok else 1
+
+
+def results_problem(s: "Settings") -> str | None:
+    """Why the job's results cannot be read (HDFS down, blocks not reported yet, no results under the root), or
+    None. Waits up to connect_timeout_s for HDFS, as the job does."""
+    from logpipe import health
+    from logpipe.results import webhdfs_fs
+
+    try:
+        health.wait_until(lambda: health.probe_blocks_reported(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
+                          timeout=s.connect_timeout_s, hint="Is the NameNode (and DataNode) running? "
+                          "`logpipe stack status`; LOGPIPE_WEBHDFS_URL must name the NameNode's web address.")
+    except health.ServiceTimeout as exc:
+        return str(exc)
+    if not webhdfs_fs(s).exists(s.hdfs_path("_commits")):
+        return (f"no results of the streaming job under {s.hdfs_root} on HDFS: run `logpipe stream --until-done` "
+                "first, or point LOGPIPE_HDFS_ROOT / --hdfs-root at the job's results")
+    return None

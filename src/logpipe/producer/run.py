@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from logpipe.logformat import ParseError, parse_timestamp
 from logpipe.producer.clients import DeliveryError, make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
 from logpipe.producer.source import IDLE, Block, LogSource
-from logpipe.record import record_key
+from logpipe.record import TOO_LARGE_HEAD_BYTES, record_key, too_large_value
 
 log = logging.getLogger("logpipe.producer")
 
@@ -25,8 +26,8 @@ class ProduceSummary:
     topic: str
     client: str
     lines: int = 0          # lines read from the file this run
-    records: int = 0        # records acknowledged on the main topic
-    quarantined: int = 0    # lines too large for Kafka, sent (truncated) to the quarantine topic
+    records: int = 0        # records acknowledged on the topic
+    quarantined: int = 0    # of them, lines too large for Kafka, sent as too_large records (the job quarantines them)
     bytes: int = 0
     seconds: float = 0.0
     errors: int = 0
@@ -56,17 +57,19 @@ def ensure_topic(s: Settings, topic: str) -> bool:
 
 
 class Pacer:
-    """Replays at the log's own pace (`realtime`) or a multiple of it; `max` does nothing."""
+    """Replays at the log's own pace (`realtime`) or a multiple of it; `max` does nothing. A wait ends early when
+    `stop` is set (Ctrl-C / SIGTERM), so a paced replay stops at once, not after the log time of a block."""
 
-    def __init__(self, speed: str) -> None:
+    def __init__(self, speed: str, stop: threading.Event | None = None) -> None:
         self.factor = None if speed == "max" else 1.0 if speed == "realtime" else float(speed)
         if self.factor is not None and self.factor <= 0:
             raise ValueError(f"--speed must be max, realtime or a positive factor, not {speed!r}")
         self.t_log0: float | None = None
         self.t_wall0 = 0.0
+        self.stop = stop or threading.Event()
 
     def wait(self, line: bytes) -> None:
-        if self.factor is None:
+        if self.factor is None or self.stop.is_set():
             return
         a, b = line.find(b"["), line.find(b"]")
         if a < 0 or b < a:
@@ -80,7 +83,7 @@ class Pacer:
             return
         delay = self.t_wall0 + (t - self.t_log0) / self.factor - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            self.stop.wait(delay)
 
 
 def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool = False,
@@ -99,14 +102,14 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                       timeout=s.producer_connect_timeout_s,
                       hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
     store = PositionStore(s.producer_state_dir or (s.run_dir / "producer"), s.topic)
-    if ensure_topic(s, s.topic) and not reset:
+    if ensure_topic(s, s.topic):
         # a new topic holds none of the lines the saved positions stand for (the broker's data was wiped, or the
-        # topic deleted): resuming at them would skip those lines
+        # topic deleted): resuming at them would skip those lines (of this file, and of any other file later)
         stale = store.clear()
         if stale:
             log.warning("topic %s did not exist: dropped %d saved position(s) of it in %s, reading %s from byte 0",
                         s.topic, stale, store.directory, path)
-    source = LogSource(str(path), store, follow=follow, reset=reset)
+    source = LogSource(str(path), store, follow=follow, reset=reset, rotate_grace_s=s.rotate_grace_s)
     if stop_event is not None:
         source.stop = stop_event
     seg = source.open()
@@ -116,8 +119,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     # partitioner (a keyed record would otherwise go to the partition of its key's hash)
     n_partitions = max(1, sink.partitions(s.topic))
     n_blocks = 0
-    pacer = Pacer(s.speed)
-    quarantine_ready = False
+    pacer = Pacer(s.speed, source.stop)
     t0 = time.monotonic()
     last_save = t0
     pending: Block | None = None  # the last block sent: its end is the position once delivery is confirmed
@@ -158,21 +160,27 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                     # the fast path: no pacing, no line too large
                     sink.send_lines(topic, block.lines, src, off, partition)
                 else:
+                    sent_lines = 0
                     for line in block.lines:
+                        if pacer.factor is not None and source.stop.is_set():
+                            break  # a paced replay stopped mid-block: the rest is sent next time (same keys)
+                        sent_lines += 1
                         if len(line) > s.max_message_bytes or block.oversize_len is not None:
-                            if not quarantine_ready:
-                                ensure_topic(s, s.quarantine_topic)
-                                quarantine_ready = True
                             length = block.oversize_len if block.oversize_len is not None else len(line)
-                            sink.send(s.quarantine_topic, line[:16384], record_key(src, off),
-                                      [("reason", b"too_large"), ("length", str(length).encode())])
-                            log.warning("line at byte %d of %s is %d bytes (> %d): sent truncated to topic %s",
-                                        off, path, length, s.max_message_bytes, s.quarantine_topic)
+                            sink.send(topic, too_large_value(line, length), record_key(src, off),
+                                      partition=partition)
+                            log.warning("line at byte %d of %s is %d bytes (> %d): sent as a too_large record with "
+                                        "its first %d bytes; the job quarantines it", off, path, length,
+                                        s.max_message_bytes, TOO_LARGE_HEAD_BYTES)
                             summary.quarantined += 1
                         else:
                             pacer.wait(line)
                             sink.send(topic, line, record_key(src, off), partition=partition)
                         off += len(line) + 1
+                    if sent_lines < len(block.lines):  # stopped: keep the last whole block's position
+                        summary.lines += sent_lines
+                        summary.bytes += off - block.start
+                        break
                 summary.lines += len(block.lines)
                 summary.bytes += block.end - block.start
                 pending = block
@@ -188,7 +196,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
         raise
     finally:
         summary.seconds = time.monotonic() - t0
-        summary.records = sink.sent - sink.failed - summary.quarantined
+        summary.records = sink.sent - sink.failed
         summary.errors = sink.failed
         try:
             sink.close()

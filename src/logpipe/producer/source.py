@@ -2,8 +2,9 @@
 
 The file is read in large blocks (`os.pread`) and split with `bytes.split`, so the per-line cost stays in C.
 A line is emitted only once its newline has been read, except at the definite end of a file: the end of a
-non-follow run, and an old file that was rotated away or truncated in follow mode (its unterminated tail is the
-last thing that file will ever hold, so it is sent rather than lost).
+non-follow run, an old file that was truncated in follow mode, and an old file rotated away in follow mode once it
+has had no new bytes for `rotate_grace_s` (a writer goes on appending to the renamed file until it reopens its log,
+as with logrotate's `create`; that tail is then the last thing the file will hold, so it is sent rather than lost).
 
 Identity: a file is `<st_dev>:<st_ino>` (see position.py). Renaming keeps it, so a rotated file keeps its
 offsets; the new file at the same path is a new identity starting at 0. Truncation (copytruncate) keeps the inode
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +131,7 @@ class LogSource:
     block_bytes: int = BLOCK_BYTES
     line_cap: int = LINE_CAP_BYTES
     poll_interval: float = 0.2
+    rotate_grace_s: float = 1.0
     current: Segment | None = None
 
     def __post_init__(self) -> None:
@@ -200,7 +203,7 @@ class LogSource:
                 fd, st = open_log(leftover)
                 try:
                     old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
-                    yield from self._read_available(old)
+                    yield from self._drain_rotated(old)
                     if self.stop.is_set():  # stopped before its end: its unread tail is finished next time
                         return
                     yield from self._finish(old)
@@ -222,7 +225,7 @@ class LogSource:
                 continue
             if isinstance(change, tuple):
                 fd, st = change
-                yield from self._read_available(seg)  # whatever the writer appended before switching files
+                yield from self._drain_rotated(seg)  # what the writer appends until it reopens its log
                 if self.stop.is_set():  # not read to its end: an unterminated tail is not its last line yet
                     os.close(fd)
                     return
@@ -235,6 +238,23 @@ class LogSource:
                 continue
             yield IDLE
             if self.stop.wait(self.poll_interval):
+                return
+
+    def _drain_rotated(self, seg: Segment) -> Iterator[Block | Idle]:
+        """Read a file rotated away until it has had no new bytes for rotate_grace_s (or `stop` is set)."""
+        quiet_since = time.monotonic()
+        while True:
+            before = seg.read_pos
+            yield from self._read_available(seg)
+            if self.stop.is_set():
+                return
+            now = time.monotonic()
+            if seg.read_pos != before:
+                quiet_since = now
+            elif now - quiet_since >= self.rotate_grace_s:
+                return
+            yield IDLE
+            if self.stop.wait(min(self.poll_interval, self.rotate_grace_s)):
                 return
 
     def _detect_change(self, seg: Segment) -> str | tuple[int, os.stat_result] | None:

@@ -505,10 +505,14 @@ def window_rows(df: "DataFrame", window: str, slide: str) -> "DataFrame":
 def with_cutoff(df: "DataFrame", cutoff: datetime | None) -> "DataFrame":
     """`df` with a column `_cutoff` holding `cutoff` (NULL: none yet), joined from a one-row broadcast frame.
     As a literal, the cutoff would be compiled into Spark's generated code, which would then differ, and be
-    compiled and JIT-compiled again, every micro-batch."""
+    compiled and JIT-compiled again, every micro-batch. The frame is a local table (SQL VALUES), held by the
+    driver: a frame made from Python rows would run a Spark job with a Python worker each time it is broadcast
+    (some seven times a batch)."""
     from pyspark.sql import functions as F
 
-    return df.crossJoin(F.broadcast(df.sparkSession.createDataFrame([(cutoff,)], "_cutoff TIMESTAMP")))
+    one = df.sparkSession.sql("SELECT * FROM VALUES (CAST(:cutoff AS TIMESTAMP)) AS t(_cutoff)",
+                              args={"cutoff": cutoff})
+    return df.crossJoin(F.broadcast(one))
 
 
 # rows whose hashes the duplicate check may gather in one task: 5 M hashes take some 200 MB there, boxed

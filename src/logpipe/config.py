@@ -88,8 +88,9 @@ class Settings(BaseSettings):
     producer_connect_timeout_s: float = Field(30.0, description="give up reaching the broker after this long")
     producer_checkpoint_s: float = Field(1.0, description="flush and save the position at least this often")
     rotate_grace_s: float = Field(
-        1.0, gt=0, description="--follow: a log rotated away is read until it has had no new bytes this long (its "
-        "writer appends to it until it reopens the log); then its last line is final and the new file is followed")
+        300.0, gt=0, description="--follow: a log rotated away is still read, beside the new one, until it has had "
+        "no new bytes this long (its writer appends to it until it reopens the log); then its unterminated last "
+        "line, if any, is sent as a line")
 
     # ---- streaming job ----------------------------------------------------------------------------
     connect_timeout_s: float = Field(60.0, description="the job gives up waiting for Kafka or HDFS after this long")

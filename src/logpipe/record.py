@@ -13,6 +13,8 @@ KEY_FORMAT = b"lp:%s:%d"
 # tells it from a line, and quarantines it with the reason `too_large`.
 TOO_LARGE_PREFIX = b"\x00logpipe:too_large:"
 TOO_LARGE_HEAD_BYTES = 16 << 10
+# what marks a value as such a stand-in (a line of the log that looks like one is taken as one, on both sides)
+TOO_LARGE_PATTERN = r"\A\x00logpipe:too_large:[0-9]+\x00"
 
 
 def too_large_value(head: bytes, length: int) -> bytes:

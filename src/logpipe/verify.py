@@ -131,8 +131,14 @@ class _WindowCounter:
 def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
               max_line_bytes: int | None = None) -> BatchCounts:
     """Parse every line with the reference parser and count per (window, host) and (window, status). A line over
-    `max_line_bytes` (without its newline) is quarantined as too_large, as the producer sends it."""
+    `max_line_bytes` (without its newline) is quarantined as too_large, as the producer sends it (and so is a line
+    that looks like the producer's stand-in for one, as the job takes it)."""
+    import re
+
     from logpipe.logformat import MIN_TIME, TOO_LARGE
+    from logpipe.record import TOO_LARGE_PATTERN
+
+    stand_in = re.compile(TOO_LARGE_PATTERN.encode())
 
     out = BatchCounts()
     base = int(MIN_TIME.timestamp()) - size_s  # every parsed timestamp is >= MIN_TIME
@@ -150,7 +156,8 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
     with path.open("rb") as f:
         for raw in f:
             out.lines += 1
-            if max_line_bytes is not None and len(raw) - raw.endswith(b"\n") > max_line_bytes:
+            if (max_line_bytes is not None and len(raw) - raw.endswith(b"\n") > max_line_bytes
+                    or raw.startswith(b"\x00") and stand_in.match(raw)):
                 out.quarantined_by_reason[TOO_LARGE] = out.quarantined_by_reason.get(TOO_LARGE, 0) + 1
                 continue
             r = try_parse_line(raw)
@@ -365,12 +372,15 @@ def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int
             "incidents": incidents}
 
 
-def _batch_of(path: str) -> tuple[str, int] | None:
-    """('b', id) for a micro-batch's file `b<id>-NNNNN.parquet`, ('f', id) for the flush after batch id; None for
-    anything else (Spark's _SUCCESS, staging)."""
-    name = path.rsplit("/", 1)[-1]
+def _batch_of(path: str, table_dir: str) -> tuple[str, int] | None:
+    """('b', id) for a micro-batch's file `b<id>-NNNNN.parquet` under `table_dir`, ('f', id) for the flush after
+    batch id; None for anything else (Spark's _SUCCESS, a staging folder, a hidden file)."""
+    at = path.find(table_dir.strip("/"))  # fsspec may list paths without the leading slash
+    below = path[at + len(table_dir.strip("/")):] if at >= 0 else path
+    name = below.rsplit("/", 1)[-1]
     head = name.split("-", 1)[0]
-    if "/_" in path or "/." in path or not name.endswith(".parquet") or head[:1] not in ("b", "f") or not head[1:].isdigit():
+    if ("/_" in below or "/." in below or not name.endswith(".parquet") or head[:1] not in ("b", "f")
+            or not head[1:].isdigit()):
         return None
     return head[0], int(head[1:])
 
@@ -381,7 +391,7 @@ def _newest_per_file(s: Settings, table: str, column: str, fs: Any) -> dict[tupl
     import pyarrow.dataset as ds
 
     path = s.hdfs_path(table)
-    files = [f for f in (fs.find(path) if fs.exists(path) else []) if _batch_of(f)]
+    files = [f for f in (fs.find(path) if fs.exists(path) else []) if _batch_of(f, path)]
     out: dict[tuple[str, int], int] = {}
     if not files:
         return out
@@ -390,7 +400,7 @@ def _newest_per_file(s: Settings, table: str, column: str, fs: Any) -> dict[tupl
     for rb in scanner.to_batches():  # each record batch comes from one file
         values = rb.column(0).filter(pc.is_valid(rb.column(0)))
         if len(values):
-            tag = _batch_of(rb.column(1)[0].as_py())
+            tag = _batch_of(rb.column(1)[0].as_py(), path)
             assert tag is not None
             newest = int(_epoch_s_arrow(values).max())
             out[tag] = max(out.get(tag, newest), newest)
@@ -418,7 +428,7 @@ def check_late_rows(s: Settings, fs: Any) -> dict[str, Any]:
     late_rows = ahead = 0
     path = s.hdfs_path("late")
     for f in (fs.find(path) if fs.exists(path) else []):
-        tag = _batch_of(f)
+        tag = _batch_of(f, path)
         if tag is None:
             continue
         with fs.open(f, "rb") as fh:
@@ -456,7 +466,11 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
 
     t0 = time.monotonic()
     size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
-    counts = count_log(log_path, size_s, slide_s, progress=progress, max_line_bytes=s.max_message_bytes)
+    from logpipe.producer.source import LINE_CAP_BYTES
+
+    # the producer sends a line over its message limit, or over the longest line it holds in memory, as too_large
+    counts = count_log(log_path, size_s, slide_s, progress=progress,
+                       max_line_bytes=min(s.max_message_bytes, LINE_CAP_BYTES))
     fs = webhdfs_fs(s)
     # the job's source lines, each table read once: events/ (each line at most once) and late/ (a line sent again
     # after it had left the horizon is kept there as well)

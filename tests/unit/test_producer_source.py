@@ -51,7 +51,8 @@ def test_a_rotated_file_read_to_its_end_sends_its_unterminated_tail(tmp_path):
     log, store = _rotated_while_stopped(tmp_path, b"one\n", b"two\nlast")
     source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.05)
     source.open()
-    assert _lines_until(source.blocks(), b"new") == [b"two", b"last", b"new"]
+    assert _lines_until(source.blocks(), b"last") == [b"two", b"new", b"last"]
+    assert source.rotated == []  # finished and closed
     source.close()
 
 
@@ -70,22 +71,29 @@ def _lines_until(blocks, last: bytes, timeout: float = 10.0) -> list[bytes]:
 
 def test_a_file_rotated_away_is_read_until_its_writer_stops_appending(tmp_path):
     """logrotate's `create`: the log is renamed and a new one created, but the writer appends to the renamed file
-    until it reopens its log. Those lines, and the line it was half-way through, are read from the old file before
-    the new one; nothing is cut in two."""
+    until it reopens its log (here after the new file got a line). The new file is followed at once; the old one is
+    still read, so the line the writer was half-way through is not cut in two; once the old file has been quiet for
+    rotate_grace_s it is finished and closed."""
     log = tmp_path / "live.log"
     log.write_bytes(b"one\npart")
     source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
-                       rotate_grace_s=0.5)
+                       rotate_grace_s=0.3)
     source.open()
     blocks = source.blocks()
     assert next(blocks).lines == [b"one"]
     assert not hasattr(next(blocks), "lines")  # IDLE: "part" waits for its newline
     log.rename(tmp_path / "live.log.1")
     log.write_bytes(b"new\n")
-    assert not hasattr(next(blocks), "lines")  # the rotation is seen; the old file is still read
+    assert next(blocks).lines == [b"new"]  # the new file at once
     with (tmp_path / "live.log.1").open("ab") as f:
         f.write(b"ial line\nthree\n")  # the writer has not reopened its log yet
-    assert _lines_until(blocks, b"new") == [b"partial line", b"three", b"new"]
+    assert _lines_until(blocks, b"three") == [b"partial line", b"three"]
+    with (tmp_path / "live.log.1").open("ab") as f:
+        f.write(b"tail without newline")
+    assert _lines_until(blocks, b"tail without newline") == [b"tail without newline"]  # after 0.3 s quiet
+    assert source.rotated == []
+    log.write_bytes(b"new\nnext\n")
+    assert _lines_until(blocks, b"next") == [b"next"]
     source.close()
 
 

@@ -171,16 +171,20 @@ def test_parsers_agree_on_arbitrary_input(local_spark, lines):
 
 
 def test_a_too_large_record_is_quarantined_as_too_large(local_spark):
-    """The producer's stand-in for a line over the Kafka limit; a line that merely starts with a NUL is malformed,
-    as the Python parser says."""
-    from logpipe.record import too_large_value
+    """The producer's stand-in for a line over the Kafka limit (verify counts a log line of that form as too_large
+    too); a line that merely starts with a NUL, or with the stand-in's prefix alone, is malformed, as the Python
+    parser says."""
+    import re
+
+    from logpipe.record import TOO_LARGE_PATTERN, too_large_value
 
     line = b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /' + b"\xff" * 30_000 + b' HTTP/1.1" 200 1'
-    values = [too_large_value(line, len(line)), too_large_value(b"", 5_000_000), b"\x00logpipe:too_larg",
-              b"\x00" + line[:40]]
+    values = [too_large_value(line, len(line)), too_large_value(b"", 5_000_000), b"\x00logpipe:too_large:12\x00ab",
+              b"\x00logpipe:too_larg", b"\x00logpipe:too_large:\x00ab", b"\x00" + line[:40]]
     got = [g[0] for g in _spark_parse(local_spark, values)]
-    assert got == ["too_large", "too_large", _reference(values[2])[0], _reference(values[3])[0]]
-    assert got[2:] == ["malformed", "malformed"]
+    assert got == ["too_large"] * 3 + ["malformed"] * 3
+    assert [bool(re.match(TOO_LARGE_PATTERN.encode(), v)) for v in values] == [True] * 3 + [False] * 3
+    assert [_reference(v)[0] for v in values[3:]] == ["malformed"] * 3
     assert len(values[0]) < 17_000
 
 

@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--lenient-truth", action="store_true",
                    help="report recall/precision against the truth file but do not fail on them")
-    add_setting_flags(p, "hdfs_root", "window", "slide", "rate_limit_ceiling", "surge_min_count", "surge_min_share",
-                      "max_message_bytes")
+    add_setting_flags(p, "hdfs_root", "window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count",
+                      "surge_min_share", "max_message_bytes")
     p.set_defaults(func=run)
 
 

@@ -3,8 +3,9 @@
 The file is read in large blocks (`os.pread`) and split with `bytes.split`, so the per-line cost stays in C.
 A line is emitted only once its newline has been read, except at the definite end of a file: the end of a
 non-follow run, an old file that was truncated in follow mode, and an old file rotated away in follow mode once it
-has had no new bytes for `rotate_grace_s` (a writer goes on appending to the renamed file until it reopens its log,
-as with logrotate's `create`; that tail is then the last thing the file will hold, so it is sent rather than lost).
+has had no new bytes for `rotate_grace_s` (its unterminated tail is then the last thing it will hold, so it is sent
+rather than lost). Until then, the rotated file is still read beside the new one: a writer goes on appending to
+the renamed file until it reopens its log (logrotate's `create`, a web server's graceful restart).
 
 Identity: a file is `<st_dev>:<st_ino>` (see position.py). Renaming keeps it, so a rotated file keeps its
 offsets; the new file at the same path is a new identity starting at 0. Truncation (copytruncate) keeps the inode
@@ -20,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, file_key, head_digest, src_id
 
@@ -131,8 +133,10 @@ class LogSource:
     block_bytes: int = BLOCK_BYTES
     line_cap: int = LINE_CAP_BYTES
     poll_interval: float = 0.2
-    rotate_grace_s: float = 1.0
+    rotate_grace_s: float = 300.0
     current: Segment | None = None
+    # files rotated away and still read for lines their writer appends: (segment, when it last grew)
+    rotated: list[list[Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
@@ -201,14 +205,11 @@ class LogSource:
             for leftover in self.rotated_leftovers():
                 log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
                 fd, st = open_log(leftover)
-                try:
-                    old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
-                    yield from self._drain_rotated(old)
-                    if self.stop.is_set():  # stopped before its end: its unread tail is finished next time
-                        return
-                    yield from self._finish(old)
-                finally:
-                    os.close(fd)
+                old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
+                self.rotated.append([old, time.monotonic()])
+                yield from self._read_available(old)
+                if self.stop.is_set():  # stopped before its end: its unread tail is finished next time
+                    return
             seg = self.current  # type: ignore[assignment]
         while True:
             yield from self._read_available(seg)
@@ -225,37 +226,39 @@ class LogSource:
                 continue
             if isinstance(change, tuple):
                 fd, st = change
-                yield from self._drain_rotated(seg)  # what the writer appends until it reopens its log
-                if self.stop.is_set():  # not read to its end: an unterminated tail is not its last line yet
-                    os.close(fd)
-                    return
-                yield from self._finish(seg)
-                os.close(seg.fd)
+                self.rotated.append([seg, time.monotonic()])  # still read for what its writer appends
                 new = self._resume(self.path, fd, st)
-                log.info("%s was rotated (%s -> %s): following the new file from byte %d",
-                         self.path, seg.key, new.key, new.read_pos)
+                log.info("%s was rotated (%s -> %s): following the new file from byte %d; the old one is read "
+                         "until it has had no new bytes for %.0fs", self.path, seg.key, new.key, new.read_pos,
+                         self.rotate_grace_s)
                 seg = self.current = new
                 continue
+            yield from self._read_rotated()
+            if self.stop.is_set():
+                return
             yield IDLE
             if self.stop.wait(self.poll_interval):
                 return
 
-    def _drain_rotated(self, seg: Segment) -> Iterator[Block | Idle]:
-        """Read a file rotated away until it has had no new bytes for rotate_grace_s (or `stop` is set)."""
-        quiet_since = time.monotonic()
-        while True:
-            before = seg.read_pos
-            yield from self._read_available(seg)
-            if self.stop.is_set():
+    def _read_rotated(self) -> Iterator[Block]:
+        """New lines of the files rotated away; a file that has had none for rotate_grace_s is finished (its
+        unterminated tail sent as its last line) and closed."""
+        for entry in list(self.rotated):
+            old, last_growth = entry
+            before = old.read_pos
+            yield from self._read_available(old)
+            if self.stop.is_set():  # not read to its end: an unterminated tail is not its last line yet
                 return
             now = time.monotonic()
-            if seg.read_pos != before:
-                quiet_since = now
-            elif now - quiet_since >= self.rotate_grace_s:
-                return
-            yield IDLE
-            if self.stop.wait(min(self.poll_interval, self.rotate_grace_s)):
-                return
+            if old.read_pos != before:
+                entry[1] = now
+            elif now - last_growth >= self.rotate_grace_s:
+                self.rotated.remove(entry)
+                tail = list(self._finish(old))
+                os.close(old.fd)
+                log.info("%s (rotated away from %s) had no new bytes for %.0fs: finished at byte %d", old.key,
+                         self.path, self.rotate_grace_s, old.read_pos)
+                yield from tail
 
     def _detect_change(self, seg: Segment) -> str | tuple[int, os.stat_result] | None:
         """At EOF in follow mode: 'truncated', (fd, stat) of a new file at the path (rotation), or None."""
@@ -327,6 +330,12 @@ class LogSource:
             yield block
 
     def close(self) -> None:
+        for old, _ in self.rotated:
+            try:
+                os.close(old.fd)
+            except OSError:
+                pass
+        self.rotated.clear()
         if self.current is not None:
             try:
                 os.close(self.current.fd)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from logpipe import logformat as lf
-from logpipe.record import KEY_PREFIX, TOO_LARGE_PREFIX
+from logpipe.record import KEY_PREFIX, TOO_LARGE_PATTERN
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -44,8 +44,7 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
     sep = "char(0)"
     # the producer's stand-in for a line too large for Kafka (logpipe.record.too_large_value); it holds a NUL, so it
     # never parses, and only lines that did not parse are tested for it
-    assert TOO_LARGE_PREFIX.startswith(b"\x00") and TOO_LARGE_PREFIX[1:].isascii()
-    too_large = f"concat(char(0), '{TOO_LARGE_PREFIX[1:].decode()}')"
+    too_large = _sql_str(TOO_LARGE_PATTERN)
     # one regex pass: a matching line is rewritten to its five fields joined by NUL; a non-matching one is unchanged.
     # A line holding a NUL is never taken as parsed (its own NULs could split it into five): `contains` finds one
     # at a third of instr's cost, which also counted characters.
@@ -74,7 +73,7 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
            .withColumn("http_response", F.expr("CASE WHEN _ok THEN CAST(_f[3] AS INT) END"))
            .withColumn("_bytes", F.expr("CASE WHEN _ok THEN CASE WHEN _f[4] = '-' THEN 0L ELSE CAST(_f[4] AS BIGINT) END END"))
            .withColumn("reason", F.expr(f"""
-               CASE WHEN NOT _ok AND startswith(_text, {too_large}) THEN '{lf.TOO_LARGE}'
+               CASE WHEN NOT _ok AND _text RLIKE {too_large} THEN '{lf.TOO_LARGE}'
                     WHEN NOT _utf8 THEN '{lf.INVALID_UTF8}'
                     WHEN NOT _ok AND _text RLIKE '^[ \\\\t\\\\f\\\\x0B]*[\\\\r\\\\n]*\\\\z' THEN '{lf.EMPTY}'
                     WHEN NOT _ok THEN '{lf.NO_MATCH}'

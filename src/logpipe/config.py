@@ -82,7 +82,7 @@ class Settings(BaseSettings):
             raise ValueError("must be max, realtime or a positive factor (e.g. 10)")
         return v
     max_message_bytes: int = Field(
-        1_000_000,
+        1_000_000, gt=0, le=64 << 20,  # at most the longest line the producer holds (producer.source.LINE_CAP_BYTES)
         description="a longer line is sent as a too_large record (its first 16 KB), which the job quarantines")
     producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
     producer_connect_timeout_s: float = Field(30.0, description="give up reaching the broker after this long")

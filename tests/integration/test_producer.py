@@ -228,7 +228,7 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
     def follow_briefly() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(5)
+        time.sleep(6)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err[-2000:]

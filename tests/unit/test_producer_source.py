@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -138,3 +139,36 @@ def test_positions_of_deleted_rotated_files_are_dropped_and_live_ones_kept(tmp_p
     source = LogSource(str(log), store, follow=True)
     assert source.rotated_leftovers() == [str(tmp_path / "live.log.1")]
     assert store.load(file_key(st_gone)) is None and len(store.all()) == 1
+
+
+def test_a_rotated_file_written_to_within_the_grace_is_followed_again_after_a_restart(tmp_path):
+    """Stopped within the grace after a rotation, with the old file read to its end: at the next start it is read
+    again beside the new one (its writer may not have reopened its log yet), unless it has been quiet that long."""
+    log, store = _rotated_while_stopped(tmp_path, b"one\ntwo\n", b"")
+    old = tmp_path / "live.log.1"
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=60)
+    assert source.rotated_leftovers() == [str(old)]  # read to its end, but written to just now
+    source.open()
+    blocks = source.blocks()
+    assert _lines_until(blocks, b"new") == [b"new"]
+    with old.open("ab") as f:
+        f.write(b"late line\n")  # the writer has not reopened its log yet
+    assert _lines_until(blocks, b"late line") == [b"late line"]
+    source.close()
+    _save_end(store, old, old.stat().st_size)  # delivered (as the producer saves it after a flush)
+    quiet = time.time() - 120
+    os.utime(old, (quiet, quiet))
+    assert LogSource(str(log), store, follow=True, rotate_grace_s=60).rotated_leftovers() == []
+
+
+def test_the_message_limit_is_at_most_the_longest_line_the_producer_holds():
+    """Longer lines are cut at LINE_CAP_BYTES before any limit is applied: a larger limit could not be honoured
+    (and verify's too_large rule would disagree with the producer's)."""
+    from pydantic import ValidationError
+
+    from logpipe.config import Settings
+    from logpipe.producer.source import LINE_CAP_BYTES
+
+    assert Settings(max_message_bytes=LINE_CAP_BYTES).max_message_bytes == LINE_CAP_BYTES
+    with pytest.raises(ValidationError):
+        Settings(max_message_bytes=LINE_CAP_BYTES + 1)

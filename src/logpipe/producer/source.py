@@ -170,8 +170,9 @@ class LogSource:
                        resumed_from=saved.offset)
 
     def rotated_leftovers(self) -> list[str]:
-        """Follow mode after a restart: files rotated away from `path` while the producer was down, whose end was
-        not yet delivered (found by identity among the files of the same directory), oldest first."""
+        """Follow mode after a restart: files rotated away from `path` (found by identity among the files of the
+        same directory) whose end was not yet delivered, or that were written to within rotate_grace_s (their
+        writer may still append to them), oldest first."""
         try:
             current = file_key(os.stat(self.path))
         except OSError:
@@ -191,7 +192,7 @@ class LogSource:
             if pos is None or not entry.is_file() or not _starts_with(entry.path, pos):
                 continue  # not a file we read: another file can get a deleted file's inode number
             still_there.add(pos.key)
-            if st.st_size > pos.offset:
+            if st.st_size > pos.offset or time.time() - st.st_mtime < self.rotate_grace_s:
                 found.append((pos.updated_at, entry.path))
         for key in pending.keys() - still_there:  # rotated away and since deleted (or replaced): nothing to finish
             self.store.delete(key)
@@ -210,6 +211,7 @@ class LogSource:
                 yield from self._read_available(old)
                 if self.stop.is_set():  # stopped before its end: its unread tail is finished next time
                     return
+                self.rotated[-1][1] = time.monotonic()  # quiet from now on: its grace starts after this read
             seg = self.current  # type: ignore[assignment]
         while True:
             yield from self._read_available(seg)

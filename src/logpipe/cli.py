@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from logpipe import __version__
 from logpipe.config import Settings, load_settings
+from logpipe.health import ServiceDied, ServiceTimeout
+from logpipe.stack.jars import StackError
 
 # subcommands in help order; any other module in logpipe.commands is appended
 ORDER = ["demo", "stack", "generate", "produce", "stream", "verify", "bench", "health"]
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"logpipe: invalid setting {name} = {err.get('input')!r} (flag --{name.replace('_', '-')} or "
                   f"LOGPIPE_{name.upper()}): {err['msg']}", file=sys.stderr)
         return 2
+    except (StackError, ServiceTimeout, ServiceDied) as exc:  # the stack could not start: the message says why
+        print(f"logpipe {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     linger_ms: int = 20
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
 
+    @field_validator("window", "slide", "watermark", "trigger_interval")
+    @classmethod
+    def _duration_is_an_interval(cls, v: str) -> str:
+        from logpipe.windows import duration_seconds
+
+        duration_seconds(v)  # ValueError: "unsupported duration ..." with examples
+        return v
+
     @field_validator("speed")
     @classmethod
     def _speed_is_known(cls, v: str) -> str:

@@ -21,6 +21,10 @@ class ServiceTimeout(TimeoutError):
     """A service did not become ready in time. The message says what to check next."""
 
 
+class ServiceDied(RuntimeError):
+    """A service's process ended while we waited for it to become ready (the message holds its last words)."""
+
+
 def wait_until(
     probe: Callable[[], T],
     *,
@@ -44,7 +48,7 @@ def wait_until(
         if alive is not None:
             dead = alive()
             if dead:
-                raise RuntimeError(f"{what} died while starting: {dead}")
+                raise ServiceDied(f"{what} died while starting: {dead}")
         if time.monotonic() >= deadline:
             raise ServiceTimeout(f"{what} not ready after {timeout:.0f}s (last error: {last}). {hint}")
         time.sleep(interval)

@@ -17,6 +17,18 @@ TOO_LARGE_HEAD_BYTES = 16 << 10
 TOO_LARGE_PATTERN = r"\A\x00logpipe:too_large:[0-9]+\x00"
 
 
+# room for the key, the record and batch headers beside a line of LOGPIPE_MAX_MESSAGE_BYTES
+RECORD_OVERHEAD_BYTES = 4096
+# Kafka's default max.message.bytes (broker message.max.bytes), which a topic created without it gets
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+def largest_record_bytes(max_line_bytes: int) -> int:
+    """The largest record batch the producer may send for lines of up to `max_line_bytes` (its request limit,
+    and what the topic's max.message.bytes must allow)."""
+    return max(max_line_bytes + RECORD_OVERHEAD_BYTES, 1 << 20)
+
+
 def too_large_value(head: bytes, length: int) -> bytes:
     """The record value standing for a line of `length` bytes too large for Kafka, of which `head` is the start."""
     return TOO_LARGE_PREFIX + str(length).encode() + b"\x00" + head[:TOO_LARGE_HEAD_BYTES]

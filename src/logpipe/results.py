@@ -25,19 +25,48 @@ def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
                              use_https=url.scheme == "https")
 
 
+def committed_tags(s: Settings, fs: "fsspec.AbstractFileSystem") -> set[str]:
+    """The tags (`b0000000003`, `f0000000007`) of the micro-batches and flushes whose commit marker exists: files of
+    other tags belong to an attempt that died before its commit, or to a batch still being written."""
+    tags: set[str] = set()
+    for query in ("ingest", "flush"):
+        d = s.hdfs_path("_commits", query)
+        if fs.exists(d):
+            tags |= {f.rsplit("/", 1)[-1][:-len(".json")] for f in fs.ls(d, detail=False) if f.endswith(".json")}
+    return tags
+
+
+def committed_files(s: Settings, table: str, fs: "fsspec.AbstractFileSystem",
+                    tags: set[str] | None = None) -> list[str]:
+    """The Parquet files of `table` that committed batches wrote (named `<tag>-NNNNN.parquet`), without staging
+    folders or hidden files; `tags`: committed_tags (read when not given)."""
+    path = s.hdfs_path(table)
+    if not fs.exists(path):
+        return []
+    tags = committed_tags(s, fs) if tags is None else tags
+    base = path.strip("/")
+    out = []
+    for f in fs.find(path):
+        at = f.find(base)  # fsspec may list paths without the leading slash; the root itself may hold "/_"
+        below = f[at + len(base):] if at >= 0 else f
+        name = below.rsplit("/", 1)[-1]
+        if name.endswith(".parquet") and "/_" not in below and "/." not in below and name.split("-", 1)[0] in tags:
+            out.append(f)
+    return out
+
+
 def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
                fs: "fsspec.AbstractFileSystem | None" = None) -> "pa.Table | None":
-    """One result table as an Arrow table (None if the folder does not exist or holds no data).
+    """One result table as an Arrow table (None if the folder does not exist or holds no data): the files of
+    committed batches only (committed_files).
 
-    Hive partitions (e.g. events/date=2004-05-18/) become columns; Spark's _SUCCESS/_temporary files are ignored.
+    Hive partitions (e.g. events/date=2004-05-18/) become columns.
     """
     import pyarrow.dataset as ds
 
     fs = fs or webhdfs_fs(s)
     path = s.hdfs_path(table)
-    if not fs.exists(path):
-        return None
-    files = [f for f in fs.find(path) if f.endswith(".parquet") and "/_" not in f and "/." not in f]
+    files = committed_files(s, table, fs)
     if not files:
         return None
     dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive", partition_base_dir=path)

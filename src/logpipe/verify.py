@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from logpipe.results import committed_files
 from logpipe.config import Settings
 from logpipe.logformat import try_parse_line
 from logpipe.windows import duration_seconds, window_starts_array
@@ -338,6 +339,75 @@ def alert_rows_off_rule(c: BatchCounts, alerts: pd.DataFrame, s: Settings) -> in
     return int(bad_rate.sum() + bad_surge.sum())
 
 
+def check_alert_figures(s: Settings, fs: Any, size_s: int) -> dict[str, Any]:
+    """Each alert's count, and a surge's share, against the running counts of its window when the micro-batch that
+    raised it committed: replayed from the events/ rows of that batch and the ones before it (by file tag), in
+    that window. The final counts alone cannot tell a surge's share, which is taken part-way through its window;
+    a job that divided by the wrong total, or counted a batch's rows twice, does not pass this."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    alert_dir = s.hdfs_path("alerts")
+    parts = []
+    for f in committed_files(s, "alerts", fs):
+        tag = _batch_of(f, alert_dir)
+        if tag is not None and tag[0] == "b":
+            with fs.open(f, "rb") as fh:
+                df = pq.read_table(fh, columns=["rule", "key", "window_start", "count", "share"]).to_pandas()
+            parts.append(df.assign(batch=tag[1]))
+    if not parts:
+        return {"checked": 0, "wrong": 0, "examples": [], "ok": True}
+    alerts = pd.concat(parts, ignore_index=True)
+    alerts["ws"] = _epoch_s(alerts.window_start)
+    # the events of the alerted windows only: the windows merged into time ranges, pushed down to the files
+    starts = np.unique(alerts.ws.to_numpy())
+    ranges: list[list[int]] = []
+    for a in starts:
+        if ranges and a <= ranges[-1][1]:
+            ranges[-1][1] = max(ranges[-1][1], a + size_s)
+        else:
+            ranges.append([a, a + size_s])
+    events_dir = s.hdfs_path("events")
+    files = committed_files(s, "events", fs)
+    table = None
+    if files:
+        dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive",
+                             partition_base_dir=events_dir)
+        ts_type = dataset.schema.field("timestamp").type  # Spark's INT96: naive ns, UTC
+        per_s = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[ts_type.unit]
+        ts = ds.field("timestamp")
+        where = None
+        for lo, hi in ranges:
+            term = (ts >= pa.scalar(int(lo) * per_s, ts_type)) & (ts < pa.scalar(int(hi) * per_s, ts_type))
+            where = term if where is None else where | term
+        table = dataset.to_table(columns=["timestamp", "host", "http_response", "__filename"], filter=where)
+    if table is not None and table.num_rows:
+        names = table.column("__filename").to_pylist()
+        tag_of = {n: _batch_of(n, events_dir) for n in set(names)}
+        ev = pd.DataFrame({"t": _epoch_s_arrow(table.column("timestamp")),
+                           "host": table.column("host").to_numpy(zero_copy_only=False).astype(str),
+                           "status": table.column("http_response").to_numpy(zero_copy_only=False).astype(str),
+                           "batch": [tag_of[n][1] if tag_of[n] else -1 for n in names]})
+    else:
+        ev = pd.DataFrame({"t": pd.Series(dtype="int64"), "host": pd.Series(dtype=str),
+                           "status": pd.Series(dtype=str), "batch": pd.Series(dtype="int64")})
+    wrong = []
+    for a in alerts.itertuples(index=False):
+        rows = ev[(ev.t >= a.ws) & (ev.t < a.ws + size_s) & (ev.batch <= a.batch)]
+        if a.rule == "rate_limit":
+            count, share = int((rows.host == a.key).sum()), None
+        else:
+            count = int((rows.status == a.key).sum())
+            share = count / len(rows) if len(rows) else None
+        good = int(a.count) == count and (share is None or (a.share is not None and abs(a.share - share) < 1e-9))
+        if not good:
+            wrong.append({"rule": a.rule, "key": a.key, "window_start": int(a.ws), "batch": int(a.batch),
+                          "count": int(a.count), "share": None if a.share is None or pd.isna(a.share) else a.share,
+                          "replayed_count": count, "replayed_share": share})
+    return {"checked": int(len(alerts)), "wrong": len(wrong), "examples": wrong[:10], "ok": not wrong}
+
+
 def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int) -> dict[str, Any]:
     """Recall over the incidents' expected alerts, precision over raised alerts, detection delay."""
 
@@ -391,7 +461,7 @@ def _newest_per_file(s: Settings, table: str, column: str, fs: Any) -> dict[tupl
     import pyarrow.dataset as ds
 
     path = s.hdfs_path(table)
-    files = [f for f in (fs.find(path) if fs.exists(path) else []) if _batch_of(f, path)]
+    files = [f for f in committed_files(s, table, fs) if _batch_of(f, path)]
     out: dict[tuple[str, int], int] = {}
     if not files:
         return out
@@ -427,7 +497,7 @@ def check_late_rows(s: Settings, fs: Any) -> dict[str, Any]:
                 floors[bid] = max(floors.get(bid, end), end)
     late_rows = ahead = 0
     path = s.hdfs_path("late")
-    for f in (fs.find(path) if fs.exists(path) else []):
+    for f in committed_files(s, "late", fs):
         tag = _batch_of(f, path)
         if tag is None:
             continue
@@ -439,6 +509,23 @@ def check_late_rows(s: Settings, fs: Any) -> dict[str, Any]:
         late_rows += len(ts)
         ahead += len(ts) if horizon is None else int((ts >= horizon).sum())
     return {"late_rows": late_rows, "not_behind_horizon": ahead, "ok": ahead == 0}
+
+
+def check_job_accounting(s: Settings, fs: Any, *, event_rows: int, late_rows: int,
+                         quarantine_rows: int) -> dict[str, Any]:
+    """The job's own accounting (summed over the records of its committed micro-batches, `_commits/ingest/`)
+    against the rows of its tables: a job that counted a batch twice, or wrote rows it did not count, does not
+    pass, even when its windows are right."""
+    d = s.hdfs_path("_commits", "ingest")
+    metas = ([json.loads(fs.cat(f)) for f in sorted(fs.ls(d, detail=False)) if f.endswith(".json")]
+             if fs.exists(d) else [])
+    total = {k: sum(int(m.get(k, 0)) for m in metas) for k in ("lines", "parsed", "quarantined", "late",
+                                                                "duplicates", "events")}
+    checks = {"events": (total["events"], event_rows), "late": (total["late"], late_rows),
+              "quarantined": (total["quarantined"], quarantine_rows)}
+    wrong = {f"{k} counted {job} but {rows} rows in {'quarantine' if k == 'quarantined' else k}/": [job, rows]
+             for k, (job, rows) in checks.items() if job != rows}
+    return {"batches": len(metas), **total, "mismatches": wrong, "ok": not wrong}
 
 
 @dataclass
@@ -480,6 +567,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     event_keys = keys(load_arrow(s, "events", ["src_key"], fs=fs))
     late_t = load_arrow(s, "late", ["src_key", "timestamp", "host", "http_response"], fs=fs)
     src_keys = pa.chunked_array(event_keys.chunks + keys(late_t).chunks, type=pa.string())
+    late_rows = late_t.num_rows if late_t is not None else 0
     # lines the job kept out of its windows as late (not a copy of a line in events/): not in the windows either
     n_late_lines, late_unmatched = 0, 0
     if late_t is not None and late_t.num_rows:
@@ -519,12 +607,16 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     # every parsed line of the file in events/ or late/, none twice in events/; every other line quarantined with
     # the reference parser's reason
     acc["late_check"] = check_late_rows(s, fs)
+    acc["job_accounting"] = check_job_accounting(s, fs, event_rows=acc["job_event_rows"], late_rows=late_rows,
+                                                 quarantine_rows=len(quarantine))
     acc["ok"] = (acc["job_parsed_unique"] == counts.parsed and acc["job_event_rows"] == acc["job_event_lines"]
                  and acc["job_quarantined_unique"] == acc["quarantined"]
                  and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0
-                 and acc["late_check"]["ok"])
+                 and acc["late_check"]["ok"] and acc["job_accounting"]["ok"])
     alerts = load_table(s, "alerts", fs=fs)
     alert_check = check_alerts(counts, alerts, s)
+    alert_check["figures"] = check_alert_figures(s, fs, size_s)
+    alert_check["ok"] = alert_check["ok"] and alert_check["figures"]["ok"]
     truth = None
     tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
     if tp.exists():

@@ -180,6 +180,36 @@ def test_an_oversize_line_is_sent_as_a_too_large_record_in_its_place(stack, uniq
     assert got[next(k for k in got if k[1] == 10)].startswith(b"\x00logpipe:too_large:50000\x00xxx")
 
 
+def test_a_limit_above_kafkas_default_is_given_to_the_topic_and_an_existing_lower_one_refused(stack, unique,
+                                                                                                tmp_path):
+    """LOGPIPE_MAX_MESSAGE_BYTES above Kafka's ~1 MB default: the producer creates the topic with a
+    max.message.bytes that takes such a line, and a 1.5 MB incompressible line is delivered as itself. A topic that
+    already exists with the default limit is refused at the start with one clear line, not at the first large
+    line on every restart."""
+    big = os.urandom(1_500_000).replace(b"\n", b"x")  # incompressible: over the default limit in any codec
+    log = tmp_path / "big.log"
+    log.write_bytes(b"small one\n" + big + b"\nsmall two\n")
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_MESSAGE_BYTES=str(2 << 20))
+    r = _produce(env, str(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (s["lines"], s["records"], s["quarantined"]) == (3, 3, 0)
+    got = dict(_consume(stack, env["LOGPIPE_TOPIC"], 3))
+    assert sorted(got.values(), key=len) == [b"small one", b"small two", big]
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_address)
+    try:
+        admin.create_topics([NewTopic(f"prod-small-{unique}", num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+    env = {**env, "LOGPIPE_TOPIC": f"prod-small-{unique}", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos2")}
+    r = _produce(env, str(log))
+    assert r.returncode == 1
+    assert "max.message.bytes" in r.stderr and f"prod-small-{unique}" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_missing_file_exits_2(stack, tmp_path, unique):
     r = _produce(_env(stack, unique, tmp_path), str(tmp_path / "nope.log"))
     assert r.returncode == 2 and "not found" in r.stderr

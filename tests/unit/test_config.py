@@ -95,3 +95,46 @@ def test_every_command_prints_its_help(capsys):
             parser.parse_args([name, "--help"])
         assert exit_.value.code == 0, name
         assert "usage: logpipe " + name in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["window", "slide", "watermark", "trigger_interval"])
+def test_durations_must_be_spark_intervals_of_whole_units(name):
+    """'30s' or '1.5 minutes' would reach Spark, or the job's own horizon arithmetic, and fail there: refused up
+    front with the setting's name."""
+    from pydantic import ValidationError
+
+    from logpipe.config import load_settings
+
+    assert getattr(load_settings(**{name: "2 minutes"}), name) == "2 minutes"
+    for bad in ("30s", "1.5 minutes", "soon"):
+        with pytest.raises(ValidationError, match=f"(?s){name}.*unsupported duration"):
+            load_settings(**{name: bad})
+
+
+def test_a_stack_that_cannot_start_is_one_line_and_exit_1(monkeypatch, capsys):
+    """`make demo` and `logpipe bench` start the stack: Java or Maven missing, a port taken, a service that dies
+    or times out gives one line with what to do, as `logpipe stack up` does, not a traceback."""
+    from logpipe import cli
+    from logpipe.health import ServiceDied
+    from logpipe.stack import services
+    from logpipe.stack.jars import StackError
+
+    for exc in (StackError("Java not found: install a JDK 17+"), ServiceDied("Kafka died while starting: port")):
+        def fail(*_a, exc=exc, **_k):
+            raise exc
+
+        monkeypatch.setattr(services, "up", fail)
+        assert cli.main(["demo"]) == 1
+        err = capsys.readouterr().err
+        assert f"logpipe demo: {exc}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, shown", [(["--size", "abc"], "--size: not a size: 'abc'"),
+                                         (["--lines", "5", "--start", "nope"], "--start: not an ISO date"),
+                                         (["--lines", "5", "--rate", "-1"], "rate must be > 0")])
+def test_generate_arguments_out_of_range_are_one_line_and_exit_2(tmp_path, capsys, args, shown):
+    from logpipe import cli
+
+    assert cli.main(["generate", *args, "--out", str(tmp_path / "x.log")]) == 2
+    assert shown in capsys.readouterr().err
+    assert not (tmp_path / "x.log").exists()

@@ -154,6 +154,22 @@ def test_waiting_for_idle_returns_early_on_a_stop() -> None:
     assert run._wait_until_idle(idle, job, 0.3, threading.Event()) is True  # records came, then none for 0.3 s
 
 
+def test_waiting_for_idle_after_a_restart_that_finds_nothing_new() -> None:
+    """A run restarted once its input was all processed by an earlier run reads no record: it still ends after
+    the idle time (it waited forever, so the still-open windows were never written). A first run without records
+    waits for them."""
+    from types import SimpleNamespace
+
+    job = SimpleNamespace(stats=SimpleNamespace(rows={}))
+    idle = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False})
+    t = time.monotonic()
+    assert run._wait_until_idle(idle, job, 0.3, threading.Event(), processed_before=True) is True
+    assert time.monotonic() - t >= 0.3
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    assert run._wait_until_idle(idle, job, 0.3, stop) is False  # still waiting for records when stopped
+
+
 class _Stopping:
     """A query being stopped after a signal: `ends_itself` says whether it ended on its own during the grace
     time (the drain after its last batch, or a failure if `error`)."""

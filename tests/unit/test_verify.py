@@ -196,6 +196,11 @@ def test_late_rows_must_be_behind_the_horizon_of_their_batch(tmp_path):
     write("windows/by_host", "b0000000001-00000.parquet", "window_end", [400])        # not a flush: no floor
     write("late", "b0000000002-00000.parquet", "timestamp", [215])      # behind the flush's 220 (not 200 - 30)
     write("late/_staging/b0000000003", "part-0.parquet", "timestamp", [999])  # not committed: not read
+    write("late", "b0000000004-00000.parquet", "timestamp", [999])  # no commit marker (a crashed attempt): not read
+    for query, tag in (("ingest", "b0000000000"), ("ingest", "b0000000001"), ("ingest", "b0000000002"),
+                       ("flush", "f0000000001")):
+        (root / "_commits" / query).mkdir(parents=True, exist_ok=True)
+        (root / "_commits" / query / f"{tag}.json").write_text("{}")
     fs = fsspec.filesystem("file")
     assert check_late_rows(s, fs) == {"late_rows": 3, "not_behind_horizon": 0, "ok": True}
     write("late", "b0000000001-00001.parquet", "timestamp", [70, 5])    # 70 is not before the horizon of 70
@@ -203,3 +208,78 @@ def test_late_rows_must_be_behind_the_horizon_of_their_batch(tmp_path):
     r = check_late_rows(s, fs)
     assert (r["late_rows"], r["not_behind_horizon"], r["ok"]) == (6, 2, False)
 
+
+
+def test_the_jobs_own_counts_must_match_the_rows_of_its_tables(tmp_path):
+    """The sums of the committed batches' records against the rows verify read: a batch counted twice (or rows
+    written and not counted) fails, even with exact windows."""
+    import json
+
+    import fsspec
+
+    from logpipe.verify import check_job_accounting
+
+    s = Settings(hdfs_root=str(tmp_path))
+    commits = tmp_path / "_commits" / "ingest"
+    commits.mkdir(parents=True)
+    for i, (events, late, quarantined) in enumerate([(100, 2, 5), (50, 0, 1)]):
+        (commits / f"b{i:010d}.json").write_text(json.dumps(
+            {"batch": i, "lines": events + late + quarantined, "parsed": events + late, "quarantined": quarantined,
+             "late": late, "duplicates": 0, "events": events}))
+    (commits / "b0000000002.pending").write_text("")  # an attempt in progress: not counted
+    fs = fsspec.filesystem("file")
+    r = check_job_accounting(s, fs, event_rows=150, late_rows=2, quarantine_rows=6)
+    assert r["ok"] and r["batches"] == 2 and (r["lines"], r["events"]) == (158, 150) and r["mismatches"] == {}
+    r = check_job_accounting(s, fs, event_rows=100, late_rows=2, quarantine_rows=5)  # batch 1's rows are missing
+    assert not r["ok"] and sorted(r["mismatches"]) == ["events counted 150 but 100 rows in events/",
+                                                       "quarantined counted 6 but 5 rows in quarantine/"]
+
+
+def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tmp_path):
+    """A surge alert's share is taken part-way through its window: verify replays the window's rows of the batches
+    up to the one that raised it. A share over the wrong total, or a count with a later batch's rows in it, fails."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logpipe.verify import check_alert_figures
+
+    t0 = 1_084_838_400  # a multiple of the 10 s slide
+    s = Settings(hdfs_root=str(tmp_path))
+
+    def events(tag: str, rows: list[tuple[int, str, int]]) -> None:
+        folder = tmp_path / "events" / "date=2004-05-18"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"host": [h for _, h, _ in rows],
+                                 "timestamp": pa.array([(t0 + x) * 10**9 for x, _, _ in rows], pa.timestamp("ns")),
+                                 "http_response": pa.array([c for _, _, c in rows], pa.int32())}),
+                       folder / f"{tag}-00000.parquet")
+
+    def alerts(tag: str, rows: list[tuple[str, str, int, float | None]]) -> None:
+        folder = tmp_path / "alerts"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"rule": [r[0] for r in rows], "key": [r[1] for r in rows],
+                                 "window_start": pa.array([t0 * 10**9] * len(rows), pa.timestamp("ns")),
+                                 "count": pa.array([r[2] for r in rows], pa.int64()),
+                                 "share": pa.array([r[3] for r in rows], pa.float64())}),
+                       folder / f"{tag}-00000.parquet")
+
+    # batch 0: 3 x 404 of 4 rows in [t0, t0 + 20); batch 1: 6 more 200s in it (the share then drops to 3/10)
+    events("b0000000000", [(1, "a", 404), (2, "a", 404), (3, "b", 404), (4, "c", 200), (25, "c", 200)])
+    events("b0000000001", [(5 + i, "a", 200) for i in range(6)])
+    for tag in ("b0000000000", "b0000000001"):
+        (tmp_path / "_commits" / "ingest").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "_commits" / "ingest" / f"{tag}.json").write_text("{}")
+    fs = fsspec.filesystem("file")
+    alerts("b0000000000", [("failure_surge", "404", 3, 0.75)])
+    alerts("b0000000001", [("rate_limit", "a", 8, None)])
+    assert check_alert_figures(s, fs, 20) == {"checked": 2, "wrong": 0, "examples": [], "ok": True}
+    alerts("b0000000000", [("failure_surge", "404", 3, 1.0)])  # 3 of the 3 failed requests: the wrong total
+    r = check_alert_figures(s, fs, 20)
+    assert not r["ok"] and r["examples"][0]["replayed_share"] == 0.75
+    alerts("b0000000000", [("failure_surge", "404", 3, 0.3)])  # the share at the window's end, not at batch 0
+    assert not check_alert_figures(s, fs, 20)["ok"]
+    alerts("b0000000000", [("failure_surge", "404", 3, 0.75)])
+    alerts("b0000000001", [("rate_limit", "a", 2, None)])  # batch 1's rows left out of the running count
+    r = check_alert_figures(s, fs, 20)
+    assert (r["wrong"], r["examples"][0]["replayed_count"]) == (1, 8)

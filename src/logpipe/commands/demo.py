@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from logpipe.stack import services
 
     s: Settings = settings_from_args(args)
+    args.log = args.log.resolve()  # the steps run in the project folder
     t0 = time.monotonic()
     log.info("== stack up")
     services.up(s, progress=log.info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,13 +37,27 @@ def run(args: argparse.Namespace) -> int:
     from logpipe.generator import generate, parse_size, truth_path
 
     s = settings_from_args(args)
-    start = datetime.fromisoformat(args.start.replace("Z", "+00:00"))
+    try:
+        size_bytes = parse_size(args.size) if args.size else None
+    except ValueError as exc:
+        print(f"logpipe generate: --size: {exc}", file=sys.stderr)
+        return 2
+    try:
+        start = datetime.fromisoformat(args.start.replace("Z", "+00:00"))
+    except ValueError:
+        print(f"logpipe generate: --start: not an ISO date and time: {args.start!r} (e.g. 2004-05-18T00:00:00Z)",
+              file=sys.stderr)
+        return 2
     if start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
-    truth = generate(args.out, lines=args.lines, size_bytes=parse_size(args.size) if args.size else None,
-                     seed=args.seed, fmt=args.fmt, start=start, rate=args.rate, malformed_share=args.malformed_share,
-                     out_of_order_share=args.out_of_order_share, settings=s,
-                     progress=False if args.no_progress else None)
+    try:
+        truth = generate(args.out, lines=args.lines, size_bytes=size_bytes, seed=args.seed, fmt=args.fmt,
+                         start=start, rate=args.rate, malformed_share=args.malformed_share,
+                         out_of_order_share=args.out_of_order_share, settings=s,
+                         progress=False if args.no_progress else None)
+    except ValueError as exc:  # an argument out of range: the message says which
+        print(f"logpipe generate: {exc}", file=sys.stderr)
+        return 2
     log.info("%s: %d lines, %.1f MB (%d malformed, %d out of order), %d incidents; truth in %s", args.out,
              truth.total_lines, truth.total_bytes / 1e6, truth.malformed_lines, truth.out_of_order_lines,
              len(truth.incidents), truth_path(args.out))

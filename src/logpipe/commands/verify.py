@@ -57,14 +57,16 @@ def run(args: argparse.Namespace) -> int:
               f"quarantined "
               f"{a['job_quarantined_unique']:,}; late {a['late']} ({a['late_lines_excluded']:,} lines out of the windows), "
               f"duplicates dropped {a['duplicates_dropped']}; late rows not behind their batch's horizon "
-              f"{a['late_check']['not_behind_horizon']}")
+              f"{a['late_check']['not_behind_horizon']}; the job's counts against its tables: "
+              f"{'; '.join(a['job_accounting']['mismatches']) or 'equal'}")
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}")
     al = r.alerts
     t.add_row("alerts vs rules", mark(al["ok"]), f"expected {al['expected']}, raised {al['raised']}, missing "
               f"{al['missing']}, duplicates {al['duplicates']}, transient surges {al['transient_surges']}, "
-              f"figures off the rule {al['off_rule']}")
+              f"figures off the rule {al['off_rule']}, figures unlike the running counts of their batch "
+              f"{al['figures']['wrong']} of {al['figures']['checked']}")
     if r.truth:
         tr = r.truth
         delays = [e["delay_s"] for i in tr["incidents"] for e in i["expected"] if e["delay_s"] is not None]

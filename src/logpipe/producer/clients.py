@@ -7,7 +7,7 @@ import time
 from typing import Protocol
 
 from logpipe.config import Settings
-from logpipe.record import KEY_FORMAT
+from logpipe.record import KEY_FORMAT, largest_record_bytes
 
 log = logging.getLogger("logpipe.producer")
 
@@ -45,7 +45,7 @@ class KafkaPythonSink:
         self._p = KafkaProducer(
             bootstrap_servers=s.kafka_address, acks="all", enable_idempotence=True,
             compression_type=None if s.compression == "none" else s.compression,
-            batch_size=s.batch_size, linger_ms=s.linger_ms, max_request_size=max(s.max_message_bytes + 4096, 1 << 20),
+            batch_size=s.batch_size, linger_ms=s.linger_ms, max_request_size=largest_record_bytes(s.max_message_bytes),
             retries=2**31 - 1, request_timeout_ms=30000, client_id="logpipe-producer")
 
     def _on_error(self, exc: BaseException) -> None:
@@ -89,7 +89,7 @@ class ConfluentSink:
         self._p = Producer({
             "bootstrap.servers": s.kafka_address, "acks": "all", "enable.idempotence": True,
             "compression.type": s.compression, "linger.ms": s.linger_ms, "batch.size": s.batch_size,
-            "message.max.bytes": max(s.max_message_bytes + 4096, 1 << 20),
+            "message.max.bytes": largest_record_bytes(s.max_message_bytes),
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1 << 20,
             # a Python callback per failed record only (not one per record): flush() still waits for every
             # acknowledgement, and a failure is still counted and raised

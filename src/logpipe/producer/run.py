@@ -15,7 +15,8 @@ from logpipe.logformat import ParseError, parse_timestamp
 from logpipe.producer.clients import DeliveryError, make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
 from logpipe.producer.source import IDLE, Block, LogSource
-from logpipe.record import TOO_LARGE_HEAD_BYTES, record_key, too_large_value
+from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, TOO_LARGE_HEAD_BYTES, largest_record_bytes, record_key,
+                            too_large_value)
 
 log = logging.getLogger("logpipe.producer")
 
@@ -37,20 +38,40 @@ class ProduceSummary:
         return asdict(self)
 
 
+class TopicLimitError(RuntimeError):
+    """The topic refuses records as large as LOGPIPE_MAX_MESSAGE_BYTES lets the producer send."""
+
+
 def ensure_topic(s: Settings, topic: str) -> bool:
-    """Create the topic if it does not exist (partitions and replication from the settings); True if created."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+    """Create the topic if it does not exist (partitions and replication from the settings, and a max.message.bytes
+    that takes a line of LOGPIPE_MAX_MESSAGE_BYTES when that is above Kafka's default); True if created. An
+    existing topic whose limit is lower raises TopicLimitError: every line near the setting would fail to deliver,
+    and the producer would stop at the first one on every restart."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    needed = largest_record_bytes(s.max_message_bytes)
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-producer-admin")
     try:
         if topic not in admin.list_topics():
-            admin.create_topics([NewTopic(topic, num_partitions=s.topic_partitions,
-                                          replication_factor=s.topic_replication)])
-            log.info("created topic %s (%d partitions)", topic, s.topic_partitions)
-            return True
-    except TopicAlreadyExistsError:
-        pass
+            configs = {"max.message.bytes": str(needed)} if needed > KAFKA_DEFAULT_MAX_MESSAGE_BYTES else {}
+            try:
+                admin.create_topics([NewTopic(topic, num_partitions=s.topic_partitions,
+                                              replication_factor=s.topic_replication, topic_configs=configs)])
+                log.info("created topic %s (%d partitions%s)", topic, s.topic_partitions,
+                         f", max.message.bytes {needed:,}" if configs else "")
+                return True
+            except TopicAlreadyExistsError:  # created meanwhile by another producer: check it as any other
+                pass
+        got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=["max.message.bytes"])],
+                                     config_filter="all")
+        limit = int(got["topic"][topic]["max.message.bytes"]["value"])
+        if limit < needed:
+            raise TopicLimitError(
+                f"topic {topic} takes records of up to {limit:,} bytes (its max.message.bytes), but "
+                f"LOGPIPE_MAX_MESSAGE_BYTES={s.max_message_bytes:,} lets lines of that size through, in records of "
+                f"up to {needed:,} bytes: raise the topic's limit (kafka-configs.sh --alter --entity-type topics "
+                f"--entity-name {topic} --add-config max.message.bytes={needed}) or lower the setting")
     finally:
         admin.close()
     return False

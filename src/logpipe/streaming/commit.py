@@ -45,6 +45,22 @@ class HadoopFs:
         overwrite[0] = rename.OVERWRITE
         self.fc.rename(tmp, dst, overwrite)
 
+    def create_new(self, p: str, text: str) -> bool:
+        """Create p holding `text` if it does not exist (atomically on HDFS); False if it exists."""
+        from py4j.protocol import Py4JJavaError
+
+        try:
+            out = self.fs.create(self.path(p), False)
+        except Py4JJavaError as exc:
+            if "FileAlreadyExistsException" in str(exc.java_exception.getClass().getName()):
+                return False
+            raise
+        try:
+            out.write(bytearray(text.encode()))
+        finally:
+            out.close()
+        return True
+
     def read_text(self, p: str) -> str:
         stream = self.fs.open(self.path(p))
         try:

@@ -13,7 +13,8 @@ Every micro-batch (foreachBatch; Spark's checkpoint on HDFS at _checkpoints/inge
   batch (_state/open). Windows that end at or before the next batch's horizon can receive no more rows: they are
   final, written once to windows/by_host and windows/by_status. The others are carried on in _state/open;
 - alerts: the rules over the running counts of those windows, so a threshold fires in the micro-batch that
-  crosses it -> alerts/ and the Kafka alerts topic, once per (rule, key, window).
+  crosses it -> alerts/, once per (rule, key, window), and the Kafka alerts topic (at least once, keyed by the
+  alert id: see _publish_committed_alerts).
 All of a batch's files, its carried state and its accounting commit together (streaming.commit): a batch that
 is re-run after a crash never writes twice. There is no Spark state store: the carried state is small (the last
 watermark's worth of windows and keys), so the job keeps no per-event state and reads its events only once.
@@ -33,6 +34,7 @@ from logpipe.config import Settings
 from logpipe.rules import AlertRules
 from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
                                       committed_meta, run_at_once)
+from logpipe.streaming.lease import RootLease
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, request_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
 
@@ -81,6 +83,16 @@ ALERTS_SCHEMA = ("rule STRING, key STRING, window_start TIMESTAMP, window_end TI
                  "threshold INT, top_hosts ARRAY<STRING>, alert_id STRING, detected_at TIMESTAMP")
 
 
+# what the results on a root depend on, besides the input: a run with other values on the same root would mix
+# window sizes, or move the late horizon backwards and write windows again that were already final
+ROOT_SETTINGS = ("topic", "window", "slide", "watermark")
+ROOT_SETTINGS_FILE = "_commits/job.json"
+
+
+class ResultsRootMismatch(RuntimeError):
+    """The results root holds results this run would corrupt (other settings, or its checkpoint is gone)."""
+
+
 @dataclass
 class RunStats:
     """What the listener saw, per query."""
@@ -101,6 +113,7 @@ class StreamJob:
         self._flushes: dict[int, dict[str, Any]] | None = None  # committed flushes, by the batch they follow
         self._emitted_alerts: set[str] | None = None
         self.event_columns = EVENT_COLUMNS if s.events_request_parts else CACHED_EVENT_COLUMNS
+        self.lease: RootLease | None = None  # checked before each batch and flush writes (run_stream sets it)
 
     # ------------------------------------------------------------------ committed history
     def _committed(self) -> dict[int, dict[str, Any]]:
@@ -108,6 +121,10 @@ class StreamJob:
             self._metas = {m["batch"]: m for m in committed_meta(self.spark, self.root, "ingest")}
             self._flushes = {m["batch"]: m for m in committed_meta(self.spark, self.root, "flush")}
         return self._metas
+
+    def has_history(self) -> bool:
+        """Whether batches were committed on this root before (by this run or earlier ones)."""
+        return bool(self._committed())
 
     def _flush_floor(self) -> datetime | None:
         self._committed()
@@ -140,6 +157,36 @@ class StreamJob:
                 if name.endswith(".parquet") and "/_staging/" not in f and name.split("-", 1)[0] < tag:
                     self.fs.delete(f)
 
+    def claim_root(self) -> None:
+        """Before the first batch: refuse a results root made with other ROOT_SETTINGS (recorded in
+        ROOT_SETTINGS_FILE by the first run), or whose committed batches lost their Spark checkpoint (the batch ids
+        would start again at 0, and the new batches, which read other records, be skipped as committed). Records
+        the settings on a new root."""
+        path = f"{self.root}/{ROOT_SETTINGS_FILE}"
+        mine = {k: getattr(self.s, k) for k in ROOT_SETTINGS}
+        if self.fs.exists(path):
+            theirs = json.loads(self.fs.read_text(path))
+
+            def same(k: str) -> bool:
+                if k == "topic":
+                    return theirs.get(k) == mine[k]
+                return duration_seconds(str(theirs.get(k))) == duration_seconds(mine[k])
+
+            diff = [f"{k} {theirs.get(k)!r} there, {mine[k]!r} now" for k in ROOT_SETTINGS if not same(k)]
+            if diff:
+                raise ResultsRootMismatch(
+                    f"{self.root} holds results made with other settings ({'; '.join(diff)}): adding to them would "
+                    "mix the two. Run with the same settings, or give another LOGPIPE_HDFS_ROOT (--hdfs-root)")
+        committed = self._committed()
+        offsets = f"{self.s.hdfs_uri('_checkpoints', 'ingest')}/offsets"
+        if committed and not self.fs.exists(offsets):
+            raise ResultsRootMismatch(
+                f"{self.root} holds {len(committed)} committed micro-batches, but their Spark checkpoint ({offsets}) "
+                "is gone: the batch ids would start again at 0 and new records be skipped as already committed. "
+                "Give another LOGPIPE_HDFS_ROOT (--hdfs-root), or delete the whole root to start over")
+        if not self.fs.exists(path):
+            self.fs.write_text(path, json.dumps(mine))
+
     # ------------------------------------------------------------------ the micro-batch
     def _kafka_stream(self) -> "DataFrame":
         s = self.s
@@ -159,6 +206,8 @@ class StreamJob:
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
+        if self.lease is not None:
+            self.lease.check()
         committed = self._committed()
         if batch_id in committed:  # Spark re-runs a batch we committed when it died before its own commit log
             log.info("batch %d was already committed: nothing is written again", batch_id)
@@ -364,6 +413,8 @@ class StreamJob:
         n = int(committed[last].get("open_window_rows", 0))
         if not n or last in (self._flushes or {}):
             return 0
+        if self.lease is not None:
+            self.lease.check()
         carried = self._state(STATE_OPEN, last, OPEN_SCHEMA).persist()
         try:
             until = carried.agg(F.max("window_end")).first()[0]

@@ -107,6 +107,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     from logpipe import health
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF, StreamJob
+    from logpipe.streaming.lease import RootLease
 
     health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
                       timeout=s.connect_timeout_s,
@@ -129,7 +130,16 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                               timeout=float("inf"), hint="", interval=1.0)
     spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
     job = StreamJob(spark, s)
-    job.recover()
+    lease = RootLease(job.fs, job.root)  # one run per results root
+    try:
+        lease.acquire()
+        job.lease = lease
+        job.claim_root()
+        job.recover()
+    except BaseException:
+        lease.release()
+        spark.stop()
+        raise
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()
     stop = StopSignal()
@@ -138,7 +148,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             follow = job.ingest_query(available_now=False)
             log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic,
                      until_idle_s)
-            if not _wait_until_idle(follow, job, until_idle_s, stop.event):
+            if not _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history()):
                 _stop_before_the_end(follow, job, s, stop, may_end=False)
             if _stop_between_batches(follow, s.stop_grace_s):
                 _raise_if_failed(follow)
@@ -178,6 +188,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
         stop.restore()
+        lease.release()
         spark.stop()
 
 
@@ -213,8 +224,10 @@ def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
                          f"({s.trigger_interval}): between two triggers the job does not look for new records")
 
 
-def _wait_until_idle(q: Any, job: Any, idle_s: float, stop: threading.Event | None = None) -> bool:
-    """Return True once `q` has processed records and then, for idle_s seconds, found no new ones and finished no
+def _wait_until_idle(q: Any, job: Any, idle_s: float, stop: threading.Event | None = None, *,
+                     processed_before: bool = False) -> bool:
+    """Return True once `q` has processed records (or earlier runs did: `processed_before`, so a run restarted
+    after its input was all processed ends too) and then, for idle_s seconds, found no new ones and finished no
     batch; False as soon as `stop` is set. Raises if the query fails meanwhile. (While idle, the query keeps asking
     Kafka for new offsets, so `isTriggerActive` flickers; `isDataAvailable` stays true during a batch with records
     and false between.)"""
@@ -227,7 +240,7 @@ def _wait_until_idle(q: Any, job: Any, idle_s: float, stop: threading.Event | No
             _raise_if_failed(q)
             raise RuntimeError(f"streaming query {q.name} stopped before the input went idle")
         rows, now = job.stats.rows.get(q.name, 0), time.monotonic()
-        if q.status.get("isDataAvailable") or not rows or rows != rows_seen:
+        if q.status.get("isDataAvailable") or not (rows or processed_before) or rows != rows_seen:
             idle_since, rows_seen = None, rows
         elif idle_since is None:
             idle_since = now

@@ -1,0 +1,156 @@
+"""One streaming run per results root: a lease file on the root that a second run finds, and refuses to share.
+
+Two runs on one root would each take the other's batch in progress for a crashed attempt and delete its files
+(commit.clean_crashed_attempts), and both would run the same batch ids. The lease `_commits/lease.json` names its
+holder (host, process id, run id). It is created with create-if-absent, which HDFS does atomically, and its
+modification time is renewed every HEARTBEAT_S seconds. A run that finds it takes it over only when its holder
+is gone: the same process id on the same host (a restarted container is pid 1 again), a process id of this host
+that no longer runs (kill -9), or no renewal for STALE_S seconds (another host).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from logpipe.streaming.commit import HadoopFs
+
+log = logging.getLogger(__name__)
+
+LEASE_FILE = "_commits/lease.json"
+HEARTBEAT_S = 10.0
+STALE_S = 60.0
+
+
+class RootBusy(RuntimeError):
+    """Another run holds the results root (the message names it and says what to do)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+class RootLease:
+    """The lease of one run on `root` (a Hadoop URI): acquire() before the first batch, check() at each batch,
+    release() at the end. `host` and `pid` default to this process's."""
+
+    def __init__(self, fs: HadoopFs, root: str, *, host: str | None = None, pid: int | None = None,
+                 heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S) -> None:
+        self.fs, self.path = fs, f"{root}/{LEASE_FILE}"
+        self.me = {"host": host or socket.gethostname(), "pid": pid or os.getpid(), "run": uuid.uuid4().hex,
+                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def holder(self) -> tuple[dict[str, Any], float] | None:
+        """The lease's content and its age in seconds (since its last renewal), or None if there is none."""
+        try:
+            text = self.fs.read_text(self.path)
+            age = time.time() - self.fs.fs.getFileStatus(self.fs.path(self.path)).getModificationTime() / 1000
+        except Exception as exc:  # noqa: BLE001 (py4j wraps Java's FileNotFoundException)
+            if "FileNotFoundException" in str(exc) or not self.fs.exists(self.path):
+                return None
+            raise
+        try:
+            return json.loads(text), age
+        except ValueError:  # written by a process killed before it closed the file: nobody holds it
+            return {}, age
+
+    def _gone(self, other: dict[str, Any], age: float) -> str | None:
+        """Why the holder `other` is gone (its lease may be taken over), or None while it may still run."""
+        if not other:
+            return "the lease file is empty or unreadable"
+        if other.get("host") == self.me["host"]:
+            if other.get("pid") == self.me["pid"]:
+                return f"it was process {other['pid']} on this host, which is this process now (a restart)"
+            if not _pid_alive(int(other.get("pid", 0))):
+                return f"its process {other.get('pid')} no longer runs on this host"
+        if age > self.stale_s:
+            return f"it was not renewed for {age:.0f}s"
+        return None
+
+    def acquire(self) -> None:
+        """Take the lease, or raise RootBusy if a live run holds it."""
+        held = self.holder()
+        if held is not None:
+            other, age = held
+            why = self._gone(other, age)
+            if why is None and other.get("host") != self.me["host"]:
+                why = self._wait_for_renewal(age)  # a live holder renews within HEARTBEAT_S
+                held = self.holder()
+                if held is None:  # released meanwhile
+                    why = "it ended"
+            if why is None:
+                raise RootBusy(
+                    f"another streaming run writes to {self.path.rsplit('/_commits/', 1)[0]}: process "
+                    f"{other.get('pid')} on {other.get('host')}, since {other.get('since')} (its lease "
+                    f"{self.path} was renewed {age:.0f}s ago). Two runs on one root would undo each other's "
+                    f"batches: stop that run, or give this one another LOGPIPE_HDFS_ROOT (--hdfs-root)")
+            if held is not None:
+                log.warning("taking over the lease of %s from process %s on %s: %s", self.path, other.get("pid"),
+                            other.get("host"), why)
+                self.fs.delete(self.path)
+        if not self.fs.create_new(self.path, json.dumps(self.me)):
+            raise RootBusy(f"another streaming run took {self.path} at the same moment: stop it, or give this one "
+                           "another LOGPIPE_HDFS_ROOT (--hdfs-root)")
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._renew, name="logpipe-lease", daemon=True)
+        self._beat.start()
+
+    def _wait_for_renewal(self, age: float) -> str | None:
+        """A holder on another host, renewed `age` s ago: watch the lease until it is renewed (the holder lives:
+        None) or older than stale_s (gone: the reason). A container recreated under a new host name finds its
+        predecessor's lease this way, and waits at most stale_s."""
+        log.info("the lease %s is held by a run on another host, renewed %.0fs ago: waiting up to %.0fs to see "
+                 "whether it is still alive", self.path, age, max(self.stale_s - age, 0))
+        while age <= self.stale_s:
+            time.sleep(min(1.0, self.heartbeat_s / 4))
+            held = self.holder()
+            if held is None:
+                return "it ended"
+            if held[1] < age:
+                return None
+            age = held[1]
+        return f"it was not renewed for {age:.0f}s"
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.fs.fs.setTimes(self.fs.path(self.path), int(time.time() * 1000), -1)
+            except Exception as exc:  # noqa: BLE001 (HDFS away for a moment: the next renewal may work)
+                log.warning("could not renew the lease %s: %s", self.path, str(exc).splitlines()[0])
+
+    def check(self) -> None:
+        """Raise RootBusy unless this run still holds the lease (another run took it over after our renewals
+        stopped for STALE_S, e.g. a process paused that long)."""
+        held = self.holder()
+        if held is None or held[0].get("run") != self.me["run"]:
+            other = held[0] if held else {}
+            raise RootBusy(f"this run lost its lease {self.path} (now held by process {other.get('pid')} on "
+                           f"{other.get('host')}): it stops before writing anything more")
+
+    def release(self) -> None:
+        """Stop renewing, and remove the lease if it is still ours."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+            self._beat = None
+        try:
+            held = self.holder()
+            if held is not None and held[0].get("run") == self.me["run"]:
+                self.fs.delete(self.path)
+        except Exception as exc:  # noqa: BLE001 (a lease left behind is taken over by the next run)
+            log.warning("could not remove the lease %s: %s", self.path, str(exc).splitlines()[0])

@@ -1,0 +1,88 @@
+"""One streaming run per results root: the lease is refused to a second live run, and taken over from a gone one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def local_fs():
+    from logpipe.config import load_settings
+    from logpipe.spark import build_spark
+    from logpipe.streaming.commit import HadoopFs
+
+    spark = build_spark(load_settings(), "lease-tests", kafka=False)
+    return lambda root: HadoopFs(spark, root)
+
+
+def _lease(local_fs, root: Path, **kw):
+    from logpipe.streaming.lease import RootLease
+
+    return RootLease(local_fs(root.as_uri()), root.as_uri(), **kw)
+
+
+def test_a_live_run_on_this_host_keeps_the_root_and_a_gone_one_loses_it(local_fs, tmp_path: Path):
+    from logpipe.streaming.lease import RootBusy
+
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live process of this host, not this one
+    try:
+        first = _lease(local_fs, tmp_path, pid=sleeper.pid, heartbeat_s=0.2)
+        first.acquire()
+        held = json.loads((tmp_path / "_commits" / "lease.json").read_text())
+        assert held["pid"] == sleeper.pid and held["run"] == first.me["run"]
+        second = _lease(local_fs, tmp_path)
+        with pytest.raises(RootBusy, match=f"process {sleeper.pid} on .*stop that run, or give this one another "
+                                           "LOGPIPE_HDFS_ROOT"):
+            second.acquire()
+        first.check()  # still the holder
+        mtime = os.path.getmtime(tmp_path / "_commits" / "lease.json")
+        time.sleep(0.7)
+        assert os.path.getmtime(tmp_path / "_commits" / "lease.json") > mtime  # renewed
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the holder's process is gone (kill -9): the next run takes over at once, and the old holder finds out
+    second.acquire()
+    with pytest.raises(RootBusy, match="lost its lease"):
+        first.check()
+    first.release()  # not its lease any more: left alone
+    assert json.loads((tmp_path / "_commits" / "lease.json").read_text())["run"] == second.me["run"]
+    second.release()
+    assert not (tmp_path / "_commits" / "lease.json").exists()
+
+
+def test_the_same_pid_on_this_host_is_a_restart_and_another_host_is_watched(local_fs, tmp_path: Path):
+    """A restarted container is pid 1 on the same host again: it takes over. A lease of another host is taken
+    over once it is not renewed for stale_s, and refused while it is renewed."""
+    from logpipe.streaming.lease import RootBusy
+
+    old = _lease(local_fs, tmp_path, pid=os.getpid(), heartbeat_s=3600)
+    old.acquire()
+    old._stop.set()  # it died without a release
+    restarted = _lease(local_fs, tmp_path)
+    restarted.acquire()
+    assert json.loads((tmp_path / "_commits" / "lease.json").read_text())["run"] == restarted.me["run"]
+    restarted.release()
+
+    elsewhere = _lease(local_fs, tmp_path, host="another-host", pid=1, heartbeat_s=0.2)
+    elsewhere.acquire()  # renewed every 0.2 s
+    t = time.monotonic()
+    with pytest.raises(RootBusy, match="process 1 on another-host"):
+        _lease(local_fs, tmp_path, stale_s=5).acquire()
+    assert time.monotonic() - t < 4  # it saw the renewal before the lease could go stale
+    elsewhere._stop.set()  # another host's run ends without a release: its lease ages
+    elsewhere._beat.join()
+    t = time.monotonic()
+    taker = _lease(local_fs, tmp_path, stale_s=1.5)
+    taker.acquire()
+    assert 0.5 < time.monotonic() - t < 10
+    assert json.loads((tmp_path / "_commits" / "lease.json").read_text())["run"] == taker.me["run"]
+    taker.release()

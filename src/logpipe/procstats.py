@@ -18,6 +18,7 @@ class ProcStats:
     peak_rss_mb: float = 0.0
     _start_cpu: dict[int, float] = field(default_factory=dict, repr=False)
     _last_cpu: dict[int, float] = field(default_factory=dict, repr=False)
+    _sampled: bool = field(default=False, repr=False)
 
     def as_dict(self) -> dict[str, float | str]:
         return {"name": self.name, "cpu_s": round(self.cpu_s, 2), "peak_rss_mb": round(self.peak_rss_mb, 1)}
@@ -27,7 +28,8 @@ class ResourceSampler:
     """Polls named process trees every `interval` s in a background thread.
 
     CPU is the growth of user+system time while watched (so long-running services such as Kafka count only
-    the benchmark's share); memory is the peak sum of RSS over the tree. `peak_concurrent_mb` is the highest sum of
+    the benchmark's share; a child born while watched counts from its start); the CPU a process uses after the
+    last sample before it ends is not seen (at most `interval` s of it); memory is the peak sum of RSS over the tree. `peak_concurrent_mb` is the highest sum of
     RSS over every watched tree in one sample: the memory the machine really needed at once.
     """
 
@@ -89,8 +91,11 @@ class ResourceSampler:
                     rss += p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            st._start_cpu.setdefault(p.pid, cpu)
+            # the processes of the first sample count from there (a service already running counts only its
+            # share of the benchmark); one that appears later was born while watched: all its CPU counts
+            st._start_cpu.setdefault(p.pid, cpu if not st._sampled else 0.0)
             st._last_cpu[p.pid] = cpu
+        st._sampled = True
         st.cpu_s = sum(st._last_cpu[k] - st._start_cpu[k] for k in st._last_cpu)
         st.peak_rss_mb = max(st.peak_rss_mb, rss / 2**20)
         return rss

@@ -37,3 +37,24 @@ def test_concurrent_peak_counts_processes_running_together_not_one_after_another
     assert sampler.peak_concurrent_mb < sum(s.peak_rss_mb for s in stats.values()) - 40
     assert all(stats[n].cpu_s >= 0 for n in stats)
 
+
+BUSY = ("import time, subprocess, sys; time.sleep(0.3); "  # the child is born after the tree's first sample
+        "child = subprocess.run([sys.executable, '-c', 'import time\\nt = time.process_time()\\n"
+        "while time.process_time() - t < 1.5: pass\\nprint(time.process_time(), flush=True)\\ntime.sleep(1.0)'], "
+        "capture_output=True, text=True); print(child.stdout.strip())")
+
+
+def test_cpu_of_a_child_born_while_watched_counts_from_its_start():
+    """A stage's process starts the real worker (the stream's JVM, say) after the sampler first saw the tree: its
+    CPU counts from its start, not from the first time a sample caught it."""
+    sampler = ResourceSampler(interval=2.0).start()  # first sees the child after its 1.5 CPU s, while it sleeps
+    try:
+        parent = subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE, text=True)
+        sampler.watch("stage", parent.pid)
+        out, _ = parent.communicate(timeout=60)
+    finally:
+        stats = sampler.stop()
+    child_cpu = float(out.strip())  # what the child itself measured
+    assert child_cpu >= 1.5
+    assert child_cpu - 0.15 <= stats["stage"].cpu_s <= child_cpu + 1.0  # + the parent's own start-up
+

@@ -339,27 +339,17 @@ def alert_rows_off_rule(c: BatchCounts, alerts: pd.DataFrame, s: Settings) -> in
     return int(bad_rate.sum() + bad_surge.sum())
 
 
-def check_alert_figures(s: Settings, fs: Any, size_s: int) -> dict[str, Any]:
+def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int) -> dict[str, Any]:
     """Each alert's count, and a surge's share, against the running counts of its window when the micro-batch that
     raised it committed: replayed from the events/ rows of that batch and the ones before it (by file tag), in
     that window. The final counts alone cannot tell a surge's share, which is taken part-way through its window;
     a job that divided by the wrong total, or counted a batch's rows twice, does not pass this."""
     import pyarrow as pa
     import pyarrow.dataset as ds
-    import pyarrow.parquet as pq
 
-    alert_dir = s.hdfs_path("alerts")
-    parts = []
-    for f in committed_files(s, "alerts", fs):
-        tag = _batch_of(f, alert_dir)
-        if tag is not None and tag[0] == "b":
-            with fs.open(f, "rb") as fh:
-                df = pq.read_table(fh, columns=["rule", "key", "window_start", "count", "share"]).to_pandas()
-            parts.append(df.assign(batch=tag[1]))
-    if not parts:
+    if not len(alerts):
         return {"checked": 0, "wrong": 0, "examples": [], "ok": True}
-    alerts = pd.concat(parts, ignore_index=True)
-    alerts["ws"] = _epoch_s(alerts.window_start)
+    alerts = alerts.assign(ws=_epoch_s(alerts.window_start))
     # the events of the alerted windows only: the windows merged into time ranges, pushed down to the files
     starts = np.unique(alerts.ws.to_numpy())
     ranges: list[list[int]] = []
@@ -408,8 +398,12 @@ def check_alert_figures(s: Settings, fs: Any, size_s: int) -> dict[str, Any]:
     return {"checked": int(len(alerts)), "wrong": len(wrong), "examples": wrong[:10], "ok": not wrong}
 
 
-def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int) -> dict[str, Any]:
-    """Recall over the incidents' expected alerts, precision over raised alerts, detection delay."""
+def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int,
+                        read_until_of: dict[int, int] | None = None) -> dict[str, Any]:
+    """Recall over the incidents' expected alerts, precision over raised alerts, and two detection delays in log
+    time from the incident's start: `delay_s` to the end of the first window alerted (how soon the windows allow),
+    and `raised_after_s` to the newest event time the job had read when it raised its first alert (its batch's,
+    `read_until_of` by batch id; a job that raised its alerts only at the end shows there)."""
 
     def ts(iso: str) -> int:
         return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
@@ -426,12 +420,17 @@ def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int
             wanted += 1
             hit = a[(a.rule == e["rule"]) & (a.key == e["key"]) & (a.ws < end) & (a.ws + size_s > start)]
             matched_alerts.update(hit.index.tolist())
+            raised_after = None
             if len(hit):
                 found += 1
                 delay = int(hit.ws.min()) + size_s - start
+                if read_until_of is not None and "batch" in hit:
+                    seen = [read_until_of[b] for b in hit.batch if b in read_until_of]
+                    raised_after = min(seen) - start if seen else None
             else:
                 delay = None
-            rows.append({**e, "detected": bool(len(hit)), "alerts": int(len(hit)), "delay_s": delay})
+            rows.append({**e, "detected": bool(len(hit)), "alerts": int(len(hit)), "delay_s": delay,
+                         "raised_after_s": raised_after})
         incidents.append({"id": inc["id"], "kind": inc["kind"], "start": inc["start"], "end": inc["end"],
                           "expected": rows})
     false_pos = a.drop(index=list(matched_alerts))
@@ -477,6 +476,42 @@ def _newest_per_file(s: Settings, table: str, column: str, fs: Any) -> dict[tupl
     return out
 
 
+def newest_event_per_batch(s: Settings, fs: Any) -> dict[int, int]:
+    """The newest event time (epoch s) each micro-batch read, from its files in events/ and late/."""
+    newest: dict[int, int] = {}
+    for table in ("events", "late"):
+        for (kind, bid), ts in _newest_per_file(s, table, "timestamp", fs).items():
+            if kind == "b":
+                newest[bid] = max(newest.get(bid, ts), ts)
+    return newest
+
+
+def read_until(newest: dict[int, int]) -> dict[int, int]:
+    """For each batch id, the newest event time the job had read once that batch was done (the batches before
+    it included): the log time at which it could act."""
+    out, top = {}, None
+    for bid in sorted(newest):
+        top = newest[bid] if top is None else max(top, newest[bid])
+        out[bid] = top
+    return out
+
+
+def load_alerts(s: Settings, fs: Any) -> pd.DataFrame:
+    """The alerts table with the id of the micro-batch that raised each alert (`batch`, from its file tag)."""
+    import pyarrow.parquet as pq
+
+    alert_dir = s.hdfs_path("alerts")
+    parts = []
+    for f in committed_files(s, "alerts", fs):
+        tag = _batch_of(f, alert_dir)
+        with fs.open(f, "rb") as fh:
+            parts.append(pq.read_table(fh).to_pandas().assign(batch=tag[1] if tag and tag[0] == "b" else -1))
+    if not parts:
+        return pd.DataFrame(columns=["rule", "key", "window_start", "window_end", "count", "share", "threshold",
+                                     "top_hosts", "alert_id", "detected_at", "batch"])
+    return pd.concat(parts, ignore_index=True)
+
+
 def check_late_rows(s: Settings, fs: Any) -> dict[str, Any]:
     """Every row in late/ is behind the horizon of the micro-batch that wrote it, recomputed from the tables alone:
     the newest event time in events/ and late/ of the batches before it minus the watermark, or, if later, the end
@@ -485,11 +520,7 @@ def check_late_rows(s: Settings, fs: Any) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     watermark_s = duration_seconds(s.watermark)
-    newest: dict[int, int] = {}
-    for table in ("events", "late"):
-        for (kind, bid), ts in _newest_per_file(s, table, "timestamp", fs).items():
-            if kind == "b":
-                newest[bid] = max(newest.get(bid, ts), ts)
+    newest = newest_event_per_batch(s, fs)
     floors: dict[int, int] = {}
     for table in ("windows/by_host", "windows/by_status"):
         for (kind, bid), end in _newest_per_file(s, table, "window_end", fs).items():
@@ -613,14 +644,15 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                  and acc["job_quarantined_unique"] == acc["quarantined"]
                  and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0
                  and acc["late_check"]["ok"] and acc["job_accounting"]["ok"])
-    alerts = load_table(s, "alerts", fs=fs)
+    alerts = load_alerts(s, fs)
     alert_check = check_alerts(counts, alerts, s)
-    alert_check["figures"] = check_alert_figures(s, fs, size_s)
+    alert_check["figures"] = check_alert_figures(s, fs, alerts, size_s)
     alert_check["ok"] = alert_check["ok"] and alert_check["figures"]["ok"]
     truth = None
     tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
     if tp.exists():
-        truth = score_against_truth(alerts, json.loads(tp.read_text()), size_s)
+        truth = score_against_truth(alerts, json.loads(tp.read_text()), size_s,
+                                    read_until(newest_event_per_batch(s, fs)))
         truth["ok"] = (truth["recall"] == 1.0 and truth["false_positives"] == 0) if strict_truth else True
     ok = host_cmp["ok"] and status_cmp["ok"] and acc["ok"] and alert_check["ok"] and (truth is None or truth["ok"])
     return VerifyReport(ok=ok, log=str(log_path), seconds=round(time.monotonic() - t0, 2), accounting=acc,

@@ -242,3 +242,35 @@ def test_stop_signal_installs_nothing_outside_the_main_thread() -> None:
     assert made and signal.getsignal(signal.SIGTERM) is before and not made[0].event.is_set()
     made[0].restore()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -> None:
+    """A query stopped after its grace time leaves its Python callback running (its HDFS renames and marker go
+    on): the clean-up before the drain waits for it, so it cannot remove the files of a batch that then commits."""
+    from logpipe.streaming import job as job_mod
+
+    j = job_mod.StreamJob.__new__(job_mod.StreamJob)  # the lock and the two calls only: no Spark
+    j._in_batch, j.spark, j.root = threading.Lock(), None, "hdfs://x/r"
+    order: list[str] = []
+    release = threading.Event()
+
+    def slow_batch(_batch: object, _batch_id: int) -> None:
+        order.append("batch starts")
+        release.wait(10)
+        order.append("batch commits")
+
+    j._run_batch = slow_batch
+    j._publish_committed_alerts = lambda: None
+    monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: order.append("clean-up") or [])
+    callback = threading.Thread(target=j._batch, args=(None, 7))
+    callback.start()
+    while order != ["batch starts"]:
+        time.sleep(0.01)
+    cleanup = threading.Thread(target=j.recover)
+    cleanup.start()
+    time.sleep(0.3)
+    assert order == ["batch starts"]  # the clean-up waits
+    release.set()
+    callback.join(10)
+    cleanup.join(10)
+    assert order == ["batch starts", "batch commits", "clean-up"]

@@ -159,15 +159,25 @@ def test_an_alert_whose_own_figures_break_its_rule_fails(rule, count, share):
 
 
 def test_truth_scoring():
-    alerts = pd.DataFrame({"rule": ["rate_limit", "rate_limit"], "key": ["h", "x"],
-                           "window_start": pd.to_datetime([100, 5000], unit="s", utc=True)})
+    alerts = pd.DataFrame({"rule": ["rate_limit", "rate_limit", "rate_limit"], "key": ["h", "x", "h"],
+                           "window_start": pd.to_datetime([100, 5000, 110], unit="s", utc=True),
+                           "batch": [3, 1, 2]})
     truth = {"incidents": [{"id": "I1", "kind": "rate_limit", "start": "1970-01-01T00:01:30Z",
                             "end": "1970-01-01T00:03:00Z", "expected_alerts": [{"rule": "rate_limit", "key": "h"}]},
                            {"id": "I2", "kind": "outage", "start": "1970-01-01T01:00:00Z",
                             "end": "1970-01-01T01:02:00Z", "expected_alerts": [{"rule": "failure_surge", "key": "503"}]}]}
-    r = score_against_truth(alerts, truth, 20)
-    assert r["recall"] == 0.5 and r["false_positives"] == 1 and r["precision"] == 0.5
-    assert r["incidents"][0]["expected"][0]["delay_s"] == 100 + 20 - 90
+    r = score_against_truth(alerts, truth, 20, {1: 150, 2: 200, 3: 400})  # the job had read up to 150, 200, 400
+    assert r["recall"] == 0.5 and r["false_positives"] == 1 and r["precision"] == 2 / 3
+    expected = r["incidents"][0]["expected"][0]
+    assert expected["delay_s"] == 100 + 20 - 90
+    assert expected["raised_after_s"] == 200 - 90  # the earlier of its two alerts' batches
+    assert score_against_truth(alerts, truth, 20)["incidents"][0]["expected"][0]["raised_after_s"] is None
+
+
+def test_read_until_is_the_running_newest_event_time():
+    from logpipe.verify import read_until
+
+    assert read_until({0: 100, 1: 90, 3: 250, 2: 300}) == {0: 100, 1: 100, 2: 300, 3: 300}
 
 
 def test_late_rows_must_be_behind_the_horizon_of_their_batch(tmp_path):
@@ -242,7 +252,11 @@ def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tm
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from logpipe.verify import check_alert_figures
+    from logpipe.verify import check_alert_figures as check_figures
+    from logpipe.verify import load_alerts
+
+    def check_alert_figures(s, fs, size_s):
+        return check_figures(s, fs, load_alerts(s, fs), size_s)
 
     t0 = 1_084_838_400  # a multiple of the 10 s slide
     s = Settings(hdfs_root=str(tmp_path))

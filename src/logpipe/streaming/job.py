@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -114,6 +115,10 @@ class StreamJob:
         self._emitted_alerts: set[str] | None = None
         self.event_columns = EVENT_COLUMNS if s.events_request_parts else CACHED_EVENT_COLUMNS
         self.lease: RootLease | None = None  # checked before each batch and flush writes (run_stream sets it)
+        # held while a micro-batch's callback runs: a query stopped after its grace time interrupts the JVM's wait
+        # for the callback, not the Python callback itself, whose HDFS renames and marker go on; recover() waits
+        # for it, so it never removes the files of a batch that then commits
+        self._in_batch = threading.Lock()
 
     # ------------------------------------------------------------------ committed history
     def _committed(self) -> dict[int, dict[str, Any]]:
@@ -203,6 +208,10 @@ class StreamJob:
                 .load())
 
     def _batch(self, batch: "DataFrame", batch_id: int) -> None:
+        with self._in_batch:
+            self._run_batch(batch, batch_id)
+
+    def _run_batch(self, batch: "DataFrame", batch_id: int) -> None:
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
@@ -386,8 +395,9 @@ class StreamJob:
     def recover(self) -> None:
         """Before the first batch: remove what a crashed attempt left half-written (commit.clean_crashed_attempts),
         then send the committed alerts a crash kept from Kafka (a committed batch is not run again, so nothing
-        else would send them)."""
-        cleaned = clean_crashed_attempts(self.spark, self.root, list(OUTPUT_TABLES))
+        else would send them). Waits for a micro-batch callback still running (see _in_batch)."""
+        with self._in_batch:
+            cleaned = clean_crashed_attempts(self.spark, self.root, list(OUTPUT_TABLES))
         if cleaned:
             log.warning("removed the files of %d attempt(s) that died before their commit: %s", len(cleaned),
                         ", ".join(cleaned))

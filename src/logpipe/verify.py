@@ -382,14 +382,20 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
     else:
         ev = pd.DataFrame({"t": pd.Series(dtype="int64"), "host": pd.Series(dtype=str),
                            "status": pd.Series(dtype=str), "batch": pd.Series(dtype="int64")})
+    # sorted by time, each alert reads only its window's slice (not every row once per alert: 1,800 alerts over
+    # millions of rows at 2.5 GB)
+    ev = ev.sort_values("t", kind="stable")
+    t_, host_, status_, batch_ = (ev[c].to_numpy() for c in ("t", "host", "status", "batch"))
     wrong = []
     for a in alerts.itertuples(index=False):
-        rows = ev[(ev.t >= a.ws) & (ev.t < a.ws + size_s) & (ev.batch <= a.batch)]
+        lo, hi = np.searchsorted(t_, a.ws, "left"), np.searchsorted(t_, a.ws + size_s, "left")
+        upto = batch_[lo:hi] <= a.batch
         if a.rule == "rate_limit":
-            count, share = int((rows.host == a.key).sum()), None
+            count, share = int((host_[lo:hi][upto] == a.key).sum()), None
         else:
-            count = int((rows.status == a.key).sum())
-            share = count / len(rows) if len(rows) else None
+            count = int((status_[lo:hi][upto] == a.key).sum())
+            total = int(upto.sum())
+            share = count / total if total else None
         good = int(a.count) == count and (share is None or (a.share is not None and abs(a.share - share) < 1e-9))
         if not good:
             wrong.append({"rule": a.rule, "key": a.key, "window_start": int(a.ws), "batch": int(a.batch),

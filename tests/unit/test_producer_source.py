@@ -172,3 +172,56 @@ def test_the_message_limit_is_at_most_the_longest_line_the_producer_holds():
     assert Settings(max_message_bytes=LINE_CAP_BYTES).max_message_bytes == LINE_CAP_BYTES
     with pytest.raises(ValidationError):
         Settings(max_message_bytes=LINE_CAP_BYTES + 1)
+
+
+def test_a_rotation_the_producer_never_saw_is_named_in_a_warning(tmp_path, caplog):
+    """Rotated twice before the producer reached the first rotation (here: while it was stopped, and while it
+    read): the file in between was never at the log's path when the producer looked, so it is not read (it could
+    as well be a copy); a warning names it and how to send it. Compressed rotations and files the producer read
+    are not named."""
+    import logging
+    import time
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    (tmp_path / "live.log.9.gz").write_bytes(b"\x1f\x8b old, compressed")
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=60)
+    source.open()
+    blocks = source.blocks()
+    assert next(blocks).lines == [b"a1"]
+    time.sleep(0.05)
+    log.rename(tmp_path / "live.log.1")         # A -> .1
+    log.write_bytes(b"b1\n")                    # B, never seen by the producer
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    log.rename(tmp_path / "live.log.1")         # B -> .1
+    log.write_bytes(b"c1\n")                    # C
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _lines_until(blocks, b"c1") == [b"c1"]
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1"))
+    assert f"logpipe produce {tmp_path / 'live.log.1'}" in named[0]
+    source.close()
+
+
+def test_two_rotations_while_stopped_name_the_file_in_between(tmp_path, caplog):
+    """Stopped after sending live.log (A); meanwhile A -> .2, B -> .1, C created. At the next start A is finished
+    by its saved position and C followed; B never had a position: the warning names it."""
+    import logging
+    import time
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    time.sleep(0.05)
+    log.rename(tmp_path / "live.log.2")
+    (tmp_path / "live.log.1").write_bytes(b"b1\n")
+    log.write_bytes(b"c1\n")
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=60)
+    source.open()
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _lines_until(source.blocks(), b"c1") == [b"c1"]
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1"))
+    source.close()

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ log = logging.getLogger("logpipe.producer")
 BLOCK_BYTES = 1 << 20
 LINE_CAP_BYTES = 64 << 20  # longer lines are not held in memory: only their head is kept (they are quarantined)
 QUARANTINE_HEAD_BYTES = 16 << 10
+
+
+# rotated files under these names are compressed: not readable as a log
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 
 
 class InputFileError(Exception):
@@ -52,6 +57,7 @@ class Segment:
     skip_head: bytes = b""
     skip_start: int = 0
     resumed_from: int = 0
+    opened_at: float = field(default_factory=time.time)  # wall clock: when the producer took this file up
 
     @property
     def src(self) -> str:
@@ -196,7 +202,39 @@ class LogSource:
                 found.append((pos.updated_at, entry.path))
         for key in pending.keys() - still_there:  # rotated away and since deleted (or replaced): nothing to finish
             self.store.delete(key)
+        saved_at = [datetime.fromisoformat(p.updated_at).timestamp() for p in pending.values() if p.updated_at]
+        if saved_at:  # rotated more than once while stopped: the files in between were never current for us
+            self.warn_unread_rotations({current}, max(saved_at))
         return [p for _, p in sorted(found)]
+
+    def warn_unread_rotations(self, known: set[str], since: float) -> list[str]:
+        """Warn about files beside the log, named like its rotations (`<name>.1`, `<name>-20261130`; not
+        compressed), that the producer never read and that were written after `since` (wall clock): a log rotated
+        twice before the producer saw the first rotation (or while it was stopped) leaves the file in between
+        there, which only the path's current file leads to. Such a file is not read on a guess (a copy of the log
+        would be sent twice); the warning says how to send it. Returns their paths."""
+        base = os.path.basename(self.path)
+        known_keys = known | {p.key for p in self.store.all() if p.path == self.path}
+        found = []
+        try:
+            entries = list(os.scandir(os.path.dirname(self.path)))
+        except OSError:
+            return []
+        for entry in entries:
+            if not entry.name.startswith((base + ".", base + "-")) or entry.name.endswith(COMPRESSED_SUFFIXES):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if entry.is_file() and file_key(st) not in known_keys and st.st_mtime >= since:
+                found.append(entry.path)
+        for path in sorted(found):
+            log.warning("%s looks like a rotation of %s written after %s, and the producer never read it (the log "
+                        "was rotated again before the producer reached the rotation before): its lines are not "
+                        "sent. If they belong to this log, send them with `logpipe produce %s`", path, self.path,
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)), path)
+        return sorted(found)
 
     # ---- reading -------------------------------------------------------------------------------
     def blocks(self) -> Iterator[Block | Idle]:
@@ -233,6 +271,7 @@ class LogSource:
                 log.info("%s was rotated (%s -> %s): following the new file from byte %d; the old one is read "
                          "until it has had no new bytes for %.0fs", self.path, seg.key, new.key, new.read_pos,
                          self.rotate_grace_s)
+                self.warn_unread_rotations({new.key, *(old.key for old, _ in self.rotated)}, seg.opened_at)
                 seg = self.current = new
                 continue
             yield from self._read_rotated()

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     linger_ms: int = 20
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
 
-    @field_validator("window", "slide", "watermark", "trigger_interval")
+    @field_validator("window", "slide", "watermark")  # the job's window and horizon arithmetic reads them
     @classmethod
     def _duration_is_an_interval(cls, v: str) -> str:
         from logpipe.windows import duration_seconds

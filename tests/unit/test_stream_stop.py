@@ -161,13 +161,19 @@ def test_waiting_for_idle_after_a_restart_that_finds_nothing_new() -> None:
     from types import SimpleNamespace
 
     job = SimpleNamespace(stats=SimpleNamespace(rows={}))
-    idle = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False})
+    idle = SimpleNamespace(isActive=True, name="ingest", lastProgress=None,
+                           status={"isDataAvailable": False, "message": "Waiting for data to arrive"})
     t = time.monotonic()
     assert run._wait_until_idle(idle, job, 0.3, threading.Event(), processed_before=True) is True
     assert time.monotonic() - t >= 0.3
-    stop = threading.Event()
-    threading.Timer(1.0, stop.set).start()
-    assert run._wait_until_idle(idle, job, 0.3, stop) is False  # still waiting for records when stopped
+    for query, processed_before in ((idle, False),  # a first run waits for records
+                                    # a restarted query that has not looked at the topic yet is not idle
+                                    (SimpleNamespace(isActive=True, name="ingest", lastProgress=None,
+                                                     status={"isDataAvailable": False,
+                                                             "message": "Initializing sources"}), True)):
+        stop = threading.Event()
+        threading.Timer(1.0, stop.set).start()
+        assert run._wait_until_idle(query, job, 0.3, stop, processed_before=processed_before) is False
 
 
 class _Stopping:

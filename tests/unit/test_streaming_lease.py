@@ -86,3 +86,19 @@ def test_the_same_pid_on_this_host_is_a_restart_and_another_host_is_watched(loca
     assert 0.5 < time.monotonic() - t < 10
     assert json.loads((tmp_path / "_commits" / "lease.json").read_text())["run"] == taker.me["run"]
     taker.release()
+
+
+def test_a_lease_being_written_is_alive_and_an_old_empty_one_is_gone(local_fs, tmp_path: Path):
+    """An empty lease file: a run that is creating it (young), or one killed before it wrote it (old)."""
+    from logpipe.streaming.lease import RootBusy
+
+    lease = tmp_path / "_commits" / "lease.json"
+    lease.parent.mkdir(parents=True)
+    lease.write_text("")
+    with pytest.raises(RootBusy, match="a run that is writing its lease"):
+        _lease(local_fs, tmp_path).acquire()
+    os.utime(lease, (time.time() - 30, time.time() - 30))
+    taker = _lease(local_fs, tmp_path)
+    taker.acquire()
+    assert json.loads(lease.read_text())["run"] == taker.me["run"]
+    taker.release()

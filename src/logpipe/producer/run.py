@@ -65,7 +65,11 @@ def ensure_topic(s: Settings, topic: str) -> bool:
                 pass
         got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=["max.message.bytes"])],
                                      config_filter="all")
-        limit = int(got["topic"][topic]["max.message.bytes"]["value"])
+        value = got.get("topic", {}).get(topic, {}).get("max.message.bytes", {}).get("value")
+        if value is None:  # not readable (no rights, metadata not spread yet): the broker's answer will tell
+            log.warning("could not read the max.message.bytes of topic %s (%s)", topic, got)
+            return False
+        limit = int(value)
         if limit < needed:
             raise TopicLimitError(
                 f"topic {topic} takes records of up to {limit:,} bytes (its max.message.bytes), but "

@@ -127,6 +127,13 @@ class StreamJob:
             self._flushes = {m["batch"]: m for m in committed_meta(self.spark, self.root, "flush")}
         return self._metas
 
+    def wait_for_batch(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for a micro-batch callback still running to end; False if it has not."""
+        if not self._in_batch.acquire(timeout=timeout):
+            return False
+        self._in_batch.release()
+        return True
+
     def has_history(self) -> bool:
         """Whether batches were committed on this root before (by this run or earlier ones)."""
         return bool(self._committed())
@@ -170,7 +177,12 @@ class StreamJob:
         path = f"{self.root}/{ROOT_SETTINGS_FILE}"
         mine = {k: getattr(self.s, k) for k in ROOT_SETTINGS}
         if self.fs.exists(path):
-            theirs = json.loads(self.fs.read_text(path))
+            try:
+                theirs = json.loads(self.fs.read_text(path))
+            except ValueError as exc:
+                raise ResultsRootMismatch(f"{path} is not the JSON the job writes ({exc}): it records the settings "
+                                          "the results on this root were made with; restore it or use another "
+                                          "LOGPIPE_HDFS_ROOT") from exc
 
             def same(k: str) -> bool:
                 if k == "topic":
@@ -351,7 +363,10 @@ class StreamJob:
             meta: dict[str, Any] = {}
 
             def batch_meta() -> dict[str, Any]:
-                """The batch's accounting, once its files are written (the final host windows are counted then)."""
+                """The batch's accounting, once its files are written (the final host windows are counted then).
+                Called just before the commit marker: a run that lost its lease meanwhile stops there."""
+                if self.lease is not None:
+                    self.lease.check()
                 meta.update({
                     "batch": batch_id, "lines": n_parsed + sum(counts.values()), "parsed": n_parsed,
                     "quarantined": sum(counts.values()), "quarantined_by_reason": counts, "late": n_late,
@@ -433,8 +448,14 @@ class StreamJob:
                                                 ("status", "http_response", "windows/by_status"))]
             n = sum(df.count() for df, _ in tables)
             meta = {"batch": last, "rows": n, "flushed_until": until.isoformat()}
-            commit_batch(self.spark, self.root, "flush", last, [(df, table, []) for df, table in tables], meta,
-                         prefix="f")
+
+            def flush_meta() -> dict[str, Any]:  # just before the marker: a run that lost its lease stops there
+                if self.lease is not None:
+                    self.lease.check()
+                return meta
+
+            commit_batch(self.spark, self.root, "flush", last, [(df, table, []) for df, table in tables],
+                         flush_meta, prefix="f")
         finally:
             carried.unpersist()
         assert self._flushes is not None

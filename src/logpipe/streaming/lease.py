@@ -5,7 +5,8 @@ Two runs on one root would each take the other's batch in progress for a crashed
 holder (host, process id, run id). It is created with create-if-absent, which HDFS does atomically, and its
 modification time is renewed every HEARTBEAT_S seconds. A run that finds it takes it over only when its holder
 is gone: the same process id on the same host (a restarted container is pid 1 again), a process id of this host
-that no longer runs (kill -9), or no renewal for STALE_S seconds (another host).
+that no longer runs (kill -9), or, for another host's lease, no renewal while it watched it for STALE_S seconds.
+The holder checks the lease again just before each commit marker, so a run that lost it writes no marker.
 """
 
 from __future__ import annotations
@@ -55,51 +56,52 @@ class RootLease:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def holder(self) -> tuple[dict[str, Any], float] | None:
-        """The lease's content and its age in seconds (since its last renewal), or None if there is none."""
+    def holder(self) -> tuple[dict[str, Any], float, int] | None:
+        """The lease's content, its age in seconds by this host's clock, and its modification time (ms, set by
+        its holder's renewals), or None if there is none."""
         try:
             text = self.fs.read_text(self.path)
-            age = time.time() - self.fs.fs.getFileStatus(self.fs.path(self.path)).getModificationTime() / 1000
+            mtime = int(self.fs.fs.getFileStatus(self.fs.path(self.path)).getModificationTime())
         except Exception as exc:  # noqa: BLE001 (py4j wraps Java's FileNotFoundException)
             if "FileNotFoundException" in str(exc) or not self.fs.exists(self.path):
                 return None
             raise
+        age = time.time() - mtime / 1000
         try:
-            return json.loads(text), age
-        except ValueError:  # written by a process killed before it closed the file: nobody holds it
-            return {}, age
+            return json.loads(text), age, mtime
+        except ValueError:  # being written, or written by a process killed before it closed the file
+            return {}, age, mtime
 
     def _gone(self, other: dict[str, Any], age: float) -> str | None:
-        """Why the holder `other` is gone (its lease may be taken over), or None while it may still run."""
+        """Why the holder `other` is gone (its lease may be taken over), or None while it may still run. A lease
+        of another host is judged by watching it (_watch), not by its age: the clocks may differ."""
         if not other:
-            return "the lease file is empty or unreadable"
+            return "the lease file is empty or unreadable" if age > 5 else None  # young: still being written
         if other.get("host") == self.me["host"]:
             if other.get("pid") == self.me["pid"]:
                 return f"it was process {other['pid']} on this host, which is this process now (a restart)"
             if not _pid_alive(int(other.get("pid", 0))):
                 return f"its process {other.get('pid')} no longer runs on this host"
-        if age > self.stale_s:
-            return f"it was not renewed for {age:.0f}s"
         return None
 
     def acquire(self) -> None:
         """Take the lease, or raise RootBusy if a live run holds it."""
         held = self.holder()
         if held is not None:
-            other, age = held
+            other, age, mtime = held
             why = self._gone(other, age)
-            if why is None and other.get("host") != self.me["host"]:
-                why = self._wait_for_renewal(age)  # a live holder renews within HEARTBEAT_S
-                held = self.holder()
-                if held is None:  # released meanwhile
-                    why = "it ended"
+            if why is None and other and other.get("host") != self.me["host"]:
+                why = self._watch(mtime)  # a live holder renews within HEARTBEAT_S
             if why is None:
+                who = (f"process {other.get('pid')} on {other.get('host')}, since {other.get('since')} (its lease "
+                       f"{self.path} was renewed {age:.0f}s ago)" if other else
+                       f"a run that is writing its lease {self.path} at this moment")
                 raise RootBusy(
-                    f"another streaming run writes to {self.path.rsplit('/_commits/', 1)[0]}: process "
-                    f"{other.get('pid')} on {other.get('host')}, since {other.get('since')} (its lease "
-                    f"{self.path} was renewed {age:.0f}s ago). Two runs on one root would undo each other's "
-                    f"batches: stop that run, or give this one another LOGPIPE_HDFS_ROOT (--hdfs-root)")
-            if held is not None:
+                    f"another streaming run writes to {self.path.rsplit('/_commits/', 1)[0]}: {who}. Two runs on "
+                    "one root would undo each other's batches: stop that run, or give this one another "
+                    "LOGPIPE_HDFS_ROOT (--hdfs-root)")
+            now = self.holder()
+            if now is not None and now[0] == other and now[2] == mtime:  # the one judged, not a newcomer's
                 log.warning("taking over the lease of %s from process %s on %s: %s", self.path, other.get("pid"),
                             other.get("host"), why)
                 self.fs.delete(self.path)
@@ -110,21 +112,22 @@ class RootLease:
         self._beat = threading.Thread(target=self._renew, name="logpipe-lease", daemon=True)
         self._beat.start()
 
-    def _wait_for_renewal(self, age: float) -> str | None:
-        """A holder on another host, renewed `age` s ago: watch the lease until it is renewed (the holder lives:
-        None) or older than stale_s (gone: the reason). A container recreated under a new host name finds its
-        predecessor's lease this way, and waits at most stale_s."""
-        log.info("the lease %s is held by a run on another host, renewed %.0fs ago: waiting up to %.0fs to see "
-                 "whether it is still alive", self.path, age, max(self.stale_s - age, 0))
-        while age <= self.stale_s:
+    def _watch(self, mtime: int) -> str | None:
+        """A holder on another host, whose lease has modification time `mtime`: watch it for stale_s (by this
+        host's clock; the holder's may differ). Renewed meanwhile: the holder lives (None); not: the reason it is
+        taken for gone. A container recreated under a new host name finds its predecessor's lease this way, and
+        waits stale_s."""
+        log.info("the lease %s is held by a run on another host: watching it for %.0fs to see whether that run "
+                 "still renews it", self.path, self.stale_s)
+        deadline = time.monotonic() + self.stale_s
+        while time.monotonic() < deadline:
             time.sleep(min(1.0, self.heartbeat_s / 4))
             held = self.holder()
             if held is None:
                 return "it ended"
-            if held[1] < age:
+            if held[2] != mtime:
                 return None
-            age = held[1]
-        return f"it was not renewed for {age:.0f}s"
+        return f"it was not renewed for {self.stale_s:.0f}s"
 
     def _renew(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
@@ -138,7 +141,7 @@ class RootLease:
         stopped for STALE_S, e.g. a process paused that long)."""
         held = self.holder()
         if held is None or held[0].get("run") != self.me["run"]:
-            other = held[0] if held else {}
+            other: dict[str, Any] = held[0] if held else {}
             raise RootBusy(f"this run lost its lease {self.path} (now held by process {other.get('pid')} on "
                            f"{other.get('host')}): it stops before writing anything more")
 

@@ -49,6 +49,8 @@ def test_a_live_run_on_this_host_keeps_the_root_and_a_gone_one_loses_it(local_fs
     finally:
         sleeper.kill()
         sleeper.wait()
+    first._stop.set()  # its renewals die with it (here they run in this test's process)
+    first._beat.join()
     # the holder's process is gone (kill -9): the next run takes over at once, and the old holder finds out
     second.acquire()
     with pytest.raises(RootBusy, match="lost its lease"):

@@ -53,6 +53,11 @@ class RootLease:
         self.me = {"host": host or socket.gethostname(), "pid": pid or os.getpid(), "run": uuid.uuid4().hex,
                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        # the lease file's length is this run's signature (its content padded by a number drawn from the run id):
+        # checking it takes the NameNode only, so the check at every batch and each renewal work while a DataNode
+        # is away (reading the content would wait for one)
+        self._pad = uuid.UUID(self.me["run"]).int % 1_000_000
+        self._length = len((json.dumps(self.me) + "\n").encode()) + self._pad
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -105,7 +110,7 @@ class RootLease:
                 log.warning("taking over the lease of %s from process %s on %s: %s", self.path, other.get("pid"),
                             other.get("host"), why)
                 self.fs.delete(self.path)
-        if not self.fs.create_new(self.path, json.dumps(self.me)):
+        if not self.fs.create_new(self.path, json.dumps(self.me) + "\n" + " " * self._pad):
             raise RootBusy(f"another streaming run took {self.path} at the same moment: stop it, or give this one "
                            "another LOGPIPE_HDFS_ROOT (--hdfs-root)")
         self._stop.clear()
@@ -129,21 +134,37 @@ class RootLease:
                 return None
         return f"it was not renewed for {self.stale_s:.0f}s"
 
+    def _ours(self) -> bool:
+        """Whether the lease file is still this run's (by its length: the NameNode only)."""
+        try:
+            return int(self.fs.fs.getFileStatus(self.fs.path(self.path)).getLen()) == self._length
+        except Exception as exc:  # noqa: BLE001 (py4j wraps Java's FileNotFoundException)
+            if "FileNotFoundException" in str(exc):
+                return False
+            raise
+
     def _renew(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
+                if not self._ours():
+                    log.warning("the lease %s is no longer this run's: not renewing it", self.path)
+                    return
                 self.fs.fs.setTimes(self.fs.path(self.path), int(time.time() * 1000), -1)
             except Exception as exc:  # noqa: BLE001 (HDFS away for a moment: the next renewal may work)
                 log.warning("could not renew the lease %s: %s", self.path, str(exc).splitlines()[0])
 
     def check(self) -> None:
         """Raise RootBusy unless this run still holds the lease (another run took it over after our renewals
-        stopped for STALE_S, e.g. a process paused that long)."""
-        held = self.holder()
-        if held is None or held[0].get("run") != self.me["run"]:
-            other: dict[str, Any] = held[0] if held else {}
-            raise RootBusy(f"this run lost its lease {self.path} (now held by process {other.get('pid')} on "
-                           f"{other.get('host')}): it stops before writing anything more")
+        stopped for STALE_S, e.g. a process paused that long). Asks the NameNode only."""
+        if self._ours():
+            return
+        try:
+            held = self.holder()
+        except Exception:  # noqa: BLE001 (only for the message)
+            held = None
+        other: dict[str, Any] = held[0] if held else {}
+        raise RootBusy(f"this run lost its lease {self.path} (now held by process {other.get('pid')} on "
+                       f"{other.get('host')}): it stops before writing anything more")
 
     def release(self) -> None:
         """Stop renewing, and remove the lease if it is still ours."""
@@ -152,8 +173,7 @@ class RootLease:
             self._beat.join(timeout=5)
             self._beat = None
         try:
-            held = self.holder()
-            if held is not None and held[0].get("run") == self.me["run"]:
+            if self._ours():
                 self.fs.delete(self.path)
         except Exception as exc:  # noqa: BLE001 (a lease left behind is taken over by the next run)
             log.warning("could not remove the lease %s: %s", self.path, str(exc).splitlines()[0])

@@ -238,6 +238,9 @@ class LogGenerator:
             elif kind == "url_scan":
                 dur = min(longest, int(rng.integers(90, 180)))
                 rate = max(3.0 * self.surge_min_count / w, 1.5 * local_rate)
+                if 0.6 * self.ceiling <= rate * w < 1.5 * self.ceiling:
+                    # near the ceiling, chance would decide whether some windows cross it: clearly over it instead
+                    rate = 1.5 * self.ceiling / w
                 exp = [{"rule": "failure_surge", "key": "404"}]
                 if rate * w >= self.ceiling:  # a scanner this fast is also a rate-limit abuser
                     exp.append({"rule": "rate_limit", "key": host})

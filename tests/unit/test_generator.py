@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from logpipe.config import Settings
-from logpipe.generator import MAX_OUT_OF_ORDER_S, ensure_demo_sample, generate, parse_size, truth_path
+from logpipe.generator import (MAX_OUT_OF_ORDER_S, LogGenerator, ensure_demo_sample, generate, parse_size,
+                               truth_path)
 from logpipe.logformat import REASONS, LogRecord, try_parse_line
 
 pytestmark = pytest.mark.unit
@@ -210,3 +211,17 @@ def test_demo_sample_made_once(tmp_path):
     assert truth_path(out).exists() and 190_000 <= out.stat().st_size <= 200_000
     ensure_demo_sample(out, Settings(), size="200KB")
     assert out.stat().st_mtime_ns == first
+
+
+@pytest.mark.parametrize("ceiling", [290, 310, 600])
+def test_a_url_scanners_rate_is_clearly_on_one_side_of_the_ceiling(ceiling):
+    """The scanner's own rate (3 x the surge count per window, 300 here) must not sit near the rate-limit
+    ceiling: chance would then decide whether a window crosses it, and the truth would list an alert that is
+    not raised, or miss one that is."""
+    gen = LogGenerator(seed=3, rate=5.0, ceiling=ceiling, surge_min_count=100, window_s=20)  # a quiet site
+    scans = [i for i in gen.plan_incidents(6 * 3600) if i.kind == "url_scan"]
+    assert scans
+    for inc in scans:
+        per_window = inc.rate_per_s * 20
+        assert per_window >= 1.5 * ceiling or per_window < 0.6 * ceiling, (ceiling, per_window)
+        assert ({"rule": "rate_limit", "key": inc.hosts[0]} in inc.expected_alerts) == (per_window >= ceiling)

@@ -56,7 +56,7 @@ class RootLease:
         # the lease file's length is this run's signature (its content padded by a number drawn from the run id):
         # checking it takes the NameNode only, so the check at every batch and each renewal work while a DataNode
         # is away (reading the content would wait for one)
-        self._pad = uuid.UUID(self.me["run"]).int % 1_000_000
+        self._pad = uuid.UUID(self.me["run"]).int % 65_536  # at most 64 KB; two runs alike: 1 in 65,536
         self._length = len((json.dumps(self.me) + "\n").encode()) + self._pad
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None

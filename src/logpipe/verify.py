@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from logpipe.results import committed_files
 from logpipe.config import Settings
 from logpipe.logformat import try_parse_line
+from logpipe.results import committed_files
 from logpipe.windows import duration_seconds, window_starts_array
 
 log = logging.getLogger(__name__)
@@ -349,7 +349,8 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
     if not len(alerts):
         return {"checked": 0, "wrong": 0, "examples": [], "ok": True}
     alerts = alerts.assign(ws=_epoch_s(alerts.window_start))
-    # the events of the alerted windows only: the windows merged into time ranges, pushed down to the files
+    # the events of the alerted windows only: the windows merged into time ranges; files of other days skipped,
+    # then the rows in the ranges kept (Spark's INT96 timestamps carry no statistics to filter files by)
     starts = np.unique(alerts.ws.to_numpy())
     ranges: list[list[int]] = []
     for a in starts:
@@ -366,7 +367,7 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
     for f in committed_files(s, "events", fs):
         day = f.split("/date=", 1)[1][:10] if "/date=" in f else None
         tag = _batch_of(f, events_dir)
-        if (day is not None and day not in days) or tag is None:  # Spark's timestamps (INT96) have no statistics
+        if (day is not None and day not in days) or tag is None:
             continue
         with fs.open(f, "rb") as fh:
             table = pq.read_table(fh, columns=["timestamp", "host", "http_response"])

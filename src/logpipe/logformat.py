@@ -6,7 +6,8 @@ Formats (one line each; the three share the CLF layout and differ in the timesta
 - combined: clf + ` "referrer" "user agent"`
 
 Rules (the Spark job implements the same rules as SQL expressions; tests check they agree):
-- the line is UTF-8; a trailing CR/LF is ignored; anything else that does not fit is quarantined with a reason;
+- the line is UTF-8; a trailing CR/LF and a leading byte order mark (U+FEFF) are ignored; anything else that
+  does not fit is quarantined with a reason;
 - `bytes` of `-` means no body was sent and is stored as 0;
 - status must be 100..599; bytes must fit a signed 32-bit int;
 - timestamps are converted to UTC and must lie in [1990-01-01, 2100-01-01): a forged far-future timestamp
@@ -47,7 +48,8 @@ REASONS = (EMPTY, INVALID_UTF8, NO_MATCH, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE,
 _QUOTED = r'"((?:[^"\\]++|\\[^\n])*+)"'
 # Shared line layout. Group order: host, ident, user, time, request, status, bytes, referrer, agent.
 # The same pattern is used by the Spark job through Java's regex engine (compatible syntax).
-LINE_PATTERN = (r'^(\S+) (\S+) (\S+) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d{1,10}|-)'
+# A UTF-8 byte order mark before the host (a log written by a Windows tool starts with one) is not part of it.
+LINE_PATTERN = (r'^\uFEFF?+(\S+) (\S+) (\S+) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d{1,10}|-)'
                 r'(?: ' + _QUOTED + r' ' + _QUOTED + r')?$')
 # Seconds are 00-59: Spark's make_timestamp would turn a leap second `:60` into the next minute, Python's datetime
 # refuses it; the pattern refuses it for both (bad_timestamp).

@@ -60,6 +60,7 @@ VALID = [
      dict(timestamp=datetime(2099, 12, 31, 23, 30, tzinfo=UTC))),
     ("1 MB line", _line(request="GET /" + "x" * 1_000_000 + " HTTP/1.1"), dict(http_response=200)),
     ("str input", _line().decode(), dict(host="1.2.3.4")),
+    ("byte order mark before the host", b"\xef\xbb\xbf" + _line(), dict(host="1.2.3.4")),
 ]
 
 # (id, raw line, quarantine reason)

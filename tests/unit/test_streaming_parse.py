@@ -34,9 +34,12 @@ GOOD = [
     b'1.2.3.4 - - [2004-02-29 23:59:59] "GET / HTTP/1.1" 200 1',
     b'1.2.3.4 - - [1990-01-01 00:00:00] "GET / HTTP/1.1" 200 1',
     b'1.2.3.4 - - [2099-12-31 23:59:59] "GET / HTTP/1.1" 200 1',
+    # a UTF-8 byte order mark (a log's first line) is not part of the host
+    b'\xef\xbb\xbf1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',
 ]
 BAD = [
     b"", b"\r\n", b"   ", b"\t", b"\xff\xfe garbage", b"\x80\x81\x82", b"just some text", b" \t\r\n\r",
+    b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n",  # a byte order mark alone
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5\r\n ',  # a space after the CR/LF
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5 \r\n',  # a space before it
     b'1.2.3.4 - - [2004-13-18 05:58:48] "GET / HTTP/1.1" 200 1',     # month 13

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,10 +17,51 @@ def settings() -> Settings:
     return load_settings()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """Keep each phase's report on the test item, so that a fixture can tell whether its test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def unique() -> str:
-    """A short unique suffix for topic names and HDFS paths of one test."""
-    return uuid.uuid4().hex[:10]
+def unique(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A short unique suffix for topic names and HDFS paths of one test. A test on the stack that passed has its
+    topics and HDFS paths holding the suffix (under /tests) deleted afterwards; a failed one keeps them for a
+    look, and LOGPIPE_KEEP_RESULTS=1 keeps them all."""
+    suffix = uuid.uuid4().hex[:10]
+    yield suffix
+    passed = all(getattr(getattr(request.node, f"report_{w}", None), "passed", True) for w in ("setup", "call"))
+    if "stack" in request.fixturenames and passed and os.environ.get("LOGPIPE_KEEP_RESULTS") != "1":
+        try:
+            _delete_test_data(request.getfixturevalue("stack"), suffix)
+        except Exception as exc:  # a leftover is no reason to fail a test that passed; it is reported
+            warnings.warn(f"could not delete the test's topics and HDFS paths ({suffix}): {exc}", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def delete_test_data() -> Callable[[Settings, str], None]:
+    """The clean-up of `unique`, for fixtures that make their own suffix."""
+    return _delete_test_data
+
+
+def _delete_test_data(s: Settings, suffix: str) -> None:
+    """Delete the Kafka topics and the entries of HDFS /tests whose names hold `suffix`."""
+    from hdfs import InsecureClient
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        topics = [t for t in admin.list_topics() if suffix in t]
+        if topics:
+            admin.delete_topics(topics)
+    finally:
+        admin.close()
+    client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
+    for name in client.list("/tests") if client.status("/tests", strict=False) else []:
+        if suffix in name:
+            client.delete(f"/tests/{name}", recursive=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,8 @@ def _step(name: str, args: list[str], env: dict[str, str], log_dir: Path, timeou
 
 
 @pytest.fixture(scope="session")
-def demo_results(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoResults]:
+def demo_results(stack: Settings, tmp_path_factory: pytest.TempPathFactory,
+                 delete_test_data: Callable[[Settings, str], None]) -> Iterator[DemoResults]:
     """Real results on HDFS from the README's main job, `logpipe demo` (stack up, generate a sample, produce,
     stream --until-done, verify, summary), into a unique Kafka topic, alerts topic and HDFS root (the shared
     stack's /logpipe is never touched). Its summary must say that verify was exact and account for every line."""
@@ -77,6 +78,4 @@ def demo_results(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
             in summary), summary[-3000:]
     yield DemoResults(settings=s, log=log, seconds=seconds)
     if os.environ.get("LOGPIPE_KEEP_RESULTS") != "1":  # keep them for a look with LOGPIPE_KEEP_RESULTS=1
-        from hdfs import InsecureClient
-
-        InsecureClient(s.webhdfs_address, user=s.hdfs_user_name).delete(s.hdfs_root, recursive=True)
+        delete_test_data(s, unique)  # its topics and HDFS root

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,9 +15,20 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-PORTS = {"KAFKA_PORT": 19092, "KAFKA_CONTROLLER_PORT": 19093, "NAMENODE_RPC_PORT": 18020,
-         "NAMENODE_HTTP_PORT": 19870, "DATANODE_HTTP_PORT": 19864, "DATANODE_DATA_PORT": 19866,
-         "DATANODE_IPC_PORT": 19867}
+PORT_SETTINGS = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "NAMENODE_RPC_PORT", "NAMENODE_HTTP_PORT",
+                 "DATANODE_HTTP_PORT", "DATANODE_DATA_PORT", "DATANODE_IPC_PORT")
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 now (the OS picks them, so a second checkout's tests do not collide)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -27,8 +39,9 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def test_up_status_down_up_keeps_data(tmp_path: Path, settings):
     from hdfs import InsecureClient
 
-    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run"),
-           **{f"LOGPIPE_{k}": str(v) for k, v in PORTS.items()}}
+    ports = dict(zip(PORT_SETTINGS, _free_ports(len(PORT_SETTINGS))))
+    http = ports["NAMENODE_HTTP_PORT"]
+    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run"), **{f"LOGPIPE_{k}": str(v) for k, v in ports.items()}}
     env.pop("LOGPIPE_KAFKA_BOOTSTRAP", None)
     env.pop("LOGPIPE_PRODUCER_STATE_DIR", None)  # the default position store, under the run folder
     positions = tmp_path / "run" / "producer" / "some-topic"
@@ -49,9 +62,9 @@ def test_up_status_down_up_keeps_data(tmp_path: Path, settings):
         assert [s["service"] for s in status["services"]] == ["kafka", "namenode", "datanode"]
         assert all(s["running"] and s["pid"] for s in status["services"])
         assert all(Path(s["log"]).is_file() for s in status["services"])
-        assert status["urls"]["HDFS file browser"].startswith("http://127.0.0.1:19870/explorer.html")
+        assert status["urls"]["HDFS file browser"].startswith(f"http://127.0.0.1:{http}/explorer.html")
 
-        client = InsecureClient("http://127.0.0.1:19870", user=settings.hdfs_user_name)
+        client = InsecureClient(f"http://127.0.0.1:{http}", user=settings.hdfs_user_name)
         client.write("/keep/me.txt", data=b"kept", overwrite=True)
 
         t = time.monotonic()

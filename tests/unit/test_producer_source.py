@@ -225,3 +225,110 @@ def test_two_rotations_while_stopped_name_the_file_in_between(tmp_path, caplog):
     named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
     assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1"))
     source.close()
+
+
+def _blocks_until_idle(source: LogSource) -> list[tuple[str, int, list[bytes], bool]]:
+    """(src, start, lines, final) of each block up to the first wait (follow) or the end."""
+    got = []
+    for item in source.blocks():
+        if not hasattr(item, "lines"):
+            break
+        got.append((item.src, item.start, item.lines, item.final))
+    return got
+
+
+def _copytruncate(log, new: bytes, copy_name: str = "live.log.1") -> None:
+    """logrotate's copytruncate: copy the log beside it, truncate it in place, then the writer writes `new`."""
+    import shutil
+
+    shutil.copyfile(log, log.with_name(copy_name))
+    with log.open("r+b") as f:
+        f.truncate(0)
+    with log.open("ab") as f:
+        f.write(new)
+
+
+def test_copytruncate_while_stopped_reads_the_rest_from_the_copy_first(tmp_path):
+    """a1, a2 delivered; a3, a4 appended while the producer was stopped; then copytruncate and b1. The next run
+    sends a3, a4 from the copy under the old src and offsets (a repeat would be dropped downstream), then b1 as the
+    file's next generation; before, a3 and a4 were lost without a word."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\na2\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 6)
+    key = file_key(os.stat(log))
+    with log.open("ab") as f:
+        f.write(b"a3\na4 no newline yet")
+    _copytruncate(log, b"b1\n")
+    source = LogSource(str(log), store)
+    source.open()
+    got = _blocks_until_idle(source)
+    source.close()
+    assert got == [(key, 6, [b"a3"], False), (key, 9, [b"a4 no newline yet"], False), (key, 26, [], True),
+                   (f"{key}:1", 0, [b"b1"], False)]
+
+
+def test_a_truncation_without_a_copy_names_the_bytes_not_sent(tmp_path, caplog):
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\na2\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    _copytruncate(log, b"b1\n", copy_name="live.log.1.gz")  # compressed: not read
+    source = LogSource(str(log), store)
+    source.open()
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        got = _blocks_until_idle(source)
+    source.close()
+    assert [lines for _, _, lines, _ in got] == [[b"b1"]]
+    assert any("after byte 3 was not sent" in r.getMessage() and "tail -c +4" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_truncated_and_refilled_while_read_sends_no_fragment_and_nothing_twice(tmp_path):
+    """Follow mode, the producer behind (blocks of 8 bytes): copytruncate, and the writer refills the file past the
+    read position before the producer's next read. The new bytes at the old position are not taken for old content
+    (before: a line fragment, and new lines sent twice under two srcs); the rest of the old content comes from the
+    copy, then the new content from byte 0 as the next generation."""
+    log = tmp_path / "live.log"
+    old = b"".join(b"old-%02d\n" % i for i in range(6))
+    log.write_bytes(old)
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
+                       block_bytes=8)
+    source.open()
+    key = file_key(os.stat(log))
+    blocks = source.blocks()
+    assert next(blocks).lines == [b"old-00"]
+    new = b"".join(b"new-line-%02d\n" % i for i in range(8))
+    _copytruncate(log, new)
+    got = []
+    for item in blocks:
+        got += [(item.src, line) for line in getattr(item, "lines", [])]
+        if (f"{key}:1", b"new-line-07") in got:
+            break
+    source.close()
+    assert got == ([(key, b"old-%02d" % i) for i in range(1, 6)]
+                   + [(f"{key}:1", b"new-line-%02d" % i) for i in range(8)])
+
+
+def test_a_rotated_file_gone_before_its_end_is_named_and_a_finished_one_is_not(tmp_path, caplog):
+    """Positions of files rotated away: one finished (read to its definite end) and one not; both files then
+    compressed by logrotate while the producer was stopped. Only the unfinished one is worth a warning."""
+    import logging
+
+    log = tmp_path / "live.log"
+    store = PositionStore(tmp_path / "pos", "t")
+    for name, finished in (("done.log", True), ("cut.log", False)):
+        f = tmp_path / name
+        f.write_bytes(b"x1\n")
+        st = os.stat(f)
+        store.save(Position(file_key(st), 0, 3, str(log), 3, head_digest(b"x1\n"), finished=finished))
+    log.write_bytes(b"new\n")
+    (tmp_path / "done.log").unlink()
+    (tmp_path / "cut.log").unlink()
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert LogSource(str(log), store, follow=True).rotated_leftovers() == []
+    gone = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
+    assert len(gone) == 1 and "after byte 3" in gone[0], gone
+    assert store.all() == []

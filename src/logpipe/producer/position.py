@@ -48,6 +48,7 @@ class Position:
     head_len: int
     head_sha256: str
     updated_at: str = ""
+    finished: bool = False  # the file was rotated away and read to its definite end: nothing of it is left to send
 
     @property
     def src(self) -> str:

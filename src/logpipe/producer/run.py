@@ -162,7 +162,8 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
         if block is not None:
             seg_ = block.segment
             head = seg_.head[:HEAD_BYTES]
-            store.save(Position(seg_.key, seg_.generation, block.end, source.path, len(head), head_digest(head)))
+            store.save(Position(seg_.key, seg_.generation, block.end, source.path, len(head), head_digest(head),
+                                finished=block.final))
 
     try:
         with bar:

@@ -9,7 +9,10 @@ the renamed file until it reopens its log (logrotate's `create`, a web server's 
 
 Identity: a file is `<st_dev>:<st_ino>` (see position.py). Renaming keeps it, so a rotated file keeps its
 offsets; the new file at the same path is a new identity starting at 0. Truncation (copytruncate) keeps the inode
-but restarts the offsets, so it starts a new *generation*: src `<dev>:<ino>:<generation>`.
+but restarts the offsets, so it starts a new *generation*: src `<dev>:<ino>:<generation>`. What the producer had not
+read before the truncation is in logrotate's copy: a file beside the log that starts with the same bytes and is at
+least as long as the read position. It is read from that position on, as the rest of the old generation (same src),
+before the new content; without such a copy (compressed, or removed) a warning says which bytes were not sent.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +61,7 @@ class Segment:
     skip_start: int = 0
     resumed_from: int = 0
     opened_at: float = field(default_factory=time.time)  # wall clock: when the producer took this file up
+    replaced: bool = False  # its first bytes changed while it was read: truncated (and maybe refilled)
 
     @property
     def src(self) -> str:
@@ -79,6 +83,7 @@ class Block:
     lines: list[bytes]
     end: int  # offset just after the last line's newline (or the end of an unterminated final line)
     oversize_len: int | None = None  # set when lines == [head of a line of this many bytes]
+    final: bool = False  # the segment's definite end (a rotated file finished): its position is saved as finished
 
     @property
     def src(self) -> str:
@@ -127,6 +132,44 @@ def _starts_with(path: str, pos: Position) -> bool:
     return len(head) == pos.head_len and head_digest(head) == pos.head_sha256
 
 
+def _rotation_names(path: str) -> Iterator[os.DirEntry]:
+    """Files beside `path` named like its rotations (`<name>.1`, `<name>-20261130`, compressed ones too)."""
+    base = os.path.basename(path)
+    try:
+        entries = list(os.scandir(os.path.dirname(path)))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith((base + ".", base + "-")):
+            yield entry
+
+
+def find_copy(path: str, starts_with: bytes | Position, offset: int, skip: Callable[[str], bool]) -> \
+        tuple[int, os.stat_result] | None:
+    """A copy of the old content of `path` (logrotate's copytruncate): an uncompressed file named like a rotation of
+    it that starts with `starts_with` (bytes, or the head a Position recorded), holds at least `offset` bytes, and
+    whose identity is not `skip`ped (the file itself, files the producer tracks). (fd, stat) or None."""
+    for entry in sorted(_rotation_names(path), key=lambda e: e.name):
+        if entry.name.endswith(COMPRESSED_SUFFIXES):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not entry.is_file() or skip(file_key(st)) or st.st_size < offset:
+                continue
+            fd, st = open_log(entry.path)
+        except (OSError, InputFileError):
+            continue
+        if isinstance(starts_with, Position):
+            head = os.pread(fd, starts_with.head_len, 0)
+            same = len(head) == starts_with.head_len and head_digest(head) == starts_with.head_sha256
+        else:
+            same = os.pread(fd, len(starts_with), 0) == starts_with
+        if same:
+            return fd, st
+        os.close(fd)
+    return None
+
+
 @dataclass
 class LogSource:
     """Blocks of lines from `path`, resuming at the saved position (unless `reset`), following it if `follow`."""
@@ -143,6 +186,8 @@ class LogSource:
     current: Segment | None = None
     # files rotated away and still read for lines their writer appends: (segment, when it last grew)
     rotated: list[list[Any]] = field(default_factory=list)
+    # copies of a truncated file's old content (copytruncate), read to their end before the file's new content
+    copies: list[Segment] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
@@ -164,6 +209,7 @@ class LogSource:
         if not same:
             log.warning("%s (%s): content differs from the saved position (truncated or replaced since the last "
                         "run); reading from byte 0 as generation %d", path, key, saved.generation + 1)
+            self._copy_of_old_content(path, key, saved)
             return Segment(path, fd, key, saved.generation + 1, 0)
         if self.reset:
             log.info("%s: --reset: reading from byte 0 again (src %s; downstream drops the duplicates)",
@@ -174,6 +220,27 @@ class LogSource:
             log.info("%s: resuming at byte %d of %d (src %s)", path, saved.offset, st.st_size, saved.src)
         return Segment(path, fd, key, saved.generation, saved.offset, head=head, carry_start=saved.offset,
                        resumed_from=saved.offset)
+
+    def _tracked_or(self, key: str) -> Callable[[str], bool]:
+        """Identities a copy cannot have: `key` (the file itself) and files with a saved position (read as such)."""
+        return lambda k: k == key or self.store.load(k) is not None
+
+    def _copy_of_old_content(self, path: str, key: str, saved: Position) -> None:
+        """The file at `path` was truncated or replaced since `saved`: queue the rest of its old content from a copy
+        beside it (copytruncate), to be read first under the old src, or warn that it is not there."""
+        copy = find_copy(path, saved, saved.offset, self._tracked_or(key))
+        if copy is None:
+            log.warning("%s: no uncompressed copy of its old content (src %s) found beside it: whatever it held "
+                        "after byte %d was not sent. If a rotation holds it, send that part with `tail -c +%d "
+                        "<rotation> > rest.log; logpipe produce rest.log` (zcat a compressed one first)",
+                        path, saved.src, saved.offset, saved.offset + 1)
+            return
+        fd, st = copy
+        log.warning("%s: reading the rest of its old content (src %s) from its copy (%s) at byte %d first",
+                    path, saved.src, file_key(st), saved.offset)
+        head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
+        self.copies.append(Segment(path, fd, saved.key, saved.generation, saved.offset, head=head,
+                                   carry_start=saved.offset, resumed_from=saved.offset))
 
     def rotated_leftovers(self) -> list[str]:
         """Follow mode after a restart: files rotated away from `path` (found by identity among the files of the
@@ -200,7 +267,13 @@ class LogSource:
             still_there.add(pos.key)
             if st.st_size > pos.offset or time.time() - st.st_mtime < self.rotate_grace_s:
                 found.append((pos.updated_at, entry.path))
-        for key in pending.keys() - still_there:  # rotated away and since deleted (or replaced): nothing to finish
+        for key in pending.keys() - still_there:  # rotated away and since deleted (or compressed): nothing to read
+            pos = pending[key]
+            if not pos.finished:
+                log.warning("%s: the file rotated away from it (src %s) is gone (compressed or deleted) before the "
+                            "producer read it to its end: lines it got after byte %d, if any, were not sent. If a "
+                            "rotation holds them, send them with `zcat <rotation> | tail -c +%d > rest.log; logpipe "
+                            "produce rest.log`", self.path, pos.src, pos.offset, pos.offset + 1)
             self.store.delete(key)
         saved_at = [datetime.fromisoformat(p.updated_at).timestamp() for p in pending.values() if p.updated_at]
         if saved_at:  # rotated more than once while stopped: the files in between were never current for us
@@ -240,6 +313,14 @@ class LogSource:
     def blocks(self) -> Iterator[Block | Idle]:
         """Blocks until EOF (or, in follow mode, until `stop` is set); IDLE marks waits in follow mode."""
         seg = self.current or self.open()
+        while self.copies:  # the rest of a truncated file's old content, before its new content
+            copy = self.copies[0]
+            yield from self._read_available(copy)
+            if self.stop.is_set():
+                return
+            yield from self._finish(copy, final=True)
+            os.close(copy.fd)
+            self.copies.pop(0)
         if self.follow:
             for leftover in self.rotated_leftovers():
                 log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
@@ -256,10 +337,17 @@ class LogSource:
             if self.stop.is_set():
                 return
             if not self.follow:
+                if seg.replaced:  # its unread rest is in logrotate's copy: the next run reads it from there
+                    log.warning("%s was truncated while it was read: stopped at byte %d; the next run reads the "
+                                "rest from its copy, if there is one beside it", seg.path, seg.carry_start)
+                    return
                 yield from self._finish(seg)
                 return
             change = self._detect_change(seg)
             if change == "truncated":
+                yield from self._rest_from_copy(seg)
+                if self.stop.is_set():  # not read to the copy's end: the next run goes on from the position
+                    return
                 yield from self._finish(seg)
                 log.info("%s was truncated: reading it from byte 0 as generation %d", seg.path, seg.generation + 1)
                 seg = self.current = Segment(seg.path, seg.fd, seg.key, seg.generation + 1, 0)
@@ -281,6 +369,26 @@ class LogSource:
             if self.stop.wait(self.poll_interval):
                 return
 
+    def _rest_from_copy(self, seg: Segment) -> Iterator[Block]:
+        """`seg` was truncated: read what it held after read_pos from its copy beside it (copytruncate), as the
+        same segment (a line cut by the truncation is completed from the copy), or warn that it is not there."""
+        if not seg.head:
+            return
+        copy = find_copy(seg.path, seg.head, seg.read_pos, self._tracked_or(seg.key))
+        if copy is None:
+            log.warning("%s was truncated and no uncompressed copy of its old content is beside it: whatever it "
+                        "held after byte %d (src %s) was not sent", seg.path, seg.read_pos, seg.src)
+            return
+        fd, st = copy
+        log.info("%s was truncated: reading the rest of its old content from its copy (%s) at byte %d", seg.path,
+                 file_key(st), seg.read_pos)
+        own, seg.fd, seg.replaced = seg.fd, fd, False
+        try:
+            yield from self._read_available(seg)
+        finally:
+            seg.fd = own
+            os.close(fd)
+
     def _read_rotated(self) -> Iterator[Block]:
         """New lines of the files rotated away; a file that has had none for rotate_grace_s is finished (its
         unterminated tail sent as its last line) and closed."""
@@ -295,7 +403,7 @@ class LogSource:
                 entry[1] = now
             elif now - last_growth >= self.rotate_grace_s:
                 self.rotated.remove(entry)
-                tail = list(self._finish(old))
+                tail = list(self._finish(old, final=True))
                 os.close(old.fd)
                 log.info("%s (rotated away from %s) had no new bytes for %.0fs: finished at byte %d", old.key,
                          self.path, self.rotate_grace_s, old.read_pos)
@@ -320,10 +428,13 @@ class LogSource:
         return fd, st
 
     def _read_available(self, seg: Segment) -> Iterator[Block]:
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not seg.replaced:
             before = seg.read_pos
             chunk = os.pread(seg.fd, self.block_bytes, before)
             if not chunk:
+                return
+            if before and seg.head and os.pread(seg.fd, len(seg.head), 0) != seg.head:
+                seg.replaced = True  # truncated (and refilled) since the last read: the chunk is not the old content
                 return
             seg.read_pos = before + len(chunk)
             if len(seg.head) < HEAD_BYTES and before == len(seg.head):
@@ -357,8 +468,9 @@ class LogSource:
                 seg.carry_start
             seg.carry = b""
 
-    def _finish(self, seg: Segment) -> Iterator[Block]:
-        """The definite end of a segment: its unterminated last line (if any) is emitted as a line."""
+    def _finish(self, seg: Segment, final: bool = False) -> Iterator[Block]:
+        """The definite end of a segment: its unterminated last line (if any) is emitted as a line. `final`: the
+        segment is done for good (a rotated file or a copy): a last block, possibly empty, says so."""
         if seg.skipping is not None:
             total = seg.skipping
             block = Block(seg, seg.skip_start, [seg.skip_head], seg.skip_start + total, oversize_len=total)
@@ -369,8 +481,16 @@ class LogSource:
             log.info("%s: last line has no newline; sending its %d bytes as a line", seg.path, len(seg.carry))
             seg.carry, seg.carry_start = b"", block.end
             yield block
+        if final:
+            yield Block(seg, seg.carry_start, [], seg.carry_start, final=True)
 
     def close(self) -> None:
+        for copy in self.copies:
+            try:
+                os.close(copy.fd)
+            except OSError:
+                pass
+        self.copies.clear()
         for old, _ in self.rotated:
             try:
                 os.close(old.fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,10 @@ class ServiceDied(RuntimeError):
     """A service's process ended while we waited for it to become ready (the message holds its last words)."""
 
 
+class WaitStopped(Exception):
+    """The wait for a service was given up on request (Ctrl-C, SIGTERM)."""
+
+
 def wait_until(
     probe: Callable[[], T],
     *,
@@ -33,10 +38,12 @@ def wait_until(
     hint: str,
     interval: float = 0.5,
     alive: Callable[[], str | None] | None = None,
+    stop: threading.Event | None = None,
 ) -> T:
     """Call `probe` until it returns without raising NotReady/OSError; raise ServiceTimeout after `timeout` s.
 
     `alive`, if given, is checked between tries; a returned string means the service died (it becomes the error).
+    `stop`, if given and set, ends the wait between tries with WaitStopped.
     """
     deadline = time.monotonic() + timeout
     last = "no attempt made"
@@ -51,7 +58,10 @@ def wait_until(
                 raise ServiceDied(f"{what} died while starting: {dead}")
         if time.monotonic() >= deadline:
             raise ServiceTimeout(f"{what} not ready after {timeout:.0f}s (last error: {last}). {hint}")
-        time.sleep(interval)
+        if stop is None:
+            time.sleep(interval)
+        elif stop.wait(interval):
+            raise WaitStopped(f"stopped while waiting for {what} (last error: {last})")
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from logpipe.cli import build_parser
@@ -46,3 +48,53 @@ def test_a_delivery_error_says_delivery_failed(monkeypatch, capsys, tmp_path):
 def test_other_errors_are_not_hidden(monkeypatch, capsys, tmp_path):
     with pytest.raises(ZeroDivisionError):
         _errors_of(monkeypatch, capsys, ZeroDivisionError(), tmp_path)
+
+
+def test_ctrl_c_while_waiting_for_the_broker_ends_the_wait(tmp_path):
+    """Before, the wait for an unreachable broker went on for its whole timeout whatever the signals."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "a.log"
+    log.write_bytes(b"x\n")
+    env = {**os.environ, "LOGPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LOGPIPE_PRODUCER_CONNECT_TIMEOUT_S": "120",
+           "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # imports, then the wait
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 5, err
+    assert proc.returncode == 1 and "stopped while waiting for Kafka" in err and "nothing was sent" in err, err
+
+
+def test_a_second_stop_signal_quits_at_once(monkeypatch, capsys):
+    import signal
+    import threading
+
+    from logpipe.commands import produce
+
+    exits = []
+    monkeypatch.setattr(produce.os, "_exit", exits.append)
+    stop = threading.Event()
+    produce.on_stop_signal(stop, signal.SIGTERM)
+    assert stop.is_set() and exits == []
+    produce.on_stop_signal(stop, signal.SIGINT)
+    assert exits == [128 + signal.SIGINT]
+    assert "sent again next time" in capsys.readouterr().err
+
+
+def test_every_compression_the_settings_accept_has_its_kafka_python_codec():
+    """kafka-python needs a library per codec; zstd and snappy were accepted by the settings but failed at start."""
+    import typing
+
+    from kafka.producer.kafka import KafkaProducer
+
+    from logpipe.config import Settings
+
+    for codec in typing.get_args(Settings.model_fields["compression"].annotation):
+        available, _ = KafkaProducer._COMPRESSORS[None if codec == "none" else codec]
+        assert available(), f"LOGPIPE_COMPRESSION={codec}: kafka-python finds no library for it"

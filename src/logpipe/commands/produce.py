@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from logpipe.health import ServiceTimeout
+    from logpipe.health import ServiceTimeout, WaitStopped
     from logpipe.producer.clients import DeliveryError
     from logpipe.producer.run import produce_file
     from logpipe.producer.source import InputFileError
@@ -32,9 +33,12 @@ def run(args: argparse.Namespace) -> int:
     s = settings_from_args(args)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: on_stop_signal(stop, signum))
     try:
         summary = produce_file(s, args.file, follow=args.follow, reset=args.reset, stop_event=stop)
+    except WaitStopped as exc:
+        print(f"logpipe produce: {exc}; nothing was sent", file=sys.stderr)
+        return 1
     except InputFileError as exc:
         print(f"logpipe produce: {exc}", file=sys.stderr)
         return 2
@@ -51,6 +55,20 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(summary.as_dict()))
     return 0 if summary.errors == 0 else 1
+
+
+def on_stop_signal(stop: threading.Event, signum: int) -> None:
+    """The first Ctrl-C / SIGTERM stops at the next line and waits for the broker to confirm what was sent (then
+    the position is saved); a second one quits at once: the unconfirmed lines are sent again next time, under the
+    same keys, and the job drops the repeats."""
+    if not stop.is_set():
+        print("logpipe produce: stopping: waiting for the broker to confirm the lines sent (again to quit now)",
+              file=sys.stderr, flush=True)
+        stop.set()
+        return
+    print("logpipe produce: quitting without waiting; the lines after the last saved position are sent again "
+          "next time", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def kafka_client_errors() -> tuple[type[BaseException], ...]:

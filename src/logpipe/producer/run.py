@@ -124,7 +124,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
 
     os.close(fd)
     health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
-                      timeout=s.producer_connect_timeout_s,
+                      timeout=s.producer_connect_timeout_s, stop=stop_event,
                       hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
     store = PositionStore(s.producer_state_dir or (s.run_dir / "producer"), s.topic)
     if ensure_topic(s, s.topic):

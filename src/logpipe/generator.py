@@ -501,9 +501,3 @@ def truth_path(log_path: Path) -> Path:
     """Where the ground truth of a log lives: `<log>.truth.json`."""
     return log_path.with_name(log_path.name + ".truth.json")
 
-
-def ensure_demo_sample(path: Path, settings: Settings | None = None, size: str = "40MB", seed: int = 42) -> Path:
-    """The demo sample log (~40 MB, like the seed project's 40MBFile.log), generated on first use (with its truth)."""
-    if not path.exists() or not truth_path(path).exists():
-        generate(path, size_bytes=parse_size(size), seed=seed, settings=settings)
-    return path

@@ -14,6 +14,18 @@ if TYPE_CHECKING:
 
 # result tables under settings.hdfs_root
 TABLES = ("events", "quarantine", "late", "alerts", "windows/by_host", "windows/by_status")
+# the columns of the small tables, for an empty frame when a table holds no committed file yet (the job's Spark
+# schemas in logpipe.streaming.job; a test checks they agree)
+COLUMNS = {
+    "windows/by_status": ["window_start", "window_end", "http_response", "count"],
+    "windows/by_host": ["window_start", "window_end", "host", "count"],
+    "alerts": ["rule", "key", "window_start", "window_end", "count", "share", "threshold", "top_hosts", "alert_id",
+               "detected_at"],
+}
+# what `_commits/job.json` records (logpipe.streaming.job.ROOT_SETTINGS), other than the topic: the settings the
+# root's results were made with
+RUN_SETTINGS = ("window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count", "surge_min_share",
+                "surge_top_hosts")
 
 
 def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
@@ -75,8 +87,34 @@ def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
 
 def load_table(s: Settings, table: str, columns: list[str] | None = None, *,
                fs: "fsspec.AbstractFileSystem | None" = None) -> "pd.DataFrame":
-    """One result table as a pandas DataFrame (an empty frame with `columns` if there is no data)."""
+    """One result table as a pandas DataFrame (an empty frame with `columns`, or the table's COLUMNS, if there is
+    no data)."""
     import pandas as pd
 
     t = load_arrow(s, table, columns, fs=fs)
-    return pd.DataFrame(columns=columns or []) if t is None else t.to_pandas()
+    return pd.DataFrame(columns=columns or COLUMNS.get(table, [])) if t is None else t.to_pandas()
+
+
+def settings_of_results(s: Settings, fs: "fsspec.AbstractFileSystem | None" = None) -> tuple[Settings, list[str]]:
+    """`s` with the window, slide, watermark and alert rules that the results under s.hdfs_root were made with
+    (recorded by the job in `_commits/job.json`), and a note for each value that differs from `s`: the numbers on a
+    root must be read with its own settings, not the reader's. `s` itself when nothing is recorded."""
+    import json
+
+    from logpipe.windows import duration_seconds
+
+    fs = fs or webhdfs_fs(s)
+    path = s.hdfs_path("_commits", "job.json")
+    if not fs.exists(path):
+        return s, []
+    with fs.open(path, "rb") as f:
+        recorded = json.load(f)
+    theirs = {k: recorded[k] for k in RUN_SETTINGS if k in recorded}
+    notes = []
+    for k, v in theirs.items():
+        mine = getattr(s, k)
+        differs = (duration_seconds(str(v)) != duration_seconds(mine)) if k in ("window", "slide", "watermark") \
+            else v != mine
+        if differs:
+            notes.append(f"{k} {v!r} (the job's, from {path}; not {mine!r})")
+    return s.with_overrides(**theirs), notes

@@ -350,8 +350,9 @@ def test_a_second_run_on_a_root_in_use_is_refused(stack, unique, tmp_path, hdfs_
 
 
 def test_other_settings_or_a_lost_checkpoint_are_refused(stack, unique, tmp_path, hdfs_client):
-    """A root holds results of one window, slide, watermark and topic: a run with another value is refused
-    (a longer watermark would move the horizon back and write final windows again); so is a root whose Spark
+    """A root holds results of one window, slide, watermark, topic and set of alert rules: a run with another value
+    is refused (a longer watermark would move the horizon back and write final windows again; other rules would
+    decide the root's alerts two ways); so is a root whose Spark
     checkpoint was deleted (the batch ids would start at 0 again and new records be skipped as committed)."""
     env = _env(stack, unique, tmp_path)
     log = tmp_path / "a.log"
@@ -361,7 +362,8 @@ def test_other_settings_or_a_lost_checkpoint_are_refused(stack, unique, tmp_path
     assert _logpipe({**env, "LOGPIPE_TOPIC": f"other-{unique}"}, "produce", str(log)).returncode == 0
     for flag, value, shown in (("--watermark", "2 minutes", "watermark '30 seconds' there, '2 minutes' now"),
                                ("--window", "1 minute", "window '20 seconds' there, '1 minute' now"),
-                               ("--topic", f"other-{unique}", f"topic 'f-{unique}' there, 'other-{unique}' now")):
+                               ("--topic", f"other-{unique}", f"topic 'f-{unique}' there, 'other-{unique}' now"),
+                               ("--rate-limit-ceiling", "100", "rate_limit_ceiling 200 there, 100 now")):
         r = _logpipe(env, "stream", "--until-done", flag, value)
         assert r.returncode == 1 and "holds results made with other settings" in r.stderr, r.stderr[-3000:]
         assert shown in r.stderr and "Traceback" not in r.stderr

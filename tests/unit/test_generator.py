@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from logpipe.config import Settings
-from logpipe.generator import (MAX_OUT_OF_ORDER_S, LogGenerator, ensure_demo_sample, generate, parse_size,
+from logpipe.generator import (MAX_OUT_OF_ORDER_S, LogGenerator, generate, parse_size,
                                truth_path)
 from logpipe.logformat import REASONS, LogRecord, try_parse_line
 
@@ -204,13 +204,10 @@ def test_parse_size():
         parse_size("lots")
 
 
-def test_demo_sample_made_once(tmp_path):
+def test_a_sample_of_a_size_comes_with_its_truth(tmp_path):
     out = tmp_path / "demo.log"
-    ensure_demo_sample(out, Settings(), size="200KB")
-    first = out.stat().st_mtime_ns
+    generate(out, size_bytes=parse_size("200KB"), seed=42, settings=Settings())
     assert truth_path(out).exists() and 190_000 <= out.stat().st_size <= 200_000
-    ensure_demo_sample(out, Settings(), size="200KB")
-    assert out.stat().st_mtime_ns == first
 
 
 @pytest.mark.parametrize("ceiling", [290, 310, 600])

@@ -27,3 +27,65 @@ def test_notebook_is_stored_without_outputs_and_has_a_settings_cell() -> None:
     assert "load_settings(" in source and "127.0.0.1:9870\"" not in source.replace("e.g. \"http://127.0.0.1:9870\"", "")
     for table in ("events", "windows/by_host", "windows/by_status", "alerts", "quarantine", "late"):
         assert f'"{table}"' in source, table
+
+
+def _results(root, *, windows: bool, host_counts: list[int]) -> None:
+    """A results root on the local disk: 30 events, a committed batch, and (with `windows`) one window per count."""
+    import json
+    from datetime import datetime, timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "_commits" / "ingest").mkdir(parents=True)
+    (root / "_commits" / "ingest" / "b0000000000.json").write_text("{}")
+    (root / "_commits" / "job.json").write_text(json.dumps({"topic": "t", "window": "1 minute", "slide": "30 seconds",
+                                                            "watermark": "30 seconds", "rate_limit_ceiling": 25}))
+    t0 = datetime(2004, 5, 18)
+    (root / "events" / "date=2004-05-18").mkdir(parents=True)
+    pq.write_table(pa.table({"host": ["1.2.3.4"] * 30, "timestamp": pa.array([t0 + timedelta(seconds=i)
+                                                                              for i in range(30)], pa.timestamp("ns")),
+                             "http_response": [200] * 30}),
+                   root / "events" / "date=2004-05-18" / "b0000000000-00000.parquet")
+    if windows:
+        for table, key in (("by_host", "host"), ("by_status", "http_response")):
+            (root / "windows" / table).mkdir(parents=True)
+            n = len(host_counts)
+            keys = [f"10.0.0.{i}" for i in range(n)] if key == "host" else pa.array([200] * n, pa.int32())
+            pq.write_table(pa.table({"window_start": pa.array([t0] * n, pa.timestamp("ns")),
+                                     "window_end": pa.array([t0 + timedelta(minutes=1)] * n, pa.timestamp("ns")),
+                                     key: keys, "count": pa.array(host_counts, pa.int64())}),
+                           root / "windows" / table / "b0000000000-00000.parquet")
+
+
+@pytest.mark.parametrize("windows,host_counts", [(False, []), (True, [3, 7]), (True, [3, 30])],
+                         ids=["no final windows yet", "no host over the ceiling", "a host over the ceiling"])
+def test_the_notebook_runs_top_to_bottom_on_small_results(tmp_path, monkeypatch, capsys, windows, host_counts):
+    """Every code cell runs on results without final windows (a running job's first minute) and without a host
+    over the ceiling (any log without an abusive host); before, cells 10-16 failed on the first and cell 12 on the
+    second. The rate-limit ceiling drawn is the job's (from _commits/job.json), not the reader's default."""
+    import fsspec
+    import matplotlib
+    import matplotlib.pyplot
+
+    import logpipe.results
+
+    matplotlib.use("Agg")
+    root = tmp_path / "root"
+    _results(root, windows=windows, host_counts=host_counts)
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
+    monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
+    monkeypatch.setenv("LOG_FILE", str(tmp_path / "no-such.log"))
+    namespace: dict = {}
+    for i, cell in enumerate(nbformat.read(NOTEBOOK, as_version=4).cells):
+        if cell.cell_type == "code":
+            try:
+                exec(compile(cell.source, f"cell {i}", "exec"), namespace)
+            except Exception as exc:
+                pytest.fail(f"cell {i} failed: {type(exc).__name__}: {exc}")
+            finally:
+                matplotlib.pyplot.close("all")
+    out = capsys.readouterr().out
+    assert namespace["ceiling"] == 25 and "rate_limit_ceiling 25" in out
+    over = sum(c >= 25 for c in host_counts)
+    assert f"{over} host(s) reached the ceiling" in out or not windows

@@ -44,3 +44,43 @@ def test_only_committed_files_are_read_under_a_root_whose_path_holds_underscores
     assert sorted(set(table.column("date").to_pylist())) == ["2004-05-18", "2004-05-19"]
     assert load_arrow(s, "quarantine", fs=fs) is None
     assert list(load_table(s, "quarantine", ["reason"], fs=fs).columns) == ["reason"]
+
+
+def test_results_are_read_with_the_settings_they_were_made_with(tmp_path):
+    """verify and the notebook take the window, slide, watermark and rules the job recorded for the root, and say
+    where they differ from their own settings (before, `stream --window "1 minute"` then `verify` reported every
+    window as wrong, and the notebook drew the default ceiling)."""
+    import json
+
+    import fsspec
+
+    from logpipe.results import settings_of_results
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_root=str(root))
+    fs = fsspec.filesystem("file")
+    assert settings_of_results(s, fs) == (s, [])  # nothing recorded: the reader's own
+    (root / "_commits").mkdir(parents=True)
+    (root / "_commits" / "job.json").write_text(json.dumps(
+        {"topic": "t", "window": "1 minute", "slide": "10 seconds", "watermark": "30 second",
+         "rate_limit_ceiling": 100}))  # surge rules not recorded (an older job.json): the reader's
+    got, notes = settings_of_results(s, fs)
+    assert (got.window, got.slide, got.watermark, got.rate_limit_ceiling) == ("1 minute", "10 seconds", "30 second",
+                                                                            100)
+    assert got.surge_min_count == s.surge_min_count and got.topic == s.topic
+    assert len(notes) == 2 and notes[0].startswith("window '1 minute'") and "rate_limit_ceiling 100" in notes[1]
+
+
+def test_empty_tables_have_their_columns():
+    """A table without committed files yet is an empty frame with its columns (the notebook selects them), and the
+    columns are those of the job's schemas."""
+    from logpipe.results import COLUMNS
+    from logpipe.streaming.job import ALERTS_SCHEMA, HOST_COUNTS_SCHEMA
+
+    def names(ddl: str) -> list[str]:
+        import re
+
+        return [part.split()[0] for part in re.split(r",\s*(?![^<]*>)", ddl)]
+
+    assert COLUMNS["alerts"] == names(ALERTS_SCHEMA)
+    assert COLUMNS["windows/by_host"] == names(HOST_COUNTS_SCHEMA)

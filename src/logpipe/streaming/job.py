@@ -85,8 +85,11 @@ ALERTS_SCHEMA = ("rule STRING, key STRING, window_start TIMESTAMP, window_end TI
 
 
 # what the results on a root depend on, besides the input: a run with other values on the same root would mix
-# window sizes, or move the late horizon backwards and write windows again that were already final
-ROOT_SETTINGS = ("topic", "window", "slide", "watermark")
+# window sizes, move the late horizon backwards and write windows again that were already final, or decide the
+# alerts of one root by two sets of rules (verify and the notebook read them from here)
+ROOT_SETTINGS = ("topic", "window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count", "surge_min_share",
+                 "surge_top_hosts")
+DURATION_SETTINGS = ("window", "slide", "watermark")
 ROOT_SETTINGS_FILE = "_commits/job.json"
 
 
@@ -176,6 +179,7 @@ class StreamJob:
         the settings on a new root."""
         path = f"{self.root}/{ROOT_SETTINGS_FILE}"
         mine = {k: getattr(self.s, k) for k in ROOT_SETTINGS}
+        theirs: dict = {}
         if self.fs.exists(path):
             try:
                 theirs = json.loads(self.fs.read_text(path))
@@ -185,15 +189,18 @@ class StreamJob:
                                           "LOGPIPE_HDFS_ROOT") from exc
 
             def same(k: str) -> bool:
-                if k == "topic":
-                    return theirs.get(k) == mine[k]
-                return duration_seconds(str(theirs.get(k))) == duration_seconds(mine[k])
+                if k not in theirs:  # recorded by an earlier version, which kept fewer settings: taken as they are
+                    return True
+                if k in DURATION_SETTINGS:
+                    return duration_seconds(str(theirs[k])) == duration_seconds(mine[k])
+                return theirs[k] == mine[k]
 
             diff = [f"{k} {theirs.get(k)!r} there, {mine[k]!r} now" for k in ROOT_SETTINGS if not same(k)]
             if diff:
                 raise ResultsRootMismatch(
                     f"{self.root} holds results made with other settings ({'; '.join(diff)}): adding to them would "
-                    "mix the two. Run with the same settings, or give another LOGPIPE_HDFS_ROOT (--hdfs-root)")
+                    "mix the two. Run with the same settings, or give another LOGPIPE_HDFS_ROOT (--hdfs-root); a new "
+                    "root reads the topic again from its start")
         committed = self._committed()
         offsets = f"{self.s.hdfs_uri('_checkpoints', 'ingest')}/offsets"
         if committed and not self.fs.exists(offsets):
@@ -201,8 +208,8 @@ class StreamJob:
                 f"{self.root} holds {len(committed)} committed micro-batches, but their Spark checkpoint ({offsets}) "
                 "is gone: the batch ids would start again at 0 and new records be skipped as already committed. "
                 "Give another LOGPIPE_HDFS_ROOT (--hdfs-root), or delete the whole root to start over")
-        if not self.fs.exists(path):
-            self.fs.write_text(path, json.dumps(mine))
+        if not theirs.keys() >= set(ROOT_SETTINGS):  # a new root, or one recorded with fewer settings
+            self.fs.write_text(path, json.dumps({**mine, **theirs}))
 
     # ------------------------------------------------------------------ the micro-batch
     def _kafka_stream(self) -> "DataFrame":

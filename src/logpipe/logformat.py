@@ -130,7 +130,7 @@ def parse_line(raw: bytes | str) -> LogRecord:
     else:
         line = raw
     line = line.rstrip("\r\n")
-    if not line.strip(" \t\f\v"):
+    if not line.removeprefix("\ufeff").strip(" \t\f\v"):  # blanks, after a byte order mark or not
         raise ParseError(EMPTY)
     if "\x00" in line:  # NUL never occurs in a real log line (and the Spark parse uses it as a separator)
         raise ParseError(NO_MATCH)

@@ -69,6 +69,7 @@ INVALID = [
     ("newline only", b"\n", EMPTY),
     ("crlf only", b"\r\n", EMPTY),
     ("blanks", b"  \t \r\n", EMPTY),
+    ("a byte order mark and blanks", b"\xef\xbb\xbf \r\n", EMPTY),
     ("invalid utf-8", _line(request="GET /a HTTP/1.0").replace(b"/a", b"/\xff\xfe"), INVALID_UTF8),
     ("lone continuation bytes", bytes(range(0x80, 0xA0)), INVALID_UTF8),
     ("truncated utf-8 at end", _line() + b"\xe2\x82", INVALID_UTF8),

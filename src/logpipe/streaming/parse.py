@@ -75,7 +75,7 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
            .withColumn("reason", F.expr(f"""
                CASE WHEN NOT _ok AND _text RLIKE {too_large} THEN '{lf.TOO_LARGE}'
                     WHEN NOT _utf8 THEN '{lf.INVALID_UTF8}'
-                    WHEN NOT _ok AND _text RLIKE '^[ \\\\t\\\\f\\\\x0B]*[\\\\r\\\\n]*\\\\z' THEN '{lf.EMPTY}'
+                    WHEN NOT _ok AND _text RLIKE '^\\\\uFEFF?[ \\\\t\\\\f\\\\x0B]*[\\\\r\\\\n]*\\\\z' THEN '{lf.EMPTY}'
                     WHEN NOT _ok THEN '{lf.NO_MATCH}'
                     WHEN timestamp IS NULL THEN '{lf.BAD_TIMESTAMP}'
                     WHEN timestamp < TIMESTAMP'{lf.MIN_TIME:%Y-%m-%d %H:%M:%S}'

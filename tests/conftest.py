@@ -17,6 +17,24 @@ def settings() -> Settings:
     return load_settings()
 
 
+KINDS = ("unit", "integration", "e2e")
+STACK_FIXTURES = {"stack", "spark", "hdfs_client", "demo_results"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test is of exactly one kind (unit, integration, e2e; faults are integration tests too), and a unit test
+    uses no fixture that needs the stack: `pytest -m unit` must run without services."""
+    wrong = []
+    for item in items:
+        kinds = [k for k in KINDS if item.get_closest_marker(k)]
+        if len(kinds) != 1:
+            wrong.append(f"{item.nodeid}: marked {kinds or 'with none'} of {', '.join(KINDS)}")
+        elif kinds == ["unit"] and STACK_FIXTURES & set(item.fixturenames):
+            wrong.append(f"{item.nodeid}: a unit test using {sorted(STACK_FIXTURES & set(item.fixturenames))}")
+    if wrong:
+        raise pytest.UsageError("tests with wrong markers:\n  " + "\n  ".join(wrong))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
     """Keep each phase's report on the test item, so that a fixture can tell whether its test failed."""
@@ -83,13 +101,22 @@ def stack(settings: Settings) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def spark(stack: Settings):
-    """One SparkSession (local mode, connector jars) for the whole test session."""
+def local_spark(request: pytest.FixtureRequest):
+    """One SparkSession (local mode) for the whole test session, unit and integration tests alike: a JVM cannot
+    take the Kafka connector's jars once it runs, so they are on it from the start whenever a collected test reads
+    Kafka (uses `spark`), whichever test comes first."""
     from logpipe.spark import build_spark
 
-    session = build_spark(stack, "logpipe-tests")
+    kafka = any("spark" in item.fixturenames for item in request.session.items)
+    session = build_spark(load_settings(), "logpipe-tests", kafka=kafka)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def spark(stack: Settings, local_spark):
+    """The session's SparkSession, with the Kafka connector, once the stack runs."""
+    return local_spark
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,10 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
         builder = builder.config(k, v)
     if SparkContext._active_spark_context is not None:  # the JVM runs already: its session, with these settings
         spark = builder.getOrCreate()
+        if kafka and not spark.sparkContext.getConf().get("spark.jars", ""):
+            raise RuntimeError("a SparkSession without the Kafka connector runs in this process already (built "
+                               "with kafka=False), and a running JVM cannot take jars: build the first session "
+                               "with kafka=True, or stop it first")
     else:
         # pyspark starts the JVM from JAVA_HOME: Spark's Java while it starts, then as it was (the services and
         # other child processes keep theirs)

@@ -66,12 +66,6 @@ def test_alert_id_is_stable_per_rule_key_window():
     assert len({alert_id(RATE_LIMIT, "a", W0), alert_id(RATE_LIMIT, "a", W1), alert_id(FAILURE_SURGE, "a", W0)}) == 3
 
 
-@pytest.fixture(scope="module")
-def local_spark():
-    from logpipe.spark import build_spark
-
-    return build_spark(load_settings(), "rules-tests", kafka=False)
-
 
 def test_spark_alerts_agree_with_evaluate(local_spark):
     """job.alerts_of_counts on random small window counts = AlertRules.evaluate on the same counts (ids included)."""

@@ -10,13 +10,6 @@ import pytest
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture(scope="module")
-def local_spark():
-    from logpipe.config import load_settings
-    from logpipe.spark import build_spark
-
-    return build_spark(load_settings(), "commit-tests", kafka=False)
-
 
 def _files(root: Path, table: str) -> list[str]:
     return sorted(p.name for p in (root / table).glob("*.parquet"))

@@ -13,13 +13,6 @@ SEEN = "src_key STRING, key_hash BIGINT, timestamp TIMESTAMP"
 T = datetime(2004, 5, 18, 5, 58, 48)
 
 
-@pytest.fixture(scope="module")
-def local_spark():
-    from logpipe.config import load_settings
-    from logpipe.spark import build_spark
-
-    return build_spark(load_settings(), "job-tests", kafka=False)
-
 
 def _dedupe(spark, rows, seen=()):
     from logpipe.streaming.job import drop_duplicate_lines

@@ -14,13 +14,10 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def local_fs():
-    from logpipe.config import load_settings
-    from logpipe.spark import build_spark
+def local_fs(local_spark):
     from logpipe.streaming.commit import HadoopFs
 
-    spark = build_spark(load_settings(), "lease-tests", kafka=False)
-    return lambda root: HadoopFs(spark, root)
+    return lambda root: HadoopFs(local_spark, root)
 
 
 def _lease(local_fs, root: Path, **kw):

@@ -117,13 +117,6 @@ def _spark_parse(spark, lines: list[bytes]) -> list[tuple]:
     return out
 
 
-@pytest.fixture(scope="module")
-def local_spark():
-    from logpipe.config import load_settings
-    from logpipe.spark import build_spark
-
-    return build_spark(load_settings(), "parse-tests", kafka=False)
-
 
 def test_good_lines_parse_identically(local_spark):
     got = _spark_parse(local_spark, GOOD)

@@ -140,14 +140,18 @@ def test_kafka_restart_while_producing_and_streaming(stack, unique, tmp_path):
     env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="20000")
     lines = 150_000
     assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "21", "--out", str(log)).returncode == 0
-    producer = _start(env, tmp_path / "produce.log", "produce", str(log), "--speed", "40")
+    producer = _start(env, tmp_path / "produce.log", "produce", str(log), "--speed", "20")  # ~75 s of sending
     job = _start(env, tmp_path / "stream.log", "stream")
     try:
         deadline = time.monotonic() + 300
-        while _end_offset(stack, env["LOGPIPE_TOPIC"]) < 30_000:
+        # both at work when the broker goes: the producer has sent a part, the job has committed a batch
+        while (_end_offset(stack, env["LOGPIPE_TOPIC"]) < 30_000
+               or _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < 1):
             assert producer.poll() is None, (tmp_path / "produce.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the producer sent too little in time"
+            assert job.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the producer sent too little, or the job committed nothing, in time"
             time.sleep(1)
+        assert _end_offset(stack, env["LOGPIPE_TOPIC"]) < lines, "the producer was done before the broker stopped"
         _restart(stack, "kafka", down_s=8)
         assert producer.wait(600) == 0, (tmp_path / "produce.log").read_text()[-3000:]
     finally:

@@ -47,7 +47,10 @@ def _records(s: Settings, topic: str) -> int:
 
 
 def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, expected: int | None, log: Path,
-                    timeout: float = 120) -> int:
+                    timeout: float = 120, wait_for: str | None = None) -> tuple[int, dict]:
+    """Run the service until the topic holds `expected` records (None: the generated log's lines) and its output
+    shows `wait_for`, then SIGTERM it. Returns the topic's records and the producer's summary."""
+    start = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -59,7 +62,8 @@ def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, expected: 
             target = expected if expected is not None else (
                 sum(1 for _ in log_file.open("rb")) if log_file.with_name(log_file.name + ".truth.json").exists()
                 else None)
-            if target is not None and _records(s, env["LOGPIPE_TOPIC"]) >= target:
+            said = wait_for is None or wait_for in log.read_text(errors="replace")[start:]
+            if target is not None and said and _records(s, env["LOGPIPE_TOPIC"]) >= target:
                 break
             if time.monotonic() > deadline:
                 pytest.fail(f"producer did not send the log within {timeout}s:\n{log.read_text()[-3000:]}")
@@ -68,8 +72,10 @@ def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, expected: 
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-    assert code == 0, log.read_text()[-3000:]
-    return _records(s, env["LOGPIPE_TOPIC"])
+    output = log.read_text(errors="replace")[start:]
+    assert code == 0, output[-3000:]
+    summary = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    return _records(s, env["LOGPIPE_TOPIC"]), summary
 
 
 def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Settings, unique: str,
@@ -86,13 +92,15 @@ def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Set
     log = tmp_path / "producer.log"
     log_file = Path(env["LOG_FILE"])
 
-    sent = _run_until_sent(cmd, env, stack, None, log)
+    sent, first = _run_until_sent(cmd, env, stack, None, log)
     lines = sum(1 for _ in log_file.open("rb"))
     truth = json.loads(log_file.with_name(log_file.name + ".truth.json").read_text())
     assert 250_000 < log_file.stat().st_size < 350_000 and truth["total_lines"] == lines
-    assert sent == lines
+    assert sent == lines == first["lines"] == first["records"]
 
-    # `docker compose restart producer`: same volume, so no new sample and no second copy of the lines
-    mtime = log_file.stat().st_mtime_ns
-    assert _run_until_sent(cmd, env, stack, lines, log) == lines
+    # `docker compose restart producer`: same volume, so no new sample and no second copy of the lines. It is
+    # stopped only once it has resumed at the file's end (a stop before it read anything would also send nothing)
+    mtime, size = log_file.stat().st_mtime_ns, log_file.stat().st_size
+    sent, again = _run_until_sent(cmd, env, stack, lines, log, wait_for=f"resuming at byte {size} of {size}")
+    assert sent == lines and (again["resumed_from"], again["lines"], again["records"]) == (size, 0, 0), again
     assert log_file.stat().st_mtime_ns == mtime

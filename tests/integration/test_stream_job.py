@@ -204,8 +204,14 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
     assert len(hdfs_keys) == len(set(hdfs_keys)), "an alert written twice to HDFS"
     assert {k for k in hdfs_keys if k[0] == RATE_LIMIT} == {k for k in want_keys if k[0] == RATE_LIMIT}
     assert {k for k in want_keys if k[0] == FAILURE_SURGE} <= set(hdfs_keys)  # may also fire on a transient share
+    # ... but then its own figures crossed the rule, below the window's final count
+    final = {(st, str(k)): int(n) for (st, k), n in exp["by_status"].items()}
+    for rule, key, start, count, share in zip(alerts["rule"], alerts["key"], _epoch(alerts["window_start"]),
+                                              alerts["count"], alerts["share"]):
+        if rule == FAILURE_SURGE and (rule, key, start) not in want_keys:
+            assert s.surge_min_count <= count <= final[start, key] and share >= s.surge_min_share, (key, start)
     consumer = KafkaConsumer(s.alerts_topic, bootstrap_servers=s.kafka_address, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, enable_auto_commit=False)
+                             consumer_timeout_ms=15000, enable_auto_commit=False)
     published = [json.loads(m.value) for m in consumer]
     consumer.close()
     kafka_keys = [(a["rule"], a["key"], int(datetime.fromisoformat(a["window_start"]).replace(

@@ -35,7 +35,6 @@ def test_concurrent_peak_counts_processes_running_together_not_one_after_another
     assert together >= stats["first"].peak_rss_mb + stats["second"].peak_rss_mb - 10  # both at once
     # the third never ran with the others: the concurrent peak is below the sum of all three peaks
     assert sampler.peak_concurrent_mb < sum(s.peak_rss_mb for s in stats.values()) - 40
-    assert all(stats[n].cpu_s >= 0 for n in stats)
 
 
 BUSY = ("import time, subprocess, sys; time.sleep(0.3); "  # the child is born after the tree's first sample

@@ -29,7 +29,7 @@ def test_max_never_waits_and_garbage_is_ignored():
     for sec in (0, 59):
         p.wait(_line(sec))
     Pacer("10").wait(b"no timestamp here")
-    assert time.monotonic() - t < 0.05
+    assert time.monotonic() - t < 1.0  # (a wait would be 59 s; slack for a busy machine)
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "fast"])
@@ -51,4 +51,4 @@ def test_a_stop_ends_a_long_wait_at_once():
     assert stop.is_set() and time.monotonic() - t < 5
     t = time.monotonic()
     p.wait(_line(59))  # once stopped, no more waits
-    assert time.monotonic() - t < 0.05
+    assert time.monotonic() - t < 1.0  # (a wait would be 59 s; slack for a busy machine)

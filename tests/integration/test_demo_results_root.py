@@ -1,0 +1,56 @@
+"""`logpipe demo` keeps a root's results while they come from the same log, and starts over for another one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from logpipe.config import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _topics(s: Settings) -> set[str]:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, unique, tmp_path: Path, hdfs_client):
+    """Same log: the root, the topic and the producer's positions stay (a second `make demo` adds nothing). Another
+    log (e.g. the sample made again): all three are dropped first, so two logs' results never mix."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from logpipe.commands.demo import fresh_results_for
+
+    s = stack.with_overrides(topic=f"demo-{unique}", alerts_topic=f"alerts-{unique}",
+                             hdfs_root=f"/tests/demo-{unique}", producer_state_dir=str(tmp_path / "pos"))
+    first, other = tmp_path / "a.log", tmp_path / "b.log"
+    first.write_bytes(b"1.2.3.4 - - [2004-05-18 05:58:48] \"GET / HTTP/1.1\" 200 1\n")
+    other.write_bytes(b"5.6.7.8 - - [2004-05-18 05:58:48] \"GET / HTTP/1.1\" 200 1\n")
+    fresh_results_for(s, first)  # a new root: marked as the first log's
+    results = f"{s.hdfs_root}/events/b0000000000-00000.parquet"
+    hdfs_client.write(results, data=b"results", overwrite=True)
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        admin.create_topics([NewTopic(s.topic, 1, 1)])
+    finally:
+        admin.close()
+    position = tmp_path / "pos" / s.topic / "1-2.json"
+    position.parent.mkdir(parents=True)
+    position.write_text("{}")
+
+    fresh_results_for(s, first)
+    assert hdfs_client.status(results, strict=False) is not None and s.topic in _topics(s) and position.exists()
+
+    fresh_results_for(s, other)
+    assert hdfs_client.status(results, strict=False) is None
+    assert s.topic not in _topics(s) and not position.parent.exists()
+    with hdfs_client.read(f"{s.hdfs_root}/_source.json") as f:
+        assert json.loads(f.read())["log"] == str(other.resolve())

@@ -184,8 +184,16 @@ def wait_for_kafka(bootstrap: str, timeout: float = 60.0) -> int:
                            "LOGPIPE_KAFKA_BOOTSTRAP must name its PLAINTEXT listener.")
 
 
+def probe_hdfs_ready(webhdfs: str) -> dict:
+    """HDFS is writable (probe_hdfs) and its files readable: every block reported by a live DataNode. What the
+    native stack waits for, compose's `hdfs-ready` service, the streaming job at start and verify check."""
+    info = probe_hdfs(webhdfs)
+    probe_blocks_reported(webhdfs)
+    return info
+
+
 def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
-    return wait_until(lambda: probe_hdfs(webhdfs), what=f"HDFS at {webhdfs}", timeout=timeout,
+    return wait_until(lambda: probe_hdfs_ready(webhdfs), what=f"HDFS at {webhdfs}", timeout=timeout,
                       hint="Check the NameNode and DataNode logs (`logpipe stack status`): safe mode stays on with "
                            "under 100 MB free disk or with no DataNode registered.")
 

@@ -25,8 +25,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 ENV_FILE = ROOT / ".env"
 DOCKERFILES = [ROOT / "hdfs_service" / "Dockerfile", ROOT / "python_service" / "Dockerfile",
                ROOT / "pyspark_service" / "Dockerfile"]
-SERVICES = {"kafka", "namenode", "datanode", "producer", "streaming", "notebook"}
-LOGPIPE_SERVICES = ("producer", "streaming", "notebook")
+SERVICES = {"kafka", "namenode", "datanode", "hdfs-ready", "producer", "streaming", "notebook"}
+LOGPIPE_SERVICES = ("hdfs-ready", "producer", "streaming", "notebook")
 # Settings that compose sets per container (addresses inside the compose network), not from .env
 CONTAINER_OVERRIDES = {"kafka_bootstrap", "hdfs_url", "webhdfs_url", "hdfs_user", "run_dir"}
 POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
@@ -178,11 +178,24 @@ def test_services_healthchecks_and_dependencies(resolved: dict) -> None:
     services = resolved["services"]
     assert set(services) == SERVICES
     for name, svc in services.items():
+        if name == "hdfs-ready":  # a one-shot check: it ends, with 0 once HDFS is ready
+            continue
         test = svc.get("healthcheck", {}).get("test")
         assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
         for dep, spec in svc.get("depends_on", {}).items():
-            assert spec["condition"] == "service_healthy", f"{name} -> {dep}"
-    assert set(services["streaming"]["depends_on"]) == {"kafka", "namenode", "datanode"}
+            want = "service_completed_successfully" if dep == "hdfs-ready" else "service_healthy"
+            assert spec["condition"] == want, f"{name} -> {dep}"
+    # HDFS as the native stack waits for it: logpipe's own probe (every block reported), before the job and notebook
+    assert services["hdfs-ready"]["entrypoint"][:3] == ["logpipe", "health", "hdfs"]
+    assert services["hdfs-ready"]["depends_on"]["datanode"]["condition"] == "service_healthy"
+    for name in ("streaming", "notebook"):
+        assert services[name]["depends_on"]["hdfs-ready"]["condition"] == "service_completed_successfully", name
+    # the JVMs get the heaps of the native stack's settings
+    heap = {"kafka": ("KAFKA_HEAP_OPTS", "kafka_heap"), "namenode": ("HDFS_NAMENODE_OPTS", "namenode_heap"),
+            "datanode": ("HDFS_DATANODE_OPTS", "datanode_heap")}
+    for name, (var, field) in heap.items():
+        assert services[name]["environment"][var] == f"-Xmx{_default(field)}", name
+    assert set(services["streaming"]["depends_on"]) == {"kafka", "namenode", "datanode", "hdfs-ready"}
     assert set(services["producer"]["depends_on"]) == {"kafka"}
     assert services["datanode"]["depends_on"] == {"namenode": {"condition": "service_healthy", "required": True}}
     # logpipe's own readiness probes where the image has the package; Kafka's own script in the kafka image

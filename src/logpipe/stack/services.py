@@ -337,10 +337,7 @@ def _ready_probe(s: Settings, name: str) -> Callable[[], object]:
             health.probe_port(s.bind_host, s.namenode_rpc_port)
             health.probe_namenode_ui(s.webhdfs_address)
         return nn
-    def dn() -> None:
-        health.probe_hdfs(s.webhdfs_address)
-        health.probe_blocks_reported(s.webhdfs_address)
-    return dn
+    return lambda: health.probe_hdfs_ready(s.webhdfs_address)
 
 
 def _start(s: Settings, lay: Layout, java: str, svc: Service) -> tuple[int, bool]:

@@ -112,9 +112,10 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
                       timeout=s.connect_timeout_s,
                       hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
-    health.wait_until(lambda: health.probe_hdfs(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
+    health.wait_until(lambda: health.probe_hdfs_ready(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
                       timeout=s.connect_timeout_s,
-                      hint="Is HDFS running and out of safe mode? Is LOGPIPE_WEBHDFS_URL right?")
+                      hint="Is HDFS running, out of safe mode, with its DataNode's blocks reported? Is "
+                           "LOGPIPE_WEBHDFS_URL right?")
     check_until_idle(s, until_idle_s)
     if until_done and until_idle_s is None:  # drains what is there: a topic nobody produced to is a mistake
         health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",

@@ -52,3 +52,66 @@ def test_a_stop_ends_a_long_wait_at_once():
     t = time.monotonic()
     p.wait(_line(59))  # once stopped, no more waits
     assert time.monotonic() - t < 1.0  # (a wait would be 59 s; slack for a busy machine)
+
+
+class _Sink:
+    """Records what the producer sends (the broker's part is not under test here)."""
+
+    sent = failed = 0
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def partitions(self, topic: str) -> int:
+        return 1
+
+    def send(self, topic, value, key, headers=None, partition=None) -> None:
+        self.records.append((key, value))
+        self.sent += 1
+
+    def send_lines(self, topic, lines, src, off, partition) -> int:
+        for line in lines:
+            self.send(topic, line, b"lp:%s:%d" % (src, off))
+            off += len(line) + 1
+        return off
+
+    def flush(self, timeout: float = 120.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_paced_replay_saves_its_position_within_a_block_and_where_it_stopped(tmp_path, monkeypatch):
+    """A paced block (~1 MiB of lines) can span hours of log time: the position is saved every checkpoint
+    interval within it, not only at its end (before, a kill lost all of it), and a stop saves the position just
+    after the last line sent, so the next run neither skips nor repeats a line."""
+    import threading
+
+    from logpipe.config import Settings
+    from logpipe.producer import run
+    from logpipe.producer.position import PositionStore
+
+    log = tmp_path / "a.log"
+    log.write_bytes(b"".join(_line(i) + b"\n" for i in range(12)))  # one second of log time apart
+    sink = _Sink()
+    monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
+    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "make_sink", lambda s: sink)
+    saved: list[int] = []
+    real_save = PositionStore.save
+    monkeypatch.setattr(PositionStore, "save", lambda self, p: (saved.append(p.offset), real_save(self, p)))
+    s = Settings(speed="20", producer_checkpoint_s=0.1, producer_state_dir=str(tmp_path / "pos"))  # 0.05 s a line
+    stop = threading.Event()
+    threading.Timer(0.4, stop.set).start()
+    first = run.produce_file(s, log, stop_event=stop, progress=False)
+    assert 0 < first.lines < 12, first
+    ends = [k for k, _ in sink.records]
+    line_len = len(_line(0)) + 1
+    assert saved[-1] == first.lines * line_len  # just after the last line sent
+    assert len(saved) >= 2 and saved == sorted(saved)  # also saved within the block before the stop
+    stopped_at = saved[-1]
+    second = run.produce_file(s, log, progress=False)
+    assert second.resumed_from == stopped_at and first.lines + second.lines == 12
+    keys = [k for k, _ in sink.records]
+    assert len(keys) == len(set(keys)) == 12 and ends == keys[:first.lines]  # nothing skipped, nothing twice

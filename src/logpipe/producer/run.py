@@ -157,13 +157,14 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                    TimeRemainingColumn(), disable=not show, transient=True)
     task = bar.add_task("produce", total=total, lines="0", rate="0")
 
-    def checkpoint(block: Block | None) -> None:
+    def checkpoint(block: Block | None, end: int | None = None) -> None:
+        """Flush, then save the position after `block` (or, within it, at `end`: a paced replay's line)."""
         sink.flush()
         if block is not None:
             seg_ = block.segment
             head = seg_.head[:HEAD_BYTES]
-            store.save(Position(seg_.key, seg_.generation, block.end, source.path, len(head), head_digest(head),
-                                finished=block.final))
+            store.save(Position(seg_.key, seg_.generation, block.end if end is None else end, source.path, len(head),
+                                head_digest(head), finished=block.final and end is None))
 
     try:
         with bar:
@@ -203,9 +204,18 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                             pacer.wait(line)
                             sink.send(topic, line, record_key(src, off), partition=partition)
                         off += len(line) + 1
-                    if sent_lines < len(block.lines):  # stopped: keep the last whole block's position
+                        if pacer.factor is not None and time.monotonic() - last_save >= s.producer_checkpoint_s:
+                            # a paced block can span hours of log time: saved every checkpoint interval within it
+                            checkpoint(block, off)
+                            last_save = time.monotonic()
+                            bar.update(task, completed=summary.bytes + off - block.start,
+                                       lines=f"{summary.lines + sent_lines:,}",
+                                       rate=f"{(summary.lines + sent_lines) / max(last_save - t0, 1e-9):,.0f}")
+                    if sent_lines < len(block.lines):  # stopped within the block: saved after its last line sent
                         summary.lines += sent_lines
                         summary.bytes += off - block.start
+                        checkpoint(block, off)
+                        pending = None
                         break
                 summary.lines += len(block.lines)
                 summary.bytes += block.end - block.start

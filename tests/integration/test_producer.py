@@ -50,6 +50,26 @@ def _produce(env, *args, timeout=300):
                           text=True, timeout=timeout)
 
 
+def _records_in(stack, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_address)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in parts]).values()) if parts else 0
+    finally:
+        consumer.close()
+
+
+def _wait_for(what: str, ready, proc: subprocess.Popen, timeout: float = 90) -> None:
+    """Poll `ready()` until true (the producer has reached a step), instead of sleeping a guessed time."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the producer ended before {what}"
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        time.sleep(0.2)
+
+
 def _offsets(data: bytes) -> dict[int, bytes]:
     out, off = {}, 0
     for line in data.split(b"\n")[:-1]:
@@ -131,30 +151,34 @@ def test_follow_rotation_and_truncation(stack, unique, tmp_path):
     log = tmp_path / "live.log"
     log.write_bytes(b"\n".join(_lines(100, "a")) + b"\n")
     env = _env(stack, unique, tmp_path)
+    topic = env["LOGPIPE_TOPIC"]
     proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(4)
+        _wait_for("the first 100 lines", lambda: _records_in(stack, topic) >= 100, proc)
         with log.open("ab") as f:
             f.write(b"\n".join(_lines(50, "b")) + b"\n")
             f.write(b"partial line without newline")   # must not be sent before its newline
-        time.sleep(2)
+        _wait_for("the 50 appended lines", lambda: _records_in(stack, topic) >= 150, proc)
+        time.sleep(1.5)  # several polls of the file
+        assert _records_in(stack, topic) == 150, "the unterminated line was sent before its newline"
         with log.open("ab") as f:
             f.write(b" now complete\n")
-        time.sleep(2)
+        _wait_for("the completed line", lambda: _records_in(stack, topic) >= 151, proc)
         log.rename(tmp_path / "live.log.1")             # rotation: rename, then a new file
         log.write_bytes(b"\n".join(_lines(30, "c")) + b"\n")
-        time.sleep(3)
-        with log.open("r+b") as f:                       # copytruncate
+        _wait_for("the new file's 30 lines", lambda: _records_in(stack, topic) >= 181, proc)
+        with log.open("r+b") as f:                       # truncated in place, then written again
             f.truncate(0)
         time.sleep(1)
         log.write_bytes(b"\n".join(_lines(20, "d")) + b"\n")
-        time.sleep(4)
+        _wait_for("the 20 lines after the truncation", lambda: _records_in(stack, topic) >= 201, proc)
+        time.sleep(1.5)  # nothing more may come
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
-    got = [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"], 10**9, timeout_ms=8000)]
+    got = [v for _, v in _consume(stack, topic, 10**9, timeout_ms=8000)]
     want = (_lines(100, "a") + _lines(50, "b") + [b"partial line without newline now complete"]
             + _lines(30, "c") + _lines(20, "d"))
     assert sorted(got) == sorted(want)
@@ -255,21 +279,35 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
     log.write_bytes(b"\n".join(_lines(100, "a")) + b"\n")
     env = _env(stack, unique, tmp_path, LOGPIPE_PRODUCER_CHECKPOINT_S="3600")  # saves at idle, switch and end only
 
-    def follow_briefly() -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(6)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err[-2000:]
+    topic = env["LOGPIPE_TOPIC"]
+    runs = 0
 
-    follow_briefly()
+    def follow_briefly(records: int) -> None:
+        """A --follow run, stopped once the topic holds `records` and the run has resumed (or started) on the
+        current file, plus a few polls of the file."""
+        nonlocal runs
+        runs += 1
+        err_file = tmp_path / f"follow-{runs}.err"
+        with err_file.open("w") as err_out:
+            proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err_out, text=True)
+        try:
+            _wait_for(f"{records} records", lambda: _records_in(stack, topic) >= records, proc)
+            if runs > 1:
+                _wait_for("the resume", lambda: "resuming at byte" in err_file.read_text(), proc)
+            time.sleep(1.5)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        assert proc.returncode == 0, err_file.read_text()[-2000:]
+
+    follow_briefly(100)
     with log.open("ab") as f:
         f.write(b"\n".join(_lines(10, "t")) + b"\n")
     log.rename(tmp_path / "live.log.1")
     log.write_bytes(b"\n".join(_lines(30, "c")) + b"\n")
-    follow_briefly()  # finishes live.log.1 (the 10 t lines), then follows the new live.log
-    follow_briefly()  # nothing new
+    follow_briefly(140)  # finishes live.log.1 (the 10 t lines), then follows the new live.log
+    follow_briefly(140)  # nothing new
     got = [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"], 10**9, timeout_ms=8000)]
     want = _lines(100, "a") + _lines(10, "t") + _lines(30, "c")
     assert sorted(got) == sorted(want)  # each line exactly once

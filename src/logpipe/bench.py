@@ -155,7 +155,7 @@ def _require_report(report: Path, log_path: Path) -> None:
 
 def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_dir: Path, seed: int = 1,
               reference: bool = True, pipeline: bool = True, idle_s: float = 5.0,
-              keep_data: bool = False) -> dict[str, Any]:
+              keep_data: bool = False, name: str = "bench") -> dict[str, Any]:
     """One full benchmark run at one log size. Returns the result record (also written as JSON).
 
     The stages run one after the other, each measured alone: produce, stream --until-done (and the references).
@@ -171,8 +171,8 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     run_dir = out_dir / f"run-{stamp}-{label}"
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"bench-{label}-seed{seed}.log"
-    topic = f"bench-{stamp}-{label}".replace(".", "_")
-    root = f"/bench/{stamp}-{label}"
+    topic = f"{name}-{stamp}-{label}".replace(".", "_").replace("/", "-")
+    root = f"/{name}/{stamp}-{label}"
     env = {**os.environ, "LOGPIPE_TOPIC": topic, "LOGPIPE_HDFS_ROOT": root, "LOGPIPE_PRODUCER_CLIENT": client}
     sampler = ResourceSampler().start()
     for row in services.status(s):

@@ -23,9 +23,10 @@ def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, 
 
     md = tmp_path / "benchmarks.md"
     positions = tmp_path / "positions"
-    # bench names its own topics and HDFS folders (by date); the alerts topic and positions are this test's
+    # bench names its topics and HDFS folders by --name and the time; the alerts topic and positions are this test's
     env = {**os.environ, "LOGPIPE_ALERTS_TOPIC": f"alerts-{unique}", "LOGPIPE_PRODUCER_STATE_DIR": str(positions)}
     r = subprocess.run([sys.executable, "-m", "logpipe", "bench", "--size", "4MB", "--no-reference",
+                        "--name", f"tests/bench-{unique}",
                         "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "results"),
                         "--markdown", str(md)],
                        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
@@ -43,6 +44,7 @@ def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, 
 
     assert result["run_data"] == "deleted"
     topics = [result["topic"], result["topic"] + "-pipeline"]
+    assert result["hdfs_root"].startswith(f"/tests/bench-{unique}/") and f"bench-{unique}" in result["topic"]
     admin = KafkaAdminClient(bootstrap_servers=stack.kafka_address)
     try:
         deadline = time.monotonic() + 30  # a deleted topic leaves the brokers' metadata shortly after

@@ -28,8 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the run's Kafka topics and HDFS results (each topic holds the whole log); by default "
                         "they are deleted once the run is measured and verified")
     p.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"), help="table to append rows to")
+    p.add_argument("--name", default="bench", type=_name,
+                   help="names the run's HDFS folder (/<name>/<time>-<size>) and Kafka topics (<name>-<time>-<size>, "
+                        "'/' as '-')")
     add_setting_flags(p, "topic_partitions", "max_offsets_per_trigger", "shuffle_partitions")
     p.set_defaults(func=run)
+
+
+def _name(text: str) -> str:
+    """A run name: usable in a Kafka topic name and as an HDFS path (letters, digits, `-`, `_`; `/` for a folder)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '-', '_' (and '/' between them) only")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     for size in args.size.split(","):
         r = bench.bench_one(s, bench.parse_size(size), args.client, data_dir=args.data_dir, out_dir=args.out_dir,
                             seed=args.seed, reference=not args.no_reference,
-                            pipeline=not args.no_pipeline, keep_data=args.keep_data)
+                            pipeline=not args.no_pipeline, keep_data=args.keep_data, name=args.name)
         results.append(r)
         row = bench.markdown_row(r)
         print(row)

@@ -59,8 +59,9 @@ class _Sink:
 
     sent = failed = 0
 
-    def __init__(self) -> None:
+    def __init__(self, stop_after: int | None = None, stop=None) -> None:
         self.records: list[tuple[bytes, bytes]] = []
+        self.stop_after, self.stop = stop_after, stop
 
     def partitions(self, topic: str) -> int:
         return 1
@@ -68,6 +69,8 @@ class _Sink:
     def send(self, topic, value, key, headers=None, partition=None) -> None:
         self.records.append((key, value))
         self.sent += 1
+        if self.stop_after is not None and self.sent == self.stop_after:
+            self.stop.set()  # Ctrl-C after this record, whatever the machine's speed
 
     def send_lines(self, topic, lines, src, off, partition) -> int:
         for line in lines:
@@ -94,7 +97,8 @@ def test_a_paced_replay_saves_its_position_within_a_block_and_where_it_stopped(t
 
     log = tmp_path / "a.log"
     log.write_bytes(b"".join(_line(i) + b"\n" for i in range(12)))  # one second of log time apart
-    sink = _Sink()
+    stop = threading.Event()
+    sink = _Sink(stop_after=5, stop=stop)
     monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
     monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
     monkeypatch.setattr(run, "make_sink", lambda s: sink)
@@ -102,10 +106,8 @@ def test_a_paced_replay_saves_its_position_within_a_block_and_where_it_stopped(t
     real_save = PositionStore.save
     monkeypatch.setattr(PositionStore, "save", lambda self, p: (saved.append(p.offset), real_save(self, p)))
     s = Settings(speed="20", producer_checkpoint_s=0.1, producer_state_dir=str(tmp_path / "pos"))  # 0.05 s a line
-    stop = threading.Event()
-    threading.Timer(0.4, stop.set).start()
     first = run.produce_file(s, log, stop_event=stop, progress=False)
-    assert 0 < first.lines < 12, first
+    assert first.lines == 5, first
     ends = [k for k, _ in sink.records]
     line_len = len(_line(0)) + 1
     assert saved[-1] == first.lines * line_len  # just after the last line sent
@@ -115,3 +117,24 @@ def test_a_paced_replay_saves_its_position_within_a_block_and_where_it_stopped(t
     assert second.resumed_from == stopped_at and first.lines + second.lines == 12
     keys = [k for k, _ in sink.records]
     assert len(keys) == len(set(keys)) == 12 and ends == keys[:first.lines]  # nothing skipped, nothing twice
+
+
+def test_a_paced_position_never_lies_past_the_line_it_follows(tmp_path, monkeypatch):
+    """Saved within a paced block after each line: the last line has no newline, so the position after it is the
+    file's end, not one byte past it (that would read as another file's position: the whole file sent again)."""
+    from logpipe.config import Settings
+    from logpipe.producer import run
+    from logpipe.producer.position import PositionStore
+
+    log = tmp_path / "a.log"
+    log.write_bytes(_line(0) + b"\n" + _line(1))  # no newline at the end
+    monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
+    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "make_sink", lambda s: _Sink())
+    saved: list[int] = []
+    real_save = PositionStore.save
+    monkeypatch.setattr(PositionStore, "save", lambda self, p: (saved.append(p.offset), real_save(self, p)))
+    s = Settings(speed="1000", producer_checkpoint_s=0, producer_state_dir=str(tmp_path / "pos"))
+    assert run.produce_file(s, log, progress=False).lines == 2
+    size = log.stat().st_size
+    assert saved and max(saved) == size and saved[-1] == size, saved

@@ -203,7 +203,9 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                         else:
                             pacer.wait(line)
                             sink.send(topic, line, record_key(src, off), partition=partition)
-                        off += len(line) + 1
+                        # the next line's start: a cut-down oversize line, or a last line without its newline, ends
+                        # at the block's end (a position past it would be taken for another file's)
+                        off = block.end if block.oversize_len is not None else min(off + len(line) + 1, block.end)
                         if pacer.factor is not None and time.monotonic() - last_save >= s.producer_checkpoint_s:
                             # a paced block can span hours of log time: saved every checkpoint interval within it
                             checkpoint(block, off)

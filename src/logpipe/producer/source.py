@@ -196,10 +196,13 @@ class LogSource:
     def open(self) -> Segment:
         """Open the file (raises InputFileError) and place the cursor at the saved position."""
         fd, st = open_log(self.path)
-        self.current = self._resume(self.path, fd, st)
+        self.current = self._resume(self.path, fd, st, from_copy=True)
         return self.current
 
-    def _resume(self, path: str, fd: int, st: os.stat_result) -> Segment:
+    def _resume(self, path: str, fd: int, st: os.stat_result, from_copy: bool = False) -> Segment:
+        """The segment to read the file `fd` (at `path`) from: its saved position, or byte 0 of a new generation
+        when its content is not the one saved. `from_copy` (the log at start): the old content's unread rest is
+        then queued from logrotate's copy (copytruncate), unless the saved position says it was read to its end."""
         key = file_key(st)
         saved = self.store.load(key)
         if saved is None:
@@ -207,9 +210,14 @@ class LogSource:
         head = os.pread(fd, saved.head_len, 0)
         same = len(head) == saved.head_len and head_digest(head) == saved.head_sha256 and saved.offset <= st.st_size
         if not same:
+            if saved.finished:  # a finished file's identity, taken by a new file: nothing of the old one is left
+                log.info("%s (%s): a new file with the identity of one read to its end: reading it from byte 0 as "
+                         "generation %d", path, key, saved.generation + 1)
+                return Segment(path, fd, key, saved.generation + 1, 0)
             log.warning("%s (%s): content differs from the saved position (truncated or replaced since the last "
                         "run); reading from byte 0 as generation %d", path, key, saved.generation + 1)
-            self._copy_of_old_content(path, key, saved)
+            if from_copy:
+                self._copy_of_old_content(path, key, saved)
             return Segment(path, fd, key, saved.generation + 1, 0)
         if self.reset:
             log.info("%s: --reset: reading from byte 0 again (src %s; downstream drops the duplicates)",

@@ -95,6 +95,10 @@ def load_table(s: Settings, table: str, columns: list[str] | None = None, *,
     return pd.DataFrame(columns=columns or COLUMNS.get(table, [])) if t is None else t.to_pandas()
 
 
+class ResultsSettingsError(RuntimeError):
+    """The record of the settings a root's results were made with cannot be read (the message says which)."""
+
+
 def settings_of_results(s: Settings, fs: "fsspec.AbstractFileSystem | None" = None) -> tuple[Settings, list[str]]:
     """`s` with the window, slide, watermark and alert rules that the results under s.hdfs_root were made with
     (recorded by the job in `_commits/job.json`), and a note for each value that differs from `s`: the numbers on a
@@ -107,9 +111,15 @@ def settings_of_results(s: Settings, fs: "fsspec.AbstractFileSystem | None" = No
     path = s.hdfs_path("_commits", "job.json")
     if not fs.exists(path):
         return s, []
-    with fs.open(path, "rb") as f:
-        recorded = json.load(f)
-    theirs = {k: recorded[k] for k in RUN_SETTINGS if k in recorded}
+    try:
+        with fs.open(path, "rb") as f:
+            recorded = json.load(f)
+        theirs = {k: recorded[k] for k in RUN_SETTINGS if k in recorded}
+        ran_with = s.with_overrides(**theirs)
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, or values the settings refuse
+        raise ResultsSettingsError(f"{path} is not the record the job writes ({exc}): it says which window, slide, "
+                                   "watermark and rules the results were made with; restore it, or read the "
+                                   "results with the settings they were made with") from exc
     notes = []
     for k, v in theirs.items():
         mine = getattr(s, k)
@@ -117,4 +127,4 @@ def settings_of_results(s: Settings, fs: "fsspec.AbstractFileSystem | None" = No
             else v != mine
         if differs:
             notes.append(f"{k} {v!r} (the job's, from {path}; not {mine!r})")
-    return s.with_overrides(**theirs), notes
+    return ran_with, notes

@@ -23,8 +23,9 @@ def _topics(s: Settings) -> set[str]:
 
 
 def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, unique, tmp_path: Path, hdfs_client):
-    """Same log: the root, the topic and the producer's positions stay (a second `make demo` adds nothing). Another
-    log (e.g. the sample made again): all three are dropped first, so two logs' results never mix."""
+    """Same log and settings: the root, the topic and the producer's positions stay (a second `make demo` adds
+    nothing). Other settings, or another log (e.g. the sample made again): all three are dropped first, so two
+    runs' results never mix."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
     from logpipe.commands.demo import fresh_results_for
@@ -49,6 +50,14 @@ def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, uni
     fresh_results_for(s, first)
     assert hdfs_client.status(results, strict=False) is not None and s.topic in _topics(s) and position.exists()
 
+    # the same log, but results made with another rate-limit ceiling (`logpipe stream` would refuse to add to them)
+    recorded = {k: getattr(s, k) for k in ("topic", "window", "slide", "watermark", "surge_min_count")}
+    hdfs_client.write(f"{s.hdfs_root}/_commits/job.json", overwrite=True,
+                      data=json.dumps({**recorded, "rate_limit_ceiling": s.rate_limit_ceiling + 1}))
+    fresh_results_for(s, first)
+    assert hdfs_client.status(results, strict=False) is None and not position.parent.exists()
+
+    hdfs_client.write(results, data=b"results", overwrite=True)
     fresh_results_for(s, other)
     assert hdfs_client.status(results, strict=False) is None
     assert s.topic not in _topics(s) and not position.parent.exists()

@@ -50,6 +50,13 @@ def test_other_errors_are_not_hidden(monkeypatch, capsys, tmp_path):
         _errors_of(monkeypatch, capsys, ZeroDivisionError(), tmp_path)
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (SigCgt in /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught >> (sig - 1) & 1)
+
+
 def test_ctrl_c_while_waiting_for_the_broker_ends_the_wait(tmp_path):
     """Before, the wait for an unreachable broker went on for its whole timeout whatever the signals."""
     import signal
@@ -63,7 +70,11 @@ def test_ctrl_c_while_waiting_for_the_broker_ends_the_wait(tmp_path):
            "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
     proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log)], env=env,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(4)  # imports, then the wait
+    deadline = time.monotonic() + 60
+    while not _catches(proc.pid, signal.SIGTERM):  # logpipe's handlers are in place (Python catches SIGINT anyway)
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the wait
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -69,6 +69,12 @@ def test_results_are_read_with_the_settings_they_were_made_with(tmp_path):
                                                                             100)
     assert got.surge_min_count == s.surge_min_count and got.topic == s.topic
     assert len(notes) == 2 and notes[0].startswith("window '1 minute'") and "rate_limit_ceiling 100" in notes[1]
+    from logpipe.results import ResultsSettingsError
+
+    for broken in ('{"window": ', '["window"]', '{"window": "30s"}'):  # cut off, not an object, refused value
+        (root / "_commits" / "job.json").write_text(broken)
+        with pytest.raises(ResultsSettingsError, match="job.json is not the record the job writes"):
+            settings_of_results(s, fs)
 
 
 def test_empty_tables_have_their_columns():

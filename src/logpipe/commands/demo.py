@@ -10,9 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from logpipe.cli import add_setting_flags, settings_from_args
 from logpipe.config import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    from hdfs import InsecureClient
 
 log = logging.getLogger("logpipe.demo")
 
@@ -80,9 +84,31 @@ def _log_identity(path: Path) -> dict:
     return {"log": str(path.resolve()), "size": path.stat().st_size, "head_sha256": hashlib.sha256(head).hexdigest()}
 
 
+def _other_settings(s: Settings, client: "InsecureClient") -> list[str]:
+    """How the settings the root's results were made with (`_commits/job.json`) differ from `s`: the demo starts
+    over then, where `logpipe stream` would refuse to add to them."""
+    from logpipe.results import ResultsSettingsError, settings_of_results
+
+    path = s.hdfs_path("_commits", "job.json")
+    if client.status(path, strict=False) is None:
+        return []
+    with client.read(path) as f:
+        try:
+            topic = json.loads(f.read()).get("topic")
+        except (ValueError, AttributeError):
+            return [f"{path} is unreadable"]
+    try:
+        _, notes = settings_of_results(s)
+    except ResultsSettingsError as exc:
+        return [str(exc)]
+    return ([f"topic {topic!r} there, {s.topic!r} now"] if topic not in (None, s.topic) else []) + \
+        [f"made with {note}" for note in notes]
+
+
 def fresh_results_for(s: Settings, log_path: Path) -> None:
-    """Results, topic and producer position must all come from this log: if the demo's HDFS root holds results of
-    another log (e.g. the sample was regenerated), start over instead of mixing the two."""
+    """Results, topic and producer position must all come from this log and these settings: if the demo's HDFS root
+    holds results of another log (e.g. the sample was regenerated) or of other settings (window, slide, watermark,
+    alert rules), start over instead of mixing the two."""
     import shutil
 
     from hdfs import InsecureClient
@@ -93,9 +119,14 @@ def fresh_results_for(s: Settings, log_path: Path) -> None:
     ident = _log_identity(log_path)
     if client.status(marker, strict=False) is not None:
         with client.read(marker) as f:
-            if json.loads(f.read()) == ident:
-                return
-    log.info("starting over: %s does not hold results of %s", s.hdfs_root, log_path)
+            same_log = json.loads(f.read()) == ident
+        other = _other_settings(s, client)
+        if same_log and not other:
+            return
+        why = "; ".join(other) if same_log else f"it does not hold results of {log_path}"
+    else:
+        why = f"it does not hold results of {log_path}"
+    log.info("starting over on %s: %s", s.hdfs_root, why)
     client.delete(s.hdfs_root, recursive=True)
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
     try:

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from logpipe.results import settings_of_results
+    from logpipe.results import ResultsSettingsError, settings_of_results
     from logpipe.verify import verify_run
 
     if not args.log.is_file():
@@ -43,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"logpipe verify: {problem}", file=sys.stderr)
         return 1
-    s, notes = settings_of_results(s)
+    try:
+        s, notes = settings_of_results(s)
+    except ResultsSettingsError as exc:
+        print(f"logpipe verify: {exc}", file=sys.stderr)
+        return 1
     for note in notes:
         print(f"logpipe verify: the results were made with {note}: checking with the job's", file=sys.stderr)
     r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)

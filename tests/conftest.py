@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -56,6 +57,23 @@ def unique(request: pytest.FixtureRequest) -> Iterator[str]:
             _delete_test_data(request.getfixturevalue("stack"), suffix)
         except Exception as exc:  # a leftover is no reason to fail a test that passed; it is reported
             warnings.warn(f"could not delete the test's topics and HDFS paths ({suffix}): {exc}", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def free_ports() -> Callable[[int], list[int]]:
+    """`free_ports(n)`: n distinct ports free on 127.0.0.1 now, chosen by the OS (for services a test starts or
+    fakes itself; fixed numbers collide with another checkout's tests)."""
+    def pick(n: int) -> list[int]:
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            for sock in socks:
+                sock.bind(("127.0.0.1", 0))
+            return [sock.getsockname()[1] for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+
+    return pick
 
 
 @pytest.fixture(scope="session")

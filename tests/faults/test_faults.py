@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,12 +34,6 @@ def _logpipe(env: dict[str, str], *args: str, timeout: float = 900) -> subproces
 def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "logpipe", *args], env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _end_offset(stack: Settings, topic: str) -> int:
@@ -285,11 +278,11 @@ def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack,
     assert r.returncode != 0 and not acc["ok"] and acc["job_event_rows"] > acc["job_event_lines"] == acc["parsed"]
 
 
-def test_kafka_unreachable_at_start(stack, unique, tmp_path):
+def test_kafka_unreachable_at_start(stack, unique, tmp_path, free_ports):
     """The job cannot reach Kafka: a clear error naming the address, exit code 1, nothing written to HDFS."""
     from hdfs import InsecureClient
 
-    port = _free_port()
+    (port,) = free_ports(1)
     env = _env(stack, unique, tmp_path, LOGPIPE_KAFKA_BOOTSTRAP=f"127.0.0.1:{port}", LOGPIPE_CONNECT_TIMEOUT_S="3")
     r = _logpipe(env, "stream", "--until-done", timeout=120)
     assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr, r.stderr[-3000:]
@@ -298,12 +291,12 @@ def test_kafka_unreachable_at_start(stack, unique, tmp_path):
     assert client.status(env["LOGPIPE_HDFS_ROOT"], strict=False) is None, "partial output left on HDFS"
 
 
-def test_namenode_unreachable_at_start(stack, unique, tmp_path):
+def test_namenode_unreachable_at_start(stack, unique, tmp_path, free_ports):
     """The job cannot reach the NameNode: a clear error naming the address, exit code 1, no topic consumed,
     nothing on the real HDFS."""
     from hdfs import InsecureClient
 
-    http, rpc = _free_port(), _free_port()
+    http, rpc = free_ports(2)
     env = _env(stack, unique, tmp_path, LOGPIPE_WEBHDFS_URL=f"http://127.0.0.1:{http}",
                LOGPIPE_HDFS_URL=f"hdfs://127.0.0.1:{rpc}", LOGPIPE_CONNECT_TIMEOUT_S="3")
     r = _logpipe(env, "stream", "--until-done", timeout=120)

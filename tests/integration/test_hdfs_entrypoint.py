@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,19 +29,8 @@ MAINS = {"namenode": "org.apache.hadoop.hdfs.server.namenode.NameNode",
          "dfsadmin": "org.apache.hadoop.hdfs.tools.DFSAdmin"}
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture
-def hdfs_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+def hdfs_env(settings: Settings, tmp_path: Path, free_ports) -> dict[str, str]:
     """Environment for start-hadoop.sh: loopback-only, free ports, a stand-in `hdfs` on PATH."""
     jars = resolve("hdfs", Layout(settings.run_dir).jars)
     java = java_binary(settings)
@@ -68,7 +56,7 @@ exec "{java}" -Xmx256m -Djava.net.preferIPv4Stack=true -Dhadoop.log.dir="{tmp_pa
         "log4j.rootLogger=WARN,console\nlog4j.appender.console=org.apache.log4j.ConsoleAppender\n"
         "log4j.appender.console.layout=org.apache.log4j.PatternLayout\n"
         "log4j.appender.console.layout.ConversionPattern=%d %p %c{2}: %m%n\n")
-    rpc, http, data, dn_http, ipc = _free_ports(5)
+    rpc, http, data, dn_http, ipc = free_ports(5)
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("HDFS_", "HADOOP_"))},
         "PATH": f"{bin_dir}:{os.environ['PATH']}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,27 +18,15 @@ PORT_SETTINGS = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "NAMENODE_RPC_PORT", "NA
                  "DATANODE_HTTP_PORT", "DATANODE_DATA_PORT", "DATANODE_IPC_PORT")
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct ports free on 127.0.0.1 now (the OS picks them, so a second checkout's tests do not collide)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "logpipe", "stack", *args], env=env, capture_output=True, text=True,
                           timeout=400)
 
 
-def test_up_status_down_up_keeps_data(tmp_path: Path, settings):
+def test_up_status_down_up_keeps_data(tmp_path: Path, settings, free_ports):
     from hdfs import InsecureClient
 
-    ports = dict(zip(PORT_SETTINGS, _free_ports(len(PORT_SETTINGS))))
+    ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS))))
     http = ports["NAMENODE_HTTP_PORT"]
     env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run"), **{f"LOGPIPE_{k}": str(v) for k, v in ports.items()}}
     env.pop("LOGPIPE_KAFKA_BOOTSTRAP", None)

@@ -12,14 +12,8 @@ from logpipe import health
 pytestmark = pytest.mark.unit
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_timeout_names_the_service_and_the_hint():
-    port = _free_port()
+def test_timeout_names_the_service_and_the_hint(free_ports):
+    (port,) = free_ports(1)
     with pytest.raises(health.ServiceTimeout) as err:
         health.wait_until(lambda: health.probe_port("127.0.0.1", port), what="thing", timeout=0.3,
                           hint="Check the thing's log.", interval=0.05)
@@ -27,10 +21,11 @@ def test_timeout_names_the_service_and_the_hint():
     assert f"127.0.0.1:{port}" in str(err.value)
 
 
-def test_dead_service_fails_fast():
+def test_dead_service_fails_fast(free_ports):
+    (port,) = free_ports(1)
     t = time.monotonic()
     with pytest.raises(RuntimeError, match="died while starting: exit code 1"):
-        health.wait_until(lambda: health.probe_port("127.0.0.1", _free_port()), what="svc", timeout=30,
+        health.wait_until(lambda: health.probe_port("127.0.0.1", port), what="svc", timeout=30,
                           hint="", interval=0.01, alive=lambda: "exit code 1")
     assert time.monotonic() - t < 5
 
@@ -42,11 +37,11 @@ def test_port_probe_sees_a_listener():
         assert health.port_open("127.0.0.1", srv.getsockname()[1])
 
 
-def test_http_probe_on_closed_port_is_not_ready():
+def test_http_probe_on_closed_port_is_not_ready(free_ports):
     with pytest.raises(health.NotReady):
-        health.http_get(f"http://127.0.0.1:{_free_port()}/", timeout=1)
+        health.http_get(f"http://127.0.0.1:{free_ports(1)[0]}/", timeout=1)
 
 
-def test_kafka_probe_on_closed_port_is_not_ready():
+def test_kafka_probe_on_closed_port_is_not_ready(free_ports):
     with pytest.raises(health.NotReady, match="nothing listens on 127.0.0.1"):
-        health.probe_kafka(f"127.0.0.1:{_free_port()}")
+        health.probe_kafka(f"127.0.0.1:{free_ports(1)[0]}")

@@ -62,9 +62,9 @@ def on_stop_signal(stop: threading.Event, signum: int) -> None:
     the position is saved); a second one quits at once: the unconfirmed lines are sent again next time, under the
     same keys, and the job drops the repeats."""
     if not stop.is_set():
+        stop.set()  # first: the stop must hold even if the message cannot be written
         print("logpipe produce: stopping: waiting for the broker to confirm the lines sent (again to quit now)",
               file=sys.stderr, flush=True)
-        stop.set()
         return
     print("logpipe produce: quitting without waiting; the lines after the last saved position are sent again "
           "next time", file=sys.stderr, flush=True)

@@ -144,17 +144,20 @@ def _rotation_names(path: str) -> Iterator[os.DirEntry]:
             yield entry
 
 
-def find_copy(path: str, starts_with: bytes | Position, offset: int, skip: Callable[[str], bool]) -> \
-        tuple[int, os.stat_result] | None:
+def find_copy(path: str, starts_with: bytes | Position, offset: int, skip: Callable[[str], bool], *,
+              ending_before: bool = False) -> tuple[int, os.stat_result] | None:
     """A copy of the old content of `path` (logrotate's copytruncate): an uncompressed file named like a rotation of
     it that starts with `starts_with` (bytes, or the head a Position recorded), holds at least `offset` bytes, and
-    whose identity is not `skip`ped (the file itself, files the producer tracks). (fd, stat) or None."""
+    whose identity is not `skip`ped (the file itself, files the producer tracks). (fd, stat) or None.
+    `ending_before`: instead, a copy that ends before `offset` (logrotate copied the file before the producer read
+    its last lines, and truncated it after): its bytes are then a beginning of `starts_with`."""
     for entry in sorted(_rotation_names(path), key=lambda e: e.name):
         if entry.name.endswith(COMPRESSED_SUFFIXES):
             continue
         try:
             st = entry.stat(follow_symlinks=False)
-            if not entry.is_file() or skip(file_key(st)) or st.st_size < offset:
+            if not entry.is_file() or skip(file_key(st)) or (st.st_size >= offset if ending_before
+                                                              else st.st_size < offset):
                 continue
             fd, st = open_log(entry.path)
         except (OSError, InputFileError):
@@ -163,11 +166,23 @@ def find_copy(path: str, starts_with: bytes | Position, offset: int, skip: Calla
             head = os.pread(fd, starts_with.head_len, 0)
             same = len(head) == starts_with.head_len and head_digest(head) == starts_with.head_sha256
         else:
-            same = os.pread(fd, len(starts_with), 0) == starts_with
+            head = os.pread(fd, len(starts_with), 0)
+            same = head == starts_with or (ending_before and bool(head) and starts_with.startswith(head))
         if same:
             return fd, st
         os.close(fd)
     return None
+
+
+def _short_copy(path: str, starts_with: bytes | Position, offset: int, skip: Callable[[str], bool]) -> \
+        tuple[int, str] | None:
+    """(size, identity) of a copy of `path` that ends before `offset` (find_copy with ending_before), or None."""
+    found = find_copy(path, starts_with, offset, skip, ending_before=True)
+    if found is None:
+        return None
+    fd, st = found
+    os.close(fd)
+    return st.st_size, file_key(st)
 
 
 @dataclass
@@ -210,14 +225,19 @@ class LogSource:
         head = os.pread(fd, saved.head_len, 0)
         same = len(head) == saved.head_len and head_digest(head) == saved.head_sha256 and saved.offset <= st.st_size
         if not same:
-            if saved.finished:  # a finished file's identity, taken by a new file: nothing of the old one is left
-                log.info("%s (%s): a new file with the identity of one read to its end: reading it from byte 0 as "
-                         "generation %d", path, key, saved.generation + 1)
-                return Segment(path, fd, key, saved.generation + 1, 0)
-            log.warning("%s (%s): content differs from the saved position (truncated or replaced since the last "
-                        "run); reading from byte 0 as generation %d", path, key, saved.generation + 1)
-            if from_copy:
-                self._copy_of_old_content(path, key, saved)
+            copy_key = None
+            if saved.finished:  # the content saved was read to its end: nothing of it is left to read
+                log.info("%s (%s): its content is not the one read to its end last time (truncated, or a new file "
+                         "with the same identity): reading it from byte 0 as generation %d", path, key,
+                         saved.generation + 1)
+            else:
+                log.warning("%s (%s): content differs from the saved position (truncated or replaced since the "
+                            "last run); reading from byte 0 as generation %d", path, key, saved.generation + 1)
+                if from_copy:
+                    copy_key = self._copy_of_old_content(path, key, saved)
+            if from_copy and saved.updated_at:  # truncated more than once since: the copies in between are unread
+                self.warn_unread_rotations({key} | ({copy_key} if copy_key else set()),
+                                           datetime.fromisoformat(saved.updated_at).timestamp())
             return Segment(path, fd, key, saved.generation + 1, 0)
         if self.reset:
             log.info("%s: --reset: reading from byte 0 again (src %s; downstream drops the duplicates)",
@@ -233,22 +253,29 @@ class LogSource:
         """Identities a copy cannot have: `key` (the file itself) and files with a saved position (read as such)."""
         return lambda k: k == key or self.store.load(k) is not None
 
-    def _copy_of_old_content(self, path: str, key: str, saved: Position) -> None:
+    def _copy_of_old_content(self, path: str, key: str, saved: Position) -> str | None:
         """The file at `path` was truncated or replaced since `saved`: queue the rest of its old content from a copy
-        beside it (copytruncate), to be read first under the old src, or warn that it is not there."""
+        beside it (copytruncate), to be read first under the old src, or warn that it is not there. Returns the
+        identity of the copy found (read or not)."""
         copy = find_copy(path, saved, saved.offset, self._tracked_or(key))
         if copy is None:
+            short = _short_copy(path, saved, saved.offset, self._tracked_or(key))
+            if short is not None:
+                log.info("%s: its copy (%s) ends at byte %d, where the producer had read it: nothing of its old "
+                         "content (src %s) is left to send", path, short[1], short[0], saved.src)
+                return short[1]
             log.warning("%s: no uncompressed copy of its old content (src %s) found beside it: whatever it held "
                         "after byte %d was not sent. If a rotation holds it, send that part with `tail -c +%d "
                         "<rotation> > rest.log; logpipe produce rest.log` (zcat a compressed one first)",
                         path, saved.src, saved.offset, saved.offset + 1)
-            return
+            return None
         fd, st = copy
         log.warning("%s: reading the rest of its old content (src %s) from its copy (%s) at byte %d first",
                     path, saved.src, file_key(st), saved.offset)
         head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
         self.copies.append(Segment(path, fd, saved.key, saved.generation, saved.offset, head=head,
                                    carry_start=saved.offset, resumed_from=saved.offset))
+        return file_key(st)
 
     def rotated_leftovers(self) -> list[str]:
         """Follow mode after a restart: files rotated away from `path` (found by identity among the files of the
@@ -356,7 +383,7 @@ class LogSource:
                 yield from self._rest_from_copy(seg)
                 if self.stop.is_set():  # not read to the copy's end: the next run goes on from the position
                     return
-                yield from self._finish(seg)
+                yield from self._finish(seg, final=True)  # saved as finished: a restart reads no copy again
                 log.info("%s was truncated: reading it from byte 0 as generation %d", seg.path, seg.generation + 1)
                 seg = self.current = Segment(seg.path, seg.fd, seg.key, seg.generation + 1, 0)
                 continue
@@ -384,8 +411,14 @@ class LogSource:
             return
         copy = find_copy(seg.path, seg.head, seg.read_pos, self._tracked_or(seg.key))
         if copy is None:
+            seg.replaced = True  # the line it cut is not sent as a line (_finish)
+            short = _short_copy(seg.path, seg.head, seg.read_pos, self._tracked_or(seg.key))
+            if short is not None:
+                log.info("%s was truncated; its copy (%s) ends at byte %d, before where the producer had read: "
+                         "nothing of its old content is left to send", seg.path, short[1], short[0])
+                return
             log.warning("%s was truncated and no uncompressed copy of its old content is beside it: whatever it "
-                        "held after byte %d (src %s) was not sent", seg.path, seg.read_pos, seg.src)
+                        "held after byte %d (src %s) was not sent", seg.path, seg.carry_start, seg.src)
             return
         fd, st = copy
         log.info("%s was truncated: reading the rest of its old content from its copy (%s) at byte %d", seg.path,
@@ -440,6 +473,8 @@ class LogSource:
             before = seg.read_pos
             chunk = os.pread(seg.fd, self.block_bytes, before)
             if not chunk:
+                if before and (seg.size() < before or (seg.head and os.pread(seg.fd, len(seg.head), 0) != seg.head)):
+                    seg.replaced = True  # truncated (and maybe refilled, not past where it was read) meanwhile
                 return
             if before and seg.head and os.pread(seg.fd, len(seg.head), 0) != seg.head:
                 seg.replaced = True  # truncated (and refilled) since the last read: the chunk is not the old content
@@ -478,7 +513,14 @@ class LogSource:
 
     def _finish(self, seg: Segment, final: bool = False) -> Iterator[Block]:
         """The definite end of a segment: its unterminated last line (if any) is emitted as a line. `final`: the
-        segment is done for good (a rotated file or a copy): a last block, possibly empty, says so."""
+        segment is done for good (a rotated file or a copy): a last block, possibly empty, says so. A segment
+        truncated while it was read (`replaced`) and not completed from a copy has no last line: its unterminated
+        rest is the start of a line cut by the truncation, not sent."""
+        if seg.replaced and (seg.carry or seg.skipping is not None):
+            log.warning("%s: the line at byte %d was cut by the truncation (%d bytes of it read); not sent",
+                        seg.path, seg.skip_start if seg.skipping is not None else seg.carry_start,
+                        seg.skipping if seg.skipping is not None else len(seg.carry))
+            seg.carry, seg.skipping, seg.skip_head = b"", None, b""
         if seg.skipping is not None:
             total = seg.skipping
             block = Block(seg, seg.skip_start, [seg.skip_head], seg.skip_start + total, oversize_len=total)

@@ -51,7 +51,8 @@ def unique(request: pytest.FixtureRequest) -> Iterator[str]:
     look, and LOGPIPE_KEEP_RESULTS=1 keeps them all."""
     suffix = uuid.uuid4().hex[:10]
     yield suffix
-    passed = all(getattr(getattr(request.node, f"report_{w}", None), "passed", True) for w in ("setup", "call"))
+    # no report (the run was interrupted in the test): kept, as a failure's
+    passed = all(getattr(getattr(request.node, f"report_{w}", None), "passed", False) for w in ("setup", "call"))
     if "stack" in request.fixturenames and passed and os.environ.get("LOGPIPE_KEEP_RESULTS") != "1":
         try:
             _delete_test_data(request.getfixturevalue("stack"), suffix)

@@ -186,7 +186,8 @@ def wait_for_kafka(bootstrap: str, timeout: float = 60.0) -> int:
 
 def probe_hdfs_ready(webhdfs: str) -> dict:
     """HDFS is writable (probe_hdfs) and its files readable: every block reported by a live DataNode. What the
-    native stack waits for, compose's `hdfs-ready` service, the streaming job at start and verify check."""
+    native stack waits for, compose's `hdfs-ready` service (`logpipe health hdfs`) and the streaming job at start
+    check (verify checks the blocks with probe_blocks_reported)."""
     info = probe_hdfs(webhdfs)
     probe_blocks_reported(webhdfs)
     return info

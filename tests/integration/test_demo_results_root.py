@@ -29,6 +29,7 @@ def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, uni
     from kafka.admin import KafkaAdminClient, NewTopic
 
     from logpipe.commands.demo import fresh_results_for
+    from logpipe.streaming.job import ROOT_SETTINGS
 
     s = stack.with_overrides(topic=f"demo-{unique}", alerts_topic=f"alerts-{unique}",
                              hdfs_root=f"/tests/demo-{unique}", producer_state_dir=str(tmp_path / "pos"))
@@ -49,9 +50,13 @@ def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, uni
 
     fresh_results_for(s, first)
     assert hdfs_client.status(results, strict=False) is not None and s.topic in _topics(s) and position.exists()
+    # the settings the job records, all the same as the demo's: kept too
+    recorded = {k: getattr(s, k) for k in ROOT_SETTINGS}
+    hdfs_client.write(f"{s.hdfs_root}/_commits/job.json", overwrite=True, data=json.dumps(recorded))
+    fresh_results_for(s, first)
+    assert hdfs_client.status(results, strict=False) is not None and s.topic in _topics(s) and position.exists()
 
     # the same log, but results made with another rate-limit ceiling (`logpipe stream` would refuse to add to them)
-    recorded = {k: getattr(s, k) for k in ("topic", "window", "slide", "watermark", "surge_min_count")}
     hdfs_client.write(f"{s.hdfs_root}/_commits/job.json", overwrite=True,
                       data=json.dumps({**recorded, "rate_limit_ceiling": s.rate_limit_ceiling + 1}))
     fresh_results_for(s, first)
@@ -63,3 +68,35 @@ def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, uni
     assert s.topic not in _topics(s) and not position.parent.exists()
     with hdfs_client.read(f"{s.hdfs_root}/_source.json") as f:
         assert json.loads(f.read())["log"] == str(other.resolve())
+
+
+def test_the_demo_does_not_start_over_on_a_root_a_running_job_holds(stack, unique, tmp_path: Path, hdfs_client):
+    """A root the demo must start over on (another log), whose lease a live streaming run holds: the demo stops
+    with a message naming that run, and deletes nothing. A lease left by a process that is gone does not stop
+    it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from logpipe.commands.demo import fresh_results_for
+
+    s = stack.with_overrides(topic=f"demo-{unique}", alerts_topic=f"alerts-{unique}",
+                             hdfs_root=f"/tests/demo-{unique}", producer_state_dir=str(tmp_path / "pos"))
+    first, other = tmp_path / "a.log", tmp_path / "b.log"
+    first.write_bytes(b"1.2.3.4 - - [2004-05-18 05:58:48] \"GET / HTTP/1.1\" 200 1\n")
+    other.write_bytes(b"5.6.7.8 - - [2004-05-18 05:58:48] \"GET / HTTP/1.1\" 200 1\n")
+    fresh_results_for(s, first)
+    results = f"{s.hdfs_root}/events/b0000000000-00000.parquet"
+    hdfs_client.write(results, data=b"results", overwrite=True)
+    lease = f"{s.hdfs_root}/_commits/lease.json"
+    hdfs_client.write(lease, overwrite=True, data=json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    with pytest.raises(SystemExit, match=f"process {os.getpid()} on"):
+        fresh_results_for(s, other)
+    assert hdfs_client.status(results, strict=False) is not None
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    hdfs_client.write(lease, overwrite=True, data=json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    fresh_results_for(s, other)
+    assert hdfs_client.status(results, strict=False) is None

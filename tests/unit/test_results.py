@@ -81,7 +81,7 @@ def test_empty_tables_have_their_columns():
     """A table without committed files yet is an empty frame with its columns (the notebook selects them), and the
     columns are those of the job's schemas."""
     from logpipe.results import COLUMNS
-    from logpipe.streaming.job import ALERTS_SCHEMA, HOST_COUNTS_SCHEMA
+    from logpipe.streaming.job import ALERTS_SCHEMA, GRAINS, HOST_COUNTS_SCHEMA, WINDOW_COLUMNS
 
     def names(ddl: str) -> list[str]:
         import re
@@ -89,4 +89,14 @@ def test_empty_tables_have_their_columns():
         return [part.split()[0] for part in re.split(r",\s*(?![^<]*>)", ddl)]
 
     assert COLUMNS["alerts"] == names(ALERTS_SCHEMA)
-    assert COLUMNS["windows/by_host"] == names(HOST_COUNTS_SCHEMA)
+    assert COLUMNS["windows/by_host"] == names(HOST_COUNTS_SCHEMA) == [*WINDOW_COLUMNS, *GRAINS["host"], "count"]
+    assert COLUMNS["windows/by_status"] == [*WINDOW_COLUMNS, *GRAINS["status"], "count"]
+
+
+def test_readers_take_every_setting_the_job_records_but_the_topic():
+    """RUN_SETTINGS (what verify and the notebook take from a root's record) are the job's ROOT_SETTINGS without
+    the topic: a rule added to the record and not to the readers would be checked with the reader's value."""
+    from logpipe.results import RUN_SETTINGS
+    from logpipe.streaming.job import ROOT_SETTINGS
+
+    assert set(RUN_SETTINGS) == set(ROOT_SETTINGS) - {"topic"} and len(RUN_SETTINGS) == len(set(RUN_SETTINGS))

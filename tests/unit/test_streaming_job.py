@@ -1,4 +1,4 @@
-"""The streaming job's duplicate check: repeats of a source line are dropped exactly, hash collisions are not."""
+"""The streaming job: its duplicate check (repeats dropped exactly, hash collisions kept), its root settings."""
 
 from __future__ import annotations
 
@@ -127,3 +127,53 @@ def test_host_window_counts_split_the_running_counts_at_the_cutoff(local_spark, 
     assert all(cutoff is None or end > cutoff for _, end, _, _ in got_open)
     if window == "20 seconds":  # the carried window of host a adds up with this batch's rows at 0 s and 5 s
         assert (t0 - timedelta(seconds=10), t0 + timedelta(seconds=10), "a", 9) in expected
+
+
+def test_a_root_records_its_settings_and_refuses_others(local_spark, tmp_path, caplog):
+    """claim_root: a new root records the ROOT_SETTINGS; a run with another value (or a record it cannot read)
+    is refused with a one-line reason; a record of an earlier version without the alert rules is filled in only
+    while the root has no committed batch (after that, the rules its results were made with are unknown, and this
+    run's must not be written as theirs)."""
+    import json
+    import logging
+
+    from logpipe.config import Settings
+    from logpipe.streaming.job import ROOT_SETTINGS, ResultsRootMismatch, StreamJob
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root))
+    record = root / "_commits" / "job.json"
+
+    def write(text: str) -> None:  # as another run would, without Hadoop's local checksum file
+        record.with_name(".job.json.crc").unlink(missing_ok=True)
+        record.write_text(text)
+
+    def claim(**overrides) -> None:
+        StreamJob(local_spark, s.with_overrides(**overrides)).claim_root()
+
+    claim()
+    assert json.loads(record.read_text()) == {k: getattr(s, k) for k in ROOT_SETTINGS}
+    claim(window="20 seconds")  # the same duration, spelled otherwise
+    with pytest.raises(ResultsRootMismatch, match="rate_limit_ceiling 200 there, 201 now"):
+        claim(rate_limit_ceiling=201)
+    for broken, why in (('["topic"]', "a JSON list, not an object"), ("{", "is not the JSON the job writes")):
+        write(broken)
+        with pytest.raises(ResultsRootMismatch, match=why):
+            claim()
+    write(json.dumps({**json.loads(json.dumps({k: getattr(s, k) for k in ROOT_SETTINGS})),
+                                  "window": "soon"}))
+    with pytest.raises(ResultsRootMismatch, match="window 'soon' there"):
+        claim()
+
+    old = {k: getattr(s, k) for k in ("topic", "window", "slide", "watermark")}  # an earlier version's record
+    write(json.dumps(old))
+    (root / "_commits" / "ingest").mkdir(parents=True)
+    (root / "_commits" / "ingest" / "b0000000000.json").write_text(json.dumps({"batch": 0, "lines": 1}))
+    (root / "_checkpoints" / "ingest" / "offsets").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="logpipe.streaming.job"):
+        claim(rate_limit_ceiling=50)
+    assert json.loads(record.read_text()) == old
+    assert any("did not record rate_limit_ceiling" in r.getMessage() for r in caplog.records)
+    (root / "_commits" / "ingest" / "b0000000000.json").unlink()  # no committed batch: filled in
+    claim(rate_limit_ceiling=50)
+    assert json.loads(record.read_text())["rate_limit_ceiling"] == 50

@@ -101,3 +101,21 @@ def test_a_lease_being_written_is_alive_and_an_old_empty_one_is_gone(local_fs, t
     taker.acquire()
     assert json.loads(lease.read_text())["run"] == taker.me["run"]
     taker.release()
+
+
+def test_a_holder_judged_from_outside_a_run():
+    """holder_may_run (the demo asks it before it deletes a root): a live process of this host, another host's
+    run renewed within STALE_S, or a lease being written may still run; the others are gone. Unlike a run taking
+    the lease, an outsider never has the holder's pid itself (no 'restart' rule)."""
+    import socket
+
+    from logpipe.streaming.lease import STALE_S, holder_may_run
+
+    done = subprocess.Popen(["true"])
+    done.wait()
+    here = socket.gethostname()
+    assert holder_may_run({"host": here, "pid": os.getpid()}, 1e6)
+    assert not holder_may_run({"host": here, "pid": done.pid}, 0.0)
+    assert holder_may_run({"host": "elsewhere", "pid": 1}, STALE_S - 1)
+    assert not holder_may_run({"host": "elsewhere", "pid": 1}, STALE_S + 1)
+    assert holder_may_run({}, 1.0) and not holder_may_run({}, 30.0)

@@ -57,11 +57,16 @@ def run(args: argparse.Namespace) -> int:
     services.up(s, progress=log.info)
     env = {**os.environ, "LOGPIPE_TOPIC": s.topic, "LOGPIPE_HDFS_ROOT": s.hdfs_root}
     timings: dict[str, float] = {}
-    # a log of the user's is never overwritten; the demo's own sample is made again if its ground truth is gone
-    if not args.log.exists() or (args.log == DEMO_LOG and not truth_path(args.log).exists()):
+    # an existing log is never overwritten (data/access.log may be the user's own); without its ground truth,
+    # verify checks the counts and the alert rules, not recall against planted incidents
+    if not args.log.exists():
         args.log.parent.mkdir(parents=True, exist_ok=True)
         timings["generate"], _ = _step("generate sample", ["generate", "--size", args.size, "--seed",
                                                            str(args.seed), "--out", str(args.log)], env)
+    elif not truth_path(args.log).exists():
+        log.info("%s has no ground truth beside it (%s): verify checks the window counts and the alert rules, not "
+                 "planted incidents (delete the log to have the demo make its sample again)", args.log,
+                 truth_path(args.log).name)
     fresh_results_for(s, args.log)
     produce = ["produce", str(args.log)] + (["--client", args.client] if args.client else [])
     timings["produce"], _ = _step("produce", produce, env)
@@ -105,6 +110,30 @@ def _other_settings(s: Settings, client: "InsecureClient") -> list[str]:
         [f"made with {note}" for note in notes]
 
 
+def refuse_if_a_run_holds(s: Settings, client: "InsecureClient") -> None:
+    """Exit (SystemExit, with what to do) if a streaming run may still hold the root's lease: the demo must not
+    delete the results, checkpoint and topic of a job that is running on them."""
+    from hdfs.util import HdfsError
+
+    from logpipe.streaming.lease import LEASE_FILE, holder_may_run
+
+    path = s.hdfs_path(*LEASE_FILE.split("/"))
+    status = client.status(path, strict=False)
+    if status is None:
+        return
+    try:
+        with client.read(path) as f:
+            holder = json.loads(f.read())
+    except (ValueError, HdfsError):  # being written, or gone meanwhile
+        holder = {}
+    holder = holder if isinstance(holder, dict) else {}
+    age = time.time() - status["modificationTime"] / 1000
+    if holder_may_run(holder, age):
+        who = f"process {holder.get('pid')} on {holder.get('host')}" if holder else "a run starting now"
+        raise SystemExit(f"demo: {s.hdfs_root} must start over, but a streaming run holds it ({who}, lease {path} "
+                         f"renewed {age:.0f}s ago): stop that run, or give the demo another root (--hdfs-root)")
+
+
 def fresh_results_for(s: Settings, log_path: Path) -> None:
     """Results, topic and producer position must all come from this log and these settings: if the demo's HDFS root
     holds results of another log (e.g. the sample was regenerated) or of other settings (window, slide, watermark,
@@ -126,6 +155,7 @@ def fresh_results_for(s: Settings, log_path: Path) -> None:
         why = "; ".join(other) if same_log else f"it does not hold results of {log_path}"
     else:
         why = f"it does not hold results of {log_path}"
+    refuse_if_a_run_holds(s, client)
     log.info("starting over on %s: %s", s.hdfs_root, why)
     client.delete(s.hdfs_root, recursive=True)
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)

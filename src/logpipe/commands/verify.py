@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="report recall/precision against the truth file but do not fail on them")
     add_setting_flags(p, "hdfs_root", "window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count",
                       "surge_min_share", "max_message_bytes")
+    p.epilog = ("The window, slide, watermark and alert rules a root's results were made with are recorded on it "
+                "(_commits/job.json); verify checks with those, and says where they differ from its own settings.")
     p.set_defaults(func=run)
 
 

@@ -183,6 +183,8 @@ class StreamJob:
         if self.fs.exists(path):
             try:
                 theirs = json.loads(self.fs.read_text(path))
+                if not isinstance(theirs, dict):
+                    raise ValueError(f"a JSON {type(theirs).__name__}, not an object")
             except ValueError as exc:
                 raise ResultsRootMismatch(f"{path} is not the JSON the job writes ({exc}): it records the settings "
                                           "the results on this root were made with; restore it or use another "
@@ -192,7 +194,10 @@ class StreamJob:
                 if k not in theirs:  # recorded by an earlier version, which kept fewer settings: taken as they are
                     return True
                 if k in DURATION_SETTINGS:
-                    return duration_seconds(str(theirs[k])) == duration_seconds(mine[k])
+                    try:
+                        return duration_seconds(str(theirs[k])) == duration_seconds(mine[k])
+                    except ValueError:  # not a duration: differs, and the message shows it
+                        return False
                 return theirs[k] == mine[k]
 
             diff = [f"{k} {theirs.get(k)!r} there, {mine[k]!r} now" for k in ROOT_SETTINGS if not same(k)]
@@ -208,8 +213,13 @@ class StreamJob:
                 f"{self.root} holds {len(committed)} committed micro-batches, but their Spark checkpoint ({offsets}) "
                 "is gone: the batch ids would start again at 0 and new records be skipped as already committed. "
                 "Give another LOGPIPE_HDFS_ROOT (--hdfs-root), or delete the whole root to start over")
-        if not theirs.keys() >= set(ROOT_SETTINGS):  # a new root, or one recorded with fewer settings
+        missing = [k for k in ROOT_SETTINGS if k not in theirs]
+        if missing and (not theirs or not committed):  # a new root, or an empty one recorded with fewer settings
             self.fs.write_text(path, json.dumps({**mine, **theirs}))
+        elif missing:  # its results were made with values nobody recorded: this run's are not written as theirs
+            log.warning("%s was made by an earlier logpipe, which did not record %s: readers (verify, the notebook) "
+                        "take their own values for those; a new LOGPIPE_HDFS_ROOT records them all", path,
+                        ", ".join(missing))
 
     # ------------------------------------------------------------------ the micro-batch
     def _kafka_stream(self) -> "DataFrame":

@@ -43,6 +43,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def holder_may_run(holder: dict[str, Any], age_s: float) -> bool:
+    """Judged from outside any run (the demo, before it deletes a root): whether the lease's holder `holder` (the
+    lease's content), renewed `age_s` seconds ago, may still be running: a process of this host that runs, a run
+    of another host that renewed it within STALE_S, or a lease still being written (empty, a few seconds old)."""
+    if not holder:
+        return age_s <= 5
+    if holder.get("host") == socket.gethostname():
+        return _pid_alive(int(holder.get("pid", 0)))
+    return age_s < STALE_S
+
+
 class RootLease:
     """The lease of one run on `root` (a Hadoop URI): acquire() before the first batch, check() at each batch,
     release() at the end. `host` and `pid` default to this process's."""

@@ -109,3 +109,42 @@ def test_every_compression_the_settings_accept_has_its_kafka_python_codec():
     for codec in typing.get_args(Settings.model_fields["compression"].annotation):
         available, _ = KafkaProducer._COMPRESSORS[None if codec == "none" else codec]
         assert available(), f"LOGPIPE_COMPRESSION={codec}: kafka-python finds no library for it"
+
+
+def test_a_delivery_failure_is_the_error_reported_when_the_client_cannot_close(tmp_path, monkeypatch, caplog):
+    """Records not acknowledged (DeliveryError at the flush), then the client's close fails too (a broker away
+    makes kafka-python's close time out): the DeliveryError, which says how many records failed, is what the
+    caller gets; the close's error is a warning. Before, the close's error replaced it."""
+    import logging
+
+    from logpipe.config import Settings
+    from logpipe.producer import run
+    from logpipe.producer.clients import DeliveryError
+
+    class FailingSink:
+        sent = failed = 0
+
+        def partitions(self, topic: str) -> int:
+            return 1
+
+        def send_lines(self, topic, lines, src, off, partition) -> int:
+            self.sent += len(lines)
+            return off
+
+        def flush(self, timeout: float = 120.0) -> None:
+            self.failed = self.sent
+            raise DeliveryError(f"{self.failed} records not acknowledged; first error: broker away")
+
+        def close(self) -> None:
+            raise TimeoutError("close timed out")
+
+    log = tmp_path / "a.log"
+    log.write_bytes(b"one\ntwo\n")
+    monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
+    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "make_sink", lambda s: FailingSink())
+    s = Settings(producer_state_dir=str(tmp_path / "pos"))
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"), \
+            pytest.raises(DeliveryError, match="2 records not acknowledged"):
+        run.produce_file(s, log, progress=False)
+    assert any("close timed out" in r.getMessage() for r in caplog.records)

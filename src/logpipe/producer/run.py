@@ -166,6 +166,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
             store.save(Position(seg_.key, seg_.generation, block.end if end is None else end, source.path, len(head),
                                 head_digest(head), finished=block.final and end is None))
 
+    failure: BaseException | None = None
     try:
         with bar:
             for item in source.blocks():
@@ -229,8 +230,8 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                     bar.update(task, completed=summary.bytes, lines=f"{summary.lines:,}",
                                rate=f"{summary.lines / max(now - t0, 1e-9):,.0f}")
             checkpoint(pending)
-    except DeliveryError:
-        summary.errors = sink.failed
+    except BaseException as exc:
+        failure = exc
         raise
     finally:
         summary.seconds = time.monotonic() - t0
@@ -238,6 +239,12 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
         summary.errors = sink.failed
         try:
             sink.close()
+        except Exception as exc:  # noqa: BLE001
+            if failure is None:
+                raise
+            # the client cannot close cleanly after a failure (e.g. a broker away): the failure is the error to
+            # report, not this
+            log.warning("closing the Kafka client after the failure failed too: %s", exc)
         finally:
             source.close()
     log.info("produced %s: %s lines (%s records, %d quarantined, %d errors), %.1f MB in %.1fs: %s lines/s, %.1f MB/s",

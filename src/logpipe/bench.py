@@ -153,6 +153,11 @@ def _require_report(report: Path, log_path: Path) -> None:
         raise RuntimeError(f"verify wrote no report ({report}); log {log_path}:\n{tail}")
 
 
+# settings recorded with each result, and passed to every stage's process
+REPORTED_SETTINGS = ("topic_partitions", "compression", "batch_size", "linger_ms", "spark_master",
+                     "shuffle_partitions", "max_offsets_per_trigger", "window", "slide", "watermark")
+
+
 def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_dir: Path, seed: int = 1,
               reference: bool = True, pipeline: bool = True, idle_s: float = 5.0,
               keep_data: bool = False, name: str = "bench") -> dict[str, Any]:
@@ -173,7 +178,9 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     log_path = data_dir / f"bench-{label}-seed{seed}.log"
     topic = f"{name}-{stamp}-{label}".replace(".", "_").replace("/", "-")
     root = f"/{name}/{stamp}-{label}"
-    env = {**os.environ, "LOGPIPE_TOPIC": topic, "LOGPIPE_HDFS_ROOT": root, "LOGPIPE_PRODUCER_CLIENT": client}
+    # the stages run with the settings the result reports (a bench flag such as --shuffle-partitions reaches them)
+    env = {**os.environ, **{f"LOGPIPE_{k.upper()}": str(getattr(s, k)) for k in REPORTED_SETTINGS},
+           "LOGPIPE_TOPIC": topic, "LOGPIPE_HDFS_ROOT": root, "LOGPIPE_PRODUCER_CLIENT": client}
     sampler = ResourceSampler().start()
     for row in services.status(s):
         if row["running"]:
@@ -221,7 +228,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     except BaseException as exc:  # keep what was measured: a late stage failing must not lose an hour's figures
         stats = sampler.stop()
         (run_dir / "partial.json").write_text(json.dumps({
-            "date": stamp, "size_bytes": size_bytes, "client": client, "error": str(exc).splitlines()[0],
+            "date": stamp, "size_bytes": size_bytes, "client": client, "error": (str(exc) or type(exc).__name__).splitlines()[0],
             "stages": [st.as_dict() for st in stages], "processes": {k: v.as_dict() for k, v in stats.items()},
             "peak_rss_mb_concurrent": round(sampler.peak_concurrent_mb, 1)}, indent=2, default=str))
         raise
@@ -236,9 +243,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     result = {
         "date": stamp, "machine": machine_info(), "versions": versions(), "client": client,
         "size_bytes": log_path.stat().st_size, "lines": lines, "log": str(log_path), "topic": topic, "hdfs_root": root,
-        "settings": {k: getattr(s, k) for k in ("topic_partitions", "compression", "batch_size", "linger_ms",
-                                                "spark_master", "shuffle_partitions", "max_offsets_per_trigger",
-                                                "window", "slide", "watermark")},
+        "settings": {k: getattr(s, k) for k in REPORTED_SETTINGS},
         "stages": [st.as_dict() for st in stages],
         "end_to_end": e2e.as_dict(),
         "end_to_end_sequential": e2e_seq.as_dict(),

@@ -228,7 +228,8 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     except BaseException as exc:  # keep what was measured: a late stage failing must not lose an hour's figures
         stats = sampler.stop()
         (run_dir / "partial.json").write_text(json.dumps({
-            "date": stamp, "size_bytes": size_bytes, "client": client, "error": (str(exc) or type(exc).__name__).splitlines()[0],
+            "date": stamp, "size_bytes": size_bytes, "client": client,
+            "error": (str(exc) or type(exc).__name__).splitlines()[0],
             "stages": [st.as_dict() for st in stages], "processes": {k: v.as_dict() for k, v in stats.items()},
             "peak_rss_mb_concurrent": round(sampler.peak_concurrent_mb, 1)}, indent=2, default=str))
         raise

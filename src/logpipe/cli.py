@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:  # a bad flag or LOGPIPE_* value: say which, without a traceback
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"])
+            if not name:  # a rule across settings (e.g. slide <= window): the message names them
+                print(f"logpipe: invalid settings: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+                continue
             print(f"logpipe: invalid setting {name} = {err.get('input')!r} (flag --{name.replace('_', '-')} or "
                   f"LOGPIPE_{name.upper()}): {err['msg']}", file=sys.stderr)
         return 2

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,8 @@ def _project_root() -> Path:
 
 PROJECT_ROOT = _project_root()
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
 
 class Settings(BaseSettings):
     """All settings. Environment variables `LOGPIPE_<FIELD>` set them; CLI flags override the environment.
@@ -34,17 +36,17 @@ class Settings(BaseSettings):
     run_dir: Path = Field(PROJECT_ROOT / ".logpipe", description="jars, data, logs and pids of the native stack")
     bind_host: str = Field("127.0.0.1", description="address every native service binds to")
     java_home: str | None = Field(None, description="JDK for the native services (default: JAVA_HOME or java on PATH)")
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
+    kafka_port: Port = 9092
+    kafka_controller_port: Port = 9093
     kafka_heap: str = "1g"
-    namenode_rpc_port: int = 8020
-    namenode_http_port: int = 9870
-    datanode_http_port: int = 9864
-    datanode_data_port: int = 9866
-    datanode_ipc_port: int = 9867
+    namenode_rpc_port: Port = 8020
+    namenode_http_port: Port = 9870
+    datanode_http_port: Port = 9864
+    datanode_data_port: Port = 9866
+    datanode_ipc_port: Port = 9867
     namenode_heap: str = "768m"
     datanode_heap: str = "768m"
-    stack_timeout_s: float = Field(180.0, description="how long `stack up` waits for a service to be ready")
+    stack_timeout_s: float = Field(180.0, gt=0, description="how long `stack up` waits for a service to be ready")
 
     # ---- addresses clients use (compose points these at container names) ------------------------
     kafka_bootstrap: str | None = Field(None, description="host:port; default bind_host:kafka_port")
@@ -58,18 +60,18 @@ class Settings(BaseSettings):
     # One partition keeps the log's order: with several, partitions drift apart in event time (the producer's
     # sticky partitioner), and a micro-batch reading ahead in one partition makes rows of the other "late".
     # Spark still reads it with several tasks (kafka_read_tasks splits the offset range).
-    topic_partitions: int = 1
-    topic_replication: int = 1
+    topic_partitions: int = Field(1, ge=1)
+    topic_replication: int = Field(1, ge=1)
     hdfs_root: str = Field("/logpipe", description="HDFS folder holding events/, windows/, alerts/, quarantine/")
 
     # ---- producer ---------------------------------------------------------------------------------
     producer_client: Literal["kafka-python", "confluent"] = "kafka-python"
     compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = "lz4"
-    batch_size: int = Field(512 * 1024, description="producer batch size in bytes")
-    linger_ms: int = 20
+    batch_size: int = Field(512 * 1024, gt=0, description="producer batch size in bytes")
+    linger_ms: int = Field(20, ge=0)
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
 
-    @field_validator("window", "slide", "watermark")  # the job's window and horizon arithmetic reads them
+    @field_validator("window", "slide", "watermark", "trigger_interval")  # the job's arithmetic reads them
     @classmethod
     def _duration_is_an_interval(cls, v: str) -> str:
         from logpipe.windows import duration_seconds
@@ -89,20 +91,30 @@ class Settings(BaseSettings):
         if not ok:
             raise ValueError("must be max, realtime or a positive factor (e.g. 10)")
         return v
+
+    @model_validator(mode="after")
+    def _windows_slide_within(self) -> "Settings":
+        from logpipe.windows import duration_seconds
+
+        size, slide = duration_seconds(self.window), duration_seconds(self.slide)
+        if size <= 0 or slide <= 0 or slide > size:
+            raise ValueError(f"window ({self.window!r}) and slide ({self.slide!r}) need 0 < slide <= window: "
+                             "every event falls in window/slide windows")
+        return self
     max_message_bytes: int = Field(
         1_000_000, gt=0, le=64 << 20,  # at most the longest line the producer holds (producer.source.LINE_CAP_BYTES)
         description="a longer line is sent as a too_large record (its first 16 KB), which the job quarantines")
     producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
-    producer_connect_timeout_s: float = Field(30.0, description="give up reaching the broker after this long")
-    producer_checkpoint_s: float = Field(1.0, description="flush and save the position at least this often")
+    producer_connect_timeout_s: float = Field(30.0, gt=0, description="give up reaching the broker after this long")
+    producer_checkpoint_s: float = Field(1.0, ge=0, description="flush and save the position at least this often")
     rotate_grace_s: float = Field(
         300.0, gt=0, description="--follow: a log rotated away is still read, beside the new one, until it has had "
         "no new bytes this long (its writer appends to it until it reopens the log); then its unterminated last "
         "line, if any, is sent as a line")
 
     # ---- streaming job ----------------------------------------------------------------------------
-    connect_timeout_s: float = Field(60.0, description="the job gives up waiting for Kafka or HDFS after this long")
-    stop_grace_s: float = Field(120.0, description="on SIGTERM/Ctrl-C, let running micro-batches finish this long")
+    connect_timeout_s: float = Field(60.0, gt=0, description="the job gives up waiting for Kafka or HDFS after this long")
+    stop_grace_s: float = Field(120.0, ge=0, description="on SIGTERM/Ctrl-C, let running micro-batches finish this long")
     spark_master: str = "local[2]"
     spark_driver_memory: str = "4g"
     spark_driver_java_options: str = Field(
@@ -113,17 +125,17 @@ class Settings(BaseSettings):
         None, description="JDK for Spark's JVM (the whole job in local mode). Default: the newest JDK Spark supports "
         "(25, 21, 17) among LOGPIPE_JAVA_HOME, JAVA_HOME, java on PATH and /usr/lib/jvm: the 1 GB stream took "
         "134-147 s on Java 25 against 172-187 s on Java 17 (docs/benchmarks.md)")
-    spark_ui_port: int = 4040
-    shuffle_partitions: int = 4
+    spark_ui_port: Port = 4040
+    shuffle_partitions: int = Field(4, ge=1)
     spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")
     window: str = "20 seconds"
     slide: str = "10 seconds"
     watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
-    max_offsets_per_trigger: int = Field(5_000_000, description="records per micro-batch at most (catch-up); "
+    max_offsets_per_trigger: int = Field(5_000_000, ge=1, description="records per micro-batch at most (catch-up); "
                                          "bigger batches cost less per line (measured: 1 M -> 2.5 M, ~10%; "
                                          "2.5 M -> 5 M, 9% on 1 GB, stream peak RSS 4.5 -> 5.1 GB)")
     trigger_interval: str = "0 seconds"
-    kafka_read_tasks: int = Field(2, description="Spark tasks reading the topic per micro-batch (minPartitions)")
+    kafka_read_tasks: int = Field(2, ge=1, description="Spark tasks reading the topic per micro-batch (minPartitions)")
     parquet_codec: Literal["zstd", "snappy", "lz4_raw", "gzip", "none"] = Field(
         "zstd", description="compression of the Parquet files the jobs write")
     events_request_parts: bool = Field(
@@ -131,10 +143,10 @@ class Settings(BaseSettings):
         "derived from request at read time otherwise (measured: a third of the cost of writing events)")
 
     # ---- alert rules ------------------------------------------------------------------------------
-    rate_limit_ceiling: int = Field(200, description="requests by one host in one window that trigger a block")
-    surge_min_count: int = Field(100, description="failed requests of one status in one window")
-    surge_min_share: float = Field(0.25, description="that status's share of all requests in the window")
-    surge_top_hosts: int = Field(5, description="hosts named in a surge alert")
+    rate_limit_ceiling: int = Field(200, ge=1, description="requests by one host in one window that trigger a block")
+    surge_min_count: int = Field(100, ge=1, description="failed requests of one status in one window")
+    surge_min_share: float = Field(0.25, ge=0, le=1, description="that status's share of all requests in the window")
+    surge_top_hosts: int = Field(5, ge=1, description="hosts named in a surge alert")
 
     # ---- derived ----------------------------------------------------------------------------------
     @cached_property

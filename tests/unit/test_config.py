@@ -68,6 +68,38 @@ def test_a_bad_value_is_one_clear_line_and_exit_2(monkeypatch, capsys):
     assert "invalid setting speed = 'fast'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("values", "shown"), [
+    ({"rate_limit_ceiling": 0}, "rate_limit_ceiling"),
+    ({"surge_min_count": 0}, "surge_min_count"),
+    ({"surge_min_share": 1.5}, "surge_min_share"),
+    ({"surge_top_hosts": 0}, "surge_top_hosts"),
+    ({"shuffle_partitions": 0}, "shuffle_partitions"),
+    ({"max_offsets_per_trigger": 0}, "max_offsets_per_trigger"),
+    ({"kafka_port": 70000}, "kafka_port"),
+    ({"connect_timeout_s": 0}, "connect_timeout_s"),
+])
+def test_values_out_of_range_are_refused_when_the_settings_load(values, shown):
+    """A ceiling of 0 or a share above 1 would make every window an alert, or none: refused with the name."""
+    with pytest.raises(pydantic.ValidationError, match=shown):
+        Settings(**values)
+
+
+@pytest.mark.parametrize(("window", "slide"), [("0 seconds", "10 seconds"), ("20 seconds", "0 seconds"),
+                                               ("20 seconds", "30 seconds")])
+def test_slide_must_be_within_the_window(window, slide, monkeypatch, capsys):
+    """Window assignment needs 0 < slide <= window; the CLI says so in one line naming both settings."""
+    from logpipe.cli import main
+
+    with pytest.raises(pydantic.ValidationError, match="need 0 < slide <= window"):
+        Settings(window=window, slide=slide)
+    monkeypatch.setenv("LOGPIPE_WINDOW", window)
+    monkeypatch.setenv("LOGPIPE_SLIDE", slide)
+    assert main(["stack", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("logpipe: invalid settings: window (") and len(err.strip().splitlines()) == 1
+    assert Settings(window="20 seconds", slide="20 seconds").slide == "20 seconds"  # tumbling windows are fine
+
+
 def test_unknown_setting_is_rejected():
     with pytest.raises(pydantic.ValidationError):
         Settings(no_such_setting=1)  # type: ignore[call-arg]
@@ -97,7 +129,7 @@ def test_every_command_prints_its_help(capsys):
         assert "usage: logpipe " + name in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["window", "slide", "watermark"])
+@pytest.mark.parametrize("name", ["window", "slide", "watermark", "trigger_interval"])
 def test_durations_must_be_spark_intervals_of_whole_units(name):
     """'30s' or '1.5 minutes' would reach the job's window and horizon arithmetic and fail there: refused up front
     with the setting's name."""
@@ -105,7 +137,8 @@ def test_durations_must_be_spark_intervals_of_whole_units(name):
 
     from logpipe.config import load_settings
 
-    assert getattr(load_settings(**{name: "2 minutes"}), name) == "2 minutes"
+    good = {"window": "2 minutes"} if name == "slide" else {}  # slide may not exceed the window
+    assert getattr(load_settings(**good, **{name: "2 minutes"}), name) == "2 minutes"
     for bad in ("30s", "1.5 minutes", "soon"):
         with pytest.raises(ValidationError, match=f"(?s){name}.*unsupported duration"):
             load_settings(**{name: bad})

@@ -83,6 +83,23 @@ def _unpack(packed: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
             (packed & np.uint64((1 << _KEY_BITS) - 1)).astype(np.int64))
 
 
+# the parsed fields of a line, in the fingerprint's column order and types (the events/ columns of the same name)
+PARSED_FIELDS = {"host": object, "timestamp": np.int64, "request": object, "http_response": np.int64,
+                 "bytes_sent": np.int64}
+QUARANTINE_FIELDS = {"raw_bytes": object, "reason": object}
+_MOD = 1 << 64
+
+
+def row_fingerprint(columns: dict[str, Any], fields: dict[str, Any]) -> int:
+    """An order-independent fingerprint of a multiset of rows: the sum, mod 2**64, of a 64-bit hash of each row's
+    `fields` (cast to the given types; timestamps as epoch seconds). Two tables holding the same rows, in any order
+    and split into any chunks, have the same sum; a row with one field changed changes it."""
+    frame = pd.DataFrame({name: np.asarray(columns[name], dtype=kind) for name, kind in fields.items()})
+    if not len(frame):
+        return 0
+    return int(pd.util.hash_pandas_object(frame, index=False).to_numpy().sum(dtype=np.uint64))
+
+
 @dataclass
 class BatchCounts:
     """Counts computed from the raw log."""
@@ -92,6 +109,8 @@ class BatchCounts:
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     host: KeyedCounts | None = None      # per (window_start, host)
     status: KeyedCounts | None = None    # per (window_start, http_response)
+    parsed_fingerprint: int = 0          # row_fingerprint of the parsed lines' PARSED_FIELDS
+    quarantine_fingerprint: int = 0      # row_fingerprint of the quarantined lines' record value and reason
 
     @property
     def by_status(self) -> pd.DataFrame:
@@ -137,7 +156,7 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
     import re
 
     from logpipe.logformat import MIN_TIME, TOO_LARGE
-    from logpipe.record import TOO_LARGE_PATTERN
+    from logpipe.record import TOO_LARGE_PATTERN, too_large_value
 
     stand_in = re.compile(TOO_LARGE_PATTERN.encode())
 
@@ -145,36 +164,59 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
     base = int(MIN_TIME.timestamp()) - size_s  # every parsed timestamp is >= MIN_TIME
     hosts, statuses = _WindowCounter("host", base), _WindowCounter("http_response", base)
 
-    def flush(ts: list[int], host_codes: list[int], status_codes: list[int]) -> None:
-        if ts:
-            starts = window_starts_array(np.asarray(ts, dtype=np.int64), size_s, slide_s)
-            hosts.add(starts, np.asarray(host_codes, dtype=np.int64))
-            statuses.add(starts, np.asarray(status_codes, dtype=np.int64))
+    # per chunk: the parsed lines' fields, their host and status codes; the quarantined lines' record values
+    chunk: dict[str, list] = {}
+    quarantined: dict[str, list] = {"raw_bytes": [], "reason": []}
 
-    ts: list[int] = []
-    host_codes: list[int] = []
-    status_codes: list[int] = []
+    def new_chunk() -> None:
+        chunk.update({name: [] for name in (*PARSED_FIELDS, "host_code", "status_code")})
+
+    def flush() -> None:
+        if chunk["timestamp"]:
+            starts = window_starts_array(np.asarray(chunk["timestamp"], dtype=np.int64), size_s, slide_s)
+            hosts.add(starts, np.asarray(chunk["host_code"], dtype=np.int64))
+            statuses.add(starts, np.asarray(chunk["status_code"], dtype=np.int64))
+            out.parsed_fingerprint = (out.parsed_fingerprint + row_fingerprint(chunk, PARSED_FIELDS)) % _MOD
+        new_chunk()
+
+    def quarantine(value: bytes, reason: str) -> None:
+        out.quarantined_by_reason[reason] = out.quarantined_by_reason.get(reason, 0) + 1
+        quarantined["raw_bytes"].append(value)
+        quarantined["reason"].append(reason)
+        if len(quarantined["reason"]) >= CHUNK_LINES:
+            out.quarantine_fingerprint = (out.quarantine_fingerprint
+                                          + row_fingerprint(quarantined, QUARANTINE_FIELDS)) % _MOD
+            quarantined.update(raw_bytes=[], reason=[])
+
+    new_chunk()
     with path.open("rb") as f:
         for raw in f:
             out.lines += 1
-            if (max_line_bytes is not None and len(raw) - raw.endswith(b"\n") > max_line_bytes
-                    or raw.startswith(b"\x00") and stand_in.match(raw)):
-                out.quarantined_by_reason[TOO_LARGE] = out.quarantined_by_reason.get(TOO_LARGE, 0) + 1
+            value = raw[:-1] if raw.endswith(b"\n") else raw  # the record value the producer sends
+            if max_line_bytes is not None and len(value) > max_line_bytes:
+                quarantine(too_large_value(value, len(value)), TOO_LARGE)
+                continue
+            if raw.startswith(b"\x00") and stand_in.match(raw):
+                quarantine(value, TOO_LARGE)
                 continue
             r = try_parse_line(raw)
             if isinstance(r, str):
-                out.quarantined_by_reason[r] = out.quarantined_by_reason.get(r, 0) + 1
+                quarantine(value, r)
                 continue
             out.parsed += 1
-            ts.append(int(r.timestamp.timestamp()))
-            host_codes.append(hosts.code(r.host))
-            status_codes.append(statuses.code(r.http_response))
-            if len(ts) >= CHUNK_LINES:
-                flush(ts, host_codes, status_codes)
-                ts, host_codes, status_codes = [], [], []
+            chunk["host"].append(r.host)
+            chunk["timestamp"].append(int(r.timestamp.timestamp()))
+            chunk["request"].append(r.request)
+            chunk["http_response"].append(r.http_response)
+            chunk["bytes_sent"].append(r.bytes_sent)
+            chunk["host_code"].append(hosts.code(r.host))
+            chunk["status_code"].append(statuses.code(r.http_response))
+            if len(chunk["timestamp"]) >= CHUNK_LINES:
+                flush()
                 if progress:
                     log.info("verify: %s lines read", f"{out.lines:,}")
-    flush(ts, host_codes, status_codes)
+    flush()
+    out.quarantine_fingerprint = (out.quarantine_fingerprint + row_fingerprint(quarantined, QUARANTINE_FIELDS)) % _MOD
     out.host, out.status = hosts.result(), statuses.result()
     return out
 
@@ -460,33 +502,56 @@ def _batch_of(path: str, table_dir: str) -> tuple[str, int] | None:
     return head[0], int(head[1:])
 
 
-def _newest_per_file(s: Settings, table: str, column: str, fs: Any) -> dict[tuple[str, int], int]:
-    """The newest `column` (a timestamp, as epoch seconds) of each batch's and flush's files of `table`."""
+@dataclass
+class TableScan:
+    """One read of a table's committed batch and flush files: the oldest and newest value of a timestamp column
+    per file tag, and (if asked) the row_fingerprint of some of its columns."""
+
+    ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    rows: int = 0
+    fingerprint: int = 0
+
+
+def scan_table(s: Settings, table: str, column: str, fs: Any, fingerprint: dict[str, Any] | None = None) -> TableScan:
+    """Read `column` (a timestamp, as epoch seconds) of each batch's and flush's files of `table`, record by record
+    (bounded memory), with the `fingerprint` fields when given."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     path = s.hdfs_path(table)
     files = [f for f in committed_files(s, table, fs) if _batch_of(f, path)]
-    out: dict[tuple[str, int], int] = {}
+    out = TableScan()
     if not files:
         return out
+    columns = list(dict.fromkeys([column, *(fingerprint or {})]))
     scanner = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive",
-                         partition_base_dir=path).scanner(columns=[column, "__filename"])
+                         partition_base_dir=path).scanner(columns=[*columns, "__filename"])
     for rb in scanner.to_batches():  # each record batch comes from one file
-        values = rb.column(0).filter(pc.is_valid(rb.column(0)))
+        if not rb.num_rows:
+            continue
+        out.rows += rb.num_rows
+        if fingerprint:
+            cols = {c: (_epoch_s_arrow(rb.column(c)) if c == column else rb.column(c).to_pandas())
+                    for c in fingerprint}
+            out.fingerprint = (out.fingerprint + row_fingerprint(cols, fingerprint)) % _MOD
+        values = rb.column(column).filter(pc.is_valid(rb.column(column)))
         if len(values):
-            tag = _batch_of(rb.column(1)[0].as_py(), path)
+            tag = _batch_of(rb.column("__filename")[0].as_py(), path)
             assert tag is not None
-            newest = int(_epoch_s_arrow(values).max())
-            out[tag] = max(out.get(tag, newest), newest)
+            secs = _epoch_s_arrow(values)
+            lo, hi = int(secs.min()), int(secs.max())
+            old = out.ranges.get(tag, (lo, hi))
+            out.ranges[tag] = (min(old[0], lo), max(old[1], hi))
     return out
 
 
-def newest_event_per_batch(s: Settings, fs: Any) -> dict[int, int]:
-    """The newest event time (epoch s) each micro-batch read, from its files in events/ and late/."""
+def newest_event_per_batch(s: Settings, fs: Any, scans: dict[str, TableScan] | None = None) -> dict[int, int]:
+    """The newest event time (epoch s) each micro-batch read, from its files in events/ and late/ (`scans` of
+    those tables' timestamps, if read already)."""
     newest: dict[int, int] = {}
     for table in ("events", "late"):
-        for (kind, bid), ts in _newest_per_file(s, table, "timestamp", fs).items():
+        scan = scans[table] if scans else scan_table(s, table, "timestamp", fs)
+        for (kind, bid), (_, ts) in scan.ranges.items():
             if kind == "b":
                 newest[bid] = max(newest.get(bid, ts), ts)
     return newest
@@ -518,20 +583,29 @@ def load_alerts(s: Settings, fs: Any) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def check_late_rows(s: Settings, fs: Any, newest: dict[int, int] | None = None) -> dict[str, Any]:
-    """Every row in late/ is behind the horizon of the micro-batch that wrote it, recomputed from the tables alone:
-    the newest event time in events/ and late/ of the batches before it minus the watermark, or, if later, the end
-    of the windows a flush (`--until-done`) wrote before it. verify takes the late rows out of its own counts, so a
-    job that called on-time rows late would still match the windows; it does not pass this."""
+def check_late_rows(s: Settings, fs: Any, scans: dict[str, TableScan] | None = None) -> dict[str, Any]:
+    """Every row in late/ is behind the horizon of the micro-batch that wrote it, and no row in events/ is,
+    recomputed from the tables alone: the newest event time in events/ and late/ of the batches before it minus the
+    watermark, or, if later, the end of the windows a flush (`--until-done`) wrote before it. verify takes the late
+    rows out of its own counts, so a job that called on-time rows late would still match the windows; it does not
+    pass this, nor does a job that counted rows it should have set aside as late. `scans`: the timestamps of
+    events/ and late/ (scan_table), if read already."""
     import pyarrow.parquet as pq
 
     watermark_s = duration_seconds(s.watermark)
-    newest = newest_event_per_batch(s, fs) if newest is None else newest
+    scans = scans or {t: scan_table(s, t, "timestamp", fs) for t in ("events", "late")}
+    newest = newest_event_per_batch(s, fs, scans)
     floors: dict[int, int] = {}
     for table in ("windows/by_host", "windows/by_status"):
-        for (kind, bid), end in _newest_per_file(s, table, "window_end", fs).items():
+        for (kind, bid), (_, end) in scan_table(s, table, "window_end", fs).ranges.items():
             if kind == "f":
                 floors[bid] = max(floors.get(bid, end), end)
+
+    def horizon(bid: int) -> int | None:
+        before = [t - watermark_s for b, t in newest.items() if b < bid]
+        before += [end for b, end in floors.items() if b < bid]
+        return max(before) if before else None
+
     late_rows = ahead = 0
     path = s.hdfs_path("late")
     for f in committed_files(s, "late", fs):
@@ -540,12 +614,14 @@ def check_late_rows(s: Settings, fs: Any, newest: dict[int, int] | None = None) 
             continue
         with fs.open(f, "rb") as fh:
             ts = _epoch_s_arrow(pq.read_table(fh, columns=["timestamp"]).column("timestamp"))
-        before = [t - watermark_s for b, t in newest.items() if b < tag[1]]
-        before += [end for b, end in floors.items() if b < tag[1]]
-        horizon = max(before) if before else None
+        h = horizon(tag[1])
         late_rows += len(ts)
-        ahead += len(ts) if horizon is None else int((ts >= horizon).sum())
-    return {"late_rows": late_rows, "not_behind_horizon": ahead, "ok": ahead == 0}
+        ahead += len(ts) if h is None else int((ts >= h).sum())
+    # an events/ file's oldest row against its batch's horizon (a flush writes no events)
+    behind = [tag for tag, (oldest, _) in scans["events"].ranges.items()
+              if tag[0] == "b" and (h := horizon(tag[1])) is not None and oldest < h]
+    return {"late_rows": late_rows, "not_behind_horizon": ahead, "event_batches_behind_horizon": len(behind),
+            "ok": ahead == 0 and not behind}
 
 
 def check_job_accounting(s: Settings, fs: Any, *, event_rows: int, late_rows: int,
@@ -582,7 +658,8 @@ class VerifyReport:
 
 
 def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, strict_truth: bool = True,
-               progress: bool = False) -> VerifyReport:
+               progress: bool = False, fs: Any = None) -> VerifyReport:
+    """Recount `log_path` and compare with the job's results under s.hdfs_root (on `fs`, default WebHDFS)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -595,24 +672,27 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     # the producer sends a line over its message limit, or over the longest line it holds in memory, as too_large
     counts = count_log(log_path, size_s, slide_s, progress=progress,
                        max_line_bytes=min(s.max_message_bytes, LINE_CAP_BYTES))
-    fs = webhdfs_fs(s)
+    fs = fs or webhdfs_fs(s)
     # the job's source lines, each table read once: events/ (each line at most once) and late/ (a line sent again
     # after it had left the horizon is kept there as well)
     def keys(t: Any) -> Any:
         return pa.chunked_array(t.column("src_key").chunks if t is not None else [], type=pa.string())
 
     event_keys = keys(load_arrow(s, "events", ["src_key"], fs=fs))
-    late_t = load_arrow(s, "late", ["src_key", "timestamp", "host", "http_response"], fs=fs)
+    late_t = load_arrow(s, "late", ["src_key", *PARSED_FIELDS], fs=fs)
     src_keys = pa.chunked_array(event_keys.chunks + keys(late_t).chunks, type=pa.string())
     late_rows = late_t.num_rows if late_t is not None else 0
     # lines the job kept out of its windows as late (not a copy of a line in events/): not in the windows either
-    n_late_lines, late_unmatched = 0, 0
+    n_late_lines, late_unmatched, late_fingerprint = 0, 0, 0
     if late_t is not None and late_t.num_rows:
         late_t = late_t.filter(pc.invert(pc.is_in(late_t["src_key"], value_set=pc.unique(event_keys))))
         # once per source line
         late_t = late_t.group_by("src_key", use_threads=False).aggregate(
-            [("timestamp", "first"), ("host", "first"), ("http_response", "first")])
+            [(c, "first") for c in PARSED_FIELDS])
         n_late_lines = late_t.num_rows
+        late_fingerprint = row_fingerprint(
+            {c: (_epoch_s_arrow(late_t[f"{c}_first"]) if c == "timestamp" else late_t[f"{c}_first"].to_pandas())
+             for c in PARSED_FIELDS}, PARSED_FIELDS)
         ts = _epoch_s_arrow(late_t.column("timestamp_first")) if n_late_lines else np.zeros(0, np.int64)
         counts.host, miss_h = without_late(counts.host, ts, late_t.column("host_first"), size_s, slide_s)
         counts.status, miss_s = without_late(counts.status, ts, late_t.column("http_response_first"), size_s,
@@ -621,13 +701,18 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     del late_t
     comparisons = {}
     for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
-        actual = keyed_counts_of_table(load_arrow(s, table, ["window_start", kc.key, "count"], fs=fs), kc.key,
-                                       kc.labels)
+        rows = load_arrow(s, table, ["window_start", "window_end", kc.key, "count"], fs=fs)
+        actual = keyed_counts_of_table(rows, kc.key, kc.labels)
         comparisons[table] = compare_counts(kc, actual)
-        del actual
+        # every row's window is [window_start, window_start + window)
+        ends_wrong = 0 if rows is None else int(
+            (_epoch_s_arrow(rows.column("window_end")) - actual.window_start != size_s).sum())
+        comparisons[table]["window_end_wrong"] = ends_wrong
+        comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong
+        del actual, rows
     host_cmp, status_cmp = comparisons["windows/by_host"], comparisons["windows/by_status"]
     # accounting: unique source lines in the job's tables vs the file (late: parsed lines the job kept aside)
-    quarantine = load_table(s, "quarantine", ["src_key", "reason"], fs=fs)
+    quarantine = load_table(s, "quarantine", ["src_key", "reason", "raw_bytes"], fs=fs)
     q_unique = quarantine.drop_duplicates("src_key") if len(quarantine) else quarantine
     job_q_by_reason = q_unique.groupby("reason").size().to_dict() if len(q_unique) else {}
     metrics_path = s.hdfs_path("_metrics", "latest.json")
@@ -643,14 +728,21 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
            "late_lines_excluded": n_late_lines, "late_not_in_log": late_unmatched}
     # every parsed line of the file in events/ or late/, none twice in events/; every other line quarantined with
     # the reference parser's reason
-    newest = newest_event_per_batch(s, fs)  # read once: the late check and the detection delay use it
-    acc["late_check"] = check_late_rows(s, fs, newest)
+    # events/ read once, record by record: its batches' time ranges (the late check and the detection delay) and
+    # the fingerprint of its rows' fields, which with late/'s lines must be the file's parsed lines, field by field
+    scans = {"events": scan_table(s, "events", "timestamp", fs, fingerprint=PARSED_FIELDS),
+             "late": scan_table(s, "late", "timestamp", fs)}
+    newest = newest_event_per_batch(s, fs, scans)
+    acc["late_check"] = check_late_rows(s, fs, scans)
+    acc["parsed_fields_equal"] = (scans["events"].fingerprint + late_fingerprint) % _MOD == counts.parsed_fingerprint
+    acc["quarantine_records_equal"] = row_fingerprint(q_unique, QUARANTINE_FIELDS) == counts.quarantine_fingerprint
     acc["job_accounting"] = check_job_accounting(s, fs, event_rows=acc["job_event_rows"], late_rows=late_rows,
                                                  quarantine_rows=len(quarantine))
     acc["ok"] = (acc["job_parsed_unique"] == counts.parsed and acc["job_event_rows"] == acc["job_event_lines"]
                  and acc["job_quarantined_unique"] == acc["quarantined"]
                  and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0
-                 and acc["late_check"]["ok"] and acc["job_accounting"]["ok"])
+                 and acc["late_check"]["ok"] and acc["job_accounting"]["ok"] and acc["parsed_fields_equal"]
+                 and acc["quarantine_records_equal"])
     alerts = load_alerts(s, fs)
     alert_check = check_alerts(counts, alerts, s)
     alert_check["figures"] = check_alert_figures(s, fs, alerts, size_s)

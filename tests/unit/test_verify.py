@@ -212,11 +212,20 @@ def test_late_rows_must_be_behind_the_horizon_of_their_batch(tmp_path):
         (root / "_commits" / query).mkdir(parents=True, exist_ok=True)
         (root / "_commits" / query / f"{tag}.json").write_text("{}")
     fs = fsspec.filesystem("file")
-    assert check_late_rows(s, fs) == {"late_rows": 3, "not_behind_horizon": 0, "ok": True}
+    assert check_late_rows(s, fs) == {"late_rows": 3, "not_behind_horizon": 0, "event_batches_behind_horizon": 0,
+                                      "ok": True}
     write("late", "b0000000001-00001.parquet", "timestamp", [70, 5])    # 70 is not before the horizon of 70
     write("late", "b0000000000-00000.parquet", "timestamp", [1])        # nothing is late in the first batch
     r = check_late_rows(s, fs)
     assert (r["late_rows"], r["not_behind_horizon"], r["ok"]) == (6, 2, False)
+    for f in ("b0000000001-00001.parquet", "b0000000000-00000.parquet"):
+        (root / "late" / f).unlink()
+    # a row counted in the windows although its batch's horizon had passed it
+    write("events/date=2004-05-18", "b0000000002-00000.parquet", "timestamp", [219, 300])  # horizon 220
+    r = check_late_rows(s, fs)
+    assert (r["not_behind_horizon"], r["event_batches_behind_horizon"], r["ok"]) == (0, 1, False)
+    write("events/date=2004-05-18", "b0000000002-00000.parquet", "timestamp", [220, 300])
+    assert check_late_rows(s, fs)["ok"]
 
 
 
@@ -297,3 +306,108 @@ def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tm
     alerts("b0000000001", [("rate_limit", "a", 2, None)])  # batch 1's rows left out of the running count
     r = check_alert_figures(s, fs, 20)
     assert (r["wrong"], r["examples"][0]["replayed_count"]) == (1, 8)
+
+
+def test_row_fingerprint_is_order_free_and_sees_one_field_change():
+    from logpipe.verify import PARSED_FIELDS, row_fingerprint
+
+    rows = {"host": ["a", "b", "c"], "timestamp": [1, 2, 3], "request": ["GET /", "GET /x", "GET /"],
+            "http_response": [200, 404, 200], "bytes_sent": [1, 2, 3]}
+    whole = row_fingerprint(rows, PARSED_FIELDS)
+    reordered = {k: v[::-1] for k, v in rows.items()}
+    first, rest = ({k: v[:1] for k, v in rows.items()}, {k: v[1:] for k, v in rows.items()})
+    assert row_fingerprint(reordered, PARSED_FIELDS) == whole
+    assert (row_fingerprint(first, PARSED_FIELDS) + row_fingerprint(rest, PARSED_FIELDS)) % 2**64 == whole
+    for name, changed in (("bytes_sent", [1, 2, 4]), ("request", ["GET /", "GET /y", "GET /"]),
+                          ("host", ["a", "b", "a"]), ("timestamp", [1, 2, 4])):
+        assert row_fingerprint({**rows, name: changed}, PARSED_FIELDS) != whole, name
+    # two rows swapping one field each: a per-column sum would not see it
+    swapped = {**rows, "http_response": [404, 200, 200]}
+    assert row_fingerprint(swapped, PARSED_FIELDS) != whole
+
+
+LOG_LINES = [b'1.1.1.1 - - [2004-05-18 00:00:05] "GET / HTTP/1.1" 200 10',
+             b'2.2.2.2 - - [18/May/2004:00:00:15 +0000] "GET /a HTTP/1.1" 404 -',
+             b'1.1.1.1 - - [2004-05-18 00:00:17] "POST /b HTTP/1.1" 500 7',
+             b"garbage", b""]
+
+
+def _results_root(tmp_path, log):
+    """A root holding what a correct job writes for LOG_LINES in one micro-batch (windows from count_log)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logpipe.logformat import parse_line
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_root=str(root), hdfs_url="file://")
+    c = count_log(log, 20, 10)
+    tag = "b0000000000-00000.parquet"
+
+    def write(table, columns):
+        (root / table).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(columns), root / table / tag)
+
+    recs = [(n, parse_line(line)) for n, line in enumerate(LOG_LINES) if n < 3]
+    write("events/date=2004-05-18", {
+        "host": [r.host for _, r in recs], "timestamp": pa.array([r.timestamp for _, r in recs], pa.timestamp("us")),
+        "request": [r.request for _, r in recs], "http_response": pa.array([r.http_response for _, r in recs],
+                                                                            pa.int32()),
+        "bytes_sent": pa.array([r.bytes_sent for _, r in recs], pa.int32()), "src_key": [f"k{n}" for n, _ in recs]})
+    write("quarantine", {"raw_bytes": pa.array(LOG_LINES[3:], pa.binary()), "reason": ["malformed", "empty"],
+                         "src_key": ["k3", "k4"]})
+    for table, kc in (("windows/by_host", c.host), ("windows/by_status", c.status)):
+        f = kc.frame()
+        write(table, {"window_start": pa.array(f.window_start * 10**6, pa.timestamp("us")),
+                      "window_end": pa.array((f.window_start + 20) * 10**6, pa.timestamp("us")),
+                      kc.key: pa.array(f[kc.key].tolist(), pa.int32() if kc.key == "http_response" else pa.string()),
+                      "count": f["count"]})
+    (root / "_commits" / "ingest").mkdir(parents=True)
+    (root / "_commits" / "ingest" / "b0000000000.json").write_text(json.dumps(
+        {"lines": 5, "parsed": 3, "quarantined": 2, "late": 0, "duplicates": 0, "events": 3}))
+    return s, root
+
+
+@pytest.mark.parametrize("damage", ["none", "bytes_sent", "request", "reasons_swapped", "raw_bytes", "window_end"])
+def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
+    """A job with the right counts but a wrong field (bytes_sent, request), quarantine reasons swapped between
+    two lines, a wrong raw record, or windows that do not end at start + window, does not pass."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logpipe.verify import verify_run
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LOG_LINES) + b"\n")
+    s, root = _results_root(tmp_path, log)
+    tag = "b0000000000-00000.parquet"
+    where = {"bytes_sent": "events/date=2004-05-18", "request": "events/date=2004-05-18",
+             "reasons_swapped": "quarantine", "raw_bytes": "quarantine", "window_end": "windows/by_host"}
+    if damage != "none":
+        path = root / where[damage] / tag
+        t = pq.read_table(path)
+        column = {"reasons_swapped": "reason"}.get(damage, damage)
+        values = t.column(column).to_pylist()
+        if damage == "reasons_swapped":
+            values = values[::-1]
+        elif damage == "raw_bytes":
+            values[0] = b"garbagE"
+        elif damage == "request":
+            values[1] = "GET /b HTTP/1.1"
+        elif damage == "window_end":
+            values[0] = values[0].replace(second=values[0].second + 1)
+        else:
+            values[0] += 1
+        t = t.set_column(t.schema.get_field_index(column), column, pa.array(values, t.schema.field(column).type))
+        pq.write_table(t, path)
+    r = verify_run(s, log, fs=fsspec.filesystem("file"))
+    acc = r.accounting
+    assert r.windows_by_host["missing"] == r.windows_by_host["wrong"] == r.windows_by_host["extra"] == 0
+    assert acc["quarantined_by_reason"] == acc["job_quarantined_by_reason"]  # the counts alone agree
+    assert acc["parsed_fields_equal"] is (damage not in ("bytes_sent", "request"))
+    assert acc["quarantine_records_equal"] is (damage not in ("reasons_swapped", "raw_bytes"))
+    assert r.windows_by_host["window_end_wrong"] == (damage == "window_end")
+    assert r.ok is (damage == "none"), r.to_json()

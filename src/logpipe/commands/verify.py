@@ -67,11 +67,15 @@ def run(args: argparse.Namespace) -> int:
               f"quarantined "
               f"{a['job_quarantined_unique']:,}; late {a['late']} ({a['late_lines_excluded']:,} lines out of the windows), "
               f"duplicates dropped {a['duplicates_dropped']}; late rows not behind their batch's horizon "
-              f"{a['late_check']['not_behind_horizon']}; the job's counts against its tables: "
-              f"{'; '.join(a['job_accounting']['mismatches']) or 'equal'}")
+              f"{a['late_check']['not_behind_horizon']}, batches with events behind it "
+              f"{a['late_check']['event_batches_behind_horizon']}; the job's counts against its tables: "
+              f"{'; '.join(a['job_accounting']['mismatches']) or 'equal'}; parsed fields line by line: "
+              f"{'equal' if a['parsed_fields_equal'] else 'DIFFERENT'}; quarantined records and reasons: "
+              f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}")
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
-                  f"wrong {c['wrong']}, duplicates {c['duplicates']}")
+                  f"wrong {c['wrong']}, duplicates {c['duplicates']}, window_end not start + window "
+                  f"{c['window_end_wrong']}")
     al = r.alerts
     t.add_row("alerts vs rules", mark(al["ok"]), f"expected {al['expected']}, raised {al['raised']}, missing "
               f"{al['missing']}, duplicates {al['duplicates']}, transient surges {al['transient_surges']}, "

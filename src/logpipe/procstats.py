@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
 import psutil
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class ProcStats:
@@ -30,7 +32,10 @@ class ResourceSampler:
     CPU is the growth of user+system time while watched (so long-running services such as Kafka count only
     the benchmark's share; a child born while watched counts from its start); the CPU a process uses after the
     last sample before it ends is not seen (at most `interval` s of it); memory is the peak sum of RSS over the tree. `peak_concurrent_mb` is the highest sum of
-    RSS over every watched tree in one sample: the memory the machine really needed at once.
+    RSS over every watched tree in one sample: the memory the machine really needed at once (over the whole time
+    watched: stages that ran one after the other are not summed). Samples are taken under a lock (`watch` samples
+    a new tree at once, beside the thread); a sample that fails is logged and the next one goes on, so the figures
+    never stop silently (`errors` counts them).
     """
 
     def __init__(self, interval: float = 0.5) -> None:
@@ -39,14 +44,15 @@ class ResourceSampler:
         self.stats: dict[str, ProcStats] = {}
         self.peak_concurrent_mb = 0.0
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _roots, stats and every sample
+        self.errors = 0
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
 
     def watch(self, name: str, pid: int) -> None:
         with self._lock:
             self._roots[name] = pid
             self.stats.setdefault(name, ProcStats(name))
-        self._sample_one(name, pid)
+            self._sample_one(name, pid)
 
     def start(self) -> "ResourceSampler":
         self._thread.start()
@@ -66,13 +72,16 @@ class ResourceSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._sample_all()
+            try:
+                self._sample_all()
+            except Exception:  # noqa: BLE001 - a bad sample must not end the sampling
+                self.errors += 1
+                log.warning("resource sample failed (%d so far); sampling goes on", self.errors, exc_info=True)
 
     def _sample_all(self) -> None:
         with self._lock:
-            roots = dict(self._roots)
-        total = sum(self._sample_one(name, pid) for name, pid in roots.items())
-        self.peak_concurrent_mb = max(self.peak_concurrent_mb, total / 2**20)
+            total = sum(self._sample_one(name, pid) for name, pid in self._roots.items())
+            self.peak_concurrent_mb = max(self.peak_concurrent_mb, total / 2**20)
 
     def _sample_one(self, name: str, pid: int) -> int:
         """Sample one tree; returns its RSS in bytes now (0 when it has ended)."""
@@ -80,7 +89,7 @@ class ResourceSampler:
         try:
             root = psutil.Process(pid)
             procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # ended, or a zombie/denied root: nothing of it to count now
             return 0
         rss = 0
         for p in procs:
@@ -89,7 +98,7 @@ class ResourceSampler:
                     t = p.cpu_times()
                     cpu = t.user + t.system
                     rss += p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except psutil.Error:
                 continue
             # the processes of the first sample count from there (a service already running counts only its
             # share of the benchmark); one that appears later was born while watched: all its CPU counts

@@ -57,3 +57,28 @@ def test_cpu_of_a_child_born_while_watched_counts_from_its_start():
     assert child_cpu >= 1.5
     assert child_cpu - 0.15 <= stats["stage"].cpu_s <= child_cpu + 1.0  # + the parent's own start-up
 
+
+
+def test_a_failing_sample_is_counted_and_sampling_goes_on():
+    """An unexpected error in one sample (psutil raising what the sampler did not expect) used to end the thread
+    silently, and every later peak was lost."""
+
+    class FlakySampler(ResourceSampler):
+        failures = 2
+
+        def _sample_all(self) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("boom")
+            super()._sample_all()
+
+    sampler = FlakySampler(interval=0.05).start()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_50MB.format(0.2) + "; b2 = bytearray(80 * 2**20); "
+                                 "b2[::4096] = b'x' * len(b2[::4096]); time.sleep(1.0)"])
+        sampler.watch("grows", proc.pid)  # sampled at once: before the second allocation
+        proc.wait()
+    finally:
+        sampler.stop()
+    assert sampler.errors == 2
+    assert sampler.peak_concurrent_mb >= 120  # the thread's later samples saw the 130 MB

@@ -119,3 +119,40 @@ def test_a_holder_judged_from_outside_a_run():
     assert holder_may_run({"host": "elsewhere", "pid": 1}, STALE_S - 1)
     assert not holder_may_run({"host": "elsewhere", "pid": 1}, STALE_S + 1)
     assert holder_may_run({}, 1.0) and not holder_may_run({}, 30.0)
+
+
+def test_two_runs_taking_over_at_once_do_not_both_hold_the_root(local_fs, tmp_path: Path):
+    """Two newcomers take over the same gone holder: the second deletes the lease the first had just created (it
+    read the old one before the first's delete) and creates its own. The first finds that out before it starts."""
+    import threading
+
+    from logpipe.streaming.lease import RootBusy
+
+    gone = _lease(local_fs, tmp_path, pid=2**22 + 12345)  # a pid no process of this host has
+    gone.acquire()
+    gone._stop.set()
+    gone._beat.join()
+    first = _lease(local_fs, tmp_path, settle_s=1.5)
+    second = _lease(local_fs, tmp_path)
+    path = tmp_path / "_commits" / "lease.json"
+    errors: list[BaseException] = []
+
+    def take() -> None:
+        try:
+            first.acquire()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=take)
+    t.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (path.exists() and first.me["run"] in path.read_text()):
+        time.sleep(0.01)
+    # the second newcomer's delete of "the old lease" hits the first's, then it creates its own
+    second.fs.delete(second.path)
+    assert second.fs.create_new(second.path, json.dumps(second.me) + "\n" + " " * second._pad)
+    t.join(timeout=10)
+    assert len(errors) == 1 and isinstance(errors[0], RootBusy), errors
+    assert "took over" in str(errors[0]) and "at the same moment" in str(errors[0])
+    assert json.loads(path.read_text())["run"] == second.me["run"]  # the survivor's lease is left alone
+    second.check()

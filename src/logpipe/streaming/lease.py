@@ -7,6 +7,11 @@ modification time is renewed every HEARTBEAT_S seconds. A run that finds it take
 is gone: the same process id on the same host (a restarted container is pid 1 again), a process id of this host
 that no longer runs (kill -9), or, for another host's lease, no renewal while it watched it for STALE_S seconds.
 The holder checks the lease again just before each commit marker, so a run that lost it writes no marker.
+
+A takeover is a delete, then the create: two runs taking over the same gone holder at once could each delete
+what the other just created. The one whose lease did not survive finds out when it looks again TAKEOVER_SETTLE_S
+later, and stops before it starts (RootBusy); a second run would have had to pause that long between its own
+re-read and its delete to slip through.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 LEASE_FILE = "_commits/lease.json"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
+TAKEOVER_SETTLE_S = 2.0
 
 
 class RootBusy(RuntimeError):
@@ -59,11 +65,12 @@ class RootLease:
     release() at the end. `host` and `pid` default to this process's."""
 
     def __init__(self, fs: HadoopFs, root: str, *, host: str | None = None, pid: int | None = None,
-                 heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S) -> None:
+                 heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S,
+                 settle_s: float = TAKEOVER_SETTLE_S) -> None:
         self.fs, self.path = fs, f"{root}/{LEASE_FILE}"
         self.me = {"host": host or socket.gethostname(), "pid": pid or os.getpid(), "run": uuid.uuid4().hex,
                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        self.heartbeat_s, self.stale_s, self.settle_s = heartbeat_s, stale_s, settle_s
         # the lease file's length is this run's signature (its content padded by a number drawn from the run id):
         # checking it takes the NameNode only, so the check at every batch and each renewal work while a DataNode
         # is away (reading the content would wait for one)
@@ -102,6 +109,7 @@ class RootLease:
 
     def acquire(self) -> None:
         """Take the lease, or raise RootBusy if a live run holds it."""
+        took_over = False
         held = self.holder()
         if held is not None:
             other, age, mtime = held
@@ -121,9 +129,15 @@ class RootLease:
                 log.warning("taking over the lease of %s from process %s on %s: %s", self.path, other.get("pid"),
                             other.get("host"), why)
                 self.fs.delete(self.path)
+                took_over = True
         if not self.fs.create_new(self.path, json.dumps(self.me) + "\n" + " " * self._pad):
             raise RootBusy(f"another streaming run took {self.path} at the same moment: stop it, or give this one "
                            "another LOGPIPE_HDFS_ROOT (--hdfs-root)")
+        if took_over:  # another newcomer may have deleted ours in the same instant (its delete of the old one)
+            time.sleep(self.settle_s)
+            if not self._ours():
+                raise RootBusy(f"another streaming run took over {self.path} at the same moment: stop it, or give "
+                               "this one another LOGPIPE_HDFS_ROOT (--hdfs-root)")
         self._stop.clear()
         self._beat = threading.Thread(target=self._renew, name="logpipe-lease", daemon=True)
         self._beat.start()

@@ -177,3 +177,35 @@ def test_a_root_records_its_settings_and_refuses_others(local_spark, tmp_path, c
     (root / "_commits" / "ingest" / "b0000000000.json").unlink()  # no committed batch: filled in
     claim(rate_limit_ceiling=50)
     assert json.loads(record.read_text())["rate_limit_ceiling"] == 50
+
+
+def test_carried_state_deleted_by_hand_is_an_error_not_an_empty_state(local_spark, tmp_path):
+    """The open windows (or seen keys) a committed batch carried on are read by the next batch and the flush;
+    files gone while the batch's record says they held rows would silently give short windows: refused, naming
+    the files. A batch that carried nothing, or whose open windows were flushed, reads as empty."""
+    import json
+
+    from logpipe.config import Settings
+    from logpipe.streaming.job import OPEN_SCHEMA, SEEN_SCHEMA, STATE_OPEN, STATE_SEEN, StreamJob
+
+    root = tmp_path / "root"
+    ingest = root / "_commits" / "ingest"
+    ingest.mkdir(parents=True)
+    (ingest / "b0000000004.json").write_text(json.dumps({"batch": 4, "open_window_rows": 3, "seen_keys": 0}))
+    (ingest / "b0000000005.json").write_text(json.dumps({"batch": 5, "open_window_rows": 0, "seen_keys": 0}))
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.root = root.as_uri()
+    with pytest.raises(RuntimeError, match=r"_state/open state of committed batch 4 \(3 rows, files b0000000004-\*"):
+        job._state(STATE_OPEN, 4, OPEN_SCHEMA)
+    assert job._state(STATE_SEEN, 4, SEEN_SCHEMA).count() == 0  # it carried no keys
+    assert job._state(STATE_OPEN, 5, OPEN_SCHEMA).count() == 0
+    assert job._state(STATE_OPEN, None, OPEN_SCHEMA).count() == 0  # before the first batch
+    local_spark.sql("SELECT 'host' AS grain, TIMESTAMP'2004-05-18 00:00:00' AS window_start, "
+                    "TIMESTAMP'2004-05-18 00:00:20' AS window_end, 'a' AS host, CAST(NULL AS INT) AS http_response, "
+                    "3L AS count").coalesce(1).write.parquet((root / "_state" / "open" / "_staging" / "x").as_uri())
+    for i, f in enumerate(sorted((root / "_state" / "open" / "_staging" / "x").glob("*.parquet"))):
+        f.rename(root / "_state" / "open" / f"b0000000004-{i:05d}.parquet")
+    assert job._state(STATE_OPEN, 4, OPEN_SCHEMA).count() == 1  # the files are there: read
+    job._flushes[4] = {"batch": 4}
+    (root / "_state" / "open" / "b0000000004-00000.parquet").unlink()
+    assert job._state(STATE_OPEN, 4, OPEN_SCHEMA).count() == 0  # flushed: nothing open after it

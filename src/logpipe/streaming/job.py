@@ -154,14 +154,22 @@ class StreamJob:
                             self._flush_floor())
 
     def _state(self, table: str, batch: int | None, schema: str) -> "DataFrame":
-        """The state `table` (_state/open or _state/seen) carried out of committed batch `batch`."""
-        files = []
-        if batch is not None and not (table == STATE_OPEN and batch in (self._flushes or {})):  # flushed: empty
-            tag = batch_tag(batch)
-            files = [f for f in self.fs.files(f"{self.root}/{table}") if f.rsplit("/", 1)[-1].startswith(tag + "-")]
-        if not files:
+        """The state `table` (_state/open or _state/seen) carried out of committed batch `batch`. Its files gone
+        while the batch's record says it held rows (deleted by hand) is an error: carried on as empty, the next
+        windows would be short of those rows, or repeats let through, silently."""
+        if batch is None or (table == STATE_OPEN and batch in (self._flushes or {})):  # none yet, or flushed: empty
             return self.spark.createDataFrame([], schema)
-        return self.spark.read.schema(schema).parquet(*files)
+        tag = batch_tag(batch)
+        files = [f for f in self.fs.files(f"{self.root}/{table}") if f.rsplit("/", 1)[-1].startswith(tag + "-")]
+        if files:
+            return self.spark.read.schema(schema).parquet(*files)
+        held = int(self._committed().get(batch, {}).get("open_window_rows" if table == STATE_OPEN else "seen_keys", 0))
+        if held:
+            raise RuntimeError(
+                f"the {table} state of committed batch {batch} ({held:,} rows, files {tag}-* under {self.root}/{table})"
+                f" is gone: it was deleted outside the job. The results under {self.root} cannot be continued "
+                "exactly: remove that root and its checkpoint, and stream again")
+        return self.spark.createDataFrame([], schema)
 
     def _prune_state(self, keep: int) -> None:
         """Remove the carried state of batches before `keep` (a re-run batch is skipped, so it is not needed)."""
@@ -471,8 +479,9 @@ class StreamJob:
                     self.lease.check()
                 return meta
 
-            commit_batch(self.spark, self.root, "flush", last, [(df, table, []) for df, table in tables],
-                         flush_meta, prefix="f")
+            if not commit_batch(self.spark, self.root, "flush", last, [(df, table, []) for df, table in tables],
+                                flush_meta, prefix="f"):
+                log.info("the open windows after batch %d were flushed already", last)
         finally:
             carried.unpersist()
         assert self._flushes is not None

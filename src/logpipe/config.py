@@ -71,12 +71,20 @@ class Settings(BaseSettings):
     linger_ms: int = Field(20, ge=0)
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
 
-    @field_validator("window", "slide", "watermark", "trigger_interval")  # the job's arithmetic reads them
+    @field_validator("window", "slide", "watermark")  # the job's window and horizon arithmetic reads them
     @classmethod
     def _duration_is_an_interval(cls, v: str) -> str:
         from logpipe.windows import duration_seconds
 
         duration_seconds(v)  # ValueError: "unsupported duration ..." with examples
+        return v
+
+    @field_validator("trigger_interval")
+    @classmethod
+    def _trigger_is_an_interval(cls, v: str) -> str:
+        from logpipe.windows import interval_seconds
+
+        interval_seconds(v)  # whole seconds (minutes, ...) or milliseconds, as Spark's processingTime takes them
         return v
 
     @field_validator("speed")
@@ -125,7 +133,7 @@ class Settings(BaseSettings):
         None, description="JDK for Spark's JVM (the whole job in local mode). Default: the newest JDK Spark supports "
         "(25, 21, 17) among LOGPIPE_JAVA_HOME, JAVA_HOME, java on PATH and /usr/lib/jvm: the 1 GB stream took "
         "134-147 s on Java 25 against 172-187 s on Java 17 (docs/benchmarks.md)")
-    spark_ui_port: Port = 4040
+    spark_ui_port: int = Field(4040, ge=0, le=65535, description="0: any free port")
     shuffle_partitions: int = Field(4, ge=1)
     spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")
     window: str = "20 seconds"

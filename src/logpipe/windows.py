@@ -18,6 +18,13 @@ def duration_seconds(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+def interval_seconds(text: str) -> float:
+    """A trigger interval as Spark's processingTime takes it: '0 seconds', '500 milliseconds', '1 minute' ->
+    seconds (whole milliseconds at least)."""
+    m = re.fullmatch(r"\s*(\d+)\s*millisecond(s?)\s*", text.lower())
+    return int(m.group(1)) / 1000 if m else float(duration_seconds(text))
+
+
 def window_starts(ts: int, size: int, slide: int) -> list[int]:
     """Starts of the windows [s, s + size) holding epoch second ts: s is a multiple of slide (Spark's
     window(ts, size, slide) with startTime 0), newest first."""

@@ -100,6 +100,19 @@ def test_slide_must_be_within_the_window(window, slide, monkeypatch, capsys):
     assert Settings(window="20 seconds", slide="20 seconds").slide == "20 seconds"  # tumbling windows are fine
 
 
+def test_a_trigger_interval_may_be_milliseconds_and_generate_takes_a_slide():
+    """Spark's processingTime takes milliseconds; the window settings do not (whole seconds). `generate` offers
+    --slide beside --window, so a window under the default 10 s slide can be given with its slide."""
+    from logpipe.windows import interval_seconds
+
+    assert Settings(trigger_interval="500 milliseconds").trigger_interval == "500 milliseconds"
+    assert interval_seconds("500 milliseconds") == 0.5 and interval_seconds("2 minutes") == 120
+    with pytest.raises(pydantic.ValidationError, match="unsupported duration"):
+        Settings(window="500 milliseconds")
+    args = build_parser().parse_args(["generate", "--lines", "10", "--window", "5 seconds", "--slide", "5 seconds"])
+    assert (settings_from_args(args).window, settings_from_args(args).slide) == ("5 seconds", "5 seconds")
+
+
 def test_unknown_setting_is_rejected():
     with pytest.raises(pydantic.ValidationError):
         Settings(no_such_setting=1)  # type: ignore[call-arg]

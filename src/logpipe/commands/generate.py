@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-of-order-share", type=float, default=DEFAULT_OUT_OF_ORDER_SHARE)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when not a TTY)")
     # the traffic is shaped by the alert rules: background below them, incidents clearly above
-    add_setting_flags(p, "rate_limit_ceiling", "surge_min_count", "surge_min_share", "window")
+    add_setting_flags(p, "rate_limit_ceiling", "surge_min_count", "surge_min_share", "window", "slide")
     p.set_defaults(func=run)
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from logpipe.config import Settings
 from logpipe.rules import AlertRules
 from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
-                                      committed_meta, run_at_once)
+                                      committed_meta, marker_path, run_at_once)
 from logpipe.streaming.lease import RootLease
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, request_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
@@ -479,12 +479,15 @@ class StreamJob:
                     self.lease.check()
                 return meta
 
-            if not commit_batch(self.spark, self.root, "flush", last, [(df, table, []) for df, table in tables],
-                                flush_meta, prefix="f"):
-                log.info("the open windows after batch %d were flushed already", last)
+            written = commit_batch(self.spark, self.root, "flush", last,
+                                   [(df, table, []) for df, table in tables], flush_meta, prefix="f")
         finally:
             carried.unpersist()
         assert self._flushes is not None
+        if not written:  # its marker appeared since this run read the flushes: that one stands
+            self._flushes[last] = json.loads(self.fs.read_text(marker_path(self.root, "flush", batch_tag(last, "f"))))
+            log.info("the open windows after batch %d were flushed already: nothing written", last)
+            return 0
         self._flushes[last] = meta
         log.info("flushed %s open window rows (windows ending up to %s)", f"{n:,}", until)
         return n

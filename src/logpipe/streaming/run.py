@@ -136,6 +136,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         lease.acquire()
         job.lease = lease
         job.claim_root()
+        lease.check()  # a newcomer that took it over meanwhile: stop before recover() cleans its batch in progress
         job.recover()
     except BaseException:
         lease.release()
@@ -222,9 +223,9 @@ def _stop_before_the_end(q: Any, job: Any, s: Settings, stop: StopSignal, *, may
 def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
     """Raise ValueError unless until_idle_s (if given) is longer than the trigger interval: between two triggers
     the job does not look for new records, so a shorter idle time could end it while records wait."""
-    from logpipe.windows import duration_seconds
+    from logpipe.windows import interval_seconds
 
-    if until_idle_s is not None and until_idle_s <= duration_seconds(s.trigger_interval):
+    if until_idle_s is not None and until_idle_s <= interval_seconds(s.trigger_interval):
         raise ValueError(f"--until-idle {until_idle_s:g} must be longer than the trigger interval "
                          f"({s.trigger_interval}): between two triggers the job does not look for new records")
 

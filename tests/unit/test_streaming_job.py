@@ -209,3 +209,38 @@ def test_carried_state_deleted_by_hand_is_an_error_not_an_empty_state(local_spar
     job._flushes[4] = {"batch": 4}
     (root / "_state" / "open" / "b0000000004-00000.parquet").unlink()
     assert job._state(STATE_OPEN, 4, OPEN_SCHEMA).count() == 0  # flushed: nothing open after it
+
+
+def test_a_flush_committed_meanwhile_is_not_written_or_reported_again(local_spark, tmp_path):
+    """The open windows after the last batch are flushed once: when the flush's marker appeared after this run read
+    the flushes (another run's), this one writes no window rows, returns 0 and takes the committed record."""
+    import json
+
+    from logpipe.config import Settings
+    from logpipe.streaming.job import StreamJob
+
+    root = tmp_path / "root"
+    (root / "_commits" / "ingest").mkdir(parents=True)
+    (root / "_commits" / "ingest" / "b0000000004.json").write_text(
+        json.dumps({"batch": 4, "open_window_rows": 1, "seen_keys": 0}))
+    local_spark.sql("SELECT 'host' AS grain, TIMESTAMP'2004-05-18 00:00:00' AS window_start, "
+                    "TIMESTAMP'2004-05-18 00:00:20' AS window_end, 'a' AS host, CAST(NULL AS INT) AS http_response, "
+                    "3L AS count").coalesce(1).write.parquet((root / "_state" / "open" / "_staging" / "x").as_uri())
+    for i, f in enumerate(sorted((root / "_state" / "open" / "_staging" / "x").glob("*.parquet"))):
+        f.rename(root / "_state" / "open" / f"b0000000004-{i:05d}.parquet")
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.root = root.as_uri()
+    assert job._committed() and job._flushes == {}  # read before the other run's flush commits
+    (root / "_commits" / "flush").mkdir(parents=True)
+    theirs = {"batch": 4, "rows": 1, "flushed_until": "2004-05-18T00:00:20"}
+    (root / "_commits" / "flush" / "f0000000004.json").write_text(json.dumps(theirs))
+    assert job.flush_open_windows() == 0
+    assert job._flushes[4] == theirs
+    assert not (root / "windows").exists()
+    # a root whose flush is not committed yet: written once, then found flushed
+    (root / "_commits" / "flush" / "f0000000004.json").unlink()
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.root = root.as_uri()
+    assert job.flush_open_windows() == 1
+    assert len(list((root / "windows" / "by_host").glob("f0000000004-*.parquet"))) == 1
+    assert job.flush_open_windows() == 0

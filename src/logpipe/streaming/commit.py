@@ -188,7 +188,8 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
             name = f.rsplit("/", 1)[-1]
             if not name.endswith(".parquet"):
                 continue
-            rel_dir = f[len(staging):].rsplit("/", 1)[0]  # e.g. /date=2004-05-18 or ""
+            # e.g. /date=2004-05-18 or "" (found by name: Hadoop lists file:///x as file:/x)
+            rel_dir = f.split(f"/{table}/_staging/{tag}", 1)[1].rsplit("/", 1)[0]
             fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
         fs.delete(staging)
 

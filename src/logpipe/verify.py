@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,6 +121,45 @@ class BatchCounts:
     def window_totals(self) -> pd.DataFrame:
         return self.by_status.groupby("window_start", as_index=False)["count"].sum().rename(
             columns={"count": "total"})
+
+
+class StatusReplay:
+    """Counts per (micro-batch, window, status) of the job's events/ rows, gathered record batch by record batch,
+    to replay the failure-surge rule as the running counts stood after each micro-batch: a surge whose share
+    fell below the rule by its window's end must still have been raised, in the batch that first crossed it."""
+
+    def __init__(self, size_s: int, slide_s: int) -> None:
+        self.size_s, self.slide_s = size_s, slide_s
+        self.parts: list[pd.DataFrame] = []
+
+    def add(self, batch: int, ts: np.ndarray, status: np.ndarray) -> None:
+        status = np.asarray(status, dtype=np.int64)
+        for starts in window_starts_array(ts, self.size_s, self.slide_s):
+            keep = starts != -1
+            keys, n = np.unique(starts[keep] * 1000 + status[keep], return_counts=True)  # a status is < 1000
+            self.parts.append(pd.DataFrame({"batch": batch, "key": keys, "n": n}))
+
+    def first_surges(self, min_count: int, min_share: float) -> pd.DataFrame:
+        """(window_start, http_response, batch): each (window, failed status) whose running count and share
+        met the surge rule after some micro-batch, with the first such batch."""
+        empty = pd.DataFrame({"window_start": pd.Series(dtype="int64"), "http_response": pd.Series(dtype="int64"),
+                              "batch": pd.Series(dtype="int64")})
+        if not self.parts:
+            return empty
+        d = pd.concat(self.parts, ignore_index=True).groupby(["batch", "key"], as_index=False)["n"].sum()
+        d["window_start"], d["http_response"] = d.key // 1000, d.key % 1000
+        d = d.sort_values(["window_start", "http_response", "batch"], kind="stable")
+        d["count"] = d.groupby(["window_start", "http_response"])["n"].cumsum()
+        tot = (d.groupby(["window_start", "batch"], as_index=False)["n"].sum()
+               .sort_values(["window_start", "batch"], kind="stable"))
+        tot["total"] = tot.groupby("window_start")["n"].cumsum()
+        # a status's running share can only rise in a batch that brought rows of it: testing those batches finds
+        # the first crossing
+        d = d.merge(tot[["window_start", "batch", "total"]], on=["window_start", "batch"])
+        hit = d[(d.http_response >= 400) & (d["count"] >= min_count) & (d["count"] / d["total"] >= min_share)]
+        if not len(hit):
+            return empty
+        return hit.groupby(["window_start", "http_response"], as_index=False)["batch"].min()
 
 
 class _WindowCounter:
@@ -341,9 +381,19 @@ def expected_alerts(c: BatchCounts, s: Settings) -> pd.DataFrame:
     return pd.concat([rate, surge], ignore_index=True)
 
 
-def check_alerts(c: BatchCounts, alerts: pd.DataFrame, s: Settings) -> dict[str, Any]:
-    """Every alert the final counts imply was raised, exactly once; raised alerts are backed by the counts."""
+def check_alerts(c: BatchCounts, alerts: pd.DataFrame, s: Settings,
+                 surges: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Every alert the counts imply was raised, exactly once; raised alerts are backed by the counts. The rate
+    limits are those of the final counts (a running count only grows); the surges are `surges`
+    (StatusReplay.first_surges: those the running counts met after any micro-batch, including the ones whose
+    share fell by the window's end) when given, else those of the final counts, plus any raised surge whose final
+    count meets the count rule (a transient share)."""
     exp = expected_alerts(c, s)
+    final_surges = int((exp.rule == "failure_surge").sum())
+    if surges is not None:
+        exp = pd.concat([exp[exp.rule == "rate_limit"], pd.DataFrame({
+            "rule": "failure_surge", "key": surges.http_response.astype(str),
+            "window_start": surges.window_start.astype("int64")})], ignore_index=True)
     act = alerts[["rule", "key"]].assign(window_start=_epoch_s(alerts.window_start)) if len(alerts) else \
         pd.DataFrame(columns=["rule", "key", "window_start"])
     dups = int(act.duplicated().sum())
@@ -354,10 +404,16 @@ def check_alerts(c: BatchCounts, alerts: pd.DataFrame, s: Settings) -> dict[str,
     # window's end (more traffic arrived). Such an alert is right if the final count still meets the count rule.
     st = c.by_status.assign(key=c.by_status.http_response.astype(str))
     extra_surge = extra[extra.rule == "failure_surge"].merge(st, on=["window_start", "key"], how="left")
-    unexplained = int((extra.rule == "rate_limit").sum() + (extra_surge["count"].fillna(0) < s.surge_min_count).sum())
+    if surges is None:
+        unexplained = int((extra.rule == "rate_limit").sum()
+                          + (extra_surge["count"].fillna(0) < s.surge_min_count).sum())
+        transient = int(len(extra)) - unexplained
+    else:  # every surge the running counts met is expected: any other alert is unexplained
+        unexplained = int(len(extra))
+        transient = int(len(surges)) - final_surges
     off_rule = alert_rows_off_rule(c, alerts, s)
     return {"expected": int(len(exp)), "raised": int(len(act)), "missing": int(len(missing)),
-            "duplicates": dups, "transient_surges": int(len(extra)) - unexplained, "unexplained": unexplained,
+            "duplicates": dups, "transient_surges": transient, "unexplained": unexplained,
             "off_rule": off_rule, "ok": not (len(missing) or dups or unexplained or off_rule),
             "examples_missing": json.loads(missing.drop(columns="_merge").head(10).to_json(orient="records"))}
 
@@ -382,14 +438,19 @@ def alert_rows_off_rule(c: BatchCounts, alerts: pd.DataFrame, s: Settings) -> in
 
 
 def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int) -> dict[str, Any]:
-    """Each alert's count, and a surge's share, against the running counts of its window when the micro-batch that
-    raised it committed: replayed from the events/ rows of that batch and the ones before it (by file tag), in
-    that window. The final counts alone cannot tell a surge's share, which is taken part-way through its window;
-    a job that divided by the wrong total, or counted a batch's rows twice, does not pass this."""
+    """Each alert against the running counts of its window when the micro-batch that raised it committed, replayed
+    from the events/ rows of that batch and the ones before it (by file tag), in that window:
+    - its count, and a surge's share (the final counts alone cannot tell a share, which is taken part-way through
+      its window): a job that divided by the wrong total, or counted a batch's rows twice, does not pass;
+    - raised as soon as the rule held: the running counts after the batches before it must not have met the rule
+      (a job that evaluated its rules only on final windows raises late);
+    - its other columns: window_end = window_start + window, the rule's threshold, a unique alert_id, and
+      top_hosts: [host] for a rate limit; for a surge, the hosts with most requests of that status in the window
+      so far (ties by host name), as many as surge_top_hosts allows."""
     import pyarrow.parquet as pq
 
     if not len(alerts):
-        return {"checked": 0, "wrong": 0, "examples": [], "ok": True}
+        return {"checked": 0, "wrong": 0, "raised_late": 0, "columns_wrong": 0, "examples": [], "ok": True}
     alerts = alerts.assign(ws=_epoch_s(alerts.window_start))
     # the events of the alerted windows only: the windows merged into time ranges; files of other days skipped,
     # then the rows in the ranges kept (Spark's INT96 timestamps carry no statistics to filter files by)
@@ -428,22 +489,49 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
     # millions of rows at 2.5 GB)
     ev = ev.sort_values("t", kind="stable")
     t_, host_, status_, batch_ = (ev[c].to_numpy() for c in ("t", "host", "status", "batch"))
-    wrong = []
-    for a in alerts.itertuples(index=False):
+    ceiling, min_count, min_share = s.rate_limit_ceiling, s.surge_min_count, s.surge_min_share
+    ids = alerts["alert_id"] if "alert_id" in alerts else pd.Series(range(len(alerts)))
+    id_repeated = ids.duplicated(keep=False).to_numpy()
+    ends = _epoch_s(alerts.window_end).to_numpy() if "window_end" in alerts else alerts.ws.to_numpy() + size_s
+    wrong, late, columns = [], [], []
+    for i, a in enumerate(alerts.itertuples(index=False)):
         lo, hi = np.searchsorted(t_, a.ws, "left"), np.searchsorted(t_, a.ws + size_s, "left")
-        upto = batch_[lo:hi] <= a.batch
+        b_, h_, st_ = batch_[lo:hi], host_[lo:hi], status_[lo:hi]
+        upto = b_ <= a.batch
         if a.rule == "rate_limit":
-            count, share = int((host_[lo:hi][upto] == a.key).sum()), None
+            mine = h_ == a.key
+            count, share = int((mine & upto).sum()), None
+            raised_late = int((mine & (b_ < a.batch)).sum()) >= ceiling
+            top, threshold = [a.key], ceiling
         else:
-            count = int((status_[lo:hi][upto] == int(a.key)).sum())
+            mine = st_ == int(a.key)
+            count = int((mine & upto).sum())
             total = int(upto.sum())
             share = count / total if total else None
+            # the rule met after an earlier batch (its share can only rise in a batch that brought rows of it)
+            raised_late = any(
+                (n := int((mine & (b_ <= b)).sum())) >= min_count and n / int((b_ <= b).sum()) >= min_share
+                for b in np.unique(b_[mine & (b_ < a.batch)]))
+            per_host = pd.Series(h_[mine & upto]).value_counts()
+            ranked = sorted(per_host.items(), key=lambda kv: (-kv[1], kv[0]))
+            top, threshold = [h for h, _ in ranked[:s.surge_top_hosts]], min_count
         good = int(a.count) == count and (share is None or (a.share is not None and abs(a.share - share) < 1e-9))
+        seen = {"rule": a.rule, "key": a.key, "window_start": int(a.ws), "batch": int(a.batch),
+                "count": int(a.count), "share": None if a.share is None or pd.isna(a.share) else a.share}
         if not good:
-            wrong.append({"rule": a.rule, "key": a.key, "window_start": int(a.ws), "batch": int(a.batch),
-                          "count": int(a.count), "share": None if a.share is None or pd.isna(a.share) else a.share,
-                          "replayed_count": count, "replayed_share": share})
-    return {"checked": int(len(alerts)), "wrong": len(wrong), "examples": wrong[:10], "ok": not wrong}
+            wrong.append({**seen, "replayed_count": count, "replayed_share": share})
+        if raised_late:
+            late.append({**seen, "problem": "the rule held after an earlier batch"})
+        got_top = getattr(a, "top_hosts", top)
+        got_top = [] if got_top is None else list(got_top)
+        got_threshold = getattr(a, "threshold", threshold)
+        bad = [name for name, ok in (("window_end", int(ends[i]) == int(a.ws) + size_s),
+                                     ("threshold", got_threshold == threshold), ("top_hosts", got_top == top),
+                                     ("alert_id", not id_repeated[i])) if not ok]
+        if bad:
+            columns.append({**seen, "problem": ", ".join(bad), "top_hosts": got_top, "replayed_top_hosts": top})
+    return {"checked": int(len(alerts)), "wrong": len(wrong), "raised_late": len(late), "columns_wrong": len(columns),
+            "examples": (wrong + late + columns)[:10], "ok": not (wrong or late or columns)}
 
 
 def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int,
@@ -510,11 +598,16 @@ class TableScan:
     ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     rows: int = 0
     fingerprint: int = 0
+    wrong_partition: int = 0  # rows whose partition column (`date`) is not the date of their timestamp
 
 
-def scan_table(s: Settings, table: str, column: str, fs: Any, fingerprint: dict[str, Any] | None = None) -> TableScan:
+def scan_table(s: Settings, table: str, column: str, fs: Any, fingerprint: dict[str, Any] | None = None, *,
+               date_partition: str | None = None,
+               on_rows: Callable[[tuple[str, int], Any], None] | None = None) -> TableScan:
     """Read `column` (a timestamp, as epoch seconds) of each batch's and flush's files of `table`, record by record
-    (bounded memory), with the `fingerprint` fields when given."""
+    (bounded memory), with the `fingerprint` fields when given. `date_partition`: the table's partition column,
+    counted where it is not the UTC date of `column`. `on_rows(tag, record batch)` sees every record batch."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
@@ -523,7 +616,7 @@ def scan_table(s: Settings, table: str, column: str, fs: Any, fingerprint: dict[
     out = TableScan()
     if not files:
         return out
-    columns = list(dict.fromkeys([column, *(fingerprint or {})]))
+    columns = list(dict.fromkeys([column, *(fingerprint or {}), *([date_partition] if date_partition else [])]))
     # with the fingerprint's wide columns (request): one file at a time, two record batches ahead (Arrow's default
     # reads 4 files and 16 batches ahead), enough to keep the hashing busy
     readahead = {"fragment_readahead": 1, "batch_readahead": 2} if fingerprint else {}
@@ -537,10 +630,16 @@ def scan_table(s: Settings, table: str, column: str, fs: Any, fingerprint: dict[
             cols = {c: (_epoch_s_arrow(rb.column(c)) if c == column else rb.column(c).to_pandas())
                     for c in fingerprint}
             out.fingerprint = (out.fingerprint + row_fingerprint(cols, fingerprint)) % _MOD
+        tag = _batch_of(rb.column("__filename")[0].as_py(), path)
+        assert tag is not None
+        if date_partition:
+            day = pc.strftime(rb.column(column), format="%Y-%m-%d")
+            out.wrong_partition += int(pc.sum(pc.not_equal(
+                pc.cast(rb.column(date_partition), pa.string()), day)).as_py() or 0)
+        if on_rows is not None:
+            on_rows(tag, rb)
         values = rb.column(column).filter(pc.is_valid(rb.column(column)))
         if len(values):
-            tag = _batch_of(rb.column("__filename")[0].as_py(), path)
-            assert tag is not None
             secs = _epoch_s_arrow(values)
             lo, hi = int(secs.min()), int(secs.max())
             old = out.ranges.get(tag, (lo, hi))
@@ -627,6 +726,40 @@ def check_late_rows(s: Settings, fs: Any, scans: dict[str, TableScan] | None = N
             "ok": ahead == 0 and not behind}
 
 
+def uncommitted_files(s: Settings, fs: Any, limit: int = 10) -> dict[str, Any]:
+    """Parquet files in the result tables that no commit marker covers, which every reader here skips but a plain
+    `spark.read.parquet(<table>)` (or the HDFS browser) would not: those of an attempt still running or that died
+    before its marker (a `.pending` marker; the job's next run removes them) are reported; any other (an untagged
+    file, a tag with no marker at all) is stray and fails."""
+    from logpipe.results import TABLES, committed_tags
+
+    tags = committed_tags(s, fs)
+    pending: set[str] = set()
+    for query in ("ingest", "flush"):
+        d = s.hdfs_path("_commits", query)
+        if fs.exists(d):
+            pending |= {f.rsplit("/", 1)[-1][:-len(".pending")] for f in fs.ls(d, detail=False)
+                        if f.endswith(".pending")}
+    stray, unfinished = [], 0
+    for table in TABLES:
+        path = s.hdfs_path(table)
+        if not fs.exists(path):
+            continue
+        base = path.strip("/")
+        for f in fs.find(path):
+            at = f.find(base)
+            below = f[at + len(base):] if at >= 0 else f
+            name = below.rsplit("/", 1)[-1]
+            tag = name.split("-", 1)[0]
+            if not name.endswith(".parquet") or tag in tags:
+                continue
+            if tag in pending or "/_staging/" in below:
+                unfinished += 1
+            else:
+                stray.append(f)
+    return {"stray": len(stray), "of_unfinished_attempts": unfinished, "examples": stray[:limit], "ok": not stray}
+
+
 def check_job_accounting(s: Settings, fs: Any, *, event_rows: int, late_rows: int,
                          quarantine_rows: int) -> dict[str, Any]:
     """The job's own accounting (summed over the records of its committed micro-batches, `_commits/ingest/`)
@@ -641,6 +774,13 @@ def check_job_accounting(s: Settings, fs: Any, *, event_rows: int, late_rows: in
               "quarantined": (total["quarantined"], quarantine_rows)}
     wrong = {f"{k} counted {job} but {rows} rows in {'quarantine' if k == 'quarantined' else k}/": [job, rows]
              for k, (job, rows) in checks.items() if job != rows}
+    # each batch's record adds up: every record read is parsed or quarantined, every parsed one an event, late or
+    # a dropped repeat (with the checks above and verify's unique-line counts, this also accounts for every copy
+    # a restarted producer sent: records read = log lines + repeats dropped + copies kept in late/ or quarantine/)
+    for m in metas:
+        n = {k: int(m.get(k, 0)) for k in ("lines", "parsed", "quarantined", "late", "duplicates", "events")}
+        if n["lines"] != n["parsed"] + n["quarantined"] or n["parsed"] != n["events"] + n["late"] + n["duplicates"]:
+            wrong[f"batch {m.get('batch')} does not add up: {n}"] = [n["lines"], n["parsed"]]
     return {"batches": len(metas), **total, "mismatches": wrong, "ok": not wrong}
 
 
@@ -737,11 +877,21 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     # the reference parser's reason
     # events/ read once, record by record: its batches' time ranges (the late check and the detection delay) and
     # the fingerprint of its rows' fields, which with late/'s lines must be the file's parsed lines, field by field
-    scans = {"events": scan_table(s, "events", "timestamp", fs, fingerprint=PARSED_FIELDS),
+    replay = StatusReplay(size_s, slide_s)
+
+    def replay_rows(tag: tuple[str, int], rb: Any) -> None:
+        if tag[0] == "b":
+            replay.add(tag[1], _epoch_s_arrow(rb.column("timestamp")),
+                       rb.column("http_response").to_numpy(zero_copy_only=False))
+
+    scans = {"events": scan_table(s, "events", "timestamp", fs, fingerprint=PARSED_FIELDS, date_partition="date",
+                                  on_rows=replay_rows),
              "late": scan_table(s, "late", "timestamp", fs)}
     newest = newest_event_per_batch(s, fs, scans)
     acc["late_check"] = check_late_rows(s, fs, scans)
     acc["parsed_fields_equal"] = (scans["events"].fingerprint + late_fingerprint) % _MOD == counts.parsed_fingerprint
+    acc["events_in_wrong_date_partition"] = scans["events"].wrong_partition
+    acc["uncommitted_files"] = uncommitted_files(s, fs)
     acc["quarantine_records_equal"] = row_fingerprint(q_unique, QUARANTINE_FIELDS) == counts.quarantine_fingerprint
     acc["job_accounting"] = check_job_accounting(s, fs, event_rows=acc["job_event_rows"], late_rows=late_rows,
                                                  quarantine_rows=len(quarantine))
@@ -749,9 +899,11 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                  and acc["job_quarantined_unique"] == acc["quarantined"]
                  and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0
                  and acc["late_check"]["ok"] and acc["job_accounting"]["ok"] and acc["parsed_fields_equal"]
-                 and acc["quarantine_records_equal"])
+                 and acc["quarantine_records_equal"] and not acc["events_in_wrong_date_partition"]
+                 and acc["uncommitted_files"]["ok"])
     alerts = load_alerts(s, fs)
-    alert_check = check_alerts(counts, alerts, s)
+    alert_check = check_alerts(counts, alerts, s, replay.first_surges(s.surge_min_count, s.surge_min_share))
+    del replay
     alert_check["figures"] = check_alert_figures(s, fs, alerts, size_s)
     alert_check["ok"] = alert_check["ok"] and alert_check["figures"]["ok"]
     truth = None

@@ -252,11 +252,19 @@ def test_the_jobs_own_counts_must_match_the_rows_of_its_tables(tmp_path):
     r = check_job_accounting(s, fs, event_rows=100, late_rows=2, quarantine_rows=5)  # batch 1's rows are missing
     assert not r["ok"] and sorted(r["mismatches"]) == ["events counted 150 but 100 rows in events/",
                                                        "quarantined counted 6 but 5 rows in quarantine/"]
+    # a batch whose own figures do not add up (a repeat counted as an event as well), with rows matching the sums
+    bad = json.loads((commits / "b0000000001.json").read_text())
+    (commits / "b0000000001.json").write_text(json.dumps({**bad, "duplicates": 1}))
+    r = check_job_accounting(s, fs, event_rows=150, late_rows=2, quarantine_rows=6)
+    assert not r["ok"] and list(r["mismatches"]) == [
+        "batch 1 does not add up: {'lines': 51, 'parsed': 50, 'quarantined': 1, 'late': 0, 'duplicates': 1, "
+        "'events': 50}"]
 
 
 def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tmp_path):
     """A surge alert's share is taken part-way through its window: verify replays the window's rows of the batches
-    up to the one that raised it. A share over the wrong total, or a count with a later batch's rows in it, fails."""
+    up to the one that raised it. A share over the wrong total, a count with a later batch's rows in it, an alert
+    raised a batch after its rule held, or a wrong window_end, threshold, top_hosts or repeated alert_id fails."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -268,7 +276,8 @@ def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tm
         return check_figures(s, fs, load_alerts(s, fs), size_s)
 
     t0 = 1_084_838_400  # a multiple of the 10 s slide
-    s = Settings(hdfs_root=str(tmp_path))
+    s = Settings(hdfs_root=str(tmp_path), rate_limit_ceiling=3, surge_min_count=3, surge_min_share=0.5,
+                 surge_top_hosts=1)
 
     def events(tag: str, rows: list[tuple[int, str, int]]) -> None:
         folder = tmp_path / "events" / "date=2004-05-18"
@@ -278,14 +287,21 @@ def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tm
                                  "http_response": pa.array([c for _, _, c in rows], pa.int32())}),
                        folder / f"{tag}-00000.parquet")
 
-    def alerts(tag: str, rows: list[tuple[str, str, int, float | None]]) -> None:
+    def alerts(tag: str, rows: list[tuple], **change) -> None:
+        """rows: (rule, key, count, share, top_hosts); `change`: a column set to another value in every row."""
         folder = tmp_path / "alerts"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"rule": [r[0] for r in rows], "key": [r[1] for r in rows],
-                                 "window_start": pa.array([t0 * 10**9] * len(rows), pa.timestamp("ns")),
-                                 "count": pa.array([r[2] for r in rows], pa.int64()),
-                                 "share": pa.array([r[3] for r in rows], pa.float64())}),
-                       folder / f"{tag}-00000.parquet")
+        n = len(rows)
+        columns = {"rule": [r[0] for r in rows], "key": [r[1] for r in rows],
+                   "window_start": pa.array([t0 * 10**9] * n, pa.timestamp("ns")),
+                   "window_end": pa.array([(t0 + 20) * 10**9] * n, pa.timestamp("ns")),
+                   "count": pa.array([r[2] for r in rows], pa.int64()),
+                   "share": pa.array([r[3] for r in rows], pa.float64()),
+                   "threshold": pa.array([3] * n, pa.int32()),
+                   "top_hosts": pa.array([r[4] for r in rows], pa.list_(pa.string())),
+                   "alert_id": [f"{tag}-{r[0]}-{r[1]}" for r in rows]}
+        columns.update(change)
+        pq.write_table(pa.table(columns), folder / f"{tag}-00000.parquet")
 
     # batch 0: 3 x 404 of 4 rows in [t0, t0 + 20); batch 1: 6 more 200s in it (the share then drops to 3/10)
     events("b0000000000", [(1, "a", 404), (2, "a", 404), (3, "b", 404), (4, "c", 200), (25, "c", 200)])
@@ -294,18 +310,41 @@ def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tm
         (tmp_path / "_commits" / "ingest").mkdir(parents=True, exist_ok=True)
         (tmp_path / "_commits" / "ingest" / f"{tag}.json").write_text("{}")
     fs = fsspec.filesystem("file")
-    alerts("b0000000000", [("failure_surge", "404", 3, 0.75)])
-    alerts("b0000000001", [("rate_limit", "a", 8, None)])
-    assert check_alert_figures(s, fs, 20) == {"checked": 2, "wrong": 0, "examples": [], "ok": True}
-    alerts("b0000000000", [("failure_surge", "404", 3, 1.0)])  # 3 of the 3 failed requests: the wrong total
+    surge = ("failure_surge", "404", 3, 0.75, ["a"])
+    alerts("b0000000000", [surge])
+    alerts("b0000000001", [("rate_limit", "a", 8, None, ["a"])])  # "a": 2 rows after batch 0, 8 after batch 1
+    assert check_alert_figures(s, fs, 20) == {"checked": 2, "wrong": 0, "raised_late": 0, "columns_wrong": 0,
+                                              "examples": [], "ok": True}
+    alerts("b0000000000", [("failure_surge", "404", 3, 1.0, ["a"])])  # 3 of the 3 failed requests: the wrong total
     r = check_alert_figures(s, fs, 20)
     assert not r["ok"] and r["examples"][0]["replayed_share"] == 0.75
-    alerts("b0000000000", [("failure_surge", "404", 3, 0.3)])  # the share at the window's end, not at batch 0
+    alerts("b0000000000", [("failure_surge", "404", 3, 0.3, ["a"])])  # the share at the window's end, not at batch 0
     assert not check_alert_figures(s, fs, 20)["ok"]
-    alerts("b0000000000", [("failure_surge", "404", 3, 0.75)])
-    alerts("b0000000001", [("rate_limit", "a", 2, None)])  # batch 1's rows left out of the running count
+    alerts("b0000000000", [surge])
+    alerts("b0000000001", [("rate_limit", "a", 2, None, ["a"])])  # batch 1's rows left out of the running count
     r = check_alert_figures(s, fs, 20)
     assert (r["wrong"], r["examples"][0]["replayed_count"]) == (1, 8)
+    # raised a batch late: the surge held after batch 0 (3 of 4), though its figures are right for batch 1
+    (tmp_path / "alerts" / "b0000000000-00000.parquet").unlink()
+    alerts("b0000000001", [("failure_surge", "404", 3, 0.3, ["a"]), ("rate_limit", "a", 8, None, ["a"])])
+    r = check_alert_figures(s, fs, 20)
+    assert (r["wrong"], r["raised_late"], r["ok"]) == (0, 1, False), r
+    s_low = s.with_overrides(rate_limit_ceiling=2)  # "a" reached 2 in batch 0: its rate limit was due then
+    alerts("b0000000000", [surge])
+    alerts("b0000000001", [("rate_limit", "a", 8, None, ["a"])], threshold=pa.array([2], pa.int32()))
+    assert check_alert_figures(s, fs, 20)["columns_wrong"] == 1  # threshold 2, the rule says 3
+    assert check_alert_figures(s_low, fs, 20)["raised_late"] == 1
+    # the other columns, one at a time
+    for change in ({"top_hosts": pa.array([["b"]], pa.list_(pa.string()))},  # "a" sent 2 of the 3 404s
+                   {"top_hosts": pa.array([None], pa.list_(pa.string()))},
+                   {"window_end": pa.array([t0 * 10**9], pa.timestamp("ns"))},
+                   {"alert_id": ["b0000000001-rate_limit-a"]}):  # the rate limit's id again
+        alerts("b0000000001", [("rate_limit", "a", 8, None, ["a"])])
+        alerts("b0000000000", [surge], **change)
+        r = check_alert_figures(s, fs, 20)
+        assert (r["columns_wrong"], r["ok"]) in ((1, False), (2, False)), (change, r)
+    alerts("b0000000000", [surge])
+    assert check_alert_figures(s, fs, 20)["ok"]
 
 
 def test_row_fingerprint_is_order_free_and_sees_one_field_change():
@@ -370,10 +409,13 @@ def _results_root(tmp_path, log):
     return s, root
 
 
-@pytest.mark.parametrize("damage", ["none", "bytes_sent", "request", "reasons_swapped", "raw_bytes", "window_end"])
+@pytest.mark.parametrize("damage", ["none", "bytes_sent", "request", "reasons_swapped", "raw_bytes", "window_end",
+                                    "date_partition", "stray_file", "unfinished_attempt"])
 def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     """A job with the right counts but a wrong field (bytes_sent, request), quarantine reasons swapped between
-    two lines, a wrong raw record, or windows that do not end at start + window, does not pass."""
+    two lines, a wrong raw record, windows that do not end at start + window, events in another date's partition,
+    or a Parquet file in a table that no commit covers (a reader of the plain folder would count it), does not
+    pass. The files of an attempt that has not committed (yet: its `.pending` marker) are reported only."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -386,7 +428,17 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     tag = "b0000000000-00000.parquet"
     where = {"bytes_sent": "events/date=2004-05-18", "request": "events/date=2004-05-18",
              "reasons_swapped": "quarantine", "raw_bytes": "quarantine", "window_end": "windows/by_host"}
-    if damage != "none":
+    events_file = root / "events/date=2004-05-18" / tag
+    if damage == "date_partition":
+        (root / "events/date=2004-05-19").mkdir()
+        events_file.rename(root / "events/date=2004-05-19" / tag)
+    elif damage == "stray_file":
+        (root / "windows/by_host/part-00000-c000.snappy.parquet").write_bytes((root / "windows/by_host" / tag)
+                                                                              .read_bytes())
+    elif damage == "unfinished_attempt":
+        (root / "events/date=2004-05-18/b0000000001-00000.parquet").write_bytes(events_file.read_bytes())
+        (root / "_commits/ingest/b0000000001.pending").write_text("")
+    elif damage != "none":
         path = root / where[damage] / tag
         t = pq.read_table(path)
         column = {"reasons_swapped": "reason"}.get(damage, damage)
@@ -410,4 +462,35 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     assert acc["parsed_fields_equal"] is (damage not in ("bytes_sent", "request"))
     assert acc["quarantine_records_equal"] is (damage not in ("reasons_swapped", "raw_bytes"))
     assert r.windows_by_host["window_end_wrong"] == (damage == "window_end")
-    assert r.ok is (damage == "none"), r.to_json()
+    assert acc["events_in_wrong_date_partition"] == (3 if damage == "date_partition" else 0)
+    assert acc["uncommitted_files"]["stray"] == (damage == "stray_file")
+    assert acc["uncommitted_files"]["of_unfinished_attempts"] == (damage == "unfinished_attempt")
+    assert r.ok is (damage in ("none", "unfinished_attempt")), r.to_json()
+
+
+def test_a_surge_whose_share_faded_by_the_windows_end_must_have_been_raised():
+    """Replayed batch by batch, a 404 surge held after batch 0 (3 of 4 requests) and not at its window's end (3
+    of 10): the final counts alone do not ask for it; the replay does, from the batch that first met the rule."""
+    import numpy as np
+
+    from logpipe.verify import StatusReplay
+
+    s = Settings(rate_limit_ceiling=100, surge_min_count=3, surge_min_share=0.5)
+    replay = StatusReplay(20, 10)
+    replay.add(0, np.array([1, 2, 3, 4]), np.array([404, 404, 404, 200]))
+    replay.add(1, np.arange(5, 11), np.full(6, 200))
+    replay.add(2, np.array([12]), np.array([404]))  # 4 of 11 now: still under the share
+    surges = replay.first_surges(s.surge_min_count, s.surge_min_share)
+    # [0, 20) from batch 0; [-10, 10) holds the same rows up to t=9, so it surged in batch 0 as well
+    assert sorted(map(tuple, surges.to_numpy().tolist())) == [(-10, 404, 0), (0, 404, 0)]
+    c = _counts([(0, "a", 1)], [(0, 200, 7), (0, 404, 4), (-10, 200, 6), (-10, 404, 3)])
+    surge = ("failure_surge", "404", 3, 0.75)
+    early = _alerts(surge).assign(window_start=pd.Timestamp(-10, unit="s", tz="UTC"))
+    assert check_alerts(c, _alerts(), s)["ok"]  # by the final counts: nothing to raise
+    r = check_alerts(c, _alerts(), s, surges)
+    assert (r["missing"], r["ok"]) == (2, False)
+    r = check_alerts(c, pd.concat([_alerts(surge), early], ignore_index=True), s, surges)
+    assert r["ok"] and r["transient_surges"] == 2 and r["unexplained"] == 0
+    r = check_alerts(c, pd.concat([_alerts(surge, ("failure_surge", "200", 7, 0.6)), early], ignore_index=True), s,
+                     surges)
+    assert (r["unexplained"], r["ok"]) == (1, False)  # a surge the running counts never met

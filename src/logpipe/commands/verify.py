@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
               f"{a['late_check']['event_batches_behind_horizon']}; the job's counts against its tables: "
               f"{'; '.join(a['job_accounting']['mismatches']) or 'equal'}; parsed fields line by line: "
               f"{'equal' if a['parsed_fields_equal'] else 'DIFFERENT'}; quarantined records and reasons: "
-              f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}")
+              f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}; events in the wrong date partition "
+              f"{a['events_in_wrong_date_partition']:,}; files no commit covers: stray "
+              f"{a['uncommitted_files']['stray']}, of unfinished attempts "
+              f"{a['uncommitted_files']['of_unfinished_attempts']}")
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}, window_end not start + window "
@@ -80,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     t.add_row("alerts vs rules", mark(al["ok"]), f"expected {al['expected']}, raised {al['raised']}, missing "
               f"{al['missing']}, duplicates {al['duplicates']}, transient surges {al['transient_surges']}, "
               f"figures off the rule {al['off_rule']}, figures unlike the running counts of their batch "
-              f"{al['figures']['wrong']} of {al['figures']['checked']}")
+              f"{al['figures']['wrong']} of {al['figures']['checked']}, raised after the batch that first met the "
+              f"rule {al['figures']['raised_late']}, other columns wrong (window_end, threshold, top_hosts, "
+              f"alert_id) {al['figures']['columns_wrong']}")
     if r.truth:
         tr = r.truth
         delays = [e["delay_s"] for i in tr["incidents"] for e in i["expected"] if e["delay_s"] is not None]
@@ -91,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
                   f"first alerted window ends max {max(delays) if delays else '-'} s after an incident starts; "
                   f"raised with the job's input read up to max {max(raised) if raised else '-'} s after it "
                   "(micro-batch size)")
+    else:
+        t.add_row("alerts vs ground truth", "-", f"not scored: no truth file ({args.truth or 'none given'}, and no "
+                  f"{args.log.name}.truth.json beside the log); `logpipe generate` writes one")
     console.print(t)
     console.print("[bold green]verify: exact[/]" if r.ok else "[bold red]verify: MISMATCH[/]")
     return 0 if r.ok else 1

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from logpipe import __version__
-from logpipe.config import Settings, load_settings
+from logpipe.config import Settings, load_settings, unknown_environment
 from logpipe.health import ServiceDied, ServiceTimeout
 from logpipe.stack.jars import StackError
 
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    for name, meant in unknown_environment():
+        print(f"logpipe: warning: {name} is not a setting: it is ignored"
+              + (f" (did you mean {meant}?)" if meant else ""), file=sys.stderr)
     try:
         result: Any = args.func(args)
     except ValidationError as exc:  # a bad flag or LOGPIPE_* value: say which, without a traceback
@@ -78,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             if not name:  # a rule across settings (e.g. slide <= window): the message names them
                 print(f"logpipe: invalid settings: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
                 continue
-            print(f"logpipe: invalid setting {name} = {err.get('input')!r} (flag --{name.replace('_', '-')} or "
-                  f"LOGPIPE_{name.upper()}): {err['msg']}", file=sys.stderr)
+            flag = f"flag --{name.replace('_', '-')} or " if name in vars(args) else ""  # this command's flags only
+            print(f"logpipe: invalid setting {name} = {err.get('input')!r} ({flag}LOGPIPE_{name.upper()}): "
+                  f"{err['msg']}", file=sys.stderr)
         return 2
     except (StackError, ServiceTimeout, ServiceDied) as exc:  # the stack could not start: the message says why
         print(f"logpipe {args.command}: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -187,6 +188,26 @@ class Settings(BaseSettings):
         """A copy with the given fields replaced; None values (unset CLI flags) are ignored."""
         data = {k: v for k, v in overrides.items() if v is not None}
         return Settings(**{**self.model_dump(), **data}) if data else self
+
+
+# LOGPIPE_* variables that are not settings: switches of the test suite
+NOT_SETTINGS = frozenset({"LOGPIPE_E2E_LINES", "LOGPIPE_KEEP_RESULTS", "LOGPIPE_KEEP_STACK"})
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """The LOGPIPE_* variables of `environ` (default: the process's) that name no setting, each with the setting it
+    may have meant (or None): a misspelt name would otherwise be ignored without a word."""
+    import difflib
+    import os
+
+    fields = list(Settings.model_fields)
+    out = []
+    for key in sorted(os.environ if environ is None else environ):
+        name = key.removeprefix("LOGPIPE_").lower()
+        if key.startswith("LOGPIPE_") and name not in fields and key not in NOT_SETTINGS:
+            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.8)
+            out.append((key, f"LOGPIPE_{close[0].upper()}" if close else None))
+    return out
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -22,7 +22,12 @@ def interval_seconds(text: str) -> float:
     """A trigger interval as Spark's processingTime takes it: '0 seconds', '500 milliseconds', '1 minute' ->
     seconds (whole milliseconds at least)."""
     m = re.fullmatch(r"\s*(\d+)\s*millisecond(s?)\s*", text.lower())
-    return int(m.group(1)) / 1000 if m else float(duration_seconds(text))
+    if m:
+        return int(m.group(1)) / 1000
+    try:
+        return float(duration_seconds(text))
+    except ValueError:
+        raise ValueError(f"unsupported interval {text!r} (e.g. '0 seconds', '500 milliseconds', '1 minute')") from None
 
 
 def window_starts(ts: int, size: int, slide: int) -> list[int]:

@@ -65,7 +65,26 @@ def test_a_bad_value_is_one_clear_line_and_exit_2(monkeypatch, capsys):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     monkeypatch.setenv("LOGPIPE_SPEED", "fast")
     assert main(["stack", "status"]) == 2
-    assert "invalid setting speed = 'fast'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # `stack status` has no --speed flag: only the variable is named
+    assert err.startswith("logpipe: invalid setting speed = 'fast' (LOGPIPE_SPEED): "), err
+    monkeypatch.setenv("LOGPIPE_SPEED", "realtime")
+    monkeypatch.setenv("LOGPIPE_TRIGGER_INTERVAL", "soon")
+    assert main(["stack", "status"]) == 2
+    assert "'500 milliseconds'" in capsys.readouterr().err  # the examples show every form it takes
+
+
+def test_a_misspelt_logpipe_variable_is_warned_about_not_ignored_silently(monkeypatch, capsys):
+    from logpipe.cli import main
+    from logpipe.config import unknown_environment
+
+    env = {"LOGPIPE_WINDOWS": "1 minute", "LOGPIPE_WINDOW": "20 seconds", "LOGPIPE_KEEP_STACK": "1",
+           "LOGPIPE_NOTHING_LIKE_IT": "x", "PATH": "/bin"}
+    assert unknown_environment(env) == [("LOGPIPE_NOTHING_LIKE_IT", None), ("LOGPIPE_WINDOWS", "LOGPIPE_WINDOW")]
+    monkeypatch.setenv("LOGPIPE_SURGE_MIN_SHAR", "0.5")
+    assert main(["stack", "status", "--kafka-port", "abc"]) == 2
+    assert ("logpipe: warning: LOGPIPE_SURGE_MIN_SHAR is not a setting: it is ignored (did you mean "
+            "LOGPIPE_SURGE_MIN_SHARE?)") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("values", "shown"), [
@@ -153,7 +172,7 @@ def test_durations_must_be_spark_intervals_of_whole_units(name):
     good = {"window": "2 minutes"} if name == "slide" else {}  # slide may not exceed the window
     assert getattr(load_settings(**good, **{name: "2 minutes"}), name) == "2 minutes"
     for bad in ("30s", "1.5 minutes", "soon"):
-        with pytest.raises(ValidationError, match=f"(?s){name}.*unsupported duration"):
+        with pytest.raises(ValidationError, match=f"(?s){name}.*unsupported (duration|interval)"):
             load_settings(**{name: bad})
 
 

@@ -280,3 +280,63 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
     callback.join(10)
     cleanup.join(10)
     assert order == ["batch starts", "batch commits", "clean-up"]
+
+
+def test_a_failed_batch_is_reported_by_its_own_error_not_the_python_proxy_line(local_spark, tmp_path) -> None:
+    """An error raised in a micro-batch callback reaches the query as the Python proxy's traceback, whose first
+    line says only 'An exception was raised by the Python Proxy': the run reports the callback's own exception
+    (with the hint for its kind), on a real Spark query."""
+    from pyspark.errors import StreamingQueryException
+
+    class Job:
+        batch_error: Exception | None = None
+
+        def batch(self, df, batch_id: int) -> None:
+            try:
+                raise RuntimeError("the _state/open state of committed batch 3 is gone: remove that root")
+            except Exception as exc:
+                self.batch_error = exc
+                raise
+
+    job = Job()
+    q = (local_spark.readStream.format("rate").option("rowsPerSecond", 1).load().writeStream
+         .foreachBatch(job.batch).option("checkpointLocation", (tmp_path / "ck").as_uri()).start())
+    with pytest.raises(StreamingQueryException):
+        q.awaitTermination(60)
+    assert "Python Proxy" in str(q.exception()).splitlines()[0]  # what the run reported before
+    with pytest.raises(RuntimeError, match=r"^streaming query None failed: the _state/open state of committed "
+                                           r"batch 3 is gone: remove that root$"):
+        run._raise_if_failed(q, job)
+    # without the callback's exception at hand, the telling line of Spark's text, not its first
+    with pytest.raises(RuntimeError, match=r"failed: RuntimeError: the _state/open state of committed batch 3"):
+        run._raise_if_failed(q)
+
+
+def test_failure_summary_picks_the_cause_and_the_hint_is_found_anywhere_in_the_error() -> None:
+    from logpipe.streaming.lease import RootBusy
+
+    java = ("An error occurred while calling o412.parquet.\n: org.apache.spark.SparkException: Job aborted.\n"
+            "\tat org.apache.spark.sql.X.y(X.scala:1)\nCaused by: org.apache.hadoop.ipc.RemoteException"
+            "(java.io.IOException): File /r/x could only be written to 0 of the 1 minReplication nodes.\n\tat z")
+    assert run.failure_summary(java).startswith("Caused by: org.apache.hadoop.ipc.RemoteException")
+    assert run.failure_summary("no cause named here\nsecond") == "no cause named here"
+
+    class Failed(_Query):
+        def __init__(self, text: str) -> None:
+            super().__init__(fails_after=0)
+            self.text = text
+
+        def exception(self) -> object:
+            return self.text
+
+    class Job:
+        batch_error: Exception | None = None
+
+    job = Job()
+    job.batch_error = Exception(java)
+    proxy = "An exception was raised by the Python Proxy. Return Message: Traceback (most recent call last):\n..."
+    with pytest.raises(RuntimeError, match="minReplication nodes.* -- HDFS has no DataNode to write to"):
+        run._raise_if_failed(Failed(proxy), job)
+    job.batch_error = RootBusy("this run lost its lease on /r: now held by process 7 on host h")
+    with pytest.raises(RootBusy, match="lost its lease"):
+        run._raise_if_failed(Failed(proxy), job)

@@ -122,6 +122,7 @@ class StreamJob:
         # for the callback, not the Python callback itself, whose HDFS renames and marker go on; recover() waits
         # for it, so it never removes the files of a batch that then commits
         self._in_batch = threading.Lock()
+        self.batch_error: Exception | None = None  # what the last micro-batch callback that failed raised
 
     # ------------------------------------------------------------------ committed history
     def _committed(self) -> dict[int, dict[str, Any]]:
@@ -246,7 +247,13 @@ class StreamJob:
 
     def _batch(self, batch: "DataFrame", batch_id: int) -> None:
         with self._in_batch:
-            self._run_batch(batch, batch_id)
+            try:
+                self._run_batch(batch, batch_id)
+            except Exception as exc:
+                # Spark hands the query's failure on as the Python proxy's traceback, whose first line says only
+                # that: the run reports this exception instead (streaming.run._raise_if_failed)
+                self.batch_error = exc
+                raise
 
     def _run_batch(self, batch: "DataFrame", batch_id: int) -> None:
         from pyspark.sql import Observation

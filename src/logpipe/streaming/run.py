@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import signal
 import threading
@@ -153,7 +154,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             if not _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history()):
                 _stop_before_the_end(follow, job, s, stop, may_end=False)
             if _stop_between_batches(follow, s.stop_grace_s):
-                _raise_if_failed(follow)
+                _raise_if_failed(follow, job)
                 raise RuntimeError(f"streaming query {follow.name} ended by itself while stopping")
             log.info("no new records for %.0fs: draining what is left and writing the still-open windows",
                      until_idle_s)
@@ -161,7 +162,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             until_done = True
         if until_done:
             drain = job.ingest_query(available_now=True)
-            if not _await_all([drain], s, stop.event):
+            if not _await_all([drain], s, stop.event, job):
                 _stop_before_the_end(drain, job, s, stop, may_end=True)  # returns if the drain was done anyway
             # a signal from here on lets the still-open windows be written: the run then ends as if none came
             t_ingest = time.monotonic() - t0
@@ -179,13 +180,13 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             for q in queries:
                 if not q.isActive:  # one failed: let the others finish their batch, then report the failure
                     _stop_the_others(queries, s)
-                    _raise_if_failed(q)
+                    _raise_if_failed(q, job)
                     raise RuntimeError(f"query {q.name} stopped")
         log.info("stopping: letting the running micro-batches finish (up to %.0fs)", s.stop_grace_s)
         _quiet_interrupted_callbacks()
         for q in queries:
             if _stop_between_batches(q, s.stop_grace_s):  # its last batch failed while we waited for it
-                _raise_if_failed(q)
+                _raise_if_failed(q, job)
                 raise RuntimeError(f"streaming query {q.name} failed: it ended by itself while stopping")
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
     finally:
@@ -206,7 +207,7 @@ def _stop_before_the_end(q: Any, job: Any, s: Settings, stop: StopSignal, *, may
     log.info("stopping: letting the running micro-batch finish (up to %.0fs)", s.stop_grace_s)
     _quiet_interrupted_callbacks()
     if _stop_between_batches(q, s.stop_grace_s):
-        _raise_if_failed(q)
+        _raise_if_failed(q, job)
         if may_end:
             log.info("the topic was drained meanwhile: finishing the run")
             return
@@ -243,7 +244,7 @@ def _wait_until_idle(q: Any, job: Any, idle_s: float, stop: threading.Event | No
         if stop is not None and stop.is_set():
             return False
         if not q.isActive:
-            _raise_if_failed(q)
+            _raise_if_failed(q, job)
             raise RuntimeError(f"streaming query {q.name} stopped before the input went idle")
         rows, now = job.stats.rows.get(q.name, 0), time.monotonic()
         # after a restart with nothing new, the idle time counts from the query's first look at the topic (not
@@ -259,7 +260,7 @@ def _wait_until_idle(q: Any, job: Any, idle_s: float, stop: threading.Event | No
         time.sleep(0.1)
 
 
-def _await_all(queries: list[Any], s: Settings, stop: threading.Event | None = None) -> bool:
+def _await_all(queries: list[Any], s: Settings, stop: threading.Event | None = None, job: Any = None) -> bool:
     """Wait for run-to-the-end queries; if one fails, let the others finish their batch, then report it. Returns
     False as soon as `stop` is set (the queries still run), True once all ended."""
     from pyspark.errors import StreamingQueryException
@@ -271,7 +272,7 @@ def _await_all(queries: list[Any], s: Settings, stop: threading.Event | None = N
                     return False
         except StreamingQueryException:
             _stop_the_others(queries, s)
-        _raise_if_failed(q)
+        _raise_if_failed(q, job)
     return True
 
 
@@ -315,12 +316,37 @@ def _stop_between_batches(q: Any, grace_s: float) -> bool:
     return ended
 
 
-def _raise_if_failed(q: Any) -> None:
+def _raise_if_failed(q: Any, job: Any = None) -> None:
+    """Raise if query `q` failed, with the cause a user can act on: the exception a micro-batch callback raised
+    (`job.batch_error`; a lost lease is raised as the RootBusy it is), else the telling line of Spark's error,
+    and a hint of what to check next."""
+    from logpipe.streaming.lease import RootBusy
+
     exc = q.exception()
-    if exc is not None:
-        first = str(exc).splitlines()[0]
-        hint = next((h for k, h in FAILURE_HINTS.items() if k in first), "")
-        raise RuntimeError(f"streaming query {q.name} failed: {first}{hint}")
+    if exc is None:
+        return
+    cause = getattr(job, "batch_error", None)
+    if isinstance(cause, RootBusy):
+        raise cause
+    text = str(exc) if cause is None else f"{cause}\n{exc}"
+    summary = failure_summary(str(cause)) if cause is not None else failure_summary(text)
+    hint = next((h for k, h in FAILURE_HINTS.items() if k in text), "")
+    raise RuntimeError(f"streaming query {q.name} failed: {summary}{hint}")
+
+
+# `Caused by: a.b.CException(x.YException): msg`, `: a.b.CError: msg`, `RuntimeError: msg`
+_CAUSE_LINE = re.compile(r"^(?:Caused by: |: )?(?:[\w$]+\.)*[\w$]*(?:Exception|Error)(?:\([\w.$]*\))?(?::\s|$)")
+
+
+def failure_summary(text: str) -> str:
+    """The line of an error's text that names its cause: the innermost `Caused by:` or the last `XError: ...` line
+    (a Python traceback's last line, a Java exception's message), else the first line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line for line in lines if _CAUSE_LINE.match(line) and not line.startswith("Traceback")]
+    if not causes:
+        return lines[0] if lines else text
+    inner = [line for line in causes if line.startswith("Caused by: ")]
+    return (inner or causes)[-1]
 
 
 FAILURE_HINTS = {  # what to check next, by a telling part of the error

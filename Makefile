@@ -1,15 +1,21 @@
 # Two entry points do all set-up on a fresh machine: `make demo` (the main job) and `make test`.
-# Needs: python3 (3.11+) with venv, Java 17+, Maven 3.6+ (jars come from Maven Central on first use).
+# Needs python3 (3.11+) and GNU make; `deps` (.ci/deps) installs with apt-get whatever else is missing: Java 17+,
+# Maven (jars come from Maven Central on first use), python3-venv, and for `test` chromium.
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit stack-up stack-down stack-status clean
+.PHONY: deps test-deps setup demo test unit stack-up stack-down stack-status clean
+
+deps:                            ## system packages (apt-get, as root or via sudo; only what is missing)
+	PYTHON=$(PYTHON) bash .ci/deps
+test-deps: deps                  ## + chromium for tests/e2e/test_hdfs_ui_browser.py
+	PYTHON=$(PYTHON) bash .ci/deps --test
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,notebook]'
@@ -18,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup                      ## the demo pipeline on the native stack
 	$(BIN)/logpipe demo
 
-test: setup                      ## every test: unit, integration, e2e, faults (starts the native stack)
+test: test-deps setup            ## every test: unit, integration, e2e, faults (starts the native stack)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: setup                      ## fast tests, no services

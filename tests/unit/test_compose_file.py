@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -61,11 +62,21 @@ def raw_compose() -> dict:
     return yaml.safe_load(_compose_text())
 
 
+# what compose interpolates from the shell: none of the caller's own values, so the checks see .env's
+_COMPOSE_VARS = re.compile(r"(LOGPIPE_|LOG_|DEMO_SIZE$|COMPOSE_)")
+
+
+def _compose_config(shell: dict[str, str] | None = None, *args: str) -> subprocess.CompletedProcess:
+    """`docker-compose config` as `docker compose` would resolve the file, run from a shell that sets `shell`."""
+    env = {k: v for k, v in os.environ.items() if not _COMPOSE_VARS.match(k)} | (shell or {})
+    return subprocess.run([_tool("docker-compose"), "-f", str(COMPOSE), "--project-directory", str(ROOT), *args,
+                           "config", "--format", "json"], capture_output=True, text=True, cwd=ROOT, env=env)
+
+
 @pytest.fixture(scope="module")
 def resolved() -> dict:
     """The compose model after interpolation and env_file merging, from `docker-compose config` itself."""
-    proc = subprocess.run([_tool("docker-compose"), "-f", str(COMPOSE), "--project-directory", str(ROOT),
-                           "config", "--format", "json"], capture_output=True, text=True, cwd=ROOT)
+    proc = _compose_config()
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -174,11 +185,58 @@ def test_env_file_names_and_defaults_match_settings() -> None:
     assert differing == {}, f".env values differ from config.py defaults: {differing}"
 
 
+def test_every_env_setting_reaches_every_logpipe_container(resolved: dict) -> None:
+    """With nothing in the shell, each logpipe container gets every LOGPIPE_* value of .env unchanged."""
+    env = {k: v for k, v in _env_file().items() if k.startswith("LOGPIPE_")}
+    for name in LOGPIPE_SERVICES:
+        got = resolved["services"][name]["environment"]
+        assert {k: got.get(k) for k in env} == env, name
+
+
+def test_a_shell_value_overrides_env_file_in_every_container() -> None:
+    """Compose interpolates ${...} from the shell before .env, but `env_file: .env` passes the file only: each
+    LOGPIPE_* name of .env must reach the containers by interpolation, so that a value set in the shell wins for
+    the logpipe containers as it does for Kafka (before, LOGPIPE_TOPIC_PARTITIONS=3 gave Kafka 3 partitions and
+    the producer and the job 1). The container addresses stay fixed whatever the shell holds."""
+    names = sorted(k for k in _env_file() if k.startswith("LOGPIPE_"))
+    shell = {k: str(41000 + i) for i, k in enumerate(names)}  # distinct, and a valid port for the Spark UI's
+    native = {"LOGPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "LOGPIPE_HDFS_URL": "hdfs://127.0.0.1:8020",
+              "LOGPIPE_WEBHDFS_URL": "http://127.0.0.1:9870", "LOGPIPE_HDFS_USER": "someone",
+              "LOGPIPE_RUN_DIR": "/home/someone/.logpipe"}
+    proc = _compose_config(shell | native)
+    assert proc.returncode == 0, proc.stderr
+    services = json.loads(proc.stdout)["services"]
+    for name in LOGPIPE_SERVICES:
+        env = services[name]["environment"]
+        stale = {k: env.get(k) for k in names if env.get(k) != shell[k]}
+        assert stale == {}, f"{name}: .env's value, not the shell's: {stale}"
+        assert {k: env[k] for k in native} == {"LOGPIPE_KAFKA_BOOTSTRAP": "kafka:19092",
+                                               "LOGPIPE_HDFS_URL": "hdfs://namenode:8020",
+                                               "LOGPIPE_WEBHDFS_URL": "http://namenode:9870",
+                                               "LOGPIPE_HDFS_USER": "hadoop", "LOGPIPE_RUN_DIR": "/var/lib/logpipe"}
+    assert services["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"] == shell["LOGPIPE_TOPIC_PARTITIONS"]
+    ui_port = shell["LOGPIPE_SPARK_UI_PORT"]  # the job's UI: the port it binds, publishes and health-checks
+    assert [(p["published"], str(p["target"])) for p in services["streaming"]["ports"]] == [(ui_port, ui_port)]
+    assert f":{ui_port}/" in " ".join(services["streaming"]["healthcheck"]["test"])
+
+
+def test_a_setting_missing_from_the_env_file_stops_compose(tmp_path: Path) -> None:
+    """Without a value (in .env or the shell), compose names the setting instead of passing an empty string."""
+    env_file = tmp_path / "env"
+    env_file.write_text("".join(line + "\n" for line in ENV_FILE.read_text().splitlines()
+                                if not line.startswith("LOGPIPE_SURGE_TOP_HOSTS=")))
+    proc = _compose_config(None, "--env-file", str(env_file))
+    assert proc.returncode != 0 and "LOGPIPE_SURGE_TOP_HOSTS" in proc.stderr, proc.stderr
+
+
 def test_services_healthchecks_and_dependencies(resolved: dict) -> None:
     services = resolved["services"]
     assert set(services) == SERVICES
     for name, svc in services.items():
         if name == "hdfs-ready":  # a one-shot check: it ends, with 0 once HDFS is ready
+            # ... and has no healthcheck: not the producer image's, which probes Kafka it neither needs nor waits for
+            assert svc.get("healthcheck") == {"disable": True}, "hdfs-ready inherits the image's healthcheck"
+            assert set(svc["depends_on"]) == {"datanode"}
             continue
         test = svc.get("healthcheck", {}).get("test")
         assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"

@@ -58,9 +58,9 @@ class Settings(BaseSettings):
     # ---- topics and paths -------------------------------------------------------------------------
     topic: str = "access-logs"
     alerts_topic: str = "alerts"
-    # One partition keeps the log's order: with several, partitions drift apart in event time (the producer's
-    # sticky partitioner), and a micro-batch reading ahead in one partition makes rows of the other "late".
-    # Spark still reads it with several tasks (kafka_read_tasks splits the offset range).
+    # The producer sends every record of one log to one partition (a hash of its path), in order: with several
+    # partitions, several logs spread over them. Spark reads a partition with several tasks (kafka_read_tasks
+    # splits the offset range).
     topic_partitions: int = Field(1, ge=1)
     topic_replication: int = Field(1, ge=1)
     hdfs_root: str = Field("/logpipe", description="HDFS folder holding events/, windows/, alerts/, quarantine/")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from logpipe.producer.source import BLOCK_BYTES
 from logpipe.record import parse_record_key
 
 pytestmark = pytest.mark.integration
@@ -98,10 +97,12 @@ def test_every_line_once_with_position(stack, unique, tmp_path, client):
     assert [v for _, v in got] == lines  # one partition: file order kept
 
 
-def test_blocks_take_the_partitions_in_turn(stack, unique, tmp_path):
-    """On a topic of 3 partitions, each block of lines (one read of BLOCK_BYTES) goes to the next partition: each
-    partition holds whole runs of consecutive lines (large batches, as a sticky partitioner would give), and every
-    line is sent once."""
+def test_every_line_of_a_log_goes_to_one_partition_in_order(stack, unique, tmp_path):
+    """On a topic of 3 partitions, every record of one log goes to one partition (a stable hash of the log's path),
+    in line order: spread over partitions, a micro-batch could read later lines of the log before earlier ones
+    waiting in another partition, which would then be late. Every line is sent once; batches stay large."""
+    from logpipe.producer.run import partition_of
+
     log = tmp_path / "p.log"
     lines = _lines(80_000)  # ~5.3 MiB: 6 blocks
     log.write_bytes(b"\n".join(lines) + b"\n")
@@ -110,15 +111,9 @@ def test_blocks_take_the_partitions_in_turn(stack, unique, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     got = _consume(stack, env["LOGPIPE_TOPIC"], len(lines) + 1, records=True)
     index = {off: i for i, off in enumerate(_offsets(log.read_bytes()))}  # byte offset -> line number
-    assert sorted(index[parse_record_key(m.key)[1]] for m in got) == list(range(len(lines)))
-    runs: dict[int, int] = {}  # partition -> how many runs of consecutive lines it holds, in Kafka order
-    for p in range(3):
-        nums = [index[parse_record_key(m.key)[1]] for m in sorted((m for m in got if m.partition == p),
-                                                                  key=lambda m: m.offset)]
-        assert nums, f"partition {p} got nothing"
-        runs[p] = 1 + sum(1 for a, b in zip(nums, nums[1:]) if b != a + 1)
-    blocks = -(-log.stat().st_size // BLOCK_BYTES)
-    assert blocks >= 4 and sum(runs.values()) == blocks, runs  # one run per block: not a partition per line
+    assert {m.partition for m in got} == {partition_of(str(log.resolve()), 3)}
+    in_kafka_order = [index[parse_record_key(m.key)[1]] for m in sorted(got, key=lambda m: m.offset)]
+    assert in_kafka_order == list(range(len(lines)))
 
 
 @pytest.mark.faults

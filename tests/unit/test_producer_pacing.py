@@ -138,3 +138,59 @@ def test_a_paced_position_never_lies_past_the_line_it_follows(tmp_path, monkeypa
     assert run.produce_file(s, log, progress=False).lines == 2
     size = log.stat().st_size
     assert saved and max(saved) == size and saved[-1] == size, saved
+
+
+
+def _dated(stamp: str) -> bytes:
+    return f'1.2.3.4 - - [{stamp}] "GET / HTTP/1.1" 200 1'.encode()
+
+
+def _paced_seconds(speed: str, stamps: list[str]) -> float:
+    """Wall seconds a Pacer takes over lines dated `stamps`; a wait is cut after 10 s (a test fails, never hangs)."""
+    import threading
+
+    stop = threading.Event()
+    timer = threading.Timer(10, stop.set)
+    timer.start()
+    try:
+        p = Pacer(speed, stop)
+        t = time.monotonic()
+        for stamp in stamps:
+            p.wait(_dated(stamp))
+        return time.monotonic() - t
+    finally:
+        timer.cancel()
+
+
+@pytest.mark.parametrize("speed", ["realtime", "0.1"])
+def test_a_line_dated_far_ahead_neither_stalls_nor_crashes_the_replay(speed):
+    """One line dated decades ahead (the parser takes years up to 2099): before, realtime slept until then, and at
+    factors below ~0.3 Event.wait raised OverflowError (on every restart, the line being resent). Now neither the
+    jump nor the jump back (nor one far behind) is waited for."""
+    assert _paced_seconds(speed, ["2004-05-18 00:00:00", "2099-05-18 00:00:00", "2004-05-18 00:00:00",
+                                  "1999-01-01 00:00:00", "2004-05-18 00:00:00"]) < 2.0
+
+
+def test_pacing_stays_exact_around_a_jump():
+    """20x: lines 1 s of log time apart take 0.05 s each, before and after a jump of decades (not waited for)."""
+    took = _paced_seconds("20", ["2004-05-18 00:00:00", "2004-05-18 00:00:01", "2004-05-18 00:00:02",
+                                 "2090-01-01 00:00:00", "2090-01-01 00:00:01", "2090-01-01 00:00:02"])
+    assert 0.18 <= took < 1.0  # 4 gaps of 0.05 s; the jump itself not waited for
+
+
+def test_no_single_wait_is_longer_than_the_bound():
+    """Even when the wall clock has not moved on (here: waits that return at once), a wait is never longer than
+    max_gap_s, so never beyond threading.TIMEOUT_MAX."""
+    import threading
+
+    waits: list[float] = []
+
+    class _Stop(threading.Event):
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            return False
+
+    p = Pacer("realtime", _Stop(), max_gap_s=5)
+    for sec in (0, 4, 8, 12):  # steps of 4 s: each within the bound, so paced; the delays add up to 12 s
+        p.wait(_line(sec))
+    assert len(waits) == 3 and max(waits) <= 5, waits

@@ -507,3 +507,62 @@ def test_follow_finishes_the_old_generation_after_its_copy(tmp_path):
     got = _follow_until(source, b"new", lambda: _copytruncate(log, b"new\n"))
     assert got == [(key, [b"old-line-00"], False), (key, [b"old-line-01"], False), (key, [], True),
                    (f"{key}:1", [b"new"], False)]
+
+
+def test_a_one_shot_run_after_a_rename_rotation_finishes_the_old_file_first(tmp_path):
+    """A one-shot run (no --follow) after `mv live.log live.log.1` + a new live.log, with lines appended to the old
+    file after the last run: those lines are sent (before: only the new file's, the old file's rest never, without a
+    word), older file first, its unterminated tail as its last line, and its position saved as finished; the next
+    run sends nothing twice."""
+    log, store = _rotated_while_stopped(tmp_path, b"one\ntwo\n", b"three\nfour\nlast")
+    assert _one_shot_run(log, store) == [b"three", b"four", b"last", b"new"]
+    old_key = file_key(os.stat(tmp_path / "live.log.1"))
+    assert store.load(old_key).finished and store.load(old_key).offset == (tmp_path / "live.log.1").stat().st_size
+    assert _one_shot_run(log, store) == []
+
+
+def test_a_one_shot_run_stopped_in_a_rotated_file_finishes_it_next_time(tmp_path):
+    """Stopped while a one-shot run reads the old file: its unterminated tail is not sent as a line yet (the run
+    did not reach its end), and the next run goes on from there."""
+    log, store = _rotated_while_stopped(tmp_path, b"one\n", b"two\nthree\ntail")
+    source = LogSource(str(log), store, block_bytes=4)
+    source.open()
+    blocks = source.blocks()
+    first = next(blocks)
+    assert first.lines == [b"two"]
+    seg = first.segment
+    store.save(Position(seg.key, seg.generation, first.end, str(log), len(seg.head), head_digest(seg.head)))
+    source.stop.set()
+    assert list(blocks) == []
+    source.close()
+    assert _one_shot_run(log, store) == [b"three", b"tail", b"new"]
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_copy_read_after_a_restart_is_not_named_as_never_read(tmp_path, caplog, follow):
+    """live.log A was rotated by rename (A finished, live.log B read in part); then, while the producer was
+    stopped, B got b2 and was copytruncated to live.log.2. The next run reads b2 from that copy; no warning may
+    then say the copy was never read and advise `logpipe produce live.log.2` (before: it did, and following the
+    advice sent its lines again under the copy's own src, which the stream cannot drop as repeats)."""
+    import logging
+
+    log = tmp_path / "live.log"
+    store = PositionStore(tmp_path / "pos", "t")
+    log.write_bytes(b"a1\n")
+    st = os.stat(log)
+    store.save(Position(file_key(st), 0, 3, str(log), 3, head_digest(b"a1\n"), finished=True))
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")
+    _save_end(store, log, 3)
+    time.sleep(0.05)
+    with log.open("ab") as f:
+        f.write(b"b2\n")
+    _copytruncate(log, b"c1\n", copy_name="live.log.2")
+    source = LogSource(str(log), store, follow=follow, poll_interval=0.01, rotate_grace_s=0.05)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        source.open()
+        got = _lines_until(source.blocks(), b"c1")
+    source.close()
+    assert got == [b"b2", b"c1"]
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert named == []

@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,14 +84,21 @@ def ensure_topic(s: Settings, topic: str) -> bool:
 
 class Pacer:
     """Replays at the log's own pace (`realtime`) or a multiple of it; `max` does nothing. A wait ends early when
-    `stop` is set (Ctrl-C / SIGTERM), so a paced replay stops at once, not after the log time of a block."""
+    `stop` is set (Ctrl-C / SIGTERM), so a paced replay stops at once, not after the log time of a block.
 
-    def __init__(self, speed: str, stop: threading.Event | None = None) -> None:
+    A jump in log time from one line to the next worth more than `max_gap_s` of wall time (a quiet night, or one
+    line dated years ahead or behind) is not slept: the pace starts again from that line. So no wait is ever longer
+    than `max_gap_s` (one bad date cannot stall the replay for decades, nor overflow `Event.wait`)."""
+
+    def __init__(self, speed: str, stop: threading.Event | None = None, max_gap_s: float = 60.0) -> None:
         self.factor = None if speed == "max" else 1.0 if speed == "realtime" else float(speed)
         if self.factor is not None and self.factor <= 0:
             raise ValueError(f"--speed must be max, realtime or a positive factor, not {speed!r}")
-        self.t_log0: float | None = None
+        self.max_gap_s = max_gap_s
+        self.t_log0: float | None = None  # the anchor: this log time was replayed at wall time t_wall0
         self.t_wall0 = 0.0
+        self.t_last = 0.0  # the log time of the last paced line
+        self.jumps = 0  # jumps in log time not waited for
         self.stop = stop or threading.Event()
 
     def wait(self, line: bytes) -> None:
@@ -103,12 +111,26 @@ class Pacer:
             t = parse_timestamp(line[a + 1:b].decode("ascii", "replace")).timestamp()
         except ParseError:
             return
-        if self.t_log0 is None:
+        step = (t - self.t_last) / self.factor
+        self.t_last = t
+        if self.t_log0 is None or abs(step) > self.max_gap_s:
+            if self.t_log0 is not None:
+                self.jumps += 1
+                log.log(logging.INFO if self.jumps == 1 else logging.DEBUG,
+                        "--speed: the log time jumps by %.0fs at [%s]: not waited for (more than %.0fs at this speed); "
+                        "the pace goes on from that line (further jumps are logged at debug level)",
+                        step * self.factor, line[a + 1:b].decode("ascii", "replace"), self.max_gap_s)
             self.t_log0, self.t_wall0 = t, time.monotonic()
             return
         delay = self.t_wall0 + (t - self.t_log0) / self.factor - time.monotonic()
         if delay > 0:
-            self.stop.wait(delay)
+            self.stop.wait(min(delay, self.max_gap_s))
+
+
+def partition_of(log_path: str, n_partitions: int) -> int:
+    """The partition for every record of the log at `log_path`: a stable hash (not Python's salted hash()), the
+    same across runs, rotations and truncations."""
+    return zlib.crc32(log_path.encode()) % max(1, n_partitions)
 
 
 def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool = False,
@@ -140,10 +162,12 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     seg = source.open()
     summary = ProduceSummary(str(path), s.topic, s.producer_client, resumed_from=seg.read_pos)
     sink = make_sink(s)
-    # each block (~1 MiB of lines) to the next partition in turn: batches stay large, as with a keyless sticky
-    # partitioner (a keyed record would otherwise go to the partition of its key's hash)
-    n_partitions = max(1, sink.partitions(s.topic))
-    n_blocks = 0
+    # every record of this log (all its files: rotated, truncated, current) to one partition, so the stream reads
+    # them in the order they were sent. Spread over partitions (blocks in turn, or a partition per file), a
+    # micro-batch (maxOffsetsPerTrigger takes from each partition) can hold later lines while earlier ones wait in
+    # another partition: behind the late horizon by the next batch, they would count as late. Several logs (or
+    # producers) spread over the partitions
+    partition = partition_of(source.path, sink.partitions(s.topic))
     pacer = Pacer(s.speed, source.stop)
     t0 = time.monotonic()
     last_save = t0
@@ -181,8 +205,6 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                 src = block.src.encode()
                 off = block.start
                 topic = s.topic
-                partition = n_blocks % n_partitions
-                n_blocks += 1
                 if (pacer.factor is None and block.oversize_len is None
                         and max(map(len, block.lines), default=0) <= s.max_message_bytes):
                     # the fast path: no pacing, no line too large

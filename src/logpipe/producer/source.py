@@ -203,6 +203,8 @@ class LogSource:
     rotated: list[list[Any]] = field(default_factory=list)
     # copies of a truncated file's old content (copytruncate), read to their end before the file's new content
     copies: list[Segment] = field(default_factory=list)
+    # identities of the copies found beside the log (read, or holding nothing unsent): not "never read" rotations
+    copy_keys: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
@@ -263,6 +265,7 @@ class LogSource:
             if short is not None:
                 log.info("%s: its copy (%s) ends at byte %d, where the producer had read it: nothing of its old "
                          "content (src %s) is left to send", path, short[1], short[0], saved.src)
+                self.copy_keys.add(short[1])
                 return short[1]
             log.warning("%s: no uncompressed copy of its old content (src %s) found beside it: whatever it held "
                         "after byte %d was not sent. If a rotation holds it, send that part with `tail -c +%d "
@@ -275,12 +278,13 @@ class LogSource:
         head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
         self.copies.append(Segment(path, fd, saved.key, saved.generation, saved.offset, head=head,
                                    carry_start=saved.offset, resumed_from=saved.offset))
+        self.copy_keys.add(file_key(st))
         return file_key(st)
 
     def rotated_leftovers(self) -> list[str]:
-        """Follow mode after a restart: files rotated away from `path` (found by identity among the files of the
-        same directory) whose end was not yet delivered, or that were written to within rotate_grace_s (their
-        writer may still append to them), oldest first."""
+        """At the start of a run: files rotated away from `path` (found by identity among the files of the same
+        directory) whose end was not yet delivered, or that were written to within rotate_grace_s (their writer
+        may still append to them), oldest first."""
         try:
             current = file_key(os.stat(self.path))
         except OSError:
@@ -322,7 +326,9 @@ class LogSource:
         there, which only the path's current file leads to. Such a file is not read on a guess (a copy of the log
         would be sent twice); the warning says how to send it. Returns their paths."""
         base = os.path.basename(self.path)
-        known_keys = known | {p.key for p in self.store.all() if p.path == self.path}
+        # the copies found beside the log (copytruncate) were read, or hold nothing unsent: sending them again
+        # under their own identity would send their lines twice, under a src the stream cannot drop as repeats
+        known_keys = known | self.copy_keys | {p.key for p in self.store.all() if p.path == self.path}
         found = []
         try:
             entries = list(os.scandir(os.path.dirname(self.path)))
@@ -356,17 +362,25 @@ class LogSource:
             yield from self._finish(copy, final=True)
             os.close(copy.fd)
             self.copies.pop(0)
-        if self.follow:
-            for leftover in self.rotated_leftovers():
-                log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
-                fd, st = open_log(leftover)
-                old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
-                self.rotated.append([old, time.monotonic()])
-                yield from self._read_available(old)
-                if self.stop.is_set():  # stopped before its end: its unread tail is finished next time
-                    return
+        # files rotated away while the producer was stopped, before the current one (older lines first). Follow
+        # mode goes on reading them beside the new file (their writer may still append); a one-shot run reads each
+        # to its definite end, as it does the current file
+        for leftover in self.rotated_leftovers():
+            log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
+            fd, st = open_log(leftover)
+            old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
+            self.rotated.append([old, time.monotonic()])
+            yield from self._read_available(old)
+            if self.stop.is_set():  # stopped before its end: its unread tail is finished next time
+                return
+            if self.follow:
                 self.rotated[-1][1] = time.monotonic()  # quiet from now on: its grace starts after this read
-            seg = self.current  # type: ignore[assignment]
+                continue
+            tail = list(self._finish(old, final=True))
+            self.rotated.pop()
+            os.close(old.fd)
+            yield from tail
+        seg = self.current  # type: ignore[assignment]
         while True:
             yield from self._read_available(seg)
             if self.stop.is_set():
@@ -416,6 +430,7 @@ class LogSource:
             if short is not None:
                 log.info("%s was truncated; its copy (%s) ends at byte %d, before where the producer had read: "
                          "nothing of its old content is left to send", seg.path, short[1], short[0])
+                self.copy_keys.add(short[1])
                 return
             log.warning("%s was truncated and no uncompressed copy of its old content is beside it: whatever it "
                         "held after byte %d (src %s) was not sent", seg.path, seg.carry_start, seg.src)
@@ -423,6 +438,7 @@ class LogSource:
         fd, st = copy
         log.info("%s was truncated: reading the rest of its old content from its copy (%s) at byte %d", seg.path,
                  file_key(st), seg.read_pos)
+        self.copy_keys.add(file_key(st))
         own, seg.fd, seg.replaced = seg.fd, fd, False
         try:
             yield from self._read_available(seg)

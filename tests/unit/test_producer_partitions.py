@@ -1,0 +1,89 @@
+"""The producer's partition choice: every record of one log on one partition (its order kept), chosen stably."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+class _PartitionSink:
+    """Records (partition, key) of what the producer sends on a topic of `n` partitions; no broker involved."""
+
+    sent = failed = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.records: list[tuple[int | None, bytes]] = []
+
+    def partitions(self, topic: str) -> int:
+        return self.n
+
+    def send(self, topic, value, key, headers=None, partition=None) -> None:
+        self.records.append((partition, key))
+        self.sent += 1
+
+    def send_lines(self, topic, lines, src, off, partition) -> int:
+        for line in lines:
+            self.records.append((partition, b"lp:%s:%d" % (src, off)))
+            off += len(line) + 1
+        self.sent += len(lines)
+        return off
+
+    def flush(self, timeout: float = 120.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _produce(monkeypatch, tmp_path, log, sink, speed: str = "max"):
+    from logpipe.config import Settings
+    from logpipe.producer import run
+    from logpipe.producer.source import LogSource
+
+    monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
+    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "make_sink", lambda s: sink)
+    monkeypatch.setattr(run, "LogSource", functools.partial(LogSource, block_bytes=64))  # many blocks per file
+    s = Settings(speed=speed, producer_state_dir=str(tmp_path / "pos"))
+    return run.produce_file(s, log, progress=False)
+
+
+def _line(i: int) -> bytes:
+    return b'1.2.3.4 - - [2004-05-18 00:00:%02d] "GET / HTTP/1.1" 200 1\n' % (i % 60)
+
+
+@pytest.mark.parametrize("speed", ["max", "1000"])
+def test_every_block_of_a_log_goes_to_one_partition(monkeypatch, tmp_path, speed):
+    """On a topic of 4 partitions, a file read in many blocks: every record on one partition, in file order (before:
+    block k on partition k % 4, so the stream could read block k+1 before the rest of block k, and count those
+    in-order lines late). Also after a rename rotation (the old file's rest, then the new file) and a restart."""
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(_line(i) for i in range(40)))  # ~60 bytes a line: ~40 blocks of 64 bytes
+    sink = _PartitionSink(4)
+    assert _produce(monkeypatch, tmp_path, log, sink, speed).lines == 40
+    with log.open("ab") as f:
+        f.write(b"".join(_line(i) for i in range(40, 50)))
+    log.rename(tmp_path / "access.log.1")
+    log.write_bytes(b"".join(_line(i) for i in range(50, 60)))
+    assert _produce(monkeypatch, tmp_path, log, sink, speed).lines == 20
+    parts = {p for p, _ in sink.records}
+    assert len(parts) == 1 and parts <= set(range(4)), parts
+    keys = [k for _, k in sink.records]
+    assert len(keys) == len(set(keys)) == 60
+
+
+def test_the_partition_is_a_stable_hash_of_the_log_and_fits_the_topic():
+    """crc32 of the log's path, not Python's hash() (salted per process): the same log maps to the same partition
+    in every run, and several logs spread over the partitions."""
+    import zlib
+
+    from logpipe.producer.run import partition_of
+
+    path = "/var/log/nginx/access.log"
+    assert partition_of(path, 1) == 0 and partition_of(path, 0) == 0
+    assert partition_of(path, 8) == zlib.crc32(path.encode()) % 8
+    assert {partition_of(f"/logs/{i}.log", 4) for i in range(32)} == set(range(4))

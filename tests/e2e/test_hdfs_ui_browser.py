@@ -22,7 +22,8 @@ def test_hdfs_file_browser_lists_windows_and_alerts(demo_results, hdfs_client, t
     from playwright.sync_api import sync_playwright
 
     if shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`, as .ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make test-deps`, which `make test` runs, "
+                    "or `apt-get install -y chromium`)")
     s = demo_results.settings
     on_hdfs = {name for name, st in hdfs_client.list(s.hdfs_root, status=True) if st["type"] == "DIRECTORY"}
     assert {"windows", "alerts"} <= on_hdfs

@@ -534,6 +534,49 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
             "examples": (wrong + late + columns)[:10], "ok": not (wrong or late or columns)}
 
 
+def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Every committed alert was published to the Kafka topic `alerts_topic` (keyed by its alert_id): the topic is
+    read from its start to its end. Copies of an alert (at least once: a crash between the send and its marker) and
+    alerts of other roots (the same log on another root has the same ids) are reported, not failed."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    wanted = set(alerts["alert_id"]) if len(alerts) else set()
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, enable_auto_commit=False,
+                                 request_timeout_ms=int(timeout_s * 1000) + 5000)
+    except KafkaConfigurationError:
+        raise
+    except KafkaError as exc:
+        return {"topic": s.alerts_topic, "published": 0, "missing": len(wanted), "copies": 0,
+                "error": f"Kafka at {s.kafka_address} not reachable ({exc}): is it running? `logpipe stack status`",
+                "ok": False}
+    try:
+        parts = consumer.partitions_for_topic(s.alerts_topic) or set()
+        tps = [TopicPartition(s.alerts_topic, p) for p in sorted(parts)]
+        seen: dict[str, int] = {}
+        if tps:
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            end = consumer.end_offsets(tps)
+            deadline = time.monotonic() + timeout_s
+            while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=500).values():
+                    for r in records:
+                        key = r.key.decode("utf-8", "replace") if r.key else ""
+                        seen[key] = seen.get(key, 0) + 1
+            if any(consumer.position(tp) < end[tp] for tp in tps):
+                return {"topic": s.alerts_topic, "published": len(seen), "missing": len(wanted - set(seen)),
+                        "copies": 0, "error": f"could not read {s.alerts_topic} to its end in {timeout_s:.0f}s",
+                        "ok": False}
+    finally:
+        consumer.close()
+    missing = sorted(wanted - set(seen))
+    return {"topic": s.alerts_topic, "published": sum(seen[k] for k in wanted if k in seen), "missing": len(missing),
+            "copies": sum(seen[k] - 1 for k in wanted if seen.get(k, 0) > 1),
+            "other_alerts": len(set(seen) - wanted), "examples_missing": missing[:10], "ok": not missing}
+
+
 def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int,
                         read_until_of: dict[int, int] | None = None) -> dict[str, Any]:
     """Recall over the incidents' expected alerts, precision over raised alerts, and two detection delays in log
@@ -801,8 +844,9 @@ class VerifyReport:
 
 
 def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, strict_truth: bool = True,
-               progress: bool = False, fs: Any = None) -> VerifyReport:
-    """Recount `log_path` and compare with the job's results under s.hdfs_root (on `fs`, default WebHDFS)."""
+               progress: bool = False, fs: Any = None, alerts_on_kafka: bool = True) -> VerifyReport:
+    """Recount `log_path` and compare with the job's results under s.hdfs_root (on `fs`, default WebHDFS);
+    `alerts_on_kafka`: also check that every alert was published to the Kafka alerts topic."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -905,7 +949,9 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     alert_check = check_alerts(counts, alerts, s, replay.first_surges(s.surge_min_count, s.surge_min_share))
     del replay
     alert_check["figures"] = check_alert_figures(s, fs, alerts, size_s)
-    alert_check["ok"] = alert_check["ok"] and alert_check["figures"]["ok"]
+    alert_check["kafka"] = check_alerts_on_kafka(s, alerts) if alerts_on_kafka else None
+    alert_check["ok"] = (alert_check["ok"] and alert_check["figures"]["ok"]
+                         and (alert_check["kafka"] is None or alert_check["kafka"]["ok"]))
     truth = None
     tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
     if tp.exists():

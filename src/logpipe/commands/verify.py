@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
               f"figures off the rule {al['off_rule']}, figures unlike the running counts of their batch "
               f"{al['figures']['wrong']} of {al['figures']['checked']}, raised after the batch that first met the "
               f"rule {al['figures']['raised_late']}, other columns wrong (window_end, threshold, top_hosts, "
-              f"alert_id) {al['figures']['columns_wrong']}")
+              f"alert_id) {al['figures']['columns_wrong']}; {kafka_text(al['kafka'])}")
     if r.truth:
         tr = r.truth
         delays = [e["delay_s"] for i in tr["incidents"] for e in i["expected"] if e["delay_s"] is not None]
@@ -102,6 +102,14 @@ def run(args: argparse.Namespace) -> int:
     console.print(t)
     console.print("[bold green]verify: exact[/]" if r.ok else "[bold red]verify: MISMATCH[/]")
     return 0 if r.ok else 1
+
+
+def kafka_text(k: dict) -> str:
+    """The alerts topic's line of the report."""
+    text = f"on Kafka topic {k['topic']}: {k['missing']} not published"
+    if k.get("error"):
+        return f"{text} ({k['error']})"
+    return f"{text}, {k['copies']} copies (sent again after a crash, or by another root over the same log)"
 
 
 def results_problem(s: "Settings") -> str | None:

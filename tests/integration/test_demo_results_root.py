@@ -100,3 +100,34 @@ def test_the_demo_does_not_start_over_on_a_root_a_running_job_holds(stack, uniqu
     hdfs_client.write(lease, overwrite=True, data=json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
     fresh_results_for(s, other)
     assert hdfs_client.status(results, strict=False) is None
+
+
+def test_the_demo_does_not_delete_results_or_topics_it_did_not_make(stack, unique, tmp_path: Path, hdfs_client):
+    """A root holding `logpipe stream` results (no `_source.json`: not the demo's), or a topic filled by hand
+    while the root is empty: the demo exits naming what it would delete, and deletes nothing; with --fresh it
+    starts over."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from logpipe.commands.demo import fresh_results_for
+
+    s = stack.with_overrides(topic=f"demo-{unique}", alerts_topic=f"alerts-{unique}",
+                             hdfs_root=f"/tests/demo-{unique}", producer_state_dir=str(tmp_path / "pos"))
+    log = tmp_path / "a.log"
+    log.write_bytes(b"1.2.3.4 - - [2004-05-18 05:58:48] \"GET / HTTP/1.1\" 200 1\n")
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        admin.create_topics([NewTopic(s.topic, 1, 1)])
+    finally:
+        admin.close()
+    with pytest.raises(SystemExit, match=f"would delete the Kafka topic {s.topic}: .*--fresh"):
+        fresh_results_for(s, log)
+    assert s.topic in _topics(s)
+    results = f"{s.hdfs_root}/_commits/ingest/b0000000000.json"
+    hdfs_client.write(results, data=b"{}", overwrite=True)
+    with pytest.raises(SystemExit, match=f"the HDFS root {s.hdfs_root} \\(results the demo did not make\\)"):
+        fresh_results_for(s, log)
+    assert hdfs_client.status(results, strict=False) is not None and s.topic in _topics(s)
+    fresh_results_for(s, log, fresh=True)
+    assert hdfs_client.status(results, strict=False) is None and s.topic not in _topics(s)
+    fresh_results_for(s, log)  # the demo's own root now: kept, no question asked
+    assert hdfs_client.status(f"{s.hdfs_root}/_source.json", strict=False) is not None

@@ -31,7 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--client", choices=["kafka-python", "confluent"], default=None)
     p.add_argument("--report", type=Path, default=None,
                    help="where verify writes its JSON report (default: <run dir>/demo-verify.json)")
-    add_setting_flags(p, "topic", "hdfs_root")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over on a root or topics the demo did not make (their results and records are "
+                        "deleted); without it the demo refuses and says what it would delete")
+    add_setting_flags(p, "topic", "alerts_topic", "hdfs_root")
+    p.epilog = ("The demo keeps its results while they come from the same log and settings; otherwise it starts "
+                "over: it deletes its HDFS root, its topic and alerts topic and the producer's positions (and says "
+                "so). A root or topics it did not make are deleted only with --fresh.")
     p.set_defaults(func=run)
 
 
@@ -55,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     log.info("== stack up")
     services.up(s, progress=log.info)
-    env = {**os.environ, "LOGPIPE_TOPIC": s.topic, "LOGPIPE_HDFS_ROOT": s.hdfs_root}
+    env = {**os.environ, "LOGPIPE_TOPIC": s.topic, "LOGPIPE_ALERTS_TOPIC": s.alerts_topic,
+           "LOGPIPE_HDFS_ROOT": s.hdfs_root}
     timings: dict[str, float] = {}
     # an existing log is never overwritten (data/access.log may be the user's own); without its ground truth,
     # verify checks the counts and the alert rules, not recall against planted incidents
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("%s has no ground truth beside it (%s): verify checks the window counts and the alert rules, not "
                  "planted incidents (delete the log to have the demo make its sample again)", args.log,
                  truth_path(args.log).name)
-    fresh_results_for(s, args.log)
+    fresh_results_for(s, args.log, fresh=args.fresh)
     produce = ["produce", str(args.log)] + (["--client", args.client] if args.client else [])
     timings["produce"], _ = _step("produce", produce, env)
     timings["stream"], _ = _step("stream --until-done", ["stream", "--until-done"], env)
@@ -134,10 +141,12 @@ def refuse_if_a_run_holds(s: Settings, client: "InsecureClient") -> None:
                          f"renewed {age:.0f}s ago): stop that run, or give the demo another root (--hdfs-root)")
 
 
-def fresh_results_for(s: Settings, log_path: Path) -> None:
+def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     """Results, topic and producer position must all come from this log and these settings: if the demo's HDFS root
     holds results of another log (e.g. the sample was regenerated) or of other settings (window, slide, watermark,
-    alert rules), start over instead of mixing the two."""
+    alert rules), start over instead of mixing the two. A root the demo did not make (no `_source.json`) that holds
+    results, or topics that exist without such a root (e.g. `logpipe produce` run by hand), are the user's: deleted
+    only with `fresh`, else the demo exits saying what it would delete."""
     import shutil
 
     from hdfs import InsecureClient
@@ -146,6 +155,12 @@ def fresh_results_for(s: Settings, log_path: Path) -> None:
     client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
     marker = s.hdfs_path("_source.json")
     ident = _log_identity(log_path)
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        topics = [t for t in dict.fromkeys((s.topic, s.alerts_topic)) if t in admin.list_topics()]
+    finally:
+        admin.close()
+    positions = (s.producer_state_dir or s.run_dir / "producer") / s.topic
     if client.status(marker, strict=False) is not None:
         with client.read(marker) as f:
             same_log = json.loads(f.read()) == ident
@@ -155,12 +170,23 @@ def fresh_results_for(s: Settings, log_path: Path) -> None:
         why = "; ".join(other) if same_log else f"it does not hold results of {log_path}"
     else:
         why = f"it does not hold results of {log_path}"
+        theirs = ([f"the HDFS root {s.hdfs_root} (results the demo did not make)"]
+                  if client.status(s.hdfs_path("_commits"), strict=False) is not None else [])
+        theirs += [f"the Kafka topic {t}" for t in topics]
+        if theirs and not fresh:
+            raise SystemExit(
+                f"demo: {s.hdfs_root} has no results of the demo, and starting there would delete "
+                f"{', '.join(theirs)}{' and the producer positions in ' + str(positions) if positions.exists() else ''}"
+                ": give the demo its own root and topics (--hdfs-root, --topic, --alerts-topic), or pass --fresh "
+                "to delete them")
     refuse_if_a_run_holds(s, client)
-    log.info("starting over on %s: %s", s.hdfs_root, why)
+    doomed = [f"HDFS {s.hdfs_root}"] if client.status(s.hdfs_root, strict=False) is not None else []
+    doomed += [f"topic {t}" for t in topics] + ([f"positions {positions}"] if positions.exists() else [])
+    log.info("starting over on %s: %s%s", s.hdfs_root, why, f"; deleting {', '.join(doomed)}" if doomed else "")
     client.delete(s.hdfs_root, recursive=True)
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
     try:
-        stale = [t for t in (s.topic, s.alerts_topic) if t in admin.list_topics()]
+        stale = [t for t in topics if t in admin.list_topics()]
         if stale:
             admin.delete_topics(stale)
             deadline = time.monotonic() + 60  # deletion is asynchronous: wait until the names are free again
@@ -168,7 +194,7 @@ def fresh_results_for(s: Settings, log_path: Path) -> None:
                 time.sleep(0.5)
     finally:
         admin.close()
-    shutil.rmtree((s.producer_state_dir or s.run_dir / "producer") / s.topic, ignore_errors=True)
+    shutil.rmtree(positions, ignore_errors=True)
     client.write(marker, data=json.dumps(ident), overwrite=True)
 
 
@@ -209,4 +235,5 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
     for name, url in services.urls(s).items():
         console.print(f"{name}: {url}")
     console.print(f"results on HDFS: {s.hdfs_root}/{{events,windows/by_host,windows/by_status,alerts,quarantine,late}}")
-    console.print("notebook: .venv/bin/jupyter lab notebooks/Section_A_Log_Analytics_Demo.ipynb")
+    root = "" if s.hdfs_root == Settings.model_fields["hdfs_root"].default else f"LOGPIPE_HDFS_ROOT={s.hdfs_root} "
+    console.print(f"notebook: {root}.venv/bin/jupyter lab notebooks/Section_A_Log_Analytics_Demo.ipynb")

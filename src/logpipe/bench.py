@@ -242,9 +242,12 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     if "batch-reference" in by:
         ratios["stream_vs_batch"] = round(by["stream"].lines_per_s / by["batch-reference"].lines_per_s, 3)
     result = {
-        "date": stamp, "machine": machine_info(), "versions": versions(), "client": client,
+        "date": stamp, "machine": machine_info(), "versions": versions(s), "client": client,
         "size_bytes": log_path.stat().st_size, "lines": lines, "log": str(log_path), "topic": topic, "hdfs_root": root,
         "settings": {k: getattr(s, k) for k in REPORTED_SETTINGS},
+        # every setting the stages ran with (those not in REPORTED_SETTINGS reach them from the environment), and the
+        # run's own parameters: results of two runs can be compared knowing all that differed
+        "all_settings": json.loads(s.model_dump_json()), "seed": seed, "idle_s": idle_s,
         "stages": [st.as_dict() for st in stages],
         "end_to_end": e2e.as_dict(),
         "end_to_end_sequential": e2e_seq.as_dict(),
@@ -317,11 +320,32 @@ def machine_info() -> dict[str, Any]:
             "platform": platform.platform(), "python": platform.python_version()}
 
 
-def versions() -> dict[str, str]:
+def versions(s: Settings | None = None) -> dict[str, Any]:
+    """The versions a result depends on: Python packages, the Kafka and Hadoop of the stack's poms, the Java that
+    Spark and the services run on, and the code's git commit (with `dirty` if it had uncommitted changes)."""
     from importlib.metadata import version
 
-    return {p: version(p) for p in ("pyspark", "kafka-python", "confluent-kafka")} | {
-        "kafka_broker": "4.1.1", "hadoop": "3.5.0"}
+    out: dict[str, Any] = {p: version(p) for p in ("pyspark", "kafka-python", "confluent-kafka")}
+    poms = Path(services.__file__).parent / "poms"
+    for key, pom, prop in (("kafka_broker", "kafka.xml", "kafka.version"), ("hadoop", "hdfs.xml", "hadoop.version")):
+        m = re.search(rf"<{re.escape(prop)}>([^<]+)<", (poms / pom).read_text())
+        out[key] = m.group(1) if m else "?"
+    if s is not None:
+        try:
+            home, release = services.spark_java_home(s)
+            out["spark_java"] = f"{release} ({home})"
+            out["services_java"] = services.java_binary(s)
+        except Exception as exc:  # noqa: BLE001 (a missing Java fails the run elsewhere, with its own message)
+            out["spark_java"] = f"? ({exc})"
+    try:
+        git = ["git", "-C", str(PROJECT_ROOT)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        out["commit"] = head + (" (dirty)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        out["commit"] = "? (not a git checkout)"
+    return out
 
 
 def verified_exact(r: dict[str, Any]) -> bool:

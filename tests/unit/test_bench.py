@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.unit
@@ -39,3 +41,20 @@ def test_bench_row_shows_both_end_to_end_figures_and_needs_both_runs_exact():
     assert not verified_exact(_result(pipeline=True, pipeline_ok=False))
     assert not verified_exact(_result(pipeline=True, ok=False))
     assert markdown_row(_result(pipeline=True, pipeline_ok=False)).endswith("| MISMATCH |")
+
+
+def test_a_result_records_the_versions_and_commit_it_ran_with():
+    """Two results can be compared only knowing what differed: the stack's Kafka and Hadoop (from its poms), the
+    Java Spark ran on, and the code's commit."""
+    import re
+
+    from logpipe.bench import versions
+    from logpipe.config import load_settings
+    from logpipe.stack import services
+
+    v = versions(load_settings())
+    pom = (Path(services.__file__).parent / "poms" / "kafka.xml").read_text()
+    assert f"<kafka.version>{v['kafka_broker']}</kafka.version>" in pom
+    assert re.fullmatch(r"\d+\.\d+\.\d+", v["hadoop"])
+    assert re.match(r"\d+ \(", v["spark_java"]), v["spark_java"]
+    assert re.fullmatch(r"[0-9a-f]{40}( \(dirty\))?", v["commit"]), v["commit"]

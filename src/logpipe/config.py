@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     linger_ms: int = Field(20, ge=0)
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
 
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_absolute(cls, v: Path) -> Path:
+        # the services start with cwd=run_dir and get paths inside it: a relative one would point nowhere
+        return v.expanduser().resolve()
+
     @field_validator("window", "slide", "watermark")  # the job's window and horizon arithmetic reads them
     @classmethod
     def _duration_is_an_interval(cls, v: str) -> str:

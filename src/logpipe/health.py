@@ -178,6 +178,41 @@ def probe_namenode_ui(webhdfs: str) -> None:
         raise NotReady("explorer.html is served but is not the HDFS file browser")
 
 
+def datanode_info(datanode_http: str) -> dict:
+    """The DataNode's own DataNodeInfo JMX bean (ports, block-pool actors, volumes), from its web server."""
+    body = http_get(f"{datanode_http.rstrip('/')}/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo")
+    beans = json.loads(body).get("beans", [])
+    if not beans:
+        raise NotReady(f"DataNode JMX at {datanode_http} has no DataNodeInfo bean yet")
+    return beans[0]
+
+
+def probe_datanode(host: str, data_port: int, datanode_http: str) -> dict:
+    """This DataNode runs and has registered with its NameNode, asked of the DataNode itself (the NameNode keeps
+    listing a dead DataNode as live for a while): its data port accepts connections, its JMX answers and one of
+    its block-pool actors is RUNNING (it reaches that state once registered). Returns its DataNodeInfo bean."""
+    probe_port(host, data_port)
+    info = datanode_info(datanode_http)
+    try:
+        actors = json.loads(info.get("BPServiceActorInfo") or "[]")
+    except ValueError as exc:
+        raise NotReady(f"DataNode JMX at {datanode_http}: unreadable BPServiceActorInfo") from exc
+    if not any(a.get("ActorState") == "RUNNING" and a.get("BlockPoolID") for a in actors):
+        states = ", ".join(f"{a.get('NamenodeAddress', '?')}: {a.get('ActorState', '?')}" for a in actors) or "none"
+        raise NotReady(f"DataNode at {datanode_http} has not registered with the NameNode yet (block-pool actors: "
+                       f"{states}; INIT_FAILED or FAILED: see the DataNode log, e.g. 'Incompatible clusterIDs' "
+                       "after the NameNode was formatted again)")
+    return info
+
+
+def probe_datanode_ready(host: str, data_port: int, datanode_http: str, webhdfs: str) -> dict:
+    """A (re)started DataNode is ready: it answers itself (probe_datanode) and HDFS, as the NameNode sees it, is
+    writable and readable (probe_hdfs_ready). What the native stack waits for after starting a DataNode. Returns
+    the NameNode's NameNodeInfo bean."""
+    probe_datanode(host, data_port, datanode_http)
+    return probe_hdfs_ready(webhdfs)
+
+
 def wait_for_kafka(bootstrap: str, timeout: float = 60.0) -> int:
     return wait_until(lambda: probe_kafka(bootstrap), what=f"Kafka at {bootstrap}", timeout=timeout,
                       hint="Check that the broker runs (`logpipe stack status`) and its log; "

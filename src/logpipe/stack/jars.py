@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import shutil
@@ -35,7 +36,9 @@ def _digest(pom: Path) -> str:
 def resolve(name: str, jars_root: Path) -> Path:
     """The folder holding the jars of classpath `name`, resolving them with `mvn` the first time.
 
-    A marker with the pom's digest makes this a no-op until the pom changes.
+    A marker with the pom's digest makes this a no-op until the pom changes. An exclusive flock on
+    <jars_root>/.<name>.lock makes concurrent callers (`stack up`, a Spark session) wait for one another's mvn run
+    instead of deleting each other's jars.
     """
     pom = pom_path(name)
     target = jars_root / name
@@ -43,6 +46,19 @@ def resolve(name: str, jars_root: Path) -> Path:
     digest = _digest(pom)
     if marker.is_file() and marker.read_text().strip() == digest:
         return target
+    jars_root.mkdir(parents=True, exist_ok=True)
+    with (jars_root / f".{name}.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another process resolving the %s jars into %s ...", name, target)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file() and marker.read_text().strip() == digest:  # the other process did it
+            return target
+        return _resolve_locked(name, pom, target, marker, digest)
+
+
+def _resolve_locked(name: str, pom: Path, target: Path, marker: Path, digest: str) -> Path:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise StackError("`mvn` (Apache Maven 3.6+) is not on PATH: it resolves the Kafka/HDFS/Spark jars. "

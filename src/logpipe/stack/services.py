@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import logging
 import os
@@ -10,10 +11,13 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -26,6 +30,8 @@ from logpipe.stack.jars import StackError, classpath, resolve
 log = logging.getLogger(__name__)
 
 MIN_JAVA = 17
+LOG_ROTATE_BYTES = 20 << 20  # a service log over this size moves to <service>.log.1 when the service starts
+PID_START_SLACK_S = 5.0  # a recorded start time and the process's create time differ by at most this much
 
 
 # ------------------------------------------------------------------------------------------------
@@ -60,6 +66,64 @@ class Layout:
 
     def pid_file(self, service: str) -> Path:
         return self.pids / f"{service}.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "stack.lock"
+
+
+# ------------------------------------------------------------------------------------------------
+# one stack operation at a time per run folder
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Held:
+    guard: threading.RLock = field(default_factory=threading.RLock)
+    depth: int = 0
+    fd: int | None = None
+
+
+_HELD: dict[Path, _Held] = {}
+_HELD_GUARD = threading.Lock()
+
+
+@contextmanager
+def stack_lock(run_dir: Path, what: str = "stack operation") -> Iterator[None]:
+    """Hold an exclusive flock on <run_dir>/stack.lock: `stack up`, `stack down`, start_service and stop_service of
+    one run folder run one at a time (no two mvn runs into one jars folder, no double format or start). Blocks,
+    with a log line naming the holder, while another process holds it. Re-entrant within a process (up() calls
+    _start, down() calls stop_service); other threads of this process wait like other processes do."""
+    path = Layout(Path(run_dir)).lock_file
+    with _HELD_GUARD:
+        held = _HELD.setdefault(path, _Held())
+    with held.guard:
+        if held.depth == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the JVMs (O_CLOEXEC)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+                    log.warning("waiting for %s to finish: it holds %s (another `logpipe stack` run or a test "
+                                "session on this run folder)", holder, path)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} ({what}: {' '.join(sys.argv)[:200]})\n".encode(), 0)
+            except BaseException:
+                os.close(fd)
+                raise
+            held.fd = fd
+        held.depth += 1
+        try:
+            yield
+        finally:
+            held.depth -= 1
+            if held.depth == 0 and held.fd is not None:
+                fd, held.fd = held.fd, None
+                try:
+                    os.ftruncate(fd, 0)
+                finally:
+                    os.close(fd)  # releases the flock
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,6 +283,10 @@ def write_configs(s: Settings, lay: Layout) -> None:
         "log4j.logger.BlockStateChange=WARN",
         "log4j.logger.org.apache.hadoop.hdfs.server.namenode.FSNamesystem.audit=WARN",
         "log4j.logger.org.apache.hadoop.hdfs.server.datanode.DataNode.clienttrace=WARN",
+        # per-block INFO lines: most of a busy DataNode's log
+        "log4j.logger.org.apache.hadoop.hdfs.server.datanode.fsdataset.impl.FsDatasetImpl=WARN",
+        "log4j.logger.org.apache.hadoop.hdfs.server.datanode.fsdataset.impl.FsDatasetAsyncDiskService=WARN",
+        "log4j.logger.datanode.webhdfs=WARN",
         "",
     ]))
 
@@ -270,19 +338,39 @@ def _read_pid(lay: Layout, name: str) -> dict | None:
         return None
 
 
+def _names_run_dir(cmd: list[str], root: Path) -> bool:
+    """True if an argument of cmd holds a path inside root (not merely starting like it: /tmp/lp vs /tmp/lp2),
+    whole or after a ':' or '=' (classpath entries, -Dkey=path, file:path)."""
+    inside = re.compile(r"(?:^|[:=])" + re.escape(str(root).rstrip(os.sep) + os.sep))
+    return any(inside.search(arg) for arg in cmd)
+
+
 def running_pid(lay: Layout, svc: Service) -> int | None:
-    """The pid of our running instance of svc, checked against its command line (no pid-reuse mistakes)."""
+    """The pid of our running instance of svc: the recorded pid, if that process started when recorded (a pid
+    reused after a reboot is not ours) and its command line runs svc's main class from this run folder."""
     rec = _read_pid(lay, svc.name)
     if not rec:
         return None
     try:
-        proc = psutil.Process(rec["pid"])
-        if proc.status() == psutil.STATUS_ZOMBIE:
+        pid, started = int(rec["pid"]), float(rec["started"])
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - started) > PID_START_SLACK_S:
             return None
         cmd = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except (KeyError, TypeError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return rec["pid"] if svc.main_class in cmd and str(lay.root) in " ".join(cmd) else None
+    return pid if svc.main_class in cmd and _names_run_dir(cmd, lay.root) else None
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES) -> bool:
+    """Move path to path.1 (replacing an older one) if it is over max_bytes. True if it moved."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    path.replace(path.with_name(path.name + ".1"))
+    return True
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
@@ -304,6 +392,7 @@ def _port_owner(port: int) -> str:
 
 
 def _run_once(java: str, cmd: list[str], log_path: Path, what: str) -> None:
+    rotate_log(log_path)
     with log_path.open("a") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
@@ -337,7 +426,19 @@ def _ready_probe(s: Settings, name: str) -> Callable[[], object]:
             health.probe_port(s.bind_host, s.namenode_rpc_port)
             health.probe_namenode_ui(s.webhdfs_address)
         return nn
-    return lambda: health.probe_hdfs_ready(s.webhdfs_address)
+    # the DataNode itself, not only the NameNode: that lists a dead DataNode as live for a while after it died
+    return lambda: health.probe_datanode_ready(s.bind_host, s.datanode_data_port,
+                                               f"http://{s.bind_host}:{s.datanode_http_port}", s.webhdfs_address)
+
+
+def _ready_hint(s: Settings, lay: Layout, name: str) -> str:
+    hint = f"Check its log: {lay.log_file(name)}."
+    if name == "datanode":
+        hint += (f" Its own state: http://{s.bind_host}:{s.datanode_http_port}/jmx?qry=Hadoop:service=DataNode,"
+                 f"name=DataNodeInfo (ActorState RUNNING once registered); the NameNode's: {s.webhdfs_address}"
+                 "/dfshealth.html#tab-datanode.")
+    return hint + (" It is left running (it may still come up: `logpipe stack status`); `logpipe stack down` "
+                   "stops it")
 
 
 def _start(s: Settings, lay: Layout, java: str, svc: Service) -> tuple[int, bool]:
@@ -351,6 +452,7 @@ def _start(s: Settings, lay: Layout, java: str, svc: Service) -> tuple[int, bool
         cmd = _java_cmd(java, lay.jars / svc.jars, lay, svc.main_class, svc.args, svc.heap,
                         "kafka" if svc.jars == "kafka" else "hdfs")
         log_path = lay.log_file(svc.name)
+        rotate_log(log_path)
         with log_path.open("a") as out:
             out.write(f"\n===== logpipe: starting {svc.name} at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
             out.flush()
@@ -370,18 +472,26 @@ def _start(s: Settings, lay: Layout, java: str, svc: Service) -> tuple[int, bool
             return None if running_pid(lay, svc) else "process vanished"
 
     health.wait_until(_ready_probe(s, svc.name), what=svc.name, timeout=s.stack_timeout_s, alive=alive,
-                      hint=f"Check its log: {lay.log_file(svc.name)}. It is left running (it may still come up: "
-                           f"`logpipe stack status`); `logpipe stack down` stops it")
+                      hint=_ready_hint(s, lay, svc.name))
     return pid, started
+
+
+# the classpaths `up` resolves: the services' and Spark's Kafka connector, so that streaming works offline after it
+UP_CLASSPATHS = ("kafka", "hdfs", "spark-kafka")
 
 
 def up(s: Settings, progress: Callable[[str], None] = print) -> list[dict]:
     """Resolve jars, write configs, format once, start every service and wait until all are ready."""
+    with stack_lock(s.run_dir, "stack up"):
+        return _up(s, progress)
+
+
+def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
     lay = Layout(s.run_dir)
     for d in (lay.logs, lay.pids, lay.data, lay.jars):
         d.mkdir(parents=True, exist_ok=True)
     java = java_binary(s)
-    for name in ("kafka", "hdfs"):
+    for name in UP_CLASSPATHS:
         t = time.monotonic()
         resolve(name, lay.jars)
         if time.monotonic() - t > 1:
@@ -396,42 +506,56 @@ def up(s: Settings, progress: Callable[[str], None] = print) -> list[dict]:
     return status(s)
 
 
-def _stop_pid(pid: int, timeout: float) -> None:
+def _stop_pid(pid: int, timeout: float, *, kill: bool = False) -> None:
+    """SIGTERM pid and wait up to `timeout` s, then SIGKILL (at once with kill=True) and wait until it has ended.
+    A process already gone is fine; raises StackError if it outlives SIGKILL by `timeout` s."""
     try:
         proc = psutil.Process(pid)
-        proc.send_signal(signal.SIGTERM)
+        if not kill:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+                return
+            except psutil.TimeoutExpired:
+                log.warning("pid %d did not end %.0fs after SIGTERM: sending SIGKILL", pid, timeout)
+        proc.kill()
         proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        psutil.Process(pid).kill()
     except psutil.NoSuchProcess:
         pass
+    except psutil.TimeoutExpired as exc:
+        raise StackError(f"pid {pid} still runs {timeout:.0f}s after SIGKILL (stuck in the kernel, e.g. on a hung "
+                         f"disk: see `ps -o pid,stat,wchan -p {pid}`)") from exc
 
 
 def stop_service(s: Settings, name: str, *, kill: bool = False, timeout: float = 30.0) -> bool:
-    """Stop one service we started (SIGTERM, or SIGKILL with kill=True). True if it was running."""
+    """Stop one service we started (SIGTERM, or SIGKILL with kill=True) and wait until its process has ended.
+    True if it was running."""
     lay = Layout(s.run_dir)
     svc = next(x for x in services(s, lay) if x.name == name)
-    pid = running_pid(lay, svc)
-    if pid is None:
-        return False
-    if kill:
-        psutil.Process(pid).kill()
-        psutil.Process(pid).wait(timeout) if psutil.pid_exists(pid) else None
-    else:
-        _stop_pid(pid, timeout)
-    lay.pid_file(name).unlink(missing_ok=True)
-    return True
+    with stack_lock(s.run_dir, f"stop {name}"):
+        pid = running_pid(lay, svc)
+        if pid is None:
+            return False
+        _stop_pid(pid, timeout, kill=kill)
+        lay.pid_file(name).unlink(missing_ok=True)
+        return True
 
 
 def start_service(s: Settings, name: str) -> int:
     """(Re)start one service and wait until it is ready (for fault tests)."""
     lay = Layout(s.run_dir)
     svc = next(x for x in services(s, lay) if x.name == name)
-    return _start(s, lay, java_binary(s), svc)[0]
+    with stack_lock(s.run_dir, f"start {name}"):
+        return _start(s, lay, java_binary(s), svc)[0]
 
 
 def down(s: Settings, wipe: bool = False, progress: Callable[[str], None] = print) -> None:
     """Stop the services we started (reverse order), by recorded pid. wipe=True also deletes their data."""
+    with stack_lock(s.run_dir, "stack down"):
+        _down(s, wipe, progress)
+
+
+def _down(s: Settings, wipe: bool, progress: Callable[[str], None]) -> None:
     lay = Layout(s.run_dir)
     for svc in reversed(services(s, lay)):
         if stop_service(s, svc.name):

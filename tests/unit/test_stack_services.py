@@ -1,0 +1,302 @@
+"""The native stack's process handling without a JVM: the run-folder lock, absolute run folders, log rotation, pid
+checks and stopping, on temp run folders with short-lived Python processes standing in for the services."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from logpipe.cli import build_parser, settings_from_args
+from logpipe.config import Settings, load_settings
+from logpipe.stack import services
+from logpipe.stack.jars import CLASSPATHS, StackError
+
+pytestmark = pytest.mark.unit
+
+KAFKA_MAIN = "kafka.Kafka"
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "lp"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen]]:
+    """Children a test starts; killed at its end."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+
+
+def _settings(run_dir: Path, free_ports, **kw: object) -> Settings:
+    ports = free_ports(7)
+    names = ("kafka_port", "kafka_controller_port", "namenode_rpc_port", "namenode_http_port", "datanode_http_port",
+             "datanode_data_port", "datanode_ipc_port")
+    return Settings(run_dir=run_dir, bind_host="127.0.0.1", **dict(zip(names, ports)), **kw)
+
+
+def _fake_service(procs: list, *args: str, ignore_term: bool = False) -> subprocess.Popen:
+    """A sleeping Python process whose command line holds `args` (a main class, paths), like a service JVM."""
+    code = "import signal, sys, time\n"
+    if ignore_term:
+        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    code += "print('ready', flush=True)\ntime.sleep(60)\n"
+    p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _record(lay: services.Layout, name: str, pid: int, started: float) -> None:
+    lay.pids.mkdir(parents=True, exist_ok=True)
+    lay.pid_file(name).write_text(f'{{"pid": {pid}, "main": "x", "started": {started}}}')
+
+
+def _kafka(s: Settings) -> services.Service:
+    return services.services(s, services.Layout(s.run_dir))[0]
+
+
+def _lock_is_held(run_dir: Path) -> bool:
+    """True if someone (this process included: flock conflicts between open files) holds run_dir/stack.lock."""
+    with open(run_dir / "stack.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+# ---- 2: one stack operation at a time ------------------------------------------------------------------------
+def test_start_service_waits_while_another_process_holds_the_lock(run_dir, free_ports, monkeypatch, caplog):
+    s = _settings(run_dir, free_ports)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        "f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+        "f.write('pid 1 (stack up: the other run)'); f.flush(); print('locked', flush=True); time.sleep(1.0)\n"),
+        str(run_dir / "stack.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        ran_after: list[float] = []
+        monkeypatch.setattr(services, "java_binary", lambda _s: "java")
+        monkeypatch.setattr(services, "_start", lambda *a: (ran_after.append(time.monotonic() - t0), (123, True))[1])
+        with caplog.at_level(logging.INFO, logger="logpipe.stack.services"):
+            assert services.start_service(s, "kafka") == 123
+        assert len(ran_after) == 1 and ran_after[0] > 0.7  # only once the holder let go (after its 1 s)
+        assert "the other run" in caplog.text and "stack.lock" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait(5)
+
+
+def test_up_holds_the_lock_throughout_and_is_reentrant(run_dir, free_ports, monkeypatch):
+    """up() resolves (also Spark's connector) and starts under the lock; stop_service inside it does not deadlock."""
+    s = _settings(run_dir, free_ports)
+    seen: list[tuple[str, bool]] = []
+    monkeypatch.setattr(services, "java_binary", lambda _s: "java")
+    monkeypatch.setattr(services, "resolve", lambda name, root: seen.append((name, _lock_is_held(run_dir))))
+    monkeypatch.setattr(services, "_format_if_needed", lambda *a: seen.append(("format", _lock_is_held(run_dir))))
+
+    def start(s_: Settings, lay: services.Layout, java: str, svc: services.Service) -> tuple[int, bool]:
+        services.stop_service(s_, svc.name)  # takes the lock again, in the same thread
+        seen.append((svc.name, _lock_is_held(run_dir)))
+        return 1, False
+
+    monkeypatch.setattr(services, "_start", start)
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(services.up(s, progress=lambda m: None)), daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "up() deadlocked on its own lock"
+    assert [n for n, _ in seen] == ["kafka", "hdfs", "spark-kafka", "format", "kafka", "namenode", "datanode"]
+    assert all(held for _, held in seen)
+    assert not _lock_is_held(run_dir)  # released at the end
+    assert result and [r["service"] for r in result[0]] == ["kafka", "namenode", "datanode"]
+
+
+def test_another_thread_waits_for_the_lock(run_dir):
+    order: list[str] = []
+
+    def other() -> None:
+        with services.stack_lock(run_dir):
+            order.append("t")
+
+    with services.stack_lock(run_dir):
+        t = threading.Thread(target=other)
+        t.start()
+        time.sleep(0.3)
+        order.append("main")
+    t.join(5)
+    assert order == ["main", "t"]
+
+
+# ---- 7: jars for streaming offline ---------------------------------------------------------------------------
+def test_up_resolves_the_spark_kafka_connector(run_dir, free_ports, monkeypatch):
+    s = _settings(run_dir, free_ports)
+    resolved: list[str] = []
+    monkeypatch.setattr(services, "java_binary", lambda _s: "java")
+    monkeypatch.setattr(services, "resolve", lambda name, root: resolved.append(name))
+    monkeypatch.setattr(services, "_format_if_needed", lambda *a: None)
+    monkeypatch.setattr(services, "_start", lambda *a: (1, False))
+    services.up(s, progress=lambda m: None)
+    assert "spark-kafka" in resolved and "spark-kafka" in CLASSPATHS
+
+
+# ---- 3: a relative run folder ----------------------------------------------------------------------------------
+def test_relative_run_dir_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings(run_dir="x").run_dir == tmp_path.resolve() / "x"
+    assert Settings(run_dir="~/lp").run_dir == (tmp_path / "home" / "lp").resolve()
+    monkeypatch.setenv("LOGPIPE_RUN_DIR", "from-env")
+    assert load_settings().run_dir == tmp_path.resolve() / "from-env"
+    args = build_parser().parse_args(["stack", "status", "--run-dir", "from-flag"])
+    assert settings_from_args(args).run_dir == tmp_path.resolve() / "from-flag"
+
+
+# ---- 4: service logs -------------------------------------------------------------------------------------------
+def test_service_log_rotates_at_start(run_dir, free_ports, monkeypatch, procs):
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    for d in (lay.logs, lay.pids, lay.jars / "kafka"):
+        d.mkdir(parents=True, exist_ok=True)
+    big = lay.log_file("kafka")
+    with big.open("wb") as f:
+        f.write(b"old run\n")
+        f.truncate(services.LOG_ROTATE_BYTES + 1)  # sparse: no 20 MB written
+    (lay.logs / "kafka.log.1").write_text("the run before\n")
+    monkeypatch.setattr(services, "_java_cmd", lambda *a: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(services, "_ready_probe", lambda s_, name: lambda: None)
+    pid, started = services._start(s, lay, "java", _kafka(s))
+    try:
+        assert started
+        old = lay.logs / "kafka.log.1"
+        assert old.stat().st_size == services.LOG_ROTATE_BYTES + 1 and old.read_bytes().startswith(b"old run")
+        assert big.stat().st_size < 1000 and "logpipe: starting kafka" in big.read_text()
+        assert not services.rotate_log(big)  # small: stays
+    finally:
+        psutil.Process(pid).kill()
+        psutil.Process(pid).wait(5)
+
+
+def test_noisy_datanode_loggers_are_lowered(run_dir, free_ports):
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    services.write_configs(s, lay)
+    conf = (lay.conf / "hadoop" / "log4j.properties").read_text()
+    for logger in ("fsdataset.impl.FsDatasetImpl", "fsdataset.impl.FsDatasetAsyncDiskService", "datanode.webhdfs"):
+        assert f"{logger}=WARN" in conf
+
+
+# ---- 5: whose pid is it -------------------------------------------------------------------------------------
+def test_pid_of_a_service_in_another_run_folder_is_not_ours(tmp_path, free_ports, procs):
+    s = _settings(tmp_path / "lp", free_ports)
+    lay = services.Layout(s.run_dir)
+    other = _fake_service(procs, KAFKA_MAIN, f"{tmp_path / 'lp2'}/conf/kafka/server.properties")
+    _record(lay, "kafka", other.pid, psutil.Process(other.pid).create_time())
+    assert services.running_pid(lay, _kafka(s)) is None
+
+
+def test_pid_started_at_another_time_is_not_ours(run_dir, free_ports, procs):
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    p = _fake_service(procs, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties")
+    created = psutil.Process(p.pid).create_time()
+    _record(lay, "kafka", p.pid, created - 3600)  # recorded before a reboot; the pid now belongs to someone else
+    assert services.running_pid(lay, _kafka(s)) is None
+    _record(lay, "kafka", p.pid, created + 0.5)
+    assert services.running_pid(lay, _kafka(s)) == p.pid
+
+
+def test_run_folder_found_in_classpath_and_option_values(run_dir, free_ports, procs):
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    p = _fake_service(procs, f"-Dhadoop.log.dir={run_dir}/logs", "-cp", f"/opt/x.jar:{run_dir}/jars/hdfs/a.jar",
+                      "org.apache.hadoop.hdfs.server.namenode.NameNode")
+    _record(lay, "namenode", p.pid, psutil.Process(p.pid).create_time())
+    assert services.running_pid(lay, services.services(s, lay)[1]) == p.pid
+
+
+# ---- 6: stopping -----------------------------------------------------------------------------------------------
+def test_stop_waits_for_the_end_after_sigkill(run_dir, free_ports, procs, monkeypatch):
+    p = _fake_service(procs, "stubborn", ignore_term=True)
+    calls: list[str] = []
+
+    class Spy(psutil.Process):
+        def kill(self) -> None:
+            calls.append("kill")
+            super().kill()
+
+        def wait(self, timeout: float | None = None) -> int | None:
+            calls.append("wait")
+            return super().wait(timeout)
+
+    monkeypatch.setattr(services.psutil, "Process", Spy)
+    services._stop_pid(p.pid, timeout=0.3)
+    assert calls == ["wait", "kill", "wait"]  # SIGTERM ignored: SIGKILL, then wait for the end
+    assert not psutil.pid_exists(p.pid)
+
+
+def test_stop_raises_when_a_process_outlives_sigkill(monkeypatch):
+    class Stuck:
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+        def send_signal(self, sig: int) -> None:
+            pass
+
+        def kill(self) -> None:
+            pass
+
+        def wait(self, timeout: float | None = None) -> None:
+            raise psutil.TimeoutExpired(timeout, self.pid)
+
+    monkeypatch.setattr(services.psutil, "Process", Stuck)
+    with pytest.raises(StackError, match="still runs .* after SIGKILL"):
+        services._stop_pid(4242, timeout=0.1)
+
+
+def test_kill_of_a_process_that_just_ended_is_fine(run_dir, free_ports, monkeypatch):
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    _record(lay, "kafka", 4242, time.time())
+
+    class Gone:
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+        def kill(self) -> None:
+            raise psutil.NoSuchProcess(self.pid)
+
+        wait = kill
+
+    monkeypatch.setattr(services, "running_pid", lambda lay_, svc: 4242)
+    monkeypatch.setattr(services.psutil, "Process", Gone)
+    assert services.stop_service(s, "kafka", kill=True)
+    assert not lay.pid_file("kafka").exists()
+
+
+def test_stop_service_kill_stops_a_real_process(run_dir, free_ports, procs):
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    p = _fake_service(procs, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties")
+    _record(lay, "kafka", p.pid, psutil.Process(p.pid).create_time())
+    assert services.stop_service(s, "kafka", kill=True, timeout=5)
+    assert not psutil.pid_exists(p.pid) and not lay.pid_file("kafka").exists()
+    assert not services.stop_service(s, "kafka")

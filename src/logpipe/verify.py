@@ -95,10 +95,59 @@ def row_fingerprint(columns: dict[str, Any], fields: dict[str, Any]) -> int:
     """An order-independent fingerprint of a multiset of rows: the sum, mod 2**64, of a 64-bit hash of each row's
     `fields` (cast to the given types; timestamps as epoch seconds). Two tables holding the same rows, in any order
     and split into any chunks, have the same sum; a row with one field changed changes it."""
+    return int(row_hashes(columns, fields).sum(dtype=np.uint64))
+
+
+def row_hashes(columns: dict[str, Any], fields: dict[str, Any]) -> np.ndarray:
+    """The 64-bit hash of each row's `fields` that row_fingerprint sums (uint64, one per row)."""
     frame = pd.DataFrame({name: np.asarray(columns[name], dtype=kind) for name, kind in fields.items()})
     if not len(frame):
-        return 0
-    return int(pd.util.hash_pandas_object(frame, index=False).to_numpy().sum(dtype=np.uint64))
+        return np.zeros(0, np.uint64)
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
+@dataclass
+class QuarantineScan:
+    """The quarantine/ table read record batch by record batch: its rows, its records once per source line (by
+    src_key, the first row of each), their count per reason and their row_fingerprint of QUARANTINE_FIELDS."""
+
+    rows: int = 0
+    unique: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    fingerprint: int = 0
+
+
+def scan_quarantine(s: Settings, fs: Any) -> QuarantineScan:
+    """Read quarantine/ in bounded memory: per row, only a 64-bit hash of its src_key, the hash of its record and
+    reason, and its reason's code are kept (24 bytes a row, where the table held the raw lines: a log of mostly
+    bad lines would otherwise take twice its size in memory)."""
+    import pyarrow.dataset as ds
+
+    files = committed_files(s, "quarantine", fs)
+    out = QuarantineScan()
+    if not files:
+        return out
+    keys, hashes, codes = [], [], []
+    reasons: dict[str, int] = {}
+    scanner = ds.dataset(files, filesystem=fs, format="parquet").scanner(
+        columns=["src_key", *QUARANTINE_FIELDS], fragment_readahead=1, batch_readahead=2)
+    for rb in scanner.to_batches():
+        if not rb.num_rows:
+            continue
+        cols = {c: rb.column(c).to_pandas() for c in ("src_key", *QUARANTINE_FIELDS)}
+        keys.append(pd.util.hash_pandas_object(cols["src_key"], index=False).to_numpy())
+        hashes.append(row_hashes(cols, QUARANTINE_FIELDS))
+        codes.append(np.array([reasons.setdefault(r, len(reasons)) for r in cols["reason"]], dtype=np.int32))
+    key_arr = np.concatenate(keys)
+    out.rows = len(key_arr)
+    _, first = np.unique(key_arr, return_index=True)  # the first row of each source line, as drop_duplicates keeps
+    del key_arr
+    out.unique = len(first)
+    out.fingerprint = int(np.concatenate(hashes)[first].sum(dtype=np.uint64))
+    names = list(reasons)
+    per_code = np.bincount(np.concatenate(codes)[first], minlength=len(names))
+    out.by_reason = {names[i]: int(n) for i, n in enumerate(per_code) if n}
+    return out
 
 
 @dataclass
@@ -850,7 +899,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from logpipe.results import load_arrow, load_table, webhdfs_fs
+    from logpipe.results import load_arrow, webhdfs_fs
 
     t0 = time.monotonic()
     size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
@@ -901,9 +950,8 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
         del actual
     host_cmp, status_cmp = comparisons["windows/by_host"], comparisons["windows/by_status"]
     # accounting: unique source lines in the job's tables vs the file (late: parsed lines the job kept aside)
-    quarantine = load_table(s, "quarantine", ["src_key", "reason", "raw_bytes"], fs=fs)
-    q_unique = quarantine.drop_duplicates("src_key") if len(quarantine) else quarantine
-    job_q_by_reason = q_unique.groupby("reason").size().to_dict() if len(q_unique) else {}
+    quarantine = scan_quarantine(s, fs)
+    job_q_by_reason = quarantine.by_reason
     metrics_path = s.hdfs_path("_metrics", "latest.json")
     metrics = json.loads(fs.cat(metrics_path)) if fs.exists(metrics_path) else {}
     acc = {"lines": counts.lines, "parsed": counts.parsed, "quarantined": sum(counts.quarantined_by_reason.values()),
@@ -911,7 +959,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
            "job_parsed_unique": int(pc.count_distinct(src_keys).as_py()) if len(src_keys) else 0,
            "job_event_rows": int(len(event_keys)),
            "job_event_lines": int(pc.count_distinct(event_keys).as_py()) if len(event_keys) else 0,
-           "job_quarantined_unique": int(len(q_unique)), "job_quarantined_by_reason": job_q_by_reason,
+           "job_quarantined_unique": quarantine.unique, "job_quarantined_by_reason": job_q_by_reason,
            "job_records_read": metrics.get("lines"), "late": metrics.get("late", 0),
            "duplicates_dropped": metrics.get("duplicates_dropped", 0),
            "late_lines_excluded": n_late_lines, "late_not_in_log": late_unmatched}
@@ -936,9 +984,9 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     acc["parsed_fields_equal"] = (scans["events"].fingerprint + late_fingerprint) % _MOD == counts.parsed_fingerprint
     acc["events_in_wrong_date_partition"] = scans["events"].wrong_partition
     acc["uncommitted_files"] = uncommitted_files(s, fs)
-    acc["quarantine_records_equal"] = row_fingerprint(q_unique, QUARANTINE_FIELDS) == counts.quarantine_fingerprint
+    acc["quarantine_records_equal"] = quarantine.fingerprint == counts.quarantine_fingerprint
     acc["job_accounting"] = check_job_accounting(s, fs, event_rows=acc["job_event_rows"], late_rows=late_rows,
-                                                 quarantine_rows=len(quarantine))
+                                                 quarantine_rows=quarantine.rows)
     acc["ok"] = (acc["job_parsed_unique"] == counts.parsed and acc["job_event_rows"] == acc["job_event_lines"]
                  and acc["job_quarantined_unique"] == acc["quarantined"]
                  and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0

@@ -494,3 +494,30 @@ def test_a_surge_whose_share_faded_by_the_windows_end_must_have_been_raised():
     r = check_alerts(c, pd.concat([_alerts(surge, ("failure_surge", "200", 7, 0.6)), early], ignore_index=True), s,
                      surges)
     assert (r["unexplained"], r["ok"]) == (1, False)  # a surge the running counts never met
+
+
+def test_quarantine_is_read_in_bounded_memory_once_per_source_line(tmp_path):
+    """scan_quarantine keeps hashes, not the raw lines: its counts and fingerprint are those of the table with
+    each src_key's first row (a line sent twice by a restarted producer is kept twice, counted once)."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logpipe.verify import QUARANTINE_FIELDS, row_fingerprint, scan_quarantine
+
+    s = Settings(hdfs_root=str(tmp_path))
+    rows = [("k1", b"junk", "malformed"), ("k2", b"", "empty"), ("k1", b"junk", "malformed"),
+            ("k3", b"\xff", "invalid_utf8"), ("k4", b"x", "malformed")]
+    (tmp_path / "quarantine").mkdir()
+    (tmp_path / "_commits" / "ingest").mkdir(parents=True)
+    for i, part in enumerate((rows[:2], rows[2:])):
+        tag = f"b{i:010d}"
+        (tmp_path / "_commits" / "ingest" / f"{tag}.json").write_text("{}")
+        pq.write_table(pa.table({"src_key": [r[0] for r in part], "raw_bytes": pa.array([r[1] for r in part]),
+                                 "reason": [r[2] for r in part]}), tmp_path / "quarantine" / f"{tag}-00000.parquet")
+    q = scan_quarantine(s, fsspec.filesystem("file"))
+    unique = [r for i, r in enumerate(rows) if r[0] not in [x[0] for x in rows[:i]]]
+    assert (q.rows, q.unique) == (5, 4)
+    assert q.by_reason == {"malformed": 2, "empty": 1, "invalid_utf8": 1}
+    assert q.fingerprint == row_fingerprint({"raw_bytes": [r[1] for r in unique], "reason": [r[2] for r in unique]},
+                                            QUARANTINE_FIELDS)

@@ -281,25 +281,16 @@ def drop_run_data(s: Settings, topics: list[str], roots: list[str]) -> tuple[lis
     import shutil
 
     from hdfs import InsecureClient
-    from kafka.admin import KafkaAdminClient
 
     from logpipe.producer.position import PositionStore
+    from logpipe.topics import delete_topics
 
     gone: list[str] = []
     failed: list[str] = []
     try:
-        admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-bench",
-                                 request_timeout_ms=70_000)
-        try:
-            existing = set(admin.list_topics())
-            present = [t for t in topics if t in existing]
-            if present:
-                admin.delete_topics(present, timeout_ms=60_000)
-            gone += [f"topic {t}" for t in present]
-        finally:
-            admin.close()
+        gone += [f"topic {t}" for t in delete_topics(s, topics)]
         for t in topics:  # positions in a deleted topic would make a later produce into that name resume
-            positions = PositionStore(s.producer_state_dir or (s.run_dir / "producer"), t).directory
+            positions = PositionStore(s.producer_positions_dir, t).directory
             shutil.rmtree(positions, ignore_errors=True)
     except Exception as exc:  # noqa: BLE001 (reported in the result, not fatal: the figures stand)
         failed.append(f"Kafka topics {topics}: {exc}")

@@ -53,10 +53,34 @@ def test_spark_parquet_on_hdfs(spark, stack, unique):
     assert back.groupBy("k").count().orderBy("k").collect()[0]["count"] == len([i for i in range(10_000) if i % 7 == 0])
 
 
+def test_the_broker_makes_no_topic_a_client_merely_names(stack, unique):
+    """auto.create.topics.enable=false, as production brokers often run: every topic the pipeline uses is made by
+    logpipe itself (the producer's log topic, the job's alerts topic), so nothing works here only by accident."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaTimeoutError
+
+    topic = f"t-nobody-made-{unique}"
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_address, max_block_ms=3000)
+    try:
+        with pytest.raises(KafkaTimeoutError):
+            producer.send(topic, b"x").get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_address)
+    try:
+        assert topic not in admin.list_topics()
+    finally:
+        admin.close()
+
+
 def test_spark_reads_kafka_with_connector(spark, stack, unique):
     from kafka import KafkaProducer
 
+    from logpipe.topics import create_topic
+
     topic = f"t-spark-{unique}"
+    assert create_topic(stack, topic, partitions=1)
     producer = KafkaProducer(bootstrap_servers=stack.kafka_address)
     for i in range(100):
         producer.send(topic, f"v{i}".encode(), headers=[("src", b"test")])

@@ -258,6 +258,26 @@ def test_until_done_is_exact(job_settings: Settings):
     check_alerts_fire_before_their_window_closes(job_settings)
 
 
+def test_the_job_makes_its_alerts_topic_even_when_no_alert_fires(job_settings: Settings):
+    """The alerts topic is made by the job when it starts, with the pipeline's settings: not left to the broker's
+    auto-creation on the first alert (often off in production), so consumers can subscribe before any alert."""
+    from kafka import KafkaConsumer
+
+    lines, _, _ = make_lines(3_000)
+    send(job_settings, [(i, line) for i, line in enumerate(lines)])
+    metrics = run_until_done(job_settings, LOGPIPE_RATE_LIMIT_CEILING="1000000000",
+                             LOGPIPE_SURGE_MIN_COUNT="1000000000")
+    assert metrics["lines"] == len(lines) and metrics["parsed"] > 0
+    consumer = KafkaConsumer(bootstrap_servers=job_settings.kafka_address, consumer_timeout_ms=5000,
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        assert job_settings.alerts_topic in consumer.topics(), "the job did not make its alerts topic"
+        consumer.subscribe([job_settings.alerts_topic])
+        assert list(consumer) == [], "alerts published although no rule can fire"
+    finally:
+        consumer.close()
+
+
 def _rows_by_batch(s: Settings, table: str, columns: list[str]) -> dict[tuple, tuple[int, int]]:
     """Each row of `table` (its `columns`) -> the micro-batch that wrote it, as (batch id, 0) for a batch's files
     (b<id>-...) and (batch id, 1) for the --until-done flush after that batch (f<id>-...)."""
@@ -339,14 +359,10 @@ def test_batch_committed_by_us_but_not_by_spark_is_rerun_exactly(job_settings: S
     send(job_settings, sent.records)
     run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000")
     fs = webhdfs_fs(job_settings)
-    removed = []
-    for query in ("ingest",):
-        commits = f"{job_settings.hdfs_root}/_checkpoints/{query}/commits"
-        ids = sorted(int(p.rsplit("/", 1)[-1]) for p in fs.ls(commits, detail=False) if p.rsplit("/", 1)[-1].isdigit())
-        assert len(ids) >= 2, f"{query}: too few micro-batches to test a re-run ({ids})"
-        fs.rm(f"{commits}/{ids[-1]}")  # Spark re-runs the newest batch of its offset log when it has no commit
-        removed.append((query, ids[-1]))
+    commits = f"{job_settings.hdfs_root}/_checkpoints/ingest/commits"
+    ids = sorted(int(p.rsplit("/", 1)[-1]) for p in fs.ls(commits, detail=False) if p.rsplit("/", 1)[-1].isdigit())
+    assert len(ids) >= 2, f"too few micro-batches to test a re-run ({ids})"
+    fs.rm(f"{commits}/{ids[-1]}")  # Spark re-runs the newest batch of its offset log when it has no commit
     metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000")
-    for query, bid in removed:  # Spark did re-run (and now commit) each batch
-        assert fs.exists(f"{job_settings.hdfs_root}/_checkpoints/{query}/commits/{bid}"), (query, bid)
+    assert fs.exists(f"{commits}/{ids[-1]}"), "Spark did not re-run (and commit) the batch"
     check_results(job_settings, sent, metrics)

@@ -30,12 +30,14 @@ def test_every_committed_alert_must_be_on_the_kafka_alerts_topic(stack, unique):
     import pandas as pd
     from kafka import KafkaProducer
 
+    from logpipe.topics import create_topic
     from logpipe.verify import check_alerts_on_kafka
 
     s = stack.with_overrides(alerts_topic=f"alerts-{unique}")
     alerts = pd.DataFrame({"alert_id": ["a1", "a2"]})
     r = check_alerts_on_kafka(s, alerts, timeout_s=20)  # no such topic yet: nothing published
     assert (r["missing"], r["ok"]) == (2, False), r
+    create_topic(s, s.alerts_topic, partitions=1)  # as the job does when it starts
     producer = KafkaProducer(bootstrap_servers=s.kafka_address)
     for key in ("a1", "a1", "a2", "other"):
         producer.send(s.alerts_topic, key=key.encode(), value=b"{}")

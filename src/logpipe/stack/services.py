@@ -227,6 +227,9 @@ def write_configs(s: Settings, lay: Layout) -> None:
         "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         f"log.dirs={lay.data / 'kafka'}",
         f"num.partitions={s.topic_partitions}",
+        # as in production: a topic exists because logpipe made it (the producer its log topic, the job its alerts
+        # topic), with the pipeline's settings, never because a client named it
+        "auto.create.topics.enable=false",
         "offsets.topic.replication.factor=1",
         "transaction.state.log.replication.factor=1",
         "transaction.state.log.min.isr=1",

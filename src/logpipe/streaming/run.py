@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import signal
 import threading
 import time
@@ -109,6 +109,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF, StreamJob
     from logpipe.streaming.lease import RootLease
+    from logpipe.topics import create_topic
 
     health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
                       timeout=s.connect_timeout_s,
@@ -130,6 +131,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                      s.kafka_address)
             health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",
                               timeout=float("inf"), hint="", interval=1.0)
+    # the job publishes its alerts there: made now with the pipeline's settings, never by the broker on first use
+    create_topic(s, s.alerts_topic, partitions=1)
     spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
     job = StreamJob(spark, s)
     lease = RootLease(job.fs, job.root)  # one run per results root

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -116,6 +116,18 @@ class Settings(BaseSettings):
             raise ValueError(f"window ({self.window!r}) and slide ({self.slide!r}) need 0 < slide <= window: "
                              "every event falls in window/slide windows")
         return self
+
+    @model_validator(mode="after")
+    def _alerts_not_into_the_log_topic(self) -> "Settings":
+        if self.alerts_topic == self.topic:
+            raise ValueError(f"alerts_topic and topic are both {self.topic!r}: the job would read its own alerts back "
+                             "as log lines (and quarantine them). Give the alerts their own topic")
+        return self
+
+    @property
+    def producer_positions_dir(self) -> Path:
+        """Where the producer keeps its saved positions: producer_state_dir, or run_dir/producer."""
+        return self.producer_state_dir or self.run_dir / "producer"
     max_message_bytes: int = Field(
         1_000_000, gt=0, le=64 << 20,  # at most the longest line the producer holds (producer.source.LINE_CAP_BYTES)
         description="a longer line is sent as a too_large record (its first 16 KB), which the job quarantines")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from logpipe.config import Settings
+from logpipe.root_record import ROOT_SETTINGS_FILE, RUN_SETTINGS, setting_differs
 
 if TYPE_CHECKING:
     import fsspec
@@ -22,10 +23,6 @@ COLUMNS = {
     "alerts": ["rule", "key", "window_start", "window_end", "count", "share", "threshold", "top_hosts", "alert_id",
                "detected_at"],
 }
-# what `_commits/job.json` records (logpipe.streaming.job.ROOT_SETTINGS), other than the topic: the settings the
-# root's results were made with
-RUN_SETTINGS = ("window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count", "surge_min_share",
-                "surge_top_hosts")
 
 
 def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
@@ -105,10 +102,8 @@ def settings_of_results(s: Settings, fs: "fsspec.AbstractFileSystem | None" = No
     root must be read with its own settings, not the reader's. `s` itself when nothing is recorded."""
     import json
 
-    from logpipe.windows import duration_seconds
-
     fs = fs or webhdfs_fs(s)
-    path = s.hdfs_path("_commits", "job.json")
+    path = s.hdfs_path(*ROOT_SETTINGS_FILE.split("/"))
     if not fs.exists(path):
         return s, []
     try:
@@ -123,8 +118,6 @@ def settings_of_results(s: Settings, fs: "fsspec.AbstractFileSystem | None" = No
     notes = []
     for k, v in theirs.items():
         mine = getattr(s, k)
-        differs = (duration_seconds(str(v)) != duration_seconds(mine)) if k in ("window", "slide", "watermark") \
-            else v != mine
-        if differs:
+        if setting_differs(k, v, mine):
             notes.append(f"{k} {v!r} (the job's, from {path}; not {mine!r})")
     return ran_with, notes

@@ -29,7 +29,7 @@ def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, uni
     from kafka.admin import KafkaAdminClient, NewTopic
 
     from logpipe.commands.demo import fresh_results_for
-    from logpipe.streaming.job import ROOT_SETTINGS
+    from logpipe.root_record import ROOT_SETTINGS
 
     s = stack.with_overrides(topic=f"demo-{unique}", alerts_topic=f"alerts-{unique}",
                              hdfs_root=f"/tests/demo-{unique}", producer_state_dir=str(tmp_path / "pos"))
@@ -68,6 +68,15 @@ def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, uni
     assert s.topic not in _topics(s) and not position.parent.exists()
     with hdfs_client.read(f"{s.hdfs_root}/_source.json") as f:
         assert json.loads(f.read())["log"] == str(other.resolve())
+
+    # the same bytes at the same path, made again (a new inode, as `generate` makes it): the producer would send
+    # every line again as a new source, all late on the old results, so the demo starts over
+    hdfs_client.write(results, data=b"results", overwrite=True)
+    again = other.with_suffix(".new")
+    again.write_bytes(other.read_bytes())
+    again.replace(other)
+    fresh_results_for(s, other)
+    assert hdfs_client.status(results, strict=False) is None
 
 
 def test_the_demo_does_not_start_over_on_a_root_a_running_job_holds(stack, unique, tmp_path: Path, hdfs_client):

@@ -93,10 +93,15 @@ def test_empty_tables_have_their_columns():
     assert COLUMNS["windows/by_status"] == [*WINDOW_COLUMNS, *GRAINS["status"], "count"]
 
 
-def test_readers_take_every_setting_the_job_records_but_the_topic():
-    """RUN_SETTINGS (what verify and the notebook take from a root's record) are the job's ROOT_SETTINGS without
-    the topic: a rule added to the record and not to the readers would be checked with the reader's value."""
-    from logpipe.results import RUN_SETTINGS
-    from logpipe.streaming.job import ROOT_SETTINGS
+def test_the_recorded_settings_are_settings_and_durations_compare_by_length():
+    """Every setting a root records is a Settings field (a typo would never match); readers (verify, the notebook)
+    take all of them but the topic; "1 minute" recorded is the same window as "60 seconds" now, and a recorded
+    duration that is no duration differs (the job then refuses the root, naming it)."""
+    from logpipe.root_record import ROOT_SETTINGS, RUN_SETTINGS, setting_differs
 
-    assert set(RUN_SETTINGS) == set(ROOT_SETTINGS) - {"topic"} and len(RUN_SETTINGS) == len(set(RUN_SETTINGS))
+    assert set(ROOT_SETTINGS) <= set(Settings.model_fields)
+    assert set(RUN_SETTINGS) == set(ROOT_SETTINGS) - {"topic"}
+    assert not setting_differs("window", "1 minute", "60 seconds")
+    assert setting_differs("window", "20 seconds", "30 seconds")
+    assert setting_differs("watermark", "soon", "30 seconds")
+    assert not setting_differs("surge_min_share", 0.25, 0.25) and setting_differs("rate_limit_ceiling", 200, 201)

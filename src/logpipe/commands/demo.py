@@ -89,19 +89,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _log_identity(path: Path) -> dict:
+    """What makes the demo's results those of this log: its path, size, first MB and file identity (device and
+    inode). A sample made again is byte for byte the same file in a new inode, which the producer reads as a new
+    source (its record keys hold the inode): its lines would all be late on the old results, so the demo starts
+    over then."""
     import hashlib
+
+    from logpipe.producer.position import file_key
 
     with path.open("rb") as f:
         head = f.read(1 << 20)
-    return {"log": str(path.resolve()), "size": path.stat().st_size, "head_sha256": hashlib.sha256(head).hexdigest()}
+        st = os.fstat(f.fileno())
+    return {"log": str(path.resolve()), "size": st.st_size, "head_sha256": hashlib.sha256(head).hexdigest(),
+            "file": file_key(st)}
 
 
 def _other_settings(s: Settings, client: "InsecureClient") -> list[str]:
     """How the settings the root's results were made with (`_commits/job.json`) differ from `s`: the demo starts
     over then, where `logpipe stream` would refuse to add to them."""
     from logpipe.results import ResultsSettingsError, settings_of_results
+    from logpipe.root_record import ROOT_SETTINGS_FILE
 
-    path = s.hdfs_path("_commits", "job.json")
+    path = s.hdfs_path(*ROOT_SETTINGS_FILE.split("/"))
     if client.status(path, strict=False) is None:
         return []
     with client.read(path) as f:
@@ -152,6 +161,8 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     from hdfs import InsecureClient
     from kafka.admin import KafkaAdminClient
 
+    from logpipe.topics import delete_topics
+
     client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
     marker = s.hdfs_path("_source.json")
     ident = _log_identity(log_path)
@@ -160,7 +171,7 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
         topics = [t for t in dict.fromkeys((s.topic, s.alerts_topic)) if t in admin.list_topics()]
     finally:
         admin.close()
-    positions = (s.producer_state_dir or s.run_dir / "producer") / s.topic
+    positions = s.producer_positions_dir / s.topic
     if client.status(marker, strict=False) is not None:
         with client.read(marker) as f:
             same_log = json.loads(f.read()) == ident
@@ -184,16 +195,7 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     doomed += [f"topic {t}" for t in topics] + ([f"positions {positions}"] if positions.exists() else [])
     log.info("starting over on %s: %s%s", s.hdfs_root, why, f"; deleting {', '.join(doomed)}" if doomed else "")
     client.delete(s.hdfs_root, recursive=True)
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
-    try:
-        stale = [t for t in topics if t in admin.list_topics()]
-        if stale:
-            admin.delete_topics(stale)
-            deadline = time.monotonic() + 60  # deletion is asynchronous: wait until the names are free again
-            while set(stale) & set(admin.list_topics()) and time.monotonic() < deadline:
-                time.sleep(0.5)
-    finally:
-        admin.close()
+    delete_topics(s, topics)
     shutil.rmtree(positions, ignore_errors=True)
     client.write(marker, data=json.dumps(ident), overwrite=True)
 

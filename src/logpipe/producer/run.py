@@ -13,7 +13,7 @@ from pathlib import Path
 from logpipe import health
 from logpipe.config import Settings
 from logpipe.logformat import ParseError, parse_timestamp
-from logpipe.producer.clients import DeliveryError, make_sink
+from logpipe.producer.clients import make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
 from logpipe.producer.source import IDLE, Block, LogSource
 from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, TOO_LARGE_HEAD_BYTES, largest_record_bytes, record_key,
@@ -48,22 +48,16 @@ def ensure_topic(s: Settings, topic: str) -> bool:
     that takes a line of LOGPIPE_MAX_MESSAGE_BYTES when that is above Kafka's default); True if created. An
     existing topic whose limit is lower raises TopicLimitError: every line near the setting would fail to deliver,
     and the producer would stop at the first one on every restart."""
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from logpipe.topics import create_topic
 
     needed = largest_record_bytes(s.max_message_bytes)
+    configs = {"max.message.bytes": str(needed)} if needed > KAFKA_DEFAULT_MAX_MESSAGE_BYTES else {}
+    if create_topic(s, topic, s.topic_partitions, configs):
+        return True
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-producer-admin")
     try:
-        if topic not in admin.list_topics():
-            configs = {"max.message.bytes": str(needed)} if needed > KAFKA_DEFAULT_MAX_MESSAGE_BYTES else {}
-            try:
-                admin.create_topics([NewTopic(topic, num_partitions=s.topic_partitions,
-                                              replication_factor=s.topic_replication, topic_configs=configs)])
-                log.info("created topic %s (%d partitions%s)", topic, s.topic_partitions,
-                         f", max.message.bytes {needed:,}" if configs else "")
-                return True
-            except TopicAlreadyExistsError:  # created meanwhile by another producer: check it as any other
-                pass
         got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=["max.message.bytes"])],
                                      config_filter="all")
         value = got.get("topic", {}).get(topic, {}).get("max.message.bytes", {}).get("value")
@@ -134,7 +128,7 @@ def partition_of(log_path: str, n_partitions: int) -> int:
 
 
 def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool = False,
-                 progress: bool | None = None, stop_event=None) -> ProduceSummary:
+                 progress: bool | None = None, stop_event: threading.Event | None = None) -> ProduceSummary:
     """Send every line of `path` (then, with follow, every appended line) to settings.topic.
 
     Raises InputFileError (missing/unreadable file), ServiceTimeout (broker unreachable), DeliveryError.
@@ -148,7 +142,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
                       timeout=s.producer_connect_timeout_s, stop=stop_event,
                       hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
-    store = PositionStore(s.producer_state_dir or (s.run_dir / "producer"), s.topic)
+    store = PositionStore(s.producer_positions_dir, s.topic)
     if ensure_topic(s, s.topic):
         # a new topic holds none of the lines the saved positions stand for (the broker's data was wiped, or the
         # topic deleted): resuming at them would skip those lines (of this file, and of any other file later)

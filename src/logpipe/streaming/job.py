@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
+from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, setting_differs
 from logpipe.rules import AlertRules
 from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
                                       committed_meta, marker_path, run_at_once)
@@ -82,15 +83,6 @@ SPARK_CONF = {"spark.sql.inMemoryColumnarStorage.compressed": "false",
 EVENTS_PARQUET_OPTIONS = {"parquet.enable.dictionary": "false"}
 ALERTS_SCHEMA = ("rule STRING, key STRING, window_start TIMESTAMP, window_end TIMESTAMP, count BIGINT, share DOUBLE, "
                  "threshold INT, top_hosts ARRAY<STRING>, alert_id STRING, detected_at TIMESTAMP")
-
-
-# what the results on a root depend on, besides the input: a run with other values on the same root would mix
-# window sizes, move the late horizon backwards and write windows again that were already final, or decide the
-# alerts of one root by two sets of rules (verify and the notebook read them from here)
-ROOT_SETTINGS = ("topic", "window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count", "surge_min_share",
-                 "surge_top_hosts")
-DURATION_SETTINGS = ("window", "slide", "watermark")
-ROOT_SETTINGS_FILE = "_commits/job.json"
 
 
 class ResultsRootMismatch(RuntimeError):
@@ -199,17 +191,9 @@ class StreamJob:
                                           "the results on this root were made with; restore it or use another "
                                           "LOGPIPE_HDFS_ROOT") from exc
 
-            def same(k: str) -> bool:
-                if k not in theirs:  # recorded by an earlier version, which kept fewer settings: taken as they are
-                    return True
-                if k in DURATION_SETTINGS:
-                    try:
-                        return duration_seconds(str(theirs[k])) == duration_seconds(mine[k])
-                    except ValueError:  # not a duration: differs, and the message shows it
-                        return False
-                return theirs[k] == mine[k]
-
-            diff = [f"{k} {theirs.get(k)!r} there, {mine[k]!r} now" for k in ROOT_SETTINGS if not same(k)]
+            # a setting missing was recorded by an earlier version, which kept fewer: taken as it is
+            diff = [f"{k} {theirs[k]!r} there, {mine[k]!r} now" for k in ROOT_SETTINGS
+                    if k in theirs and setting_differs(k, theirs[k], mine[k])]
             if diff:
                 raise ResultsRootMismatch(
                     f"{self.root} holds results made with other settings ({'; '.join(diff)}): adding to them would "

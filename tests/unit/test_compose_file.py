@@ -177,8 +177,7 @@ def test_env_file_names_and_defaults_match_settings() -> None:
     # the pipeline's knobs are all there (every field that has a plain default and is no container address)
     expected = {name for name, f in Settings.model_fields.items()
                 if name not in CONTAINER_OVERRIDES and f.default is not None and not name.endswith(("_port", "_heap"))
-                and name not in {"bind_host", "java_home", "stack_timeout_s", "spark_kafka_jars"}
-                and not name.startswith("producer_")}
+                and name not in {"bind_host", "java_home", "stack_timeout_s", "spark_kafka_jars"}}
     assert expected - set(fields) == set(), f".env lacks {sorted(expected - set(fields))}"
     parsed = Settings(**fields)  # the same coercion the containers apply to these strings
     differing = {k: (getattr(parsed, k), _default(k)) for k in fields if getattr(parsed, k) != _default(k)}

@@ -462,20 +462,6 @@ def _assemble(lines: list[str], malformed: dict[int, tuple[str, bytes]]) -> byte
     return b"".join(parts)
 
 
-def recount_malformed(path: Path) -> tuple[int, dict[str, int]]:
-    """Count lines the reference parser rejects, by reason (an independent check of the truth file)."""
-    from logpipe.logformat import try_parse_line
-
-    total, by = 0, {}
-    with path.open("rb") as f:
-        for raw in f:
-            r = try_parse_line(raw)
-            if isinstance(r, str):
-                total += 1
-                by[r] = by.get(r, 0) + 1
-    return total, by
-
-
 def generate(out: Path, *, lines: int | None = None, size_bytes: int | None = None, seed: int = 0,
              fmt: str = "seed", start: datetime = DEFAULT_START, rate: float = DEFAULT_RATE,
              malformed_share: float = DEFAULT_MALFORMED_SHARE, out_of_order_share: float = DEFAULT_OUT_OF_ORDER_SHARE,

@@ -235,7 +235,7 @@ def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m logpipe.health kafka|hdfs|port` for compose healthchecks and scripts."""
+    """`python -m logpipe.health kafka|hdfs` for compose healthchecks and scripts."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="logpipe health", description="exit 0 when a service is ready")

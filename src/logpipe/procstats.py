@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -108,8 +107,3 @@ class ResourceSampler:
         st.cpu_s = sum(st._last_cpu[k] - st._start_cpu[k] for k in st._last_cpu)
         st.peak_rss_mb = max(st.peak_rss_mb, rss / 2**20)
         return rss
-
-
-def timed() -> float:
-    """A monotonic clock reading, for stage timings."""
-    return time.monotonic()

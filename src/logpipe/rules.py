@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from logpipe.config import Settings
 
@@ -118,10 +118,3 @@ class AlertRules:
         the rule: it alerts as soon as both thresholds hold at some point of the stream)."""
         rows = list(rows)
         return self.rate_limit.evaluate(rows) + self.failure_surge.evaluate(rows)
-
-
-def as_dicts(alerts: Iterable[Alert]) -> list[dict[str, Any]]:
-    """Alerts as rows of the alerts table (without detected_at)."""
-    return [{"alert_id": a.alert_id, "rule": a.rule, "key": a.key, "window_start": a.window_start,
-             "window_end": a.window_end, "count": a.count, "share": a.share, "threshold": a.threshold,
-             "top_hosts": list(a.top_hosts)} for a in alerts]

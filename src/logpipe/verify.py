@@ -995,7 +995,6 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                  and acc["uncommitted_files"]["ok"])
     alerts = load_alerts(s, fs)
     alert_check = check_alerts(counts, alerts, s, replay.first_surges(s.surge_min_count, s.surge_min_share))
-    del replay
     alert_check["figures"] = check_alert_figures(s, fs, alerts, size_s)
     alert_check["kafka"] = check_alerts_on_kafka(s, alerts) if alerts_on_kafka else None
     alert_check["ok"] = (alert_check["ok"] and alert_check["figures"]["ok"]

@@ -16,7 +16,6 @@ import pytest
 
 from logpipe.config import PROJECT_ROOT, Settings
 
-PIPELINE_COMMANDS = ("demo", "generate", "produce", "stream", "verify")
 DEMO_SIZE = "7MB"  # ~60,000 lines, ~10 minutes of log time at the generator's default rate, with planted incidents
 
 
@@ -27,13 +26,6 @@ class DemoResults:
     settings: Settings
     log: Path
     seconds: dict[str, float]
-
-
-def _missing_commands() -> list[str]:
-    from logpipe.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    return [c for c in PIPELINE_COMMANDS if c not in sub.choices]
 
 
 def _step(name: str, args: list[str], env: dict[str, str], log_dir: Path, timeout: float) -> float:
@@ -54,10 +46,6 @@ def demo_results(stack: Settings, tmp_path_factory: pytest.TempPathFactory,
     """Real results on HDFS from the README's main job, `logpipe demo` (stack up, generate a sample, produce,
     stream --until-done, verify, summary), into a unique Kafka topic, alerts topic and HDFS root (the shared
     stack's /logpipe is never touched). Its summary must say that verify was exact and account for every line."""
-    missing = _missing_commands()
-    if missing:
-        pytest.fail("demo_results needs the pipeline commands " + ", ".join(f"`logpipe {c}`" for c in missing)
-                    + " which this checkout does not have yet (src/logpipe/commands/); no results, no test")
     unique = uuid.uuid4().hex[:10]
     s = stack.with_overrides(topic=f"e2e-{unique}", alerts_topic=f"alerts-{unique}", hdfs_root=f"/tests/e2e-{unique}")
     work = tmp_path_factory.mktemp("demo-results")

@@ -209,7 +209,12 @@ def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):
             assert time.monotonic() < deadline, "the job committed nothing in time"
             time.sleep(0.5)
         _restart(stack, "datanode", down_s=10)
-        time.sleep(10)
+        # then let it commit once more with the restarted DataNode (or fail, which the checks below judge)
+        after_restart, deadline = _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]), time.monotonic() + 120
+        while job.poll() is None and time.monotonic() < deadline:
+            if _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) > after_restart:
+                break
+            time.sleep(0.5)
     finally:
         rc = _stop_job(job)
     job_log = (tmp_path / "stream.log").read_text()
@@ -331,7 +336,7 @@ def test_a_second_run_on_a_root_in_use_is_refused(stack, unique, tmp_path, hdfs_
             time.sleep(1)
         second = _logpipe(env, "stream", "--until-done")
         assert second.returncode == 1, second.stderr[-3000:]
-        assert f"another streaming run writes to" in second.stderr and f"process {first.pid} on" in second.stderr
+        assert "another streaming run writes to" in second.stderr and f"process {first.pid} on" in second.stderr
         assert "Traceback" not in second.stderr
         assert first.poll() is None  # the first run goes on
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -148,3 +150,24 @@ def test_a_delivery_failure_is_the_error_reported_when_the_client_cannot_close(t
             pytest.raises(DeliveryError, match="2 records not acknowledged"):
         run.produce_file(s, log, progress=False)
     assert any("close timed out" in r.getMessage() for r in caplog.records)
+
+
+def _produce(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "logpipe", "produce", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_missing_file_exits_2_before_reaching_kafka(tmp_path):
+    env = {**os.environ, "LOGPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
+    r = _produce(env, str(tmp_path / "nope.log"))
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_unreachable_broker_is_a_clear_error(tmp_path, free_ports):
+    log = tmp_path / "a.log"
+    log.write_bytes(b"x\n")
+    port = free_ports(1)[0]
+    env = {**os.environ, "LOGPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "LOGPIPE_PRODUCER_CONNECT_TIMEOUT_S": "3",
+           "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
+    r = _produce(env, str(log))
+    assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -1,9 +1,11 @@
-"""The repository holds no credentials: no private keys, cloud keys or passwords in tracked files."""
+"""The repository holds no credentials (no private keys, cloud keys or passwords in tracked files), and its Python
+passes the linter."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -42,3 +44,11 @@ SAMPLES = {"private key": b"-----BEGIN " + b"PRIVATE KEY-----", "AWS access key"
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_the_patterns_catch_credentials(name: str) -> None:
     assert SECRET_PATTERNS[name].search(SAMPLES[name])
+
+
+def test_python_passes_ruff() -> None:
+    """pyflakes and bugbear rules ([tool.ruff] in pyproject.toml): unused imports, undefined names, mutable
+    defaults and the like."""
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "."], cwd=PROJECT_ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

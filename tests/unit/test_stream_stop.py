@@ -270,7 +270,9 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
     monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: order.append("clean-up") or [])
     callback = threading.Thread(target=j._batch, args=(None, 7))
     callback.start()
+    deadline = time.monotonic() + 10
     while order != ["batch starts"]:
+        assert time.monotonic() < deadline, f"the batch callback did not start: {order}"
         time.sleep(0.01)
     cleanup = threading.Thread(target=j.recover)
     cleanup.start()

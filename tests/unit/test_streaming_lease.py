@@ -40,9 +40,10 @@ def test_a_live_run_on_this_host_keeps_the_root_and_a_gone_one_loses_it(local_fs
                                            "LOGPIPE_HDFS_ROOT"):
             second.acquire()
         first.check()  # still the holder
-        mtime = os.path.getmtime(tmp_path / "_commits" / "lease.json")
-        time.sleep(0.7)
-        assert os.path.getmtime(tmp_path / "_commits" / "lease.json") > mtime  # renewed
+        mtime, deadline = os.path.getmtime(tmp_path / "_commits" / "lease.json"), time.monotonic() + 10
+        while os.path.getmtime(tmp_path / "_commits" / "lease.json") <= mtime:  # renewed (every 0.2 s)
+            assert time.monotonic() < deadline, "the lease was not renewed"
+            time.sleep(0.05)
     finally:
         sleeper.kill()
         sleeper.wait()

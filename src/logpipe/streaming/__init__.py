@@ -1,0 +1,1 @@
+"""The streaming job: parse expressions, micro-batch logic, commits, lease and the run loop."""

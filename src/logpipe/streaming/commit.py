@@ -99,11 +99,6 @@ def marker_path(root_uri: str, query: str, tag: str) -> str:
     return f"{root_uri}/_commits/{query}/{tag}.json"
 
 
-def is_committed(spark: "SparkSession", root_uri: str, query: str, batch_id: int, prefix: str = "b") -> bool:
-    """Whether commit_batch already committed this batch (its marker exists)."""
-    return HadoopFs(spark, root_uri).exists(marker_path(root_uri, query, batch_tag(batch_id, prefix)))
-
-
 T = TypeVar("T")
 
 

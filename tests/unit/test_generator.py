@@ -224,3 +224,23 @@ def test_a_url_scanners_rate_is_clearly_on_one_side_of_the_ceiling(ceiling):
         per_window = inc.rate_per_s * 20
         assert per_window >= 1.5 * ceiling or per_window < 0.6 * ceiling, (ceiling, per_window)
         assert ({"rule": "rate_limit", "key": inc.hosts[0]} in inc.expected_alerts) == (per_window >= ceiling)
+
+
+def test_the_truth_file_example_in_data_readme_is_the_demo_sample(tmp_path):
+    """data/README.md shows the demo sample's truth file (`--size 40MB --seed 42`); the generator promises the same
+    bytes for the same seed and arguments, so the example must be what it makes (it drifted once, unnoticed)."""
+    import re
+
+    from logpipe.config import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "data" / "README.md").read_text()
+    example = readme[readme.index("```jsonc"):]
+    shown = {k: v for k, v in re.findall(r'"(total_lines|total_bytes|malformed_lines|out_of_order_lines|last_time)"'
+                                         r':\s*"?([\w:-]+)"?', example)}
+    assert len(shown) == 5, shown
+    out = tmp_path / "access.log"
+    generate(out, size_bytes=40_000_000, seed=42)
+    truth = json.loads(truth_path(out).read_text())
+    assert {k: str(truth[k]) for k in shown} == shown
+    scan = next(i for i in truth["incidents"] if i["kind"] == "url_scan")
+    assert f'"start": "{scan["start"]}"' in example and f'"hosts": ["{scan["hosts"][0]}"]' in example

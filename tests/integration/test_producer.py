@@ -233,8 +233,10 @@ def test_a_record_the_broker_rejects_is_a_delivery_error(stack, unique, client):
     """A record the broker refuses (larger than its 1 MB message limit, let through by a raised producer limit)
     fails flush() with the broker's reason: confluent reports deliveries of failures only, and still counts them."""
     from logpipe.producer.clients import DeliveryError, make_sink
+    from logpipe.topics import create_topic
 
     s = stack.with_overrides(producer_client=client, max_message_bytes=4_000_000)
+    create_topic(s, f"reject-{unique}", partitions=1)  # Kafka's default limit (1 MB), not the producer's ensure_topic
     sink = make_sink(s)
     try:
         sink.send(f"reject-{unique}", b"ok", b"lp:t:0")

@@ -63,6 +63,9 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
         time.tzset()
     os.environ.setdefault("HADOOP_USER_NAME", s.hdfs_user_name)
     os.environ.setdefault("SPARK_LOCAL_IP", s.bind_host)  # every Spark socket on loopback, not the first NIC
+    if os.environ["SPARK_LOCAL_IP"] != s.bind_host:  # compose sets 0.0.0.0 (its port is published on 127.0.0.1)
+        log.info("SPARK_LOCAL_IP=%s from the environment: the Spark UI listens there, not on %s",
+                 os.environ["SPARK_LOCAL_IP"], s.bind_host)
     # Spark's Python workers (a DataFrame made from Python rows is unpickled by one) run this interpreter, not
     # whatever `python3` is first on PATH, which may be another version than the driver's (Spark refuses that)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

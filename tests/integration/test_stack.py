@@ -119,6 +119,25 @@ def test_services_listen_on_loopback_only(stack):
     assert not bad, f"sockets not on loopback: {bad}"
 
 
+def test_the_spark_jvm_listens_on_loopback_only(spark):
+    """The job's own sockets (driver RPC, block manager, the Spark UI on 4040) are on 127.0.0.1, as the services'
+    are: logpipe.spark binds the driver there and sets SPARK_LOCAL_IP (which the UI uses)."""
+    import ipaddress
+
+    import psutil
+
+    jvm = spark._jvm.java.lang.ProcessHandle.current().pid()
+    listening = [c for c in psutil.Process(jvm).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    ui_port = int(spark.sparkContext.uiWebUrl.rsplit(":", 1)[-1])
+    assert ui_port in {c.laddr.port for c in listening}, f"not the JVM of the Spark UI: {listening}"
+    def loopback(ip: str) -> bool:  # a Java socket may be IPv6 with the IPv4 address mapped (::ffff:127.0.0.1)
+        addr = ipaddress.ip_address(ip)
+        return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
+
+    bad = [c.laddr for c in listening if not loopback(c.laddr.ip)]
+    assert not bad, f"Spark sockets not on loopback: {bad}"
+
+
 @pytest.mark.parametrize("service", ["kafka", "hdfs"])
 def test_health_command_as_compose_runs_it(stack, service):
     """`logpipe health kafka|hdfs` (the producer container's healthcheck): exit 0 on the running stack, exit 1 with

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from logpipe import logformat as lf
@@ -169,6 +171,22 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
     # records without logpipe's key: identified by Kafka position, src/off null
     foreign = quarantine["src_key"].str.startswith("kafka:")
     assert (quarantine["off"].isna() == foreign).all() and foreign.sum() == exp["foreign_quarantined"]
+    # every quarantined and every event row names the Kafka record it came from: that record holds its raw bytes
+    # and its source position (read back from the topic, not from what the test meant to send)
+    consumer = KafkaConsumer(s.topic, bootstrap_servers=s.kafka_address, auto_offset_reset="earliest",
+                             consumer_timeout_ms=10000, enable_auto_commit=False)
+    on_kafka = {(m.partition, m.offset): (m.key, m.value) for m in consumer}
+    consumer.close()
+    assert len(on_kafka) == total
+    q = load_table(s, "quarantine", ["raw", "raw_bytes", "kafka_partition", "kafka_offset", "off"])
+    for raw, raw_bytes, part, offset, off in zip(q["raw"], q["raw_bytes"], q["kafka_partition"], q["kafka_offset"],
+                                                 q["off"]):
+        key, value = on_kafka[int(part), int(offset)]
+        assert raw_bytes == value and (key is None) == pd.isna(off), (part, offset)
+        assert raw == value.decode("utf-8", "replace").rstrip("\r\n") or "\ufffd" in raw, (raw, value)
+    ev = load_table(s, "events", ["off", "kafka_partition", "kafka_offset"])
+    assert all(on_kafka[int(p), int(o)][0] == (None if pd.isna(off) else record_key(SRC.encode(), int(off)))
+               for off, p, o in zip(ev["off"], ev["kafka_partition"], ev["kafka_offset"]))
     events = load_table(s, "events", ["off", "src_key", "timestamp", "date"])
     # events hold each source line once: the re-sent copies are counted as duplicates, not written; the other
     # producer's records are all kept, although their text repeats lines of ours
@@ -217,8 +235,15 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
     kafka_keys = [(a["rule"], a["key"], int(datetime.fromisoformat(a["window_start"]).replace(
         tzinfo=timezone.utc).timestamp())) for a in published]
     assert sorted(kafka_keys) == sorted(hdfs_keys), "Kafka alerts differ from HDFS alerts (or are duplicated)"
-    assert set(published[0]) >= {"alert_id", "rule", "key", "window_start", "window_end", "count", "share",
-                                 "threshold", "top_hosts", "detected_at"}
+    # the record format the README documents: every column, times as ISO-8601 UTC with milliseconds
+    iso_utc = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+    for a in published:
+        assert set(a) == {"alert_id", "rule", "key", "window_start", "window_end", "count", "share", "threshold",
+                          "top_hosts", "detected_at"}, a
+        assert all(iso_utc.fullmatch(a[k]) for k in ("window_start", "window_end", "detected_at")), a
+        assert isinstance(a["count"], int) and isinstance(a["threshold"], int) and len(a["alert_id"]) == 20, a
+        assert isinstance(a["top_hosts"], list) and all(isinstance(h, str) for h in a["top_hosts"]), a
+        assert (a["share"] is None) == (a["rule"] == RATE_LIMIT) and a["count"] >= a["threshold"], a
 
 
 def job_env(s: Settings, **extra: str) -> dict[str, str]:
@@ -256,6 +281,7 @@ def test_until_done_is_exact(job_settings: Settings):
     assert metrics["flushed_window_rows"] > 0  # the last windows came from the carried open-window state
     check_results(job_settings, sent, metrics, request_parts=True)
     check_alerts_fire_before_their_window_closes(job_settings)
+    check_alerts_reach_kafka_as_their_batch_commits(job_settings)
 
 
 def test_the_job_makes_its_alerts_topic_even_when_no_alert_fires(job_settings: Settings):
@@ -314,6 +340,37 @@ def check_alerts_fire_before_their_window_closes(s: Settings) -> None:
     early = [k for k, when in alerts.items() if when < final[k]]
     # the rate-limit burst's windows are still open after the batch that holds the burst (25,000 records a batch)
     assert RATE_LIMIT in {r for r, _, _ in early}, f"no rate-limit alert fired before its window closed: {alerts}"
+
+
+def check_alerts_reach_kafka_as_their_batch_commits(s: Settings) -> None:
+    """Each alert is on the Kafka topic as soon as the micro-batch that raised it has committed: its record's time
+    lies between that batch's commit and the next batch's (not sent at the end of the run, nor only by the repair
+    at the next start)."""
+    from kafka import KafkaConsumer
+
+    from logpipe.results import webhdfs_fs
+
+    fs = webhdfs_fs(s)
+    batch_of = {alert_id: when[0] for (alert_id,), when in _rows_by_batch(s, "alerts", ["alert_id"]).items()}
+    committed_at = {}
+    for f in fs.ls(s.hdfs_path("_commits", "ingest"), detail=False):
+        name = f.rsplit("/", 1)[-1]
+        if name.startswith("b") and name.endswith(".json"):
+            committed_at[int(name[1:-5])] = json.loads(fs.cat(f))["at"]
+    consumer = KafkaConsumer(s.alerts_topic, bootstrap_servers=s.kafka_address, auto_offset_reset="earliest",
+                             consumer_timeout_ms=15000, enable_auto_commit=False)
+    sent = {m.key.decode(): m.timestamp / 1000 for m in consumer}
+    consumer.close()
+    assert sent and set(sent) == set(batch_of), "the alerts on Kafka are not those on HDFS"
+    later_batches = 0
+    for alert_id, ts in sent.items():
+        b = batch_of[alert_id]
+        assert ts >= committed_at[b] - 1, f"{alert_id} was sent before its batch {b} committed"
+        if b + 1 in committed_at:
+            later_batches += 1
+            assert ts <= committed_at[b + 1], (f"{alert_id} of batch {b} was sent after batch {b + 1} committed "
+                                               f"({ts - committed_at[b]:.1f}s after its own batch)")
+    assert later_batches, f"no alert of a batch that a later batch followed: nothing checked {sorted(committed_at)}"
 
 
 @pytest.mark.faults

@@ -26,30 +26,32 @@ def main() -> None:
     s = load_settings()
     results = {}
     topics = []
-    with tempfile.TemporaryDirectory() as d:
-        log = Path(d) / "bench.log"
-        subprocess.run([sys.executable, "-m", "logpipe", "generate", "--lines", str(args.lines), "--seed", "1",
-                        "--out", str(log)], check=True, capture_output=True)
-        size = log.stat().st_size
-        avg = round(size / args.lines) - 1  # without the newline
-        for client in ("confluent", "kafka-python"):
-            topics.append(f"bench-{client}-{uuid.uuid4().hex[:6]}")
-            env = {**os.environ, "LOGPIPE_TOPIC": topics[-1], "LOGPIPE_PRODUCER_STATE_DIR": str(Path(d) / "pos")}
-            r = subprocess.run([sys.executable, "-m", "logpipe", "produce", str(log), "--client", client], env=env,
-                               capture_output=True, text=True, check=True)
-            summ = json.loads(r.stdout.strip().splitlines()[-1])
-            results[client] = {"records_per_s": round(summ["lines"] / summ["seconds"]),
-                               "mb_per_s": round(summ["bytes"] / 1e6 / summ["seconds"], 1)}
-        topics.append(f"bench-java-{uuid.uuid4().hex[:6]}")
-        sampler = ResourceSampler().start()
-        java = java_producer_perf(s, topics[-1], args.lines, avg, sampler, Path(d))  # the same as `logpipe bench`
-        sampler.stop()
-        if "records_per_s" not in java.extra:
-            out = (Path(d) / "java-producer-perf.log").read_text(errors="replace")[-3000:]
-            raise SystemExit(f"ProducerPerformance printed no final figures:\n{out}")
-    results["java ProducerPerformance"] = {"records_per_s": round(java.extra["records_per_s"]),
-                                           "mb_per_s": java.extra["mb_per_s"], "wall_s": round(java.wall_s, 1)}
-    delete_topics(s, topics)  # each holds the whole log
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            log = Path(d) / "bench.log"
+            subprocess.run([sys.executable, "-m", "logpipe", "generate", "--lines", str(args.lines), "--seed", "1",
+                            "--out", str(log)], check=True, capture_output=True)
+            size = log.stat().st_size
+            avg = round(size / args.lines) - 1  # without the newline
+            for client in ("confluent", "kafka-python"):
+                topics.append(f"bench-{client}-{uuid.uuid4().hex[:6]}")
+                env = {**os.environ, "LOGPIPE_TOPIC": topics[-1], "LOGPIPE_PRODUCER_STATE_DIR": str(Path(d) / "pos")}
+                r = subprocess.run([sys.executable, "-m", "logpipe", "produce", str(log), "--client", client], env=env,
+                                   capture_output=True, text=True, check=True)
+                summ = json.loads(r.stdout.strip().splitlines()[-1])
+                results[client] = {"records_per_s": round(summ["lines"] / summ["seconds"]),
+                                   "mb_per_s": round(summ["bytes"] / 1e6 / summ["seconds"], 1)}
+            topics.append(f"bench-java-{uuid.uuid4().hex[:6]}")
+            sampler = ResourceSampler().start()
+            java = java_producer_perf(s, topics[-1], args.lines, avg, sampler, Path(d))  # the same as `logpipe bench`
+            sampler.stop()
+            if "records_per_s" not in java.extra:
+                out = (Path(d) / "java-producer-perf.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"ProducerPerformance printed no final figures:\n{out}")
+        results["java ProducerPerformance"] = {"records_per_s": round(java.extra["records_per_s"]),
+                                               "mb_per_s": java.extra["mb_per_s"], "wall_s": round(java.wall_s, 1)}
+    finally:
+        delete_topics(s, topics)  # each holds the whole log, also after a failure
     results["setup"] = {"lines": args.lines, "avg_record_bytes": avg, "compression": s.compression,
                         "batch_size": s.batch_size, "linger_ms": s.linger_ms, "acks": "all"}
     results["ratios"] = {k: round(results[k]["records_per_s"] / results["java ProducerPerformance"]["records_per_s"], 3)

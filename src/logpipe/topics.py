@@ -14,16 +14,16 @@ def create_topic(s: Settings, topic: str, partitions: int, configs: dict[str, st
     """Create `topic` (replication LOGPIPE_TOPIC_REPLICATION) unless it exists; True if this call created it.
     The pipeline never relies on the broker creating topics on first use (`auto.create.topics.enable` is often off
     in production, and a topic made that way has the broker's defaults, not ours)."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import KafkaAdminClient
     from kafka.errors import TopicAlreadyExistsError
 
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-admin")
     try:
         if topic in admin.list_topics():
             return False
-        try:
-            admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=s.topic_replication,
-                                          topic_configs=configs or {})])
+        try:  # returns once every partition has a leader: a client may send to it at once
+            admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": s.topic_replication,
+                                         "configs": configs or {}}}, wait_for_metadata=True)
         except TopicAlreadyExistsError:  # created meanwhile by another process
             return False
         log.info("created topic %s (%d partition%s%s)", topic, partitions, "" if partitions == 1 else "s",
@@ -34,19 +34,21 @@ def create_topic(s: Settings, topic: str, partitions: int, configs: dict[str, st
 
 
 def delete_topics(s: Settings, topics: list[str], wait_s: float = 60.0) -> list[str]:
-    """Delete those of `topics` that exist and wait (up to `wait_s`) until the broker no longer lists them, so the
-    names can be created again at once (deletion is asynchronous). Returns the topics deleted; TimeoutError if
-    some are still listed after `wait_s`."""
+    """Delete those of `topics` that exist and wait until the broker no longer lists them, so the names can be
+    created again at once (deletion is asynchronous). Returns the topics deleted; TimeoutError if some are still
+    listed `wait_s` after the request was sent."""
     from kafka.admin import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-admin",
                              request_timeout_ms=int(max(wait_s, 30) * 1000) + 10_000)
     try:
-        present = [t for t in dict.fromkeys(topics) if t in admin.list_topics()]
+        existing = set(admin.list_topics())
+        present = [t for t in dict.fromkeys(topics) if t in existing]
         if not present:
             return []
-        admin.delete_topics(present, timeout_ms=int(max(wait_s, 30) * 1000))
         deadline = time.monotonic() + wait_s
+        # one deleted meanwhile by someone else is not an error: the wait below sees it gone
+        admin.delete_topics(present, timeout_ms=int(max(wait_s, 30) * 1000), raise_errors=False)
         while left := set(present) & set(admin.list_topics()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Kafka at {s.kafka_address} still lists the deleted topics {sorted(left)} after "

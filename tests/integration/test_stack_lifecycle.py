@@ -43,6 +43,11 @@ def test_up_status_down_up_keeps_data(tmp_path: Path, settings, free_ports):
         timings["up_again_s"] = time.monotonic() - t
         assert r.returncode == 0, r.stderr[-3000:]
         assert "started" not in r.stderr  # nothing restarted: up twice is harmless
+        assert "older configuration" not in r.stderr
+        # a setting of the broker changed while it runs (as after an upgrade of logpipe): up says how to apply it
+        r = _cli({**env, "LOGPIPE_TOPIC_PARTITIONS": "3"}, "up")
+        assert r.returncode == 0 and "started" not in r.stderr, r.stderr[-3000:]
+        assert "kafka runs with an older configuration" in r.stderr and "namenode runs" not in r.stderr, r.stderr
         r = _cli(env, "status", "--json")
         assert r.returncode == 0
         status = json.loads(r.stdout)

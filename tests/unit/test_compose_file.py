@@ -285,6 +285,8 @@ def test_container_addresses_point_at_the_services(resolved: dict) -> None:
     advertised = dict(item.split("://") for item in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(","))
     assert advertised["HOST"] == f"127.0.0.1:{_default('kafka_port')}"  # what the native default points at
     assert int(kafka_env["KAFKA_NUM_PARTITIONS"]) == _default("topic_partitions")
+    # as the native broker: topics are made by logpipe (producer, job), never by a client naming one
+    assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     hdfs_defaults = (ROOT / "hdfs_service" / "start-hadoop.sh").read_text()
     script_port = {m.group(1): int(m.group(2)) for m in re.finditer(r"\$\{HDFS_(\w+_PORT):-(\d+)\}", hdfs_defaults)}
     assert script_port == {"NAMENODE_RPC_PORT": _default("namenode_rpc_port"),

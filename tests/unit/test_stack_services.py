@@ -204,6 +204,16 @@ def test_noisy_datanode_loggers_are_lowered(run_dir, free_ports):
         assert f"{logger}=WARN" in conf
 
 
+def test_the_broker_makes_no_topic_on_its_own(run_dir, free_ports):
+    """Production brokers often forbid auto-creation: here too, so nothing works only because a client named a
+    topic (the producer makes its topic, the job its alerts topic)."""
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    services.write_configs(s, lay)
+    conf = (lay.conf / "kafka" / "server.properties").read_text().splitlines()
+    assert "auto.create.topics.enable=false" in conf
+
+
 # ---- 5: whose pid is it -------------------------------------------------------------------------------------
 def test_pid_of_a_service_in_another_run_folder_is_not_ours(tmp_path, free_ports, procs):
     s = _settings(tmp_path / "lp", free_ports)

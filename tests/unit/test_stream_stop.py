@@ -342,3 +342,20 @@ def test_failure_summary_picks_the_cause_and_the_hint_is_found_anywhere_in_the_e
     job.batch_error = RootBusy("this run lost its lease on /r: now held by process 7 on host h")
     with pytest.raises(RootBusy, match="lost its lease"):
         run._raise_if_failed(Failed(proxy), job)
+
+
+def test_no_right_to_make_the_alerts_topic_is_a_warning_not_a_crash(monkeypatch, caplog):
+    """A job whose Kafka user may not create topics still runs (an admin may have made the alerts topic); the log
+    says what could not be done."""
+    from kafka.errors import TopicAuthorizationFailedError
+
+    from logpipe.config import load_settings
+
+    def refused(*_a, **_k):
+        raise TopicAuthorizationFailedError("not allowed")
+
+    monkeypatch.setattr("logpipe.topics.create_topic", refused)
+    with caplog.at_level(logging.WARNING):
+        run.make_alerts_topic(load_settings().with_overrides(alerts_topic="alerts-x"))
+    assert any("could not make the alerts topic alerts-x" in r.getMessage() for r in caplog.records)
+

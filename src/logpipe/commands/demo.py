@@ -150,6 +150,17 @@ def refuse_if_a_run_holds(s: Settings, client: "InsecureClient") -> None:
                          f"renewed {age:.0f}s ago): stop that run, or give the demo another root (--hdfs-root)")
 
 
+def delete_topics_or_exit(s: Settings, topics: list[str]) -> None:
+    """Delete the demo's old topics and wait until they are gone; exit with the reason if the broker keeps them (the
+    names are used again at once: producing now would mix old and new records)."""
+    from logpipe.topics import delete_topics
+
+    try:
+        delete_topics(s, topics)
+    except TimeoutError as exc:
+        raise SystemExit(f"demo: {exc}") from exc
+
+
 def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     """Results, topic and producer position must all come from this log and these settings: if the demo's HDFS root
     holds results of another log (e.g. the sample was regenerated) or of other settings (window, slide, watermark,
@@ -160,8 +171,6 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
 
     from hdfs import InsecureClient
     from kafka.admin import KafkaAdminClient
-
-    from logpipe.topics import delete_topics
 
     client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
     marker = s.hdfs_path("_source.json")
@@ -195,7 +204,7 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     doomed += [f"topic {t}" for t in topics] + ([f"positions {positions}"] if positions.exists() else [])
     log.info("starting over on %s: %s%s", s.hdfs_root, why, f"; deleting {', '.join(doomed)}" if doomed else "")
     client.delete(s.hdfs_root, recursive=True)
-    delete_topics(s, topics)
+    delete_topics_or_exit(s, topics)
     shutil.rmtree(positions, ignore_errors=True)
     client.write(marker, data=json.dumps(ident), overwrite=True)
 

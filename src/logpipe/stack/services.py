@@ -499,13 +499,19 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
         resolve(name, lay.jars)
         if time.monotonic() - t > 1:
             progress(f"resolved {name} jars in {time.monotonic() - t:.1f}s")
+    before = {f: f.read_text() for f in lay.conf.rglob("*") if f.is_file()} if lay.conf.exists() else {}
     write_configs(s, lay)
+    changed = {f.parent.name for f in lay.conf.rglob("*") if f.is_file() and before.get(f) != f.read_text()}
     _format_if_needed(s, lay, java)
     for svc in services(s, lay):
         t = time.monotonic()
         pid, started = _start(s, lay, java, svc)
         progress(f"{svc.name:9s} {'started' if started else 'running'} (pid {pid})"
                  + (f", ready in {time.monotonic() - t:.1f}s" if started else ""))
+        conf = "kafka" if svc.name == "kafka" else "hadoop"
+        if not started and conf in changed:  # e.g. a newer logpipe changed a setting of the broker
+            log.warning("%s runs with an older configuration than %s now holds: `logpipe stack down` then "
+                        "`logpipe stack up` applies it (data kept)", svc.name, lay.conf / conf)
     return status(s)
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.random import PCG64, Generator
 
+from logpipe import logformat as lf
+
 if TYPE_CHECKING:
     from logpipe.config import Settings
 
@@ -40,7 +42,7 @@ MALFORMED_REASON = {"truncated": "malformed", "garbage": "invalid_utf8", "invali
                     "bad_timestamp": "bad_timestamp", "out_of_range": "timestamp_out_of_range", "empty": "empty"}
 MALFORMED_KINDS = tuple(MALFORMED_REASON)
 HEADROOM = 0.3                # background: a host's expected count in a window at the peak rate <= 0.3 x ceiling
-MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+MONTHS = list(lf.MONTHS)  # month names in order, as CLF writes them
 
 
 @dataclass

@@ -23,7 +23,6 @@ from datetime import datetime, timedelta, timezone
 # The schema of a parsed line (the seed's five columns first, then extras).
 SCHEMA_DDL = ("host STRING, timestamp TIMESTAMP, request STRING, http_response INT, bytes_sent INT, "
               "method STRING, path STRING, protocol STRING")
-SEED_COLUMNS = ("host", "timestamp", "request", "http_response", "bytes_sent")
 
 INT32_MAX = 2**31 - 1
 MIN_TIME = datetime(1990, 1, 1, tzinfo=timezone.utc)

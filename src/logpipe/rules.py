@@ -13,6 +13,7 @@ from logpipe.config import Settings
 
 RATE_LIMIT = "rate_limit"
 FAILURE_SURGE = "failure_surge"
+FAILED_STATUS = 400  # a response with this status or above is a failed request (4xx client, 5xx server)
 
 
 class WindowCount(NamedTuple):
@@ -89,7 +90,7 @@ class FailureSurgeRule:
         failed: dict[tuple[datetime, datetime, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for r in rows:
             totals[(r.window_start, r.window_end)] += r.count
-            if r.http_response >= 400:
+            if r.http_response >= FAILED_STATUS:
                 failed[(r.window_start, r.window_end, r.http_response)][r.host] += r.count
         out = []
         for (ws, we, status), hosts in failed.items():

@@ -18,6 +18,7 @@ import pandas as pd
 from logpipe.config import Settings
 from logpipe.logformat import try_parse_line
 from logpipe.results import committed_files
+from logpipe.rules import FAILED_STATUS
 from logpipe.windows import duration_seconds, window_starts_array
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class StatusReplay:
         # a status's running share can only rise in a batch that brought rows of it: testing those batches finds
         # the first crossing
         d = d.merge(tot[["window_start", "batch", "total"]], on=["window_start", "batch"])
-        hit = d[(d.http_response >= 400) & (d["count"] >= min_count) & (d["count"] / d["total"] >= min_share)]
+        hit = d[(d.http_response >= FAILED_STATUS) & (d["count"] >= min_count) & (d["count"] / d["total"] >= min_share)]
         if not len(hit):
             return empty
         return hit.groupby(["window_start", "http_response"], as_index=False)["batch"].min()
@@ -423,7 +424,7 @@ def expected_alerts(c: BatchCounts, s: Settings) -> pd.DataFrame:
     rate = c.host.frame(c.host.count >= s.rate_limit_ceiling)
     rate = pd.DataFrame({"rule": "rate_limit", "key": rate.host.astype(str), "window_start": rate.window_start})
     st = c.by_status.merge(c.window_totals, on="window_start")
-    st = st[(st.http_response >= 400) & (st["count"] >= s.surge_min_count)
+    st = st[(st.http_response >= FAILED_STATUS) & (st["count"] >= s.surge_min_count)
             & (st["count"] / st.total >= s.surge_min_share)]
     surge = pd.DataFrame({"rule": "failure_surge", "key": st.http_response.astype(str),
                           "window_start": st.window_start})
@@ -601,7 +602,12 @@ def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 
                 "error": f"Kafka at {s.kafka_address} not reachable ({exc}): is it running? `logpipe stack status`",
                 "ok": False}
     try:
-        parts = consumer.partitions_for_topic(s.alerts_topic) or set()
+        parts = consumer.partitions_for_topic(s.alerts_topic)
+        if not parts:  # not "alerts lost": the topic itself is not there (a topic has a partition at least)
+            return {"topic": s.alerts_topic, "published": 0, "missing": len(wanted), "copies": 0,
+                    "error": f"topic {s.alerts_topic} does not exist on {s.kafka_address} (the job makes it when it "
+                             "starts: was it deleted, or is LOGPIPE_ALERTS_TOPIC another name than the job's?)",
+                    "ok": not wanted}
         tps = [TopicPartition(s.alerts_topic, p) for p in sorted(parts)]
         seen: dict[str, int] = {}
         if tps:
@@ -878,6 +884,10 @@ def check_job_accounting(s: Settings, fs: Any, *, event_rows: int, late_rows: in
 
 @dataclass
 class VerifyReport:
+    """What `logpipe verify` found: `ok` only if every part (accounting, both window tables, alerts) matched;
+    each part holds its own figures and examples of what differed. `truth`: the alerts scored against the
+    generator's planted incidents (None: the log has no truth file)."""
+
     ok: bool
     log: str
     seconds: float

@@ -202,6 +202,13 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
                                              "src", "off", "src_key", "kafka_partition", "kafka_offset", "date"])
     if request_parts:
         assert (events["method"] + " " + events["path"] + " " + events["protocol"] == events["request"]).all()
+    # and their types: those of the parsed-line schema (logformat.SCHEMA_DDL: host string, timestamp timestamp,
+    # request string, http_response int, bytes_sent int)
+    for name, typ in (c.split() for c in lf.SCHEMA_DDL.split(",")):
+        if name in events.columns:
+            got = str(events[name].dtype)
+            assert got.startswith("datetime64") if typ == "TIMESTAMP" else got == {"STRING": "object",
+                                                                                   "INT": "int32"}[typ], (name, got)
     # windows: each (window, key) once, equal to the independent computation
     for table, key, counter in (("windows/by_host", "host", exp["by_host"]),
                                 ("windows/by_status", "http_response", exp["by_status"])):

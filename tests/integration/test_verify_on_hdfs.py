@@ -35,8 +35,10 @@ def test_every_committed_alert_must_be_on_the_kafka_alerts_topic(stack, unique):
 
     s = stack.with_overrides(alerts_topic=f"alerts-{unique}")
     alerts = pd.DataFrame({"alert_id": ["a1", "a2"]})
-    r = check_alerts_on_kafka(s, alerts, timeout_s=20)  # no such topic yet: nothing published
+    r = check_alerts_on_kafka(s, alerts, timeout_s=20)  # no such topic yet: nothing published, and said why
     assert (r["missing"], r["ok"]) == (2, False), r
+    assert f"topic {s.alerts_topic} does not exist" in r["error"]
+    assert check_alerts_on_kafka(s, alerts.iloc[:0], timeout_s=20)["ok"]  # no alert to find: no topic needed
     create_topic(s, s.alerts_topic, partitions=1)  # as the job does when it starts
     producer = KafkaProducer(bootstrap_servers=s.kafka_address)
     for key in ("a1", "a1", "a2", "other"):

@@ -22,18 +22,22 @@ def test_interrupted_callback_traceback_is_quieted_only_once_stopping(caplog: py
         py4j.error("There was an exception while executing the Python Proxy on the Python Side.", exc_info=True)
     assert [r.levelname for r in caplog.records] == ["ERROR"]  # before a stop: shown as it is
     caplog.clear()
-    drop = run._quiet_interrupted_callbacks()
-    try:
+    with run._quiet_interrupted_callbacks():
         try:
             raise RuntimeError(": java.lang.InterruptedException")
         except RuntimeError:
             py4j.error("There was an exception while executing the Python Proxy on the Python Side.", exc_info=True)
         py4j.error("some other py4j failure")
-    finally:
-        py4j.removeFilter(drop)
     assert [(r.name, r.levelname) for r in caplog.records] == [
         ("logpipe.stream", "INFO"), ("py4j.clientserver", "ERROR")]
     assert "redone on restart" in caplog.records[0].getMessage()
+    caplog.clear()
+    try:  # after the stop: the filter is gone, such a record may be the real failure again
+        raise RuntimeError(": java.lang.InterruptedException")
+    except RuntimeError:
+        py4j.error("There was an exception while executing the Python Proxy on the Python Side.", exc_info=True)
+    assert [(r.name, r.levelname) for r in caplog.records] == [("py4j.clientserver", "ERROR")]
+    assert not py4j.filters
 
 
 class _Query:

@@ -244,3 +244,42 @@ def test_a_flush_committed_meanwhile_is_not_written_or_reported_again(local_spar
     assert job.flush_open_windows() == 1
     assert len(list((root / "windows" / "by_host").glob("f0000000004-*.parquet"))) == 1
     assert job.flush_open_windows() == 0
+
+
+def test_alerts_of_final_windows_are_forgotten_and_a_batch_finds_its_own_alert_files(local_spark, tmp_path):
+    """Each alert is raised once per (rule, key, window): the job remembers the alert ids of windows that may still
+    change, and forgets those of windows that end by the late horizon (no later batch counts them), so a
+    continuous run does not hold every alert it ever raised. A batch's own alert files are found by their tag
+    (no listing of the whole history)."""
+    import json
+    from datetime import datetime
+
+    from logpipe.config import Settings
+    from logpipe.streaming.job import ALERTS_SCHEMA, StreamJob
+
+    root = tmp_path / "root"
+    (root / "_commits" / "ingest").mkdir(parents=True)
+    (root / "_commits" / "ingest" / "b0000000000.json").write_text(
+        json.dumps({"batch": 0, "max_ts": "2004-05-18T00:01:00"}))  # watermark 30 s: horizon 00:00:30
+    t = datetime.fromisoformat
+    rows = [(f"rule_{i}", "k", t(f"2004-05-18T00:00:{end - 20:02d}"), t(f"2004-05-18T00:00:{end:02d}"), 5, None, 1,
+             [], alert_id, t("2004-05-18T00:01:00")) for i, (alert_id, end) in enumerate((("final", 20),
+                                                                                          ("edge", 30),
+                                                                                          ("open", 40)))]
+    local_spark.createDataFrame(rows, ALERTS_SCHEMA).coalesce(1).write.parquet(
+        (root / "alerts" / "_staging" / "x").as_uri())
+    (next((root / "alerts" / "_staging" / "x").glob("*.parquet"))).rename(root / "alerts" / "b0000000000-00000.parquet")
+    # an attempt that never committed: its alerts were never raised
+    (root / "alerts" / "b0000000001-00000.parquet").write_bytes(
+        (root / "alerts" / "b0000000000-00000.parquet").read_bytes())
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.root = root.as_uri()
+    assert job._emitted() == {"open": t("2004-05-18T00:00:40")}
+    job._forget_final_alerts(t("2004-05-18T00:00:39"))
+    assert set(job._emitted()) == {"open"}
+    job._forget_final_alerts(t("2004-05-18T00:00:40"))
+    assert job._emitted() == {}
+    alerts = job.s.hdfs_uri("alerts")
+    assert [f.rsplit("/", 1)[-1] for f in job.fs.glob(f"{alerts}/b0000000000-*.parquet")] == [
+        "b0000000000-00000.parquet"]
+    assert job.fs.glob(f"{alerts}/b0000000002-*.parquet") == []

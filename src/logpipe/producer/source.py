@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, file_key, head_digest, src_id
+from logpipe.record import TOO_LARGE_HEAD_BYTES
 
 log = logging.getLogger("logpipe.producer")
 
 BLOCK_BYTES = 1 << 20
 LINE_CAP_BYTES = 64 << 20  # longer lines are not held in memory: only their head is kept (they are quarantined)
-QUARANTINE_HEAD_BYTES = 16 << 10
 
 
 # rotated files under these names are compressed: not readable as a log
@@ -523,7 +523,7 @@ class LogSource:
         else:
             seg.carry = rest
         if len(seg.carry) > self.line_cap:
-            seg.skipping, seg.skip_head, seg.skip_start = len(seg.carry), seg.carry[:QUARANTINE_HEAD_BYTES], \
+            seg.skipping, seg.skip_head, seg.skip_start = len(seg.carry), seg.carry[:TOO_LARGE_HEAD_BYTES], \
                 seg.carry_start
             seg.carry = b""
 

@@ -82,6 +82,11 @@ class HadoopFs:
             out.append(it.next().getPath().toString())
         return out
 
+    def glob(self, pattern: str) -> list[str]:
+        """The paths matching a glob pattern (Hadoop's: `*`, `?`, `[...]`, `{a,b}`), as full paths."""
+        found = self.fs.globStatus(self.path(pattern))
+        return [st.getPath().toString() for st in found] if found is not None else []
+
     def rename(self, src: str, dst: str) -> None:
         parent = self.path(dst).getParent()
         self.fs.mkdirs(parent)

@@ -187,9 +187,14 @@ class RootLease:
             held = self.holder()
         except Exception:  # noqa: BLE001 (only for the message)
             held = None
-        other: dict[str, Any] = held[0] if held else {}
+        if not held:
+            raise RootBusy(f"this run lost its lease {self.path}: the file is gone (deleted outside the job, or the "
+                           "results root removed?); it stops before writing anything more. Check that nobody "
+                           "removes the root while a job writes to it, then start the job again")
+        other: dict[str, Any] = held[0]
         raise RootBusy(f"this run lost its lease {self.path} (now held by process {other.get('pid')} on "
-                       f"{other.get('host')}): it stops before writing anything more")
+                       f"{other.get('host')}: its renewals stopped for longer than {self.stale_s:.0f}s, e.g. the process was "
+                       "paused, and another run took the root over): it stops before writing anything more")
 
     def release(self) -> None:
         """Stop renewing, and remove the lease if it is still ours."""

@@ -10,7 +10,7 @@ from logpipe.record import KEY_PREFIX, TOO_LARGE_PATTERN
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
-SEP = "\u0000"  # never in a parsed line (logformat rejects NUL), so safe as a field separator
+SEP = "char(0)"  # NUL, in Spark SQL: never in a parsed line (logformat rejects NUL), so safe as a field separator
 _MONTHS = ", ".join(f"'{m}'" for m in lf.MONTHS)
 
 
@@ -41,7 +41,7 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
     line_pat = _sql_str(lf.JAVA_LINE_PATTERN[:-2] + r"[\r\n]*\z")
     seed_t = _sql_str(lf.SEED_TIME_PATTERN[:-1] + r"\z")
     clf_t = _sql_str(lf.CLF_TIME_PATTERN[:-1] + r"\z")
-    sep = "char(0)"
+    sep = SEP
     # the producer's stand-in for a line too large for Kafka (logpipe.record.too_large_value); it holds a NUL, so it
     # never parses, and only lines that did not parse are tested for it
     too_large = _sql_str(TOO_LARGE_PATTERN)
@@ -94,7 +94,7 @@ def request_columns(df: "DataFrame") -> "DataFrame":
     from pyspark.sql import functions as F
 
     req_pat = _sql_str(lf.JAVA_REQUEST_PATTERN)
-    sep = "char(0)"
+    sep = SEP
     return (df
             .withColumn("_r", F.expr(f"split(regexp_replace(request, {req_pat}, concat_ws({sep}, '$1', '$2', '$3')), "
                                      f"{sep})"))

@@ -9,9 +9,16 @@ import re
 import signal
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql.streaming import StreamingQuery
+
+    from logpipe.streaming.job import StreamJob
 
 log = logging.getLogger("logpipe.stream")
 
@@ -60,7 +67,7 @@ class StopSignal:
         self._before = {}
 
 
-def _listener(job: Any) -> Any:
+def _listener(job: StreamJob) -> Any:
     from pyspark.sql.streaming import StreamingQueryListener
 
     class ProgressLogger(StreamingQueryListener):
@@ -169,7 +176,9 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                      until_idle_s)
             if not _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history()):
                 _stop_before_the_end(follow, job, s, stop, may_end=False)
-            if _stop_between_batches(follow, s.stop_grace_s):
+            with _quiet_interrupted_callbacks():
+                ended = _stop_between_batches(follow, s.stop_grace_s)
+            if ended:
                 _raise_if_failed(follow, job)
                 raise RuntimeError(f"streaming query {follow.name} ended by itself while stopping")
             log.info("no new records for %.0fs: draining what is left and writing the still-open windows",
@@ -199,9 +208,10 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                     _raise_if_failed(q, job)
                     raise RuntimeError(f"query {q.name} stopped")
         log.info("stopping: letting the running micro-batches finish (up to %.0fs)", s.stop_grace_s)
-        _quiet_interrupted_callbacks()
         for q in queries:
-            if _stop_between_batches(q, s.stop_grace_s):  # its last batch failed while we waited for it
+            with _quiet_interrupted_callbacks():
+                ended = _stop_between_batches(q, s.stop_grace_s)
+            if ended:  # its last batch failed while we waited for it
                 _raise_if_failed(q, job)
                 raise RuntimeError(f"streaming query {q.name} failed: it ended by itself while stopping")
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
@@ -215,14 +225,15 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         spark.stop()
 
 
-def _stop_before_the_end(q: Any, job: Any, s: Settings, stop: StopSignal, *, may_end: bool) -> None:
+def _stop_before_the_end(q: StreamingQuery, job: StreamJob, s: Settings, stop: StopSignal, *, may_end: bool) -> None:
     """A signal came before a run-to-the-end query was done: stop it between micro-batches, then raise
     StopRequested, or the query's own failure if its last batch failed meanwhile. `may_end`: the query is the
     drain, which ends by itself after its last batch; if it did so while we waited, this returns (the run goes on
     to write the still-open windows). A continuous query that ended by itself is a failure."""
     log.info("stopping: letting the running micro-batch finish (up to %.0fs)", s.stop_grace_s)
-    _quiet_interrupted_callbacks()
-    if _stop_between_batches(q, s.stop_grace_s):
+    with _quiet_interrupted_callbacks():
+        ended = _stop_between_batches(q, s.stop_grace_s)
+    if ended:
         _raise_if_failed(q, job)
         if may_end:
             log.info("the topic was drained meanwhile: finishing the run")
@@ -247,7 +258,7 @@ def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
                          f"({s.trigger_interval}): between two triggers the job does not look for new records")
 
 
-def _wait_until_idle(q: Any, job: Any, idle_s: float, stop: threading.Event | None = None, *,
+def _wait_until_idle(q: StreamingQuery, job: StreamJob, idle_s: float, stop: threading.Event | None = None, *,
                      processed_before: bool = False) -> bool:
     """Return True once `q` has processed records (or earlier runs did: `processed_before`, so a run restarted
     after its input was all processed ends too) and then, for idle_s seconds, found no new ones and finished no
@@ -276,7 +287,8 @@ def _wait_until_idle(q: Any, job: Any, idle_s: float, stop: threading.Event | No
         time.sleep(0.1)
 
 
-def _await_all(queries: list[Any], s: Settings, stop: threading.Event | None = None, job: Any = None) -> bool:
+def _await_all(queries: list[StreamingQuery], s: Settings, stop: threading.Event | None = None,
+               job: StreamJob | None = None) -> bool:
     """Wait for run-to-the-end queries; if one fails, let the others finish their batch, then report it. Returns
     False as soon as `stop` is set (the queries still run), True once all ended."""
     from pyspark.errors import StreamingQueryException
@@ -292,17 +304,19 @@ def _await_all(queries: list[Any], s: Settings, stop: threading.Event | None = N
     return True
 
 
-def _stop_the_others(queries: list[Any], s: Settings) -> None:
+def _stop_the_others(queries: list[StreamingQuery], s: Settings) -> None:
     """After one query failed: stop the still active ones between their micro-batches (at most 30 s each)."""
     for other in queries:
         if other.isActive:
             _stop_between_batches(other, min(s.stop_grace_s, 30))
 
 
-def _quiet_interrupted_callbacks() -> logging.Filter:
-    """A stop that lands just as a new micro-batch starts interrupts its Python callback: py4j then logs the
-    InterruptedException as an error with a traceback. That batch was not committed and is redone on restart, so
-    during a deliberate stop those records are noise: they are logged as one info line instead."""
+@contextmanager
+def _quiet_interrupted_callbacks() -> Iterator[logging.Filter]:
+    """While a deliberate stop runs: a stop that lands just as a new micro-batch starts interrupts its Python
+    callback, and py4j then logs the InterruptedException as an error with a traceback. That batch was not
+    committed and is redone on restart, so those records are noise during the stop: they are logged as one info
+    line instead. Only within the `with` block: outside a stop, such a record may be the real failure."""
     class DropInterrupted(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             text = record.getMessage() + (logging.Formatter().formatException(record.exc_info)
@@ -313,11 +327,15 @@ def _quiet_interrupted_callbacks() -> logging.Filter:
             return True
 
     drop = DropInterrupted()
-    logging.getLogger("py4j.clientserver").addFilter(drop)
-    return drop
+    py4j = logging.getLogger("py4j.clientserver")
+    py4j.addFilter(drop)
+    try:
+        yield drop
+    finally:
+        py4j.removeFilter(drop)
 
 
-def _stop_between_batches(q: Any, grace_s: float) -> bool:
+def _stop_between_batches(q: StreamingQuery, grace_s: float) -> bool:
     """Stop a query once its running micro-batch is done (waiting up to grace_s), so a stop interrupts no write
     in the middle; a batch that is interrupted anyway is redone on restart (its commit is idempotent). Returns
     True if the query had ended by itself (failed) before the stop."""
@@ -332,7 +350,7 @@ def _stop_between_batches(q: Any, grace_s: float) -> bool:
     return ended
 
 
-def _raise_if_failed(q: Any, job: Any = None) -> None:
+def _raise_if_failed(q: StreamingQuery, job: StreamJob | None = None) -> None:
     """Raise if query `q` failed, with the cause a user can act on: the exception a micro-batch callback raised
     (`job.batch_error`; a lost lease is raised as the RootBusy it is), else the telling line of Spark's error,
     and a hint of what to check next."""

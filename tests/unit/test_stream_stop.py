@@ -363,3 +363,23 @@ def test_no_right_to_make_the_alerts_topic_is_a_warning_not_a_crash(monkeypatch,
         run.make_alerts_topic(load_settings().with_overrides(alerts_topic="alerts-x"))
     assert any("could not make the alerts topic alerts-x" in r.getMessage() for r in caplog.records)
 
+
+
+def test_a_new_query_does_not_inherit_the_batch_error_of_an_earlier_one() -> None:
+    """`--until-idle` stops its follow query (a batch the stop cancels records its error) and starts the drain:
+    a later failure of the drain must be reported by its own cause, not the follow query's cancellation."""
+    from logpipe.config import Settings
+    from logpipe.streaming import job as job_mod
+
+    class Chain:  # stands for the DataStreamWriter chain: every call returns it
+        def __getattr__(self, _name: str) -> "Chain":
+            return self
+
+        def __call__(self, *_a: object, **_k: object) -> "Chain":
+            return self
+
+    j = job_mod.StreamJob.__new__(job_mod.StreamJob)
+    j.s, j.batch_error = Settings(), RuntimeError("the follow query's batch, cancelled by the stop")
+    j._kafka_stream = Chain
+    j.ingest_query(available_now=True)
+    assert j.batch_error is None

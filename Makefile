@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: deps test-deps setup demo test unit stack-up stack-down stack-status clean
+.PHONY: deps test-deps setup constraints demo test unit stack-up stack-down stack-status clean
 
 deps:                            ## system packages (apt-get, as root or via sudo; only what is missing)
 	PYTHON=$(PYTHON) bash .ci/deps
@@ -15,11 +15,18 @@ test-deps: deps                  ## + chromium for tests/e2e/test_hdfs_ui_browse
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml | deps
+$(VENV)/.installed: pyproject.toml constraints.txt | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,notebook]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,notebook]'
 	touch $@
+
+constraints: | deps              ## pin every installed version again (after changing pyproject.toml's pins)
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev,notebook]'
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	touch $(VENV)/.installed
 
 demo: setup                      ## the demo pipeline on the native stack
 	$(BIN)/logpipe demo

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import xml.etree.ElementTree as ET
 from importlib import resources
 from pathlib import Path
@@ -254,10 +255,16 @@ def test_services_healthchecks_and_dependencies(resolved: dict) -> None:
         assert services[name]["environment"][var] == f"-Xmx{_default(field)}", name
     assert set(services["streaming"]["depends_on"]) == {"kafka", "namenode", "datanode", "hdfs-ready"}
     assert set(services["producer"]["depends_on"]) == {"kafka"}
+    # verify runs in the notebook image (docs/compose.md) and reads the alerts topic
+    assert set(services["notebook"]["depends_on"]) == {"kafka", "namenode", "datanode", "hdfs-ready"}
     assert services["datanode"]["depends_on"] == {"namenode": {"condition": "service_healthy", "required": True}}
     # logpipe's own readiness probes where the image has the package; Kafka's own script in the kafka image
     assert services["producer"]["healthcheck"]["test"][1:3] == ["logpipe", "health"]
     assert "/opt/kafka/bin/" in " ".join(services["kafka"]["healthcheck"]["test"])
+    # the checks that start a JVM run often only while their service starts (docs/compose.md)
+    for name in ("kafka", "namenode", "datanode"):
+        check = services[name]["healthcheck"]
+        assert (check["interval"], check["start_interval"]) == ("1m0s", "5s"), name
     for name in ("kafka", "namenode", "datanode", "streaming", "notebook"):
         assert services[name]["restart"] == "unless-stopped", name
 
@@ -335,6 +342,23 @@ def test_images_match_the_native_stack_versions() -> None:
     assert compose["services"]["kafka"]["image"] == f"apache/kafka:{_pom_property('kafka.xml', 'kafka.version')}"
     hdfs_from = re.search(r"^FROM\s+(\S+)", (ROOT / "hdfs_service" / "Dockerfile").read_text(), re.M)
     assert hdfs_from and hdfs_from.group(1) == f"apache/hadoop:{_pom_property('hdfs.xml', 'hadoop.version')}"
+    # our images are tagged with the versions they hold: Hadoop's for HDFS, the package's for logpipe's own
+    hadoop = _pom_property("hdfs.xml", "hadoop.version")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for name, svc in compose["services"].items():
+        image = svc["image"]
+        if image.startswith("logpipe-hdfs:"):
+            assert image == f"logpipe-hdfs:{hadoop}", name
+        elif image.startswith("logpipe-"):
+            assert image.endswith(f":{version}"), name
+    # the Spark Kafka connector is the version of pyproject.toml's pyspark pin (the installed one is checked below)
+    pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+               if d.startswith("pyspark=="))
+    assert pin == f"pyspark=={_pom_property('spark-kafka.xml', 'spark.version')}"
+    # both Python images on the same base
+    bases = {re.search(r"^FROM\s+(python:\S+)", (ROOT / d / "Dockerfile").read_text(), re.M).group(1)
+             for d in ("python_service", "pyspark_service")}
+    assert len(bases) == 1, bases
     cluster_id = compose["services"]["kafka"]["environment"]["CLUSTER_ID"]
     assert not cluster_id.startswith("-") and len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
 
@@ -356,4 +380,4 @@ def test_streaming_image_bakes_the_connector_jars_of_the_pom() -> None:
     assert "PATH=/opt/java/bin:$PATH" in text  # `java -version` at build time finds it
     # the package (with its pinned pyspark) is installed from the context, never fetched by name
     for dockerfile in DOCKERFILES[1:]:
-        assert "pip install --no-cache-dir .\\" in dockerfile.read_text().replace(" \\\n", "\\")
+        assert "pip install --no-cache-dir -c constraints.txt .\\" in dockerfile.read_text().replace(" \\\n", "\\")

@@ -52,3 +52,45 @@ def test_python_passes_ruff() -> None:
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "."], cwd=PROJECT_ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def _constraints() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (PROJECT_ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not name==version"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_constraints_pin_what_the_tests_run_with_and_agree_with_pyproject() -> None:
+    """constraints.txt (pip -c, natively and in the images) holds the versions installed here, where the tests
+    run, and pyproject.toml's own pins; both installs use it."""
+    import tomllib
+    from importlib.metadata import distributions
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _constraints()
+    assert {"pyspark", "kafka-python", "pandas", "pyarrow", "py4j", "pydantic"} <= set(pins)
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    for spec in [*project["dependencies"], *(r for rs in project["optional-dependencies"].values() for r in rs)]:
+        req = Requirement(spec)
+        exact = [s.version for s in req.specifier if s.operator == "=="]
+        if exact:
+            assert pins.get(canonicalize_name(req.name)) == exact[0], f"{req.name}: pyproject {exact[0]}, " \
+                f"constraints {pins.get(canonicalize_name(req.name))}: run `make constraints`"
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in distributions()}
+    stale = {n: (v, installed[n]) for n, v in pins.items() if n in installed and installed[n] != v}
+    assert not stale, f"constraints.txt differs from what is installed (pinned, installed): {stale}; " \
+                      "run `make constraints` after changing a version"
+    assert "-c constraints.txt" in (PROJECT_ROOT / "Makefile").read_text()
+    for dockerfile in ("python_service/Dockerfile", "pyspark_service/Dockerfile"):
+        text = (PROJECT_ROOT / dockerfile).read_text()
+        installs = re.findall(r"^RUN pip install [^\n]*", text, re.M)
+        assert installs and all("-c constraints.txt" in i for i in installs), (dockerfile, installs)
+        assert re.search(r"COPY [^\n]*constraints\.txt", text), dockerfile

@@ -213,8 +213,9 @@ def probe_datanode_ready(host: str, data_port: int, datanode_http: str, webhdfs:
     return probe_hdfs_ready(webhdfs)
 
 
-def wait_for_kafka(bootstrap: str, timeout: float = 60.0) -> int:
-    return wait_until(lambda: probe_kafka(bootstrap), what=f"Kafka at {bootstrap}", timeout=timeout,
+def wait_for_kafka(bootstrap: str, timeout: float = 60.0, stop: threading.Event | None = None) -> int:
+    """Wait until the broker at `bootstrap` answers (probe_kafka); `stop` ends the wait early (a signal)."""
+    return wait_until(lambda: probe_kafka(bootstrap), what=f"Kafka at {bootstrap}", timeout=timeout, stop=stop,
                       hint="Check that the broker runs (`logpipe stack status`) and its log; "
                            "LOGPIPE_KAFKA_BOOTSTRAP must name its PLAINTEXT listener.")
 
@@ -229,9 +230,11 @@ def probe_hdfs_ready(webhdfs: str) -> dict:
 
 
 def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
+    """Wait until HDFS is writable and its files readable (probe_hdfs_ready)."""
     return wait_until(lambda: probe_hdfs_ready(webhdfs), what=f"HDFS at {webhdfs}", timeout=timeout,
                       hint="Check the NameNode and DataNode logs (`logpipe stack status`): safe mode stays on with "
-                           "under 100 MB free disk or with no DataNode registered.")
+                           "under 100 MB free disk or with no DataNode registered; LOGPIPE_WEBHDFS_URL must name "
+                           "the NameNode's web address.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,9 +139,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     import os
 
     os.close(fd)
-    health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
-                      timeout=s.producer_connect_timeout_s, stop=stop_event,
-                      hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
+    health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event)
     store = PositionStore(s.producer_positions_dir, s.topic)
     if ensure_topic(s, s.topic):
         # a new topic holds none of the lines the saved positions stand for (the broker's data was wiped, or the

@@ -132,13 +132,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     from logpipe.streaming.job import SPARK_CONF, StreamJob
     from logpipe.streaming.lease import RootLease
 
-    health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
-                      timeout=s.connect_timeout_s,
-                      hint="Is the broker running (`logpipe stack status`)? Is LOGPIPE_KAFKA_BOOTSTRAP right?")
-    health.wait_until(lambda: health.probe_hdfs_ready(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
-                      timeout=s.connect_timeout_s,
-                      hint="Is HDFS running, out of safe mode, with its DataNode's blocks reported? Is "
-                           "LOGPIPE_WEBHDFS_URL right?")
+    health.wait_for_kafka(s.kafka_address, s.connect_timeout_s)
+    health.wait_for_hdfs(s.webhdfs_address, s.connect_timeout_s)
     check_until_idle(s, until_idle_s)
     if until_done and until_idle_s is None:  # drains what is there: a topic nobody produced to is a mistake
         health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",

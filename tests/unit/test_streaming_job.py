@@ -283,3 +283,24 @@ def test_alerts_of_final_windows_are_forgotten_and_a_batch_finds_its_own_alert_f
     assert [f.rsplit("/", 1)[-1] for f in job.fs.glob(f"{alerts}/b0000000000-*.parquet")] == [
         "b0000000000-00000.parquet"]
     assert job.fs.glob(f"{alerts}/b0000000002-*.parquet") == []
+
+
+def test_carried_state_of_earlier_batches_is_pruned_by_tag(local_spark, tmp_path):
+    """After batch 3 commits, the open windows and seen keys carried out of earlier batches are removed (a re-run
+    batch is skipped, so none reads them again); batch 3's own files and a staging folder are left."""
+    from logpipe.config import Settings
+    from logpipe.streaming.commit import file_tag
+    from logpipe.streaming.job import StreamJob
+
+    assert file_tag("hdfs://nn:8020/r/_state/open/b0000000003-00001.parquet") == "b0000000003"
+    root = tmp_path / "root"
+    names = {"_state/open/b0000000001-00000.parquet", "_state/open/b0000000003-00000.parquet",
+             "_state/seen/b0000000002-00000.parquet", "_state/seen/_staging/b0000000001/part-0.parquet"}
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.root = root.as_uri()
+    job._prune_state(3)
+    left = {str(p.relative_to(root)) for p in root.rglob("*.parquet")}
+    assert left == {"_state/open/b0000000003-00000.parquet", "_state/seen/_staging/b0000000001/part-0.parquet"}

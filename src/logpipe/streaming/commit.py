@@ -99,6 +99,11 @@ def batch_tag(batch_id: int, prefix: str = "b") -> str:
     return f"{prefix}{batch_id:010d}"
 
 
+def file_tag(path: str) -> str:
+    """The batch tag a table file is named by (`<tag>-<n>.parquet`, see commit_batch), from its path."""
+    return path.rsplit("/", 1)[-1].split("-", 1)[0]
+
+
 def marker_path(root_uri: str, query: str, tag: str) -> str:
     """Where the commit marker of one batch of one query lives."""
     return f"{root_uri}/_commits/{query}/{tag}.json"
@@ -167,7 +172,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     if fs.exists(pending):  # an earlier attempt died while moving files: remove what it moved
         for table in (TableWrite(*w).table for w in writes):
             for f in fs.files(f"{root_uri}/{table}"):
-                if f.rsplit("/", 1)[-1].startswith(tag + "-"):
+                if file_tag(f) == tag:
                     fs.delete(f)
     fs.write_text(pending, "")
 
@@ -220,7 +225,7 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
     tags = {tag for _, tag in crashed}
     for table in tables:
         for f in fs.files(f"{root_uri}/{table}"):
-            if f.rsplit("/", 1)[-1].split("-", 1)[0] in tags:
+            if file_tag(f) in tags:
                 fs.delete(f)
         for tag in tags:
             fs.delete(f"{root_uri}/{table}/_staging/{tag}")

@@ -35,7 +35,7 @@ from logpipe.config import Settings
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, setting_differs
 from logpipe.rules import FAILED_STATUS, AlertRules
 from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
-                                      committed_meta, marker_path, run_at_once)
+                                      committed_meta, file_tag, marker_path, run_at_once)
 from logpipe.streaming.lease import RootLease
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, request_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
@@ -156,7 +156,7 @@ class StreamJob:
         if batch is None or (table == STATE_OPEN and batch in (self._flushes or {})):  # none yet, or flushed: empty
             return self.spark.createDataFrame([], schema)
         tag = batch_tag(batch)
-        files = [f for f in self.fs.files(f"{self.root}/{table}") if f.rsplit("/", 1)[-1].startswith(tag + "-")]
+        files = [f for f in self.fs.files(f"{self.root}/{table}") if file_tag(f) == tag]
         if files:
             return self.spark.read.schema(schema).parquet(*files)
         held = int(self._committed().get(batch, {}).get("open_window_rows" if table == STATE_OPEN else "seen_keys", 0))
@@ -172,8 +172,7 @@ class StreamJob:
         tag = batch_tag(keep)
         for table in (STATE_OPEN, STATE_SEEN):
             for f in self.fs.files(f"{self.root}/{table}"):
-                name = f.rsplit("/", 1)[-1]
-                if name.endswith(".parquet") and "/_staging/" not in f and name.split("-", 1)[0] < tag:
+                if f.endswith(".parquet") and "/_staging/" not in f and file_tag(f) < tag:
                     self.fs.delete(f)
 
     def claim_root(self) -> None:
@@ -363,9 +362,8 @@ class StreamJob:
         tags = {f.rsplit("/", 1)[-1][:-5] for f in self.fs.files(f"{self.root}/_commits/ingest") if f.endswith(".json")}
         out: dict[str, list[str]] = {}
         for f in self.fs.files(self.s.hdfs_uri("alerts")):
-            name = f.rsplit("/", 1)[-1]
-            if name.endswith(".parquet") and "/_staging/" not in f and name.split("-", 1)[0] in tags:
-                out.setdefault(name.split("-", 1)[0], []).append(f)
+            if f.endswith(".parquet") and "/_staging/" not in f and file_tag(f) in tags:
+                out.setdefault(file_tag(f), []).append(f)
         return out
 
     def _publish_committed_alerts(self, tags: "Iterable[str] | None" = None) -> None:

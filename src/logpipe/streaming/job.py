@@ -1,6 +1,6 @@
 """The streaming job: one query, Kafka -> parse once -> events, final sliding-window counts, early alerts, on HDFS.
 
-Every micro-batch (foreachBatch; Spark's checkpoint on HDFS at _checkpoints/ingest) does, in order:
+Every micro-batch (foreachBatch, one MicroBatch object; Spark's checkpoint on HDFS at _checkpoints/ingest) does, in order:
 - parse each record once in the JVM; a line that does not parse goes to quarantine/ with its reason;
 - late: a row whose event time is before the batch's horizon goes to late/ (kept and counted, not in the windows).
   The horizon is the newest event time of the earlier batches minus the watermark (Spark's own watermark rule),

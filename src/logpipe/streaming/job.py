@@ -1,6 +1,7 @@
 """The streaming job: one query, Kafka -> parse once -> events, final sliding-window counts, early alerts, on HDFS.
 
-Every micro-batch (foreachBatch, one MicroBatch object; Spark's checkpoint on HDFS at _checkpoints/ingest) does, in order:
+Every micro-batch (foreachBatch, one MicroBatch object; Spark's checkpoint on HDFS at _checkpoints/ingest) does,
+in order:
 - parse each record once in the JVM; a line that does not parse goes to quarantine/ with its reason;
 - late: a row whose event time is before the batch's horizon goes to late/ (kept and counted, not in the windows).
   The horizon is the newest event time of the earlier batches minus the watermark (Spark's own watermark rule),
@@ -732,9 +733,10 @@ def alerts_of_counts(fine: "DataFrame", rules: AlertRules) -> "DataFrame":
     def sums(*keys: str) -> "DataFrame":
         return fine.groupBy(*WINDOW_COLUMNS, *keys).agg(F.sum("count").alias("count"))
 
+    failed = fine.where(f"http_response >= {FAILED_STATUS}")
     return alerts_of_sums(sums("host"), sums("http_response"),
-                          fine.where(f"http_response >= {FAILED_STATUS}").groupBy(*WINDOW_COLUMNS, "host", "http_response")
-                          .agg(F.sum("count").alias("count")), rules)
+                          failed.groupBy(*WINDOW_COLUMNS, "host", "http_response").agg(F.sum("count").alias("count")),
+                          rules)
 
 
 def alerts_of_sums(by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame",

@@ -193,8 +193,9 @@ class RootLease:
                            "removes the root while a job writes to it, then start the job again")
         other: dict[str, Any] = held[0]
         raise RootBusy(f"this run lost its lease {self.path} (now held by process {other.get('pid')} on "
-                       f"{other.get('host')}: its renewals stopped for longer than {self.stale_s:.0f}s, e.g. the process was "
-                       "paused, and another run took the root over): it stops before writing anything more")
+                       f"{other.get('host')}: its renewals stopped for longer than {self.stale_s:.0f}s, e.g. the "
+                       "process was paused, and another run took the root over): it stops before writing anything "
+                       "more")
 
     def release(self) -> None:
         """Stop renewing, and remove the lease if it is still ours."""

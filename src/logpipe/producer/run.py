@@ -9,11 +9,12 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from logpipe import health
 from logpipe.config import Settings
 from logpipe.logformat import ParseError, parse_timestamp
-from logpipe.producer.clients import make_sink
+from logpipe.producer.clients import RecordSink, make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
 from logpipe.producer.source import IDLE, Block, LogSource
 from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, TOO_LARGE_HEAD_BYTES, largest_record_bytes, record_key,
@@ -133,11 +134,11 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
 
     Raises InputFileError (missing/unreadable file), ServiceTimeout (broker unreachable), DeliveryError.
     """
+    import os
+
     from logpipe.producer.source import open_log
 
     fd, _ = open_log(path)  # clear error before touching Kafka
-    import os
-
     os.close(fd)
     health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event)
     store = PositionStore(s.producer_positions_dir, s.topic)
@@ -153,106 +154,24 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
         source.stop = stop_event
     seg = source.open()
     summary = ProduceSummary(str(path), s.topic, s.producer_client, resumed_from=seg.read_pos)
-    sink = make_sink(s)
-    # every record of this log (all its files: rotated, truncated, current) to one partition, so the stream reads
-    # them in the order they were sent. Spread over partitions (blocks in turn, or a partition per file), a
-    # micro-batch (maxOffsetsPerTrigger takes from each partition) can hold later lines while earlier ones wait in
-    # another partition: behind the late horizon by the next batch, they would count as late. Several logs (or
-    # producers) spread over the partitions
-    partition = partition_of(source.path, sink.partitions(s.topic))
-    pacer = Pacer(s.speed, source.stop)
-    t0 = time.monotonic()
-    last_save = t0
-    pending: Block | None = None  # the last block sent: its end is the position once delivery is confirmed
-    total = max(1, os.path.getsize(path) - seg.read_pos)
     show = sys.stderr.isatty() if progress is None else progress
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    bar = Progress(TextColumn("produce"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                   TextColumn("{task.fields[lines]} lines ({task.fields[rate]}/s)"), TransferSpeedColumn(),
-                   TimeRemainingColumn(), disable=not show, transient=True)
-    task = bar.add_task("produce", total=total, lines="0", rate="0")
-
-    def checkpoint(block: Block | None, end: int | None = None) -> None:
-        """Flush, then save the position after `block` (or, within it, at `end`: a paced replay's line)."""
-        sink.flush()
-        if block is not None:
-            seg_ = block.segment
-            head = seg_.head[:HEAD_BYTES]
-            store.save(Position(seg_.key, seg_.generation, block.end if end is None else end, source.path, len(head),
-                                head_digest(head), finished=block.final and end is None))
-
+    t0 = time.monotonic()
+    sink = None
     failure: BaseException | None = None
     try:
-        with bar:
-            for item in source.blocks():
-                if item is IDLE:
-                    checkpoint(pending)
-                    pending = None
-                    continue
-                block: Block = item  # type: ignore[assignment]
-                if pending is not None and block.segment is not pending.segment:
-                    checkpoint(pending)  # the end of a file left behind (rotated or finished): saved before moving on
-                    pending = None
-                src = block.src.encode()
-                off = block.start
-                topic = s.topic
-                if (pacer.factor is None and block.oversize_len is None
-                        and max(map(len, block.lines), default=0) <= s.max_message_bytes):
-                    # the fast path: no pacing, no line too large
-                    sink.send_lines(topic, block.lines, src, off, partition)
-                else:
-                    sent_lines = 0
-                    for line in block.lines:
-                        if pacer.factor is not None and source.stop.is_set():
-                            break  # a paced replay stopped mid-block: the rest is sent next time (same keys)
-                        sent_lines += 1
-                        if len(line) > s.max_message_bytes or block.oversize_len is not None:
-                            length = block.oversize_len if block.oversize_len is not None else len(line)
-                            sink.send(topic, too_large_value(line, length), record_key(src, off),
-                                      partition=partition)
-                            log.warning("line at byte %d of %s is %d bytes (> %d): sent as a too_large record with "
-                                        "its first %d bytes; the job quarantines it", off, path, length,
-                                        s.max_message_bytes, TOO_LARGE_HEAD_BYTES)
-                            summary.quarantined += 1
-                        else:
-                            pacer.wait(line)
-                            sink.send(topic, line, record_key(src, off), partition=partition)
-                        # the next line's start: a cut-down oversize line, or a last line without its newline, ends
-                        # at the block's end (a position past it would be taken for another file's)
-                        off = block.end if block.oversize_len is not None else min(off + len(line) + 1, block.end)
-                        if pacer.factor is not None and time.monotonic() - last_save >= s.producer_checkpoint_s:
-                            # a paced block can span hours of log time: saved every checkpoint interval within it
-                            checkpoint(block, off)
-                            last_save = time.monotonic()
-                            bar.update(task, completed=summary.bytes + off - block.start,
-                                       lines=f"{summary.lines + sent_lines:,}",
-                                       rate=f"{(summary.lines + sent_lines) / max(last_save - t0, 1e-9):,.0f}")
-                    if sent_lines < len(block.lines):  # stopped within the block: saved after its last line sent
-                        summary.lines += sent_lines
-                        summary.bytes += off - block.start
-                        checkpoint(block, off)
-                        pending = None
-                        break
-                summary.lines += len(block.lines)
-                summary.bytes += block.end - block.start
-                pending = block
-                now = time.monotonic()
-                if now - last_save >= s.producer_checkpoint_s:
-                    checkpoint(pending)
-                    pending, last_save = None, now
-                    bar.update(task, completed=summary.bytes, lines=f"{summary.lines:,}",
-                               rate=f"{summary.lines / max(now - t0, 1e-9):,.0f}")
-            checkpoint(pending)
+        sink = make_sink(s)
+        LogShipper(s, path, source, store, sink, summary, t0).run(
+            total=max(1, os.path.getsize(path) - seg.read_pos), show=show)
     except BaseException as exc:
         failure = exc
         raise
     finally:
         summary.seconds = time.monotonic() - t0
-        summary.records = sink.sent - sink.failed
-        summary.errors = sink.failed
         try:
-            sink.close()
+            if sink is not None:
+                summary.records = sink.sent - sink.failed
+                summary.errors = sink.failed
+                sink.close()
         except Exception as exc:  # noqa: BLE001
             if failure is None:
                 raise
@@ -266,3 +185,127 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
              summary.bytes / 1e6, summary.seconds, f"{summary.lines / max(summary.seconds, 1e-9):,.0f}",
              summary.bytes / 1e6 / max(summary.seconds, 1e-9))
     return summary
+
+
+class LogShipper:
+    """Sends a log source's blocks to Kafka, all to one partition, and saves the position after each delivered
+    stretch (every checkpoint interval, at the end of each file, when idle). Counts into `summary`."""
+
+    def __init__(self, s: Settings, path: Path, source: LogSource, store: PositionStore, sink: RecordSink,
+                 summary: ProduceSummary, t0: float) -> None:
+        self.s, self.path, self.source, self.store, self.sink, self.summary = s, path, source, store, sink, summary
+        # every record of this log (all its files: rotated, truncated, current) to one partition, so the stream
+        # reads them in the order they were sent. Spread over partitions (blocks in turn, or a partition per file),
+        # a micro-batch (maxOffsetsPerTrigger takes from each partition) can hold later lines while earlier ones
+        # wait in another partition: behind the late horizon by the next batch, they would count as late. Several
+        # logs (or producers) spread over the partitions
+        self.partition = partition_of(source.path, sink.partitions(s.topic))
+        self.pacer = Pacer(s.speed, source.stop)
+        self.t0 = self.last_save = t0
+        self.pending: Block | None = None  # the last block sent: its end is the position once delivery is confirmed
+        self.bar: Any = None
+        self.last_beat = float("-inf")
+
+    def run(self, total: int, show: bool) -> None:
+        """Send every block the source gives, until it ends (or is stopped); `total`: the bytes to read."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        self.bar = Progress(TextColumn("produce"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                            TextColumn("{task.fields[lines]} lines ({task.fields[rate]}/s)"), TransferSpeedColumn(),
+                            TimeRemainingColumn(), disable=not show, transient=True)
+        self.task = self.bar.add_task("produce", total=total, lines="0", rate="0")
+        self.beat()
+        with self.bar:
+            for item in self.source.blocks():
+                if item is IDLE:
+                    self.save_pending()
+                    continue
+                block: Block = item  # type: ignore[assignment]
+                if self.pending is not None and block.segment is not self.pending.segment:
+                    self.save_pending()  # the end of a file left behind (rotated or finished): saved before moving on
+                if not self.send(block):
+                    break
+            self.save_pending()
+
+    def checkpoint(self, block: Block | None, end: int | None = None) -> None:
+        """Flush, then save the position after `block` (or, within it, at `end`: a paced replay's line)."""
+        self.sink.flush()
+        if block is not None:
+            seg = block.segment
+            head = seg.head[:HEAD_BYTES]
+            self.store.save(Position(seg.key, seg.generation, block.end if end is None else end, self.source.path,
+                                     len(head), head_digest(head), finished=block.final and end is None))
+        self.beat()
+
+    def beat(self) -> None:
+        """Touch the heartbeat file, at most once a second: called after each flush (every checkpoint interval
+        while sending, at every wait for more lines while following), so a loop stuck anywhere stops it."""
+        now = time.monotonic()
+        if now - self.last_beat >= 1.0:
+            self.store.beat()
+            self.last_beat = now
+
+    def save_pending(self) -> None:
+        """Flush and save the position after the last block sent."""
+        self.checkpoint(self.pending)
+        self.pending = None
+
+    def send(self, block: Block) -> bool:
+        """Send `block`'s lines. False when a paced replay was stopped within it: the lines sent are counted and
+        their position saved (the rest is sent next time, under the same keys)."""
+        s = self.s
+        if (self.pacer.factor is None and block.oversize_len is None
+                and max(map(len, block.lines), default=0) <= s.max_message_bytes):
+            # the fast path: no pacing, no line too large
+            self.sink.send_lines(s.topic, block.lines, block.src.encode(), block.start, self.partition)
+        else:
+            sent, off = self.send_line_by_line(block)
+            if sent < len(block.lines):  # stopped within the block: saved after its last line sent
+                self.summary.lines += sent
+                self.summary.bytes += off - block.start
+                self.checkpoint(block, off)
+                self.pending = None
+                return False
+        self.summary.lines += len(block.lines)
+        self.summary.bytes += block.end - block.start
+        self.pending = block
+        now = time.monotonic()
+        if now - self.last_save >= s.producer_checkpoint_s:
+            self.save_pending()
+            self.last_save = now
+            self.show(self.summary.bytes, self.summary.lines, now)
+        return True
+
+    def send_line_by_line(self, block: Block) -> tuple[int, int]:
+        """Send `block` one line at a time: paced (--speed), and lines over the record limit as too_large
+        records. Returns how many lines were sent and the byte position after the last."""
+        s, src = self.s, block.src.encode()
+        sent, off = 0, block.start
+        for line in block.lines:
+            if self.pacer.factor is not None and self.source.stop.is_set():
+                break  # a paced replay stopped mid-block
+            sent += 1
+            if len(line) > s.max_message_bytes or block.oversize_len is not None:
+                length = block.oversize_len if block.oversize_len is not None else len(line)
+                self.sink.send(s.topic, too_large_value(line, length), record_key(src, off), partition=self.partition)
+                log.warning("line at byte %d of %s is %d bytes (> %d): sent as a too_large record with its first %d "
+                            "bytes; the job quarantines it", off, self.path, length, s.max_message_bytes,
+                            TOO_LARGE_HEAD_BYTES)
+                self.summary.quarantined += 1
+            else:
+                self.pacer.wait(line)
+                self.sink.send(s.topic, line, record_key(src, off), partition=self.partition)
+            # the next line's start: a cut-down oversize line, or a last line without its newline, ends at the
+            # block's end (a position past it would be taken for another file's)
+            off = block.end if block.oversize_len is not None else min(off + len(line) + 1, block.end)
+            if self.pacer.factor is not None and time.monotonic() - self.last_save >= s.producer_checkpoint_s:
+                # a paced block can span hours of log time: saved every checkpoint interval within it
+                self.checkpoint(block, off)
+                self.last_save = time.monotonic()
+                self.show(self.summary.bytes + off - block.start, self.summary.lines + sent, self.last_save)
+        return sent, off
+
+    def show(self, done_bytes: int, lines: int, now: float) -> None:
+        """Move the progress bar (shown only on a terminal, or when asked for)."""
+        self.bar.update(self.task, completed=done_bytes, lines=f"{lines:,}",
+                        rate=f"{lines / max(now - self.t0, 1e-9):,.0f}")

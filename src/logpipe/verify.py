@@ -503,7 +503,8 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
         return {"checked": 0, "wrong": 0, "raised_late": 0, "columns_wrong": 0, "examples": [], "ok": True}
     alerts = alerts.assign(ws=_epoch_s(alerts.window_start))
     # the events of the alerted windows only: the windows merged into time ranges; files of other days skipped,
-    # then the rows in the ranges kept (Spark's INT96 timestamps carry no statistics to filter files by)
+    # then the rows in the ranges kept (a root written before logpipe stored INT64 timestamps holds INT96 ones,
+    # which carry no statistics to filter files by)
     starts = np.unique(alerts.ws.to_numpy())
     ranges: list[list[int]] = []
     for a in starts:
@@ -902,6 +903,60 @@ class VerifyReport:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
+def exclude_late_lines(counts: BatchCounts, late_t: Any, event_keys: Any, size_s: int,
+                       slide_s: int) -> tuple[int, int, int]:
+    """Take the lines the job kept out of its windows as late (late/ rows that are not a copy of a line in
+    events/, once per source line) out of the batch counts, as the job did. Returns how many lines, how many of
+    their windows were not in the counts (0 unless the job made up lines), and their row_fingerprint."""
+    import pyarrow.compute as pc
+
+    if late_t is None or not late_t.num_rows:
+        return 0, 0, 0
+    late_t = late_t.filter(pc.invert(pc.is_in(late_t["src_key"], value_set=pc.unique(event_keys))))
+    late_t = late_t.group_by("src_key", use_threads=False).aggregate([(c, "first") for c in PARSED_FIELDS])
+    n_late_lines = late_t.num_rows
+    fingerprint = row_fingerprint(
+        {c: (_epoch_s_arrow(late_t[f"{c}_first"]) if c == "timestamp" else late_t[f"{c}_first"].to_pandas())
+         for c in PARSED_FIELDS}, PARSED_FIELDS)
+    ts = _epoch_s_arrow(late_t.column("timestamp_first")) if n_late_lines else np.zeros(0, np.int64)
+    counts.host, miss_h = without_late(counts.host, ts, late_t.column("host_first"), size_s, slide_s)
+    counts.status, miss_s = without_late(counts.status, ts, late_t.column("http_response_first"), size_s, slide_s)
+    return n_late_lines, miss_h + miss_s, fingerprint
+
+
+def compare_window_tables(s: Settings, fs: Any, counts: BatchCounts, size_s: int) -> dict[str, dict[str, Any]]:
+    """windows/by_host and windows/by_status against the batch counts, row by row; each row's window must also
+    be [window_start, window_start + window)."""
+    from logpipe.results import load_arrow
+
+    comparisons = {}
+    for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
+        rows = load_arrow(s, table, ["window_start", "window_end", kc.key, "count"], fs=fs)
+        # checked record batch by record batch
+        ends_wrong = 0 if rows is None else sum(
+            int((_epoch_s_arrow(rb.column(1)) - _epoch_s_arrow(rb.column(0)) != size_s).sum())
+            for rb in rows.to_batches())
+        actual = keyed_counts_of_table(rows, kc.key, kc.labels)
+        del rows  # the Arrow table (a string per host row) is not held through the comparison
+        comparisons[table] = compare_counts(kc, actual)
+        comparisons[table]["window_end_wrong"] = ends_wrong
+        comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong
+        del actual
+    return comparisons
+
+
+def check_every_alert(s: Settings, fs: Any, counts: BatchCounts, alerts: pd.DataFrame, replay: StatusReplay,
+                      alerts_on_kafka: bool) -> dict[str, Any]:
+    """The job's alerts against the batch counts (check_alerts), against the running counts of the micro-batch
+    that raised each (check_alert_figures), and, with `alerts_on_kafka`, on the Kafka alerts topic."""
+    size_s = duration_seconds(s.window)
+    check = check_alerts(counts, alerts, s, replay.first_surges(s.surge_min_count, s.surge_min_share))
+    check["figures"] = check_alert_figures(s, fs, alerts, size_s)
+    check["kafka"] = check_alerts_on_kafka(s, alerts) if alerts_on_kafka else None
+    check["ok"] = check["ok"] and check["figures"]["ok"] and (check["kafka"] is None or check["kafka"]["ok"])
+    return check
+
+
 def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, strict_truth: bool = True,
                progress: bool = False, fs: Any = None, alerts_on_kafka: bool = True) -> VerifyReport:
     """Recount `log_path` and compare with the job's results under s.hdfs_root (on `fs`, default WebHDFS);
@@ -928,36 +983,9 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     late_t = load_arrow(s, "late", ["src_key", *PARSED_FIELDS], fs=fs)
     src_keys = pa.chunked_array(event_keys.chunks + keys(late_t).chunks, type=pa.string())
     late_rows = late_t.num_rows if late_t is not None else 0
-    # lines the job kept out of its windows as late (not a copy of a line in events/): not in the windows either
-    n_late_lines, late_unmatched, late_fingerprint = 0, 0, 0
-    if late_t is not None and late_t.num_rows:
-        late_t = late_t.filter(pc.invert(pc.is_in(late_t["src_key"], value_set=pc.unique(event_keys))))
-        # once per source line
-        late_t = late_t.group_by("src_key", use_threads=False).aggregate(
-            [(c, "first") for c in PARSED_FIELDS])
-        n_late_lines = late_t.num_rows
-        late_fingerprint = row_fingerprint(
-            {c: (_epoch_s_arrow(late_t[f"{c}_first"]) if c == "timestamp" else late_t[f"{c}_first"].to_pandas())
-             for c in PARSED_FIELDS}, PARSED_FIELDS)
-        ts = _epoch_s_arrow(late_t.column("timestamp_first")) if n_late_lines else np.zeros(0, np.int64)
-        counts.host, miss_h = without_late(counts.host, ts, late_t.column("host_first"), size_s, slide_s)
-        counts.status, miss_s = without_late(counts.status, ts, late_t.column("http_response_first"), size_s,
-                                             slide_s)
-        late_unmatched = miss_h + miss_s
+    n_late_lines, late_unmatched, late_fingerprint = exclude_late_lines(counts, late_t, event_keys, size_s, slide_s)
     del late_t
-    comparisons = {}
-    for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
-        rows = load_arrow(s, table, ["window_start", "window_end", kc.key, "count"], fs=fs)
-        # every row's window is [window_start, window_start + window): checked record batch by record batch
-        ends_wrong = 0 if rows is None else sum(
-            int((_epoch_s_arrow(rb.column(1)) - _epoch_s_arrow(rb.column(0)) != size_s).sum())
-            for rb in rows.to_batches())
-        actual = keyed_counts_of_table(rows, kc.key, kc.labels)
-        del rows  # the Arrow table (a string per host row) is not held through the comparison
-        comparisons[table] = compare_counts(kc, actual)
-        comparisons[table]["window_end_wrong"] = ends_wrong
-        comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong
-        del actual
+    comparisons = compare_window_tables(s, fs, counts, size_s)
     host_cmp, status_cmp = comparisons["windows/by_host"], comparisons["windows/by_status"]
     # accounting: unique source lines in the job's tables vs the file (late: parsed lines the job kept aside)
     quarantine = scan_quarantine(s, fs)
@@ -1004,11 +1032,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                  and acc["quarantine_records_equal"] and not acc["events_in_wrong_date_partition"]
                  and acc["uncommitted_files"]["ok"])
     alerts = load_alerts(s, fs)
-    alert_check = check_alerts(counts, alerts, s, replay.first_surges(s.surge_min_count, s.surge_min_share))
-    alert_check["figures"] = check_alert_figures(s, fs, alerts, size_s)
-    alert_check["kafka"] = check_alerts_on_kafka(s, alerts) if alerts_on_kafka else None
-    alert_check["ok"] = (alert_check["ok"] and alert_check["figures"]["ok"]
-                         and (alert_check["kafka"] is None or alert_check["kafka"]["ok"]))
+    alert_check = check_every_alert(s, fs, counts, alerts, replay, alerts_on_kafka)
     truth = None
     tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
     if tp.exists():

@@ -153,6 +153,10 @@ class Settings(BaseSettings):
         "(25, 21, 17) among LOGPIPE_JAVA_HOME, JAVA_HOME, java on PATH and /usr/lib/jvm: the 1 GB stream took "
         "134-147 s on Java 25 against 172-187 s on Java 17 (docs/benchmarks.md)")
     spark_ui_port: int = Field(4040, ge=0, le=65535, description="0: any free port")
+    spark_ui_host: str | None = Field(
+        None, description="address the Spark UI listens on (Spark reads it from SPARK_LOCAL_IP, which logpipe sets "
+        "from this); default bind_host. The compose streaming container sets 0.0.0.0 (its port is published on "
+        "127.0.0.1 only)")
     shuffle_partitions: int = Field(4, ge=1)
     spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")
     window: str = "20 seconds"

@@ -35,6 +35,10 @@ def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) ->
         "spark.hadoop.dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
         "spark.hadoop.dfs.client.use.datanode.hostname": "true",
         "spark.sql.parquet.compression.codec": s.parquet_codec,
+        # timestamps as Parquet's INT64 TIMESTAMP(MICROS, UTC), not Spark's default INT96 (deprecated by Parquet):
+        # INT64 columns carry min/max statistics, so readers (Spark, Arrow, the notebook) skip row groups and
+        # files outside a time range. Tables written before with INT96 read the same in both (one type per file)
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.showConsoleProgress": "false",
     }
     # default the throughput collector: the jobs are batch-like and a pause is harmless. Measured, 1 GB topic, two
@@ -45,6 +49,19 @@ def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) ->
     if kafka and s.spark_kafka_jars:
         conf["spark.jars"] = s.spark_kafka_jars
     return conf
+
+
+def set_spark_local_ip(s: Settings) -> str:
+    """Set SPARK_LOCAL_IP, the address the Spark UI listens on (0.0.0.0 without it), to spark_ui_host (default
+    bind_host: loopback, as every native service). A value already in the environment (a user's shell on a
+    machine with several interfaces) is replaced, with a warning: it would put the UI on another interface."""
+    ui_host = s.spark_ui_host or s.bind_host
+    before = os.environ.get("SPARK_LOCAL_IP")
+    if before not in (None, ui_host):
+        log.warning("SPARK_LOCAL_IP=%s in the environment is not used: the Spark UI listens on %s "
+                    "(LOGPIPE_SPARK_UI_HOST sets that address)", before, ui_host)
+    os.environ["SPARK_LOCAL_IP"] = ui_host
+    return ui_host
 
 
 def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
@@ -62,10 +79,7 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
         os.environ["TZ"] = "UTC"
         time.tzset()
     os.environ.setdefault("HADOOP_USER_NAME", s.hdfs_user_name)
-    os.environ.setdefault("SPARK_LOCAL_IP", s.bind_host)  # every Spark socket on loopback, not the first NIC
-    if os.environ["SPARK_LOCAL_IP"] != s.bind_host:  # compose sets 0.0.0.0 (its port is published on 127.0.0.1)
-        log.info("SPARK_LOCAL_IP=%s from the environment: the Spark UI listens there, not on %s",
-                 os.environ["SPARK_LOCAL_IP"], s.bind_host)
+    set_spark_local_ip(s)
     # Spark's Python workers (a DataFrame made from Python rows is unpickled by one) run this interpreter, not
     # whatever `python3` is first on PATH, which may be another version than the driver's (Spark refuses that)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -113,3 +113,42 @@ spark.stop()
     assert r.returncode == 0, r.stderr[-3000:]
     release, running, java_home = r.stdout.split()[-3:]
     assert release == running and java_home == "unset"
+
+
+def test_spark_local_ip_is_the_ui_host_setting_whatever_the_shell_holds(monkeypatch, caplog) -> None:
+    """Spark's UI listens on SPARK_LOCAL_IP (every interface without it). A value in the user's shell must not
+    move it off loopback: logpipe sets it from spark_ui_host (default bind_host) and says it replaced one."""
+    from logpipe.config import load_settings
+    from logpipe.spark import set_spark_local_ip
+
+    s = load_settings()
+    monkeypatch.delenv("SPARK_LOCAL_IP", raising=False)
+    assert set_spark_local_ip(s) == "127.0.0.1" and os.environ["SPARK_LOCAL_IP"] == "127.0.0.1"
+    monkeypatch.setenv("SPARK_LOCAL_IP", "10.1.2.3")
+    with caplog.at_level("WARNING", logger="logpipe.spark"):
+        set_spark_local_ip(s)
+    assert os.environ["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert "SPARK_LOCAL_IP=10.1.2.3" in caplog.text and "LOGPIPE_SPARK_UI_HOST" in caplog.text
+    caplog.clear()
+    monkeypatch.delenv("SPARK_LOCAL_IP")
+    with caplog.at_level("WARNING", logger="logpipe.spark"):  # the compose container's setting: no warning
+        set_spark_local_ip(s.with_overrides(spark_ui_host="0.0.0.0"))
+    assert os.environ["SPARK_LOCAL_IP"] == "0.0.0.0" and caplog.text == ""
+
+
+def test_parquet_timestamps_are_int64_micros_with_statistics(local_spark, tmp_path) -> None:
+    """Result tables store times as INT64 TIMESTAMP(MICROS, UTC), which carry min/max statistics (Spark's default
+    INT96 has none, so no reader could skip a file or row group by time), and read back as the same instants."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "t"
+    (local_spark.sql("SELECT TIMESTAMP'2004-05-18 05:58:48' AS ts UNION ALL SELECT TIMESTAMP'2004-05-18 06:00:00'")
+     .coalesce(1).write.parquet(out.as_uri()))
+    f = next(out.glob("*.parquet"))
+    col = pq.ParquetFile(f).metadata.row_group(0).column(0)
+    assert col.physical_type == "INT64" and "timeUnit=microseconds" in str(col.statistics.logical_type)
+    assert col.statistics.has_min_max
+    assert (col.statistics.min.isoformat(), col.statistics.max.isoformat()) == (
+        "2004-05-18T05:58:48+00:00", "2004-05-18T06:00:00+00:00")
+    back = sorted(r.ts for r in local_spark.read.parquet(out.as_uri()).collect())
+    assert [t.isoformat() for t in back] == ["2004-05-18T05:58:48", "2004-05-18T06:00:00"]

@@ -29,6 +29,12 @@ def pom_path(name: str) -> Path:
     return Path(str(resources.files("logpipe.stack") / "poms" / CLASSPATHS[name][0]))
 
 
+# the Maven plugin that copies the jars, pinned: a bare `dependency:copy-dependencies` takes whichever version
+# the installed Maven defaults to (2.8 with Debian's Maven 3.8, another in the image's). The same jars either way
+# (checked for the three poms); pyspark_service/Dockerfile runs this goal too (a unit test holds them equal)
+COPY_DEPENDENCIES_GOAL = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
+
+
 def _digest(pom: Path) -> str:
     return hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
 
@@ -66,7 +72,7 @@ def _resolve_locked(name: str, pom: Path, target: Path, marker: Path, digest: st
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    cmd = [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+    cmd = [mvn, "-B", "-q", "-f", str(pom), COPY_DEPENDENCIES_GOAL,
            f"-DoutputDirectory={target}", "-DincludeScope=runtime"]
     if not CLASSPATHS[name][1]:
         cmd.append("-DexcludeTransitive=true")

@@ -1,4 +1,5 @@
-"""Readiness checks (port, HTTP, Kafka metadata, HDFS out of safe mode) shared by the launcher, compose and tests."""
+"""Readiness checks (port, HTTP, Kafka metadata, HDFS out of safe mode, producer heartbeat) shared by the
+launcher, compose and tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -237,13 +239,29 @@ def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
                            "the NameNode's web address.")
 
 
+def probe_heartbeat(path: Path, max_age_s: float) -> float:
+    """The age in seconds of the heartbeat file `path` (a producer touches it at least every second while its
+    loop moves); NotReady when it is missing or older than `max_age_s`."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        raise NotReady(f"no heartbeat file {path}: the producer has not started, or runs with another "
+                       "LOGPIPE_TOPIC or LOGPIPE_PRODUCER_STATE_DIR") from None
+    if age > max_age_s:
+        raise NotReady(f"the producer's last heartbeat ({path}) is {age:.0f}s old (> {max_age_s:g}s): its loop is "
+                       "stuck or it stopped. Check its log: a broker it cannot reach holds every send until the "
+                       "delivery timeout")
+    return age
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m logpipe.health kafka|hdfs` for compose healthchecks and scripts."""
+    """`python -m logpipe.health kafka|hdfs|producer` for compose healthchecks and scripts."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="logpipe health", description="exit 0 when a service is ready")
-    parser.add_argument("service", choices=["kafka", "hdfs"])
+    parser.add_argument("service", choices=["kafka", "hdfs", "producer"])
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--max-age", type=float, default=60.0)
     args = parser.parse_args(argv)
     from logpipe.config import load_settings
 
@@ -251,8 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.service == "kafka":
             wait_for_kafka(s.kafka_address, args.timeout)
-        else:
+        elif args.service == "hdfs":
             wait_for_hdfs(s.webhdfs_address, args.timeout)
+        else:
+            from logpipe.producer.position import PositionStore
+
+            beat = PositionStore(s.producer_positions_dir, s.topic).heartbeat_file
+            age = wait_until(lambda: probe_heartbeat(beat, args.max_age), what="the producer", timeout=args.timeout,
+                             hint="A running producer touches its heartbeat file at least every second.")
+            print(f"producer: heartbeat {age:.1f}s ago")
+            return 0
     except (ServiceTimeout, RuntimeError) as exc:
         print(exc)
         return 1

@@ -306,3 +306,42 @@ def test_positions_of_a_topic_that_no_longer_exists_are_dropped(stack, unique, t
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert (summary["resumed_from"], summary["lines"]) == (0, 500) and "dropped 1 saved position" in r.stderr
     assert sorted(v for _, v in _consume(stack, gone, 501)) == sorted(_lines(500))
+
+
+def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp_path):
+    """`logpipe health producer` (compose's producer healthcheck): healthy while a --follow run waits for lines;
+    unhealthy once its loop stops moving (SIGSTOP: as stuck as a process gets); healthy again when it moves on,
+    and the lines appended meanwhile still arrive."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"\n".join(_lines(50, "a")) + b"\n")
+    env = _env(stack, unique, tmp_path)
+    topic = env["LOGPIPE_TOPIC"]
+
+    def health(max_age: float) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "logpipe", "health", "producer", "--timeout", "0",
+                               "--max-age", str(max_age)], env=env, capture_output=True, text=True, timeout=60)
+
+    assert health(60).returncode == 1  # no producer has run on this topic and state folder
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for("the first 50 lines", lambda: _records_in(stack, topic) >= 50, proc)
+        time.sleep(3)  # idle: only the waits for new lines touch the heartbeat now
+        r = health(2.5)
+        assert r.returncode == 0 and "heartbeat" in r.stdout, r.stdout
+        proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while (r := health(2.5)).returncode == 0:
+            assert time.monotonic() < deadline, "a stopped producer stayed healthy"
+            time.sleep(0.5)
+        assert "stuck" in r.stdout, r.stdout
+        with log.open("ab") as f:
+            f.write(b"\n".join(_lines(10, "b")) + b"\n")
+        proc.send_signal(signal.SIGCONT)
+        _wait_for("the lines appended while it was stopped", lambda: _records_in(stack, topic) >= 60, proc)
+        assert health(2.5).returncode == 0
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]

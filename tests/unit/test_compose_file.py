@@ -234,7 +234,7 @@ def test_services_healthchecks_and_dependencies(resolved: dict) -> None:
     assert set(services) == SERVICES
     for name, svc in services.items():
         if name == "hdfs-ready":  # a one-shot check: it ends, with 0 once HDFS is ready
-            # ... and has no healthcheck: not the producer image's, which probes Kafka it neither needs nor waits for
+            # ... and has no healthcheck: not the producer image's, a producer's heartbeat
             assert svc.get("healthcheck") == {"disable": True}, "hdfs-ready inherits the image's healthcheck"
             assert set(svc["depends_on"]) == {"datanode"}
             continue
@@ -259,7 +259,7 @@ def test_services_healthchecks_and_dependencies(resolved: dict) -> None:
     assert set(services["notebook"]["depends_on"]) == {"kafka", "namenode", "datanode", "hdfs-ready"}
     assert services["datanode"]["depends_on"] == {"namenode": {"condition": "service_healthy", "required": True}}
     # logpipe's own readiness probes where the image has the package; Kafka's own script in the kafka image
-    assert services["producer"]["healthcheck"]["test"][1:3] == ["logpipe", "health"]
+    assert services["producer"]["healthcheck"]["test"][1:4] == ["logpipe", "health", "producer"]
     assert "/opt/kafka/bin/" in " ".join(services["kafka"]["healthcheck"]["test"])
     # the checks that start a JVM run often only while their service starts (docs/compose.md)
     for name in ("kafka", "namenode", "datanode"):
@@ -368,6 +368,9 @@ def test_streaming_image_bakes_the_connector_jars_of_the_pom() -> None:
 
     text = (ROOT / "pyspark_service" / "Dockerfile").read_text()
     assert "COPY src/logpipe/stack/poms/spark-kafka.xml" in text and "-Dmdep.stripVersion=true" in text
+    from logpipe.stack.jars import COPY_DEPENDENCIES_GOAL  # the plugin version the native stack pins
+
+    assert re.findall(r"\bmvn .*?(\S+:copy-dependencies)", text) == [COPY_DEPENDENCIES_GOAL]
     jars = re.search(r"LOGPIPE_SPARK_KAFKA_JARS=(\S+)", text).group(1).split(",")
     pom = ET.parse(ROOT / "src" / "logpipe" / "stack" / "poms" / "spark-kafka.xml").getroot()
     artifacts = {d.findtext("m:artifactId", namespaces=POM_NS) for d in pom.iterfind("m:dependencies/m:dependency",

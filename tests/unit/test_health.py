@@ -45,3 +45,31 @@ def test_http_probe_on_closed_port_is_not_ready(free_ports):
 def test_kafka_probe_on_closed_port_is_not_ready(free_ports):
     with pytest.raises(health.NotReady, match="nothing listens on 127.0.0.1"):
         health.probe_kafka(f"127.0.0.1:{free_ports(1)[0]}")
+
+
+def test_producer_heartbeat_probe_is_ready_only_while_fresh(tmp_path, monkeypatch):
+    """`logpipe health producer`: missing file or one older than --max-age is not ready, and the message says
+    what to check; a fresh one is ready (exit 0), whatever the topic's position files hold."""
+    import os
+
+    from logpipe.producer.position import PositionStore
+
+    beat = tmp_path / "heartbeat"
+    with pytest.raises(health.NotReady, match="no heartbeat file .*LOGPIPE_PRODUCER_STATE_DIR"):
+        health.probe_heartbeat(beat, 60)
+    beat.touch()
+    assert 0 <= health.probe_heartbeat(beat, 60) < 5
+    os.utime(beat, (time.time() - 90, time.time() - 90))
+    with pytest.raises(health.NotReady, match=r"90s old \(> 60s\): its loop is stuck"):
+        health.probe_heartbeat(beat, 60)
+    assert health.probe_heartbeat(beat, 120) >= 90
+
+    monkeypatch.setenv("LOGPIPE_PRODUCER_STATE_DIR", str(tmp_path / "pos"))
+    monkeypatch.setenv("LOGPIPE_TOPIC", "t1")
+    store = PositionStore(tmp_path / "pos", "t1")
+    assert health.main(["producer", "--timeout", "0"]) == 1
+    store.beat()
+    assert store.heartbeat_file.exists() and store.all() == []  # not taken for a position
+    assert health.main(["producer", "--timeout", "0"]) == 0
+    os.utime(store.heartbeat_file, (time.time() - 30, time.time() - 30))
+    assert health.main(["producer", "--timeout", "0", "--max-age", "10"]) == 1

@@ -1,4 +1,4 @@
-"""`logpipe health kafka|hdfs`: exit 0 when the service is ready (used by compose healthchecks and scripts)."""
+"""`logpipe health kafka|hdfs|producer`: exit 0 when it is ready (compose healthchecks and scripts use it)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("health", help="check that Kafka or HDFS is ready (exit 0) or not (exit 1; 2: invalid "
-                                      "LOGPIPE_* settings)")
-    p.add_argument("service", choices=["kafka", "hdfs"])
+    p = sub.add_parser("health", help="check that Kafka or HDFS is ready, or that a producer's loop still moves "
+                                      "(exit 0) or not (exit 1; 2: invalid LOGPIPE_* settings)")
+    p.add_argument("service", choices=["kafka", "hdfs", "producer"])
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the service (default 5)")
+    p.add_argument("--max-age", type=float, default=60.0,
+                   help="producer: the oldest heartbeat that counts as alive, in seconds (default 60)")
     p.set_defaults(func=lambda a: __import__("logpipe.health", fromlist=["main"]).main(
-        [a.service, "--timeout", str(a.timeout)]))
+        [a.service, "--timeout", str(a.timeout), "--max-age", str(a.max_age)]))

@@ -107,6 +107,17 @@ class PositionStore:
     def delete(self, key: str) -> None:
         self._file(key).unlink(missing_ok=True)
 
+    @property
+    def heartbeat_file(self) -> Path:
+        """Touched by a running producer of this topic whenever it has delivered and saved, or waits for more
+        lines: its age tells whether the produce loop still moves (`logpipe health producer`)."""
+        return self.directory / "heartbeat"
+
+    def beat(self) -> None:
+        """Touch the heartbeat file."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.heartbeat_file.touch()
+
     def clear(self) -> int:
         """Delete every saved position of this topic; returns how many there were."""
         files = sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []

@@ -239,6 +239,12 @@ def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
                            "the NameNode's web address.")
 
 
+def producer_heartbeat_max_age(producer_checkpoint_s: float) -> float:
+    """The oldest producer heartbeat that still counts as alive, by default: a minute, or three checkpoint
+    intervals (a producer sending at full speed touches it only after each flush) if that is longer."""
+    return max(60.0, 3 * producer_checkpoint_s)
+
+
 def probe_heartbeat(path: Path, max_age_s: float) -> float:
     """The age in seconds of the heartbeat file `path` (a producer touches it at least every second while its
     loop moves); NotReady when it is missing or older than `max_age_s`."""
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="logpipe health", description="exit 0 when a service is ready")
     parser.add_argument("service", choices=["kafka", "hdfs", "producer"])
     parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--max-age", type=float, default=60.0)
+    parser.add_argument("--max-age", type=float, default=None)
     args = parser.parse_args(argv)
     from logpipe.config import load_settings
 
@@ -275,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             from logpipe.producer.position import PositionStore
 
             beat = PositionStore(s.producer_positions_dir, s.topic).heartbeat_file
-            age = wait_until(lambda: probe_heartbeat(beat, args.max_age), what="the producer", timeout=args.timeout,
-                             hint="A running producer touches its heartbeat file at least every second.")
+            max_age = args.max_age if args.max_age is not None else producer_heartbeat_max_age(
+                s.producer_checkpoint_s)
+            age = wait_until(lambda: probe_heartbeat(beat, max_age), what="producer", timeout=args.timeout,
+                             hint="A running producer touches it after each flush and at each wait for new "
+                                  "lines.")
             print(f"producer: heartbeat {age:.1f}s ago")
             return 0
     except (ServiceTimeout, RuntimeError) as exc:

@@ -73,3 +73,8 @@ def test_producer_heartbeat_probe_is_ready_only_while_fresh(tmp_path, monkeypatc
     assert health.main(["producer", "--timeout", "0"]) == 0
     os.utime(store.heartbeat_file, (time.time() - 30, time.time() - 30))
     assert health.main(["producer", "--timeout", "0", "--max-age", "10"]) == 1
+    # the default: a minute, or three checkpoint intervals (it is touched after each flush) if that is longer
+    os.utime(store.heartbeat_file, (time.time() - 90, time.time() - 90))
+    assert health.main(["producer", "--timeout", "0"]) == 1
+    monkeypatch.setenv("LOGPIPE_PRODUCER_CHECKPOINT_S", "40")
+    assert health.main(["producer", "--timeout", "0"]) == 0

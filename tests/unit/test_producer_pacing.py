@@ -194,3 +194,16 @@ def test_no_single_wait_is_longer_than_the_bound():
     for sec in (0, 4, 8, 12):  # steps of 4 s: each within the bound, so paced; the delays add up to 12 s
         p.wait(_line(sec))
     assert len(waits) == 3 and max(waits) <= 5, waits
+
+
+def test_a_paced_wait_calls_back_every_second_so_the_heartbeat_stays_fresh():
+    """A paced replay may wait up to max_gap_s (60 s) before one line: the producer's heartbeat (on_wait) is
+    touched every second of it, so `logpipe health producer` does not take the wait for a stuck loop."""
+    calls: list[float] = []
+    p = Pacer("2", on_wait=lambda: calls.append(time.monotonic()))
+    t = time.monotonic()
+    p.wait(_line(0))
+    p.wait(_line(5))  # 5 s of log time at 2x: 2.5 s
+    took = time.monotonic() - t
+    assert 2.4 <= took < 4.0
+    assert len(calls) == 3 and calls[0] - t < 1.5, [c - t for c in calls]  # after 1 s, 2 s and 2.5 s

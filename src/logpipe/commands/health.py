@@ -10,7 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "(exit 0) or not (exit 1; 2: invalid LOGPIPE_* settings)")
     p.add_argument("service", choices=["kafka", "hdfs", "producer"])
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the service (default 5)")
-    p.add_argument("--max-age", type=float, default=60.0,
-                   help="producer: the oldest heartbeat that counts as alive, in seconds (default 60)")
+    p.add_argument("--max-age", type=float, default=None,
+                   help="producer: the oldest heartbeat that counts as alive, in seconds (default 60, or three "
+                        "LOGPIPE_PRODUCER_CHECKPOINT_S if longer)")
     p.set_defaults(func=lambda a: __import__("logpipe.health", fromlist=["main"]).main(
-        [a.service, "--timeout", str(a.timeout), "--max-age", str(a.max_age)]))
+        [a.service, "--timeout", str(a.timeout), *(["--max-age", str(a.max_age)] if a.max_age is not None else [])]))

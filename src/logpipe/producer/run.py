@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ class Pacer:
     line dated years ahead or behind) is not slept: the pace starts again from that line. So no wait is ever longer
     than `max_gap_s` (one bad date cannot stall the replay for decades, nor overflow `Event.wait`)."""
 
-    def __init__(self, speed: str, stop: threading.Event | None = None, max_gap_s: float = 60.0) -> None:
+    def __init__(self, speed: str, stop: threading.Event | None = None, max_gap_s: float = 60.0,
+                 on_wait: Callable[[], None] | None = None) -> None:
         self.factor = None if speed == "max" else 1.0 if speed == "realtime" else float(speed)
         if self.factor is not None and self.factor <= 0:
             raise ValueError(f"--speed must be max, realtime or a positive factor, not {speed!r}")
@@ -95,6 +97,7 @@ class Pacer:
         self.t_last = 0.0  # the log time of the last paced line
         self.jumps = 0  # jumps in log time not waited for
         self.stop = stop or threading.Event()
+        self.on_wait = on_wait  # called every second of a wait (the producer's heartbeat)
 
     def wait(self, line: bytes) -> None:
         if self.factor is None or self.stop.is_set():
@@ -118,8 +121,14 @@ class Pacer:
             self.t_log0, self.t_wall0 = t, time.monotonic()
             return
         delay = self.t_wall0 + (t - self.t_log0) / self.factor - time.monotonic()
-        if delay > 0:
-            self.stop.wait(min(delay, self.max_gap_s))
+        remaining = min(delay, self.max_gap_s)
+        while remaining > 0:
+            step = remaining if self.on_wait is None else min(remaining, 1.0)
+            if self.stop.wait(step):
+                return
+            remaining -= step
+            if self.on_wait is not None:
+                self.on_wait()
 
 
 def partition_of(log_path: str, n_partitions: int) -> int:
@@ -200,7 +209,7 @@ class LogShipper:
         # wait in another partition: behind the late horizon by the next batch, they would count as late. Several
         # logs (or producers) spread over the partitions
         self.partition = partition_of(source.path, sink.partitions(s.topic))
-        self.pacer = Pacer(s.speed, source.stop)
+        self.pacer = Pacer(s.speed, source.stop, on_wait=self.beat)
         self.t0 = self.last_save = t0
         self.pending: Block | None = None  # the last block sent: its end is the position once delivery is confirmed
         self.bar: Any = None
@@ -239,7 +248,8 @@ class LogShipper:
 
     def beat(self) -> None:
         """Touch the heartbeat file, at most once a second: called after each flush (every checkpoint interval
-        while sending, at every wait for more lines while following), so a loop stuck anywhere stops it."""
+        while sending, at every wait for more lines while following) and every second of a paced wait, so a loop
+        stuck anywhere else stops it."""
         now = time.monotonic()
         if now - self.last_beat >= 1.0:
             self.store.beat()

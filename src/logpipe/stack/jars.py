@@ -67,7 +67,7 @@ def resolve(name: str, jars_root: Path) -> Path:
 def _resolve_locked(name: str, pom: Path, target: Path, marker: Path, digest: str) -> Path:
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise StackError("`mvn` (Apache Maven 3.6+) is not on PATH: it resolves the Kafka/HDFS/Spark jars. "
+        raise StackError("`mvn` (Apache Maven 3.6.3+) is not on PATH: it resolves the Kafka/HDFS/Spark jars. "
                          "Install it (Debian: apt-get install maven) or use docker compose.")
     if target.exists():
         shutil.rmtree(target)

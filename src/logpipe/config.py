@@ -71,7 +71,58 @@ class Settings(BaseSettings):
     batch_size: int = Field(512 * 1024, gt=0, description="producer batch size in bytes")
     linger_ms: int = Field(20, ge=0)
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
+    max_message_bytes: int = Field(
+        1_000_000, gt=0, le=64 << 20,  # at most the longest line the producer holds (producer.source.LINE_CAP_BYTES)
+        description="a longer line is sent as a too_large record (its first 16 KB), which the job quarantines")
+    producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
+    producer_connect_timeout_s: float = Field(30.0, gt=0, description="give up reaching the broker after this long")
+    producer_checkpoint_s: float = Field(1.0, ge=0, description="flush and save the position at least this often")
+    rotate_grace_s: float = Field(
+        300.0, gt=0, description="--follow: a log rotated away is still read, beside the new one, until it has had "
+        "no new bytes this long (its writer appends to it until it reopens the log); then its unterminated last "
+        "line, if any, is sent as a line")
 
+    # ---- streaming job ----------------------------------------------------------------------------
+    connect_timeout_s: float = Field(60.0, gt=0, description="the job gives up waiting for Kafka or HDFS after this long")
+    stop_grace_s: float = Field(120.0, ge=0, description="on SIGTERM/Ctrl-C, let running micro-batches finish this long")
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "4g"
+    spark_driver_java_options: str = Field(
+        "-XX:+UseParallelGC", description="JVM options of the Spark driver (the whole job in local mode); the "
+        "throughput collector measured 5% faster than G1. Empty: Java's defaults. Replaces "
+        "spark.driver.extraJavaOptions from spark-defaults.conf; do not also pick a collector in JAVA_TOOL_OPTIONS")
+    spark_java_home: str | None = Field(
+        None, description="JDK for Spark's JVM (the whole job in local mode). Default: the newest JDK Spark supports "
+        "(25, 21, 17) among LOGPIPE_JAVA_HOME, JAVA_HOME, java on PATH and /usr/lib/jvm: the 1 GB stream took "
+        "134-147 s on Java 25 against 172-187 s on Java 17 (docs/benchmarks.md)")
+    spark_ui_port: int = Field(4040, ge=0, le=65535, description="0: any free port")
+    spark_ui_host: str | None = Field(
+        None, description="address the Spark UI listens on (Spark reads it from SPARK_LOCAL_IP, which logpipe sets "
+        "from this); default bind_host. The compose streaming container sets 0.0.0.0 (its port is published on "
+        "127.0.0.1 only)")
+    shuffle_partitions: int = Field(4, ge=1)
+    spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")
+    window: str = "20 seconds"
+    slide: str = "10 seconds"
+    watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
+    max_offsets_per_trigger: int = Field(5_000_000, ge=1, description="records per micro-batch at most (catch-up); "
+                                         "bigger batches cost less per line (measured: 1 M -> 2.5 M, ~10%; "
+                                         "2.5 M -> 5 M, 9% on 1 GB, stream peak RSS 4.5 -> 5.1 GB)")
+    trigger_interval: str = "0 seconds"
+    kafka_read_tasks: int = Field(2, ge=1, description="Spark tasks reading the topic per micro-batch (minPartitions)")
+    parquet_codec: Literal["zstd", "snappy", "lz4_raw", "gzip", "none"] = Field(
+        "zstd", description="compression of the Parquet files the jobs write")
+    events_request_parts: bool = Field(
+        False, description="also store method, path, protocol (split from request) in events/ and late/; they are "
+        "derived from request at read time otherwise (measured: a third of the cost of writing events)")
+
+    # ---- alert rules ------------------------------------------------------------------------------
+    rate_limit_ceiling: int = Field(200, ge=1, description="requests by one host in one window that trigger a block")
+    surge_min_count: int = Field(100, ge=1, description="failed requests of one status in one window")
+    surge_min_share: float = Field(0.25, ge=0, le=1, description="that status's share of all requests in the window")
+    surge_top_hosts: int = Field(5, ge=1, description="hosts named in a surge alert")
+
+    # ---- validation -------------------------------------------------------------------------------
     @field_validator("run_dir")
     @classmethod
     def _run_dir_absolute(cls, v: Path) -> Path:
@@ -124,61 +175,6 @@ class Settings(BaseSettings):
                              "as log lines (and quarantine them). Give the alerts their own topic")
         return self
 
-    @property
-    def producer_positions_dir(self) -> Path:
-        """Where the producer keeps its saved positions: producer_state_dir, or run_dir/producer."""
-        return self.producer_state_dir or self.run_dir / "producer"
-    max_message_bytes: int = Field(
-        1_000_000, gt=0, le=64 << 20,  # at most the longest line the producer holds (producer.source.LINE_CAP_BYTES)
-        description="a longer line is sent as a too_large record (its first 16 KB), which the job quarantines")
-    producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
-    producer_connect_timeout_s: float = Field(30.0, gt=0, description="give up reaching the broker after this long")
-    producer_checkpoint_s: float = Field(1.0, ge=0, description="flush and save the position at least this often")
-    rotate_grace_s: float = Field(
-        300.0, gt=0, description="--follow: a log rotated away is still read, beside the new one, until it has had "
-        "no new bytes this long (its writer appends to it until it reopens the log); then its unterminated last "
-        "line, if any, is sent as a line")
-
-    # ---- streaming job ----------------------------------------------------------------------------
-    connect_timeout_s: float = Field(60.0, gt=0, description="the job gives up waiting for Kafka or HDFS after this long")
-    stop_grace_s: float = Field(120.0, ge=0, description="on SIGTERM/Ctrl-C, let running micro-batches finish this long")
-    spark_master: str = "local[2]"
-    spark_driver_memory: str = "4g"
-    spark_driver_java_options: str = Field(
-        "-XX:+UseParallelGC", description="JVM options of the Spark driver (the whole job in local mode); the "
-        "throughput collector measured 5% faster than G1. Empty: Java's defaults. Replaces "
-        "spark.driver.extraJavaOptions from spark-defaults.conf; do not also pick a collector in JAVA_TOOL_OPTIONS")
-    spark_java_home: str | None = Field(
-        None, description="JDK for Spark's JVM (the whole job in local mode). Default: the newest JDK Spark supports "
-        "(25, 21, 17) among LOGPIPE_JAVA_HOME, JAVA_HOME, java on PATH and /usr/lib/jvm: the 1 GB stream took "
-        "134-147 s on Java 25 against 172-187 s on Java 17 (docs/benchmarks.md)")
-    spark_ui_port: int = Field(4040, ge=0, le=65535, description="0: any free port")
-    spark_ui_host: str | None = Field(
-        None, description="address the Spark UI listens on (Spark reads it from SPARK_LOCAL_IP, which logpipe sets "
-        "from this); default bind_host. The compose streaming container sets 0.0.0.0 (its port is published on "
-        "127.0.0.1 only)")
-    shuffle_partitions: int = Field(4, ge=1)
-    spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")
-    window: str = "20 seconds"
-    slide: str = "10 seconds"
-    watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
-    max_offsets_per_trigger: int = Field(5_000_000, ge=1, description="records per micro-batch at most (catch-up); "
-                                         "bigger batches cost less per line (measured: 1 M -> 2.5 M, ~10%; "
-                                         "2.5 M -> 5 M, 9% on 1 GB, stream peak RSS 4.5 -> 5.1 GB)")
-    trigger_interval: str = "0 seconds"
-    kafka_read_tasks: int = Field(2, ge=1, description="Spark tasks reading the topic per micro-batch (minPartitions)")
-    parquet_codec: Literal["zstd", "snappy", "lz4_raw", "gzip", "none"] = Field(
-        "zstd", description="compression of the Parquet files the jobs write")
-    events_request_parts: bool = Field(
-        False, description="also store method, path, protocol (split from request) in events/ and late/; they are "
-        "derived from request at read time otherwise (measured: a third of the cost of writing events)")
-
-    # ---- alert rules ------------------------------------------------------------------------------
-    rate_limit_ceiling: int = Field(200, ge=1, description="requests by one host in one window that trigger a block")
-    surge_min_count: int = Field(100, ge=1, description="failed requests of one status in one window")
-    surge_min_share: float = Field(0.25, ge=0, le=1, description="that status's share of all requests in the window")
-    surge_top_hosts: int = Field(5, ge=1, description="hosts named in a surge alert")
-
     # ---- derived ----------------------------------------------------------------------------------
     @cached_property
     def kafka_address(self) -> str:
@@ -197,6 +193,11 @@ class Settings(BaseSettings):
         import getpass
 
         return self.hdfs_user or getpass.getuser()
+
+    @property
+    def producer_positions_dir(self) -> Path:
+        """Where the producer keeps its saved positions: producer_state_dir, or run_dir/producer."""
+        return self.producer_state_dir or self.run_dir / "producer"
 
     def hdfs_path(self, *parts: str) -> str:
         """A path under hdfs_root, e.g. hdfs_path("windows", "by_host") -> /logpipe/windows/by_host."""

@@ -152,3 +152,26 @@ def test_parquet_timestamps_are_int64_micros_with_statistics(local_spark, tmp_pa
         "2004-05-18T05:58:48+00:00", "2004-05-18T06:00:00+00:00")
     back = sorted(r.ts for r in local_spark.read.parquet(out.as_uri()).collect())
     assert [t.isoformat() for t in back] == ["2004-05-18T05:58:48", "2004-05-18T06:00:00"]
+
+
+def test_a_table_of_int96_and_int64_files_reads_the_same_instants(local_spark, tmp_path) -> None:
+    """A results root written before the switch to INT64 timestamps holds INT96 files, later batches INT64 ones:
+    Spark and Arrow (as results.load_arrow reads a table: one dataset over its files) read both as the same
+    instants, whichever file comes first."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    df = local_spark.sql("SELECT TIMESTAMP'2004-05-18 05:58:48' AS ts, 1 AS n")
+    local_spark.conf.set("spark.sql.parquet.outputTimestampType", "INT96")
+    try:
+        df.coalesce(1).write.parquet((tmp_path / "old").as_uri())
+    finally:
+        local_spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    df.coalesce(1).write.parquet((tmp_path / "new").as_uri())
+    old, new = next((tmp_path / "old").glob("*.parquet")), next((tmp_path / "new").glob("*.parquet"))
+    for files in ([old, new], [new, old]):
+        table = ds.dataset([str(f) for f in files], format="parquet").to_table()
+        micros = table.column("ts").cast(pa.timestamp("us", "UTC")).cast(pa.int64()).to_pylist()
+        assert micros == [1084859928_000_000] * 2, table.schema  # 2004-05-18 05:58:48 UTC
+    back = local_spark.read.parquet((tmp_path / "old").as_uri(), (tmp_path / "new").as_uri()).collect()
+    assert [r.ts.isoformat() for r in back] == ["2004-05-18T05:58:48"] * 2

@@ -1,4 +1,5 @@
-"""--speed: replay at the log's own pace (or a multiple of it); max does not wait; bad values are refused."""
+"""The produce loop with a recording sink: --speed (the log's own pace or a multiple of it; max does not wait; bad
+values refused), positions saved within paced blocks, generations kept apart across a kill."""
 
 from __future__ import annotations
 
@@ -207,3 +208,61 @@ def test_a_paced_wait_calls_back_every_second_so_the_heartbeat_stays_fresh():
     took = time.monotonic() - t
     assert 2.4 <= took < 4.0
     assert len(calls) == 3 and calls[0] - t < 1.5, [c - t for c in calls]  # after 1 s, 2 s and 2.5 s
+
+
+class _Killed(BaseException):
+    """Stands for kill -9 in the middle of a send: nothing after it runs, no position is saved."""
+
+
+class _DyingSink(_Sink):
+    def __init__(self, die_after: int) -> None:
+        super().__init__()
+        self.die_after = die_after
+
+    def send(self, topic, value, key, headers=None, partition=None) -> None:
+        super().send(topic, value, key)
+        if self.sent == self.die_after:
+            raise _Killed()
+
+
+def _keys_sent(tmp_path, monkeypatch, log, sink) -> list[bytes]:
+    from logpipe.config import Settings
+    from logpipe.producer import run
+
+    monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
+    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "make_sink", lambda s: sink)
+    s = Settings(producer_checkpoint_s=3600, producer_state_dir=str(tmp_path / "pos"))
+    try:
+        run.produce_file(s, log, progress=False)
+    except _Killed:
+        pass
+    return [k for k, _ in sink.records]
+
+
+def _rewrite_in_place(log, tag: str) -> None:
+    """Truncated and written again (same inode: a new generation of the file), lines as long as before."""
+    with log.open("r+b") as f:
+        f.truncate(0)
+        f.write(b"".join(f'1.2.3.4 - - [2004-05-18 00:00:{i:02d}] "GET /{tag} HTTP/1.1" 200 1\n'.encode()
+                         for i in range(12)))
+
+
+def test_content_written_after_a_kill_and_a_second_truncation_gets_keys_of_its_own(tmp_path, monkeypatch):
+    """The producer is killed while it sends a truncated file's new content (B), before any checkpoint; then the
+    file is truncated and written again (C). C must not get B's generation, whose keys the job has already seen:
+    it would drop C's lines as repeats of B's. And B itself, still there after a kill, is sent again under the
+    same keys (the job drops those repeats), not under new ones (it would count them twice)."""
+    log = tmp_path / "a.log"
+    log.touch()
+    _rewrite_in_place(log, "A")
+    a = _keys_sent(tmp_path, monkeypatch, log, _Sink())
+    _rewrite_in_place(log, "B")
+    b_before_kill = _keys_sent(tmp_path, monkeypatch, log, _DyingSink(die_after=5))
+    assert len(b_before_kill) == 5 and not set(b_before_kill) & set(a)
+    b_again = _keys_sent(tmp_path, monkeypatch, log, _DyingSink(die_after=7))  # B once more, killed again
+    assert b_again[:5] == b_before_kill, "B, still there after the kill, must be sent again under the same keys"
+    _rewrite_in_place(log, "C")
+    c = _keys_sent(tmp_path, monkeypatch, log, _Sink())
+    assert len(c) == 12
+    assert not set(c) & set(b_again), "C's lines reuse the keys of B's lines the job has seen"

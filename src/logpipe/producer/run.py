@@ -17,7 +17,7 @@ from logpipe.config import Settings
 from logpipe.logformat import ParseError, parse_timestamp
 from logpipe.producer.clients import RecordSink, make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
-from logpipe.producer.source import IDLE, Block, LogSource
+from logpipe.producer.source import IDLE, Block, LogSource, Segment
 from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, TOO_LARGE_HEAD_BYTES, largest_record_bytes, record_key,
                             too_large_value)
 
@@ -255,6 +255,16 @@ class LogShipper:
             self.store.beat()
             self.last_beat = now
 
+    def claim_generation(self, seg: Segment) -> None:
+        """Before the first record of a file, or of a new generation of it (after a truncation), is sent: save
+        its position at byte 0 with its first bytes. Killed before the next checkpoint, the producer then resumes
+        this generation at byte 0 (what it sends again keeps its keys: the job drops the repeats). Without it,
+        the last position saved was the generation before: if the file was truncated and written again before
+        the restart, the new content got this generation's number too, and its lines the keys of lines already
+        sent, so the job dropped them as repeats. Its first bytes now tell it apart: it gets the next number."""
+        head = seg.head[:HEAD_BYTES]
+        self.store.save(Position(seg.key, seg.generation, 0, self.source.path, len(head), head_digest(head)))
+
     def save_pending(self) -> None:
         """Flush and save the position after the last block sent."""
         self.checkpoint(self.pending)
@@ -264,6 +274,8 @@ class LogShipper:
         """Send `block`'s lines. False when a paced replay was stopped within it: the lines sent are counted and
         their position saved (the rest is sent next time, under the same keys)."""
         s = self.s
+        if block.start == 0:  # the first block of a file, or of a generation of it
+            self.claim_generation(block.segment)
         if (self.pacer.factor is None and block.oversize_len is None
                 and max(map(len, block.lines), default=0) <= s.max_message_bytes):
             # the fast path: no pacing, no line too large

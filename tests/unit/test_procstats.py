@@ -39,14 +39,16 @@ def test_concurrent_peak_counts_processes_running_together_not_one_after_another
 
 BUSY = ("import time, subprocess, sys; time.sleep(0.3); "  # the child is born after the tree's first sample
         "child = subprocess.run([sys.executable, '-c', 'import time\\nt = time.process_time()\\n"
-        "while time.process_time() - t < 1.5: pass\\nprint(time.process_time(), flush=True)\\ntime.sleep(1.0)'], "
+        "while time.process_time() - t < 1.5: pass\\nprint(time.process_time(), flush=True)\\ntime.sleep(2.5)'], "
         "capture_output=True, text=True); print(child.stdout.strip())")
 
 
 def test_cpu_of_a_child_born_while_watched_counts_from_its_start():
     """A stage's process starts the real worker (the stream's JVM, say) after the sampler first saw the tree: its
     CPU counts from its start, not from the first time a sample caught it."""
-    sampler = ResourceSampler(interval=2.0).start()  # first sees the child after its 1.5 CPU s, while it sleeps
+    # samples every 2 s: at least one falls in the child's 2.5 s sleep after its 1.5 CPU s, however slowly the
+    # busy loop ran (with a 1 s sleep, a loaded CI machine's samples fell before its end and after its exit)
+    sampler = ResourceSampler(interval=2.0).start()
     try:
         parent = subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE, text=True)
         sampler.watch("stage", parent.pid)

@@ -246,8 +246,8 @@ def producer_heartbeat_max_age(producer_checkpoint_s: float) -> float:
 
 
 def probe_heartbeat(path: Path, max_age_s: float) -> float:
-    """The age in seconds of the heartbeat file `path` (a producer touches it at least every second while its
-    loop moves); NotReady when it is missing or older than `max_age_s`."""
+    """The age in seconds of the heartbeat file `path` (a producer touches it after each flush and at each wait
+    while its loop moves); NotReady when it is missing or older than `max_age_s`."""
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:

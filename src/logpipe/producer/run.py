@@ -240,11 +240,14 @@ class LogShipper:
         """Flush, then save the position after `block` (or, within it, at `end`: a paced replay's line)."""
         self.sink.flush()
         if block is not None:
-            seg = block.segment
-            head = seg.head[:HEAD_BYTES]
-            self.store.save(Position(seg.key, seg.generation, block.end if end is None else end, self.source.path,
-                                     len(head), head_digest(head), finished=block.final and end is None))
+            self.save_position(block.segment, block.end if end is None else end, block.final and end is None)
         self.beat()
+
+    def save_position(self, seg: Segment, offset: int, finished: bool = False) -> None:
+        """Save that everything of `seg` before `offset` was delivered, with the file's first bytes."""
+        head = seg.head[:HEAD_BYTES]
+        self.store.save(Position(seg.key, seg.generation, offset, self.source.path, len(head), head_digest(head),
+                                 finished=finished))
 
     def beat(self) -> None:
         """Touch the heartbeat file, at most once a second: called after each flush (every checkpoint interval
@@ -262,8 +265,7 @@ class LogShipper:
         the last position saved was the generation before: if the file was truncated and written again before
         the restart, the new content got this generation's number too, and its lines the keys of lines already
         sent, so the job dropped them as repeats. Its first bytes now tell it apart: it gets the next number."""
-        head = seg.head[:HEAD_BYTES]
-        self.store.save(Position(seg.key, seg.generation, 0, self.source.path, len(head), head_digest(head)))
+        self.save_position(seg, 0)
 
     def save_pending(self) -> None:
         """Flush and save the position after the last block sent."""

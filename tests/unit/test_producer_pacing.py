@@ -3,6 +3,7 @@ values refused), positions saved within paced blocks, generations kept apart acr
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -267,3 +268,58 @@ def test_content_written_after_a_kill_and_a_second_truncation_gets_keys_of_its_o
     c = _keys_sent(tmp_path, monkeypatch, log, _Sink())
     assert len(c) == 12
     assert not set(c) & set(b_again), "C's lines reuse the keys of B's lines the job has seen"
+
+
+def _lines(seconds) -> bytes:
+    return b"".join(_line(i) + b"\n" for i in seconds)
+
+
+def _as_if_saved_on_another_device(tmp_path, log) -> str:
+    """Move the saved position of `log` to the identity the file had before its file system was mounted again:
+    the same inode number on another device number. Returns that old identity."""
+    import json
+
+    from logpipe.producer.position import file_key
+
+    st = os.stat(log)
+    (saved,) = (tmp_path / "pos").glob("*/*.json")
+    data = json.loads(saved.read_text())
+    assert data["key"] == file_key(st)
+    old = f"{st.st_dev + 1}:{st.st_ino}"
+    data["key"] = old
+    saved.with_name(old.replace(":", "-") + ".json").write_text(json.dumps(data))
+    saved.unlink()
+    return old
+
+
+def test_a_remounted_file_resumes_where_it_stood_under_its_old_keys(tmp_path, monkeypatch, caplog):
+    """A file whose device number changed (its file system mounted again) keeps its inode number and content. The
+    producer resumes at its saved position and keeps its old src, so the lines after that position are sent once,
+    under the keys the job knows; before, the whole file was sent again under new keys and counted twice."""
+    log = tmp_path / "a.log"
+    log.write_bytes(_lines(range(12)))
+    assert len(_keys_sent(tmp_path, monkeypatch, log, _Sink())) == 12
+    old = _as_if_saved_on_another_device(tmp_path, log)
+    with log.open("ab") as f:
+        f.write(_lines(range(12, 15)))
+    n = len(_line(0)) + 1
+    size_before = 12 * n
+    keys = _keys_sent(tmp_path, monkeypatch, log, _DyingSink(die_after=2))  # killed before its next save
+    assert keys == [b"lp:%s:%d" % (old.encode(), size_before + i * n) for i in range(2)]
+    assert "mounted again" in caplog.text
+    again = _keys_sent(tmp_path, monkeypatch, log, _Sink())  # the position saved under the new identity
+    assert again == [b"lp:%s:%d" % (old.encode(), size_before + i * n) for i in range(3)]
+
+
+def test_another_files_position_on_the_same_inode_number_is_not_taken(tmp_path, monkeypatch):
+    """A position saved for the path under the same inode number on another device, but for other first bytes,
+    is another file's: the file is read from byte 0 under its own identity."""
+    from logpipe.producer.position import file_key
+
+    log = tmp_path / "a.log"
+    log.write_bytes(_lines(range(12)))
+    _keys_sent(tmp_path, monkeypatch, log, _Sink())
+    _as_if_saved_on_another_device(tmp_path, log)
+    log.write_bytes(_lines(range(20, 24)))  # same inode, other content
+    keys = _keys_sent(tmp_path, monkeypatch, log, _Sink())
+    assert keys == [b"lp:%s:%d" % (file_key(os.stat(log)).encode(), i * (len(_line(0)) + 1)) for i in range(4)]

@@ -7,6 +7,10 @@ line boundary whose earlier lines are all in Kafka; lines after it may be sent a
 The stored head (length + SHA-256 of the file's first bytes) detects that the inode now holds different content
 (copytruncate while the producer was down, or a deleted file whose inode number was reused): then the file is read
 from byte 0 under the next *generation*, which changes `src` (in the record key) so old and new offsets never collide.
+
+A file whose device number changed (its file system mounted again, e.g. on another machine or after a reboot that
+numbered the devices anew) keeps its inode number and its first bytes: its position moves to the new identity and
+keeps the old `src` (`src_base`), so lines sent again after the last save have the keys the stream drops repeats by.
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ class Position:
     head_sha256: str
     updated_at: str = ""
     finished: bool = False  # the file was rotated away and read to its definite end: nothing of it is left to send
+    src_base: str = ""  # the identity its src is made of, when not `key` (the file's device number changed)
 
     @property
     def src(self) -> str:
-        return src_id(self.key, self.generation)
+        return src_id(self.src_base or self.key, self.generation)
 
 
 def _fsync_dir(directory: Path) -> None:

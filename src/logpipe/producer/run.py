@@ -247,7 +247,7 @@ class LogShipper:
         """Save that everything of `seg` before `offset` was delivered, with the file's first bytes."""
         head = seg.head[:HEAD_BYTES]
         self.store.save(Position(seg.key, seg.generation, offset, self.source.path, len(head), head_digest(head),
-                                 finished=finished))
+                                 finished=finished, src_base=seg.src_base))
 
     def beat(self) -> None:
         """Touch the heartbeat file, at most once a second: called after each flush (every checkpoint interval

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,11 @@ class Segment:
     resumed_from: int = 0
     opened_at: float = field(default_factory=time.time)  # wall clock: when the producer took this file up
     replaced: bool = False  # its first bytes changed while it was read: truncated (and maybe refilled)
+    src_base: str = ""  # the identity its src is made of, when not `key` (see position.py: a remounted file)
 
     @property
     def src(self) -> str:
-        return src_id(self.key, self.generation)
+        return src_id(self.src_base or self.key, self.generation)
 
     def size(self) -> int:
         try:
@@ -221,7 +222,7 @@ class LogSource:
         when its content is not the one saved. `from_copy` (the log at start): the old content's unread rest is
         then queued from logrotate's copy (copytruncate), unless the saved position says it was read to its end."""
         key = file_key(st)
-        saved = self.store.load(key)
+        saved = self.store.load(key) or self._remounted(path, fd, st)
         if saved is None:
             return Segment(path, fd, key, 0, 0)
         head = os.pread(fd, saved.head_len, 0)
@@ -240,16 +241,38 @@ class LogSource:
             if from_copy and saved.updated_at:  # truncated more than once since: the copies in between are unread
                 self.warn_unread_rotations({key} | ({copy_key} if copy_key else set()),
                                            datetime.fromisoformat(saved.updated_at).timestamp())
-            return Segment(path, fd, key, saved.generation + 1, 0)
+            return Segment(path, fd, key, saved.generation + 1, 0, src_base=saved.src_base)
         if self.reset:
             log.info("%s: --reset: reading from byte 0 again (src %s; downstream drops the duplicates)",
                      path, saved.src)
-            return Segment(path, fd, key, saved.generation, 0)
+            return Segment(path, fd, key, saved.generation, 0, src_base=saved.src_base)
         head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
         if saved.offset:
             log.info("%s: resuming at byte %d of %d (src %s)", path, saved.offset, st.st_size, saved.src)
         return Segment(path, fd, key, saved.generation, saved.offset, head=head, carry_start=saved.offset,
-                       resumed_from=saved.offset)
+                       resumed_from=saved.offset, src_base=saved.src_base)
+
+    def _remounted(self, path: str, fd: int, st: os.stat_result) -> Position | None:
+        """The saved position of this file under its identity before its device number changed (its file system
+        mounted again), or None. It is the position saved for the same path, with the same inode number on
+        another device, whose first bytes the file still has. The position moves to the file's identity and keeps
+        its src: without this, the file was read again from byte 0 under new keys, and the stream counted all of
+        its lines twice."""
+        key = file_key(st)
+        for p in self.store.all():
+            if p.path != path or p.key == key or p.key.partition(":")[2] != str(st.st_ino) or p.finished:
+                continue
+            head = os.pread(fd, p.head_len, 0)
+            if len(head) != p.head_len or head_digest(head) != p.head_sha256 or p.offset > st.st_size:
+                continue
+            moved = replace(p, key=key, src_base=p.src_base or p.key)
+            self.store.save(moved)
+            self.store.delete(p.key)
+            log.warning("%s: its identity changed from %s to %s (same inode number and first bytes on another "
+                        "device: its file system was mounted again); resuming at byte %d under its old src %s",
+                        path, p.key, key, p.offset, moved.src)
+            return moved
+        return None
 
     def _tracked_or(self, key: str) -> Callable[[str], bool]:
         """Identities a copy cannot have: `key` (the file itself) and files with a saved position (read as such)."""
@@ -277,7 +300,7 @@ class LogSource:
                     path, saved.src, file_key(st), saved.offset)
         head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
         self.copies.append(Segment(path, fd, saved.key, saved.generation, saved.offset, head=head,
-                                   carry_start=saved.offset, resumed_from=saved.offset))
+                                   carry_start=saved.offset, resumed_from=saved.offset, src_base=saved.src_base))
         self.copy_keys.add(file_key(st))
         return file_key(st)
 
@@ -399,7 +422,7 @@ class LogSource:
                     return
                 yield from self._finish(seg, final=True)  # saved as finished: a restart reads no copy again
                 log.info("%s was truncated: reading it from byte 0 as generation %d", seg.path, seg.generation + 1)
-                seg = self.current = Segment(seg.path, seg.fd, seg.key, seg.generation + 1, 0)
+                seg = self.current = Segment(seg.path, seg.fd, seg.key, seg.generation + 1, 0, src_base=seg.src_base)
                 continue
             if isinstance(change, tuple):
                 fd, st = change

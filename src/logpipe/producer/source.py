@@ -130,7 +130,18 @@ def _starts_with(path: str, pos: Position) -> bool:
             head = f.read(pos.head_len)
     except OSError:
         return False
+    return _is_head_of(head, pos)
+
+
+def _is_head_of(head: bytes, pos: Position) -> bool:
+    """Whether `head`, a file's first pos.head_len bytes, are the ones the position `pos` recorded."""
     return len(head) == pos.head_len and head_digest(head) == pos.head_sha256
+
+
+def _holds(fd: int, st: os.stat_result, pos: Position) -> bool:
+    """Whether the open file `fd` (of size st.st_size) still holds the content `pos` was saved for: the same first
+    bytes, and at least pos.offset bytes."""
+    return _is_head_of(os.pread(fd, pos.head_len, 0), pos) and pos.offset <= st.st_size
 
 
 def _rotation_names(path: str) -> Iterator[os.DirEntry]:
@@ -164,8 +175,7 @@ def find_copy(path: str, starts_with: bytes | Position, offset: int, skip: Calla
         except (OSError, InputFileError):
             continue
         if isinstance(starts_with, Position):
-            head = os.pread(fd, starts_with.head_len, 0)
-            same = len(head) == starts_with.head_len and head_digest(head) == starts_with.head_sha256
+            same = _is_head_of(os.pread(fd, starts_with.head_len, 0), starts_with)
         else:
             head = os.pread(fd, len(starts_with), 0)
             same = head == starts_with or (ending_before and bool(head) and starts_with.startswith(head))
@@ -225,9 +235,7 @@ class LogSource:
         saved = self.store.load(key) or self._remounted(path, fd, st)
         if saved is None:
             return Segment(path, fd, key, 0, 0)
-        head = os.pread(fd, saved.head_len, 0)
-        same = len(head) == saved.head_len and head_digest(head) == saved.head_sha256 and saved.offset <= st.st_size
-        if not same:
+        if not _holds(fd, st, saved):
             copy_key = None
             if saved.finished:  # the content saved was read to its end: nothing of it is left to read
                 log.info("%s (%s): its content is not the one read to its end last time (truncated, or a new file "
@@ -260,10 +268,8 @@ class LogSource:
         its lines twice."""
         key = file_key(st)
         for p in self.store.all():
-            if p.path != path or p.key == key or p.key.partition(":")[2] != str(st.st_ino) or p.finished:
-                continue
-            head = os.pread(fd, p.head_len, 0)
-            if len(head) != p.head_len or head_digest(head) != p.head_sha256 or p.offset > st.st_size:
+            if (p.path != path or p.key == key or p.key.partition(":")[2] != str(st.st_ino) or p.finished
+                    or not _holds(fd, st, p)):
                 continue
             moved = replace(p, key=key, src_base=p.src_base or p.key)
             self.store.save(moved)

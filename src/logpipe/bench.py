@@ -179,8 +179,11 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     topic = f"{name}-{stamp}-{label}".replace(".", "_").replace("/", "-")
     root = f"/{name}/{stamp}-{label}"
     # the stages run with the settings the result reports (a bench flag such as --shuffle-partitions reaches them)
+    # each run publishes its alerts to topics of its own: verify reads the alerts topic from its start, and on a
+    # shared one it saw every earlier run's alerts too (exact still, but its copies and other_alerts meant nothing)
     env = {**os.environ, **{f"LOGPIPE_{k.upper()}": str(getattr(s, k)) for k in REPORTED_SETTINGS},
-           "LOGPIPE_TOPIC": topic, "LOGPIPE_HDFS_ROOT": root, "LOGPIPE_PRODUCER_CLIENT": client}
+           "LOGPIPE_TOPIC": topic, "LOGPIPE_ALERTS_TOPIC": topic + "-alerts", "LOGPIPE_HDFS_ROOT": root,
+           "LOGPIPE_PRODUCER_CLIENT": client}
     sampler = ResourceSampler().start()
     for row in services.status(s):
         if row["running"]:
@@ -216,7 +219,8 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         stages.append(vstage)
         e2e = e2e_seq
         if pipeline:
-            penv = {**env, "LOGPIPE_TOPIC": topic + "-pipeline", "LOGPIPE_HDFS_ROOT": root + "-pipeline"}
+            penv = {**env, "LOGPIPE_TOPIC": topic + "-pipeline", "LOGPIPE_ALERTS_TOPIC": topic + "-pipeline-alerts",
+                    "LOGPIPE_HDFS_ROOT": root + "-pipeline"}
             e2e = run_pipeline({"stream": _cli("stream", "--until-idle", str(idle_s)),
                                 "produce": _cli("produce", str(log_path), "--client", client)},
                                penv, sampler, lines, run_dir)
@@ -264,7 +268,8 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         result["run_data"] = "kept: verify found a mismatch"
         log.warning("verify found a mismatch: the run's Kafka topics and HDFS folders (%s) are kept", root)
     elif not keep_data:
-        topics = [topic] + ([topic + "-java"] if reference else []) + ([topic + "-pipeline"] if pipeline else [])
+        topics = ([topic, topic + "-alerts"] + ([topic + "-java"] if reference else [])
+                  + ([topic + "-pipeline", topic + "-pipeline-alerts"] if pipeline else []))
         roots = [root] + ([root + "-pipeline"] if pipeline else [])
         gone, failed = drop_run_data(s, topics, roots)
         log.info("deleted the run's data (--keep-data keeps it): %s", ", ".join(gone) or "nothing was left")

@@ -22,7 +22,8 @@ def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, 
 
     md = tmp_path / "benchmarks.md"
     positions = tmp_path / "positions"
-    # bench names its topics and HDFS folders by --name and the time; the alerts topic and positions are this test's
+    # bench names its topics (alerts topics too) and HDFS folders by --name and the time; the positions are this
+    # test's. An alerts topic set outside is not the run's: bench gives each run its own
     env = {**os.environ, "LOGPIPE_ALERTS_TOPIC": f"alerts-{unique}", "LOGPIPE_PRODUCER_STATE_DIR": str(positions)}
     r = subprocess.run([sys.executable, "-m", "logpipe", "bench", "--size", "4MB", "--no-reference",
                         "--name", f"tests/bench-{unique}",
@@ -41,8 +42,17 @@ def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, 
     assert result["end_to_end"]["stage"] == "end-to-end (produce and stream at once)"
     assert "| exact |" in md.read_text().splitlines()[-1]
 
+    # each run's alerts went to a topic of its own (the job made it), which held exactly that run's alerts, once
+    # each (a log this small has no planted incidents: none)
+    for run, alerts_topic in (("verify", result["topic"] + "-alerts"),
+                              ("verify_pipeline", result["topic"] + "-pipeline-alerts")):
+        kafka = result[run]["alerts"]["kafka"]
+        assert kafka["topic"] == alerts_topic and kafka["ok"] and "error" not in kafka, kafka
+        assert (kafka["missing"], kafka["copies"], kafka["other_alerts"]) == (0, 0, 0), kafka
+        assert kafka["published"] == result[run]["alerts"]["raised"], result[run]["alerts"]
+
     assert result["run_data"] == "deleted"
-    topics = [result["topic"], result["topic"] + "-pipeline"]
+    topics = [result["topic"] + suffix for suffix in ("", "-alerts", "-pipeline", "-pipeline-alerts")]
     assert result["hdfs_root"].startswith(f"/tests/bench-{unique}/") and f"bench-{unique}" in result["topic"]
     admin = KafkaAdminClient(bootstrap_servers=stack.kafka_address)
     try:

@@ -21,17 +21,6 @@ from logpipe.stack import services
 
 log = logging.getLogger(__name__)
 
-SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
-
-
-def parse_size(text: str) -> int:
-    """'250MB' / '2.5GB' / '1000000' -> bytes."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMG]B)?\s*", text.upper())
-    if not m:
-        raise ValueError(f"not a size: {text!r} (e.g. 250MB, 2.5GB)")
-    return int(float(m.group(1)) * SIZE_UNITS.get(m.group(2) or "", 1))
-
-
 @dataclass
 class Stage:
     name: str

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             flag = f"flag --{name.replace('_', '-')} or " if name in vars(args) else ""  # this command's flags only
             print(f"logpipe: invalid setting {name} = {err.get('input')!r} ({flag}LOGPIPE_{name.upper()}): "
-                  f"{err['msg']}", file=sys.stderr)
+                  f"{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     except (StackError, ServiceTimeout, ServiceDied) as exc:  # the stack could not start: the message says why
         print(f"logpipe {args.command}: {exc}", file=sys.stderr)

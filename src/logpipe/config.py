@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -128,6 +129,24 @@ class Settings(BaseSettings):
     def _run_dir_absolute(cls, v: Path) -> Path:
         # the services start with cwd=run_dir and get paths inside it: a relative one would point nowhere
         return v.expanduser().resolve()
+
+    @field_validator("hdfs_root")
+    @classmethod
+    def _hdfs_root_is_a_folder(cls, v: str) -> str:
+        # Spark puts the NameNode address in front (hdfs_uri) while the WebHDFS readers resolve a relative path
+        # under /user/<user>: a relative root would send the job and its readers to different places, and "/"
+        # would make the job's tables and the demo's clean-up the whole file system
+        if not v.startswith("/") or not v.strip("/"):
+            raise ValueError("must be an absolute HDFS path below / (e.g. /logpipe)")
+        return v
+
+    @field_validator("topic", "alerts_topic")
+    @classmethod
+    def _topic_is_a_kafka_name(cls, v: str) -> str:
+        # Kafka's own rule (org.apache.kafka.common.internals.Topic): checked here, not at the first send
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v) or v in (".", ".."):
+            raise ValueError("a Kafka topic name: 1-249 letters, digits, '.', '_' or '-' (not '.' or '..')")
+        return v
 
     @field_validator("window", "slide", "watermark")  # the job's window and horizon arithmetic reads them
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -41,6 +42,9 @@ REFERRERS = ["-", "https://www.sec.gov/edgar/search/", "https://www.google.com/"
 MALFORMED_REASON = {"truncated": "malformed", "garbage": "invalid_utf8", "invalid_utf8": "invalid_utf8",
                     "bad_timestamp": "bad_timestamp", "out_of_range": "timestamp_out_of_range", "empty": "empty"}
 MALFORMED_KINDS = tuple(MALFORMED_REASON)
+INCIDENT_KINDS = ("rate_limit", "url_scan", "outage")
+INCIDENT_SPAN = (0.1, 0.85)    # incidents lie within these fractions of the log's time
+INCIDENT_MIN_WINDOWS = 6       # each incident's slot spans at least this many windows, or none is planted
 HEADROOM = 0.3                # background: a host's expected count in a window at the peak rate <= 0.3 x ceiling
 MONTHS = list(lf.MONTHS)  # month names in order, as CLF writes them
 
@@ -82,7 +86,7 @@ class Truth:
 
 def parse_size(text: str) -> int:
     """'40MB' / '2.5GB' / '1000' -> bytes (decimal units)."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMG]?B)?\s*", text.upper())
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMG]?B)?\s*", text.upper())
     if not m:
         raise ValueError(f"not a size: {text!r} (examples: 40MB, 2.5GB)")
     return int(float(m.group(1)) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}.get(m.group(2) or "", 1))
@@ -131,6 +135,11 @@ class LogGenerator:
             raise ValueError("rate must be > 0 lines per second")
         if not 0.0 <= malformed_share < 0.5:
             raise ValueError("malformed share must be in [0, 0.5)")
+        if not 0.0 <= out_of_order_share < 0.5:
+            raise ValueError("out-of-order share must be in [0, 0.5)")
+        if not lf.MIN_TIME <= start < lf.MAX_TIME:  # the parser's range: every line would be quarantined
+            raise ValueError(f"start {start:%Y-%m-%d %H:%M:%S%z} is outside the times the parser accepts "
+                             f"({lf.MIN_TIME:%Y-%m-%d} to {lf.MAX_TIME:%Y-%m-%d}, UTC)")
         failing_share = STATUS_P[STATUSES >= 400].max() / STATUS_P.sum()
         if failing_share * 2 >= surge_min_share:
             raise ValueError(f"surge_min_share {surge_min_share} is too close to the background's "
@@ -178,8 +187,15 @@ class LogGenerator:
 
     def _duration_for(self, lines: float) -> int:
         """Seconds of log time the background needs for `lines` lines (following the daily rhythm)."""
-        secs = np.arange(self.t0, self.t0 + int(lines / (0.5 * self.rate)) + 2)
-        return int(np.searchsorted(np.cumsum(self._rate_at(secs)), lines)) + 1
+        span = int(lines / (0.5 * self.rate)) + 2  # the rate is 0.5x its mean at least
+        days = 0
+        if span > 30 * 86400:  # a long log (a slow --rate): whole days first, without an array of every second
+            day = float(self._rate_at(np.arange(self.t0, self.t0 + 86400)).sum())
+            days = int(lines // day) - 1
+            lines -= days * day
+            span = 2 * 86400
+        secs = np.arange(self.t0, self.t0 + span)
+        return days * 86400 + int(np.searchsorted(np.cumsum(self._rate_at(secs)), lines)) + 1
 
     def _pick_hosts(self, n: int) -> np.ndarray:
         idx = np.searchsorted(self.host_cdf, self.rng.random(n), side="right")
@@ -210,12 +226,12 @@ class LogGenerator:
         """
         rng = Generator(PCG64([self.seed, 1]))  # its own stream: planning twice gives the same plan
         w = self.window_s
-        kinds = ["rate_limit", "url_scan", "outage"]
+        kinds = list(INCIDENT_KINDS)
         n_each = max(1, duration_s // 7200)
         slots = n_each * len(kinds)
-        lo, hi = int(duration_s * 0.1), int(duration_s * 0.85)
+        lo, hi = int(duration_s * INCIDENT_SPAN[0]), int(duration_s * INCIDENT_SPAN[1])
         span = max(1, (hi - lo) // slots)
-        if span < 6 * w:  # too short a log for incidents that last several windows
+        if span < INCIDENT_MIN_WINDOWS * w:  # too short a log for incidents that last several windows
             return []
         longest = span * 2 // 3  # an incident never runs into the next slot
         out = []
@@ -358,7 +374,13 @@ class LogGenerator:
         if (lines is not None and lines <= 0) or (size_bytes is not None and size_bytes <= 0):
             raise ValueError("lines / size must be positive")
         est_lines = lines if lines is not None else size_bytes // AVG_LINE_BYTES[self.fmt]
+        too_long = ValueError(f"the log would run past {lf.MAX_TIME:%Y-%m-%d} (the end of the times the parser "
+                              "accepts): start earlier, or give a higher --rate")
+        if self.t0 + est_lines / (1.5 * self.rate) >= lf.MAX_TIME.timestamp():  # the shortest it can be: checked
+            raise too_long                                                     # before the exact, longer, sum
         duration = self._duration_for(est_lines)
+        if self.t0 + duration >= lf.MAX_TIME.timestamp():
+            raise too_long
         incidents = self.plan_incidents(duration)
         for _ in range(5):  # incidents add lines, so the log ends sooner: re-plan on the shorter duration
             extra = sum((_seconds(i.end) - _seconds(i.start)) * i.rate_per_s for i in incidents)
@@ -384,41 +406,50 @@ class LogGenerator:
         columns = [TextColumn("generate"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                    TransferSpeedColumn(), TimeRemainingColumn()]
         total = size_bytes or est_lines * AVG_LINE_BYTES[self.fmt]
-        with tmp.open("wb") as f, Progress(*columns, disable=not show, transient=True) as bar:
-            task = bar.add_task("generate", total=total)
-            t = self.t0
-            done = False
-            while not done:
-                chunk = self._apply_incidents(self._background(t, CHUNK_SECONDS), t, CHUNK_SECONDS, incidents)
-                t += CHUNK_SECONDS
-                text, malformed, late = self._render(chunk)
-                if lines is not None and written_lines + len(text) >= lines:
-                    text, done = text[: lines - written_lines], True
-                blob = _assemble(text, malformed)
-                kept = len(text)
-                if size_bytes is not None and written_bytes + len(blob) >= size_bytes:
-                    cut = blob.rfind(b"\n", 0, size_bytes - written_bytes) + 1
-                    if cut == 0:
-                        cut = blob.index(b"\n") + 1
-                    kept = blob.count(b"\n", 0, cut)
-                    blob, done = blob[:cut], True
-                f.write(blob)
-                for i, (name, _) in malformed.items():
-                    if i < kept:
-                        truth.malformed_by_kind[name] = truth.malformed_by_kind.get(name, 0) + 1
-                        reason = MALFORMED_REASON[name]
-                        truth.malformed_by_reason[reason] = truth.malformed_by_reason.get(reason, 0) + 1
-                        truth.malformed_lines += 1
-                late_kept = set(late[late < kept].tolist()) - set(malformed)  # malformed lines are not events
-                truth.out_of_order_lines += len(late_kept)
-                if kept and first is None:
-                    first = int(chunk["ts"][0])
-                if kept:
-                    last = int(chunk["ts"][kept - 1])
-                written_lines += kept
-                written_bytes += len(blob)
-                bar.update(task, completed=written_bytes if size_bytes else written_lines * AVG_LINE_BYTES[self.fmt])
-        tmp.replace(out)
+        try:
+            with tmp.open("wb") as f, Progress(*columns, disable=not show, transient=True) as bar:
+                task = bar.add_task("generate", total=total)
+                t = self.t0
+                done = False
+                # incidents lie in slots one after the other, so the few a chunk overlaps are found by bisection (a long,
+                # sparse log has thousands, and testing every one for every chunk took hours)
+                starts, ends = [_seconds(i.start) for i in incidents], [_seconds(i.end) for i in incidents]
+                assert starts == sorted(starts) and ends == sorted(ends)
+                while not done:
+                    near = incidents[bisect.bisect_right(ends, t):bisect.bisect_left(starts, t + CHUNK_SECONDS)]
+                    chunk = self._apply_incidents(self._background(t, CHUNK_SECONDS), t, CHUNK_SECONDS, near)
+                    t += CHUNK_SECONDS
+                    text, malformed, late = self._render(chunk)
+                    if lines is not None and written_lines + len(text) >= lines:
+                        text, done = text[: lines - written_lines], True
+                    blob = _assemble(text, malformed)
+                    kept = len(text)
+                    if size_bytes is not None and written_bytes + len(blob) >= size_bytes:
+                        cut = blob.rfind(b"\n", 0, size_bytes - written_bytes) + 1
+                        if cut == 0:
+                            cut = blob.index(b"\n") + 1
+                        kept = blob.count(b"\n", 0, cut)
+                        blob, done = blob[:cut], True
+                    f.write(blob)
+                    for i, (name, _) in malformed.items():
+                        if i < kept:
+                            truth.malformed_by_kind[name] = truth.malformed_by_kind.get(name, 0) + 1
+                            reason = MALFORMED_REASON[name]
+                            truth.malformed_by_reason[reason] = truth.malformed_by_reason.get(reason, 0) + 1
+                            truth.malformed_lines += 1
+                    late_kept = set(late[late < kept].tolist()) - set(malformed)  # malformed lines are not events
+                    truth.out_of_order_lines += len(late_kept)
+                    if kept and first is None:
+                        first = int(chunk["ts"][0])
+                    if kept:
+                        last = int(chunk["ts"][kept - 1])
+                    written_lines += kept
+                    written_bytes += len(blob)
+                    bar.update(task, completed=written_bytes if size_bytes else written_lines * AVG_LINE_BYTES[self.fmt])
+            tmp.replace(out)
+        except BaseException:  # no half-written log left behind (a full disk, Ctrl-C, --out a folder)
+            tmp.unlink(missing_ok=True)
+            raise
         truth.total_lines, truth.total_bytes = written_lines, written_bytes
         truth.first_time, truth.last_time = _iso(first or self.t0), _iso((last or self.t0) + 1)
         for inc in incidents:  # only when the size estimate was far off: the truth tells what the file holds
@@ -426,6 +457,12 @@ class LogGenerator:
                 log.warning("incident %s runs past the end of the log; its end is set to the log's end", inc.id)
                 inc.end = truth.last_time
         truth.incidents = [i for i in incidents if i.start < truth.last_time]
+        if not truth.incidents:  # say so: verify then has nothing to score its alerts against
+            need_s = (INCIDENT_MIN_WINDOWS * self.window_s * len(INCIDENT_KINDS)  # a slot per kind at least
+                      / (INCIDENT_SPAN[1] - INCIDENT_SPAN[0]))
+            log.warning("no incidents planted: the log covers %.1f min of log time, and incidents need %.1f min at "
+                        "least: make it longer (--lines, --size) or its pace slower (--rate)",
+                        ((last or self.t0) + 1 - self.t0) / 60, need_s / 60)
         secs = time.monotonic() - t_clock
         log.info("generated %s: %d lines, %.1f MB in %.1fs (%.1f MB/s)", out, written_lines, written_bytes / 1e6,
                  secs, written_bytes / 1e6 / max(secs, 1e-9))

@@ -103,6 +103,31 @@ def test_values_out_of_range_are_refused_when_the_settings_load(values, shown):
         Settings(**values)
 
 
+@pytest.mark.parametrize("root", ["logpipe", "", "/", "//", "results/x"])
+def test_the_hdfs_root_must_be_an_absolute_folder_below_the_top(root, monkeypatch, capsys):
+    """A relative root would be resolved under /user/<user> by the WebHDFS readers but not by Spark; '/' would put
+    the tables at the top of the file system."""
+    from logpipe.cli import main
+
+    with pytest.raises(pydantic.ValidationError, match="must be an absolute HDFS path below /"):
+        Settings(hdfs_root=root)
+    monkeypatch.setenv("LOGPIPE_HDFS_ROOT", root)
+    assert main(["stack", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"logpipe: invalid setting hdfs_root = {root!r} (LOGPIPE_HDFS_ROOT): must be an absolute HDFS "
+                   "path below / (e.g. /logpipe)\n")  # one line, without pydantic's "Value error, " prefix
+    assert Settings(hdfs_root="/a/b/").hdfs_path("events") == "/a/b/events"
+
+
+@pytest.mark.parametrize("topic", ["", "bad topic!", "a/b", ".", "..", "x" * 250, "läuft"])
+def test_topic_names_follow_kafkas_rule(topic):
+    with pytest.raises(pydantic.ValidationError, match="a Kafka topic name"):
+        Settings(topic=topic)
+    with pytest.raises(pydantic.ValidationError, match="a Kafka topic name"):
+        Settings(alerts_topic=topic)
+    assert Settings(topic="Access_logs.v2-" + "x" * 234).topic.startswith("Access_logs")
+
+
 @pytest.mark.parametrize(("window", "slide"), [("0 seconds", "10 seconds"), ("20 seconds", "0 seconds"),
                                                ("20 seconds", "30 seconds")])
 def test_slide_must_be_within_the_window(window, slide, monkeypatch, capsys):
@@ -196,10 +221,34 @@ def test_a_stack_that_cannot_start_is_one_line_and_exit_1(monkeypatch, capsys):
 
 @pytest.mark.parametrize("args, shown", [(["--size", "abc"], "--size: not a size: 'abc'"),
                                          (["--lines", "5", "--start", "nope"], "--start: not an ISO date"),
-                                         (["--lines", "5", "--rate", "-1"], "rate must be > 0")])
+                                         (["--lines", "5", "--rate", "-1"], "rate must be > 0"),
+                                         (["--size", "1..2MB"], "--size: not a size: '1..2MB'"),
+                                         (["--lines", "5", "--out-of-order-share", "-1"], "out-of-order share must"),
+                                         (["--lines", "5", "--start", "2150-01-01"], "outside the times the parser")])
 def test_generate_arguments_out_of_range_are_one_line_and_exit_2(tmp_path, capsys, args, shown):
     from logpipe import cli
 
     assert cli.main(["generate", *args, "--out", str(tmp_path / "x.log")]) == 2
     assert shown in capsys.readouterr().err
     assert not (tmp_path / "x.log").exists()
+
+
+def test_generate_never_overwrites_without_force_and_names_what_it_cannot_write(tmp_path, capsys):
+    """An existing --out may be a real log, or the one a topic was produced from: replaced only with --force. A
+    path that cannot be written is one line, exit 2, and no `.partial` file is left."""
+    from logpipe import cli
+
+    log = tmp_path / "access.log"
+    log.write_text("a real log\n")
+    assert cli.main(["generate", "--lines", "5", "--out", str(log)]) == 2
+    assert "exists: give --force to replace it" in capsys.readouterr().err and log.read_text() == "a real log\n"
+    assert cli.main(["generate", "--lines", "5", "--out", str(log), "--force", "--no-progress"]) == 0
+    assert sum(1 for _ in log.open()) == 5
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("")
+    for out in (tmp_path / "dir", tmp_path / "file" / "x.log"):
+        assert cli.main(["generate", "--lines", "5", "--out", str(out), "--force"]) == 2
+        err = capsys.readouterr().err.splitlines()[-1]  # after the warning that 5 lines hold no incidents
+        assert err in (f"logpipe generate: cannot write {out}: Is a directory",
+                       f"logpipe generate: cannot write {out}: File exists ({out.parent})"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["access.log", "access.log.truth.json", "dir", "file"]

@@ -202,8 +202,50 @@ def test_size_is_honoured(tmp_path):
 
 def test_parse_size():
     assert parse_size("40MB") == 40_000_000 and parse_size("2.5GB") == 2_500_000_000 and parse_size("1000") == 1000
-    with pytest.raises(ValueError):
-        parse_size("lots")
+    assert parse_size(".5GB") == 500_000_000 and parse_size(" 4 kb ") == 4_000
+    for bad in ("lots", "1..2MB", "..", "", "MB", "1GiB", "1e3"):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_size(bad)
+
+
+def test_a_long_sparse_log_takes_its_whole_days_at_once():
+    """A slow --rate makes a log of many days: its duration is summed day by day (no array of every second),
+    and comes out as the second-by-second sum does."""
+    import numpy as np
+
+    from logpipe.generator import LogGenerator
+
+    for rate, lines in ((0.01, 100_000), (0.3, 2_000_000), (100.0, 21_000_000)):
+        gen = LogGenerator(rate=rate)
+        secs = np.arange(gen.t0, gen.t0 + int(lines / (0.5 * rate)) + 2)
+        assert gen._duration_for(lines) == int(np.searchsorted(np.cumsum(gen._rate_at(secs)), lines)) + 1
+
+
+def test_a_log_too_short_for_incidents_says_so(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="logpipe.generator"):
+        truth = generate(tmp_path / "short.log", lines=5_000, seed=1, progress=False)
+    assert truth.incidents == [] and "no incidents planted" in caplog.text and "8.0 min at least" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="logpipe.generator"):
+        truth = generate(tmp_path / "long.log", lines=120_000, seed=1, progress=False)
+    assert truth.incidents and "no incidents planted" not in caplog.text
+
+
+@pytest.mark.parametrize("start", [datetime(1989, 12, 31, 23, 59, tzinfo=timezone.utc),
+                                   datetime(2100, 1, 1, tzinfo=timezone.utc),
+                                   datetime(2099, 12, 31, 23, 0, tzinfo=timezone.utc)])
+def test_a_log_outside_the_parsers_times_is_refused(tmp_path, start):
+    """Every line of it would be quarantined as timestamp_out_of_range: refused before a line is written."""
+    with pytest.raises(ValueError, match="parser accepts"):
+        generate(tmp_path / "x.log", lines=1_000_000, seed=1, start=start, progress=False)  # 2099: ~3 h of log
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path):
+    (tmp_path / "x.log").mkdir()  # --out names a folder: the rename at the end fails
+    with pytest.raises(OSError):
+        generate(tmp_path / "x.log", lines=1_000, seed=1, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.log"]
 
 
 def test_a_sample_of_a_size_comes_with_its_truth(tmp_path):

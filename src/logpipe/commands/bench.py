@@ -15,11 +15,15 @@ log = logging.getLogger("logpipe.bench")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark generate -> produce -> stream -> verify at one or more log sizes")
-    p.add_argument("--size", default="2.5GB", help="log size(s), comma-separated, e.g. 250MB,1GB,2.5GB")
-    p.add_argument("--client", choices=["kafka-python", "confluent"], default="confluent")
+    p.add_argument("--size", default="2.5GB", type=_sizes,
+                   help="log size(s) in decimal units, comma-separated, e.g. 250MB,1GB,2.5GB (default 2.5GB)")
+    p.add_argument("--client", choices=["kafka-python", "confluent"], default="confluent",
+                   help="the producer's Kafka client (default confluent, whatever LOGPIPE_PRODUCER_CLIENT says)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--data-dir", type=Path, default=Path("data"), help="where generated logs are kept and reused")
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--data-dir", type=Path, default=Path("data"),
+                   help="where generated logs are kept and reused (default data/, from the current folder)")
+    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"),
+                   help="where each run's result.json goes (default benchmarks/results/)")
     p.add_argument("--no-reference", action="store_true", help="skip the Java producer and batch Spark references")
     p.add_argument("--no-pipeline", action="store_true",
                    help="skip the run with the producer and the stream at once "
@@ -27,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-data", action="store_true",
                    help="keep the run's Kafka topics and HDFS results (each topic holds the whole log); by default "
                         "they are deleted once the run is measured and verified")
-    p.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"), help="table to append rows to")
+    p.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"),
+                   help="table to append rows to (default docs/benchmarks.md)")
     p.add_argument("--name", default="bench", type=_name,
                    help="names the run's HDFS folder (/<name>/<time>-<size>) and Kafka topics (<name>-<time>-<size>, "
                         "'/' as '-')")
@@ -44,6 +49,16 @@ def _name(text: str) -> str:
     return text
 
 
+def _sizes(text: str) -> list[int]:
+    """--size: every size checked before any run starts (a typo in the last would end an hour's work)."""
+    from logpipe.generator import parse_size
+
+    try:
+        return [parse_size(size) for size in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from logpipe import bench
     from logpipe.stack import services
@@ -52,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     services.up(s, progress=log.info)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for size in args.size.split(","):
-        r = bench.bench_one(s, bench.parse_size(size), args.client, data_dir=args.data_dir, out_dir=args.out_dir,
+    for size in args.size:
+        r = bench.bench_one(s, size, args.client, data_dir=args.data_dir, out_dir=args.out_dir,
                             seed=args.seed, reference=not args.no_reference,
                             pipeline=not args.no_pipeline, keep_data=args.keep_data, name=args.name)
         results.append(r)

@@ -19,8 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--size", help="approximate size in decimal units, e.g. 40MB, 2.5GB")
     size.add_argument("--lines", type=int, help="exact number of lines")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("data/access.log"))
+    p.add_argument("--seed", type=int, default=0, help="the same seed and arguments give the same log (default 0)")
+    p.add_argument("--out", type=Path, default=Path("data/access.log"),
+                   help="the log to write (default data/access.log, from the current folder); the truth goes beside it")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (refused otherwise)")
     p.add_argument("--format", dest="fmt", choices=["seed", "clf", "combined"], default="seed")
     p.add_argument("--start", default="2004-05-18T00:00:00Z", help="log time of the first line (ISO, UTC if no zone)")
     p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="average lines per second of log time")
@@ -50,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
+    if args.out.exists() and not args.force:  # it may be a real log, or the one a topic was produced from
+        print(f"logpipe generate: {args.out} exists: give --force to replace it, or another --out", file=sys.stderr)
+        return 2
     try:
         truth = generate(args.out, lines=args.lines, size_bytes=size_bytes, seed=args.seed, fmt=args.fmt,
                          start=start, rate=args.rate, malformed_share=args.malformed_share,
@@ -57,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
                          progress=False if args.no_progress else None)
     except ValueError as exc:  # an argument out of range: the message says which
         print(f"logpipe generate: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --out in a folder that cannot be made or written, or a folder itself
+        path = exc.filename2 or exc.filename  # a rename's target, or the file or folder it could not make
+        where = f" ({path})" if path and str(path) != str(args.out) else ""
+        print(f"logpipe generate: cannot write {args.out}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     log.info("%s: %d lines, %.1f MB (%d malformed, %d out of order), %d incidents; truth in %s", args.out,
              truth.total_lines, truth.total_bytes / 1e6, truth.malformed_lines, truth.out_of_order_lines,

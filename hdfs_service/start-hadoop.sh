@@ -14,6 +14,7 @@
 #   HDFS_BIND_HOST           0.0.0.0         inside a container: every interface (compose publishes on 127.0.0.1)
 #   HDFS_NAME_DIR            /hadoop/dfs/name
 #   HDFS_DATA_DIR            /hadoop/dfs/data
+#   HDFS_LOG4J               /opt/logpipe-hadoop/log4j.properties   the daemons' logging (the image's if missing)
 set -euo pipefail
 
 NN_HOST="${HDFS_NAMENODE_HOST:-namenode}"
@@ -27,14 +28,19 @@ BIND="${HDFS_BIND_HOST:-0.0.0.0}"
 NAME_DIR="${HDFS_NAME_DIR:-/hadoop/dfs/name}"
 DATA_DIR="${HDFS_DATA_DIR:-/hadoop/dfs/data}"
 CONF_DIR="${HADOOP_CONF_DIR:?HADOOP_CONF_DIR must be set (the Dockerfile sets it)}"
+LOG4J="${HDFS_LOG4J:-/opt/logpipe-hadoop/log4j.properties}"
 
 property() { printf '  <property><name>%s</name><value>%s</value></property>\n' "$1" "$2"; }
 
 write_config() {
   mkdir -p "$CONF_DIR"
-  # keep the image's log4j.properties and friends; replace the two site files
+  # keep the image's other files (hadoop-env.sh and friends); replace the two site files, and the logging with the
+  # native stack's (HDFS_LOG4J: without the per-operation and per-block lines, which never stop on a busy stream)
   if [ -d "${HADOOP_HOME:-/opt/hadoop}/etc/hadoop" ] && [ ! -f "$CONF_DIR/log4j.properties" ]; then
     cp -n "${HADOOP_HOME:-/opt/hadoop}/etc/hadoop/"* "$CONF_DIR/" 2>/dev/null || true
+  fi
+  if [ -f "$LOG4J" ]; then
+    cp "$LOG4J" "$CONF_DIR/log4j.properties"
   fi
   {
     echo '<?xml version="1.0"?>'

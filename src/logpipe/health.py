@@ -3,8 +3,10 @@ launcher, compose and tests."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -260,21 +262,33 @@ def probe_heartbeat(path: Path, max_age_s: float) -> float:
     return age
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m logpipe.health kafka|hdfs|producer` for compose healthchecks and scripts."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="logpipe health", description="exit 0 when a service is ready")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `logpipe health` (also `python -m logpipe.health`)."""
     parser.add_argument("service", choices=["kafka", "hdfs", "producer"])
-    parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--max-age", type=float, default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the service (default 5)")
+    parser.add_argument("--max-age", type=float, default=None,
+                        help="producer: the oldest heartbeat that counts as alive, in seconds (default 60, or "
+                             "three LOGPIPE_PRODUCER_CHECKPOINT_S if longer)")
+    parser.add_argument("--datanode", metavar="HOST", default=None,
+                        help="hdfs: also ask the DataNode on HOST itself (its data port and JMX, at "
+                             "LOGPIPE_DATANODE_DATA_PORT and LOGPIPE_DATANODE_HTTP_PORT) whether it has registered, "
+                             "as the native stack does: the NameNode lists a DataNode that died as live for a while")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the service `args.service` once ready or timed out: 0 ready, 1 not (the reason on stderr)."""
     from logpipe.config import load_settings
 
     s = load_settings()
     try:
         if args.service == "kafka":
             wait_for_kafka(s.kafka_address, args.timeout)
+        elif args.service == "hdfs" and args.datanode:
+            dn_http = f"http://{args.datanode}:{s.datanode_http_port}"
+            wait_until(lambda: probe_datanode_ready(args.datanode, s.datanode_data_port, dn_http, s.webhdfs_address),
+                       what=f"HDFS at {s.webhdfs_address} with the DataNode at {args.datanode}", timeout=args.timeout,
+                       hint=f"Check the DataNode's log and its state at {dn_http}/jmx?qry=Hadoop:service=DataNode,"
+                            "name=DataNodeInfo, and the NameNode's log.")
         elif args.service == "hdfs":
             wait_for_hdfs(s.webhdfs_address, args.timeout)
         else:
@@ -289,10 +303,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"producer: heartbeat {age:.1f}s ago")
             return 0
     except (ServiceTimeout, RuntimeError) as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 1
     print(f"{args.service}: ready")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m logpipe.health kafka|hdfs|producer` for compose healthchecks and scripts."""
+    parser = argparse.ArgumentParser(prog="logpipe health", description="exit 0 when a service is ready")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

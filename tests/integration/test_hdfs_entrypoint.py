@@ -19,7 +19,7 @@ import pytest
 
 from logpipe.config import PROJECT_ROOT, Settings
 from logpipe.stack.jars import resolve
-from logpipe.stack.services import Layout, java_binary
+from logpipe.stack.services import HDFS_LOG4J, Layout, java_binary
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +62,7 @@ exec "{java}" -Xmx256m -Djava.net.preferIPv4Stack=true -Dhadoop.log.dir="{tmp_pa
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "HADOOP_HOME": str(tmp_path / "hadoop-home"),
         "HADOOP_CONF_DIR": str(tmp_path / "conf"),
+        "HDFS_LOG4J": str(HDFS_LOG4J),  # where the image has it: /opt/logpipe-hadoop/log4j.properties
         "HDFS_BIND_HOST": "127.0.0.1",
         "HDFS_NAMENODE_HOST": "127.0.0.1",
         "HDFS_DATANODE_HOSTNAME": "127.0.0.1",
@@ -123,7 +124,8 @@ def test_entry_script_formats_once_starts_both_roles_and_hdfs_takes_writes(hdfs_
     assert cluster_id, "the NameNode was not formatted on its first start"
     conf = (Path(env["HADOOP_CONF_DIR"]) / "hdfs-site.xml").read_text()
     assert "<name>dfs.client.use.datanode.hostname</name><value>true</value>" in conf
-    assert (Path(env["HADOOP_CONF_DIR"]) / "log4j.properties").is_file()  # copied from HADOOP_HOME/etc/hadoop
+    # the native stack's logging replaced the one copied from HADOOP_HOME/etc/hadoop (as in the image)
+    assert (Path(env["HADOOP_CONF_DIR"]) / "log4j.properties").read_text() == HDFS_LOG4J.read_text()
 
     # no DataNode yet: the datanode-role healthcheck (what `streaming` waits for) must say "not writable"
     early = _health(env, "datanode")

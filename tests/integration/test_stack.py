@@ -157,4 +157,8 @@ def test_health_command_as_compose_runs_it(stack, service):
                      else ("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}"))
     down = subprocess.run([sys.executable, "-m", "logpipe", "health", service, "--timeout", "1"],
                           env={**os.environ, name: address}, capture_output=True, text=True, timeout=60)
-    assert down.returncode == 1 and address in down.stdout and "not ready" in down.stdout, down.stdout
+    assert down.returncode == 1 and address in down.stderr and "not ready" in down.stderr, down.stderr
+    if service == "hdfs":  # as compose's hdfs-ready runs it: the DataNode asked too
+        dn = subprocess.run([sys.executable, "-m", "logpipe", "health", "hdfs", "--datanode", "127.0.0.1",
+                             "--timeout", "20"], env=os.environ, capture_output=True, text=True, timeout=60)
+        assert dn.returncode == 0 and "hdfs: ready" in dn.stdout, dn.stdout + dn.stderr[-2000:]

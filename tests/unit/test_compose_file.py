@@ -244,7 +244,12 @@ def test_services_healthchecks_and_dependencies(resolved: dict) -> None:
             want = "service_completed_successfully" if dep == "hdfs-ready" else "service_healthy"
             assert spec["condition"] == want, f"{name} -> {dep}"
     # HDFS as the native stack waits for it: logpipe's own probe (every block reported), before the job and notebook
-    assert services["hdfs-ready"]["entrypoint"][:3] == ["logpipe", "health", "hdfs"]
+    hdfs_ready = services["hdfs-ready"]["entrypoint"]
+    # ... and the DataNode itself, by its service name, as the native stack asks it after starting one
+    assert hdfs_ready[:3] == ["logpipe", "health", "hdfs"]
+    assert hdfs_ready[hdfs_ready.index("--datanode") + 1] == "datanode"
+    # Docker's init as PID 1 in every logpipe container: SIGTERM reaches logpipe before its handlers are set
+    assert {name: services[name].get("init") for name in LOGPIPE_SERVICES} == dict.fromkeys(LOGPIPE_SERVICES, True)
     assert services["hdfs-ready"]["depends_on"]["datanode"]["condition"] == "service_healthy"
     for name in ("streaming", "notebook"):
         assert services[name]["depends_on"]["hdfs-ready"]["condition"] == "service_completed_successfully", name

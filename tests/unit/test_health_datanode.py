@@ -132,3 +132,21 @@ def test_datanode_timeout_says_what_to_check(tmp_path, namenode, free_ports):
     msg = str(err.value)
     assert f"nothing listens on 127.0.0.1:{data}" in msg and str(lay.log_file("datanode")) in msg
     assert f"http://127.0.0.1:{http_port}/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo" in msg
+
+
+def test_health_hdfs_with_datanode_asks_the_datanode_as_compose_runs_it(namenode, datanode_http, data_port,
+                                                                       monkeypatch, capsys):
+    """`logpipe health hdfs --datanode HOST` (compose's hdfs-ready): the NameNode's word is not enough."""
+    monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", namenode.url)
+    monkeypatch.setenv("LOGPIPE_DATANODE_HTTP_PORT", str(datanode_http.port))
+    monkeypatch.setenv("LOGPIPE_DATANODE_DATA_PORT", str(data_port.getsockname()[1]))
+    assert health.main(["hdfs", "--timeout", "0.2"]) == 0  # the NameNode alone says all is well
+    capsys.readouterr()
+    bean = "/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo"
+    datanode_http.pages[bean] = _beans({"BPServiceActorInfo": json.dumps([{**ACTOR, "ActorState": "CONNECTING"}])})
+    assert health.main(["hdfs", "--datanode", "127.0.0.1", "--timeout", "0.2"]) == 1
+    out = capsys.readouterr()
+    assert "not registered with the NameNode yet" in out.err and "DataNodeInfo" in out.err and out.out == ""
+    datanode_http.pages[bean] = _beans({"BPServiceActorInfo": json.dumps([ACTOR])})
+    assert health.main(["hdfs", "--datanode", "127.0.0.1", "--timeout", "0.2"]) == 0
+    assert "hdfs: ready" in capsys.readouterr().out

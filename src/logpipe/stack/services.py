@@ -30,6 +30,8 @@ from logpipe.stack.jars import StackError, classpath, resolve
 log = logging.getLogger(__name__)
 
 MIN_JAVA = 17
+# the HDFS daemons' logging, natively and in the compose containers (hdfs_service/Dockerfile copies it)
+HDFS_LOG4J = Path(__file__).with_name("hdfs-log4j.properties")
 LOG_ROTATE_BYTES = 20 << 20  # a service log over this size moves to <service>.log.1 when the service starts
 PID_START_SLACK_S = 5.0  # a recorded start time and the process's create time differ by at most this much
 
@@ -275,23 +277,7 @@ def write_configs(s: Settings, lay: Layout) -> None:
         # a restarted DataNode re-registers quickly; a dead one is noticed in ~1 min, not 10
         "dfs.namenode.heartbeat.recheck-interval": "30000",
     }))
-    (hconf / "log4j.properties").write_text("\n".join([
-        "log4j.rootLogger=INFO,console",
-        "log4j.appender.console=org.apache.log4j.ConsoleAppender",
-        "log4j.appender.console.target=System.err",
-        "log4j.appender.console.layout=org.apache.log4j.PatternLayout",
-        "log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %p %c{2}: %m%n",
-        "log4j.logger.org.apache.hadoop.util.NativeCodeLoader=ERROR",
-        "log4j.logger.org.apache.hadoop.hdfs.StateChange=WARN",
-        "log4j.logger.BlockStateChange=WARN",
-        "log4j.logger.org.apache.hadoop.hdfs.server.namenode.FSNamesystem.audit=WARN",
-        "log4j.logger.org.apache.hadoop.hdfs.server.datanode.DataNode.clienttrace=WARN",
-        # per-block INFO lines: most of a busy DataNode's log
-        "log4j.logger.org.apache.hadoop.hdfs.server.datanode.fsdataset.impl.FsDatasetImpl=WARN",
-        "log4j.logger.org.apache.hadoop.hdfs.server.datanode.fsdataset.impl.FsDatasetAsyncDiskService=WARN",
-        "log4j.logger.datanode.webhdfs=WARN",
-        "",
-    ]))
+    (hconf / "log4j.properties").write_text(HDFS_LOG4J.read_text())  # the compose containers use it too
 
 
 # ------------------------------------------------------------------------------------------------

@@ -244,6 +244,8 @@ class LogGenerator:
             if kind in ("rate_limit", "url_scan"):
                 net = "203.0.113" if kind == "rate_limit" else "198.51.100"  # documentation ranges (RFC 5737)
                 host = f"{net}.{int(rng.integers(1, 255))}"
+                if sum(h.startswith(f"{net}.") for h in used) >= 254:  # all taken (a log of weeks): used again, as
+                    used -= {h for h in used if h.startswith(f"{net}.")}  # incidents never overlap in time
                 while host in used:
                     host = f"{net}.{int(rng.integers(1, 255))}"
                 used.add(host)
@@ -452,10 +454,12 @@ class LogGenerator:
             raise
         truth.total_lines, truth.total_bytes = written_lines, written_bytes
         truth.first_time, truth.last_time = _iso(first or self.t0), _iso((last or self.t0) + 1)
-        for inc in incidents:  # only when the size estimate was far off: the truth tells what the file holds
-            if inc.end > truth.last_time:
-                log.warning("incident %s runs past the end of the log; its end is set to the log's end", inc.id)
-                inc.end = truth.last_time
+        cut = [inc.id for inc in incidents if inc.end > truth.last_time]
+        if cut:  # only when the size estimate was far off: the truth tells what the file holds
+            log.warning("%d incident(s) (%s) planned past the end of the log: ended at the log's end, those that "
+                        "had not begun left out", len(cut), ", ".join(cut[:5]) + (", ..." if len(cut) > 5 else ""))
+        for inc in incidents:
+            inc.end = min(inc.end, truth.last_time)
         truth.incidents = [i for i in incidents if i.start < truth.last_time]
         if not truth.incidents:  # say so: verify then has nothing to score its alerts against
             need_s = (INCIDENT_MIN_WINDOWS * self.window_s * len(INCIDENT_KINDS)  # a slot per kind at least

@@ -221,6 +221,17 @@ def test_a_long_sparse_log_takes_its_whole_days_at_once():
         assert gen._duration_for(lines) == int(np.searchsorted(np.cumsum(gen._rate_at(secs)), lines)) + 1
 
 
+def test_a_log_of_weeks_plans_its_incidents(tmp_path):
+    """Over 254 incidents of a kind (a log of more than three weeks of log time) take every address of their
+    documentation range: then the addresses are used again (the planning looped for ever before)."""
+    from logpipe.generator import LogGenerator
+
+    incidents = LogGenerator(seed=4).plan_incidents(300 * 7200)
+    abusers = [i for i in incidents if i.kind == "rate_limit"]
+    assert len(abusers) == 300 and len({i.key for i in abusers}) == 254
+    assert all(a.end < b.start for a, b in zip(incidents, incidents[1:]))  # a host used again is never at once
+
+
 def test_a_log_too_short_for_incidents_says_so(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="logpipe.generator"):
         truth = generate(tmp_path / "short.log", lines=5_000, seed=1, progress=False)

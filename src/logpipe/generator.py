@@ -237,7 +237,7 @@ class LogGenerator:
         out = []
         used: set[str] = set()
         for i in range(slots):
-            kind = kinds[i % 3]
+            kind = kinds[i % len(kinds)]
             start = self.t0 + lo + i * span + int(rng.integers(0, max(1, span // 3)))
             local_rate = float(self._rate_at(np.array([start]))[0])
             iid = f"I{i + 1:03d}"

@@ -337,7 +337,7 @@ def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp
         while (r := health(2.5)).returncode == 0:
             assert time.monotonic() < deadline, "a stopped producer stayed healthy"
             time.sleep(0.5)
-        assert "stuck" in r.stdout, r.stdout
+        assert "stuck" in r.stderr and r.stdout == "", r.stdout + r.stderr  # the reason on stderr
         with log.open("ab") as f:
             f.write(b"\n".join(_lines(10, "b")) + b"\n")
         proc.send_signal(signal.SIGCONT)

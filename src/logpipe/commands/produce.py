@@ -14,7 +14,8 @@ from logpipe.cli import add_setting_flags, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("produce", help="send a log file's lines to Kafka (resumable; --follow: keep reading as it grows and rotates)")
+    p = sub.add_parser("produce", help="send a log file's lines to Kafka (resumable; --follow: keep reading as it "
+                                       "grows and rotates)")
     p.add_argument("file", type=Path)
     p.add_argument("--follow", action="store_true", help="keep reading appended lines; survives rotation/truncation")
     p.add_argument("--reset", action="store_true", help="ignore the saved position and send the file again")

@@ -57,3 +57,46 @@ def delete_topics(s: Settings, topics: list[str], wait_s: float = 60.0) -> list[
         return present
     finally:
         admin.close()
+
+
+class TopicNotFound(LookupError):
+    """The topic does not exist on the broker."""
+
+
+class TopicReadTimeout(TimeoutError):
+    """A topic was not read to its end in time; `records` holds what was read."""
+
+    def __init__(self, message: str, records: list) -> None:
+        super().__init__(message)
+        self.records = records
+
+
+def read_topic(s: Settings, topic: str, timeout_s: float = 30.0) -> list:
+    """Every record of `topic` (kafka-python ConsumerRecords, by partition, in offset order), from each partition's
+    start to its end offset when called: done as soon as the last record is read, with no idle wait, and no
+    consumer group (nothing committed). TopicNotFound if it does not exist; TopicReadTimeout if it was not read to
+    its end within `timeout_s`; a KafkaError if the broker is not reachable."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, enable_auto_commit=False,
+                             request_timeout_ms=int(timeout_s * 1000) + 5000, client_id="logpipe-reader")
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:  # a topic has a partition at least
+            raise TopicNotFound(f"topic {topic} does not exist on {s.kafka_address}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: list = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TopicReadTimeout(f"could not read {topic} to its end in {timeout_s:.0f}s ({len(records):,} of "
+                                       f"{sum(end.values()):,} records read): is the broker at {s.kafka_address} "
+                                       "overloaded? `logpipe stack status`", records)
+            for tp, batch in consumer.poll(timeout_ms=500, max_records=50_000).items():
+                records.extend(r for r in batch if r.offset < end[tp])
+        return records
+    finally:
+        consumer.close()

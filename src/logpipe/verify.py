@@ -589,44 +589,33 @@ def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 
     """Every committed alert was published to the Kafka topic `alerts_topic` (keyed by its alert_id): the topic is
     read from its start to its end. Copies of an alert (at least once: a crash between the send and its marker) and
     alerts of other roots (the same log on another root has the same ids) are reported, not failed."""
-    from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaConfigurationError, KafkaError
 
+    from logpipe.topics import TopicNotFound, TopicReadTimeout, read_topic
+
     wanted = set(alerts["alert_id"]) if len(alerts) else set()
+
+    def failed(error: str, read: list, ok: bool = False) -> dict[str, Any]:
+        got = {r.key.decode("utf-8", "replace") for r in read if r.key}
+        return {"topic": s.alerts_topic, "published": len(got), "missing": len(wanted - got), "copies": 0,
+                "error": error, "ok": ok}
+
     try:
-        consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, enable_auto_commit=False,
-                                 request_timeout_ms=int(timeout_s * 1000) + 5000)
+        records = read_topic(s, s.alerts_topic, timeout_s)
     except KafkaConfigurationError:
         raise
+    except TopicNotFound:  # not "alerts lost": the topic itself is not there
+        return failed(f"topic {s.alerts_topic} does not exist on {s.kafka_address} (the job makes it when it "
+                      "starts: was it deleted, or is LOGPIPE_ALERTS_TOPIC another name than the job's?)", [],
+                      ok=not wanted)
+    except TopicReadTimeout as exc:
+        return failed(str(exc), exc.records)
     except KafkaError as exc:
-        return {"topic": s.alerts_topic, "published": 0, "missing": len(wanted), "copies": 0,
-                "error": f"Kafka at {s.kafka_address} not reachable ({exc}): is it running? `logpipe stack status`",
-                "ok": False}
-    try:
-        parts = consumer.partitions_for_topic(s.alerts_topic)
-        if not parts:  # not "alerts lost": the topic itself is not there (a topic has a partition at least)
-            return {"topic": s.alerts_topic, "published": 0, "missing": len(wanted), "copies": 0,
-                    "error": f"topic {s.alerts_topic} does not exist on {s.kafka_address} (the job makes it when it "
-                             "starts: was it deleted, or is LOGPIPE_ALERTS_TOPIC another name than the job's?)",
-                    "ok": not wanted}
-        tps = [TopicPartition(s.alerts_topic, p) for p in sorted(parts)]
-        seen: dict[str, int] = {}
-        if tps:
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            end = consumer.end_offsets(tps)
-            deadline = time.monotonic() + timeout_s
-            while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
-                for records in consumer.poll(timeout_ms=500).values():
-                    for r in records:
-                        key = r.key.decode("utf-8", "replace") if r.key else ""
-                        seen[key] = seen.get(key, 0) + 1
-            if any(consumer.position(tp) < end[tp] for tp in tps):
-                return {"topic": s.alerts_topic, "published": len(seen), "missing": len(wanted - set(seen)),
-                        "copies": 0, "error": f"could not read {s.alerts_topic} to its end in {timeout_s:.0f}s",
-                        "ok": False}
-    finally:
-        consumer.close()
+        return failed(f"Kafka at {s.kafka_address} not reachable ({exc}): is it running? `logpipe stack status`", [])
+    seen: dict[str, int] = {}
+    for r in records:
+        key = r.key.decode("utf-8", "replace") if r.key else ""
+        seen[key] = seen.get(key, 0) + 1
     missing = sorted(wanted - set(seen))
     return {"topic": s.alerts_topic, "published": sum(seen[k] for k in wanted if k in seen), "missing": len(missing),
             "copies": sum(seen[k] - 1 for k in wanted if seen.get(k, 0) > 1),

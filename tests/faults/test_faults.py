@@ -16,6 +16,7 @@ import pytest
 from logpipe.config import Settings
 from logpipe.results import load_table
 from logpipe.stack import services
+from logpipe.topics import read_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -233,7 +234,6 @@ def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack,
     More lines follow; the next run removes the flush's files and sends every alert, and `verify` is exact. Then
     a copied events file makes `verify` fail (each parsed line must be in the events once)."""
     from hdfs import InsecureClient
-    from kafka import KafkaConsumer
 
     full, log = tmp_path / "full.log", tmp_path / "access.log"
     env = _env(stack, unique, tmp_path)
@@ -267,10 +267,7 @@ def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack,
 
     assert not [n for n in client.list(f"{root}/windows/by_host") if n.startswith(tag + "-")]
     alerts = load_table(stack.with_overrides(hdfs_root=root), "alerts", ["alert_id"])
-    consumer = KafkaConsumer(env["LOGPIPE_ALERTS_TOPIC"], bootstrap_servers=stack.kafka_address,
-                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)
-    on_kafka = {m.key.decode() for m in consumer}
-    consumer.close()
+    on_kafka = {m.key.decode() for m in read_topic(stack, env["LOGPIPE_ALERTS_TOPIC"])}
     assert len(alerts) and on_kafka == set(alerts["alert_id"])  # the first half's alerts too
 
     # and verify would have caught doubled events: one events file copied under another name

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from logpipe.record import parse_record_key
+from logpipe.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -22,20 +23,11 @@ def _lines(n: int, tag: str = "") -> list[bytes]:
             .encode() for i in range(n)]
 
 
-def _consume(stack, topic: str, expect: int, timeout_ms: int = 15000, *, records: bool = False) -> list:
-    """(position, value) of each record: position = (src, off) parsed from its key; the records themselves with
-    `records`."""
-    from kafka import KafkaConsumer
-
-    c = KafkaConsumer(topic, bootstrap_servers=stack.kafka_address, auto_offset_reset="earliest",
-                      consumer_timeout_ms=timeout_ms, max_poll_records=5000)
-    out = []
-    for m in c:
-        out.append(m if records else (parse_record_key(m.key), m.value))
-        if len(out) >= expect:
-            break
-    c.close()
-    return out
+def _consume(stack, topic: str, *, records: bool = False) -> list:
+    """Every record on `topic`, read to its end (call it once the producers that sent them have exited): (position,
+    value) of each, position = (src, off) parsed from its key; the records themselves with `records`."""
+    got = read_topic(stack, topic)
+    return got if records else [(parse_record_key(m.key), m.value) for m in got]
 
 
 def _env(stack, unique, tmp_path, **extra) -> dict[str, str]:
@@ -86,7 +78,7 @@ def test_every_line_once_with_position(stack, unique, tmp_path, client):
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["lines"] == summary["records"] == len(lines) and summary["errors"] == 0
-    got = _consume(stack, env["LOGPIPE_TOPIC"], len(lines) + 1)
+    got = _consume(stack, env["LOGPIPE_TOPIC"])
     assert len(got) == len(lines)
     expected = _offsets(log.read_bytes())
     by_off = {pos[1]: v for pos, v in got}
@@ -108,7 +100,7 @@ def test_every_line_of_a_log_goes_to_one_partition_in_order(stack, unique, tmp_p
     env = _env(stack, unique, tmp_path, LOGPIPE_TOPIC_PARTITIONS="3")
     r = _produce(env, str(log), "--client", "confluent")
     assert r.returncode == 0, r.stderr[-2000:]
-    got = _consume(stack, env["LOGPIPE_TOPIC"], len(lines) + 1, records=True)
+    got = _consume(stack, env["LOGPIPE_TOPIC"], records=True)
     index = {off: i for i, off in enumerate(_offsets(log.read_bytes()))}  # byte offset -> line number
     assert {m.partition for m in got} == {partition_of(str(log.resolve()), 3)}
     in_kafka_order = [index[parse_record_key(m.key)[1]] for m in sorted(got, key=lambda m: m.offset)]
@@ -136,7 +128,7 @@ def test_resume_after_kill9_loses_nothing(stack, unique, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     second = json.loads(r.stdout.strip().splitlines()[-1])
     assert 0 < second["resumed_from"] < log.stat().st_size
-    got = _consume(stack, env["LOGPIPE_TOPIC"], 10**9, timeout_ms=10000)
+    got = _consume(stack, env["LOGPIPE_TOPIC"])
     expected = _offsets(log.read_bytes())
     seen: dict[int, bytes] = {}
     for (_, off), v in got:
@@ -175,7 +167,7 @@ def test_follow_rotation_and_truncation(stack, unique, tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
-    got = [v for _, v in _consume(stack, topic, 10**9, timeout_ms=8000)]
+    got = [v for _, v in _consume(stack, topic)]
     want = (_lines(100, "a") + _lines(50, "b") + [b"partial line without newline now complete"]
             + _lines(30, "c") + _lines(20, "d"))
     assert sorted(got) == sorted(want)
@@ -195,7 +187,7 @@ def test_an_oversize_line_is_sent_as_a_too_large_record_in_its_place(stack, uniq
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert (s["lines"], s["records"], s["quarantined"]) == (3, 3, 1)
-    got = dict(_consume(stack, env["LOGPIPE_TOPIC"], 3))
+    got = dict(_consume(stack, env["LOGPIPE_TOPIC"]))
     assert {off: v for (_, off), v in got.items()} == {0: b"small one", 10: too_large_value(big, 50_000),
                                                        50_011: b"small two"}
     assert got[next(k for k in got if k[1] == 10)].startswith(b"\x00logpipe:too_large:50000\x00xxx")
@@ -215,7 +207,7 @@ def test_a_limit_above_kafkas_default_is_given_to_the_topic_and_an_existing_lowe
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert (s["lines"], s["records"], s["quarantined"]) == (3, 3, 0)
-    got = dict(_consume(stack, env["LOGPIPE_TOPIC"], 3))
+    got = dict(_consume(stack, env["LOGPIPE_TOPIC"]))
     assert sorted(got.values(), key=len) == [b"small one", b"small two", big]
 
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -287,7 +279,7 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
     log.write_bytes(b"\n".join(_lines(30, "c")) + b"\n")
     follow_briefly(140)  # finishes live.log.1 (the 10 t lines), then follows the new live.log
     follow_briefly(140)  # nothing new
-    got = [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"], 10**9, timeout_ms=8000)]
+    got = [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"])]
     want = _lines(100, "a") + _lines(10, "t") + _lines(30, "c")
     assert sorted(got) == sorted(want)  # each line exactly once
 
@@ -308,7 +300,7 @@ def test_positions_of_a_topic_that_no_longer_exists_are_dropped(stack, unique, t
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert (summary["resumed_from"], summary["lines"]) == (0, 500) and "dropped 1 saved position" in r.stderr
-    assert sorted(v for _, v in _consume(stack, gone, 501)) == sorted(_lines(500))
+    assert sorted(v for _, v in _consume(stack, gone)) == sorted(_lines(500))
 
 
 def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp_path):

@@ -8,12 +8,13 @@ import urllib.request
 import pytest
 
 from logpipe import health
+from logpipe.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
 
 def test_kafka_round_trip(stack, unique):
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
     topic = f"t-roundtrip-{unique}"
@@ -26,10 +27,7 @@ def test_kafka_round_trip(stack, unique):
         producer.send(topic, value)
     producer.flush()
     producer.close()
-    consumer = KafkaConsumer(topic, bootstrap_servers=stack.kafka_address, auto_offset_reset="earliest",
-                             consumer_timeout_ms=10000)
-    got = [m.value for m in consumer]
-    consumer.close()
+    got = [m.value for m in read_topic(stack, topic)]
     assert got == sent
 
 

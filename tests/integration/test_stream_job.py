@@ -23,6 +23,7 @@ from logpipe import logformat as lf
 from logpipe.config import Settings
 from logpipe.record import record_key
 from logpipe.rules import FAILURE_SURGE, RATE_LIMIT, AlertRules, WindowCount
+from logpipe.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -150,8 +151,6 @@ def _epoch(series) -> list[int]:
 
 
 def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool = False) -> None:
-    from kafka import KafkaConsumer
-
     from logpipe.results import load_table
 
     late = load_table(s, "late")
@@ -173,10 +172,7 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
     assert (quarantine["off"].isna() == foreign).all() and foreign.sum() == exp["foreign_quarantined"]
     # every quarantined and every event row names the Kafka record it came from: that record holds its raw bytes
     # and its source position (read back from the topic, not from what the test meant to send)
-    consumer = KafkaConsumer(s.topic, bootstrap_servers=s.kafka_address, auto_offset_reset="earliest",
-                             consumer_timeout_ms=10000, enable_auto_commit=False)
-    on_kafka = {(m.partition, m.offset): (m.key, m.value) for m in consumer}
-    consumer.close()
+    on_kafka = {(m.partition, m.offset): (m.key, m.value) for m in read_topic(s, s.topic)}
     assert len(on_kafka) == total
     q = load_table(s, "quarantine", ["raw", "raw_bytes", "kafka_partition", "kafka_offset", "off"])
     for raw, raw_bytes, part, offset, off in zip(q["raw"], q["raw_bytes"], q["kafka_partition"], q["kafka_offset"],
@@ -235,10 +231,7 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
                                               alerts["count"], alerts["share"]):
         if rule == FAILURE_SURGE and (rule, key, start) not in want_keys:
             assert s.surge_min_count <= count <= final[start, key] and share >= s.surge_min_share, (key, start)
-    consumer = KafkaConsumer(s.alerts_topic, bootstrap_servers=s.kafka_address, auto_offset_reset="earliest",
-                             consumer_timeout_ms=15000, enable_auto_commit=False)
-    published = [json.loads(m.value) for m in consumer]
-    consumer.close()
+    published = [json.loads(m.value) for m in read_topic(s, s.alerts_topic)]
     kafka_keys = [(a["rule"], a["key"], int(datetime.fromisoformat(a["window_start"]).replace(
         tzinfo=timezone.utc).timestamp())) for a in published]
     assert sorted(kafka_keys) == sorted(hdfs_keys), "Kafka alerts differ from HDFS alerts (or are duplicated)"
@@ -354,8 +347,6 @@ def check_alerts_reach_kafka_as_their_batch_commits(s: Settings) -> None:
     """Each alert is on the Kafka topic as soon as the micro-batch that raised it has committed: its record's time
     lies between that batch's commit and the next batch's (not sent at the end of the run, nor only by the repair
     at the next start)."""
-    from kafka import KafkaConsumer
-
     from logpipe.results import webhdfs_fs
 
     fs = webhdfs_fs(s)
@@ -365,10 +356,7 @@ def check_alerts_reach_kafka_as_their_batch_commits(s: Settings) -> None:
         name = f.rsplit("/", 1)[-1]
         if name.startswith("b") and name.endswith(".json"):
             committed_at[int(name[1:-5])] = json.loads(fs.cat(f))["at"]
-    consumer = KafkaConsumer(s.alerts_topic, bootstrap_servers=s.kafka_address, auto_offset_reset="earliest",
-                             consumer_timeout_ms=15000, enable_auto_commit=False)
-    sent = {m.key.decode(): m.timestamp / 1000 for m in consumer}
-    consumer.close()
+    sent = {m.key.decode(): m.timestamp / 1000 for m in read_topic(s, s.alerts_topic)}
     assert sent and set(sent) == set(batch_of), "the alerts on Kafka are not those on HDFS"
     later_batches = 0
     for alert_id, ts in sent.items():

@@ -18,12 +18,12 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,notebook]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[spark,dev,notebook]'
 	touch $@
 
 constraints: | deps              ## pin every installed version again (after changing pyproject.toml's pins)
 	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev,notebook]'
+	$(BIN)/pip install -q -e '.[spark,dev,notebook]'
 	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	touch $(VENV)/.installed

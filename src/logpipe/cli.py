@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logpipe: warning: {name} is not a setting: it is ignored"
               + (f" (did you mean {meant}?)" if meant else ""), file=sys.stderr)
     try:
+        if getattr(args, "needs_spark", False):  # said before any other work (a demo would start the stack first)
+            importlib.import_module("pyspark")
         result: Any = args.func(args)
     except ValidationError as exc:  # a bad flag or LOGPIPE_* value: say which, without a traceback
         for err in exc.errors():
@@ -91,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (StackError, ServiceTimeout, ServiceDied) as exc:  # the stack could not start: the message says why
         print(f"logpipe {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("pyspark", "py4j"):
+            raise
+        # the spark extra is left out of the producer's and the notebook's images
+        print(f"logpipe {args.command}: needs pyspark, which is not installed here: pip install 'logpipe[spark]' "
+              "(`make setup` installs it; in compose, the streaming image has it)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -357,9 +357,9 @@ def test_images_match_the_native_stack_versions() -> None:
         elif image.startswith("logpipe-"):
             assert image.endswith(f":{version}"), name
     # the Spark Kafka connector is the version of pyproject.toml's pyspark pin (the installed one is checked below)
-    pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-               if d.startswith("pyspark=="))
-    assert pin == f"pyspark=={_pom_property('spark-kafka.xml', 'spark.version')}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["optional-dependencies"]["spark"] == [f"pyspark=={_pom_property('spark-kafka.xml', 'spark.version')}"]
+    assert not any(d.startswith("pyspark") for d in project["dependencies"])  # not in the producer's image
     # both Python images on the same base
     bases = {re.search(r"^FROM\s+(python:\S+)", (ROOT / d / "Dockerfile").read_text(), re.M).group(1)
              for d in ("python_service", "pyspark_service")}
@@ -386,6 +386,9 @@ def test_streaming_image_bakes_the_connector_jars_of_the_pom() -> None:
     assert _pom_property("spark-kafka.xml", "spark.version") == pyspark.__version__
     assert "COPY --from=eclipse-temurin:25-jre /opt/java/openjdk /opt/java" in text and "JAVA_HOME=/opt/java" in text
     assert "PATH=/opt/java/bin:$PATH" in text  # `java -version` at build time finds it
-    # the package (with its pinned pyspark) is installed from the context, never fetched by name
-    for dockerfile in DOCKERFILES[1:]:
-        assert "pip install --no-cache-dir -c constraints.txt .\\" in dockerfile.read_text().replace(" \\\n", "\\")
+    # the package is installed from the context, never fetched by name; with the spark extra (its pinned
+    # pyspark) only in the streaming image
+    installs = {d.parent.name: re.findall(r"^RUN pip install [^\n]*", d.read_text(), re.M) for d in DOCKERFILES[1:]}
+    assert installs == {"python_service": ["RUN pip install --no-cache-dir -c constraints.txt . \\",
+                                           'RUN pip install --no-cache-dir -c constraints.txt ".[notebook]"'],
+                        "pyspark_service": ['RUN pip install --no-cache-dir -c constraints.txt ".[spark]" \\']}

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="names the run's HDFS folder (/<name>/<time>-<size>) and Kafka topics (<name>-<time>-<size>, "
                         "'/' as '-')")
     add_setting_flags(p, "topic_partitions", "max_offsets_per_trigger", "shuffle_partitions")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_spark=True)
 
 
 def _name(text: str) -> str:

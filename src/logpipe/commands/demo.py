@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.epilog = ("The demo keeps its results while they come from the same log and settings; otherwise it starts "
                 "over: it deletes its HDFS root, its topic and alerts topic and the producer's positions (and says "
                 "so). A root or topics it did not make are deleted only with --fresh.")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_spark=True)
 
 
 def _step(name: str, cmd: list[str], env: dict[str, str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, int]:

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_setting_flags(p, "topic", "alerts_topic", "hdfs_root", "spark_master", "window", "slide", "watermark",
                       "max_offsets_per_trigger", "trigger_interval", "shuffle_partitions", "rate_limit_ceiling",
                       "surge_min_count", "surge_min_share")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_spark=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -136,6 +136,30 @@ def test_resume_after_kill9_loses_nothing(stack, unique, tmp_path):
     assert seen == expected  # nothing lost
 
 
+def test_follow_waits_for_the_log_to_appear_then_sends_it(stack, unique, tmp_path):
+    """`produce --follow` started before the log exists (a web server not yet up) waits for it, then sends its lines
+    and follows it, as `tail -F` would."""
+    log = tmp_path / "later.log"
+    env = _env(stack, unique, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        heartbeat = tmp_path / "pos" / env["LOGPIPE_TOPIC"] / "heartbeat"
+        _wait_for("the wait for the log", heartbeat.exists, proc)
+        log.write_bytes(b"\n".join(_lines(40, "w")) + b"\n")
+        _wait_for("the 40 lines of the log that appeared", lambda: _records_in(stack, env["LOGPIPE_TOPIC"]) >= 40,
+                  proc)
+        with log.open("ab") as f:
+            f.write(b"\n".join(_lines(5, "x")) + b"\n")
+        _wait_for("the 5 appended lines", lambda: _records_in(stack, env["LOGPIPE_TOPIC"]) >= 45, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "waiting for it to appear" in err and "appeared" in err
+    assert [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"])] == _lines(40, "w") + _lines(5, "x")
+
+
 def test_follow_rotation_and_truncation(stack, unique, tmp_path):
     log = tmp_path / "live.log"
     log.write_bytes(b"\n".join(_lines(100, "a")) + b"\n")

@@ -171,3 +171,29 @@ def test_an_unreachable_broker_is_a_clear_error(tmp_path, free_ports):
            "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
     r = _produce(env, str(log))
     assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_follow_waits_for_a_log_that_does_not_exist_yet_and_stops_on_sigterm(tmp_path):
+    """--follow on a path with no file yet waits for it (with a heartbeat, so the container stays healthy), as
+    `tail -F` does; SIGTERM ends the wait with one line. Without --follow it is an error (above)."""
+    import signal
+    import time
+
+    env = {**os.environ, "LOGPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos"),
+           "LOGPIPE_TOPIC": "waiting"}
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(tmp_path / "later.log"), "--follow"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    heartbeat = tmp_path / "pos" / "waiting" / "heartbeat"
+    deadline = time.monotonic() + 60
+    while not (heartbeat.exists() and _catches(proc.pid, signal.SIGTERM)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    first = heartbeat.stat().st_mtime
+    time.sleep(1.5)
+    assert proc.poll() is None, "gave up waiting for the log"
+    assert heartbeat.stat().st_mtime > first, "no heartbeat while waiting for the log"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "waiting for it to appear" in err, err
+    assert f"stopped while waiting for {tmp_path / 'later.log'} to appear; nothing was sent" in err, err
+    assert "Traceback" not in err, err

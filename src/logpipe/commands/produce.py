@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("produce", help="send a log file's lines to Kafka (resumable; --follow: keep reading as it "
                                        "grows and rotates)")
     p.add_argument("file", type=Path)
-    p.add_argument("--follow", action="store_true", help="keep reading appended lines; survives rotation/truncation")
+    p.add_argument("--follow", action="store_true",
+                   help="keep reading appended lines; survives rotation/truncation, and waits for a log that does "
+                        "not exist yet")
     p.add_argument("--reset", action="store_true", help="ignore the saved position and send the file again")
     p.add_argument("--client", dest="producer_client", choices=["kafka-python", "confluent"], default=None)
     add_setting_flags(p, "topic", "speed", "compression", "batch_size", "linger_ms", "topic_partitions",

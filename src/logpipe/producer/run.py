@@ -141,16 +141,19 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
                  progress: bool | None = None, stop_event: threading.Event | None = None) -> ProduceSummary:
     """Send every line of `path` (then, with follow, every appended line) to settings.topic.
 
-    Raises InputFileError (missing/unreadable file), ServiceTimeout (broker unreachable), DeliveryError.
+    Raises InputFileError (missing/unreadable file; with follow, a missing one is waited for), ServiceTimeout
+    (broker unreachable), DeliveryError, WaitStopped (stopped while waiting for the file or the broker).
     """
     import os
 
-    from logpipe.producer.source import open_log
+    from logpipe.producer.source import open_log, wait_for_log
 
+    store = PositionStore(s.producer_positions_dir, s.topic)
+    if follow and not wait_for_log(path, stop_event or threading.Event(), on_wait=store.beat):
+        raise health.WaitStopped(f"stopped while waiting for {path} to appear")
     fd, _ = open_log(path)  # clear error before touching Kafka
     os.close(fd)
     health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event)
-    store = PositionStore(s.producer_positions_dir, s.topic)
     if ensure_topic(s, s.topic):
         # a new topic holds none of the lines the saved positions stand for (the broker's data was wiped, or the
         # topic deleted): resuming at them would skip those lines (of this file, and of any other file later)

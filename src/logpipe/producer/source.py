@@ -98,6 +98,23 @@ class Idle:
 IDLE = Idle()
 
 
+def wait_for_log(path: str | Path, stop: threading.Event, poll_s: float = 0.5,
+                 on_wait: Callable[[], None] | None = None) -> bool:
+    """Wait until a file exists at `path` (follow mode started before its writer made the log, like `tail -F`):
+    True at once if it does, False if `stop` is set first. `on_wait` is called at every poll (a heartbeat)."""
+    p = Path(path)
+    if p.exists():
+        return True
+    log.info("%s does not exist yet: waiting for it to appear (--follow)", p)
+    while not p.exists():
+        if on_wait is not None:
+            on_wait()
+        if stop.wait(poll_s):
+            return False
+    log.info("%s appeared", p)
+    return True
+
+
 def open_log(path: str | Path) -> tuple[int, os.stat_result]:
     """Open a log for reading; InputFileError with a clear message when it is missing, a directory or unreadable."""
     p = Path(path)

@@ -94,3 +94,33 @@ def test_constraints_pin_what_the_tests_run_with_and_agree_with_pyproject() -> N
         installs = re.findall(r"^RUN pip install [^\n]*", text, re.M)
         assert installs and all("-c constraints.txt" in i for i in installs), (dockerfile, installs)
         assert re.search(r"COPY [^\n]*constraints\.txt", text), dockerfile
+
+
+def test_the_tests_the_docs_cite_exist() -> None:
+    """docs/reliability.md proves each recovery by naming tests (`tests/<file>.py::<test>`, `::<test>` for another
+    test of the file named before it, or a bare `test_<name>`): each must be a test function there."""
+    tests = PROJECT_ROOT / "tests"
+    defined = {p: set(re.findall(r"^(?:async )?def (test_\w+)", p.read_text(), re.M))
+               for p in tests.rglob("test_*.py")}
+    everywhere = set().union(*defined.values())
+    cited, missing = 0, []
+    for doc in ("docs/reliability.md", "README.md"):
+        last = None
+        text = (PROJECT_ROOT / doc).read_text()
+        for ref in re.findall(r"`((?:tests/[\w/]+\.py)?(?:::)?test_\w+|tests/[\w/]+\.py)`", text):
+            if "::" in ref:
+                path, _, name = ref.partition("::")
+            else:
+                path, name = (ref, "") if ref.endswith(".py") else ("", ref)
+            if path:
+                last = PROJECT_ROOT / path
+                if not last.is_file():
+                    missing.append((doc, ref))
+                    continue
+            if not name:
+                continue
+            cited += 1
+            where = defined.get(last, set()) if ref.startswith("::") or path else everywhere
+            if name not in where:
+                missing.append((doc, ref))
+    assert cited > 20 and not missing, (cited, missing)

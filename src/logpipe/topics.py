@@ -92,9 +92,9 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 30.0) -> list:
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < end[tp] for tp in tps):
             if time.monotonic() > deadline:
-                raise TopicReadTimeout(f"could not read {topic} to its end in {timeout_s:.0f}s ({len(records):,} of "
-                                       f"{sum(end.values()):,} records read): is the broker at {s.kafka_address} "
-                                       "overloaded? `logpipe stack status`", records)
+                raise TopicReadTimeout(f"could not read {topic} to its end in {timeout_s:.0f}s ({len(records):,} "
+                                       f"records read so far): is the broker at {s.kafka_address} overloaded? "
+                                       "`logpipe stack status`", records)
             for tp, batch in consumer.poll(timeout_ms=500, max_records=50_000).items():
                 records.extend(r for r in batch if r.offset < end[tp])
         return records

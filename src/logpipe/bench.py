@@ -160,6 +160,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     Once measured and verified exact, the run's Kafka topics and HDFS folders are deleted unless `keep_data` (each
     topic holds the whole log: a 2.5 GB run left about 7.5 GB in Kafka). A run that fails or mismatches keeps them,
     to look into."""
+    data_dir, out_dir = data_dir.resolve(), out_dir.resolve()  # the stages run in the project folder (run_stage)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     label = f"{size_bytes / 1e9:.2f}GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.0f}MB"
     run_dir = out_dir / f"run-{stamp}-{label}"

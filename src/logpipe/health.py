@@ -310,10 +310,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m logpipe.health kafka|hdfs|producer` for compose healthchecks and scripts."""
-    parser = argparse.ArgumentParser(prog="logpipe health", description="exit 0 when a service is ready")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m logpipe.health kafka|hdfs|producer`: the same as `logpipe health` (its settings errors too)."""
+    from logpipe.cli import main as cli_main
+
+    return cli_main(["health", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

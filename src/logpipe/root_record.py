@@ -16,8 +16,8 @@ ROOT_SETTINGS_FILE = "_commits/job.json"
 
 
 def setting_differs(name: str, recorded: Any, current: Any) -> bool:
-    """Whether a recorded setting differs from the current value: durations compared as lengths ("20 seconds" is
-    "20s"); a recorded duration that is no duration differs."""
+    """Whether a recorded setting differs from the current value: durations compared as lengths ("60 seconds" is
+    "1 minute"); a recorded duration that is no duration differs."""
     from logpipe.windows import duration_seconds
 
     if name in DURATION_SETTINGS:

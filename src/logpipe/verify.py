@@ -606,7 +606,7 @@ def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 
         raise
     except TopicNotFound:  # not "alerts lost": the topic itself is not there
         return failed(f"topic {s.alerts_topic} does not exist on {s.kafka_address} (the job makes it when it "
-                      "starts: was it deleted, or is LOGPIPE_ALERTS_TOPIC another name than the job's?)", [],
+                      "starts: was it deleted, or is --alerts-topic / LOGPIPE_ALERTS_TOPIC another name than the job's?)", [],
                       ok=not wanted)
     except TopicReadTimeout as exc:
         return failed(str(exc), exc.records)

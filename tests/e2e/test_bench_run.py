@@ -10,8 +10,6 @@ import sys
 
 import pytest
 
-from logpipe.config import PROJECT_ROOT
-
 pytestmark = pytest.mark.e2e
 
 
@@ -25,11 +23,11 @@ def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, 
     # bench names its topics (alerts topics too) and HDFS folders by --name and the time; the positions are this
     # test's. An alerts topic set outside is not the run's: bench gives each run its own
     env = {**os.environ, "LOGPIPE_ALERTS_TOPIC": f"alerts-{unique}", "LOGPIPE_PRODUCER_STATE_DIR": str(positions)}
+    # relative paths, from a folder other than the project's (where the stages run): the same places for all
     r = subprocess.run([sys.executable, "-m", "logpipe", "bench", "--size", "4MB", "--no-reference",
-                        "--name", f"tests/bench-{unique}",
-                        "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "results"),
-                        "--markdown", str(md)],
-                       env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+                        "--name", f"tests/bench-{unique}", "--data-dir", "data", "--out-dir", "results",
+                        "--markdown", md.name],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     (result_file,) = (tmp_path / "results").glob("run-*/result.json")
     result = json.loads(result_file.read_text())

@@ -392,3 +392,30 @@ def test_streaming_image_bakes_the_connector_jars_of_the_pom() -> None:
     assert installs == {"python_service": ["RUN pip install --no-cache-dir -c constraints.txt . \\",
                                            'RUN pip install --no-cache-dir -c constraints.txt ".[notebook]"'],
                         "pyspark_service": ['RUN pip install --no-cache-dir -c constraints.txt ".[spark]" \\']}
+
+
+def test_the_images_own_healthchecks_check_what_compose_checks(resolved: dict) -> None:
+    """An image run without this compose file keeps a healthcheck that fits it: the streaming image checks the UI
+    port the job binds (LOGPIPE_SPARK_UI_PORT, not a fixed 4040), the HDFS image checks as often as compose's
+    NameNode (each check starts a JVM)."""
+    def seconds(text: str | int) -> int:  # "1m0s" (compose's model), "60s" (a Dockerfile), or a count
+        if isinstance(text, int):
+            return text
+        parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+        assert parts and text, text
+        h, m, s = (int(g or 0) for g in parts.groups())
+        return h * 3600 + m * 60 + s
+
+    def image_check(dockerfile: Path) -> str:
+        text = dockerfile.read_text().replace("\\\n", " ")
+        (line,) = [ln for ln in text.splitlines() if ln.startswith("HEALTHCHECK")]
+        return line
+
+    streaming = image_check(ROOT / "pyspark_service" / "Dockerfile")
+    assert "LOGPIPE_SPARK_UI_PORT" in streaming and ":4040" not in streaming
+    hdfs = dict(re.findall(r"--([a-z-]+)=(\S+)", image_check(ROOT / "hdfs_service" / "Dockerfile")))
+    compose = resolved["services"]["namenode"]["healthcheck"]
+    for option in ("interval", "start_interval", "timeout", "start_period", "retries"):
+        mine = hdfs.get(option.replace("_", "-"))
+        assert mine is not None and seconds(mine if option != "retries" else int(mine)) == seconds(compose[option]), \
+            (option, mine, compose[option])

@@ -78,3 +78,12 @@ def test_producer_heartbeat_probe_is_ready_only_while_fresh(tmp_path, monkeypatc
     assert health.main(["producer", "--timeout", "0"]) == 1
     monkeypatch.setenv("LOGPIPE_PRODUCER_CHECKPOINT_S", "40")
     assert health.main(["producer", "--timeout", "0"]) == 0
+
+
+def test_python_m_health_reports_a_bad_setting_as_the_command_does(monkeypatch, capsys):
+    """`python -m logpipe.health` (scripts) and `logpipe health` (compose) are one command: an invalid LOGPIPE_*
+    value is one line naming it and exit 2, not a traceback."""
+    monkeypatch.setenv("LOGPIPE_WINDOW", "20 sec")
+    assert health.main(["kafka", "--timeout", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "LOGPIPE_WINDOW" in err and "Traceback" not in err

@@ -33,3 +33,17 @@ def test_hdfs_down_is_one_line_that_says_what_to_check(log, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert code == 1 and f"HDFS at http://127.0.0.1:{port} not ready" in err and "stack status" in err, err
     assert "Traceback" not in err
+
+
+def test_the_alerts_topic_is_a_flag_and_a_wrong_one_is_named_as_the_likely_cause():
+    """A root made with `stream --alerts-topic X` is verified with `verify --alerts-topic X`; when none of the
+    root's alerts is on the topic verify read, the report says the topic is the likely cause."""
+    from logpipe.cli import build_parser, settings_from_args
+    from logpipe.commands.verify import kafka_text
+
+    args = build_parser().parse_args(["verify", "--log", "x.log", "--alerts-topic", "try-alerts"])
+    assert settings_from_args(args).alerts_topic == "try-alerts"
+    wrong = kafka_text({"topic": "alerts", "published": 0, "missing": 3, "copies": 0})
+    assert "3 not published" in wrong and "--alerts-topic" in wrong
+    some = kafka_text({"topic": "alerts", "published": 2, "missing": 1, "copies": 0})
+    assert "1 not published" in some and "--alerts-topic" not in some

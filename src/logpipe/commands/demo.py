@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     produce = ["produce", str(args.log)] + (["--client", args.client] if args.client else [])
     timings["produce"], _ = _step("produce", produce, env)
     timings["stream"], _ = _step("stream --until-done", ["stream", "--until-done"], env)
-    report_path = args.report or s.run_dir / "demo-verify.json"
+    report_path = (args.report or s.run_dir / "demo-verify.json").resolve()  # verify runs in the project folder
     report_path.unlink(missing_ok=True)  # a report is this run's or none
     timings["verify"], code = _step("verify", ["verify", "--log", str(args.log), "--json", str(report_path)], env,
                                     ok_codes=(0, 1))

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="with status: machine-readable output")
     add_setting_flags(p, "run_dir", "bind_host", "kafka_port", "namenode_rpc_port", "namenode_http_port",
                       "kafka_heap", "namenode_heap", "datanode_heap", "java_home", "stack_timeout_s")
+    p.epilog = ("A flag applies to this command only, and nothing is remembered: to run the stack on other ports, "
+                "another address or run folder, set LOGPIPE_KAFKA_PORT, LOGPIPE_NAMENODE_RPC_PORT, ... in the "
+                "environment, so that every command (produce, stream, verify, stack down) uses the same.")
     p.set_defaults(func=run)
 
 

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--lenient-truth", action="store_true",
                    help="report recall/precision against the truth file but do not fail on them")
-    add_setting_flags(p, "hdfs_root", "window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count",
+    add_setting_flags(p, "hdfs_root", "alerts_topic", "window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count",
                       "surge_min_share", "max_message_bytes")
     p.epilog = ("The window, slide, watermark and alert rules a root's results were made with are recorded on it "
                 "(_commits/job.json); verify checks with those, and says where they differ from its own settings.")
@@ -112,6 +112,9 @@ def kafka_text(k: dict) -> str:
     text = f"on Kafka topic {k['topic']}: {k['missing']} not published"
     if k.get("error"):
         return f"{text} ({k['error']})"
+    if k["missing"] and not k["published"]:  # none of them: most likely the wrong topic
+        text += (" (none of this root's alerts is there: is it the topic the job published to? --alerts-topic / "
+                 "LOGPIPE_ALERTS_TOPIC)")
     return f"{text}, {k['copies']} copies (sent again after a crash, or by another root over the same log)"
 
 

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         # would make the job's tables and the demo's clean-up the whole file system
         if not v.startswith("/") or not v.strip("/"):
             raise ValueError("must be an absolute HDFS path below / (e.g. /logpipe)")
+        # what HDFS refuses as a path name (DFSUtil.isValidName): the job, which goes through Hadoop's Path, would
+        # read `//x` as /x, while the WebHDFS readers (verify, the notebook) fail on it
+        if any(part in ("", ".", "..") or ":" in part for part in v[1:].rstrip("/").split("/")):
+            raise ValueError("must be an HDFS path without empty, '.' or '..' parts and without ':' (e.g. /logpipe "
+                             "or /results/run-1)")
         return v
 
     @field_validator("topic", "alerts_topic")

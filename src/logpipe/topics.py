@@ -33,6 +33,21 @@ def create_topic(s: Settings, topic: str, partitions: int, configs: dict[str, st
         admin.close()
 
 
+def topic_id(s: Settings, topic: str) -> str | None:
+    """The broker's id of `topic` (a UUID, new each time a topic of that name is made), or None if there is none.
+    Offsets are only meaningful within one id: a topic deleted and made again starts at offset 0."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-admin")
+    try:
+        if topic not in admin.list_topics():
+            return None
+        (meta,) = admin.describe_topics([topic])
+        return str(meta["topic_id"]) if meta.get("error_code") == 0 and meta.get("topic_id") else None
+    finally:
+        admin.close()
+
+
 def delete_topics(s: Settings, topics: list[str], wait_s: float = 60.0) -> list[str]:
     """Delete those of `topics` that exist and wait until the broker no longer lists them, so the names can be
     created again at once (deletion is asynchronous). Returns the topics deleted; TimeoutError if some are still

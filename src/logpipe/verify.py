@@ -585,6 +585,20 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
             "examples": (wrong + late + columns)[:10], "ok": not (wrong or late or columns)}
 
 
+def too_large_hint(s: Settings, file_by_reason: dict[str, int], job_by_reason: dict[str, int]) -> str | None:
+    """Why the file's and the job's too_large counts may differ, or None when they agree: the producer sends a
+    line over its --max-message-bytes as a too_large record (quarantined by the job), and verify takes the lines
+    over its own setting for those. The setting is the producer's: nothing records it where verify can read it."""
+    from logpipe.logformat import TOO_LARGE
+
+    mine, job = file_by_reason.get(TOO_LARGE, 0), job_by_reason.get(TOO_LARGE, 0)
+    if mine == job:
+        return None
+    return (f"{mine:,} lines of the file are over max_message_bytes ({s.max_message_bytes:,}) and the job "
+            f"quarantined {job:,} as too_large: if the producer ran with another --max-message-bytes "
+            "(LOGPIPE_MAX_MESSAGE_BYTES), give verify the same")
+
+
 def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 30.0) -> dict[str, Any]:
     """Every committed alert was published to the Kafka topic `alerts_topic` (keyed by its alert_id): the topic is
     read from its start to its end. Copies of an alert (at least once: a crash between the send and its marker) and
@@ -1020,6 +1034,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                  and acc["late_check"]["ok"] and acc["job_accounting"]["ok"] and acc["parsed_fields_equal"]
                  and acc["quarantine_records_equal"] and not acc["events_in_wrong_date_partition"]
                  and acc["uncommitted_files"]["ok"])
+    acc["hint"] = too_large_hint(s, counts.quarantined_by_reason, job_q_by_reason)
     alerts = load_alerts(s, fs)
     alert_check = check_every_alert(s, fs, counts, alerts, replay, alerts_on_kafka)
     truth = None

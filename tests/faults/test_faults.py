@@ -16,7 +16,7 @@ import pytest
 from logpipe.config import Settings
 from logpipe.results import load_table
 from logpipe.stack import services
-from logpipe.topics import read_topic
+from logpipe.topics import delete_topics, read_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -351,8 +351,9 @@ def test_a_second_run_on_a_root_in_use_is_refused(stack, unique, tmp_path, hdfs_
 def test_other_settings_or_a_lost_checkpoint_are_refused(stack, unique, tmp_path, hdfs_client):
     """A root holds results of one window, slide, watermark, topic and set of alert rules: a run with another value
     is refused (a longer watermark would move the horizon back and write final windows again; other rules would
-    decide the root's alerts two ways); so is a root whose Spark
-    checkpoint was deleted (the batch ids would start at 0 again and new records be skipped as committed)."""
+    decide the root's alerts two ways); so is a root whose topic was deleted and made again (its offsets mean
+    nothing there), and one whose Spark checkpoint was deleted (the batch ids would start at 0 again and new
+    records be skipped as committed)."""
     env = _env(stack, unique, tmp_path)
     log = tmp_path / "a.log"
     log.write_bytes(_lines(500))
@@ -369,6 +370,13 @@ def test_other_settings_or_a_lost_checkpoint_are_refused(stack, unique, tmp_path
     assert _logpipe(env, "stream", "--until-done", "--watermark", "30s").returncode == 2  # not a Spark interval
     same = _logpipe(env, "stream", "--until-done", "--watermark", "30 second")  # the same, spelled otherwise
     assert same.returncode == 0, same.stderr[-3000:]
+    # the topic deleted and made again by the producer (it sends the log from byte 0): Spark would go on at the old
+    # offsets and skip the new topic's first 500 records without a word
+    delete_topics(stack, [env["LOGPIPE_TOPIC"]])
+    assert _logpipe(env, "produce", str(log)).returncode == 0
+    r = _logpipe(env, "stream", "--until-done")
+    assert r.returncode == 1 and "was deleted and made again" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
     hdfs_client.delete(f"{env['LOGPIPE_HDFS_ROOT']}/_checkpoints", recursive=True)
     r = _logpipe(env, "stream", "--until-done")
     assert r.returncode == 1 and "checkpoint" in r.stderr and "is gone" in r.stderr, r.stderr[-3000:]

@@ -30,6 +30,7 @@ def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, uni
 
     from logpipe.commands.demo import fresh_results_for
     from logpipe.root_record import ROOT_SETTINGS
+    from logpipe.topics import create_topic, delete_topics, topic_id
 
     s = stack.with_overrides(topic=f"demo-{unique}", alerts_topic=f"alerts-{unique}",
                              hdfs_root=f"/tests/demo-{unique}", producer_state_dir=str(tmp_path / "pos"))
@@ -55,6 +56,21 @@ def test_results_of_the_same_log_are_kept_and_another_log_starts_over(stack, uni
     hdfs_client.write(f"{s.hdfs_root}/_commits/job.json", overwrite=True, data=json.dumps(recorded))
     fresh_results_for(s, first)
     assert hdfs_client.status(results, strict=False) is not None and s.topic in _topics(s) and position.exists()
+
+    # the topic the job read, recorded on the root by its id: kept while it is the same topic; deleted and made
+    # again (the checkpoint's offsets mean nothing there, and `logpipe stream` refuses the root), the demo starts over
+    hdfs_client.write(f"{s.hdfs_root}/_commits/job.json", overwrite=True,
+                      data=json.dumps({**recorded, "topic_id": topic_id(s, s.topic)}))
+    fresh_results_for(s, first)
+    assert hdfs_client.status(results, strict=False) is not None and s.topic in _topics(s) and position.exists()
+    delete_topics(s, [s.topic])
+    create_topic(s, s.topic, 1)
+    fresh_results_for(s, first)
+    assert hdfs_client.status(results, strict=False) is None and not position.parent.exists()
+    assert s.topic not in _topics(s)  # the producer makes it again with the demo's lines
+    hdfs_client.write(results, data=b"results", overwrite=True)
+    position.parent.mkdir(parents=True)
+    position.write_text("{}")
 
     # the same log, but results made with another rate-limit ceiling (`logpipe stream` would refuse to add to them)
     hdfs_client.write(f"{s.hdfs_root}/_commits/job.json", overwrite=True,

@@ -119,6 +119,15 @@ def test_the_hdfs_root_must_be_an_absolute_folder_below_the_top(root, monkeypatc
     assert Settings(hdfs_root="/a/b/").hdfs_path("events") == "/a/b/events"
 
 
+@pytest.mark.parametrize("root", ["//results", "/a//b", "/a/./b", "/a/..", "/a:b"])
+def test_the_hdfs_root_must_be_a_path_hdfs_takes(root):
+    """Paths HDFS refuses as names (empty, '.' or '..' parts, ':'): Spark's Hadoop Path read `//results` as
+    /results, while verify and the notebook, over WebHDFS, failed on it with a traceback."""
+    with pytest.raises(pydantic.ValidationError, match="without empty, '.' or '..' parts"):
+        Settings(hdfs_root=root)
+    assert Settings(hdfs_root="/a/b.c/d-e_f/").hdfs_root == "/a/b.c/d-e_f/"
+
+
 @pytest.mark.parametrize("topic", ["", "bad topic!", "a/b", ".", "..", "x" * 250, "läuft"])
 def test_topic_names_follow_kafkas_rule(topic):
     with pytest.raises(pydantic.ValidationError, match="a Kafka topic name"):

@@ -87,3 +87,30 @@ def test_the_partition_is_a_stable_hash_of_the_log_and_fits_the_topic():
     assert partition_of(path, 1) == 0 and partition_of(path, 0) == 0
     assert partition_of(path, 8) == zlib.crc32(path.encode()) % 8
     assert {partition_of(f"/logs/{i}.log", 4) for i in range(32)} == set(range(4))
+
+
+def test_a_log_read_again_under_another_path_keeps_its_partition(monkeypatch, tmp_path):
+    """The same file resumed through a link to it, then after a rename (it is resumed by its identity either way):
+    every record stays on the partition of its first lines, which the saved position names. Before, the partition
+    was a hash of the path given, so the new lines went to another partition, and a stream catching up read them
+    beside the older lines of the first partition and counted those late."""
+    from logpipe.producer.run import partition_of
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(_line(i) for i in range(10)))
+    sink = _PartitionSink(8)
+    first = partition_of(str(log), 8)
+    # names that hash to other partitions than the log's
+    link, renamed = (next(p for i in range(100) if partition_of(str(p := tmp_path / f"{name}-{i}.log"), 8) != first)
+                     for name in ("link", "renamed"))
+    assert _produce(monkeypatch, tmp_path, log, sink).lines == 10
+    with log.open("ab") as f:
+        f.write(b"".join(_line(i) for i in range(10, 20)))
+    link.symlink_to(log)
+    assert _produce(monkeypatch, tmp_path, link, sink).lines == 10
+    with log.open("ab") as f:
+        f.write(b"".join(_line(i) for i in range(20, 30)))
+    log.rename(renamed)
+    assert _produce(monkeypatch, tmp_path, renamed, sink).lines == 10
+    assert {p for p, _ in sink.records} == {first}
+    assert len({k for _, k in sink.records}) == 30

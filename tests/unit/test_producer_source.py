@@ -566,3 +566,33 @@ def test_a_copy_read_after_a_restart_is_not_named_as_never_read(tmp_path, caplog
     assert got == [b"b2", b"c1"]
     named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
     assert named == []
+
+
+def test_the_newline_that_ends_a_line_sent_without_it_is_not_a_line_on_resume(tmp_path):
+    """A run sent the file's last line without its newline (the file ended there) and saved the position at its
+    end; the writer then wrote that newline and another line. The next run sends the other line only, at its own
+    byte offset: before, it sent the newline as an empty line that is not in the file (quarantined as `empty`, and
+    verify found the quarantine different from the file's). A real empty line after a terminated one is kept."""
+    log = tmp_path / "a.log"
+    log.write_bytes(b"a1\na2 no newline")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, len(b"a1\na2 no newline"))
+    key = file_key(os.stat(log))
+    with log.open("ab") as f:
+        f.write(b"\na3\n")
+    source = LogSource(str(log), store)
+    source.open()
+    got = _blocks_until_idle(source)
+    source.close()
+    assert got == [(key, 17, [b"a3"], False)]
+
+    empty = tmp_path / "b.log"
+    empty.write_bytes(b"b1\n")
+    _save_end(store, empty, 3)
+    with empty.open("ab") as f:
+        f.write(b"\nb3\n")  # an empty line, then b3
+    source = LogSource(str(empty), store)
+    source.open()
+    got = _blocks_until_idle(source)
+    source.close()
+    assert got == [(file_key(os.stat(empty)), 3, [b"", b"b3"], False)]

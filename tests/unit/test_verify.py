@@ -88,6 +88,19 @@ def test_count_log_quarantines_lines_over_the_kafka_limit_as_the_producer_does(t
     assert count_log(log, 20, 10, max_line_bytes=100).quarantined_by_reason == {"too_large": 1, "malformed": 1}
 
 
+def test_too_large_counts_that_differ_point_at_the_producers_limit():
+    """The producer's --max-message-bytes decides which lines are too_large records, and nothing records it where
+    verify reads: when the file's and the job's too_large counts differ, the report says which setting to give."""
+    from logpipe.config import Settings
+    from logpipe.verify import too_large_hint
+
+    s = Settings(max_message_bytes=1_000_000)
+    assert too_large_hint(s, {"too_large": 2, "malformed": 1}, {"too_large": 2, "malformed": 1}) is None
+    assert too_large_hint(s, {}, {}) is None
+    hint = too_large_hint(s, {"too_large": 1}, {})
+    assert hint and "1,000,000" in hint and "--max-message-bytes" in hint and "quarantined 0" in hint
+
+
 def test_without_late_leaves_the_counts_of_the_other_lines(tmp_path):
     """The job keeps late lines out of its windows: the file's counts less those lines' windows equal the
     counts of the file without them; a late line that is not in the log is reported."""

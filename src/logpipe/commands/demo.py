@@ -126,6 +126,26 @@ def _other_settings(s: Settings, client: "InsecureClient") -> list[str]:
         [f"made with {note}" for note in notes]
 
 
+def _topic_not_the_roots(s: Settings, client: "InsecureClient") -> list[str]:
+    """Why the root's results no longer belong to the demo's topic (it is gone, or it was deleted and made again:
+    `logpipe stream` refuses to go on with offsets of the old one), as for _other_settings; [] if they do."""
+    from logpipe.root_record import ROOT_SETTINGS_FILE
+    from logpipe.topics import topic_id
+
+    path = s.hdfs_path(*ROOT_SETTINGS_FILE.split("/"))
+    if client.status(path, strict=False) is None:
+        return []
+    with client.read(path) as f:
+        try:
+            was = json.loads(f.read()).get("topic_id")
+        except (ValueError, AttributeError):
+            return [f"{path} is unreadable"]
+    now = topic_id(s, s.topic)
+    if not was or now == was:
+        return []
+    return [f"its topic {s.topic} is gone" if now is None else f"its topic {s.topic} was deleted and made again"]
+
+
 def refuse_if_a_run_holds(s: Settings, client: "InsecureClient") -> None:
     """Exit (SystemExit, with what to do) if a streaming run may still hold the root's lease: the demo must not
     delete the results, checkpoint and topic of a job that is running on them."""
@@ -184,7 +204,7 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     if client.status(marker, strict=False) is not None:
         with client.read(marker) as f:
             same_log = json.loads(f.read()) == ident
-        other = _other_settings(s, client)
+        other = _other_settings(s, client) or _topic_not_the_roots(s, client)
         if same_log and not other:
             return
         why = "; ".join(other) if same_log else f"it does not hold results of {log_path}"

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
               f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}; events in the wrong date partition "
               f"{a['events_in_wrong_date_partition']:,}; files no commit covers: stray "
               f"{a['uncommitted_files']['stray']}, of unfinished attempts "
-              f"{a['uncommitted_files']['of_unfinished_attempts']}")
+              f"{a['uncommitted_files']['of_unfinished_attempts']}" + (f". {a['hint']}" if a.get("hint") else ""))
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}, window_end not start + window "

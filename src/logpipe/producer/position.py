@@ -54,6 +54,7 @@ class Position:
     updated_at: str = ""
     finished: bool = False  # the file was rotated away and read to its definite end: nothing of it is left to send
     src_base: str = ""  # the identity its src is made of, when not `key` (the file's device number changed)
+    partition: int | None = None  # the Kafka partition its records went to (None: saved by an earlier version)
 
     @property
     def src(self) -> str:

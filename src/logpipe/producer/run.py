@@ -132,9 +132,22 @@ class Pacer:
 
 
 def partition_of(log_path: str, n_partitions: int) -> int:
-    """The partition for every record of the log at `log_path`: a stable hash (not Python's salted hash()), the
+    """The partition for every record of a new log at `log_path`: a stable hash (not Python's salted hash()), the
     same across runs, rotations and truncations."""
     return zlib.crc32(log_path.encode()) % max(1, n_partitions)
+
+
+def log_partition(store: PositionStore, source: LogSource, n_partitions: int) -> int:
+    """The partition for every record of `source`'s log: the one its saved positions name (the file being resumed
+    first, then the other files of the same path), else partition_of its path. A run that reads the same file
+    under another path (a link to it, or after a rename: it is resumed by its identity) keeps sending to the
+    partition of its earlier lines; on another one, the stream could read the new lines before the rest of the
+    old (maxOffsetsPerTrigger takes from each partition), and count those in-order lines late."""
+    current = store.load(source.current.key) if source.current is not None else None
+    for p in (current, *(p for p in store.all() if p.path == source.path)):
+        if p is not None and p.partition is not None and p.partition < n_partitions:
+            return p.partition
+    return partition_of(source.path, n_partitions)
 
 
 def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool = False,
@@ -159,8 +172,9 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
         # topic deleted): resuming at them would skip those lines (of this file, and of any other file later)
         stale = store.clear()
         if stale:
-            log.warning("topic %s did not exist: dropped %d saved position(s) of it in %s, reading %s from byte 0",
-                        s.topic, stale, store.directory, path)
+            log.warning("topic %s did not exist: dropped %d saved position(s) of it in %s, reading %s from byte 0. "
+                        "Results of the old topic cannot be continued with this one: `logpipe stream` refuses "
+                        "their root (give it another one)", s.topic, stale, store.directory, path)
     source = LogSource(str(path), store, follow=follow, reset=reset, rotate_grace_s=s.rotate_grace_s)
     if stop_event is not None:
         source.stop = stop_event
@@ -211,7 +225,7 @@ class LogShipper:
         # a micro-batch (maxOffsetsPerTrigger takes from each partition) can hold later lines while earlier ones
         # wait in another partition: behind the late horizon by the next batch, they would count as late. Several
         # logs (or producers) spread over the partitions
-        self.partition = partition_of(source.path, sink.partitions(s.topic))
+        self.partition = log_partition(store, source, sink.partitions(s.topic))
         self.pacer = Pacer(s.speed, source.stop, on_wait=self.beat)
         self.t0 = self.last_save = t0
         self.pending: Block | None = None  # the last block sent: its end is the position once delivery is confirmed
@@ -250,7 +264,7 @@ class LogShipper:
         """Save that everything of `seg` before `offset` was delivered, with the file's first bytes."""
         head = seg.head[:HEAD_BYTES]
         self.store.save(Position(seg.key, seg.generation, offset, self.source.path, len(head), head_digest(head),
-                                 finished=finished, src_base=seg.src_base))
+                                 finished=finished, src_base=seg.src_base, partition=self.partition))
 
     def beat(self) -> None:
         """Touch the heartbeat file, at most once a second: called after each flush (every checkpoint interval

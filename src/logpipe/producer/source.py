@@ -140,6 +140,14 @@ def open_log(path: str | Path) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def resume_offset(fd: int, offset: int) -> int:
+    """Where to go on reading file `fd` from a saved `offset`: the offset itself, or the byte after it when the last
+    line read had no newline (it was the end of the file then, and was sent as a line) and the newline written
+    after it since is at `offset`: that newline ends the line sent, it is not an empty line of its own."""
+    pair = os.pread(fd, 2, offset - 1) if offset else b""
+    return offset + 1 if len(pair) == 2 and pair[0] != 10 and pair[1] == 10 else offset
+
+
 def _starts_with(path: str, pos: Position) -> bool:
     """Whether the file at `path` begins with the bytes the position `pos` recorded (it is the file we read)."""
     try:
@@ -272,10 +280,11 @@ class LogSource:
                      path, saved.src)
             return Segment(path, fd, key, saved.generation, 0, src_base=saved.src_base)
         head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
+        start = resume_offset(fd, saved.offset)
         if saved.offset:
-            log.info("%s: resuming at byte %d of %d (src %s)", path, saved.offset, st.st_size, saved.src)
-        return Segment(path, fd, key, saved.generation, saved.offset, head=head, carry_start=saved.offset,
-                       resumed_from=saved.offset, src_base=saved.src_base)
+            log.info("%s: resuming at byte %d of %d (src %s)", path, start, st.st_size, saved.src)
+        return Segment(path, fd, key, saved.generation, start, head=head, carry_start=start,
+                       resumed_from=start, src_base=saved.src_base)
 
     def _remounted(self, path: str, fd: int, st: os.stat_result) -> Position | None:
         """The saved position of this file under its identity before its device number changed (its file system
@@ -322,8 +331,9 @@ class LogSource:
         log.warning("%s: reading the rest of its old content (src %s) from its copy (%s) at byte %d first",
                     path, saved.src, file_key(st), saved.offset)
         head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
-        self.copies.append(Segment(path, fd, saved.key, saved.generation, saved.offset, head=head,
-                                   carry_start=saved.offset, resumed_from=saved.offset, src_base=saved.src_base))
+        start = resume_offset(fd, saved.offset)
+        self.copies.append(Segment(path, fd, saved.key, saved.generation, start, head=head,
+                                   carry_start=start, resumed_from=start, src_base=saved.src_base))
         self.copy_keys.add(file_key(st))
         return file_key(st)
 

@@ -176,11 +176,12 @@ class StreamJob:
                 if f.endswith(".parquet") and "/_staging/" not in f and file_tag(f) < tag:
                     self.fs.delete(f)
 
-    def claim_root(self) -> None:
+    def claim_root(self, topic_id: str | None = None) -> None:
         """Before the first batch: refuse a results root made with other ROOT_SETTINGS (recorded in
         ROOT_SETTINGS_FILE by the first run), or whose committed batches lost their Spark checkpoint (the batch ids
-        would start again at 0, and the new batches, which read other records, be skipped as committed). Records
-        the settings on a new root."""
+        would start again at 0, and the new batches, which read other records, be skipped as committed), or whose
+        checkpoint holds offsets of another topic of the same name (`topic_id`, the broker's id of the topic now:
+        it was deleted and made again). Records the settings and the topic's id on a new root."""
         path = f"{self.root}/{ROOT_SETTINGS_FILE}"
         mine = {k: getattr(self.s, k) for k in ROOT_SETTINGS}
         theirs: dict = {}
@@ -209,13 +210,26 @@ class StreamJob:
                 f"{self.root} holds {len(committed)} committed micro-batches, but their Spark checkpoint ({offsets}) "
                 "is gone: the batch ids would start again at 0 and new records be skipped as already committed. "
                 "Give another LOGPIPE_HDFS_ROOT (--hdfs-root), or delete the whole root to start over")
+        was = theirs.get("topic_id")
+        if topic_id and was and was != topic_id and (committed or self.fs.exists(offsets)):
+            raise ResultsRootMismatch(
+                f"the topic {self.s.topic} was deleted and made again since the results under {self.root} were made "
+                f"(its id was {was}, it is {topic_id} now): the job's checkpoint holds offsets of the old topic, "
+                "and the new one's records from offset 0 would be skipped up to them, without a word. Give another "
+                "LOGPIPE_HDFS_ROOT (--hdfs-root) to read the new topic from its start, or delete this root to "
+                "start over")
+        record = dict(theirs)
         missing = [k for k in ROOT_SETTINGS if k not in theirs]
         if missing and (not theirs or not committed):  # a new root, or an empty one recorded with fewer settings
-            self.fs.write_text(path, json.dumps({**mine, **theirs}))
+            record = {**mine, **theirs}
         elif missing:  # its results were made with values nobody recorded: this run's are not written as theirs
             log.warning("%s was made by an earlier logpipe, which did not record %s: readers (verify, the notebook) "
                         "take their own values for those; a new LOGPIPE_HDFS_ROOT records them all", path,
                         ", ".join(missing))
+        if topic_id:  # a new root's, or one recorded by an earlier version, which kept no id
+            record["topic_id"] = topic_id
+        if record != theirs:
+            self.fs.write_text(path, json.dumps(record))
 
     # ------------------------------------------------------------------ the micro-batch
     def _kafka_stream(self) -> "DataFrame":

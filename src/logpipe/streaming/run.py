@@ -131,6 +131,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF, StreamJob
     from logpipe.streaming.lease import RootLease
+    from logpipe.topics import topic_id
 
     health.wait_for_kafka(s.kafka_address, s.connect_timeout_s)
     health.wait_for_hdfs(s.webhdfs_address, s.connect_timeout_s)
@@ -154,7 +155,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     try:
         lease.acquire()
         job.lease = lease
-        job.claim_root()
+        job.claim_root(topic_id(s, s.topic))
         lease.check()  # a newcomer that took it over meanwhile: stop before recover() cleans its batch in progress
         job.recover()
     except BaseException:

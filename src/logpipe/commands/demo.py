@@ -105,30 +105,10 @@ def _log_identity(path: Path) -> dict:
 
 
 def _other_settings(s: Settings, client: "InsecureClient") -> list[str]:
-    """How the settings the root's results were made with (`_commits/job.json`) differ from `s`: the demo starts
-    over then, where `logpipe stream` would refuse to add to them."""
+    """How the settings the root's results were made with (`_commits/job.json`) differ from `s`, and whether the
+    topic they were read from is gone or was deleted and made again (its id, recorded there, changed): the demo
+    starts over then, where `logpipe stream` would refuse to add to them."""
     from logpipe.results import ResultsSettingsError, settings_of_results
-    from logpipe.root_record import ROOT_SETTINGS_FILE
-
-    path = s.hdfs_path(*ROOT_SETTINGS_FILE.split("/"))
-    if client.status(path, strict=False) is None:
-        return []
-    with client.read(path) as f:
-        try:
-            topic = json.loads(f.read()).get("topic")
-        except (ValueError, AttributeError):
-            return [f"{path} is unreadable"]
-    try:
-        _, notes = settings_of_results(s)
-    except ResultsSettingsError as exc:
-        return [str(exc)]
-    return ([f"topic {topic!r} there, {s.topic!r} now"] if topic not in (None, s.topic) else []) + \
-        [f"made with {note}" for note in notes]
-
-
-def _topic_not_the_roots(s: Settings, client: "InsecureClient") -> list[str]:
-    """Why the root's results no longer belong to the demo's topic (it is gone, or it was deleted and made again:
-    `logpipe stream` refuses to go on with offsets of the old one), as for _other_settings; [] if they do."""
     from logpipe.root_record import ROOT_SETTINGS_FILE
     from logpipe.topics import topic_id
 
@@ -137,13 +117,20 @@ def _topic_not_the_roots(s: Settings, client: "InsecureClient") -> list[str]:
         return []
     with client.read(path) as f:
         try:
-            was = json.loads(f.read()).get("topic_id")
+            record = json.loads(f.read())
+            topic, was = record.get("topic"), record.get("topic_id")
         except (ValueError, AttributeError):
             return [f"{path} is unreadable"]
-    now = topic_id(s, s.topic)
-    if not was or now == was:
-        return []
-    return [f"its topic {s.topic} is gone" if now is None else f"its topic {s.topic} was deleted and made again"]
+    try:
+        _, notes = settings_of_results(s)
+    except ResultsSettingsError as exc:
+        return [str(exc)]
+    other = ([f"topic {topic!r} there, {s.topic!r} now"] if topic not in (None, s.topic) else []) + \
+        [f"made with {note}" for note in notes]
+    if not other and was and (now := topic_id(s, s.topic)) != was:
+        other.append(f"its topic {s.topic} is gone" if now is None else f"its topic {s.topic} was deleted and made "
+                     "again")
+    return other
 
 
 def refuse_if_a_run_holds(s: Settings, client: "InsecureClient") -> None:
@@ -204,7 +191,7 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     if client.status(marker, strict=False) is not None:
         with client.read(marker) as f:
             same_log = json.loads(f.read()) == ident
-        other = _other_settings(s, client) or _topic_not_the_roots(s, client)
+        other = _other_settings(s, client)
         if same_log and not other:
             return
         why = "; ".join(other) if same_log else f"it does not hold results of {log_path}"

@@ -284,6 +284,7 @@ def test_a_truncation_without_a_copy_names_the_bytes_not_sent(tmp_path, caplog):
     assert [lines for _, _, lines, _ in got] == [[b"b1"]]
     assert any("after byte 3 was not sent" in r.getMessage() and "tail -c +4" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert source.unsent_parts == 1  # counted for the run's summary
 
 
 def test_truncated_and_refilled_while_read_sends_no_fragment_and_nothing_twice(tmp_path):
@@ -463,6 +464,7 @@ def test_follow_truncated_without_a_copy_does_not_send_the_cut_line(tmp_path, ca
     assert [line for _, lines, _ in got for line in lines] == [b"old-line-00", b"new-line-00"]
     assert any("line at byte 12 was cut" in r.getMessage() for r in caplog.records), \
         [r.getMessage() for r in caplog.records]
+    assert source.unsent_parts == 1
 
 
 def test_follow_truncated_after_a_short_copy_says_nothing_is_lost(tmp_path, caplog):
@@ -492,6 +494,7 @@ def test_follow_truncated_after_a_short_copy_says_nothing_is_lost(tmp_path, capl
     assert [line for _, lines, _ in got for line in lines] == [b"b1"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
     assert any("nothing of its old content is left" in r.getMessage() for r in caplog.records)
+    assert source.unsent_parts == 0
 
 
 def test_follow_finishes_the_old_generation_after_its_copy(tmp_path):

@@ -106,22 +106,37 @@ def test_host_window_counts_split_the_running_counts_at_the_cutoff(local_spark, 
     row plus the carried windows, split at the cutoff: a window ending at the cutoff is final, NULL cutoff: none."""
     from datetime import timedelta
 
-    from logpipe.streaming.job import host_window_counts, summed, windowed_rows
+    from collections import Counter
+
+    from logpipe.streaming.job import host_window_counts
+    from logpipe.windows import duration_seconds, window_starts
 
     t0 = datetime(2004, 5, 18, 6, 0, 0)
-    events = local_spark.createDataFrame(
-        [(t0 + timedelta(seconds=s), h, 200) for s, h in [(0, "a"), (5, "a"), (9, "b"), (10, "a"), (29, "a"),
-                                                          (30, "b"), (41, "a"), (59, "a"), (60, "b")]],
-        "timestamp TIMESTAMP, host STRING, http_response INT")
-    carried = local_spark.createDataFrame(  # open windows from an earlier batch, one per grain; only host's count
-        [("host", t0 - timedelta(seconds=10), t0 + timedelta(seconds=10), "a", None, 7),
-         ("host", t0 + timedelta(seconds=20), t0 + timedelta(seconds=40), "c", None, 2),
-         ("status", t0 - timedelta(seconds=10), t0 + timedelta(seconds=10), None, 200, 9)], OPEN)
+    rows = [(t0 + timedelta(seconds=s), h) for s, h in [(0, "a"), (5, "a"), (9, "b"), (10, "a"), (29, "a"), (30, "b"),
+                                                        (41, "a"), (59, "a"), (60, "b")]]
+    events = local_spark.createDataFrame([(t, h, 200) for t, h in rows],
+                                         "timestamp TIMESTAMP, host STRING, http_response INT")
+    carried_rows = [("host", t0 - timedelta(seconds=10), t0 + timedelta(seconds=10), "a", None, 7),
+                    ("host", t0 + timedelta(seconds=20), t0 + timedelta(seconds=40), "c", None, 2),
+                    ("status", t0 - timedelta(seconds=10), t0 + timedelta(seconds=10), None, 200, 9)]
+    # open windows from an earlier batch, one per grain; only host's count
+    carried = local_spark.createDataFrame(carried_rows, OPEN)
     cutoff = None if cutoff_s is None else t0 + timedelta(seconds=cutoff_s)
     final, still_open = host_window_counts(events, carried, cutoff, window, slide)
     as_set = lambda df: {(r["window_start"], r["window_end"], r["host"], r["count"]) for r in df.collect()}  # noqa: E731
     got_final, got_open = as_set(final), as_set(still_open)
-    expected = as_set(summed(windowed_rows(events, carried, "host", window, slide), ["host"]))
+    # the running counts, in plain Python (logpipe.windows, not the job's Spark code): every row in each of its
+    # windows, plus the carried host windows
+    size, step = duration_seconds(window), duration_seconds(slide)
+    epoch = datetime(1970, 1, 1)
+    counts: Counter = Counter()
+    for t, h in rows:
+        for start in window_starts(int((t - epoch).total_seconds()), size, step):
+            counts[(epoch + timedelta(seconds=start), epoch + timedelta(seconds=start + size), h)] += 1
+    for grain, start, end, h, _, n in carried_rows:
+        if grain == "host":
+            counts[(start, end, h)] += n
+    expected = {(*key, n) for key, n in counts.items()}
     assert got_final | got_open == expected and not got_final & got_open
     assert all(cutoff is not None and end <= cutoff for _, end, _, _ in got_final)
     assert all(cutoff is None or end > cutoff for _, end, _, _ in got_open)
@@ -333,3 +348,18 @@ def test_carried_state_of_earlier_batches_is_pruned_by_tag(local_spark, tmp_path
     job._prune_state(3)
     left = {str(p.relative_to(root)) for p in root.rglob("*.parquet")}
     assert left == {"_state/open/b0000000003-00000.parquet", "_state/seen/_staging/b0000000001/part-0.parquet"}
+
+
+def test_a_batch_whose_events_write_wrote_other_rows_is_not_committed():
+    """meta() (called just before the commit marker) compares the rows the events write observed with the
+    batch's event count: a difference raises, so the batch is not committed with an accounting that is not of
+    its files."""
+    from types import SimpleNamespace
+
+    from logpipe.streaming.job import MicroBatch
+
+    mb = MicroBatch.__new__(MicroBatch)
+    mb.batch_id, mb._meta, mb.n_events = 7, {}, 1_000
+    mb.events_written = SimpleNamespace(get={"rows": 999})
+    with pytest.raises(RuntimeError, match="batch 7: the events write wrote 999 rows, the batch holds 1,000 events"):
+        mb.meta()

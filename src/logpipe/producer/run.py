@@ -36,6 +36,7 @@ class ProduceSummary:
     seconds: float = 0.0
     errors: int = 0
     resumed_from: int = 0
+    unsent_parts: int = 0   # parts of the log lost before they were read (truncated or rotated away): see warnings
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -205,7 +206,11 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
             # report, not this
             log.warning("closing the Kafka client after the failure failed too: %s", exc)
         finally:
+            summary.unsent_parts = source.unsent_parts
             source.close()
+    if summary.unsent_parts:
+        log.warning("%d part(s) of %s could not be sent (truncated or rotated away before they were read): the "
+                    "warnings above name their bytes", summary.unsent_parts, path)
     log.info("produced %s: %s lines (%s records, %d quarantined, %d errors), %.1f MB in %.1fs: %s lines/s, %.1f MB/s",
              path, f"{summary.lines:,}", f"{summary.records:,}", summary.quarantined, summary.errors,
              summary.bytes / 1e6, summary.seconds, f"{summary.lines / max(summary.seconds, 1e-9):,.0f}",

@@ -62,6 +62,7 @@ class Segment:
     resumed_from: int = 0
     opened_at: float = field(default_factory=time.time)  # wall clock: when the producer took this file up
     replaced: bool = False  # its first bytes changed while it was read: truncated (and maybe refilled)
+    lost_rest: bool = False  # truncated without a copy: what it held past the read position is lost (warned)
     src_base: str = ""  # the identity its src is made of, when not `key` (see position.py: a remounted file)
 
     @property
@@ -241,6 +242,9 @@ class LogSource:
     copies: list[Segment] = field(default_factory=list)
     # identities of the copies found beside the log (read, or holding nothing unsent): not "never read" rotations
     copy_keys: set[str] = field(default_factory=set)
+    # parts of the log that could not be sent (truncated or rotated away before they were read, a line cut by a
+    # truncation): each has a warning naming its bytes; the run's summary counts them
+    unsent_parts: int = 0
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
@@ -322,6 +326,7 @@ class LogSource:
                          "content (src %s) is left to send", path, short[1], short[0], saved.src)
                 self.copy_keys.add(short[1])
                 return short[1]
+            self.unsent_parts += 1
             log.warning("%s: no uncompressed copy of its old content (src %s) found beside it: whatever it held "
                         "after byte %d was not sent. If a rotation holds it, send that part with `tail -c +%d "
                         "<rotation> > rest.log; logpipe produce rest.log` (zcat a compressed one first)",
@@ -365,6 +370,7 @@ class LogSource:
         for key in pending.keys() - still_there:  # rotated away and since deleted (or compressed): nothing to read
             pos = pending[key]
             if not pos.finished:
+                self.unsent_parts += 1
                 log.warning("%s: the file rotated away from it (src %s) is gone (compressed or deleted) before the "
                             "producer read it to its end: lines it got after byte %d, if any, were not sent. If a "
                             "rotation holds them, send them with `zcat <rotation> | tail -c +%d > rest.log; logpipe "
@@ -488,6 +494,8 @@ class LogSource:
                          "nothing of its old content is left to send", seg.path, short[1], short[0])
                 self.copy_keys.add(short[1])
                 return
+            self.unsent_parts += 1
+            seg.lost_rest = True  # the line it cut, if any, is part of this loss (_finish)
             log.warning("%s was truncated and no uncompressed copy of its old content is beside it: whatever it "
                         "held after byte %d (src %s) was not sent", seg.path, seg.carry_start, seg.src)
             return
@@ -589,6 +597,7 @@ class LogSource:
         truncated while it was read (`replaced`) and not completed from a copy has no last line: its unterminated
         rest is the start of a line cut by the truncation, not sent."""
         if seg.replaced and (seg.carry or seg.skipping is not None):
+            self.unsent_parts += 0 if seg.lost_rest else 1
             log.warning("%s: the line at byte %d was cut by the truncation (%d bytes of it read); not sent",
                         seg.path, seg.skip_start if seg.skipping is not None else seg.carry_start,
                         seg.skipping if seg.skipping is not None else len(seg.carry))

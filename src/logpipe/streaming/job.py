@@ -579,11 +579,16 @@ class MicroBatch:
         """Every table of the batch, for commit_batch."""
         from pyspark.sql import functions as F
 
+        from pyspark.sql import Observation
+
         is_final = F.col("_final")
+        # the rows the events write wrote, checked against the batch's count before its commit (meta): the
+        # accounting's `events` (and `duplicates`, parsed - late - events) are then of the rows on HDFS
+        self.events_written = Observation(f"events_{self.batch_id}")
+        events = self.events.drop("key_hash").observe(self.events_written, F.count(F.lit(1)).alias("rows"))
         # a write whose rows are few but whose input is the whole batch reads it with all cores, then gathers
         # the rows into one file (repartition(1)); coalesce(1) would read it all in one task
-        writes: list[TableWrite] = [TableWrite(self.events.drop("key_hash"), "events", ["date"],
-                                               options=EVENTS_PARQUET_OPTIONS)]
+        writes: list[TableWrite] = [TableWrite(events, "events", ["date"], options=EVENTS_PARQUET_OPTIONS)]
         if self.quarantined:
             quarantine = (self.rows.where("reason IS NOT NULL")
                           .select(F.expr("make_valid_utf8(line)").alias("raw"),  # U+FFFD for bad bytes
@@ -615,6 +620,10 @@ class MicroBatch:
         """The batch's accounting (its commit record), made once its files are written (the final host windows
         are counted by then); the same record on later calls."""
         if not self._meta:
+            written = self.events_written.get.get("rows")
+            if written != self.n_events:
+                raise RuntimeError(f"batch {self.batch_id}: the events write wrote {written} rows, the batch holds "
+                                   f"{self.n_events:,} events: not committed (the batch is run again at the next start)")
             quarantined = sum(self.quarantined.values())
             self._meta = {
                 "batch": self.batch_id, "lines": self.n_parsed + quarantined, "parsed": self.n_parsed,

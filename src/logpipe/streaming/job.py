@@ -577,9 +577,8 @@ class MicroBatch:
 
     def writes(self) -> list[TableWrite]:
         """Every table of the batch, for commit_batch."""
-        from pyspark.sql import functions as F
-
         from pyspark.sql import Observation
+        from pyspark.sql import functions as F
 
         is_final = F.col("_final")
         # the rows the events write wrote, checked against the batch's count before its commit (meta): the

@@ -133,3 +133,24 @@ def test_run_at_once_returns_results_in_call_order_and_raises_a_failure(local_sp
 
     with pytest.raises(Exception, match="is not true"):
         run_at_once(local_spark, [calls[0], fails, calls[1]], workers)
+
+
+def test_staged_files_are_moved_in_last_and_only_the_folders_named(local_spark, tmp_path: Path):
+    """A write whose files a pass of the batch staged already is moved into its table after every other write
+    (which may read the staged files), keeping its partition folders; folders not named stay out."""
+    from logpipe.streaming.commit import TableWrite, batch_tag, commit_batch
+
+    root = f"file:{tmp_path}"
+    staged = f"{root}/stage"
+    frame = local_spark.createDataFrame([(1, "2004-05-18"), (2, "2004-05-19"), (3, "_other")], "n INT, date STRING")
+    frame.coalesce(1).write.partitionBy("date").parquet(staged)
+    reader = local_spark.read.parquet(f"{staged}/date=_other")  # a write that reads a staged file
+    writes = [TableWrite(None, "events", staged=staged, staged_parts=["date=2004-05-18", "date=2004-05-19"]),
+              TableWrite(reader, "other")]
+    assert commit_batch(local_spark, root, "q", 2, writes, {})
+    assert local_spark.read.parquet(f"{root}/other").collect()[0]["n"] == 3
+    moved = sorted(p.relative_to(tmp_path / "events").as_posix() for p in (tmp_path / "events").rglob("*.parquet"))
+    tag = batch_tag(2)
+    assert moved == [f"date=2004-05-18/{tag}-00000.parquet", f"date=2004-05-19/{tag}-00001.parquet"]
+    assert sorted(r["n"] for r in local_spark.read.parquet(f"{root}/events").collect()) == [1, 2]
+    assert list((tmp_path / "stage").rglob("*.parquet")) == list((tmp_path / "stage" / "date=_other").glob("*.parquet"))

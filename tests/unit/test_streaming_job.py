@@ -363,3 +363,30 @@ def test_a_batch_whose_events_write_wrote_other_rows_is_not_committed():
     mb.events_written = SimpleNamespace(get={"rows": 999})
     with pytest.raises(RuntimeError, match="batch 7: the events write wrote 999 rows, the batch holds 1,000 events"):
         mb.meta()
+
+
+def test_staged_rows_put_each_row_in_its_folder_and_keep_a_quarantined_record_whole(local_spark):
+    """The one pass stages events by date, late rows in _late and quarantined ones in _quarantine, all in the
+    events' columns; a quarantined row keeps its reason and its record's exact bytes (invalid UTF-8 too)."""
+    from pyspark.sql import functions as F
+
+    from logpipe import logformat as lf
+    from logpipe.streaming.job import (CACHED_EVENT_COLUMNS, LATE_DIR, QUARANTINE_DIR, staged_rows,
+                                       with_cutoff)
+    from logpipe.streaming.parse import parse_columns, source_columns
+
+    good = lf.format_line("1.2.3.4", datetime(2004, 5, 18, 5, 58, 48), "GET /a HTTP/1.0", 404, 7).encode()
+    old = lf.format_line("1.2.3.4", datetime(2004, 5, 17, 23, 0, 0), "GET /b HTTP/1.0", 200, 1).encode()
+    bad = b"\xff\xfe not a log line\r\n"
+    records = [(f"lp:app.log:{i * 100}".encode(), v, 0, i) for i, v in enumerate([good, old, bad])]
+    df = local_spark.createDataFrame(records, "key BINARY, value BINARY, partition INT, offset BIGINT")
+    parsed = source_columns(with_cutoff(parse_columns(df, request_parts=False), datetime(2004, 5, 18)), F.lit("t"))
+    is_bad = F.col("reason").isNotNull()
+    is_late = ~is_bad & F.coalesce(F.col("timestamp") < F.col("_cutoff"), F.lit(False))
+    out = staged_rows(parsed, CACHED_EVENT_COLUMNS, is_bad, is_late)
+    assert out.columns == [*CACHED_EVENT_COLUMNS, "src", "off", "src_key", "kafka_partition", "kafka_offset", "date"]
+    rows = {r["kafka_offset"]: r for r in out.withColumn("raw_bytes", F.unbase64("request")).collect()}
+    assert rows[0]["date"] == "2004-05-18" and rows[0]["host"] == "1.2.3.4" and rows[0]["request"] == "GET /a HTTP/1.0"
+    assert rows[1]["date"] == LATE_DIR and rows[1]["request"] == "GET /b HTTP/1.0"
+    assert rows[2]["date"] == QUARANTINE_DIR and rows[2]["host"] == lf.INVALID_UTF8
+    assert bytes(rows[2]["raw_bytes"]) == bad and rows[2]["src_key"] == "app.log:200"

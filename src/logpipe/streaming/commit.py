@@ -139,13 +139,18 @@ class TableWrite(NamedTuple):
 
     `frame` may be a function that returns the frame (or None: nothing to write), called when its turn comes, so
     that it can use what the writes before it found out; `keep`, if given, is called after the write, and False
-    drops what it wrote (e.g. a frame that turned out empty); `options` are the Parquet writer's options."""
+    drops what it wrote (e.g. a frame that turned out empty); `options` are the Parquet writer's options.
+    `staged`: the table's files were written already, by a pass of the batch's own (its frame is None): the
+    Parquet files in this folder (below it, in partition folders such as `date=2004-05-18`; `staged_parts`:
+    only those folders) are moved into the table, after every other write of the batch, which may read them."""
 
-    frame: "DataFrame | Callable[[], DataFrame | None]"
+    frame: "DataFrame | Callable[[], DataFrame | None] | None"
     table: str
     parts: Sequence[str] = ()
     keep: Callable[[], bool] | None = None
     options: Mapping[str, str] | None = None
+    staged: str | None = None
+    staged_parts: Sequence[str] | None = None
 
 
 def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
@@ -158,7 +163,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     marker `_commits/<query>/<batch>.json` (holding `meta`, or what `meta()` returns once the files are
     written) ends the batch. A batch that was committed is
     skipped on re-run; one that died half-way is cleaned (its prefixed files removed) and redone.
-    A TableWrite's `options` go to its Parquet writer.
+    A TableWrite's `options` go to its Parquet writer; one that is `staged` is only moved into its table, last.
     `concurrent`: up to this many writes of frames given as such run at once (in threads that carry the
     caller's Spark job group, so a stopped query cancels them); then the callables build theirs, in order.
     Returns False when the batch had already been committed.
@@ -176,8 +181,22 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
                     fs.delete(f)
     fs.write_text(pending, "")
 
+    def move(staging: str, table: str, only: "Sequence[str] | None" = None) -> None:
+        """Move the Parquet files below `staging` into the table, named by the batch's tag, keeping their
+        partition folders (`only`: those folders' files, e.g. date=2004-05-18)."""
+        base = fs.path(staging).toUri().getPath().rstrip("/")  # (Hadoop lists file:///x as file:/x: by path)
+        files = []
+        for f in fs.files(staging):
+            if not f.endswith(".parquet"):
+                continue
+            rel_dir = fs.path(f).toUri().getPath()[len(base):].rsplit("/", 1)[0]  # e.g. /date=2004-05-18 or ""
+            if only is None or rel_dir.lstrip("/") in only:
+                files.append((f, rel_dir))
+        for i, (f, rel_dir) in enumerate(sorted(files)):
+            fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
+
     def write(w: "TableWrite | tuple[Any, ...]") -> None:
-        frame, table, parts, keep, options = TableWrite(*w)
+        frame, table, parts, keep, options, _, _ = TableWrite(*w)
         df = frame() if callable(frame) else frame
         if df is None:
             return
@@ -189,22 +208,21 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
         if keep is not None and not keep():
             fs.delete(staging)
             return
-        for i, f in enumerate(sorted(fs.files(staging))):
-            name = f.rsplit("/", 1)[-1]
-            if not name.endswith(".parquet"):
-                continue
-            # e.g. /date=2004-05-18 or "" (found by name: Hadoop lists file:///x as file:/x)
-            rel_dir = f.split(f"/{table}/_staging/{tag}", 1)[1].rsplit("/", 1)[0]
-            fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
+        move(staging, table)
         fs.delete(staging)
 
     # the writes of frames given as such run at once (Spark fills a core one leaves idle: a job's last task, the
-    # driver's work between jobs, a wait on HDFS); those built by a callable run after them, in order
-    ready = [w for w in writes if not callable(TableWrite(*w).frame)]
+    # driver's work between jobs, a wait on HDFS); those built by a callable run after them, in order; the staged
+    # tables are moved last (the other writes may read their files)
+    all_writes = [TableWrite(*w) for w in writes]
+    ready = [w for w in all_writes if w.staged is None and not callable(w.frame)]
     run_at_once(spark, [lambda w=w: write(w) for w in ready], concurrent)
-    for w in writes:
-        if callable(TableWrite(*w).frame):
+    for w in all_writes:
+        if w.staged is None and callable(w.frame):
             write(w)
+    for w in all_writes:
+        if w.staged is not None:
+            move(w.staged, w.table, w.staged_parts)
     fs.write_text(marker, json.dumps(meta() if callable(meta) else meta, default=str))
     fs.delete(pending)
     return True

@@ -2,14 +2,17 @@
 
 Every micro-batch (foreachBatch, one MicroBatch object; Spark's checkpoint on HDFS at _checkpoints/ingest) does,
 in order:
-- parse each record once in the JVM; a line that does not parse goes to quarantine/ with its reason;
+- parse each record once in the JVM, in the batch's one pass over its records, which writes every row to a
+  staging folder (see PASS_DIR): the events as events/ will hold them, and the few other rows, from which their
+  own tables are written. A line that does not parse goes to quarantine/ with its reason;
 - late: a row whose event time is before the batch's horizon goes to late/ (kept and counted, not in the windows).
   The horizon is the newest event time of the earlier batches minus the watermark (Spark's own watermark rule),
   and never earlier than the end of the windows an `--until-done` flush already wrote;
 - duplicates of a source line (same src, off: a restarted producer) are dropped, within the batch and against the
   keys of earlier events still inside the horizon (carried from batch to batch in _state/seen). A copy of an
   older line has that line's event time, so it is late, never counted twice;
-- events/ (by date): the parsed, de-duplicated rows;
+- events/ (by date): the parsed, de-duplicated rows (the staged files, moved in at the commit; a batch with
+  repeats writes its events again without them);
 - windows: counts per (window, host, status) of this batch plus the still-open windows carried from the previous
   batch (_state/open). Windows that end at or before the next batch's horizon can receive no more rows: they are
   final, written once to windows/by_host and windows/by_status. The others are carried on in _state/open;
@@ -18,7 +21,8 @@ in order:
   alert id: see _publish_committed_alerts).
 All of a batch's files, its carried state and its accounting commit together (streaming.commit): a batch that
 is re-run after a crash never writes twice. There is no Spark state store: the carried state is small (the last
-watermark's worth of windows and keys), so the job keeps no per-event state and reads its events only once.
+watermark's worth of windows and keys), so the job keeps no per-event state and reads its records only once; the
+counts read the few columns they need back from the staged events.
 `until_done` drains the topic, then writes the still-open windows (flush).
 """
 
@@ -30,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
@@ -38,7 +43,7 @@ from logpipe.rules import FAILED_STATUS, AlertRules
 from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
                                       committed_meta, file_tag, marker_path, run_at_once)
 from logpipe.streaming.lease import RootLease
-from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, request_columns, source_columns
+from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
 
 if TYPE_CHECKING:
@@ -84,6 +89,13 @@ SPARK_CONF = {"spark.sql.inMemoryColumnarStorage.compressed": "false",
 # the encoder hashed every value until its dictionary overflowed. 3 M parsed rows, six alternating rounds: 8.3-11.6 s
 # -> 6.4-7.0 s (5 of 6) to write; files 45 -> 57 MB (still compressed with the codec).
 EVENTS_PARQUET_OPTIONS = {"parquet.enable.dictionary": "false"}
+# Each micro-batch writes every row once, in its one pass over the records (MicroBatch.parse), to a staging folder
+# events/_staging/<tag>/pass, partitioned by `date`: the events in their date folders, as events/ holds them (moved
+# there at the commit), the late rows in date=_late and the quarantined ones in date=_quarantine, all in the events'
+# columns (staged_rows). The few late and quarantined rows are then written to their own tables from there. A batch
+# whose events hold repeats writes them again, without, to <tag>/dedup.
+PASS_DIR, REWRITE_DIR = "pass", "dedup"
+QUARANTINE_DIR, LATE_DIR = "_quarantine", "_late"
 ALERTS_SCHEMA = ("rule STRING, key STRING, window_start TIMESTAMP, window_end TIMESTAMP, count BIGINT, share DOUBLE, "
                  "threshold INT, top_hosts ARRAY<STRING>, alert_id STRING, detected_at TIMESTAMP")
 
@@ -267,6 +279,7 @@ class StreamJob:
         mb = MicroBatch(self, batch, batch_id, prev=max((b for b in committed if b < batch_id), default=None))
         try:
             mb.parse(self._horizon(batch_id))
+            t_parse = time.monotonic()
             mb.drop_repeats()
             next_horizon = self._horizon(batch_id, extra=mb.max_ts)
             t1 = time.monotonic()
@@ -288,6 +301,7 @@ class StreamJob:
                 return
         finally:
             mb.release()
+            self.fs.delete(mb.stage)
         meta = mb.meta()
         committed[batch_id] = meta
         self._prune_state(batch_id)
@@ -299,10 +313,11 @@ class StreamJob:
                 log.warning("ALERT %s %s window %s count %s%s", r["rule"], r["key"], r["window_start"], r["count"],
                             f" share {r['share']:.0%} top hosts {list(r['top_hosts'] or [])}" if r["share"] else "")
         log.info("batch %d: %s lines (%s late, %s duplicates), %s final window rows, %s open, %s keys carried; "
-                 "parse+count %.1fs, open windows %.1fs, write+commit (with the final host windows, alerts) %.1fs",
+                 "parse+stage %.1fs, repeats check %.1fs, open windows %.1fs, write+commit (with the final host windows, "
+                 "alerts) %.1fs",
                  batch_id, f"{meta['lines']:,}", f"{meta['late']:,}", f"{meta['duplicates']:,}",
                  f"{meta['final_window_rows']:,}", f"{meta['open_window_rows']:,}", f"{meta['seen_keys']:,}",
-                 t1 - t0, t2 - t1, time.monotonic() - t2)
+                 t_parse - t0, t1 - t_parse, t2 - t1, time.monotonic() - t2)
 
     def _new_alerts(self, by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame") -> list[dict[str, Any]]:
         """Alerts of the running window counts not emitted before (by alert_id), as rows of the alerts table."""
@@ -316,6 +331,7 @@ class StreamJob:
         else would send them). Waits for a micro-batch callback still running (see _in_batch)."""
         with self._in_batch:
             cleaned = clean_crashed_attempts(self.spark, self.root, list(OUTPUT_TABLES))
+            self.fs.delete(f"{self.root}/events/_staging")  # what batches that died staged (see PASS_DIR)
         if cleaned:
             log.warning("removed the files of %d attempt(s) that died before their commit: %s", len(cleaned),
                         ", ".join(cleaned))
@@ -460,6 +476,7 @@ class MicroBatch:
         self.job, self.s, self.spark = job, job.s, job.spark
         self.batch, self.batch_id = batch, batch_id
         self.prev = prev  # the last committed batch before this one: its carried state is read
+        self.stage = f"{job.root}/events/_staging/{batch_tag(batch_id)}"  # see PASS_DIR
         self.cached: list[DataFrame] = []
         self.new_alerts: list[dict[str, Any]] = []
         self._host_metrics: dict[str, Any] = {}
@@ -475,45 +492,78 @@ class MicroBatch:
             df.unpersist()
 
     def parse(self, horizon: datetime | None) -> None:
-        """Parse each record once into the batch's cache, marking the parsed rows behind `horizon` late, and
-        tally it: lines per quarantine reason (`quarantined`), `parsed`, `late` and the newest event time."""
+        """The batch's one pass over its records: parse each once, mark the parsed rows behind `horizon` late,
+        and write every row to the batch's staging folder (PASS_DIR), tallying them on the way (an Observation):
+        lines, quarantined, late, staged events and the newest event time; then the lines per quarantine reason
+        (from the few staged quarantined rows)."""
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import TimestampType
+
+        parsed = source_columns(with_cutoff(parse_columns(self.batch, request_parts=self.s.events_request_parts),
+                                            horizon), F.lit(self.s.topic))
+        bad = F.col("reason").isNotNull()
+        late = ~bad & F.coalesce(F.col("timestamp") < F.col("_cutoff"), F.lit(False))
+        self.seen_rows = Observation(f"parse_{self.batch_id}")
+        tallied = parsed.observe(
+            self.seen_rows, F.count(F.lit(1)).alias("lines"), F.count_if(bad).alias("quarantined"),
+            F.count_if(late).alias("late"), F.max(F.when(~bad, F.unix_micros("timestamp"))).alias("max_ts"))
+        staged = staged_rows(tallied, self.job.event_columns, bad, late)
+        (staged.write.mode("overwrite").partitionBy("date").options(**EVENTS_PARQUET_OPTIONS)
+         .parquet(f"{self.stage}/{PASS_DIR}"))
+        seen = self.seen_rows.get
+        if any(seen.get(k) is None for k in ("lines", "quarantined", "late")):
+            raise RuntimeError(f"batch {self.batch_id}: the parse pass reported no metrics ({seen})")
+        self.n_lines, n_bad, self.n_late = seen["lines"], seen["quarantined"], seen["late"]
+        self.n_parsed = self.n_lines - n_bad
+        self.n_staged_events = self.n_parsed - self.n_late
+        self.max_ts: datetime | None = (TimestampType().fromInternal(seen["max_ts"]) if seen["max_ts"] is not None
+                                        else None)
+        self.quarantined: dict[str, int] = {}
+        if n_bad:
+            by_reason = self._staged(QUARANTINE_DIR).groupBy("host").count().collect()  # host: the reason
+            self.quarantined = {r[0]: r[1] for r in by_reason}
+            if sum(self.quarantined.values()) != n_bad:
+                raise RuntimeError(f"batch {self.batch_id}: {n_bad:,} lines quarantined, {self.quarantined} staged")
+
+    def _staged(self, part: str, folder: str = PASS_DIR) -> "DataFrame":
+        """The rows the batch staged in one partition folder (`date=<part>`) of `folder`."""
+        return self.spark.read.parquet(f"{self.stage}/{folder}/date={part}")
+
+    def _event_dates(self, folder: str) -> list[str]:
+        """The date folders (`date=2004-05-18`) of the events staged in `folder`."""
+        return sorted({f.rsplit("/", 2)[-2] for f in self.job.fs.files(f"{self.stage}/{folder}")
+                       if f.endswith(".parquet")} - {f"date={QUARANTINE_DIR}", f"date={LATE_DIR}"})
+
+    def _staged_events(self, folder: str) -> "DataFrame":
+        """The batch's staged events (every date folder of `folder`), with their key_hash."""
         from pyspark.sql import functions as F
 
-        parsed = source_columns(with_cutoff(parse_columns(self.batch, request_parts=False), horizon),
-                                F.lit(self.s.topic))
-        # cache only what the outputs need: the raw line and bytes for quarantined lines only; method, path and
-        # protocol are derived where they are written (a narrower cache is ~25% cheaper to build). The source
-        # columns are cached: the duplicate check, events/ and _state/seen all read them.
-        self.rows = self._persist(
-            parsed.withColumn("_late", F.when(F.col("reason").isNull(),
-                                              F.coalesce(F.col("timestamp") < F.col("_cutoff"), F.lit(False))))
-            .select(*CACHED_EVENT_COLUMNS, "src", "off", "src_key", "key_hash", "partition", "offset", "reason",
-                    "_late", *(F.when(F.col("reason").isNotNull(), F.col(c)).alias(c) for c in ("line", "value"))))
-        groups = (self.rows.groupBy("reason", "_late")
-                  .agg(F.count(F.lit(1)).alias("n"), F.max("timestamp").alias("max_ts")).collect())
-        counts: dict[str, int] = {}
-        for r in groups:
-            counts[r["reason"] or "parsed"] = counts.get(r["reason"] or "parsed", 0) + r["n"]
-        self.n_parsed = counts.pop("parsed", 0)
-        self.quarantined = counts
-        self.n_late = sum(r["n"] for r in groups if r["_late"])
-        self.max_ts: datetime | None = max(
-            (r["max_ts"] for r in groups if r["reason"] is None and r["max_ts"] is not None), default=None)
+        dates = self._event_dates(folder)
+        if not dates:
+            return self.spark.createDataFrame([], staged_events_schema(self.job.event_columns))
+        return (self.spark.read.option("basePath", f"{self.stage}/{folder}")
+                .parquet(*(f"{self.stage}/{folder}/{d}" for d in dates))
+                .withColumn("key_hash", F.xxhash64("src_key")))
 
     def drop_repeats(self) -> None:
-        """Split the parsed rows into `late` and `events` (the others without the repeats of a source line: see
-        drop_duplicate_lines)."""
+        """The batch's events: the staged ones without the repeats of a source line (see drop_duplicate_lines).
+        A batch that has repeats (a restarted producer) writes its events again without them."""
+        from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
-        good = self.rows.where("reason IS NULL")
-        ok = ((request_columns(good) if self.s.events_request_parts else good)
-              .select(*self.job.event_columns, "src", "off", "src_key", "key_hash", "_late",
-                      F.col("partition").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
-                      F.date_format("timestamp", "yyyy-MM-dd").alias("date")))
-        self.late = ok.where("_late").drop("_late", "key_hash")
         self.seen_prev = self.job._state(STATE_SEEN, self.prev, SEEN_SCHEMA)
-        self.events, self.n_events = drop_duplicate_lines(ok.where("NOT _late").drop("_late"), self.seen_prev,
-                                                          self.n_parsed - self.n_late)
+        staged = self._staged_events(PASS_DIR)
+        self.events, self.n_events = drop_duplicate_lines(staged, self.seen_prev, self.n_staged_events)
+        self.events_dir = PASS_DIR
+        self.events_written: Any = SimpleNamespace(get={"rows": self.n_staged_events})
+        if self.events is not staged:
+            self.events_written = Observation(f"events_{self.batch_id}")
+            (self.events.drop("key_hash").observe(self.events_written, F.count(F.lit(1)).alias("rows"))
+             .write.mode("overwrite").partitionBy("date").options(**EVENTS_PARQUET_OPTIONS)
+             .parquet(f"{self.stage}/{REWRITE_DIR}"))
+            self.events_dir = REWRITE_DIR
+            self.events = self._staged_events(REWRITE_DIR)
 
     def count_windows(self, next_horizon: datetime | None) -> None:
         """The running window counts: this batch's events plus the open windows carried in. Those ending by
@@ -577,25 +627,22 @@ class MicroBatch:
 
     def writes(self) -> list[TableWrite]:
         """Every table of the batch, for commit_batch."""
-        from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
         is_final = F.col("_final")
-        # the rows the events write wrote, checked against the batch's count before its commit (meta): the
-        # accounting's `events` (and `duplicates`, parsed - late - events) are then of the rows on HDFS
-        self.events_written = Observation(f"events_{self.batch_id}")
-        events = self.events.drop("key_hash").observe(self.events_written, F.count(F.lit(1)).alias("rows"))
-        # a write whose rows are few but whose input is the whole batch reads it with all cores, then gathers
-        # the rows into one file (repartition(1)); coalesce(1) would read it all in one task
-        writes: list[TableWrite] = [TableWrite(events, "events", ["date"], options=EVENTS_PARQUET_OPTIONS)]
+        # events/: the staged files, moved in last (the other writes read them)
+        writes: list[TableWrite] = [TableWrite(None, "events", staged=f"{self.stage}/{self.events_dir}",
+                                               staged_parts=self._event_dates(self.events_dir))]
         if self.quarantined:
-            quarantine = (self.rows.where("reason IS NOT NULL")
-                          .select(F.expr("make_valid_utf8(line)").alias("raw"),  # U+FFFD for bad bytes
-                                  F.col("value").alias("raw_bytes"), "reason", "src", "off", "src_key",
-                                  F.col("partition").alias("kafka_partition"), F.col("offset").alias("kafka_offset")))
+            q = self._staged(QUARANTINE_DIR).withColumn("raw_bytes", F.unbase64("request"))  # see staged_rows
+            quarantine = q.select(F.expr("make_valid_utf8(TRIM(TRAILING '\\r\\n' FROM CAST(raw_bytes AS STRING)))")
+                                  .alias("raw"),  # U+FFFD for bad bytes
+                                  "raw_bytes", F.col("host").alias("reason"), "src", "off", "src_key",
+                                  "kafka_partition", "kafka_offset")
             writes.append(TableWrite(quarantine.repartition(1), "quarantine"))
         if self.n_late:
-            writes.append(TableWrite(self.late.repartition(1), "late"))
+            late = self._staged(LATE_DIR).drop("date").withColumn("date", F.date_format("timestamp", "yyyy-MM-dd"))
+            writes.append(TableWrite(late.repartition(1), "late"))
         writes.append(TableWrite(self.final_host.coalesce(2), "windows/by_host",
                                  keep=lambda: self.final_host_metrics()["rows"] > 0))
         if self.sizes["status"].get(True, 0):
@@ -634,6 +681,30 @@ class MicroBatch:
                 "open_window_rows": self.n_open, "seen_keys": self.n_seen, "alerts": len(self.new_alerts),
                 "at": time.time()}
         return self._meta
+
+
+def staged_rows(parsed: "DataFrame", event_columns: list[str], bad: "Column", late: "Column") -> "DataFrame":
+    """The rows a micro-batch stages in its one pass (see PASS_DIR): the events' columns, the source position, and
+    `date` (the partition folder): the event's date, LATE_DIR for a late row, QUARANTINE_DIR for a line that did
+    not parse. A quarantined row keeps its reason in `host` and its record's bytes, base64, in `request` (the
+    quarantine table is made of them: MicroBatch.writes)."""
+    from pyspark.sql import functions as F
+
+    swapped = {"host": F.when(bad, F.col("reason")).otherwise(F.col("host")),
+               "request": F.when(bad, F.base64("value")).otherwise(F.col("request"))}
+    date = (F.when(bad, F.lit(QUARANTINE_DIR)).when(late, F.lit(LATE_DIR))
+            .otherwise(F.date_format("timestamp", "yyyy-MM-dd")))
+    return parsed.select(*(swapped[c].alias(c) if c in swapped else F.col(c) for c in event_columns),
+                         "src", "off", "src_key", F.col("partition").alias("kafka_partition"),
+                         F.col("offset").alias("kafka_offset"), date.alias("date"))
+
+
+def staged_events_schema(event_columns: list[str]) -> str:
+    """The schema of a batch's staged events with their key_hash (MicroBatch._staged_events)."""
+    types = {"timestamp": "TIMESTAMP", "http_response": "INT", "bytes_sent": "INT"}
+    return ", ".join([f"{c} {types.get(c, 'STRING')}" for c in event_columns]
+                     + ["src STRING", "off BIGINT", "src_key STRING", "kafka_partition INT", "kafka_offset BIGINT",
+                        "date STRING", "key_hash BIGINT"])
 
 
 def windowed_rows(events: "DataFrame", carried: "DataFrame", grain: str, window: str, slide: str) -> "DataFrame":

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logpipe.config import Settings
@@ -66,10 +67,14 @@ def set_spark_local_ip(s: Settings) -> str:
 
 
 def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
-                extra: dict[str, str] | None = None) -> "SparkSession":
-    """A SparkSession for logpipe. Resolves the connector jars with mvn on first use (native stack)."""
+                extra: dict[str, str] | None = None, aot_output: Path | None = None) -> "SparkSession":
+    """A SparkSession for logpipe. Resolves the connector jars with mvn on first use (native stack). A new JVM
+    starts from the AOT cache `stack up` made (logpipe.stack.aot), if there is one; with aot_output, it records
+    one instead and writes it there as it exits (the training run)."""
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
+
+    from logpipe.stack.aot import aot_java_option
 
     if kafka and not s.spark_kafka_jars:
         s = s.with_overrides(spark_kafka_jars=",".join(spark_kafka_jars(Layout(s.run_dir).jars)))
@@ -84,8 +89,14 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
     # Spark's Python workers (a DataFrame made from Python rows is unpickled by one) run this interpreter, not
     # whatever `python3` is first on PATH, which may be another version than the driver's (Spark refuses that)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    conf = {**spark_conf(s, app_name, kafka=kafka), **(extra or {})}
+    aot = None
+    if SparkContext._gateway is None:  # JVM options count only when the JVM starts
+        aot = f"-XX:AOTCacheOutput={aot_output}" if aot_output is not None else aot_java_option(s)
+    if aot:
+        conf["spark.driver.extraJavaOptions"] = f"{conf.get('spark.driver.extraJavaOptions', '')} {aot}".strip()
     builder = SparkSession.builder
-    for k, v in {**spark_conf(s, app_name, kafka=kafka), **(extra or {})}.items():
+    for k, v in conf.items():
         builder = builder.config(k, v)
     if SparkContext._active_spark_context is not None:  # the JVM runs already: its session, with these settings
         spark = builder.getOrCreate()
@@ -110,7 +121,7 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
             else:
                 os.environ["JAVA_HOME"] = saved
         jvm = spark._jvm.System
-        log.info("Spark %s on Java %s (%s)", spark.version, jvm.getProperty("java.version"),
-                 jvm.getProperty("java.home"))
+        log.info("Spark %s on Java %s (%s)%s", spark.version, jvm.getProperty("java.version"),
+                 jvm.getProperty("java.home"), f", {aot}" if aot else "")
     spark.sparkContext.setLogLevel("WARN")
     return spark

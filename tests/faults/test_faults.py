@@ -388,6 +388,7 @@ def test_other_settings_or_a_lost_checkpoint_are_refused(stack, unique, tmp_path
         r = _logpipe(env, "stream", "--until-done", flag, value)
         assert r.returncode == 1 and "holds results made with other settings" in r.stderr, r.stderr[-3000:]
         assert shown in r.stderr and "Traceback" not in r.stderr
+        assert " logpipe.spark: " not in r.stderr  # refused before Spark started (precheck_root, over WebHDFS)
     assert _logpipe(env, "stream", "--until-done", "--watermark", "30s").returncode == 2  # not a Spark interval
     same = _logpipe(env, "stream", "--until-done", "--watermark", "30 second")  # the same, spelled otherwise
     assert same.returncode == 0, same.stderr[-3000:]
@@ -397,7 +398,8 @@ def test_other_settings_or_a_lost_checkpoint_are_refused(stack, unique, tmp_path
     assert _logpipe(env, "produce", str(log)).returncode == 0
     r = _logpipe(env, "stream", "--until-done")
     assert r.returncode == 1 and "was deleted and made again" in r.stderr, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and " logpipe.spark: " not in r.stderr
     hdfs_client.delete(f"{env['LOGPIPE_HDFS_ROOT']}/_checkpoints", recursive=True)
     r = _logpipe(env, "stream", "--until-done")
     assert r.returncode == 1 and "checkpoint" in r.stderr and "is gone" in r.stderr, r.stderr[-3000:]
+    assert " logpipe.spark: " not in r.stderr

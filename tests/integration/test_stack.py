@@ -160,3 +160,31 @@ def test_health_command_as_compose_runs_it(stack, service):
         dn = subprocess.run([sys.executable, "-m", "logpipe", "health", "hdfs", "--datanode", "127.0.0.1",
                              "--timeout", "20"], env=os.environ, capture_output=True, text=True, timeout=60)
         assert dn.returncode == 0 and "hdfs: ready" in dn.stdout, dn.stdout + dn.stderr[-2000:]
+
+
+def test_spark_starts_from_the_aot_cache_stack_up_trained(stack, tmp_path):
+    """`stack up` trains an AOT cache for Spark's JVM (Java 25+) with a real stream run; a Spark start is then
+    given it, and the JVM takes it without a word (one it refused, e.g. made for another classpath, would print
+    `[aot]` errors). Where Spark's Java is older, there is none and no option."""
+    import os
+    import subprocess
+    import sys
+
+    from logpipe.stack.aot import aot_cache_file, ensure_aot_cache
+
+    made = ensure_aot_cache(stack, progress=lambda m: None)  # made by the fixture's `stack up`, unless it was up
+    path = aot_cache_file(stack)
+    assert made == path
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from logpipe.config import load_settings\nfrom logpipe.spark import build_spark\n"
+            "spark = build_spark(load_settings(), 'aot-test', kafka=False)\n"
+            "print('rows', spark.range(1000).count())\nspark.stop()\n")
+    r = subprocess.run([sys.executable, "-c", code], env=os.environ, capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and "rows 1000" in r.stdout, r.stderr[-3000:]
+    if path is None:
+        assert "AOTCache" not in r.stderr
+        return
+    assert path.is_file() and path.stat().st_size > 50 * 2**20  # Spark's classes: ~220 MiB here
+    assert f"-XX:AOTCache={path}" in r.stderr
+    assert "[aot]" not in r.stdout + r.stderr, r.stderr[-3000:]

@@ -47,6 +47,7 @@ def _settings(run_dir: Path, free_ports, **kw: object) -> Settings:
     ports = free_ports(7)
     names = ("kafka_port", "kafka_controller_port", "namenode_rpc_port", "namenode_http_port", "datanode_http_port",
              "datanode_data_port", "datanode_ipc_port")
+    kw.setdefault("spark_aot_cache", False)  # no training run of Spark against these fake services
     return Settings(run_dir=run_dir, bind_host="127.0.0.1", **dict(zip(names, ports)), **kw)
 
 
@@ -106,7 +107,8 @@ def test_start_service_waits_while_another_process_holds_the_lock(run_dir, free_
 
 
 def test_up_holds_the_lock_throughout_and_is_reentrant(run_dir, free_ports, monkeypatch):
-    """up() resolves (also Spark's connector) and starts under the lock; stop_service inside it does not deadlock."""
+    """up() resolves (also Spark's connector), starts and trains Spark's AOT cache under the lock; stop_service
+    inside it does not deadlock."""
     s = _settings(run_dir, free_ports)
     seen: list[tuple[str, bool]] = []
     monkeypatch.setattr(services, "java_binary", lambda _s: "java")
@@ -119,12 +121,15 @@ def test_up_holds_the_lock_throughout_and_is_reentrant(run_dir, free_ports, monk
         return 1, False
 
     monkeypatch.setattr(services, "_start", start)
+    from logpipe.stack import aot
+
+    monkeypatch.setattr(aot, "ensure_aot_cache", lambda *a: seen.append(("aot", _lock_is_held(run_dir))))
     result: list = []
     t = threading.Thread(target=lambda: result.append(services.up(s, progress=lambda m: None)), daemon=True)
     t.start()
     t.join(20)
     assert not t.is_alive(), "up() deadlocked on its own lock"
-    assert [n for n, _ in seen] == ["kafka", "hdfs", "spark-kafka", "format", "kafka", "namenode", "datanode"]
+    assert [n for n, _ in seen] == ["kafka", "hdfs", "spark-kafka", "format", "kafka", "namenode", "datanode", "aot"]
     assert all(held for _, held in seen)
     assert not _lock_is_held(run_dir)  # released at the end
     assert result and [r["service"] for r in result[0]] == ["kafka", "namenode", "datanode"]

@@ -52,6 +52,10 @@ class Layout:
         return self.root / "conf"
 
     @property
+    def aot(self) -> Path:
+        return self.root / "aot"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 
@@ -498,6 +502,9 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
         if not started and conf in changed:  # e.g. a newer logpipe changed a setting of the broker
             log.warning("%s runs with an older configuration than %s now holds: `logpipe stack down` then "
                         "`logpipe stack up` applies it (data kept)", svc.name, lay.conf / conf)
+    from logpipe.stack.aot import ensure_aot_cache  # it reads Layout and spark_java_home from here
+
+    ensure_aot_cache(s, progress)
     return status(s)
 
 

@@ -38,7 +38,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
-from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, setting_differs
+from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
 from logpipe.rules import FAILED_STATUS, AlertRules
 from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
                                       committed_meta, file_tag, marker_path, run_at_once)
@@ -196,40 +196,16 @@ class StreamJob:
         it was deleted and made again). Records the settings and the topic's id on a new root."""
         path = f"{self.root}/{ROOT_SETTINGS_FILE}"
         mine = {k: getattr(self.s, k) for k in ROOT_SETTINGS}
-        theirs: dict = {}
-        if self.fs.exists(path):
-            try:
-                theirs = json.loads(self.fs.read_text(path))
-                if not isinstance(theirs, dict):
-                    raise ValueError(f"a JSON {type(theirs).__name__}, not an object")
-            except ValueError as exc:
-                raise ResultsRootMismatch(f"{path} is not the JSON the job writes ({exc}): it records the settings "
-                                          "the results on this root were made with; restore it or use another "
-                                          "LOGPIPE_HDFS_ROOT") from exc
-
-            # a setting missing was recorded by an earlier version, which kept fewer: taken as it is
-            diff = [f"{k} {theirs[k]!r} there, {mine[k]!r} now" for k in ROOT_SETTINGS
-                    if k in theirs and setting_differs(k, theirs[k], mine[k])]
-            if diff:
-                raise ResultsRootMismatch(
-                    f"{self.root} holds results made with other settings ({'; '.join(diff)}): adding to them would "
-                    "mix the two. Run with the same settings, or give another LOGPIPE_HDFS_ROOT (--hdfs-root); a new "
-                    "root reads the topic again from its start")
+        try:
+            theirs = parse_root_record(path, self.fs.read_text(path)) if self.fs.exists(path) else {}
+        except ValueError as exc:
+            raise ResultsRootMismatch(str(exc)) from exc
         committed = self._committed()
         offsets = f"{self.s.hdfs_uri('_checkpoints', 'ingest')}/offsets"
-        if committed and not self.fs.exists(offsets):
-            raise ResultsRootMismatch(
-                f"{self.root} holds {len(committed)} committed micro-batches, but their Spark checkpoint ({offsets}) "
-                "is gone: the batch ids would start again at 0 and new records be skipped as already committed. "
-                "Give another LOGPIPE_HDFS_ROOT (--hdfs-root), or delete the whole root to start over")
-        was = theirs.get("topic_id")
-        if topic_id and was and was != topic_id and (committed or self.fs.exists(offsets)):
-            raise ResultsRootMismatch(
-                f"the topic {self.s.topic} was deleted and made again since the results under {self.root} were made "
-                f"(its id was {was}, it is {topic_id} now): the job's checkpoint holds offsets of the old topic, "
-                "and the new one's records from offset 0 would be skipped up to them, without a word. Give another "
-                "LOGPIPE_HDFS_ROOT (--hdfs-root) to read the new topic from its start, or delete this root to "
-                "start over")
+        why = claim_refusal(self.root, theirs, mine, committed=len(committed), offsets=offsets,
+                            has_offsets=self.fs.exists(offsets), topic=self.s.topic, topic_id=topic_id)
+        if why:
+            raise ResultsRootMismatch(why)
         record = dict(theirs)
         missing = [k for k in ROOT_SETTINGS if k not in theirs]
         if missing and (not theirs or not committed):  # a new root, or an empty one recorded with fewer settings

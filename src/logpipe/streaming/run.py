@@ -123,6 +123,31 @@ def make_alerts_topic(s: Settings) -> None:
                     "does not exist", s.alerts_topic, exc)
 
 
+def precheck_root(s: Settings, topic_id: str | None) -> None:
+    """Refuse at once, before Spark starts (10-15 s), a results root the job would refuse (StreamJob.claim_root,
+    which checks again under the root's lease): read over WebHDFS."""
+    from logpipe.results import webhdfs_fs
+    from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
+    from logpipe.streaming.job import ResultsRootMismatch
+
+    fs = webhdfs_fs(s)
+    path = s.hdfs_path(*ROOT_SETTINGS_FILE.split("/"))
+    if not fs.exists(path):
+        return  # a new root; one whose record is gone is judged by the job as before
+    try:
+        theirs = parse_root_record(s.hdfs_uri(*ROOT_SETTINGS_FILE.split("/")), fs.cat_file(path).decode())
+    except ValueError as exc:
+        raise ResultsRootMismatch(str(exc)) from exc
+    commits = s.hdfs_path("_commits", "ingest")
+    committed = sum(f.endswith(".json") for f in fs.ls(commits, detail=False)) if fs.exists(commits) else 0
+    why = claim_refusal(s.hdfs_uri(), theirs, {k: getattr(s, k) for k in ROOT_SETTINGS}, committed=committed,
+                        offsets=f"{s.hdfs_uri('_checkpoints', 'ingest')}/offsets",
+                        has_offsets=fs.exists(s.hdfs_path("_checkpoints", "ingest", "offsets")), topic=s.topic,
+                        topic_id=topic_id)
+    if why:
+        raise ResultsRootMismatch(why)
+
+
 def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = None) -> dict[str, Any]:
     """Run the job. until_done: returns the run's metrics when everything in the topic has been processed.
     until_idle_s: process records as they arrive (a producer may still be writing them); once the first records
@@ -148,6 +173,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                      s.kafka_address)
             health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",
                               timeout=float("inf"), hint="", interval=1.0)
+    precheck_root(s, topic_id(s, s.topic))
     make_alerts_topic(s)
     spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
     job = StreamJob(spark, s)

@@ -1,0 +1,84 @@
+"""The AOT cache of Spark's JVM: where it lives, what makes another one, and when a Spark start is given it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def _jdk(root: Path, name: str, version: str) -> Path:
+    home = root / name
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "java").write_text("")
+    (home / "release").write_text(f'JAVA_VERSION="{version}"\nBUILD="{name}"\n')
+    return home
+
+
+def test_one_cache_per_jvm_build_and_options_and_none_before_java_25(tmp_path) -> None:
+    """The cache's name holds a digest of the JVM build and options: another build, heap or collector needs
+    another cache (the JVM refuses one made otherwise); Java 17/21 have no AOT cache, and the setting turns it off."""
+    from logpipe.config import Settings
+    from logpipe.stack.aot import aot_cache_file
+
+    j25 = _jdk(tmp_path, "temurin-25", "25.0.3")
+    s = Settings(run_dir=tmp_path / "run", spark_java_home=str(j25))
+    path = aot_cache_file(s)
+    assert path is not None and path.parent == tmp_path / "run" / "aot" and path.suffix == ".aot"
+    assert aot_cache_file(s) == path  # stable
+    others = {aot_cache_file(s.with_overrides(**change)) for change in (
+        {"spark_driver_java_options": "-XX:+UseG1GC"}, {"spark_driver_memory": "8g"},
+        {"spark_java_home": str(_jdk(tmp_path, "other-25", "25.0.3"))})}
+    assert path not in others and len(others) == 3
+    (j25 / "release").write_text('JAVA_VERSION="25.0.4"\n')  # the same home, updated in place
+    assert aot_cache_file(s) != path
+    assert aot_cache_file(s.with_overrides(spark_aot_cache=False)) is None
+    assert aot_cache_file(s.with_overrides(spark_java_home=str(_jdk(tmp_path, "java-21", "21.0.2")))) is None
+
+
+def test_the_option_is_given_only_when_the_cache_exists(tmp_path) -> None:
+    from logpipe.config import Settings
+    from logpipe.stack.aot import aot_cache_file, aot_java_option
+
+    s = Settings(run_dir=tmp_path / "run", spark_java_home=str(_jdk(tmp_path, "temurin-25", "25.0.3")))
+    assert aot_java_option(s) is None
+    path = aot_cache_file(s)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"cache")
+    assert aot_java_option(s) == f"-XX:AOTCache={path}"
+
+
+def test_a_spark_jvm_started_with_a_cache_made_for_another_build_runs_and_says_so(tmp_path) -> None:
+    """A cache the JVM cannot use (here: not a cache at all) costs nothing but a warning: Spark starts and works.
+    So a stale cache can never stop the job."""
+    from logpipe.config import load_settings
+    from logpipe.stack.aot import aot_cache_file
+
+    s = load_settings(run_dir=tmp_path / "run")
+    path = aot_cache_file(s)  # None where Spark's Java is older than 25: then no option at all
+    if path is not None:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not an AOT cache")
+    code = """
+import logging
+logging.basicConfig(level=logging.INFO)
+from logpipe.config import load_settings
+from logpipe.spark import build_spark
+spark = build_spark(load_settings(), "aot-test", kafka=False)
+print("rows", spark.range(1000).count())
+spark.stop()
+"""
+    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rows 1000" in r.stdout
+    if path is None:
+        assert "AOTCache" not in r.stderr
+    else:
+        assert f"-XX:AOTCache={path}" in r.stderr  # given, ...
+        assert "[aot]" in r.stdout + r.stderr  # ... refused by the JVM with a warning, and Spark ran on

@@ -181,7 +181,7 @@ def test_sigterm_stops_until_done_between_batches_and_the_same_command_goes_on(s
     commits, the job exits 128 + 15 saying how many lines its committed batches hold, and the same command again
     finishes the topic with `verify` exact, no line lost or doubled."""
     log = tmp_path / "access.log"
-    per_batch, lines = 50_000, 400_000
+    per_batch, lines = 25_000, 200_000
     # one partition: every batch then holds exactly per_batch records (Spark splits the cap over the partitions)
     env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch), LOGPIPE_TOPIC_PARTITIONS="1")
     assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "17", "--out", str(log)).returncode == 0

@@ -7,14 +7,11 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -367,37 +364,6 @@ def check_alerts_reach_kafka_as_their_batch_commits(s: Settings) -> None:
             assert ts <= committed_at[b + 1], (f"{alert_id} of batch {b} was sent after batch {b + 1} committed "
                                                f"({ts - committed_at[b]:.1f}s after its own batch)")
     assert later_batches, f"no alert of a batch that a later batch followed: nothing checked {sorted(committed_at)}"
-
-
-@pytest.mark.faults
-def test_kill_9_mid_stream_then_restart_is_exact(job_settings: Settings, tmp_path: Path):
-    from logpipe.results import webhdfs_fs
-
-    lines, rate_host, surge_status = make_lines(40_000, seed=3)
-    sent = Sent(build_records(lines), rate_host, surge_status)
-    send(job_settings, sent.records)
-    log = (tmp_path / "stream.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "stream"], stdout=log, stderr=subprocess.STDOUT,
-                            env=job_env(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="4000"),
-                            start_new_session=True)
-    fs = webhdfs_fs(job_settings)
-    commits = f"{job_settings.hdfs_root}/_commits/ingest"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if fs.exists(commits) and len([f for f in fs.ls(commits, detail=False) if f.endswith(".json")]) >= 3:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the job committed nothing in time"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # python and its JVM: nothing gets to clean up
-        proc.wait()
-        log.close()
-    done = len([f for f in fs.ls(commits, detail=False) if f.endswith(".json")])
-    assert done < len(sent.records) / 4000, "killed too late to test a restart"
-    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="15000")
-    check_results(job_settings, sent, metrics)
 
 
 @pytest.mark.faults

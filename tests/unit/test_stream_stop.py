@@ -269,8 +269,13 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
         release.wait(10)
         order.append("batch commits")
 
+    class StagingFs:
+        def delete(self, path: str) -> None:
+            order.append(f"delete {path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]}")
+
     j._run_batch = slow_batch
-    j._publish_committed_alerts = lambda: None
+    j.fs = StagingFs()
+    j._publish_committed_alerts = lambda: order.append("alerts sent")
     monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: order.append("clean-up") or [])
     callback = threading.Thread(target=j._batch, args=(None, 7))
     callback.start()
@@ -278,14 +283,23 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
     while order != ["batch starts"]:
         assert time.monotonic() < deadline, f"the batch callback did not start: {order}"
         time.sleep(0.01)
-    cleanup = threading.Thread(target=j.recover)
+    failed: list[BaseException] = []
+
+    def recover() -> None:
+        try:
+            j.recover()
+        except BaseException as exc:  # noqa: BLE001 (shown by the assertion below)
+            failed.append(exc)
+
+    cleanup = threading.Thread(target=recover)
     cleanup.start()
     time.sleep(0.3)
     assert order == ["batch starts"]  # the clean-up waits
     release.set()
     callback.join(10)
     cleanup.join(10)
-    assert order == ["batch starts", "batch commits", "clean-up"]
+    assert not failed, failed
+    assert order == ["batch starts", "batch commits", "clean-up", "delete events/_staging", "alerts sent"]
 
 
 def test_a_failed_batch_is_reported_by_its_own_error_not_the_python_proxy_line(local_spark, tmp_path) -> None:

@@ -173,7 +173,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                      s.kafka_address)
             health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",
                               timeout=float("inf"), hint="", interval=1.0)
-    precheck_root(s, topic_id(s, s.topic))
+    topic_now = topic_id(s, s.topic)  # the broker's id of the topic: read once, checked before and under the lease
+    precheck_root(s, topic_now)
     make_alerts_topic(s)
     spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
     job = StreamJob(spark, s)
@@ -181,7 +182,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     try:
         lease.acquire()
         job.lease = lease
-        job.claim_root(topic_id(s, s.topic))
+        job.claim_root(topic_now)
         lease.check()  # a newcomer that took it over meanwhile: stop before recover() cleans its batch in progress
         job.recover()
     except BaseException:

@@ -63,7 +63,10 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"stage {name} failed (exit {code}); log {log_path}:\n{tail}")
     stage = Stage(name, wall, lines)
-    log.info("stage %s: %.1fs, %.0f lines/s", name, wall, stage.lines_per_s)
+    if lines:
+        log.info("stage %s: %.1fs, %.0f lines/s", name, wall, stage.lines_per_s)
+    else:  # generate: its lines are counted after it
+        log.info("stage %s: %.1fs", name, wall)
     return stage
 
 
@@ -188,6 +191,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         lines = count_lines(log_path)
         if t_gen:
             t_gen.lines = lines
+            log.info("stage generate: %s lines, %.0f lines/s", f"{lines:,}", t_gen.lines_per_s)
             stages.append(t_gen)
         avg = max(1, round(log_path.stat().st_size / max(lines, 1)) - 1)
         if reference:

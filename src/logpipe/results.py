@@ -92,6 +92,31 @@ def load_table(s: Settings, table: str, columns: list[str] | None = None, *,
     return pd.DataFrame(columns=columns or COLUMNS.get(table, [])) if t is None else t.to_pandas()
 
 
+def alerts_by_key(alerts: "pd.DataFrame", top: int = 3) -> "pd.DataFrame":
+    """One row per (rule, key) of the alerts table, oldest first: how many windows it fired in, the first window's
+    start and the last window's end, the peak count, and the `top` hosts named most often behind it (a rate-limit
+    alert names its own host; a surge names the hosts behind the failures)."""
+    from collections import Counter
+
+    import pandas as pd
+
+    cols = ["rule", "key", "windows", "first", "last", "peak_count", "top_hosts"]
+    if alerts.empty:
+        return pd.DataFrame(columns=cols)
+
+    def most_named(lists: "pd.Series") -> list[str]:
+        # Counter keeps ties in the order first named (the alerts are sorted by window first)
+        named = Counter(h for hosts in lists if hosts is not None for h in hosts)
+        return [h for h, _ in named.most_common(top)]
+
+    a = alerts.sort_values(["window_start", "rule", "key"], kind="stable").reset_index(drop=True)
+    out = (a.groupby(["rule", "key"], sort=False)
+           .agg(windows=("window_start", "size"), first=("window_start", "min"), last=("window_end", "max"),
+                peak_count=("count", "max"), top_hosts=("top_hosts", most_named))
+           .reset_index())
+    return out.sort_values(["first", "rule", "key"], kind="stable").reset_index(drop=True)[cols]
+
+
 class ResultsSettingsError(RuntimeError):
     """The record of the settings a root's results were made with cannot be read (the message says which)."""
 

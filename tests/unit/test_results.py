@@ -105,3 +105,38 @@ def test_the_recorded_settings_are_settings_and_durations_compare_by_length():
     assert setting_differs("window", "20 seconds", "30 seconds")
     assert setting_differs("watermark", "soon", "30 seconds")
     assert not setting_differs("surge_min_share", 0.25, 0.25) and setting_differs("rate_limit_ceiling", 200, 201)
+
+
+def test_alerts_by_key_gives_one_row_per_rule_and_key_with_its_span_peak_and_most_named_hosts():
+    """The demo's summary lists each (rule, key) once, oldest first, instead of the first alerts by window (which
+    can all be windows of one incident): its window count, span, peak count and the hosts named most often."""
+    import numpy as np
+    import pandas as pd
+
+    from logpipe.results import alerts_by_key
+
+    ts = pd.Timestamp
+    alerts = pd.DataFrame({
+        "rule": ["rate_limit", "failure_surge", "rate_limit", "failure_surge", "rate_limit"],
+        "key": ["10.0.0.1", "404", "10.0.0.1", "404", "10.0.0.9"],
+        "window_start": [ts("2004-01-01 00:00:10"), ts("2004-01-01 00:00:00"), ts("2004-01-01 00:00:20"),
+                         ts("2004-01-01 00:00:10"), ts("2004-01-01 00:05:00")],
+        "window_end": [ts("2004-01-01 00:00:30"), ts("2004-01-01 00:00:20"), ts("2004-01-01 00:00:40"),
+                       ts("2004-01-01 00:00:30"), ts("2004-01-01 00:05:20")],
+        "count": [5, 7, 9, 3, 4],
+        # as read from Parquet: arrays, not lists
+        "top_hosts": [np.array(["10.0.0.1"]), np.array(["a", "b"]), np.array(["10.0.0.1"]), np.array(["b", "c"]),
+                      None],
+    })
+    got = alerts_by_key(alerts)
+    assert got[["rule", "key"]].values.tolist() == [["failure_surge", "404"], ["rate_limit", "10.0.0.1"],
+                                                    ["rate_limit", "10.0.0.9"]]
+    assert got["windows"].tolist() == [2, 2, 1]
+    assert got["first"].tolist() == [ts("2004-01-01 00:00:00"), ts("2004-01-01 00:00:10"), ts("2004-01-01 00:05:00")]
+    assert got["last"].tolist() == [ts("2004-01-01 00:00:30"), ts("2004-01-01 00:00:40"), ts("2004-01-01 00:05:20")]
+    assert got["peak_count"].tolist() == [7, 9, 4]
+    # b is named in both surge windows; a and c once each, a first
+    assert got["top_hosts"].tolist() == [["b", "a", "c"], ["10.0.0.1"], []]
+    assert alerts_by_key(alerts, top=1)["top_hosts"].tolist()[0] == ["b"]
+    assert alerts_by_key(alerts.iloc[:0]).columns.tolist() == ["rule", "key", "windows", "first", "last",
+                                                              "peak_count", "top_hosts"]

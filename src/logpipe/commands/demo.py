@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("logpipe.demo")
 
 DEMO_LOG = PROJECT_ROOT / "data" / "access.log"
+# (rule, key) rows in the summary's alerts table; the rest are counted below it
+SUMMARY_ALERT_KEYS = 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -221,7 +223,7 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
     from rich.console import Console
     from rich.table import Table
 
-    from logpipe.results import load_arrow, load_table
+    from logpipe.results import alerts_by_key, load_arrow, load_table
     from logpipe.stack import services
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -242,13 +244,18 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
             t.add_row(str(host), f"{c:,}")
         console.print(t)
     alerts = load_table(s, "alerts")
-    t = Table(title=f"alerts fired: {len(alerts)}")
-    for col in ("rule", "key", "window_start", "count", "top_hosts"):
-        t.add_column(col)
-    for _, a in alerts.sort_values("window_start").head(15).iterrows() if len(alerts) else []:
-        t.add_row(str(a["rule"]), str(a["key"]), str(a["window_start"]), str(a["count"]),
-                  ", ".join(list(a["top_hosts"])[:3]) if a.get("top_hosts") is not None else "")
+    keys = alerts_by_key(alerts)
+    t = Table(title=f"alerts fired: {len(alerts):,} (rule, key, window), for {len(keys):,} (rule, key)")
+    for col, justify in (("rule", "left"), ("key", "left"), ("windows", "right"), ("first window start", "left"),
+                         ("last window end", "left"), ("peak count", "right"), ("top hosts", "left")):
+        t.add_column(col, justify=justify)
+    for _, k in keys.head(SUMMARY_ALERT_KEYS).iterrows():
+        t.add_row(str(k["rule"]), str(k["key"]), f"{k['windows']:,}", str(k["first"]), str(k["last"]),
+                  f"{int(k['peak_count']):,}", ", ".join(k["top_hosts"]))
     console.print(t)
+    if len(keys) > SUMMARY_ALERT_KEYS:
+        console.print(f"... and {len(keys) - SUMMARY_ALERT_KEYS:,} more (rule, key): all {len(alerts):,} alerts are "
+                      f"in {s.hdfs_root}/alerts and in the notebook")
     console.print("steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total_s:.1f}s")
     for name, url in services.urls(s).items():
         console.print(f"{name}: {url}")

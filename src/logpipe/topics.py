@@ -115,3 +115,28 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 30.0) -> list:
         return records
     finally:
         consumer.close()
+
+
+class TopicEnds:
+    """Reads the end offsets of a topic's partitions (the offset its next record will get), on demand, with one
+    consumer kept open (no group, nothing committed). Close it when done."""
+
+    def __init__(self, s: Settings, topic: str) -> None:
+        from kafka import KafkaConsumer
+
+        self.topic = topic
+        self._consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, enable_auto_commit=False,
+                                       client_id="logpipe-topic-ends", request_timeout_ms=10_000)
+
+    def read(self) -> dict[int, int]:
+        """{partition: end offset}; TopicNotFound if the topic does not exist (yet)."""
+        from kafka import TopicPartition
+
+        parts = self._consumer.partitions_for_topic(self.topic)
+        if not parts:
+            raise TopicNotFound(f"topic {self.topic} does not exist")
+        ends = self._consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(parts)])
+        return {tp.partition: int(off) for tp, off in ends.items()}
+
+    def close(self) -> None:
+        self._consumer.close()

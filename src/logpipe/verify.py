@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from logpipe.config import Settings
-from logpipe.logformat import try_parse_line
+from logpipe.logformat import MIN_TIME, try_parse_line
 from logpipe.results import committed_files
 from logpipe.rules import FAILED_STATUS
 from logpipe.windows import duration_seconds, window_starts_array
@@ -238,14 +239,68 @@ class _WindowCounter:
         return KeyedCounts(self.key, ws, code, counts.astype(np.int64), list(self.codes))
 
 
+# a log at least this large is counted by several processes (count_log), each over its own range of lines
+PARALLEL_MIN_BYTES = 64 * 1000 * 1000
+
+
 def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
-              max_line_bytes: int | None = None) -> BatchCounts:
+              max_line_bytes: int | None = None, workers: int | None = None) -> BatchCounts:
     """Parse every line with the reference parser and count per (window, host) and (window, status). A line over
     `max_line_bytes` (without its newline) is quarantined as too_large, as the producer sends it (and so is a line
-    that looks like the producer's stand-in for one, as the job takes it)."""
+    that looks like the producer's stand-in for one, as the job takes it). `workers`: processes that each count
+    one range of the file's lines (default: one per CPU this process may use, for a log of PARALLEL_MIN_BYTES or
+    more; 1 counts in this process); their counts are summed, so the result is the same for any number."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if path.stat().st_size >= PARALLEL_MIN_BYTES else 1
+    ranges = line_ranges(path, workers) if workers > 1 else [(0, None)]
+    if len(ranges) == 1:
+        return _count_range(path, 0, None, size_s, slide_s, max_line_bytes, progress=progress)
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    ctx = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (a Spark gateway, Arrow)
+    read = ctx.Value("q", 0)
+    with ProcessPoolExecutor(len(ranges), mp_context=ctx, initializer=_share_lines_read, initargs=(read,)) as pool:
+        futures = [pool.submit(_count_range, path, a, b, size_s, slide_s, max_line_bytes) for a, b in ranges]
+        while True:
+            done, pending = wait(futures, timeout=6.0, return_when=FIRST_EXCEPTION)
+            if not pending or any(f.exception() for f in done):
+                break
+            if progress and read.value:
+                log.info("verify: %s lines read (%d processes)", f"{read.value:,}", len(ranges))
+        parts = [f.result() for f in futures]  # raises a worker's error
+    return merge_batch_counts(parts, int(MIN_TIME.timestamp()) - size_s)
+
+
+def line_ranges(path: Path, n: int) -> list[tuple[int, int | None]]:
+    """`path` cut into up to `n` byte ranges of about equal size, each [start, end) starting at the beginning of a
+    line (the last one's end None: to the end of the file). Empty ranges are left out."""
+    size = path.stat().st_size
+    cuts = [0]
+    with path.open("rb") as f:
+        for k in range(1, n):
+            f.seek(max(k * size // n - 1, cuts[-1]))
+            f.readline()  # to the start of the next line (a cut at a line start reads that line's previous byte)
+            cuts.append(min(f.tell(), size))
+    cuts.append(size)
+    spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [(a, b if i < len(spans) - 1 else None) for i, (a, b) in enumerate(spans)] or [(0, None)]
+
+
+_lines_read: Any = None  # in a count_log worker: the shared count of lines read, for the progress log
+
+
+def _share_lines_read(counter: Any) -> None:
+    global _lines_read
+    _lines_read = counter
+
+
+def _count_range(path: Path, start: int, end: int | None, size_s: int, slide_s: int, max_line_bytes: int | None,
+                 *, progress: bool = False) -> BatchCounts:
+    """count_log over the lines that start in [start, end) of `path` (end None: to the end of the file)."""
     import re
 
-    from logpipe.logformat import MIN_TIME, TOO_LARGE
+    from logpipe.logformat import TOO_LARGE
     from logpipe.record import TOO_LARGE_PATTERN, too_large_value
 
     stand_in = re.compile(TOO_LARGE_PATTERN.encode())
@@ -257,17 +312,23 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
     # per chunk: the parsed lines' fields, their host and status codes; the quarantined lines' record values
     chunk: dict[str, list] = {}
     quarantined: dict[str, list] = {"raw_bytes": [], "reason": []}
+    counted = 0  # lines already added to the shared count
 
     def new_chunk() -> None:
         chunk.update({name: [] for name in (*PARSED_FIELDS, "host_code", "status_code")})
 
     def flush() -> None:
+        nonlocal counted
         if chunk["timestamp"]:
             starts = window_starts_array(np.asarray(chunk["timestamp"], dtype=np.int64), size_s, slide_s)
             hosts.add(starts, np.asarray(chunk["host_code"], dtype=np.int64))
             statuses.add(starts, np.asarray(chunk["status_code"], dtype=np.int64))
             out.parsed_fingerprint = (out.parsed_fingerprint + row_fingerprint(chunk, PARSED_FIELDS)) % _MOD
         new_chunk()
+        if _lines_read is not None:
+            with _lines_read.get_lock():
+                _lines_read.value += out.lines - counted
+            counted = out.lines
 
     def quarantine(value: bytes, reason: str) -> None:
         out.quarantined_by_reason[reason] = out.quarantined_by_reason.get(reason, 0) + 1
@@ -280,7 +341,12 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
 
     new_chunk()
     with path.open("rb") as f:
+        f.seek(start)
+        pos = start
         for raw in f:
+            if end is not None and pos >= end:
+                break
+            pos += len(raw)
             out.lines += 1
             value = raw[:-1] if raw.endswith(b"\n") else raw  # the record value the producer sends
             if max_line_bytes is not None and len(value) > max_line_bytes:
@@ -308,6 +374,41 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
     flush()
     out.quarantine_fingerprint = (out.quarantine_fingerprint + row_fingerprint(quarantined, QUARANTINE_FIELDS)) % _MOD
     out.host, out.status = hosts.result(), statuses.result()
+    return out
+
+
+def merge_keyed_counts(parts: list[KeyedCounts], base: int) -> KeyedCounts:
+    """The sum of counts of the same key (host or status) coded against their own labels: one KeyedCounts whose
+    labels are the parts' in order of first appearance (as counting the parts' lines in order would give them),
+    its rows in (window_start, code) order. `base`: at most every window start (for packing)."""
+    labels: dict[Any, int] = {}
+    packed, counts = [], []
+    for p in parts:
+        remap = np.fromiter((labels.setdefault(v, len(labels)) for v in p.labels), dtype=np.int64,
+                            count=len(p.labels))
+        packed.append(_pack(p.window_start, remap[p.code], base))
+        counts.append(p.count)
+    keys = np.concatenate(packed) if packed else np.zeros(0, np.uint64)
+    order = np.argsort(keys, kind="stable")
+    keys, count = keys[order], np.concatenate(counts)[order] if counts else np.zeros(0, np.int64)
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+    total = np.add.reduceat(count, first) if len(keys) else np.zeros(0, np.int64)
+    ws, code = _unpack(keys[first], base)
+    return KeyedCounts(parts[0].key, ws, code, total.astype(np.int64), list(labels))
+
+
+def merge_batch_counts(parts: list[BatchCounts], base: int) -> BatchCounts:
+    """The counts of consecutive ranges of one log (in order) as one: count_log over the whole log."""
+    out = BatchCounts()
+    for p in parts:
+        out.lines += p.lines
+        out.parsed += p.parsed
+        for reason, n in p.quarantined_by_reason.items():
+            out.quarantined_by_reason[reason] = out.quarantined_by_reason.get(reason, 0) + n
+        out.parsed_fingerprint = (out.parsed_fingerprint + p.parsed_fingerprint) % _MOD
+        out.quarantine_fingerprint = (out.quarantine_fingerprint + p.quarantine_fingerprint) % _MOD
+    out.host = merge_keyed_counts([p.host for p in parts], base)
+    out.status = merge_keyed_counts([p.status for p in parts], base)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -397,3 +398,73 @@ def test_a_new_query_does_not_inherit_the_batch_error_of_an_earlier_one() -> Non
     j._kafka_stream = Chain
     j.ingest_query(available_now=True)
     assert j.batch_error is None
+
+
+def _progress(topic: str, end: int) -> dict:
+    return {"sources": [{"endOffset": json.dumps({topic: {"0": end}})}]}
+
+
+def test_idle_time_counts_from_the_last_record_once_the_job_has_read_it() -> None:
+    """With the topic's end offsets polled, a job that was busy with a backlog long after the producer's last
+    record ends as soon as it has read that record; one that has not read up to the end, or whose read of the
+    ends failed, waits the idle time from its own last batch, as without them."""
+    from types import SimpleNamespace
+
+    clock = [1000.0]
+    ends = {"now": {0: 500}}
+
+    def read() -> dict[int, int]:
+        if ends["now"] is None:
+            raise ConnectionError("broker down")
+        return dict(ends["now"])
+
+    quiet = run.TopicQuiet("t", read, every_s=0.0, clock=lambda: clock[0])
+    quiet.poll()
+    assert quiet.ends == {0: 500} and quiet.moved_at == 1000.0
+    clock[0] = 1100.0
+    quiet.poll()
+    assert quiet.moved_at == 1000.0  # no new record: still the first sighting
+    job = SimpleNamespace(stats=SimpleNamespace(rows={"ingest": 500}))
+    caught_up = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False},
+                                lastProgress=_progress("t", 500))
+    quiet._clock = time.monotonic  # the wait's own clock: the last record came long before it started
+    quiet.moved_at = time.monotonic() - 120
+    t = time.monotonic()
+    assert run._wait_until_idle(caught_up, job, 30, threading.Event(), topic=quiet) is True
+    assert time.monotonic() - t < 5  # not the 30 s idle time
+
+    behind = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False},
+                             lastProgress=_progress("t", 400))
+    assert run.processed_ends(behind, "t") == {0: 400} and quiet.quiet_since(behind) is None
+    t = time.monotonic()
+    assert run._wait_until_idle(behind, job, 0.5, threading.Event(), topic=quiet) is True
+    assert time.monotonic() - t >= 0.5  # its own idle time
+
+    ends["now"] = {0: 600}  # a record came just now: read, so not idle
+    quiet.every_s = 0.0
+    quiet.poll()
+    assert quiet.quiet_since(caught_up) is None
+    ends["now"] = None  # the ends unknown: no shortcut
+    quiet.poll()
+    assert quiet.ends is None and quiet.quiet_since(caught_up) is None
+    assert run.processed_ends(SimpleNamespace(lastProgress=None), "t") is None
+    assert run.processed_ends(SimpleNamespace(lastProgress={"sources": []}), "t") is None
+
+
+def test_idle_shortcut_reads_the_ends_again_before_it_ends() -> None:
+    """A record that came since the last poll (every second) keeps the job going: before ending on the topic's
+    quiet, it reads the ends once more."""
+    from types import SimpleNamespace
+
+    reads = iter([{0: 500}, {0: 501}, {0: 501}])
+    quiet = run.TopicQuiet("t", lambda: next(reads), every_s=3600)
+    quiet.poll()
+    quiet.moved_at = time.monotonic() - 120
+    job = SimpleNamespace(stats=SimpleNamespace(rows={"ingest": 500}))
+    query = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False},
+                            lastProgress=_progress("t", 500))
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    t = time.monotonic()
+    assert run._wait_until_idle(query, job, 30, stop, topic=quiet) is False  # the record at 500 is not read
+    assert time.monotonic() - t >= 0.9 and quiet.ends == {0: 501}

@@ -88,6 +88,53 @@ def test_count_log_quarantines_lines_over_the_kafka_limit_as_the_producer_does(t
     assert count_log(log, 20, 10, max_line_bytes=100).quarantined_by_reason == {"too_large": 1, "malformed": 1}
 
 
+def _same_counts(a: BatchCounts, b: BatchCounts) -> None:
+    import numpy as np
+
+    assert (a.lines, a.parsed, a.quarantined_by_reason) == (b.lines, b.parsed, b.quarantined_by_reason)
+    assert list(a.quarantined_by_reason) == list(b.quarantined_by_reason)  # first-seen order too
+    assert (a.parsed_fingerprint, a.quarantine_fingerprint) == (b.parsed_fingerprint, b.quarantine_fingerprint)
+    for x, y in ((a.host, b.host), (a.status, b.status)):
+        assert x.labels == y.labels
+        for col in ("window_start", "code", "count"):
+            assert np.array_equal(getattr(x, col), getattr(y, col)), col
+
+
+def test_count_log_in_several_processes_counts_as_one(tmp_path):
+    """The log cut into line ranges, counted by worker processes and summed, gives exactly the counts, labels,
+    accounting and fingerprints of one pass; windows that span a cut are summed, not split or doubled."""
+    from logpipe.generator import generate
+
+    log = tmp_path / "g.log"
+    generate(log, lines=6_000, seed=3, malformed_share=0.02)
+    with log.open("ab") as f:  # a too-large line, a CRLF line, and a last line without its newline
+        f.write(b'9.9.9.9 - - [2004-05-18 00:00:05] "GET /' + b"a" * 300 + b' HTTP/1.1" 200 1\n')
+        f.write(b'8.8.8.8 - - [2004-05-18 00:00:05] "GET / HTTP/1.1" 404 7\r\n')
+        f.write(b'7.7.7.7 - - [2004-05-18 00:00:06] "GET / HTTP/1.1" 500 7')
+    one = count_log(log, 20, 10, max_line_bytes=200, workers=1)
+    assert one.lines == 6_003 and one.quarantined_by_reason.get("too_large") == 1
+    for workers in (2, 3):
+        _same_counts(count_log(log, 20, 10, max_line_bytes=200, workers=workers), one)
+
+
+@pytest.mark.parametrize("content", [b"", b"one line, no newline", b"a\n", b"a\nb\n", b"a\n\n\nb", b"x" * 50 + b"\ny\n"])
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_line_ranges_cut_at_line_starts_and_cover_the_file(tmp_path, content, n):
+    from logpipe.verify import line_ranges
+
+    log = tmp_path / "r.log"
+    log.write_bytes(content)
+    ranges = line_ranges(log, n)
+    assert 1 <= len(ranges) <= max(n, 1) and ranges[0][0] == 0 and ranges[-1][1] is None
+    ends = [b for _, b in ranges[:-1]] + [len(content)]
+    assert [a for a, _ in ranges[1:]] == ends[:-1]  # consecutive
+    assert all(a == 0 or content[a - 1:a] == b"\n" for a, _ in ranges)  # each starts a line
+    pieces = [content[a:b] for (a, _), b in zip(ranges, ends)]
+    assert b"".join(pieces) == content
+    assert sum(p.count(b"\n") + (not p.endswith(b"\n") and p != b"") for p in pieces) == \
+        content.count(b"\n") + (not content.endswith(b"\n") and content != b"")
+
+
 def test_too_large_counts_that_differ_point_at_the_producers_limit():
     """The producer's --max-message-bytes decides which lines are too_large records, and nothing records it where
     verify reads: when the file's and the job's too_large counts differ, the report says which setting to give."""

@@ -9,7 +9,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +156,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF, StreamJob
     from logpipe.streaming.lease import RootLease
-    from logpipe.topics import topic_id
+    from logpipe.topics import TopicEnds, topic_id
 
     health.wait_for_kafka(s.kafka_address, s.connect_timeout_s)
     health.wait_for_hdfs(s.webhdfs_address, s.connect_timeout_s)
@@ -197,7 +197,13 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             follow = job.ingest_query(available_now=False)
             log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic,
                      until_idle_s)
-            if not _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history()):
+            ends = TopicEnds(s, s.topic)
+            try:
+                idle = _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history(),
+                                        topic=TopicQuiet(s.topic, ends.read))
+            finally:
+                ends.close()
+            if not idle:
                 _stop_before_the_end(follow, job, s, stop, may_end=False)
             with _quiet_interrupted_callbacks():
                 ended = _stop_between_batches(follow, s.stop_grace_s)
@@ -281,13 +287,63 @@ def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
                          f"({s.trigger_interval}): between two triggers the job does not look for new records")
 
 
+class TopicQuiet:
+    """When the input topic's end offsets last moved: `read_ends` ({partition: end offset}) polled at most every
+    `every_s` seconds. `moved_at` is when a poll first saw the ends as they are (within a poll of the last record's
+    arrival), or the first poll; `ends` is None while they are unknown (not read yet, or the last read failed)."""
+
+    def __init__(self, topic: str, read_ends: Callable[[], dict[int, int]], every_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.topic, self._read, self.every_s, self._clock = topic, read_ends, every_s, clock
+        self.ends: dict[int, int] | None = None
+        self.moved_at: float | None = None
+        self._polled_at: float | None = None
+
+    def poll(self, *, now: bool = False) -> None:
+        """Read the ends if the last read is `every_s` old (`now`: in any case)."""
+        t = self._clock()
+        if not now and self._polled_at is not None and t - self._polled_at < self.every_s:
+            return
+        self._polled_at = t
+        try:
+            ends = self._read()
+        except Exception as exc:  # noqa: BLE001 (unknown ends only make the idle wait the job's own, as before)
+            log.debug("could not read the end offsets of %s: %s", self.topic, exc)
+            self.ends, self.moved_at = None, None
+            return
+        if ends != self.ends:
+            self.ends, self.moved_at = ends, t
+
+    def quiet_since(self, q: StreamingQuery) -> float | None:
+        """Since when no record came that `q` has not processed: `moved_at` if `q`'s last micro-batch read up to
+        the topic's present ends, else None."""
+        if self.ends is None or self.moved_at is None:
+            return None
+        return self.moved_at if processed_ends(q, self.topic) == self.ends else None
+
+
+def processed_ends(q: StreamingQuery, topic: str) -> dict[int, int] | None:
+    """The offsets up to which `q`'s last reported micro-batch read `topic` ({partition: offset}), or None."""
+    try:
+        progress = q.lastProgress
+        if progress is None:
+            return None
+        end = progress["sources"][0]["endOffset"]
+        end = json.loads(end) if isinstance(end, str) else end
+        return {int(p): int(o) for p, o in end[topic].items()}
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def _wait_until_idle(q: StreamingQuery, job: StreamJob, idle_s: float, stop: threading.Event | None = None, *,
-                     processed_before: bool = False) -> bool:
+                     processed_before: bool = False, topic: TopicQuiet | None = None) -> bool:
     """Return True once `q` has processed records (or earlier runs did: `processed_before`, so a run restarted
     after its input was all processed ends too) and then, for idle_s seconds, found no new ones and finished no
     batch; False as soon as `stop` is set. Raises if the query fails meanwhile. (While idle, the query keeps asking
     Kafka for new offsets, so `isTriggerActive` flickers; `isDataAvailable` stays true during a batch with records
-    and false between.)"""
+    and false between.) With `topic` (the input's end offsets, polled), the idle time counts from the last
+    record's arrival once `q` has read up to it: after a backlog, the job does not wait idle_s more for records that
+    stopped coming long ago."""
     idle_since: float | None = None
     rows_seen = 0
     while True:
@@ -296,6 +352,8 @@ def _wait_until_idle(q: StreamingQuery, job: StreamJob, idle_s: float, stop: thr
         if not q.isActive:
             _raise_if_failed(q, job)
             raise RuntimeError(f"streaming query {q.name} stopped before the input went idle")
+        if topic is not None:
+            topic.poll()
         rows, now = job.stats.rows.get(q.name, 0), time.monotonic()
         # after a restart with nothing new, the idle time counts from the query's first look at the topic (not
         # while it is still initializing)
@@ -303,10 +361,17 @@ def _wait_until_idle(q: StreamingQuery, job: StreamJob, idle_s: float, stop: thr
                                        or "Waiting for data" in str(q.status.get("message", "")))
         if q.status.get("isDataAvailable") or not (rows or looked) or rows != rows_seen:
             idle_since, rows_seen = None, rows
-        elif idle_since is None:
-            idle_since = now
-        elif now - idle_since >= idle_s:
-            return True
+        else:
+            if idle_since is None:
+                idle_since = now
+            if now - idle_since >= idle_s:
+                return True
+            quiet = topic.quiet_since(q) if topic is not None else None
+            if quiet is not None and now - quiet >= idle_s:
+                topic.poll(now=True)  # the ends as they are now, not as of the last poll
+                quiet = topic.quiet_since(q)
+                if quiet is not None and now - quiet >= idle_s:
+                    return True
         time.sleep(0.1)
 
 

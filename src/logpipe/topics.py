@@ -119,24 +119,29 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 30.0) -> list:
 
 class TopicEnds:
     """Reads the end offsets of a topic's partitions (the offset its next record will get), on demand, with one
-    consumer kept open (no group, nothing committed). Close it when done."""
+    consumer (no group, nothing committed) made on the first read, in the caller's thread. The offsets request
+    waits `timeout_s` at most (a metadata fetch for a topic the consumer has not seen yet has no time limit of its
+    own: call it where a hang does no harm, as logpipe.streaming.run.TopicQuiet's thread). Close it when done."""
 
-    def __init__(self, s: Settings, topic: str) -> None:
-        from kafka import KafkaConsumer
-
-        self.topic = topic
-        self._consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, enable_auto_commit=False,
-                                       client_id="logpipe-topic-ends", request_timeout_ms=10_000)
+    def __init__(self, s: Settings, topic: str, timeout_s: float = 5.0) -> None:
+        self.s, self.topic, self.timeout_s = s, topic, timeout_s
+        self._consumer = None
 
     def read(self) -> dict[int, int]:
-        """{partition: end offset}; TopicNotFound if the topic does not exist (yet)."""
-        from kafka import TopicPartition
+        """{partition: end offset}; TopicNotFound if the topic does not exist; a KafkaError (a timeout among
+        them) if the broker does not answer in time."""
+        from kafka import KafkaConsumer, TopicPartition
 
+        ms = int(self.timeout_s * 1000)
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(bootstrap_servers=self.s.kafka_address, enable_auto_commit=False,
+                                           client_id="logpipe-topic-ends", request_timeout_ms=ms + 1000)
         parts = self._consumer.partitions_for_topic(self.topic)
         if not parts:
             raise TopicNotFound(f"topic {self.topic} does not exist")
-        ends = self._consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(parts)])
+        ends = self._consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(parts)], timeout_ms=ms)
         return {tp.partition: int(off) for tp, off in ends.items()}
 
     def close(self) -> None:
-        self._consumer.close()
+        if self._consumer is not None:
+            self._consumer.close()

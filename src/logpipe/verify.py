@@ -239,8 +239,16 @@ class _WindowCounter:
         return KeyedCounts(self.key, ws, code, counts.astype(np.int64), list(self.codes))
 
 
-# a log at least this large is counted by several processes (count_log), each over its own range of lines
+# a log at least this large is counted by several processes (count_log), each over its own range of lines, at
+# most MAX_WORKERS (each loads numpy and pandas, some 100 MB; the ranges' counts take the same memory in all)
 PARALLEL_MIN_BYTES = 64 * 1000 * 1000
+MAX_WORKERS = 8
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it), at most MAX_WORKERS."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n, MAX_WORKERS))
 
 
 def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
@@ -251,7 +259,7 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
     one range of the file's lines (default: one per CPU this process may use, for a log of PARALLEL_MIN_BYTES or
     more; 1 counts in this process); their counts are summed, so the result is the same for any number."""
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if path.stat().st_size >= PARALLEL_MIN_BYTES else 1
+        workers = usable_cpus() if path.is_file() and path.stat().st_size >= PARALLEL_MIN_BYTES else 1
     ranges = line_ranges(path, workers) if workers > 1 else [(0, None)]
     if len(ranges) == 1:
         return _count_range(path, 0, None, size_s, slide_s, max_line_bytes, progress=progress)
@@ -341,7 +349,8 @@ def _count_range(path: Path, start: int, end: int | None, size_s: int, slide_s: 
 
     new_chunk()
     with path.open("rb") as f:
-        f.seek(start)
+        if start:  # 0: the whole file, which may be a pipe (`--log <(zcat access.log.gz)`)
+            f.seek(start)
         pos = start
         for raw in f:
             if end is not None and pos >= end:

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -404,67 +405,100 @@ def _progress(topic: str, end: int) -> dict:
     return {"sources": [{"endOffset": json.dumps({topic: {"0": end}})}]}
 
 
-def test_idle_time_counts_from_the_last_record_once_the_job_has_read_it() -> None:
-    """With the topic's end offsets polled, a job that was busy with a backlog long after the producer's last
-    record ends as soon as it has read that record; one that has not read up to the end, or whose read of the
-    ends failed, waits the idle time from its own last batch, as without them."""
+def _query(end: int):
     from types import SimpleNamespace
 
+    return SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False},
+                           lastProgress=_progress("t", end))
+
+
+def _stop_after(seconds: float) -> threading.Event:
+    stop = threading.Event()
+    threading.Timer(seconds, stop.set).start()
+    return stop
+
+
+def test_topic_quiet_follows_the_topic_ends() -> None:
+    """moved_at is when the ends were first seen as they are; a failed read makes them unknown."""
     clock = [1000.0]
-    ends = {"now": {0: 500}}
+    ends: dict = {"now": {0: 500}}
 
     def read() -> dict[int, int]:
         if ends["now"] is None:
             raise ConnectionError("broker down")
         return dict(ends["now"])
 
-    quiet = run.TopicQuiet("t", read, every_s=0.0, clock=lambda: clock[0])
-    quiet.poll()
+    quiet = run.TopicQuiet("t", read, clock=lambda: clock[0])
+    quiet.read_once()
     assert quiet.ends == {0: 500} and quiet.moved_at == 1000.0
     clock[0] = 1100.0
-    quiet.poll()
+    quiet.read_once()
     assert quiet.moved_at == 1000.0  # no new record: still the first sighting
-    job = SimpleNamespace(stats=SimpleNamespace(rows={"ingest": 500}))
-    caught_up = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False},
-                                lastProgress=_progress("t", 500))
-    quiet._clock = time.monotonic  # the wait's own clock: the last record came long before it started
-    quiet.moved_at = time.monotonic() - 120
-    t = time.monotonic()
-    assert run._wait_until_idle(caught_up, job, 30, threading.Event(), topic=quiet) is True
-    assert time.monotonic() - t < 5  # not the 30 s idle time
-
-    behind = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False},
-                             lastProgress=_progress("t", 400))
-    assert run.processed_ends(behind, "t") == {0: 400} and quiet.quiet_since(behind) is None
-    t = time.monotonic()
-    assert run._wait_until_idle(behind, job, 0.5, threading.Event(), topic=quiet) is True
-    assert time.monotonic() - t >= 0.5  # its own idle time
-
-    ends["now"] = {0: 600}  # a record came just now: read, so not idle
-    quiet.every_s = 0.0
-    quiet.poll()
-    assert quiet.quiet_since(caught_up) is None
-    ends["now"] = None  # the ends unknown: no shortcut
-    quiet.poll()
-    assert quiet.ends is None and quiet.quiet_since(caught_up) is None
+    assert quiet.quiet_since(_query(500)) == 1000.0 and quiet.quiet_since(_query(400)) is None
+    ends["now"] = {0: 600}
+    quiet.read_once()
+    assert quiet.moved_at == 1100.0 and quiet.quiet_since(_query(500)) is None
+    ends["now"] = None
+    quiet.read_once()
+    assert quiet.ends is None and quiet.quiet_since(_query(600)) is None
+    assert run.processed_ends(_query(7), "t") == {0: 7}
     assert run.processed_ends(SimpleNamespace(lastProgress=None), "t") is None
     assert run.processed_ends(SimpleNamespace(lastProgress={"sources": []}), "t") is None
+    assert run.processed_ends(SimpleNamespace(lastProgress={"sources": [{"endOffset": {"t": {"0": 3}}}]}),
+                              "t") == {0: 3}
+    assert not quiet.read_again(timeout=0.2)  # no thread: no read comes
 
 
-def test_idle_shortcut_reads_the_ends_again_before_it_ends() -> None:
-    """A record that came since the last poll (every second) keeps the job going: before ending on the topic's
-    quiet, it reads the ends once more."""
-    from types import SimpleNamespace
-
-    reads = iter([{0: 500}, {0: 501}, {0: 501}])
-    quiet = run.TopicQuiet("t", lambda: next(reads), every_s=3600)
-    quiet.poll()
-    quiet.moved_at = time.monotonic() - 120
+def test_idle_time_counts_from_the_last_record_once_the_job_has_read_it() -> None:
+    """With the topic's end offsets read in the background, a job that was busy with a backlog long after the
+    producer's last record ends as soon as it has read that record. One that has read up to the ends but whose
+    last record came less than the idle time ago, or one that has not read up to the ends, waits; the latter ends
+    after the idle time from its own last batch, as without them."""
     job = SimpleNamespace(stats=SimpleNamespace(rows={"ingest": 500}))
-    query = SimpleNamespace(isActive=True, name="ingest", status={"isDataAvailable": False},
-                            lastProgress=_progress("t", 500))
-    stop = threading.Event()
-    threading.Timer(1.0, stop.set).start()
-    t = time.monotonic()
-    assert run._wait_until_idle(query, job, 30, stop, topic=quiet) is False  # the record at 500 is not read
-    assert time.monotonic() - t >= 0.9 and quiet.ends == {0: 501}
+    quiet = run.TopicQuiet("t", lambda: {0: 500}, every_s=0.05).start()
+    try:
+        assert quiet.read_again(timeout=5)
+        quiet.moved_at = time.monotonic() - 120  # the last record came two minutes ago
+        t = time.monotonic()
+        assert run._wait_until_idle(_query(500), job, 30, threading.Event(), topic=quiet) is True
+        assert time.monotonic() - t < 5  # not the 30 s idle time
+
+        quiet.moved_at = time.monotonic() - 1  # it came a second ago: not idle for 30 s yet
+        assert run._wait_until_idle(_query(500), job, 30, _stop_after(1.5), topic=quiet) is False
+
+        t = time.monotonic()
+        assert run._wait_until_idle(_query(400), job, 0.5, threading.Event(), topic=quiet) is True
+        assert time.monotonic() - t >= 0.5  # not read up to the end: its own idle time
+    finally:
+        assert quiet.stop()
+
+
+def test_idle_shortcut_needs_a_fresh_read_of_the_ends() -> None:
+    """Before ending on the topic's quiet, the job waits for a read that begins after its decision: a record
+    that came since the last read keeps it going, and so does a read that does not come (a hung broker)."""
+    job = SimpleNamespace(stats=SimpleNamespace(rows={"ingest": 500}))
+    reads = {"n": 0}
+
+    def read() -> dict[int, int]:
+        reads["n"] += 1
+        return {0: 500} if reads["n"] == 1 else {0: 501}  # a record came after the first read
+
+    quiet = run.TopicQuiet("t", read, every_s=3600).start()  # one read, then none for an hour
+    try:
+        deadline = time.monotonic() + 5
+        while quiet.ends is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        quiet.moved_at = time.monotonic() - 120
+        t = time.monotonic()
+        assert run._wait_until_idle(_query(500), job, 30, _stop_after(4.0), topic=quiet) is False
+        assert time.monotonic() - t >= 3.9 and reads["n"] == 1  # it waited for a read that did not come
+    finally:
+        quiet.stop(timeout=0.5)
+    quiet = run.TopicQuiet("t", read, every_s=0.05).start()  # reads go on: the next sees offset 501
+    try:
+        assert quiet.read_again(timeout=5)
+        quiet.moved_at = time.monotonic() - 120
+        assert run._wait_until_idle(_query(500), job, 30, _stop_after(1.0), topic=quiet) is False
+        assert quiet.ends == {0: 501}
+    finally:
+        assert quiet.stop()

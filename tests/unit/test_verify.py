@@ -117,6 +117,23 @@ def test_count_log_in_several_processes_counts_as_one(tmp_path):
         _same_counts(count_log(log, 20, 10, max_line_bytes=200, workers=workers), one)
 
 
+def test_count_log_reads_a_pipe(tmp_path):
+    """`verify --log <(zcat access.log.gz)`: a log that cannot seek is counted in one pass."""
+    import os
+    import threading
+
+    log = tmp_path / "a.log"
+    log.write_bytes(b'1.1.1.1 - - [2004-05-18 00:00:05] "GET / HTTP/1.1" 200 1\ngarbage\n')
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(log.read_bytes()))
+    writer.start()
+    try:
+        _same_counts(count_log(fifo, 20, 10), count_log(log, 20, 10))
+    finally:
+        writer.join(5)
+
+
 @pytest.mark.parametrize("content", [b"", b"one line, no newline", b"a\n", b"a\nb\n", b"a\n\n\nb", b"x" * 50 + b"\ny\n"])
 @pytest.mark.parametrize("n", [1, 2, 3, 8])
 def test_line_ranges_cut_at_line_starts_and_cover_the_file(tmp_path, content, n):

@@ -197,12 +197,14 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             follow = job.ingest_query(available_now=False)
             log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic,
                      until_idle_s)
-            ends = TopicEnds(s, s.topic)
+            ends = TopicEnds(s, s.topic)  # connects on its first read, in the reading thread
+            quiet = TopicQuiet(s.topic, ends.read).start()
             try:
                 idle = _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history(),
-                                        topic=TopicQuiet(s.topic, ends.read))
+                                        topic=quiet)
             finally:
-                ends.close()
+                if quiet.stop():
+                    ends.close()
             if not idle:
                 _stop_before_the_end(follow, job, s, stop, may_end=False)
             with _quiet_interrupted_callbacks():
@@ -288,38 +290,73 @@ def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
 
 
 class TopicQuiet:
-    """When the input topic's end offsets last moved: `read_ends` ({partition: end offset}) polled at most every
-    `every_s` seconds. `moved_at` is when a poll first saw the ends as they are (within a poll of the last record's
-    arrival), or the first poll; `ends` is None while they are unknown (not read yet, or the last read failed)."""
+    """When the input topic's end offsets last moved, as read by a daemon thread every `every_s` seconds
+    (`read_ends`: {partition: end offset}; the thread is the only caller, so a slow or hung read never holds up
+    the job's wait for idleness, its stop or its failure). `moved_at` is when a read first saw the ends as they
+    are (within a read of the last record's arrival), or the first read; `ends` is None while they are unknown
+    (not read yet, or the last read failed). `read_once` is one read, for a caller without the thread."""
 
     def __init__(self, topic: str, read_ends: Callable[[], dict[int, int]], every_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.topic, self._read, self.every_s, self._clock = topic, read_ends, every_s, clock
         self.ends: dict[int, int] | None = None
         self.moved_at: float | None = None
-        self._polled_at: float | None = None
+        self._started = self._done = 0  # reads begun, reads finished
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def poll(self, *, now: bool = False) -> None:
-        """Read the ends if the last read is `every_s` old (`now`: in any case)."""
+    def read_once(self) -> None:
+        with self._changed:
+            self._started += 1
         t = self._clock()
-        if not now and self._polled_at is not None and t - self._polled_at < self.every_s:
-            return
-        self._polled_at = t
         try:
-            ends = self._read()
+            ends: dict[int, int] | None = self._read()
         except Exception as exc:  # noqa: BLE001 (unknown ends only make the idle wait the job's own, as before)
             log.debug("could not read the end offsets of %s: %s", self.topic, exc)
-            self.ends, self.moved_at = None, None
-            return
-        if ends != self.ends:
-            self.ends, self.moved_at = ends, t
+            ends = None
+        with self._changed:
+            if ends is None:
+                self.ends, self.moved_at = None, None
+            elif ends != self.ends:
+                self.ends, self.moved_at = ends, t
+            self._done += 1
+            self._changed.notify_all()
+
+    def start(self) -> "TopicQuiet":
+        def run() -> None:
+            while True:
+                self.read_once()
+                if self._stop.wait(self.every_s):
+                    return
+
+        self._thread = threading.Thread(target=run, name=f"logpipe-topic-ends-{self.topic}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread; False if a read still holds it after `timeout` (it ends with the process)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def read_again(self, timeout: float) -> bool:
+        """Wait until a read that begins after this call has finished (the thread's next one); False after
+        `timeout`."""
+        with self._changed:
+            target = self._started + 1
+            return self._changed.wait_for(lambda: self._done >= target, timeout)
 
     def quiet_since(self, q: StreamingQuery) -> float | None:
         """Since when no record came that `q` has not processed: `moved_at` if `q`'s last micro-batch read up to
         the topic's present ends, else None."""
-        if self.ends is None or self.moved_at is None:
+        with self._changed:
+            ends, moved_at = self.ends, self.moved_at
+        if ends is None or moved_at is None:
             return None
-        return self.moved_at if processed_ends(q, self.topic) == self.ends else None
+        return moved_at if processed_ends(q, self.topic) == ends else None
 
 
 def processed_ends(q: StreamingQuery, topic: str) -> dict[int, int] | None:
@@ -352,8 +389,6 @@ def _wait_until_idle(q: StreamingQuery, job: StreamJob, idle_s: float, stop: thr
         if not q.isActive:
             _raise_if_failed(q, job)
             raise RuntimeError(f"streaming query {q.name} stopped before the input went idle")
-        if topic is not None:
-            topic.poll()
         rows, now = job.stats.rows.get(q.name, 0), time.monotonic()
         # after a restart with nothing new, the idle time counts from the query's first look at the topic (not
         # while it is still initializing)
@@ -368,10 +403,11 @@ def _wait_until_idle(q: StreamingQuery, job: StreamJob, idle_s: float, stop: thr
                 return True
             quiet = topic.quiet_since(q) if topic is not None else None
             if quiet is not None and now - quiet >= idle_s:
-                topic.poll(now=True)  # the ends as they are now, not as of the last poll
-                quiet = topic.quiet_since(q)
-                if quiet is not None and now - quiet >= idle_s:
-                    return True
+                # the ends as they are now, not as of the last read (a record may have come since)
+                if topic.read_again(timeout=2.0):  # none in time (a hung broker): no shortcut, this time
+                    quiet = topic.quiet_since(q)
+                    if quiet is not None and now - quiet >= idle_s:
+                        return True
         time.sleep(0.1)
 
 

@@ -446,6 +446,9 @@ def test_topic_quiet_follows_the_topic_ends() -> None:
     assert run.processed_ends(SimpleNamespace(lastProgress={"sources": []}), "t") is None
     assert run.processed_ends(SimpleNamespace(lastProgress={"sources": [{"endOffset": {"t": {"0": 3}}}]}),
                               "t") == {0: 3}
+    assert run.processed_ends(_query(7), "other") is None
+    assert run.kafka_offsets('{"t": {"0": 5, "1": 9}}') == {"t": {0: 5, 1: 9}}
+    assert run.kafka_offsets(None) is None and run.kafka_offsets("not json") is None
     assert not quiet.read_again(timeout=0.2)  # no thread: no read comes
 
 

@@ -85,15 +85,11 @@ def _listener(job: StreamJob) -> Any:
                 return
             lag = ""
             for src in p.get("sources", []):
-                latest, end = src.get("latestOffset"), src.get("endOffset")
-                if isinstance(latest, str) and latest.startswith("{") and isinstance(end, str):
-                    try:
-                        lat, en = json.loads(latest), json.loads(end)
-                        behind = sum(int(v) - int(en.get(t, {}).get(pt, 0)) for t, parts in lat.items()
-                                     for pt, v in parts.items())
-                        lag = f", lag {behind:,} records"
-                    except (ValueError, AttributeError):
-                        pass
+                latest, end = kafka_offsets(src.get("latestOffset")), kafka_offsets(src.get("endOffset"))
+                if latest is not None and end is not None:
+                    behind = sum(off - end.get(t, {}).get(part, 0) for t, parts in latest.items()
+                                 for part, off in parts.items())
+                    lag = f", lag {behind:,} records"
             # the carried window state and the late horizon are in the job's own line for the batch
             log.info("%-7s batch %d: %s rows, %.0f rows/s%s", name, p["batchId"], f"{rows:,}",
                      float(p.get("processedRowsPerSecond") or 0), lag)
@@ -359,17 +355,24 @@ class TopicQuiet:
         return moved_at if processed_ends(q, self.topic) == ends else None
 
 
+def kafka_offsets(value: Any) -> dict[str, dict[int, int]] | None:
+    """A Kafka source's offsets in a query progress ({topic: {partition: offset}}, as JSON text or already
+    parsed) as {topic: {partition: offset}}; None if `value` is not such offsets."""
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+        return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in parsed.items()}
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
 def processed_ends(q: StreamingQuery, topic: str) -> dict[int, int] | None:
     """The offsets up to which `q`'s last reported micro-batch read `topic` ({partition: offset}), or None."""
     try:
         progress = q.lastProgress
-        if progress is None:
-            return None
-        end = progress["sources"][0]["endOffset"]
-        end = json.loads(end) if isinstance(end, str) else end
-        return {int(p): int(o) for p, o in end[topic].items()}
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        ends = kafka_offsets(progress["sources"][0]["endOffset"]) if progress is not None else None
+    except (KeyError, IndexError, TypeError):
         return None
+    return ends.get(topic) if ends is not None else None
 
 
 def _wait_until_idle(q: StreamingQuery, job: StreamJob, idle_s: float, stop: threading.Event | None = None, *,

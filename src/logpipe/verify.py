@@ -264,20 +264,45 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
     if len(ranges) == 1:
         return _count_range(path, 0, None, size_s, slide_s, max_line_bytes, progress=progress)
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (a Spark gateway, Arrow)
     read = ctx.Value("q", 0)
-    with ProcessPoolExecutor(len(ranges), mp_context=ctx, initializer=_share_lines_read, initargs=(read,)) as pool:
-        futures = [pool.submit(_count_range, path, a, b, size_s, slide_s, max_line_bytes) for a, b in ranges]
-        while True:
-            done, pending = wait(futures, timeout=6.0, return_when=FIRST_EXCEPTION)
-            if not pending or any(f.exception() for f in done):
-                break
-            if progress and read.value:
-                log.info("verify: %s lines read (%d processes)", f"{read.value:,}", len(ranges))
-        parts = [f.result() for f in futures]  # raises a worker's error
+
+    def report() -> None:
+        if progress and read.value:
+            log.info("verify: %s lines read (%d processes)", f"{read.value:,}", len(ranges))
+
+    parts = run_in_processes(_count_range, [(path, a, b, size_s, slide_s, max_line_bytes) for a, b in ranges],
+                             ctx=ctx, initializer=_share_lines_read, initargs=(read,), on_wait=report)
     return merge_batch_counts(parts, int(MIN_TIME.timestamp()) - size_s)
+
+
+def run_in_processes(fn: Callable[..., Any], calls: list[tuple[Any, ...]], *, ctx: Any, initializer: Any = None,
+                     initargs: tuple[Any, ...] = (), on_wait: Callable[[], None] | None = None,
+                     report_every_s: float = 6.0) -> list[Any]:
+    """fn(*args) for each of `calls`, each in a process of its own (a `ctx` pool), results in order. The first
+    call that fails stops the others at once (their processes are terminated) and its error is raised: a failed
+    range does not wait for the rest of the file to be read. `on_wait` is called every `report_every_s` while
+    they run (progress)."""
+    pool = ctx.Pool(len(calls), initializer=initializer, initargs=initargs)
+    try:
+        pending = [pool.apply_async(fn, args) for args in calls]
+        next_report = time.monotonic() + report_every_s
+        while not all(r.ready() for r in pending):
+            failed = [r for r in pending if r.ready() and not r.successful()]
+            if failed:
+                pool.terminate()
+                failed[0].get()  # raises the worker's error
+            pending[next(i for i, r in enumerate(pending) if not r.ready())].wait(0.2)
+            if on_wait is not None and time.monotonic() >= next_report:
+                on_wait()
+                next_report = time.monotonic() + report_every_s
+        results = [r.get() for r in pending]  # raises the error of a call that failed last
+        pool.close()
+        return results
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def line_ranges(path: Path, n: int) -> list[tuple[int, int | None]]:

@@ -117,6 +117,32 @@ def test_count_log_in_several_processes_counts_as_one(tmp_path):
         _same_counts(count_log(log, 20, 10, max_line_bytes=200, workers=workers), one)
 
 
+def test_range_processes_give_results_in_order_and_report_progress():
+    import multiprocessing
+    import time
+
+    from logpipe.verify import run_in_processes
+
+    waits = []
+    out = run_in_processes(time.sleep, [(0.6,), (0.0,)], ctx=multiprocessing.get_context("spawn"),
+                           on_wait=lambda: waits.append(1), report_every_s=0.1)
+    assert out == [None, None] and waits
+    assert run_in_processes(pow, [(2, 3), (3, 2)], ctx=multiprocessing.get_context("spawn")) == [8, 9]
+
+
+def test_a_failed_range_stops_the_others_at_once():
+    """One worker's error is raised as soon as it happens: the others are terminated, not waited for."""
+    import multiprocessing
+    import time
+
+    from logpipe.verify import run_in_processes
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="non-negative"):
+        run_in_processes(time.sleep, [(120,), (-1,)], ctx=multiprocessing.get_context("spawn"))
+    assert time.monotonic() - t0 < 60  # the other worker sleeps for 120 s
+
+
 def test_count_log_reads_a_pipe(tmp_path):
     """`verify --log <(zcat access.log.gz)`: a log that cannot seek is counted in one pass."""
     import os

@@ -143,6 +143,21 @@ def test_a_failed_range_stops_the_others_at_once():
     assert time.monotonic() - t0 < 60  # the other worker sleeps for 120 s
 
 
+def test_a_worker_that_dies_without_a_result_is_an_error_not_a_wait():
+    """A worker killed (the OOM killer's -9; here it exits on its own) is raised at once, with its exit code, while
+    the other still runs; it is not waited for (a multiprocessing.Pool would wait for ever)."""
+    import multiprocessing
+    import time
+
+    from logpipe.verify import run_in_processes
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="ended without a result.*exit code 3"):
+        run_in_processes(exec, [("import time; time.sleep(120)",), ("import os; os._exit(3)",)],
+                         ctx=multiprocessing.get_context("spawn"))
+    assert time.monotonic() - t0 < 60  # the other worker sleeps for 120 s
+
+
 def test_count_log_reads_a_pipe(tmp_path):
     """`verify --log <(zcat access.log.gz)`: a log that cannot seek is counted in one pass."""
     import os

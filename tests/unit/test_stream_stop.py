@@ -505,3 +505,54 @@ def test_idle_shortcut_needs_a_fresh_read_of_the_ends() -> None:
         assert quiet.ends == {0: 501}
     finally:
         assert quiet.stop()
+
+
+def test_a_hung_read_of_the_ends_is_waited_for_once_and_its_reader_closed_when_it_ends() -> None:
+    """A read that hangs (a broker that does not answer) holds up one read_again, not every later one; stopping
+    does not wait for it, and the thread closes the reader (on_exit) once the read ends."""
+    release, closed = threading.Event(), threading.Event()
+    reads = {"n": 0}
+
+    def read() -> dict[int, int]:
+        reads["n"] += 1
+        if reads["n"] == 2:
+            release.wait(30)  # the second read hangs
+        return {0: 500}
+
+    quiet = run.TopicQuiet("t", read, every_s=0.05, on_exit=closed.set).start()
+    try:
+        deadline = time.monotonic() + 5
+        while reads["n"] < 2 and time.monotonic() < deadline:  # the first read done, the second under way
+            time.sleep(0.01)
+        assert quiet.ends == {0: 500}
+        t = time.monotonic()
+        assert quiet.read_again(timeout=0.3) is False  # the hung read
+        assert quiet.read_again(timeout=5) is False and time.monotonic() - t < 2  # not waited for again
+        t = time.monotonic()
+        assert quiet.stop(timeout=0.2) is False and time.monotonic() - t < 1  # still in the hung read
+        assert not closed.is_set()
+    finally:
+        release.set()
+    assert closed.wait(5)  # the read ended: the thread closed its reader and ended
+    assert quiet.stop(timeout=5)
+
+
+def test_a_failing_read_of_the_ends_is_a_warning_once_and_a_sighting_is_dated_after_its_read(caplog) -> None:
+    clock = [1000.0]
+    fail = {"on": True}
+
+    def read() -> dict[int, int]:
+        clock[0] += 7.0  # the read takes 7 s
+        if fail["on"]:
+            raise ConnectionError("broker down")
+        return {0: 1}
+
+    quiet = run.TopicQuiet("t", read, clock=lambda: clock[0])
+    with caplog.at_level(logging.DEBUG, logger=run.log.name):
+        quiet.read_once()
+        quiet.read_once()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "end offsets of t" in r.message]
+    assert len(warnings) == 1 and "broker down" in warnings[0].message
+    fail["on"] = False
+    quiet.read_once()
+    assert quiet.moved_at == 1021.0  # when the read that saw the ends returned, not when it began

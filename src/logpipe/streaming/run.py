@@ -194,13 +194,12 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic,
                      until_idle_s)
             ends = TopicEnds(s, s.topic)  # connects on its first read, in the reading thread
-            quiet = TopicQuiet(s.topic, ends.read).start()
+            quiet = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
             try:
                 idle = _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history(),
                                         topic=quiet)
             finally:
-                if quiet.stop():
-                    ends.close()
+                quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
             if not idle:
                 _stop_before_the_end(follow, job, s, stop, may_end=False)
             with _quiet_interrupted_callbacks():
@@ -290,14 +289,17 @@ class TopicQuiet:
     (`read_ends`: {partition: end offset}; the thread is the only caller, so a slow or hung read never holds up
     the job's wait for idleness, its stop or its failure). `moved_at` is when a read first saw the ends as they
     are (within a read of the last record's arrival), or the first read; `ends` is None while they are unknown
-    (not read yet, or the last read failed). `read_once` is one read, for a caller without the thread."""
+    (not read yet, or the last read failed). `read_once` is one read, for a caller without the thread;
+    `on_exit` is called by the thread as it ends (it closes the reader: only the thread uses it)."""
 
     def __init__(self, topic: str, read_ends: Callable[[], dict[int, int]], every_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.topic, self._read, self.every_s, self._clock = topic, read_ends, every_s, clock
+                 clock: Callable[[], float] = time.monotonic, on_exit: Callable[[], None] | None = None) -> None:
+        self.topic, self._read, self.every_s, self._clock, self._on_exit = topic, read_ends, every_s, clock, on_exit
         self.ends: dict[int, int] | None = None
         self.moved_at: float | None = None
         self._started = self._done = 0  # reads begun, reads finished
+        self._stalled = 0  # the read read_again last gave up waiting for: until it ends, read_again does not wait
+        self._failing = False  # the last read failed (its first failure is logged as a warning)
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -305,12 +307,15 @@ class TopicQuiet:
     def read_once(self) -> None:
         with self._changed:
             self._started += 1
-        t = self._clock()
         try:
             ends: dict[int, int] | None = self._read()
         except Exception as exc:  # noqa: BLE001 (unknown ends only make the idle wait the job's own, as before)
-            log.debug("could not read the end offsets of %s: %s", self.topic, exc)
+            (log.debug if self._failing else log.warning)(
+                "could not read the end offsets of %s (the run then ends after its own idle time, not sooner): %s",
+                self.topic, exc)
             ends = None
+        self._failing = ends is None
+        t = self._clock()  # after the read: a record that came during it is not dated before it
         with self._changed:
             if ends is None:
                 self.ends, self.moved_at = None, None
@@ -321,10 +326,17 @@ class TopicQuiet:
 
     def start(self) -> "TopicQuiet":
         def run() -> None:
-            while True:
-                self.read_once()
-                if self._stop.wait(self.every_s):
-                    return
+            try:
+                while True:
+                    self.read_once()
+                    if self._stop.wait(self.every_s):
+                        return
+            finally:
+                if self._on_exit is not None:
+                    try:
+                        self._on_exit()
+                    except Exception as exc:  # noqa: BLE001 (a failed close of a reader nobody uses any more)
+                        log.debug("closing the end-offset reader of %s: %s", self.topic, exc)
 
         self._thread = threading.Thread(target=run, name=f"logpipe-topic-ends-{self.topic}", daemon=True)
         self._thread.start()
@@ -340,10 +352,16 @@ class TopicQuiet:
 
     def read_again(self, timeout: float) -> bool:
         """Wait until a read that begins after this call has finished (the thread's next one); False after
-        `timeout`."""
+        `timeout`, and at once while the read it last gave up on is still running (a hung broker does not hold
+        up every call)."""
         with self._changed:
+            if self._done < self._stalled:
+                return False
             target = self._started + 1
-            return self._changed.wait_for(lambda: self._done >= target, timeout)
+            if self._changed.wait_for(lambda: self._done >= target, timeout):
+                return True
+            self._stalled = self._started
+            return False
 
     def quiet_since(self, q: StreamingQuery) -> float | None:
         """Since when no record came that `q` has not processed: `moved_at` if `q`'s last micro-batch read up to

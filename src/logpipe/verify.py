@@ -340,8 +340,9 @@ def _call_and_send(send: Any, fn: Callable[..., Any], args: tuple[Any, ...], ini
         out = (False, exc)
     try:
         send.send(out)
-    except Exception as exc:  # an error that does not pickle: its text then
-        send.send((False, RuntimeError(f"{out[1]!r} (in worker process {os.getpid()}; could not be sent: {exc})")))
+    except Exception as exc:  # a result or error that does not pickle: say so, with the error's text
+        what = "its result" if out[0] else f"its error {out[1]!r}"
+        send.send((False, RuntimeError(f"worker process {os.getpid()} could not send {what}: {exc}")))
     send.close()
 
 

@@ -639,3 +639,14 @@ def test_quarantine_is_read_in_bounded_memory_once_per_source_line(tmp_path):
     assert q.by_reason == {"malformed": 2, "empty": 1, "invalid_utf8": 1}
     assert q.fingerprint == row_fingerprint({"raw_bytes": [r[1] for r in unique], "reason": [r[2] for r in unique]},
                                             QUARANTINE_FIELDS)
+
+
+def test_a_worker_error_that_does_not_pickle_still_reaches_the_caller():
+    import multiprocessing
+
+    from logpipe.verify import run_in_processes
+
+    # a lambda in the raised error cannot be pickled: the caller gets its text instead
+    with pytest.raises(RuntimeError, match="could not send its error.*unpicklable"):
+        run_in_processes(exec, [("e = ValueError('unpicklable'); e.fn = lambda: 0; raise e",)],
+                         ctx=multiprocessing.get_context("spawn"))

@@ -343,7 +343,8 @@ class TopicQuiet:
         return self
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop the thread; False if a read still holds it after `timeout` (it ends with the process)."""
+        """Stop the thread; False if a read still holds it after `timeout` (the thread then ends, and calls
+        `on_exit`, once that read returns, or with the process)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -342,6 +342,18 @@ def test_volumes_hold_the_state(resolved: dict) -> None:
     assert 'python_service/app.py "$LOG_FILE" --follow' in script
 
 
+def test_each_built_image_has_a_tag_of_its_own(resolved: dict) -> None:
+    """Compose builds all services' images at once (Buildx Bake); two builds exporting one tag fail on the
+    containerd image store ("image ... already exists"), so a service that builds names its own image."""
+    built = {name: svc.get("image") for name, svc in resolved["services"].items() if "build" in svc}
+    assert all(built.values()), f"a built service without an image name: {built}"
+    tags = list(built.values())
+    assert len(set(tags)) == len(tags), f"services share an image tag: {built}"
+    # the pairs built from one Dockerfile and target still build the same image
+    for a, b in (("namenode", "datanode"), ("hdfs-ready", "producer")):
+        assert resolved["services"][a]["build"] == resolved["services"][b]["build"], (a, b)
+
+
 def test_images_match_the_native_stack_versions() -> None:
     compose = yaml.safe_load(_compose_text())
     assert compose["services"]["kafka"]["image"] == f"apache/kafka:{_pom_property('kafka.xml', 'kafka.version')}"
@@ -352,8 +364,8 @@ def test_images_match_the_native_stack_versions() -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for name, svc in compose["services"].items():
         image = svc["image"]
-        if image.startswith("logpipe-hdfs:"):
-            assert image == f"logpipe-hdfs:{hadoop}", name
+        if image.startswith("logpipe-hdfs-") and name != "hdfs-ready":
+            assert image == f"logpipe-hdfs-{name}:{hadoop}", name
         elif image.startswith("logpipe-"):
             assert image.endswith(f":{version}"), name
     # the Spark Kafka connector is the version of pyproject.toml's pyspark pin (the installed one is checked below)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 
@@ -87,6 +88,9 @@ def test_the_partition_is_a_stable_hash_of_the_log_and_fits_the_topic():
     assert partition_of(path, 1) == 0 and partition_of(path, 0) == 0
     assert partition_of(path, 8) == zlib.crc32(path.encode()) % 8
     assert {partition_of(f"/logs/{i}.log", 4) for i in range(32)} == set(range(4))
+    # a file name that is not UTF-8 (Python holds its bytes as surrogates): hashed by its bytes, no error
+    odd = os.fsdecode(b"/var/log/acc\xe9s.log")
+    assert partition_of(odd, 8) == zlib.crc32(b"/var/log/acc\xe9s.log") % 8
 
 
 def test_a_log_read_again_under_another_path_keeps_its_partition(monkeypatch, tmp_path):

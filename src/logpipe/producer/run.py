@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -135,7 +136,7 @@ class Pacer:
 def partition_of(log_path: str, n_partitions: int) -> int:
     """The partition for every record of a new log at `log_path`: a stable hash (not Python's salted hash()), the
     same across runs, rotations and truncations."""
-    return zlib.crc32(log_path.encode()) % max(1, n_partitions)
+    return zlib.crc32(os.fsencode(log_path)) % max(1, n_partitions)  # a name need not be UTF-8
 
 
 def log_partition(store: PositionStore, source: LogSource, n_partitions: int) -> int:

@@ -599,3 +599,89 @@ def test_the_newline_that_ends_a_line_sent_without_it_is_not_a_line_on_resume(tm
     got = _blocks_until_idle(source)
     source.close()
     assert got == [(file_key(os.stat(empty)), 3, [b"", b"b3"], False)]
+
+
+class _LineSink:
+    """What the producer sends (the lines), through its real LogShipper; no broker involved."""
+
+    sent = failed = 0
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def partitions(self, topic: str) -> int:
+        return 1
+
+    def send(self, topic, value, key, headers=None, partition=None) -> None:
+        self.lines.append(value)
+
+    def send_lines(self, topic, lines, src, off, partition) -> int:
+        self.lines.extend(lines)
+        return off
+
+    def flush(self, timeout: float = 120.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _produce_once(monkeypatch, tmp_path, log) -> list[bytes]:
+    """A one-shot `logpipe produce` of `log` (positions under tmp_path/pos); the lines it sent."""
+    from logpipe.config import Settings
+    from logpipe.producer import run
+
+    sink = _LineSink()
+    monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
+    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "make_sink", lambda s: sink)
+    run.produce_file(Settings(producer_state_dir=str(tmp_path / "pos")), log, progress=False)
+    return sink.lines
+
+
+def test_a_log_empty_at_the_stop_and_rotated_meanwhile_is_read_from_its_rotation(monkeypatch, tmp_path):
+    """The log held nothing when the producer last ran; while it was stopped it got lines and was rotated (renamed,
+    a new log made). Before, nothing of it was saved, so the restart did not know the rotated file: its lines were
+    lost without a word. Now the run saves a position at byte 0 for it, and the restart reads the rotation first."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"")
+    assert _produce_once(monkeypatch, tmp_path, log) == []
+    assert [p.offset for p in PositionStore(tmp_path / "pos", "access-logs").all()] == [0]
+    with log.open("ab") as f:
+        f.write(b"a1\na2\n")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")
+    assert _produce_once(monkeypatch, tmp_path, log) == [b"a1", b"a2", b"b1"]
+
+
+def test_a_log_empty_at_the_stop_and_copytruncated_meanwhile_names_the_copy(monkeypatch, tmp_path, caplog):
+    """As above, rotated by copytruncate: the position saved at byte 0 has no first bytes to tell the old content
+    from the new, so the copy cannot be known for sure (any rotation could be taken for it); a warning names it
+    and how to send it, instead of silence."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"")
+    assert _produce_once(monkeypatch, tmp_path, log) == []
+    with log.open("ab") as f:
+        f.write(b"a1\na2\n")
+    _copytruncate(log, b"b1\n")
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _produce_once(monkeypatch, tmp_path, log) == [b"b1"]
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert len(named) == 1 and f"logpipe produce {tmp_path / 'live.log.1'}" in named[0]
+
+
+def test_resuming_a_file_rotated_while_stopped_names_that_file(tmp_path, caplog):
+    """The message about where a rotated file is resumed names that file and its size, not the log's path (whose
+    new file is another size): someone checking a warning looks at the right file."""
+    import logging
+
+    log, store = _rotated_while_stopped(tmp_path, b"one\ntwo\n", b"three\n")
+    source = LogSource(str(log), store)
+    source.open()
+    with caplog.at_level(logging.INFO, logger="logpipe.producer"):
+        assert [line for b in source.blocks() for line in b.lines] == [b"three", b"new"]
+    resumed = [r.getMessage() for r in caplog.records if "resuming at byte" in r.getMessage()]
+    assert resumed == [f"{tmp_path / 'live.log.1'}: resuming at byte 8 of 14 (src {file_key(os.stat(tmp_path / 'live.log.1'))})"]
+    source.close()

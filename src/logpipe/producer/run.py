@@ -237,6 +237,7 @@ class LogShipper:
         self.pending: Block | None = None  # the last block sent: its end is the position once delivery is confirmed
         self.bar: Any = None
         self.last_beat = float("-inf")
+        self.claimed: set[tuple[str, int]] = set()  # (file key, generation) whose position this run saved
 
     def run(self, total: int, show: bool) -> None:
         """Send every block the source gives, until it ends (or is stopped); `total`: the bytes to read."""
@@ -251,6 +252,7 @@ class LogShipper:
             for item in self.source.blocks():
                 if item is IDLE:
                     self.save_pending()
+                    self.claim_unsent(self.source.current)
                     continue
                 block: Block = item  # type: ignore[assignment]
                 if self.pending is not None and block.segment is not self.pending.segment:
@@ -258,6 +260,7 @@ class LogShipper:
                 if not self.send(block):
                     break
             self.save_pending()
+            self.claim_unsent(self.source.current)
 
     def checkpoint(self, block: Block | None, end: int | None = None) -> None:
         """Flush, then save the position after `block` (or, within it, at `end`: a paced replay's line)."""
@@ -289,6 +292,20 @@ class LogShipper:
         the restart, the new content got this generation's number too, and its lines the keys of lines already
         sent, so the job dropped them as repeats. Its first bytes now tell it apart: it gets the next number."""
         self.save_position(seg, 0)
+        self.claimed.add((seg.key, seg.generation))
+
+    def claim_unsent(self, seg: Segment | None) -> None:
+        """Save a position at byte 0 for the file being read if it has none yet because nothing of it was sent (an
+        empty log, or one without a complete line): a restart then finds it by its identity if it is rotated away
+        meanwhile (its lines read from the rotated file), and knows it if it is truncated (copytruncate: the copy
+        is then named in a warning). Without it, the lines such a file got while the producer was stopped, before
+        a rotation, were lost without a word."""
+        if seg is None or (seg.key, seg.generation) in self.claimed:
+            return
+        saved = self.store.load(seg.key)
+        if saved is None or saved.generation != seg.generation:
+            self.claim_generation(seg)
+        self.claimed.add((seg.key, seg.generation))
 
     def save_pending(self) -> None:
         """Flush and save the position after the last block sent."""

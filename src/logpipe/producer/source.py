@@ -256,11 +256,15 @@ class LogSource:
         self.current = self._resume(self.path, fd, st, from_copy=True)
         return self.current
 
-    def _resume(self, path: str, fd: int, st: os.stat_result, from_copy: bool = False) -> Segment:
+    def _resume(self, path: str, fd: int, st: os.stat_result, from_copy: bool = False,
+                shown: str | None = None) -> Segment:
         """The segment to read the file `fd` (at `path`) from: its saved position, or byte 0 of a new generation
         when its content is not the one saved. `from_copy` (the log at start): the old content's unread rest is
-        then queued from logrotate's copy (copytruncate), unless the saved position says it was read to its end."""
+        then queued from logrotate's copy (copytruncate), unless the saved position says it was read to its end.
+        `shown`: the file's own name in messages, when `path` is the followed log's (a rotated file's positions
+        are recorded under the log's path)."""
         key = file_key(st)
+        name = shown or path
         saved = self.store.load(key) or self._remounted(path, fd, st)
         if saved is None:
             return Segment(path, fd, key, 0, 0)
@@ -268,11 +272,11 @@ class LogSource:
             copy_key = None
             if saved.finished:  # the content saved was read to its end: nothing of it is left to read
                 log.info("%s (%s): its content is not the one read to its end last time (truncated, or a new file "
-                         "with the same identity): reading it from byte 0 as generation %d", path, key,
+                         "with the same identity): reading it from byte 0 as generation %d", name, key,
                          saved.generation + 1)
             else:
                 log.warning("%s (%s): content differs from the saved position (truncated or replaced since the "
-                            "last run); reading from byte 0 as generation %d", path, key, saved.generation + 1)
+                            "last run); reading from byte 0 as generation %d", name, key, saved.generation + 1)
                 if from_copy:
                     copy_key = self._copy_of_old_content(path, key, saved)
             if from_copy and saved.updated_at:  # truncated more than once since: the copies in between are unread
@@ -281,12 +285,16 @@ class LogSource:
             return Segment(path, fd, key, saved.generation + 1, 0, src_base=saved.src_base)
         if self.reset:
             log.info("%s: --reset: reading from byte 0 again (src %s; downstream drops the duplicates)",
-                     path, saved.src)
+                     name, saved.src)
             return Segment(path, fd, key, saved.generation, 0, src_base=saved.src_base)
+        if from_copy and not saved.head_len and saved.updated_at:
+            # saved before any byte of it was read (an empty log): its first bytes cannot tell whether it was
+            # truncated since. If it was (copytruncate), the copy of what it held is a rotation written since then
+            self.warn_unread_rotations({key}, datetime.fromisoformat(saved.updated_at).timestamp())
         head = os.pread(fd, min(HEAD_BYTES, saved.offset), 0)
         start = resume_offset(fd, saved.offset)
         if saved.offset:
-            log.info("%s: resuming at byte %d of %d (src %s)", path, start, st.st_size, saved.src)
+            log.info("%s: resuming at byte %d of %d (src %s)", name, start, st.st_size, saved.src)
         return Segment(path, fd, key, saved.generation, start, head=head, carry_start=start,
                        resumed_from=start, src_base=saved.src_base)
 
@@ -356,6 +364,7 @@ class LogSource:
         found: list[tuple[str, str]] = []
         still_there: set[str] = set()
         directory = os.path.dirname(self.path)
+        rotation_prefixes = (os.path.basename(self.path) + ".", os.path.basename(self.path) + "-")
         for entry in os.scandir(directory):
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -364,6 +373,8 @@ class LogSource:
             pos = pending.get(file_key(st))
             if pos is None or not entry.is_file() or not _starts_with(entry.path, pos):
                 continue  # not a file we read: another file can get a deleted file's inode number
+            if not pos.head_len and not entry.name.startswith(rotation_prefixes):
+                continue  # saved while it was empty, so no first bytes to check: only a file named as a rotation
             still_there.add(pos.key)
             if st.st_size > pos.offset or time.time() - st.st_mtime < self.rotate_grace_s:
                 found.append((pos.updated_at, entry.path))
@@ -430,7 +441,7 @@ class LogSource:
         for leftover in self.rotated_leftovers():
             log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
             fd, st = open_log(leftover)
-            old = self._resume(self.path, fd, st)  # positions are recorded under the followed path
+            old = self._resume(self.path, fd, st, shown=leftover)  # positions are recorded under the followed path
             self.rotated.append([old, time.monotonic()])
             yield from self._read_available(old)
             if self.stop.is_set():  # stopped before its end: its unread tail is finished next time

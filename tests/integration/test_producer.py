@@ -327,6 +327,31 @@ def test_positions_of_a_topic_that_no_longer_exists_are_dropped(stack, unique, t
     assert sorted(v for _, v in _consume(stack, gone)) == sorted(_lines(500))
 
 
+def test_positions_of_a_topic_made_again_by_hand_are_dropped(stack, unique, tmp_path):
+    """The topic deleted and made again by someone else (not the producer) between two runs: the broker gives it a
+    new id, so the saved positions, which stand for lines of the old topic, are dropped and the whole file is sent
+    to the new one. Before, the producer resumed at them and the new topic never got the file's first lines."""
+    from logpipe.topics import create_topic, delete_topics
+
+    log = tmp_path / "a.log"
+    log.write_bytes(b"\n".join(_lines(300)) + b"\n")
+    env = _env(stack, unique, tmp_path)
+    topic = env["LOGPIPE_TOPIC"]
+    r = _produce(env, str(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "pos" / topic / "topic-id").read_text().strip()
+    delete_topics(stack, [topic])
+    create_topic(stack, topic, partitions=1)
+    r = _produce(env, str(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["resumed_from"], summary["lines"]) == (0, 300)
+    assert "was deleted and made again" in r.stderr and "dropped 1 saved position" in r.stderr
+    assert sorted(v for _, v in _consume(stack, topic)) == sorted(_lines(300))
+    r = _produce(env, str(log))  # the same topic now: resumed at the end, nothing sent again
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["lines"] == 0, r.stderr[-2000:]
+
+
 def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp_path):
     """`logpipe health producer` (compose's producer healthcheck): healthy while a --follow run waits for lines;
     unhealthy once its loop stops moving (SIGSTOP: as stuck as a process gets); healthy again when it moves on,

@@ -143,7 +143,7 @@ def test_a_delivery_failure_is_the_error_reported_when_the_client_cannot_close(t
     log = tmp_path / "a.log"
     log.write_bytes(b"one\ntwo\n")
     monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
-    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
     monkeypatch.setattr(run, "make_sink", lambda s: FailingSink())
     s = Settings(producer_state_dir=str(tmp_path / "pos"))
     with caplog.at_level(logging.WARNING, logger="logpipe.producer"), \

@@ -102,7 +102,7 @@ def test_a_paced_replay_saves_its_position_within_a_block_and_where_it_stopped(t
     stop = threading.Event()
     sink = _Sink(stop_after=5, stop=stop)
     monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
-    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
     monkeypatch.setattr(run, "make_sink", lambda s: sink)
     saved: list[int] = []
     real_save = PositionStore.save
@@ -132,7 +132,7 @@ def test_a_paced_position_never_lies_past_the_line_it_follows(tmp_path, monkeypa
     log = tmp_path / "a.log"
     log.write_bytes(_line(0) + b"\n" + _line(1))  # no newline at the end
     monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
-    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
     monkeypatch.setattr(run, "make_sink", lambda s: _Sink())
     saved: list[int] = []
     real_save = PositionStore.save
@@ -232,7 +232,7 @@ def _keys_sent(tmp_path, monkeypatch, log, sink) -> list[bytes]:
     from logpipe.producer import run
 
     monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
-    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
     monkeypatch.setattr(run, "make_sink", lambda s: sink)
     s = Settings(producer_checkpoint_s=3600, producer_state_dir=str(tmp_path / "pos"))
     try:

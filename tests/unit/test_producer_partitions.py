@@ -46,7 +46,7 @@ def _produce(monkeypatch, tmp_path, log, sink, speed: str = "max"):
     from logpipe.producer.source import LogSource
 
     monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
-    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
     monkeypatch.setattr(run, "make_sink", lambda s: sink)
     monkeypatch.setattr(run, "LogSource", functools.partial(LogSource, block_bytes=64))  # many blocks per file
     s = Settings(speed=speed, producer_state_dir=str(tmp_path / "pos"))
@@ -118,3 +118,38 @@ def test_a_log_read_again_under_another_path_keeps_its_partition(monkeypatch, tm
     assert _produce(monkeypatch, tmp_path, renamed, sink).lines == 10
     assert {p for p, _ in sink.records} == {first}
     assert len({k for _, k in sink.records}) == 30
+
+
+@pytest.mark.parametrize(("created", "saved_id", "now_id", "dropped"), [
+    (True, None, "id-1", True),         # the producer made the topic: nothing of the positions is in it
+    (False, "id-1", "id-2", True),      # deleted and made again by someone else since the positions were saved
+    (False, "id-1", "id-1", False),     # the same topic: resume
+    (False, None, "id-1", False),       # positions of a logpipe that kept no id: resumed, the id recorded now
+    (False, "id-1", None, False),       # no id from the broker: nothing to compare, nothing dropped
+])
+def test_positions_are_dropped_only_for_another_topic_of_the_same_name(monkeypatch, tmp_path, caplog, created,
+                                                                      saved_id, now_id, dropped):
+    """Saved positions stand for lines of one topic: those of a topic made since (by the producer, or deleted and
+    made again by hand: another broker id) are dropped with a warning, so the file is sent again from byte 0
+    instead of resuming past lines the topic does not hold. The topic's id is recorded beside them."""
+    import logging
+
+    from logpipe.config import Settings
+    from logpipe.producer import run
+    from logpipe.producer.position import Position, PositionStore
+
+    s = Settings(producer_state_dir=str(tmp_path / "pos"))
+    store = PositionStore(s.producer_positions_dir, s.topic)
+    store.save(Position("1:2", 0, 100, str(tmp_path / "a.log"), 0, ""))
+    if saved_id:
+        store.record_topic_id(saved_id)
+    monkeypatch.setattr(run, "ensure_topic", lambda *a: created)
+    monkeypatch.setattr(run.topics, "topic_id", lambda *a: now_id)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        run.claim_topic(s, store, tmp_path / "a.log")
+    assert (store.all() == []) == dropped
+    warned = [r.getMessage() for r in caplog.records if "dropped 1 saved position" in r.getMessage()]
+    assert len(warned) == int(dropped)
+    if dropped and not created:
+        assert "deleted and made again" in warned[0] and "id-2" in warned[0]
+    assert store.topic_id() == (now_id or saved_id)

@@ -633,7 +633,7 @@ def _produce_once(monkeypatch, tmp_path, log) -> list[bytes]:
 
     sink = _LineSink()
     monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
-    monkeypatch.setattr(run, "ensure_topic", lambda *a: False)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
     monkeypatch.setattr(run, "make_sink", lambda s: sink)
     run.produce_file(Settings(producer_state_dir=str(tmp_path / "pos")), log, progress=False)
     return sink.lines

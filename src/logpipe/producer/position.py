@@ -114,6 +114,25 @@ class PositionStore:
         self._file(key).unlink(missing_ok=True)
 
     @property
+    def topic_id_file(self) -> Path:
+        """The broker's id of the topic the positions were saved for (a topic deleted and made again gets a new
+        one, and holds none of the lines they stand for)."""
+        return self.directory / "topic-id"
+
+    def topic_id(self) -> str | None:
+        """The topic id recorded beside the positions, or None (none recorded: a new folder, or an older logpipe)."""
+        try:
+            return self.topic_id_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def record_topic_id(self, topic_id: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.topic_id_file.with_name("topic-id.tmp")
+        tmp.write_text(topic_id + "\n")
+        os.replace(tmp, self.topic_id_file)
+
+    @property
     def heartbeat_file(self) -> Path:
         """Touched by a running producer of this topic whenever it has delivered and saved, or waits for more
         lines: its age tells whether the produce loop still moves (`logpipe health producer`)."""

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from logpipe import health
+from logpipe import health, topics
 from logpipe.config import Settings
 from logpipe.logformat import ParseError, parse_timestamp
 from logpipe.producer.clients import RecordSink, make_sink
@@ -169,14 +169,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     fd, _ = open_log(path)  # clear error before touching Kafka
     os.close(fd)
     health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event)
-    if ensure_topic(s, s.topic):
-        # a new topic holds none of the lines the saved positions stand for (the broker's data was wiped, or the
-        # topic deleted): resuming at them would skip those lines (of this file, and of any other file later)
-        stale = store.clear()
-        if stale:
-            log.warning("topic %s did not exist: dropped %d saved position(s) of it in %s, reading %s from byte 0. "
-                        "Results of the old topic cannot be continued with this one: `logpipe stream` refuses "
-                        "their root (give it another one)", s.topic, stale, store.directory, path)
+    claim_topic(s, store, path)
     source = LogSource(str(path), store, follow=follow, reset=reset, rotate_grace_s=s.rotate_grace_s)
     if stop_event is not None:
         source.stop = stop_event
@@ -217,6 +210,27 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
              summary.bytes / 1e6, summary.seconds, f"{summary.lines / max(summary.seconds, 1e-9):,.0f}",
              summary.bytes / 1e6 / max(summary.seconds, 1e-9))
     return summary
+
+
+def claim_topic(s: Settings, store: PositionStore, path: Path) -> None:
+    """Make the log topic if it is missing, and drop the saved positions if they stand for lines of another topic
+    of that name: one the producer just made (the broker's data wiped, the topic deleted), or one deleted and made
+    again by someone else since they were saved (the broker's id of the topic changed). A new topic holds none of
+    those lines: resuming at the positions would skip them (of this file, and of any other file later). Records
+    the topic's id beside the positions (PositionStore.topic_id_file)."""
+    created = ensure_topic(s, s.topic)
+    now_id, saved_id = topics.topic_id(s, s.topic), store.topic_id()
+    remade = not created and bool(now_id and saved_id and now_id != saved_id)
+    if created or remade:
+        stale = store.clear()
+        if stale:
+            why = ("did not exist" if created else
+                   f"was deleted and made again since its positions were saved (its id is {now_id}, was {saved_id})")
+            log.warning("topic %s %s: dropped %d saved position(s) of it in %s, reading %s from byte 0. Results of "
+                        "the old topic cannot be continued with this one: `logpipe stream` refuses their root (give "
+                        "it another one)", s.topic, why, stale, store.directory, path)
+    if now_id and now_id != saved_id:
+        store.record_topic_id(now_id)
 
 
 class LogShipper:

@@ -127,6 +127,7 @@ class PositionStore:
             return None
 
     def record_topic_id(self, topic_id: str) -> None:
+        """Record the id of the topic the positions are now saved for (replacing the file whole)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.topic_id_file.with_name("topic-id.tmp")
         tmp.write_text(topic_id + "\n")

@@ -61,7 +61,7 @@ def demo_results(stack: Settings, tmp_path_factory: pytest.TempPathFactory,
     assert verified["truth"]["recall"] == 1.0 and verified["truth"]["false_positives"] == 0, verified["truth"]
     summary = (work / "demo.log").read_text(errors="replace")
     acc = verified["accounting"]
-    assert f"verify: exact ({verified['windows_compared']} window counts compared)" in summary, summary[-3000:]
+    assert f"verify: exact ({verified['windows_compared']:,} window counts compared)" in summary, summary[-3000:]
     assert (f"lines read {acc['lines']:,} = parsed {acc['parsed']:,} + quarantined {acc['quarantined']:,}"
             in summary), summary[-3000:]
     yield DemoResults(settings=s, log=log, seconds=seconds)

@@ -247,6 +247,27 @@ def test_a_limit_above_kafkas_default_is_given_to_the_topic_and_an_existing_lowe
     assert "max.message.bytes" in r.stderr and f"prod-small-{unique}" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_topic_the_producer_makes_has_a_limit_of_its_own_at_the_default_setting(stack, unique):
+    """At the default LOGPIPE_MAX_MESSAGE_BYTES (under Kafka's default limit) the topic still gets its own
+    max.message.bytes: without it the topic takes the broker's message.max.bytes, and on a broker where that was
+    lowered, the first long line failed to deliver instead of being sent."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from logpipe.producer.run import ensure_topic
+    from logpipe.record import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, largest_record_bytes
+
+    topic = f"own-limit-{unique}"
+    assert ensure_topic(stack, topic) is True
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_address)
+    try:
+        got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=["max.message.bytes"])],
+                                     config_filter="all")["topic"][topic]["max.message.bytes"]
+    finally:
+        admin.close()
+    assert got["config_source"] == "DYNAMIC_TOPIC_CONFIG", got
+    assert int(got["value"]) == max(largest_record_bytes(stack.max_message_bytes), KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+
+
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_a_record_the_broker_rejects_is_a_delivery_error(stack, unique, client):
     """A record the broker refuses (larger than its 1 MB message limit, let through by a raised producer limit)
@@ -260,6 +281,28 @@ def test_a_record_the_broker_rejects_is_a_delivery_error(stack, unique, client):
     try:
         sink.send(f"reject-{unique}", b"ok", b"lp:t:0")
         sink.send(f"reject-{unique}", os.urandom(2_000_000), b"lp:t:3")  # incompressible
+        with pytest.raises(DeliveryError, match="(?i)too.?large|size"):
+            sink.flush(timeout=60)
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_batch_the_broker_refuses_as_too_large_is_a_delivery_error_with_its_reason(stack, unique, client):
+    """Small records batched with a large one, to a topic whose limit is below the batch: kafka-python splits the
+    batch and sends it again, and its flush() first ended with UnknownError('Future not done'), naming no reason
+    (the producer then told the user to check that the broker was up). flush() now waits for the records' own
+    errors and raises DeliveryError with the broker's reason."""
+    from logpipe.producer.clients import DeliveryError, make_sink
+    from logpipe.topics import create_topic
+
+    topic = f"refuse-split-{unique}"
+    create_topic(stack, topic, partitions=1, configs={"max.message.bytes": "100000"})
+    sink = make_sink(stack.with_overrides(producer_client=client))
+    try:
+        sink.send(topic, b"ok", b"lp:t:0", partition=0)
+        sink.send(topic, os.urandom(400_000), b"lp:t:3", partition=0)  # incompressible, one batch with the others
+        sink.send(topic, b"ok two", b"lp:t:400004", partition=0)
         with pytest.raises(DeliveryError, match="(?i)too.?large|size"):
             sink.flush(timeout=60)
     finally:

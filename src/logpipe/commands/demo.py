@@ -232,12 +232,14 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
     console.print(f"log: {log_path} ({log_path.stat().st_size / 1e6:.1f} MB)")
     console.print("lines read {:,} = parsed {:,} + quarantined {:,}; late (behind watermark) {:,}".format(
         acc.get("lines", 0), acc.get("parsed", 0), acc.get("quarantined", 0), acc.get("late", 0)))
+    compared = report.get("windows_compared")
+    compared = f"{compared:,}" if isinstance(compared, int) else "?"
     console.print(f"verify: {'[green]exact' if report.get('ok') else '[red]MISMATCH'}[/] "
-                  f"({report.get('windows_compared', '?')} window counts compared)")
+                  f"({compared} window counts compared)")
     by_host = load_arrow(s, "windows/by_host", ["host", "count"])  # ~1.5 rows a line: summed up in Arrow
     if by_host is not None and by_host.num_rows:
         top = by_host.group_by("host").aggregate([("count", "max")]).sort_by([("count_max", "descending")])
-        t = Table(title="busiest hosts (max requests in one window)")
+        t = Table(title="busiest hosts (max requests in one window)", min_width=44)  # no wrapped title
         t.add_column("host")
         t.add_column("max/window", justify="right")
         for host, c in zip(top["host"][:5].to_pylist(), pc.cast(top["count_max"][:5], "int64").to_pylist()):

@@ -70,7 +70,22 @@ class KafkaPythonSink:
         return off
 
     def flush(self, timeout: float = 120.0) -> None:
-        self._p.flush(timeout=timeout)
+        from kafka.errors import KafkaError, KafkaTimeoutError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._p.flush(timeout=max(deadline - time.monotonic(), 0.001))
+                break
+            except KafkaTimeoutError:
+                raise
+            except KafkaError as exc:
+                # kafka-python 3.0 ends a flush with UnknownError('Future not done') while a batch the broker
+                # refused as too large is split and sent again; its records' own errors come a moment later
+                if time.monotonic() >= deadline:
+                    raise DeliveryError(f"records not acknowledged within {timeout:.0f}s ({exc!r}); "
+                                        f"{self.failed} failed so far, first error: {self.first_error}") from exc
+                time.sleep(0.05)
         if self.failed:
             raise DeliveryError(f"{self.failed} records not acknowledged; first error: {self.first_error}")
 

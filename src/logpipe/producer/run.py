@@ -49,16 +49,17 @@ class TopicLimitError(RuntimeError):
 
 def ensure_topic(s: Settings, topic: str) -> bool:
     """Create the topic if it does not exist (partitions and replication from the settings, and a max.message.bytes
-    that takes a line of LOGPIPE_MAX_MESSAGE_BYTES when that is above Kafka's default); True if created. An
-    existing topic whose limit is lower raises TopicLimitError: every line near the setting would fail to deliver,
-    and the producer would stop at the first one on every restart."""
+    of its own that takes a line of LOGPIPE_MAX_MESSAGE_BYTES, whatever the broker's message.max.bytes default is);
+    True if created. An existing topic whose limit is lower raises TopicLimitError: every line near the setting
+    would fail to deliver, and the producer would stop at the first one on every restart."""
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
     from logpipe.topics import create_topic
 
     needed = largest_record_bytes(s.max_message_bytes)
-    configs = {"max.message.bytes": str(needed)} if needed > KAFKA_DEFAULT_MAX_MESSAGE_BYTES else {}
-    if create_topic(s, topic, s.topic_partitions, configs):
+    # given even at Kafka's default: a topic without it takes the broker's message.max.bytes, which may be lower
+    own_limit = max(needed, KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+    if create_topic(s, topic, s.topic_partitions, {"max.message.bytes": str(own_limit)}):
         return True
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-producer-admin")
     try:

@@ -109,14 +109,19 @@ def stack(settings: Settings) -> Iterator[Settings]:
     from logpipe.stack import services
 
     external = settings.kafka_bootstrap is not None
-    already = external or all(r["running"] for r in services.status(settings))
-    if not already:
+    rows = [] if external else services.status(settings)
+    started_here = [r["service"] for r in rows if not r["running"]]  # only these are stopped at the end
+    if started_here:
         services.up(settings, progress=lambda m: None)
     health.wait_for_kafka(settings.kafka_address, timeout=60)
     health.wait_for_hdfs(settings.webhdfs_address, timeout=60)
     yield settings
-    if not already and os.environ.get("LOGPIPE_KEEP_STACK") != "1":
-        services.down(settings, progress=lambda m: None)
+    if started_here and os.environ.get("LOGPIPE_KEEP_STACK") != "1":
+        if len(started_here) == len(rows):
+            services.down(settings, progress=lambda m: None)
+        else:
+            for name in reversed(started_here):
+                services.stop_service(settings, name)
 
 
 @pytest.fixture(scope="session")

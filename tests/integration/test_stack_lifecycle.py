@@ -26,7 +26,8 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def test_up_status_down_up_keeps_data(tmp_path: Path, settings, free_ports):
     from hdfs import InsecureClient
 
-    ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS))))
+    *free, spare = free_ports(len(PORT_SETTINGS) + 1)
+    ports = dict(zip(PORT_SETTINGS, free))
     http = ports["NAMENODE_HTTP_PORT"]
     env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run"), **{f"LOGPIPE_{k}": str(v) for k, v in ports.items()}}
     env.pop("LOGPIPE_KAFKA_BOOTSTRAP", None)
@@ -49,6 +50,15 @@ def test_up_status_down_up_keeps_data(tmp_path: Path, settings, free_ports):
         r = _cli({**env, "LOGPIPE_TOPIC_PARTITIONS": "3"}, "up")
         assert r.returncode == 0 and "started" not in r.stderr, r.stderr[-3000:]
         assert "kafka runs with an older configuration" in r.stderr and "namenode runs" not in r.stderr, r.stderr
+        # a port changed while it runs: said at once, not after the readiness timeout on the new port
+        t = time.monotonic()
+        r = _cli({**env, "LOGPIPE_KAFKA_PORT": str(spare)}, "up")
+        assert r.returncode == 1 and f"not on [{spare}, {ports['KAFKA_CONTROLLER_PORT']}]" in r.stderr, r.stderr
+        assert time.monotonic() - t < 60
+        # its pid record lost (or written before a step of the wall clock): up takes the broker as its own again
+        (tmp_path / "run" / "pids" / "kafka.json").unlink()
+        r = _cli(env, "up")
+        assert r.returncode == 0 and "taking it as this stack's" in r.stderr and "started" not in r.stderr, r.stderr
         r = _cli(env, "status", "--json")
         assert r.returncode == 0
         status = json.loads(r.stdout)
@@ -84,4 +94,7 @@ def test_port_taken_is_a_clear_error(tmp_path: Path, stack):
     env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run2")}  # same ports: the session's stack holds them
     r = _cli(env, "up")
     assert r.returncode == 1
-    assert f"port {stack.bind_host}:{stack.kafka_port} is taken" in r.stderr
+    assert f"{stack.bind_host}:{stack.kafka_port} (kafka) by pid" in r.stderr, r.stderr  # every taken port, named
+    assert f"{stack.bind_host}:{stack.datanode_ipc_port} (datanode) by pid" in r.stderr and "nothing was started" \
+        in r.stderr
+    assert not (tmp_path / "run2" / "jars").exists() or not any((tmp_path / "run2" / "jars").iterdir())

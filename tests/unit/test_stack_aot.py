@@ -53,6 +53,42 @@ def test_the_option_is_given_only_when_the_cache_exists(tmp_path) -> None:
     assert aot_java_option(s) == f"-XX:AOTCache={path}"
 
 
+def test_a_training_that_fails_or_hangs_is_a_warning_once_and_gets_the_callers_settings(tmp_path, monkeypatch,
+                                                                                        caplog) -> None:
+    """The training's timeout was a traceback out of `stack up` (after the stack was up), its child read the
+    settings from the environment alone (so `stack up --kafka-port ...` trained against the default ports), and a
+    failed training ran again at every start. Now: a warning, the caller's settings, and one try until the marker
+    the warning names is deleted."""
+    import logging
+
+    from logpipe.config import Settings
+    from logpipe.stack import aot
+
+    s = Settings(run_dir=tmp_path / "run", spark_java_home=str(_jdk(tmp_path, "temurin-25", "25.0.3")),
+                 kafka_port=19999)
+    (tmp_path / "run" / "logs").mkdir(parents=True)
+    runs: list[Settings] = []
+
+    def hangs(cmd, **kw):
+        runs.append(Settings.model_validate_json(Path(cmd[-1]).read_text()))
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(aot.subprocess, "run", hangs)
+    with caplog.at_level(logging.WARNING, logger="logpipe.stack.aot"):
+        assert aot.ensure_aot_cache(s, progress=lambda m: None) is None
+        assert aot.ensure_aot_cache(s, progress=lambda m: None) is None
+    assert len(runs) == 1 and runs[0].kafka_port == 19999 and runs[0] == s
+    failed = aot.aot_cache_file(s).with_name(aot.aot_cache_file(s).name + ".failed")
+    assert "not done in" in failed.read_text()
+    assert str(failed) in caplog.text and "failed before" in caplog.text
+    assert not list(failed.parent.glob("*.settings.json")) and not list(failed.parent.glob("*.tmp"))
+
+    failed.unlink()  # as the warning says: the next start tries again
+    monkeypatch.setattr(aot.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 3))
+    assert aot.ensure_aot_cache(s, progress=lambda m: None) is None
+    assert failed.read_text().startswith("exit 3")
+
+
 def test_a_spark_jvm_started_with_a_cache_made_for_another_build_runs_and_says_so(tmp_path) -> None:
     """A cache the JVM cannot use (here: not a cache at all) costs nothing but a warning: Spark starts and works.
     So a stale cache can never stop the job."""

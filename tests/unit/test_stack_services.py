@@ -4,6 +4,7 @@ checks and stopping, on temp run folders with short-lived Python processes stand
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import subprocess
 import sys
@@ -237,6 +238,40 @@ def test_pid_started_at_another_time_is_not_ours(run_dir, free_ports, procs):
     assert services.running_pid(lay, _kafka(s)) is None
     _record(lay, "kafka", p.pid, created + 0.5)
     assert services.running_pid(lay, _kafka(s)) == p.pid
+
+
+def test_a_step_of_the_wall_clock_does_not_make_a_service_a_stranger(run_dir, free_ports, procs):
+    """psutil's create_time moves with the wall clock (boot time is read from it): after a step of more than a few
+    seconds, every service looked stopped, `stack down` left the JVMs running and `--wipe` deleted their data under
+    them. The record's start in clock ticks since boot decides instead; and a process of ours that no record names
+    is still found and stopped, and `down --wipe` stops it before wiping."""
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    p = _fake_service(procs, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties")
+    lay.pids.mkdir()
+    services._record_pid(lay, _kafka(s), p.pid)
+    rec = services._read_pid(lay, "kafka")
+    assert rec["start_ticks"] == services.start_ticks(p.pid) is not None
+    lay.pid_file("kafka").write_text(json.dumps({**rec, "started": rec["started"] - 3600}))  # the clock stepped
+    assert services.running_pid(lay, _kafka(s)) == p.pid
+    lay.pid_file("kafka").write_text(json.dumps({**rec, "start_ticks": rec["start_ticks"] - 1}))  # another process
+    assert services.running_pid(lay, _kafka(s)) is None
+    assert services.unrecorded_pids(lay, _kafka(s)) == [p.pid]
+
+    lay.data.mkdir()
+    services.down(s, wipe=True, progress=lambda m: None)
+    assert p.wait(10) is not None and not lay.data.exists()
+
+
+def test_down_does_not_wipe_under_a_service_it_could_not_stop(run_dir, free_ports, procs, monkeypatch):
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    p = _fake_service(procs, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties")
+    lay.data.mkdir(parents=True)
+    monkeypatch.setattr(services, "stop_service", lambda *a, **kw: False)  # e.g. a process of another user
+    with pytest.raises(StackError, match=f"not wiping .*{p.pid}"):
+        services.down(s, wipe=True, progress=lambda m: None)
+    assert lay.data.exists()
 
 
 def test_run_folder_found_in_classpath_and_option_values(run_dir, free_ports, procs):

@@ -26,6 +26,7 @@ AOT_MIN_JAVA = 25  # -XX:AOTCacheOutput (one-step training, JEP 514) and method 
 # 20,000 lines over 11 minutes of log time: planted incidents (alerts), quarantined and out-of-order lines, so
 # their code paths are in the cache too
 TRAINING_LINES, TRAINING_RATE = 20_000, 30.0
+TRAINING_TIMEOUT_S = 900
 
 
 def aot_cache_file(s: Settings) -> Path | None:
@@ -74,23 +75,38 @@ def ensure_aot_cache(s: Settings, progress: Callable[[str], None]) -> Path | Non
     path = aot_cache_file(s)
     if path is None or path.is_file():
         return path
+    from logpipe.stack.services import Layout
+
+    out = Layout(s.run_dir).log_file("aot-training")
+    failed = path.with_name(path.name + ".failed")  # not tried again on every start: it takes minutes
+    if failed.is_file():
+        log.warning("Spark starts without an AOT cache: training it failed before (%s; see %s). Delete %s to try "
+                    "again", failed.read_text().strip(), out, failed)
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob("spark-*"):  # made for another JDK, pyspark or JVM options
         old.unlink(missing_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    from logpipe.stack.services import Layout
-
-    out = Layout(s.run_dir).log_file("aot-training")
     progress(f"training the AOT cache for Spark's JVM (once per JDK, pyspark and JVM options; 1-2 minutes), "
              f"log {out}")
     t = time.monotonic()
-    with out.open("w") as f:
-        code = subprocess.run([sys.executable, "-m", "logpipe.stack.aot", str(tmp)], stdout=f,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900).returncode
+    # the settings as `stack up` has them (CLI flags included), not as the environment alone gives them
+    settings_file = path.with_name(f"{path.name}.{os.getpid()}.settings.json")
+    settings_file.write_text(s.model_dump_json())
+    try:
+        with out.open("w") as f:
+            code: int | str = subprocess.run([sys.executable, "-m", "logpipe.stack.aot", str(tmp), str(settings_file)],
+                                             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             timeout=TRAINING_TIMEOUT_S).returncode
+    except subprocess.TimeoutExpired:
+        code = f"not done in {TRAINING_TIMEOUT_S} s"
+    finally:
+        settings_file.unlink(missing_ok=True)
     if code != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
         tmp.unlink(missing_ok=True)
+        failed.write_text(f"exit {code} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         log.warning("training the AOT cache for Spark's JVM failed (exit %s): Spark starts without it, ~15 s slower "
-                    "each time; see %s", code, out)
+                    "each time; see %s. Delete %s to try again at the next `stack up`", code, out, failed)
         return None
     tmp.replace(path)
     progress(f"AOT cache for Spark's JVM made in {time.monotonic() - t:.0f}s: {path} "
@@ -98,15 +114,15 @@ def ensure_aot_cache(s: Settings, progress: Callable[[str], None]) -> Path | Non
     return path
 
 
-def train(out: Path) -> None:
+def train(out: Path, base: Settings) -> None:
     """The training run (in its own process): generate, produce and stream a small log with a JVM that writes its
-    AOT cache to `out` when it exits; waits for that JVM to end, so `out` is complete on return."""
+    AOT cache to `out` when it exits; waits for that JVM to end, so `out` is complete on return. `base`: the
+    settings of the `stack up` that asked for it."""
     import tempfile
 
     from hdfs import InsecureClient
     from pyspark import SparkContext
 
-    from logpipe.config import load_settings
     from logpipe.generator import generate
     from logpipe.producer.run import produce_file
     from logpipe.spark import build_spark
@@ -116,7 +132,7 @@ def train(out: Path) -> None:
 
     name = f"logpipe-aot-training-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="logpipe-aot-") as tmp:
-        s = load_settings().with_overrides(topic=name, alerts_topic=f"{name}-alerts", hdfs_root=f"/tmp/{name}",
+        s = base.with_overrides(topic=name, alerts_topic=f"{name}-alerts", hdfs_root=f"/tmp/{name}",
                                            producer_state_dir=Path(tmp) / "positions")
         access_log = Path(tmp) / "access.log"
         truth = generate(access_log, lines=TRAINING_LINES, rate=TRAINING_RATE, seed=1, settings=s, progress=False)
@@ -139,4 +155,4 @@ def train(out: Path) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python's connection chatter
-    train(Path(sys.argv[1]))
+    train(Path(sys.argv[1]), Settings.model_validate_json(Path(sys.argv[2]).read_text()))

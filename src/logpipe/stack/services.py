@@ -261,7 +261,7 @@ def write_configs(s: Settings, lay: Layout) -> None:
         "",
     ]))
     (hconf / "core-site.xml").write_text(_hadoop_xml({
-        "fs.defaultFS": s.hdfs_address,
+        "fs.defaultFS": f"hdfs://{h}:{s.namenode_rpc_port}",
         "hadoop.tmp.dir": str(lay.data / "hadoop-tmp"),
     }))
     (hconf / "hdfs-site.xml").write_text(_hadoop_xml({
@@ -338,6 +338,26 @@ def _names_run_dir(cmd: list[str], root: Path) -> bool:
     return any(inside.search(arg) for arg in cmd)
 
 
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux: /proc/<pid>/stat, field 22), or None. Unlike
+    psutil's create_time (the boot time read from the wall clock, plus this), it does not move when the wall
+    clock is stepped (NTP, a VM resumed after its host slept)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # after "pid (comm)": field 3 (state) is index 0
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _record_pid(lay: Layout, svc: Service, pid: int) -> None:
+    lay.pid_file(svc.name).write_text(json.dumps({"pid": pid, "main": svc.main_class, "started": time.time(),
+                                                  "start_ticks": start_ticks(pid)}))
+
+
+def _is_ours(lay: Layout, svc: Service, cmd: list[str]) -> bool:
+    return svc.main_class in cmd and _names_run_dir(cmd, lay.root)
+
+
 def running_pid(lay: Layout, svc: Service) -> int | None:
     """The pid of our running instance of svc: the recorded pid, if that process started when recorded (a pid
     reused after a reboot is not ours) and its command line runs svc's main class from this run folder."""
@@ -345,14 +365,43 @@ def running_pid(lay: Layout, svc: Service) -> int | None:
     if not rec:
         return None
     try:
-        pid, started = int(rec["pid"]), float(rec["started"])
+        pid = int(rec["pid"])
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - started) > PID_START_SLACK_S:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        ticks = start_ticks(pid) if rec.get("start_ticks") is not None else None
+        if ticks is not None:
+            if ticks != int(rec["start_ticks"]):
+                return None
+        elif abs(proc.create_time() - float(rec["started"])) > PID_START_SLACK_S:  # a record without ticks
             return None
         cmd = proc.cmdline()
     except (KeyError, TypeError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return pid if svc.main_class in cmd and _names_run_dir(cmd, lay.root) else None
+    return pid if _is_ours(lay, svc, cmd) else None
+
+
+def unrecorded_pids(lay: Layout, svc: Service) -> list[int]:
+    """Processes that run svc's main class from this run folder but are not the recorded pid: its pid record was
+    lost, or no longer matches (written by an older logpipe before the wall clock was stepped)."""
+    recorded = running_pid(lay, svc)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != recorded and proc.status() != psutil.STATUS_ZOMBIE \
+                    and _is_ours(lay, svc, proc.info["cmdline"] or []):
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _listening_ports(pid: int) -> set[int]:
+    try:
+        return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr}
+    except (psutil.Error, OSError):
+        return set()
 
 
 def rotate_log(path: Path, max_bytes: int = LOG_ROTATE_BYTES) -> bool:
@@ -411,25 +460,39 @@ def _format_if_needed(s: Settings, lay: Layout, java: str) -> None:
         _run_once(java, cmd, lay.log_file("namenode-format"), "formatting the HDFS NameNode")
 
 
+def native_kafka_address(s: Settings) -> str:
+    """Where the native stack's broker listens (LOGPIPE_KAFKA_BOOTSTRAP, a client setting, may name another)."""
+    return f"{s.bind_host}:{s.kafka_port}"
+
+
+def native_webhdfs_address(s: Settings) -> str:
+    """Where the native stack's NameNode serves HTTP (LOGPIPE_WEBHDFS_URL, a client setting, may name another)."""
+    return f"http://{s.bind_host}:{s.namenode_http_port}"
+
+
 def _ready_probe(s: Settings, name: str) -> Callable[[], object]:
+    # the services this stack starts, not the client settings: those may name compose's or another cluster
     if name == "kafka":
-        return lambda: health.probe_kafka(s.kafka_address)
+        return lambda: health.probe_kafka(native_kafka_address(s))
     if name == "namenode":
         def nn() -> None:
             health.probe_port(s.bind_host, s.namenode_rpc_port)
-            health.probe_namenode_ui(s.webhdfs_address)
+            health.probe_namenode_ui(native_webhdfs_address(s))
         return nn
     # the DataNode itself, not only the NameNode: that lists a dead DataNode as live for a while after it died
     return lambda: health.probe_datanode_ready(s.bind_host, s.datanode_data_port,
-                                               f"http://{s.bind_host}:{s.datanode_http_port}", s.webhdfs_address)
+                                               f"http://{s.bind_host}:{s.datanode_http_port}",
+                                               native_webhdfs_address(s))
 
 
 def _ready_hint(s: Settings, lay: Layout, name: str) -> str:
     hint = f"Check its log: {lay.log_file(name)}."
     if name == "datanode":
         hint += (f" Its own state: http://{s.bind_host}:{s.datanode_http_port}/jmx?qry=Hadoop:service=DataNode,"
-                 f"name=DataNodeInfo (ActorState RUNNING once registered); the NameNode's: {s.webhdfs_address}"
-                 "/dfshealth.html#tab-datanode.")
+                 f"name=DataNodeInfo (ActorState RUNNING once registered); the NameNode's: "
+                 f"{native_webhdfs_address(s)}/dfshealth.html#tab-datanode. If the NameNode stays in safe mode "
+                 f"because its disk is nearly full ('low on available disk space' in "
+                 f"{lay.log_file('namenode')}), free space, then `logpipe stack down` and `logpipe stack up`.")
     return hint + (" It is left running (it may still come up: `logpipe stack status`); `logpipe stack down` "
                    "stops it")
 
@@ -437,6 +500,11 @@ def _ready_hint(s: Settings, lay: Layout, name: str) -> str:
 def _start(s: Settings, lay: Layout, java: str, svc: Service) -> tuple[int, bool]:
     """Start svc unless it runs; wait until ready. Returns (pid, started_now)."""
     pid = running_pid(lay, svc)
+    if pid is None and (strays := unrecorded_pids(lay, svc)):
+        pid = strays[0]
+        log.warning("%s already runs from %s as pid %d, which its pid record did not name (lost, or written before "
+                    "the wall clock was stepped): taking it as this stack's", svc.name, lay.root, pid)
+        _record_pid(lay, svc, pid)
     if pid is None:
         for port in svc.ports:
             if health.port_open(s.bind_host, port):
@@ -451,8 +519,7 @@ def _start(s: Settings, lay: Layout, java: str, svc: Service) -> tuple[int, bool
             out.flush()
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=lay.root, start_new_session=True)
-        lay.pid_file(svc.name).write_text(json.dumps({"pid": proc.pid, "main": svc.main_class,
-                                                      "started": time.time()}))
+        _record_pid(lay, svc, proc.pid)
         pid, started = proc.pid, True
 
         def alive() -> str | None:
@@ -484,6 +551,7 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
     for d in (lay.logs, lay.pids, lay.data, lay.jars):
         d.mkdir(parents=True, exist_ok=True)
     java = java_binary(s)
+    _check_before_start(s, lay)  # before minutes of jar resolution on a fresh machine
     for name in UP_CLASSPATHS:
         t = time.monotonic()
         resolve(name, lay.jars)
@@ -492,20 +560,48 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
     before = {f: f.read_text() for f in lay.conf.rglob("*") if f.is_file()} if lay.conf.exists() else {}
     write_configs(s, lay)
     changed = {f.parent.name for f in lay.conf.rglob("*") if f.is_file() and before.get(f) != f.read_text()}
+    for svc in services(s, lay):
+        conf = "kafka" if svc.name == "kafka" else "hadoop"
+        if conf in changed and running_pid(lay, svc):  # e.g. a newer logpipe changed a broker setting
+            log.warning("%s runs with an older configuration than %s now holds: `logpipe stack down` then "
+                        "`logpipe stack up` applies it (data kept)", svc.name, lay.conf / conf)
     _format_if_needed(s, lay, java)
     for svc in services(s, lay):
         t = time.monotonic()
         pid, started = _start(s, lay, java, svc)
         progress(f"{svc.name:9s} {'started' if started else 'running'} (pid {pid})"
                  + (f", ready in {time.monotonic() - t:.1f}s" if started else ""))
-        conf = "kafka" if svc.name == "kafka" else "hadoop"
-        if not started and conf in changed:  # e.g. a newer logpipe changed a setting of the broker
-            log.warning("%s runs with an older configuration than %s now holds: `logpipe stack down` then "
-                        "`logpipe stack up` applies it (data kept)", svc.name, lay.conf / conf)
+    if s.kafka_bootstrap and s.kafka_bootstrap != native_kafka_address(s) or \
+            s.webhdfs_url and s.webhdfs_url.rstrip("/") != native_webhdfs_address(s):
+        log.warning("LOGPIPE_KAFKA_BOOTSTRAP / LOGPIPE_WEBHDFS_URL name %s / %s: the other commands use those, not "
+                    "this stack (%s, %s)", s.kafka_address, s.webhdfs_address, native_kafka_address(s),
+                    native_webhdfs_address(s))
     from logpipe.stack.aot import ensure_aot_cache  # it reads Layout and spark_java_home from here
 
     ensure_aot_cache(s, progress)
     return status(s)
+
+
+def _check_before_start(s: Settings, lay: Layout) -> None:
+    """Before anything starts: each running service of ours listens on the ports now set, and no port of a service
+    to start is taken (found one service at a time, a busy DataNode port left Kafka and the NameNode running)."""
+    taken = []
+    for svc in services(s, lay):
+        pid = running_pid(lay, svc) or next(iter(unrecorded_pids(lay, svc)), None)
+        if pid is not None:
+            listening = _listening_ports(pid)
+            if listening and not set(svc.ports) <= listening:
+                raise StackError(
+                    f"{svc.name} runs (pid {pid}) on ports {sorted(listening)}, not on {list(svc.ports)} as now set "
+                    f"(a LOGPIPE_* port or LOGPIPE_BIND_HOST changed): `logpipe stack down` with the old settings, "
+                    f"then `logpipe stack up`")
+            continue
+        taken += [f"{s.bind_host}:{port} ({svc.name}) by {_port_owner(port)}" for port in svc.ports
+                  if health.port_open(s.bind_host, port)]
+    if taken:
+        raise StackError(f"cannot start the stack: port{'s' if len(taken) > 1 else ''} {', '.join(taken)} "
+                         f"taken. Stop {'them' if len(taken) > 1 else 'it'}, or choose other ports (LOGPIPE_* port "
+                         f"settings); nothing was started")
 
 
 def _stop_pid(pid: int, timeout: float, *, kill: bool = False) -> None:
@@ -535,10 +631,14 @@ def stop_service(s: Settings, name: str, *, kill: bool = False, timeout: float =
     lay = Layout(s.run_dir)
     svc = next(x for x in services(s, lay) if x.name == name)
     with stack_lock(s.run_dir, f"stop {name}"):
-        pid = running_pid(lay, svc)
-        if pid is None:
+        pids = [pid] if (pid := running_pid(lay, svc)) else unrecorded_pids(lay, svc)
+        if not pids:
             return False
-        _stop_pid(pid, timeout, kill=kill)
+        if pid is None:
+            log.warning("%s runs from %s as pid %s, which its pid record did not name (lost, or written before the "
+                        "wall clock was stepped): stopping it", name, lay.root, ", ".join(map(str, pids)))
+        for p in pids:
+            _stop_pid(p, timeout, kill=kill)
         lay.pid_file(name).unlink(missing_ok=True)
         return True
 
@@ -564,6 +664,9 @@ def _down(s: Settings, wipe: bool, progress: Callable[[str], None]) -> None:
             progress(f"{svc.name:9s} stopped")
         else:
             progress(f"{svc.name:9s} was not running")
+    left = {svc.name: pids for svc in services(s, lay) if (pids := unrecorded_pids(lay, svc))}
+    if wipe and left:
+        raise StackError(f"not wiping {lay.data}: {left} still run{'s' if len(left) == 1 else ''} from it")
     if wipe and lay.data.exists():
         shutil.rmtree(lay.data)
         progress(f"wiped {lay.data}")

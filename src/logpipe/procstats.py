@@ -17,8 +17,9 @@ class ProcStats:
     name: str
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
-    _start_cpu: dict[int, float] = field(default_factory=dict, repr=False)
-    _last_cpu: dict[int, float] = field(default_factory=dict, repr=False)
+    # by (pid, create time): a pid the kernel hands out again is another process
+    _start_cpu: dict[tuple[int, float], float] = field(default_factory=dict, repr=False)
+    _last_cpu: dict[tuple[int, float], float] = field(default_factory=dict, repr=False)
     _sampled: bool = field(default=False, repr=False)
 
     def as_dict(self) -> dict[str, float | str]:
@@ -34,12 +35,13 @@ class ResourceSampler:
     RSS over every watched tree in one sample: the memory the machine really needed at once (over the whole time
     watched: stages that ran one after the other are not summed). Samples are taken under a lock (`watch` samples
     a new tree at once, beside the thread); a sample that fails is logged and the next one goes on, so the figures
-    never stop silently (`errors` counts them).
+    never stop silently (`errors` counts them). A tree whose root has ended is not sampled again: its pid may be
+    handed to another process (or thread) later in a long run, which must not count as the ended stage.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self._roots: dict[str, int] = {}
+        self._roots: dict[str, tuple[int, float | None]] = {}  # name -> root (pid, create time); ended: removed
         self.stats: dict[str, ProcStats] = {}
         self.peak_concurrent_mb = 0.0
         self._stop = threading.Event()
@@ -49,9 +51,13 @@ class ResourceSampler:
 
     def watch(self, name: str, pid: int) -> None:
         with self._lock:
-            self._roots[name] = pid
+            try:
+                created: float | None = psutil.Process(pid).create_time()
+            except psutil.Error:  # already gone: nothing to count
+                created = None
+            self._roots[name] = (pid, created)
             self.stats.setdefault(name, ProcStats(name))
-            self._sample_one(name, pid)
+            self._sample_one(name, pid, created)
 
     def start(self) -> "ResourceSampler":
         self._thread.start()
@@ -79,16 +85,19 @@ class ResourceSampler:
 
     def _sample_all(self) -> None:
         with self._lock:
-            total = sum(self._sample_one(name, pid) for name, pid in self._roots.items())
+            total = sum(self._sample_one(name, pid, created) for name, (pid, created) in list(self._roots.items()))
             self.peak_concurrent_mb = max(self.peak_concurrent_mb, total / 2**20)
 
-    def _sample_one(self, name: str, pid: int) -> int:
-        """Sample one tree; returns its RSS in bytes now (0 when it has ended)."""
+    def _sample_one(self, name: str, pid: int, created: float | None) -> int:
+        """Sample one tree; returns its RSS in bytes now (0 when it has ended, and then it is no longer watched)."""
         st = self.stats[name]
         try:
             root = psutil.Process(pid)
+            if created is None or root.create_time() != created:
+                raise psutil.NoSuchProcess(pid)  # the pid of an ended root, given to another process
             procs = [root, *root.children(recursive=True)]
-        except psutil.Error:  # ended, or a zombie/denied root: nothing of it to count now
+        except psutil.Error:  # ended, or a zombie/denied root: nothing of it to count now, or later
+            self._roots.pop(name, None)
             return 0
         rss = 0
         for p in procs:
@@ -97,12 +106,13 @@ class ResourceSampler:
                     t = p.cpu_times()
                     cpu = t.user + t.system
                     rss += p.memory_info().rss
+                    key = (p.pid, p.create_time())
             except psutil.Error:
                 continue
             # the processes of the first sample count from there (a service already running counts only its
             # share of the benchmark); one that appears later was born while watched: all its CPU counts
-            st._start_cpu.setdefault(p.pid, cpu if not st._sampled else 0.0)
-            st._last_cpu[p.pid] = cpu
+            st._start_cpu.setdefault(key, cpu if not st._sampled else 0.0)
+            st._last_cpu[key] = cpu
         st._sampled = True
         st.cpu_s = sum(st._last_cpu[k] - st._start_cpu[k] for k in st._last_cpu)
         st.peak_rss_mb = max(st.peak_rss_mb, rss / 2**20)

@@ -122,7 +122,7 @@ class ResultsSettingsError(RuntimeError):
 
 
 def settings_of_results(s: Settings, fs: "fsspec.AbstractFileSystem | None" = None) -> tuple[Settings, list[str]]:
-    """`s` with the window, slide, watermark and alert rules that the results under s.hdfs_root were made with
+    """`s` with the window, slide, watermark, alert rules and alerts topic that the results under s.hdfs_root were made with
     (recorded by the job in `_commits/job.json`), and a note for each value that differs from `s`: the numbers on a
     root must be read with its own settings, not the reader's. `s` itself when nothing is recorded."""
     import json

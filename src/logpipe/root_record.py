@@ -6,9 +6,10 @@ from typing import Any
 
 # what the results on a root depend on, besides the input: a run with other values on the same root would mix
 # window sizes, move the late horizon backwards and write windows again that were already final, or decide the
-# alerts of one root by two sets of rules (verify and the notebook read them from here)
+# alerts of one root by two sets of rules (verify and the notebook read them from here), or publish them to two
+# topics (a batch committed before a crash and sent at the restart would go to the new one)
 ROOT_SETTINGS = ("topic", "window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count", "surge_min_share",
-                 "surge_top_hosts")
+                 "surge_top_hosts", "alerts_topic")
 # the ones readers (verify, the notebook) take from the record: how the numbers were made
 RUN_SETTINGS = tuple(k for k in ROOT_SETTINGS if k != "topic")
 DURATION_SETTINGS = ("window", "slide", "watermark")

@@ -636,7 +636,7 @@ def check_alerts(c: BatchCounts, alerts: pd.DataFrame, s: Settings,
         transient = int(len(extra)) - unexplained
     else:  # every surge the running counts met is expected: any other alert is unexplained
         unexplained = int(len(extra))
-        transient = int(len(surges)) - final_surges
+        transient = max(int(len(surges)) - final_surges, 0)  # a failing run may replay fewer than are final
     off_rule = alert_rows_off_rule(c, alerts, s)
     return {"expected": int(len(exp)), "raised": int(len(act)), "missing": int(len(missing)),
             "duplicates": dups, "transient_surges": transient, "unexplained": unexplained,
@@ -775,10 +775,53 @@ def too_large_hint(s: Settings, file_by_reason: dict[str, int], job_by_reason: d
             "(LOGPIPE_MAX_MESSAGE_BYTES), give verify the same")
 
 
+ALERT_TIME_FIELDS = ("window_start", "window_end", "detected_at")
+# an alert as README's results table describes it: the columns of alerts/, and the fields of its Kafka record
+ALERT_FIELDS = ("rule", "key", "window_start", "window_end", "count", "share", "threshold", "top_hosts", "alert_id",
+                "detected_at")
+
+
+def alert_payload_differences(row: dict[str, Any], value: bytes | None) -> list[str]:
+    """How an alert's Kafka record value (the JSON object the job publishes) differs from its row of alerts/: one
+    text per field, none if it is the same alert. Times are compared to the millisecond (JSON has no more)."""
+    try:
+        got = json.loads(value)  # type: ignore[arg-type]
+        if not isinstance(got, dict):
+            raise ValueError(f"a JSON {type(got).__name__}")
+    except (TypeError, ValueError) as exc:
+        return [f"not the JSON object of an alert ({exc})"]
+    diffs = [f"{k} unexpected" for k in got if k not in ALERT_FIELDS]
+    for k, want in row.items():
+        if k not in ALERT_FIELDS:  # e.g. the batch tag verify adds to a row
+            continue
+        if k not in got:
+            diffs.append(f"{k} absent")
+            continue
+        have = got[k]
+        if isinstance(want, np.generic):
+            want = want.item()
+        try:
+            if k in ALERT_TIME_FIELDS:
+                same = have is not None and abs(pd.Timestamp(have) - pd.Timestamp(want)) < pd.Timedelta(1, "ms")
+            elif k == "share":
+                same = (have is None) == pd.isna(want) and (have is None or abs(float(have) - float(want)) <= 1e-12)
+            elif k == "top_hosts":
+                same = list(have or []) == list(want)
+            else:
+                same = have == want
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            shown = list(want) if isinstance(want, np.ndarray) else str(want) if k in ALERT_TIME_FIELDS else want
+            diffs.append(f"{k} {have!r} (alerts/ has {shown!r})")
+    return diffs
+
+
 def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Every committed alert was published to the Kafka topic `alerts_topic` (keyed by its alert_id): the topic is
-    read from its start to its end. Copies of an alert (at least once: a crash between the send and its marker) and
-    alerts of other roots (the same log on another root has the same ids) are reported, not failed."""
+    """Every committed alert was published to the Kafka topic `alerts_topic` (keyed by its alert_id), as the same
+    JSON object as its row of alerts/: the topic is read from its start to its end. Copies of an alert (at least
+    once: a crash between the send and its marker) and alerts of other roots (the same log on another root has the
+    same ids) are reported, not failed."""
     from kafka.errors import KafkaConfigurationError, KafkaError
 
     from logpipe.topics import TopicNotFound, TopicReadTimeout, read_topic
@@ -802,14 +845,44 @@ def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 
         return failed(str(exc), exc.records)
     except KafkaError as exc:
         return failed(f"Kafka at {s.kafka_address} not reachable ({exc}): is it running? `logpipe stack status`", [])
+    rows = {r["alert_id"]: r for r in alerts.to_dict("records")} if len(alerts) else {}
     seen: dict[str, int] = {}
+    wrong: list[dict[str, Any]] = []
     for r in records:
         key = r.key.decode("utf-8", "replace") if r.key else ""
         seen[key] = seen.get(key, 0) + 1
+        if key in rows and (diffs := alert_payload_differences(rows[key], r.value)):
+            wrong.append({"alert_id": key, "offset": r.offset, "differs": diffs[:5]})
     missing = sorted(wanted - set(seen))
     return {"topic": s.alerts_topic, "published": sum(seen[k] for k in wanted if k in seen), "missing": len(missing),
-            "copies": sum(seen[k] - 1 for k in wanted if seen.get(k, 0) > 1),
-            "other_alerts": len(set(seen) - wanted), "examples_missing": missing[:10], "ok": not missing}
+            "copies": sum(seen[k] - 1 for k in wanted if seen.get(k, 0) > 1), "wrong_payload": len(wrong),
+            "other_alerts": len(set(seen) - wanted), "examples_missing": missing[:10], "examples_wrong": wrong[:5],
+            "ok": not missing and not wrong}
+
+
+class TruthFileError(ValueError):
+    """The ground-truth file is not the one `logpipe generate` writes (the message says what is wrong)."""
+
+
+def load_truth(path: Path) -> dict[str, Any]:
+    """The ground truth `logpipe generate` wrote beside a log, checked for what scoring reads (each incident's id,
+    kind, start, end and expected alerts' rule and key): read before the recount, so a broken file is said at
+    once, not after the minutes a large log takes."""
+    try:
+        truth = json.loads(path.read_text())
+        if not isinstance(truth, dict) or not isinstance(truth.get("incidents", []), list):
+            raise ValueError("not a JSON object with a list of incidents")
+        for inc in truth.get("incidents", []):
+            datetime.fromisoformat(str(inc["start"]).replace("Z", "+00:00"))
+            datetime.fromisoformat(str(inc["end"]).replace("Z", "+00:00"))
+            inc["id"], inc["kind"]  # noqa: B018 - present, as the report names them
+            for e in inc.get("expected_alerts", []):
+                e["rule"], e["key"]  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TruthFileError(f"{path} is not a ground-truth file of `logpipe generate` ({type(exc).__name__}: "
+                             f"{exc}): give the right one with --truth, or move it away to verify without "
+                             "scoring alerts against it") from exc
+    return truth
 
 
 def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int,
@@ -1149,6 +1222,9 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
     from logpipe.producer.source import LINE_CAP_BYTES
 
+    tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
+    truth_data = load_truth(tp) if truth_path is not None or tp.exists() else None  # before the recount
+
     # the producer sends a line over its message limit, or over the longest line it holds in memory, as too_large
     counts = count_log(log_path, size_s, slide_s, progress=progress,
                        max_line_bytes=min(s.max_message_bytes, LINE_CAP_BYTES))
@@ -1214,10 +1290,8 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     alerts = load_alerts(s, fs)
     alert_check = check_every_alert(s, fs, counts, alerts, replay, alerts_on_kafka)
     truth = None
-    tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
-    if tp.exists():
-        truth = score_against_truth(alerts, json.loads(tp.read_text()), size_s,
-                                    read_until(newest))
+    if truth_data is not None:
+        truth = score_against_truth(alerts, truth_data, size_s, read_until(newest))
         truth["ok"] = (truth["recall"] == 1.0 and truth["false_positives"] == 0) if strict_truth else True
     ok = host_cmp["ok"] and status_cmp["ok"] and acc["ok"] and alert_check["ok"] and (truth is None or truth["ok"])
     return VerifyReport(ok=ok, log=str(log_path), seconds=round(time.monotonic() - t0, 2), accounting=acc,

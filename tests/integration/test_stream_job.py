@@ -385,3 +385,22 @@ def test_batch_committed_by_us_but_not_by_spark_is_rerun_exactly(job_settings: S
     metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000")
     assert fs.exists(f"{commits}/{ids[-1]}"), "Spark did not re-run (and commit) the batch"
     check_results(job_settings, sent, metrics)
+
+
+def test_a_results_root_hdfs_refuses_is_one_line_with_what_to_do(job_settings: Settings):
+    """HDFS refusing the results root as the job takes it (here: a folder of another user) ended the job with a
+    Java stack trace of ~140 lines; the same causes within a micro-batch were already one line and a hint."""
+    from hdfs import InsecureClient
+
+    lines, _, _ = make_lines(100)
+    send(job_settings, [(i, line) for i, line in enumerate(lines)])
+    client = InsecureClient(job_settings.webhdfs_address, user=job_settings.hdfs_user_name)
+    client.makedirs(job_settings.hdfs_root, permission="755")
+    r = subprocess.run([sys.executable, "-m", "logpipe", "stream", "--until-done"],
+                       env=job_env(job_settings, LOGPIPE_HDFS_ROOT=f"{job_settings.hdfs_root}/mine",
+                                   LOGPIPE_HDFS_USER=f"nobody-{job_settings.topic}"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("logpipe stream: could not take the results root") and "Permission denied" in last, last
+    assert "LOGPIPE_HDFS_USER" in last and "Traceback" not in r.stderr and "\tat org.apache" not in r.stderr

@@ -3,6 +3,7 @@ of every window."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -25,8 +26,9 @@ def test_a_root_without_results_says_so(stack, unique, tmp_path):
 
 
 def test_every_committed_alert_must_be_on_the_kafka_alerts_topic(stack, unique):
-    """verify reads the alerts topic from its start: an alert of alerts/ that was never published fails; one sent
-    twice (at least once) and another root's alert are reported, not failed."""
+    """verify reads the alerts topic from its start: an alert of alerts/ that was never published fails, and so
+    does a record under an alert's id that is not that alert; one sent twice (at least once) and another root's
+    alert are reported, not failed."""
     import pandas as pd
     from kafka import KafkaProducer
 
@@ -34,18 +36,38 @@ def test_every_committed_alert_must_be_on_the_kafka_alerts_topic(stack, unique):
     from logpipe.verify import check_alerts_on_kafka
 
     s = stack.with_overrides(alerts_topic=f"alerts-{unique}")
-    alerts = pd.DataFrame({"alert_id": ["a1", "a2"]})
+    t0 = pd.Timestamp("2004-05-18 00:13:00", tz="UTC")
+    alerts = pd.DataFrame({"rule": ["rate_limit", "failure_surge"], "key": ["203.0.113.2", "404"],
+                           "window_start": [t0, t0], "window_end": [t0 + pd.Timedelta(20, "s")] * 2,
+                           "count": [620, 2201], "share": [None, 0.8125], "threshold": [200, 50],
+                           "top_hosts": [["203.0.113.2"], ["198.51.100.2", "23.197.167.1"]], "alert_id": ["a1", "a2"],
+                           "detected_at": [pd.Timestamp("2026-12-03 15:12:18.780369", tz="UTC")] * 2})
+
+    def as_published(i: int, **change: object) -> bytes:  # as the job's to_json writes it
+        row = {**alerts.iloc[i].to_dict(), **change}
+        for k in ("window_start", "window_end", "detected_at"):
+            row[k] = row[k].strftime("%Y-%m-%dT%H:%M:%S.") + f"{row[k].microsecond // 1000:03d}Z"
+        row["share"] = None if pd.isna(row["share"]) else row["share"]
+        return json.dumps({k: v.item() if hasattr(v, "item") else v for k, v in row.items()}).encode()
+
     r = check_alerts_on_kafka(s, alerts, timeout_s=20)  # no such topic yet: nothing published, and said why
     assert (r["missing"], r["ok"]) == (2, False), r
     assert f"topic {s.alerts_topic} does not exist" in r["error"]
     assert check_alerts_on_kafka(s, alerts.iloc[:0], timeout_s=20)["ok"]  # no alert to find: no topic needed
     create_topic(s, s.alerts_topic, partitions=1)  # as the job does when it starts
     producer = KafkaProducer(bootstrap_servers=s.kafka_address)
-    for key in ("a1", "a1", "a2", "other"):
-        producer.send(s.alerts_topic, key=key.encode(), value=b"{}")
+    for key, value in (("a1", as_published(0)), ("a1", as_published(0)), ("a2", as_published(1)), ("other", b"{}")):
+        producer.send(s.alerts_topic, key=key.encode(), value=value)
+    producer.flush()
+    r = check_alerts_on_kafka(s, alerts, timeout_s=20)
+    assert (r["missing"], r["copies"], r["other_alerts"], r["wrong_payload"], r["ok"]) == (0, 1, 1, 0, True), r
+    r = check_alerts_on_kafka(s, pd.concat([alerts.iloc[:1], pd.DataFrame({"alert_id": ["a3"]})]), timeout_s=20)
+    assert (r["missing"], r["examples_missing"], r["ok"]) == (1, ["a3"], False), r
+    # a record under an alert's key that is not that alert (another count) fails: the ids alone proved nothing
+    producer.send(s.alerts_topic, key=b"a2", value=as_published(1, count=7))
     producer.flush()
     producer.close()
     r = check_alerts_on_kafka(s, alerts, timeout_s=20)
-    assert (r["missing"], r["copies"], r["other_alerts"], r["ok"]) == (0, 1, 1, True), r
-    r = check_alerts_on_kafka(s, pd.DataFrame({"alert_id": ["a1", "a3"]}), timeout_s=20)
-    assert (r["missing"], r["examples_missing"], r["ok"]) == (1, ["a3"], False), r
+    assert (r["missing"], r["wrong_payload"], r["ok"]) == (0, 1, False), r
+    assert r["examples_wrong"][0]["alert_id"] == "a2" and r["examples_wrong"][0]["differs"] == [
+        "count 7 (alerts/ has 2201)"], r

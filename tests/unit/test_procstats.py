@@ -84,3 +84,30 @@ def test_a_failing_sample_is_counted_and_sampling_goes_on():
         sampler.stop()
     assert sampler.errors == 2
     assert sampler.peak_concurrent_mb >= 120  # the thread's later samples saw the 130 MB
+
+
+def test_the_pid_of_an_ended_stage_given_to_another_process_does_not_count_for_it():
+    """Every stage's root was sampled for the whole run: once the kernel gave an ended stage's pid to another
+    process (or a JVM thread), that stranger's CPU and memory counted as the stage's (a review reproduced it in a
+    pid namespace). A root is now known by its pid and create time, and no longer sampled once it has ended."""
+    import psutil
+
+    sampler = ResourceSampler(interval=60)  # samples only when told
+    short = subprocess.Popen([sys.executable, "-c", "pass"])
+    sampler.watch("short", short.pid)
+    short.wait()
+    stranger = subprocess.Popen([sys.executable, "-c", HOLD_50MB.format(2)])
+    try:
+        time.sleep(0.5)
+        # as if the kernel had handed the ended root's pid to the stranger: same pid, another create time
+        created = psutil.Process(stranger.pid).create_time() - 5
+        sampler._roots["short"] = (stranger.pid, created)
+        before = sampler.stats["short"].as_dict()
+        sampler._sample_all()
+        assert sampler.stats["short"].as_dict() == before
+        assert "short" not in sampler._roots and sampler.peak_concurrent_mb < 50
+        sampler.watch("stranger", stranger.pid)  # the stranger itself, watched under its own name, counts
+        assert sampler.stats["stranger"].peak_rss_mb >= 50
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -262,7 +262,7 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
     from logpipe.streaming import job as job_mod
 
     j = job_mod.StreamJob.__new__(job_mod.StreamJob)  # the lock and the two calls only: no Spark
-    j._in_batch, j.spark, j.root = threading.Lock(), None, "hdfs://x/r"
+    j._in_batch, j.spark, j.root, j._generation = threading.Lock(), None, "hdfs://x/r", 0
     order: list[str] = []
     release = threading.Event()
 
@@ -395,7 +395,7 @@ def test_a_new_query_does_not_inherit_the_batch_error_of_an_earlier_one() -> Non
             return self
 
     j = job_mod.StreamJob.__new__(job_mod.StreamJob)
-    j.s, j.batch_error = Settings(), RuntimeError("the follow query's batch, cancelled by the stop")
+    j.s, j.batch_error, j._generation = Settings(), RuntimeError("the follow query's batch, cancelled by the stop"), 1
     j._kafka_stream = Chain
     j.ingest_query(available_now=True)
     assert j.batch_error is None
@@ -556,3 +556,26 @@ def test_a_failing_read_of_the_ends_is_a_warning_once_and_a_sighting_is_dated_af
     fail["on"] = False
     quiet.read_once()
     assert quiet.moved_at == 1021.0  # when the read that saw the ends returned, not when it began
+
+
+def test_a_callback_of_a_query_stopped_before_recover_does_not_run(monkeypatch) -> None:
+    """The follow query is stopped between batches, then recover() cleans up and the drain query starts. A callback
+    of the stopped query that py4j delivers only after recover() (a trigger that began as it was stopped) must not
+    run beside the drain's batch of the same id: it is refused; a callback of the current query runs."""
+    from logpipe.streaming import job as job_mod
+
+    j = job_mod.StreamJob.__new__(job_mod.StreamJob)  # no Spark: the guard only
+    j._in_batch, j._generation, j.batch_error = threading.Lock(), 0, None
+    ran: list[int] = []
+    j._run_batch = lambda _batch, batch_id: ran.append(batch_id)
+    j.fs, j.spark, j.root = type("Fs", (), {"delete": lambda self, p: None})(), None, "hdfs://x/r"
+    j._publish_committed_alerts = lambda: None
+    monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: [])
+    j.recover()  # before the follow query
+    follow_generation = j._generation
+    j._batch(None, 3, follow_generation)
+    j.recover()  # after the follow query was stopped, before the drain
+    with pytest.raises(RuntimeError, match="micro-batch 4 of a query stopped before recover"):
+        j._batch(None, 4, follow_generation)
+    j._batch(None, 4, j._generation)  # the drain's
+    assert ran == [3, 4]

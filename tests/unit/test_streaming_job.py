@@ -171,6 +171,10 @@ def test_a_root_records_its_settings_and_refuses_others(local_spark, tmp_path, c
     claim(window="20 seconds")  # the same duration, spelled otherwise
     with pytest.raises(ResultsRootMismatch, match="rate_limit_ceiling 200 there, 201 now"):
         claim(rate_limit_ceiling=201)
+    # another alerts topic: a batch committed before a crash would be published to it at the restart, and the
+    # alerts of one root be split over two topics
+    with pytest.raises(ResultsRootMismatch, match="alerts_topic 'alerts' there, 'other-alerts' now"):
+        claim(alerts_topic="other-alerts")
     for broken, why in (('["topic"]', "a JSON list, not an object"), ("{", "is not the JSON the job writes")):
         write(broken)
         with pytest.raises(ResultsRootMismatch, match=why):

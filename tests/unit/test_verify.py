@@ -650,3 +650,31 @@ def test_a_worker_error_that_does_not_pickle_still_reaches_the_caller():
     with pytest.raises(RuntimeError, match="could not send its error.*unpicklable"):
         run_in_processes(exec, [("e = ValueError('unpicklable'); e.fn = lambda: 0; raise e",)],
                          ctx=multiprocessing.get_context("spawn"))
+
+
+def test_an_alerts_kafka_record_is_compared_field_by_field_with_its_row():
+    """The value the job publishes (Spark's to_json: times to the millisecond, share null for rate limits) is the
+    same alert as its row of alerts/; another count, a missing field or a value that is no JSON object is not."""
+    from logpipe.verify import alert_payload_differences
+
+    row = {"rule": "failure_surge", "key": "404", "count": pd.Series([2201]).iloc[0], "share": 0.8125,
+           "threshold": 50, "top_hosts": ["198.51.100.2", "23.197.167.1"], "alert_id": "abc",
+           "window_start": pd.Timestamp("2004-05-18 00:13:00", tz="UTC"),
+           "window_end": pd.Timestamp("2004-05-18 00:13:20", tz="UTC"),
+           "detected_at": pd.Timestamp("2026-12-03 15:12:18.780369", tz="UTC")}
+    value = (b'{"rule":"failure_surge","key":"404","window_start":"2004-05-18T00:13:00.000Z",'
+             b'"window_end":"2004-05-18T00:13:20.000Z","count":2201,"share":0.8125,"threshold":50,'
+             b'"top_hosts":["198.51.100.2","23.197.167.1"],"alert_id":"abc","detected_at":"2026-12-03T15:12:18.780Z"}')
+    assert alert_payload_differences(row, value) == []
+    assert alert_payload_differences({**row, "batch": "b0000000001"}, value) == []  # not a field of the alert
+    assert alert_payload_differences(row, value.replace(b'"rule"', b'"x":1,"rule"')) == ["x unexpected"]
+    assert alert_payload_differences({**row, "share": float("nan")}, value.replace(b"0.8125", b"null")) == []
+    assert alert_payload_differences(row, value.replace(b"2201", b"2200")) == ["count 2200 (alerts/ has 2201)"]
+    assert alert_payload_differences(row, value.replace(b"00:13:20.000Z", b"00:13:30.000Z"))[0].startswith(
+        "window_end '2004-05-18T00:13:30.000Z'")
+    assert alert_payload_differences(row, value.replace(b'"rule":"failure_surge",', b"")) == ["rule absent"]
+    assert alert_payload_differences(row, value.replace(b'"198.51.100.2",', b""))[0].startswith("top_hosts")
+    assert alert_payload_differences(row, value.replace(b"0.8125", b"null"))[0].startswith("share None")
+    assert alert_payload_differences(row, b"[1]")[0].startswith("not the JSON object")
+    assert alert_payload_differences(row, None)[0].startswith("not the JSON object")
+    assert alert_payload_differences(row, value.replace(b"2026-12-03T", b"garbage"))[0].startswith("detected_at")

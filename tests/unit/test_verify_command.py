@@ -23,6 +23,38 @@ def test_a_missing_truth_file_is_an_error_not_a_skipped_check(log, tmp_path, cap
     assert code == 2 and "no such truth file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text, why", [("{", "JSONDecodeError"), ("[1]", "not a JSON object"),
+                                       ('{"incidents": [{"id": 1, "kind": "x", "end": "2004-05-18T00:00:00Z"}]}',
+                                        "KeyError: 'start'"),
+                                       ('{"incidents": [{"id": 1, "kind": "x", "start": "soon", "end": "later"}]}',
+                                        "ValueError")])
+def test_a_broken_truth_file_is_said_before_the_recount(log, tmp_path, capsys, text, why):
+    """It was read after the recount (minutes at 2.5 GB), and then failed with a traceback; the one beside the log
+    (`<log>.truth.json`) is checked as well as one given with --truth."""
+    log.with_name(log.name + ".truth.json").write_text(text)
+    code = main(["verify", "--log", str(log)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a ground-truth file of `logpipe generate`" in err and why in err, err
+    assert "Traceback" not in err
+
+
+def test_a_log_read_from_a_pipe_is_taken(tmp_path, monkeypatch, capsys):
+    """`--log <(zcat access.log.gz)`: the recount reads it once, in one process; the command refused it as no
+    file. (With HDFS down here, it gets as far as looking for the results.)"""
+    import os
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("LOGPIPE_CONNECT_TIMEOUT_S", "1")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    code = main(["verify", "--log", str(fifo)])
+    err = capsys.readouterr().err
+    assert code == 1 and "no such log file" not in err and f"127.0.0.1:{port}" in err, err
+
+
 def test_hdfs_down_is_one_line_that_says_what_to_check(log, monkeypatch, capsys):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

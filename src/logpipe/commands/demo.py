@@ -232,6 +232,9 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
     console.print(f"log: {log_path} ({log_path.stat().st_size / 1e6:.1f} MB)")
     console.print("lines read {:,} = parsed {:,} + quarantined {:,}; late (behind watermark) {:,}".format(
         acc.get("lines", 0), acc.get("parsed", 0), acc.get("quarantined", 0), acc.get("late", 0)))
+    if not acc.get("ok", True):  # the line above is verify's recount of the log; the job's differ
+        console.print("[red]the job's results hold[/] parsed {:,} + quarantined {:,} lines: see verify's report "
+                      "above".format(acc.get("job_parsed_unique", 0), acc.get("job_quarantined_unique", 0)))
     compared = report.get("windows_compared")
     compared = f"{compared:,}" if isinstance(compared, int) else "?"
     console.print(f"verify: {'[green]exact' if report.get('ok') else '[red]MISMATCH'}[/] "

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hdfs.util import HdfsError
+    from kafka.errors import KafkaError
+
     from logpipe.health import ServiceTimeout
     from logpipe.streaming.run import StopRequested, check_until_idle, run_stream
 
@@ -40,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
         return exc.exit_code
     except (ServiceTimeout, RuntimeError) as exc:
         print(f"logpipe stream: {exc}", file=sys.stderr)
+        return 1
+    except (KafkaError, HdfsError) as exc:  # the admin and WebHDFS calls before the query starts
+        print(f"logpipe stream: {type(exc).__name__}: {exc} -- check `logpipe stack status` and the settings "
+              f"LOGPIPE_KAFKA_BOOTSTRAP ({s.kafka_address}) / LOGPIPE_WEBHDFS_URL ({s.webhdfs_address})",
+              file=sys.stderr)
         return 1
     print(json.dumps(metrics, default=str))
     return 0

@@ -32,13 +32,20 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from logpipe.results import ResultsSettingsError, settings_of_results
-    from logpipe.verify import verify_run
+    from logpipe.verify import TruthFileError, load_truth, verify_run
 
-    if not args.log.is_file():
+    if not args.log.exists() or args.log.is_dir():  # a regular file, or a pipe (`--log <(zcat access.log.gz)`)
         print(f"logpipe verify: no such log file: {args.log}", file=sys.stderr)
         return 2
     if args.truth is not None and not args.truth.is_file():
         print(f"logpipe verify: no such truth file: {args.truth}", file=sys.stderr)
+        return 2
+    truth = args.truth or args.log.with_name(args.log.name + ".truth.json")
+    try:
+        if truth.is_file():
+            load_truth(truth)  # said now, not after the recount
+    except TruthFileError as exc:
+        print(f"logpipe verify: {exc}", file=sys.stderr)
         return 2
     s = settings_from_args(args)
     problem = results_problem(s)  # before the minutes a large log's recount takes
@@ -115,6 +122,9 @@ def kafka_text(k: dict) -> str:
     if k["missing"] and not k["published"]:  # none of them: most likely the wrong topic
         text += (" (none of this root's alerts is there: is it the topic the job published to? --alerts-topic / "
                  "LOGPIPE_ALERTS_TOPIC)")
+    if k.get("wrong_payload"):
+        text += (f", {k['wrong_payload']} records unlike their alert in alerts/ (e.g. "
+                 f"{k['examples_wrong'][0]['alert_id']}: {'; '.join(k['examples_wrong'][0]['differs'])})")
     return f"{text}, {k['copies']} copies (sent again after a crash, or by another root over the same log)"
 
 

@@ -130,6 +130,8 @@ class StreamJob:
         # for the callback, not the Python callback itself, whose HDFS renames and marker go on; recover() waits
         # for it, so it never removes the files of a batch that then commits
         self._in_batch = threading.Lock()
+        # raised by recover(): a callback of a query stopped before it (one py4j delivers late) does not run
+        self._generation = 0
         self.batch_error: Exception | None = None  # what the last micro-batch callback that failed raised
 
     # ------------------------------------------------------------------ committed history
@@ -234,8 +236,11 @@ class StreamJob:
                 .option("kafka.fetch.max.bytes", str(64 << 20))
                 .load())
 
-    def _batch(self, batch: "DataFrame", batch_id: int) -> None:
+    def _batch(self, batch: "DataFrame", batch_id: int, generation: int | None = None) -> None:
         with self._in_batch:
+            if generation is not None and generation != self._generation:
+                raise RuntimeError(f"micro-batch {batch_id} of a query stopped before recover(): not run (the "
+                                   "query that replaced it runs that batch)")
             try:
                 self._run_batch(batch, batch_id)
             except Exception as exc:
@@ -306,6 +311,7 @@ class StreamJob:
         then send the committed alerts a crash kept from Kafka (a committed batch is not run again, so nothing
         else would send them). Waits for a micro-batch callback still running (see _in_batch)."""
         with self._in_batch:
+            self._generation += 1
             cleaned = clean_crashed_attempts(self.spark, self.root, list(OUTPUT_TABLES))
             self.fs.delete(f"{self.root}/events/_staging")  # what batches that died staged (see PASS_DIR)
         if cleaned:
@@ -316,7 +322,7 @@ class StreamJob:
     def ingest_query(self, available_now: bool) -> "StreamingQuery":
         self.batch_error = None  # a new query: an earlier one's failure (a cancelled follow query) is not its cause
         w = (self._kafka_stream().writeStream.queryName("ingest")
-             .foreachBatch(self._batch)
+             .foreachBatch(lambda batch, batch_id, gen=self._generation: self._batch(batch, batch_id, gen))
              .option("checkpointLocation", self.s.hdfs_uri("_checkpoints", "ingest")))
         return self._trigger(w, available_now).start()
 

@@ -181,9 +181,13 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         job.claim_root(topic_now)
         lease.check()  # a newcomer that took it over meanwhile: stop before recover() cleans its batch in progress
         job.recover()
-    except BaseException:
+    except BaseException as exc:
         lease.release()
         spark.stop()
+        if type(exc).__name__ == "Py4JJavaError":  # HDFS refused (permissions, safe mode, no space): one line
+            text = str(exc)
+            hint = next((h for k, h in FAILURE_HINTS.items() if k in text), "")
+            raise RuntimeError(f"could not take the results root {job.root}: {failure_summary(text)}{hint}") from exc
         raise
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()
@@ -534,4 +538,8 @@ FAILURE_HINTS = {  # what to check next, by a telling part of the error
                       " once it is back, start the job again (it resumes from its checkpoints)",
     "Connection refused": " -- a service is not reachable: check `logpipe stack status`; the job resumes from its"
                           " checkpoints when started again",
+    "AccessControlException": " -- the HDFS user (LOGPIPE_HDFS_USER, else your login name) may not write there: "
+                              "choose another LOGPIPE_HDFS_ROOT, or give that user the folder",
+    "SafeModeException": " -- the NameNode is in safe mode (e.g. its disk is nearly full): see its log "
+                         "(`logpipe stack status` shows where)",
 }

@@ -257,6 +257,9 @@ def test_a_step_of_the_wall_clock_does_not_make_a_service_a_stranger(run_dir, fr
     lay.pid_file("kafka").write_text(json.dumps({**rec, "start_ticks": rec["start_ticks"] - 1}))  # another process
     assert services.running_pid(lay, _kafka(s)) is None
     assert services.unrecorded_pids(lay, _kafka(s)) == [p.pid]
+    # it runs, whatever its record says: the test suite's stack fixture, seeing it stopped, took it for started
+    # by itself and stopped the whole stack at the end of the session
+    assert services.status(s)[0]["running"] and services.status(s)[0]["pid"] == p.pid
 
     lay.data.mkdir()
     services.down(s, wipe=True, progress=lambda m: None)

@@ -680,7 +680,9 @@ def status(s: Settings) -> list[dict]:
     lay = Layout(s.run_dir)
     rows = []
     for svc in services(s, lay):
-        pid = running_pid(lay, svc)
+        # a process of ours that its pid record does not name (lost, or written before a clock step) runs too:
+        # `stack down` stops it, `stack up` takes it back
+        pid = running_pid(lay, svc) or next(iter(unrecorded_pids(lay, svc)), None)
         rows.append({"service": svc.name, "running": pid is not None, "pid": pid,
                      "ports": ",".join(f"{s.bind_host}:{p}" for p in svc.ports),
                      "data": str(svc.data_dir), "log": str(lay.log_file(svc.name))})

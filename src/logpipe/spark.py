@@ -84,7 +84,12 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
     if os.environ.get("TZ") != "UTC":
         os.environ["TZ"] = "UTC"
         time.tzset()
-    os.environ.setdefault("HADOOP_USER_NAME", s.hdfs_user_name)
+    # Hadoop's client takes its user from HADOOP_USER_NAME: LOGPIPE_HDFS_USER, when set, wins over one inherited
+    # (the same user as the job's WebHDFS calls); else an inherited one stands, else the login name
+    if s.hdfs_user:
+        os.environ["HADOOP_USER_NAME"] = s.hdfs_user
+    else:
+        os.environ.setdefault("HADOOP_USER_NAME", s.hdfs_user_name)
     set_spark_local_ip(s)
     # Spark's Python workers (a DataFrame made from Python rows is unpickled by one) run this interpreter, not
     # whatever `python3` is first on PATH, which may be another version than the driver's (Spark refuses that)

@@ -387,9 +387,12 @@ def test_batch_committed_by_us_but_not_by_spark_is_rerun_exactly(job_settings: S
     check_results(job_settings, sent, metrics)
 
 
-def test_a_results_root_hdfs_refuses_is_one_line_with_what_to_do(job_settings: Settings):
+def test_a_results_root_hdfs_refuses_is_one_line_with_what_to_do(job_settings: Settings, monkeypatch):
     """HDFS refusing the results root as the job takes it (here: a folder of another user) ended the job with a
-    Java stack trace of ~140 lines; the same causes within a micro-batch were already one line and a hint."""
+    Java stack trace of ~140 lines; the same causes within a micro-batch were already one line and a hint. The job
+    runs as LOGPIPE_HDFS_USER even where HADOOP_USER_NAME is inherited (this test process sets it for its own
+    Spark session, which its children inherit: the setting was ignored then)."""
+    monkeypatch.setenv("HADOOP_USER_NAME", job_settings.hdfs_user_name)  # as the session's Spark sets it
     from hdfs import InsecureClient
 
     lines, _, _ = make_lines(100)

@@ -589,7 +589,10 @@ def _check_before_start(s: Settings, lay: Layout) -> None:
     for svc in services(s, lay):
         pid = running_pid(lay, svc) or next(iter(unrecorded_pids(lay, svc)), None)
         if pid is not None:
-            listening = _listening_ports(pid)
+            listening, deadline = _listening_ports(pid), time.monotonic() + 10
+            while listening and not set(svc.ports) <= listening and time.monotonic() < deadline:
+                time.sleep(0.5)  # one that is still starting may not have bound every port yet
+                listening = _listening_ports(pid)
             if listening and not set(svc.ports) <= listening:
                 raise StackError(
                     f"{svc.name} runs (pid {pid}) on ports {sorted(listening)}, not on {list(svc.ports)} as now set "

@@ -396,6 +396,12 @@ def unrecorded_pids(lay: Layout, svc: Service) -> list[int]:
     return found
 
 
+def our_pid(lay: Layout, svc: Service) -> int | None:
+    """The pid of svc running from this run folder: the recorded one, else one no record names (see
+    unrecorded_pids), else None."""
+    return running_pid(lay, svc) or next(iter(unrecorded_pids(lay, svc)), None)
+
+
 def _listening_ports(pid: int) -> set[int]:
     try:
         return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
@@ -587,7 +593,7 @@ def _check_before_start(s: Settings, lay: Layout) -> None:
     to start is taken (found one service at a time, a busy DataNode port left Kafka and the NameNode running)."""
     taken = []
     for svc in services(s, lay):
-        pid = running_pid(lay, svc) or next(iter(unrecorded_pids(lay, svc)), None)
+        pid = our_pid(lay, svc)
         if pid is not None:
             listening, deadline = _listening_ports(pid), time.monotonic() + 10
             while listening and not set(svc.ports) <= listening and time.monotonic() < deadline:
@@ -685,7 +691,7 @@ def status(s: Settings) -> list[dict]:
     for svc in services(s, lay):
         # a process of ours that its pid record does not name (lost, or written before a clock step) runs too:
         # `stack down` stops it, `stack up` takes it back
-        pid = running_pid(lay, svc) or next(iter(unrecorded_pids(lay, svc)), None)
+        pid = our_pid(lay, svc)
         rows.append({"service": svc.name, "running": pid is not None, "pid": pid,
                      "ports": ",".join(f"{s.bind_host}:{p}" for p in svc.ports),
                      "data": str(svc.data_dir), "log": str(lay.log_file(svc.name))})

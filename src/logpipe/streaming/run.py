@@ -148,6 +148,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     """Run the job. until_done: returns the run's metrics when everything in the topic has been processed.
     until_idle_s: process records as they arrive (a producer may still be writing them); once the first records
     were processed and then none arrived for until_idle_s seconds, finish as until_done does."""
+    from py4j.protocol import Py4JJavaError
+
     from logpipe import health
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF, StreamJob
@@ -184,10 +186,9 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     except BaseException as exc:
         lease.release()
         spark.stop()
-        if type(exc).__name__ == "Py4JJavaError":  # HDFS refused (permissions, safe mode, no space): one line
-            text = str(exc)
-            hint = next((h for k, h in FAILURE_HINTS.items() if k in text), "")
-            raise RuntimeError(f"could not take the results root {job.root}: {failure_summary(text)}{hint}") from exc
+        if isinstance(exc, Py4JJavaError):  # HDFS refused (permissions, safe mode, no space): one line
+            raise RuntimeError(f"could not take the results root {job.root}: {failure_summary(str(exc))}"
+                               f"{failure_hint(str(exc))}") from exc
         raise
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()
@@ -514,8 +515,12 @@ def _raise_if_failed(q: StreamingQuery, job: StreamJob | None = None) -> None:
         raise cause
     text = str(exc) if cause is None else f"{cause}\n{exc}"
     summary = failure_summary(str(cause)) if cause is not None else failure_summary(text)
-    hint = next((h for k, h in FAILURE_HINTS.items() if k in text), "")
-    raise RuntimeError(f"streaming query {q.name} failed: {summary}{hint}")
+    raise RuntimeError(f"streaming query {q.name} failed: {summary}{failure_hint(text)}")
+
+
+def failure_hint(text: str) -> str:
+    """What to check next for an error whose text is `text` (FAILURE_HINTS), or ''."""
+    return next((h for k, h in FAILURE_HINTS.items() if k in text), "")
 
 
 # `Caused by: a.b.CException(x.YException): msg`, `: a.b.CError: msg`, `RuntimeError: msg`

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +39,87 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             wrong.append(f"{item.nodeid}: a unit test using {sorted(STACK_FIXTURES & set(item.fixturenames))}")
     if wrong:
         raise pytest.UsageError("tests with wrong markers:\n  " + "\n  ".join(wrong))
+    # the fast tests first (a broken parser fails in minutes, not after the e2e tests), then those on the stack;
+    # a stable sort keeps each kind in file order
+    items.sort(key=lambda item: next(i for i, k in enumerate(KINDS) if item.get_closest_marker(k)))
+
+
+class _BackgroundStackUp:
+    """`logpipe stack up` in a process of its own, started once the tests are collected if any needs the stack
+    and it is not up: the unit tests (which come first and need no services) run while the JVMs start and
+    Spark's AOT cache is trained. A process, not a thread: unit tests monkeypatch the stack's modules."""
+
+    def __init__(self, settings: Settings) -> None:
+        from logpipe.stack import services
+
+        self.settings = settings
+        rows = services.status(settings)
+        self.started_here = [r["service"] for r in rows if not r["running"]]
+        self.whole_stack = len(self.started_here) == len(rows)
+        self.log = Path(tempfile.mkstemp(prefix="logpipe-tests-stack-up-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+        self.claimed = False  # the `stack` fixture took it over (and stops what it started)
+        if self.started_here:
+            with self.log.open("wb") as out:
+                self.proc = subprocess.Popen([sys.executable, "-m", "logpipe", "stack", "up"], stdout=out,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
+
+    def wait(self, timeout: float = 900) -> None:
+        """Until `stack up` has finished; its output in the error if it failed."""
+        if self.proc is None:
+            return
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(f"`logpipe stack up` did not finish in {timeout:.0f} s; its output:\n"
+                               + self.log.read_text(errors="replace")[-5000:]) from None
+        if code != 0:
+            raise RuntimeError(f"`logpipe stack up` failed (exit {code}); its output ({self.log}):\n"
+                               + self.log.read_text(errors="replace")[-5000:])
+        self.log.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def stop_started(self) -> None:
+        """Stop the services this session started (none that ran before it), unless LOGPIPE_KEEP_STACK=1."""
+        from logpipe.stack import services
+
+        if not self.started_here or os.environ.get("LOGPIPE_KEEP_STACK") == "1":
+            return
+        if self.whole_stack:
+            services.down(self.settings, progress=lambda m: None)
+        else:
+            for name in reversed(self.started_here):
+                services.stop_service(self.settings, name)
+
+
+_STACK_UP: list[_BackgroundStackUp] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or not any(STACK_FIXTURES & set(i.fixturenames) for i in session.items):
+        return
+    s = load_settings()
+    if s.kafka_bootstrap is None:  # else the tests use a cluster that runs elsewhere
+        _STACK_UP.append(_BackgroundStackUp(s))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A background `stack up` the `stack` fixture never took over (interrupted during the unit tests, say):
+    stopped, with what it started."""
+    for bg in _STACK_UP:
+        if not bg.claimed:
+            bg.kill()
+            bg.stop_started()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -104,24 +190,22 @@ def _delete_test_data(s: Settings, suffix: str) -> None:
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Settings]:
     """The native stack, ready. Reused if already up (or if LOGPIPE_KAFKA_BOOTSTRAP points elsewhere);
-    otherwise started here and stopped at the end of the session unless LOGPIPE_KEEP_STACK=1."""
+    otherwise started here (in the background since the tests were collected) and stopped at the end of the
+    session unless LOGPIPE_KEEP_STACK=1."""
     from logpipe import health
-    from logpipe.stack import services
 
-    external = settings.kafka_bootstrap is not None
-    rows = [] if external else services.status(settings)
-    started_here = [r["service"] for r in rows if not r["running"]]  # only these are stopped at the end
-    if started_here:
-        services.up(settings, progress=lambda m: None)
+    bg = _STACK_UP[0] if _STACK_UP else None
+    if bg is None and settings.kafka_bootstrap is None:  # not started at collection (no test seemed to need it)
+        bg = _BackgroundStackUp(settings)
+        _STACK_UP.append(bg)
+    if bg is not None:
+        bg.wait()  # if it fails, the session's end stops what it started
+        bg.claimed = True
     health.wait_for_kafka(settings.kafka_address, timeout=60)
     health.wait_for_hdfs(settings.webhdfs_address, timeout=60)
     yield settings
-    if started_here and os.environ.get("LOGPIPE_KEEP_STACK") != "1":
-        if len(started_here) == len(rows):
-            services.down(settings, progress=lambda m: None)
-        else:
-            for name in reversed(started_here):
-                services.stop_service(settings, name)
+    if bg is not None:
+        bg.stop_started()
 
 
 @pytest.fixture(scope="session")

@@ -135,7 +135,9 @@ def settings_of_results(s: Settings, fs: "fsspec.AbstractFileSystem | None" = No
         with fs.open(path, "rb") as f:
             recorded = json.load(f)
         theirs = {k: recorded[k] for k in RUN_SETTINGS if k in recorded}
-        ran_with = s.with_overrides(**theirs)
+        # the root's topic too, with no note (readers do not read it): with the reader's own, a root whose alerts
+        # topic is named as the reader's topic would fail the check that the two differ
+        ran_with = s.with_overrides(**theirs, **{k: recorded[k] for k in ("topic",) if k in recorded})
     except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, or values the settings refuse
         raise ResultsSettingsError(f"{path} is not the record the job writes ({exc}): it says which window, slide, "
                                    "watermark and rules the results were made with; restore it, or read the "

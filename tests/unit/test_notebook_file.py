@@ -76,6 +76,17 @@ def test_the_notebook_runs_top_to_bottom_on_small_results(tmp_path, monkeypatch,
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
     monkeypatch.setenv("LOG_FILE", str(tmp_path / "no-such.log"))
+    namespace = _run_cells()
+    out = capsys.readouterr().out
+    assert namespace["ceiling"] == 25 and "rate_limit_ceiling 25" in out
+    over = sum(c >= 25 for c in host_counts)
+    assert f"{over} host(s) reached the ceiling" in out or not windows
+
+
+def _run_cells() -> dict:
+    """Every code cell of the notebook in one namespace, plots closed; a failing cell fails the test."""
+    import matplotlib.pyplot
+
     namespace: dict = {}
     for i, cell in enumerate(nbformat.read(NOTEBOOK, as_version=4).cells):
         if cell.cell_type == "code":
@@ -85,7 +96,36 @@ def test_the_notebook_runs_top_to_bottom_on_small_results(tmp_path, monkeypatch,
                 pytest.fail(f"cell {i} failed: {type(exc).__name__}: {exc}")
             finally:
                 matplotlib.pyplot.close("all")
-    out = capsys.readouterr().out
-    assert namespace["ceiling"] == 25 and "rate_limit_ceiling 25" in out
-    over = sum(c >= 25 for c in host_counts)
-    assert f"{over} host(s) reached the ceiling" in out or not windows
+    return namespace
+
+
+@pytest.mark.parametrize("truth", [None, {"incidents": [], "total_lines": 30, "malformed_lines": 0}],
+                         ids=["no truth file", "a truth file without incidents"])
+def test_the_incident_check_says_whether_the_truth_file_is_missing_or_plants_nothing(tmp_path, monkeypatch, truth):
+    """A log too short for incidents has a truth file that plants none: the notebook says so, not that the file is
+    missing (before, both read "No ground-truth file next to the log")."""
+    import json
+
+    import fsspec
+    import IPython.display
+    import matplotlib
+
+    import logpipe.results
+
+    matplotlib.use("Agg")
+    root = tmp_path / "root"
+    _results(root, windows=True, host_counts=[3, 7])
+    log = tmp_path / "access.log"
+    log.write_text("")
+    if truth is not None:
+        log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    shown: list = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
+    monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
+    monkeypatch.setenv("LOG_FILE", str(log))
+    _run_cells()
+    said = [o.data for o in shown if isinstance(o, IPython.display.Markdown)]
+    missing = [m for m in said if m.startswith("No ground-truth file next to the log")]
+    empty = [m for m in said if "plants no incidents" in m]
+    assert (len(missing), len(empty)) == ((1, 0) if truth is None else (0, 1)), said

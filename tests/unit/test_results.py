@@ -67,8 +67,14 @@ def test_results_are_read_with_the_settings_they_were_made_with(tmp_path):
     got, notes = settings_of_results(s, fs)
     assert (got.window, got.slide, got.watermark, got.rate_limit_ceiling) == ("1 minute", "10 seconds", "30 second",
                                                                             100)
-    assert got.surge_min_count == s.surge_min_count and got.topic == s.topic
+    assert got.surge_min_count == s.surge_min_count and got.topic == "t"  # the root's topic, with no note
     assert len(notes) == 2 and notes[0].startswith("window '1 minute'") and "rate_limit_ceiling 100" in notes[1]
+    # a root whose alerts topic has the name of the reader's topic is read (before: "not the record the job writes")
+    (root / "_commits" / "job.json").write_text(json.dumps({"topic": "t", "alerts_topic": s.topic}))
+    got, notes = settings_of_results(s, fs)
+    assert (got.topic, got.alerts_topic) == ("t", s.topic) and notes == [f"alerts_topic {s.topic!r} (the job's, "
+                                                                        f"from {root}/_commits/job.json; not "
+                                                                        f"{s.alerts_topic!r})"]
     from logpipe.results import ResultsSettingsError
 
     for broken in ('{"window": ', '["window"]', '{"window": "30s"}'):  # cut off, not an object, refused value

@@ -158,9 +158,13 @@ class LogGenerator:
         for i in rng.choice(hosts, size=hosts // 20, replace=False).tolist():
             names[i] = f"host{i}.{['example.net', 'isp.example.com', 'crawler.example.org'][i % 3]}"
         self.hosts = np.array(names, dtype=object)
-        p_max = HEADROOM * ceiling / (1.5 * rate * window_s)
+        # an outage's retries come from the same population (plan_incidents): with them, too, a host stays there
+        retries = outage_retry_rate(rate, surge_min_count, window_s)
+        p_max = HEADROOM * ceiling / ((1.5 * rate + retries) * window_s)
         if p_max * hosts < 1.2:
-            raise ValueError(f"rate {rate}/s is too high for {hosts} hosts under a ceiling of {ceiling}")
+            raise ValueError(f"rate {rate}/s is too high for {hosts} hosts under a ceiling of {ceiling}"
+                             + (f" (with an outage's {retries:.0f} retries/s, to reach {2.5 * surge_min_count:.0f} "
+                                "failed requests a window: a lower surge_min_count)" if retries else ""))
         self.host_p = _cap_shares(1.0 / np.arange(1, hosts + 1) ** 0.8, p_max)
         self.host_cdf = np.cumsum(self.host_p)
         # EDGAR-like documents, popularity ~ 1/rank
@@ -217,7 +221,8 @@ class LogGenerator:
 
     # ---- incidents ------------------------------------------------------------------------------
     def plan_incidents(self, duration_s: int) -> list[Incident]:
-        """Spread incidents over the middle of the log: per ~2 h of log time one of each kind, at least one each.
+        """Spread incidents over the middle of the log: per ~2 h of log time one of each kind, at least one each,
+        each in a slot of INCIDENT_MIN_WINDOWS windows at least and lasting two windows at least.
 
         Rates are set so each incident crosses its rule about 2-3x in its windows: an abuser sends 3x the ceiling
         per window; a scan sends 1.5x the local background rate of 404s (share ~0.6) and at least 3x the minimum
@@ -227,13 +232,15 @@ class LogGenerator:
         rng = Generator(PCG64([self.seed, 1]))  # its own stream: planning twice gives the same plan
         w = self.window_s
         kinds = list(INCIDENT_KINDS)
-        n_each = max(1, duration_s // 7200)
-        slots = n_each * len(kinds)
         lo, hi = int(duration_s * INCIDENT_SPAN[0]), int(duration_s * INCIDENT_SPAN[1])
+        # no more than fit in slots of INCIDENT_MIN_WINDOWS windows each (long windows, a long log)
+        n_each = max(1, min(duration_s // 7200, (hi - lo) // (len(kinds) * INCIDENT_MIN_WINDOWS * w)))
+        slots = n_each * len(kinds)
         span = max(1, (hi - lo) // slots)
         if span < INCIDENT_MIN_WINDOWS * w:  # too short a log for incidents that last several windows
             return []
         longest = span * 2 // 3  # an incident never runs into the next slot
+        shortest = 2 * w  # so that one window at least lies wholly inside it (a slide is at most a window)
         out = []
         used: set[str] = set()
         for i in range(slots):
@@ -250,13 +257,13 @@ class LogGenerator:
                     host = f"{net}.{int(rng.integers(1, 255))}"
                 used.add(host)
             if kind == "rate_limit":
-                dur = min(longest, int(rng.integers(120, 300)))
+                dur = min(longest, max(shortest, int(rng.integers(120, 300))))
                 rate = 3.0 * self.ceiling / w
                 exp = [{"rule": "rate_limit", "key": host}]
                 out.append(Incident(iid, kind, "rate_limit", host, [host], 200, _iso(start), _iso(start + dur),
                                     rate, exp))
             elif kind == "url_scan":
-                dur = min(longest, int(rng.integers(90, 180)))
+                dur = min(longest, max(shortest, int(rng.integers(90, 180))))
                 rate = max(3.0 * self.surge_min_count / w, 1.5 * local_rate)
                 if 0.6 * self.ceiling <= rate * w < 1.5 * self.ceiling:
                     # near the ceiling, chance would decide whether some windows cross it: clearly over it instead
@@ -267,8 +274,8 @@ class LogGenerator:
                 out.append(Incident(iid, kind, "failure_surge", "404", [host], 404, _iso(start),
                                     _iso(start + dur), rate, exp))
             else:
-                dur = min(longest, int(rng.integers(60, 120)))
-                extra = max(0.0, 2.5 * self.surge_min_count / w - 0.6 * 0.5 * self.rate)
+                dur = min(longest, max(shortest, int(rng.integers(60, 120))))
+                extra = outage_retry_rate(self.rate, self.surge_min_count, w)
                 exp = [{"rule": "failure_surge", "key": "503"}]
                 out.append(Incident(iid, kind, "failure_surge", "503", [], 503, _iso(start), _iso(start + dur),
                                     extra, exp))
@@ -383,12 +390,15 @@ class LogGenerator:
         duration = self._duration_for(est_lines)
         if self.t0 + duration >= lf.MAX_TIME.timestamp():
             raise too_long
-        incidents = self.plan_incidents(duration)
-        for _ in range(5):  # incidents add lines, so the log ends sooner: re-plan on the shorter duration
+        incidents = planned = self.plan_incidents(duration)
+        # incidents add lines, so the log ends sooner: re-planned on a shorter duration until they fit in it (a
+        # slow --rate, where their own lines outweigh the background's), or none is left
+        while incidents:
             extra = sum((_seconds(i.end) - _seconds(i.start)) * i.rate_per_s for i in incidents)
-            shorter = self._duration_for(max(est_lines - extra, est_lines * 0.2))
-            if not incidents or max(_seconds(i.end) for i in incidents) < self.t0 + 0.9 * shorter:
-                break
+            if extra < 0.8 * est_lines:  # else their own lines would be most of the log: fewer or shorter ones
+                shorter = self._duration_for(est_lines - extra)
+                if max(_seconds(i.end) for i in incidents) < self.t0 + 0.9 * shorter:
+                    break
             duration = int(duration * 0.8)
             incidents = self.plan_incidents(duration)
         truth = Truth(args={"seed": None, "format": self.fmt, "start": _iso(self.t0), "rate": self.rate,
@@ -461,7 +471,11 @@ class LogGenerator:
         for inc in incidents:
             inc.end = min(inc.end, truth.last_time)
         truth.incidents = [i for i in incidents if i.start < truth.last_time]
-        if not truth.incidents:  # say so: verify then has nothing to score its alerts against
+        if not truth.incidents and planned:  # say so: verify then has nothing to score its alerts against
+            log.warning("no incidents planted: at %s lines/s their own lines would outnumber the log's other lines "
+                        "(about %d of %d): give more lines (--lines, --size) or a higher --rate", f"{self.rate:g}",
+                        sum((_seconds(i.end) - _seconds(i.start)) * i.rate_per_s for i in planned), est_lines)
+        elif not truth.incidents:
             need_s = (INCIDENT_MIN_WINDOWS * self.window_s * len(INCIDENT_KINDS)  # a slot per kind at least
                       / (INCIDENT_SPAN[1] - INCIDENT_SPAN[0]))
             log.warning("no incidents planted: the log covers %.1f min of log time, and incidents need %.1f min at "
@@ -471,6 +485,12 @@ class LogGenerator:
         log.info("generated %s: %d lines, %.1f MB in %.1fs (%.1f MB/s)", out, written_lines, written_bytes / 1e6,
                  secs, written_bytes / 1e6 / max(secs, 1e-9))
         return truth
+
+
+def outage_retry_rate(rate: float, surge_min_count: int, window_s: int) -> float:
+    """Failed requests per second an outage adds to its 503s (60 % of the background, about half its mean rate at
+    the quiet hour) so that a window holds 2.5 x the surge's minimum count."""
+    return max(0.0, 2.5 * surge_min_count / window_s - 0.6 * 0.5 * rate)
 
 
 def _seconds(iso: str) -> int:

@@ -27,9 +27,9 @@ def _sec(iso: str) -> int:
 
 
 class WindowCounts:
-    """Counts per sliding window (epoch-aligned, 20 s every 10 s), computed here from the parsed lines."""
+    """Counts per sliding window (epoch-aligned, 20 s every 10 s unless said), computed here from the parsed lines."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, window: int = WINDOW, slide: int = SLIDE) -> None:
         self.by_host: Counter[tuple[int, str]] = Counter()
         self.by_status: Counter[tuple[int, int]] = Counter()
         self.total: Counter[int] = Counter()
@@ -47,8 +47,8 @@ class WindowCounts:
                 assert isinstance(r, LogRecord)
                 t = int(r.timestamp.timestamp())
                 self.times.append(t)
-                last = t - t % SLIDE
-                for start in range(last, t - WINDOW, -SLIDE):
+                last = t - t % slide
+                for start in range(last, t - window, -slide):
                     self.by_host[start, r.host] += 1
                     self.by_status[start, r.http_response] += 1
                     self.total[start] += 1
@@ -297,3 +297,50 @@ def test_the_truth_file_example_in_data_readme_is_the_demo_sample(tmp_path):
     assert {k: str(truth[k]) for k in shown} == shown
     scan = next(i for i in truth["incidents"] if i["kind"] == "url_scan")
     assert f'"start": "{scan["start"]}"' in example and f'"hosts": ["{scan["hosts"][0]}"]' in example
+
+
+def _planted_and_implied(out: Path, truth, s: Settings, window: int = WINDOW, slide: int = SLIDE):
+    implied = {(rule, key) for rule, key, _ in WindowCounts(out, window, slide).implied_alerts(s)}
+    return {(e["rule"], e["key"]) for i in truth.incidents for e in i.expected_alerts}, implied
+
+
+@pytest.mark.parametrize("lines,seed", [(6440, 20), (5413, 29)])
+def test_a_slow_log_plants_only_incidents_it_can_hold(tmp_path, caplog, lines, seed):
+    """At 1 line/s an incident's own lines outweigh the background's, and the log ended before its incidents did:
+    the truth kept a scan cut to 1 s, still expecting its alerts (re-planned 5 times at most, then given up on
+    silently). Now re-planned until they fit: the alerts the truth expects are exactly those the lines imply."""
+    out = tmp_path / "slow.log"
+    with caplog.at_level("WARNING", logger="logpipe.generator"):
+        truth = generate(out, lines=lines, seed=seed, rate=1.0, progress=False)
+    planted, implied = _planted_and_implied(out, truth, Settings())
+    assert planted == implied
+    assert "past the end of the log" not in caplog.text
+    if not truth.incidents:
+        assert "their own lines would outnumber the log's other lines" in caplog.text
+
+
+@pytest.mark.parametrize("window,rate", [("5 minutes", 20.0), ("10 minutes", 10.0)])
+def test_long_windows_get_incidents_that_cross_their_rules(tmp_path, window, rate):
+    """A 10-minute window got no incident in a log of any length (slots shorter than 6 windows), and a 5-minute one
+    outages of 1-2 minutes, whose 503s never reached the surge share in a window: incidents now last two windows
+    at least, and fewer fit in a log."""
+    from logpipe.windows import duration_seconds
+
+    s = Settings(window=window, slide="60 seconds")
+    out = tmp_path / "long-windows.log"
+    truth = generate(out, lines=160_000, seed=3, rate=rate, settings=s, progress=False)
+    assert {i.kind for i in truth.incidents} == {"rate_limit", "url_scan", "outage"}
+    planted, implied = _planted_and_implied(out, truth, s, duration_seconds(s.window), duration_seconds(s.slide))
+    assert planted == implied
+
+
+def test_a_high_surge_count_keeps_ordinary_hosts_under_the_ceiling(tmp_path):
+    """An outage adds retries from the host population to reach its count; at a surge count of 5,000 they took
+    the busiest ordinary hosts over the rate-limit ceiling, alerts the truth did not expect. The population's head
+    is now capped for the background and the retries together."""
+    s = Settings(surge_min_count=5000)
+    out = tmp_path / "high-surge-count.log"
+    truth = generate(out, lines=200_000, seed=3, settings=s, progress=False)
+    assert any(i.kind == "outage" for i in truth.incidents)
+    planted, implied = _planted_and_implied(out, truth, s)
+    assert planted == implied

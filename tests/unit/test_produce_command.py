@@ -197,3 +197,66 @@ def test_follow_waits_for_a_log_that_does_not_exist_yet_and_stops_on_sigterm(tmp
     assert proc.returncode == 1 and "waiting for it to appear" in err, err
     assert f"stopped while waiting for {tmp_path / 'later.log'} to appear; nothing was sent" in err, err
     assert "Traceback" not in err, err
+
+
+class _StoppingSink:
+    """Takes the lines it is given (no broker) and, after `stop_after` lines, delivers a stop signal to the
+    command's own handler, as a Ctrl-C or `docker stop` would."""
+
+    sent = failed = 0
+
+    def __init__(self, handlers: dict, stop_after: int | None) -> None:
+        self.handlers, self.stop_after, self.lines = handlers, stop_after, 0
+
+    def partitions(self, topic: str) -> int:
+        return 1
+
+    def send_lines(self, topic, lines, src, off, partition) -> int:
+        import signal
+
+        self.lines += len(lines)
+        self.sent += len(lines)
+        if self.stop_after is not None and self.lines >= self.stop_after and self.handlers:
+            self.handlers.pop(signal.SIGTERM)(signal.SIGTERM, None)
+        return off + sum(len(line) + 1 for line in lines)
+
+    def send(self, topic, value, key, headers=None, partition=None) -> None:
+        self.sent += 1
+
+    def flush(self, timeout: float = 120.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("stop_after", [None, 1], ids=["to the end", "stopped by SIGTERM"])
+def test_a_one_shot_run_stopped_before_the_end_does_not_exit_0(monkeypatch, capsys, tmp_path, stop_after):
+    """Before, a signal ended a one-shot run with exit 0 and a summary like any other: `timeout 60 logpipe produce
+    big.log && logpipe stream --until-done` took the log for sent. Now it exits 128 + the signal, as `stream
+    --until-done` does, saying how far it got; a run that reached the end exits 0."""
+    import json
+    import signal
+
+    from logpipe.producer import run
+
+    log = tmp_path / "a.log"
+    line = b'1.2.3.4 - - [2004-05-18 00:00:01] "GET / HTTP/1.1" 200 5'
+    log.write_bytes((line + b"\n") * 60_000)  # several blocks
+    handlers: dict = {}
+    sink = _StoppingSink(handlers, stop_after)
+    monkeypatch.setattr(produce.signal, "signal", lambda sig, handler: handlers.__setitem__(sig, handler))
+    monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
+    monkeypatch.setattr(run, "make_sink", lambda s: sink)
+    args = build_parser().parse_args(["produce", str(log), "--producer-state-dir", str(tmp_path / "pos")])
+    code = produce.run(args)
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    if stop_after is None:
+        assert code == 0 and summary["lines"] == 60_000 and not summary["stopped_early"], err
+    else:
+        assert 0 < summary["lines"] < 60_000 and summary["stopped_early"], summary
+        assert code == 128 + signal.SIGTERM, err
+        said = [e for e in err.splitlines() if e.startswith("logpipe produce: stopped by SIGTERM before the end")]
+        assert len(said) == 1 and f"{summary['lines']:,} lines sent" in said[0] and "same command again" in said[0]

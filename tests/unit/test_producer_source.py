@@ -575,7 +575,8 @@ def test_the_newline_that_ends_a_line_sent_without_it_is_not_a_line_on_resume(tm
     """A run sent the file's last line without its newline (the file ended there) and saved the position at its
     end; the writer then wrote that newline and another line. The next run sends the other line only, at its own
     byte offset: before, it sent the newline as an empty line that is not in the file (quarantined as `empty`, and
-    verify found the quarantine different from the file's). A real empty line after a terminated one is kept."""
+    verify found the quarantine different from the file's). A real empty line after a terminated one is kept. CRLF
+    alike."""
     log = tmp_path / "a.log"
     log.write_bytes(b"a1\na2 no newline")
     store = PositionStore(tmp_path / "pos", "t")
@@ -599,6 +600,17 @@ def test_the_newline_that_ends_a_line_sent_without_it_is_not_a_line_on_resume(tm
     got = _blocks_until_idle(source)
     source.close()
     assert got == [(file_key(os.stat(empty)), 3, [b"", b"b3"], False)]
+
+    crlf = tmp_path / "c.log"  # the same with CRLF line ends: before, the CR went out as a line of its own
+    crlf.write_bytes(b"c1\r\nc2 no line end")
+    _save_end(store, crlf, len(b"c1\r\nc2 no line end"))
+    with crlf.open("ab") as f:
+        f.write(b"\r\nc3\r\n")
+    source = LogSource(str(crlf), store)
+    source.open()
+    got = _blocks_until_idle(source)
+    source.close()
+    assert got == [(file_key(os.stat(crlf)), len(b"c1\r\nc2 no line end\r\n"), [b"c3\r"], False)]
 
 
 class _LineSink:

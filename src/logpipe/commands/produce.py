@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
 
     s = settings_from_args(args)
     stop = threading.Event()
+    signals: list[int] = []  # the stop signals received
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: on_stop_signal(stop, signum))
+        signal.signal(sig, lambda signum, _frame: (signals.append(signum), on_stop_signal(stop, signum)))
     try:
         summary = produce_file(s, args.file, follow=args.follow, reset=args.reset, stop_event=stop)
     except WaitStopped as exc:
@@ -57,7 +58,15 @@ def run(args: argparse.Namespace) -> int:
               "saved position.", file=sys.stderr)
         return 1
     print(json.dumps(summary.as_dict()))
-    return 0 if summary.errors == 0 else 1
+    if summary.errors:
+        return 1
+    if summary.stopped_early:  # not 0: a script must not take the log for sent (`stream --until-done` alike)
+        signum = signals[0] if signals else signal.SIGTERM
+        print(f"logpipe produce: stopped by {signal.Signals(signum).name} before the end of {args.file}: "
+              f"{summary.lines:,} lines sent and saved; run the same command again to send the rest",
+              file=sys.stderr)
+        return 128 + signum
+    return 0
 
 
 def on_stop_signal(stop: threading.Event, signum: int) -> None:

@@ -38,6 +38,7 @@ class ProduceSummary:
     errors: int = 0
     resumed_from: int = 0
     unsent_parts: int = 0   # parts of the log lost before they were read (truncated or rotated away): see warnings
+    stopped_early: bool = False  # a one-shot run stopped (a signal) before the file's end: the rest is not sent yet
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -202,6 +203,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
             log.warning("closing the Kafka client after the failure failed too: %s", exc)
         finally:
             summary.unsent_parts = source.unsent_parts
+            summary.stopped_early = not follow and source.stop.is_set() and not source.read_to_end
             source.close()
     if summary.unsent_parts:
         log.warning("%d part(s) of %s could not be sent (truncated or rotated away before they were read): the "

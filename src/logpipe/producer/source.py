@@ -142,11 +142,13 @@ def open_log(path: str | Path) -> tuple[int, os.stat_result]:
 
 
 def resume_offset(fd: int, offset: int) -> int:
-    """Where to go on reading file `fd` from a saved `offset`: the offset itself, or the byte after it when the last
-    line read had no newline (it was the end of the file then, and was sent as a line) and the newline written
-    after it since is at `offset`: that newline ends the line sent, it is not an empty line of its own."""
-    pair = os.pread(fd, 2, offset - 1) if offset else b""
-    return offset + 1 if len(pair) == 2 and pair[0] != 10 and pair[1] == 10 else offset
+    """Where to go on reading file `fd` from a saved `offset`: the offset itself, or the byte after the line end
+    at `offset` when the last line read had none (it was the end of the file then, and was sent as a line) and
+    one was written after it since (LF, or CRLF): that line end ends the line sent, it is not a line of its own."""
+    prev, ending = (os.pread(fd, 1, offset - 1), os.pread(fd, 2, offset)) if offset else (b"", b"")
+    if prev in (b"", b"\n"):  # the start of the file, or the last line read was whole
+        return offset
+    return offset + 1 if ending[:1] == b"\n" else offset + 2 if ending == b"\r\n" else offset
 
 
 def _starts_with(path: str, pos: Position) -> bool:
@@ -245,6 +247,7 @@ class LogSource:
     # parts of the log that could not be sent (truncated or rotated away before they were read, a line cut by a
     # truncation): each has a warning naming its bytes; the run's summary counts them
     unsent_parts: int = 0
+    read_to_end: bool = False  # a one-shot run read the file to its end (no stop before it)
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
@@ -464,6 +467,7 @@ class LogSource:
                                 "rest from its copy, if there is one beside it", seg.path, seg.carry_start)
                     return
                 yield from self._finish(seg)
+                self.read_to_end = True
                 return
             change = self._detect_change(seg)
             if change == "truncated":

@@ -184,7 +184,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     try:
         sink = make_sink(s)
         LogShipper(s, path, source, store, sink, summary, t0).run(
-            total=max(1, os.path.getsize(path) - seg.read_pos), show=show)
+            total=max(1, os.fstat(seg.fd).st_size - seg.read_pos), show=show)  # the file opened, even if renamed since
     except BaseException as exc:
         failure = exc
         raise

@@ -260,3 +260,21 @@ def test_a_one_shot_run_stopped_before_the_end_does_not_exit_0(monkeypatch, caps
         assert code == 128 + signal.SIGTERM, err
         said = [e for e in err.splitlines() if e.startswith("logpipe produce: stopped by SIGTERM before the end")]
         assert len(said) == 1 and f"{summary['lines']:,} lines sent" in said[0] and "same command again" in said[0]
+
+
+def test_closing_the_confluent_client_after_a_flush_that_gave_up_does_not_wait_again():
+    """A broker that stays away: the flush gives up after its timeout (120 s in a run), then close() waited 30 s
+    more for the same broker, so the producer exited later than the delivery timeout it documents. The real
+    client, against a port where no broker listens."""
+    import time
+
+    from logpipe.config import Settings
+    from logpipe.producer.clients import ConfluentSink, DeliveryError
+
+    sink = ConfluentSink(Settings(kafka_bootstrap="127.0.0.1:1"))
+    sink.send("t", b"a line", b"lp:x:0", partition=0)
+    with pytest.raises(DeliveryError, match="1 records still unacknowledged after 2s"):
+        sink.flush(timeout=2)
+    t = time.monotonic()
+    sink.close()
+    assert time.monotonic() - t < 5

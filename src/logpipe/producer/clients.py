@@ -111,6 +111,7 @@ class ConfluentSink:
             "delivery.report.only.error": True, "on_delivery": self._on_delivery,
             "client.id": "logpipe-producer"})
         self._since_poll = 0
+        self._timed_out = False  # a flush gave up: close() then does not wait for the broker again
 
     def _on_delivery(self, err: object, _msg: object) -> None:
         if err is not None:
@@ -163,12 +164,15 @@ class ConfluentSink:
         deadline = time.monotonic() + timeout
         while self._p.flush(1.0) > 0:
             if time.monotonic() > deadline:
+                self._timed_out = True
                 raise DeliveryError(f"{len(self._p)} records still unacknowledged after {timeout:.0f}s")
         if self.failed:
             raise DeliveryError(f"{self.failed} records not acknowledged; first error: {self.first_error}")
 
     def close(self) -> None:
-        self._p.flush(30)
+        # after a flush that gave up, the broker had its delivery timeout: waiting 30 s more only delays the exit
+        # (the unconfirmed lines are sent again by the next run, from the saved position)
+        self._p.flush(0 if self._timed_out else 30)
 
 
 def make_sink(s: Settings) -> RecordSink:

@@ -577,40 +577,28 @@ def test_the_newline_that_ends_a_line_sent_without_it_is_not_a_line_on_resume(tm
     byte offset: before, it sent the newline as an empty line that is not in the file (quarantined as `empty`, and
     verify found the quarantine different from the file's). A real empty line after a terminated one is kept. CRLF
     alike."""
-    log = tmp_path / "a.log"
-    log.write_bytes(b"a1\na2 no newline")
     store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, len(b"a1\na2 no newline"))
-    key = file_key(os.stat(log))
-    with log.open("ab") as f:
-        f.write(b"\na3\n")
-    source = LogSource(str(log), store)
-    source.open()
-    got = _blocks_until_idle(source)
-    source.close()
+
+    def resumed(name: str, sent: bytes, appended: bytes) -> tuple:
+        """The blocks of a run resuming at the end of `sent` (saved by a run before) after `appended` came."""
+        log = tmp_path / name
+        log.write_bytes(sent)
+        _save_end(store, log, len(sent))
+        with log.open("ab") as f:
+            f.write(appended)
+        source = LogSource(str(log), store)
+        source.open()
+        got = _blocks_until_idle(source)
+        source.close()
+        return file_key(os.stat(log)), got
+
+    key, got = resumed("a.log", b"a1\na2 no newline", b"\na3\n")
     assert got == [(key, 17, [b"a3"], False)]
-
-    empty = tmp_path / "b.log"
-    empty.write_bytes(b"b1\n")
-    _save_end(store, empty, 3)
-    with empty.open("ab") as f:
-        f.write(b"\nb3\n")  # an empty line, then b3
-    source = LogSource(str(empty), store)
-    source.open()
-    got = _blocks_until_idle(source)
-    source.close()
-    assert got == [(file_key(os.stat(empty)), 3, [b"", b"b3"], False)]
-
-    crlf = tmp_path / "c.log"  # the same with CRLF line ends: before, the CR went out as a line of its own
-    crlf.write_bytes(b"c1\r\nc2 no line end")
-    _save_end(store, crlf, len(b"c1\r\nc2 no line end"))
-    with crlf.open("ab") as f:
-        f.write(b"\r\nc3\r\n")
-    source = LogSource(str(crlf), store)
-    source.open()
-    got = _blocks_until_idle(source)
-    source.close()
-    assert got == [(file_key(os.stat(crlf)), len(b"c1\r\nc2 no line end\r\n"), [b"c3\r"], False)]
+    key, got = resumed("b.log", b"b1\n", b"\nb3\n")  # an empty line, then b3
+    assert got == [(key, 3, [b"", b"b3"], False)]
+    # the same with CRLF line ends: before, the CR went out as a line of its own
+    key, got = resumed("c.log", b"c1\r\nc2 no line end", b"\r\nc3\r\n")
+    assert got == [(key, len(b"c1\r\nc2 no line end\r\n"), [b"c3\r"], False)]
 
 
 class _LineSink:

@@ -129,3 +129,32 @@ def test_the_incident_check_says_whether_the_truth_file_is_missing_or_plants_not
     missing = [m for m in said if m.startswith("No ground-truth file next to the log")]
     empty = [m for m in said if "plants no incidents" in m]
     assert (len(missing), len(empty)) == ((1, 0) if truth is None else (0, 1)), said
+
+
+def test_an_event_dated_decades_away_does_not_fill_millions_of_minutes(tmp_path, monkeypatch, capsys):
+    """The per-minute traffic filled every minute from the first event to the last: one line dated 2099 (the
+    parser accepts it) among lines of 2004 made some 50 million empty minutes to count and draw. Beyond two
+    months the minutes are no longer filled, and the notebook says so."""
+    from datetime import datetime
+
+    import fsspec
+    import matplotlib
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import logpipe.results
+
+    matplotlib.use("Agg")
+    root = tmp_path / "root"
+    _results(root, windows=True, host_counts=[3, 7])
+    (root / "events" / "date=2099-01-01").mkdir(parents=True)
+    pq.write_table(pa.table({"host": ["9.9.9.9"], "timestamp": pa.array([datetime(2099, 1, 1)], pa.timestamp("ns")),
+                             "http_response": [200]}),
+                   root / "events" / "date=2099-01-01" / "b0000000000-00001.parquet")
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
+    monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
+    monkeypatch.setenv("LOG_FILE", str(tmp_path / "no-such.log"))
+    namespace = _run_cells()
+    assert namespace["n_events"] == 31 and namespace["per_minute"].sum() == 31
+    assert len(namespace["per_minute"]) == 2  # the two minutes with requests, not every minute between
+    assert "minutes without requests are not drawn" in capsys.readouterr().out

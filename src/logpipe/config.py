@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         if any(part in ("", ".", "..") or ":" in part for part in v[1:].rstrip("/").split("/")):
             raise ValueError("must be an HDFS path without empty, '.' or '..' parts and without ':' (e.g. /logpipe "
                              "or /results/run-1)")
+        # Hadoop's glob characters: Spark writes such a path as it is, but reads it back (the job's staged
+        # batches and state) as a pattern, which does not match the folder: the first batch would fail
+        if glob := sorted(set(v) & set("*?[]{}\\")):
+            raise ValueError(f"must be an HDFS path without Hadoop's glob characters ({' '.join(glob)}): Spark "
+                             "reads such a path back as a pattern (e.g. /results/run-1)")
         return v
 
     @field_validator("topic", "alerts_topic")

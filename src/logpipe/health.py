@@ -4,6 +4,7 @@ launcher, compose and tests."""
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import socket
 import sys
@@ -91,6 +92,20 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
         raise NotReady(f"GET {url} -> HTTP {exc.code}") from exc
     except (urllib.error.URLError, ConnectionError, socket.timeout) as exc:
         raise NotReady(f"GET {url} failed: {getattr(exc, 'reason', exc)}") from exc
+    except http.client.HTTPException as exc:  # not HTTP at all (BadStatusLine, ...): not the service we want
+        raise NotReady(f"GET {url}: not an HTTP answer ({exc!r})") from exc
+
+
+def jmx_beans(web: str, query: str, role: str = "NameNode") -> list:
+    """The beans of a Hadoop JMX query to the web server at `web`; NotReady if what answers there does not give
+    JMX JSON (another web service at that address: the Spark UI, a proxy's error page)."""
+    url = f"{web.rstrip('/')}/jmx?qry={query}"
+    try:
+        beans = json.loads(http_get(url)).get("beans", [])
+    except (ValueError, AttributeError) as exc:  # not JSON, or JSON that is not an object
+        setting = "LOGPIPE_WEBHDFS_URL" if role == "NameNode" else "the DataNode's HTTP port setting"
+        raise NotReady(f"GET {url}: not a {role}'s JMX answer (is {setting} the {role}'s web address?)") from exc
+    return beans if isinstance(beans, list) else []
 
 
 def probe_kafka(bootstrap: str) -> int:
@@ -98,10 +113,13 @@ def probe_kafka(bootstrap: str) -> int:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaConfigurationError, KafkaError
 
-    first = bootstrap.split(",")[0].strip()
-    host, _, port = first.rpartition(":")
-    if host and port.isdigit():
-        probe_port(host.strip("[]"), int(port))  # fail fast: kafka-python would wait ~30 s on a closed port
+    # fail fast when no bootstrap address takes a connection: kafka-python would wait ~30 s on closed ports.
+    # Any one open is enough (the client bootstraps from whichever answers)
+    addresses = [a.strip().rpartition(":") for a in bootstrap.split(",") if a.strip()]
+    closed = [f"{host}:{port}" for host, _, port in addresses
+              if host and port.isdigit() and not port_open(host.strip("[]"), int(port))]
+    if closed and len(closed) == len(addresses):
+        raise NotReady(f"nothing listens on {', '.join(closed)}")
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="logpipe-health")
     except KafkaConfigurationError:
@@ -140,8 +158,7 @@ def probe_topic(bootstrap: str, topic: str) -> None:
 
 def namenode_info(webhdfs: str) -> dict:
     """The NameNode's NameNodeInfo JMX bean (safe mode, live datanodes, version)."""
-    body = http_get(f"{webhdfs.rstrip('/')}/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo")
-    beans = json.loads(body).get("beans", [])
+    beans = jmx_beans(webhdfs, "Hadoop:service=NameNode,name=NameNodeInfo")
     if not beans:
         raise NotReady("NameNode JMX has no NameNodeInfo bean yet")
     return beans[0]
@@ -150,8 +167,7 @@ def namenode_info(webhdfs: str) -> dict:
 def probe_blocks_reported(webhdfs: str) -> int:
     """Every block has a live replica: after a DataNode (re)starts, its files cannot be read until it has sent
     the NameNode its block report. Returns the number of blocks."""
-    body = http_get(f"{webhdfs.rstrip('/')}/jmx?qry=Hadoop:service=NameNode,name=FSNamesystem")
-    beans = json.loads(body).get("beans", [])
+    beans = jmx_beans(webhdfs, "Hadoop:service=NameNode,name=FSNamesystem")
     if not beans:
         raise NotReady("NameNode JMX has no FSNamesystem bean yet")
     missing = int(beans[0].get("MissingBlocks", 0))
@@ -166,7 +182,10 @@ def probe_hdfs(webhdfs: str) -> dict:
     info = namenode_info(webhdfs)
     if info.get("Safemode"):
         raise NotReady(f"NameNode in safe mode: {info['Safemode'].strip()}")
-    live = json.loads(info.get("LiveNodes") or "{}")
+    try:
+        live = json.loads(info.get("LiveNodes") or "{}")
+    except ValueError as exc:
+        raise NotReady("the NameNode's LiveNodes is not JSON") from exc
     if not live:
         raise NotReady("NameNode has no live DataNode")
     body = http_get(f"{webhdfs.rstrip('/')}/webhdfs/v1/?op=LISTSTATUS&user.name=logpipe-health")
@@ -184,8 +203,7 @@ def probe_namenode_ui(webhdfs: str) -> None:
 
 def datanode_info(datanode_http: str) -> dict:
     """The DataNode's own DataNodeInfo JMX bean (ports, block-pool actors, volumes), from its web server."""
-    body = http_get(f"{datanode_http.rstrip('/')}/jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo")
-    beans = json.loads(body).get("beans", [])
+    beans = jmx_beans(datanode_http, "Hadoop:service=DataNode,name=DataNodeInfo", role="DataNode")
     if not beans:
         raise NotReady(f"DataNode JMX at {datanode_http} has no DataNodeInfo bean yet")
     return beans[0]

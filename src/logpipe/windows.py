@@ -12,7 +12,8 @@ _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 def duration_seconds(text: str) -> int:
     """'20 seconds' / '1 minute' / '2 hours' -> seconds (Spark interval strings, whole seconds)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(second|minute|hour|day)s?\s*", text.lower())
+    # a space between number and unit, ASCII digits: what Spark's interval parser takes ("20seconds" it refuses)
+    m = re.fullmatch(r"\s*(\d+)\s+(second|minute|hour|day)s?\s*", text.lower(), re.ASCII)
     if not m:
         raise ValueError(f"unsupported duration {text!r} (e.g. '20 seconds', '1 minute')")
     return int(m.group(1)) * _UNITS[m.group(2)]
@@ -21,7 +22,7 @@ def duration_seconds(text: str) -> int:
 def interval_seconds(text: str) -> float:
     """A trigger interval as Spark's processingTime takes it: '0 seconds', '500 milliseconds', '1 minute' ->
     seconds (whole milliseconds at least)."""
-    m = re.fullmatch(r"\s*(\d+)\s*millisecond(s?)\s*", text.lower())
+    m = re.fullmatch(r"\s*(\d+)\s+millisecond(s?)\s*", text.lower(), re.ASCII)
     if m:
         return int(m.group(1)) / 1000
     try:

@@ -87,3 +87,66 @@ def test_python_m_health_reports_a_bad_setting_as_the_command_does(monkeypatch, 
     assert health.main(["kafka", "--timeout", "0"]) == 2
     err = capsys.readouterr().err
     assert "LOGPIPE_WINDOW" in err and "Traceback" not in err
+
+
+def test_kafka_probe_takes_any_open_bootstrap_address(free_ports, monkeypatch):
+    """With `b1:9092,b2:9092` and b1 down the cluster is reachable through b2; the fast port check looked at the
+    first address only, so the stream and the producer timed out saying the broker was not running. The admin
+    client here is a stand-in: what is checked is which addresses the probe lets through to it."""
+    import kafka
+
+    given = []
+
+    class Admin:
+        def __init__(self, bootstrap_servers, **_):
+            given.append(bootstrap_servers)
+
+        def describe_cluster(self):
+            return {"brokers": [{"node_id": 1}]}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(kafka, "KafkaAdminClient", Admin)
+    closed, other = free_ports(2)
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        bootstrap = f"127.0.0.1:{closed},127.0.0.1:{srv.getsockname()[1]}"
+        assert health.probe_kafka(bootstrap) == 1 and given == [bootstrap]
+    with pytest.raises(health.NotReady, match=f"nothing listens on 127.0.0.1:{closed}, 127.0.0.1:{other}"):
+        health.probe_kafka(f"127.0.0.1:{closed},127.0.0.1:{other}")
+    assert len(given) == 1
+
+
+def test_hdfs_probes_on_a_web_server_that_is_not_hadoop_are_not_ready():
+    """LOGPIPE_WEBHDFS_URL pointing at another web service (the Spark UI, a proxy's HTML error page): the probes
+    raised JSONDecodeError, a traceback out of `logpipe health hdfs` and `logpipe stream`, instead of the
+    timeout whose hint names the setting."""
+    import http.server
+    import threading
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>not hadoop</html>")
+
+        def log_message(self, *_):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        for probe in (health.probe_hdfs, health.probe_blocks_reported):
+            with pytest.raises(health.NotReady, match="not a NameNode's JMX answer .*LOGPIPE_WEBHDFS_URL"):
+                probe(url)
+        with pytest.raises(health.NotReady, match="not a DataNode's JMX answer"):
+            health.datanode_info(url)
+        with pytest.raises(health.ServiceTimeout, match="not a NameNode's JMX answer"):
+            health.wait_for_hdfs(url, timeout=1)
+    finally:
+        srv.shutdown()
+        srv.server_close()

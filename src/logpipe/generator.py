@@ -394,7 +394,7 @@ class LogGenerator:
         # incidents add lines, so the log ends sooner: re-planned on a shorter duration until they fit in it (a
         # slow --rate, where their own lines outweigh the background's), or none is left
         while incidents:
-            extra = sum((_seconds(i.end) - _seconds(i.start)) * i.rate_per_s for i in incidents)
+            extra = _incident_lines(incidents)
             if extra < 0.8 * est_lines:  # else their own lines would be most of the log: fewer or shorter ones
                 shorter = self._duration_for(est_lines - extra)
                 if max(_seconds(i.end) for i in incidents) < self.t0 + 0.9 * shorter:
@@ -474,7 +474,7 @@ class LogGenerator:
         if not truth.incidents and planned:  # say so: verify then has nothing to score its alerts against
             log.warning("no incidents planted: at %s lines/s their own lines would outnumber the log's other lines "
                         "(about %d of %d): give more lines (--lines, --size) or a higher --rate", f"{self.rate:g}",
-                        sum((_seconds(i.end) - _seconds(i.start)) * i.rate_per_s for i in planned), est_lines)
+                        _incident_lines(planned), est_lines)
         elif not truth.incidents:
             need_s = (INCIDENT_MIN_WINDOWS * self.window_s * len(INCIDENT_KINDS)  # a slot per kind at least
                       / (INCIDENT_SPAN[1] - INCIDENT_SPAN[0]))
@@ -491,6 +491,11 @@ def outage_retry_rate(rate: float, surge_min_count: int, window_s: int) -> float
     """Failed requests per second an outage adds to its 503s (60 % of the background, about half its mean rate at
     the quiet hour) so that a window holds 2.5 x the surge's minimum count."""
     return max(0.0, 2.5 * surge_min_count / window_s - 0.6 * 0.5 * rate)
+
+
+def _incident_lines(incidents: list[Incident]) -> float:
+    """About how many lines the incidents add to the log."""
+    return sum((_seconds(i.end) - _seconds(i.start)) * i.rate_per_s for i in incidents)
 
 
 def _seconds(iso: str) -> int:

@@ -36,8 +36,13 @@ def run(args: argparse.Namespace) -> int:
     s = settings_from_args(args)
     stop = threading.Event()
     signals: list[int] = []  # the stop signals received
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        on_stop_signal(stop, signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: (signals.append(signum), on_stop_signal(stop, signum)))
+        signal.signal(sig, on_signal)
     try:
         summary = produce_file(s, args.file, follow=args.follow, reset=args.reset, stop_event=stop)
     except WaitStopped as exc:

@@ -24,6 +24,9 @@ def _project_root() -> Path:
 PROJECT_ROOT = _project_root()
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# windows one event may fall in (window / slide, rounded up): the per-host window rows are about the events times
+# this; the default is 2. A day sliding every second (86,400) would make the job's work 43,200 times the default's
+MAX_WINDOWS_PER_EVENT = 1000
 
 
 class Settings(BaseSettings):
@@ -32,7 +35,9 @@ class Settings(BaseSettings):
     The native stack and docker-compose read the same names (see `.env` for compose).
     """
 
-    model_config = SettingsConfigDict(env_prefix="LOGPIPE_", frozen=True, extra="forbid")
+    # an empty LOGPIPE_* variable is the same as an unset one (compose passes `${VAR:-}` through as ""): before,
+    # LOGPIPE_RUN_DIR= meant the current folder and LOGPIPE_KAFKA_PORT= was "not a valid integer"
+    model_config = SettingsConfigDict(env_prefix="LOGPIPE_", frozen=True, extra="forbid", env_ignore_empty=True)
 
     # ---- native stack --------------------------------------------------------------------------
     run_dir: Path = Field(PROJECT_ROOT / ".logpipe", description="jars, data, logs and pids of the native stack")
@@ -198,6 +203,11 @@ class Settings(BaseSettings):
         if size <= 0 or slide <= 0 or slide > size:
             raise ValueError(f"window ({self.window!r}) and slide ({self.slide!r}) need 0 < slide <= window: "
                              "every event falls in window/slide windows")
+        per_event = -(-size // slide)
+        if per_event > MAX_WINDOWS_PER_EVENT:
+            raise ValueError(f"window ({self.window!r}) and slide ({self.slide!r}) put every event in {per_event:,} "
+                             f"windows, more than {MAX_WINDOWS_PER_EVENT:,}: the job counts each event once per window "
+                             "it falls in, so its work and its window tables grow that many times. Use a longer slide")
         return self
 
     @model_validator(mode="after")

@@ -112,6 +112,9 @@ def test_the_hdfs_root_must_be_an_absolute_folder_below_the_top(root, monkeypatc
     with pytest.raises(pydantic.ValidationError, match="must be an absolute HDFS path below /"):
         Settings(hdfs_root=root)
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", root)
+    if not root:  # an empty variable is an unset one: the default root
+        assert load_settings().hdfs_root == "/logpipe"
+        return
     assert main(["stack", "status"]) == 2
     err = capsys.readouterr().err
     assert err == (f"logpipe: invalid setting hdfs_root = {root!r} (LOGPIPE_HDFS_ROOT): must be an absolute HDFS "
@@ -159,6 +162,42 @@ def test_slide_must_be_within_the_window(window, slide, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("logpipe: invalid settings: window (") and len(err.strip().splitlines()) == 1
     assert Settings(window="20 seconds", slide="20 seconds").slide == "20 seconds"  # tumbling windows are fine
+
+
+def test_a_slide_that_puts_each_event_in_too_many_windows_is_refused(monkeypatch, capsys):
+    """A day sliding every second would count each event in 86,400 windows: refused at start, with the number; a
+    slide that does not divide the window rounds up; an hour sliding every 10 s (360) is still taken."""
+    from logpipe.cli import main
+    from logpipe.config import MAX_WINDOWS_PER_EVENT
+
+    with pytest.raises(pydantic.ValidationError, match="every event in 86,400 windows, more than 1,000"):
+        Settings(window="1 day", slide="1 second")
+    assert Settings(window="1 hour", slide="10 seconds").slide == "10 seconds"
+    assert Settings(window=f"{MAX_WINDOWS_PER_EVENT} seconds", slide="1 second").window == "1000 seconds"
+    with pytest.raises(pydantic.ValidationError, match="1,001 windows"):
+        Settings(window="1001 seconds", slide="1 second")
+    with pytest.raises(pydantic.ValidationError, match="1,001 windows"):  # 2001 / 2, rounded up
+        Settings(window="2001 seconds", slide="2 seconds")
+    monkeypatch.setenv("LOGPIPE_WINDOW", "1 day")
+    monkeypatch.setenv("LOGPIPE_SLIDE", "1 second")
+    assert main(["stack", "status"]) == 2
+    err = capsys.readouterr().err
+    assert "Use a longer slide" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("name", "default"), [("RUN_DIR", None), ("KAFKA_PORT", 9092), ("TOPIC", "access-logs"),
+                                               ("RATE_LIMIT_CEILING", 200)])
+def test_an_empty_variable_is_the_same_as_an_unset_one(name, default, monkeypatch):
+    """`LOGPIPE_X=` (compose passes `${X:-}` through as an empty string) means the default: before, an empty run
+    folder was the current one and an empty port 'not a valid integer'."""
+    monkeypatch.delenv(f"LOGPIPE_{name}", raising=False)
+    unset = getattr(load_settings(), name.lower())
+    monkeypatch.setenv(f"LOGPIPE_{name}", "")
+    assert getattr(load_settings(), name.lower()) == unset
+    if default is not None:
+        assert unset == default
+    else:
+        assert unset.name == ".logpipe"
 
 
 def test_a_trigger_interval_may_be_milliseconds_and_generate_takes_a_slide():

@@ -3,6 +3,8 @@ compare them row by row with the job's results on HDFS; score alerts against the
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import os
@@ -695,7 +697,9 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
             for x in range(int(lo) - int(lo) % 86400, int(hi), 86400)}
     parts = []
     for f in committed_files(s, "events", fs):
-        day = f.split("/date=", 1)[1][:10] if "/date=" in f else None
+        at = f.find(events_dir.strip("/"))  # the partition below events/, not a `date=` folder of the root's own
+        below = f[at + len(events_dir.strip("/")):] if at >= 0 else f
+        day = below.split("/date=", 1)[1][:10] if "/date=" in below else None
         tag = _batch_of(f, events_dir)
         if (day is not None and day not in days) or tag is None:
             continue
@@ -1054,10 +1058,15 @@ def check_late_rows(s: Settings, fs: Any, scans: dict[str, TableScan] | None = N
             if kind == "f":
                 floors[bid] = max(floors.get(bid, end), end)
 
+    # the horizon of batch `bid`: the running maximum over the batches before it, found by bisection (a scan of
+    # every earlier batch per batch took minutes for a root of tens of thousands of batches)
+    marks = sorted([(b, t - watermark_s) for b, t in newest.items()] + list(floors.items()))
+    marked_ids = [b for b, _ in marks]
+    running_max = list(itertools.accumulate((v for _, v in marks), max))
+
     def horizon(bid: int) -> int | None:
-        before = [t - watermark_s for b, t in newest.items() if b < bid]
-        before += [end for b, end in floors.items() if b < bid]
-        return max(before) if before else None
+        i = bisect.bisect_left(marked_ids, bid)
+        return running_max[i - 1] if i else None
 
     late_rows = ahead = 0
     path = s.hdfs_path("late")

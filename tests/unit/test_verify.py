@@ -379,6 +379,39 @@ def test_the_jobs_own_counts_must_match_the_rows_of_its_tables(tmp_path):
         "'events': 50}"]
 
 
+@pytest.mark.parametrize("sub", ["run", "date=2024-01-01/run"])
+def test_alert_figures_take_the_events_date_below_events_not_from_the_root(tmp_path, sub):
+    """A results root may hold a `date=` folder of its own (/results/date=2024-01-01/run): the events' day is their
+    partition below events/. verify took the first `/date=` of the whole path, skipped every events file as of the
+    root's day, replayed no rows and called every alert wrong: a false MISMATCH on exact results."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logpipe.verify import check_alert_figures, load_alerts
+
+    t0, root = 1_084_838_400, tmp_path / sub  # 2004-05-18
+    s = Settings(hdfs_root=str(root), rate_limit_ceiling=3)
+    (root / "events" / "date=2004-05-18").mkdir(parents=True)
+    pq.write_table(pa.table({"host": ["a"] * 3, "timestamp": pa.array([(t0 + x) * 10**9 for x in (1, 2, 3)],
+                                                                      pa.timestamp("ns")),
+                             "http_response": pa.array([200] * 3, pa.int32())}),
+                   root / "events" / "date=2004-05-18" / "b0000000000-00000.parquet")
+    (root / "alerts").mkdir()
+    pq.write_table(pa.table({"rule": ["rate_limit"], "key": ["a"],
+                             "window_start": pa.array([t0 * 10**9], pa.timestamp("ns")),
+                             "window_end": pa.array([(t0 + 20) * 10**9], pa.timestamp("ns")),
+                             "count": pa.array([3], pa.int64()), "share": pa.array([None], pa.float64()),
+                             "threshold": pa.array([3], pa.int32()),
+                             "top_hosts": pa.array([["a"]], pa.list_(pa.string())), "alert_id": ["x"]}),
+                   root / "alerts" / "b0000000000-00000.parquet")
+    (root / "_commits" / "ingest").mkdir(parents=True)
+    (root / "_commits" / "ingest" / "b0000000000.json").write_text("{}")
+    fs = fsspec.filesystem("file")
+    r = check_alert_figures(s, fs, load_alerts(s, fs), 20)
+    assert (r["checked"], r["wrong"], r["ok"]) == (1, 0, True), r
+
+
 def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tmp_path):
     """A surge alert's share is taken part-way through its window: verify replays the window's rows of the batches
     up to the one that raised it. A share over the wrong total, a count with a later batch's rows in it, an alert

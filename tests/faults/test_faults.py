@@ -404,3 +404,35 @@ def test_other_settings_or_a_lost_checkpoint_are_refused(stack, unique, tmp_path
     r = _logpipe(env, "stream", "--until-done")
     assert r.returncode == 1 and "checkpoint" in r.stderr and "is gone" in r.stderr, r.stderr[-3000:]
     assert " logpipe.spark: " not in r.stderr
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_client_whose_flush_gave_up_on_a_paused_broker_closes_at_once(stack, unique, client):
+    """The broker stops answering (SIGSTOP: a hung JVM, a full disk): the flush gives up after its timeout, and
+    closing the client then must not wait for the same broker again. kafka-python's close(30) flushed for 30 s
+    more and then raised its own timeout, so a producer exited 150 s after the broker went, not the documented
+    120 s (confluent-kafka's close waited alike). The real clients and the real broker, paused then resumed."""
+    from logpipe.producer.clients import DeliveryError, make_sink
+    from logpipe.topics import create_topic
+
+    s = stack.with_overrides(topic=f"pause-{unique}", producer_client=client)
+    create_topic(s, s.topic, partitions=1)
+    sink = make_sink(s)
+    sink.send(s.topic, b"a line", b"lp:x:0", partition=0)  # the topic's metadata known before the pause
+    sink.flush(timeout=60)
+    kafka_pid = services.service_pid(stack, "kafka")
+    assert kafka_pid, "the stack's broker is not running"
+    os.kill(kafka_pid, signal.SIGSTOP)
+    try:
+        sink.send(s.topic, b"another line", b"lp:x:7", partition=0)
+        t = time.monotonic()
+        with pytest.raises(DeliveryError, match="unacknowledged after 3s"):
+            sink.flush(timeout=3)
+        assert time.monotonic() - t < 10
+        t = time.monotonic()
+        sink.close()
+        closed_in = time.monotonic() - t
+    finally:
+        os.kill(kafka_pid, signal.SIGCONT)
+    assert closed_in < 5, f"close() after the flush gave up took {closed_in:.1f}s"
+    delete_topics(s, [s.topic])

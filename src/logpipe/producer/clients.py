@@ -47,6 +47,7 @@ class KafkaPythonSink:
             compression_type=None if s.compression == "none" else s.compression,
             batch_size=s.batch_size, linger_ms=s.linger_ms, max_request_size=largest_record_bytes(s.max_message_bytes),
             retries=2**31 - 1, request_timeout_ms=30000, client_id="logpipe-producer")
+        self._timed_out = False  # a flush gave up: close() then does not wait for the broker again
 
     def _on_error(self, exc: BaseException) -> None:
         self.failed += 1
@@ -77,8 +78,10 @@ class KafkaPythonSink:
             try:
                 self._p.flush(timeout=max(deadline - time.monotonic(), 0.001))
                 break
-            except KafkaTimeoutError:
-                raise
+            except KafkaTimeoutError as exc:
+                self._timed_out = True
+                raise DeliveryError(f"records still unacknowledged after {timeout:.0f}s ({exc}); {self.failed} "
+                                    f"failed so far, first error: {self.first_error}") from exc
             except KafkaError as exc:
                 # kafka-python 3.0 ends a flush with UnknownError('Future not done') while a batch the broker
                 # refused as too large is split and sent again; its records' own errors come a moment later
@@ -90,7 +93,20 @@ class KafkaPythonSink:
             raise DeliveryError(f"{self.failed} records not acknowledged; first error: {self.first_error}")
 
     def close(self) -> None:
-        self._p.close(timeout=30)
+        from kafka.errors import KafkaTimeoutError
+
+        # kafka-python's close(t) first flushes for t seconds and raises if that times out, before it stops its
+        # sender thread; after a flush that gave up, the broker had its 120 s: close(0) skips the wait (then its
+        # flush raises at once and the sender, a daemon thread, is stopped by force)
+        if not self._timed_out:
+            self._p.close(timeout=30)
+            return
+        try:
+            self._p.close(timeout=0)
+        except KafkaTimeoutError:
+            sender = getattr(self._p, "_sender", None)  # kafka-python's own close(0) would do this after its flush
+            if sender is not None:
+                sender.force_close()
 
 
 class ConfluentSink:
@@ -109,7 +125,10 @@ class ConfluentSink:
             # a Python callback per failed record only (not one per record): flush() still waits for every
             # acknowledgement, and a failure is still counted and raised
             "delivery.report.only.error": True, "on_delivery": self._on_delivery,
-            "client.id": "logpipe-producer"})
+            "client.id": "logpipe-producer",
+            # librdkafka's own messages (a broker unreachable, ...) through Python's logging, in the producer's log
+            # format, not written straight to stderr by the C library
+            "logger": logging.getLogger("logpipe.producer.librdkafka")})
         self._since_poll = 0
         self._timed_out = False  # a flush gave up: close() then does not wait for the broker again
 

@@ -652,6 +652,12 @@ def stop_service(s: Settings, name: str, *, kill: bool = False, timeout: float =
         return True
 
 
+def service_pid(s: Settings, name: str) -> int | None:
+    """The pid of the native service `name` (kafka, namenode, datanode) running from this run folder, or None."""
+    lay = Layout(s.run_dir)
+    return our_pid(lay, next(x for x in services(s, lay) if x.name == name))
+
+
 def start_service(s: Settings, name: str) -> int:
     """(Re)start one service and wait until it is ready (for fault tests)."""
     lay = Layout(s.run_dir)

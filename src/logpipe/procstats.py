@@ -5,10 +5,22 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 log = logging.getLogger(__name__)
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux: /proc/<pid>/stat, field 22), or None. Unlike
+    psutil's create_time (the boot time read from the wall clock, plus this), it does not move when the wall
+    clock is stepped (NTP, a VM resumed after its host slept): with the pid, it names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # after "pid (comm)": field 3 (state) is index 0
+    except (OSError, ValueError, IndexError):
+        return None
 
 @dataclass
 class ProcStats:
@@ -17,9 +29,9 @@ class ProcStats:
     name: str
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
-    # by (pid, create time): a pid the kernel hands out again is another process
-    _start_cpu: dict[tuple[int, float], float] = field(default_factory=dict, repr=False)
-    _last_cpu: dict[tuple[int, float], float] = field(default_factory=dict, repr=False)
+    # by (pid, start ticks): a pid the kernel hands out again is another process
+    _start_cpu: dict[tuple[int, int | None], float] = field(default_factory=dict, repr=False)
+    _last_cpu: dict[tuple[int, int | None], float] = field(default_factory=dict, repr=False)
     _sampled: bool = field(default=False, repr=False)
 
     def as_dict(self) -> dict[str, float | str]:
@@ -41,7 +53,9 @@ class ResourceSampler:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self._roots: dict[str, tuple[int, float | None]] = {}  # name -> root (pid, create time); ended: removed
+        # name -> root (pid, start ticks: not psutil's create_time, which moves with a step of the wall clock and
+        # then made every tree look ended, its figures stopping silently); ended: removed
+        self._roots: dict[str, tuple[int, int | None]] = {}
         self.stats: dict[str, ProcStats] = {}
         self.peak_concurrent_mb = 0.0
         self._stop = threading.Event()
@@ -51,10 +65,7 @@ class ResourceSampler:
 
     def watch(self, name: str, pid: int) -> None:
         with self._lock:
-            try:
-                created: float | None = psutil.Process(pid).create_time()
-            except psutil.Error:  # already gone: nothing to count
-                created = None
+            created = start_ticks(pid)  # None: already gone, nothing to count
             self._roots[name] = (pid, created)
             self.stats.setdefault(name, ProcStats(name))
             self._sample_one(name, pid, created)
@@ -88,12 +99,12 @@ class ResourceSampler:
             total = sum(self._sample_one(name, pid, created) for name, (pid, created) in list(self._roots.items()))
             self.peak_concurrent_mb = max(self.peak_concurrent_mb, total / 2**20)
 
-    def _sample_one(self, name: str, pid: int, created: float | None) -> int:
+    def _sample_one(self, name: str, pid: int, created: int | None) -> int:
         """Sample one tree; returns its RSS in bytes now (0 when it has ended, and then it is no longer watched)."""
         st = self.stats[name]
         try:
             root = psutil.Process(pid)
-            if created is None or root.create_time() != created:
+            if created is None or start_ticks(pid) != created:
                 raise psutil.NoSuchProcess(pid)  # the pid of an ended root, given to another process
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:  # ended, or a zombie/denied root: nothing of it to count now, or later
@@ -106,7 +117,7 @@ class ResourceSampler:
                     t = p.cpu_times()
                     cpu = t.user + t.system
                     rss += p.memory_info().rss
-                    key = (p.pid, p.create_time())
+                    key = (p.pid, start_ticks(p.pid))
             except psutil.Error:
                 continue
             # the processes of the first sample count from there (a service already running counts only its

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import psutil
+
 from logpipe.procstats import ResourceSampler
 
 pytestmark = pytest.mark.unit
@@ -111,3 +113,24 @@ def test_the_pid_of_an_ended_stage_given_to_another_process_does_not_count_for_i
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_cpu_keeps_counting_after_the_wall_clock_is_stepped(monkeypatch):
+    """A process is known by its pid and start ticks, not psutil's create_time: that is the boot time read from
+    the wall clock plus the start ticks, so a clock step (NTP, a VM resumed) moved it, the sampler took every
+    watched tree for ended and its CPU and memory figures stopped without a word. The step is simulated by moving
+    the boot time psutil reads, as a step of the wall clock does."""
+    import psutil._pslinux as pslinux
+
+    burn = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    sampler = ResourceSampler(interval=0.1).start()
+    sampler.watch("stage", burn.pid)
+    time.sleep(0.8)
+    real_boot_time = pslinux.boot_time
+    monkeypatch.setattr(pslinux, "boot_time", lambda: real_boot_time() + 2.0)  # the wall clock stepped 2 s ahead
+    time.sleep(1.7)
+    t = psutil.Process(burn.pid).cpu_times()
+    used = t.user + t.system
+    burn.wait()
+    stats = sampler.stop()["stage"]
+    assert stats.cpu_s >= used - 0.3, f"the process used {used:.2f} CPU s, the sampler saw {stats.cpu_s:.2f}"

@@ -25,6 +25,7 @@ import psutil
 
 from logpipe import health
 from logpipe.config import Settings
+from logpipe.procstats import start_ticks
 from logpipe.stack.jars import StackError, classpath, resolve
 
 log = logging.getLogger(__name__)
@@ -336,17 +337,6 @@ def _names_run_dir(cmd: list[str], root: Path) -> bool:
     whole or after a ':' or '=' (classpath entries, -Dkey=path, file:path)."""
     inside = re.compile(r"(?:^|[:=])" + re.escape(str(root).rstrip(os.sep) + os.sep))
     return any(inside.search(arg) for arg in cmd)
-
-
-def start_ticks(pid: int) -> int | None:
-    """When process `pid` started, in clock ticks since boot (Linux: /proc/<pid>/stat, field 22), or None. Unlike
-    psutil's create_time (the boot time read from the wall clock, plus this), it does not move when the wall
-    clock is stepped (NTP, a VM resumed after its host slept)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])  # after "pid (comm)": field 3 (state) is index 0
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _record_pid(lay: Layout, svc: Service, pid: int) -> None:

@@ -107,6 +107,53 @@ def test_a_lease_being_written_is_alive_and_an_old_empty_one_is_gone(local_fs, t
     taker.release()
 
 
+def test_a_lease_of_this_host_whose_process_is_not_the_holder_any_more(local_fs, tmp_path: Path):
+    """A run killed (kill -9, power loss) whose pid now names another process: after a reboot (another boot id),
+    or a pid handed out again (another start time), the lease is taken over at once. Before, a live process with
+    that pid kept the root refused for good. A lease of another pid namespace on a host of the same name (two
+    containers, each with its own pid 7), or one that names no start time (an older logpipe's), is judged by its
+    renewals, as another host's."""
+    import socket
+
+    from logpipe.streaming.lease import BOOT_ID, PID_NAMESPACE, RootBusy, holder_may_run
+
+    lease = tmp_path / "_commits" / "lease.json"
+    lease.parent.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live process of this host: the pid the lease names
+    here = socket.gethostname()
+    alive = {"host": here, "pid": sleeper.pid, "run": "0" * 32, "since": "2024-01-01T00:00:00Z", "boot": BOOT_ID,
+             "pidns": PID_NAMESPACE, "start": None}
+    try:
+        from logpipe.procstats import start_ticks
+
+        alive["start"] = start_ticks(sleeper.pid)
+        for holder, gone in [({**alive, "boot": "another-boot"}, "this host restarted since"),
+                             ({**alive, "start": alive["start"] - 1}, "now names another process")]:
+            lease.write_text(json.dumps(holder) + "\n")
+            assert not holder_may_run(holder, 1.0)
+            taker = _lease(local_fs, tmp_path, stale_s=30)
+            t = time.monotonic()
+            taker.acquire()  # at once, not after watching it
+            assert time.monotonic() - t < 5, gone
+            assert json.loads(lease.read_text())["run"] == taker.me["run"]
+            taker.release()
+        lease.write_text(json.dumps(alive) + "\n")  # the holder itself: refused
+        assert holder_may_run(alive, 1e6)
+        with pytest.raises(RootBusy, match=f"process {sleeper.pid} on "):
+            _lease(local_fs, tmp_path).acquire()
+        for holder in ({**alive, "pidns": "pid:[1]"}, {k: v for k, v in alive.items() if k != "start"}):
+            lease.write_text(json.dumps(holder) + "\n")
+            assert holder_may_run(holder, 1.0) and not holder_may_run(holder, 1e6)  # by the lease's age
+            taker = _lease(local_fs, tmp_path, stale_s=1.5)
+            t = time.monotonic()
+            taker.acquire()  # watched: not renewed for stale_s, then taken over
+            assert time.monotonic() - t > 1.4
+            taker.release()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_a_holder_judged_from_outside_a_run():
     """holder_may_run (the demo asks it before it deletes a root): a live process of this host, another host's
     run renewed within STALE_S, or a lease being written may still run; the others are gone. Unlike a run taking
@@ -118,7 +165,10 @@ def test_a_holder_judged_from_outside_a_run():
     done = subprocess.Popen(["true"])
     done.wait()
     here = socket.gethostname()
-    assert holder_may_run({"host": here, "pid": os.getpid()}, 1e6)
+    from logpipe.procstats import start_ticks
+
+    assert holder_may_run({"host": here, "pid": os.getpid(), "start": start_ticks(os.getpid())}, 1e6)
+    assert not holder_may_run({"host": here, "pid": os.getpid()}, 1e6)  # an older lease: by its age
     assert not holder_may_run({"host": here, "pid": done.pid}, 0.0)
     assert holder_may_run({"host": "elsewhere", "pid": 1}, STALE_S - 1)
     assert not holder_may_run({"host": "elsewhere", "pid": 1}, STALE_S + 1)

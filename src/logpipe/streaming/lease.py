@@ -2,10 +2,13 @@
 
 Two runs on one root would each take the other's batch in progress for a crashed attempt and delete its files
 (commit.clean_crashed_attempts), and both would run the same batch ids. The lease `_commits/lease.json` names its
-holder (host, process id, run id). It is created with create-if-absent, which HDFS does atomically, and its
+holder (host, process id, run id, and the process's identity on its host: the kernel's boot id, its pid namespace
+and its start time in ticks since boot). It is created with create-if-absent, which HDFS does atomically, and its
 modification time is renewed every HEARTBEAT_S seconds. A run that finds it takes it over only when its holder
-is gone: the same process id on the same host (a restarted container is pid 1 again), a process id of this host
-that no longer runs (kill -9), or, for another host's lease, no renewal while it watched it for STALE_S seconds.
+is gone: this host restarted since (another boot id), the same process id on the same host (a restarted
+container is pid 1 again), a process id of this host that no longer runs (kill -9) or now names another process
+(another start time: pids are handed out again), or, for a lease of another host or pid namespace (two containers
+may share a host name, each with its own pid 7), no renewal while it watched it for STALE_S seconds.
 The holder checks the lease again just before each commit marker, so a run that lost it writes no marker.
 
 A takeover is a delete, then the create: two runs taking over the same gone holder at once could each delete
@@ -23,8 +26,10 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+from logpipe.procstats import start_ticks
 from logpipe.streaming.commit import HadoopFs
 
 log = logging.getLogger(__name__)
@@ -49,15 +54,56 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")  # e.g. pid:[4026531836]: another container has another
+    except OSError:
+        return None
+
+
+BOOT_ID, PID_NAMESPACE = _read("/proc/sys/kernel/random/boot_id"), _pid_namespace()
+
+
+def judge_holder(other: dict[str, Any], host: str, pid: int | None = None) -> tuple[str, str | None]:
+    """How a lease's holder `other` (the lease's content) looks from process `pid` (None: from outside any run) on
+    `host`: ("gone", why), ("alive", None): a process this host's kernel shows running, or ("elsewhere", None): a
+    process this one cannot see (another host or pid namespace; or an older lease that names no start time, whose
+    pid may have been handed out again), to be judged by its renewals."""
+    def differs(key: str, mine: str | None) -> bool:
+        return other.get(key) is not None and mine is not None and other[key] != mine
+
+    if other.get("host") != host or differs("pidns", PID_NAMESPACE):
+        return "elsewhere", None
+    opid = int(other.get("pid", 0))
+    if differs("boot", BOOT_ID):
+        return "gone", f"this host restarted since its process {opid} wrote it"
+    if pid is not None and opid == pid:
+        return "gone", f"it was process {opid} on this host, which is this process now (a restart)"
+    if not _pid_alive(opid):
+        return "gone", f"its process {opid} no longer runs on this host"
+    if other.get("start") is None:
+        return "elsewhere", None
+    if (now := start_ticks(opid)) is not None and now != other["start"]:
+        return "gone", f"its process id {opid} now names another process (started later)"
+    return "alive", None
+
+
 def holder_may_run(holder: dict[str, Any], age_s: float) -> bool:
     """Judged from outside any run (the demo, before it deletes a root): whether the lease's holder `holder` (the
     lease's content), renewed `age_s` seconds ago, may still be running: a process of this host that runs, a run
-    of another host that renewed it within STALE_S, or a lease still being written (empty, a few seconds old)."""
+    this host cannot see (judge_holder) that renewed it within STALE_S, or a lease still being written (empty, a
+    few seconds old)."""
     if not holder:
         return age_s <= 5
-    if holder.get("host") == socket.gethostname():
-        return _pid_alive(int(holder.get("pid", 0)))
-    return age_s < STALE_S
+    verdict, _ = judge_holder(holder, socket.gethostname())
+    return verdict == "alive" or (verdict == "elsewhere" and age_s < STALE_S)
 
 
 class RootLease:
@@ -68,8 +114,10 @@ class RootLease:
                  heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S,
                  settle_s: float = TAKEOVER_SETTLE_S) -> None:
         self.fs, self.path = fs, f"{root}/{LEASE_FILE}"
-        self.me = {"host": host or socket.gethostname(), "pid": pid or os.getpid(), "run": uuid.uuid4().hex,
-                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        pid = pid or os.getpid()
+        self.me = {"host": host or socket.gethostname(), "pid": pid, "run": uuid.uuid4().hex,
+                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "boot": BOOT_ID,
+                   "pidns": PID_NAMESPACE, "start": start_ticks(pid)}
         self.heartbeat_s, self.stale_s, self.settle_s = heartbeat_s, stale_s, settle_s
         # the lease file's length is this run's signature (its content padded by a number drawn from the run id):
         # checking it takes the NameNode only, so the check at every batch and each renewal work while a DataNode
@@ -95,17 +143,14 @@ class RootLease:
         except ValueError:  # being written, or written by a process killed before it closed the file
             return {}, age, mtime
 
-    def _gone(self, other: dict[str, Any], age: float) -> str | None:
-        """Why the holder `other` is gone (its lease may be taken over), or None while it may still run. A lease
-        of another host is judged by watching it (_watch), not by its age: the clocks may differ."""
+    def _gone(self, other: dict[str, Any], age: float, mtime: int) -> str | None:
+        """Why the holder `other` is gone (its lease may be taken over), or None while it may still run. A holder
+        this process cannot see (judge_holder: "elsewhere") is judged by watching its lease (_watch), not by its
+        age: the clocks may differ."""
         if not other:
             return "the lease file is empty or unreadable" if age > 5 else None  # young: still being written
-        if other.get("host") == self.me["host"]:
-            if other.get("pid") == self.me["pid"]:
-                return f"it was process {other['pid']} on this host, which is this process now (a restart)"
-            if not _pid_alive(int(other.get("pid", 0))):
-                return f"its process {other.get('pid')} no longer runs on this host"
-        return None
+        verdict, why = judge_holder(other, self.me["host"], self.me["pid"])
+        return self._watch(mtime) if verdict == "elsewhere" else why
 
     def acquire(self) -> None:
         """Take the lease, or raise RootBusy if a live run holds it."""
@@ -113,9 +158,7 @@ class RootLease:
         held = self.holder()
         if held is not None:
             other, age, mtime = held
-            why = self._gone(other, age)
-            if why is None and other and other.get("host") != self.me["host"]:
-                why = self._watch(mtime)  # a live holder renews within HEARTBEAT_S
+            why = self._gone(other, age, mtime)
             if why is None:
                 who = (f"process {other.get('pid')} on {other.get('host')}, since {other.get('since')} (its lease "
                        f"{self.path} was renewed {age:.0f}s ago)" if other else
@@ -147,8 +190,9 @@ class RootLease:
         host's clock; the holder's may differ). Renewed meanwhile: the holder lives (None); not: the reason it is
         taken for gone. A container recreated under a new host name finds its predecessor's lease this way, and
         waits stale_s."""
-        log.info("the lease %s is held by a run on another host: watching it for %.0fs to see whether that run "
-                 "still renews it", self.path, self.stale_s)
+        log.info("the lease %s is held by a run this process cannot see (another host or pid namespace, or a lease "
+                 "of an older logpipe): watching it for %.0fs to see whether that run still renews it", self.path,
+                 self.stale_s)
         deadline = time.monotonic() + self.stale_s
         while time.monotonic() < deadline:
             time.sleep(min(1.0, self.heartbeat_s / 4))

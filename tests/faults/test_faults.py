@@ -302,6 +302,30 @@ def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack,
     assert r.returncode != 0 and not acc["ok"] and acc["job_event_rows"] > acc["job_event_lines"] == acc["parsed"]
 
 
+def test_hdfs_refusing_the_flush_is_one_line_not_a_traceback(stack, unique, tmp_path, hdfs_client):
+    """HDFS refuses a write outside the micro-batches (here the flush of the still-open windows, by a namespace
+    quota on windows/by_status; a DataNode away or safe mode at that moment alike): the run exits 1 with one line
+    naming HDFS's error, as a failed batch is reported. It gave a 240-line Python and Java traceback."""
+    import urllib.request
+
+    env = _env(stack, unique, tmp_path)
+    log = tmp_path / "access.log"
+    assert _logpipe(env, "generate", "--lines", "2000", "--out", str(log), "--no-progress").returncode == 0
+    assert _logpipe(env, "produce", str(log)).returncode == 0
+    folder = f"{env['LOGPIPE_HDFS_ROOT']}/windows/by_status"
+    hdfs_client.makedirs(folder)
+    quota = (f"{stack.webhdfs_address}/webhdfs/v1{folder}?op=SETQUOTA&namespacequota=1&storagespacequota=-1"
+             f"&user.name={stack.hdfs_user_name}")
+    urllib.request.urlopen(urllib.request.Request(quota, method="PUT"), timeout=30).close()
+    # a watermark longer than the log: its one batch finalizes no window, the flush writes them all
+    r = _logpipe(env, "stream", "--until-done", "--watermark", "1 hour")
+    ours = [line for line in r.stderr.splitlines() if line.startswith("logpipe stream:")]
+    assert r.returncode == 1, _first_errors(r.stderr)
+    assert len(ours) == 1 and "writing the results under" in ours[0] and "NSQuotaExceededException" in ours[0], (
+        _first_errors(r.stderr))
+    assert "Traceback" not in r.stderr, _first_errors(r.stderr)
+
+
 def test_kafka_unreachable_at_start(stack, unique, tmp_path, free_ports):
     """The job cannot reach Kafka: a clear error naming the address, exit code 1, nothing written to HDFS."""
     from hdfs import InsecureClient

@@ -85,6 +85,9 @@ def test_until_idle_must_be_longer_than_the_trigger_interval():
     check_until_idle(s, 10.5)
     with pytest.raises(ValueError, match="longer than the trigger interval"):
         check_until_idle(s, 10)
+    for endless in ("nan", "inf"):  # nan compared false with everything: the run never went idle
+        with pytest.raises(ValueError, match=f"--until-idle must be a number of seconds, not {endless}"):
+            check_until_idle(s, float(endless))
 
 
 def test_first_signal_asks_for_a_stop_and_a_second_acts_as_before() -> None:
@@ -262,7 +265,7 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
     from logpipe.streaming import job as job_mod
 
     j = job_mod.StreamJob.__new__(job_mod.StreamJob)  # the lock and the two calls only: no Spark
-    j._in_batch, j.spark, j.root, j._generation = threading.Lock(), None, "hdfs://x/r", 0
+    j._in_batch, j.spark, j.root, j._generation, j.lease = threading.Lock(), None, "hdfs://x/r", 0, None
     order: list[str] = []
     release = threading.Event()
 
@@ -565,7 +568,7 @@ def test_a_callback_of_a_query_stopped_before_recover_does_not_run(monkeypatch) 
     from logpipe.streaming import job as job_mod
 
     j = job_mod.StreamJob.__new__(job_mod.StreamJob)  # no Spark: the guard only
-    j._in_batch, j._generation, j.batch_error = threading.Lock(), 0, None
+    j._in_batch, j._generation, j.batch_error, j.lease = threading.Lock(), 0, None, None
     ran: list[int] = []
     j._run_batch = lambda _batch, batch_id: ran.append(batch_id)
     j.fs, j.spark, j.root = type("Fs", (), {"delete": lambda self, p: None})(), None, "hdfs://x/r"

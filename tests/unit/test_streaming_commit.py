@@ -154,3 +154,22 @@ def test_staged_files_are_moved_in_last_and_only_the_folders_named(local_spark, 
     assert moved == [f"date=2004-05-18/{tag}-00000.parquet", f"date=2004-05-19/{tag}-00001.parquet"]
     assert sorted(r["n"] for r in local_spark.read.parquet(f"{root}/events").collect()) == [1, 2]
     assert list((tmp_path / "stage").rglob("*.parquet")) == list((tmp_path / "stage" / "date=_other").glob("*.parquet"))
+
+
+def test_a_batch_whose_staged_files_are_gone_is_not_committed(local_spark, tmp_path: Path):
+    """The batch listed its staged date folders, then they went (another run on the root removed them): moving
+    nothing and writing the marker would commit a batch whose record counts rows no table holds. It fails, with
+    no marker, and the next start cleans it up and runs it again."""
+    import shutil
+
+    from logpipe.streaming.commit import TableWrite, commit_batch
+
+    root = f"file:{tmp_path}"
+    staged = f"{root}/stage"
+    local_spark.createDataFrame([(1, "2004-05-18")], "n INT, date STRING").write.partitionBy("date").parquet(staged)
+    shutil.rmtree(tmp_path / "stage")
+    with pytest.raises(RuntimeError, match=r"staged files of events in .*stage \(date=2004-05-18\) are gone"):
+        commit_batch(local_spark, root, "q", 3, [TableWrite(None, "events", staged=staged,
+                                                             staged_parts=["date=2004-05-18"])], {"events": 1})
+    assert not (tmp_path / "_commits" / "q" / "b0000000003.json").exists()
+    assert (tmp_path / "_commits" / "q" / "b0000000003.pending").exists()

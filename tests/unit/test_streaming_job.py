@@ -333,6 +333,40 @@ def test_alerts_of_final_windows_are_forgotten_and_a_batch_finds_its_own_alert_f
     assert job.fs.glob(f"{alerts}/b0000000002-*.parquet") == []
 
 
+def test_a_run_that_lost_its_lease_removes_nothing_when_it_recovers(local_spark, tmp_path):
+    """--until-idle calls recover() again after its idle wait. A run paused past the lease's stale time meanwhile
+    (its lease taken over by a run on another host, now in the middle of a batch) took that batch for a crashed
+    attempt and deleted its pending marker, the files it had moved in and its staged events: the new holder then
+    committed the batch without its events. recover() now checks the lease first and removes nothing."""
+    from logpipe.config import Settings
+    from logpipe.streaming.commit import HadoopFs
+    from logpipe.streaming.job import StreamJob
+    from logpipe.streaming.lease import RootBusy, RootLease
+
+    root = tmp_path / "root"
+    uri = root.as_uri()
+    fs = HadoopFs(local_spark, uri)
+    paused = RootLease(fs, uri, host="host-a", pid=1, heartbeat_s=3600)  # it stops renewing
+    paused.acquire()
+    taker = RootLease(fs, uri, host="host-b", pid=2, stale_s=1.0, heartbeat_s=3600)
+    taker.acquire()  # watched it for 1 s, took it over
+    in_progress = [root / "_commits" / "ingest" / "b0000000007.pending",
+                   root / "quarantine" / "b0000000007-00000.parquet",
+                   root / "events" / "_staging" / "b0000000007" / "pass" / "date=2004-05-18" / "part-0.parquet"]
+    for f in in_progress:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"")
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.lease = paused
+    try:
+        with pytest.raises(RootBusy, match="lost its lease .*now held by process 2 on host-b"):
+            job.recover()
+        assert [f for f in in_progress if not f.exists()] == []
+    finally:
+        paused._stop.set()
+        taker.release()
+
+
 def test_carried_state_of_earlier_batches_is_pruned_by_tag(local_spark, tmp_path):
     """After batch 3 commits, the open windows and seen keys carried out of earlier batches are removed (a re-run
     batch is skipped, so none reads them again); batch 3's own files and a staging folder are left."""

@@ -192,6 +192,10 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
             rel_dir = fs.path(f).toUri().getPath()[len(base):].rsplit("/", 1)[0]  # e.g. /date=2004-05-18 or ""
             if only is None or rel_dir.lstrip("/") in only:
                 files.append((f, rel_dir))
+        if only is not None and (gone := sorted(set(only) - {rel_dir.lstrip("/") for _, rel_dir in files})):
+            # the batch found files there; without them the marker would count rows its tables do not hold
+            raise RuntimeError(f"the staged files of {table} in {staging} ({', '.join(gone)}) are gone (removed "
+                               "by another run on the root?): batch not committed")
         for i, (f, rel_dir) in enumerate(sorted(files)):
             fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
 

@@ -309,8 +309,13 @@ class StreamJob:
     def recover(self) -> None:
         """Before the first batch: remove what a crashed attempt left half-written (commit.clean_crashed_attempts),
         then send the committed alerts a crash kept from Kafka (a committed batch is not run again, so nothing
-        else would send them). Waits for a micro-batch callback still running (see _in_batch)."""
+        else would send them). Waits for a micro-batch callback still running (see _in_batch); raises RootBusy,
+        removing nothing, if this run no longer holds its lease."""
         with self._in_batch:
+            # a run that lost its lease (paused past STALE_S, e.g. idle in --until-idle, and taken over) would take
+            # the new holder's batch in progress for a crashed one and delete its files: it stops here instead
+            if self.lease is not None:
+                self.lease.check()
             self._generation += 1
             cleaned = clean_crashed_attempts(self.spark, self.root, list(OUTPUT_TABLES))
             self.fs.delete(f"{self.root}/events/_staging")  # what batches that died staged (see PASS_DIR)

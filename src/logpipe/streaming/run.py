@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 import signal
@@ -246,6 +247,10 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                 _raise_if_failed(q, job)
                 raise RuntimeError(f"streaming query {q.name} failed: it ended by itself while stopping")
         return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
+    except Py4JJavaError as exc:  # HDFS refused a write outside the queries (the flush, the metrics, recover()):
+        # one line, as a failed micro-batch is reported (a query's failures come as StreamingQueryException)
+        raise RuntimeError(f"writing the results under {job.root} failed: {failure_summary(str(exc))}"
+                           f"{failure_hint(str(exc))}") from exc
     finally:
         stop.restore()
         if job.wait_for_batch(timeout=30):  # a callback a stop left running may still rename files: not yet
@@ -284,6 +289,8 @@ def check_until_idle(s: Settings, until_idle_s: float | None) -> None:
     the job does not look for new records, so a shorter idle time could end it while records wait."""
     from logpipe.windows import interval_seconds
 
+    if until_idle_s is not None and not math.isfinite(until_idle_s):  # nan compares false: it never ended
+        raise ValueError(f"--until-idle must be a number of seconds, not {until_idle_s:g}")
     if until_idle_s is not None and until_idle_s <= interval_seconds(s.trigger_interval):
         raise ValueError(f"--until-idle {until_idle_s:g} must be longer than the trigger interval "
                          f"({s.trigger_interval}): between two triggers the job does not look for new records")

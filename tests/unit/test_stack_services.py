@@ -353,3 +353,18 @@ def test_stop_service_kill_stops_a_real_process(run_dir, free_ports, procs):
     assert services.stop_service(s, "kafka", kill=True, timeout=5)
     assert not psutil.pid_exists(p.pid) and not lay.pid_file("kafka").exists()
     assert not services.stop_service(s, "kafka")
+
+
+def test_two_services_set_to_one_port_start_nothing(run_dir, free_ports, monkeypatch):
+    """LOGPIPE_DATANODE_HTTP_PORT set to Kafka's port passed every check; `up` then started Kafka and the NameNode
+    and failed at the DataNode, leaving the two running. Refused before anything starts."""
+    s = _settings(run_dir, free_ports)
+    s = s.with_overrides(datanode_http_port=s.kafka_port)
+    started: list[str] = []
+    monkeypatch.setattr(services, "java_binary", lambda _s: "java")
+    monkeypatch.setattr(services, "resolve", lambda name, root: None)
+    monkeypatch.setattr(services, "_format_if_needed", lambda *a: None)
+    monkeypatch.setattr(services, "_start", lambda s_, lay, java, svc: started.append(svc.name) or (1, False))
+    with pytest.raises(StackError, match=f"port {s.kafka_port} is set for kafka and datanode.*nothing was started"):
+        services.up(s, progress=lambda m: None)
+    assert started == []

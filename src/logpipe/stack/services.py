@@ -581,6 +581,14 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
 def _check_before_start(s: Settings, lay: Layout) -> None:
     """Before anything starts: each running service of ours listens on the ports now set, and no port of a service
     to start is taken (found one service at a time, a busy DataNode port left Kafka and the NameNode running)."""
+    owners: dict[int, list[str]] = {}
+    for svc in services(s, lay):
+        for port in svc.ports:
+            owners.setdefault(port, []).append(svc.name)
+    if shared := {port: names for port, names in owners.items() if len(names) > 1}:
+        raise StackError("cannot start the stack: " + "; ".join(f"port {port} is set for {' and '.join(names)}"
+                                                                for port, names in sorted(shared.items()))
+                         + ". Give each its own port (LOGPIPE_* port settings); nothing was started")
     taken = []
     for svc in services(s, lay):
         pid = our_pid(lay, svc)

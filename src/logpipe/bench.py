@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,26 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "logpipe", *args]
 
 
+def size_label(size_bytes: int) -> str:
+    """The size in run folders, topics and the generated log's name (an existing log of that name is reused):
+    2.50GB, 250MB; the bytes when those would round (1.5 MB and 2 MB were both "2MB", and the second run
+    measured the first one's log)."""
+    if size_bytes >= 1e9 and size_bytes % 10_000_000 == 0:
+        return f"{size_bytes / 1e9:.2f}GB"
+    if size_bytes < 1e9 and size_bytes % 1_000_000 == 0:
+        return f"{size_bytes // 1_000_000}MB"
+    return f"{size_bytes}B"
+
+
+def kill_stage(proc: subprocess.Popen) -> None:
+    """Kill a stage started in a session of its own, with its children (the stream's Spark JVM), and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # ended meanwhile, with its group
+        pass
+    proc.wait()
+
+
 def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceSampler, lines: int,
               log_dir: Path, ok_codes: tuple[int, ...] = (0,)) -> Stage:
     """Run one stage as a subprocess, watched by the sampler; raise with the log tail if it fails (an exit code
@@ -50,13 +71,13 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
     log.info("stage %s: %s", name, shown)
     t = time.monotonic()
     with log_path.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                                start_new_session=True)
         sampler.watch(name, proc.pid)
         try:
             code = proc.wait()
-        except BaseException:  # Ctrl-C: the stage's figures are void; do not leave it running on its own
-            proc.kill()
-            proc.wait()
+        except BaseException:  # Ctrl-C, SIGTERM: the stage's figures are void; do not leave it running on its own
+            kill_stage(proc)
             raise
     wall = time.monotonic() - t
     if code not in ok_codes:
@@ -81,7 +102,8 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
         for name, cmd in cmds.items():
             log.info("pipeline %s: %s", name, " ".join(cmd[2:]))
             with (log_dir / f"pipeline-{name}.log").open("w") as out:  # the child keeps its own handle
-                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                                        start_new_session=True)
             sampler.watch(f"pipeline-{name}", proc.pid)
             procs[name] = (proc, time.monotonic())
         walls: dict[str, float] = {}
@@ -99,8 +121,7 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
     finally:
         for proc, _ in procs.values():
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                kill_stage(proc)
     stage = Stage("end-to-end (produce and stream at once)", time.monotonic() - t, lines,
                   {f"{name}_wall_s": round(w, 2) for name, w in walls.items()})
     log.info("pipeline: %.1fs, %.0f lines/s", stage.wall_s, stage.lines_per_s)
@@ -165,7 +186,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     to look into."""
     data_dir, out_dir = data_dir.resolve(), out_dir.resolve()  # the stages run in the project folder (run_stage)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    label = f"{size_bytes / 1e9:.2f}GB" if size_bytes >= 1e9 else f"{size_bytes / 1e6:.0f}MB"
+    label = size_label(size_bytes)
     run_dir = out_dir / f"run-{stamp}-{label}"
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"bench-{label}-seed{seed}.log"

@@ -58,3 +58,55 @@ def test_a_result_records_the_versions_and_commit_it_ran_with():
     assert re.fullmatch(r"\d+\.\d+\.\d+", v["hadoop"])
     assert re.match(r"\d+ \(", v["spark_java"]), v["spark_java"]
     assert re.fullmatch(r"[0-9a-f]{40}( \(dirty\))?", v["commit"]), v["commit"]
+
+
+def test_each_size_gets_a_log_of_its_own():
+    """A run reuses the log of its label: labels that rounded (1.5 MB and 2 MB: both "2MB") made a size measure
+    another size's log. The usual sizes keep their names (the logs in data/ are reused)."""
+    from logpipe.bench import size_label
+    from logpipe.generator import parse_size
+
+    sizes = ["1.5MB", "2MB", "2.5MB", "250MB", "250.4MB", "1GB", "2.5GB", "2.504GB"]
+    labels = [size_label(parse_size(x)) for x in sizes]
+    assert len(set(labels)) == len(sizes), labels
+    assert labels[3] == "250MB" and labels[5] == "1.00GB" and labels[6] == "2.50GB"
+
+
+def test_a_bench_ended_by_sigterm_leaves_no_stage_running(tmp_path):
+    """`timeout 2h logpipe bench`, a cancelled CI job: SIGTERM ends bench through its clean-up, which kills the
+    running stage and its children (a stream's Spark JVM). Python's default action ended bench alone, and the stage
+    ran on, holding its root's lease and skewing the next measurements."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    marker = f"bench-stage-{os.getpid()}"
+    stage = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)',"
+             f" '{marker}-child'])\ntime.sleep(60)")
+    bench = (
+        "import os, signal, sys\nfrom pathlib import Path\n"
+        "from logpipe.bench import run_stage\nfrom logpipe.commands.bench import _exit_on_signal\n"
+        "from logpipe.procstats import ResourceSampler\n"
+        "signal.signal(signal.SIGTERM, _exit_on_signal)\n"
+        f"run_stage('stream', [sys.executable, '-c', {stage!r}, '{marker}'], dict(os.environ), "
+        f"ResourceSampler().start(), 1, Path({str(tmp_path)!r}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", bench])
+
+    def ours() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline"]) if any(marker in a for a in p.info["cmdline"] or [])]
+
+    deadline = time.monotonic() + 30
+    while len(ours()) < 2:  # the stage and its child
+        assert time.monotonic() < deadline and proc.poll() is None, "the stage did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    left = [p for p in ours() if p.status() != psutil.STATUS_ZOMBIE]
+    for p in left:
+        p.kill()
+    assert left == [], [p.info["cmdline"] for p in left]

@@ -58,7 +58,8 @@ def test_a_training_that_fails_or_hangs_is_a_warning_once_and_gets_the_callers_s
     """The training's timeout was a traceback out of `stack up` (after the stack was up), its child read the
     settings from the environment alone (so `stack up --kafka-port ...` trained against the default ports), and a
     failed training ran again at every start. Now: a warning, the caller's settings, and one try until the marker
-    the warning names is deleted."""
+    the warning names is deleted. A training stopped by its timeout is stopped with its children (Spark's JVM ran
+    on, orphaned), its partial cache file goes, and its topics and results root are removed."""
     import logging
 
     from logpipe.config import Settings
@@ -67,24 +68,35 @@ def test_a_training_that_fails_or_hangs_is_a_warning_once_and_gets_the_callers_s
     s = Settings(run_dir=tmp_path / "run", spark_java_home=str(_jdk(tmp_path, "temurin-25", "25.0.3")),
                  kafka_port=19999)
     (tmp_path / "run" / "logs").mkdir(parents=True)
-    runs: list[Settings] = []
-
-    def hangs(cmd, **kw):
-        runs.append(Settings.model_validate_json(Path(cmd[-1]).read_text()))
-        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
-
-    monkeypatch.setattr(aot.subprocess, "run", hangs)
+    seen = tmp_path / "settings-seen.json"
+    removed: list[str] = []
+    # a training that hangs: it starts a child of its own (as the real one starts Spark's JVM) and writes part of
+    # the cache file
+    hang = (f"import shutil, subprocess, sys, time\nshutil.copy(sys.argv[2], {str(seen)!r})\n"
+            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', 'aot-jvm-{os.getpid()}'])\n"
+            "open(sys.argv[1], 'wb').write(b'part of a cache')\ntime.sleep(60)\n")
+    monkeypatch.setattr(aot, "_training_command", lambda out, settings: [sys.executable, "-c", hang, str(out),
+                                                                        str(settings)])
+    monkeypatch.setattr(aot, "_remove_training_outputs", lambda s_, name: removed.append(name))
+    monkeypatch.setattr(aot, "TRAINING_TIMEOUT_S", 3)
     with caplog.at_level(logging.WARNING, logger="logpipe.stack.aot"):
         assert aot.ensure_aot_cache(s, progress=lambda m: None) is None
         assert aot.ensure_aot_cache(s, progress=lambda m: None) is None
-    assert len(runs) == 1 and runs[0].kafka_port == 19999 and runs[0] == s
+    assert Settings.model_validate_json(seen.read_text()) == s and len(removed) == 1  # tried once, its outputs removed
+    assert removed[0].startswith("logpipe-aot-training-")
+    import psutil
+
+    left = [p for p in psutil.process_iter(["cmdline"]) if f"aot-jvm-{os.getpid()}" in (p.info["cmdline"] or [])]
+    for p in left:
+        p.kill()
+    assert left == [], "the training's child outlived its timeout"
     failed = aot.aot_cache_file(s).with_name(aot.aot_cache_file(s).name + ".failed")
     assert "not done in" in failed.read_text()
     assert str(failed) in caplog.text and "failed before" in caplog.text
     assert not list(failed.parent.glob("*.settings.json")) and not list(failed.parent.glob("*.tmp"))
 
     failed.unlink()  # as the warning says: the next start tries again
-    monkeypatch.setattr(aot.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 3))
+    monkeypatch.setattr(aot, "_training_command", lambda out, settings: [sys.executable, "-c", "raise SystemExit(3)"])
     assert aot.ensure_aot_cache(s, progress=lambda m: None) is None
     assert failed.read_text().startswith("exit 3")
 

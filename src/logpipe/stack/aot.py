@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,15 +96,24 @@ def ensure_aot_cache(s: Settings, progress: Callable[[str], None]) -> Path | Non
     settings_file.write_text(s.model_dump_json())
     try:
         with out.open("w") as f:
-            code: int | str = subprocess.run([sys.executable, "-m", "logpipe.stack.aot", str(tmp), str(settings_file)],
-                                             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             timeout=TRAINING_TIMEOUT_S).returncode
-    except subprocess.TimeoutExpired:
-        code = f"not done in {TRAINING_TIMEOUT_S} s"
+            # a session of its own: a timeout or Ctrl-C here stops the training with its Spark JVM (a child of
+            # the child), and the topics and results root it made are removed here (its own clean-up did not run)
+            proc = subprocess.Popen(_training_command(tmp, settings_file), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                code: int | str = proc.wait(TRAINING_TIMEOUT_S)
+            except BaseException as exc:
+                _stop_training(s, proc)
+                for left in path.parent.glob(f"{tmp.name}*"):  # what its JVM wrote as it was stopped
+                    left.unlink(missing_ok=True)
+                if not isinstance(exc, subprocess.TimeoutExpired):
+                    raise
+                code = f"not done in {TRAINING_TIMEOUT_S} s"
     finally:
         settings_file.unlink(missing_ok=True)
     if code != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
-        tmp.unlink(missing_ok=True)
+        for left in path.parent.glob(f"{tmp.name}*"):
+            left.unlink(missing_ok=True)
         failed.write_text(f"exit {code} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         log.warning("training the AOT cache for Spark's JVM failed (exit %s): Spark starts without it, ~15 s slower "
                     "each time; see %s. Delete %s to try again at the next `stack up`", code, out, failed)
@@ -112,6 +122,60 @@ def ensure_aot_cache(s: Settings, progress: Callable[[str], None]) -> Path | Non
     progress(f"AOT cache for Spark's JVM made in {time.monotonic() - t:.0f}s: {path} "
              f"({path.stat().st_size / 2**20:.0f} MiB)")
     return path
+
+
+def _training_name(pid: int) -> str:
+    """The topic and results root name of the training run in process `pid`."""
+    return f"logpipe-aot-training-{pid}"
+
+
+def _stop_training(s: Settings, proc: subprocess.Popen) -> None:
+    """Stop a training run (its process group: the run and its Spark JVM) and remove what it made: its topics and
+    its results root (the run's own clean-up does not run when it is stopped)."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait_s)
+            deadline = time.monotonic() + wait_s  # the JVM may outlive the run by a moment
+            while time.monotonic() < deadline and _group_alive(proc.pid):
+                time.sleep(0.2)
+            if not _group_alive(proc.pid):
+                break
+        except subprocess.TimeoutExpired:
+            continue
+    _remove_training_outputs(s, _training_name(proc.pid))
+
+
+def _training_command(out: Path, settings_file: Path) -> list[str]:
+    """The training run's command: this module's train(), in a process of its own."""
+    return [sys.executable, "-m", "logpipe.stack.aot", str(out), str(settings_file)]
+
+
+def _remove_training_outputs(s: Settings, name: str) -> None:
+    """Delete the topics and the HDFS results root of the training run named `name`."""
+    try:
+        from hdfs import InsecureClient
+
+        from logpipe.topics import delete_topics
+
+        delete_topics(s, [name, f"{name}-alerts"])
+        InsecureClient(s.webhdfs_address, user=s.hdfs_user_name).delete(f"/tmp/{name}", recursive=True)
+    except Exception as exc:  # noqa: BLE001 (left behind, said so: the training's names are its own)
+        log.warning("could not remove the stopped AOT training's topic %s or HDFS folder /tmp/%s: %s", name, name,
+                    exc)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def train(out: Path, base: Settings) -> None:
@@ -130,7 +194,7 @@ def train(out: Path, base: Settings) -> None:
     from logpipe.streaming.run import run_stream
     from logpipe.topics import delete_topics
 
-    name = f"logpipe-aot-training-{os.getpid()}"
+    name = _training_name(os.getpid())
     with tempfile.TemporaryDirectory(prefix="logpipe-aot-") as tmp:
         s = base.with_overrides(topic=name, alerts_topic=f"{name}-alerts", hdfs_root=f"/tmp/{name}",
                                            producer_state_dir=Path(tmp) / "positions")

@@ -405,5 +405,5 @@ def test_a_results_root_hdfs_refuses_is_one_line_with_what_to_do(job_settings: S
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("logpipe stream: could not take the results root") and "Permission denied" in last, last
+    assert last.startswith("logpipe stream: could not start on the results root") and "Permission denied" in last, last
     assert "LOGPIPE_HDFS_USER" in last and "Traceback" not in r.stderr and "\tat org.apache" not in r.stderr

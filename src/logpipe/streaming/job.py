@@ -448,6 +448,8 @@ class StreamJob:
         self.stats.rows[name] = self.stats.rows.get(name, 0) + int(progress.get("numInputRows", 0))
 
     def write_run_metrics(self, extra: dict[str, Any]) -> dict[str, Any]:
+        if self.lease is not None:  # a run that lost the root does not write over the new holder's figures
+            self.lease.check()
         metrics = {**self.accounting(), **extra}
         self.fs.write_text(self.s.hdfs_uri("_metrics", "latest.json"), json.dumps(metrics, default=str))
         return metrics

@@ -188,7 +188,9 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         lease.release()
         spark.stop()
         if isinstance(exc, Py4JJavaError):  # HDFS refused (permissions, safe mode, no space): one line
-            raise RuntimeError(f"could not take the results root {job.root}: {failure_summary(str(exc))}"
+            # taking the lease, recording the settings, cleaning a crashed attempt or sending the alerts a crash
+            # kept from Kafka (recover): HDFS or Kafka refused
+            raise RuntimeError(f"could not start on the results root {job.root}: {failure_summary(str(exc))}"
                                f"{failure_hint(str(exc))}") from exc
         raise
     spark.streams.addListener(_listener(job))

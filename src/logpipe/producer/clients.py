@@ -86,6 +86,7 @@ class KafkaPythonSink:
                 # kafka-python 3.0 ends a flush with UnknownError('Future not done') while a batch the broker
                 # refused as too large is split and sent again; its records' own errors come a moment later
                 if time.monotonic() >= deadline:
+                    self._timed_out = True
                     raise DeliveryError(f"records not acknowledged within {timeout:.0f}s ({exc!r}); "
                                         f"{self.failed} failed so far, first error: {self.first_error}") from exc
                 time.sleep(0.05)

@@ -98,8 +98,8 @@ def ensure_aot_cache(s: Settings, progress: Callable[[str], None]) -> Path | Non
         with out.open("w") as f:
             # a session of its own: a timeout or Ctrl-C here stops the training with its Spark JVM (a child of
             # the child), and the topics and results root it made are removed here (its own clean-up did not run)
-            proc = subprocess.Popen(_training_command(tmp, settings_file), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(_training_command(tmp, settings_file), stdout=f, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 code: int | str = proc.wait(TRAINING_TIMEOUT_S)
             except BaseException as exc:
@@ -132,20 +132,18 @@ def _training_name(pid: int) -> str:
 def _stop_training(s: Settings, proc: subprocess.Popen) -> None:
     """Stop a training run (its process group: the run and its Spark JVM) and remove what it made: its topics and
     its results root (the run's own clean-up does not run when it is stopped)."""
-    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
-        try:
-            proc.wait(wait_s)
-            deadline = time.monotonic() + wait_s  # the JVM may outlive the run by a moment
-            while time.monotonic() < deadline and _group_alive(proc.pid):
-                time.sleep(0.2)
-            if not _group_alive(proc.pid):
-                break
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + 10  # the JVM may outlive the run by a moment
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            proc.poll()  # reaps the run once it ended (a zombie still counts in its group)
+            time.sleep(0.2)
+        if not _group_alive(proc.pid):
+            break
+    proc.wait()
     _remove_training_outputs(s, _training_name(proc.pid))
 
 
@@ -184,7 +182,6 @@ def train(out: Path, base: Settings) -> None:
     settings of the `stack up` that asked for it."""
     import tempfile
 
-    from hdfs import InsecureClient
     from pyspark import SparkContext
 
     from logpipe.generator import generate
@@ -192,7 +189,6 @@ def train(out: Path, base: Settings) -> None:
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF
     from logpipe.streaming.run import run_stream
-    from logpipe.topics import delete_topics
 
     name = _training_name(os.getpid())
     with tempfile.TemporaryDirectory(prefix="logpipe-aot-") as tmp:
@@ -206,8 +202,7 @@ def train(out: Path, base: Settings) -> None:
             build_spark(s, "logpipe-aot-training", extra=SPARK_CONF, aot_output=out)  # run_stream reuses its JVM
             run_stream(s, until_done=True)
         finally:
-            delete_topics(s, [s.topic, s.alerts_topic])
-            InsecureClient(s.webhdfs_address, user=s.hdfs_user_name).delete(s.hdfs_root, recursive=True)
+            _remove_training_outputs(s, name)
     gateway = SparkContext._gateway
     if gateway is not None:  # the JVM writes the cache as it exits, which it does at the end of its stdin
         proc = gateway.proc

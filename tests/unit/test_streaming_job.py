@@ -95,6 +95,26 @@ def test_with_cutoff_adds_the_cutoff_to_every_row_once(local_spark):
     assert "< _cutoff#" in plan and "LocalRelation" in plan and "LogicalRDD" not in plan, plan
 
 
+def test_with_cutoff_compiles_the_same_code_with_or_without_a_cutoff(local_spark):
+    """The first batch (no cutoff yet) and the later ones run the same generated code: the cutoff column is
+    nullable either way (a not-null column made other code, compiled and JIT-compiled once more per stage)."""
+    import re
+
+    from logpipe.streaming.job import with_cutoff
+
+    rows = local_spark.range(10).selectExpr("timestamp_seconds(id) AS timestamp")
+
+    def code(cutoff: datetime | None) -> str:
+        df = with_cutoff(rows, cutoff).where("coalesce(timestamp < _cutoff, false)")
+        text = local_spark._jvm.PythonSQLUtils.explainString(df._jdf.queryExecution(), "codegen")
+        return re.sub(r"(#|plan_id=)\d+", r"\1", text)  # ids differ from plan to plan
+
+    assert [with_cutoff(rows, c).schema["_cutoff"].nullable for c in (None, T)] == [True, True]
+    without, with_one = code(None), code(T)
+    assert "GeneratedIteratorForCodegenStage" in without
+    assert without == with_one
+
+
 OPEN = "grain STRING, window_start TIMESTAMP, window_end TIMESTAMP, host STRING, http_response INT, count BIGINT"
 
 

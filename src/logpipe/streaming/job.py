@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -303,8 +303,11 @@ class StreamJob:
     def _new_alerts(self, by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame") -> list[dict[str, Any]]:
         """Alerts of the running window counts not emitted before (by alert_id), as rows of the alerts table."""
         rows = alerts_of_sums(by_host, by_status, failed, self.rules).collect()
+        # the time they were found, here rather than in the plan: Spark compiles current_timestamp() into the
+        # generated code as a literal, so every batch compiled its alert stages anew
+        detected_at = datetime.now(timezone.utc).replace(tzinfo=None)  # naive UTC, as Spark hands timestamps back
         emitted = self._emitted()
-        return [r.asDict() for r in rows if r["alert_id"] not in emitted]
+        return [{**r.asDict(), "detected_at": detected_at} for r in rows if r["alert_id"] not in emitted]
 
     def recover(self) -> None:
         """Before the first batch: remove what a crashed attempt left half-written (commit.clean_crashed_attempts),
@@ -754,11 +757,14 @@ def with_cutoff(df: "DataFrame", cutoff: datetime | None) -> "DataFrame":
     As a literal, the cutoff would be compiled into Spark's generated code, which would then differ, and be
     compiled and JIT-compiled again, every micro-batch. The frame is a local table (SQL VALUES), held by the
     driver: a frame made from Python rows would run a Spark job with a Python worker each time it is broadcast
-    (some seven times a batch)."""
+    (some seven times a batch). The column is nullable whether or not the cutoff is NULL: the column of a plain
+    `CAST(:cutoff AS TIMESTAMP)` is not nullable when the value is not NULL, so the first batch (no cutoff yet)
+    and the later ones compiled different code for every stage that reads the cutoff, the one pass among them,
+    and the JIT compiled each twice."""
     from pyspark.sql import functions as F
 
-    one = df.sparkSession.sql("SELECT * FROM VALUES (CAST(:cutoff AS TIMESTAMP)) AS t(_cutoff)",
-                              args={"cutoff": cutoff})
+    one = df.sparkSession.sql("SELECT * FROM VALUES (CAST(if(:cutoff IS NULL, NULL, :cutoff) AS TIMESTAMP)) "
+                              "AS t(_cutoff)", args={"cutoff": cutoff})
     return df.crossJoin(F.broadcast(one))
 
 
@@ -808,8 +814,8 @@ def drop_duplicate_lines(rows: "DataFrame", seen_prev: "DataFrame", n_rows: int)
 
 
 def alerts_of_counts(fine: "DataFrame", rules: AlertRules) -> "DataFrame":
-    """Alerts (alerts table columns) of window counts `fine` (window_start, window_end, host, http_response,
-    count). The Spark twin of rules.AlertRules.evaluate."""
+    """Alerts (the alerts table's columns but detected_at, which the job sets) of window counts `fine`
+    (window_start, window_end, host, http_response, count). The Spark twin of rules.AlertRules.evaluate."""
     from pyspark.sql import functions as F
 
     def sums(*keys: str) -> "DataFrame":
@@ -824,7 +830,8 @@ def alerts_of_counts(fine: "DataFrame", rules: AlertRules) -> "DataFrame":
 def alerts_of_sums(by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame",
                    rules: AlertRules) -> "DataFrame":
     """Alerts of window counts given as their sums per (window, host), per (window, status), and per (window,
-    host, status) of failed requests (status >= FAILED_STATUS): the grains the streaming job keeps."""
+    host, status) of failed requests (status >= FAILED_STATUS): the grains the streaming job keeps. Without
+    detected_at (StreamJob._new_alerts sets it)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -850,5 +857,4 @@ def alerts_of_sums(by_host: "DataFrame", by_status: "DataFrame", failed: "DataFr
                       F.expr("transform(ranked, r -> r.host)").alias("top_hosts")))
     return (rate.unionByName(surges)
             .withColumn("alert_id", F.sha2(F.concat_ws("|", "rule", "key", F.col("window_start").cast("string")), 256)
-                        .substr(1, 20))
-            .withColumn("detected_at", F.current_timestamp()))
+                        .substr(1, 20)))

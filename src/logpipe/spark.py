@@ -19,6 +19,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# the Spark JVM's logging: one line per warning or error on stderr, the whole text in spark_log_file
+SPARK_LOG4J = Path(__file__).with_name("spark-log4j2.properties")
+
+
+def spark_log_file(s: Settings) -> Path:
+    """Where the Spark JVM writes its warnings and errors whole, with stack traces (stderr gets one line each)."""
+    return Layout(s.run_dir).log_file("spark")
+
+
 def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) -> dict[str, str]:
     """The Spark configuration logpipe uses (also handy for spark-submit in containers)."""
     conf = {
@@ -48,6 +57,9 @@ def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) ->
     # reference 62.8 -> 60.9 s. In local mode the driver JVM is the executor.
     if s.spark_driver_java_options.strip():
         conf["spark.driver.extraJavaOptions"] = s.spark_driver_java_options.strip()
+    # logging (SPARK_LOG4J): before the setting's options, which may replace it
+    conf["spark.driver.defaultJavaOptions"] = (f"-Dlog4j2.configurationFile={SPARK_LOG4J.as_uri()} "
+                                               f"-Dlogpipe.spark.log=\"{spark_log_file(s)}\"")
     if kafka and s.spark_kafka_jars:
         conf["spark.jars"] = s.spark_kafka_jars
     return conf
@@ -91,6 +103,7 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
     else:
         os.environ.setdefault("HADOOP_USER_NAME", s.hdfs_user_name)
     set_spark_local_ip(s)
+    spark_log_file(s).parent.mkdir(parents=True, exist_ok=True)
     # Spark's Python workers (a DataFrame made from Python rows is unpickled by one) run this interpreter, not
     # whatever `python3` is first on PATH, which may be another version than the driver's (Spark refuses that)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

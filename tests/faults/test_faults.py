@@ -326,6 +326,39 @@ def test_hdfs_refusing_the_flush_is_one_line_not_a_traceback(stack, unique, tmp_
     assert "Traceback" not in r.stderr, _first_errors(r.stderr)
 
 
+def test_a_micro_batch_hdfs_refuses_is_a_few_lines_with_the_whole_text_in_sparks_log(stack, unique, tmp_path,
+                                                                                     hdfs_client):
+    """HDFS refuses a micro-batch's write (a namespace quota on events/): the run exits 1 with one line naming
+    HDFS's error and where Spark's log is; stderr holds one line per Spark error (it gave some 1,700 lines: each
+    error with its Java stack trace and the Python traceback inside), and that log holds them whole."""
+    import urllib.request
+
+    from logpipe.spark import spark_log_file
+
+    env = _env(stack, unique, tmp_path)
+    log = tmp_path / "access.log"
+    assert _logpipe(env, "generate", "--lines", "2000", "--out", str(log), "--no-progress").returncode == 0
+    assert _logpipe(env, "produce", str(log)).returncode == 0
+    folder = f"{env['LOGPIPE_HDFS_ROOT']}/events"
+    hdfs_client.makedirs(folder)
+    quota = (f"{stack.webhdfs_address}/webhdfs/v1{folder}?op=SETQUOTA&namespacequota=2&storagespacequota=-1"
+             f"&user.name={stack.hdfs_user_name}")
+    urllib.request.urlopen(urllib.request.Request(quota, method="PUT"), timeout=30).close()
+    spark_log = spark_log_file(stack)
+    before = spark_log.stat().st_size if spark_log.exists() else 0
+    r = _logpipe(env, "stream", "--until-done")
+    ours = [line for line in r.stderr.splitlines() if line.startswith("logpipe stream:")]
+    assert r.returncode == 1, _first_errors(r.stderr)
+    assert len(ours) == 1 and "NSQuotaExceededException" in ours[0] and str(spark_log) in ours[0], _first_errors(r.stderr)
+    assert "Traceback" not in r.stderr and "\tat org.apache" not in r.stderr, _first_errors(r.stderr)
+    errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
+    assert 1 <= len(errors) < 20 and len(r.stderr.splitlines()) < 60, r.stderr
+    with spark_log.open(errors="replace") as f:
+        f.seek(before if spark_log.stat().st_size >= before else 0)  # (rolled over meanwhile: all of it)
+        whole = f.read()
+    assert "NSQuotaExceededException" in whole and "\tat org.apache.hadoop" in whole, whole[-3000:]
+
+
 def test_kafka_unreachable_at_start(stack, unique, tmp_path, free_ports):
     """The job cannot reach Kafka: a clear error naming the address, exit code 1, nothing written to HDFS."""
     from hdfs import InsecureClient

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,23 @@ def test_driver_java_options_are_a_setting_that_can_be_emptied() -> None:
     opts = s.with_overrides(spark_driver_java_options=" -XX:+UseParallelGC ")
     assert spark_conf(opts)["spark.driver.extraJavaOptions"] == "-XX:+UseParallelGC"
     assert "spark.driver.extraJavaOptions" not in spark_conf(s.with_overrides(spark_driver_java_options=""))
+
+
+def test_the_spark_jvm_logs_one_line_per_error_and_keeps_the_whole_text_in_the_run_folder(tmp_path) -> None:
+    """Spark's log configuration comes with the package and is given to the JVM, with the file that keeps every
+    warning and error whole (the setting's own JVM options stay theirs, and come after, so they may replace it)."""
+    import shlex
+    from urllib.parse import unquote, urlparse
+
+    from logpipe.config import load_settings
+    from logpipe.spark import spark_conf, spark_log_file
+
+    s = load_settings(run_dir=tmp_path / "run dir")
+    opts = dict(o.split("=", 1) for o in shlex.split(spark_conf(s)["spark.driver.defaultJavaOptions"]))
+    config = Path(unquote(urlparse(opts["-Dlog4j2.configurationFile"]).path))
+    assert config.is_file() and "appender.file.fileName = ${sys:logpipe.spark.log}" in config.read_text()
+    assert Path(opts["-Dlogpipe.spark.log"]) == spark_log_file(s) == tmp_path / "run dir" / "logs" / "spark.log"
+    assert spark_conf(s)["spark.driver.extraJavaOptions"] == s.spark_driver_java_options.strip()
 
 
 def _jdk(root, name: str, version: str, *, java: bool = True):

@@ -42,6 +42,29 @@ def test_interrupted_callback_traceback_is_quieted_only_once_stopping(caplog: py
     assert not py4j.filters
 
 
+def test_a_callback_error_is_one_line_and_its_traceback_is_kept_for_verbose_runs(caplog) -> None:
+    """py4j's record of a failed micro-batch callback is cut to one line naming the exception; the traceback is
+    logged at debug level (`logpipe -v`); other py4j records pass as they are."""
+    py4j = logging.getLogger("py4j.clientserver")
+    caplog.set_level(logging.DEBUG)
+    short = run.ShortCallbackErrors()
+    py4j.addFilter(short)
+    try:
+        try:
+            raise KeyError("max_ts")
+        except KeyError:
+            py4j.error("There was an exception while executing the Python Proxy on the Python Side.", exc_info=True)
+        py4j.error("some other py4j failure")
+    finally:
+        py4j.removeFilter(short)
+    records = [(r.name, r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert records[0][:2] == ("logpipe.stream", "DEBUG") and records[0][3]  # the traceback, for -v
+    assert records[1][:2] == ("py4j.clientserver", "ERROR") and not records[1][3]
+    assert "\n" not in records[1][2] and "KeyError: 'max_ts'" in records[1][2] and "logpipe -v" in records[1][2]
+    assert records[2] == ("py4j.clientserver", "ERROR", "some other py4j failure", False)
+    assert len(records) == 3
+
+
 class _Query:
     """The few StreamingQuery members the stop logic reads; the running batch fails after `fails_after` polls."""
 

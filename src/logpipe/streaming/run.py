@@ -100,7 +100,7 @@ def _listener(job: StreamJob) -> Any:
 
         def onQueryTerminated(self, event: Any) -> None:
             if event.exception:
-                log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
+                log.error("query %s failed: %s", event.id, failure_summary(event.exception))
 
     return ProgressLogger()
 
@@ -196,6 +196,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()
     stop = StopSignal()
+    short = ShortCallbackErrors()
+    logging.getLogger("py4j.clientserver").addFilter(short)
     try:
         if until_idle_s is not None:
             follow = job.ingest_query(available_now=False)
@@ -254,6 +256,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         raise RuntimeError(f"writing the results under {job.root} failed: {failure_summary(str(exc))}"
                            f"{failure_hint(str(exc))}") from exc
     finally:
+        logging.getLogger("py4j.clientserver").removeFilter(short)
         stop.restore()
         if job.wait_for_batch(timeout=30):  # a callback a stop left running may still rename files: not yet
             lease.release()
@@ -471,6 +474,22 @@ def _stop_the_others(queries: list[StreamingQuery], s: Settings) -> None:
             _stop_between_batches(other, min(s.stop_grace_s, 30))
 
 
+class ShortCallbackErrors(logging.Filter):
+    """py4j logs the exception a micro-batch callback raised with its whole traceback, as an error, and Spark's
+    error then carries that traceback too: a failed batch filled the terminal. The run reports the exception
+    itself (its one-line error), so the py4j record is cut to one line; the traceback is logged at debug level
+    (`logpipe -v stream` shows it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and "Python Proxy" in record.getMessage():
+            exc = record.exc_info[1]
+            log.debug("the micro-batch callback's traceback", exc_info=record.exc_info)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            record.msg = f"{record.getMessage()} {type(exc).__name__}: {first} (`logpipe -v` shows the traceback)"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 @contextmanager
 def _quiet_interrupted_callbacks() -> Iterator[logging.Filter]:
     """While a deliberate stop runs: a stop that lands just as a new micro-batch starts interrupts its Python
@@ -524,7 +543,15 @@ def _raise_if_failed(q: StreamingQuery, job: StreamJob | None = None) -> None:
         raise cause
     text = str(exc) if cause is None else f"{cause}\n{exc}"
     summary = failure_summary(str(cause)) if cause is not None else failure_summary(text)
-    raise RuntimeError(f"streaming query {q.name} failed: {summary}{failure_hint(text)}")
+    raise RuntimeError(f"streaming query {q.name} failed: {summary}{failure_hint(text)}{_spark_log_note(job)}")
+
+
+def _spark_log_note(job: StreamJob | None) -> str:
+    """Where Spark's errors are whole (stderr has one line of each)."""
+    from logpipe.spark import spark_log_file
+
+    settings = getattr(job, "s", None)
+    return f" (Spark's errors in full: {spark_log_file(settings)})" if settings is not None else ""
 
 
 def failure_hint(text: str) -> str:

@@ -302,21 +302,28 @@ def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack,
     assert r.returncode != 0 and not acc["ok"] and acc["job_event_rows"] > acc["job_event_lines"] == acc["parsed"]
 
 
+def _produce_a_small_log_under_a_quota(env: dict[str, str], stack: Settings, hdfs_client, tmp_path: Path,
+                                      table: str, names: int) -> None:
+    """Produce a 2,000-line log to the test's topic, and cap the test's results folder `table` at `names` files
+    and folders (an HDFS namespace quota: writes past it are refused)."""
+    import urllib.request
+
+    log = tmp_path / "access.log"
+    assert _logpipe(env, "generate", "--lines", "2000", "--out", str(log), "--no-progress").returncode == 0
+    assert _logpipe(env, "produce", str(log)).returncode == 0
+    folder = f"{env['LOGPIPE_HDFS_ROOT']}/{table}"
+    hdfs_client.makedirs(folder)
+    quota = (f"{stack.webhdfs_address}/webhdfs/v1{folder}?op=SETQUOTA&namespacequota={names}&storagespacequota=-1"
+             f"&user.name={stack.hdfs_user_name}")
+    urllib.request.urlopen(urllib.request.Request(quota, method="PUT"), timeout=30).close()
+
+
 def test_hdfs_refusing_the_flush_is_one_line_not_a_traceback(stack, unique, tmp_path, hdfs_client):
     """HDFS refuses a write outside the micro-batches (here the flush of the still-open windows, by a namespace
     quota on windows/by_status; a DataNode away or safe mode at that moment alike): the run exits 1 with one line
     naming HDFS's error, as a failed batch is reported. It gave a 240-line Python and Java traceback."""
-    import urllib.request
-
     env = _env(stack, unique, tmp_path)
-    log = tmp_path / "access.log"
-    assert _logpipe(env, "generate", "--lines", "2000", "--out", str(log), "--no-progress").returncode == 0
-    assert _logpipe(env, "produce", str(log)).returncode == 0
-    folder = f"{env['LOGPIPE_HDFS_ROOT']}/windows/by_status"
-    hdfs_client.makedirs(folder)
-    quota = (f"{stack.webhdfs_address}/webhdfs/v1{folder}?op=SETQUOTA&namespacequota=1&storagespacequota=-1"
-             f"&user.name={stack.hdfs_user_name}")
-    urllib.request.urlopen(urllib.request.Request(quota, method="PUT"), timeout=30).close()
+    _produce_a_small_log_under_a_quota(env, stack, hdfs_client, tmp_path, "windows/by_status", 1)
     # a watermark longer than the log: its one batch finalizes no window, the flush writes them all
     r = _logpipe(env, "stream", "--until-done", "--watermark", "1 hour")
     ours = [line for line in r.stderr.splitlines() if line.startswith("logpipe stream:")]
@@ -331,19 +338,10 @@ def test_a_micro_batch_hdfs_refuses_is_a_few_lines_with_the_whole_text_in_sparks
     """HDFS refuses a micro-batch's write (a namespace quota on events/): the run exits 1 with one line naming
     HDFS's error and where Spark's log is; stderr holds one line per Spark error (it gave some 1,700 lines: each
     error with its Java stack trace and the Python traceback inside), and that log holds them whole."""
-    import urllib.request
-
     from logpipe.spark import spark_log_file
 
     env = _env(stack, unique, tmp_path)
-    log = tmp_path / "access.log"
-    assert _logpipe(env, "generate", "--lines", "2000", "--out", str(log), "--no-progress").returncode == 0
-    assert _logpipe(env, "produce", str(log)).returncode == 0
-    folder = f"{env['LOGPIPE_HDFS_ROOT']}/events"
-    hdfs_client.makedirs(folder)
-    quota = (f"{stack.webhdfs_address}/webhdfs/v1{folder}?op=SETQUOTA&namespacequota=2&storagespacequota=-1"
-             f"&user.name={stack.hdfs_user_name}")
-    urllib.request.urlopen(urllib.request.Request(quota, method="PUT"), timeout=30).close()
+    _produce_a_small_log_under_a_quota(env, stack, hdfs_client, tmp_path, "events", 2)
     spark_log = spark_log_file(stack)
     before = spark_log.stat().st_size if spark_log.exists() else 0
     r = _logpipe(env, "stream", "--until-done")

@@ -1,4 +1,8 @@
-"""Alert rules (rate limit, failed-request surge) built from Settings, with a pure-Python `evaluate` for checks."""
+"""Alert rules (rate limit, failed-request surge) built from Settings: the one place alerts are decided.
+
+The streaming job keeps its window counts at three grains (per host, per status, per host and status of failed
+requests) and hands the rules those sums (RateLimitRule.alerts_of, FailureSurgeRule.surges and alerts_of);
+`evaluate` takes counts at the finest grain (WindowCount) and sums them the same way, for checks and tests."""
 
 from __future__ import annotations
 
@@ -14,6 +18,34 @@ from logpipe.config import Settings
 RATE_LIMIT = "rate_limit"
 FAILURE_SURGE = "failure_surge"
 FAILED_STATUS = 400  # a response with this status or above is a failed request (4xx client, 5xx server)
+
+
+class HostCount(NamedTuple):
+    """Requests of `host` in one window (summed over statuses)."""
+
+    window_start: datetime
+    window_end: datetime
+    host: str
+    count: int
+
+
+class StatusCount(NamedTuple):
+    """Requests answered `http_response` in one window (summed over hosts)."""
+
+    window_start: datetime
+    window_end: datetime
+    http_response: int
+    count: int
+
+
+class Surge(NamedTuple):
+    """A failed status over the surge rule in one window: its count and share of the window's requests."""
+
+    window_start: datetime
+    window_end: datetime
+    http_response: int
+    count: int
+    share: float
 
 
 class WindowCount(NamedTuple):
@@ -66,8 +98,12 @@ class RateLimitRule:
         per_host: dict[tuple[datetime, datetime, str], int] = defaultdict(int)
         for r in rows:
             per_host[(r.window_start, r.window_end, r.host)] += r.count
-        return sorted((Alert(self.name, host, ws, we, n, None, self.ceiling, (host,))
-                       for (ws, we, host), n in per_host.items() if n >= self.ceiling),
+        return self.alerts_of(HostCount(*k, n) for k, n in per_host.items())
+
+    def alerts_of(self, counts: Iterable[HostCount]) -> list[Alert]:
+        """The alerts of per-host window counts (each (window, host) once, summed over statuses)."""
+        return sorted((Alert(self.name, c.host, c.window_start, c.window_end, c.count, None, self.ceiling, (c.host,))
+                       for c in counts if c.count >= self.ceiling),
                       key=lambda a: (a.window_start, a.key))
 
 
@@ -86,19 +122,41 @@ class FailureSurgeRule:
             raise ValueError(f"invalid failure surge rule {self}")
 
     def evaluate(self, rows: Iterable[WindowCount]) -> list[Alert]:
-        totals: dict[tuple[datetime, datetime], int] = defaultdict(int)
-        failed: dict[tuple[datetime, datetime, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        rows = list(rows)
+        per_status: dict[tuple[datetime, datetime, int], int] = defaultdict(int)
         for r in rows:
-            totals[(r.window_start, r.window_end)] += r.count
-            if r.http_response >= FAILED_STATUS:
-                failed[(r.window_start, r.window_end, r.http_response)][r.host] += r.count
+            per_status[(r.window_start, r.window_end, r.http_response)] += r.count
+        return self.alerts_of(self.surges(StatusCount(*k, n) for k, n in per_status.items()), rows)
+
+    def surges(self, counts: Iterable[StatusCount]) -> list[Surge]:
+        """The failed statuses over the rule, from per-status window counts (each (window, status) once, summed
+        over hosts; every status of a window is needed, for its total)."""
+        counts = list(counts)
+        totals: dict[tuple[datetime, datetime], int] = defaultdict(int)
+        for c in counts:
+            totals[(c.window_start, c.window_end)] += c.count
         out = []
-        for (ws, we, status), hosts in failed.items():
-            n = sum(hosts.values())
-            share = n / totals[(ws, we)]
-            if n >= self.min_count and share >= self.min_share:
-                top = sorted(hosts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.top_hosts]
-                out.append(Alert(self.name, str(status), ws, we, n, share, self.min_count, tuple(h for h, _ in top)))
+        for c in counts:
+            if c.http_response >= FAILED_STATUS and c.count >= self.min_count:
+                share = c.count / totals[(c.window_start, c.window_end)]
+                if share >= self.min_share:
+                    out.append(Surge(c.window_start, c.window_end, c.http_response, c.count, share))
+        return out
+
+    def alerts_of(self, surges: Iterable[Surge], failed: Iterable[WindowCount]) -> list[Alert]:
+        """The alerts of `surges`, each naming its top hosts from `failed`: per-(host, status) window counts of
+        failed requests, at least those of the surging windows and statuses (others are ignored)."""
+        hosts: dict[tuple[datetime, datetime, int], dict[str, int]] = {
+            (s.window_start, s.window_end, s.http_response): defaultdict(int) for s in surges}
+        for r in failed:
+            if (per_host := hosts.get((r.window_start, r.window_end, r.http_response))) is not None:
+                per_host[r.host] += r.count
+        out = []
+        for s in surges:
+            ranked = sorted(hosts[(s.window_start, s.window_end, s.http_response)].items(),
+                            key=lambda kv: (-kv[1], kv[0]))
+            out.append(Alert(self.name, str(s.http_response), s.window_start, s.window_end, s.count, s.share,
+                             self.min_count, tuple(h for h, _ in ranked[: self.top_hosts])))
         return sorted(out, key=lambda a: (a.window_start, a.key))
 
 

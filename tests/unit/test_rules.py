@@ -1,4 +1,4 @@
-"""Alert rules: the pure-Python evaluate on hand-made windows, and the Spark twin (job.alerts_of_counts) agrees."""
+"""Alert rules: evaluate on hand-made windows; the streaming job's alerts from its grains agree with evaluate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from logpipe.config import load_settings
-from logpipe.rules import FAILURE_SURGE, RATE_LIMIT, AlertRules, FailureSurgeRule, RateLimitRule, WindowCount, alert_id
+from logpipe.rules import (FAILURE_SURGE, RATE_LIMIT, AlertRules, FailureSurgeRule, HostCount, RateLimitRule,
+                           WindowCount, alert_id)
 
 pytestmark = pytest.mark.unit
 
@@ -69,9 +70,11 @@ def test_alert_id_is_stable_per_rule_key_window():
 
 
 
-def test_spark_alerts_agree_with_evaluate(local_spark):
-    """job.alerts_of_counts on random small window counts = AlertRules.evaluate on the same counts (ids included)."""
-    from logpipe.streaming.job import alerts_of_counts
+def test_the_jobs_alerts_from_its_grains_agree_with_evaluate(local_spark):
+    """job.alerts_of_running_counts, given random window counts at the job's grains as the micro-batch holds them
+    (final host windows over the ceiling as gathered, open host windows, per-status and failed per-(host, status)
+    frames), = AlertRules.evaluate on the same counts at the finest grain (ids, counts, shares, top hosts)."""
+    from logpipe.streaming.job import alerts_of_running_counts
 
     rnd = random.Random(5)
     hosts = [f"10.0.0.{i}" for i in range(8)]
@@ -83,16 +86,25 @@ def test_spark_alerts_agree_with_evaluate(local_spark):
             status = rnd.choice([200, 200, 200, 404, 500, 503])
             items.append((ws, ws + timedelta(seconds=20), host, status))
     rules = AlertRules(RateLimitRule(15), FailureSurgeRule(8, 0.2, 3))
-    counts = [(*k, n) for k, n in Counter(items).items()]
-    df = local_spark.createDataFrame(counts, "window_start TIMESTAMP, window_end TIMESTAMP, host STRING, "
-                                             "http_response INT, count BIGINT")
-    got = {(r.rule, r.key, r.window_start): r for r in alerts_of_counts(df, rules).collect()}
-    expected = rules.evaluate(WindowCount(*k, n) for k, n in Counter(items).items())
-    assert len(expected) >= 5  # the data does trigger both rules
+    fine = Counter(items)
+    per_host = Counter()
+    per_status = Counter()
+    for (ws, we, host, status), n in fine.items():
+        per_host[(ws, we, host)] += n
+        per_status[(ws, we, status)] += n
+    final_end = W0 + timedelta(seconds=40)  # windows ending by then are final, the later ones open
+    final_over = [HostCount(*k, n) for k, n in per_host.items() if k[1] <= final_end and n >= 15]
+    open_host = local_spark.createDataFrame([(*k, n) for k, n in per_host.items() if k[1] > final_end],
+                                            "window_start TIMESTAMP, window_end TIMESTAMP, host STRING, count BIGINT")
+    by_status = local_spark.createDataFrame(
+        [(*k, n, k[1] <= final_end) for k, n in per_status.items()],
+        "window_start TIMESTAMP, window_end TIMESTAMP, http_response INT, count BIGINT, _final BOOLEAN")
+    failed = local_spark.createDataFrame(
+        [(*k, n, k[1] <= final_end) for k, n in fine.items() if k[3] >= 400],
+        "window_start TIMESTAMP, window_end TIMESTAMP, host STRING, http_response INT, count BIGINT, _final BOOLEAN")
+    got = alerts_of_running_counts(rules, final_over, open_host, by_status, failed)
+    expected = rules.evaluate(WindowCount(*k, n) for k, n in fine.items())
     assert {e.rule for e in expected} == {RATE_LIMIT, FAILURE_SURGE}
-    assert set(got) == {(e.rule, e.key, e.window_start) for e in expected}
-    for e in expected:
-        g = got[(e.rule, e.key, e.window_start)]
-        assert (g["alert_id"], g["count"], g["threshold"], tuple(g["top_hosts"])) == (
-            e.alert_id, e.count, e.threshold, e.top_hosts)
-        assert g["share"] == (pytest.approx(e.share) if e.share is not None else None)
+    assert {e.window_end <= final_end for e in expected if e.rule == RATE_LIMIT} == {True, False}  # both paths
+    assert len({e.top_hosts for e in expected if e.rule == FAILURE_SURGE}) >= 2
+    assert sorted(got, key=lambda a: a.alert_id) == sorted(expected, key=lambda a: a.alert_id)

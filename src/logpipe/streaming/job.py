@@ -16,9 +16,10 @@ in order:
 - windows: counts per (window, host, status) of this batch plus the still-open windows carried from the previous
   batch (_state/open). Windows that end at or before the next batch's horizon can receive no more rows: they are
   final, written once to windows/by_host and windows/by_status. The others are carried on in _state/open;
-- alerts: the rules over the running counts of those windows, so a threshold fires in the micro-batch that
-  crosses it -> alerts/, once per (rule, key, window), and the Kafka alerts topic (at least once, keyed by the
-  alert id: see _publish_committed_alerts).
+- alerts: the rules (logpipe.rules, in the driver, on the few rows they need: alerts_of_running_counts) over
+  the running counts of those windows, so a threshold fires in the micro-batch that crosses it -> alerts/,
+  once per (rule, key, window), and the Kafka alerts topic (at least once, keyed by the alert id: see
+  _publish_committed_alerts).
 All of a batch's files, its carried state and its accounting commit together (streaming.commit): a batch that
 is re-run after a crash never writes twice. There is no Spark state store: the carried state is small (the last
 watermark's worth of windows and keys), so the job keeps no per-event state and reads its records only once; the
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
-from logpipe.rules import FAILED_STATUS, AlertRules
+from logpipe.rules import FAILED_STATUS, Alert, AlertRules, HostCount, StatusCount, WindowCount
 from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
                                       committed_meta, file_tag, marker_path, run_at_once)
 from logpipe.streaming.lease import RootLease
@@ -300,14 +301,15 @@ class StreamJob:
                  f"{meta['final_window_rows']:,}", f"{meta['open_window_rows']:,}", f"{meta['seen_keys']:,}",
                  t_parse - t0, t1 - t_parse, t2 - t1, time.monotonic() - t2)
 
-    def _new_alerts(self, by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame") -> list[dict[str, Any]]:
-        """Alerts of the running window counts not emitted before (by alert_id), as rows of the alerts table."""
-        rows = alerts_of_sums(by_host, by_status, failed, self.rules).collect()
-        # the time they were found, here rather than in the plan: Spark compiles current_timestamp() into the
-        # generated code as a literal, so every batch compiled its alert stages anew
+    def _new_alerts(self, alerts: "Iterable[Alert]") -> list[dict[str, Any]]:
+        """Of `alerts`, those not emitted before (by alert_id), as rows of the alerts table."""
+        # the time they were found, here rather than in a Spark plan: Spark compiles current_timestamp() into the
+        # generated code as a literal, so every batch would compile that code anew
         detected_at = datetime.now(timezone.utc).replace(tzinfo=None)  # naive UTC, as Spark hands timestamps back
         emitted = self._emitted()
-        return [{**r.asDict(), "detected_at": detected_at} for r in rows if r["alert_id"] not in emitted]
+        return [{"rule": a.rule, "key": a.key, "window_start": a.window_start, "window_end": a.window_end,
+                 "count": a.count, "share": a.share, "threshold": a.threshold, "top_hosts": list(a.top_hosts),
+                 "alert_id": a.alert_id, "detected_at": detected_at} for a in alerts if a.alert_id not in emitted]
 
     def recover(self) -> None:
         """Before the first batch: remove what a crashed attempt left half-written (commit.clean_crashed_attempts),
@@ -611,10 +613,10 @@ class MicroBatch:
         """The alerts of this batch's running counts (also kept in `new_alerts`). Given to commit_batch as a
         function, so it runs after every write given as a frame, windows/by_host among them: that pass gathered
         the final host windows over the ceiling."""
-        over = self.spark.createDataFrame([tuple(r) for r in self.final_host_metrics()["over"]], HOST_COUNTS_SCHEMA)
-        self.new_alerts.extend(self.job._new_alerts(over.unionByName(self.open_host),
-                                                    self.counts_of["status"].drop("_final"),
-                                                    self.counts_of["failed"].drop("_final")))
+        over = [HostCount(*r) for r in self.final_host_metrics()["over"]]
+        alerts = alerts_of_running_counts(self.job.rules, over, self.open_host, self.counts_of["status"],
+                                          self.counts_of["failed"])
+        self.new_alerts.extend(self.job._new_alerts(alerts))
         return self.spark.createDataFrame(self.new_alerts, ALERTS_SCHEMA).coalesce(1) if self.new_alerts else None
 
     def writes(self) -> list[TableWrite]:
@@ -813,48 +815,35 @@ def drop_duplicate_lines(rows: "DataFrame", seen_prev: "DataFrame", n_rows: int)
     return out, out.count()
 
 
-def alerts_of_counts(fine: "DataFrame", rules: AlertRules) -> "DataFrame":
-    """Alerts (the alerts table's columns but detected_at, which the job sets) of window counts `fine`
-    (window_start, window_end, host, http_response, count). The Spark twin of rules.AlertRules.evaluate."""
+def alerts_of_running_counts(rules: AlertRules, final_over: "list[HostCount]", open_host: "DataFrame",
+                             by_status: "DataFrame", failed: "DataFrame") -> list[Alert]:
+    """The alerts of a micro-batch's running window counts, decided by `rules` (logpipe.rules) in the driver from
+    the few rows they need: the final host windows at or over the ceiling (`final_over`, gathered by the
+    windows/by_host pass), the open host windows (`open_host`: window_start, window_end, host, count; only those
+    over the ceiling are read), every per-status count (`by_status`: window_start, window_end, http_response,
+    count, ...; small: a row per window and status) and, for the statuses that surge, their per-host counts
+    from `failed` (window_start, window_end, host, http_response, count, ...: per (host, status) of failed
+    requests). One or two small Spark jobs over cached frames, where a Spark plan of the rules ran some ten
+    stages (joins, a window function) each batch."""
     from pyspark.sql import functions as F
 
-    def sums(*keys: str) -> "DataFrame":
-        return fine.groupBy(*WINDOW_COLUMNS, *keys).agg(F.sum("count").alias("count"))
-
-    failed = fine.where(f"http_response >= {FAILED_STATUS}")
-    return alerts_of_sums(sums("host"), sums("http_response"),
-                          failed.groupBy(*WINDOW_COLUMNS, "host", "http_response").agg(F.sum("count").alias("count")),
-                          rules)
-
-
-def alerts_of_sums(by_host: "DataFrame", by_status: "DataFrame", failed: "DataFrame",
-                   rules: AlertRules) -> "DataFrame":
-    """Alerts of window counts given as their sums per (window, host), per (window, status), and per (window,
-    host, status) of failed requests (status >= FAILED_STATUS): the grains the streaming job keeps. Without
-    detected_at (StreamJob._new_alerts sets it)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    ceiling, surge = rules.rate_limit.ceiling, rules.failure_surge
-    win = WINDOW_COLUMNS
-    rate = (by_host.where(F.col("count") >= ceiling)
-            .select(F.lit(rules.rate_limit.name).alias("rule"), F.col("host").alias("key"), *win,
-                    "count", F.lit(None).cast("double").alias("share"),
-                    F.lit(ceiling).alias("threshold"), F.array("host").alias("top_hosts")))
-    totals = by_status.groupBy(*win).agg(F.sum("count").alias("total"))
-    surging = (by_status.where(f"http_response >= {FAILED_STATUS}").join(totals, win)
-               .withColumn("share", F.col("count") / F.col("total"))
-               .where((F.col("count") >= surge.min_count) & (F.col("share") >= surge.min_share)))
-    hosts = (failed.join(F.broadcast(surging.select(*win, "http_response")), [*win, "http_response"], "left_semi")
-             .withColumn("rank", F.row_number().over(
-                 Window.partitionBy(*win, "http_response").orderBy(F.desc("count"), "host")))
-             .where(F.col("rank") <= surge.top_hosts)
-             .groupBy(*win, "http_response")
-             .agg(F.sort_array(F.collect_list(F.struct(F.col("rank"), F.col("host")))).alias("ranked")))
-    surges = (surging.join(hosts, [*win, "http_response"], "left")
-              .select(F.lit(surge.name).alias("rule"), F.col("http_response").cast("string").alias("key"),
-                      *win, "count", "share", F.lit(surge.min_count).alias("threshold"),
-                      F.expr("transform(ranked, r -> r.host)").alias("top_hosts")))
-    return (rate.unionByName(surges)
-            .withColumn("alert_id", F.sha2(F.concat_ws("|", "rule", "key", F.col("window_start").cast("string")), 256)
-                        .substr(1, 20)))
+    spark = open_host.sparkSession
+    status_rows, open_over = run_at_once(spark, [
+        lambda: by_status.select(*WINDOW_COLUMNS, "http_response", "count").collect(),
+        lambda: open_host.where(F.col("count") >= rules.rate_limit.ceiling)
+        .select(*WINDOW_COLUMNS, "host", "count").collect()], 2)
+    surges = rules.failure_surge.surges(StatusCount(*r) for r in status_rows)
+    behind: list[Any] = []
+    if surges:
+        # their keys as a local table (SQL VALUES, held by the driver): as literals in a filter, they would be
+        # compiled into the generated code, which would differ every batch. Named parameters: Spark 4.2 binds
+        # positional ones (`?`) in such a table to the wrong columns
+        rows = ", ".join(f"(CAST(:ws{i} AS TIMESTAMP), CAST(:we{i} AS TIMESTAMP), CAST(:st{i} AS INT))"
+                         for i in range(len(surges)))
+        args = {f"{k}{i}": v for i, s in enumerate(surges)
+                for k, v in (("ws", s.window_start), ("we", s.window_end), ("st", s.http_response))}
+        keys = spark.sql(f"SELECT * FROM VALUES {rows} AS t(window_start, window_end, http_response)", args=args)
+        behind = (failed.join(F.broadcast(keys), [*WINDOW_COLUMNS, "http_response"], "left_semi")
+                  .select(*WINDOW_COLUMNS, "host", "http_response", "count").collect())
+    return (rules.rate_limit.alerts_of(final_over + [HostCount(*r) for r in open_over])
+            + rules.failure_surge.alerts_of(surges, (WindowCount(*r) for r in behind)))

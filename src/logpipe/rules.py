@@ -77,8 +77,9 @@ class Alert:
 
 
 def alert_id(rule: str, key: str, window_start: datetime) -> str:
-    """Stable id of (rule, key, window): the job computes the same with Spark's
-    `substr(sha2(concat_ws('|', rule, key, CAST(window_start AS STRING)), 256), 1, 20)`."""
+    """Stable id of (rule, key, window): the first 20 hex digits of the SHA-256 of `rule|key|window start`
+    (`YYYY-MM-DD HH:MM:SS`, as Spark casts a timestamp to a string; results roots made when the job computed it in
+    Spark keep the same ids)."""
     text = f"{rule}|{key}|{window_start:%Y-%m-%d %H:%M:%S}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -193,3 +193,17 @@ def test_a_table_of_int96_and_int64_files_reads_the_same_instants(local_spark, t
         assert micros == [1084859928_000_000] * 2, table.schema  # 2004-05-18 05:58:48 UTC
     back = local_spark.read.parquet((tmp_path / "old").as_uri(), (tmp_path / "new").as_uri()).collect()
     assert [r.ts.isoformat() for r in back] == ["2004-05-18T05:58:48"] * 2
+
+
+def test_an_hdfs_close_asks_again_soon_but_gives_up_no_sooner_than_hadoops_default() -> None:
+    """The Spark JVM's HDFS client asks the NameNode again after 20 ms, not Hadoop's 400 ms, whether a file it closes
+    is stored (the DataNode reports within milliseconds: half the closes slept 400 ms for nothing); it still waits at
+    least as long in all as Hadoop's default (400 ms, doubling, 5 times) before a close fails, for a busy DataNode."""
+    from logpipe.config import load_settings
+    from logpipe.spark import spark_conf
+
+    conf = spark_conf(load_settings())
+    first = int(conf["spark.hadoop.dfs.client.block.write.locateFollowingBlock.initial.delay.ms"])
+    retries = int(conf["spark.hadoop.dfs.client.block.write.locateFollowingBlock.retries"])
+    assert first <= 50
+    assert sum(first * 2**i for i in range(retries)) >= sum(400 * 2**i for i in range(5))

@@ -50,6 +50,31 @@ def test_driver_java_options_are_a_setting_that_can_be_emptied() -> None:
     assert "spark.driver.extraJavaOptions" not in spark_conf(s.with_overrides(spark_driver_java_options=""))
 
 
+def test_the_default_java_options_are_taken_by_the_java_spark_runs_on() -> None:
+    """Every default option of the Spark JVM is one its Java knows, and sets what it says: the throughput
+    collector, and C2 compile thresholds above Java's own (a misspelt option would stop the JVM from starting)."""
+    import re
+    import shlex
+
+    from logpipe.config import SPARK_JAVA_OPTIONS, load_settings
+    from logpipe.stack.services import spark_java_home
+
+    s = load_settings()
+    assert s.spark_driver_java_options == SPARK_JAVA_OPTIONS
+    java = str(Path(spark_java_home(s)[0]) / "bin" / "java")
+
+    def flags(*opts: str) -> dict[str, str]:
+        out = subprocess.run([java, *opts, "-XX:+PrintFlagsFinal", "-version"], capture_output=True, text=True,
+                             check=True).stdout
+        return {m[1]: m[2] for m in re.finditer(r"^\s*\S+\s+(\w+)\s+:?=\s+(\S+)", out, re.M)}
+
+    ours, java_default = flags(*shlex.split(SPARK_JAVA_OPTIONS)), flags()
+    assert ours["UseParallelGC"] == "true"
+    for name in ("Tier4InvocationThreshold", "Tier4MinInvocationThreshold", "Tier4CompileThreshold",
+                 "Tier4BackEdgeThreshold"):
+        assert int(ours[name]) >= 10 * int(java_default[name]), name
+
+
 def test_the_spark_jvm_logs_one_line_per_error_and_keeps_the_whole_text_in_the_run_folder(tmp_path) -> None:
     """Spark's log configuration comes with the package and is given to the JVM, with the file that keeps every
     warning and error whole (the setting's own JVM options stay theirs, and come after, so they may replace it)."""

@@ -461,6 +461,26 @@ def test_other_settings_or_a_lost_checkpoint_are_refused(stack, unique, tmp_path
     assert " logpipe.spark: " not in r.stderr
 
 
+def wait_until_stopped(pid: int, timeout_s: float = 10.0) -> None:
+    """Wait until every thread of `pid` is stopped (state T in /proc): kill() returns once SIGSTOP is sent, and
+    each thread stops when the kernel next runs it. In one CI rehearsal (2026-12-04) the broker acknowledged a
+    record sent right after its SIGSTOP; this makes the pause a checked precondition of the test."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {}
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states[task.name] = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue  # a thread that just ended
+        running = sorted(tid for tid, st in states.items() if st not in ("T", "t"))
+        if not running:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"pid {pid} got SIGSTOP {timeout_s:.0f}s ago, but threads {running[:5]} are still not stopped")
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_a_client_whose_flush_gave_up_on_a_paused_broker_closes_at_once(stack, unique, client):
     """The broker stops answering (SIGSTOP: a hung JVM, a full disk): the flush gives up after its timeout, and
@@ -479,6 +499,7 @@ def test_a_client_whose_flush_gave_up_on_a_paused_broker_closes_at_once(stack, u
     assert kafka_pid, "the stack's broker is not running"
     os.kill(kafka_pid, signal.SIGSTOP)
     try:
+        wait_until_stopped(kafka_pid)
         sink.send(s.topic, b"another line", b"lp:x:7", partition=0)
         t = time.monotonic()
         with pytest.raises(DeliveryError, match="unacknowledged after 3s"):

@@ -56,12 +56,11 @@ def test_the_default_java_options_are_taken_by_the_java_spark_runs_on() -> None:
     import re
     import shlex
 
-    from logpipe.config import SPARK_JAVA_OPTIONS, load_settings
+    from logpipe.config import SPARK_JAVA_OPTIONS, Settings, load_settings
     from logpipe.stack.services import spark_java_home
 
-    s = load_settings()
-    assert s.spark_driver_java_options == SPARK_JAVA_OPTIONS
-    java = str(Path(spark_java_home(s)[0]) / "bin" / "java")
+    assert Settings.model_fields["spark_driver_java_options"].default == SPARK_JAVA_OPTIONS
+    java = str(Path(spark_java_home(load_settings())[0]) / "bin" / "java")
 
     def flags(*opts: str) -> dict[str, str]:
         out = subprocess.run([java, *opts, "-XX:+PrintFlagsFinal", "-version"], capture_output=True, text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -148,19 +149,49 @@ def unique(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def free_ports() -> Callable[[int], list[int]]:
-    """`free_ports(n)`: n distinct ports free on 127.0.0.1 now, chosen by the OS (for services a test starts or
-    fakes itself; fixed numbers collide with another checkout's tests)."""
+    """`free_ports(n)`: n distinct ports free on 127.0.0.1 now (for services a test starts or fakes itself; fixed
+    numbers collide with another checkout's tests). They are drawn at random below the kernel's ephemeral range
+    (ip_local_port_range), which the OS gives to outgoing connections: a port the OS picked and freed can be taken
+    by a client's connection (Maven's downloads, a Kafka client) before the test's service binds it, and a
+    DataNode started some 20 s later then failed with "Address already in use"."""
     def pick(n: int) -> list[int]:
-        socks = [socket.socket() for _ in range(n)]
+        low = _ephemeral_low()
+        pool = range(EPHEMERAL_FREE_FROM, low) if low - EPHEMERAL_FREE_FROM >= 100 * n else range(0)
+        candidates = random.SystemRandom().sample(pool, min(len(pool), 20 * n)) if pool else []
+        socks: list[socket.socket] = []
         try:
-            for sock in socks:
+            for port in candidates:
+                if len(socks) == n:
+                    break
+                sock = socket.socket()
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    sock.close()
+                    continue
+                socks.append(sock)
+            while len(socks) < n:  # no room below the ephemeral range: let the OS choose
+                sock = socket.socket()
                 sock.bind(("127.0.0.1", 0))
+                socks.append(sock)
             return [sock.getsockname()[1] for sock in socks]
         finally:
             for sock in socks:
                 sock.close()
 
     return pick
+
+
+# the lowest port free_ports draws from (below it: well-known and registered services, logpipe's defaults among them)
+EPHEMERAL_FREE_FROM = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: /proc/sys/net/ipv4/ip_local_port_range; else IANA's)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import importlib
 import logging
 import pkgutil
 import sys
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -45,12 +45,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
-    """Add `--<name>` flags (default: unset) overriding the Settings fields `names`."""
+    """Add `--<name>` flags (default: unset) overriding the Settings fields `names`. Their help gives the setting's
+    default (what applies when neither the flag nor its LOGPIPE_* variable is set) and, for a fixed set of values,
+    the values (argparse then refuses others before any work starts)."""
     for name in names:
         field = Settings.model_fields[name]
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                            help=(field.description or "").replace("%", "%%")  # argparse formats help with %
-                            + f" [env LOGPIPE_{name.upper()}]")
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        default = "" if field.default in (None, "") else f" (default: {field.default})"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, choices=choices,
+                            help=((field.description or name.replace("_", " ")) + default).replace("%", "%%")
+                            + f" [env LOGPIPE_{name.upper()}]")  # argparse formats help with %
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,13 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings come from LOGPIPE_* environment variables (every one: src/logpipe/config.py, .env); a "
                "command's flags override them. `logpipe COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"logpipe {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging (and kafka's own)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     import logpipe.commands as pkg
 
     names = [m.name for m in pkgutil.iter_modules(pkg.__path__)]
     for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
         importlib.import_module(f"logpipe.commands.{name}").register(sub)
+    # each command's --help opens with its one-line summary (the text `logpipe --help` lists it with)
+    for listed in sub._choices_actions:
+        command = sub.choices[listed.dest]
+        command.description = command.description or listed.help
     return parser
 
 

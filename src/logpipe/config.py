@@ -70,20 +70,22 @@ class Settings(BaseSettings):
     hdfs_user: str | None = Field(None, description="user for WebHDFS calls (default: the OS user)")
 
     # ---- topics and paths -------------------------------------------------------------------------
-    topic: str = "access-logs"
-    alerts_topic: str = "alerts"
+    topic: str = Field("access-logs", description="Kafka topic of the log lines (one record per line)")
+    alerts_topic: str = Field("alerts", description="Kafka topic the job publishes its alerts to, as JSON")
     # The producer sends every record of one log to one partition (a hash of its path), in order: with several
     # partitions, several logs spread over them. Spark reads a partition with several tasks (kafka_read_tasks
     # splits the offset range).
-    topic_partitions: int = Field(1, ge=1)
-    topic_replication: int = Field(1, ge=1)
+    topic_partitions: int = Field(1, ge=1, description="partitions of a topic the producer creates")
+    topic_replication: int = Field(1, ge=1, description="replication factor of a topic the producer creates")
     hdfs_root: str = Field("/logpipe", description="HDFS folder holding events/, windows/, alerts/, quarantine/")
 
     # ---- producer ---------------------------------------------------------------------------------
-    producer_client: Literal["kafka-python", "confluent"] = "kafka-python"
-    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = "lz4"
+    producer_client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python", description="Kafka client library of the producer (confluent: librdkafka, ~30x faster)")
+    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
+        "lz4", description="compression of the producer's record batches")
     batch_size: int = Field(512 * 1024, gt=0, description="producer batch size in bytes")
-    linger_ms: int = Field(20, ge=0)
+    linger_ms: int = Field(20, ge=0, description="how long the producer waits to fill a batch")
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
     max_message_bytes: int = Field(
         1_000_000, gt=0, le=64 << 20,  # at most the longest line the producer holds (producer.source.LINE_CAP_BYTES)
@@ -99,8 +101,8 @@ class Settings(BaseSettings):
     # ---- streaming job ----------------------------------------------------------------------------
     connect_timeout_s: float = Field(60.0, gt=0, description="the job gives up waiting for Kafka or HDFS after this long")
     stop_grace_s: float = Field(120.0, ge=0, description="on SIGTERM/Ctrl-C, let running micro-batches finish this long")
-    spark_master: str = "local[2]"
-    spark_driver_memory: str = "4g"
+    spark_master: str = Field("local[2]", description="Spark master URL (local[N]: N task threads in the job's JVM)")
+    spark_driver_memory: str = Field("4g", description="heap of Spark's JVM (the whole job in local mode)")
     spark_driver_java_options: str = Field(
         SPARK_JAVA_OPTIONS, description="JVM options of the Spark driver (the whole job in local mode): the "
         "throughput collector (5% faster than G1) and C2 compile thresholds 10x Java's (see SPARK_JAVA_OPTIONS). "
@@ -118,15 +120,15 @@ class Settings(BaseSettings):
         None, description="address the Spark UI listens on (Spark reads it from SPARK_LOCAL_IP, which logpipe sets "
         "from this); default bind_host. The compose streaming container sets 0.0.0.0 (its port is published on "
         "127.0.0.1 only)")
-    shuffle_partitions: int = Field(4, ge=1)
+    shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions of the window counts")
     spark_kafka_jars: str | None = Field(None, description="comma-separated connector jars (default: resolved by mvn)")
-    window: str = "20 seconds"
-    slide: str = "10 seconds"
+    window: str = Field("20 seconds", description="length of the sliding windows (a duration: '20 seconds', '1 minute')")
+    slide: str = Field("10 seconds", description="how often a new window starts (at most the window's length)")
     watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
     max_offsets_per_trigger: int = Field(5_000_000, ge=1, description="records per micro-batch at most (catch-up); "
                                          "bigger batches cost less per line (measured: 1 M -> 2.5 M, ~10%; "
                                          "2.5 M -> 5 M, 9% on 1 GB, stream peak RSS 4.5 -> 5.1 GB)")
-    trigger_interval: str = "0 seconds"
+    trigger_interval: str = Field("0 seconds", description="time between micro-batch starts (0 seconds: as soon as one ends)")
     kafka_read_tasks: int = Field(2, ge=1, description="Spark tasks reading the topic per micro-batch (minPartitions)")
     parquet_codec: Literal["zstd", "snappy", "lz4_raw", "gzip", "none"] = Field(
         "zstd", description="compression of the Parquet files the jobs write")

@@ -239,7 +239,28 @@ def test_every_command_prints_its_help(capsys):
         with pytest.raises(SystemExit) as exit_:
             parser.parse_args([name, "--help"])
         assert exit_.value.code == 0, name
-        assert "usage: logpipe " + name in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "usage: logpipe " + name in out
+        # the help opens with the command's summary (the line `logpipe --help` lists it with)
+        assert out.split("\n\n")[1].strip(), (name, out)
+
+
+def test_setting_flags_say_their_default_and_refuse_values_outside_a_fixed_set(capsys):
+    """A setting flag's help gives what applies when neither it nor its LOGPIPE_* variable is set, and a setting
+    with a fixed set of values lists them; argparse refuses another value before any work starts."""
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["stream", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+    assert "(default: 20 seconds) [env LOGPIPE_WINDOW]" in out and "(default: access-logs) [env LOGPIPE_TOPIC]" in out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["produce", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--compression {lz4,gzip,zstd,snappy,none}" in out and "(default: lz4)" in out
+    assert "--client {kafka-python,confluent}" in out and "(default: kafka-python)" in out
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["produce", "x.log", "--compression", "brotli"])
+    assert exit_.value.code == 2 and "invalid choice: 'brotli'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["window", "slide", "watermark", "trigger_interval"])

@@ -368,3 +368,10 @@ def test_two_services_set_to_one_port_start_nothing(run_dir, free_ports, monkeyp
     with pytest.raises(StackError, match=f"port {s.kafka_port} is set for kafka and datanode.*nothing was started"):
         services.up(s, progress=lambda m: None)
     assert started == []
+
+
+def test_urls_name_the_spark_ui_port_or_say_it_is_picked_at_start():
+    """LOGPIPE_SPARK_UI_PORT=0 means any free port: the printed address says so instead of `...:0/`."""
+    assert services.urls(load_settings(spark_ui_port=4040))["Spark UI (while a job runs)"] == "http://127.0.0.1:4040/"
+    picked = services.urls(load_settings(spark_ui_port=0))["Spark UI (while a job runs)"]
+    assert ":0/" not in picked and "picked as the job starts" in picked

@@ -67,15 +67,17 @@ def test_hdfs_down_is_one_line_that_says_what_to_check(log, monkeypatch, capsys)
     assert "Traceback" not in err
 
 
-def test_the_alerts_topic_is_a_flag_and_a_wrong_one_is_named_as_the_likely_cause():
-    """A root made with `stream --alerts-topic X` is verified with `verify --alerts-topic X`; when none of the
-    root's alerts is on the topic verify read, the report says the topic is the likely cause."""
-    from logpipe.cli import build_parser, settings_from_args
+def test_the_root_s_record_decides_the_alerts_topic_and_a_lost_topic_says_how_to_send_again():
+    """verify has no flags for what the root records (the window, the rules, the alerts topic): the record
+    always wins, so such a flag would do nothing. When none of the root's alerts is on its topic, the report
+    says the topic lost them and how to send them again."""
+    from logpipe.cli import build_parser
     from logpipe.commands.verify import kafka_text
 
-    args = build_parser().parse_args(["verify", "--log", "x.log", "--alerts-topic", "try-alerts"])
-    assert settings_from_args(args).alerts_topic == "try-alerts"
+    for flag, value in (("--alerts-topic", "try-alerts"), ("--window", "1 minute"), ("--rate-limit-ceiling", "5")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["verify", "--log", "x.log", flag, value])
     wrong = kafka_text({"topic": "alerts", "published": 0, "missing": 3, "copies": 0})
-    assert "3 not published" in wrong and "--alerts-topic" in wrong
+    assert "3 not published" in wrong and "_commits/alerts-kafka/" in wrong and "stream --until-done" in wrong
     some = kafka_text({"topic": "alerts", "published": 2, "missing": 1, "copies": 0})
-    assert "1 not published" in some and "--alerts-topic" not in some
+    assert "1 not published" in some and "_commits/alerts-kafka/" not in some

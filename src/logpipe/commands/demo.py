@@ -28,9 +28,11 @@ SUMMARY_ALERT_KEYS = 20
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on a ~40 MB sample log (the README's main job)")
     p.add_argument("--log", type=Path, default=DEMO_LOG, help="log to replay (generated if missing)")
-    p.add_argument("--size", default="40MB", help="size of the generated sample")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--client", choices=["kafka-python", "confluent"], default=None)
+    p.add_argument("--size", type=_size, default="40MB",
+                   help="size of the sample it generates when --log is missing, in decimal units (default 40MB)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the generated sample (default 42)")
+    p.add_argument("--client", choices=["kafka-python", "confluent"], default=None,
+                   help="the producer's Kafka client (default: LOGPIPE_PRODUCER_CLIENT, else kafka-python)")
     p.add_argument("--report", type=Path, default=None,
                    help="where verify writes its JSON report (default: <run dir>/demo-verify.json)")
     p.add_argument("--fresh", action="store_true",
@@ -41,6 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "over: it deletes its HDFS root, its topic and alerts topic and the producer's positions (and says "
                 "so). A root or topics it did not make are deleted only with --fresh.")
     p.set_defaults(func=run, needs_spark=True)
+
+
+def _size(text: str) -> str:
+    """--size, checked as the command starts (before the stack, which may take minutes on a fresh machine) and
+    handed on to `generate` as given."""
+    from logpipe.generator import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _step(name: str, cmd: list[str], env: dict[str, str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, int]:

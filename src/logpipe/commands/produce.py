@@ -9,19 +9,23 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import get_args
 
 from logpipe.cli import add_setting_flags, settings_from_args
+from logpipe.config import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("produce", help="send a log file's lines to Kafka (resumable; --follow: keep reading as it "
                                        "grows and rotates)")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="the access log to send")
     p.add_argument("--follow", action="store_true",
                    help="keep reading appended lines; survives rotation/truncation, and waits for a log that does "
                         "not exist yet")
     p.add_argument("--reset", action="store_true", help="ignore the saved position and send the file again")
-    p.add_argument("--client", dest="producer_client", choices=["kafka-python", "confluent"], default=None)
+    client = Settings.model_fields["producer_client"]
+    p.add_argument("--client", dest="producer_client", choices=get_args(client.annotation), default=None,
+                   help=f"{client.description} (default: {client.default}) [env LOGPIPE_PRODUCER_CLIENT]")
     add_setting_flags(p, "topic", "speed", "compression", "batch_size", "linger_ms", "topic_partitions",
                       "max_message_bytes", "producer_state_dir")
     p.set_defaults(func=run)

@@ -20,10 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--lenient-truth", action="store_true",
                    help="report recall/precision against the truth file but do not fail on them")
-    add_setting_flags(p, "hdfs_root", "alerts_topic", "window", "slide", "watermark", "rate_limit_ceiling", "surge_min_count",
-                      "surge_min_share", "max_message_bytes")
-    p.epilog = ("The window, slide, watermark and alert rules a root's results were made with are recorded on it "
-                "(_commits/job.json); verify checks with those, and says where they differ from its own settings.")
+    add_setting_flags(p, "hdfs_root", "max_message_bytes")
+    # no flags for the window, the rules or the alerts topic: a root's own record of them always wins
+    p.epilog = ("The window, slide, watermark, alert rules and alerts topic a root's results were made with are "
+                "recorded on it (_commits/job.json): verify checks with those, and says where they differ from the "
+                "LOGPIPE_* environment (which applies only to a root without that record).")
     p.set_defaults(func=run)
 
 
@@ -119,9 +120,11 @@ def kafka_text(k: dict) -> str:
     text = f"on Kafka topic {k['topic']}: {k['missing']} not published"
     if k.get("error"):
         return f"{text} ({k['error']})"
-    if k["missing"] and not k["published"]:  # none of them: most likely the wrong topic
-        text += (" (none of this root's alerts is there: is it the topic the job published to? --alerts-topic / "
-                 "LOGPIPE_ALERTS_TOPIC)")
+    if k["missing"] and not k["published"]:  # none of them: the topic lost them (the root names the one they went to)
+        text += (" (none of this root's alerts is there, though the job sent them to this topic, the one the root "
+                 "records: was the topic deleted, or the broker's data wiped, since? The job sends a batch's alerts "
+                 "once, marked in _commits/alerts-kafka/ under the root: remove that folder and run `logpipe stream "
+                 "--until-done` on the root to send them again)")
     if k.get("wrong_payload"):
         text += (f", {k['wrong_payload']} records unlike their alert in alerts/ (e.g. "
                  f"{k['examples_wrong'][0]['alert_id']}: {'; '.join(k['examples_wrong'][0]['differs'])})")

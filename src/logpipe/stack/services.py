@@ -703,10 +703,14 @@ def status(s: Settings) -> list[dict]:
 
 
 def urls(s: Settings) -> dict[str, str]:
+    """Where users look: the web UIs and the Kafka address (printed by `stack up`/`status` and the demo)."""
+    # Spark takes the next port when its own is taken (a second job), and any free one for 0: the job logs it
+    spark_ui = (f"http://{s.bind_host}:{s.spark_ui_port}/" if s.spark_ui_port
+                else "a free port picked as the job starts (its log names it)")
     return {
         "HDFS NameNode UI": f"{s.webhdfs_address}/dfshealth.html",
         "HDFS file browser": f"{s.webhdfs_address}/explorer.html#{s.hdfs_root}",
         "HDFS DataNode UI": f"http://{s.bind_host}:{s.datanode_http_port}/",
         "Kafka bootstrap": s.kafka_address,
-        "Spark UI (while a job runs)": f"http://{s.bind_host}:{s.spark_ui_port}/",
+        "Spark UI (while a job runs)": spark_ui,
     }

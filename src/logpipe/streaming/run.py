@@ -198,6 +198,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     stop = StopSignal()
     short = ShortCallbackErrors()
     logging.getLogger("py4j.clientserver").addFilter(short)
+    log.info("reading topic %s at %s into %s; Spark UI %s", s.topic, s.kafka_address, s.hdfs_uri(),
+             spark.sparkContext.uiWebUrl)  # in every mode: with spark_ui_port 0 or 4040 taken, only this says where
     try:
         if until_idle_s is not None:
             follow = job.ingest_query(available_now=False)
@@ -235,8 +237,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                      f"{metrics['quarantined']:,}", metrics["late"], metrics["duplicates_dropped"])
             return metrics
         queries = [job.ingest_query(False)]
-        log.info("streaming from %s topic %s into %s; Spark UI %s (Ctrl-C stops)", s.kafka_address, s.topic,
-                 s.hdfs_uri(), spark.sparkContext.uiWebUrl)
+        log.info("streaming until stopped (Ctrl-C, SIGTERM)")
         while not stop.event.wait(2):
             for q in queries:
                 if not q.isActive:  # one failed: let the others finish their batch, then report the failure

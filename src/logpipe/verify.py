@@ -21,6 +21,7 @@ import pandas as pd
 from logpipe.config import Settings
 from logpipe.logformat import MIN_TIME, try_parse_line
 from logpipe.results import committed_files
+from logpipe.root_record import RUN_SETTINGS
 from logpipe.rules import FAILED_STATUS
 from logpipe.windows import duration_seconds, window_starts_array
 
@@ -1159,6 +1160,9 @@ class VerifyReport:
     alerts: dict[str, Any]
     truth: dict[str, Any] | None
     windows_compared: int
+    # what the counts and alerts were checked with (the root's record of them: results.settings_of_results), for
+    # a reader to see that they are the ones meant, not only that the job agrees with itself
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -1305,4 +1309,5 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     ok = host_cmp["ok"] and status_cmp["ok"] and acc["ok"] and alert_check["ok"] and (truth is None or truth["ok"])
     return VerifyReport(ok=ok, log=str(log_path), seconds=round(time.monotonic() - t0, 2), accounting=acc,
                         windows_by_host=host_cmp, windows_by_status=status_cmp, alerts=alert_check, truth=truth,
-                        windows_compared=host_cmp["compared"] + status_cmp["compared"])
+                        windows_compared=host_cmp["compared"] + status_cmp["compared"],
+                        settings={k: getattr(s, k) for k in RUN_SETTINGS})

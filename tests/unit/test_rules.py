@@ -52,6 +52,12 @@ def test_success_statuses_never_surge():
     assert FailureSurgeRule(1, 0.0, 5).evaluate(rows(("a", 200, 100), ("a", 399, 100))) == []
 
 
+def test_failed_requests_start_at_400():
+    """A failed request is a 4xx or 5xx response: 400 is the first (the job, verify and the README share this)."""
+    got = FailureSurgeRule(1, 0.0, 5).evaluate(rows(("a", 399, 100), ("a", 400, 100), ("a", 599, 100)))
+    assert sorted(a.key for a in got) == ["400", "599"]
+
+
 def test_rules_from_settings_and_validation():
     s = load_settings().with_overrides(rate_limit_ceiling=7, surge_min_count=3, surge_min_share=0.5, surge_top_hosts=1)
     r = AlertRules.from_settings(s)

@@ -163,6 +163,16 @@ def test_a_missing_file_exits_2_before_reaching_kafka(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_fifo_is_refused_at_once_even_without_a_writer(tmp_path):
+    """A named pipe cannot be read by offset (nor resumed): refused with exit 2. Opening one that has no writer
+    blocks in open(2) itself, so the check must not wait for the open to return."""
+    fifo = tmp_path / "access.log"
+    os.mkfifo(fifo)
+    env = {**os.environ, "LOGPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
+    r = _produce(env, str(fifo), timeout=60)
+    assert r.returncode == 2 and "not a regular file" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_an_unreachable_broker_is_a_clear_error(tmp_path, free_ports):
     log = tmp_path / "a.log"
     log.write_bytes(b"x\n")

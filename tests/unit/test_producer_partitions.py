@@ -153,3 +153,82 @@ def test_positions_are_dropped_only_for_another_topic_of_the_same_name(monkeypat
     if dropped and not created:
         assert "deleted and made again" in warned[0] and "id-2" in warned[0]
     assert store.topic_id() == (now_id or saved_id)
+
+
+def test_the_confluent_sink_refuses_a_topic_it_cannot_describe():
+    """librdkafka describes a deleted or unknown topic with an error and no partitions: the sink raises, as
+    kafka-python does, instead of counting 0 partitions (the log would then go to partition 0, not its own)."""
+    from types import SimpleNamespace
+
+    from logpipe.producer.clients import ConfluentSink
+
+    def sink_seeing(topics: dict) -> ConfluentSink:
+        sink = ConfluentSink.__new__(ConfluentSink)  # no client: only its metadata call is used
+        sink._p = SimpleNamespace(list_topics=lambda topic, timeout: SimpleNamespace(topics=topics))
+        return sink
+
+    good = SimpleNamespace(error=None, partitions={0: object(), 1: object(), 2: object()})
+    assert sink_seeing({"t": good}).partitions("t") == 3
+    for meta in (SimpleNamespace(error="UNKNOWN_TOPIC_OR_PART", partitions={}), None,
+                 SimpleNamespace(error=None, partitions={})):
+        with pytest.raises(RuntimeError, match="Kafka cannot describe topic 't'"):
+            sink_seeing({"t": meta} if meta is not None else {}).partitions("t")
+
+
+def test_without_a_terminal_progress_is_logged(monkeypatch, tmp_path, caplog):
+    """No progress bar off a terminal (nohup, CI, a container): a progress line is logged every PROGRESS_LOG_S
+    instead, with the lines sent and the share of the file."""
+    import logging
+
+    from logpipe.producer import run
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(_line(i) for i in range(40)))
+    monkeypatch.setattr(run, "PROGRESS_LOG_S", 0.0)
+    monkeypatch.setenv("LOGPIPE_PRODUCER_CHECKPOINT_S", "0")
+    with caplog.at_level(logging.INFO, logger="logpipe.producer"):
+        assert _produce(monkeypatch, tmp_path, log, _PartitionSink(1)).lines == 40
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sent ")]
+    assert progress and "of the file" in progress[-1], caplog.text
+    assert "sent 40 lines" in progress[-1] and "100% of the file" in progress[-1], progress
+
+
+def test_a_one_shot_run_that_finds_its_log_truncated_says_the_rest_is_not_sent(monkeypatch, tmp_path):
+    """copytruncate while a one-shot run reads: it stops at its last whole line (the next run reads the rest from
+    the copy) and its summary says so, so that the command does not exit 0 as if the log were sent."""
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(_line(i) for i in range(40)))
+
+    class TruncatingSink(_PartitionSink):
+        def send_lines(self, topic, lines, src, off, partition) -> int:
+            if not self.records:  # logrotate's copytruncate, after the first block
+                (tmp_path / "access.log.1").write_bytes(log.read_bytes())
+                log.write_bytes(b"")
+            return super().send_lines(topic, lines, src, off, partition)
+
+    summary = _produce(monkeypatch, tmp_path, log, TruncatingSink(1))
+    assert 0 < summary.lines < 40 and summary.truncated_while_read and not summary.stopped_early, summary
+    other = tmp_path / "other.log"
+    other.write_bytes(_line(0))
+    whole = _produce(monkeypatch, tmp_path, other, _PartitionSink(1))
+    assert whole.lines == 1 and not whole.truncated_while_read
+
+
+def test_a_second_producer_of_the_same_log_and_topic_is_refused(monkeypatch, tmp_path):
+    """Two producers sending one log to one topic would each save positions over the other's: the second is
+    refused, naming the first's pid; the lock goes with its holder, and other logs are not held by it."""
+    import os
+
+    from logpipe.config import Settings
+    from logpipe.producer.position import PositionStore, ProducerBusy
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(_line(i) for i in range(3)))
+    store = PositionStore(Settings(producer_state_dir=str(tmp_path / "pos")).producer_positions_dir, "access-logs")
+    with store.exclusive(log):
+        with pytest.raises(ProducerBusy, match=f"another producer \\(pid {os.getpid()}\\) is sending .*access.log"):
+            _produce(monkeypatch, tmp_path, log, _PartitionSink(1))
+        other = tmp_path / "other.log"
+        other.write_bytes(_line(0))
+        assert _produce(monkeypatch, tmp_path, other, _PartitionSink(1)).lines == 1
+    assert _produce(monkeypatch, tmp_path, log, _PartitionSink(1)).lines == 3  # released

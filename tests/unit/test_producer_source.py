@@ -8,7 +8,7 @@ import time
 import pytest
 
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, file_key, head_digest
-from logpipe.producer.source import LogSource
+from logpipe.producer.source import TAIL_SETTLE_S, LogSource
 
 pytestmark = pytest.mark.unit
 
@@ -685,3 +685,36 @@ def test_resuming_a_file_rotated_while_stopped_names_that_file(tmp_path, caplog)
     resumed = [r.getMessage() for r in caplog.records if "resuming at byte" in r.getMessage()]
     assert resumed == [f"{tmp_path / 'live.log.1'}: resuming at byte 8 of 14 (src {file_key(os.stat(tmp_path / 'live.log.1'))})"]
     source.close()
+
+
+def test_a_one_shot_run_reads_the_rest_of_a_line_still_being_written(tmp_path):
+    """The log ends mid-line while its writer is at it: the one-shot run waits for the file to be quiet for
+    TAIL_SETTLE_S before it sends an unterminated last line, so the line goes out whole (before: b"part" was sent
+    as a line, and the next run sent b"ial line" as another: one line, two records that do not parse)."""
+    import threading
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"line1\npart")
+
+    def finish_the_line() -> None:
+        time.sleep(0.3)
+        with log.open("ab") as f:
+            f.write(b"ial line\nline3\n")
+
+    writer = threading.Thread(target=finish_the_line)
+    writer.start()
+    got = _one_shot_run(log, PositionStore(tmp_path / "pos", "t"))
+    writer.join()
+    assert got == [b"line1", b"partial line", b"line3"]
+
+
+def test_an_old_log_without_a_final_newline_is_not_waited_for(tmp_path):
+    """A file quiet for longer than TAIL_SETTLE_S sends its unterminated last line at once."""
+    import os
+
+    log = tmp_path / "old.log"
+    log.write_bytes(b"line1\nlast")
+    os.utime(log, (time.time() - 3600, time.time() - 3600))
+    t0 = time.monotonic()
+    assert _one_shot_run(log, PositionStore(tmp_path / "pos", "t")) == [b"line1", b"last"]
+    assert time.monotonic() - t0 < TAIL_SETTLE_S

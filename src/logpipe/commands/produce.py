@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
               f"{summary.lines:,} lines sent and saved; run the same command again to send the rest",
               file=sys.stderr)
         return 128 + signum
+    if summary.truncated_while_read:  # not 0 either: the rest of the log is not sent yet
+        print(f"logpipe produce: {args.file} was truncated while it was read: {summary.lines:,} lines sent and saved, "
+              "up to the last whole line read; run the same command again to send the rest from its rotated copy",
+              file=sys.stderr)
+        return 1
     return 0
 
 

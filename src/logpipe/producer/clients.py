@@ -140,7 +140,15 @@ class ConfluentSink:
                 self.first_error = str(err)
 
     def partitions(self, topic: str) -> int:
-        return len(self._p.list_topics(topic, timeout=30).topics[topic].partitions)
+        """The topic's partition count. librdkafka reports a topic it cannot describe (deleted, or not known to
+        the broker yet) with an error and no partitions, where kafka-python raises: so does this, rather than
+        returning 0 and sending the log to another partition than its earlier lines."""
+        meta = self._p.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise RuntimeError(f"Kafka cannot describe topic {topic!r}: {meta.error if meta is not None else 'absent'}"
+                               " (was it deleted meanwhile? `logpipe stack status`; the same command goes on from"
+                               " the last saved position)")
+        return len(meta.partitions)
 
     def send(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]] | None = None,
              partition: int | None = None) -> None:

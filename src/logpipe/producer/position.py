@@ -20,6 +20,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +69,10 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class ProducerBusy(RuntimeError):
+    """Another producer holds the log (PositionStore.exclusive)."""
 
 
 class PositionStore:
@@ -143,6 +149,32 @@ class PositionStore:
         """Touch the heartbeat file."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.heartbeat_file.touch()
+
+    @contextmanager
+    def exclusive(self, log_path: str | Path) -> Iterator[None]:
+        """Held while a producer sends `log_path` to this topic: a second one (same positions folder) is refused
+        with ProducerBusy, instead of both sending the log and each saving its own positions over the other's
+        (a restart would then go back and send lines again). An advisory lock (flock) on a file beside the
+        positions: the OS releases it when its holder exits, even by kill -9."""
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256(os.fsencode(os.path.abspath(log_path))).hexdigest()[:16]
+        lock = self.directory / f"producer-{name}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise ProducerBusy(f"another producer (pid {holder}) is sending {log_path} to topic "
+                                   f"{self.directory.name} with the positions in {self.directory}: stop it first "
+                                   f"(lock file {lock})") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def clear(self) -> int:
         """Delete every saved position of this topic; returns how many there were."""

@@ -23,6 +23,8 @@ from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, TOO_LARGE_HEAD_BYTE
                             too_large_value)
 
 log = logging.getLogger("logpipe.producer")
+# without a terminal (nohup, CI, a container's log) the progress bar is off: a progress line is logged this often
+PROGRESS_LOG_S = 10.0
 
 
 @dataclass
@@ -39,6 +41,9 @@ class ProduceSummary:
     resumed_from: int = 0
     unsent_parts: int = 0   # parts of the log lost before they were read (truncated or rotated away): see warnings
     stopped_early: bool = False  # a one-shot run stopped (a signal) before the file's end: the rest is not sent yet
+    # a one-shot run found the file truncated (copytruncate) while reading it: it stopped at its last whole line,
+    # and the next run reads the rest from the copy (the warning above says so)
+    truncated_while_read: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -159,13 +164,19 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     """Send every line of `path` (then, with follow, every appended line) to settings.topic.
 
     Raises InputFileError (missing/unreadable file; with follow, a missing one is waited for), ServiceTimeout
-    (broker unreachable), DeliveryError, WaitStopped (stopped while waiting for the file or the broker).
+    (broker unreachable), DeliveryError, WaitStopped (stopped while waiting for the file or the broker),
+    ProducerBusy (another producer sends this log to this topic).
     """
-    import os
+    store = PositionStore(s.producer_positions_dir, s.topic)
+    with store.exclusive(path):  # ProducerBusy if another producer sends this log to this topic
+        return _produce_file(s, path, store, follow=follow, reset=reset, progress=progress, stop_event=stop_event)
 
+
+def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool, reset: bool,
+                  progress: bool | None, stop_event: threading.Event | None) -> ProduceSummary:
+    """produce_file, holding the log."""
     from logpipe.producer.source import open_log, wait_for_log
 
-    store = PositionStore(s.producer_positions_dir, s.topic)
     if follow and not wait_for_log(path, stop_event or threading.Event(), on_wait=store.beat):
         raise health.WaitStopped(f"stopped while waiting for {path} to appear")
     fd, _ = open_log(path)  # clear error before touching Kafka
@@ -204,6 +215,7 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
         finally:
             summary.unsent_parts = source.unsent_parts
             summary.stopped_early = not follow and source.stop.is_set() and not source.read_to_end
+            summary.truncated_while_read = not follow and not source.stop.is_set() and not source.read_to_end
             source.close()
     if summary.unsent_parts:
         log.warning("%d part(s) of %s could not be sent (truncated or rotated away before they were read): the "
@@ -264,6 +276,7 @@ class LogShipper:
                             TextColumn("{task.fields[lines]} lines ({task.fields[rate]}/s)"), TransferSpeedColumn(),
                             TimeRemainingColumn(), disable=not show, transient=True)
         self.task = self.bar.add_task("produce", total=total, lines="0", rate="0")
+        self.show_bar, self.total, self.last_log = show, total, time.monotonic()
         self.beat()
         with self.bar:
             for item in self.source.blocks():
@@ -387,6 +400,12 @@ class LogShipper:
         return sent, off
 
     def show(self, done_bytes: int, lines: int, now: float) -> None:
-        """Move the progress bar (shown only on a terminal, or when asked for)."""
-        self.bar.update(self.task, completed=done_bytes, lines=f"{lines:,}",
-                        rate=f"{lines / max(now - self.t0, 1e-9):,.0f}")
+        """Move the progress bar (shown only on a terminal, or when asked for); without it, log a progress line
+        every PROGRESS_LOG_S."""
+        rate = lines / max(now - self.t0, 1e-9)
+        self.bar.update(self.task, completed=done_bytes, lines=f"{lines:,}", rate=f"{rate:,.0f}")
+        if not self.show_bar and now - self.last_log >= PROGRESS_LOG_S:
+            self.last_log = now
+            share = "" if self.source.follow else f", {min(done_bytes / self.total, 1.0):.0%} of the file"
+            log.info("sent %s lines, %.1f MB in %.0fs (%s lines/s%s)", f"{lines:,}", done_bytes / 1e6, now - self.t0,
+                     f"{rate:,.0f}", share)

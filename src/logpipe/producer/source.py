@@ -34,6 +34,9 @@ log = logging.getLogger("logpipe.producer")
 
 BLOCK_BYTES = 1 << 20
 LINE_CAP_BYTES = 64 << 20  # longer lines are not held in memory: only their head is kept (they are quarantined)
+# a one-shot run that ends in a line without its newline waits until the file has not changed for this long
+# before it sends that line as it is: its writer may be in the middle of it (LogSource._settle_tail)
+TAIL_SETTLE_S = 1.0
 
 
 # rotated files under these names are compressed: not readable as a log
@@ -117,10 +120,14 @@ def wait_for_log(path: str | Path, stop: threading.Event, poll_s: float = 0.5,
 
 
 def open_log(path: str | Path) -> tuple[int, os.stat_result]:
-    """Open a log for reading; InputFileError with a clear message when it is missing, a directory or unreadable."""
+    """Open a log for reading; InputFileError with a clear message when it is missing, a directory, a pipe or
+    unreadable. Opened without blocking: a FIFO with no writer would otherwise block the open itself, for ever and
+    deaf to SIGTERM, before it could be refused."""
+    import fcntl
+
     p = Path(path)
     try:
-        fd = os.open(p, os.O_RDONLY)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError as exc:
         raise InputFileError(f"log file not found: {p}") from exc
     except PermissionError as exc:
@@ -132,7 +139,9 @@ def open_log(path: str | Path) -> tuple[int, os.stat_result]:
 
     if not stat_mod.S_ISREG(st.st_mode):
         os.close(fd)
-        raise InputFileError(f"not a regular file: {p}")
+        raise InputFileError(f"not a regular file: {p} (the producer reads a log by byte offset, to resume from its "
+                             "saved position: a pipe or device cannot do that; write it to a file first)")
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     try:
         os.pread(fd, 1, 0)
     except OSError as exc:
@@ -462,6 +471,9 @@ class LogSource:
             if self.stop.is_set():
                 return
             if not self.follow:
+                yield from self._settle_tail(seg)
+                if self.stop.is_set():
+                    return
                 if seg.replaced:  # its unread rest is in logrotate's copy: the next run reads it from there
                     log.warning("%s was truncated while it was read: stopped at byte %d; the next run reads the "
                                 "rest from its copy, if there is one beside it", seg.path, seg.carry_start)
@@ -605,6 +617,23 @@ class LogSource:
             seg.skipping, seg.skip_head, seg.skip_start = len(seg.carry), seg.carry[:TOO_LARGE_HEAD_BYTES], \
                 seg.carry_start
             seg.carry = b""
+
+    def _settle_tail(self, seg: Segment) -> Iterator[Block]:
+        """One-shot: the file ends in a line without its newline. Sent as it is, and its writer still at it, the
+        rest would go out as another line on the next run: one line of the log as two records, neither of which
+        parses. So while the file has changed within TAIL_SETTLE_S (its mtime, then what is seen here), the rest
+        is read as it comes; a file quiet that long (the usual case: an old log, or one without a final newline)
+        is not waited for."""
+        now = time.monotonic()
+        quiet_since = min(now, now - (time.time() - os.fstat(seg.fd).st_mtime))  # an mtime ahead of the clock: now
+        size = seg.read_pos
+        while (seg.carry or seg.skipping is not None) and not self.stop.is_set() and not seg.replaced:
+            if time.monotonic() - quiet_since >= TAIL_SETTLE_S:
+                return
+            self.stop.wait(0.05)
+            yield from self._read_available(seg)
+            if seg.read_pos != size:
+                size, quiet_since = seg.read_pos, time.monotonic()
 
     def _finish(self, seg: Segment, final: bool = False) -> Iterator[Block]:
         """The definite end of a segment: its unterminated last line (if any) is emitted as a line. `final`: the

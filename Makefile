@@ -44,6 +44,5 @@ stack-down: setup
 stack-status: setup
 	$(BIN)/logpipe stack status
 
-clean:
-	-$(BIN)/logpipe stack down --wipe
-	rm -rf .logpipe
+clean: setup                     ## stop the stack, then delete its run folder (kept if a service would not stop)
+	$(BIN)/logpipe stack down --wipe && rm -rf "$${LOGPIPE_RUN_DIR:-.logpipe}"

@@ -57,6 +57,19 @@ def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
                             + f" [env LOGPIPE_{name.upper()}]")  # argparse formats help with %
 
 
+def exit_on_termination() -> None:
+    """SIGTERM (`kill`, `timeout`, a cancelled CI job) and SIGHUP (a closed terminal) end the command as Ctrl-C
+    does, through its clean-up (SystemExit 128 + signal): Python's default action ends the process alone, and a
+    child started in a session of its own (a benchmark stage, the AOT training's Spark JVM) would run on."""
+    import signal
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logpipe", description="Streaming access-log analytics: a log file -> Kafka -> Spark Structured "

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     # ---- native stack --------------------------------------------------------------------------
     run_dir: Path = Field(PROJECT_ROOT / ".logpipe", description="jars, data, logs and pids of the native stack")
-    bind_host: str = Field("127.0.0.1", description="address every native service binds to")
+    bind_host: str = Field("127.0.0.1", description="loopback address every native service binds to")
     java_home: str | None = Field(None, description="JDK for the native services (default: JAVA_HOME or java on PATH)")
     kafka_port: Port = 9092
     kafka_controller_port: Port = 9093
@@ -143,6 +143,22 @@ class Settings(BaseSettings):
     surge_top_hosts: int = Field(5, ge=1, description="hosts named in a surge alert")
 
     # ---- validation -------------------------------------------------------------------------------
+    @field_validator("bind_host")
+    @classmethod
+    def _bind_host_is_loopback(cls, v: str) -> str:
+        # the native services have no authentication (WebHDFS takes any user.name, Kafka any client): they listen
+        # on this machine only. Other hosts reach the pipeline through compose, whose ports are published as set
+        import ipaddress
+
+        try:
+            loopback = v == "localhost" or ipaddress.IPv4Address(v).is_loopback  # the JVMs run IPv4-only
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"{v!r} is not a loopback address: the native stack's services have no authentication "
+                             "and listen on this machine only (127.0.0.1, another 127.x.y.z, or localhost)")
+        return v
+
     @field_validator("run_dir")
     @classmethod
     def _run_dir_absolute(cls, v: Path) -> Path:

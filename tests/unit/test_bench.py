@@ -89,9 +89,9 @@ def test_a_bench_ended_by_sigterm_leaves_no_stage_running(tmp_path):
              f" '{marker}-child'])\ntime.sleep(60)")
     bench = (
         "import os, signal, sys\nfrom pathlib import Path\n"
-        "from logpipe.bench import run_stage\nfrom logpipe.commands.bench import _exit_on_signal\n"
+        "from logpipe.bench import run_stage\nfrom logpipe.cli import exit_on_termination\n"
         "from logpipe.procstats import ResourceSampler\n"
-        "signal.signal(signal.SIGTERM, _exit_on_signal)\n"
+        "exit_on_termination()\n"
         f"run_stage('stream', [sys.executable, '-c', {stage!r}, '{marker}'], dict(os.environ), "
         f"ResourceSampler().start(), 1, Path({str(tmp_path)!r}))\n")
     proc = subprocess.Popen([sys.executable, "-c", bench])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from logpipe.cli import build_parser, settings_from_args
+from logpipe.cli import build_parser, main, settings_from_args
 from logpipe.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -330,3 +330,17 @@ def test_generate_never_overwrites_without_force_and_names_what_it_cannot_write(
         assert err in (f"logpipe generate: cannot write {out}: Is a directory",
                        f"logpipe generate: cannot write {out}: File exists ({out.parent})"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["access.log", "access.log.truth.json", "dir", "file"]
+
+
+def test_the_native_stack_binds_to_loopback_only(capsys):
+    """The services have no authentication: LOGPIPE_BIND_HOST / --bind-host must be a loopback address (before,
+    0.0.0.0 or a LAN address put WebHDFS and Kafka on every interface)."""
+    from pydantic import ValidationError
+
+    for ok in ("127.0.0.1", "127.0.0.2", "localhost"):
+        assert load_settings(bind_host=ok).bind_host == ok
+    for bad in ("0.0.0.0", "192.168.1.10", "::", "::1", "example.org"):  # the JVMs run IPv4-only
+        with pytest.raises(ValidationError, match="not a loopback address"):
+            load_settings(bind_host=bad)
+    assert main(["stack", "status", "--bind-host", "0.0.0.0"]) == 2
+    assert "invalid setting bind_host = '0.0.0.0'" in capsys.readouterr().err

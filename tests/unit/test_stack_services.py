@@ -6,6 +6,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -375,3 +377,42 @@ def test_urls_name_the_spark_ui_port_or_say_it_is_picked_at_start():
     assert services.urls(load_settings(spark_ui_port=4040))["Spark UI (while a job runs)"] == "http://127.0.0.1:4040/"
     picked = services.urls(load_settings(spark_ui_port=0))["Spark UI (while a job runs)"]
     assert ":0/" not in picked and "picked as the job starts" in picked
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_stack_up_ends_through_its_clean_up_on_sigterm_and_sighup(monkeypatch, signum):
+    """`stack up` may be training the AOT cache (a Spark JVM in a session of its own, stopped only by the clean-up
+    around it): SIGTERM or SIGHUP end the command as Ctrl-C does, by an exception through that clean-up (before,
+    Python's default action ended the process alone and the training ran on, out of `stack down`'s reach)."""
+    from logpipe import cli
+
+    cleaned = []
+
+    def training(*_a, **_k):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(10)  # the signal interrupts this
+        finally:
+            cleaned.append(True)
+
+    monkeypatch.setattr(services, "up", training)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["stack", "up"])
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert exc.value.code == 128 + signum and cleaned == [True]
+
+
+def test_a_namenode_format_stopped_before_its_image_is_done_again(tmp_path):
+    """The format writes current/VERSION, then the empty image: stopped between the two, the storage cannot
+    start a NameNode, and is formatted again; one with an image (of any age) is never formatted again."""
+    name_dir = tmp_path / "namenode"
+    assert not services.namenode_formatted(name_dir)
+    (name_dir / "current").mkdir(parents=True)
+    (name_dir / "current" / "VERSION").write_text("namespaceID=1\n")
+    assert not services.namenode_formatted(name_dir)
+    (name_dir / "current" / "fsimage_0000000000000022032").write_bytes(b"image")
+    assert services.namenode_formatted(name_dir)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
-from logpipe.cli import add_setting_flags, settings_from_args
+from logpipe.cli import add_setting_flags, exit_on_termination, settings_from_args
 
 log = logging.getLogger("logpipe.bench")
 
@@ -60,10 +59,6 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
     from logpipe import bench
     from logpipe.stack import services
@@ -71,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     s = settings_from_args(args)
     # SIGTERM (`timeout`, a cancelled job) ends the run as Ctrl-C does: through its clean-up, which kills the
     # running stage with its children (Python's default action ended bench alone and left the stage running)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    exit_on_termination()
     services.up(s, progress=log.info)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     results = []

@@ -449,11 +449,20 @@ def _format_if_needed(s: Settings, lay: Layout, java: str) -> None:
                         ("format", "-t", cluster_id, "-c", str(lay.conf / "kafka" / "server.properties"), "-g"),
                         "256m", "kafka")
         _run_once(java, cmd, lay.log_file("kafka-format"), "formatting Kafka storage")
-    if not (lay.data / "namenode" / "current" / "VERSION").exists():
+    if not namenode_formatted(lay.data / "namenode"):
         log.info("formatting the HDFS NameNode")
         cmd = _java_cmd(java, lay.jars / "hdfs", lay, "org.apache.hadoop.hdfs.server.namenode.NameNode",
                         ("-format", "-nonInteractive", "-force"), "256m", "hdfs")
         _run_once(java, cmd, lay.log_file("namenode-format"), "formatting the HDFS NameNode")
+
+
+def namenode_formatted(name_dir: Path) -> bool:
+    """Whether the NameNode's storage was formatted to the end. The format writes current/VERSION first and the
+    empty namespace image (fsimage_*) after it: a format stopped between the two (Ctrl-C) left a VERSION the
+    NameNode cannot start from ("No valid image files found"), and it was never done again. A storage with no
+    image holds nothing to lose (there is nothing the NameNode could load), so it is formatted again."""
+    current = name_dir / "current"
+    return (current / "VERSION").is_file() and any(current.glob("fsimage_*"))
 
 
 def native_kafka_address(s: Settings) -> str:

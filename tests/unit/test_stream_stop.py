@@ -365,7 +365,8 @@ def test_failure_summary_picks_the_cause_and_the_hint_is_found_anywhere_in_the_e
 
     java = ("An error occurred while calling o412.parquet.\n: org.apache.spark.SparkException: Job aborted.\n"
             "\tat org.apache.spark.sql.X.y(X.scala:1)\nCaused by: org.apache.hadoop.ipc.RemoteException"
-            "(java.io.IOException): File /r/x could only be written to 0 of the 1 minReplication nodes.\n\tat z")
+            "(java.io.IOException): File /r/x could only be written to 0 of the 1 minReplication nodes. There are 0 "
+            "datanode(s) running and no node(s) are excluded in this operation.\n\tat z")
     assert run.failure_summary(java).startswith("Caused by: org.apache.hadoop.ipc.RemoteException")
     assert run.failure_summary("no cause named here\nsecond") == "no cause named here"
 
@@ -385,6 +386,14 @@ def test_failure_summary_picks_the_cause_and_the_hint_is_found_anywhere_in_the_e
     proxy = "An exception was raised by the Python Proxy. Return Message: Traceback (most recent call last):\n..."
     with pytest.raises(RuntimeError, match="minReplication nodes.* -- HDFS has no DataNode to write to"):
         run._raise_if_failed(Failed(proxy), job)
+    # a DataNode that runs but takes no block (full, or its data port unreachable) is not "no DataNode"
+    full = java.replace("There are 0 datanode(s) running and no node(s)", "There are 1 datanode(s) running and 1 node(s)")
+    assert "the DataNode is running but took no block" in run.failure_hint(full)
+    assert "no DataNode" not in run.failure_hint(full)
+    # records deleted from the topic (retention) before the job read them: say the root cannot be completed
+    lost = ("Caused by: org.apache.spark.sql.kafka010.KafkaIllegalStateException: [KAFKA_DATA_LOSS.COULD_NOT_READ_"
+            "OFFSET_RANGE] Some data may have been lost because they are not available in Kafka any more;")
+    assert "new LOGPIPE_HDFS_ROOT" in run.failure_hint(lost) and "retention" in run.failure_hint(lost)
     job.batch_error = RootBusy("this run lost its lease on /r: now held by process 7 on host h")
     with pytest.raises(RootBusy, match="lost its lease"):
         run._raise_if_failed(Failed(proxy), job)

@@ -5,10 +5,11 @@ Two runs on one root would each take the other's batch in progress for a crashed
 holder (host, process id, run id, and the process's identity on its host: the kernel's boot id, its pid namespace
 and its start time in ticks since boot). It is created with create-if-absent, which HDFS does atomically, and its
 modification time is renewed every HEARTBEAT_S seconds. A run that finds it takes it over only when its holder
-is gone: this host restarted since (another boot id), the same process id on the same host (a restarted
-container is pid 1 again), a process id of this host that no longer runs (kill -9) or now names another process
+is gone: this host restarted since (another boot id), the same process id on the same host and pid namespace
+(this process, started again in place), a process id of this host that no longer runs (kill -9) or now names another process
 (another start time: pids are handed out again), or, for a lease of another host or pid namespace (two containers
-may share a host name, each with its own pid 7), no renewal while it watched it for STALE_S seconds.
+may share a host name, each with its own pid 7), no renewal while it watched it for STALE_S seconds. A restarted
+container is such a case: it gets a new pid namespace, so it waits up to STALE_S before it takes over.
 The holder checks the lease again just before each commit marker, so a run that lost it writes no marker.
 
 A takeover is a delete, then the create: two runs taking over the same gone holder at once could each delete

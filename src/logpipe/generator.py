@@ -46,6 +46,11 @@ INCIDENT_KINDS = ("rate_limit", "url_scan", "outage")
 INCIDENT_SPAN = (0.1, 0.85)    # incidents lie within these fractions of the log's time
 INCIDENT_MIN_WINDOWS = 6       # each incident's slot spans at least this many windows, or none is planted
 HEADROOM = 0.3                # background: a host's expected count in a window at the peak rate <= 0.3 x ceiling
+# the rules the planted incidents are made to meet: a URL scan at 1.5x the traffic around it and an outage failing
+# 60 % of requests reach about 0.6 of a window at their peak (at least 0.5 in some window: test_generator), and
+# under a ceiling of 10 requests a window the background's busiest hosts cross it by chance (Poisson tails)
+MAX_SURGE_MIN_SHARE = 0.5
+MIN_CEILING = 10
 MONTHS = list(lf.MONTHS)  # month names in order, as CLF writes them
 
 
@@ -140,6 +145,13 @@ class LogGenerator:
         if not lf.MIN_TIME <= start < lf.MAX_TIME:  # the parser's range: every line would be quarantined
             raise ValueError(f"start {start:%Y-%m-%d %H:%M:%S%z} is outside the times the parser accepts "
                              f"({lf.MIN_TIME:%Y-%m-%d} to {lf.MAX_TIME:%Y-%m-%d}, UTC)")
+        if surge_min_share > MAX_SURGE_MIN_SHARE:
+            raise ValueError(f"surge_min_share {surge_min_share} is above {MAX_SURGE_MIN_SHARE}: the planted surges "
+                             "reach about 0.6 of a window's requests at their peak, so some would raise no alert "
+                             "and the truth file would not hold")
+        if ceiling < MIN_CEILING:
+            raise ValueError(f"a rate-limit ceiling of {ceiling} is under {MIN_CEILING}: background hosts would "
+                             "cross it by chance, and raise alerts the truth file does not expect")
         failing_share = STATUS_P[STATUSES >= 400].max() / STATUS_P.sum()
         if failing_share * 2 >= surge_min_share:
             raise ValueError(f"surge_min_share {surge_min_share} is too close to the background's "

@@ -81,3 +81,5 @@ def test_the_root_s_record_decides_the_alerts_topic_and_a_lost_topic_says_how_to
     assert "3 not published" in wrong and "_commits/alerts-kafka/" in wrong and "stream --until-done" in wrong
     some = kafka_text({"topic": "alerts", "published": 2, "missing": 1, "copies": 0})
     assert "1 not published" in some and "_commits/alerts-kafka/" not in some
+    shared = kafka_text({"topic": "alerts", "published": 3, "missing": 0, "copies": 1, "other_alerts": 2})
+    assert "1 copies" in shared and "2 alerts that are not this root's" in shared

@@ -128,7 +128,10 @@ def kafka_text(k: dict) -> str:
     if k.get("wrong_payload"):
         text += (f", {k['wrong_payload']} records unlike their alert in alerts/ (e.g. "
                  f"{k['examples_wrong'][0]['alert_id']}: {'; '.join(k['examples_wrong'][0]['differs'])})")
-    return f"{text}, {k['copies']} copies (sent again after a crash, or by another root over the same log)"
+    text += f", {k['copies']} copies (sent again after a crash, or by another root over the same log)"
+    if k.get("other_alerts"):
+        text += f", {k['other_alerts']} alerts that are not this root's (another root's, on a shared alerts topic)"
+    return text
 
 
 def results_problem(s: "Settings") -> str | None:

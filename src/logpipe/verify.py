@@ -1189,6 +1189,26 @@ def exclude_late_lines(counts: BatchCounts, late_t: Any, event_keys: Any, size_s
     return n_late_lines, miss_h + miss_s, fingerprint
 
 
+# the column types of the window tables (the job's schema): the comparison reads counts as int64 and times as
+# whole seconds, so a table of other types (float counts, times as text) could otherwise compare equal
+WINDOW_KEY_TYPES = {"host": ("string", "large_string"), "http_response": ("int32",)}
+
+
+def window_table_types_wrong(schema: Any, key: str) -> list[str]:
+    """`column: type` for each column of a window table whose type is not the job's: window_start and window_end
+    timestamps (any unit; INT96 files read as ns), `key` a string (host) or int32 (http_response), count int64."""
+    import pyarrow as pa
+
+    wrong = []
+    for name in ("window_start", "window_end", key, "count"):
+        typ = schema.field(name).type
+        ok = (pa.types.is_timestamp(typ) if name.startswith("window_") else str(typ) == "int64" if name == "count"
+              else str(typ) in WINDOW_KEY_TYPES[key])
+        if not ok:
+            wrong.append(f"{name}: {typ}")
+    return wrong
+
+
 def compare_window_tables(s: Settings, fs: Any, counts: BatchCounts, size_s: int) -> dict[str, dict[str, Any]]:
     """windows/by_host and windows/by_status against the batch counts, row by row; each row's window must also
     be [window_start, window_start + window)."""
@@ -1197,6 +1217,7 @@ def compare_window_tables(s: Settings, fs: Any, counts: BatchCounts, size_s: int
     comparisons = {}
     for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
         rows = load_arrow(s, table, ["window_start", "window_end", kc.key, "count"], fs=fs)
+        types_wrong = [] if rows is None else window_table_types_wrong(rows.schema, kc.key)
         # checked record batch by record batch
         ends_wrong = 0 if rows is None else sum(
             int((_epoch_s_arrow(rb.column(1)) - _epoch_s_arrow(rb.column(0)) != size_s).sum())
@@ -1205,7 +1226,8 @@ def compare_window_tables(s: Settings, fs: Any, counts: BatchCounts, size_s: int
         del rows  # the Arrow table (a string per host row) is not held through the comparison
         comparisons[table] = compare_counts(kc, actual)
         comparisons[table]["window_end_wrong"] = ends_wrong
-        comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong
+        comparisons[table]["types_wrong"] = types_wrong
+        comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong and not types_wrong
         del actual
     return comparisons
 

@@ -711,3 +711,24 @@ def test_an_alerts_kafka_record_is_compared_field_by_field_with_its_row():
     assert alert_payload_differences(row, b"[1]")[0].startswith("not the JSON object")
     assert alert_payload_differences(row, None)[0].startswith("not the JSON object")
     assert alert_payload_differences(row, value.replace(b"2026-12-03T", b"garbage"))[0].startswith("detected_at")
+
+
+def test_window_tables_of_other_column_types_are_not_exact():
+    """The comparison reads counts as int64 and times in whole seconds: a table with float counts or text times
+    would compare equal, so the column types are checked against the job's schema."""
+    import pyarrow as pa
+
+    from logpipe.verify import window_table_types_wrong
+
+    def schema(key_type: pa.DataType, count: pa.DataType = pa.int64(), ts: pa.DataType = pa.timestamp("us", "UTC"),
+               key: str = "host") -> pa.Schema:
+        return pa.schema([("window_start", ts), ("window_end", ts), (key, key_type), ("count", count)])
+
+    assert window_table_types_wrong(schema(pa.string()), "host") == []
+    assert window_table_types_wrong(schema(pa.int32(), key="http_response", ts=pa.timestamp("ns")),
+                                    "http_response") == []
+    assert window_table_types_wrong(schema(pa.string(), count=pa.float64()), "host") == ["count: double"]
+    assert window_table_types_wrong(schema(pa.int64(), key="http_response"), "http_response") == [
+        "http_response: int64"]
+    assert window_table_types_wrong(schema(pa.string(), ts=pa.string()), "host") == [
+        "window_start: string", "window_end: string"]

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}, window_end not start + window "
-                  f"{c['window_end_wrong']}")
+                  f"{c['window_end_wrong']}" + (f"; columns of another type: {', '.join(c['types_wrong'])}"
+                                                if c.get("types_wrong") else ""))
     al = r.alerts
     t.add_row("alerts vs rules", mark(al["ok"]), f"expected {al['expected']}, raised {al['raised']}, missing "
               f"{al['missing']}, duplicates {al['duplicates']}, transient surges {al['transient_surges']}, "

@@ -720,9 +720,10 @@ def test_window_tables_of_other_column_types_are_not_exact():
 
     from logpipe.verify import window_table_types_wrong
 
-    def schema(key_type: pa.DataType, count: pa.DataType = pa.int64(), ts: pa.DataType = pa.timestamp("us", "UTC"),
+    def schema(key_type: pa.DataType, count: pa.DataType | None = None, ts: pa.DataType | None = None,
                key: str = "host") -> pa.Schema:
-        return pa.schema([("window_start", ts), ("window_end", ts), (key, key_type), ("count", count)])
+        ts = ts or pa.timestamp("us", "UTC")
+        return pa.schema([("window_start", ts), ("window_end", ts), (key, key_type), ("count", count or pa.int64())])
 
     assert window_table_types_wrong(schema(pa.string()), "host") == []
     assert window_table_types_wrong(schema(pa.int32(), key="http_response", ts=pa.timestamp("ns")),

@@ -57,6 +57,17 @@ def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
                             + f" [env LOGPIPE_{name.upper()}]")  # argparse formats help with %
 
 
+def size_bytes(text: str) -> int:
+    """An argparse type for a size in decimal units ('40MB', '2.5GB'): its bytes, or the parser's error, before
+    any work starts."""
+    from logpipe.generator import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def exit_on_termination() -> None:
     """SIGTERM (`kill`, `timeout`, a cancelled CI job) and SIGHUP (a closed terminal) end the command as Ctrl-C
     does, through its clean-up (SystemExit 128 + signal): Python's default action ends the process alone, and a

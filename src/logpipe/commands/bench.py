@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from logpipe.cli import add_setting_flags, exit_on_termination, settings_from_args
+from logpipe.cli import add_setting_flags, exit_on_termination, settings_from_args, size_bytes
 
 log = logging.getLogger("logpipe.bench")
 
@@ -51,12 +51,7 @@ def _name(text: str) -> str:
 
 def _sizes(text: str) -> list[int]:
     """--size: every size checked before any run starts (a typo in the last would end an hour's work)."""
-    from logpipe.generator import parse_size
-
-    try:
-        return [parse_size(size) for size in text.split(",")]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return [size_bytes(size) for size in text.split(",")]
 
 
 def run(args: argparse.Namespace) -> int:

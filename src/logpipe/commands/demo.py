@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from logpipe.cli import add_setting_flags, settings_from_args
+from logpipe.cli import add_setting_flags, settings_from_args, size_bytes
 from logpipe.config import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -48,12 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _size(text: str) -> str:
     """--size, checked as the command starts (before the stack, which may take minutes on a fresh machine) and
     handed on to `generate` as given."""
-    from logpipe.generator import parse_size
-
-    try:
-        parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    size_bytes(text)
     return text
 
 

@@ -73,11 +73,12 @@ def test_key_hash_is_the_same_for_the_same_src_key(local_spark):
     ([("a:1", 1), ("a:2", 2), ("a:1", 1)], [], ["a:1", "a:2"]),
     ([("a:1", 7), ("b:9", 7), ("b:9", 7), ("c:3", 8), ("d:4", 5)], [("z:5", 8), ("d:4", 5)], ["a:1", "b:9", "c:3"]),
 ])
-def test_the_check_for_large_batches_keeps_the_same_lines(local_spark, monkeypatch, rows, seen, kept):
-    """Past DISTINCT_IN_ONE_TASK rows the check counts distinct hashes with count(DISTINCT): same lines kept."""
+def test_the_check_in_many_buckets_keeps_the_same_lines(local_spark, monkeypatch, rows, seen, kept):
+    """Past HASHES_PER_TASK rows the check counts the distinct hashes of several buckets (hash modulo their
+    number) and adds them up: with one row per bucket (as many buckets as rows), the same lines are kept."""
     from logpipe.streaming import job
 
-    monkeypatch.setattr(job, "DISTINCT_IN_ONE_TASK", 0)
+    monkeypatch.setattr(job, "HASHES_PER_TASK", 1)
     assert [k for k, _ in _dedupe(local_spark, rows, seen)] == kept
 
 

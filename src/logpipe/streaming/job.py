@@ -770,8 +770,8 @@ def with_cutoff(df: "DataFrame", cutoff: datetime | None) -> "DataFrame":
     return df.crossJoin(F.broadcast(one))
 
 
-# rows whose hashes the duplicate check may gather in one task: 5 M hashes take some 200 MB there, boxed
-DISTINCT_IN_ONE_TASK = 6_000_000
+# hashes the duplicate check gathers in one task at most (about 40 B each there, boxed in a list, then a set)
+HASHES_PER_TASK = 4_000_000
 
 
 def drop_duplicate_lines(rows: "DataFrame", seen_prev: "DataFrame", n_rows: int) -> tuple["DataFrame", int]:
@@ -780,17 +780,21 @@ def drop_duplicate_lines(rows: "DataFrame", seen_prev: "DataFrame", n_rows: int)
     64-bit key_hash (a shuffle of longs, not strings); only rows whose hash repeats are then compared on src_key,
     and the rows themselves are shuffled only when there are real repeats (a restarted producer). Most batches
     have none: one aggregation shows that every hash is distinct and none was seen before, and the rows are
-    returned as they are. Up to DISTINCT_IN_ONE_TASK rows, it gathers the hashes in one task and counts them there
-    (2.1 M rows: 0.6 s, against 1.0 s for count(DISTINCT), which shuffles them); past that, count(DISTINCT) keeps
-    the memory spread over the tasks."""
+    returned as they are. That aggregation splits the hashes into buckets (hash modulo their number) of at most
+    about HASHES_PER_TASK and counts each bucket's distinct hashes in one task (a list, then a set of longs); a
+    hash lies in one bucket, so the buckets' counts add up. count(DISTINCT) aggregates every hash in a hash map
+    on the map side, then again after the shuffle: 2.1 M rows 1.0 s against 0.6 s; 10-11 M rows 7.6-9.7 s)."""
     from pyspark.sql import functions as F
 
     spark = rows.sparkSession
     seen_hashes = F.broadcast(seen_prev.select("key_hash", F.lit(True).alias("_seen")))
-    distinct = (F.size(F.array_distinct(F.collect_list("key_hash"))) if n_rows <= DISTINCT_IN_ONE_TASK
-                else F.count_distinct("key_hash"))
-    check = (rows.select("key_hash").join(seen_hashes, "key_hash", "left")
-             .agg(distinct.alias("distinct"), F.max("_seen").alias("seen")).first())
+    buckets = max(1, -(-n_rows // HASHES_PER_TASK))
+    per_bucket = (rows.select("key_hash").join(seen_hashes, "key_hash", "left")
+                  .groupBy(F.pmod("key_hash", F.lit(buckets)).alias("_bucket"))
+                  .agg(F.size(F.array_distinct(F.collect_list("key_hash"))).alias("distinct"),
+                       F.max("_seen").alias("seen"))
+                  .collect())
+    check = {"distinct": sum(r["distinct"] for r in per_bucket), "seen": any(r["seen"] for r in per_bucket)}
     if check["distinct"] == n_rows and not check["seen"]:
         return rows, n_rows
 

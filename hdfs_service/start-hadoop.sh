@@ -105,9 +105,13 @@ case "$role" in
   namenode)
     write_config
     echo namenode > "$CONF_DIR/role"
-    if [ ! -f "$NAME_DIR/current/VERSION" ]; then
+    # formatted = VERSION and an fsimage (a format writes VERSION first: one stopped between the two left a
+    # storage the NameNode cannot load, "No valid image files found"; it holds nothing, so it is formatted again,
+    # as the native stack does: logpipe.stack.services.namenode_formatted). A fixed cluster id: a DataNode
+    # volume that outlived the NameNode's still joins (with a random one it refuses: "Incompatible clusterIDs")
+    if [ ! -f "$NAME_DIR/current/VERSION" ] || ! compgen -G "$NAME_DIR/current/fsimage_*" > /dev/null; then
       echo "formatting the NameNode in $NAME_DIR (first start)"
-      hdfs namenode -format -nonInteractive -force
+      hdfs namenode -format -nonInteractive -force -clusterid CID-logpipe
     fi
     exec hdfs namenode
     ;;

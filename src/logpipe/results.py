@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from logpipe.config import Settings
@@ -26,7 +26,8 @@ COLUMNS = {
 
 
 def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
-    """An fsspec WebHDFS filesystem for the NameNode in the settings (DataNode redirects go to loopback)."""
+    """An fsspec WebHDFS filesystem for the NameNode in the settings. WebHDFS redirects each read and write to a
+    DataNode's own HTTP address, which this process must reach too (on the native stack: loopback)."""
     import fsspec
 
     url = urlparse(s.webhdfs_address)
@@ -64,10 +65,31 @@ def committed_files(s: Settings, table: str, fs: "fsspec.AbstractFileSystem",
     return out
 
 
+def committed_accounting(s: Settings, fs: "fsspec.AbstractFileSystem",
+                         tags: set[str] | None = None) -> dict[str, Any]:
+    """The job's accounting summed over its committed micro-batches (their records in `_commits/ingest/`; with
+    `tags`, those of the snapshot committed_tags gave): batches, lines, parsed, quarantined, late, duplicates,
+    events, and `per_batch` (the records, in batch order). Always current, where `_metrics/latest.json` is
+    written only when a run ends."""
+    import json
+
+    d = s.hdfs_path("_commits", "ingest")
+    names = sorted(f for f in fs.ls(d, detail=False) if f.endswith(".json")) if fs.exists(d) else []
+    metas = [json.loads(fs.cat(f)) for f in names
+             if tags is None or f.rsplit("/", 1)[-1][:-len(".json")] in tags]
+    total = {k: sum(int(m.get(k, 0)) for m in metas) for k in ACCOUNTING_FIELDS}
+    return {"batches": len(metas), **total, "per_batch": metas}
+
+
+# what each committed micro-batch's record counts (StreamJob's MicroBatch.meta)
+ACCOUNTING_FIELDS = ("lines", "parsed", "quarantined", "late", "duplicates", "events")
+
+
 def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
-               fs: "fsspec.AbstractFileSystem | None" = None) -> "pa.Table | None":
+               fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None) -> "pa.Table | None":
     """One result table as an Arrow table (None if the folder does not exist or holds no data): the files of
-    committed batches only (committed_files).
+    committed batches only (committed_files; `tags`: a snapshot of committed_tags, so that several tables read
+    while a job runs are of the same batches).
 
     Hive partitions (e.g. events/date=2004-05-18/) become columns.
     """
@@ -75,7 +97,7 @@ def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
 
     fs = fs or webhdfs_fs(s)
     path = s.hdfs_path(table)
-    files = committed_files(s, table, fs)
+    files = committed_files(s, table, fs, tags)
     if not files:
         return None
     dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive", partition_base_dir=path)
@@ -83,12 +105,12 @@ def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
 
 
 def load_table(s: Settings, table: str, columns: list[str] | None = None, *,
-               fs: "fsspec.AbstractFileSystem | None" = None) -> "pd.DataFrame":
+               fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None) -> "pd.DataFrame":
     """One result table as a pandas DataFrame (an empty frame with `columns`, or the table's COLUMNS, if there is
-    no data)."""
+    no data); `tags` as for load_arrow."""
     import pandas as pd
 
-    t = load_arrow(s, table, columns, fs=fs)
+    t = load_arrow(s, table, columns, fs=fs, tags=tags)
     return pd.DataFrame(columns=columns or COLUMNS.get(table, [])) if t is None else t.to_pandas()
 
 

@@ -1126,11 +1126,11 @@ def check_job_accounting(s: Settings, fs: Any, *, event_rows: int, late_rows: in
     """The job's own accounting (summed over the records of its committed micro-batches, `_commits/ingest/`)
     against the rows of its tables: a job that counted a batch twice, or wrote rows it did not count, does not
     pass, even when its windows are right."""
-    d = s.hdfs_path("_commits", "ingest")
-    metas = ([json.loads(fs.cat(f)) for f in sorted(fs.ls(d, detail=False)) if f.endswith(".json")]
-             if fs.exists(d) else [])
-    total = {k: sum(int(m.get(k, 0)) for m in metas) for k in ("lines", "parsed", "quarantined", "late",
-                                                                "duplicates", "events")}
+    from logpipe.results import ACCOUNTING_FIELDS, committed_accounting
+
+    acc = committed_accounting(s, fs)
+    metas = acc["per_batch"]
+    total = {k: acc[k] for k in ACCOUNTING_FIELDS}
     checks = {"events": (total["events"], event_rows), "late": (total["late"], late_rows),
               "quarantined": (total["quarantined"], quarantine_rows)}
     wrong = {f"{k} counted {job} but {rows} rows in {'quarantine' if k == 'quarantined' else k}/": [job, rows]
@@ -1139,7 +1139,7 @@ def check_job_accounting(s: Settings, fs: Any, *, event_rows: int, late_rows: in
     # a dropped repeat (with the checks above and verify's unique-line counts, this also accounts for every copy
     # a restarted producer sent: records read = log lines + repeats dropped + copies kept in late/ or quarantine/)
     for m in metas:
-        n = {k: int(m.get(k, 0)) for k in ("lines", "parsed", "quarantined", "late", "duplicates", "events")}
+        n = {k: int(m.get(k, 0)) for k in ACCOUNTING_FIELDS}
         if n["lines"] != n["parsed"] + n["quarantined"] or n["parsed"] != n["events"] + n["late"] + n["duplicates"]:
             wrong[f"batch {m.get('batch')} does not add up: {n}"] = [n["lines"], n["parsed"]]
     return {"batches": len(metas), **total, "mismatches": wrong, "ok": not wrong}

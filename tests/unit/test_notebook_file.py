@@ -99,11 +99,22 @@ def _run_cells() -> dict:
     return namespace
 
 
-@pytest.mark.parametrize("truth", [None, {"incidents": [], "total_lines": 30, "malformed_lines": 0}],
-                         ids=["no truth file", "a truth file without incidents"])
-def test_the_incident_check_says_whether_the_truth_file_is_missing_or_plants_nothing(tmp_path, monkeypatch, truth):
+INCIDENT = {"id": "I001", "kind": "url_busting", "start": "2004-05-18T00:00:05Z", "end": "2004-05-18T00:00:20Z",
+            "expected_alerts": [{"rule": "failure_surge", "key": "404"}]}
+
+
+@pytest.mark.parametrize("log_known, truth, said", [
+    (True, None, "Ground truth: not found ("),
+    (True, {"incidents": [], "total_lines": 30, "malformed_lines": 0}, "plants no incidents"),
+    (False, None, "Ground truth: none (the log of this root is unknown: set LOG_PATH)"),
+    (True, {"incidents": [INCIDENT], "first_time": "2010-01-01T00:00:00Z", "last_time": "2010-01-01T01:00:00Z"},
+     "is not of this log (its lines 2010-01-01 00:00:00 .. 2010-01-01 01:00:00): not used"),
+], ids=["no truth file", "a truth file without incidents", "no log known", "the truth of another log"])
+def test_the_incident_check_says_why_it_has_nothing_to_compare(tmp_path, monkeypatch, log_known, truth, said):
     """A log too short for incidents has a truth file that plants none: the notebook says so, not that the file is
-    missing (before, both read "No ground-truth file next to the log")."""
+    missing. A root whose log is unknown (made by `logpipe stream`, which records none) is not compared with the
+    demo sample's truth (before, data/access.log's incidents were checked against any root), nor is a root with
+    the truth file of a log whose times do not meet its events."""
     import json
 
     import fsspec
@@ -123,12 +134,46 @@ def test_the_incident_check_says_whether_the_truth_file_is_missing_or_plants_not
     monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
-    monkeypatch.setenv("LOG_FILE", str(log))
-    _run_cells()
-    said = [o.data for o in shown if isinstance(o, IPython.display.Markdown)]
-    missing = [m for m in said if m.startswith("No ground-truth file next to the log")]
-    empty = [m for m in said if "plants no incidents" in m]
-    assert (len(missing), len(empty)) == ((1, 0) if truth is None else (0, 1)), said
+    if log_known:
+        monkeypatch.setenv("LOG_FILE", str(log))
+    else:
+        monkeypatch.delenv("LOG_FILE", raising=False)
+    namespace = _run_cells()
+    markdown = [o.data for o in shown if isinstance(o, IPython.display.Markdown)]
+    assert [m for m in markdown if said in m], markdown
+    assert namespace["truth"] is None or truth["incidents"] == []
+    assert "expected" not in namespace  # no incident was checked
+
+
+def test_the_accounting_shown_is_of_the_committed_batches(tmp_path, monkeypatch):
+    """The notebook's accounting sums the records of the committed micro-batches (`_commits/ingest/`), not
+    `_metrics/latest.json`, which a running job has not written yet and a stopped one may have left stale."""
+    import json
+
+    import fsspec
+    import IPython.display
+    import matplotlib
+    import pandas as pd
+
+    import logpipe.results
+
+    matplotlib.use("Agg")
+    root = tmp_path / "root"
+    _results(root, windows=True, host_counts=[3, 7])
+    (root / "_commits" / "ingest" / "b0000000000.json").write_text(json.dumps(
+        {"batch": 0, "lines": 33, "parsed": 31, "quarantined": 2, "late": 1, "duplicates": 0, "events": 30}))
+    (root / "_metrics").mkdir()
+    (root / "_metrics" / "latest.json").write_text(json.dumps({"lines": 999, "parsed": 999, "late": 7}))
+    shown: list = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
+    monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
+    monkeypatch.delenv("LOG_FILE", raising=False)
+    namespace = _run_cells()
+    summary = next(o for o in shown if isinstance(o, pd.DataFrame) and "count" in o.columns)["count"]
+    assert summary["records read (job)"] == 33 and summary["parsed (job; events + late + repeats dropped)"] == 31
+    assert namespace["late_count"] == 0  # rows in late/ (none here), not a count from _metrics
+    assert any(isinstance(o, IPython.display.Markdown) and "1 committed micro-batches" in o.data for o in shown)
 
 
 def test_an_event_dated_decades_away_does_not_fill_millions_of_minutes(tmp_path, monkeypatch, capsys):

@@ -46,6 +46,47 @@ def test_only_committed_files_are_read_under_a_root_whose_path_holds_underscores
     assert list(load_table(s, "quarantine", ["reason"], fs=fs).columns) == ["reason"]
 
 
+def test_tables_and_accounting_read_from_one_snapshot_of_the_commits(tmp_path):
+    """While a job runs, a batch committed between two reads must not show in one table and not the other: the
+    reader takes the committed tags once and hands them to every read. The accounting sums the committed
+    batches' records (of the snapshot), not an attempt's pending one."""
+    import json
+
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logpipe.results import committed_accounting, committed_tags, load_arrow, load_table
+
+    root = tmp_path / "r"
+    s = Settings(hdfs_root=str(root))
+    commits = root / "_commits" / "ingest"
+    commits.mkdir(parents=True)
+    fs = fsspec.filesystem("file")
+
+    def commit_batch(i: int, hosts: list[str]) -> None:
+        path = root / "events" / "date=2004-05-18" / f"b{i:010d}-00000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"host": hosts}), path)
+        (commits / f"b{i:010d}.json").write_text(json.dumps(
+            {"batch": i, "lines": len(hosts) + 1, "parsed": len(hosts), "quarantined": 1, "late": 0,
+             "duplicates": 0, "events": len(hosts)}))
+
+    commit_batch(0, ["a", "b"])
+    (commits / "b0000000001.pending").write_text("")
+    tags = committed_tags(s, fs)
+    commit_batch(1, ["c"])  # committed after the snapshot
+    assert load_arrow(s, "events", fs=fs, tags=tags).column("host").to_pylist() == ["a", "b"]
+    assert list(load_table(s, "events", ["host"], fs=fs, tags=tags)["host"]) == ["a", "b"]
+    acc = committed_accounting(s, fs, tags)
+    assert (acc["batches"], acc["lines"], acc["events"], acc["quarantined"]) == (1, 3, 2, 1)
+    acc = committed_accounting(s, fs)  # now
+    assert (acc["batches"], acc["lines"], acc["events"]) == (2, 5, 3)
+    assert [m["batch"] for m in acc["per_batch"]] == [0, 1]
+    assert sorted(load_arrow(s, "events", fs=fs).column("host").to_pylist()) == ["a", "b", "c"]
+    assert committed_accounting(Settings(hdfs_root=str(tmp_path / "none")), fs)["batches"] == 0
+
+
 def test_results_are_read_with_the_settings_they_were_made_with(tmp_path):
     """verify and the notebook take the window, slide, watermark and rules the job recorded for the root, and say
     where they differ from their own settings (before, `stream --window "1 minute"` then `verify` reported every

@@ -69,6 +69,7 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
     log_path = log_dir / f"{name}.log"
     shown = " ".join(a if len(a) < 200 else a[:60] + "..." for a in cmd[2:])  # a classpath is not worth reading
     log.info("stage %s: %s", name, shown)
+    services_before = sampler.services_cpu_s()
     t = time.monotonic()
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
@@ -83,12 +84,17 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
     if code not in ok_codes:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"stage {name} failed (exit {code}); log {log_path}:\n{tail}")
-    stage = Stage(name, wall, lines)
+    stage = Stage(name, wall, lines, {"services_cpu_s": services_cpu_since(sampler, services_before)})
     if lines:
         log.info("stage %s: %.1fs, %.0f lines/s", name, wall, stage.lines_per_s)
     else:  # generate: its lines are counted after it
         log.info("stage %s: %.1fs", name, wall)
     return stage
+
+
+def services_cpu_since(sampler: ResourceSampler, before: dict[str, float]) -> dict[str, float]:
+    """The CPU seconds each service (Kafka, NameNode, DataNode) used since `before` (sampler.services_cpu_s)."""
+    return {name: round(cpu - before.get(name, 0.0), 2) for name, cpu in sampler.services_cpu_s().items()}
 
 
 def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: ResourceSampler, lines: int,
@@ -97,6 +103,7 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
     production), each watched by the sampler and logged to pipeline-<name>.log; the Stage's wall time is from
     their start to the end of the last. Raises with the log tail of any that fails; the others are then killed."""
     procs: dict[str, tuple[subprocess.Popen, float]] = {}
+    services_before = sampler.services_cpu_s()
     t = time.monotonic()
     try:
         for name, cmd in cmds.items():
@@ -123,7 +130,8 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
             if proc.poll() is None:
                 kill_stage(proc)
     stage = Stage("end-to-end (produce and stream at once)", time.monotonic() - t, lines,
-                  {f"{name}_wall_s": round(w, 2) for name, w in walls.items()})
+                  {**{f"{name}_wall_s": round(w, 2) for name, w in walls.items()},
+                   "services_cpu_s": services_cpu_since(sampler, services_before)})
     log.info("pipeline: %.1fs, %.0f lines/s", stage.wall_s, stage.lines_per_s)
     return stage
 
@@ -201,7 +209,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     sampler = ResourceSampler().start()
     for row in services.status(s):
         if row["running"]:
-            sampler.watch(row["service"], row["pid"])
+            sampler.watch(row["service"], row["pid"], service=True)
     stages: list[Stage] = []
     try:
         if not log_path.exists():
@@ -226,6 +234,9 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
             stages.append(run_stage("batch-reference",
                                     [sys.executable, "-m", "logpipe.streaming.batch", str(log_path),
                                      "--json", str(run_dir / "batch.json")], env, sampler, lines, run_dir))
+            batch_lines = json.loads((run_dir / "batch.json").read_text())["lines"]
+            if batch_lines != lines:  # its rate is computed from the log's line count: it must have read them all
+                raise RuntimeError(f"the batch reference read {batch_lines:,} lines, the log has {lines:,}")
         verify_json = run_dir / "verify.json"
         # verify exits 1 on a mismatch: that is a result to record (the row says MISMATCH), not a crash
         vstage = run_stage("verify", _cli("verify", "--log", str(log_path), "--json", str(verify_json)), env, sampler,
@@ -368,15 +379,18 @@ def verified_exact(r: dict[str, Any]) -> bool:
 
 def markdown_row(r: dict[str, Any]) -> str:
     st = {x["stage"]: x for x in r["stages"]}
-    get = lambda name, key="lines_per_s": st.get(name, {}).get(key, "")  # noqa: E731
+    def get(name: str, key: str = "lines_per_s") -> str:  # a figure with thousands separators; "" if not run
+        v = st.get(name, {}).get(key, "")
+        return f"{v:,}" if isinstance(v, (int, float)) else str(v)
+
     seq = r.get("end_to_end_sequential") or r["end_to_end"]
     at_once = r["end_to_end"] if r["end_to_end"]["stage"] != seq["stage"] else None
     at_once_wall, at_once_rate = ((f"{at_once['wall_s']} s", f"{at_once['lines_per_s']:,}") if at_once
                                   else ("not run", ""))
     exact = verified_exact(r)
     return (f"| {r['date']} | {r['size_bytes'] / 1e9:.2f} GB | {r['lines']:,} | {r['client']} | "
-            f"{at_once_wall} | {at_once_rate} | {seq['wall_s']} s | {seq['lines_per_s']:,} | {get('produce'):,} | "
-            f"{get('java-producer-perf')} | {get('stream'):,} | {get('batch-reference')} | "
+            f"{at_once_wall} | {at_once_rate} | {seq['wall_s']} s | {seq['lines_per_s']:,} | {get('produce')} | "
+            f"{get('java-producer-perf')} | {get('stream')} | {get('batch-reference')} | "
             f"{r['ratios'].get('producer_vs_java', '')} | {r['ratios'].get('stream_vs_batch', '')} | "
             f"{r.get('peak_rss_mb_concurrent', r['peak_rss_mb_total']) / 1024:.1f} GiB | "
             f"{'exact' if exact else 'MISMATCH'} |")

@@ -57,18 +57,32 @@ class ResourceSampler:
         # then made every tree look ended, its figures stopping silently); ended: removed
         self._roots: dict[str, tuple[int, int | None]] = {}
         self.stats: dict[str, ProcStats] = {}
+        self._services: list[str] = []
         self.peak_concurrent_mb = 0.0
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards _roots, stats and every sample
         self.errors = 0
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
 
-    def watch(self, name: str, pid: int) -> None:
+    def watch(self, name: str, pid: int, *, service: bool = False) -> None:
+        """Watch the tree of `pid` as `name`. A `service` (Kafka, the NameNode) runs through every stage: its CPU
+        is also told per stage (services_cpu_s)."""
         with self._lock:
             created = start_ticks(pid)  # None: already gone, nothing to count
             self._roots[name] = (pid, created)
             self.stats.setdefault(name, ProcStats(name))
+            if service:
+                self._services.append(name)
             self._sample_one(name, pid, created)
+
+    def services_cpu_s(self) -> dict[str, float]:
+        """The CPU seconds each service has used since it was first watched, sampled now: the difference of two
+        calls is a stage's share of the services' CPU."""
+        with self._lock:
+            for name in self._services:
+                if name in self._roots:
+                    self._sample_one(name, *self._roots[name])
+            return {name: self.stats[name].cpu_s for name in self._services}
 
     def start(self) -> "ResourceSampler":
         self._thread.start()

@@ -43,6 +43,16 @@ def test_bench_row_shows_both_end_to_end_figures_and_needs_both_runs_exact():
     assert markdown_row(_result(pipeline=True, pipeline_ok=False)).endswith("| MISMATCH |")
 
 
+def test_bench_row_figures_have_thousands_separators_and_references_not_run_are_blank():
+    from logpipe.bench import markdown_row
+
+    r = _result(pipeline=False)
+    r["stages"] += [{"stage": "java-producer-perf", "lines_per_s": 934479},
+                    {"stage": "batch-reference", "lines_per_s": 162658}]
+    assert "| 1,000 | 934,479 | 20 | 162,658 |" in markdown_row(r)
+    assert "| 1,000 |  | 20 |  |" in markdown_row(_result(pipeline=False))  # --no-reference
+
+
 def test_a_result_records_the_versions_and_commit_it_ran_with():
     """Two results can be compared only knowing what differed: the stack's Kafka and Hadoop (from its poms), the
     Java Spark ran on, and the code's commit."""

@@ -63,6 +63,31 @@ def test_cpu_of_a_child_born_while_watched_counts_from_its_start():
 
 
 
+SPIN = "import time\nt = time.process_time()\nwhile True:\n    if time.process_time() - t > {}: time.sleep(60)"
+
+
+def test_a_services_cpu_is_told_per_stage():
+    """A service (Kafka, the NameNode) runs through every stage of a bench: the CPU it used during one stage is
+    the difference of two readings, not its total over the run."""
+    sampler = ResourceSampler(interval=10.0).start()  # readings only when asked
+    service = subprocess.Popen([sys.executable, "-c", SPIN.format(0.6)])
+    other = subprocess.Popen([sys.executable, "-c", SPIN.format(0.3)])
+    try:
+        sampler.watch("kafka", service.pid, service=True)
+        sampler.watch("stage", other.pid)
+        start = sampler.services_cpu_s()
+        assert list(start) == ["kafka"]  # stages are not services
+        time.sleep(2.0)  # the service spins 0.6 CPU s, then sleeps
+        during = sampler.services_cpu_s()["kafka"] - start["kafka"]
+        time.sleep(0.5)
+        after = sampler.services_cpu_s()["kafka"] - start["kafka"] - during
+    finally:
+        service.kill()
+        other.kill()
+        sampler.stop()
+    assert 0.4 <= during <= 0.9 and after < 0.05, (during, after)
+
+
 def test_a_failing_sample_is_counted_and_sampling_goes_on():
     """An unexpected error in one sample (psutil raising what the sampler did not expect) used to end the thread
     silently, and every later peak was lost."""

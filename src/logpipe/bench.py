@@ -136,22 +136,54 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
     return stage
 
 
-def java_producer_perf(s: Settings, topic: str, records: int, record_size: int, sampler: ResourceSampler,
-                       log_dir: Path) -> Stage:
-    """Kafka's own ProducerPerformance with the same record count, size and producer settings as ours."""
+# the Java producer sends lines of the log, drawn at random from its first PAYLOAD_LINES (ProducerPerformance holds
+# its payloads in memory): records of the same size and as compressible as ours. With --record-size it sent random
+# letters, which lz4 barely compresses: more bytes per record than our producer sends
+PAYLOAD_LINES = 100_000
+
+
+def payload_sample(log_path: Path, out: Path, lines: int = PAYLOAD_LINES) -> int:
+    """Write the first `lines` non-empty lines of the log to `out`, newline-separated (ProducerPerformance's
+    --payload-file; it reads the file as UTF-8, and an empty payload would be a record our producer never sends);
+    returns how many."""
+    n = 0
+    with log_path.open("rb") as src, out.open("wb") as dst:
+        for line in src:
+            line = line.rstrip(b"\r\n")
+            if line:
+                dst.write(line + b"\n")
+                n += 1
+                if n == lines:
+                    break
+    return n
+
+
+def java_perf_command(s: Settings, topic: str, records: int, payload: Path) -> list[str]:
+    """Kafka's ProducerPerformance: `records` records of lines drawn from `payload`, with our producer's settings."""
     from logpipe.stack.jars import classpath
     from logpipe.stack.services import Layout, java_binary
 
     lay = Layout(s.run_dir)
-    cmd = [java_binary(s), "-Xmx1g", f"-Dlog4j2.configurationFile={lay.conf / 'kafka' / 'log4j2.properties'}",
-           "-cp", classpath(lay.jars / "kafka"), "org.apache.kafka.tools.ProducerPerformance",
-           "--topic", topic, "--num-records", str(records), "--record-size", str(record_size),
-           "--throughput", "-1", "--producer-props", f"bootstrap.servers={s.kafka_address}", "acks=all",
-           f"compression.type={s.compression}", f"batch.size={s.batch_size}", f"linger.ms={s.linger_ms}"]
+    return [java_binary(s), "-Xmx1g", f"-Dlog4j2.configurationFile={lay.conf / 'kafka' / 'log4j2.properties'}",
+            "-cp", classpath(lay.jars / "kafka"), "org.apache.kafka.tools.ProducerPerformance",
+            "--topic", topic, "--num-records", str(records), "--payload-file", str(payload),
+            "--throughput", "-1", "--producer-props", f"bootstrap.servers={s.kafka_address}", "acks=all",
+            f"compression.type={s.compression}", f"batch.size={s.batch_size}", f"linger.ms={s.linger_ms}"]
+
+
+def java_producer_perf(s: Settings, topic: str, records: int, log_path: Path, sampler: ResourceSampler,
+                       log_dir: Path) -> Stage:
+    """Kafka's own ProducerPerformance with the same record count, lines of the same log and producer settings as
+    ours (its topic made beforehand, as ours is by `produce`)."""
     from logpipe.producer.run import ensure_topic
 
+    payload = log_dir / "java-payload.txt"
+    sampled = payload_sample(log_path, payload)
     ensure_topic(s, topic)
-    stage = run_stage("java-producer-perf", cmd, dict(os.environ), sampler, records, log_dir)
+    stage = run_stage("java-producer-perf", java_perf_command(s, topic, records, payload), dict(os.environ),
+                      sampler, records, log_dir)
+    payload.unlink()
+    stage.extra["payload"] = f"lines drawn at random from the log's first {sampled:,}"
     text = (log_dir / "java-producer-perf.log").read_text()
     m = re.findall(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)", text)
     if m:
@@ -222,9 +254,8 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
             t_gen.lines = lines
             log.info("stage generate: %s lines, %.0f lines/s", f"{lines:,}", t_gen.lines_per_s)
             stages.append(t_gen)
-        avg = max(1, round(log_path.stat().st_size / max(lines, 1)) - 1)
         if reference:
-            stages.append(java_producer_perf(s, topic + "-java", lines, avg, sampler, run_dir))
+            stages.append(java_producer_perf(s, topic + "-java", lines, log_path, sampler, run_dir))
         t0 = time.monotonic()
         stages.append(run_stage("produce", _cli("produce", str(log_path), "--client", client), env, sampler, lines,
                                 run_dir))
@@ -260,6 +291,9 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         (run_dir / "partial.json").write_text(json.dumps({
             "date": stamp, "size_bytes": size_bytes, "client": client,
             "error": (str(exc) or type(exc).__name__).splitlines()[0],
+            # kept for a look (a failed run's data is not deleted): where to find it, and what to delete after
+            "topics": [topic + x for x in ("", "-alerts", "-java", "-pipeline", "-pipeline-alerts")],
+            "hdfs_roots": [root, root + "-pipeline"],
             "stages": [st.as_dict() for st in stages], "processes": {k: v.as_dict() for k, v in stats.items()},
             "peak_rss_mb_concurrent": round(sampler.peak_concurrent_mb, 1)}, indent=2, default=str))
         raise

@@ -132,3 +132,19 @@ def test_a_bench_ended_by_sigterm_leaves_no_stage_running(tmp_path):
     for p in left:
         p.kill()
     assert left == [], [p.info["cmdline"] for p in left]
+
+
+def test_the_java_producer_sends_lines_of_the_log(tmp_path):
+    """Kafka's ProducerPerformance gets the log's own lines as payloads (random letters compress far worse than log
+    lines under lz4, so it sent more bytes per record than our producer): non-empty lines, without their CR/LF."""
+    from logpipe.bench import java_perf_command, payload_sample
+    from logpipe.config import Settings
+
+    log = tmp_path / "a.log"
+    log.write_bytes(b"first line\r\n\nsecond line\nthird\nfourth\n")
+    out = tmp_path / "payload.txt"
+    assert payload_sample(log, out, lines=3) == 3
+    assert out.read_bytes() == b"first line\nsecond line\nthird\n"
+    cmd = java_perf_command(Settings(), "t", 1000, out)
+    assert cmd[cmd.index("--payload-file") + 1] == str(out) and "--record-size" not in cmd
+    assert cmd[cmd.index("--num-records") + 1] == "1000" and "compression.type=lz4" in cmd

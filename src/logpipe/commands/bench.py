@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "they are deleted once the run is measured and verified")
     p.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"),
                    help="table to append rows to (default docs/benchmarks.md)")
+    p.add_argument("--no-markdown", dest="markdown", action="store_const", const=None,
+                   help="append no row to a table (each run's result.json is written all the same)")
     p.add_argument("--name", default="bench", type=_name,
                    help="names the run's HDFS folder (/<name>/<time>-<size>) and Kafka topics (<name>-<time>-<size>, "
                         "'/' as '-')")

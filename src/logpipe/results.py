@@ -65,6 +65,10 @@ def committed_files(s: Settings, table: str, fs: "fsspec.AbstractFileSystem",
     return out
 
 
+# what each committed micro-batch's record counts (StreamJob's MicroBatch.meta)
+ACCOUNTING_FIELDS = ("lines", "parsed", "quarantined", "late", "duplicates", "events")
+
+
 def committed_accounting(s: Settings, fs: "fsspec.AbstractFileSystem",
                          tags: set[str] | None = None) -> dict[str, Any]:
     """The job's accounting summed over its committed micro-batches (their records in `_commits/ingest/`; with
@@ -79,10 +83,6 @@ def committed_accounting(s: Settings, fs: "fsspec.AbstractFileSystem",
              if tags is None or f.rsplit("/", 1)[-1][:-len(".json")] in tags]
     total = {k: sum(int(m.get(k, 0)) for m in metas) for k in ACCOUNTING_FIELDS}
     return {"batches": len(metas), **total, "per_batch": metas}
-
-
-# what each committed micro-batch's record counts (StreamJob's MicroBatch.meta)
-ACCOUNTING_FIELDS = ("lines", "parsed", "quarantined", "late", "duplicates", "events")
 
 
 def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,

@@ -52,7 +52,7 @@ def test_driver_java_options_are_a_setting_that_can_be_emptied() -> None:
 
 def test_the_default_java_options_are_taken_by_the_java_spark_runs_on() -> None:
     """Every default option of the Spark JVM is one its Java knows, and sets what it says: the throughput
-    collector, and C2 compile thresholds above Java's own (a misspelt option would stop the JVM from starting)."""
+    collector with its young generation as large as the old one, and C2 compile thresholds above Java's own (a misspelt option would stop the JVM from starting)."""
     import re
     import shlex
 
@@ -69,6 +69,7 @@ def test_the_default_java_options_are_taken_by_the_java_spark_runs_on() -> None:
 
     ours, java_default = flags(*shlex.split(SPARK_JAVA_OPTIONS)), flags()
     assert ours["UseParallelGC"] == "true"
+    assert ours["NewRatio"] == "1"  # the young generation as large as the old one (see config.SPARK_JAVA_OPTIONS)
     for name in ("Tier4InvocationThreshold", "Tier4MinInvocationThreshold", "Tier4CompileThreshold",
                  "Tier4BackEdgeThreshold"):
         assert int(ours[name]) >= 10 * int(java_default[name]), name

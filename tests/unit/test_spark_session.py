@@ -52,7 +52,8 @@ def test_driver_java_options_are_a_setting_that_can_be_emptied() -> None:
 
 def test_the_default_java_options_are_taken_by_the_java_spark_runs_on() -> None:
     """Every default option of the Spark JVM is one its Java knows, and sets what it says: the throughput
-    collector with its young generation as large as the old one, and C2 compile thresholds above Java's own (a misspelt option would stop the JVM from starting)."""
+    collector with its young generation as large as the old one, and C2 compile thresholds above Java's own (a
+    misspelt option would stop the JVM from starting)."""
     import re
     import shlex
 

@@ -672,6 +672,39 @@ def test_a_log_empty_at_the_stop_and_copytruncated_meanwhile_names_the_copy(monk
     assert len(named) == 1 and f"logpipe produce {tmp_path / 'live.log.1'}" in named[0]
 
 
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_run_stopped_while_reading_a_copy_reads_the_copys_rest_next_time(monkeypatch, tmp_path, follow):
+    """a1, a2 delivered; a3, a4 appended while the producer was stopped; copytruncate, then b1. The next run is
+    stopped (Ctrl-C, SIGTERM) before it finished the copy. Before, its end saved byte 0 of the new generation over
+    the copy's unfinished position, so the run after it sent only b1: a3 and a4 were lost without a word."""
+    import threading
+
+    from logpipe.config import Settings
+    from logpipe.producer import run
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\na2\n")
+    assert _produce_once(monkeypatch, tmp_path, log) == [b"a1", b"a2"]
+    with log.open("ab") as f:
+        f.write(b"a3\na4\n")
+    _copytruncate(log, b"b1\n")
+    stop = threading.Event()
+    blocks = run.LogSource.blocks
+
+    def stopped_at_once(self):
+        stop.set()  # the signal handler's event, set before the first block is read
+        return blocks(self)
+
+    sink = _LineSink()
+    monkeypatch.setattr(run, "make_sink", lambda s: sink)
+    monkeypatch.setattr(run.LogSource, "blocks", stopped_at_once)
+    run.produce_file(Settings(producer_state_dir=str(tmp_path / "pos")), log, follow=follow, progress=False,
+                     stop_event=stop)
+    assert b"b1" not in sink.lines  # it stopped in the copy
+    monkeypatch.setattr(run.LogSource, "blocks", blocks)
+    assert sink.lines + _produce_once(monkeypatch, tmp_path, log) == [b"a3", b"a4", b"b1"]
+
+
 def test_resuming_a_file_rotated_while_stopped_names_that_file(tmp_path, caplog):
     """The message about where a rotated file is resumed names that file and its size, not the log's path (whose
     new file is another size): someone checking a warning looks at the right file."""

@@ -329,8 +329,12 @@ class LogShipper:
         empty log, or one without a complete line): a restart then finds it by its identity if it is rotated away
         meanwhile (its lines read from the rotated file), and knows it if it is truncated (copytruncate: the copy
         is then named in a warning). Without it, the lines such a file got while the producer was stopped, before
-        a rotation, were lost without a word."""
+        a rotation, were lost without a word. Not while a copy of the file's older content (copytruncate) is still
+        unread: its position, saved under the same file's identity, would be replaced by byte 0 of the new
+        generation, and the copy's rest never read (the run after a stop in the copy sent only the new lines)."""
         if seg is None or (seg.key, seg.generation) in self.claimed:
+            return
+        if any(copy.key == seg.key for copy in self.source.copies):
             return
         saved = self.store.load(seg.key)
         if saved is None or saved.generation != seg.generation:

@@ -705,6 +705,34 @@ def test_a_run_stopped_while_reading_a_copy_reads_the_copys_rest_next_time(monke
     assert sink.lines + _produce_once(monkeypatch, tmp_path, log) == [b"a3", b"a4", b"b1"]
 
 
+def test_a_rotation_deleted_before_it_is_opened_is_named_and_the_log_read_on(monkeypatch, tmp_path, caplog):
+    """A file rotated away while the producer was stopped is deleted (logrotate's `rotate N`) between the scan that
+    found it and its open. Before, the run ended with "log file not found" (exit 2); now a warning says its unsent
+    lines are lost, and the current log is sent."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    assert _produce_once(monkeypatch, tmp_path, log) == [b"a1"]
+    with log.open("ab") as f:
+        f.write(b"a2\n")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")
+    scan = LogSource.rotated_leftovers
+
+    def scanned_then_deleted(self):
+        found = scan(self)
+        for path in found:
+            os.unlink(path)
+        return found
+
+    monkeypatch.setattr(LogSource, "rotated_leftovers", scanned_then_deleted)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _produce_once(monkeypatch, tmp_path, log) == [b"b1"]
+    lost = [r.getMessage() for r in caplog.records if "was deleted before the producer could read it" in r.getMessage()]
+    assert len(lost) == 1 and str(tmp_path / "live.log.1") in lost[0]
+
+
 def test_resuming_a_file_rotated_while_stopped_names_that_file(tmp_path, caplog):
     """The message about where a rotated file is resumed names that file and its size, not the log's path (whose
     new file is another size): someone checking a warning looks at the right file."""

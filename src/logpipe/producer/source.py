@@ -452,7 +452,15 @@ class LogSource:
         # to its definite end, as it does the current file
         for leftover in self.rotated_leftovers():
             log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
-            fd, st = open_log(leftover)
+            try:
+                fd, st = open_log(leftover)
+            except InputFileError:
+                if os.path.lexists(leftover):
+                    raise
+                # deleted (logrotate's `rotate N`) between the scan and now: what it held that was not sent is gone
+                log.warning("%s, rotated away from %s while the producer was stopped, was deleted before the producer "
+                            "could read it: its lines not sent before are lost", leftover, self.path)
+                continue
             old = self._resume(self.path, fd, st, shown=leftover)  # positions are recorded under the followed path
             self.rotated.append([old, time.monotonic()])
             yield from self._read_available(old)

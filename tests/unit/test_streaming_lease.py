@@ -115,14 +115,14 @@ def test_a_lease_of_this_host_whose_process_is_not_the_holder_any_more(local_fs,
     renewals, as another host's."""
     import socket
 
-    from logpipe.streaming.lease import BOOT_ID, PID_NAMESPACE, RootBusy, holder_may_run
+    from logpipe.streaming.lease import BOOT_ID, MACHINE_ID, PID_NAMESPACE, RootBusy, holder_may_run
 
     lease = tmp_path / "_commits" / "lease.json"
     lease.parent.mkdir(parents=True)
     sleeper = subprocess.Popen(["sleep", "60"])  # a live process of this host: the pid the lease names
     here = socket.gethostname()
-    alive = {"host": here, "pid": sleeper.pid, "run": "0" * 32, "since": "2024-01-01T00:00:00Z", "boot": BOOT_ID,
-             "pidns": PID_NAMESPACE, "start": None}
+    alive = {"host": here, "pid": sleeper.pid, "run": "0" * 32, "since": "2024-01-01T00:00:00Z",
+             "machine": MACHINE_ID, "boot": BOOT_ID, "pidns": PID_NAMESPACE, "start": None}
     try:
         from logpipe.procstats import start_ticks
 
@@ -141,7 +141,10 @@ def test_a_lease_of_this_host_whose_process_is_not_the_holder_any_more(local_fs,
         assert holder_may_run(alive, 1e6)
         with pytest.raises(RootBusy, match=f"process {sleeper.pid} on "):
             _lease(local_fs, tmp_path).acquire()
-        for holder in ({**alive, "pidns": "pid:[1]"}, {k: v for k, v in alive.items() if k != "start"}):
+        # another pid namespace; a machine of the same host name and pid namespace (clones: every host's first
+        # pid namespace has the same number), whose pid and boot id mean nothing here; an older lease
+        for holder in ({**alive, "pidns": "pid:[1]"}, {**alive, "machine": "another-machine", "boot": "its-boot"},
+                       {k: v for k, v in alive.items() if k != "start"}):
             lease.write_text(json.dumps(holder) + "\n")
             assert holder_may_run(holder, 1.0) and not holder_may_run(holder, 1e6)  # by the lease's age
             taker = _lease(local_fs, tmp_path, stale_s=1.5)
@@ -152,6 +155,31 @@ def test_a_lease_of_this_host_whose_process_is_not_the_holder_any_more(local_fs,
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_holder_that_renews_while_it_is_judged_gone_is_named_as_running(local_fs, tmp_path: Path, monkeypatch):
+    """The lease looked gone (here: its process id runs no process of this host), but its modification time moved
+    before the takeover: its holder renews it, so it runs. Refused, naming that holder; before, the message said
+    "another streaming run took it at the same moment"."""
+    from logpipe.streaming.lease import RootBusy, RootLease
+
+    gone = _lease(local_fs, tmp_path, pid=2**22 + 12345)  # a pid no process of this host has
+    gone.acquire()
+    gone._stop.set()
+    gone._beat.join()
+    reads = []
+    holder = RootLease.holder
+
+    def renewed_after_the_first_read(self):
+        held = holder(self)
+        reads.append(held)
+        return held if len(reads) == 1 else (held[0], held[1], held[2] + 1000)
+
+    monkeypatch.setattr(RootLease, "holder", renewed_after_the_first_read)
+    with pytest.raises(RootBusy, match=rf"process {2**22 + 12345} on .* renewed its lease .* just now \(it looked "
+                                       "gone: its process .* no longer runs"):
+        _lease(local_fs, tmp_path).acquire()
+    assert json.loads((tmp_path / "_commits" / "lease.json").read_text())["run"] == gone.me["run"]  # not deleted
 
 
 def test_a_holder_judged_from_outside_a_run():

@@ -52,7 +52,9 @@ class HadoopFs:
         try:
             out = self.fs.create(self.path(p), False)
         except Py4JJavaError as exc:
-            if "FileAlreadyExistsException" in str(exc.java_exception.getClass().getName()):
+            # AlreadyBeingCreated: another client has the file open since its create (HDFS; in a RemoteException)
+            if any(name in str(exc.java_exception) for name in ("FileAlreadyExistsException",
+                                                                 "AlreadyBeingCreatedException")):
                 return False
             raise
         try:

@@ -2,13 +2,13 @@
 
 Two runs on one root would each take the other's batch in progress for a crashed attempt and delete its files
 (commit.clean_crashed_attempts), and both would run the same batch ids. The lease `_commits/lease.json` names its
-holder (host, process id, run id, and the process's identity on its host: the kernel's boot id, its pid namespace
-and its start time in ticks since boot). It is created with create-if-absent, which HDFS does atomically, and its
+holder (host, process id, run id, and the process's identity on its host: the machine's id, the kernel's boot id,
+its pid namespace and its start time in ticks since boot). It is created with create-if-absent, which HDFS does atomically, and its
 modification time is renewed every HEARTBEAT_S seconds. A run that finds it takes it over only when its holder
-is gone: this host restarted since (another boot id), the same process id on the same host and pid namespace
+is gone: this host restarted since (the same machine id, another boot id), the same process id on the same host and pid namespace
 (this process, started again in place), a process id of this host that no longer runs (kill -9) or now names another process
-(another start time: pids are handed out again), or, for a lease of another host or pid namespace (two containers
-may share a host name, each with its own pid 7), no renewal while it watched it for STALE_S seconds. A restarted
+(another start time: pids are handed out again), or, for a lease of another host, machine or pid namespace (two
+containers may share a host name, each with its own pid 7; two cloned machines a host name and a pid namespace), no renewal while it watched it for STALE_S seconds. A restarted
 container is such a case: it gets a new pid namespace, so it waits up to STALE_S before it takes over.
 The holder checks the lease again just before each commit marker, so a run that lost it writes no marker.
 
@@ -70,6 +70,9 @@ def _pid_namespace() -> str | None:
 
 
 BOOT_ID, PID_NAMESPACE = _read("/proc/sys/kernel/random/boot_id"), _pid_namespace()
+# systemd's id of the installed machine: two machines of the same host name (clones, a default name) differ in it,
+# where their pid namespaces look alike (every host's first one has the same number)
+MACHINE_ID = _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id")
 
 
 def judge_holder(other: dict[str, Any], host: str, pid: int | None = None) -> tuple[str, str | None]:
@@ -80,7 +83,7 @@ def judge_holder(other: dict[str, Any], host: str, pid: int | None = None) -> tu
     def differs(key: str, mine: str | None) -> bool:
         return other.get(key) is not None and mine is not None and other[key] != mine
 
-    if other.get("host") != host or differs("pidns", PID_NAMESPACE):
+    if other.get("host") != host or differs("machine", MACHINE_ID) or differs("pidns", PID_NAMESPACE):
         return "elsewhere", None
     opid = int(other.get("pid", 0))
     if differs("boot", BOOT_ID):
@@ -117,7 +120,7 @@ class RootLease:
         self.fs, self.path = fs, f"{root}/{LEASE_FILE}"
         pid = pid or os.getpid()
         self.me = {"host": host or socket.gethostname(), "pid": pid, "run": uuid.uuid4().hex,
-                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "boot": BOOT_ID,
+                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": MACHINE_ID, "boot": BOOT_ID,
                    "pidns": PID_NAMESPACE, "start": start_ticks(pid)}
         self.heartbeat_s, self.stale_s, self.settle_s = heartbeat_s, stale_s, settle_s
         # the lease file's length is this run's signature (its content padded by a number drawn from the run id):
@@ -174,6 +177,12 @@ class RootLease:
                             other.get("host"), why)
                 self.fs.delete(self.path)
                 took_over = True
+            elif now is not None and now[0] == other:  # renewed while it was judged: it runs after all
+                raise RootBusy(
+                    f"another streaming run writes to {self.path.rsplit('/_commits/', 1)[0]}: process "
+                    f"{other.get('pid')} on {other.get('host')}, since {other.get('since')}, renewed its lease "
+                    f"{self.path} just now (it looked gone: {why}). Stop that run, or give this one another "
+                    "LOGPIPE_HDFS_ROOT (--hdfs-root)")
         if not self.fs.create_new(self.path, json.dumps(self.me) + "\n" + " " * self._pad):
             raise RootBusy(f"another streaming run took {self.path} at the same moment: stop it, or give this one "
                            "another LOGPIPE_HDFS_ROOT (--hdfs-root)")

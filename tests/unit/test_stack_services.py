@@ -268,6 +268,32 @@ def test_a_step_of_the_wall_clock_does_not_make_a_service_a_stranger(run_dir, fr
     assert p.wait(10) is not None and not lay.data.exists()
 
 
+def test_a_running_service_on_another_bind_host_is_refused_before_anything_starts(run_dir, free_ports, procs):
+    """Kafka of this run folder listens on 127.0.0.1; `stack up` now set to bind 127.0.0.2 (same ports). Before, only
+    the ports were compared: the check passed, the service was taken as running, and the start then waited its
+    whole timeout for 127.0.0.2. Now it stops at once, naming both addresses and what to do."""
+    s = _settings(run_dir, free_ports)
+    lay = services.Layout(run_dir)
+    kafka = _kafka(s)
+    listen = ("import socket\nsocks = []\n"
+              f"for port in {list(kafka.ports)}:\n"
+              "    x = socket.socket(); x.bind(('127.0.0.1', port)); x.listen(); socks.append(x)\n")
+    code = listen + "print('ready', flush=True)\nimport time\ntime.sleep(60)\n"
+    p = subprocess.Popen([sys.executable, "-c", code, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties"],
+                         stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    assert p.stdout.readline().strip() == "ready"
+    lay.pids.mkdir()
+    services._record_pid(lay, kafka, p.pid)
+    services._check_before_start(s, lay)  # as set: nothing to say (the other services' ports are free)
+    moved = s.with_overrides(bind_host="127.0.0.2")
+    t = time.monotonic()
+    with pytest.raises(StackError, match=rf"kafka runs \(pid {p.pid}\) on 127\.0\.0\.1:.* not on 127\.0\.0\.2:"
+                                         rf"{kafka.ports[0]}.*LOGPIPE_BIND_HOST changed"):
+        services._check_before_start(moved, lay)
+    assert time.monotonic() - t < 30
+
+
 def test_down_does_not_wipe_under_a_service_it_could_not_stop(run_dir, free_ports, procs, monkeypatch):
     s = _settings(run_dir, free_ports)
     lay = services.Layout(run_dir)

@@ -392,9 +392,10 @@ def our_pid(lay: Layout, svc: Service) -> int | None:
     return running_pid(lay, svc) or next(iter(unrecorded_pids(lay, svc)), None)
 
 
-def _listening_ports(pid: int) -> set[int]:
+def _listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """The (address, port) pairs process `pid` listens on (TCP)."""
     try:
-        return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+        return {(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections(kind="tcp")
                 if c.status == psutil.CONN_LISTEN and c.laddr}
     except (psutil.Error, OSError):
         return set()
@@ -599,18 +600,20 @@ def _check_before_start(s: Settings, lay: Layout) -> None:
                                                                 for port, names in sorted(shared.items()))
                          + ". Give each its own port (LOGPIPE_* port settings); nothing was started")
     taken = []
+    bind_ip = "127.0.0.1" if s.bind_host == "localhost" else s.bind_host  # the JVMs run IPv4-only
     for svc in services(s, lay):
         pid = our_pid(lay, svc)
         if pid is not None:
-            listening, deadline = _listening_ports(pid), time.monotonic() + 10
-            while listening and not set(svc.ports) <= listening and time.monotonic() < deadline:
+            wanted = {(bind_ip, port) for port in svc.ports}
+            listening, deadline = _listening_addresses(pid), time.monotonic() + 10
+            while listening and not wanted <= listening and time.monotonic() < deadline:
                 time.sleep(0.5)  # one that is still starting may not have bound every port yet
-                listening = _listening_ports(pid)
-            if listening and not set(svc.ports) <= listening:
+                listening = _listening_addresses(pid)
+            if listening and not wanted <= listening:
                 raise StackError(
-                    f"{svc.name} runs (pid {pid}) on ports {sorted(listening)}, not on {list(svc.ports)} as now set "
-                    f"(a LOGPIPE_* port or LOGPIPE_BIND_HOST changed): `logpipe stack down` with the old settings, "
-                    f"then `logpipe stack up`")
+                    f"{svc.name} runs (pid {pid}) on {', '.join(f'{ip}:{port}' for ip, port in sorted(listening))}, "
+                    f"not on {', '.join(f'{bind_ip}:{port}' for port in svc.ports)} as now set (a LOGPIPE_* port or "
+                    "LOGPIPE_BIND_HOST changed): `logpipe stack down` with the old settings, then `logpipe stack up`")
             continue
         taken += [f"{s.bind_host}:{port} ({svc.name}) by {_port_owner(port)}" for port in svc.ports
                   if health.port_open(s.bind_host, port)]

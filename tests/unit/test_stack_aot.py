@@ -130,3 +130,34 @@ spark.stop()
     else:
         assert f"-XX:AOTCache={path}" in r.stderr  # given, ...
         assert "[aot]" in r.stdout + r.stderr  # ... refused by the JVM with a warning, and Spark ran on
+
+
+def test_the_training_runs_on_the_native_stack_whatever_cluster_the_client_settings_name(tmp_path,
+                                                                                          monkeypatch) -> None:
+    """`stack up` trains the cache on the stack it just started: with LOGPIPE_KAFKA_BOOTSTRAP / LOGPIPE_HDFS_URL /
+    LOGPIPE_WEBHDFS_URL naming another cluster (compose's), the training made its topics and results root there, or
+    failed (and, marked failed, was not tried again) when that cluster was down."""
+    from pyspark import SparkContext
+
+    import logpipe.generator
+    import logpipe.producer.run
+    import logpipe.spark
+    import logpipe.streaming.run
+    from logpipe.config import Settings
+    from logpipe.stack import aot
+
+    s = Settings(run_dir=tmp_path / "run", kafka_port=19092, namenode_rpc_port=18020, namenode_http_port=19870,
+                 kafka_bootstrap="kafka:9092", hdfs_url="hdfs://namenode:8020", webhdfs_url="http://namenode:9870")
+    used: list[Settings] = []
+    monkeypatch.setattr(logpipe.generator, "generate", lambda *a, settings, **k: used.append(settings) or
+                        type("Truth", (), {"incidents": []})())
+    monkeypatch.setattr(logpipe.producer.run, "produce_file", lambda s_, *a, **k: used.append(s_))
+    monkeypatch.setattr(logpipe.spark, "build_spark", lambda s_, *a, **k: used.append(s_))
+    monkeypatch.setattr(logpipe.streaming.run, "run_stream", lambda s_, **k: used.append(s_))
+    monkeypatch.setattr(aot, "_remove_training_outputs", lambda s_, name: used.append(s_))
+    monkeypatch.setattr(SparkContext, "_gateway", None)
+    aot.train(tmp_path / "cache.aot", s)
+    assert len(used) == 5
+    assert {(u.kafka_address, u.hdfs_address, u.webhdfs_address) for u in used} == {
+        ("127.0.0.1:19092", "hdfs://127.0.0.1:18020", "http://127.0.0.1:19870")}
+    assert all(u.topic.startswith("logpipe-aot-training-") for u in used)

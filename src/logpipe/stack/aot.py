@@ -190,10 +190,16 @@ def train(out: Path, base: Settings) -> None:
     from logpipe.streaming.job import SPARK_CONF
     from logpipe.streaming.run import run_stream
 
+    from logpipe.stack.services import native_kafka_address, native_webhdfs_address
+
     name = _training_name(os.getpid())
     with tempfile.TemporaryDirectory(prefix="logpipe-aot-") as tmp:
+        # on the native stack `stack up` just started, whatever cluster the client settings name (compose's,
+        # another one: `up` warns of that)
         s = base.with_overrides(topic=name, alerts_topic=f"{name}-alerts", hdfs_root=f"/tmp/{name}",
-                                           producer_state_dir=Path(tmp) / "positions")
+                                producer_state_dir=Path(tmp) / "positions", kafka_bootstrap=native_kafka_address(base),
+                                hdfs_url=f"hdfs://{base.bind_host}:{base.namenode_rpc_port}",
+                                webhdfs_url=native_webhdfs_address(base))
         access_log = Path(tmp) / "access.log"
         truth = generate(access_log, lines=TRAINING_LINES, rate=TRAINING_RATE, seed=1, settings=s, progress=False)
         log.info("training log: %d lines, %d incidents", TRAINING_LINES, len(truth.incidents))

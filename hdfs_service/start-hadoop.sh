@@ -80,7 +80,7 @@ write_config() {
 
 health() {
   # NameNode: its RPC answers (safe mode may still be on: the DataNode must be able to start and report).
-  # DataNode: safe mode is off and at least one DataNode is live, i.e. HDFS accepts writes.
+  # DataNode: safe mode is off, at least one DataNode is live (HDFS accepts writes), and this one has registered.
   local role="${HDFS_ROLE:-$(cat "$CONF_DIR/role" 2>/dev/null || true)}"
   local mode
   mode="$(hdfs dfsadmin -safemode get 2>/dev/null)" || { echo "NameNode RPC does not answer"; return 1; }
@@ -92,12 +92,23 @@ health() {
     *"Safe mode is OFF"*) ;;
     *) echo "NameNode still in safe mode: $mode"; return 1 ;;
   esac
-  if hdfs dfsadmin -report -live 2>/dev/null | grep -Eq 'Live datanodes \([1-9]'; then
-    echo "HDFS writable"
-    return 0
+  if ! hdfs dfsadmin -report -live 2>/dev/null | grep -Eq 'Live datanodes \([1-9]'; then
+    echo "no live DataNode yet"
+    return 1
   fi
-  echo "no live DataNode yet"
-  return 1
+  # and this DataNode itself has registered (the NameNode lists a DataNode that died as live for a while, so a
+  # restarted one looked healthy before it could serve): one of its block-pool actors is RUNNING, as the native
+  # stack checks it (logpipe.health.probe_datanode). Its JMX over bash's /dev/tcp: no curl needed in the image
+  local host="$BIND" jmx
+  [ "$host" = "0.0.0.0" ] && host=127.0.0.1
+  # shellcheck disable=SC2016  # $1, $2: the inner shell's arguments
+  jmx="$(timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "GET /jmx?qry=Hadoop:service=DataNode,name=DataNodeInfo HTTP/1.0\r\nHost: %s\r\n\r\n" "$1" >&3 && cat <&3' _ "$host" "$DN_HTTP_PORT" 2>/dev/null)" || true
+  if ! grep -Eq 'ActorState[^A-Za-z]+RUNNING' <<< "$jmx"; then
+    echo "this DataNode ($host:$DN_HTTP_PORT) has not registered with the NameNode yet (no RUNNING block-pool actor)"
+    return 1
+  fi
+  echo "HDFS writable"
+  return 0
 }
 
 role="${1:-${HDFS_ROLE:-}}"

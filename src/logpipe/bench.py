@@ -68,7 +68,7 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
     not in ok_codes)."""
     log_path = log_dir / f"{name}.log"
     shown = " ".join(a if len(a) < 200 else a[:60] + "..." for a in cmd[2:])  # a classpath is not worth reading
-    log.info("stage %s: %s", name, shown)
+    log.info("stage %s: %s (its output: %s)", name, shown, log_path)
     services_before = sampler.services_cpu_s()
     t = time.monotonic()
     with log_path.open("w") as out:
@@ -238,6 +238,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     env = {**os.environ, **{f"LOGPIPE_{k.upper()}": str(getattr(s, k)) for k in REPORTED_SETTINGS},
            "LOGPIPE_TOPIC": topic, "LOGPIPE_ALERTS_TOPIC": topic + "-alerts", "LOGPIPE_HDFS_ROOT": root,
            "LOGPIPE_PRODUCER_CLIENT": client}
+    log.info("benchmark %s: results and each stage's output (<stage>.log) in %s", label, run_dir)
     sampler = ResourceSampler().start()
     for row in services.status(s):
         if row["running"]:
@@ -311,7 +312,9 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         "settings": {k: getattr(s, k) for k in REPORTED_SETTINGS},
         # every setting the stages ran with (those not in REPORTED_SETTINGS reach them from the environment), and the
         # run's own parameters: results of two runs can be compared knowing all that differed
-        "all_settings": json.loads(s.model_dump_json()), "seed": seed, "idle_s": idle_s,
+        "all_settings": json.loads(s.with_overrides(topic=topic, alerts_topic=topic + "-alerts", hdfs_root=root,
+                                                    producer_client=client).model_dump_json()),
+        "seed": seed, "idle_s": idle_s,
         "stages": [st.as_dict() for st in stages],
         "end_to_end": e2e.as_dict(),
         "end_to_end_sequential": e2e_seq.as_dict(),

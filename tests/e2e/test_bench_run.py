@@ -33,6 +33,12 @@ def test_small_bench_measures_verifies_and_removes_its_data(stack, hdfs_client, 
     result = json.loads(result_file.read_text())
     log = tmp_path / "data" / "bench-4MB-seed1.log"
     assert result["lines"] == sum(1 for _ in log.open("rb")) > 10_000
+    # every setting as the stages ran with it, the ones bench gives them too (the settings alone said kafka-python
+    # and the alerts topic of the environment)
+    ran = result["all_settings"]
+    assert (ran["producer_client"], ran["topic"], ran["alerts_topic"], ran["hdfs_root"]) == (
+        result["client"], result["topic"], result["topic"] + "-alerts", result["hdfs_root"])
+    assert f"results and each stage's output (<stage>.log) in {result_file.parent}" in r.stderr
     stages = {st["stage"]: st for st in result["stages"]}
     assert {"generate", "produce", "stream", "verify", "verify-pipeline"} <= stages.keys()
     assert result["verify"]["ok"] and result["verify_pipeline"]["ok"]

@@ -78,25 +78,34 @@ def main() -> None:
     env = {**os.environ, "LOGPIPE_TOPIC": topic, "LOGPIPE_HDFS_ROOT": root, "LOGPIPE_ALERTS_TOPIC": f"alerts-{tag}"}
     if args.max_offsets_per_trigger:
         env["LOGPIPE_MAX_OFFSETS_PER_TRIGGER"] = str(args.max_offsets_per_trigger)
-    with tempfile.TemporaryDirectory() as d:
-        log = Path(d) / "access.log"
-        env["LOGPIPE_PRODUCER_STATE_DIR"] = str(Path(d) / "positions")
-        logpipe(env, "generate", "--lines", str(args.lines), "--seed", "3", "--out", str(log))
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            log = Path(d) / "access.log"
+            env["LOGPIPE_PRODUCER_STATE_DIR"] = str(Path(d) / "positions")
+            logpipe(env, "generate", "--lines", str(args.lines), "--seed", "3", "--out", str(log))
+            t = time.monotonic()
+            produced = json.loads(logpipe(env, "produce", str(log), "--client", "confluent"))
+            produce_s = time.monotonic() - t
         t = time.monotonic()
-        produced = json.loads(logpipe(env, "produce", str(log), "--client", "confluent"))
-        produce_s = time.monotonic() - t
-    t = time.monotonic()
-    metrics = json.loads(logpipe(env, "stream", "--until-done"))
-    stream_wall = time.monotonic() - t
-    batch = json.loads(subprocess.run([sys.executable, __file__, "--batch-only", "--topic", topic, "--root",
-                                       f"/bench/batch-{tag}"], env=env, capture_output=True, text=True,
-                                      check=True).stdout.strip().splitlines()[-1])
+        metrics = json.loads(logpipe(env, "stream", "--until-done"))
+        stream_wall = time.monotonic() - t
+        batch = json.loads(subprocess.run([sys.executable, __file__, "--batch-only", "--topic", topic, "--root",
+                                           f"/bench/batch-{tag}"], env=env, capture_output=True, text=True,
+                                          check=True).stdout.strip().splitlines()[-1])
+    finally:  # the topic holds the whole log, the roots its events: nothing is left behind
+        from logpipe.bench import drop_run_data
+        from logpipe.config import load_settings
+
+        gone, failed = drop_run_data(load_settings(), [topic, f"alerts-{tag}"], [root, f"/bench/batch-{tag}"])
+        print(f"deleted: {', '.join(gone) or 'nothing'}" + (f"; not deleted: {'; '.join(failed)}" if failed else ""),
+              file=sys.stderr)
     stream_rate = metrics["lines"] / metrics["total_s"]
     result = {"lines": args.lines, "produced": produced.get("records"), "produce_s": round(produce_s, 1),
               "stream": {"lines": metrics["lines"], "total_s": metrics["total_s"], "ingest_s": metrics.get("ingest_s"),
                          "wall_with_startup_s": round(stream_wall, 1), "lines_per_s": round(stream_rate)},
               "batch": batch, "stream_vs_batch": round(stream_rate / batch["lines_per_s"], 2),
-              "topic": topic, "hdfs_root": root}
+              "topic": topic, "hdfs_root": root,
+              "run_data": "deleted" if not failed else "not all deleted: " + "; ".join(failed)}
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -442,3 +442,13 @@ def test_a_namenode_format_stopped_before_its_image_is_done_again(tmp_path):
     assert not services.namenode_formatted(name_dir)
     (name_dir / "current" / "fsimage_0000000000000022032").write_bytes(b"image")
     assert services.namenode_formatted(name_dir)
+
+
+def test_a_java_home_without_java_is_named(tmp_path, monkeypatch):
+    """JAVA_HOME naming a folder without bin/java (a JRE moved, a typo) was "Java not found: install a JDK", which
+    named neither the variable nor the folder."""
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    with pytest.raises(StackError, match=rf"^JAVA_HOME={tmp_path / 'no-jdk'} has no bin/java"):
+        services.java_binary(Settings())
+    with pytest.raises(StackError, match=rf"^LOGPIPE_JAVA_HOME={tmp_path} has no bin/java"):
+        services.java_binary(Settings(java_home=str(tmp_path)))

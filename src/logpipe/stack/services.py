@@ -140,6 +140,10 @@ def java_binary(settings: Settings) -> str:
     """The `java` to run services with; raises StackError if missing or older than Java 17."""
     home = settings.java_home or os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if home and not Path(java).exists():
+        named = "LOGPIPE_JAVA_HOME" if settings.java_home else "JAVA_HOME"
+        raise StackError(f"{named}={home} has no bin/java: point it at a JDK 17+ (a folder holding bin/java), or "
+                         "unset it to use the `java` on PATH.")
     if not java or not Path(java).exists():
         raise StackError("Java not found: install a JDK 17+ (Debian: apt-get install openjdk-17-jre-headless) "
                          "or set LOGPIPE_JAVA_HOME / JAVA_HOME.")

@@ -26,6 +26,7 @@ class DemoResults:
     settings: Settings
     log: Path
     seconds: dict[str, float]
+    verified: dict  # verify's report of the run
 
 
 def _step(name: str, args: list[str], env: dict[str, str], log_dir: Path, timeout: float) -> float:
@@ -64,6 +65,6 @@ def demo_results(stack: Settings, tmp_path_factory: pytest.TempPathFactory,
     assert f"verify: exact ({verified['windows_compared']:,} window counts compared)" in summary, summary[-3000:]
     assert (f"lines read {acc['lines']:,} = parsed {acc['parsed']:,} + quarantined {acc['quarantined']:,}"
             in summary), summary[-3000:]
-    yield DemoResults(settings=s, log=log, seconds=seconds)
+    yield DemoResults(settings=s, log=log, seconds=seconds, verified=verified)
     if os.environ.get("LOGPIPE_KEEP_RESULTS") != "1":  # keep them for a look with LOGPIPE_KEEP_RESULTS=1
         delete_test_data(s, unique)  # its topics and HDFS root

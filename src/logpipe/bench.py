@@ -62,6 +62,21 @@ def kill_stage(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+# how often a running stage's last output line is logged (its output goes to a file of its own)
+PROGRESS_EVERY_S = 30.0
+
+
+def last_line(path: Path, tail_bytes: int = 4096) -> str:
+    """The last non-empty line of the file at `path` ("(none yet)" if none), from its last `tail_bytes` bytes."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(none yet)"
+    return lines[-1][:300] if lines else "(none yet)"
+
+
 def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceSampler, lines: int,
               log_dir: Path, ok_codes: tuple[int, ...] = (0,)) -> Stage:
     """Run one stage as a subprocess, watched by the sampler; raise with the log tail if it fails (an exit code
@@ -76,7 +91,13 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
                                 start_new_session=True)
         sampler.watch(name, proc.pid)
         try:
-            code = proc.wait()
+            while True:
+                try:
+                    code = proc.wait(PROGRESS_EVERY_S)
+                    break
+                except subprocess.TimeoutExpired:  # a long stage: show where it is
+                    log.info("stage %s: %.0fs so far; its last line: %s", name, time.monotonic() - t,
+                             last_line(log_path))
         except BaseException:  # Ctrl-C, SIGTERM: the stage's figures are void; do not leave it running on its own
             kill_stage(proc)
             raise
@@ -114,7 +135,13 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
             sampler.watch(f"pipeline-{name}", proc.pid)
             procs[name] = (proc, time.monotonic())
         walls: dict[str, float] = {}
+        shown = time.monotonic()
         while len(walls) < len(procs):
+            if time.monotonic() - shown >= PROGRESS_EVERY_S:
+                shown = time.monotonic()
+                for name in procs.keys() - walls.keys():
+                    log.info("pipeline %s: %.0fs so far; its last line: %s", name, shown - t,
+                             last_line(log_dir / f"pipeline-{name}.log"))
             for name, (proc, started) in procs.items():
                 if name in walls or proc.poll() is None:
                     continue

@@ -148,3 +148,29 @@ def test_the_java_producer_sends_lines_of_the_log(tmp_path):
     cmd = java_perf_command(Settings(), "t", 1000, out)
     assert cmd[cmd.index("--payload-file") + 1] == str(out) and "--record-size" not in cmd
     assert cmd[cmd.index("--num-records") + 1] == "1000" and "compression.type=lz4" in cmd
+
+
+def test_a_long_stage_shows_its_last_output_line_as_it_runs(tmp_path, monkeypatch, caplog):
+    """A stage's output goes to its own log file: a 13-minute produce with kafka-python said nothing until its end.
+    Every PROGRESS_EVERY_S the bench logs where the stage is: its last line so far."""
+    import logging
+    import os
+    import sys
+
+    from logpipe import bench
+    from logpipe.procstats import ResourceSampler
+
+    monkeypatch.setattr(bench, "PROGRESS_EVERY_S", 0.3)
+    stage = "import time\nfor i in range(4):\n    print(f'batch {i} done', flush=True)\n    time.sleep(0.4)\n"
+    sampler = ResourceSampler().start()
+    try:
+        with caplog.at_level(logging.INFO, logger="logpipe.bench"):
+            got = bench.run_stage("stream", [sys.executable, "-c", stage], dict(os.environ), sampler, 4, tmp_path)
+    finally:
+        sampler.stop()
+    assert got.lines == 4
+    shown = [r.getMessage().split("its last line: ")[1] for r in caplog.records
+             if r.getMessage().startswith("stage stream: ") and "so far; its last line: " in r.getMessage()]
+    assert len(shown) >= 2 and shown[0] != shown[-1], shown  # it moves on with the stage
+    assert set(shown) <= {f"batch {i} done" for i in range(4)}, shown
+    assert bench.last_line(tmp_path / "missing.log") == "(none yet)"

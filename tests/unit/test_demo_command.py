@@ -53,7 +53,9 @@ time.sleep(60)
 
 # the demo running that step through demo._step (its Popen given the stand-in's command)
 _DEMO = """
-import subprocess, sys
+import signal, subprocess, sys
+# Ctrl-C as in a terminal: a shell without job control (CI scripts, `cmd &`) starts its children with SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from logpipe.cli import exit_on_termination
 from logpipe.commands import demo
 real = subprocess.Popen

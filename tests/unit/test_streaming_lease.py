@@ -107,7 +107,7 @@ def test_a_lease_being_written_is_alive_and_an_old_empty_one_is_gone(local_fs, t
     taker.release()
 
 
-def test_a_lease_of_this_host_whose_process_is_not_the_holder_any_more(local_fs, tmp_path: Path):
+def test_a_lease_of_this_host_whose_process_is_not_the_holder_any_more(local_fs, tmp_path: Path, monkeypatch):
     """A run killed (kill -9, power loss) whose pid now names another process: after a reboot (another boot id),
     or a pid handed out again (another start time), the lease is taken over at once. Before, a live process with
     that pid kept the root refused for good. A lease of another pid namespace on a host of the same name (two
@@ -115,7 +115,12 @@ def test_a_lease_of_this_host_whose_process_is_not_the_holder_any_more(local_fs,
     renewals, as another host's."""
     import socket
 
-    from logpipe.streaming.lease import BOOT_ID, MACHINE_ID, PID_NAMESPACE, RootBusy, holder_may_run
+    from logpipe.streaming import lease as lease_module
+    from logpipe.streaming.lease import BOOT_ID, PID_NAMESPACE, RootBusy, holder_may_run
+
+    # a machine without /etc/machine-id (some container images) cannot tell a clone from itself: give it one
+    monkeypatch.setattr(lease_module, "MACHINE_ID", lease_module.MACHINE_ID or "this-machine")
+    MACHINE_ID = lease_module.MACHINE_ID  # noqa: N806
 
     lease = tmp_path / "_commits" / "lease.json"
     lease.parent.mkdir(parents=True)

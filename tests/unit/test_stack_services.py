@@ -447,6 +447,7 @@ def test_a_namenode_format_stopped_before_its_image_is_done_again(tmp_path):
 def test_a_java_home_without_java_is_named(tmp_path, monkeypatch):
     """JAVA_HOME naming a folder without bin/java (a JRE moved, a typo) was "Java not found: install a JDK", which
     named neither the variable nor the folder."""
+    monkeypatch.delenv("LOGPIPE_JAVA_HOME", raising=False)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
     with pytest.raises(StackError, match=rf"^JAVA_HOME={tmp_path / 'no-jdk'} has no bin/java"):
         services.java_binary(Settings())

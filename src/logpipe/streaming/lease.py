@@ -2,14 +2,15 @@
 
 Two runs on one root would each take the other's batch in progress for a crashed attempt and delete its files
 (commit.clean_crashed_attempts), and both would run the same batch ids. The lease `_commits/lease.json` names its
-holder (host, process id, run id, and the process's identity on its host: the machine's id, the kernel's boot id,
-its pid namespace and its start time in ticks since boot). It is created with create-if-absent, which HDFS does atomically, and its
-modification time is renewed every HEARTBEAT_S seconds. A run that finds it takes it over only when its holder
-is gone: this host restarted since (the same machine id, another boot id), the same process id on the same host and pid namespace
-(this process, started again in place), a process id of this host that no longer runs (kill -9) or now names another process
-(another start time: pids are handed out again), or, for a lease of another host, machine or pid namespace (two
-containers may share a host name, each with its own pid 7; two cloned machines a host name and a pid namespace), no renewal while it watched it for STALE_S seconds. A restarted
-container is such a case: it gets a new pid namespace, so it waits up to STALE_S before it takes over.
+holder (host, process id, run id, and the process's identity on its host: the machine's id, the kernel's boot
+id, its pid namespace and its start time in ticks since boot). It is created with create-if-absent, which HDFS
+does atomically, and its modification time is renewed every HEARTBEAT_S seconds. A run that finds it takes it
+over only when its holder is gone: this host restarted since (the same machine id, another boot id), the same
+process id on the same host and pid namespace (this process, started again in place), a process id of this host
+that no longer runs (kill -9) or now names another process (another start time: pids are handed out again), or,
+for a lease of another host, machine or pid namespace (two containers may share a host name, each with its own
+pid 7; two cloned machines a host name and a pid namespace), no renewal while it watched it for STALE_S seconds.
+A restarted container is such a case: it gets a new pid namespace, so it waits up to STALE_S before it takes over.
 The holder checks the lease again just before each commit marker, so a run that lost it writes no marker.
 
 A takeover is a delete, then the create: two runs taking over the same gone holder at once could each delete

@@ -28,6 +28,7 @@ DEFAULT_START = datetime(2004, 5, 18, tzinfo=timezone.utc)
 DEFAULT_RATE = 100.0          # average lines per second of log time
 DEFAULT_MALFORMED_SHARE = 0.001
 DEFAULT_OUT_OF_ORDER_SHARE = 0.0005
+OUT_OF_RANGE_YEAR = 2152      # the year of the planted out_of_range lines (see LogGenerator._malformed)
 MAX_OUT_OF_ORDER_S = 10       # well under the default 30 s watermark: reordered, not late
 AVG_LINE_BYTES = {"seed": 117, "clf": 123, "combined": 195}  # measured averages
 CHUNK_SECONDS = 600           # log time generated per chunk
@@ -343,7 +344,10 @@ class LogGenerator:
         n = c["ts"].size
         ts = c["ts"].copy()
         late = rng.random(n) < self.out_of_order_share
-        ts[late] -= rng.integers(1, MAX_OUT_OF_ORDER_S + 1, int(late.sum()))
+        # never before the parser's first time: a log starting there would turn its first late lines into
+        # timestamp_out_of_range ones, which the truth counts as events
+        ts[late] = np.maximum(ts[late] - rng.integers(1, MAX_OUT_OF_ORDER_S + 1, int(late.sum())),
+                              int(lf.MIN_TIME.timestamp()))
         seconds, inverse = np.unique(ts, return_inverse=True)
         stamps = np.array([self.stamp(t) for t in seconds.tolist()], dtype=object)[inverse].tolist()
         sizes = c["size"].tolist()
@@ -380,9 +384,10 @@ class LogGenerator:
                 re.sub(r"\[\d{2}/", "[32/", text, count=1)
             return kind, text.encode()
         if kind == "out_of_range":  # a well-formed but absurd year (would push the watermark if accepted)
+            # a leap year past lf.MAX_TIME: the line's Feb 29, if it is one, stays a real date (bad_timestamp else)
             text = line.decode()
-            text = re.sub(r"\[\d{4}-", "[2150-", text, count=1) if self.fmt == "seed" else \
-                re.sub(r"/\d{4}:", "/2150:", text, count=1)
+            text = re.sub(r"\[\d{4}-", f"[{OUT_OF_RANGE_YEAR}-", text, count=1) if self.fmt == "seed" else \
+                re.sub(r"/\d{4}:", f"/{OUT_OF_RANGE_YEAR}:", text, count=1)
             return kind, text.encode()
         return "empty", b"\n"
 

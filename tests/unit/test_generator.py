@@ -181,6 +181,27 @@ def test_malformed_share_is_honoured(tmp_path):
                                             "out_of_range", "empty"}
 
 
+@pytest.mark.parametrize("fmt", ["seed", "clf"])
+def test_planted_reasons_are_the_parsers_on_a_leap_day(tmp_path, fmt):
+    """An out_of_range line keeps its month and day: on Feb 29 its year must be a leap year too, or the parser
+    finds an impossible date (bad_timestamp) where the truth says timestamp_out_of_range."""
+    out = tmp_path / "leap.log"
+    truth = generate(out, lines=20_000, seed=1, fmt=fmt, start=datetime(2024, 2, 29, tzinfo=timezone.utc),
+                     malformed_share=0.05, progress=False)
+    found = Counter(r for r in map(try_parse_line, out.read_bytes().split(b"\n")[:-1]) if isinstance(r, str))
+    assert truth.malformed_by_kind["out_of_range"] > 50
+    assert dict(found) == truth.malformed_by_reason
+
+
+def test_out_of_order_lines_of_a_log_starting_at_the_parsers_first_time_parse(tmp_path):
+    out = tmp_path / "first.log"
+    truth = generate(out, lines=3_000, seed=3, start=datetime(1990, 1, 1, tzinfo=timezone.utc),
+                     malformed_share=0.0, out_of_order_share=0.3, progress=False)
+    records = [try_parse_line(ln) for ln in out.read_bytes().split(b"\n")[:-1]]
+    assert truth.out_of_order_lines > 500 and truth.malformed_lines == 0
+    assert [r for r in records if not isinstance(r, LogRecord)] == []
+
+
 @pytest.mark.parametrize("fmt", ["seed", "clf", "combined"])
 def test_every_format_parses(tmp_path, fmt):
     out = tmp_path / f"{fmt}.log"

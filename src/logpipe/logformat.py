@@ -48,7 +48,9 @@ _QUOTED = r'"((?:[^"\\]++|\\[^\n])*+)"'
 # Shared line layout. Group order: host, ident, user, time, request, status, bytes, referrer, agent.
 # The same pattern is used by the Spark job through Java's regex engine (compatible syntax).
 # A UTF-8 byte order mark before the host (a log written by a Windows tool starts with one) is not part of it.
-LINE_PATTERN = (r'^\uFEFF?+(\S+) (\S+) (\S+) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d{1,10}|-)'
+# The remote user (%u) may hold spaces (Apache escapes only quotes, backslashes and control characters in it: a
+# basic-auth user "John Doe" is logged as is): words up to the first ` [`.
+LINE_PATTERN = (r'^\uFEFF?+(\S+) (\S+) (\S++(?: \S++)*?) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d{1,10}|-)'
                 r'(?: ' + _QUOTED + r' ' + _QUOTED + r')?$')
 # Seconds are 00-59: Spark's make_timestamp would turn a leap second `:60` into the next minute, Python's datetime
 # refuses it; the pattern refuses it for both (bad_timestamp).

@@ -43,6 +43,8 @@ VALID = [
     ("int32 max bytes", _line(size="2147483647"), dict(bytes_sent=2**31 - 1)),
     ("ipv6 host", _line(host="2001:db8::8a2e:370:7334"), dict(host="2001:db8::8a2e:370:7334")),
     ("hostname host", _line(host="crawl-66-249-66-1.googlebot.com"), dict(host="crawl-66-249-66-1.googlebot.com")),
+    ("remote user with a space", b'127.0.0.1 - John Doe [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 2326',
+     dict(host="127.0.0.1", http_response=200, bytes_sent=2326)),
     ("escaped quotes in request", _line(request='GET /a\\"b\\" HTTP/1.1'),
      dict(request='GET /a\\"b\\" HTTP/1.1', path='/a\\"b\\"', protocol="HTTP/1.1")),
     ("request without protocol", _line(request="GET /old"), dict(method="GET", path="/old", protocol=None)),

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.unit
 GOOD = [
     b'168.178.113.108 - - [2004-05-18 05:58:48] "GET /Archives/edgar/data/0001439124/000129281422000854/ HTTP/1.0" 500 14101',
     b'127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326',
+    b'127.0.0.1 - John Doe [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 2326',  # a user with a space
     b'127.0.0.1 - - [10/Oct/2000:13:55:36 +0530] "GET /a HTTP/1.1" 200 2326 "http://x.example/start" "Mozilla/4.08 [en] (Win98; I ;Nav)"',
     b'2001:db8::1 - - [2004-05-18 05:58:48] "POST /login HTTP/1.1" 403 -',
     b'crawler.example.org - - [2004-05-18 05:58:48] "GET /q?a=\\"b\\" HTTP/1.1" 304 0',

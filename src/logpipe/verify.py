@@ -22,7 +22,7 @@ from logpipe.config import Settings
 from logpipe.logformat import MIN_TIME, try_parse_line
 from logpipe.results import committed_files
 from logpipe.root_record import RUN_SETTINGS
-from logpipe.rules import FAILED_STATUS
+from logpipe.rules import FAILED_STATUS, alert_id
 from logpipe.windows import duration_seconds, window_starts_array
 
 log = logging.getLogger(__name__)
@@ -673,13 +673,20 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
       its window): a job that divided by the wrong total, or counted a batch's rows twice, does not pass;
     - raised as soon as the rule held: the running counts after the batches before it must not have met the rule
       (a job that evaluated its rules only on final windows raises late);
-    - its other columns: window_end = window_start + window, the rule's threshold, a unique alert_id, and
+    - its other columns: window_end = window_start + window, the rule's threshold, a unique alert_id that is the
+      stable id of (rule, key, window_start) (logpipe.rules.alert_id), and
       top_hosts: [host] for a rate limit; for a surge, the hosts with most requests of that status in the window
       so far (ties by host name), as many as surge_top_hosts allows."""
     import pyarrow.parquet as pq
 
     if not len(alerts):
         return {"checked": 0, "wrong": 0, "raised_late": 0, "columns_wrong": 0, "examples": [], "ok": True}
+    lacking = {c for row in alerts.get("absent_columns", []) for c in str(row).split(",") if c}  # see load_alerts
+    absent = [c for c in ALERT_FIELDS if c not in alerts.columns or c in lacking]
+    if absent:  # no figure is taken from the rule in a column's place: the table is not the job's
+        return {"checked": int(len(alerts)), "wrong": 0, "raised_late": 0, "columns_wrong": int(len(alerts)),
+                "examples": [{"problem": f"alerts/ has no column {', '.join(absent)} (the job writes "
+                              f"{', '.join(ALERT_FIELDS)})"}], "ok": False}
     alerts = alerts.assign(ws=_epoch_s(alerts.window_start))
     # the events of the alerted windows only: the windows merged into time ranges; files of other days skipped,
     # then the rows in the ranges kept (a root written before logpipe stored INT64 timestamps holds INT96 ones,
@@ -722,9 +729,8 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
     ev = ev.sort_values("t", kind="stable")
     t_, host_, status_, batch_ = (ev[c].to_numpy() for c in ("t", "host", "status", "batch"))
     ceiling, min_count, min_share = s.rate_limit_ceiling, s.surge_min_count, s.surge_min_share
-    ids = alerts["alert_id"] if "alert_id" in alerts else pd.Series(range(len(alerts)))
-    id_repeated = ids.duplicated(keep=False).to_numpy()
-    ends = _epoch_s(alerts.window_end).to_numpy() if "window_end" in alerts else alerts.ws.to_numpy() + size_s
+    id_repeated = alerts["alert_id"].duplicated(keep=False).to_numpy()
+    ends = _epoch_s(alerts.window_end).to_numpy()
     wrong, late, columns = [], [], []
     for i, a in enumerate(alerts.itertuples(index=False)):
         lo, hi = np.searchsorted(t_, a.ws, "left"), np.searchsorted(t_, a.ws + size_s, "left")
@@ -754,12 +760,11 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
             wrong.append({**seen, "replayed_count": count, "replayed_share": share})
         if raised_late:
             late.append({**seen, "problem": "the rule held after an earlier batch"})
-        got_top = getattr(a, "top_hosts", top)
-        got_top = [] if got_top is None else list(got_top)
-        got_threshold = getattr(a, "threshold", threshold)
+        got_top = [] if a.top_hosts is None else list(a.top_hosts)
+        stable_id = alert_id(a.rule, a.key, datetime.fromtimestamp(int(a.ws), timezone.utc))
         bad = [name for name, ok in (("window_end", int(ends[i]) == int(a.ws) + size_s),
-                                     ("threshold", got_threshold == threshold), ("top_hosts", got_top == top),
-                                     ("alert_id", not id_repeated[i])) if not ok]
+                                     ("threshold", a.threshold == threshold), ("top_hosts", got_top == top),
+                                     ("alert_id", not id_repeated[i] and a.alert_id == stable_id)) if not ok]
         if bad:
             columns.append({**seen, "problem": ", ".join(bad), "top_hosts": got_top, "replayed_top_hosts": top})
     return {"checked": int(len(alerts)), "wrong": len(wrong), "raised_late": len(late), "columns_wrong": len(columns),
@@ -786,6 +791,12 @@ ALERT_FIELDS = ("rule", "key", "window_start", "window_end", "count", "share", "
                 "detected_at")
 
 
+def _utc(t: Any) -> pd.Timestamp:
+    """A time as an aware UTC Timestamp; a naive one is taken as UTC."""
+    ts = pd.Timestamp(t)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def alert_payload_differences(row: dict[str, Any], value: bytes | None) -> list[str]:
     """How an alert's Kafka record value (the JSON object the job publishes) differs from its row of alerts/: one
     text per field, none if it is the same alert. Times are compared to the millisecond (JSON has no more)."""
@@ -806,8 +817,8 @@ def alert_payload_differences(row: dict[str, Any], value: bytes | None) -> list[
         if isinstance(want, np.generic):
             want = want.item()
         try:
-            if k in ALERT_TIME_FIELDS:
-                same = have is not None and abs(pd.Timestamp(have) - pd.Timestamp(want)) < pd.Timedelta(1, "ms")
+            if k in ALERT_TIME_FIELDS:  # a naive time (a root's INT96 column) is UTC, as everywhere in logpipe
+                same = have is not None and abs(_utc(have) - _utc(want)) < pd.Timedelta(1, "ms")
             elif k == "share":
                 same = (have is None) == pd.isna(want) and (have is None or abs(float(have) - float(want)) <= 1e-12)
             elif k == "top_hosts":
@@ -852,17 +863,25 @@ def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 
         return failed(f"Kafka at {s.kafka_address} not reachable ({exc}): is it running? `logpipe stack status`", [])
     rows = {r["alert_id"]: r for r in alerts.to_dict("records")} if len(alerts) else {}
     seen: dict[str, int] = {}
-    wrong: list[dict[str, Any]] = []
+    same: set[str] = set()  # ids with a record equal to their row
+    unlike: dict[str, dict[str, Any]] = {}  # id -> its first record unlike its row
     for r in records:
         key = r.key.decode("utf-8", "replace") if r.key else ""
         seen[key] = seen.get(key, 0) + 1
-        if key in rows and (diffs := alert_payload_differences(rows[key], r.value)):
-            wrong.append({"alert_id": key, "offset": r.offset, "differs": diffs[:5]})
+        if key in rows:
+            if diffs := alert_payload_differences(rows[key], r.value):
+                unlike.setdefault(key, {"alert_id": key, "offset": r.offset, "differs": diffs[:5]})
+            else:
+                same.add(key)
+    # an id whose records are all unlike its row was published wrong; a record unlike the row beside an equal one
+    # is another root's alert of the same window (the same log on another root, on a shared topic: its own
+    # detected_at, and counts of its own micro-batches)
+    wrong = [w for k, w in unlike.items() if k not in same]
     missing = sorted(wanted - set(seen))
     return {"topic": s.alerts_topic, "published": sum(seen[k] for k in wanted if k in seen), "missing": len(missing),
             "copies": sum(seen[k] - 1 for k in wanted if seen.get(k, 0) > 1), "wrong_payload": len(wrong),
-            "other_alerts": len(set(seen) - wanted), "examples_missing": missing[:10], "examples_wrong": wrong[:5],
-            "ok": not missing and not wrong}
+            "other_roots_records": len(set(unlike) & same), "other_alerts": len(set(seen) - wanted),
+            "examples_missing": missing[:10], "examples_wrong": wrong[:5], "ok": not missing and not wrong}
 
 
 class TruthFileError(ValueError):
@@ -1026,7 +1045,9 @@ def read_until(newest: dict[int, int]) -> dict[int, int]:
 
 
 def load_alerts(s: Settings, fs: Any) -> pd.DataFrame:
-    """The alerts table with the id of the micro-batch that raised each alert (`batch`, from its file tag)."""
+    """The alerts table with the id of the micro-batch that raised each alert (`batch`, from its file tag) and the
+    job's columns its file lacks (`absent_columns`, comma-separated; "" when none: in one frame with other files'
+    rows, a lacking column would read as NULLs)."""
     import pyarrow.parquet as pq
 
     alert_dir = s.hdfs_path("alerts")
@@ -1034,10 +1055,11 @@ def load_alerts(s: Settings, fs: Any) -> pd.DataFrame:
     for f in committed_files(s, "alerts", fs):
         tag = _batch_of(f, alert_dir)
         with fs.open(f, "rb") as fh:
-            parts.append(pq.read_table(fh).to_pandas().assign(batch=tag[1] if tag and tag[0] == "b" else -1))
+            table = pq.read_table(fh)
+        absent = ",".join(c for c in ALERT_FIELDS if c not in table.column_names)
+        parts.append(table.to_pandas().assign(batch=tag[1] if tag and tag[0] == "b" else -1, absent_columns=absent))
     if not parts:
-        return pd.DataFrame(columns=["rule", "key", "window_start", "window_end", "count", "share", "threshold",
-                                     "top_hosts", "alert_id", "detected_at", "batch"])
+        return pd.DataFrame(columns=[*ALERT_FIELDS, "batch", "absent_columns"])
     return pd.concat(parts, ignore_index=True)
 
 
@@ -1216,20 +1238,40 @@ def compare_window_tables(s: Settings, fs: Any, counts: BatchCounts, size_s: int
 
     comparisons = {}
     for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
-        rows = load_arrow(s, table, ["window_start", "window_end", kc.key, "count"], fs=fs)
-        types_wrong = [] if rows is None else window_table_types_wrong(rows.schema, kc.key)
+        columns = ["window_start", "window_end", kc.key, "count"]
+        rows = load_arrow(s, table, columns, fs=fs)
+        # a table of other types or with NULLs is reported as such, not compared (its values cannot be read as
+        # the job's): its rows are neither counted as matching nor as missing
+        types_wrong = [] if rows is None else window_table_types_wrong(rows.schema, kc.key) + [
+            f"{c}: {rows.column(c).null_count:,} nulls" for c in columns if rows.column(c).null_count]
+        if types_wrong:
+            comparisons[table] = not_compared(kc, rows, types_wrong)
+            continue
         # checked record batch by record batch
         ends_wrong = 0 if rows is None else sum(
             int((_epoch_s_arrow(rb.column(1)) - _epoch_s_arrow(rb.column(0)) != size_s).sum())
             for rb in rows.to_batches())
         actual = keyed_counts_of_table(rows, kc.key, kc.labels)
+        n_rows = 0 if rows is None else rows.num_rows
         del rows  # the Arrow table (a string per host row) is not held through the comparison
-        comparisons[table] = compare_counts(kc, actual)
+        try:
+            comparisons[table] = compare_counts(kc, actual)
+        except ValueError as exc:  # window starts that cannot be packed: times far from the log's
+            comparisons[table] = not_compared(kc, None, [f"window_start: {exc}"], n_rows)
+            continue
         comparisons[table]["window_end_wrong"] = ends_wrong
         comparisons[table]["types_wrong"] = types_wrong
         comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong and not types_wrong
         del actual
     return comparisons
+
+
+def not_compared(expected: KeyedCounts, rows: Any, problems: list[str], n_rows: int | None = None) -> dict[str, Any]:
+    """The comparison of a window table that could not be compared row by row (`problems` say why): failed."""
+    return {"compared": 0, "expected_rows": int(len(expected)),
+            "actual_rows": int(n_rows if n_rows is not None else 0 if rows is None else rows.num_rows),
+            "missing": 0, "extra": 0, "wrong": 0, "duplicates": 0, "window_end_wrong": 0, "types_wrong": problems,
+            "examples": {}, "ok": False}
 
 
 def check_every_alert(s: Settings, fs: Any, counts: BatchCounts, alerts: pd.DataFrame, replay: StatusReplay,

@@ -63,11 +63,18 @@ def test_every_committed_alert_must_be_on_the_kafka_alerts_topic(stack, unique):
     assert (r["missing"], r["copies"], r["other_alerts"], r["wrong_payload"], r["ok"]) == (0, 1, 1, 0, True), r
     r = check_alerts_on_kafka(s, pd.concat([alerts.iloc[:1], pd.DataFrame({"alert_id": ["a3"]})]), timeout_s=20)
     assert (r["missing"], r["examples_missing"], r["ok"]) == (1, ["a3"], False), r
-    # a record under an alert's key that is not that alert (another count) fails: the ids alone proved nothing
+    # a record under an alert's key unlike that alert, beside one equal to it: another root's alert of the same
+    # window (the same log on another root, a shared topic: its own counts and detected_at), reported only
     producer.send(s.alerts_topic, key=b"a2", value=as_published(1, count=7))
     producer.flush()
-    producer.close()
     r = check_alerts_on_kafka(s, alerts, timeout_s=20)
+    assert (r["missing"], r["wrong_payload"], r["other_roots_records"], r["ok"]) == (0, 0, 1, True), r
+    # an alert whose every record is unlike it fails: the ids alone proved nothing
+    producer.send(s.alerts_topic, key=b"a3", value=as_published(1, alert_id="a3", count=7))
+    producer.flush()
+    producer.close()
+    r = check_alerts_on_kafka(s, pd.concat([alerts, alerts.iloc[1:].assign(alert_id="a3")], ignore_index=True),
+                              timeout_s=20)
     assert (r["missing"], r["wrong_payload"], r["ok"]) == (0, 1, False), r
-    assert r["examples_wrong"][0]["alert_id"] == "a2" and r["examples_wrong"][0]["differs"] == [
+    assert r["examples_wrong"][0]["alert_id"] == "a3" and r["examples_wrong"][0]["differs"] == [
         "count 7 (alerts/ has 2201)"], r

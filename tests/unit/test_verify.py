@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pandas as pd
 import pytest
 
 from logpipe.config import Settings
+from logpipe.rules import alert_id
 from logpipe.verify import (BatchCounts, KeyedCounts, check_alerts, compare_counts, count_log, score_against_truth,
                             without_late)
 
@@ -403,7 +406,9 @@ def test_alert_figures_take_the_events_date_below_events_not_from_the_root(tmp_p
                              "window_end": pa.array([(t0 + 20) * 10**9], pa.timestamp("ns")),
                              "count": pa.array([3], pa.int64()), "share": pa.array([None], pa.float64()),
                              "threshold": pa.array([3], pa.int32()),
-                             "top_hosts": pa.array([["a"]], pa.list_(pa.string())), "alert_id": ["x"]}),
+                             "top_hosts": pa.array([["a"]], pa.list_(pa.string())),
+                             "alert_id": [alert_id("rate_limit", "a", datetime.fromtimestamp(t0, timezone.utc))],
+                             "detected_at": pa.array([t0 * 10**9], pa.timestamp("ns"))}),
                    root / "alerts" / "b0000000000-00000.parquet")
     (root / "_commits" / "ingest").mkdir(parents=True)
     (root / "_commits" / "ingest" / "b0000000000.json").write_text("{}")
@@ -450,7 +455,8 @@ def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tm
                    "share": pa.array([r[3] for r in rows], pa.float64()),
                    "threshold": pa.array([3] * n, pa.int32()),
                    "top_hosts": pa.array([r[4] for r in rows], pa.list_(pa.string())),
-                   "alert_id": [f"{tag}-{r[0]}-{r[1]}" for r in rows]}
+                   "alert_id": [alert_id(r[0], r[1], datetime.fromtimestamp(t0, timezone.utc)) for r in rows],
+                   "detected_at": pa.array([t0 * 10**9] * n, pa.timestamp("ns"))}
         columns.update(change)
         pq.write_table(pa.table(columns), folder / f"{tag}-00000.parquet")
 
@@ -489,11 +495,19 @@ def test_alert_figures_are_replayed_from_the_events_of_their_batch_and_before(tm
     for change in ({"top_hosts": pa.array([["b"]], pa.list_(pa.string()))},  # "a" sent 2 of the 3 404s
                    {"top_hosts": pa.array([None], pa.list_(pa.string()))},
                    {"window_end": pa.array([t0 * 10**9], pa.timestamp("ns"))},
-                   {"alert_id": ["b0000000001-rate_limit-a"]}):  # the rate limit's id again
+                   {"alert_id": [alert_id("rate_limit", "a", datetime.fromtimestamp(t0, timezone.utc))]},  # repeated
+                   {"alert_id": ["not-the-stable-id"]}):  # unique, but not the id of (rule, key, window_start)
         alerts("b0000000001", [("rate_limit", "a", 8, None, ["a"])])
         alerts("b0000000000", [surge], **change)
         r = check_alert_figures(s, fs, 20)
         assert (r["columns_wrong"], r["ok"]) in ((1, False), (2, False)), (change, r)
+    # a column missing: its figure is not taken from the rule instead
+    for column in ("threshold", "top_hosts", "window_end", "alert_id", "detected_at"):
+        alerts("b0000000000", [surge])
+        table = pq.read_table(tmp_path / "alerts" / "b0000000000-00000.parquet").drop_columns([column])
+        pq.write_table(table, tmp_path / "alerts" / "b0000000000-00000.parquet")
+        r = check_alert_figures(s, fs, 20)
+        assert not r["ok"] and column in r["examples"][0]["problem"], (column, r)
     alerts("b0000000000", [surge])
     assert check_alert_figures(s, fs, 20)["ok"]
 
@@ -619,6 +633,39 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     assert r.ok is (damage in ("none", "unfinished_attempt")), r.to_json()
 
 
+@pytest.mark.parametrize("damage", ["status_as_text", "window_start_as_text", "null_window_start",
+                                    "window_start_far_off"])
+def test_a_window_table_unlike_the_jobs_is_reported_not_a_crash(tmp_path, damage):
+    """A window table whose columns are of other types, hold NULLs, or whose times cannot be those of the log is
+    a MISMATCH that names the column; verify used to stop there with an Arrow or packing error instead."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from logpipe.verify import verify_run
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LOG_LINES) + b"\n")
+    s, root = _results_root(tmp_path, log)
+    table = "windows/by_status" if damage == "status_as_text" else "windows/by_host"
+    path = root / table / "b0000000000-00000.parquet"
+    t = pq.read_table(path)
+    column = "http_response" if damage == "status_as_text" else "window_start"
+    values = t.column(column)
+    if damage == "status_as_text":
+        values = pa.array([str(v) for v in values.to_pylist()])
+    elif damage == "window_start_as_text":
+        values = pa.array([str(v) for v in values.to_pylist()])
+    elif damage == "null_window_start":
+        values = pa.array([None] + values.to_pylist()[1:], values.type)
+    else:  # milliseconds read as seconds: some 34,000 years away
+        values = pa.array([values[0].value * 1000] + [v.value for v in values[1:]], values.type)
+    pq.write_table(t.set_column(t.schema.get_field_index(column), column, values), path)
+    r = verify_run(s, log, fs=fsspec.filesystem("file"), alerts_on_kafka=False)
+    c = r.windows_by_status if damage == "status_as_text" else r.windows_by_host
+    assert not r.ok and not c["ok"] and any(p.startswith(column) for p in c["types_wrong"]), c
+
+
 def test_a_surge_whose_share_faded_by_the_windows_end_must_have_been_raised():
     """Replayed batch by batch, a 404 surge held after batch 0 (3 of 4 requests) and not at its window's end (3
     of 10): the final counts alone do not ask for it; the replay does, from the batch that first met the rule."""
@@ -711,6 +758,9 @@ def test_an_alerts_kafka_record_is_compared_field_by_field_with_its_row():
     assert alert_payload_differences(row, b"[1]")[0].startswith("not the JSON object")
     assert alert_payload_differences(row, None)[0].startswith("not the JSON object")
     assert alert_payload_differences(row, value.replace(b"2026-12-03T", b"garbage"))[0].startswith("detected_at")
+    # a root's INT96 times read back naive: UTC, the same alert
+    naive = {**row, **{k: row[k].tz_localize(None) for k in ("window_start", "window_end", "detected_at")}}
+    assert alert_payload_differences(naive, value) == []
 
 
 def test_window_tables_of_other_column_types_are_not_exact():

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}, window_end not start + window "
-                  f"{c['window_end_wrong']}" + (f"; columns of another type: {', '.join(c['types_wrong'])}"
+                  f"{c['window_end_wrong']}" + (f"; columns unlike the job's (not compared): {', '.join(c['types_wrong'])}"
                                                 if c.get("types_wrong") else ""))
     al = r.alerts
     t.add_row("alerts vs rules", mark(al["ok"]), f"expected {al['expected']}, raised {al['raised']}, missing "
@@ -130,6 +130,9 @@ def kafka_text(k: dict) -> str:
         text += (f", {k['wrong_payload']} records unlike their alert in alerts/ (e.g. "
                  f"{k['examples_wrong'][0]['alert_id']}: {'; '.join(k['examples_wrong'][0]['differs'])})")
     text += f", {k['copies']} copies (sent again after a crash, or by another root over the same log)"
+    if k.get("other_roots_records"):
+        text += (f", {k['other_roots_records']} of its alerts also published unlike its rows, beside an equal record "
+                 "(another root's alerts of the same windows, on a shared alerts topic)")
     if k.get("other_alerts"):
         text += f", {k['other_alerts']} alerts that are not this root's (another root's, on a shared alerts topic)"
     return text

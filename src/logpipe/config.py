@@ -43,6 +43,30 @@ SPARK_JAVA_OPTIONS = ("-XX:+UseParallelGC -XX:NewRatio=1 -XX:Tier4InvocationThre
                       "-XX:Tier4BackEdgeThreshold=400000")
 
 
+def require_loopback(address: str, note: str = "") -> str:
+    """`address` if it is a loopback one (IPv4: the JVMs run IPv4-only), else ValueError."""
+    import ipaddress
+
+    try:
+        loopback = address == "localhost" or ipaddress.IPv4Address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"{address!r} is not a loopback address: the native stack's services have no authentication "
+                         f"and listen on this machine only (127.0.0.1, another 127.x.y.z, or localhost){note}")
+    return address
+
+
+# the mark of logpipe's streaming image (pyspark_service/Dockerfile writes it): not Docker's own /.dockerenv, which
+# any container has, also one that runs the native stack
+STREAMING_IMAGE_MARK = Path("/etc/logpipe/streaming-image")
+
+
+def in_streaming_image() -> bool:
+    """Whether this process runs in logpipe's streaming container image (see STREAMING_IMAGE_MARK)."""
+    return STREAMING_IMAGE_MARK.exists()
+
+
 class Settings(BaseSettings):
     """All settings. Environment variables `LOGPIPE_<FIELD>` set them; CLI flags override the environment.
 
@@ -113,7 +137,7 @@ class Settings(BaseSettings):
         SPARK_JAVA_OPTIONS, description="JVM options of the Spark driver (the whole job in local mode): the "
         "throughput collector (5% faster than G1) with its young generation half the heap, and C2 compile "
         "thresholds 10x Java's (see SPARK_JAVA_OPTIONS). "
-        "Empty: Java's defaults. Replaces "
+        "`none`: Java's defaults (an empty variable counts as unset, as every LOGPIPE_* one). Replaces "
         "spark.driver.extraJavaOptions from spark-defaults.conf; do not also pick a collector in JAVA_TOOL_OPTIONS")
     spark_aot_cache: bool = Field(
         True, description="on Java 25+, `stack up` trains an ahead-of-time cache for Spark's JVM once (about a "
@@ -156,22 +180,63 @@ class Settings(BaseSettings):
     def _bind_host_is_loopback(cls, v: str) -> str:
         # the native services have no authentication (WebHDFS takes any user.name, Kafka any client): they listen
         # on this machine only. Other hosts reach the pipeline through compose, whose ports are published as set
-        import ipaddress
+        return require_loopback(v)
 
-        try:
-            loopback = v == "localhost" or ipaddress.IPv4Address(v).is_loopback  # the JVMs run IPv4-only
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError(f"{v!r} is not a loopback address: the native stack's services have no authentication "
-                             "and listen on this machine only (127.0.0.1, another 127.x.y.z, or localhost)")
+    @field_validator("spark_ui_host")
+    @classmethod
+    def _spark_ui_host_is_loopback(cls, v: str | None) -> str | None:
+        # natively the Spark UI is held to this machine like every service; the compose container sets 0.0.0.0,
+        # its port published on 127.0.0.1 only
+        if v is not None and not in_streaming_image():
+            require_loopback(v, " (0.0.0.0 is for the compose streaming container)")
         return v
 
-    @field_validator("run_dir")
+    @field_validator("run_dir", "producer_state_dir")
     @classmethod
-    def _run_dir_absolute(cls, v: Path) -> Path:
-        # the services start with cwd=run_dir and get paths inside it: a relative one would point nowhere
-        return v.expanduser().resolve()
+    def _path_absolute(cls, v: Path | None) -> Path | None:
+        # the services start with cwd=run_dir and get paths inside it, and the demo's steps run in the project's
+        # folder: a relative path would point elsewhere for each process
+        return None if v is None else v.expanduser().resolve()
+
+    @field_validator("java_home", "spark_java_home")
+    @classmethod
+    def _java_home_absolute(cls, v: str | None) -> str | None:
+        # the services start with cwd=run_dir: a relative JDK folder would be looked up there
+        return None if v is None else str(Path(v).expanduser().resolve())
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_is_host_ports(cls, v: str | None) -> str | None:
+        for server in [] if v is None else v.split(","):
+            m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\],]+):(\d{1,5})", server.strip())
+            if not m or not 0 < int(m.group(2)) <= 65535:
+                raise ValueError(f"{server.strip()!r} is not host:port: give Kafka's bootstrap servers as "
+                                 "host:port[,host:port...] (e.g. 127.0.0.1:9092 or kafka:9092)")
+        return v
+
+    @field_validator("hdfs_url", "webhdfs_url")
+    @classmethod
+    def _url_has_scheme_and_host(cls, v: str | None, info: Any) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v is None:
+            return v
+        url = urlsplit(v)
+        schemes = ("http", "https") if info.field_name == "webhdfs_url" else None
+        example = "http://127.0.0.1:9870" if schemes else "hdfs://127.0.0.1:8020"
+        if "://" not in v or not url.scheme or (schemes and url.scheme not in schemes) or (
+                url.scheme in ("http", "https", "hdfs") and not url.hostname):
+            raise ValueError(f"{v!r} is not a URL with a scheme and host (e.g. {example})")
+        try:
+            url.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+        except ValueError as exc:
+            raise ValueError(f"{v!r}: {exc} (e.g. {example})") from None
+        return v
+
+    @field_validator("spark_driver_java_options")
+    @classmethod
+    def _java_options_none(cls, v: str) -> str:
+        return "" if v.strip().lower() == "none" else v
 
     @field_validator("hdfs_root")
     @classmethod

@@ -291,7 +291,10 @@ def test_published_ports_are_loopback_and_match_settings(resolved: dict) -> None
             assert int(p["target"]) == int(p["published"]), name
 
 
-def test_container_addresses_point_at_the_services(resolved: dict) -> None:
+def test_container_addresses_point_at_the_services(resolved: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from logpipe import config
+
+    monkeypatch.setattr(config, "in_streaming_image", lambda: True)  # the streaming container's Spark UI host
     services = resolved["services"]
     kafka_env = services["kafka"]["environment"]
     advertised = dict(item.split("://") for item in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(","))
@@ -431,3 +434,12 @@ def test_the_images_own_healthchecks_check_what_compose_checks(resolved: dict) -
         mine = hdfs.get(option.replace("_", "-"))
         assert mine is not None and seconds(mine if option != "retries" else int(mine)) == seconds(compose[option]), \
             (option, mine, compose[option])
+
+
+def test_the_streaming_image_carries_the_mark_that_lets_its_spark_ui_off_loopback(resolved: dict) -> None:
+    """compose sets LOGPIPE_SPARK_UI_HOST=0.0.0.0 for the streaming container, which the settings refuse outside
+    logpipe's streaming image (config.STREAMING_IMAGE_MARK): the image must write that mark."""
+    from logpipe.config import STREAMING_IMAGE_MARK
+
+    assert resolved["services"]["streaming"]["environment"]["LOGPIPE_SPARK_UI_HOST"] == "0.0.0.0"
+    assert f"> {STREAMING_IMAGE_MARK}" in (ROOT / "pyspark_service" / "Dockerfile").read_text()

@@ -344,3 +344,57 @@ def test_the_native_stack_binds_to_loopback_only(capsys):
             load_settings(bind_host=bad)
     assert main(["stack", "status", "--bind-host", "0.0.0.0"]) == 2
     assert "invalid setting bind_host = '0.0.0.0'" in capsys.readouterr().err
+
+
+def test_the_spark_ui_binds_to_loopback_natively_and_anywhere_in_a_container(monkeypatch):
+    """LOGPIPE_SPARK_UI_HOST=0.0.0.0 is the compose container's (its port published on 127.0.0.1 only); natively
+    it put the Spark UI on every interface, where LOGPIPE_BIND_HOST refuses the same address."""
+    from pydantic import ValidationError
+
+    from logpipe import config
+
+    monkeypatch.setattr(config, "in_streaming_image", lambda: False)
+    assert load_settings(spark_ui_host="127.0.0.1").spark_ui_host == "127.0.0.1"
+    monkeypatch.setenv("LOGPIPE_SPARK_UI_HOST", "0.0.0.0")
+    with pytest.raises(ValidationError, match="not a loopback address.*compose streaming container"):
+        load_settings()
+    monkeypatch.setattr(config, "in_streaming_image", lambda: True)
+    assert load_settings().spark_ui_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(("name", "value"), [("kafka_bootstrap", "127.0.0.1:abc"), ("kafka_bootstrap", " "),
+                                             ("kafka_bootstrap", "127.0.0.1"), ("kafka_bootstrap", "k:9092,k2:0"),
+                                             ("hdfs_url", "namenode:8020"), ("hdfs_url", "hdfs://"),
+                                             ("webhdfs_url", "127.0.0.1:9870"), ("webhdfs_url", "hdfs://nn:9870"),
+                                             ("webhdfs_url", "http://nn:port")])
+def test_a_malformed_service_address_is_refused_at_once(monkeypatch, capsys, name, value):
+    """A client address that cannot be one is an invalid setting (exit 2, naming it), not a wait for a service
+    that times out after a minute."""
+    monkeypatch.setenv(f"LOGPIPE_{name.upper()}", value)
+    assert main(["stack", "status"]) == 2
+    assert f"invalid setting {name}" in capsys.readouterr().err
+
+
+def test_well_formed_service_addresses_are_taken():
+    s = load_settings(kafka_bootstrap="kafka:9092,[::1]:9093, 10.0.0.1:19092", hdfs_url="hdfs://namenode:8020",
+                      webhdfs_url="https://namenode:9871")
+    assert s.kafka_address == "kafka:9092,[::1]:9093, 10.0.0.1:19092" and s.hdfs_uri("x") == "hdfs://namenode:8020/logpipe/x"
+    assert load_settings(hdfs_url="file://").hdfs_url == "file://"  # a local root (the unit tests' results roots)
+
+
+def test_java_defaults_for_spark_are_asked_for_by_name(monkeypatch):
+    """An empty LOGPIPE_* variable counts as unset (compose passes `${VAR:-}` as ""), so an empty
+    LOGPIPE_SPARK_DRIVER_JAVA_OPTIONS kept logpipe's options; `none` gives Java's defaults."""
+    monkeypatch.setenv("LOGPIPE_SPARK_DRIVER_JAVA_OPTIONS", "none")
+    assert load_settings().spark_driver_java_options == ""
+    monkeypatch.setenv("LOGPIPE_SPARK_DRIVER_JAVA_OPTIONS", "")
+    assert load_settings().spark_driver_java_options == Settings().spark_driver_java_options != ""
+
+
+def test_relative_folders_are_made_absolute(tmp_path, monkeypatch):
+    """The services start in run_dir and the demo's steps in the project's folder: a relative JDK or producer
+    state folder named from elsewhere pointed at nothing (a traceback from the first service start)."""
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(java_home="jdk", spark_java_home="~/jdk25", producer_state_dir="state")
+    assert s.java_home == str(tmp_path / "jdk") and s.producer_state_dir == tmp_path / "state"
+    assert s.spark_java_home is not None and "~" not in s.spark_java_home and s.spark_java_home.startswith("/")

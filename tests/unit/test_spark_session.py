@@ -175,6 +175,9 @@ def test_spark_local_ip_is_the_ui_host_setting_whatever_the_shell_holds(monkeypa
     assert "SPARK_LOCAL_IP=10.1.2.3" in caplog.text and "LOGPIPE_SPARK_UI_HOST" in caplog.text
     caplog.clear()
     monkeypatch.delenv("SPARK_LOCAL_IP")
+    from logpipe import config
+
+    monkeypatch.setattr(config, "in_streaming_image", lambda: True)  # in the streaming image (see the settings)
     with caplog.at_level("WARNING", logger="logpipe.spark"):  # the compose container's setting: no warning
         set_spark_local_ip(s.with_overrides(spark_ui_host="0.0.0.0"))
     assert os.environ["SPARK_LOCAL_IP"] == "0.0.0.0" and caplog.text == ""

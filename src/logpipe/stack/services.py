@@ -139,7 +139,8 @@ def stack_lock(run_dir: Path, what: str = "stack operation") -> Iterator[None]:
 def java_binary(settings: Settings) -> str:
     """The `java` to run services with; raises StackError if missing or older than Java 17."""
     home = settings.java_home or os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    # absolute: the services start in run_dir, where a relative JAVA_HOME would point elsewhere
+    java = str(Path(home).expanduser().resolve() / "bin" / "java") if home else shutil.which("java")
     if home and not Path(java).exists():
         named = "LOGPIPE_JAVA_HOME" if settings.java_home else "JAVA_HOME"
         raise StackError(f"{named}={home} has no bin/java: point it at a JDK 17+ (a folder holding bin/java), or "

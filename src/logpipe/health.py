@@ -1,5 +1,5 @@
-"""Readiness checks (port, HTTP, Kafka metadata, HDFS out of safe mode, producer heartbeat) shared by the
-launcher, compose and tests."""
+"""Readiness checks (port, HTTP, Kafka metadata, HDFS out of safe mode, producer heartbeat, Spark UI) shared by
+the launcher, compose and tests."""
 
 from __future__ import annotations
 
@@ -259,6 +259,26 @@ def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
                            "the NameNode's web address.")
 
 
+def probe_spark_ui(ui: str) -> int:
+    """The Spark UI at `ui` (http://host:port) answers its REST API with at least one application: a Spark job
+    (the streaming job) runs there. Returns how many applications it lists."""
+    try:
+        apps = json.loads(http_get(f"{ui}/api/v1/applications"))
+    except ValueError as exc:
+        raise NotReady(f"{ui} is not a Spark UI (its /api/v1/applications is not JSON)") from exc
+    if not isinstance(apps, list) or not apps:
+        raise NotReady(f"the Spark UI at {ui} lists no application")
+    return len(apps)
+
+
+def spark_ui_address(ui_host: str, ui_port: int) -> str:
+    """Where to reach the Spark UI of a job on this machine that listens on `ui_host` (0.0.0.0: any, so loopback)."""
+    if not ui_port:
+        raise ValueError("LOGPIPE_SPARK_UI_PORT is 0 (any free port): the job logs the port it took, which no "
+                         "health check can know; set a fixed port to check it")
+    return f"http://{'127.0.0.1' if ui_host == '0.0.0.0' else ui_host}:{ui_port}"
+
+
 def producer_heartbeat_max_age(producer_checkpoint_s: float) -> float:
     """The oldest producer heartbeat that still counts as alive, by default: a minute, or three checkpoint
     intervals (a producer sending at full speed touches it only after each flush) if that is longer."""
@@ -282,7 +302,8 @@ def probe_heartbeat(path: Path, max_age_s: float) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `logpipe health` (also `python -m logpipe.health`)."""
-    parser.add_argument("service", choices=["kafka", "hdfs", "producer"])
+    parser.add_argument("service", choices=["kafka", "hdfs", "producer", "spark"],
+                        help="spark: the streaming job's Spark UI answers (the job runs), at LOGPIPE_SPARK_UI_PORT")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the service (default 5)")
     parser.add_argument("--max-age", type=float, default=None,
                         help="producer: the oldest heartbeat that counts as alive, in seconds (default 60, or "
@@ -309,6 +330,11 @@ def run(args: argparse.Namespace) -> int:
                             "name=DataNodeInfo, and the NameNode's log.")
         elif args.service == "hdfs":
             wait_for_hdfs(s.webhdfs_address, args.timeout)
+        elif args.service == "spark":
+            ui = spark_ui_address(s.spark_ui_host or s.bind_host, s.spark_ui_port)
+            wait_until(lambda: probe_spark_ui(ui), what=f"the Spark UI at {ui}", timeout=args.timeout,
+                       hint="It answers while `logpipe stream` runs: check the job's log (compose: `docker compose "
+                            "logs streaming`) and that LOGPIPE_SPARK_UI_PORT is the job's.")
         else:
             from logpipe.producer.position import PositionStore
 
@@ -320,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
                                   "lines.")
             print(f"producer: heartbeat {age:.1f}s ago")
             return 0
-    except (ServiceTimeout, RuntimeError) as exc:
+    except (ServiceTimeout, RuntimeError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"{args.service}: ready")
@@ -328,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m logpipe.health kafka|hdfs|producer`: the same as `logpipe health` (its settings errors too)."""
+    """`python -m logpipe.health kafka|hdfs|producer|spark`: the same as `logpipe health` (its settings errors too)."""
     from logpipe.cli import main as cli_main
 
     return cli_main(["health", *(sys.argv[1:] if argv is None else argv)])

@@ -217,7 +217,9 @@ def test_a_shell_value_overrides_env_file_in_every_container() -> None:
     assert services["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"] == shell["LOGPIPE_TOPIC_PARTITIONS"]
     ui_port = shell["LOGPIPE_SPARK_UI_PORT"]  # the job's UI: the port it binds, publishes and health-checks
     assert [(p["published"], str(p["target"])) for p in services["streaming"]["ports"]] == [(ui_port, ui_port)]
-    assert f":{ui_port}/" in " ".join(services["streaming"]["healthcheck"]["test"])
+    # the healthcheck (logpipe health spark) reads the port from the container's settings, as the job does
+    assert services["streaming"]["healthcheck"]["test"][:4] == ["CMD", "logpipe", "health", "spark"]
+    assert services["streaming"]["environment"]["LOGPIPE_SPARK_UI_PORT"] == ui_port
 
 
 def test_a_setting_missing_from_the_env_file_stops_compose(tmp_path: Path) -> None:
@@ -411,8 +413,8 @@ def test_streaming_image_bakes_the_connector_jars_of_the_pom() -> None:
 
 def test_the_images_own_healthchecks_check_what_compose_checks(resolved: dict) -> None:
     """An image run without this compose file keeps a healthcheck that fits it: the streaming image checks the UI
-    port the job binds (LOGPIPE_SPARK_UI_PORT, not a fixed 4040), the HDFS image checks as often as compose's
-    NameNode (each check starts a JVM)."""
+    port the job binds (`logpipe health spark` reads LOGPIPE_SPARK_UI_PORT, as compose's check; not a fixed 4040),
+    the HDFS image checks as often as compose's NameNode (each check starts a JVM)."""
     def seconds(text: str | int) -> int:  # "1m0s" (compose's model), "60s" (a Dockerfile), or a count
         if isinstance(text, int):
             return text
@@ -427,7 +429,8 @@ def test_the_images_own_healthchecks_check_what_compose_checks(resolved: dict) -
         return line
 
     streaming = image_check(ROOT / "pyspark_service" / "Dockerfile")
-    assert "LOGPIPE_SPARK_UI_PORT" in streaming and ":4040" not in streaming
+    assert '"logpipe", "health", "spark"' in streaming and "4040" not in streaming
+    assert resolved["services"]["streaming"]["healthcheck"]["test"][1:] == json.loads(streaming.split("CMD", 1)[1])
     hdfs = dict(re.findall(r"--([a-z-]+)=(\S+)", image_check(ROOT / "hdfs_service" / "Dockerfile")))
     compose = resolved["services"]["namenode"]["healthcheck"]
     for option in ("interval", "start_interval", "timeout", "start_period", "retries"):

@@ -150,3 +150,41 @@ def test_hdfs_probes_on_a_web_server_that_is_not_hadoop_are_not_ready():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_the_spark_ui_probe_wants_a_running_application(free_ports):
+    """`logpipe health spark` (the streaming container's healthcheck) is ready only when a Spark UI answers its
+    REST API with an application; another web server, or nothing, is not ready."""
+    import http.server
+    import threading
+
+    answer = {"body": b"[]"}
+
+    class Ui(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/api/v1/applications" else 404)
+            self.end_headers()
+            self.wfile.write(answer["body"])
+
+        def log_message(self, *_):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ui)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    ui = health.spark_ui_address("0.0.0.0", srv.server_address[1])
+    try:
+        assert ui == f"http://127.0.0.1:{srv.server_address[1]}"
+        with pytest.raises(health.NotReady, match="lists no application"):
+            health.probe_spark_ui(ui)
+        answer["body"] = b"<html>a proxy</html>"
+        with pytest.raises(health.NotReady, match="not a Spark UI"):
+            health.probe_spark_ui(ui)
+        answer["body"] = b'[{"id": "local-1", "name": "logpipe-stream"}]'
+        assert health.probe_spark_ui(ui) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(health.NotReady):
+        health.probe_spark_ui(f"http://127.0.0.1:{free_ports(1)[0]}")
+    with pytest.raises(ValueError, match="any free port"):
+        health.spark_ui_address("127.0.0.1", 0)

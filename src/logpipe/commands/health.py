@@ -1,4 +1,4 @@
-"""`logpipe health kafka|hdfs|producer`: exit 0 when it is ready (compose healthchecks and scripts use it)."""
+"""`logpipe health kafka|hdfs|producer|spark`: exit 0 when it is ready (compose healthchecks and scripts use it)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from logpipe import health
 
-    p = sub.add_parser("health", help="check that Kafka or HDFS is ready, or that a producer's loop still moves "
-                                      "(exit 0) or not (exit 1; 2: invalid LOGPIPE_* settings)")
+    p = sub.add_parser("health", help="check that Kafka or HDFS is ready, that a producer's loop still moves, or "
+                                      "that the streaming job's Spark UI answers (exit 0) or not (exit 1; 2: invalid "
+                                      "LOGPIPE_* settings)")
     health.add_arguments(p)
     p.set_defaults(func=health.run)

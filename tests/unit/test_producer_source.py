@@ -779,3 +779,42 @@ def test_an_old_log_without_a_final_newline_is_not_waited_for(tmp_path):
     t0 = time.monotonic()
     assert _one_shot_run(log, PositionStore(tmp_path / "pos", "t")) == [b"line1", b"last"]
     assert time.monotonic() - t0 < TAIL_SETTLE_S
+
+
+def test_a_rotation_to_a_file_it_cannot_open_is_said_then_an_error(tmp_path, monkeypatch, caplog):
+    """logrotate's `create` with an owner or mode the producer cannot read: the new file's lines went unsent
+    without a word while the heartbeat stayed fresh. Now a warning at once, the old file read on meanwhile, and
+    InputFileError (exit 2) once it lasts rotate_grace_s."""
+    from logpipe.producer import source as source_module
+    from logpipe.producer.source import InputFileError
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"one\n")
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
+                       rotate_grace_s=0.3)
+    source.open()
+    blocks = source.blocks()
+    assert next(blocks).lines == [b"one"]
+    real_open = source_module.open_log
+
+    def refused(path):  # as open_log says it for EACCES (the tests run as root, which chmod cannot stop)
+        if os.path.samefile(path, log) and os.stat(path).st_ino != old_ino:
+            raise InputFileError(f"log file not readable (permission denied): {path}")
+        return real_open(path)
+
+    old_ino = os.stat(log).st_ino
+    monkeypatch.setattr(source_module, "open_log", refused)
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"new\n")
+    with (tmp_path / "live.log.1").open("ab") as f:
+        f.write(b"two\n")  # the writer still appends to the old file: read on
+    with caplog.at_level("WARNING", logger="logpipe.producer"):
+        assert _lines_until(blocks, b"two") == [b"two"]
+        for _ in range(5):  # idle polls within the grace: the new file is tried again each time
+            next(blocks)
+    assert "permission denied" in caplog.text and "rotated" in caplog.text
+    assert caplog.text.count("cannot be read yet") == 1  # once, not every poll
+    with pytest.raises(InputFileError, match="rotated .* ago and its new file cannot be read"):
+        for _ in range(10_000):
+            next(blocks)
+    source.close()

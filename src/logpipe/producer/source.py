@@ -257,6 +257,8 @@ class LogSource:
     # truncation): each has a warning naming its bytes; the run's summary counts them
     unsent_parts: int = 0
     read_to_end: bool = False  # a one-shot run read the file to its end (no stop before it)
+    # new files at the path (a rotation) that could not be opened: identity -> when that was first seen
+    unopenable: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
@@ -579,7 +581,19 @@ class LogSource:
             return None
         try:
             fd, st = open_log(self.path)
-        except InputFileError:
+        except InputFileError as exc:
+            # e.g. logrotate's `create` with an owner or mode this user cannot read: said at once, an error once it
+            # lasts rotate_grace_s (its lines would go unsent, with the health check still green); the old file is
+            # read on meanwhile, as its writer may still append to it
+            key = file_key(st)
+            if key not in self.unopenable:
+                self.unopenable[key] = time.monotonic()
+                log.warning("%s; the log was rotated and its new file cannot be read yet: reading the old one on, "
+                            "and stopping with an error if it lasts %.0fs", exc, self.rotate_grace_s)
+            elif (waited := time.monotonic() - self.unopenable[key]) >= self.rotate_grace_s:
+                raise InputFileError(f"{exc}: the log was rotated {waited:.0f}s ago and its new file cannot be "
+                                     "read; fix its owner or mode (logrotate's `create`), then run the producer "
+                                     "again: it goes on from its saved positions") from exc
             return None
         return fd, st
 

@@ -189,8 +189,31 @@ def test_without_a_terminal_progress_is_logged(monkeypatch, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="logpipe.producer"):
         assert _produce(monkeypatch, tmp_path, log, _PartitionSink(1)).lines == 40
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sent ")]
-    assert progress and "of the file" in progress[-1], caplog.text
-    assert "sent 40 lines" in progress[-1] and "100% of the file" in progress[-1], progress
+    assert progress and "of what there is to read" in progress[-1], caplog.text
+    assert "sent 40 lines" in progress[-1] and "100% of what there is to read" in progress[-1], progress
+
+
+def test_progress_counts_the_rotated_backlog_read_before_the_log(monkeypatch, tmp_path, caplog):
+    """A run that first reads a file rotated away while it was stopped: the progress's share is of that backlog
+    and the new log's rest together (it said 100 % "of the file", the new one-line log, from its first line)."""
+    import logging
+
+    from logpipe.producer import run
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(_line(i) for i in range(10)))
+    monkeypatch.setenv("LOGPIPE_PRODUCER_CHECKPOINT_S", "0")
+    assert _produce(monkeypatch, tmp_path, log, _PartitionSink(1)).lines == 10
+    with log.open("ab") as f:
+        f.write(b"".join(_line(i) for i in range(10, 3_000)))
+    log.rename(tmp_path / "access.log.1")
+    log.write_bytes(_line(3_000))
+    monkeypatch.setattr(run, "PROGRESS_LOG_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="logpipe.producer"):
+        assert _produce(monkeypatch, tmp_path, log, _PartitionSink(1)).lines == 2_991
+    shares = [int(m.split(", ")[-1].split("%")[0]) for r in caplog.records
+              if (m := r.getMessage()).startswith("sent ") and "%" in m]
+    assert shares and shares[0] < 100 and shares[-1] == 100, shares
 
 
 def test_a_one_shot_run_that_finds_its_log_truncated_says_the_rest_is_not_sent(monkeypatch, tmp_path):

@@ -407,9 +407,10 @@ class LogShipper:
         """Move the progress bar (shown only on a terminal, or when asked for); without it, log a progress line
         every PROGRESS_LOG_S."""
         rate = lines / max(now - self.t0, 1e-9)
-        self.bar.update(self.task, completed=done_bytes, lines=f"{lines:,}", rate=f"{rate:,.0f}")
+        total = self.total + self.source.backlog_bytes  # with the copies and rotated files found to read first
+        self.bar.update(self.task, total=total, completed=done_bytes, lines=f"{lines:,}", rate=f"{rate:,.0f}")
         if not self.show_bar and now - self.last_log >= PROGRESS_LOG_S:
             self.last_log = now
-            share = "" if self.source.follow else f", {min(done_bytes / self.total, 1.0):.0%} of the file"
+            share = "" if self.source.follow else f", {min(done_bytes / total, 1.0):.0%} of what there is to read"
             log.info("sent %s lines, %.1f MB in %.0fs (%s lines/s%s)", f"{lines:,}", done_bytes / 1e6, now - self.t0,
                      f"{rate:,.0f}", share)

@@ -257,6 +257,9 @@ class LogSource:
     # truncation): each has a warning naming its bytes; the run's summary counts them
     unsent_parts: int = 0
     read_to_end: bool = False  # a one-shot run read the file to its end (no stop before it)
+    # bytes of logrotate copies and rotated files still to read when they were queued (the progress's total adds
+    # them to the current file's rest)
+    backlog_bytes: int = 0
     # new files at the path (a rotation) that could not be opened: identity -> when that was first seen
     unopenable: dict[str, float] = field(default_factory=dict)
 
@@ -268,6 +271,7 @@ class LogSource:
         """Open the file (raises InputFileError) and place the cursor at the saved position."""
         fd, st = open_log(self.path)
         self.current = self._resume(self.path, fd, st, from_copy=True)
+        self.backlog_bytes = sum(max(0, copy.size() - copy.read_pos) for copy in self.copies)
         return self.current
 
     def _resume(self, path: str, fd: int, st: os.stat_result, from_copy: bool = False,
@@ -464,6 +468,7 @@ class LogSource:
                             "could read it: its lines not sent before are lost", leftover, self.path)
                 continue
             old = self._resume(self.path, fd, st, shown=leftover)  # positions are recorded under the followed path
+            self.backlog_bytes += max(0, st.st_size - old.read_pos)
             self.rotated.append([old, time.monotonic()])
             yield from self._read_available(old)
             if self.stop.is_set():  # stopped before its end: its unread tail is finished next time

@@ -255,3 +255,18 @@ def test_a_second_producer_of_the_same_log_and_topic_is_refused(monkeypatch, tmp
         other.write_bytes(_line(0))
         assert _produce(monkeypatch, tmp_path, other, _PartitionSink(1)).lines == 1
     assert _produce(monkeypatch, tmp_path, log, _PartitionSink(1)).lines == 3  # released
+    # a symlink to the log is the log: a producer of each was let through, and both saved the same positions
+    link = tmp_path / "current"
+    link.symlink_to(log)
+    with store.exclusive(link):
+        with pytest.raises(ProducerBusy, match="is sending .*access.log"):
+            _produce(monkeypatch, tmp_path, log, _PartitionSink(1))
+    with store.exclusive(log):
+        with pytest.raises(ProducerBusy):
+            _produce(monkeypatch, tmp_path, link, _PartitionSink(1))
+    # and one of the symlink, moved to another file since, still holds the symlink
+    with store.exclusive(link):
+        link.unlink()
+        link.symlink_to(other)
+        with pytest.raises(ProducerBusy, match="is sending .*current"):
+            _produce(monkeypatch, tmp_path, link, _PartitionSink(1))

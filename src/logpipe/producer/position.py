@@ -155,26 +155,31 @@ class PositionStore:
         """Held while a producer sends `log_path` to this topic: a second one (same positions folder) is refused
         with ProducerBusy, instead of both sending the log and each saving its own positions over the other's
         (a restart would then go back and send lines again). An advisory lock (flock) on a file beside the
-        positions: the OS releases it when its holder exits, even by kill -9."""
+        positions: the OS releases it when its holder exits, even by kill -9. Locked under the path as given and,
+        when it is a symlink, under the file it names too: a producer of `current -> access.log` and one of
+        `access.log` are refused as one log, and so are two of `current` started before and after it moved."""
         import fcntl
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(os.fsencode(os.path.abspath(log_path))).hexdigest()[:16]
-        lock = self.directory / f"producer-{name}.lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fds: list[int] = []
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise ProducerBusy(f"another producer (pid {holder}) is sending {log_path} to topic "
-                                   f"{self.directory.name} with the positions in {self.directory}: stop it first "
-                                   f"(lock file {lock})") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            for path in dict.fromkeys((os.path.abspath(log_path), os.path.realpath(log_path))):
+                name = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+                lock = self.directory / f"producer-{name}.lock"
+                fds.append(fd := os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                    raise ProducerBusy(f"another producer (pid {holder}) is sending {path} to topic "
+                                       f"{self.directory.name} with the positions in {self.directory}: stop it first "
+                                       f"(lock file {lock})") from None
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
-            os.close(fd)  # releases the lock
+            for fd in fds:
+                os.close(fd)  # releases its lock
 
     def clear(self) -> int:
         """Delete every saved position of this topic; returns how many there were."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -243,3 +244,24 @@ def test_two_runs_taking_over_at_once_do_not_both_hold_the_root(local_fs, tmp_pa
     assert "took over" in str(errors[0]) and "at the same moment" in str(errors[0])
     assert json.loads(path.read_text())["run"] == second.me["run"]  # the survivor's lease is left alone
     second.check()
+
+
+def test_a_holder_killed_but_not_yet_reaped_is_gone():
+    """A run killed (kill -9) whose parent has not reaped it yet is a zombie: signal 0 still reaches its pid, and
+    the next run was refused as if it still ran; it never renews its lease again."""
+    from logpipe.procstats import start_ticks
+    from logpipe.streaming import lease
+
+    killed = subprocess.Popen(["sleep", "60"])
+    try:
+        killed.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{killed.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed process did not become a zombie"
+            time.sleep(0.01)
+        holder = {"host": socket.gethostname(), "pid": killed.pid, "start": start_ticks(killed.pid),
+                  "machine": lease.MACHINE_ID, "pidns": lease.PID_NAMESPACE, "boot": lease.BOOT_ID}
+        verdict, why = lease.judge_holder(holder, holder["host"])
+        assert (verdict, why) == ("gone", f"its process {killed.pid} no longer runs on this host")
+    finally:
+        killed.wait()

@@ -47,13 +47,19 @@ class RootBusy(RuntimeError):
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs: it exists (perhaps another user's) and is not a zombie (killed, not yet reaped
+    by its parent: signal 0 still reaches it, yet it will never renew its lease)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by another user
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]  # field 3, after "pid (comm)"
+    except (OSError, IndexError):
         return True
-    return True
+    return state not in ("Z", "X")
 
 
 def _read(path: str) -> str | None:

@@ -70,17 +70,22 @@ def _lines_until(blocks, last: bytes, timeout: float = 10.0) -> list[bytes]:
     return lines
 
 
+def _followed(tmp_path, content: bytes):
+    """live.log holding `content`, a LogSource following it (polls of 10 ms, rotate_grace_s 0.3) and its blocks."""
+    log = tmp_path / "live.log"
+    log.write_bytes(content)
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
+                       rotate_grace_s=0.3)
+    source.open()
+    return log, source, source.blocks()
+
+
 def test_a_file_rotated_away_is_read_until_its_writer_stops_appending(tmp_path):
     """logrotate's `create`: the log is renamed and a new one created, but the writer appends to the renamed file
     until it reopens its log (here after the new file got a line). The new file is followed at once; the old one is
     still read, so the line the writer was half-way through is not cut in two; once the old file has been quiet for
     rotate_grace_s it is finished and closed."""
-    log = tmp_path / "live.log"
-    log.write_bytes(b"one\npart")
-    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
-                       rotate_grace_s=0.3)
-    source.open()
-    blocks = source.blocks()
+    log, source, blocks = _followed(tmp_path, b"one\npart")
     assert next(blocks).lines == [b"one"]
     assert not hasattr(next(blocks), "lines")  # IDLE: "part" waits for its newline
     log.rename(tmp_path / "live.log.1")
@@ -788,12 +793,7 @@ def test_a_rotation_to_a_file_it_cannot_open_is_said_then_an_error(tmp_path, mon
     from logpipe.producer import source as source_module
     from logpipe.producer.source import InputFileError
 
-    log = tmp_path / "live.log"
-    log.write_bytes(b"one\n")
-    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
-                       rotate_grace_s=0.3)
-    source.open()
-    blocks = source.blocks()
+    log, source, blocks = _followed(tmp_path, b"one\n")
     assert next(blocks).lines == [b"one"]
     real_open = source_module.open_log
 

@@ -149,10 +149,19 @@ def test_the_demo_does_not_delete_results_or_topics_it_did_not_make(stack, uniqu
     assert s.topic in _topics(s)
     results = f"{s.hdfs_root}/_commits/ingest/b0000000000.json"
     hdfs_client.write(results, data=b"{}", overwrite=True)
-    with pytest.raises(SystemExit, match=f"the HDFS root {s.hdfs_root} \\(results the demo did not make\\)"):
+    with pytest.raises(SystemExit, match=f"the HDFS root {s.hdfs_root} \\(results: not made by the demo\\)"):
         fresh_results_for(s, log)
     assert hdfs_client.status(results, strict=False) is not None and s.topic in _topics(s)
+    # a root holding anything else (kept bench runs one level down, a user's folder) is not the demo's either:
+    # it was deleted without --fresh
+    hdfs_client.delete(f"{s.hdfs_root}/_commits", recursive=True)
+    kept = f"{s.hdfs_root}/20261205T055753-2.50GB/_commits/ingest/b0000000000.json"
+    hdfs_client.write(kept, data=b"{}", overwrite=True)
+    with pytest.raises(SystemExit, match=f"the HDFS root {s.hdfs_root} \\(holding 20261205T055753-2.50GB: not made "
+                                         "by the demo\\)"):
+        fresh_results_for(s, log)
+    assert hdfs_client.status(kept, strict=False) is not None
     fresh_results_for(s, log, fresh=True)
-    assert hdfs_client.status(results, strict=False) is None and s.topic not in _topics(s)
+    assert hdfs_client.status(kept, strict=False) is None and s.topic not in _topics(s)
     fresh_results_for(s, log)  # the demo's own root now: kept, no question asked
     assert hdfs_client.status(f"{s.hdfs_root}/_source.json", strict=False) is not None

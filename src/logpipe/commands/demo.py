@@ -218,7 +218,7 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     """Results, topic and producer position must all come from this log and these settings: if the demo's HDFS root
     holds results of another log (e.g. the sample was regenerated) or of other settings (window, slide, watermark,
     alert rules), start over instead of mixing the two. A root the demo did not make (no `_source.json`) that holds
-    results, or topics that exist without such a root (e.g. `logpipe produce` run by hand), are the user's: deleted
+    anything, or topics that exist without such a root (e.g. `logpipe produce` run by hand), are the user's: deleted
     only with `fresh`, else the demo exits saying what it would delete."""
     import shutil
 
@@ -243,8 +243,12 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
         why = "; ".join(other) if same_log else f"it does not hold results of {log_path}"
     else:
         why = f"it does not hold results of {log_path}"
-        theirs = ([f"the HDFS root {s.hdfs_root} (results the demo did not make)"]
-                  if client.status(s.hdfs_path("_commits"), strict=False) is not None else [])
+        # anything in a root without the demo's mark is someone else's: results of `logpipe stream`, kept bench
+        # runs one level down (/bench/<run>/_commits), any other folder given as --hdfs-root
+        held = client.list(s.hdfs_root) if client.status(s.hdfs_root, strict=False) is not None else []
+        theirs = ([f"the HDFS root {s.hdfs_root} ("
+                   + ("results" if "_commits" in held else "holding " + ", ".join(sorted(held)[:3])
+                      + (", ..." if len(held) > 3 else "")) + ": not made by the demo)"] if held else [])
         theirs += [f"the Kafka topic {t}" for t in topics]
         if theirs and not fresh:
             raise SystemExit(

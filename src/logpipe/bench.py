@@ -89,8 +89,8 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
     with log_path.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
                                 start_new_session=True)
-        sampler.watch(name, proc.pid)
-        try:
+        try:  # from its start: in a session of its own, a Ctrl-C reaches it only through kill_stage
+            sampler.watch(name, proc.pid)
             while True:
                 try:
                     code = proc.wait(PROGRESS_EVERY_S)
@@ -132,8 +132,8 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
             with (log_dir / f"pipeline-{name}.log").open("w") as out:  # the child keeps its own handle
                 proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
                                         start_new_session=True)
+            procs[name] = (proc, time.monotonic())  # first: its own session, so only the finally below stops it
             sampler.watch(f"pipeline-{name}", proc.pid)
-            procs[name] = (proc, time.monotonic())
         walls: dict[str, float] = {}
         shown = time.monotonic()
         while len(walls) < len(procs):
@@ -211,11 +211,24 @@ def java_producer_perf(s: Settings, topic: str, records: int, log_path: Path, sa
                       sampler, records, log_dir)
     payload.unlink()
     stage.extra["payload"] = f"lines drawn at random from the log's first {sampled:,}"
-    text = (log_dir / "java-producer-perf.log").read_text()
-    m = re.findall(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)", text)
-    if m:
-        stage.extra.update(records_per_s=float(m[-1][1]), mb_per_s=float(m[-1][2]))
+    stage.extra.update(java_perf_figures(log_dir / "java-producer-perf.log", records))
     return stage
+
+
+def java_perf_figures(log: Path, records: int) -> dict[str, float]:
+    """records_per_s and mb_per_s from ProducerPerformance's output in `log`; RuntimeError (with the output's tail)
+    if it printed no final figures or delivered fewer than `records`: it exits 0 when sends fail (each failure a
+    stack trace) and counts only the records delivered, so its rate would be that of a reference that lost some."""
+    text = log.read_text(errors="replace")
+    m = re.findall(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)", text)
+    tail = "\n".join(text.splitlines()[-20:])
+    if not m:
+        raise RuntimeError(f"ProducerPerformance printed no final figures (log {log}):\n{tail}")
+    if int(m[-1][0]) != records:
+        raise RuntimeError(f"ProducerPerformance delivered {int(m[-1][0]):,} of {records:,} records: its figures "
+                           f"are not a reference (log {log}):\n{tail}")
+    # its "MB/sec" is MiB/s (it divides by 1024 * 1024): MB/s here, as everywhere else in the results
+    return {"records_per_s": float(m[-1][1]), "mb_per_s": round(float(m[-1][2]) * 1.048576, 2)}
 
 
 def count_lines(path: Path) -> int:

@@ -174,3 +174,46 @@ def test_a_long_stage_shows_its_last_output_line_as_it_runs(tmp_path, monkeypatc
     assert set(shown) <= {"(none yet)"} | {f"batch {i} done" for i in range(4)}, shown
     assert len(set(shown) - {"(none yet)"}) >= 2, shown  # it moves on with the stage
     assert bench.last_line(tmp_path / "missing.log") == "(none yet)"
+
+
+def test_the_java_reference_must_deliver_every_record(tmp_path):
+    """Kafka's ProducerPerformance exits 0 when sends fail and counts only the records delivered: its rate over
+    the records asked for filled the Java column of a run that lost records. Its MiB/s is given as MB/s."""
+    from logpipe.bench import java_perf_figures
+
+    log = tmp_path / "java-producer-perf.log"
+    final = "1000 records sent, 500.0 records/sec (1.00 MB/sec), 3.1 ms avg latency, 40.0 ms max latency."
+    log.write_text(f"500 records sent, 480.1 records/sec (0.96 MB/sec)\n{final}\n")
+    assert java_perf_figures(log, 1000) == {"records_per_s": 500.0, "mb_per_s": 1.05}
+    with pytest.raises(RuntimeError, match="delivered 1,000 of 1,200 records"):
+        java_perf_figures(log, 1200)
+    log.write_text("org.apache.kafka.common.errors.TimeoutException: Expiring 12 record(s)\n")
+    with pytest.raises(RuntimeError, match="no final figures.*\n.*TimeoutException"):
+        java_perf_figures(log, 1000)
+
+
+@pytest.mark.parametrize("which", ["stage", "pipeline"])
+def test_an_interrupt_as_a_stage_starts_leaves_it_not_running(tmp_path, which):
+    """A stage runs in a session of its own (the terminal's Ctrl-C does not reach it): an interrupt between its
+    start and the sampler's watch left it running alone."""
+    import os
+
+    from logpipe.bench import run_pipeline, run_stage
+
+    started: list[int] = []
+
+    class InterruptedSampler:
+        def services_cpu_s(self) -> dict[str, float]:
+            return {}
+
+        def watch(self, name: str, pid: int) -> None:
+            started.append(pid)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        if which == "stage":
+            run_stage("sleeper", ["sleep", "60"], dict(os.environ), InterruptedSampler(), 0, tmp_path)
+        else:
+            run_pipeline({"sleeper": ["sleep", "60"]}, dict(os.environ), InterruptedSampler(), 0, tmp_path)
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(started[0], 0)

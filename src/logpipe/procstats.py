@@ -126,12 +126,16 @@ class ResourceSampler:
             return 0
         rss = 0
         for p in procs:
+            # its identity first: a child reaped after its times were read gave (pid, None), a "new" process
+            # whose whole CPU then counted a second time
+            key = (p.pid, start_ticks(p.pid))
+            if key[1] is None:  # ended (and reaped) since the tree was listed
+                continue
             try:
                 with p.oneshot():
                     t = p.cpu_times()
                     cpu = t.user + t.system
                     rss += p.memory_info().rss
-                    key = (p.pid, start_ticks(p.pid))
             except psutil.Error:
                 continue
             # the processes of the first sample count from there (a service already running counts only its

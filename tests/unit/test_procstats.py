@@ -66,26 +66,36 @@ def test_cpu_of_a_child_born_while_watched_counts_from_its_start():
 SPIN = "import time\nt = time.process_time()\nwhile True:\n    if time.process_time() - t > {}: time.sleep(60)"
 
 
+# waits for a line on stdin, spins {} CPU s, prints its CPU seconds at the start and end of the spin, then sleeps
+SPIN_ON_CUE = ("import sys, time\nsys.stdin.readline()\nt = time.process_time()\n"
+               "while time.process_time() - t < {}: pass\nprint(t, time.process_time(), flush=True)\ntime.sleep(60)")
+
+
 def test_a_services_cpu_is_told_per_stage():
     """A service (Kafka, the NameNode) runs through every stage of a bench: the CPU it used during one stage is
-    the difference of two readings, not its total over the run."""
+    the difference of two readings, not its total over the run. The service spins on cue and says when it is
+    done, so the readings do not depend on how fast a loaded machine runs it (a fixed sleep did)."""
     sampler = ResourceSampler(interval=10.0).start()  # readings only when asked
-    service = subprocess.Popen([sys.executable, "-c", SPIN.format(0.6)])
+    service = subprocess.Popen([sys.executable, "-c", SPIN_ON_CUE.format(0.6)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
     other = subprocess.Popen([sys.executable, "-c", SPIN.format(0.3)])
     try:
         sampler.watch("kafka", service.pid, service=True)
         sampler.watch("stage", other.pid)
         start = sampler.services_cpu_s()
         assert list(start) == ["kafka"]  # stages are not services
-        time.sleep(2.0)  # the service spins 0.6 CPU s, then sleeps
+        service.stdin.write("go\n")
+        service.stdin.flush()
+        began, ended = map(float, service.stdout.readline().split())  # its own CPU clock, around the spin
         during = sampler.services_cpu_s()["kafka"] - start["kafka"]
-        time.sleep(0.5)
+        time.sleep(0.5)  # it sleeps now
         after = sampler.services_cpu_s()["kafka"] - start["kafka"] - during
     finally:
         service.kill()
         other.kill()
+        service.communicate()
         sampler.stop()
-    assert 0.4 <= during <= 0.9 and after < 0.05, (during, after)
+    assert ended - began - 0.02 <= during <= ended - began + 0.2 and after < 0.05, (during, ended - began, after)
 
 
 def test_a_failing_sample_is_counted_and_sampling_goes_on():
@@ -159,3 +169,32 @@ def test_cpu_keeps_counting_after_the_wall_clock_is_stepped(monkeypatch):
     burn.wait()
     stats = sampler.stop()["stage"]
     assert stats.cpu_s >= used - 0.3, f"the process used {used:.2f} CPU s, the sampler saw {stats.cpu_s:.2f}"
+
+
+def test_a_child_that_ends_during_a_sample_is_not_counted_twice(monkeypatch):
+    """A child reaped between the reading of its CPU times and of its start time looked like a new process
+    (start None), and its whole CPU counted a second time. The race is forced: its start time reads None."""
+    from logpipe import procstats
+
+    spawn = ("import subprocess, sys, time\n"
+             f"c = subprocess.Popen([sys.executable, '-c', {SPIN.format(0.3)!r}])\n"
+             "print(c.pid, flush=True)\ntime.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", spawn], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 60
+        while sum(psutil.Process(child).cpu_times()[:2]) < 0.3:  # it has spun
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sampler = ResourceSampler(interval=60.0)  # not started: samples taken here
+        sampler.watch("stage", parent.pid)  # the first sample: the tree counts from here
+        real = procstats.start_ticks
+        monkeypatch.setattr(procstats, "start_ticks", lambda pid: None if pid == child else real(pid))
+        sampler._sample_all()
+    finally:
+        if child is not None:  # first: it holds the parent's stdout open
+            psutil.Process(child).kill()
+        parent.kill()
+        parent.communicate()
+    assert sampler.stats["stage"].cpu_s < 0.1, sampler.stats["stage"].cpu_s

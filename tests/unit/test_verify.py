@@ -537,7 +537,7 @@ LOG_LINES = [b'1.1.1.1 - - [2004-05-18 00:00:05] "GET / HTTP/1.1" 200 10',
 
 
 def _results_root(tmp_path, log):
-    """A root holding what a correct job writes for LOG_LINES in one micro-batch (windows from count_log)."""
+    """A root holding what a correct job writes for LOG_LINES in one micro-batch (its windows counted by hand)."""
     import json
 
     import pyarrow as pa
@@ -547,7 +547,6 @@ def _results_root(tmp_path, log):
 
     root = tmp_path / "root"
     s = Settings(hdfs_root=str(root), hdfs_url="file://")
-    c = count_log(log, 20, 10)
     tag = "b0000000000-00000.parquet"
 
     def write(table, columns):
@@ -562,12 +561,18 @@ def _results_root(tmp_path, log):
         "bytes_sent": pa.array([r.bytes_sent for _, r in recs], pa.int32()), "src_key": [f"k{n}" for n, _ in recs]})
     write("quarantine", {"raw_bytes": pa.array(LOG_LINES[3:], pa.binary()), "reason": ["malformed", "empty"],
                          "src_key": ["k3", "k4"]})
-    for table, kc in (("windows/by_host", c.host), ("windows/by_status", c.status)):
-        f = kc.frame()
-        write(table, {"window_start": pa.array(f.window_start * 10**6, pa.timestamp("us")),
-                      "window_end": pa.array((f.window_start + 20) * 10**6, pa.timestamp("us")),
-                      kc.key: pa.array(f[kc.key].tolist(), pa.int32() if kc.key == "http_response" else pa.string()),
-                      "count": f["count"]})
+    # the windows of LOG_LINES, by hand (20 s sliding 10 s; the lines at 00:00:05, :15 and :17 of 2004-05-18), not
+    # from verify's own count_log: (window start in s from 00:00:00, key, count)
+    t0 = 1_084_838_400
+    windows = {("windows/by_host", "host", pa.string()): [(-10, "1.1.1.1", 1), (0, "1.1.1.1", 2), (10, "1.1.1.1", 1),
+                                                           (0, "2.2.2.2", 1), (10, "2.2.2.2", 1)],
+               ("windows/by_status", "http_response", pa.int32()): [(-10, 200, 1), (0, 200, 1), (0, 404, 1),
+                                                                     (10, 404, 1), (0, 500, 1), (10, 500, 1)]}
+    for (table, key, key_type), rows in windows.items():
+        write(table, {"window_start": pa.array([(t0 + w) * 10**6 for w, _, _ in rows], pa.timestamp("us")),
+                      "window_end": pa.array([(t0 + w + 20) * 10**6 for w, _, _ in rows], pa.timestamp("us")),
+                      key: pa.array([k for _, k, _ in rows], key_type),
+                      "count": pa.array([n for _, _, n in rows], pa.int64())})
     (root / "_commits" / "ingest").mkdir(parents=True)
     (root / "_commits" / "ingest" / "b0000000000.json").write_text(json.dumps(
         {"lines": 5, "parsed": 3, "quarantined": 2, "late": 0, "duplicates": 0, "events": 3}))

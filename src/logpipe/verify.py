@@ -791,12 +791,6 @@ ALERT_FIELDS = ("rule", "key", "window_start", "window_end", "count", "share", "
                 "detected_at")
 
 
-def _utc(t: Any) -> pd.Timestamp:
-    """A time as an aware UTC Timestamp; a naive one is taken as UTC."""
-    ts = pd.Timestamp(t)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def alert_payload_differences(row: dict[str, Any], value: bytes | None) -> list[str]:
     """How an alert's Kafka record value (the JSON object the job publishes) differs from its row of alerts/: one
     text per field, none if it is the same alert. Times are compared to the millisecond (JSON has no more)."""
@@ -818,7 +812,8 @@ def alert_payload_differences(row: dict[str, Any], value: bytes | None) -> list[
             want = want.item()
         try:
             if k in ALERT_TIME_FIELDS:  # a naive time (a root's INT96 column) is UTC, as everywhere in logpipe
-                same = have is not None and abs(_utc(have) - _utc(want)) < pd.Timedelta(1, "ms")
+                same = have is not None and abs(pd.to_datetime(have, utc=True) - pd.to_datetime(want, utc=True)) < \
+                    pd.Timedelta(1, "ms")
             elif k == "share":
                 same = (have is None) == pd.isna(want) and (have is None or abs(float(have) - float(want)) <= 1e-12)
             elif k == "top_hosts":

@@ -29,10 +29,20 @@ def test_tumbling_and_non_multiple():
 def test_vectorised_matches_scalar():
     rng = np.random.default_rng(0)
     ts = rng.integers(0, 10**9, 2000)
-    for size, slide in [(20, 10), (60, 10), (25, 10), (10, 10)]:
+    for size, slide in [(20, 10), (60, 10), (25, 10), (10, 10), (1, 1), (3, 2)]:
         cols = window_starts_array(ts, size, slide)
+        assert len(cols) == -(-size // slide)
         for i, t in enumerate(ts.tolist()):
-            assert sorted(c[i] for c in cols if c[i] >= 0) == sorted(window_starts(t, size, slide))
+            assert sorted(c[i] for c in cols if c[i] != -1) == sorted(window_starts(t, size, slide))
+            # the callers (verify) drop exactly -1: a window that does not hold the timestamp is marked so
+            assert all(c[i] == -1 or c[i] % slide == 0 for c in cols)
+
+
+@pytest.mark.parametrize("size,slide", [(0, 0), (0, 10), (10, 0), (-20, 10), (20, -10), (10, 20)])
+def test_window_sizes_that_are_no_sliding_window_are_refused(size, slide):
+    for starts in (lambda: window_starts(5, size, slide), lambda: window_starts_array(np.array([5]), size, slide)):
+        with pytest.raises(ValueError, match=r"need 0 < slide <= size"):
+            starts()
 
 
 def test_durations():

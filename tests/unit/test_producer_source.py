@@ -273,6 +273,49 @@ def test_copytruncate_while_stopped_reads_the_rest_from_the_copy_first(tmp_path)
                    (f"{key}:1", 0, [b"b1"], False)]
 
 
+def test_the_copy_is_found_beside_older_compressed_and_other_rotations(tmp_path):
+    """logrotate with dateext, compress and delaycompress: the copy (live.log-20261201) sorts after an older
+    compressed rotation and an older plain one that holds other lines; the rest still comes from the copy."""
+    import gzip
+
+    log = tmp_path / "live.log"
+    (tmp_path / "live.log-20261129").write_bytes(b"z1\nz2\nz3\nz4\nz5\nz6\nz7\nz8\nz9\n")  # not ours
+    (tmp_path / "live.log-20261130.gz").write_bytes(gzip.compress(b"y1\ny2\n"))
+    log.write_bytes(b"a1\na2\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 6)
+    key = file_key(os.stat(log))
+    with log.open("ab") as f:
+        f.write(b"a3\n")
+    _copytruncate(log, b"b1\n", copy_name="live.log-20261201")
+    source = LogSource(str(log), store)
+    source.open()
+    got = _blocks_until_idle(source)
+    source.close()
+    assert [(k, start, lines) for k, start, lines, _ in got if lines] == [(key, 6, [b"a3"]), (f"{key}:1", 0, [b"b1"])]
+    assert source.unsent_parts == 0
+
+
+def test_a_copy_that_ends_where_the_producer_stood_leaves_nothing_unsent(tmp_path, caplog):
+    """copytruncate right after the producer's last save: the copy holds exactly the bytes sent. Nothing is left
+    to send from it, and nothing is reported as lost."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\na2\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 6)
+    _copytruncate(log, b"b1\n")
+    source = LogSource(str(log), store)
+    source.open()
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        got = _blocks_until_idle(source)
+    source.close()
+    assert [lines for _, _, lines, _ in got if lines] == [[b"b1"]]
+    assert source.unsent_parts == 0 and not [r for r in caplog.records if "not sent" in r.getMessage()], (
+        [r.getMessage() for r in caplog.records])
+
+
 def test_a_truncation_without_a_copy_names_the_bytes_not_sent(tmp_path, caplog):
     import logging
 

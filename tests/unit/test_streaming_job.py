@@ -49,6 +49,23 @@ def test_collisions_and_real_repeats_together(local_spark):
     assert [k for k, _ in got] == ["a:1", "b:9", "c:3"]
 
 
+def test_two_seen_keys_of_one_hash_are_no_lost_rows(local_spark):
+    """Two earlier keys that share a 64-bit hash with a row of the batch: the check's join meets that row twice,
+    which is not a row too many (nor a reason to fail the batch)."""
+    assert _dedupe(local_spark, [("a:1", 7), ("c:3", 8)], seen=[("y:1", 7), ("z:5", 7)]) == [("a:1", 0), ("c:3", 1)]
+
+
+@pytest.mark.parametrize("rows", [[], [("a:1", 1), ("a:2", 2)]])
+def test_staged_events_that_are_gone_fail_the_batch(local_spark, rows):
+    """The batch staged more events than the check reads (files removed outside the run before they were listed,
+    all or some): it fails, rather than commit a record of rows that no table holds."""
+    from logpipe.streaming.job import drop_duplicate_lines
+
+    df = local_spark.createDataFrame([(k, h, T, i) for i, (k, h) in enumerate(rows)], ROWS)
+    with pytest.raises(RuntimeError, match=f"read {len(rows)} staged events where 3 were staged: files of them are gone"):
+        drop_duplicate_lines(df, local_spark.createDataFrame([], SEEN), 3)
+
+
 def test_key_hash_is_the_same_for_the_same_src_key(local_spark):
     """Equal src_key -> equal key_hash (what the exact check relies on), for producer and Kafka-position keys."""
     from pyspark.sql import functions as F

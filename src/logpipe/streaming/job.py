@@ -791,9 +791,16 @@ def drop_duplicate_lines(rows: "DataFrame", seen_prev: "DataFrame", n_rows: int)
     buckets = max(1, -(-n_rows // HASHES_PER_TASK))
     per_bucket = (rows.select("key_hash").join(seen_hashes, "key_hash", "left")
                   .groupBy(F.pmod("key_hash", F.lit(buckets)).alias("_bucket"))
-                  .agg(F.size(F.array_distinct(F.collect_list("key_hash"))).alias("distinct"),
-                       F.max("_seen").alias("seen"))
+                  .agg(F.count(F.lit(1)).alias("rows"), F.size(F.array_distinct(F.collect_list("key_hash")))
+                       .alias("distinct"), F.max("_seen").alias("seen"))
                   .collect())
+    # staged files gone before they were listed: the batch would commit rows no table holds. (The join counts a
+    # row twice when two seen keys share its 64-bit hash: then the rows are counted alone.)
+    read = sum(r["rows"] for r in per_bucket)
+    if read != n_rows and rows.count() != n_rows:
+        raise RuntimeError(f"the duplicate check read {read:,} staged events where {n_rows:,} were staged: files of "
+                           "them are gone (removed outside this run); not committed, the batch runs again at the "
+                           "next start")
     check = {"distinct": sum(r["distinct"] for r in per_bucket), "seen": any(r["seen"] for r in per_bucket)}
     if check["distinct"] == n_rows and not check["seen"]:
         return rows, n_rows

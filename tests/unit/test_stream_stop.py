@@ -394,6 +394,10 @@ def test_failure_summary_picks_the_cause_and_the_hint_is_found_anywhere_in_the_e
     lost = ("Caused by: org.apache.spark.sql.kafka010.KafkaIllegalStateException: [KAFKA_DATA_LOSS.COULD_NOT_READ_"
             "OFFSET_RANGE] Some data may have been lost because they are not available in Kafka any more;")
     assert "new LOGPIPE_HDFS_ROOT" in run.failure_hint(lost) and "retention" in run.failure_hint(lost)
+    # an HDFS quota on the root (names or space) used up: say so, not nothing
+    for quota in ("NSQuotaExceededException: The NameSpace quota (directories and files) of directory /r is exceeded",
+                  "DSQuotaExceededException: The DiskSpace quota of /r is exceeded: quota = 1 B"):
+        assert "a quota on a folder of the results root is used up" in run.failure_hint(f"Caused by: a.b.{quota}")
     job.batch_error = RootBusy("this run lost its lease on /r: now held by process 7 on host h")
     with pytest.raises(RootBusy, match="lost its lease"):
         run._raise_if_failed(Failed(proxy), job)

@@ -590,6 +590,10 @@ FAILURE_HINTS = {  # what to check next, by a telling part of the error (the fir
                           " checkpoints when started again",
     "AccessControlException": " -- the HDFS user (LOGPIPE_HDFS_USER, else your login name) may not write there: "
                               "choose another LOGPIPE_HDFS_ROOT, or give that user the folder",
+    # DSQuotaExceededException (space) and NSQuotaExceededException (names: files and folders)
+    "QuotaExceededException": " -- a quota on a folder of the results root is used up (the error names it; "
+                              "WebHDFS's op=GETQUOTAUSAGE shows its quotas): raise or clear it, or choose another "
+                              "LOGPIPE_HDFS_ROOT; the job resumes from its checkpoints",
     "SafeModeException": " -- the NameNode is in safe mode (e.g. its disk is nearly full): see its log "
                          "(`logpipe stack status` shows where)",
 }

@@ -89,13 +89,13 @@ def build_records(lines: list[bytes]) -> list[tuple[int | None, bytes]]:
     return foreign + recs[:cut] + recs[cut - 1500: cut] + recs[cut:]  # duplicates, same (src, off)
 
 
-def send(s: Settings, records: list[tuple[int | None, bytes]]) -> None:
+def send(s: Settings, records: list[tuple[int | None, bytes]], partitions: int = 2) -> None:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
     try:
-        admin.create_topics([NewTopic(s.topic, num_partitions=2, replication_factor=1)])
+        admin.create_topics([NewTopic(s.topic, num_partitions=partitions, replication_factor=1)])
     finally:
         admin.close()
     producer = KafkaProducer(bootstrap_servers=s.kafka_address, linger_ms=20, batch_size=256 * 1024, acks="all")
@@ -366,6 +366,33 @@ def check_alerts_reach_kafka_as_their_batch_commits(s: Settings) -> None:
             assert ts <= committed_at[b + 1], (f"{alert_id} of batch {b} was sent after batch {b + 1} committed "
                                                f"({ts - committed_at[b]:.1f}s after its own batch)")
     assert later_batches, f"no alert of a batch that a later batch followed: nothing checked {sorted(committed_at)}"
+
+
+def _batch_records(s: Settings) -> dict[int, dict]:
+    """The commit record of each committed micro-batch (`_commits/ingest/b<id>.json`), by batch id."""
+    from logpipe.results import webhdfs_fs
+
+    fs = webhdfs_fs(s)
+    return {int(f.rsplit("/", 1)[-1][1:-5]): json.loads(fs.cat(f))
+            for f in fs.ls(s.hdfs_path("_commits", "ingest"), detail=False)
+            if f.rsplit("/", 1)[-1].startswith("b") and f.endswith(".json")}
+
+
+def test_a_line_sent_again_in_a_later_micro_batch_is_dropped_by_the_carried_keys(job_settings: Settings):
+    """A restarted producer's repeats that reach the job in a later micro-batch than their originals, within the
+    watermark, are dropped against the keys the earlier batch carried (_state/seen), not only within a batch. One
+    partition, so the first batch ends exactly where the repeats begin."""
+    lines, rate_host, surge_status = make_lines(30_000, seed=3)
+    sent = Sent(build_records(lines), rate_host, surge_status)
+    send(job_settings, sent.records, partitions=1)
+    first = FOREIGN_LINES + len(lines) // 2  # the other producer's records, then ours up to the cut (build_records)
+    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(first))
+    check_results(job_settings, sent, metrics)
+    batches = _batch_records(job_settings)
+    assert batches[0]["lines"] == first and batches[0]["duplicates"] == 0, batches[0]
+    # every repeat came in batch 1, none of them late: all were dropped there, by the keys batch 0 carried
+    assert batches[1]["duplicates"] == metrics["duplicates_dropped"] >= 1000 and batches[1]["late"] == 0, batches[1]
+    assert batches[0]["seen_keys"] > 0
 
 
 @pytest.mark.faults

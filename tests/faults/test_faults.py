@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from logpipe.config import Settings
+from logpipe.record import parse_record_key
 from logpipe.results import load_table
 from logpipe.stack import services
 from logpipe.topics import delete_topics, read_topic
@@ -78,6 +79,7 @@ def _assert_survived_or_failed_clearly(rc: int, job_log: str) -> None:
     assert rc == 1, job_log[-3000:]
     errors = [line for line in job_log.splitlines() if line.startswith("logpipe stream: streaming query ")]
     assert len(errors) == 1 and " failed: " in errors[0], job_log[-3000:]
+    assert " -- " in errors[0], errors[0]  # and what to check next (streaming.run.FAILURE_HINTS)
 
 
 def _first_errors(stderr: str) -> str:
@@ -171,6 +173,13 @@ def test_kafka_restart_while_producing_and_streaming(stack, unique, tmp_path):
         rc = _stop_job(job)
     summary = json.loads((tmp_path / "produce.log").read_text().strip().splitlines()[-1])
     assert summary["lines"] == summary["records"] == lines and summary["errors"] == 0
+    # the topic itself: each line once (the idempotent producer's retries across the restart wrote no copy) and
+    # in the file's order on its partition (no reordering); the job's duplicate check would hide a copy
+    positions: dict[int, list[int]] = {}
+    for m in read_topic(stack, env["LOGPIPE_TOPIC"], timeout_s=120):
+        positions.setdefault(m.partition, []).append(parse_record_key(m.key)[1])
+    assert sum(len(offs) for offs in positions.values()) == lines, {p: len(o) for p, o in positions.items()}
+    assert all(a < b for offs in positions.values() for a, b in zip(offs, offs[1:])), "a line re-sent or reordered"
     job_log = (tmp_path / "stream.log").read_text()
     assert rc == 0 and "Traceback" not in job_log, job_log[-3000:]  # SIGTERM to a continuous job: a clean stop
     _finish_and_verify(env, log, tmp_path, lines)
@@ -330,6 +339,7 @@ def test_hdfs_refusing_the_flush_is_one_line_not_a_traceback(stack, unique, tmp_
     assert r.returncode == 1, _first_errors(r.stderr)
     assert len(ours) == 1 and "writing the results under" in ours[0] and "NSQuotaExceededException" in ours[0], (
         _first_errors(r.stderr))
+    assert "a quota on a folder of the results root is used up" in ours[0], ours[0]  # and what to check
     assert "Traceback" not in r.stderr, _first_errors(r.stderr)
 
 
@@ -348,6 +358,7 @@ def test_a_micro_batch_hdfs_refuses_is_a_few_lines_with_the_whole_text_in_sparks
     ours = [line for line in r.stderr.splitlines() if line.startswith("logpipe stream:")]
     assert r.returncode == 1, _first_errors(r.stderr)
     assert len(ours) == 1 and "NSQuotaExceededException" in ours[0] and str(spark_log) in ours[0], _first_errors(r.stderr)
+    assert "a quota on a folder of the results root is used up" in ours[0], ours[0]
     assert "Traceback" not in r.stderr and "\tat org.apache" not in r.stderr, _first_errors(r.stderr)
     errors = [line for line in r.stderr.splitlines() if " ERROR " in line]
     assert 1 <= len(errors) < 20 and len(r.stderr.splitlines()) < 60, r.stderr

@@ -388,7 +388,8 @@ def test_failure_summary_picks_the_cause_and_the_hint_is_found_anywhere_in_the_e
         run._raise_if_failed(Failed(proxy), job)
     # a DataNode that runs but takes no block (full, or its data port unreachable) is not "no DataNode"
     full = java.replace("There are 0 datanode(s) running and no node(s)", "There are 1 datanode(s) running and 1 node(s)")
-    assert "the DataNode is running but took no block" in run.failure_hint(full)
+    assert "the DataNode took no block: it was away or restarting during the write, its disk is full" in (
+        run.failure_hint(full))
     assert "no DataNode" not in run.failure_hint(full)
     # records deleted from the topic (retention) before the job read them: say the root cannot be completed
     lost = ("Caused by: org.apache.spark.sql.kafka010.KafkaIllegalStateException: [KAFKA_DATA_LOSS.COULD_NOT_READ_"

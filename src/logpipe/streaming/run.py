@@ -579,9 +579,9 @@ FAILURE_HINTS = {  # what to check next, by a telling part of the error (the fir
     "There are 0 datanode(s) running": " -- HDFS has no DataNode to write to: check `logpipe stack status` and the "
                                        "DataNode log; once it is back, start the job again (it resumes from its "
                                        "checkpoints)",
-    "minReplication": " -- the DataNode is running but took no block: its disk may be full (see its log, and "
-                      "`logpipe stack status`), or this machine cannot reach its data port; start the job again once "
-                      "it can (it resumes from its checkpoints)",
+    "minReplication": " -- the DataNode took no block: it was away or restarting during the write, its disk is "
+                      "full, or this machine cannot reach its data port (see `logpipe stack status` and its log); "
+                      "start the job again once it is up (it resumes from its checkpoints)",
     "KAFKA_DATA_LOSS": " -- records this job had not read yet are gone from the topic (its retention deleted them, "
                        "or the topic was emptied): the results on this root cannot be completed exactly. Run the job "
                        "on a new LOGPIPE_HDFS_ROOT (it reads what the topic still holds), and produce the log again "

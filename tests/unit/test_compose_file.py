@@ -446,3 +446,21 @@ def test_the_streaming_image_carries_the_mark_that_lets_its_spark_ui_off_loopbac
 
     assert resolved["services"]["streaming"]["environment"]["LOGPIPE_SPARK_UI_HOST"] == "0.0.0.0"
     assert f"> {STREAMING_IMAGE_MARK}" in (ROOT / "pyspark_service" / "Dockerfile").read_text()
+
+
+def _go_duration_s(text: str) -> float:
+    """A duration as compose prints it (`2m30s`, `30s`, `1h`, `500ms`) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_the_streaming_container_is_given_longer_to_stop_than_its_batches(resolved: dict) -> None:
+    """On SIGTERM the job lets its running micro-batch finish for LOGPIPE_STOP_GRACE_S; docker kills the container
+    after its stop_grace_period (10 s by default), so that period must be longer, or `docker compose stop` cuts
+    the batch short (it is redone at the next start, but the stop is not the clean one documented)."""
+    streaming = resolved["services"]["streaming"]
+    grace_s = float(streaming["environment"]["LOGPIPE_STOP_GRACE_S"])
+    assert _go_duration_s(streaming.get("stop_grace_period", "10s")) >= grace_s + 15, (
+        streaming.get("stop_grace_period"), grace_s)

@@ -272,6 +272,37 @@ def test_a_one_shot_run_stopped_before_the_end_does_not_exit_0(monkeypatch, caps
         assert len(said) == 1 and f"{summary['lines']:,} lines sent" in said[0] and "same command again" in said[0]
 
 
+def test_a_one_shot_run_that_finds_its_log_truncated_exits_1_saying_so(monkeypatch, capsys, tmp_path):
+    """copytruncate while a one-shot run reads: the rest of the log is in the copy, not sent. The command prints
+    its summary, says so, and exits 1: `logpipe produce log && logpipe stream --until-done` must not go on."""
+    import json
+
+    from logpipe.producer import run
+
+    log = tmp_path / "a.log"
+    line = b'1.2.3.4 - - [2004-05-18 00:00:01] "GET / HTTP/1.1" 200 5'
+    log.write_bytes((line + b"\n") * 60_000)  # several blocks
+
+    class TruncatingSink(_StoppingSink):
+        def send_lines(self, topic, lines, src, off, partition) -> int:
+            if not self.lines:  # logrotate's copytruncate, after the first block was read
+                (tmp_path / "a.log.1").write_bytes(log.read_bytes())
+                log.write_bytes(b"")
+            return super().send_lines(topic, lines, src, off, partition)
+
+    monkeypatch.setattr(produce.signal, "signal", lambda sig, handler: None)
+    monkeypatch.setattr(run.health, "wait_until", lambda *a, **k: None)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
+    monkeypatch.setattr(run, "make_sink", lambda s: TruncatingSink({}, None))
+    args = build_parser().parse_args(["produce", str(log), "--producer-state-dir", str(tmp_path / "pos")])
+    code = produce.run(args)
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == 1 and 0 < summary["lines"] < 60_000 and not summary["stopped_early"], (code, summary, err)
+    said = [e for e in err.splitlines() if e.startswith("logpipe produce: ")]
+    assert said and "was truncated while it was read" in said[-1] and f"{summary['lines']:,} lines sent" in said[-1]
+
+
 def test_closing_the_confluent_client_after_a_flush_that_gave_up_does_not_wait_again():
     """A broker that stays away: the flush gives up after its timeout (120 s in a run), then close() waited 30 s
     more for the same broker, so the producer exited later than the delivery timeout it documents. The real

@@ -270,6 +270,12 @@ def test_a_one_shot_run_stopped_before_the_end_does_not_exit_0(monkeypatch, caps
         assert code == 128 + signal.SIGTERM, err
         said = [e for e in err.splitlines() if e.startswith("logpipe produce: stopped by SIGTERM before the end")]
         assert len(said) == 1 and f"{summary['lines']:,} lines sent" in said[0] and "same command again" in said[0]
+        # its position was saved: the same command again sends the rest, and only the rest
+        rest = _StoppingSink({}, None)
+        monkeypatch.setattr(run, "make_sink", lambda s: rest)
+        assert produce.run(args) == 0
+        again = json.loads(capsys.readouterr()[0].strip().splitlines()[-1])
+        assert again["lines"] == rest.lines == 60_000 - summary["lines"] and not again["stopped_early"], again
 
 
 def test_a_one_shot_run_that_finds_its_log_truncated_exits_1_saying_so(monkeypatch, capsys, tmp_path):

@@ -253,22 +253,30 @@ def _copytruncate(log, new: bytes, copy_name: str = "live.log.1") -> None:
         f.write(new)
 
 
-def test_copytruncate_while_stopped_reads_the_rest_from_the_copy_first(tmp_path):
-    """a1, a2 delivered; a3, a4 appended while the producer was stopped; then copytruncate and b1. The next run
-    sends a3, a4 from the copy under the old src and offsets (a repeat would be dropped downstream), then b1 as the
-    file's next generation; before, a3 and a4 were lost without a word."""
+def _read_after_copytruncate(tmp_path, appended: bytes, copy_name: str = "live.log.1") -> tuple[list, str, LogSource]:
+    """a1, a2 delivered (position saved at byte 6); `appended` written while the producer was stopped; then
+    copytruncate (the copy named `copy_name`) and b1. The blocks the next run reads, the log's old identity, and
+    the source."""
     log = tmp_path / "live.log"
     log.write_bytes(b"a1\na2\n")
     store = PositionStore(tmp_path / "pos", "t")
     _save_end(store, log, 6)
     key = file_key(os.stat(log))
     with log.open("ab") as f:
-        f.write(b"a3\na4 no newline yet")
-    _copytruncate(log, b"b1\n")
+        f.write(appended)
+    _copytruncate(log, b"b1\n", copy_name=copy_name)
     source = LogSource(str(log), store)
     source.open()
     got = _blocks_until_idle(source)
     source.close()
+    return got, key, source
+
+
+def test_copytruncate_while_stopped_reads_the_rest_from_the_copy_first(tmp_path):
+    """a1, a2 delivered; a3, a4 appended while the producer was stopped; then copytruncate and b1. The next run
+    sends a3, a4 from the copy under the old src and offsets (a repeat would be dropped downstream), then b1 as the
+    file's next generation; before, a3 and a4 were lost without a word."""
+    got, key, _ = _read_after_copytruncate(tmp_path, b"a3\na4 no newline yet")
     assert got == [(key, 6, [b"a3"], False), (key, 9, [b"a4 no newline yet"], False), (key, 26, [], True),
                    (f"{key}:1", 0, [b"b1"], False)]
 
@@ -278,20 +286,9 @@ def test_the_copy_is_found_beside_older_compressed_and_other_rotations(tmp_path)
     compressed rotation and an older plain one that holds other lines; the rest still comes from the copy."""
     import gzip
 
-    log = tmp_path / "live.log"
     (tmp_path / "live.log-20261129").write_bytes(b"z1\nz2\nz3\nz4\nz5\nz6\nz7\nz8\nz9\n")  # not ours
     (tmp_path / "live.log-20261130.gz").write_bytes(gzip.compress(b"y1\ny2\n"))
-    log.write_bytes(b"a1\na2\n")
-    store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, 6)
-    key = file_key(os.stat(log))
-    with log.open("ab") as f:
-        f.write(b"a3\n")
-    _copytruncate(log, b"b1\n", copy_name="live.log-20261201")
-    source = LogSource(str(log), store)
-    source.open()
-    got = _blocks_until_idle(source)
-    source.close()
+    got, key, source = _read_after_copytruncate(tmp_path, b"a3\n", copy_name="live.log-20261201")
     assert [(k, start, lines) for k, start, lines, _ in got if lines] == [(key, 6, [b"a3"]), (f"{key}:1", 0, [b"b1"])]
     assert source.unsent_parts == 0
 
@@ -301,16 +298,8 @@ def test_a_copy_that_ends_where_the_producer_stood_leaves_nothing_unsent(tmp_pat
     to send from it, and nothing is reported as lost."""
     import logging
 
-    log = tmp_path / "live.log"
-    log.write_bytes(b"a1\na2\n")
-    store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, 6)
-    _copytruncate(log, b"b1\n")
-    source = LogSource(str(log), store)
-    source.open()
     with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
-        got = _blocks_until_idle(source)
-    source.close()
+        got, _, source = _read_after_copytruncate(tmp_path, b"")
     assert [lines for _, _, lines, _ in got if lines] == [[b"b1"]]
     assert source.unsent_parts == 0 and not [r for r in caplog.records if "not sent" in r.getMessage()], (
         [r.getMessage() for r in caplog.records])

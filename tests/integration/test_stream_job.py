@@ -89,15 +89,17 @@ def build_records(lines: list[bytes]) -> list[tuple[int | None, bytes]]:
     return foreign + recs[:cut] + recs[cut - 1500: cut] + recs[cut:]  # duplicates, same (src, off)
 
 
-def send(s: Settings, records: list[tuple[int | None, bytes]], partitions: int = 2) -> None:
+def send(s: Settings, records: list[tuple[int | None, bytes]], partitions: int | None = 2) -> None:
+    """Send `records` to the topic, made first with `partitions` (None: it exists)."""
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
-    try:
-        admin.create_topics([NewTopic(s.topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        admin.close()
+    if partitions is not None:
+        admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+        try:
+            admin.create_topics([NewTopic(s.topic, num_partitions=partitions, replication_factor=1)])
+        finally:
+            admin.close()
     producer = KafkaProducer(bootstrap_servers=s.kafka_address, linger_ms=20, batch_size=256 * 1024, acks="all")
     for off, line in records:
         producer.send(s.topic, value=line, key=None if off is None else record_key(SRC.encode(), off))
@@ -145,7 +147,8 @@ def _epoch(series) -> list[int]:
     return [int(x.timestamp()) if x.tzinfo else int(x.replace(tzinfo=timezone.utc).timestamp()) for x in series]
 
 
-def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool = False) -> None:
+def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool = False,
+                  late_lines: int = LATE_LINES) -> None:
     from logpipe.results import load_table
 
     late = load_table(s, "late")
@@ -158,7 +161,7 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
     assert (metrics["parsed"], metrics["quarantined"]) == (exp["parsed"], exp["quarantined"])
     assert metrics["late"] == len(late)
     assert metrics["duplicates_dropped"] == exp["dup_events"] >= 1000
-    assert len(late) == LATE_LINES and set(late["host"]) == {"7.7.7.7"}  # exactly the planted late lines
+    assert len(late) == late_lines and set(late["host"]) == {"7.7.7.7"}  # exactly the planted late lines
     quarantine = load_table(s, "quarantine", ["reason", "off", "src_key"])
     assert len(quarantine) == exp["quarantined"]
     assert set(quarantine["reason"]) <= set(lf.REASONS)
@@ -393,6 +396,29 @@ def test_a_line_sent_again_in_a_later_micro_batch_is_dropped_by_the_carried_keys
     # every repeat came in batch 1, none of them late: all were dropped there, by the keys batch 0 carried
     assert batches[1]["duplicates"] == metrics["duplicates_dropped"] >= 1000 and batches[1]["late"] == 0, batches[1]
     assert batches[0]["seen_keys"] > 0
+
+
+def test_rows_for_windows_a_flush_wrote_are_late_in_the_next_run(job_settings: Settings):
+    """`--until-done` ends by writing the still-open windows as final. Lines that arrive afterwards for those
+    windows are late in the next run (kept in late/, the windows not written again); lines after them are counted
+    as usual, and every window stays exact."""
+    lines, rate_host, surge_status = make_lines(20_000, seed=7)
+    records = build_records(lines)
+    send(job_settings, records)
+    first = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000")  # the planted late lines: late
+    assert first["flushed_window_rows"] > 0 and first["late"] == LATE_LINES
+    parsed = [lf.try_parse_line(raw) for _, raw in records]
+    newest = max(r.timestamp for r in parsed if not isinstance(r, str))
+    next_off = max(off for off, _ in records if off is not None) + 1_000
+    inside = [lf.format_line("7.7.7.7", newest - timedelta(seconds=2), "GET /after HTTP/1.1", 200, 1).encode()
+              for _ in range(10)]  # in the last windows the flush wrote
+    later = [lf.format_line("8.8.8.8", newest + timedelta(seconds=60 + i), "GET /later HTTP/1.1", 404, 1).encode()
+             for i in range(10)]
+    extra = [(next_off + 100 * i, line) for i, line in enumerate(inside + later)]
+    send(job_settings, extra, partitions=None)
+    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000")
+    assert metrics["late"] - first["late"] == len(inside), (first["late"], metrics["late"])
+    check_results(job_settings, Sent(records + extra, rate_host, surge_status), metrics, late_lines=LATE_LINES + 10)
 
 
 @pytest.mark.faults

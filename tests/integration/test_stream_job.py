@@ -349,15 +349,8 @@ def check_alerts_reach_kafka_as_their_batch_commits(s: Settings) -> None:
     """Each alert is on the Kafka topic as soon as the micro-batch that raised it has committed: its record's time
     lies between that batch's commit and the next batch's (not sent at the end of the run, nor only by the repair
     at the next start)."""
-    from logpipe.results import webhdfs_fs
-
-    fs = webhdfs_fs(s)
     batch_of = {alert_id: when[0] for (alert_id,), when in _rows_by_batch(s, "alerts", ["alert_id"]).items()}
-    committed_at = {}
-    for f in fs.ls(s.hdfs_path("_commits", "ingest"), detail=False):
-        name = f.rsplit("/", 1)[-1]
-        if name.startswith("b") and name.endswith(".json"):
-            committed_at[int(name[1:-5])] = json.loads(fs.cat(f))["at"]
+    committed_at = {b: record["at"] for b, record in _batch_records(s).items()}
     sent = {m.key.decode(): m.timestamp / 1000 for m in read_topic(s, s.alerts_topic)}
     assert sent and set(sent) == set(batch_of), "the alerts on Kafka are not those on HDFS"
     later_batches = 0

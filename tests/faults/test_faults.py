@@ -50,13 +50,18 @@ def _end_offset(stack: Settings, topic: str) -> int:
         consumer.close()
 
 
-def _ingest_commits(stack: Settings, root: str) -> int:
+def _commits(stack: Settings, root: str, query: str) -> int:
+    """How many batches of `query` (ingest, flush) have their commit marker under `root`."""
     from hdfs import InsecureClient
 
     client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
-    folder = f"{root}/_commits/ingest"
+    folder = f"{root}/_commits/{query}"
     names = client.list(folder) if client.status(folder, strict=False) else []
     return sum(n.endswith(".json") for n in names)
+
+
+def _ingest_commits(stack: Settings, root: str) -> int:
+    return _commits(stack, root, "ingest")
 
 
 def _stop_job(proc: subprocess.Popen, timeout: float = 300) -> int:
@@ -218,6 +223,84 @@ def test_sigterm_stops_until_done_between_batches_and_the_same_command_goes_on(s
     assert 1 <= committed < lines // per_batch  # it stopped before the end ...
     assert f"{committed * per_batch:,} lines" in said[0]  # ... between batches: each committed whole
     _finish_and_verify(env, log, tmp_path, lines)
+
+
+def test_sigterm_stops_until_idle_between_batches_and_until_done_goes_on(stack, unique, tmp_path):
+    """SIGTERM to `stream --until-idle` while it follows the topic (before the input went idle): as with
+    --until-done, the running micro-batch commits, the job exits 128 + 15 saying how many lines its committed
+    batches hold, and no still-open window is written; `--until-done` then finishes with `verify` exact."""
+    log = tmp_path / "access.log"
+    per_batch, lines = 25_000, 150_000
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch), LOGPIPE_TOPIC_PARTITIONS="1")
+    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "23", "--out", str(log)).returncode == 0
+    assert _logpipe(env, "produce", str(log)).returncode == 0
+    out = tmp_path / "stream.log"
+    job = _start(env, out, "stream", "--until-idle", "600")  # idle for ten minutes: only the signal ends it
+    root = env["LOGPIPE_HDFS_ROOT"]
+    try:
+        deadline = time.monotonic() + 300
+        while _ingest_commits(stack, root) < 1 and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert job.poll() is None, "the job ended before the stop:\n" + out.read_text()[-3000:]
+        job.send_signal(signal.SIGTERM)
+        rc = job.wait(300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    text = out.read_text()
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    said = [line for line in text.splitlines() if line.startswith("logpipe stream: stopped by SIGTERM")]
+    assert len(said) == 1 and "run the same command again" in said[0], text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    committed = _ingest_commits(stack, root)
+    assert 1 <= committed <= lines // per_batch and f"{committed * per_batch:,} lines" in said[0], said[0]
+    assert _commits(stack, root, "flush") == 0, "a stopped run wrote its open windows as final"
+    _finish_and_verify(env, log, tmp_path, lines)
+
+
+@pytest.mark.parametrize("when", ["at the last commit", "during the flush"])
+def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp_path, when):
+    """SIGTERM once `stream --until-done` has committed its last micro-batch (the drain ends, the still-open
+    windows are next) or while it writes those windows: nothing is left to stop between, so the run ends as if no
+    signal came: exit 0, the flush committed, its metrics printed, `verify` exact without a second run."""
+    log = tmp_path / "access.log"
+    per_batch, lines = 25_000, 100_000
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch), LOGPIPE_TOPIC_PARTITIONS="1")
+    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "24", "--out", str(log)).returncode == 0
+    assert _logpipe(env, "produce", str(log)).returncode == 0
+    out, err = tmp_path / "stream.out", tmp_path / "stream.log"
+    job = subprocess.Popen([sys.executable, "-m", "logpipe", "stream", "--until-done"], env=env,
+                           stdout=out.open("w"), stderr=err.open("w"), start_new_session=True)
+    root = env["LOGPIPE_HDFS_ROOT"]
+
+    def ready() -> bool:
+        if when == "at the last commit":
+            return _ingest_commits(stack, root) == lines // per_batch
+        return "windows still open after batch" in err.read_text()  # the flush has begun
+
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert job.poll() is None, "the job ended before the signal:\n" + err.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no signal point in time:\n" + err.read_text()[-3000:]
+            time.sleep(0.05)
+        assert _commits(stack, root, "flush") == 0, "the flush was over before the signal"
+        job.send_signal(signal.SIGTERM)
+        rc = job.wait(300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    text = err.read_text()
+    assert rc == 0 and "Traceback" not in text, text[-3000:]
+    assert "SIGTERM: stopping once the running micro-batch is done" in text, text[-3000:]  # it came, and was seen
+    assert _ingest_commits(stack, root) == lines // per_batch and _commits(stack, root, "flush") == 1
+    metrics = json.loads(out.read_text().strip().splitlines()[-1])
+    assert metrics["lines"] == lines == metrics["parsed"] + metrics["quarantined"]
+    assert metrics["flushed_window_rows"] > 0, metrics
+    r = _logpipe(env, "verify", "--log", str(log), "--json", str(tmp_path / "verify.json"))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
 def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):

@@ -350,6 +350,7 @@ class StreamJob:
         n = int(committed[last].get("open_window_rows", 0))
         if not n or last in (self._flushes or {}):
             return 0
+        log.info("writing the windows still open after batch %d as final", last)
         if self.lease is not None:
             self.lease.check()
         carried = self._state(STATE_OPEN, last, OPEN_SCHEMA).persist()

@@ -435,6 +435,61 @@ def test_batch_committed_by_us_but_not_by_spark_is_rerun_exactly(job_settings: S
     check_results(job_settings, sent, metrics)
 
 
+@pytest.mark.faults
+def test_the_batch_after_a_rerun_batch_reads_its_carried_state_once(job_settings: Settings):
+    """As above, but the re-run batch is not the last: a continuous run (which writes no still-open windows) is
+    stopped once it committed the first half, Spark's last commit log entry is removed, and the second half comes
+    with the next run. Spark re-runs the batch, then the next batch reads the open windows and the line keys the
+    re-run batch carried: windows across the cut stay exact, applied once, and the restarted producer's repeats
+    (the first records of the second half) are dropped by the carried keys. One partition: the cut is exact."""
+    import signal
+    import time
+
+    from logpipe.results import webhdfs_fs
+
+    lines, rate_host, surge_status = make_lines(20_000, seed=9)
+    sent = Sent(build_records(lines), rate_host, surge_status)
+    cut = FOREIGN_LINES + len(lines) // 2  # the repeats start here (build_records)
+    send(job_settings, sent.records[:cut], partitions=1)
+    out = open(f"/tmp/logpipe-test-{job_settings.topic}.log", "w")
+    job = subprocess.Popen([sys.executable, "-m", "logpipe", "stream"], stdout=out, stderr=subprocess.STDOUT,
+                           env=job_env(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000"), start_new_session=True)
+    fs = webhdfs_fs(job_settings)
+
+    def committed_lines() -> int:
+        if not fs.exists(job_settings.hdfs_path("_commits", "ingest")):
+            return 0
+        return sum(b["lines"] for b in _batch_records(job_settings).values())
+
+    try:
+        deadline = time.monotonic() + 300
+        while committed_lines() < cut:
+            assert job.poll() is None and time.monotonic() < deadline, open(out.name).read()[-3000:]
+            time.sleep(0.5)
+        job.send_signal(signal.SIGTERM)
+        assert job.wait(300) == 0, open(out.name).read()[-3000:]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+        out.close()
+    first = _batch_records(job_settings)
+    last = max(first)
+    assert last >= 1 and first[last]["open_window_rows"] > 0 and first[last]["seen_keys"] > 0, first[last]
+    commits = f"{job_settings.hdfs_root}/_checkpoints/ingest/commits"
+    assert fs.exists(f"{commits}/{last}")
+    fs.rm(f"{commits}/{last}")  # as a kill -9 after our commit record, before Spark's
+    send(job_settings, sent.records[cut:], partitions=None)
+    # batches of 5,500 from the cut: the last one then holds little but the planted late lines, behind a horizon
+    # that the batch before it (with the newest events) moved past all of them
+    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="5500")
+    assert fs.exists(f"{commits}/{last}"), "Spark did not re-run (and commit) the batch"
+    batches = _batch_records(job_settings)
+    assert {b: batches[b] for b in first} == first, "the re-run batch's record (or an earlier one) changed"
+    assert batches[last + 1]["duplicates"] >= 1000, batches[last + 1]  # the repeats, by the re-run batch's keys
+    check_results(job_settings, sent, metrics)
+
+
 def test_a_results_root_hdfs_refuses_is_one_line_with_what_to_do(job_settings: Settings, monkeypatch):
     """HDFS refusing the results root as the job takes it (here: a folder of another user) ended the job with a
     Java stack trace of ~140 lines; the same causes within a micro-batch were already one line and a hint. The job

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
         description="a longer line is sent as a too_large record (its first 16 KB), which the job quarantines")
     producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
     producer_connect_timeout_s: float = Field(30.0, gt=0, description="give up reaching the broker after this long")
+    producer_delivery_timeout_s: float = Field(
+        120.0, ge=1, description="give up on lines the broker has not confirmed after this long (a hung broker): "
+        "the producer exits 1, and its next run sends them again from the saved position")
     producer_checkpoint_s: float = Field(1.0, ge=0, description="flush and save the position at least this often")
     rotate_grace_s: float = Field(
         300.0, gt=0, description="--follow: a log rotated away is still read, beside the new one, until it has had "

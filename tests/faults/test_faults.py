@@ -606,3 +606,66 @@ def test_a_client_whose_flush_gave_up_on_a_paused_broker_closes_at_once(stack, u
         os.kill(kafka_pid, signal.SIGCONT)
     assert closed_in < 5, f"close() after the flush gave up took {closed_in:.1f}s"
     delete_topics(s, [s.topic])
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_producer_exits_at_its_delivery_timeout_when_the_broker_hangs_and_the_next_run_sends_the_rest(
+        stack, unique, tmp_path, client):
+    """The broker stops answering while `logpipe produce` sends (SIGSTOP: a hung JVM): the producer gives up at
+    its delivery timeout (LOGPIPE_PRODUCER_DELIVERY_TIMEOUT_S, here 20 s), not later and not at once, and exits 1
+    saying so, having saved its position only for lines the broker confirmed. With the broker back, the same
+    command sends the rest: every line of the file is in the topic. Before, with kafka-python, the producer gave up
+    240 s after the broker hung with the default 120 s (its flush waits its timeout for each unfinished batch in
+    turn), and 30 s after it with 20 s (its close waited for requests still in flight after records had failed)."""
+    from logpipe import health
+
+    log = tmp_path / "access.log"
+    timeout_s = 20
+    env = _env(stack, unique, tmp_path, LOGPIPE_TOPIC_PARTITIONS="1", LOGPIPE_PRODUCER_CLIENT=client,
+               LOGPIPE_PRODUCER_DELIVERY_TIMEOUT_S=str(timeout_s))
+    lines = 40_000
+    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "25", "--rate", "100",
+                    "--out", str(log)).returncode == 0
+    out = tmp_path / "produce.log"
+    producer = _start(env, out, "produce", str(log), "--speed", "10")  # about 1,000 lines/s: 40 s of sending
+    kafka_pid = services.service_pid(stack, "kafka")
+    assert kafka_pid, "the stack's broker is not running"
+    paused = False
+    try:
+        deadline = time.monotonic() + 120
+        while _end_offset(stack, env["LOGPIPE_TOPIC"]) < 5_000:
+            assert producer.poll() is None, out.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the producer sent too little in time"
+            time.sleep(0.2)
+        os.kill(kafka_pid, signal.SIGSTOP)
+        paused = True
+        wait_until_stopped(kafka_pid)
+        t = time.monotonic()
+        rc = producer.wait(300)
+        gave_up_after = time.monotonic() - t
+    finally:
+        if paused:
+            os.kill(kafka_pid, signal.SIGCONT)
+        if producer.poll() is None:
+            os.killpg(producer.pid, signal.SIGKILL)
+            producer.wait()
+    text = out.read_text()
+    assert rc == 1 and "Traceback" not in text, text[-3000:]
+    # the flush that gives up starts within a checkpoint interval (1 s) of the pause; closing adds little
+    assert timeout_s - 1 <= gave_up_after <= timeout_s + 10, f"gave up {gave_up_after:.0f} s after the broker hung"
+    said = [line for line in text.splitlines() if line.startswith("logpipe produce:")]
+    assert len(said) == 1 and said[0].startswith("logpipe produce: delivery failed: "), text[-3000:]
+    # the records failed at the client's delivery timeout ("N records not acknowledged; first error: ..."), or
+    # the flush gave up at the same time ("N records still unacknowledged after 20s")
+    assert "records not acknowledged; first error: " in said[0] or f"unacknowledged after {timeout_s}s" in said[0], \
+        said[0]
+    health.wait_for_kafka(stack.kafka_address, 120)  # the broker, resumed, serves again
+    r = _logpipe({**env, "LOGPIPE_PRODUCER_DELIVERY_TIMEOUT_S": "120"}, "produce", str(log))
+    assert r.returncode == 0, r.stderr[-3000:]
+    starts, pos = set(), 0
+    with log.open("rb") as f:
+        for line in f:
+            starts.add(pos)
+            pos += len(line)
+    offsets = [parse_record_key(m.key)[1] for m in read_topic(stack, env["LOGPIPE_TOPIC"], timeout_s=120)]
+    assert set(offsets) == starts, f"{len(starts - set(offsets))} lines of the file are not in the topic"

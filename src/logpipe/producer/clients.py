@@ -29,7 +29,7 @@ class RecordSink(Protocol):
 
     def send_lines(self, topic: str, lines: list[bytes], src: bytes, off: int, partition: int) -> int: ...
 
-    def flush(self, timeout: float = 120.0) -> None: ...
+    def flush(self, timeout: float | None = None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -42,11 +42,14 @@ class KafkaPythonSink:
 
         self.sent = self.failed = 0
         self.first_error: str | None = None
+        self.delivery_timeout_s = s.producer_delivery_timeout_s
+        delivery_ms, request_ms = delivery_timeouts_ms(s)
         self._p = KafkaProducer(
             bootstrap_servers=s.kafka_address, acks="all", enable_idempotence=True,
             compression_type=None if s.compression == "none" else s.compression,
             batch_size=s.batch_size, linger_ms=s.linger_ms, max_request_size=largest_record_bytes(s.max_message_bytes),
-            retries=2**31 - 1, request_timeout_ms=30000, client_id="logpipe-producer")
+            retries=2**31 - 1, delivery_timeout_ms=delivery_ms, request_timeout_ms=request_ms,
+            client_id="logpipe-producer")
         self._timed_out = False  # a flush gave up: close() then does not wait for the broker again
 
     def _on_error(self, exc: BaseException) -> None:
@@ -70,15 +73,20 @@ class KafkaPythonSink:
             off += len(line) + 1
         return off
 
-    def flush(self, timeout: float = 120.0) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         from kafka.errors import KafkaError, KafkaTimeoutError
 
+        timeout = self.delivery_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self._p.flush(timeout=max(deadline - time.monotonic(), 0.001))
+                # kafka-python's flush(t) waits up to t for each unfinished batch in turn, so a hung broker held
+                # it for a multiple of t (240 s of a 120 s timeout measured): short waits, up to the deadline
+                self._p.flush(timeout=min(max(deadline - time.monotonic(), 0.001), 1.0))
                 break
             except KafkaTimeoutError as exc:
+                if time.monotonic() < deadline:
+                    continue
                 self._timed_out = True
                 raise DeliveryError(f"records still unacknowledged after {timeout:.0f}s ({exc}); {self.failed} "
                                     f"failed so far, first error: {self.first_error}") from exc
@@ -91,14 +99,18 @@ class KafkaPythonSink:
                                         f"{self.failed} failed so far, first error: {self.first_error}") from exc
                 time.sleep(0.05)
         if self.failed:
+            # records expired (the broker did not answer in the delivery timeout): closing must not wait for its
+            # requests still in flight (measured: 6-10 s more with a hung broker)
+            self._timed_out = True
             raise DeliveryError(f"{self.failed} records not acknowledged; first error: {self.first_error}")
 
     def close(self) -> None:
         from kafka.errors import KafkaTimeoutError
 
         # kafka-python's close(t) first flushes for t seconds and raises if that times out, before it stops its
-        # sender thread; after a flush that gave up, the broker had its 120 s: close(0) skips the wait (then its
-        # flush raises at once and the sender, a daemon thread, is stopped by force)
+        # sender thread; after a flush that gave up or saw records fail, the broker had its delivery timeout:
+        # close(0) skips the wait (then its flush raises at once and the sender, a daemon thread, is stopped by
+        # force; every record sent was done or failed already)
         if not self._timed_out:
             self._p.close(timeout=30)
             return
@@ -118,6 +130,8 @@ class ConfluentSink:
 
         self.sent = self.failed = 0
         self.first_error: str | None = None
+        self.delivery_timeout_s = s.producer_delivery_timeout_s
+        delivery_ms, request_ms = delivery_timeouts_ms(s)
         self._p = Producer({
             "bootstrap.servers": s.kafka_address, "acks": "all", "enable.idempotence": True,
             "compression.type": s.compression, "linger.ms": s.linger_ms, "batch.size": s.batch_size,
@@ -126,6 +140,7 @@ class ConfluentSink:
             # a Python callback per failed record only (not one per record): flush() still waits for every
             # acknowledgement, and a failure is still counted and raised
             "delivery.report.only.error": True, "on_delivery": self._on_delivery,
+            "delivery.timeout.ms": delivery_ms, "request.timeout.ms": request_ms,
             "client.id": "logpipe-producer",
             # librdkafka's own messages (a broker unreachable, ...) through Python's logging, in the producer's log
             # format, not written straight to stderr by the C library
@@ -188,7 +203,8 @@ class ConfluentSink:
         self._p.poll(0)
         return off
 
-    def flush(self, timeout: float = 120.0) -> None:
+    def flush(self, timeout: float | None = None) -> None:
+        timeout = self.delivery_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while self._p.flush(1.0) > 0:
             if time.monotonic() > deadline:
@@ -201,6 +217,13 @@ class ConfluentSink:
         # after a flush that gave up, the broker had its delivery timeout: waiting 30 s more only delays the exit
         # (the unconfirmed lines are sent again by the next run, from the saved position)
         self._p.flush(0 if self._timed_out else 30)
+
+
+def delivery_timeouts_ms(s: Settings) -> tuple[int, int]:
+    """The clients' delivery timeout (a record not confirmed by then fails) and request timeout: the setting, and
+    30 s (both clients' default) or less, as both require a delivery timeout of at least linger + request."""
+    delivery_ms = int(s.producer_delivery_timeout_s * 1000)
+    return delivery_ms, max(min(30_000, delivery_ms - s.linger_ms), 1)
 
 
 def make_sink(s: Settings) -> RecordSink:

@@ -303,6 +303,43 @@ def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
+def test_a_broker_that_hangs_while_the_job_reads(stack, unique, tmp_path):
+    """The broker stops answering for 40 s (SIGSTOP: a hung JVM, a long GC pause, a suspended VM) while the job
+    streams: the job rides it out (commits again, in the same process, once the broker answers) or fails with one
+    line saying what to check; either way the same command then finishes with `verify` exact."""
+    log = tmp_path / "access.log"
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="10000")
+    lines = 150_000
+    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "26", "--out", str(log)).returncode == 0
+    assert _logpipe(env, "produce", str(log), "--client", "confluent").returncode == 0
+    job = _start(env, tmp_path / "stream.log", "stream")
+    root = env["LOGPIPE_HDFS_ROOT"]
+    kafka_pid = services.service_pid(stack, "kafka")
+    assert kafka_pid, "the stack's broker is not running"
+    try:
+        deadline = time.monotonic() + 300
+        while _ingest_commits(stack, root) < 2:
+            assert job.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the job committed nothing in time"
+            time.sleep(0.2)
+        os.kill(kafka_pid, signal.SIGSTOP)
+        try:
+            wait_until_stopped(kafka_pid)
+            time.sleep(40)
+        finally:
+            os.kill(kafka_pid, signal.SIGCONT)
+        before = _ingest_commits(stack, root)
+        assert before < lines // 10_000, "the pause came too late to matter"
+        deadline = time.monotonic() + 300
+        while job.poll() is None and _ingest_commits(stack, root) <= before:
+            assert time.monotonic() < deadline, "the job neither committed nor exited in 300 s after the broker came back"
+            time.sleep(0.5)
+    finally:
+        rc = _stop_job(job)
+    _assert_survived_or_failed_clearly(rc, (tmp_path / "stream.log").read_text())
+    _finish_and_verify(env, log, tmp_path, lines)
+
+
 def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):
     """The DataNode goes away while the job writes: the job carries on or fails clearly; after a restart the
     results are exact."""

@@ -320,6 +320,14 @@ class Settings(BaseSettings):
                              "as log lines (and quarantine them). Give the alerts their own topic")
         return self
 
+    @model_validator(mode="after")
+    def _delivery_outlasts_linger(self) -> "Settings":
+        if self.producer_delivery_timeout_s * 1000 < 2 * self.linger_ms:
+            raise ValueError(f"producer_delivery_timeout_s ({self.producer_delivery_timeout_s:g} s) must be at least "
+                             f"twice linger_ms ({self.linger_ms} ms): a batch waits linger_ms before it is sent, and "
+                             "its request needs time of its own within the delivery timeout")
+        return self
+
     # ---- derived ----------------------------------------------------------------------------------
     @cached_property
     def kafka_address(self) -> str:

@@ -27,3 +27,13 @@ def test_kafka_python_takes_the_shortest_delivery_timeout_the_setting_allows():
     s = Settings(producer_delivery_timeout_s=1)
     delivery_ms, request_ms = delivery_timeouts_ms(s)
     RecordAccumulator(delivery_timeout_ms=delivery_ms, request_timeout_ms=request_ms, linger_ms=s.linger_ms)
+
+
+def test_a_delivery_timeout_too_short_for_the_linger_is_refused_with_both_names():
+    """A delivery timeout the linger alone would use up: kafka-python refused it with its own configuration error
+    when the producer was made; the settings refuse it first, naming both settings."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="producer_delivery_timeout_s .* linger_ms"):
+        Settings(producer_delivery_timeout_s=1, linger_ms=600)
+    assert delivery_timeouts_ms(Settings(producer_delivery_timeout_s=1, linger_ms=500)) == (1_000, 500)

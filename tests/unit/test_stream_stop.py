@@ -399,6 +399,12 @@ def test_failure_summary_picks_the_cause_and_the_hint_is_found_anywhere_in_the_e
     for quota in ("NSQuotaExceededException: The NameSpace quota (directories and files) of directory /r is exceeded",
                   "DSQuotaExceededException: The DiskSpace quota of /r is exceeded: quota = 1 B"):
         assert "a quota on a folder of the results root is used up" in run.failure_hint(f"Caused by: a.b.{quota}")
+    # a broker that hung longer than Spark's Kafka reads wait (measured: a 170 s SIGSTOP), or the alerts' send
+    hung = ("Caused by: java.util.concurrent.TimeoutException: Cannot fetch record for offset 25000 in 120000 "
+            "milliseconds")
+    expired = "Caused by: org.apache.kafka.common.errors.TimeoutException: Expiring 3 record(s) for alerts-0"
+    for text in (hung, expired):
+        assert "the Kafka broker did not answer in time" in run.failure_hint(text)
     job.batch_error = RootBusy("this run lost its lease on /r: now held by process 7 on host h")
     with pytest.raises(RootBusy, match="lost its lease"):
         run._raise_if_failed(Failed(proxy), job)

@@ -575,6 +575,9 @@ def failure_summary(text: str) -> str:
     return (inner or causes)[-1]
 
 
+_KAFKA_NO_ANSWER = (" -- the Kafka broker did not answer in time (hung, overloaded or paused): check `logpipe stack "
+                    "status` and the broker's log; start the job again once it answers (it resumes from its last "
+                    "committed micro-batch)")
 FAILURE_HINTS = {  # what to check next, by a telling part of the error (the first that matches)
     "There are 0 datanode(s) running": " -- HDFS has no DataNode to write to: check `logpipe stack status` and the "
                                        "DataNode log; once it is back, start the job again (it resumes from its "
@@ -586,6 +589,10 @@ FAILURE_HINTS = {  # what to check next, by a telling part of the error (the fir
                        "or the topic was emptied): the results on this root cannot be completed exactly. Run the job "
                        "on a new LOGPIPE_HDFS_ROOT (it reads what the topic still holds), and produce the log again "
                        "into a new LOGPIPE_TOPIC if all of it is needed",
+    # a broker that stopped answering (hung, paused) for longer than Spark's Kafka reads wait
+    # (spark.network.timeout, 120 s), or than the alerts' send waits
+    "Cannot fetch record for offset": _KAFKA_NO_ANSWER,
+    "org.apache.kafka.common.errors.TimeoutException": _KAFKA_NO_ANSWER,
     "Connection refused": " -- a service is not reachable: check `logpipe stack status`; the job resumes from its"
                           " checkpoints when started again",
     "AccessControlException": " -- the HDFS user (LOGPIPE_HDFS_USER, else your login name) may not write there: "

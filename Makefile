@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: deps test-deps setup constraints demo test unit stack-up stack-down stack-status clean
+.PHONY: deps test-deps setup constraints demo test unit stack-up stack-down stack-status mutants clean
 
 deps:                            ## system packages (apt-get, as root or via sudo; only what is missing)
 	PYTHON=$(PYTHON) bash .ci/deps
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | deps
 
 constraints: | deps              ## pin every installed version again (after changing pyproject.toml's pins)
 	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[spark,dev,notebook]'
+	$(BIN)/pip install -q -e '.[spark,dev,notebook,mutants]'
 	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	touch $(VENV)/.installed
@@ -43,6 +43,12 @@ stack-down: setup
 	$(BIN)/logpipe stack down
 stack-status: setup
 	$(BIN)/logpipe stack status
+
+mutants: setup                   ## mutation testing of the domain modules by the unit tests (~10 min; mutants/)
+	$(BIN)/pip install -q -c constraints.txt -e '.[mutants]'
+	rm -rf mutants
+	$(BIN)/mutmut run
+	$(BIN)/mutmut results
 
 clean: setup                     ## stop the stack, then delete its run folder (kept if a service would not stop)
 	$(BIN)/logpipe stack down --wipe && rm -rf "$${LOGPIPE_RUN_DIR:-.logpipe}"

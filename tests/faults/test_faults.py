@@ -76,6 +76,20 @@ def _stop_job(proc: subprocess.Popen, timeout: float = 300) -> int:
     return proc.returncode
 
 
+def _generate_and_produce(env: dict[str, str], log: Path, lines: int, seed: int, *produce_args: str) -> None:
+    """A generated log of `lines` lines in env's topic, produced to the end."""
+    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", str(seed), "--out", str(log)).returncode == 0
+    r = _logpipe(env, "produce", str(log), *produce_args)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _kill_if_running(proc: subprocess.Popen) -> None:
+    """SIGKILL to a command's whole process group (its Spark JVM too) if it still runs: a failed test leaves none."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _assert_survived_or_failed_clearly(rc: int, job_log: str) -> None:
     """The job either ran on and stopped cleanly, or exited 1 with one line saying which query failed and why."""
     if rc == 0:
@@ -190,18 +204,19 @@ def test_kafka_restart_while_producing_and_streaming(stack, unique, tmp_path):
     _finish_and_verify(env, log, tmp_path, lines)
 
 
-def test_sigterm_stops_until_done_between_batches_and_the_same_command_goes_on(stack, unique, tmp_path):
-    """SIGTERM to `stream --until-done` (as `docker stop` sends; Ctrl-C alike): the running micro-batch finishes and
-    commits, the job exits 128 + 15 saying how many lines its committed batches hold, and the same command again
-    finishes the topic with `verify` exact, no line lost or doubled."""
+@pytest.mark.parametrize("mode", [["--until-done"], ["--until-idle", "600"]], ids=["until-done", "until-idle"])
+def test_sigterm_stops_between_batches_and_the_same_command_goes_on(stack, unique, tmp_path, mode):
+    """SIGTERM to `stream --until-done` (as `docker stop` sends; Ctrl-C alike), or to `stream --until-idle` while
+    it follows the topic (idle for ten minutes: only the signal ends it): the running micro-batch finishes and
+    commits, the job exits 128 + 15 saying how many lines its committed batches hold, no still-open window is
+    written, and `--until-done` then finishes the topic with `verify` exact, no line lost or doubled."""
     log = tmp_path / "access.log"
     per_batch, lines = 25_000, 200_000
     # one partition: every batch then holds exactly per_batch records (Spark splits the cap over the partitions)
     env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch), LOGPIPE_TOPIC_PARTITIONS="1")
-    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "17", "--out", str(log)).returncode == 0
-    assert _logpipe(env, "produce", str(log)).returncode == 0
+    _generate_and_produce(env, log, lines, 17)
     out = tmp_path / "stream.log"
-    job = _start(env, out, "stream", "--until-done")
+    job = _start(env, out, "stream", *mode)
     root = env["LOGPIPE_HDFS_ROOT"]
     try:
         deadline = time.monotonic() + 300
@@ -211,9 +226,7 @@ def test_sigterm_stops_until_done_between_batches_and_the_same_command_goes_on(s
         job.send_signal(signal.SIGTERM)
         rc = job.wait(300)
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        _kill_if_running(job)
     text = out.read_text()
     assert rc == 128 + signal.SIGTERM, text[-3000:]
     said = [line for line in text.splitlines() if line.startswith("logpipe stream: stopped by SIGTERM")]
@@ -222,39 +235,6 @@ def test_sigterm_stops_until_done_between_batches_and_the_same_command_goes_on(s
     committed = _ingest_commits(stack, root)
     assert 1 <= committed < lines // per_batch  # it stopped before the end ...
     assert f"{committed * per_batch:,} lines" in said[0]  # ... between batches: each committed whole
-    _finish_and_verify(env, log, tmp_path, lines)
-
-
-def test_sigterm_stops_until_idle_between_batches_and_until_done_goes_on(stack, unique, tmp_path):
-    """SIGTERM to `stream --until-idle` while it follows the topic (before the input went idle): as with
-    --until-done, the running micro-batch commits, the job exits 128 + 15 saying how many lines its committed
-    batches hold, and no still-open window is written; `--until-done` then finishes with `verify` exact."""
-    log = tmp_path / "access.log"
-    per_batch, lines = 25_000, 150_000
-    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch), LOGPIPE_TOPIC_PARTITIONS="1")
-    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "23", "--out", str(log)).returncode == 0
-    assert _logpipe(env, "produce", str(log)).returncode == 0
-    out = tmp_path / "stream.log"
-    job = _start(env, out, "stream", "--until-idle", "600")  # idle for ten minutes: only the signal ends it
-    root = env["LOGPIPE_HDFS_ROOT"]
-    try:
-        deadline = time.monotonic() + 300
-        while _ingest_commits(stack, root) < 1 and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert job.poll() is None, "the job ended before the stop:\n" + out.read_text()[-3000:]
-        job.send_signal(signal.SIGTERM)
-        rc = job.wait(300)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-    text = out.read_text()
-    assert rc == 128 + signal.SIGTERM, text[-3000:]
-    said = [line for line in text.splitlines() if line.startswith("logpipe stream: stopped by SIGTERM")]
-    assert len(said) == 1 and "run the same command again" in said[0], text[-3000:]
-    assert "Traceback" not in text, text[-3000:]
-    committed = _ingest_commits(stack, root)
-    assert 1 <= committed <= lines // per_batch and f"{committed * per_batch:,} lines" in said[0], said[0]
     assert _commits(stack, root, "flush") == 0, "a stopped run wrote its open windows as final"
     _finish_and_verify(env, log, tmp_path, lines)
 
@@ -267,8 +247,7 @@ def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp
     log = tmp_path / "access.log"
     per_batch, lines = 25_000, 100_000
     env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch), LOGPIPE_TOPIC_PARTITIONS="1")
-    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "24", "--out", str(log)).returncode == 0
-    assert _logpipe(env, "produce", str(log)).returncode == 0
+    _generate_and_produce(env, log, lines, 24)
     out, err = tmp_path / "stream.out", tmp_path / "stream.log"
     job = subprocess.Popen([sys.executable, "-m", "logpipe", "stream", "--until-done"], env=env,
                            stdout=out.open("w"), stderr=err.open("w"), start_new_session=True)
@@ -289,9 +268,7 @@ def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp
         job.send_signal(signal.SIGTERM)
         rc = job.wait(300)
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        _kill_if_running(job)
     text = err.read_text()
     assert rc == 0 and "Traceback" not in text, text[-3000:]
     assert "SIGTERM: stopping once the running micro-batch is done" in text, text[-3000:]  # it came, and was seen
@@ -310,8 +287,7 @@ def test_a_broker_that_hangs_while_the_job_reads(stack, unique, tmp_path):
     log = tmp_path / "access.log"
     env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="10000")
     lines = 150_000
-    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "26", "--out", str(log)).returncode == 0
-    assert _logpipe(env, "produce", str(log), "--client", "confluent").returncode == 0
+    _generate_and_produce(env, log, lines, 26, "--client", "confluent")
     job = _start(env, tmp_path / "stream.log", "stream")
     root = env["LOGPIPE_HDFS_ROOT"]
     kafka_pid = services.service_pid(stack, "kafka")
@@ -346,8 +322,7 @@ def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):
     log = tmp_path / "access.log"
     env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="10000")
     lines = 150_000
-    assert _logpipe(env, "generate", "--lines", str(lines), "--seed", "22", "--out", str(log)).returncode == 0
-    assert _logpipe(env, "produce", str(log), "--client", "confluent").returncode == 0
+    _generate_and_produce(env, log, lines, 22, "--client", "confluent")
     job = _start(env, tmp_path / "stream.log", "stream")
     try:
         deadline = time.monotonic() + 300
@@ -683,9 +658,7 @@ def test_a_producer_exits_at_its_delivery_timeout_when_the_broker_hangs_and_the_
     finally:
         if paused:
             os.kill(kafka_pid, signal.SIGCONT)
-        if producer.poll() is None:
-            os.killpg(producer.pid, signal.SIGKILL)
-            producer.wait()
+        _kill_if_running(producer)
     text = out.read_text()
     assert rc == 1 and "Traceback" not in text, text[-3000:]
     # the flush that gives up starts within a checkpoint interval (1 s) of the pause; closing adds little

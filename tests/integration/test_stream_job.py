@@ -436,7 +436,7 @@ def test_batch_committed_by_us_but_not_by_spark_is_rerun_exactly(job_settings: S
 
 
 @pytest.mark.faults
-def test_the_batch_after_a_rerun_batch_reads_its_carried_state_once(job_settings: Settings):
+def test_the_batch_after_a_rerun_batch_reads_its_carried_state_once(job_settings: Settings, tmp_path):
     """As above, but the re-run batch is not the last: a continuous run (which writes no still-open windows) is
     stopped once it committed the first half, Spark's last commit log entry is removed, and the second half comes
     with the next run. Spark re-runs the batch, then the next batch reads the open windows and the line keys the
@@ -451,7 +451,7 @@ def test_the_batch_after_a_rerun_batch_reads_its_carried_state_once(job_settings
     sent = Sent(build_records(lines), rate_host, surge_status)
     cut = FOREIGN_LINES + len(lines) // 2  # the repeats start here (build_records)
     send(job_settings, sent.records[:cut], partitions=1)
-    out = open(f"/tmp/logpipe-test-{job_settings.topic}.log", "w")
+    out = (tmp_path / "stream.log").open("w")
     job = subprocess.Popen([sys.executable, "-m", "logpipe", "stream"], stdout=out, stderr=subprocess.STDOUT,
                            env=job_env(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000"), start_new_session=True)
     fs = webhdfs_fs(job_settings)
@@ -464,10 +464,10 @@ def test_the_batch_after_a_rerun_batch_reads_its_carried_state_once(job_settings
     try:
         deadline = time.monotonic() + 300
         while committed_lines() < cut:
-            assert job.poll() is None and time.monotonic() < deadline, open(out.name).read()[-3000:]
+            assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "stream.log").read_text()[-3000:]
             time.sleep(0.5)
         job.send_signal(signal.SIGTERM)
-        assert job.wait(300) == 0, open(out.name).read()[-3000:]
+        assert job.wait(300) == 0, (tmp_path / "stream.log").read_text()[-3000:]
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)

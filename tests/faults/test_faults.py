@@ -17,6 +17,7 @@ from logpipe.config import Settings
 from logpipe.record import parse_record_key
 from logpipe.results import load_table
 from logpipe.stack import services
+from logpipe.streaming.commit import batch_tag
 from logpipe.topics import delete_topics, read_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -239,11 +240,12 @@ def test_sigterm_stops_between_batches_and_the_same_command_goes_on(stack, uniqu
     _finish_and_verify(env, log, tmp_path, lines)
 
 
-@pytest.mark.parametrize("when", ["at the last commit", "during the flush"])
-def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp_path, when):
-    """SIGTERM once `stream --until-done` has committed its last micro-batch (the drain ends, the still-open
-    windows are next) or while it writes those windows: nothing is left to stop between, so the run ends as if no
-    signal came: exit 0, the flush committed, its metrics printed, `verify` exact without a second run."""
+@pytest.mark.parametrize("when", ["during the last batch", "at the last commit", "during the flush"])
+def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp_path, hdfs_client, when):
+    """SIGTERM while `stream --until-done` runs its last micro-batch (the job waits for it, and it read the topic
+    to its end), once it has committed it (the drain ends, the still-open windows are next) or while it writes
+    those windows: nothing is left to stop between, so the run ends as if no signal came: exit 0, the flush
+    committed, its metrics printed, `verify` exact without a second run."""
     log = tmp_path / "access.log"
     per_batch, lines = 25_000, 100_000
     env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch), LOGPIPE_TOPIC_PARTITIONS="1")
@@ -254,6 +256,9 @@ def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp
     root = env["LOGPIPE_HDFS_ROOT"]
 
     def ready() -> bool:
+        if when == "during the last batch":  # its one pass has begun writing (batch ids count from 0)
+            return hdfs_client.status(f"{root}/events/_staging/{batch_tag(lines // per_batch - 1)}",
+                                      strict=False) is not None
         if when == "at the last commit":
             return _ingest_commits(stack, root) == lines // per_batch
         return "windows still open after batch" in err.read_text()  # the flush has begun
@@ -272,6 +277,8 @@ def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp
     text = err.read_text()
     assert rc == 0 and "Traceback" not in text, text[-3000:]
     assert "SIGTERM: stopping once the running micro-batch is done" in text, text[-3000:]  # it came, and was seen
+    if when == "during the last batch":  # the drain ended by itself meanwhile, or was stopped right after it
+        assert "the topic was drained meanwhile" in text or "was the drain's last" in text, text[-3000:]
     assert _ingest_commits(stack, root) == lines // per_batch and _commits(stack, root, "flush") == 1
     metrics = json.loads(out.read_text().strip().splitlines()[-1])
     assert metrics["lines"] == lines == metrics["parsed"] + metrics["quarantined"]

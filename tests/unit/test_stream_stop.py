@@ -269,6 +269,44 @@ def test_a_stop_before_the_end_says_what_is_committed_or_lets_a_finished_drain_f
                                  _signalled(signal.SIGTERM), may_end=True)
 
 
+def test_a_stop_during_the_drains_last_batch_lets_the_run_finish(caplog) -> None:
+    """Stopped between batches, the drain whose last batch read the topic to its present ends is done: the run
+    goes on (to the flush). Not so when records came after that batch, when its ends cannot be read, or for a
+    continuous query; a batch that reported no progress yet never counts as the last."""
+    import signal
+
+    from logpipe.config import load_settings
+
+    s = load_settings().with_overrides(stop_grace_s=1)
+
+    def stopped_after(ends: dict[int, int] | None) -> _Stopping:
+        q = _Stopping(ends_itself=False)
+        q.lastProgress = (None if ends is None else
+                          {"batchId": 3, "sources": [{"endOffset": json.dumps({s.topic: {str(p): o
+                                                                                       for p, o in ends.items()}})}]})
+        return q
+
+    def unreadable() -> dict[int, int]:
+        raise OSError("broker gone")
+
+    def stop(q: _Stopping, ends, *, may_end: bool = True) -> None:
+        run._stop_before_the_end(q, _Job(100_000), s, _signalled(signal.SIGTERM), may_end=may_end,
+                                 read_ends=ends)
+
+    q = stopped_after({0: 50_000, 1: 50_000})
+    with caplog.at_level(logging.INFO, logger="logpipe.stream"):
+        assert stop(q, lambda: {0: 50_000, 1: 50_000}) is None
+    assert q.stopped and "was the drain's last" in caplog.text
+    for q, ends, may_end in ((stopped_after({0: 50_000, 1: 50_000}), lambda: {0: 50_000, 1: 50_001}, True),
+                             (stopped_after({0: 50_000}), lambda: {0: 50_000, 1: 0}, True),
+                             (stopped_after(None), lambda: {0: 50_000}, True),
+                             (stopped_after({0: 50_000}), unreadable, True),
+                             (stopped_after({0: 50_000}), lambda: {0: 50_000}, False)):
+        with pytest.raises(run.StopRequested, match="100,000 lines"):
+            stop(q, ends, may_end=may_end)
+    assert "could not read the end offsets" in caplog.text
+
+
 def test_stop_signal_installs_nothing_outside_the_main_thread() -> None:
     import signal
 

@@ -225,8 +225,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             until_done = True
         if until_done:
             drain = job.ingest_query(available_now=True)
-            if not _await_all([drain], s, stop.event, job):
-                _stop_before_the_end(drain, job, s, stop, may_end=True)  # returns if the drain was done anyway
+            if not _await_all([drain], s, stop.event, job):  # returns if the drain was done anyway:
+                _stop_before_the_end(drain, job, s, stop, may_end=True, read_ends=lambda: _topic_ends_now(s))
             # a signal from here on lets the still-open windows be written: the run then ends as if none came
             t_ingest = time.monotonic() - t0
             flushed = job.flush_open_windows()
@@ -267,11 +267,14 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         spark.stop()
 
 
-def _stop_before_the_end(q: StreamingQuery, job: StreamJob, s: Settings, stop: StopSignal, *, may_end: bool) -> None:
+def _stop_before_the_end(q: StreamingQuery, job: StreamJob, s: Settings, stop: StopSignal, *, may_end: bool,
+                         read_ends: Callable[[], dict[int, int]] | None = None) -> None:
     """A signal came before a run-to-the-end query was done: stop it between micro-batches, then raise
     StopRequested, or the query's own failure if its last batch failed meanwhile. `may_end`: the query is the
-    drain, which ends by itself after its last batch; if it did so while we waited, this returns (the run goes on
-    to write the still-open windows). A continuous query that ended by itself is a failure."""
+    drain, which ends by itself after its last batch; if it did so while we waited, or the batch it was stopped
+    after had read the topic up to its present ends (`read_ends`: {partition: end offset}; the signal came during
+    the drain's last batch), this returns: the run goes on to write the still-open windows, as it does for a
+    signal after the drain. A continuous query that ended by itself is a failure."""
     log.info("stopping: letting the running micro-batch finish (up to %.0fs)", s.stop_grace_s)
     with _quiet_interrupted_callbacks():
         ended = _stop_between_batches(q, s.stop_grace_s)
@@ -281,6 +284,10 @@ def _stop_before_the_end(q: StreamingQuery, job: StreamJob, s: Settings, stop: S
             log.info("the topic was drained meanwhile: finishing the run")
             return
         raise RuntimeError(f"streaming query {q.name} ended by itself while stopping")
+    if may_end and read_ends is not None and _read_to_the_ends(q, s.topic, read_ends):
+        log.info("the micro-batch the stop waited for was the drain's last (it read the topic to its end): "
+                 "finishing the run")
+        return
     assert stop.signum is not None
     try:
         lines: int | None = job.accounting()["lines"]
@@ -288,6 +295,30 @@ def _stop_before_the_end(q: StreamingQuery, job: StreamJob, s: Settings, stop: S
         log.warning("could not count the committed lines: %s", str(exc).splitlines()[0] if str(exc) else exc)
         lines = None
     raise StopRequested(stop.signum, lines)
+
+
+def _topic_ends_now(s: Settings) -> dict[int, int]:
+    """The input topic's end offsets now ({partition: end offset}), read with a consumer of its own."""
+    from logpipe.topics import TopicEnds
+
+    ends = TopicEnds(s, s.topic)
+    try:
+        return ends.read()
+    finally:
+        ends.close()
+
+
+def _read_to_the_ends(q: StreamingQuery, topic: str, read_ends: Callable[[], dict[int, int]]) -> bool:
+    """Whether `q`'s last reported (so committed) micro-batch read `topic` up to the end offsets `read_ends`
+    gives now; False when either is unknown (the ends could not be read: the run then stops as asked)."""
+    done = processed_ends(q, topic)
+    if done is None:
+        return False
+    try:
+        return done == read_ends()
+    except Exception as exc:  # noqa: BLE001 (a stop is never refused for want of the ends)
+        log.warning("could not read the end offsets of %s to see whether the drain was done: %s", topic, exc)
+        return False
 
 
 def check_until_idle(s: Settings, until_idle_s: float | None) -> None:

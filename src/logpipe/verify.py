@@ -771,6 +771,18 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
             "examples": (wrong + late + columns)[:10], "ok": not (wrong or late or columns)}
 
 
+def other_log_hint(file_lines: int, job_lines: int, log_path: Path) -> str | None:
+    """Why the file's lines and the job's distinct source lines may differ, or None when their numbers agree."""
+    if file_lines == job_lines:
+        return None
+    more = "more" if job_lines > file_lines else "fewer"
+    return (f"The job's results hold {job_lines:,} distinct source lines, {more} than the {file_lines:,} of "
+            f"{log_path}: is it the log that was produced to the topic, whole? Lines added to it since were not "
+            "read yet (`logpipe stream --until-done` reads them); a rotated log is checked as one file of its parts "
+            "in order (e.g. `--log <(cat access.log.1 access.log)`); another log's results are under another root "
+            "(--hdfs-root).")
+
+
 def too_large_hint(s: Settings, file_by_reason: dict[str, int], job_by_reason: dict[str, int]) -> str | None:
     """Why the file's and the job's too_large counts may differ, or None when they agree: the producer sends a
     line over its --max-message-bytes as a too_large record (quarantined by the job), and verify takes the lines
@@ -1358,7 +1370,9 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                  and acc["late_check"]["ok"] and acc["job_accounting"]["ok"] and acc["parsed_fields_equal"]
                  and acc["quarantine_records_equal"] and not acc["events_in_wrong_date_partition"]
                  and acc["uncommitted_files"]["ok"])
-    acc["hint"] = too_large_hint(s, counts.quarantined_by_reason, job_q_by_reason)
+    hints = [other_log_hint(counts.lines, acc["job_parsed_unique"] + acc["job_quarantined_unique"], log_path),
+             too_large_hint(s, counts.quarantined_by_reason, job_q_by_reason)]
+    acc["hint"] = " ".join(h for h in hints if h) or None
     alerts = load_alerts(s, fs)
     alert_check = check_every_alert(s, fs, counts, alerts, replay, alerts_on_kafka)
     truth = None

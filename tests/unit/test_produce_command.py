@@ -173,6 +173,42 @@ def test_a_fifo_is_refused_at_once_even_without_a_writer(tmp_path):
     assert r.returncode == 2 and "not a regular file" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz", "zip"])
+def test_a_compressed_log_is_refused_naming_its_format(tmp_path, kind):
+    """Sent as it is, a compressed log's bytes would make garbage lines, every one quarantined: refused, exit 2,
+    before Kafka is reached (a text log whose first host starts with the letters of a format's magic is sent)."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    text = b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.0" 200 1\n'
+    log = tmp_path / "access.log.1"
+    if kind == "zip":
+        with zipfile.ZipFile(log, "w") as z:
+            z.writestr("access.log", text)
+    else:
+        log.write_bytes({"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[kind](text))
+    env = {**os.environ, "LOGPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
+    r = _produce(env, str(log))
+    assert r.returncode == 2 and f"is {kind}-compressed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    from logpipe.producer.source import compression_of
+
+    assert compression_of(b"BZh9 - - [2004-05-18 05:58:48]") is None and compression_of(b"PK.example.com -") is None
+
+
+def test_a_positions_folder_it_cannot_make_is_one_line_naming_the_setting(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_bytes(b"x\n")
+    (tmp_path / "file").write_bytes(b"")
+    env = {**os.environ, "LOGPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+           "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "file" / "pos")}  # under a file: no folder can be made
+    r = _produce(env, str(log))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot keep the producer's positions in {tmp_path / 'file' / 'pos'}" in r.stderr, r.stderr
+    assert "LOGPIPE_PRODUCER_STATE_DIR" in r.stderr
+
+
 def test_an_unreachable_broker_is_a_clear_error(tmp_path, free_ports):
     log = tmp_path / "a.log"
     log.write_bytes(b"x\n")

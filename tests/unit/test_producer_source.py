@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from logpipe.generator import truth_path
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, file_key, head_digest
 from logpipe.producer.source import TAIL_SETTLE_S, LogSource
 
@@ -182,8 +183,8 @@ def test_the_message_limit_is_at_most_the_longest_line_the_producer_holds():
 def test_a_rotation_the_producer_never_saw_is_named_in_a_warning(tmp_path, caplog):
     """Rotated twice before the producer reached the first rotation (here: while it was stopped, and while it
     read): the file in between was never at the log's path when the producer looked, so it is not read (it could
-    as well be a copy); a warning names it and how to send it. Compressed rotations and files the producer read
-    are not named."""
+    as well be a copy); a warning names it and how to send it. Compressed rotations, files the producer read and
+    those `logpipe generate` writes beside a log (its ground truth, the log it is writing) are not named."""
     import logging
     import time
 
@@ -196,6 +197,8 @@ def test_a_rotation_the_producer_never_saw_is_named_in_a_warning(tmp_path, caplo
     blocks = source.blocks()
     assert next(blocks).lines == [b"a1"]
     time.sleep(0.05)
+    truth_path(log).write_text("{}")            # `logpipe generate --force` wrote the log again: its ground truth
+    log.with_name(log.name + ".partial").write_bytes(b"d1\n")  # and the log it writes next
     log.rename(tmp_path / "live.log.1")         # A -> .1
     log.write_bytes(b"b1\n")                    # B, never seen by the producer
     (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
@@ -207,6 +210,16 @@ def test_a_rotation_the_producer_never_saw_is_named_in_a_warning(tmp_path, caplo
     assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1"))
     assert f"logpipe produce {tmp_path / 'live.log.1'}" in named[0]
     source.close()
+
+
+def test_the_files_generate_writes_beside_a_log_are_the_ones_not_taken_for_rotations(tmp_path):
+    from logpipe.generator import generate
+    from logpipe.producer.source import SIDE_FILE_SUFFIXES
+
+    out = tmp_path / "gen.log"
+    generate(out, lines=50, seed=1, progress=False)
+    beside = sorted(f.name[len(out.name):] for f in tmp_path.iterdir() if f.name.startswith(out.name + "."))
+    assert beside == [".truth.json"] and all(name.endswith(SIDE_FILE_SUFFIXES) for name in beside)
 
 
 def test_two_rotations_while_stopped_name_the_file_in_between(tmp_path, caplog):

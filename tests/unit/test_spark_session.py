@@ -93,6 +93,29 @@ def test_the_spark_jvm_logs_one_line_per_error_and_keeps_the_whole_text_in_the_r
     assert spark_conf(s)["spark.driver.extraJavaOptions"] == s.spark_driver_java_options.strip()
 
 
+def test_the_warning_of_a_stop_with_no_job_to_cancel_stays_off_the_console(tmp_path) -> None:
+    """Spark warns twice at every stop between micro-batches that it found no job to cancel: kept in the run's
+    spark.log, not on stderr, where other warnings still come."""
+    import subprocess
+    import sys
+
+    script = """if True:
+        import os, sys
+        from logpipe.config import load_settings
+        from logpipe.spark import build_spark
+        spark = build_spark(load_settings(run_dir=sys.argv[1]), "log-filter", kafka=False)
+        logger = spark._jvm.org.apache.logging.log4j.LogManager.getLogger("org.apache.spark.scheduler.DAGScheduler")
+        logger.warn("Failed to cancel job group 4a0a3742-5373-46a1-b008-2f813af00b94. Cannot find active jobs for it.")
+        logger.warn("Failed to cancel job group 4a0a: something else")
+        spark.stop()
+    """
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Cannot find active jobs" not in r.stderr and "Failed to cancel job group 4a0a: something else" in r.stderr
+    kept = (tmp_path / "logs" / "spark.log").read_text()
+    assert "Cannot find active jobs for it." in kept and "something else" in kept
+
+
 def _jdk(root, name: str, version: str, *, java: bool = True):
     home = root / name
     (home / "bin").mkdir(parents=True)

@@ -663,3 +663,22 @@ def test_a_callback_of_a_query_stopped_before_recover_does_not_run(monkeypatch) 
         j._batch(None, 4, follow_generation)
     j._batch(None, 4, j._generation)  # the drain's
     assert ran == [3, 4]
+
+
+def test_the_end_of_a_run_says_what_it_added_beside_the_roots_totals() -> None:
+    """A run on a root earlier runs wrote to says its own lines first; the root's totals (what the metrics hold)
+    follow. A first run's are the same numbers, said once."""
+    def acc(batches: int, lines: int, quarantined: int, late: int, dups: int) -> dict:
+        return {"batches": batches, "lines": lines, "parsed": lines - quarantined, "quarantined": quarantined,
+                "late": late, "duplicates_dropped": dups, "events": lines - quarantined - late - dups}
+
+    first = acc(4, 1_000, 10, 0, 0)
+    first["this_run"] = dict(first)
+    assert run.run_summary(first) == ("1,000 lines = 990 parsed + 10 quarantined; late 0, duplicates dropped 0")
+    later = acc(6, 1_876, 28, 434, 3)
+    later["this_run"] = {k: later[k] - first[k] for k in first["this_run"]}
+    assert run.run_summary(later) == (
+        "this run 876 lines = 858 parsed + 18 quarantined; late 434, duplicates dropped 3 (the results root, with "
+        "earlier runs: 1,876 lines = 1,848 parsed + 28 quarantined; late 434, duplicates dropped 3)")
+    del later["this_run"]  # metrics written without a start (as before this field): the root's only
+    assert run.run_summary(later).startswith("1,876 lines")

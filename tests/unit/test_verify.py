@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -207,6 +208,19 @@ def test_too_large_counts_that_differ_point_at_the_producers_limit():
     assert too_large_hint(s, {}, {}) is None
     hint = too_large_hint(s, {"too_large": 1}, {})
     assert hint and "1,000,000" in hint and "--max-message-bytes" in hint and "quarantined 0" in hint
+
+
+def test_a_log_with_other_lines_than_the_results_is_told_what_to_check():
+    """Another log, lines added since the run or one part of a rotated log: the numbers of lines differ, and the
+    report says so with what to check (it failed with no hint, or with the too_large one, which did not apply)."""
+    from logpipe.verify import other_log_hint
+
+    log = Path("/logs/access.log")
+    assert other_log_hint(1_000, 1_000, log) is None
+    grown = other_log_hint(1_005, 1_000, log)
+    assert grown and "1,000 distinct source lines, fewer than the 1,005 of /logs/access.log" in grown
+    assert "stream --until-done" in grown and "cat access.log.1 access.log" in grown and "--hdfs-root" in grown
+    assert "more than the 400" in (other_log_hint(400, 1_000, log) or "")
 
 
 def test_without_late_leaves_the_counts_of_the_other_lines(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,49 @@ def test_a_broken_truth_file_is_said_before_the_recount(log, tmp_path, capsys, t
     err = capsys.readouterr().err
     assert code == 2 and "is not a ground-truth file of `logpipe generate`" in err and why in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file", "no right to write"])
+def test_a_report_path_it_cannot_write_is_said_before_the_recount(log, tmp_path, capsys, where):
+    """--json naming a folder, a path under a file, or a file in a folder it may not write: one line, exit 2, before
+    the recount (it was written after it, and failed with a traceback that hid the verdict)."""
+    import os
+
+    if where == "no right to write" and os.geteuid() == 0:
+        locked = Path("/proc/logpipe-verify.json")  # root may write anywhere but into /proc
+    else:
+        locked = tmp_path / "locked" / "verify.json"
+        locked.parent.mkdir()
+        locked.parent.chmod(0o500)
+    path = {"a folder": tmp_path, "under a file": log / "verify.json", "no right to write": locked}[where]
+    code = main(["verify", "--log", str(log), "--json", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--json {path}" in err and "Traceback" not in err, err
+    assert not path.is_file()
+
+
+def test_a_report_path_that_can_be_written_leaves_nothing_behind_before_the_report(tmp_path):
+    from logpipe.commands.verify import report_path_problem
+
+    new = tmp_path / "reports" / "today" / "verify.json"
+    assert report_path_problem(new) is None and new.parent.is_dir() and not new.exists()
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    assert report_path_problem(old) is None and old.read_text() == "{}"  # not emptied before the new one
+
+
+def test_a_compressed_log_is_refused_with_how_to_give_it(tmp_path, capsys):
+    import gzip
+
+    from logpipe.commands.verify import DECOMPRESS_TO_STDOUT
+    from logpipe.producer.source import _COMPRESSED_MAGIC
+
+    assert set(DECOMPRESS_TO_STDOUT) == {kind for _, kind in _COMPRESSED_MAGIC}  # a command for each format
+    log = tmp_path / "access.log.gz"
+    log.write_bytes(gzip.compress(b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.0" 200 1\n'))
+    code = main(["verify", "--log", str(log)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is gzip-compressed" in err and f"--log <(zcat {log})" in err, err
 
 
 def test_a_log_read_from_a_pipe_is_taken(tmp_path, monkeypatch, capsys):

@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from logpipe.health import ServiceTimeout, WaitStopped
     from logpipe.producer.clients import DeliveryError
+    from logpipe.producer.position import PositionFolderError
     from logpipe.producer.run import produce_file
     from logpipe.producer.source import InputFileError
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     except WaitStopped as exc:
         print(f"logpipe produce: {exc}; nothing was sent", file=sys.stderr)
         return 1
-    except InputFileError as exc:
+    except (InputFileError, PositionFolderError) as exc:
         print(f"logpipe produce: {exc}", file=sys.stderr)
         return 2
     except DeliveryError as exc:  # before RuntimeError, its base

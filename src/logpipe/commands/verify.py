@@ -13,6 +13,11 @@ if TYPE_CHECKING:
     from logpipe.config import Settings
 
 
+# a command that writes a compressed file's text to stdout, per format (logpipe.producer.source.compression_of)
+DECOMPRESS_TO_STDOUT = {"gzip": "zcat", "bzip2": "bzcat", "xz": "xzcat", "zstd": "zstdcat", "zip": "unzip -p",
+                        "lz4": "lz4cat"}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="compare HDFS results with a batch recomputation from the raw log")
     p.add_argument("--log", type=Path, required=True, help="the log file that was produced into the topic")
@@ -32,12 +37,20 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from logpipe.producer.source import compression_of
     from logpipe.results import ResultsSettingsError, settings_of_results
     from logpipe.verify import TruthFileError, load_truth, verify_run
 
     if not args.log.exists() or args.log.is_dir():  # a regular file, or a pipe (`--log <(zcat access.log.gz)`)
         print(f"logpipe verify: no such log file: {args.log}", file=sys.stderr)
         return 2
+    if args.log.is_file():
+        with args.log.open("rb") as f:
+            kind = compression_of(f.read(16))
+        if kind:
+            print(f"logpipe verify: {args.log} is {kind}-compressed: give the log as the producer read it, e.g. "
+                  f"--log <({DECOMPRESS_TO_STDOUT[kind]} {args.log})", file=sys.stderr)
+            return 2
     if args.truth is not None and not args.truth.is_file():
         print(f"logpipe verify: no such truth file: {args.truth}", file=sys.stderr)
         return 2
@@ -47,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
             load_truth(truth)  # said now, not after the recount
     except TruthFileError as exc:
         print(f"logpipe verify: {exc}", file=sys.stderr)
+        return 2
+    problem = args.json and report_path_problem(args.json)  # said now, not after the recount
+    if problem:
+        print(f"logpipe verify: {problem}", file=sys.stderr)
         return 2
     s = settings_from_args(args)
     problem = results_problem(s)  # before the minutes a large log's recount takes
@@ -62,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"logpipe verify: the results were made with {note}: checking with the job's", file=sys.stderr)
     r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(r.to_json())
+        try:
+            args.json.write_text(r.to_json())
+        except OSError as exc:  # it could be written a moment ago: the verdict still stands, and is printed
+            print(f"logpipe verify: could not write the report to {args.json}: {exc}", file=sys.stderr)
     console = Console() if sys.stdout.isatty() else Console(width=160)
     t = Table(title=f"logpipe verify {args.log} ({r.seconds:.1f}s)")
     for col in ("check", "result", "details"):
@@ -103,11 +122,12 @@ def run(args: argparse.Namespace) -> int:
         # a log too short for incidents has none to find: its recall is 1.0 by definition, and says nothing
         recall = (f"recall {tr['recall']:.0%}" if tr["expected_alerts"]
                   else "recall not scored (the log has no planted incidents)")
+        delay = (f"detection delay (log time): first alerted window ends max {max(delays)} s after an incident "
+                 "starts" if delays else "detection delay: none measured (no incident was alerted)")
+        if raised:
+            delay += f"; raised with the job's input read up to max {max(raised)} s after it (micro-batch size)"
         t.add_row("alerts vs ground truth", mark(tr["ok"]), f"{recall}, precision "
-                  f"{tr['precision']:.0%}, false positives {tr['false_positives']}, detection delay (log time): "
-                  f"first alerted window ends max {max(delays) if delays else '-'} s after an incident starts; "
-                  f"raised with the job's input read up to max {max(raised) if raised else '-'} s after it "
-                  "(micro-batch size)")
+                  f"{tr['precision']:.0%}, false positives {tr['false_positives']}, {delay}")
     else:
         t.add_row("alerts vs ground truth", "-", f"not scored: no truth file ({args.truth or 'none given'}, and no "
                   f"{args.log.name}.truth.json beside the log); `logpipe generate` writes one")
@@ -136,6 +156,23 @@ def kafka_text(k: dict) -> str:
     if k.get("other_alerts"):
         text += f", {k['other_alerts']} alerts that are not this root's (another root's, on a shared alerts topic)"
     return text
+
+
+def report_path_problem(path: Path) -> str | None:
+    """Why the report cannot be written to `path` (a folder, a folder that cannot be made, no right to write), or
+    None. Makes the missing folders; a file it had to create to learn that is removed again."""
+    if path.is_dir():
+        return f"--json {path} is a folder: give the report's file name, e.g. {path / 'verify.json'}"
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        return f"cannot write the report to --json {path}: {exc.strerror or exc}"
+    if not existed:
+        path.unlink(missing_ok=True)
+    return None
 
 
 def results_problem(s: "Settings") -> str | None:

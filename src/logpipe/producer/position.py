@@ -75,6 +75,10 @@ class ProducerBusy(RuntimeError):
     """Another producer holds the log (PositionStore.exclusive)."""
 
 
+class PositionFolderError(RuntimeError):
+    """The folder of the saved positions cannot be made or written (PositionStore.exclusive)."""
+
+
 class PositionStore:
     """Position files of one topic under `directory` (created on first save)."""
 
@@ -160,13 +164,19 @@ class PositionStore:
         `access.log` are refused as one log, and so are two of `current` started before and after it moved."""
         import fcntl
 
-        self.directory.mkdir(parents=True, exist_ok=True)
         fds: list[int] = []
         try:
             for path in dict.fromkeys((os.path.abspath(log_path), os.path.realpath(log_path))):
                 name = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
                 lock = self.directory / f"producer-{name}.lock"
-                fds.append(fd := os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+                try:  # the first thing the producer writes there: a folder it cannot use is said here, once
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    fds.append(fd := os.open(lock, os.O_RDWR | os.O_CREAT, 0o644))
+                except OSError as exc:
+                    raise PositionFolderError(
+                        f"cannot keep the producer's positions in {self.directory}: {exc.strerror or exc} "
+                        f"({exc.filename}). Set LOGPIPE_PRODUCER_STATE_DIR (or --producer-state-dir) to a folder "
+                        "it may write") from None
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

@@ -165,7 +165,8 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
 
     Raises InputFileError (missing/unreadable file; with follow, a missing one is waited for), ServiceTimeout
     (broker unreachable), DeliveryError, WaitStopped (stopped while waiting for the file or the broker),
-    ProducerBusy (another producer sends this log to this topic).
+    ProducerBusy (another producer sends this log to this topic), PositionFolderError (the positions' folder
+    cannot be made or written).
     """
     store = PositionStore(s.producer_positions_dir, s.topic)
     with store.exclusive(path):  # ProducerBusy if another producer sends this log to this topic

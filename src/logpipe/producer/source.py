@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,9 @@ TAIL_SETTLE_S = 1.0
 
 # rotated files under these names are compressed: not readable as a log
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
+# files logpipe itself writes beside a log, named like rotations of it: `logpipe generate`'s ground truth and the
+# log it is still writing (logpipe.generator)
+SIDE_FILE_SUFFIXES = (".truth.json", ".partial")
 
 
 class InputFileError(Exception):
@@ -143,11 +147,27 @@ def open_log(path: str | Path) -> tuple[int, os.stat_result]:
                              "saved position: a pipe or device cannot do that; write it to a file first)")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     try:
-        os.pread(fd, 1, 0)
+        head = os.pread(fd, 16, 0)
     except OSError as exc:
         os.close(fd)
         raise InputFileError(f"cannot read log file {p}: {exc.strerror or exc}") from exc
+    kind = compression_of(head)
+    if kind:
+        os.close(fd)
+        raise InputFileError(f"{p} is {kind}-compressed: the producer sends text lines (it would send the compressed "
+                             f"bytes as lines, each quarantined). Decompress it to a file and produce that one")
     return fd, st
+
+
+# how compressed files start (their format's magic bytes): no log line starts so
+_COMPRESSED_MAGIC = ((re.compile(rb"\A\x1f\x8b"), "gzip"), (re.compile(rb"\ABZh[1-9]1AY&SY"), "bzip2"),
+                     (re.compile(rb"\A\xfd7zXZ\x00"), "xz"), (re.compile(rb"\A\x28\xb5\x2f\xfd"), "zstd"),
+                     (re.compile(rb"\APK\x03\x04"), "zip"), (re.compile(rb"\A\x04\x22\x4d\x18"), "lz4"))
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression format a file starting with `head` is in (gzip, bzip2, xz, zstd, zip, lz4), or None."""
+    return next((kind for magic, kind in _COMPRESSED_MAGIC if magic.match(head)), None)
 
 
 def resume_offset(fd: int, offset: int) -> int:
@@ -182,14 +202,16 @@ def _holds(fd: int, st: os.stat_result, pos: Position) -> bool:
 
 
 def _rotation_names(path: str) -> Iterator[os.DirEntry]:
-    """Files beside `path` named like its rotations (`<name>.1`, `<name>-20261130`, compressed ones too)."""
+    """Files beside `path` named like its uncompressed rotations (`<name>.1`, `<name>-20261130`), but not the
+    files logpipe writes beside a log (SIDE_FILE_SUFFIXES)."""
     base = os.path.basename(path)
     try:
         entries = list(os.scandir(os.path.dirname(path)))
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith((base + ".", base + "-")):
+        if (entry.name.startswith((base + ".", base + "-"))
+                and not entry.name.endswith(COMPRESSED_SUFFIXES + SIDE_FILE_SUFFIXES)):
             yield entry
 
 
@@ -201,8 +223,6 @@ def find_copy(path: str, starts_with: bytes | Position, offset: int, skip: Calla
     `ending_before`: instead, a copy that ends before `offset` (logrotate copied the file before the producer read
     its last lines, and truncated it after): its bytes are then a beginning of `starts_with`."""
     for entry in sorted(_rotation_names(path), key=lambda e: e.name):
-        if entry.name.endswith(COMPRESSED_SUFFIXES):
-            continue
         try:
             st = entry.stat(follow_symlinks=False)
             if not entry.is_file() or skip(file_key(st)) or (st.st_size >= offset if ending_before
@@ -416,18 +436,11 @@ class LogSource:
         twice before the producer saw the first rotation (or while it was stopped) leaves the file in between
         there, which only the path's current file leads to. Such a file is not read on a guess (a copy of the log
         would be sent twice); the warning says how to send it. Returns their paths."""
-        base = os.path.basename(self.path)
         # the copies found beside the log (copytruncate) were read, or hold nothing unsent: sending them again
         # under their own identity would send their lines twice, under a src the stream cannot drop as repeats
         known_keys = known | self.copy_keys | {p.key for p in self.store.all() if p.path == self.path}
         found = []
-        try:
-            entries = list(os.scandir(os.path.dirname(self.path)))
-        except OSError:
-            return []
-        for entry in entries:
-            if not entry.name.startswith((base + ".", base + "-")) or entry.name.endswith(COMPRESSED_SUFFIXES):
-                continue
+        for entry in _rotation_names(self.path):
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:

@@ -101,6 +101,10 @@ ALERTS_SCHEMA = ("rule STRING, key STRING, window_start TIMESTAMP, window_end TI
                  "threshold INT, top_hosts ARRAY<STRING>, alert_id STRING, detected_at TIMESTAMP")
 
 
+# the accounting's counts that add up over batches, so over runs (write_run_metrics' `this_run`)
+RUN_COUNTS = ("batches", "lines", "parsed", "quarantined", "late", "duplicates_dropped", "events")
+
+
 class ResultsRootMismatch(RuntimeError):
     """The results root holds results this run would corrupt (other settings, or its checkpoint is gone)."""
 
@@ -453,10 +457,14 @@ class StreamJob:
         """Called by the listener per micro-batch (for the logs and run statistics)."""
         self.stats.rows[name] = self.stats.rows.get(name, 0) + int(progress.get("numInputRows", 0))
 
-    def write_run_metrics(self, extra: dict[str, Any]) -> dict[str, Any]:
+    def write_run_metrics(self, extra: dict[str, Any], before: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The root's accounting (every committed batch, of every run) with `extra`, written to _metrics/latest.json
+        and returned; with `before` (the accounting when this run began) also `this_run`: this run's share."""
         if self.lease is not None:  # a run that lost the root does not write over the new holder's figures
             self.lease.check()
         metrics = {**self.accounting(), **extra}
+        if before is not None:
+            metrics["this_run"] = {k: metrics[k] - before.get(k, 0) for k in RUN_COUNTS}
         self.fs.write_text(self.s.hdfs_uri("_metrics", "latest.json"), json.dumps(metrics, default=str))
         return metrics
 

@@ -184,6 +184,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         job.claim_root(topic_now)
         lease.check()  # a newcomer that took it over meanwhile: stop before recover() cleans its batch in progress
         job.recover()
+        before = job.accounting()  # what earlier runs committed: the end of the run says what this one added
     except BaseException as exc:
         lease.release()
         spark.stop()
@@ -231,10 +232,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             t_ingest = time.monotonic() - t0
             flushed = job.flush_open_windows()
             metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
-                                             "flushed_window_rows": flushed})
-            log.info("done in %.1fs: %s lines = %s parsed + %s quarantined; late %s, duplicates dropped %s",
-                     time.monotonic() - t0, f"{metrics['lines']:,}", f"{metrics['parsed']:,}",
-                     f"{metrics['quarantined']:,}", metrics["late"], metrics["duplicates_dropped"])
+                                             "flushed_window_rows": flushed}, before)
+            log.info("done in %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
             return metrics
         queries = [job.ingest_query(False)]
         log.info("streaming until stopped (Ctrl-C, SIGTERM)")
@@ -251,7 +250,9 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             if ended:  # its last batch failed while we waited for it
                 _raise_if_failed(q, job)
                 raise RuntimeError(f"streaming query {q.name} failed: it ended by itself while stopping")
-        return job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)})
+        metrics = job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)}, before)
+        log.info("stopped after %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
+        return metrics
     except Py4JJavaError as exc:  # HDFS refused a write outside the queries (the flush, the metrics, recover()):
         # one line, as a failed micro-batch is reported (a query's failures come as StreamingQueryException)
         raise RuntimeError(f"writing the results under {job.root} failed: {failure_summary(str(exc))}"
@@ -265,6 +266,19 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             log.warning("a micro-batch callback is still running: the lease %s is left to be taken over once this "
                         "process has ended", lease.path)
         spark.stop()
+
+
+def run_summary(metrics: dict[str, Any]) -> str:
+    """The end of a run in one line: its lines (parsed, quarantined, late, duplicates dropped) and, when earlier
+    runs committed batches on the same results root, the root's totals beside them (the metrics are the root's)."""
+    def counts(m: dict[str, Any]) -> str:
+        return (f"{m['lines']:,} lines = {m['parsed']:,} parsed + {m['quarantined']:,} quarantined; late "
+                f"{m['late']:,}, duplicates dropped {m['duplicates_dropped']:,}")
+
+    run = metrics.get("this_run")
+    if run is None or run["batches"] == metrics["batches"]:  # no earlier run's batches: the root's are this run's
+        return counts(metrics)
+    return f"this run {counts(run)} (the results root, with earlier runs: {counts(metrics)})"
 
 
 def _stop_before_the_end(q: StreamingQuery, job: StreamJob, s: Settings, stop: StopSignal, *, may_end: bool,

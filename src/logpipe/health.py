@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import logging
 import socket
 import sys
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class NotReady(Exception):
@@ -44,11 +46,13 @@ def wait_until(
     interval: float = 0.5,
     alive: Callable[[], str | None] | None = None,
     stop: threading.Event | None = None,
+    announce: bool = False,
 ) -> T:
     """Call `probe` until it returns without raising NotReady/OSError; raise ServiceTimeout after `timeout` s.
 
     `alive`, if given, is checked between tries; a returned string means the service died (it becomes the error).
-    `stop`, if given and set, ends the wait between tries with WaitStopped.
+    `stop`, if given and set, ends the wait between tries with WaitStopped. `announce`: log once, after the first
+    failed try, that the wait has begun and how long it may take (a wrong address is then no silent minute).
     """
     deadline = time.monotonic() + timeout
     last = "no attempt made"
@@ -56,6 +60,9 @@ def wait_until(
         try:
             return probe()
         except (NotReady, OSError) as exc:
+            if announce and last == "no attempt made":
+                log.info("%s not ready (%s): waiting up to %.0fs. %s", what, str(exc) or type(exc).__name__, timeout,
+                         hint)
             last = str(exc) or type(exc).__name__
         if alive is not None:
             dead = alive()
@@ -238,7 +245,7 @@ def probe_datanode_ready(host: str, data_port: int, datanode_http: str, webhdfs:
 def wait_for_kafka(bootstrap: str, timeout: float = 60.0, stop: threading.Event | None = None) -> int:
     """Wait until the broker at `bootstrap` answers (probe_kafka); `stop` ends the wait early (a signal)."""
     return wait_until(lambda: probe_kafka(bootstrap), what=f"Kafka at {bootstrap}", timeout=timeout, stop=stop,
-                      hint="Check that the broker runs (`logpipe stack status`) and its log; "
+                      announce=True, hint="Check that the broker runs (`logpipe stack status`) and its log; "
                            "LOGPIPE_KAFKA_BOOTSTRAP must name its PLAINTEXT listener.")
 
 
@@ -253,7 +260,7 @@ def probe_hdfs_ready(webhdfs: str) -> dict:
 
 def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
     """Wait until HDFS is writable and its files readable (probe_hdfs_ready)."""
-    return wait_until(lambda: probe_hdfs_ready(webhdfs), what=f"HDFS at {webhdfs}", timeout=timeout,
+    return wait_until(lambda: probe_hdfs_ready(webhdfs), what=f"HDFS at {webhdfs}", timeout=timeout, announce=True,
                       hint="Check the NameNode and DataNode logs (`logpipe stack status`): safe mode stays on with "
                            "under 100 MB free disk or with no DataNode registered; LOGPIPE_WEBHDFS_URL must name "
                            "the NameNode's web address.")

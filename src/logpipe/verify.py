@@ -778,9 +778,9 @@ def other_log_hint(file_lines: int, job_lines: int, log_path: Path) -> str | Non
     more = "more" if job_lines > file_lines else "fewer"
     return (f"The job's results hold {job_lines:,} distinct source lines, {more} than the {file_lines:,} of "
             f"{log_path}: is it the log that was produced to the topic, whole? Lines added to it since were not "
-            "read yet (`logpipe stream --until-done` reads them); a rotated log is checked as one file of its parts "
-            "in order (e.g. `--log <(cat access.log.1 access.log)`); another log's results are under another root "
-            "(--hdfs-root).")
+            "sent or not read yet (`logpipe produce` sends them, `logpipe stream --until-done` reads them); a rotated "
+            "log is checked as one file of its parts in order (e.g. `--log <(cat access.log.1 access.log)`); another "
+            "log's results are under another root (--hdfs-root).")
 
 
 def too_large_hint(s: Settings, file_by_reason: dict[str, int], job_by_reason: dict[str, int]) -> str | None:

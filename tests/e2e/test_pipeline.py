@@ -110,6 +110,12 @@ def test_restart_after_kill9_is_exact(stack, unique, tmp_path):
     # the restart drains the rest in large batches (the batch planned before the kill keeps its logged offsets)
     r = logpipe({**env, "LOGPIPE_MAX_OFFSETS_PER_TRIGGER": "500000"}, "stream", "--until-done")
     assert r.returncode == 0, r.stderr[-5000:]
+    # its metrics are the root's (every line), its own part beside them; its last line says both
+    metrics = json.loads(r.stdout.strip().splitlines()[-1])
+    run = metrics["this_run"]
+    assert metrics["lines"] == 200000 and 0 < run["lines"] < 200000 and 0 < run["batches"] < metrics["batches"]
+    assert f"this run {run['lines']:,} lines = " in r.stderr and "(the results root, with earlier runs: 200,000 lines" \
+        in r.stderr, r.stderr[-3000:]
     report = verify(env, log, tmp_path / "verify.json")
     assert report["ok"] and report["accounting"]["job_parsed_unique"] == report["accounting"]["parsed"]
     assert report["accounting"]["job_event_rows"] == report["accounting"]["parsed"]  # no event row written twice
@@ -134,6 +140,12 @@ def test_restarted_producer_duplicates_are_dropped(stack, unique, tmp_path):
     report = verify(env, log, tmp_path / "verify.json")  # ... but every window counted once
     assert report["ok"]
     assert metrics["duplicates_dropped"] + metrics["late"] == 100000 - report["accounting"]["quarantined"]
+    # the same results against a log with lines the job never read (appended since): a mismatch that says why
+    grown = tmp_path / "grown.log"
+    grown.write_bytes(log.read_bytes() + b'10.0.0.1 - - [2004-05-18 05:58:48] "GET / HTTP/1.0" 200 1\n' * 5)
+    r = logpipe(env, "verify", "--log", str(grown), "--json", str(tmp_path / "grown.json"))
+    hint = json.loads((tmp_path / "grown.json").read_text())["accounting"]["hint"]
+    assert r.returncode == 1 and hint and f"fewer than the 100,005 of {grown}" in hint, r.stdout[-3000:]
 
 
 def test_a_log_out_of_order_beyond_the_watermark_and_a_line_too_large_for_kafka_verify(stack, unique, tmp_path):

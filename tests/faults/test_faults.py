@@ -277,8 +277,6 @@ def test_a_signal_after_the_last_batch_lets_until_done_finish(stack, unique, tmp
     text = err.read_text()
     assert rc == 0 and "Traceback" not in text, text[-3000:]
     assert "SIGTERM: stopping once the running micro-batch is done" in text, text[-3000:]  # it came, and was seen
-    if when == "during the last batch":  # the drain ended by itself meanwhile, or was stopped right after it
-        assert "the topic was drained meanwhile" in text or "was the drain's last" in text, text[-3000:]
     assert _ingest_commits(stack, root) == lines // per_batch and _commits(stack, root, "flush") == 1
     metrics = json.loads(out.read_text().strip().splitlines()[-1])
     assert metrics["lines"] == lines == metrics["parsed"] + metrics["quarantined"]

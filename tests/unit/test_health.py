@@ -21,6 +21,22 @@ def test_timeout_names_the_service_and_the_hint(free_ports):
     assert f"127.0.0.1:{port}" in str(err.value)
 
 
+def test_a_wait_for_kafka_or_hdfs_says_once_that_it_waits_and_for_how_long(free_ports, caplog):
+    """A wrong address made produce, stream and verify wait their minute in silence."""
+    import logging
+
+    kafka, web = free_ports(2)
+    with caplog.at_level(logging.INFO, logger="logpipe.health"):
+        with pytest.raises(health.ServiceTimeout):
+            health.wait_for_kafka(f"127.0.0.1:{kafka}", timeout=1.2)
+        with pytest.raises(health.ServiceTimeout):
+            health.wait_for_hdfs(f"http://127.0.0.1:{web}", timeout=1.2)
+    said = [r.getMessage() for r in caplog.records if r.name == "logpipe.health"]
+    assert len(said) == 2, said  # once per wait, not once per try
+    assert said[0].startswith(f"Kafka at 127.0.0.1:{kafka} not ready (") and "waiting up to 1s" in said[0]
+    assert "LOGPIPE_KAFKA_BOOTSTRAP" in said[0] and "LOGPIPE_WEBHDFS_URL" in said[1]
+
+
 def test_dead_service_fails_fast(free_ports):
     (port,) = free_ports(1)
     t = time.monotonic()

@@ -277,7 +277,7 @@ def test_a_stop_during_the_drains_last_batch_lets_the_run_finish(caplog) -> None
 
     from logpipe.config import load_settings
 
-    s = load_settings().with_overrides(stop_grace_s=1)
+    s = load_settings().with_overrides(stop_grace_s=0.1)
 
     def stopped_after(ends: dict[int, int] | None) -> _Stopping:
         q = _Stopping(ends_itself=False)
@@ -682,3 +682,30 @@ def test_the_end_of_a_run_says_what_it_added_beside_the_roots_totals() -> None:
         "earlier runs: 1,876 lines = 1,848 parsed + 28 quarantined; late 434, duplicates dropped 3)")
     del later["this_run"]  # metrics written without a start (as before this field): the root's only
     assert run.run_summary(later).startswith("1,876 lines")
+
+
+def test_the_end_offsets_read_at_a_stop_wait_for_a_silent_broker_no_longer_than_their_timeout(monkeypatch) -> None:
+    """kafka-python's consumer waits for a broker's metadata without a limit of its own: the read runs in a thread
+    the stop does not wait for beyond its timeout (the stop then goes on as one before the end)."""
+    import logpipe.topics
+    from logpipe.config import load_settings
+
+    closed = threading.Event()
+
+    class SilentBroker:
+        def __init__(self, s, topic) -> None:
+            pass
+
+        def read(self) -> dict[int, int]:
+            time.sleep(3)
+            return {0: 1}
+
+        def close(self) -> None:
+            closed.set()
+
+    monkeypatch.setattr(logpipe.topics, "TopicEnds", SilentBroker)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match="no answer from Kafka at .* in 0s"):
+        run._topic_ends_now(load_settings(), timeout_s=0.3)
+    assert time.monotonic() - t < 2
+    assert closed.wait(5)  # the thread closed its consumer once the read ended

@@ -66,6 +66,23 @@ def test_a_report_path_that_can_be_written_leaves_nothing_behind_before_the_repo
     old = tmp_path / "old.json"
     old.write_text("{}")
     assert report_path_problem(old) is None and old.read_text() == "{}"  # not emptied before the new one
+    link, target = tmp_path / "latest.json", tmp_path / "runs" / "run-1.json"
+    link.symlink_to(target)  # a link to the report to come stays a link, with nothing made behind it
+    assert report_path_problem(link) is None and link.is_symlink() and not target.exists()
+
+
+def test_a_log_it_cannot_read_is_one_line(log, monkeypatch, capsys):
+    real_open = Path.open
+
+    def refused(self, *args, **kwargs):  # as for a file without read permission (the tests may run as root)
+        if self == log:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refused)
+    code = main(["verify", "--log", str(log)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot read the log {log}: Permission denied" in err and "Traceback" not in err, err
 
 
 def test_a_compressed_log_is_refused_with_how_to_give_it(tmp_path, capsys):

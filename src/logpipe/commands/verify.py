@@ -45,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"logpipe verify: no such log file: {args.log}", file=sys.stderr)
         return 2
     if args.log.is_file():
-        with args.log.open("rb") as f:
-            kind = compression_of(f.read(16))
+        try:
+            with args.log.open("rb") as f:
+                kind = compression_of(f.read(16))
+        except OSError as exc:
+            print(f"logpipe verify: cannot read the log {args.log}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         if kind:
             print(f"logpipe verify: {args.log} is {kind}-compressed: give the log as the producer read it, e.g. "
                   f"--log <({DECOMPRESS_TO_STDOUT[kind]} {args.log})", file=sys.stderr)
@@ -163,15 +167,16 @@ def report_path_problem(path: Path) -> str | None:
     None. Makes the missing folders; a file it had to create to learn that is removed again."""
     if path.is_dir():
         return f"--json {path} is a folder: give the report's file name, e.g. {path / 'verify.json'}"
-    existed = path.exists()
+    target = path.resolve()  # a symbolic link (even to a file not made yet) stays one: its target is tried
+    existed = target.exists()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("a"):
             pass
     except OSError as exc:
         return f"cannot write the report to --json {path}: {exc.strerror or exc}"
     if not existed:
-        path.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
     return None
 
 

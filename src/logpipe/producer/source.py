@@ -123,6 +123,10 @@ def wait_for_log(path: str | Path, stop: threading.Event, poll_s: float = 0.5,
     return True
 
 
+class CompressedLogError(InputFileError):
+    """The log is compressed (compression_of): the producer sends text lines."""
+
+
 def open_log(path: str | Path) -> tuple[int, os.stat_result]:
     """Open a log for reading; InputFileError with a clear message when it is missing, a directory, a pipe or
     unreadable. Opened without blocking: a FIFO with no writer would otherwise block the open itself, for ever and
@@ -154,7 +158,7 @@ def open_log(path: str | Path) -> tuple[int, os.stat_result]:
     kind = compression_of(head)
     if kind:
         os.close(fd)
-        raise InputFileError(f"{p} is {kind}-compressed: the producer sends text lines (it would send the compressed "
+        raise CompressedLogError(f"{p} is {kind}-compressed: the producer sends text lines (it would send the compressed "
                              f"bytes as lines, each quarantined). Decompress it to a file and produce that one")
     return fd, st
 
@@ -609,9 +613,11 @@ class LogSource:
                 log.warning("%s; the log was rotated and its new file cannot be read yet: reading the old one on, "
                             "and stopping with an error if it lasts %.0fs", exc, self.rotate_grace_s)
             elif (waited := time.monotonic() - self.unopenable[key]) >= self.rotate_grace_s:
+                fix = ("decompress it" if isinstance(exc, CompressedLogError)
+                       else "fix its owner or mode (logrotate's `create`)")
                 raise InputFileError(f"{exc}: the log was rotated {waited:.0f}s ago and its new file cannot be "
-                                     "read; fix its owner or mode (logrotate's `create`), then run the producer "
-                                     "again: it goes on from its saved positions") from exc
+                                     f"read; {fix}, then run the producer again: it goes on from its saved "
+                                     "positions") from exc
             return None
         return fd, st
 

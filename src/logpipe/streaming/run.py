@@ -311,15 +311,29 @@ def _stop_before_the_end(q: StreamingQuery, job: StreamJob, s: Settings, stop: S
     raise StopRequested(stop.signum, lines)
 
 
-def _topic_ends_now(s: Settings) -> dict[int, int]:
-    """The input topic's end offsets now ({partition: end offset}), read with a consumer of its own."""
+def _topic_ends_now(s: Settings, timeout_s: float = 10.0) -> dict[int, int]:
+    """The input topic's end offsets now ({partition: end offset}), read with a consumer of its own in a thread of
+    its own: a broker that does not answer holds up a stop `timeout_s` at most (TimeoutError; the consumer's
+    connect and metadata waits have no such limit), and the thread closes the consumer when its read ends."""
     from logpipe.topics import TopicEnds
 
-    ends = TopicEnds(s, s.topic)
-    try:
-        return ends.read()
-    finally:
-        ends.close()
+    got: dict[str, Any] = {}
+
+    def read() -> None:
+        ends = TopicEnds(s, s.topic)
+        try:
+            got["ends"] = ends.read()
+        except Exception as exc:  # noqa: BLE001 (handed to the caller)
+            got["error"] = exc
+        finally:
+            ends.close()
+
+    reader = threading.Thread(target=read, name="logpipe-drain-ends", daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if "ends" in got:
+        return got["ends"]
+    raise got.get("error") or TimeoutError(f"no answer from Kafka at {s.kafka_address} in {timeout_s:.0f}s")
 
 
 def _read_to_the_ends(q: StreamingQuery, topic: str, read_ends: Callable[[], dict[int, int]]) -> bool:

@@ -510,3 +510,7 @@ def test_a_results_root_hdfs_refuses_is_one_line_with_what_to_do(job_settings: S
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("logpipe stream: could not start on the results root") and "Permission denied" in last, last
     assert "LOGPIPE_HDFS_USER" in last and "Traceback" not in r.stderr and "\tat org.apache" not in r.stderr
+    from logpipe.health import NotReady, probe_topic
+
+    with pytest.raises(NotReady, match=f"topic .{job_settings.alerts_topic}. does not exist"):  # none left behind
+        probe_topic(job_settings.kafka_address, job_settings.alerts_topic)

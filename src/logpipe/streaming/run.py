@@ -174,7 +174,6 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                               timeout=float("inf"), hint="", interval=1.0)
     topic_now = topic_id(s, s.topic)  # the broker's id of the topic: read once, checked before and under the lease
     precheck_root(s, topic_now)
-    make_alerts_topic(s)
     spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
     job = StreamJob(spark, s)
     lease = RootLease(job.fs, job.root)  # one run per results root
@@ -183,7 +182,8 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         job.lease = lease
         job.claim_root(topic_now)
         lease.check()  # a newcomer that took it over meanwhile: stop before recover() cleans its batch in progress
-        job.recover()
+        make_alerts_topic(s)  # once the root is known to be usable: a refused root leaves no topic behind
+        job.recover()  # sends the alerts a crash kept from Kafka
         before = job.accounting()  # what earlier runs committed: the end of the run says what this one added
     except BaseException as exc:
         lease.release()

@@ -158,8 +158,9 @@ def open_log(path: str | Path) -> tuple[int, os.stat_result]:
     kind = compression_of(head)
     if kind:
         os.close(fd)
-        raise CompressedLogError(f"{p} is {kind}-compressed: the producer sends text lines (it would send the compressed "
-                             f"bytes as lines, each quarantined). Decompress it to a file and produce that one")
+        raise CompressedLogError(f"{p} is {kind}-compressed: the producer sends text lines (it would send the "
+                                 "compressed bytes as lines, each quarantined). Decompress it to a file and produce "
+                                 "that one")
     return fd, st
 
 

@@ -7,6 +7,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
@@ -63,9 +64,32 @@ def size_bytes(text: str) -> int:
     from logpipe.generator import parse_size
 
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be more than 0 bytes")
+    return size
+
+
+def output_file_problem(path: Path, flag: str) -> str | None:
+    """Why a command could not write its output file `path` (given with `flag`): a folder, a folder that cannot be
+    made, no right to write; or None. Checked before the command's long work, not after it. Makes the missing
+    folders; a file it had to create to learn that is removed again (a symbolic link, even to a file not made yet,
+    stays one: its target is tried; an existing file is not emptied)."""
+    if path.is_dir():
+        return f"{flag} {path} is a folder: give a file name"
+    target = path.resolve()
+    existed = target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("a"):
+            pass
+    except OSError as exc:
+        return f"cannot write {flag} {path}: {exc.strerror or exc}"
+    if not existed:
+        target.unlink(missing_ok=True)
+    return None
 
 
 def exit_on_termination() -> None:

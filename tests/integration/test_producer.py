@@ -215,6 +215,16 @@ def test_an_oversize_line_is_sent_as_a_too_large_record_in_its_place(stack, uniq
     assert {off: v for (_, off), v in got.items()} == {0: b"small one", 10: too_large_value(big, 50_000),
                                                        50_011: b"small two"}
     assert got[next(k for k in got if k[1] == 10)].startswith(b"\x00logpipe:too_large:50000\x00xxx")
+    named = [line for line in r.stderr.splitlines() if "is 50000 bytes (> 10000, LOGPIPE_MAX_MESSAGE_BYTES)" in line]
+    assert len(named) == 1 and "its length and first 16384 bytes" in named[0], r.stderr[-2000:]
+    # many such lines: the first ten are named, one more warning says that more follow; every one is counted
+    many = tmp_path / "many.log"
+    many.write_bytes(b"".join(b"y" * (12_000 + i) + b"\n" for i in range(25)))
+    r = _produce({**env, "LOGPIPE_TOPIC": env["LOGPIPE_TOPIC"] + "-many"}, str(many))
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["quarantined"] == 25, r.stderr[-2000:]
+    warned = [line for line in r.stderr.splitlines() if " WARNING " in line]
+    assert sum("bytes (> 10000, LOGPIPE_MAX_MESSAGE_BYTES)" in line for line in warned) == 10, warned
+    assert sum("not named one by one" in line for line in warned) == 1 and len(warned) == 11, warned
 
 
 def test_a_limit_above_kafkas_default_is_given_to_the_topic_and_an_existing_lower_one_refused(stack, unique,

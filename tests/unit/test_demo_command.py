@@ -21,19 +21,23 @@ def test_the_demo_stops_when_its_old_topics_cannot_be_deleted(monkeypatch):
         demo.delete_topics_or_exit(load_settings(), ["t"])
 
 
-def test_a_bad_sample_size_is_refused_before_the_stack_starts(monkeypatch, capsys):
-    """`demo --size 40M` (not a size: decimal units with B) ends at once with the reason, exit 2; before, the
-    stack started first (minutes on a fresh machine) and the generate step then failed."""
+@pytest.mark.parametrize("command, size, shown", [("demo", "40M", "not a size: '40M'"),
+                                                   ("demo", "0MB", "'0MB': a size must be more than 0 bytes"),
+                                                   ("bench", "1GB,0", "'0': a size must be more than 0 bytes")])
+def test_a_bad_sample_size_is_refused_before_the_stack_starts(monkeypatch, capsys, command, size, shown):
+    """`demo --size 40M` (not a size: decimal units with B), or a size of 0, ends at once with the reason, exit 2;
+    before, the stack started first (minutes on a fresh machine) and the generate step then failed (bench: with a
+    traceback, leaving an empty results folder)."""
     from logpipe import cli
     from logpipe.stack import services
 
     started = []
     monkeypatch.setattr(services, "up", lambda *a, **k: started.append(a))
     with pytest.raises(SystemExit) as exc:
-        cli.main(["demo", "--size", "40M"])
+        cli.main([command, "--size", size])
     assert exc.value.code == 2 and not started
     err = capsys.readouterr().err
-    assert "--size" in err and "not a size: '40M'" in err, err
+    assert "--size" in err and shown in err, err
     args = cli.build_parser().parse_args(["demo", "--size", "2.5GB"])
     assert args.size == "2.5GB"  # handed on to generate as given
 
@@ -104,3 +108,50 @@ def test_a_step_that_does_not_stop_within_the_grace_is_killed():
     demo.send_signal(signal.SIGTERM)
     out, _ = demo.communicate(timeout=30)
     assert "did not stop within 1s: killing it" in out and demo.returncode == 143, out
+
+
+def test_a_bench_table_it_cannot_write_is_refused_before_the_runs(monkeypatch, capsys, tmp_path):
+    """The results table was written after every run (an hour at three sizes), and a path it could not write then
+    ended the command with a traceback."""
+    from logpipe import cli
+    from logpipe.stack import services
+
+    started = []
+    monkeypatch.setattr(services, "up", lambda *a, **k: started.append(a))
+    (tmp_path / "file").write_text("")
+    for table in (tmp_path, tmp_path / "file" / "benchmarks.md"):
+        assert cli.main(["bench", "--size", "1MB", "--markdown", str(table)]) == 2 and not started
+        err = capsys.readouterr().err
+        assert "logpipe bench: " in err and f"--markdown {table}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("given, said", [([], None), (["--size", "5MB"], "--size 5MB: "),
+                                         (["--size", "5MB", "--seed", "7"], "--size 5MB, --seed 7: ")])
+def test_a_sample_size_for_a_log_that_exists_is_said_to_be_unused(monkeypatch, capsys, tmp_path, given, said):
+    """`demo --size 5MB` with the 40 MB sample already there replayed it without a word; the demo still never
+    overwrites an existing log, but now says that the flags made no sample."""
+    from logpipe import cli
+    from logpipe.commands import demo
+    from logpipe.stack import services
+
+    log = tmp_path / "access.log"
+    log.write_text("1.2.3.4 - - [2004-05-18 05:58:48] \"GET / HTTP/1.0\" 200 1\n")
+    steps = []
+    monkeypatch.setattr(services, "up", lambda *a, **k: None)
+
+    class Stop(Exception):
+        pass
+
+    def no_more(*_a, **_k):
+        raise Stop
+
+    monkeypatch.setattr(demo, "_step", lambda name, *a, **k: steps.append(name) or (0.0, 0))
+    monkeypatch.setattr(demo, "fresh_results_for", no_more)  # the step after the sample: the test ends there
+    with pytest.raises(Stop):
+        cli.main(["demo", "--log", str(log), *given])
+    assert steps == []  # nothing generated: the log exists
+    warned = [line for line in capsys.readouterr().err.splitlines() if " WARNING " in line]
+    if said is None:
+        assert not warned
+    else:
+        assert len(warned) == 1 and f"logpipe.demo: {said}{log} exists, so it is replayed" in warned[0], warned

@@ -59,16 +59,16 @@ def test_a_report_path_it_cannot_write_is_said_before_the_recount(log, tmp_path,
 
 
 def test_a_report_path_that_can_be_written_leaves_nothing_behind_before_the_report(tmp_path):
-    from logpipe.commands.verify import report_path_problem
+    from logpipe.cli import output_file_problem
 
     new = tmp_path / "reports" / "today" / "verify.json"
-    assert report_path_problem(new) is None and new.parent.is_dir() and not new.exists()
+    assert output_file_problem(new, "--json") is None and new.parent.is_dir() and not new.exists()
     old = tmp_path / "old.json"
     old.write_text("{}")
-    assert report_path_problem(old) is None and old.read_text() == "{}"  # not emptied before the new one
+    assert output_file_problem(old, "--json") is None and old.read_text() == "{}"  # not emptied before the new one
     link, target = tmp_path / "latest.json", tmp_path / "runs" / "run-1.json"
     link.symlink_to(target)  # a link to the report to come stays a link, with nothing made behind it
-    assert report_path_problem(link) is None and link.is_symlink() and not target.exists()
+    assert output_file_problem(link, "--json") is None and link.is_symlink() and not target.exists()
 
 
 def test_a_log_it_cannot_read_is_one_line(log, monkeypatch, capsys):

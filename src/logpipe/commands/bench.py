@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from logpipe.cli import add_setting_flags, exit_on_termination, settings_from_args, size_bytes
+from logpipe.cli import (add_setting_flags, exit_on_termination, output_file_problem, settings_from_args,
+                         size_bytes)
 
 log = logging.getLogger("logpipe.bench")
 
@@ -60,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from logpipe import bench
     from logpipe.stack import services
 
+    problem = args.markdown and output_file_problem(args.markdown, "--markdown")  # not after an hour's runs
+    if problem:
+        print(f"logpipe bench: {problem}", file=sys.stderr)
+        return 2
     s = settings_from_args(args)
     # SIGTERM (`timeout`, a cancelled job) ends the run as Ctrl-C does: through its clean-up, which kills the
     # running stage with its children (Python's default action ended bench alone and left the stage running)

@@ -23,14 +23,17 @@ log = logging.getLogger("logpipe.demo")
 DEMO_LOG = PROJECT_ROOT / "data" / "access.log"
 # (rule, key) rows in the summary's alerts table; the rest are counted below it
 SUMMARY_ALERT_KEYS = 20
+SAMPLE_SIZE, SAMPLE_SEED = "40MB", 42  # the sample the demo generates when its log does not exist
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on a ~40 MB sample log (the README's main job)")
     p.add_argument("--log", type=Path, default=DEMO_LOG, help="log to replay (generated if missing)")
-    p.add_argument("--size", type=_size, default="40MB",
-                   help="size of the sample it generates when --log is missing, in decimal units (default 40MB)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the generated sample (default 42)")
+    p.add_argument("--size", type=_size, default=None,
+                   help="size of the sample it generates when the --log file does not exist yet, in decimal units "
+                        f"(default {SAMPLE_SIZE})")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seed of the generated sample (default {SAMPLE_SEED}); as --size, only for a new sample")
     p.add_argument("--client", choices=["kafka-python", "confluent"], default=None,
                    help="the producer's Kafka client (default: LOGPIPE_PRODUCER_CLIENT, else kafka-python)")
     p.add_argument("--report", type=Path, default=None,
@@ -112,13 +115,19 @@ def run(args: argparse.Namespace) -> int:
     # verify checks the counts and the alert rules, not recall against planted incidents
     if not args.log.exists():
         args.log.parent.mkdir(parents=True, exist_ok=True)
-        timings["generate"], _ = _step("generate sample", ["generate", "--size", args.size, "--seed",
-                                                           str(args.seed), "--out", str(args.log)], env,
-                                                 stop_grace_s=s.stop_grace_s)
-    elif not truth_path(args.log).exists():
-        log.info("%s has no ground truth beside it (%s): verify checks the window counts and the alert rules, not "
-                 "planted incidents (delete the log to have the demo make its sample again)", args.log,
-                 truth_path(args.log).name)
+        timings["generate"], _ = _step("generate sample", ["generate", "--size", args.size or SAMPLE_SIZE, "--seed",
+                                                           str(SAMPLE_SEED if args.seed is None else args.seed),
+                                                           "--out", str(args.log)], env, stop_grace_s=s.stop_grace_s)
+    else:
+        given = [f"{flag} {value}" for flag, value in (("--size", args.size), ("--seed", args.seed))
+                 if value is not None]
+        if given:
+            log.warning("%s: %s exists, so it is replayed as it is (%s make a new sample only: give another --log, "
+                        "or delete this one)", ", ".join(given), args.log, "they" if len(given) > 1 else "it")
+        if not truth_path(args.log).exists():
+            log.info("%s has no ground truth beside it (%s): verify checks the window counts and the alert rules, not "
+                     "planted incidents (delete the log to have the demo make its sample again)", args.log,
+                     truth_path(args.log).name)
     fresh_results_for(s, args.log, fresh=args.fresh)
     produce = ["produce", str(args.log)] + (["--client", args.client] if args.client else [])
     timings["produce"], _ = _step("produce", produce, env, stop_grace_s=s.stop_grace_s)

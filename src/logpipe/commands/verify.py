@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from logpipe.cli import add_setting_flags, settings_from_args
+from logpipe.cli import add_setting_flags, output_file_problem, settings_from_args
 
 if TYPE_CHECKING:
     from logpipe.config import Settings
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     except TruthFileError as exc:
         print(f"logpipe verify: {exc}", file=sys.stderr)
         return 2
-    problem = args.json and report_path_problem(args.json)  # said now, not after the recount
+    problem = args.json and output_file_problem(args.json, "--json")  # said now, not after the recount
     if problem:
         print(f"logpipe verify: {problem}", file=sys.stderr)
         return 2
@@ -160,24 +160,6 @@ def kafka_text(k: dict) -> str:
     if k.get("other_alerts"):
         text += f", {k['other_alerts']} alerts that are not this root's (another root's, on a shared alerts topic)"
     return text
-
-
-def report_path_problem(path: Path) -> str | None:
-    """Why the report cannot be written to `path` (a folder, a folder that cannot be made, no right to write), or
-    None. Makes the missing folders; a file it had to create to learn that is removed again."""
-    if path.is_dir():
-        return f"--json {path} is a folder: give the report's file name, e.g. {path / 'verify.json'}"
-    target = path.resolve()  # a symbolic link (even to a file not made yet) stays one: its target is tried
-    existed = target.exists()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("a"):
-            pass
-    except OSError as exc:
-        return f"cannot write the report to --json {path}: {exc.strerror or exc}"
-    if not existed:
-        target.unlink(missing_ok=True)
-    return None
 
 
 def results_problem(s: "Settings") -> str | None:

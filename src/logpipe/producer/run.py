@@ -27,6 +27,10 @@ log = logging.getLogger("logpipe.producer")
 PROGRESS_LOG_S = 10.0
 
 
+# lines too large for Kafka named one by one in a warning, before one last warning says that more follow
+TOO_LARGE_WARNINGS = 10
+
+
 @dataclass
 class ProduceSummary:
     path: str
@@ -387,10 +391,14 @@ class LogShipper:
             if len(line) > s.max_message_bytes or block.oversize_len is not None:
                 length = block.oversize_len if block.oversize_len is not None else len(line)
                 self.sink.send(s.topic, too_large_value(line, length), record_key(src, off), partition=self.partition)
-                log.warning("line at byte %d of %s is %d bytes (> %d): sent as a too_large record with its first %d "
-                            "bytes; the job quarantines it", off, self.path, length, s.max_message_bytes,
-                            TOO_LARGE_HEAD_BYTES)
                 self.summary.quarantined += 1
+                if self.summary.quarantined <= TOO_LARGE_WARNINGS:
+                    log.warning("line at byte %d of %s is %d bytes (> %d, LOGPIPE_MAX_MESSAGE_BYTES): sent as a "
+                                "too_large record holding its length and first %d bytes; the job quarantines it", off,
+                                self.path, length, s.max_message_bytes, min(length, TOO_LARGE_HEAD_BYTES))
+                elif self.summary.quarantined == TOO_LARGE_WARNINGS + 1:
+                    log.warning("more lines of %s over %d bytes: sent as too_large records too, not named one by one "
+                                "(the summary counts them: `quarantined`)", self.path, s.max_message_bytes)
             else:
                 self.pacer.wait(line)
                 self.sink.send(s.topic, line, record_key(src, off), partition=self.partition)

@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
+    if args.out.is_dir() or not args.out.name:  # --force would not help: say so now
+        print(f"logpipe generate: --out {args.out} is a folder: give the log's file name, e.g. "
+              f"{args.out / 'access.log'}", file=sys.stderr)
+        return 2
     if args.out.exists() and not args.force:  # it may be a real log, or the one a topic was produced from
         print(f"logpipe generate: {args.out} exists: give --force to replace it, or another --out", file=sys.stderr)
         return 2

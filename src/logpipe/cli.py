@@ -92,6 +92,18 @@ def output_file_problem(path: Path, flag: str) -> str | None:
     return None
 
 
+def misplaced_flag(args: argparse.Namespace, choice: str, applies: dict[str, tuple[str, ...]]) -> str | None:
+    """What is wrong when a flag was given to a command's choice it does nothing for (`stack status --wipe`,
+    `health kafka --max-age`): `applies` maps a flag's dest to the values of `args.<choice>` it serves; None when
+    every flag given applies. Refused rather than ignored: a user who gave it expected it to act."""
+    chosen = getattr(args, choice)
+    for dest, choices in applies.items():
+        if getattr(args, dest, None) not in (None, False) and chosen not in choices:
+            serves = " and ".join(f"`logpipe {args.command} {c}`" for c in choices)
+            return f"--{dest.replace('_', '-')} applies to {serves} only"
+    return None
+
+
 def exit_on_termination() -> None:
     """SIGTERM (`kill`, `timeout`, a cancelled CI job) and SIGHUP (a closed terminal) end the command as Ctrl-C
     does, through its clean-up (SystemExit 128 + signal): Python's default action ends the process alone, and a

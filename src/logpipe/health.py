@@ -322,9 +322,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the service `args.service` once ready or timed out: 0 ready, 1 not (the reason on stderr)."""
+    """Check the service `args.service` once ready or timed out: 0 ready, 1 not (the reason on stderr), 2 a flag
+    that does not apply to it."""
+    from logpipe.cli import misplaced_flag
     from logpipe.config import load_settings
 
+    misplaced = misplaced_flag(args, "service", {"max_age": ("producer",), "datanode": ("hdfs",)})
+    if misplaced:
+        print(f"logpipe health {args.service}: {misplaced}", file=sys.stderr)
+        return 2
     s = load_settings()
     try:
         if args.service == "kafka":

@@ -783,6 +783,17 @@ def other_log_hint(file_lines: int, job_lines: int, log_path: Path) -> str | Non
             "log's results are under another root (--hdfs-root).")
 
 
+def truth_log_hint(truth: dict[str, Any], file_lines: int, truth_path: Path, log_path: Path) -> str | None:
+    """What to check when the ground truth describes another log than `log_path` (its line count differs): its
+    incidents are another log's, and recall and precision against them say nothing about this run."""
+    described = truth.get("total_lines")
+    if not isinstance(described, int) or described == file_lines:
+        return None
+    return (f"{truth_path} describes a log of {described:,} lines, {log_path} has {file_lines:,}: it is the truth "
+            "of another log (or of this one before it changed), so the score above is against incidents this log "
+            "may not hold; give the log's own with --truth, or --lenient-truth not to fail on it")
+
+
 def too_large_hint(s: Settings, file_by_reason: dict[str, int], job_by_reason: dict[str, int]) -> str | None:
     """Why the file's and the job's too_large counts may differ, or None when they agree: the producer sends a
     line over its --max-message-bytes as a too_large record (quarantined by the job), and verify takes the lines
@@ -1379,6 +1390,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     if truth_data is not None:
         truth = score_against_truth(alerts, truth_data, size_s, read_until(newest))
         truth["ok"] = (truth["recall"] == 1.0 and truth["false_positives"] == 0) if strict_truth else True
+        truth["hint"] = truth_log_hint(truth_data, counts.lines, tp, log_path)
     ok = host_cmp["ok"] and status_cmp["ok"] and acc["ok"] and alert_check["ok"] and (truth is None or truth["ok"])
     return VerifyReport(ok=ok, log=str(log_path), seconds=round(time.monotonic() - t0, 2), accounting=acc,
                         windows_by_host=host_cmp, windows_by_status=status_cmp, alerts=alert_check, truth=truth,

@@ -155,3 +155,24 @@ def test_a_sample_size_for_a_log_that_exists_is_said_to_be_unused(monkeypatch, c
         assert not warned
     else:
         assert len(warned) == 1 and f"logpipe.demo: {said}{log} exists, so it is replayed" in warned[0], warned
+
+
+def test_the_notebook_hint_runs_from_any_folder(tmp_path, monkeypatch):
+    """The closing hint was `.venv/bin/jupyter lab notebooks/...`, right only in the project folder: both paths
+    are now absolute, and a results root other than the default travels with it."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from logpipe.commands import demo
+    from logpipe.config import load_settings
+
+    words = shlex.split(demo.notebook_command(load_settings()))
+    assert words[-2] == "lab" and Path(words[-1]).is_absolute() and Path(words[-1]).is_file()
+    jupyter = Path(words[0])
+    assert jupyter.is_absolute() and jupyter.parent == Path(sys.executable).parent
+    # the command as printed starts from another folder
+    assert subprocess.run([words[0], "--version"], cwd=tmp_path, capture_output=True).returncode == 0
+    other = shlex.split(demo.notebook_command(load_settings(hdfs_root="/my results")))
+    assert other[0] == "LOGPIPE_HDFS_ROOT=/my results" and other[1:] == words

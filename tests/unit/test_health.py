@@ -105,6 +105,20 @@ def test_python_m_health_reports_a_bad_setting_as_the_command_does(monkeypatch, 
     assert "LOGPIPE_WINDOW" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["kafka", "--max-age", "5"], "--max-age applies to `logpipe health producer` only"),
+    (["hdfs", "--max-age", "5"], "--max-age applies to `logpipe health producer` only"),
+    (["kafka", "--datanode", "127.0.0.1"], "--datanode applies to `logpipe health hdfs` only"),
+    (["producer", "--datanode", "127.0.0.1"], "--datanode applies to `logpipe health hdfs` only"),
+])
+def test_a_health_flag_for_another_service_is_refused(monkeypatch, capsys, argv, says):
+    """`health kafka --max-age 5` checked Kafka and ignored the flag: a flag for another service is one line and
+    exit 2 (not 1, which says the service is not ready), before any probe."""
+    monkeypatch.setattr(health, "wait_until", lambda *a, **k: pytest.fail("probed"))
+    assert health.main([*argv, "--timeout", "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"logpipe health {argv[0]}: {says}"
+
+
 def test_kafka_probe_takes_any_open_bootstrap_address(free_ports, monkeypatch):
     """With `b1:9092,b2:9092` and b1 down the cluster is reachable through b2; the fast port check looked at the
     first address only, so the stream and the producer timed out saying the broker was not running. The admin

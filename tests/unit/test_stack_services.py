@@ -453,3 +453,33 @@ def test_a_java_home_without_java_is_named(tmp_path, monkeypatch):
         services.java_binary(Settings())
     with pytest.raises(StackError, match=rf"^LOGPIPE_JAVA_HOME={tmp_path} has no bin/java"):
         services.java_binary(Settings(java_home=str(tmp_path)))
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["stack", "status", "--wipe"], "--wipe applies to `logpipe stack down` only"),
+    (["stack", "up", "--wipe"], "--wipe applies to `logpipe stack down` only"),
+    (["stack", "down", "--json"], "--json applies to `logpipe stack status` only"),
+])
+def test_a_stack_flag_for_another_action_is_refused_before_any_work(monkeypatch, capsys, argv, says):
+    """`stack status --wipe` wiped nothing and said nothing: a flag given to an action it does nothing for is one
+    line and exit 2, before the stack is touched."""
+    from logpipe import cli
+
+    touched = []
+    for name in ("up", "down", "status"):
+        monkeypatch.setattr(services, name, lambda *a, _n=name, **k: touched.append(_n) or [])
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"logpipe {' '.join(argv[:2])}: {says}"
+    assert touched == []
+
+
+def test_the_stack_flags_still_reach_their_own_action(monkeypatch, capsys):
+    from logpipe import cli
+
+    calls = []
+    monkeypatch.setattr(services, "down", lambda s, wipe, progress: calls.append(wipe))
+    monkeypatch.setattr(services, "status", lambda s: [{"service": "kafka", "running": True}])
+    monkeypatch.setattr(services, "urls", lambda s: {})
+    assert cli.main(["stack", "down", "--wipe"]) == 0 and calls == [True]
+    assert cli.main(["stack", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["services"][0]["service"] == "kafka"

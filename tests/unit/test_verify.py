@@ -802,3 +802,25 @@ def test_window_tables_of_other_column_types_are_not_exact():
         "http_response: int64"]
     assert window_table_types_wrong(schema(pa.string(), ts=pa.string()), "host") == [
         "window_start: string", "window_end: string"]
+
+
+def test_a_truth_file_of_another_log_is_said_so(tmp_path):
+    """`verify --truth` with another log's ground truth scored recall 0 % and said nothing of why: the truth's
+    own line count differs from the log's, and the report now says so and what to give instead."""
+    import json
+
+    import fsspec
+
+    from logpipe.verify import verify_run
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LOG_LINES) + b"\n")
+    s, _root = _results_root(tmp_path, log)
+    own, other = tmp_path / "own.truth.json", tmp_path / "other.truth.json"
+    own.write_text(json.dumps({"total_lines": len(LOG_LINES), "incidents": []}))
+    other.write_text(json.dumps({"total_lines": len(LOG_LINES) + 7, "incidents": []}))
+    r = verify_run(s, log, own, fs=fsspec.filesystem("file"), alerts_on_kafka=False)
+    assert r.accounting["lines"] == len(LOG_LINES) and r.truth["hint"] is None
+    hint = verify_run(s, log, other, fs=fsspec.filesystem("file"), alerts_on_kafka=False).truth["hint"]
+    assert hint and f"{other} describes a log of {len(LOG_LINES) + 7:,} lines, {log} has {len(LOG_LINES):,}" in hint
+    assert "--truth" in hint and "--lenient-truth" in hint

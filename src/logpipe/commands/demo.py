@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("logpipe.demo")
 
 DEMO_LOG = PROJECT_ROOT / "data" / "access.log"
+DEMO_NOTEBOOK = PROJECT_ROOT / "notebooks" / "Section_A_Log_Analytics_Demo.ipynb"
 # (rule, key) rows in the summary's alerts table; the rest are counted below it
 SUMMARY_ALERT_KEYS = 20
 SAMPLE_SIZE, SAMPLE_SEED = "40MB", 42  # the sample the demo generates when its log does not exist
@@ -322,5 +324,15 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
     for name, url in services.urls(s).items():
         console.print(f"{name}: {url}")
     console.print(f"results on HDFS: {s.hdfs_root}/{{events,windows/by_host,windows/by_status,alerts,quarantine,late}}")
-    root = "" if s.hdfs_root == Settings.model_fields["hdfs_root"].default else f"LOGPIPE_HDFS_ROOT={s.hdfs_root} "
-    console.print(f"notebook: {root}.venv/bin/jupyter lab notebooks/Section_A_Log_Analytics_Demo.ipynb")
+    console.print(f"notebook: {notebook_command(s)}")
+
+
+def notebook_command(s: Settings) -> str:
+    """The shell command that opens the demo notebook on these results, from any folder: this environment's
+    jupyter (if installed beside this Python) and the notebook by absolute paths, the results root if not the
+    default."""
+    jupyter = Path(sys.executable).parent / "jupyter"
+    exe = shlex.quote(str(jupyter)) if jupyter.exists() else "jupyter"
+    root = ("" if s.hdfs_root == Settings.model_fields["hdfs_root"].default
+            else f"LOGPIPE_HDFS_ROOT={shlex.quote(s.hdfs_root)} ")
+    return f"{root}{exe} lab {shlex.quote(str(DEMO_NOTEBOOK))}"

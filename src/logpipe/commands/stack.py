@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from logpipe.cli import add_setting_flags, exit_on_termination, settings_from_args
+from logpipe.cli import add_setting_flags, exit_on_termination, misplaced_flag, settings_from_args
 from logpipe.health import ServiceTimeout
 from logpipe.stack import services
 from logpipe.stack.jars import StackError
@@ -48,6 +48,10 @@ def _print_status(rows: list[dict], urls: dict[str, str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    misplaced = misplaced_flag(args, "action", {"wipe": ("down",), "json": ("status",)})
+    if misplaced:
+        print(f"logpipe stack {args.action}: {misplaced}", file=sys.stderr)
+        return 2
     s = settings_from_args(args)
     # `stack up` may be training the AOT cache: a Spark JVM in a session of its own, which only its clean-up
     # stops (a SIGTERM with Python's default action left it running, beyond the reach of `stack down`)

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         if raised:
             delay += f"; raised with the job's input read up to max {max(raised)} s after it (micro-batch size)"
         t.add_row("alerts vs ground truth", mark(tr["ok"]), f"{recall}, precision "
-                  f"{tr['precision']:.0%}, false positives {tr['false_positives']}, {delay}")
+                  f"{tr['precision']:.0%}, false positives {tr['false_positives']}, {delay}"
+                  + (f". {tr['hint']}" if tr.get("hint") else ""))
     else:
         t.add_row("alerts vs ground truth", "-", f"not scored: no truth file ({args.truth or 'none given'}, and no "
                   f"{args.log.name}.truth.json beside the log); `logpipe generate` writes one")

@@ -22,6 +22,12 @@ from logpipe.stack import services
 
 log = logging.getLogger(__name__)
 
+
+class BenchFailed(RuntimeError):
+    """A stage of the benchmark failed or gave no usable figures: the message says which, with its log's path and
+    last lines (`logpipe bench` prints it without a traceback)."""
+
+
 @dataclass
 class Stage:
     name: str
@@ -104,7 +110,7 @@ def run_stage(name: str, cmd: list[str], env: dict[str, str], sampler: ResourceS
     wall = time.monotonic() - t
     if code not in ok_codes:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"stage {name} failed (exit {code}); log {log_path}:\n{tail}")
+        raise BenchFailed(f"stage {name} failed (exit {code}); log {log_path}:\n{tail}")
     stage = Stage(name, wall, lines, {"services_cpu_s": services_cpu_since(sampler, services_before)})
     if lines:
         log.info("stage %s: %.1fs, %.0f lines/s", name, wall, stage.lines_per_s)
@@ -150,7 +156,7 @@ def run_pipeline(cmds: dict[str, list[str]], env: dict[str, str], sampler: Resou
                 if proc.returncode != 0:
                     path = log_dir / f"pipeline-{name}.log"
                     tail = "\n".join(path.read_text(errors="replace").splitlines()[-30:])
-                    raise RuntimeError(f"pipeline stage {name} failed (exit {proc.returncode}); log {path}:\n{tail}")
+                    raise BenchFailed(f"pipeline stage {name} failed (exit {proc.returncode}); log {path}:\n{tail}")
             time.sleep(0.2)
     finally:
         for proc, _ in procs.values():
@@ -223,9 +229,9 @@ def java_perf_figures(log: Path, records: int) -> dict[str, float]:
     m = re.findall(r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\)", text)
     tail = "\n".join(text.splitlines()[-20:])
     if not m:
-        raise RuntimeError(f"ProducerPerformance printed no final figures (log {log}):\n{tail}")
+        raise BenchFailed(f"ProducerPerformance printed no final figures (log {log}):\n{tail}")
     if int(m[-1][0]) != records:
-        raise RuntimeError(f"ProducerPerformance delivered {int(m[-1][0]):,} of {records:,} records: its figures "
+        raise BenchFailed(f"ProducerPerformance delivered {int(m[-1][0]):,} of {records:,} records: its figures "
                            f"are not a reference (log {log}):\n{tail}")
     # its "MB/sec" is MiB/s (it divides by 1024 * 1024): MB/s here, as everywhere else in the results
     return {"records_per_s": float(m[-1][1]), "mb_per_s": round(float(m[-1][2]) * 1.048576, 2)}
@@ -243,7 +249,7 @@ def _require_report(report: Path, log_path: Path) -> None:
     """verify exits 1 on a mismatch and on a crash; only a mismatch leaves its report."""
     if not report.exists():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"verify wrote no report ({report}); log {log_path}:\n{tail}")
+        raise BenchFailed(f"verify wrote no report ({report}); log {log_path}:\n{tail}")
 
 
 # settings recorded with each result, and passed to every stage's process
@@ -308,7 +314,7 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
                                      "--json", str(run_dir / "batch.json")], env, sampler, lines, run_dir))
             batch_lines = json.loads((run_dir / "batch.json").read_text())["lines"]
             if batch_lines != lines:  # its rate is computed from the log's line count: it must have read them all
-                raise RuntimeError(f"the batch reference read {batch_lines:,} lines, the log has {lines:,}")
+                raise BenchFailed(f"the batch reference read {batch_lines:,} lines, the log has {lines:,}")
         verify_json = run_dir / "verify.json"
         # verify exits 1 on a mismatch: that is a result to record (the row says MISMATCH), not a crash
         vstage = run_stage("verify", _cli("verify", "--log", str(log_path), "--json", str(verify_json)), env, sampler,

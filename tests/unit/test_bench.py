@@ -217,3 +217,26 @@ def test_an_interrupt_as_a_stage_starts_leaves_it_not_running(tmp_path, which):
             run_pipeline({"sleeper": ["sleep", "60"]}, dict(os.environ), InterruptedSampler(), 0, tmp_path)
     with pytest.raises(ProcessLookupError):  # killed and reaped
         os.kill(started[0], 0)
+
+
+def test_a_failed_stage_ends_bench_with_its_log_tail_not_a_traceback(monkeypatch, capsys, tmp_path):
+    """A stage that fails (here: exit 3 after a line of output) ended `logpipe bench` with a traceback of bench's
+    own code around the message; the message alone says what failed and where its log is."""
+    import os
+    import sys
+
+    from logpipe import bench, cli
+    from logpipe.procstats import ResourceSampler
+    from logpipe.stack import services
+
+    monkeypatch.setattr(services, "up", lambda *a, **k: None)
+
+    def one_failing_stage(*_a, **_k):
+        bench.run_stage("produce", [sys.executable, "-c", "print('the broker said no'); raise SystemExit(3)"],
+                        dict(os.environ), ResourceSampler(), 1, tmp_path)
+
+    monkeypatch.setattr(bench, "bench_one", one_failing_stage)
+    assert cli.main(["bench", "--size", "1MB", "--no-markdown", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"logpipe bench: stage produce failed (exit 3); log {tmp_path / 'produce.log'}" in err
+    assert "the broker said no" in err and "Traceback" not in err

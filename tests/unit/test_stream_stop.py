@@ -165,13 +165,11 @@ class _Draining:
 
 
 def test_waiting_for_the_end_returns_early_on_a_stop() -> None:
-    from logpipe.config import load_settings
-
-    s, stop = load_settings(), threading.Event()
-    assert run._await_all([_Draining(3)], s, stop) is True
+    stop = threading.Event()
+    assert run._await_end(_Draining(3), stop) is True
     stop.set()
     query = _Draining(1_000)
-    assert run._await_all([query], s, stop) is False and query.left == 999  # one wait, then the stop is seen
+    assert run._await_end(query, stop) is False and query.left == 999  # one wait, then the stop is seen
 
 
 def test_waiting_for_idle_returns_early_on_a_stop() -> None:

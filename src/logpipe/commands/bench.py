@@ -73,9 +73,13 @@ def run(args: argparse.Namespace) -> int:
     args.data_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for size in args.size:
-        r = bench.bench_one(s, size, args.client, data_dir=args.data_dir, out_dir=args.out_dir,
-                            seed=args.seed, reference=not args.no_reference,
-                            pipeline=not args.no_pipeline, keep_data=args.keep_data, name=args.name)
+        try:
+            r = bench.bench_one(s, size, args.client, data_dir=args.data_dir, out_dir=args.out_dir,
+                                seed=args.seed, reference=not args.no_reference,
+                                pipeline=not args.no_pipeline, keep_data=args.keep_data, name=args.name)
+        except bench.BenchFailed as exc:  # what failed and its log's tail: no traceback of bench's own code
+            print(f"logpipe bench: {exc}", file=sys.stderr)
+            return 1
         results.append(r)
         row = bench.markdown_row(r)
         print(row)

@@ -155,7 +155,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF, StreamJob
     from logpipe.streaming.lease import RootLease
-    from logpipe.topics import TopicEnds, topic_id
+    from logpipe.topics import topic_id
 
     health.wait_for_kafka(s.kafka_address, s.connect_timeout_s)
     health.wait_for_hdfs(s.webhdfs_address, s.connect_timeout_s)
@@ -203,56 +203,10 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
              spark.sparkContext.uiWebUrl)  # in every mode: with spark_ui_port 0 or 4040 taken, only this says where
     try:
         if until_idle_s is not None:
-            follow = job.ingest_query(available_now=False)
-            log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic,
-                     until_idle_s)
-            ends = TopicEnds(s, s.topic)  # connects on its first read, in the reading thread
-            quiet = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
-            try:
-                idle = _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history(),
-                                        topic=quiet)
-            finally:
-                quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
-            if not idle:
-                _stop_before_the_end(follow, job, s, stop, may_end=False)
-            with _quiet_interrupted_callbacks():
-                ended = _stop_between_batches(follow, s.stop_grace_s)
-            if ended:
-                _raise_if_failed(follow, job)
-                raise RuntimeError(f"streaming query {follow.name} ended by itself while stopping")
-            log.info("no new records for %.0fs: draining what is left and writing the still-open windows",
-                     until_idle_s)
-            job.recover()  # a batch the stop interrupted after all: its half-written files go, it is redone next
-            until_done = True
-        if until_done:
-            drain = job.ingest_query(available_now=True)
-            if not _await_all([drain], s, stop.event, job):  # returns if the drain was done anyway:
-                _stop_before_the_end(drain, job, s, stop, may_end=True, read_ends=lambda: _topic_ends_now(s))
-            # a signal from here on lets the still-open windows be written: the run then ends as if none came
-            t_ingest = time.monotonic() - t0
-            flushed = job.flush_open_windows()
-            metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
-                                             "flushed_window_rows": flushed}, before)
-            log.info("done in %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
-            return metrics
-        queries = [job.ingest_query(False)]
-        log.info("streaming until stopped (Ctrl-C, SIGTERM)")
-        while not stop.event.wait(2):
-            for q in queries:
-                if not q.isActive:  # one failed: let the others finish their batch, then report the failure
-                    _stop_the_others(queries, s)
-                    _raise_if_failed(q, job)
-                    raise RuntimeError(f"query {q.name} stopped")
-        log.info("stopping: letting the running micro-batches finish (up to %.0fs)", s.stop_grace_s)
-        for q in queries:
-            with _quiet_interrupted_callbacks():
-                ended = _stop_between_batches(q, s.stop_grace_s)
-            if ended:  # its last batch failed while we waited for it
-                _raise_if_failed(q, job)
-                raise RuntimeError(f"streaming query {q.name} failed: it ended by itself while stopping")
-        metrics = job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)}, before)
-        log.info("stopped after %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
-        return metrics
+            _follow_until_idle(job, s, stop, until_idle_s)
+        if until_done or until_idle_s is not None:
+            return _drain_and_flush(job, s, stop, t0, before)
+        return _run_until_stopped(job, s, stop, t0, before)
     except Py4JJavaError as exc:  # HDFS refused a write outside the queries (the flush, the metrics, recover()):
         # one line, as a failed micro-batch is reported (a query's failures come as StreamingQueryException)
         raise RuntimeError(f"writing the results under {job.root} failed: {failure_summary(str(exc))}"
@@ -266,6 +220,69 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
             log.warning("a micro-batch callback is still running: the lease %s is left to be taken over once this "
                         "process has ended", lease.path)
         spark.stop()
+
+
+def _follow_until_idle(job: StreamJob, s: Settings, stop: StopSignal, until_idle_s: float) -> None:
+    """Process records as they arrive until, after the first ones, none came for `until_idle_s` seconds; then stop
+    the query between micro-batches (the drain takes over). A signal meanwhile raises StopRequested."""
+    from logpipe.topics import TopicEnds
+
+    follow = job.ingest_query(available_now=False)
+    log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic, until_idle_s)
+    ends = TopicEnds(s, s.topic)  # connects on its first read, in the reading thread
+    quiet = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
+    try:
+        idle = _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history(),
+                                topic=quiet)
+    finally:
+        quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
+    if not idle:
+        _stop_before_the_end(follow, job, s, stop, may_end=False)
+    _stop_or_raise(follow, job, s, "ended by itself while stopping")
+    log.info("no new records for %.0fs: draining what is left and writing the still-open windows", until_idle_s)
+    job.recover()  # a batch the stop interrupted after all: its half-written files go, it is redone next
+
+
+def _drain_and_flush(job: StreamJob, s: Settings, stop: StopSignal, t0: float,
+                     before: dict[str, Any]) -> dict[str, Any]:
+    """Process everything the topic holds now, then write the windows still open: the run's metrics."""
+    drain = job.ingest_query(available_now=True)
+    if not _await_end(drain, stop.event, job):  # returns if the drain was done anyway:
+        _stop_before_the_end(drain, job, s, stop, may_end=True, read_ends=lambda: _topic_ends_now(s))
+    # a signal from here on lets the still-open windows be written: the run then ends as if none came
+    t_ingest = time.monotonic() - t0
+    flushed = job.flush_open_windows()
+    metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
+                                     "flushed_window_rows": flushed}, before)
+    log.info("done in %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
+    return metrics
+
+
+def _run_until_stopped(job: StreamJob, s: Settings, stop: StopSignal, t0: float,
+                       before: dict[str, Any]) -> dict[str, Any]:
+    """Process records as they arrive until a signal, then stop between micro-batches: the run's metrics. The
+    windows still open stay open (the next run closes them)."""
+    query = job.ingest_query(False)
+    log.info("streaming until stopped (Ctrl-C, SIGTERM)")
+    while not stop.event.wait(2):
+        if not query.isActive:
+            _raise_if_failed(query, job)
+            raise RuntimeError(f"query {query.name} stopped")
+    log.info("stopping: letting the running micro-batch finish (up to %.0fs)", s.stop_grace_s)
+    _stop_or_raise(query, job, s, "failed: it ended by itself while stopping")
+    metrics = job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)}, before)
+    log.info("stopped after %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
+    return metrics
+
+
+def _stop_or_raise(q: StreamingQuery, job: StreamJob, s: Settings, ended_text: str) -> None:
+    """Stop `q` between micro-batches (up to the stop grace time); if it had ended by itself meanwhile (its last
+    batch failed), raise its failure, or `streaming query <name> <ended_text>`."""
+    with _quiet_interrupted_callbacks():
+        ended = _stop_between_batches(q, s.stop_grace_s)
+    if ended:
+        _raise_if_failed(q, job)
+        raise RuntimeError(f"streaming query {q.name} {ended_text}")
 
 
 def run_summary(metrics: dict[str, Any]) -> str:
@@ -510,28 +527,19 @@ def _wait_until_idle(q: StreamingQuery, job: StreamJob, idle_s: float, stop: thr
         time.sleep(0.1)
 
 
-def _await_all(queries: list[StreamingQuery], s: Settings, stop: threading.Event | None = None,
-               job: StreamJob | None = None) -> bool:
-    """Wait for run-to-the-end queries; if one fails, let the others finish their batch, then report it. Returns
-    False as soon as `stop` is set (the queries still run), True once all ended."""
+def _await_end(q: StreamingQuery, stop: threading.Event | None = None, job: StreamJob | None = None) -> bool:
+    """Wait for a run-to-the-end query: True once it ended (its failure raised), False as soon as `stop` is set
+    (the query still runs)."""
     from pyspark.errors import StreamingQueryException
 
-    for q in queries:
-        try:
-            while not q.awaitTermination(1):
-                if stop is not None and stop.is_set():
-                    return False
-        except StreamingQueryException:
-            _stop_the_others(queries, s)
-        _raise_if_failed(q, job)
+    try:
+        while not q.awaitTermination(1):
+            if stop is not None and stop.is_set():
+                return False
+    except StreamingQueryException:
+        pass  # raised below, with the cause a user can act on
+    _raise_if_failed(q, job)
     return True
-
-
-def _stop_the_others(queries: list[StreamingQuery], s: Settings) -> None:
-    """After one query failed: stop the still active ones between their micro-batches (at most 30 s each)."""
-    for other in queries:
-        if other.isActive:
-            _stop_between_batches(other, min(s.stop_grace_s, 30))
 
 
 class ShortCallbackErrors(logging.Filter):

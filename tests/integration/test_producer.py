@@ -330,9 +330,9 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
     topic = env["LOGPIPE_TOPIC"]
     runs = 0
 
-    def follow_briefly(records: int) -> None:
+    def follow_briefly(records: int, resumed: str = "resuming at byte") -> None:
         """A --follow run, stopped once the topic holds `records` and the run has resumed (or started) on the
-        current file, plus a few polls of the file."""
+        current file (its log says `resumed`), plus a few polls of the file."""
         nonlocal runs
         runs += 1
         err_file = tmp_path / f"follow-{runs}.err"
@@ -342,7 +342,7 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
         try:
             _wait_for(f"{records} records", lambda: _records_in(stack, topic) >= records, proc)
             if runs > 1:
-                _wait_for("the resume", lambda: "resuming at byte" in err_file.read_text(), proc)
+                _wait_for("the resume", lambda: resumed in err_file.read_text(), proc)
             time.sleep(1.5)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -355,7 +355,10 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
     log.rename(tmp_path / "live.log.1")
     log.write_bytes(b"\n".join(_lines(30, "c")) + b"\n")
     follow_briefly(140)  # finishes live.log.1 (the 10 t lines), then follows the new live.log
-    follow_briefly(140)  # nothing new
+    # nothing new: it resumes at the new file's end (any re-send of live.log.1's tail comes before that, and is
+    # flushed to the topic by the stop), not merely after a pause
+    size = log.stat().st_size
+    follow_briefly(140, resumed=f"live.log: resuming at byte {size} of {size}")
     got = [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"])]
     want = _lines(100, "a") + _lines(10, "t") + _lines(30, "c")
     assert sorted(got) == sorted(want)  # each line exactly once

@@ -137,20 +137,17 @@ def test_the_spark_jvm_listens_on_loopback_only(spark):
 
 
 @pytest.mark.parametrize("service", ["kafka", "hdfs"])
-def test_health_command_as_compose_runs_it(stack, service):
+def test_health_command_as_compose_runs_it(stack, service, free_ports):
     """`logpipe health kafka|hdfs` (the producer container's healthcheck): exit 0 on the running stack, exit 1 with
     the address and what to check when nothing answers there."""
     import os
-    import socket
     import subprocess
     import sys
 
     ok = subprocess.run([sys.executable, "-m", "logpipe", "health", service, "--timeout", "20"], env=os.environ,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and f"{service}: ready" in ok.stdout, ok.stdout + ok.stderr[-2000:]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_ports(1)[0]  # nothing listens there
     name, address = (("LOGPIPE_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}") if service == "kafka"
                      else ("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}"))
     down = subprocess.run([sys.executable, "-m", "logpipe", "health", service, "--timeout", "1"],

@@ -91,11 +91,31 @@ def test_up_status_down_up_keeps_data(tmp_path: Path, settings, free_ports):
     assert not positions.parent.exists()  # a producer would otherwise resume past lines the new topics lack
 
 
-def test_port_taken_is_a_clear_error(tmp_path: Path, stack):
-    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run2")}  # same ports: the session's stack holds them
-    r = _cli(env, "up")
+def test_port_taken_is_a_clear_error(tmp_path: Path, free_ports):
+    """Two of the stack's ports held by another process (this test's listening sockets, on ports of its own: not
+    the session stack's, which an external cluster would not hold): `stack up` names every taken port and its
+    owner, and starts nothing."""
+    import socket
+
+    ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS))))
+    env = {**os.environ, "LOGPIPE_RUN_DIR": str(tmp_path / "run2"), "LOGPIPE_BIND_HOST": "127.0.0.1",
+           **{f"LOGPIPE_{k}": str(v) for k, v in ports.items()}}
+    env.pop("LOGPIPE_KAFKA_BOOTSTRAP", None)
+    held = []
+    try:
+        for name in ("KAFKA_PORT", "DATANODE_IPC_PORT"):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", ports[name]))
+            sock.listen()
+            held.append(sock)
+        r = _cli(env, "up")
+    finally:
+        for sock in held:
+            sock.close()
     assert r.returncode == 1
-    assert f"{stack.bind_host}:{stack.kafka_port} (kafka) by pid" in r.stderr, r.stderr  # every taken port, named
-    assert f"{stack.bind_host}:{stack.datanode_ipc_port} (datanode) by pid" in r.stderr and "nothing was started" \
+    owner = f"by pid {os.getpid()}"
+    assert f"127.0.0.1:{ports['KAFKA_PORT']} (kafka) {owner}" in r.stderr, r.stderr  # every taken port, named
+    assert f"127.0.0.1:{ports['DATANODE_IPC_PORT']} (datanode) {owner}" in r.stderr and "nothing was started" \
         in r.stderr
     assert not (tmp_path / "run2" / "jars").exists() or not any((tmp_path / "run2" / "jars").iterdir())
+    assert not (tmp_path / "run2" / "pids").exists() or not any((tmp_path / "run2" / "pids").iterdir())

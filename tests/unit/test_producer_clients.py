@@ -24,9 +24,13 @@ def test_kafka_python_takes_the_shortest_delivery_timeout_the_setting_allows():
     smallest setting (1 s) with the default linger is accepted."""
     from kafka.producer.record_accumulator import RecordAccumulator
 
+    from kafka.errors import KafkaConfigurationError
+
     s = Settings(producer_delivery_timeout_s=1)
     delivery_ms, request_ms = delivery_timeouts_ms(s)
     RecordAccumulator(delivery_timeout_ms=delivery_ms, request_timeout_ms=request_ms, linger_ms=s.linger_ms)
+    with pytest.raises(KafkaConfigurationError):  # the client's own check, which the line above passes
+        RecordAccumulator(delivery_timeout_ms=delivery_ms, request_timeout_ms=request_ms + 1, linger_ms=s.linger_ms)
 
 
 def test_a_delivery_timeout_too_short_for_the_linger_is_refused_with_both_names():

@@ -20,6 +20,22 @@ def _jdk(root: Path, name: str, version: str) -> Path:
     return home
 
 
+def test_ci_runs_the_aot_tests_on_a_java_that_has_the_cache() -> None:
+    """The AOT tests here and in tests/integration test the cache where Spark's Java has one (25 on), and only that
+    nothing is made where it has not: in CI, whose machine has Java 25, the first branch must be the one run, or
+    the cache's training, its interruption and its use would go untested while every test passed."""
+    from logpipe.config import load_settings
+    from logpipe.stack.aot import aot_cache_file
+
+    if os.environ.get("CI") == "true":
+        assert aot_cache_file(load_settings()) is not None, (
+            "CI found no Java >= 25 for Spark (or LOGPIPE_SPARK_AOT_CACHE=false): the AOT cache tests would pass "
+            "without testing the cache; the CI machine is meant to have a Temurin 25 JDK under /usr/lib/jvm")
+    else:  # outside CI, either answer is right; the path, when given, is where `stack up` trains the cache
+        path = aot_cache_file(load_settings())
+        assert path is None or path.suffix == ".aot"
+
+
 def test_one_cache_per_jvm_build_and_options_and_none_before_java_25(tmp_path) -> None:
     """The cache's name holds a digest of the JVM build and options: another build, heap or collector needs
     another cache (the JVM refuses one made otherwise); Java 17/21 have no AOT cache, and the setting turns it off."""

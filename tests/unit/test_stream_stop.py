@@ -707,3 +707,37 @@ def test_the_end_offsets_read_at_a_stop_wait_for_a_silent_broker_no_longer_than_
         run._topic_ends_now(load_settings(), timeout_s=0.3)
     assert time.monotonic() - t < 2
     assert closed.wait(5)  # the thread closed its consumer once the read ended
+
+
+def test_a_root_the_job_would_refuse_is_refused_before_spark_starts(tmp_path, monkeypatch) -> None:
+    """precheck_root reads the root's record over WebHDFS (here a local file system in its place) and refuses, as
+    the job would under its lease, a root of other settings, a broken record, or committed batches whose
+    checkpoint is gone; a new root and one of the same settings pass."""
+    import fsspec
+
+    import logpipe.results
+    from logpipe.config import load_settings
+    from logpipe.root_record import ROOT_SETTINGS
+    from logpipe.streaming.job import ResultsRootMismatch
+
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
+    s = load_settings(hdfs_root=str(tmp_path / "root"))
+    run.precheck_root(s, None)  # a new root
+    record = tmp_path / "root" / "_commits" / "job.json"
+    record.parent.mkdir(parents=True)
+    mine = {k: getattr(s, k) for k in ROOT_SETTINGS}
+    record.write_text(json.dumps(mine))
+    run.precheck_root(s, None)  # the same settings, nothing committed yet
+    record.write_text(json.dumps({**mine, "window": "30 seconds"}))
+    with pytest.raises(ResultsRootMismatch, match="other settings .*window '30 seconds' there"):
+        run.precheck_root(s, None)
+    record.write_text("{")
+    with pytest.raises(ResultsRootMismatch, match="is not the JSON the job writes"):
+        run.precheck_root(s, None)
+    record.write_text(json.dumps(mine))
+    (record.parent / "ingest").mkdir()
+    (record.parent / "ingest" / "b0000000000.json").write_text("{}")  # a committed batch, and no checkpoint
+    with pytest.raises(ResultsRootMismatch, match="checkpoint"):
+        run.precheck_root(s, None)
+    (tmp_path / "root" / "_checkpoints" / "ingest" / "offsets").mkdir(parents=True)
+    run.precheck_root(s, None)

@@ -22,8 +22,11 @@ def local_fs(local_spark):
 
 
 def _lease(local_fs, root: Path, **kw):
+    """A lease on `root`; a takeover settles for 50 ms, not the real 2 s, unless a test is about the settling
+    (no other newcomer races these tests' takeovers)."""
     from logpipe.streaming.lease import RootLease
 
+    kw.setdefault("settle_s", 0.05)
     return RootLease(local_fs(root.as_uri()), root.as_uri(), **kw)
 
 

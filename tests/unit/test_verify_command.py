@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,16 @@ def log(tmp_path):
     return path
 
 
+@pytest.fixture
+def refused_first(monkeypatch):
+    """The refusal must come before HDFS is asked for the results and before the recount: either fails the test."""
+    import logpipe.verify
+    from logpipe.commands import verify as command
+
+    monkeypatch.setattr(command, "results_problem", lambda *a, **k: pytest.fail("asked HDFS before refusing"))
+    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: pytest.fail("recounted before refusing"))
+
+
 def test_a_missing_truth_file_is_an_error_not_a_skipped_check(log, tmp_path, capsys):
     code = main(["verify", "--log", str(log), "--truth", str(tmp_path / "nope.truth.json")])
     assert code == 2 and "no such truth file" in capsys.readouterr().err
@@ -29,7 +38,7 @@ def test_a_missing_truth_file_is_an_error_not_a_skipped_check(log, tmp_path, cap
                                         "KeyError: 'start'"),
                                        ('{"incidents": [{"id": 1, "kind": "x", "start": "soon", "end": "later"}]}',
                                         "ValueError")])
-def test_a_broken_truth_file_is_said_before_the_recount(log, tmp_path, capsys, text, why):
+def test_a_broken_truth_file_is_said_before_the_recount(log, tmp_path, capsys, text, why, refused_first):
     """It was read after the recount (minutes at 2.5 GB), and then failed with a traceback; the one beside the log
     (`<log>.truth.json`) is checked as well as one given with --truth."""
     log.with_name(log.name + ".truth.json").write_text(text)
@@ -40,7 +49,7 @@ def test_a_broken_truth_file_is_said_before_the_recount(log, tmp_path, capsys, t
 
 
 @pytest.mark.parametrize("where", ["a folder", "under a file", "no right to write"])
-def test_a_report_path_it_cannot_write_is_said_before_the_recount(log, tmp_path, capsys, where):
+def test_a_report_path_it_cannot_write_is_said_before_the_recount(log, tmp_path, capsys, where, refused_first):
     """--json naming a folder, a path under a file, or a file in a folder it may not write: one line, exit 2, before
     the recount (it was written after it, and failed with a traceback that hid the verdict)."""
     import os
@@ -99,14 +108,12 @@ def test_a_compressed_log_is_refused_with_how_to_give_it(tmp_path, capsys):
     assert code == 2 and "is gzip-compressed" in err and f"--log <(zcat {log})" in err, err
 
 
-def test_a_log_read_from_a_pipe_is_taken(tmp_path, monkeypatch, capsys):
+def test_a_log_read_from_a_pipe_is_taken(tmp_path, monkeypatch, capsys, free_ports):
     """`--log <(zcat access.log.gz)`: the recount reads it once, in one process; the command refused it as no
     file. (With HDFS down here, it gets as far as looking for the results.)"""
     import os
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_ports(1)[0]  # nothing listens there
     monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("LOGPIPE_CONNECT_TIMEOUT_S", "1")
     fifo = tmp_path / "pipe"
@@ -116,10 +123,8 @@ def test_a_log_read_from_a_pipe_is_taken(tmp_path, monkeypatch, capsys):
     assert code == 1 and "no such log file" not in err and f"127.0.0.1:{port}" in err, err
 
 
-def test_hdfs_down_is_one_line_that_says_what_to_check(log, monkeypatch, capsys):
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_hdfs_down_is_one_line_that_says_what_to_check(log, monkeypatch, capsys, free_ports):
+    port = free_ports(1)[0]  # nothing listens there
     monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("LOGPIPE_CONNECT_TIMEOUT_S", "1")
     code = main(["verify", "--log", str(log)])

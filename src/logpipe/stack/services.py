@@ -611,8 +611,11 @@ def _check_before_start(s: Settings, lay: Layout) -> None:
         if pid is not None:
             wanted = {(bind_ip, port) for port in svc.ports}
             listening, deadline = _listening_addresses(pid), time.monotonic() + 10
-            while listening and not wanted <= listening and time.monotonic() < deadline:
-                time.sleep(0.5)  # one that is still starting may not have bound every port yet
+            # waited for while some of its ports are bound at no address yet (it may still be starting); every
+            # port bound, at other addresses: refused at once
+            while (listening and not wanted <= listening and not set(svc.ports) <= {p for _ip, p in listening}
+                   and time.monotonic() < deadline):
+                time.sleep(0.5)
                 listening = _listening_addresses(pid)
             if listening and not wanted <= listening:
                 raise StackError(

@@ -1,0 +1,169 @@
+"""`logpipe verify`: recompute window counts and accounting from the raw log (independently of Spark) and
+compare them row by row with the job's results on HDFS; score alerts against the generator's ground truth."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from logpipe.config import Settings
+from logpipe.producer.source import LINE_CAP_BYTES
+from logpipe.results import load_arrow, webhdfs_fs
+from logpipe.root_record import RUN_SETTINGS
+from logpipe.verify.accounting import check_job_accounting, check_late_rows, other_log_hint, too_large_hint
+from logpipe.verify.alerts import (ALERT_TIME_FIELDS, StatusReplay, alert_payload_differences, alert_rows_off_rule,
+                                   check_alert_figures, check_alerts, check_alerts_on_kafka, check_every_alert,
+                                   expected_alerts)
+from logpipe.verify.processes import run_in_processes
+from logpipe.verify.recount import (_MOD, CHUNK_LINES, MAX_WORKERS, PARALLEL_MIN_BYTES, PARSED_FIELDS,
+                                    QUARANTINE_FIELDS, BatchCounts, KeyedCounts, count_log, line_ranges,
+                                    merge_batch_counts, merge_keyed_counts, row_fingerprint, row_hashes, usable_cpus)
+from logpipe.verify.tables import (ALERT_FIELDS, QuarantineScan, TableScan, _epoch_s_arrow, keyed_counts_of_table,
+                                   load_alerts, newest_event_per_batch, read_until, scan_quarantine, scan_table,
+                                   uncommitted_files)
+from logpipe.verify.truth import TruthFileError, load_truth, score_against_truth, truth_log_hint
+from logpipe.verify.windows import (WINDOW_KEY_TYPES, compare_counts, compare_window_tables, exclude_late_lines,
+                                    not_compared, window_table_types_wrong, without_late)
+from logpipe.windows import duration_seconds
+
+# `from logpipe.verify import X` for every public name of the modules above (the CLI, the tests)
+__all__ = [
+    # recount
+    "CHUNK_LINES", "MAX_WORKERS", "PARALLEL_MIN_BYTES", "PARSED_FIELDS", "QUARANTINE_FIELDS", "BatchCounts",
+    "KeyedCounts", "count_log", "line_ranges", "merge_batch_counts", "merge_keyed_counts", "row_fingerprint",
+    "row_hashes", "usable_cpus",
+    # processes
+    "run_in_processes",
+    # tables
+    "ALERT_FIELDS", "QuarantineScan", "TableScan", "keyed_counts_of_table", "load_alerts", "newest_event_per_batch",
+    "read_until", "scan_quarantine", "scan_table", "uncommitted_files",
+    # windows
+    "WINDOW_KEY_TYPES", "compare_counts", "compare_window_tables", "exclude_late_lines", "not_compared",
+    "window_table_types_wrong", "without_late",
+    # accounting
+    "check_job_accounting", "check_late_rows", "other_log_hint", "too_large_hint",
+    # alerts
+    "ALERT_TIME_FIELDS", "StatusReplay", "alert_payload_differences", "alert_rows_off_rule", "check_alert_figures",
+    "check_alerts", "check_alerts_on_kafka", "check_every_alert", "expected_alerts",
+    # truth
+    "TruthFileError", "load_truth", "score_against_truth", "truth_log_hint",
+    # here
+    "VerifyReport", "verify_run",
+]
+
+
+@dataclass
+class VerifyReport:
+    """What `logpipe verify` found: `ok` only if every part (accounting, both window tables, alerts) matched;
+    each part holds its own figures and examples of what differed. `truth`: the alerts scored against the
+    generator's planted incidents (None: the log has no truth file)."""
+
+    ok: bool
+    log: str
+    seconds: float
+    accounting: dict[str, Any]
+    windows_by_host: dict[str, Any]
+    windows_by_status: dict[str, Any]
+    alerts: dict[str, Any]
+    truth: dict[str, Any] | None
+    windows_compared: int
+    # what the counts and alerts were checked with (the root's record of them: results.settings_of_results), for
+    # a reader to see that they are the ones meant, not only that the job agrees with itself
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, strict_truth: bool = True,
+               progress: bool = False, fs: Any = None, alerts_on_kafka: bool = True) -> VerifyReport:
+    """Recount `log_path` and compare with the job's results under s.hdfs_root (on `fs`, default WebHDFS);
+    `alerts_on_kafka`: also check that every alert was published to the Kafka alerts topic."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t0 = time.monotonic()
+    size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
+
+    tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
+    truth_data = load_truth(tp) if truth_path is not None or tp.exists() else None  # before the recount
+
+    # the producer sends a line over its message limit, or over the longest line it holds in memory, as too_large
+    counts = count_log(log_path, size_s, slide_s, progress=progress,
+                       max_line_bytes=min(s.max_message_bytes, LINE_CAP_BYTES))
+    fs = fs or webhdfs_fs(s)
+    # the job's source lines, each table read once: events/ (each line at most once) and late/ (a line sent again
+    # after it had left the horizon is kept there as well)
+    def keys(t: Any) -> Any:
+        return pa.chunked_array(t.column("src_key").chunks if t is not None else [], type=pa.string())
+
+    event_keys = keys(load_arrow(s, "events", ["src_key"], fs=fs))
+    late_t = load_arrow(s, "late", ["src_key", *PARSED_FIELDS], fs=fs)
+    src_keys = pa.chunked_array(event_keys.chunks + keys(late_t).chunks, type=pa.string())
+    late_rows = late_t.num_rows if late_t is not None else 0
+    n_late_lines, late_unmatched, late_fingerprint = exclude_late_lines(counts, late_t, event_keys, size_s, slide_s)
+    del late_t
+    comparisons = compare_window_tables(s, fs, counts, size_s)
+    host_cmp, status_cmp = comparisons["windows/by_host"], comparisons["windows/by_status"]
+    # accounting: unique source lines in the job's tables vs the file (late: parsed lines the job kept aside)
+    quarantine = scan_quarantine(s, fs)
+    job_q_by_reason = quarantine.by_reason
+    metrics_path = s.hdfs_path("_metrics", "latest.json")
+    metrics = json.loads(fs.cat(metrics_path)) if fs.exists(metrics_path) else {}
+    acc = {"lines": counts.lines, "parsed": counts.parsed, "quarantined": sum(counts.quarantined_by_reason.values()),
+           "quarantined_by_reason": counts.quarantined_by_reason,
+           "job_parsed_unique": int(pc.count_distinct(src_keys).as_py()) if len(src_keys) else 0,
+           "job_event_rows": int(len(event_keys)),
+           "job_event_lines": int(pc.count_distinct(event_keys).as_py()) if len(event_keys) else 0,
+           "job_quarantined_unique": quarantine.unique, "job_quarantined_by_reason": job_q_by_reason,
+           "job_records_read": metrics.get("lines"), "late": metrics.get("late", 0),
+           "duplicates_dropped": metrics.get("duplicates_dropped", 0),
+           "late_lines_excluded": n_late_lines, "late_not_in_log": late_unmatched}
+    del event_keys, src_keys  # a string per line: not held through the scan of events/ below
+    pa.default_memory_pool().release_unused()
+    # every parsed line of the file in events/ or late/, none twice in events/; every other line quarantined with
+    # the reference parser's reason
+    # events/ read once, record by record: its batches' time ranges (the late check and the detection delay) and
+    # the fingerprint of its rows' fields, which with late/'s lines must be the file's parsed lines, field by field
+    replay = StatusReplay(size_s, slide_s)
+
+    def replay_rows(tag: tuple[str, int], rb: Any) -> None:
+        if tag[0] == "b":
+            replay.add(tag[1], _epoch_s_arrow(rb.column("timestamp")),
+                       rb.column("http_response").to_numpy(zero_copy_only=False))
+
+    scans = {"events": scan_table(s, "events", "timestamp", fs, fingerprint=PARSED_FIELDS, date_partition="date",
+                                  on_rows=replay_rows),
+             "late": scan_table(s, "late", "timestamp", fs)}
+    newest = newest_event_per_batch(s, fs, scans)
+    acc["late_check"] = check_late_rows(s, fs, scans)
+    acc["parsed_fields_equal"] = (scans["events"].fingerprint + late_fingerprint) % _MOD == counts.parsed_fingerprint
+    acc["events_in_wrong_date_partition"] = scans["events"].wrong_partition
+    acc["uncommitted_files"] = uncommitted_files(s, fs)
+    acc["quarantine_records_equal"] = quarantine.fingerprint == counts.quarantine_fingerprint
+    acc["job_accounting"] = check_job_accounting(s, fs, event_rows=acc["job_event_rows"], late_rows=late_rows,
+                                                 quarantine_rows=quarantine.rows)
+    acc["ok"] = (acc["job_parsed_unique"] == counts.parsed and acc["job_event_rows"] == acc["job_event_lines"]
+                 and acc["job_quarantined_unique"] == acc["quarantined"]
+                 and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0
+                 and acc["late_check"]["ok"] and acc["job_accounting"]["ok"] and acc["parsed_fields_equal"]
+                 and acc["quarantine_records_equal"] and not acc["events_in_wrong_date_partition"]
+                 and acc["uncommitted_files"]["ok"])
+    hints = [other_log_hint(counts.lines, acc["job_parsed_unique"] + acc["job_quarantined_unique"], log_path),
+             too_large_hint(s, counts.quarantined_by_reason, job_q_by_reason)]
+    acc["hint"] = " ".join(h for h in hints if h) or None
+    alerts = load_alerts(s, fs)
+    alert_check = check_every_alert(s, fs, counts, alerts, replay, alerts_on_kafka)
+    truth = None
+    if truth_data is not None:
+        truth = score_against_truth(alerts, truth_data, size_s, read_until(newest))
+        truth["ok"] = (truth["recall"] == 1.0 and truth["false_positives"] == 0) if strict_truth else True
+        truth["hint"] = truth_log_hint(truth_data, counts.lines, tp, log_path)
+    ok = host_cmp["ok"] and status_cmp["ok"] and acc["ok"] and alert_check["ok"] and (truth is None or truth["ok"])
+    return VerifyReport(ok=ok, log=str(log_path), seconds=round(time.monotonic() - t0, 2), accounting=acc,
+                        windows_by_host=host_cmp, windows_by_status=status_cmp, alerts=alert_check, truth=truth,
+                        windows_compared=host_cmp["compared"] + status_cmp["compared"],
+                        settings={k: getattr(s, k) for k in RUN_SETTINGS})

@@ -1,0 +1,182 @@
+"""The job's window tables compared row by row with the recount, less the lines it kept out as late."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from logpipe.config import Settings
+from logpipe.results import load_arrow
+from logpipe.verify.recount import PARSED_FIELDS, BatchCounts, KeyedCounts, _pack, row_fingerprint
+from logpipe.verify.tables import _epoch_s_arrow, keyed_counts_of_table
+from logpipe.windows import window_starts_array
+
+
+def without_late(expected: KeyedCounts, late_ts: np.ndarray, late_values: Any, size_s: int,
+                 slide_s: int) -> tuple[KeyedCounts, int]:
+    """`expected` less the windows of lines the job kept out of its windows as late (a log out of order by more
+    than the watermark), and how many of those (window, key) contributions `expected` does not hold (not 0 only
+    if the late table holds lines that are not in the log)."""
+    if not len(late_ts):
+        return expected, 0
+    late = KeyedCounts.from_arrays(expected.key, late_ts, late_values, np.ones(len(late_ts)), expected.labels)
+    starts = window_starts_array(late.window_start, size_s, slide_s)
+    ws = np.concatenate(starts)
+    codes = np.tile(late.code, len(starts))
+    keep = ws != -1
+    ws, codes = ws[keep], codes[keep]
+    base = int(min(expected.window_start.min(initial=ws.min()), ws.min()))
+    e_keys = _pack(expected.window_start, expected.code, base)
+    order = np.argsort(e_keys, kind="stable")
+    l_keys, l_counts = np.unique(_pack(ws, codes, base), return_counts=True)
+    pos = np.searchsorted(e_keys, l_keys, sorter=order)
+    found = pos < len(e_keys)
+    found[found] = e_keys[order[pos[found]]] == l_keys[found]
+    count = expected.count.copy()
+    np.subtract.at(count, order[pos[found]], l_counts[found])
+    nonzero = count > 0
+    return (KeyedCounts(expected.key, expected.window_start[nonzero], expected.code[nonzero], count[nonzero],
+                        late.labels[:len(expected.labels)]),
+            int(l_counts[~found].sum()) + int((count < 0).sum()))
+
+
+def compare_counts(expected: KeyedCounts, actual: KeyedCounts, limit: int = 10) -> dict[str, Any]:
+    """Row-by-row comparison of (window_start, key) -> count. Reports missing, extra, wrong and duplicate rows.
+    Both sides must be coded against the same labels (see KeyedCounts.from_arrays)."""
+    if expected.labels != actual.labels[:len(expected.labels)]:
+        raise ValueError("expected and actual counts are not coded against the same labels")
+    starts = [a.window_start for a in (expected, actual) if len(a)]
+    base = int(min(s.min() for s in starts)) if starts else 0
+    # packed keys sort as (window_start, code): the expected side from count_log is sorted already
+    e_keys = _pack(expected.window_start, expected.code, base)
+    e_order = None if (e_keys[1:] > e_keys[:-1]).all() else np.argsort(e_keys, kind="stable")
+    if e_order is not None:
+        e_keys = e_keys[e_order]
+        if (e_keys[1:] == e_keys[:-1]).any():
+            raise ValueError("expected counts hold a (window, key) twice")
+    a_order = np.argsort(_pack(actual.window_start, actual.code, base), kind="stable")
+    a_keys = _pack(actual.window_start[a_order], actual.code[a_order], base)
+    # duplicates: every actual row whose (window, key) appears more than once; the first one is compared
+    same_as_next = a_keys[1:] == a_keys[:-1]
+    dups = np.zeros(len(actual), bool)
+    dups[a_order[:-1][same_as_next]] = True
+    dups[a_order[1:][same_as_next]] = True
+    first = np.ones(len(a_keys), bool)
+    first[1:] = ~same_as_next
+    del same_as_next
+    a_rows, a_keys = a_order[first], a_keys[first]  # actual rows, one per (window, key), in key order
+    del a_order, first
+    pos = np.searchsorted(e_keys, a_keys)
+    found = pos < len(e_keys)
+    found[found] = e_keys[pos[found]] == a_keys[found]
+    del e_keys, a_keys
+    e_rows = pos[found] if e_order is None else e_order[pos[found]]
+    extra = np.zeros(len(actual), bool)
+    extra[a_rows[~found]] = True
+    a_rows = a_rows[found]
+    del pos, found, e_order
+    wrong = expected.count[e_rows] != actual.count[a_rows]
+    missing = np.ones(len(expected), bool)
+    missing[e_rows] = False
+
+    def sample(kc: KeyedCounts, mask: np.ndarray) -> list[dict]:
+        idx = np.flatnonzero(mask)[:limit]
+        sel = np.zeros(len(kc), bool)
+        sel[idx] = True
+        return json.loads(kc.frame(sel).to_json(orient="records"))
+
+    wrong_rows = e_rows[wrong][:limit]
+    wrong_examples = [{"window_start": int(expected.window_start[e]), expected.key: expected.labels[expected.code[e]],
+                       "count_expected": int(expected.count[e]), "count_actual": int(actual.count[a])}
+                      for e, a in zip(wrong_rows, a_rows[wrong][:limit])]
+    n_missing, n_extra, n_wrong, n_dups = int(missing.sum()), int(extra.sum()), int(wrong.sum()), int(dups.sum())
+    return {"compared": int(len(expected) + n_extra), "expected_rows": int(len(expected)),
+            "actual_rows": int(len(actual)), "missing": n_missing, "extra": n_extra, "wrong": n_wrong,
+            "duplicates": n_dups, "ok": not (n_missing or n_extra or n_wrong or n_dups),
+            "examples": {"missing": sample(expected, missing), "extra": sample(actual, extra),
+                         "wrong": json.loads(json.dumps(wrong_examples, default=str)),
+                         "duplicates": sample(actual, dups)}}
+
+
+def exclude_late_lines(counts: BatchCounts, late_t: Any, event_keys: Any, size_s: int,
+                       slide_s: int) -> tuple[int, int, int]:
+    """Take the lines the job kept out of its windows as late (late/ rows that are not a copy of a line in
+    events/, once per source line) out of the batch counts, as the job did. Returns how many lines, how many of
+    their windows were not in the counts (0 unless the job made up lines), and their row_fingerprint."""
+    import pyarrow.compute as pc
+
+    if late_t is None or not late_t.num_rows:
+        return 0, 0, 0
+    late_t = late_t.filter(pc.invert(pc.is_in(late_t["src_key"], value_set=pc.unique(event_keys))))
+    late_t = late_t.group_by("src_key", use_threads=False).aggregate([(c, "first") for c in PARSED_FIELDS])
+    n_late_lines = late_t.num_rows
+    fingerprint = row_fingerprint(
+        {c: (_epoch_s_arrow(late_t[f"{c}_first"]) if c == "timestamp" else late_t[f"{c}_first"].to_pandas())
+         for c in PARSED_FIELDS}, PARSED_FIELDS)
+    ts = _epoch_s_arrow(late_t.column("timestamp_first")) if n_late_lines else np.zeros(0, np.int64)
+    counts.host, miss_h = without_late(counts.host, ts, late_t.column("host_first"), size_s, slide_s)
+    counts.status, miss_s = without_late(counts.status, ts, late_t.column("http_response_first"), size_s, slide_s)
+    return n_late_lines, miss_h + miss_s, fingerprint
+
+
+# the column types of the window tables (the job's schema): the comparison reads counts as int64 and times as
+# whole seconds, so a table of other types (float counts, times as text) could otherwise compare equal
+WINDOW_KEY_TYPES = {"host": ("string", "large_string"), "http_response": ("int32",)}
+
+
+def window_table_types_wrong(schema: Any, key: str) -> list[str]:
+    """`column: type` for each column of a window table whose type is not the job's: window_start and window_end
+    timestamps (any unit; INT96 files read as ns), `key` a string (host) or int32 (http_response), count int64."""
+    import pyarrow as pa
+
+    wrong = []
+    for name in ("window_start", "window_end", key, "count"):
+        typ = schema.field(name).type
+        ok = (pa.types.is_timestamp(typ) if name.startswith("window_") else str(typ) == "int64" if name == "count"
+              else str(typ) in WINDOW_KEY_TYPES[key])
+        if not ok:
+            wrong.append(f"{name}: {typ}")
+    return wrong
+
+
+def compare_window_tables(s: Settings, fs: Any, counts: BatchCounts, size_s: int) -> dict[str, dict[str, Any]]:
+    """windows/by_host and windows/by_status against the batch counts, row by row; each row's window must also
+    be [window_start, window_start + window)."""
+    comparisons = {}
+    for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
+        columns = ["window_start", "window_end", kc.key, "count"]
+        rows = load_arrow(s, table, columns, fs=fs)
+        # a table of other types or with NULLs is reported as such, not compared (its values cannot be read as
+        # the job's): its rows are neither counted as matching nor as missing
+        types_wrong = [] if rows is None else window_table_types_wrong(rows.schema, kc.key) + [
+            f"{c}: {rows.column(c).null_count:,} nulls" for c in columns if rows.column(c).null_count]
+        if types_wrong:
+            comparisons[table] = not_compared(kc, rows, types_wrong)
+            continue
+        # checked record batch by record batch
+        ends_wrong = 0 if rows is None else sum(
+            int((_epoch_s_arrow(rb.column(1)) - _epoch_s_arrow(rb.column(0)) != size_s).sum())
+            for rb in rows.to_batches())
+        actual = keyed_counts_of_table(rows, kc.key, kc.labels)
+        n_rows = 0 if rows is None else rows.num_rows
+        del rows  # the Arrow table (a string per host row) is not held through the comparison
+        try:
+            comparisons[table] = compare_counts(kc, actual)
+        except ValueError as exc:  # window starts that cannot be packed: times far from the log's
+            comparisons[table] = not_compared(kc, None, [f"window_start: {exc}"], n_rows)
+            continue
+        comparisons[table]["window_end_wrong"] = ends_wrong
+        comparisons[table]["types_wrong"] = []  # none: a table with any was reported as not compared above
+        comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong
+        del actual
+    return comparisons
+
+
+def not_compared(expected: KeyedCounts, rows: Any, problems: list[str], n_rows: int | None = None) -> dict[str, Any]:
+    """The comparison of a window table that could not be compared row by row (`problems` say why): failed."""
+    return {"compared": 0, "expected_rows": int(len(expected)),
+            "actual_rows": int(n_rows if n_rows is not None else 0 if rows is None else rows.num_rows),
+            "missing": 0, "extra": 0, "wrong": 0, "duplicates": 0, "window_end_wrong": 0, "types_wrong": problems,
+            "examples": {}, "ok": False}

@@ -1,7 +1,9 @@
-"""Reads the job's results (Parquet on HDFS) into pandas over WebHDFS, for the demo, notebook and benchmarks."""
+"""Reads the job's results (Parquet on HDFS) over WebHDFS into Arrow and pandas, for verify, the demo, the notebook and
+benchmarks."""
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -28,11 +30,27 @@ COLUMNS = {
 def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
     """An fsspec WebHDFS filesystem for the NameNode in the settings. WebHDFS redirects each read and write to a
     DataNode's own HTTP address, which this process must reach too (on the native stack: loopback)."""
-    import fsspec
-
     url = urlparse(s.webhdfs_address)
-    return fsspec.filesystem("webhdfs", host=url.hostname, port=url.port or 9870, user=s.hdfs_user_name,
+    return _strict_webhdfs()(host=url.hostname, port=url.port or 9870, user=s.hdfs_user_name,
                              use_https=url.scheme == "https")
+
+
+@functools.cache
+def _strict_webhdfs() -> type:
+    """fsspec's WebHDFS filesystem whose `exists` is False only for a path that is not there. fsspec's own says
+    False for any error: with the NameNode gone after a reader's first check, every table then read as missing
+    (`verify` reported each window row missing instead of the connection error)."""
+    from fsspec.implementations.webhdfs import WebHDFS
+
+    class StrictWebHDFS(WebHDFS):
+        def exists(self, path: str, **kwargs: Any) -> bool:
+            try:
+                self.info(path, **kwargs)
+            except FileNotFoundError:
+                return False
+            return True
+
+    return StrictWebHDFS
 
 
 def committed_tags(s: Settings, fs: "fsspec.AbstractFileSystem") -> set[str]:

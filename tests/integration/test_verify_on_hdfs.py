@@ -78,3 +78,22 @@ def test_every_committed_alert_must_be_on_the_kafka_alerts_topic(stack, unique):
     assert (r["missing"], r["wrong_payload"], r["ok"]) == (0, 1, False), r
     assert r["examples_wrong"][0]["alert_id"] == "a3" and r["examples_wrong"][0]["differs"] == [
         "count 7 (alerts/ has 2201)"], r
+
+
+def test_the_results_reader_tells_a_missing_path_from_a_namenode_that_does_not_answer(stack, unique, free_ports):
+    """On the real NameNode, a path that is not there does not exist and one that is does; a NameNode that does
+    not answer is an error, not a missing path (fsspec's own exists() says False for any error, and every table
+    then read as missing)."""
+    import requests
+
+    from logpipe.results import webhdfs_fs
+
+    fs = webhdfs_fs(stack)
+    fs.makedirs(f"/tests/exists-{unique}", exist_ok=True)
+    try:
+        assert fs.exists(f"/tests/exists-{unique}") and not fs.exists(f"/tests/exists-{unique}/nothing-here")
+    finally:
+        fs.rm(f"/tests/exists-{unique}", recursive=True)
+    gone = webhdfs_fs(stack.with_overrides(webhdfs_url=f"http://127.0.0.1:{free_ports(1)[0]}"))
+    with pytest.raises(requests.ConnectionError):
+        gone.exists(f"/tests/exists-{unique}")

@@ -153,10 +153,10 @@ def test_a_worker_that_dies_without_a_result_is_an_error_not_a_wait():
     import multiprocessing
     import time
 
-    from logpipe.verify import run_in_processes
+    from logpipe.verify.processes import WorkerDied, run_in_processes
 
     t0 = time.monotonic()
-    with pytest.raises(RuntimeError, match="ended without a result.*exit code 3"):
+    with pytest.raises(WorkerDied, match="ended without a result.*exit code 3"):
         run_in_processes(exec, [("import time; time.sleep(120)",), ("import os; os._exit(3)",)],
                          ctx=multiprocessing.get_context("spawn"))
     assert time.monotonic() - t0 < 60  # the other worker sleeps for 120 s

@@ -149,3 +149,34 @@ def test_the_root_s_record_decides_the_alerts_topic_and_a_lost_topic_says_how_to
     assert "1 not published" in some and "_commits/alerts-kafka/" not in some
     shared = kafka_text({"topic": "alerts", "published": 3, "missing": 0, "copies": 1, "other_alerts": 2})
     assert "1 copies" in shared and "2 alerts that are not this root's" in shared
+
+
+def test_hdfs_gone_during_the_checks_is_one_line_not_a_traceback(log, monkeypatch, capsys, free_ports):
+    """HDFS answered the pre-check, then stopped answering (here: the checks read from a port nothing listens on):
+    the WebHDFS client's connection error ended verify with a traceback; it is one line saying what to check."""
+    from logpipe.commands import verify as command
+
+    port = free_ports(1)[0]
+    monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(command, "results_problem", lambda s: None)  # as if HDFS had answered it
+    monkeypatch.setattr("logpipe.results.settings_of_results", lambda s: (s, []))
+    code = main(["verify", "--log", str(log)])
+    err = capsys.readouterr().err
+    assert code == 1 and "a read failed during the checks (ConnectionError" in err, err
+    assert f"HDFS at http://127.0.0.1:{port} answers" in err and "Traceback" not in err
+
+
+def test_a_recount_worker_that_died_is_one_line(log, monkeypatch, capsys):
+    import logpipe.verify
+    from logpipe.commands import verify as command
+    from logpipe.verify.processes import WorkerDied
+
+    def died(*_a, **_k):
+        raise WorkerDied("worker process 2 of 2 ended without a result (exit code -9; ...)")
+
+    monkeypatch.setattr(command, "results_problem", lambda s: None)
+    monkeypatch.setattr("logpipe.results.settings_of_results", lambda s: (s, []))
+    monkeypatch.setattr(logpipe.verify, "verify_run", died)
+    assert main(["verify", "--log", str(log)]) == 1
+    err = capsys.readouterr().err
+    assert f"logpipe verify: the recount of {log} failed: worker process 2 of 2" in err and "Traceback" not in err

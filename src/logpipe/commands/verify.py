@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from logpipe.producer.source import compression_of
     from logpipe.results import ResultsSettingsError, settings_of_results
     from logpipe.verify import TruthFileError, load_truth, verify_run
+    from logpipe.verify.processes import WorkerDied
 
     if not args.log.exists() or args.log.is_dir():  # a regular file, or a pipe (`--log <(zcat access.log.gz)`)
         print(f"logpipe verify: no such log file: {args.log}", file=sys.stderr)
@@ -81,7 +82,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for note in notes:
         print(f"logpipe verify: the results were made with {note}: checking with the job's", file=sys.stderr)
-    r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)
+    try:
+        r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)
+    except WorkerDied as exc:
+        print(f"logpipe verify: the recount of {args.log} failed: {exc}; run it again (if the system ran out of "
+              "memory, with fewer processes beside it)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # HDFS stopped answering or refused a read (WebHDFS errors are OSErrors), or the log
+        print(f"logpipe verify: a read failed during the checks ({type(exc).__name__}: {exc}): check that HDFS at "
+              f"{s.webhdfs_address} answers (`logpipe stack status`, the NameNode's log) and that {args.log} is "
+              "readable, then run verify again", file=sys.stderr)
+        return 1
     if args.json:
         try:
             args.json.write_text(r.to_json())

@@ -8,6 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without a result (killed for memory, or by a signal): the message gives its exit
+    code."""
+
+
 def run_in_processes(fn: Callable[..., Any], calls: list[tuple[Any, ...]], *, ctx: Any, initializer: Any = None,
                      initargs: tuple[Any, ...] = (), on_wait: Callable[[], None] | None = None,
                      report_every_s: float = 6.0) -> list[Any]:
@@ -36,7 +41,7 @@ def run_in_processes(fn: Callable[..., Any], calls: list[tuple[Any, ...]], *, ct
                     ok, value = conn.recv()
                 except EOFError:
                     procs[i].join(5)
-                    raise RuntimeError(f"worker process {i + 1} of {len(calls)} ended without a result (exit code "
+                    raise WorkerDied(f"worker process {i + 1} of {len(calls)} ended without a result (exit code "
                                        f"{procs[i].exitcode}; a negative one is the signal that killed it, e.g. -9 "
                                        "when the system ran out of memory)") from None
                 if not ok:

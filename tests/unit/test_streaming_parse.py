@@ -155,8 +155,8 @@ _timed_lines = st.builds(lambda t, nl: f'1.2.3.4 - - [{t}{nl}] "GET / HTTP/1.1" 
 _line_chars = st.sampled_from(list(b' -"[]:/\\+\t\r\n\x0b\x0c\x00\x85\xc2\xff0123456789aZ.')) 
 
 
-# each example is one Spark job (~0.3 s): fewer examples of more lines each (25 x up to 100, where 80 x up to 30
-# took 26 s) try as many lines, and a failure still shrinks to the one line that differs
+# each example is one Spark job (0.3-0.6 s): fewer examples of more lines each (25 x up to 100: 15 s; 80 x up to 30:
+# 26 s) try as many lines, and a failure still shrinks to the one line that differs
 @hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(
     st.binary(max_size=40),

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from logpipe.config import load_settings
 from logpipe.spark import build_spark
-from logpipe.streaming.job import CACHED_EVENT_COLUMNS, SPARK_CONF, WINDOW_COLUMNS, StreamJob, window_rows
+from logpipe.streaming.job import STORED_EVENT_COLUMNS, SPARK_CONF, WINDOW_COLUMNS, StreamJob, window_rows
 from logpipe.streaming.parse import parse_columns, source_columns
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     def batch(df, bid: int) -> None:
         t0 = time.monotonic()
         parsed = source_columns(parse_columns(df, request_parts=False), F.lit(topic))
-        rows = parsed.select(*CACHED_EVENT_COLUMNS, "src", "off", "src_key", "key_hash", "partition", "offset",
+        rows = parsed.select(*STORED_EVENT_COLUMNS, "src", "off", "src_key", "key_hash", "partition", "offset",
                              "reason", *(F.when(F.col("reason").isNotNull(), F.col(c)).alias(c) for c in ("line", "value")),
                              F.date_format("timestamp", "yyyy-MM-dd").alias("date"))
         out = f"{s.hdfs_uri('stage')}/b{bid}"

@@ -1,8 +1,10 @@
-"""Alert rules (rate limit, failed-request surge) built from Settings: the one place alerts are decided.
+"""Alert rules (rate limit, failed-request surge) built from Settings: where the streaming job decides its alerts.
 
 The streaming job keeps its window counts at three grains (per host, per status, per host and status of failed
 requests) and hands the rules those sums (RateLimitRule.alerts_of, FailureSurgeRule.surges and alerts_of);
-`evaluate` takes counts at the finest grain (WindowCount) and sums them the same way, for checks and tests."""
+`evaluate` takes counts at the finest grain (WindowCount) and sums them the same way, for tests. `logpipe verify`
+takes only the alert id's formula and the failed statuses from here: which alerts must fire, with which figures,
+it works out with code of its own, so that a mistake in these rules cannot hide in both."""
 
 from __future__ import annotations
 

@@ -447,7 +447,7 @@ def test_staged_rows_put_each_row_in_its_folder_and_keep_a_quarantined_record_wh
     from pyspark.sql import functions as F
 
     from logpipe import logformat as lf
-    from logpipe.streaming.job import (CACHED_EVENT_COLUMNS, LATE_DIR, QUARANTINE_DIR, staged_rows,
+    from logpipe.streaming.job import (STORED_EVENT_COLUMNS, LATE_DIR, QUARANTINE_DIR, staged_rows,
                                        with_cutoff)
     from logpipe.streaming.parse import parse_columns, source_columns
 
@@ -459,8 +459,8 @@ def test_staged_rows_put_each_row_in_its_folder_and_keep_a_quarantined_record_wh
     parsed = source_columns(with_cutoff(parse_columns(df, request_parts=False), datetime(2004, 5, 18)), F.lit("t"))
     is_bad = F.col("reason").isNotNull()
     is_late = ~is_bad & F.coalesce(F.col("timestamp") < F.col("_cutoff"), F.lit(False))
-    out = staged_rows(parsed, CACHED_EVENT_COLUMNS, is_bad, is_late)
-    assert out.columns == [*CACHED_EVENT_COLUMNS, "src", "off", "src_key", "kafka_partition", "kafka_offset", "date"]
+    out = staged_rows(parsed, STORED_EVENT_COLUMNS, is_bad, is_late)
+    assert out.columns == [*STORED_EVENT_COLUMNS, "src", "off", "src_key", "kafka_partition", "kafka_offset", "date"]
     rows = {r["kafka_offset"]: r for r in out.withColumn("raw_bytes", F.unbase64("request")).collect()}
     assert rows[0]["date"] == "2004-05-18" and rows[0]["host"] == "1.2.3.4" and rows[0]["request"] == "GET /a HTTP/1.0"
     assert rows[1]["date"] == LATE_DIR and rows[1]["request"] == "GET /b HTTP/1.0"

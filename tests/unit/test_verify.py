@@ -10,7 +10,7 @@ import pytest
 
 from logpipe.config import Settings
 from logpipe.rules import alert_id
-from logpipe.verify import (BatchCounts, KeyedCounts, check_alerts, compare_counts, count_log, score_against_truth,
+from logpipe.verify import (LogCounts, KeyedCounts, check_alerts, compare_counts, count_log, score_against_truth,
                             without_late)
 
 pytestmark = pytest.mark.unit
@@ -92,7 +92,7 @@ def test_count_log_quarantines_lines_over_the_kafka_limit_as_the_producer_does(t
     assert count_log(log, 20, 10, max_line_bytes=100).quarantined_by_reason == {"too_large": 1, "malformed": 1}
 
 
-def _same_counts(a: BatchCounts, b: BatchCounts) -> None:
+def _same_counts(a: LogCounts, b: LogCounts) -> None:
     import numpy as np
 
     assert (a.lines, a.parsed, a.quarantined_by_reason) == (b.lines, b.parsed, b.quarantined_by_reason)
@@ -249,7 +249,7 @@ def test_without_late_leaves_the_counts_of_the_other_lines(tmp_path):
 
 
 def _counts(host_rows, status_rows):
-    return BatchCounts(host=KeyedCounts.from_frame(frame(host_rows), "host"),
+    return LogCounts(host=KeyedCounts.from_frame(frame(host_rows), "host"),
                        status=KeyedCounts.from_frame(
                            pd.DataFrame(status_rows, columns=["window_start", "http_response", "count"]),
                            "http_response"))

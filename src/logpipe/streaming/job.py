@@ -65,9 +65,9 @@ OPEN_SCHEMA = ("grain STRING, window_start TIMESTAMP, window_end TIMESTAMP, host
                "count BIGINT")
 GRAINS = {"host": ["host"], "status": ["http_response"], "failed": ["host", "http_response"]}
 WINDOW_COLUMNS = ["window_start", "window_end"]
-# the parsed columns the job stores (the name is older than the one pass: they were cached); method, path and
-# protocol (split from request) are stored only with the setting events_request_parts
-CACHED_EVENT_COLUMNS = [c for c in EVENT_COLUMNS if c not in REQUEST_PARTS]
+# the parsed columns the job stores in events/; method, path and protocol (split from request) only with the
+# setting events_request_parts
+STORED_EVENT_COLUMNS = [c for c in EVENT_COLUMNS if c not in REQUEST_PARTS]
 SEEN_SCHEMA = "src_key STRING, key_hash BIGINT, timestamp TIMESTAMP"
 HOST_COUNTS_SCHEMA = "window_start TIMESTAMP, window_end TIMESTAMP, host STRING, count BIGINT"
 # The per-batch caches (since the one pass, only the small window counts and carried state) are built once and
@@ -129,7 +129,7 @@ class StreamJob:
         self._metas: dict[int, dict[str, Any]] | None = None  # committed batches
         self._flushes: dict[int, dict[str, Any]] | None = None  # committed flushes, by the batch they follow
         self._emitted_alerts: dict[str, datetime] | None = None  # see _emitted
-        self.event_columns = EVENT_COLUMNS if s.events_request_parts else CACHED_EVENT_COLUMNS
+        self.event_columns = EVENT_COLUMNS if s.events_request_parts else STORED_EVENT_COLUMNS
         self.lease: RootLease | None = None  # checked before each batch and flush writes (run_stream sets it)
         # held while a micro-batch's callback runs: a query stopped after its grace time interrupts the JVM's wait
         # for the callback, not the Python callback itself, whose HDFS renames and marker go on; recover() waits

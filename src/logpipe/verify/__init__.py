@@ -19,8 +19,8 @@ from logpipe.verify.alerts import (ALERT_TIME_FIELDS, StatusReplay, alert_payloa
                                    expected_alerts)
 from logpipe.verify.processes import run_in_processes
 from logpipe.verify.recount import (_MOD, CHUNK_LINES, MAX_WORKERS, PARALLEL_MIN_BYTES, PARSED_FIELDS,
-                                    QUARANTINE_FIELDS, BatchCounts, KeyedCounts, count_log, line_ranges,
-                                    merge_batch_counts, merge_keyed_counts, row_fingerprint, row_hashes, usable_cpus)
+                                    QUARANTINE_FIELDS, LogCounts, KeyedCounts, count_log, line_ranges,
+                                    merge_log_counts, merge_keyed_counts, row_fingerprint, row_hashes, usable_cpus)
 from logpipe.verify.tables import (ALERT_FIELDS, QuarantineScan, TableScan, _epoch_s_arrow, keyed_counts_of_table,
                                    load_alerts, newest_event_per_batch, read_until, scan_quarantine, scan_table,
                                    uncommitted_files)
@@ -32,8 +32,8 @@ from logpipe.windows import duration_seconds
 # `from logpipe.verify import X` for every public name of the modules above (the CLI, the tests)
 __all__ = [
     # recount
-    "CHUNK_LINES", "MAX_WORKERS", "PARALLEL_MIN_BYTES", "PARSED_FIELDS", "QUARANTINE_FIELDS", "BatchCounts",
-    "KeyedCounts", "count_log", "line_ranges", "merge_batch_counts", "merge_keyed_counts", "row_fingerprint",
+    "CHUNK_LINES", "MAX_WORKERS", "PARALLEL_MIN_BYTES", "PARSED_FIELDS", "QUARANTINE_FIELDS", "LogCounts",
+    "KeyedCounts", "count_log", "line_ranges", "merge_log_counts", "merge_keyed_counts", "row_fingerprint",
     "row_hashes", "usable_cpus",
     # processes
     "run_in_processes",

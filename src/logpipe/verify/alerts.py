@@ -13,7 +13,7 @@ from logpipe.config import Settings
 from logpipe.results import committed_files
 from logpipe.rules import FAILED_STATUS, alert_id
 from logpipe.topics import TopicNotFound, TopicReadTimeout, read_topic
-from logpipe.verify.recount import BatchCounts
+from logpipe.verify.recount import LogCounts
 from logpipe.verify.tables import ALERT_FIELDS, _batch_of, _epoch_s, _epoch_s_arrow
 from logpipe.windows import duration_seconds, window_starts_array
 
@@ -57,7 +57,7 @@ class StatusReplay:
         return hit.groupby(["window_start", "http_response"], as_index=False)["batch"].min()
 
 
-def expected_alerts(c: BatchCounts, s: Settings) -> pd.DataFrame:
+def expected_alerts(c: LogCounts, s: Settings) -> pd.DataFrame:
     """(rule, key, window_start) the rules imply for the FINAL window counts."""
     rate = c.host.frame(c.host.count >= s.rate_limit_ceiling)
     rate = pd.DataFrame({"rule": "rate_limit", "key": rate.host.astype(str), "window_start": rate.window_start})
@@ -69,7 +69,7 @@ def expected_alerts(c: BatchCounts, s: Settings) -> pd.DataFrame:
     return pd.concat([rate, surge], ignore_index=True)
 
 
-def check_alerts(c: BatchCounts, alerts: pd.DataFrame, s: Settings,
+def check_alerts(c: LogCounts, alerts: pd.DataFrame, s: Settings,
                  surges: pd.DataFrame | None = None) -> dict[str, Any]:
     """Every alert the counts imply was raised, exactly once; raised alerts are backed by the counts. The rate
     limits are those of the final counts (a running count only grows); the surges are `surges`
@@ -106,7 +106,7 @@ def check_alerts(c: BatchCounts, alerts: pd.DataFrame, s: Settings,
             "examples_missing": json.loads(missing.drop(columns="_merge").head(10).to_json(orient="records"))}
 
 
-def alert_rows_off_rule(c: BatchCounts, alerts: pd.DataFrame, s: Settings) -> int:
+def alert_rows_off_rule(c: LogCounts, alerts: pd.DataFrame, s: Settings) -> int:
     """Raised alerts whose own figures break their rule: a count under the threshold, a surge's share under the
     minimum, or a count over the window's final count (a window's running count only grows)."""
     if not len(alerts):
@@ -319,7 +319,7 @@ def check_alerts_on_kafka(s: Settings, alerts: pd.DataFrame, timeout_s: float = 
             "examples_missing": missing[:10], "examples_wrong": wrong[:5], "ok": not missing and not wrong}
 
 
-def check_every_alert(s: Settings, fs: Any, counts: BatchCounts, alerts: pd.DataFrame, replay: StatusReplay,
+def check_every_alert(s: Settings, fs: Any, counts: LogCounts, alerts: pd.DataFrame, replay: StatusReplay,
                       alerts_on_kafka: bool) -> dict[str, Any]:
     """The job's alerts against the batch counts (check_alerts), against the running counts of the micro-batch
     that raised each (check_alert_figures), and, with `alerts_on_kafka`, on the Kafka alerts topic."""

@@ -103,8 +103,9 @@ def row_hashes(columns: dict[str, Any], fields: dict[str, Any]) -> np.ndarray:
 
 
 @dataclass
-class BatchCounts:
-    """Counts computed from the raw log."""
+class LogCounts:
+    """What the recount of the raw log found: lines, parsed, quarantined by reason, the window counts by host and
+    by status, and the fingerprints of the parsed and quarantined lines."""
 
     lines: int = 0
     parsed: int = 0
@@ -163,7 +164,7 @@ def usable_cpus() -> int:
 
 
 def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
-              max_line_bytes: int | None = None, workers: int | None = None) -> BatchCounts:
+              max_line_bytes: int | None = None, workers: int | None = None) -> LogCounts:
     """Parse every line with the reference parser and count per (window, host) and (window, status). A line over
     `max_line_bytes` (without its newline) is quarantined as too_large, as the producer sends it (and so is a line
     that looks like the producer's stand-in for one, as the job takes it). `workers`: processes that each count
@@ -185,7 +186,7 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
 
     parts = run_in_processes(_count_range, [(path, a, b, size_s, slide_s, max_line_bytes) for a, b in ranges],
                              ctx=ctx, initializer=_share_lines_read, initargs=(read,), on_wait=report)
-    return merge_batch_counts(parts, int(MIN_TIME.timestamp()) - size_s)
+    return merge_log_counts(parts, int(MIN_TIME.timestamp()) - size_s)
 
 
 def line_ranges(path: Path, n: int) -> list[tuple[int, int | None]]:
@@ -212,13 +213,13 @@ def _share_lines_read(counter: Any) -> None:
 
 
 def _count_range(path: Path, start: int, end: int | None, size_s: int, slide_s: int, max_line_bytes: int | None,
-                 *, progress: bool = False) -> BatchCounts:
+                 *, progress: bool = False) -> LogCounts:
     """count_log over the lines that start in [start, end) of `path` (end None: to the end of the file)."""
     import re
 
     stand_in = re.compile(TOO_LARGE_PATTERN.encode())
 
-    out = BatchCounts()
+    out = LogCounts()
     base = int(MIN_TIME.timestamp()) - size_s  # every parsed timestamp is >= MIN_TIME
     hosts, statuses = _WindowCounter("host", base), _WindowCounter("http_response", base)
 
@@ -311,9 +312,9 @@ def merge_keyed_counts(parts: list[KeyedCounts], base: int) -> KeyedCounts:
     return KeyedCounts(parts[0].key, ws, code, total.astype(np.int64), list(labels))
 
 
-def merge_batch_counts(parts: list[BatchCounts], base: int) -> BatchCounts:
+def merge_log_counts(parts: list[LogCounts], base: int) -> LogCounts:
     """The counts of consecutive ranges of one log (in order) as one: count_log over the whole log."""
-    out = BatchCounts()
+    out = LogCounts()
     for p in parts:
         out.lines += p.lines
         out.parsed += p.parsed

@@ -9,7 +9,7 @@ import numpy as np
 
 from logpipe.config import Settings
 from logpipe.results import load_arrow
-from logpipe.verify.recount import PARSED_FIELDS, BatchCounts, KeyedCounts, _pack, row_fingerprint
+from logpipe.verify.recount import PARSED_FIELDS, LogCounts, KeyedCounts, _pack, row_fingerprint
 from logpipe.verify.tables import _epoch_s_arrow, keyed_counts_of_table
 from logpipe.windows import window_starts_array
 
@@ -100,7 +100,7 @@ def compare_counts(expected: KeyedCounts, actual: KeyedCounts, limit: int = 10) 
                          "duplicates": sample(actual, dups)}}
 
 
-def exclude_late_lines(counts: BatchCounts, late_t: Any, event_keys: Any, size_s: int,
+def exclude_late_lines(counts: LogCounts, late_t: Any, event_keys: Any, size_s: int,
                        slide_s: int) -> tuple[int, int, int]:
     """Take the lines the job kept out of its windows as late (late/ rows that are not a copy of a line in
     events/, once per source line) out of the batch counts, as the job did. Returns how many lines, how many of
@@ -141,7 +141,7 @@ def window_table_types_wrong(schema: Any, key: str) -> list[str]:
     return wrong
 
 
-def compare_window_tables(s: Settings, fs: Any, counts: BatchCounts, size_s: int) -> dict[str, dict[str, Any]]:
+def compare_window_tables(s: Settings, fs: Any, counts: LogCounts, size_s: int) -> dict[str, dict[str, Any]]:
     """windows/by_host and windows/by_status against the batch counts, row by row; each row's window must also
     be [window_start, window_start + window)."""
     comparisons = {}

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from logpipe.config import Settings
+from logpipe.root_layout import COMMITS, marker_tag
 from logpipe.root_record import ROOT_SETTINGS_FILE, RUN_SETTINGS, setting_differs
 
 if TYPE_CHECKING:
@@ -58,9 +59,9 @@ def committed_tags(s: Settings, fs: "fsspec.AbstractFileSystem") -> set[str]:
     other tags belong to an attempt that died before its commit, or to a batch still being written."""
     tags: set[str] = set()
     for query in ("ingest", "flush"):
-        d = s.hdfs_path("_commits", query)
+        d = s.hdfs_path(COMMITS, query)
         if fs.exists(d):
-            tags |= {f.rsplit("/", 1)[-1][:-len(".json")] for f in fs.ls(d, detail=False) if f.endswith(".json")}
+            tags |= {marker_tag(f) for f in fs.ls(d, detail=False)} - {None}
     return tags
 
 
@@ -95,10 +96,9 @@ def committed_accounting(s: Settings, fs: "fsspec.AbstractFileSystem",
     written only when a run ends."""
     import json
 
-    d = s.hdfs_path("_commits", "ingest")
-    names = sorted(f for f in fs.ls(d, detail=False) if f.endswith(".json")) if fs.exists(d) else []
-    metas = [json.loads(fs.cat(f)) for f in names
-             if tags is None or f.rsplit("/", 1)[-1][:-len(".json")] in tags]
+    d = s.hdfs_path(COMMITS, "ingest")
+    names = sorted(f for f in fs.ls(d, detail=False) if marker_tag(f) is not None) if fs.exists(d) else []
+    metas = [json.loads(fs.cat(f)) for f in names if tags is None or marker_tag(f) in tags]
     total = {k: sum(int(m.get(k, 0)) for m in metas) for k in ACCOUNTING_FIELDS}
     return {"batches": len(metas), **total, "per_batch": metas}
 

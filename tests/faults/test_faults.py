@@ -17,7 +17,7 @@ from logpipe.config import Settings
 from logpipe.record import parse_record_key
 from logpipe.results import load_table
 from logpipe.stack import services
-from logpipe.streaming.commit import batch_tag
+from logpipe.root_layout import batch_tag
 from logpipe.topics import delete_topics, read_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

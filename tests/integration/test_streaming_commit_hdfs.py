@@ -16,7 +16,8 @@ def test_a_record_is_replaced_whole_and_a_killed_writers_temp_file_is_ignored(st
     temp file is left. A temp file that a killed writer left (with half a record in it) is not a commit: the job's
     reader (committed_meta) and verify's (committed_tags, committed_accounting) take the whole records only."""
     from logpipe.results import committed_accounting, committed_tags, webhdfs_fs
-    from logpipe.streaming.commit import HadoopFs, batch_tag, committed_meta, marker_path
+    from logpipe.root_layout import batch_tag, marker_path
+    from logpipe.streaming.commit import HadoopFs, committed_meta
 
     s = stack.with_overrides(hdfs_root=f"/tests/commit-{unique}")
     root = s.hdfs_uri()

@@ -17,7 +17,8 @@ def _files(root: Path, table: str) -> list[str]:
 
 @pytest.mark.parametrize("concurrent", [0, 3], ids=["one at a time", "at once"])
 def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: Path, concurrent: int):
-    from logpipe.streaming.commit import batch_tag, commit_batch
+    from logpipe.root_layout import batch_tag
+    from logpipe.streaming.commit import commit_batch
 
     root = f"file:{tmp_path}"  # as Hadoop names local paths (commit_batch maps its listings back onto root)
     calls: list[str] = []
@@ -51,7 +52,8 @@ def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: 
 def test_a_half_moved_batch_is_cleaned_before_lazy_frames_are_built(local_spark, tmp_path: Path):
     """A pending marker (an attempt that died while moving files) removes the tag's files from every listed table,
     those of lazy frames and of dropped writes too, before the batch is written again."""
-    from logpipe.streaming.commit import TableWrite, batch_tag, commit_batch
+    from logpipe.root_layout import batch_tag
+    from logpipe.streaming.commit import TableWrite, commit_batch
 
     root = f"file:{tmp_path}"
     tag = batch_tag(3)
@@ -138,7 +140,8 @@ def test_run_at_once_returns_results_in_call_order_and_raises_a_failure(local_sp
 def test_staged_files_are_moved_in_last_and_only_the_folders_named(local_spark, tmp_path: Path):
     """A write whose files a pass of the batch staged already is moved into its table after every other write
     (which may read the staged files), keeping its partition folders; folders not named stay out."""
-    from logpipe.streaming.commit import TableWrite, batch_tag, commit_batch
+    from logpipe.root_layout import batch_tag
+    from logpipe.streaming.commit import TableWrite, commit_batch
 
     root = f"file:{tmp_path}"
     staged = f"{root}/stage"

@@ -409,7 +409,7 @@ def test_carried_state_of_earlier_batches_is_pruned_by_tag(local_spark, tmp_path
     """After batch 3 commits, the open windows and seen keys carried out of earlier batches are removed (a re-run
     batch is skipped, so none reads them again); batch 3's own files and a staging folder are left."""
     from logpipe.config import Settings
-    from logpipe.streaming.commit import file_tag
+    from logpipe.root_layout import file_tag
     from logpipe.streaming.job import StreamJob
 
     assert file_tag("hdfs://nn:8020/r/_state/open/b0000000003-00001.parquet") == "b0000000003"

@@ -7,8 +7,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from logpipe.root_layout import (COMMITS, DONE, PENDING, batch_tag, file_tag, marker_path, marker_tag,
+                                  staging_dir)
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
 
 
 class HadoopFs:
@@ -96,21 +100,6 @@ class HadoopFs:
             raise OSError(f"HDFS rename {src} -> {dst} failed")
 
 
-def batch_tag(batch_id: int, prefix: str = "b") -> str:
-    """The name of a batch's files and marker: prefix + zero-padded batch id (sorts in batch order)."""
-    return f"{prefix}{batch_id:010d}"
-
-
-def file_tag(path: str) -> str:
-    """The batch tag a table file is named by (`<tag>-<n>.parquet`, see commit_batch), from its path."""
-    return path.rsplit("/", 1)[-1].split("-", 1)[0]
-
-
-def marker_path(root_uri: str, query: str, tag: str) -> str:
-    """Where the commit marker of one batch of one query lives."""
-    return f"{root_uri}/_commits/{query}/{tag}.json"
-
-
 T = TypeVar("T")
 
 
@@ -173,7 +162,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     fs = HadoopFs(spark, root_uri)
     tag = batch_tag(batch_id, prefix)
     marker = marker_path(root_uri, query, tag)
-    pending = f"{root_uri}/_commits/{query}/{tag}.pending"
+    pending = marker_path(root_uri, query, tag, PENDING)
     if fs.exists(marker):
         return False
     if fs.exists(pending):  # an earlier attempt died while moving files: remove what it moved
@@ -206,7 +195,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
         df = frame() if callable(frame) else frame
         if df is None:
             return
-        staging = f"{root_uri}/{table}/_staging/{tag}"
+        staging = staging_dir(root_uri, table, tag)
         writer = df.write.mode("overwrite").options(**(options or {}))
         if parts:
             writer = writer.partitionBy(*parts)
@@ -241,9 +230,10 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
     differ from the re-run's would otherwise leave rows behind. Returns the cleaned tags."""
     fs = HadoopFs(spark, root_uri)
     crashed = []
-    for f in fs.files(f"{root_uri}/_commits"):
-        if f.endswith(".pending") and not fs.exists(f[:-len(".pending")] + ".json"):
-            crashed.append((f, f.rsplit("/", 1)[-1][:-len(".pending")]))
+    for f in fs.files(f"{root_uri}/{COMMITS}"):
+        tag = marker_tag(f, PENDING)
+        if tag is not None and not fs.exists(f[:-len(PENDING)] + DONE):
+            crashed.append((f, tag))
     if not crashed:
         return []
     tags = {tag for _, tag in crashed}
@@ -252,7 +242,7 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
             if file_tag(f) in tags:
                 fs.delete(f)
         for tag in tags:
-            fs.delete(f"{root_uri}/{table}/_staging/{tag}")
+            fs.delete(staging_dir(root_uri, table, tag))
     for pending, _ in crashed:
         fs.delete(pending)
     return sorted(tags)
@@ -261,5 +251,5 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
 def committed_meta(spark: "SparkSession", root_uri: str, query: str) -> list[dict[str, Any]]:
     """The meta of every committed batch of a query (accounting)."""
     fs = HadoopFs(spark, root_uri)
-    return [json.loads(fs.read_text(f)) for f in sorted(fs.files(f"{root_uri}/_commits/{query}"))
-            if f.endswith(".json")]
+    return [json.loads(fs.read_text(f)) for f in sorted(fs.files(f"{root_uri}/{COMMITS}/{query}"))
+            if marker_tag(f) is not None]

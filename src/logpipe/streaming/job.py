@@ -39,10 +39,11 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
+from logpipe.root_layout import COMMITS, batch_tag, file_tag, in_staging, marker_path, marker_tag, staging_dir
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
 from logpipe.rules import FAILED_STATUS, Alert, AlertRules, HostCount, StatusCount, WindowCount
-from logpipe.streaming.commit import (HadoopFs, TableWrite, batch_tag, clean_crashed_attempts, commit_batch,
-                                      committed_meta, file_tag, marker_path, run_at_once)
+from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch, committed_meta,
+                                      run_at_once)
 from logpipe.streaming.lease import RootLease
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
@@ -192,7 +193,7 @@ class StreamJob:
         tag = batch_tag(keep)
         for table in (STATE_OPEN, STATE_SEEN):
             for f in self.fs.files(f"{self.root}/{table}"):
-                if f.endswith(".parquet") and "/_staging/" not in f and file_tag(f) < tag:
+                if f.endswith(".parquet") and not in_staging(f) and file_tag(f) < tag:
                     self.fs.delete(f)
 
     def claim_root(self, topic_id: str | None = None) -> None:
@@ -327,7 +328,7 @@ class StreamJob:
                 self.lease.check()
             self._generation += 1
             cleaned = clean_crashed_attempts(self.spark, self.root, list(OUTPUT_TABLES))
-            self.fs.delete(f"{self.root}/events/_staging")  # what batches that died staged (see PASS_DIR)
+            self.fs.delete(staging_dir(self.root, "events"))  # what batches that died staged (see PASS_DIR)
         if cleaned:
             log.warning("removed the files of %d attempt(s) that died before their commit: %s", len(cleaned),
                         ", ".join(cleaned))
@@ -387,10 +388,10 @@ class StreamJob:
     # ------------------------------------------------------------------ alerts to Kafka
     def _committed_alert_files(self) -> dict[str, list[str]]:
         """alerts/ files by batch tag, only of batches whose commit marker exists (a crashed attempt's are not)."""
-        tags = {f.rsplit("/", 1)[-1][:-5] for f in self.fs.files(f"{self.root}/_commits/ingest") if f.endswith(".json")}
+        tags = {marker_tag(f) for f in self.fs.files(f"{self.root}/{COMMITS}/ingest")} - {None}
         out: dict[str, list[str]] = {}
         for f in self.fs.files(self.s.hdfs_uri("alerts")):
-            if f.endswith(".parquet") and "/_staging/" not in f and file_tag(f) in tags:
+            if f.endswith(".parquet") and not in_staging(f) and file_tag(f) in tags:
                 out.setdefault(file_tag(f), []).append(f)
         return out
 
@@ -406,7 +407,7 @@ class StreamJob:
         else:  # files of a batch this run just committed: no listing of the whole history (it grows with every batch)
             by_tag = {tag: self.fs.glob(f"{self.s.hdfs_uri('alerts')}/{tag}-*.parquet") for tag in tags}
         for tag, files in sorted(by_tag.items()):
-            marker = f"{self.root}/_commits/alerts-kafka/{tag}.json"
+            marker = marker_path(self.root, "alerts-kafka", tag)
             if not files or self.fs.exists(marker):
                 continue
             df = self.spark.read.parquet(*files)
@@ -479,7 +480,7 @@ class MicroBatch:
         self.job, self.s, self.spark = job, job.s, job.spark
         self.batch, self.batch_id = batch, batch_id
         self.prev = prev  # the last committed batch before this one: its carried state is read
-        self.stage = f"{job.root}/events/_staging/{batch_tag(batch_id)}"  # see PASS_DIR
+        self.stage = staging_dir(job.root, "events", batch_tag(batch_id))  # see PASS_DIR
         self.cached: list[DataFrame] = []
         self.new_alerts: list[dict[str, Any]] = []
         self._host_metrics: dict[str, Any] = {}

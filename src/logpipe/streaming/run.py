@@ -124,6 +124,7 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
     """Refuse at once, before Spark starts (10-15 s), a results root the job would refuse (StreamJob.claim_root,
     which checks again under the root's lease): read over WebHDFS."""
     from logpipe.results import webhdfs_fs
+    from logpipe.root_layout import COMMITS, marker_tag
     from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
     from logpipe.streaming.job import ResultsRootMismatch
 
@@ -135,8 +136,8 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
         theirs = parse_root_record(s.hdfs_uri(*ROOT_SETTINGS_FILE.split("/")), fs.cat_file(path).decode())
     except ValueError as exc:
         raise ResultsRootMismatch(str(exc)) from exc
-    commits = s.hdfs_path("_commits", "ingest")
-    committed = sum(f.endswith(".json") for f in fs.ls(commits, detail=False)) if fs.exists(commits) else 0
+    commits = s.hdfs_path(COMMITS, "ingest")
+    committed = sum(marker_tag(f) is not None for f in fs.ls(commits, detail=False)) if fs.exists(commits) else 0
     why = claim_refusal(s.hdfs_uri(), theirs, {k: getattr(s, k) for k in ROOT_SETTINGS}, committed=committed,
                         offsets=f"{s.hdfs_uri('_checkpoints', 'ingest')}/offsets",
                         has_offsets=fs.exists(s.hdfs_path("_checkpoints", "ingest", "offsets")), topic=s.topic,

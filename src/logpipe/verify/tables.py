@@ -11,6 +11,7 @@ import pandas as pd
 
 from logpipe.config import Settings
 from logpipe.results import TABLES, committed_files, committed_tags
+from logpipe.root_layout import COMMITS, PENDING, file_tag, in_staging, marker_tag, tag_id
 from logpipe.verify.recount import _MOD, QUARANTINE_FIELDS, KeyedCounts, row_fingerprint, row_hashes
 
 
@@ -86,11 +87,9 @@ def _batch_of(path: str, table_dir: str) -> tuple[str, int] | None:
     at = path.find(table_dir.strip("/"))  # fsspec may list paths without the leading slash
     below = path[at + len(table_dir.strip("/")):] if at >= 0 else path
     name = below.rsplit("/", 1)[-1]
-    head = name.split("-", 1)[0]
-    if ("/_" in below or "/." in below or not name.endswith(".parquet") or head[:1] not in ("b", "f")
-            or not head[1:].isdigit()):
+    if "/_" in below or "/." in below or not name.endswith(".parquet"):
         return None
-    return head[0], int(head[1:])
+    return tag_id(file_tag(name))
 
 
 @dataclass
@@ -204,10 +203,9 @@ def uncommitted_files(s: Settings, fs: Any, limit: int = 10) -> dict[str, Any]:
     tags = committed_tags(s, fs)
     pending: set[str] = set()
     for query in ("ingest", "flush"):
-        d = s.hdfs_path("_commits", query)
+        d = s.hdfs_path(COMMITS, query)
         if fs.exists(d):
-            pending |= {f.rsplit("/", 1)[-1][:-len(".pending")] for f in fs.ls(d, detail=False)
-                        if f.endswith(".pending")}
+            pending |= {marker_tag(f, PENDING) for f in fs.ls(d, detail=False)} - {None}
     stray, unfinished = [], 0
     for table in TABLES:
         path = s.hdfs_path(table)
@@ -218,10 +216,10 @@ def uncommitted_files(s: Settings, fs: Any, limit: int = 10) -> dict[str, Any]:
             at = f.find(base)
             below = f[at + len(base):] if at >= 0 else f
             name = below.rsplit("/", 1)[-1]
-            tag = name.split("-", 1)[0]
+            tag = file_tag(name)
             if not name.endswith(".parquet") or tag in tags:
                 continue
-            if tag in pending or "/_staging/" in below:
+            if tag in pending or in_staging(below):
                 unfinished += 1
             else:
                 stray.append(f)

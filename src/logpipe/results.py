@@ -99,8 +99,18 @@ def committed_accounting(s: Settings, fs: "fsspec.AbstractFileSystem",
     d = s.hdfs_path(COMMITS, "ingest")
     names = sorted(f for f in fs.ls(d, detail=False) if marker_tag(f) is not None) if fs.exists(d) else []
     metas = [json.loads(fs.cat(f)) for f in names if tags is None or marker_tag(f) in tags]
-    total = {k: sum(int(m.get(k, 0)) for m in metas) for k in ACCOUNTING_FIELDS}
-    return {"batches": len(metas), **total, "per_batch": metas}
+    return {**sum_commit_records(metas), "per_batch": metas}
+
+
+def sum_commit_records(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The accounting of committed micro-batches from their commit records: batches, the ACCOUNTING_FIELDS summed
+    (a field an older record lacks counts 0) and quarantined_by_reason."""
+    by_reason: dict[str, int] = {}
+    for m in metas:
+        for reason, n in m.get("quarantined_by_reason", {}).items():
+            by_reason[reason] = by_reason.get(reason, 0) + int(n)
+    return {"batches": len(metas), **{k: sum(int(m.get(k, 0)) for m in metas) for k in ACCOUNTING_FIELDS},
+            "quarantined_by_reason": by_reason}
 
 
 def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,

@@ -18,7 +18,7 @@ from logpipe.config import Settings
 from logpipe.logformat import ParseError, parse_timestamp
 from logpipe.producer.clients import RecordSink, make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
-from logpipe.producer.source import IDLE, Block, LogSource, Segment
+from logpipe.producer.source import IDLE, Block, LogSource, Segment, open_log, wait_for_log
 from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, TOO_LARGE_HEAD_BYTES, largest_record_bytes, record_key,
                             too_large_value)
 
@@ -64,12 +64,10 @@ def ensure_topic(s: Settings, topic: str) -> bool:
     would fail to deliver, and the producer would stop at the first one on every restart."""
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-    from logpipe.topics import create_topic
-
     needed = largest_record_bytes(s.max_message_bytes)
     # given even at Kafka's default: a topic without it takes the broker's message.max.bytes, which may be lower
     own_limit = max(needed, KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
-    if create_topic(s, topic, s.topic_partitions, {"max.message.bytes": str(own_limit)}):
+    if topics.create_topic(s, topic, s.topic_partitions, {"max.message.bytes": str(own_limit)}):
         return True
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-producer-admin")
     try:
@@ -180,8 +178,6 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
 def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool, reset: bool,
                   progress: bool | None, stop_event: threading.Event | None) -> ProduceSummary:
     """produce_file, holding the log."""
-    from logpipe.producer.source import open_log, wait_for_log
-
     if follow and not wait_for_log(path, stop_event or threading.Event(), on_wait=store.beat):
         raise health.WaitStopped(f"stopped while waiting for {path} to appear")
     fd, _ = open_log(path)  # clear error before touching Kafka

@@ -132,7 +132,8 @@ class Settings(BaseSettings):
         "line, if any, is sent as a line")
 
     # ---- streaming job ----------------------------------------------------------------------------
-    connect_timeout_s: float = Field(60.0, gt=0, description="the job gives up waiting for Kafka or HDFS after this long")
+    connect_timeout_s: float = Field(60.0, gt=0, description="the job gives up waiting for Kafka or HDFS after this "
+                                     "long; readers of the results, for an answer from WebHDFS")
     stop_grace_s: float = Field(120.0, ge=0, description="on SIGTERM/Ctrl-C, let running micro-batches finish this long")
     spark_master: str = Field("local[2]", description="Spark master URL (local[N]: N task threads in the job's JVM)")
     spark_driver_memory: str = Field("4g", description="heap of Spark's JVM (the whole job in local mode)")

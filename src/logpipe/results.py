@@ -33,17 +33,26 @@ def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
     DataNode's own HTTP address, which this process must reach too (on the native stack: loopback)."""
     url = urlparse(s.webhdfs_address)
     return _strict_webhdfs()(host=url.hostname, port=url.port or 9870, user=s.hdfs_user_name,
-                             use_https=url.scheme == "https")
+                             use_https=url.scheme == "https", no_answer_s=s.connect_timeout_s)
 
 
 @functools.cache
 def _strict_webhdfs() -> type:
-    """fsspec's WebHDFS filesystem whose `exists` is False only for a path that is not there. fsspec's own says
-    False for any error: with the NameNode gone after a reader's first check, every table then read as missing
-    (`verify` reported each window row missing instead of the connection error)."""
+    """fsspec's WebHDFS filesystem whose `exists` is False only for a path that is not there, and whose requests
+    give up after `no_answer_s` seconds without an answer. fsspec's own `exists` says False for any error: with the
+    NameNode gone after a reader's first check, every table then read as missing (`verify` reported each window
+    row missing instead of the connection error); and its requests wait for ever on a NameNode or DataNode that
+    accepts connections and does not answer (a hung JVM)."""
+    import functools
+
     from fsspec.implementations.webhdfs import WebHDFS
 
     class StrictWebHDFS(WebHDFS):
+        def __init__(self, *args: Any, no_answer_s: float | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if no_answer_s is not None:  # each request's connect and each read of its answer (not its whole time)
+                self.session.request = functools.partial(self.session.request, timeout=no_answer_s)
+
         def exists(self, path: str, **kwargs: Any) -> bool:
             try:
                 self.info(path, **kwargs)

@@ -187,3 +187,34 @@ def test_alerts_by_key_gives_one_row_per_rule_and_key_with_its_span_peak_and_mos
     assert alerts_by_key(alerts, top=1)["top_hosts"].tolist()[0] == ["b"]
     assert alerts_by_key(alerts.iloc[:0]).columns.tolist() == ["rule", "key", "windows", "first", "last",
                                                               "peak_count", "top_hosts"]
+
+
+def test_a_webhdfs_that_accepts_and_never_answers_is_an_error_after_the_setting(free_ports):
+    """A NameNode that accepts connections and does not answer (a hung JVM): fsspec's requests waited for ever, so
+    verify, the demo or the notebook hung with it; each request now gives up after LOGPIPE_CONNECT_TIMEOUT_S."""
+    import socket
+    import threading
+
+    import requests
+
+    from logpipe.config import load_settings
+    from logpipe.results import webhdfs_fs
+
+    port = free_ports(1)[0]
+    got: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            fs.exists("/logpipe/_commits")
+        except BaseException as exc:  # noqa: BLE001 (handed to the test)
+            got.append(exc)
+
+    with socket.socket() as hung:  # listens, so the kernel completes connections, and never accepts or answers
+        hung.bind(("127.0.0.1", port))
+        hung.listen(8)
+        fs = webhdfs_fs(load_settings(webhdfs_url=f"http://127.0.0.1:{port}", connect_timeout_s=0.5))
+        asking = threading.Thread(target=ask, daemon=True)  # a hang fails the test instead of holding it up
+        asking.start()
+        asking.join(30)
+    assert not asking.is_alive(), "the request still waits after 30 s"
+    assert len(got) == 1 and isinstance(got[0], requests.Timeout), got

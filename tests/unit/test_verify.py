@@ -824,3 +824,39 @@ def test_a_truth_file_of_another_log_is_said_so(tmp_path):
     hint = verify_run(s, log, other, fs=fsspec.filesystem("file"), alerts_on_kafka=False).truth["hint"]
     assert hint and f"{other} describes a log of {len(LOG_LINES) + 7:,} lines, {log} has {len(LOG_LINES):,}" in hint
     assert "--truth" in hint and "--lenient-truth" in hint
+
+
+def test_the_command_prints_every_check_and_its_verdict(tmp_path, monkeypatch, capsys):
+    """`logpipe verify` on a root a correct job wrote (here on the local file system, without Kafka): one row per
+    check with its figures, and `verify: exact`; a window count changed makes that row FAIL and the verdict
+    MISMATCH, exit 1."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import logpipe.results
+    import logpipe.verify
+    from logpipe.cli import main
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LOG_LINES) + b"\n")
+    s, root = _results_root(tmp_path, log)
+    local = fsspec.filesystem("file")
+    real_run = logpipe.verify.verify_run
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: local)
+    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: real_run(*a, **k, fs=local,
+                                                                                alerts_on_kafka=False))
+    assert main(["verify", "--log", str(log), "--hdfs-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    for row in ("accounting", "windows by host", "windows by status", "alerts vs rules", "alerts vs ground truth"):
+        assert row in out, out
+    assert "lines 5 = parsed 3 + quarantined 2" in out and "5 rows compared: missing 0" in out
+    assert out.rstrip().endswith("verify: exact")
+    path = root / "windows/by_host/b0000000000-00000.parquet"
+    t = pq.read_table(path)
+    counts = t.column("count").to_pylist()
+    pq.write_table(t.set_column(t.schema.get_field_index("count"), "count",
+                                pa.array([counts[0] + 1, *counts[1:]], pa.int64())), path)
+    assert main(["verify", "--log", str(log), "--hdfs-root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "wrong 1" in out and out.rstrip().endswith("verify: MISMATCH")

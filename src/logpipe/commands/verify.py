@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING
 from logpipe.cli import add_setting_flags, output_file_problem, settings_from_args
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from logpipe.config import Settings
+    from logpipe.verify import VerifyReport
 
 
 # a command that writes a compressed file's text to stdout, per format (logpipe.producer.source.compression_of)
@@ -35,43 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from logpipe.producer.source import compression_of
     from logpipe.results import ResultsSettingsError, settings_of_results
-    from logpipe.verify import TruthFileError, load_truth, verify_run
+    from logpipe.verify import verify_run
     from logpipe.verify.processes import WorkerDied
 
-    if not args.log.exists() or args.log.is_dir():  # a regular file, or a pipe (`--log <(zcat access.log.gz)`)
-        print(f"logpipe verify: no such log file: {args.log}", file=sys.stderr)
-        return 2
-    if args.log.is_file():
-        try:
-            with args.log.open("rb") as f:
-                kind = compression_of(f.read(16))
-        except OSError as exc:
-            print(f"logpipe verify: cannot read the log {args.log}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
-        if kind:
-            print(f"logpipe verify: {args.log} is {kind}-compressed: give the log as the producer read it, e.g. "
-                  f"--log <({DECOMPRESS_TO_STDOUT[kind]} {args.log})", file=sys.stderr)
-            return 2
-    if args.truth is not None and not args.truth.is_file():
-        print(f"logpipe verify: no such truth file: {args.truth}", file=sys.stderr)
-        return 2
-    truth = args.truth or args.log.with_name(args.log.name + ".truth.json")
-    try:
-        if truth.is_file():
-            load_truth(truth)  # said now, not after the recount
-    except TruthFileError as exc:
-        print(f"logpipe verify: {exc}", file=sys.stderr)
-        return 2
-    problem = args.json and output_file_problem(args.json, "--json")  # said now, not after the recount
+    problem = input_problem(args)  # said now, not after the minutes a large log's recount takes
     if problem:
         print(f"logpipe verify: {problem}", file=sys.stderr)
         return 2
     s = settings_from_args(args)
-    problem = results_problem(s)  # before the minutes a large log's recount takes
+    problem = results_problem(s)
     if problem:
         print(f"logpipe verify: {problem}", file=sys.stderr)
         return 1
@@ -99,24 +76,48 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:  # it could be written a moment ago: the verdict still stands, and is printed
             print(f"logpipe verify: could not write the report to {args.json}: {exc}", file=sys.stderr)
     console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(report_table(args, r))
+    console.print("[bold green]verify: exact[/]" if r.ok else "[bold red]verify: MISMATCH[/]")
+    return 0 if r.ok else 1
+
+
+def input_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the files given (the log, the truth file, the report's path), or None: each is checked
+    before anything else, so a typo is said at once."""
+    from logpipe.producer.source import compression_of
+    from logpipe.verify import TruthFileError, load_truth
+
+    if not args.log.exists() or args.log.is_dir():  # a regular file, or a pipe (`--log <(zcat access.log.gz)`)
+        return f"no such log file: {args.log}"
+    if args.log.is_file():
+        try:
+            with args.log.open("rb") as f:
+                kind = compression_of(f.read(16))
+        except OSError as exc:
+            return f"cannot read the log {args.log}: {exc.strerror or exc}"
+        if kind:
+            return (f"{args.log} is {kind}-compressed: give the log as the producer read it, e.g. "
+                    f"--log <({DECOMPRESS_TO_STDOUT[kind]} {args.log})")
+    if args.truth is not None and not args.truth.is_file():
+        return f"no such truth file: {args.truth}"
+    truth = args.truth or args.log.with_name(args.log.name + ".truth.json")
+    try:
+        if truth.is_file():
+            load_truth(truth)
+    except TruthFileError as exc:
+        return str(exc)
+    return (args.json and output_file_problem(args.json, "--json")) or None
+
+
+def report_table(args: argparse.Namespace, r: "VerifyReport") -> "Table":
+    """The report as a table: one row per check, its verdict and figures."""
+    from rich.table import Table
+
     t = Table(title=f"logpipe verify {args.log} ({r.seconds:.1f}s)")
     for col in ("check", "result", "details"):
         t.add_column(col)
     mark = lambda ok: "[green]ok[/]" if ok else "[red]FAIL[/]"  # noqa: E731
-    a = r.accounting
-    t.add_row("accounting", mark(a["ok"]), f"lines {a['lines']:,} = parsed {a['parsed']:,} + quarantined "
-              f"{a['quarantined']:,}; job: parsed {a['job_parsed_unique']:,} (in {a['job_event_rows']:,} event rows), "
-              f"quarantined "
-              f"{a['job_quarantined_unique']:,}; late {a['late']} ({a['late_lines_excluded']:,} lines out of the windows), "
-              f"duplicates dropped {a['duplicates_dropped']}; late rows not behind their batch's horizon "
-              f"{a['late_check']['not_behind_horizon']}, batches with events behind it "
-              f"{a['late_check']['event_batches_behind_horizon']}; the job's counts against its tables: "
-              f"{'; '.join(a['job_accounting']['mismatches']) or 'equal'}; parsed fields line by line: "
-              f"{'equal' if a['parsed_fields_equal'] else 'DIFFERENT'}; quarantined records and reasons: "
-              f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}; events in the wrong date partition "
-              f"{a['events_in_wrong_date_partition']:,}; files no commit covers: stray "
-              f"{a['uncommitted_files']['stray']}, of unfinished attempts "
-              f"{a['uncommitted_files']['of_unfinished_attempts']}" + (f". {a['hint']}" if a.get("hint") else ""))
+    t.add_row("accounting", mark(r.accounting["ok"]), accounting_text(r.accounting))
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}, window_end not start + window "
@@ -130,30 +131,50 @@ def run(args: argparse.Namespace) -> int:
               f"rule {al['figures']['raised_late']}, other columns wrong (window_end, threshold, top_hosts, "
               f"alert_id) {al['figures']['columns_wrong']}; {kafka_text(al['kafka'])}")
     if r.truth:
-        tr = r.truth
-        delays = [e["delay_s"] for i in tr["incidents"] for e in i["expected"] if e["delay_s"] is not None]
-        raised = [e["raised_after_s"] for i in tr["incidents"] for e in i["expected"]
-                  if e.get("raised_after_s") is not None]
-        # a log too short for incidents has none to find: its recall is 1.0 by definition, and says nothing
-        recall = (f"recall {tr['recall']:.0%}" if tr["expected_alerts"]
-                  else "recall not scored (the log has no planted incidents)")
-        delay = (f"detection delay (log time): first alerted window ends max {max(delays)} s after an incident "
-                 "starts" if delays else "detection delay: none measured (no incident was alerted)")
-        if raised:
-            delay += f"; raised with the job's input read up to max {max(raised)} s after it (micro-batch size)"
-        t.add_row("alerts vs ground truth", mark(tr["ok"]), f"{recall}, precision "
-                  f"{tr['precision']:.0%}, false positives {tr['false_positives']}, {delay}"
-                  + (f". {tr['hint']}" if tr.get("hint") else ""))
+        t.add_row("alerts vs ground truth", mark(r.truth["ok"]), truth_text(r.truth))
     else:
         t.add_row("alerts vs ground truth", "-", f"not scored: no truth file ({args.truth or 'none given'}, and no "
                   f"{args.log.name}.truth.json beside the log); `logpipe generate` writes one")
-    console.print(t)
-    console.print("[bold green]verify: exact[/]" if r.ok else "[bold red]verify: MISMATCH[/]")
-    return 0 if r.ok else 1
+    return t
 
 
-def kafka_text(k: dict) -> str:
-    """The alerts topic's line of the report."""
+def accounting_text(a: dict) -> str:
+    """The accounting row of the report."""
+    return (f"lines {a['lines']:,} = parsed {a['parsed']:,} + quarantined "
+            f"{a['quarantined']:,}; job: parsed {a['job_parsed_unique']:,} (in {a['job_event_rows']:,} event rows), "
+            f"quarantined "
+            f"{a['job_quarantined_unique']:,}; late {a['late']} ({a['late_lines_excluded']:,} lines out of the windows), "
+            f"duplicates dropped {a['duplicates_dropped']}; late rows not behind their batch's horizon "
+            f"{a['late_check']['not_behind_horizon']}, batches with events behind it "
+            f"{a['late_check']['event_batches_behind_horizon']}; the job's counts against its tables: "
+            f"{'; '.join(a['job_accounting']['mismatches']) or 'equal'}; parsed fields line by line: "
+            f"{'equal' if a['parsed_fields_equal'] else 'DIFFERENT'}; quarantined records and reasons: "
+            f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}; events in the wrong date partition "
+            f"{a['events_in_wrong_date_partition']:,}; files no commit covers: stray "
+            f"{a['uncommitted_files']['stray']}, of unfinished attempts "
+            f"{a['uncommitted_files']['of_unfinished_attempts']}" + (f". {a['hint']}" if a.get("hint") else ""))
+
+
+def truth_text(tr: dict) -> str:
+    """The ground truth's row of the report: recall, precision, detection delays."""
+    delays = [e["delay_s"] for i in tr["incidents"] for e in i["expected"] if e["delay_s"] is not None]
+    raised = [e["raised_after_s"] for i in tr["incidents"] for e in i["expected"]
+              if e.get("raised_after_s") is not None]
+    # a log too short for incidents has none to find: its recall is 1.0 by definition, and says nothing
+    recall = (f"recall {tr['recall']:.0%}" if tr["expected_alerts"]
+              else "recall not scored (the log has no planted incidents)")
+    delay = (f"detection delay (log time): first alerted window ends max {max(delays)} s after an incident "
+             "starts" if delays else "detection delay: none measured (no incident was alerted)")
+    if raised:
+        delay += f"; raised with the job's input read up to max {max(raised)} s after it (micro-batch size)"
+    return (f"{recall}, precision {tr['precision']:.0%}, false positives {tr['false_positives']}, {delay}"
+            + (f". {tr['hint']}" if tr.get("hint") else ""))
+
+
+def kafka_text(k: dict | None) -> str:
+    """The alerts topic's line of the report (None: not checked)."""
+    if k is None:
+        return "the alerts topic not checked"
     text = f"on Kafka topic {k['topic']}: {k['missing']} not published"
     if k.get("error"):
         return f"{text} ({k['error']})"

@@ -435,7 +435,8 @@ def _port_owner(port: int) -> str:
     return "another process"
 
 
-def _run_once(java: str, cmd: list[str], log_path: Path, what: str) -> None:
+def _run_once(cmd: list[str], log_path: Path, what: str) -> None:
+    """Run a one-off Java tool (a storage format) into its log; StackError with the log's tail if it fails."""
     rotate_log(log_path)
     with log_path.open("a") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -443,7 +444,8 @@ def _run_once(java: str, cmd: list[str], log_path: Path, what: str) -> None:
         raise StackError(f"{what} failed (exit {proc.returncode}). Last lines of {log_path}:\n{_log_tail(log_path)}")
 
 
-def _format_if_needed(s: Settings, lay: Layout, java: str) -> None:
+def _format_if_needed(lay: Layout, java: str) -> None:
+    """Format Kafka's storage (a new cluster id) and the NameNode's, unless done to the end before."""
     kafka_meta = lay.data / "kafka" / "meta.properties"
     if not kafka_meta.exists():
         (lay.data / "kafka").mkdir(parents=True, exist_ok=True)
@@ -454,12 +456,12 @@ def _format_if_needed(s: Settings, lay: Layout, java: str) -> None:
         cmd = _java_cmd(java, lay.jars / "kafka", lay, "kafka.tools.StorageTool",
                         ("format", "-t", cluster_id, "-c", str(lay.conf / "kafka" / "server.properties"), "-g"),
                         "256m", "kafka")
-        _run_once(java, cmd, lay.log_file("kafka-format"), "formatting Kafka storage")
+        _run_once(cmd, lay.log_file("kafka-format"), "formatting Kafka storage")
     if not namenode_formatted(lay.data / "namenode"):
         log.info("formatting the HDFS NameNode")
         cmd = _java_cmd(java, lay.jars / "hdfs", lay, "org.apache.hadoop.hdfs.server.namenode.NameNode",
                         ("-format", "-nonInteractive", "-force"), "256m", "hdfs")
-        _run_once(java, cmd, lay.log_file("namenode-format"), "formatting the HDFS NameNode")
+        _run_once(cmd, lay.log_file("namenode-format"), "formatting the HDFS NameNode")
 
 
 def namenode_formatted(name_dir: Path) -> bool:
@@ -576,7 +578,7 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
         if conf in changed and running_pid(lay, svc):  # e.g. a newer logpipe changed a broker setting
             log.warning("%s runs with an older configuration than %s now holds: `logpipe stack down` then "
                         "`logpipe stack up` applies it (data kept)", svc.name, lay.conf / conf)
-    _format_if_needed(s, lay, java)
+    _format_if_needed(lay, java)
     for svc in services(s, lay):
         t = time.monotonic()
         pid, started = _start(s, lay, java, svc)
@@ -652,11 +654,20 @@ def _stop_pid(pid: int, timeout: float, *, kill: bool = False) -> None:
                          f"disk: see `ps -o pid,stat,wchan -p {pid}`)") from exc
 
 
+def _service(s: Settings, lay: Layout, name: str) -> Service:
+    """The native service `name` (kafka, namenode, datanode); ValueError naming the known ones for another name."""
+    known = services(s, lay)
+    for svc in known:
+        if svc.name == name:
+            return svc
+    raise ValueError(f"no native service {name!r}: {', '.join(x.name for x in known)}")
+
+
 def stop_service(s: Settings, name: str, *, kill: bool = False, timeout: float = 30.0) -> bool:
     """Stop one service we started (SIGTERM, or SIGKILL with kill=True) and wait until its process has ended.
     True if it was running."""
     lay = Layout(s.run_dir)
-    svc = next(x for x in services(s, lay) if x.name == name)
+    svc = _service(s, lay, name)
     with stack_lock(s.run_dir, f"stop {name}"):
         pids = [pid] if (pid := running_pid(lay, svc)) else unrecorded_pids(lay, svc)
         if not pids:
@@ -673,13 +684,13 @@ def stop_service(s: Settings, name: str, *, kill: bool = False, timeout: float =
 def service_pid(s: Settings, name: str) -> int | None:
     """The pid of the native service `name` (kafka, namenode, datanode) running from this run folder, or None."""
     lay = Layout(s.run_dir)
-    return our_pid(lay, next(x for x in services(s, lay) if x.name == name))
+    return our_pid(lay, _service(s, lay, name))
 
 
 def start_service(s: Settings, name: str) -> int:
     """(Re)start one service and wait until it is ready (for fault tests)."""
     lay = Layout(s.run_dir)
-    svc = next(x for x in services(s, lay) if x.name == name)
+    svc = _service(s, lay, name)
     with stack_lock(s.run_dir, f"start {name}"):
         return _start(s, lay, java_binary(s), svc)[0]
 

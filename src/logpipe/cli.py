@@ -98,7 +98,8 @@ def misplaced_flag(args: argparse.Namespace, choice: str, applies: dict[str, tup
     every flag given applies. Refused rather than ignored: a user who gave it expected it to act."""
     chosen = getattr(args, choice)
     for dest, choices in applies.items():
-        if getattr(args, dest, None) not in (None, False) and chosen not in choices:
+        given = getattr(args, dest, None)
+        if given is not None and given is not False and chosen not in choices:  # `--max-age 0` is given too
             serves = " and ".join(f"`logpipe {args.command} {c}`" for c in choices)
             return f"--{dest.replace('_', '-')} applies to {serves} only"
     return None

@@ -3,12 +3,11 @@ benchmarks."""
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from logpipe.config import Settings
-from logpipe.root_layout import COMMITS, marker_tag
+from logpipe.root_layout import COMMITS, file_tag, marker_tag
 from logpipe.root_record import ROOT_SETTINGS_FILE, RUN_SETTINGS, setting_differs
 
 if TYPE_CHECKING:
@@ -29,38 +28,15 @@ COLUMNS = {
 
 
 def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
-    """An fsspec WebHDFS filesystem for the NameNode in the settings. WebHDFS redirects each read and write to a
-    DataNode's own HTTP address, which this process must reach too (on the native stack: loopback)."""
+    """An fsspec WebHDFS filesystem for the NameNode in the settings (logpipe.webhdfs.StrictWebHDFS: an error is
+    never read as a missing path or an empty folder; a request without an answer fails after
+    LOGPIPE_CONNECT_TIMEOUT_S). WebHDFS redirects each read and write to a DataNode's own HTTP address, which this
+    process must reach too (on the native stack: loopback)."""
+    from logpipe.webhdfs import StrictWebHDFS
+
     url = urlparse(s.webhdfs_address)
-    return _strict_webhdfs()(host=url.hostname, port=url.port or 9870, user=s.hdfs_user_name,
-                             use_https=url.scheme == "https", no_answer_s=s.connect_timeout_s)
-
-
-@functools.cache
-def _strict_webhdfs() -> type:
-    """fsspec's WebHDFS filesystem whose `exists` is False only for a path that is not there, and whose requests
-    give up after `no_answer_s` seconds without an answer. fsspec's own `exists` says False for any error: with the
-    NameNode gone after a reader's first check, every table then read as missing (`verify` reported each window
-    row missing instead of the connection error); and its requests wait for ever on a NameNode or DataNode that
-    accepts connections and does not answer (a hung JVM)."""
-    import functools
-
-    from fsspec.implementations.webhdfs import WebHDFS
-
-    class StrictWebHDFS(WebHDFS):
-        def __init__(self, *args: Any, no_answer_s: float | None = None, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            if no_answer_s is not None:  # each request's connect and each read of its answer (not its whole time)
-                self.session.request = functools.partial(self.session.request, timeout=no_answer_s)
-
-        def exists(self, path: str, **kwargs: Any) -> bool:
-            try:
-                self.info(path, **kwargs)
-            except FileNotFoundError:
-                return False
-            return True
-
-    return StrictWebHDFS
+    return StrictWebHDFS(host=url.hostname, port=url.port or 9870, user=s.hdfs_user_name,
+                         use_https=url.scheme == "https", no_answer_s=s.connect_timeout_s)
 
 
 def committed_tags(s: Settings, fs: "fsspec.AbstractFileSystem") -> set[str]:
@@ -88,7 +64,7 @@ def committed_files(s: Settings, table: str, fs: "fsspec.AbstractFileSystem",
         at = f.find(base)  # fsspec may list paths without the leading slash; the root itself may hold "/_"
         below = f[at + len(base):] if at >= 0 else f
         name = below.rsplit("/", 1)[-1]
-        if name.endswith(".parquet") and "/_" not in below and "/." not in below and name.split("-", 1)[0] in tags:
+        if name.endswith(".parquet") and "/_" not in below and "/." not in below and file_tag(name) in tags:
             out.append(f)
     return out
 

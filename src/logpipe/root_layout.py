@@ -3,7 +3,8 @@ streaming.commit and the job, read by results, verify and the job's recovery).""
 
 from __future__ import annotations
 
-COMMITS = "_commits"  # under the results root: one folder of markers per query (ingest, flush, alerts-kafka)
+COMMITS = "_commits"  # under the results root: the markers, one folder per query (ingest, flush, alerts-kafka), the
+# root's settings record (root_record) and the run's lease (streaming.lease)
 DONE = ".json"  # a commit marker: the batch's files are all in place (it holds the batch's record)
 PENDING = ".pending"  # an attempt that began moving its files into the tables and has not committed (yet)
 STAGING = "_staging"  # a table's folder for the files a batch writes before they are moved in
@@ -33,9 +34,11 @@ def marker_path(root: str, query: str, tag: str, kind: str = DONE) -> str:
 
 
 def marker_tag(path: str, kind: str = DONE) -> str | None:
-    """The batch tag of a marker file of `kind` (its name without the suffix); None for any other file."""
+    """The batch tag of a marker file of `kind` (its name without the suffix); None for any other file (a hidden
+    temp file of a marker being written, another JSON file)."""
     name = path.rsplit("/", 1)[-1]
-    return name[:-len(kind)] if name.endswith(kind) else None
+    tag = name[:-len(kind)] if name.endswith(kind) else None
+    return tag if tag is not None and tag_id(tag) is not None else None
 
 
 def staging_dir(root: str, table: str, tag: str | None = None) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from logpipe.root_layout import COMMITS
+
 # what the results on a root depend on, besides the input: a run with other values on the same root would mix
 # window sizes, move the late horizon backwards and write windows again that were already final, or decide the
 # alerts of one root by two sets of rules (verify and the notebook read them from here), or publish them to two
@@ -13,7 +15,7 @@ ROOT_SETTINGS = ("topic", "window", "slide", "watermark", "rate_limit_ceiling", 
 # the ones readers (verify, the notebook) take from the record: how the numbers were made
 RUN_SETTINGS = tuple(k for k in ROOT_SETTINGS if k != "topic")
 DURATION_SETTINGS = ("window", "slide", "watermark")
-ROOT_SETTINGS_FILE = "_commits/job.json"
+ROOT_SETTINGS_FILE = f"{COMMITS}/job.json"
 
 
 def setting_differs(name: str, recorded: Any, current: Any) -> bool:

@@ -107,6 +107,7 @@ def test_python_m_health_reports_a_bad_setting_as_the_command_does(monkeypatch, 
 
 @pytest.mark.parametrize(("argv", "says"), [
     (["kafka", "--max-age", "5"], "--max-age applies to `logpipe health producer` only"),
+    (["kafka", "--max-age", "0"], "--max-age applies to `logpipe health producer` only"),
     (["hdfs", "--max-age", "5"], "--max-age applies to `logpipe health producer` only"),
     (["kafka", "--datanode", "127.0.0.1"], "--datanode applies to `logpipe health hdfs` only"),
     (["producer", "--datanode", "127.0.0.1"], "--datanode applies to `logpipe health hdfs` only"),

@@ -25,6 +25,10 @@ def test_a_table_file_and_a_marker_name_their_batch():
     assert done == f"/r/_commits/ingest/{tag}{DONE}" and pending == f"/r/_commits/ingest/{tag}.pending"
     assert marker_tag(done) == tag and marker_tag(pending, PENDING) == tag
     assert marker_tag(pending) is None and marker_tag(done, PENDING) is None and marker_tag("/r/_commits/job") is None
+    # the root's own records, a marker's hidden temp file (written, then renamed over its name), another JSON file
+    for other in ("/r/_commits/job.json", "/r/_commits/lease.json", f"/r/_commits/ingest/.{tag}.json",
+                  f"/r/_commits/ingest/.{tag}.json.3f2a.tmp", "/r/_commits/ingest/notes.json"):
+        assert marker_tag(other) is None, other
 
 
 def test_staging_paths_are_told_from_table_files():

@@ -741,3 +741,22 @@ def test_a_root_the_job_would_refuse_is_refused_before_spark_starts(tmp_path, mo
         run.precheck_root(s, None)
     (tmp_path / "root" / "_checkpoints" / "ingest" / "offsets").mkdir(parents=True)
     run.precheck_root(s, None)
+
+
+def test_a_root_webhdfs_will_not_let_it_read_is_one_line_with_what_to_do(tmp_path, monkeypatch) -> None:
+    """The pre-check's reads refused (a folder of the root the HDFS user may not read: WebHDFS's 403, an error
+    since its exists() no longer says False for it): one line naming the root, with the hint for permissions."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    import logpipe.results
+    from logpipe.config import load_settings
+
+    class Refusing(LocalFileSystem):
+        def exists(self, path, **kwargs):
+            raise PermissionError(f"Permission denied: user=someone, access=EXECUTE, inode={path}")
+
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: Refusing())
+    s = load_settings(hdfs_root=str(tmp_path / "root"))
+    with pytest.raises(RuntimeError, match=r"could not read the results root .*root over WebHDFS: PermissionError: "
+                                           r"Permission denied.* -- the HDFS user \(LOGPIPE_HDFS_USER.*may not read it"):
+        run.precheck_root(s, None)

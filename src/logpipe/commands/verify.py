@@ -54,18 +54,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         s, notes = settings_of_results(s)
+        for note in notes:
+            print(f"logpipe verify: the results were made with {note}: checking with the job's", file=sys.stderr)
+        r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)
     except ResultsSettingsError as exc:
         print(f"logpipe verify: {exc}", file=sys.stderr)
         return 1
-    for note in notes:
-        print(f"logpipe verify: the results were made with {note}: checking with the job's", file=sys.stderr)
-    try:
-        r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)
     except WorkerDied as exc:
         print(f"logpipe verify: the recount of {args.log} failed: {exc}; run it again (if the system ran out of "
               "memory, with fewer processes beside it)", file=sys.stderr)
         return 1
-    except OSError as exc:  # HDFS stopped answering or refused a read (WebHDFS errors are OSErrors), or the log
+    except OSError as exc:  # HDFS stopped answering or refused a read (logpipe.webhdfs: OSErrors), or the log
         print(f"logpipe verify: a read failed during the checks ({type(exc).__name__}: {exc}): check that HDFS at "
               f"{s.webhdfs_address} answers (`logpipe stack status`, the NameNode's log) and that {args.log} is "
               "readable, then run verify again", file=sys.stderr)
@@ -200,6 +199,7 @@ def results_problem(s: "Settings") -> str | None:
     None. Waits up to connect_timeout_s for HDFS, as the job does."""
     from logpipe import health
     from logpipe.results import webhdfs_fs
+    from logpipe.root_layout import COMMITS
 
     try:
         health.wait_until(lambda: health.probe_blocks_reported(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
@@ -207,7 +207,12 @@ def results_problem(s: "Settings") -> str | None:
                           "`logpipe stack status`; LOGPIPE_WEBHDFS_URL must name the NameNode's web address.")
     except health.ServiceTimeout as exc:
         return str(exc)
-    if not webhdfs_fs(s).exists(s.hdfs_path("_commits")):
+    try:
+        found = webhdfs_fs(s).exists(s.hdfs_path(COMMITS))
+    except OSError as exc:  # e.g. a folder of the root's path that the HDFS user may not read
+        return (f"cannot read {s.hdfs_root} on HDFS ({type(exc).__name__}: {exc}): check the path and that the "
+                "HDFS user (LOGPIPE_HDFS_USER, else your login name) may read it")
+    if not found:
         return (f"no results of the streaming job under {s.hdfs_root} on HDFS: run `logpipe stream --until-done` "
                 "first, or point LOGPIPE_HDFS_ROOT / --hdfs-root at the job's results")
     return None

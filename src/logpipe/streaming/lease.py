@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from logpipe.procstats import start_ticks
+from logpipe.root_layout import COMMITS
 from logpipe.streaming.commit import HadoopFs
 
 log = logging.getLogger(__name__)
 
-LEASE_FILE = "_commits/lease.json"
+LEASE_FILE = f"{COMMITS}/lease.json"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
 TAKEOVER_SETTLE_S = 2.0
@@ -175,7 +176,7 @@ class RootLease:
                        f"{self.path} was renewed {age:.0f}s ago)" if other else
                        f"a run that is writing its lease {self.path} at this moment")
                 raise RootBusy(
-                    f"another streaming run writes to {self.path.rsplit('/_commits/', 1)[0]}: {who}. Two runs on "
+                    f"another streaming run writes to {self.path.rsplit(f'/{COMMITS}/', 1)[0]}: {who}. Two runs on "
                     "one root would undo each other's batches: stop that run, or give this one another "
                     "LOGPIPE_HDFS_ROOT (--hdfs-root)")
             now = self.holder()
@@ -186,7 +187,7 @@ class RootLease:
                 took_over = True
             elif now is not None and now[0] == other:  # renewed while it was judged: it runs after all
                 raise RootBusy(
-                    f"another streaming run writes to {self.path.rsplit('/_commits/', 1)[0]}: process "
+                    f"another streaming run writes to {self.path.rsplit(f'/{COMMITS}/', 1)[0]}: process "
                     f"{other.get('pid')} on {other.get('host')}, since {other.get('since')}, renewed its lease "
                     f"{self.path} just now (it looked gone: {why}). Stop that run, or give this one another "
                     "LOGPIPE_HDFS_ROOT (--hdfs-root)")

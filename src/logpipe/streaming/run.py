@@ -130,18 +130,25 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
 
     fs = webhdfs_fs(s)
     path = s.hdfs_path(*ROOT_SETTINGS_FILE.split("/"))
-    if not fs.exists(path):
-        return  # a new root; one whose record is gone is judged by the job as before
     try:
-        theirs = parse_root_record(s.hdfs_uri(*ROOT_SETTINGS_FILE.split("/")), fs.cat_file(path).decode())
+        if not fs.exists(path):
+            return  # a new root; one whose record is gone is judged by the job as before
+        record = fs.cat_file(path).decode()
+        commits = s.hdfs_path(COMMITS, "ingest")
+        committed = sum(marker_tag(f) is not None for f in fs.ls(commits, detail=False)) if fs.exists(commits) else 0
+        has_offsets = fs.exists(s.hdfs_path("_checkpoints", "ingest", "offsets"))
+    except OSError as exc:  # a folder of the root the HDFS user may not read, or HDFS stopped answering
+        hint = (" -- the HDFS user (LOGPIPE_HDFS_USER, else your login name) may not read it: choose another "
+                "LOGPIPE_HDFS_ROOT, or give that user the folder") if isinstance(exc, PermissionError) else ""
+        raise RuntimeError(f"could not read the results root {s.hdfs_uri()} over WebHDFS: {type(exc).__name__}: "
+                           f"{exc}{hint}") from exc
+    try:
+        theirs = parse_root_record(s.hdfs_uri(*ROOT_SETTINGS_FILE.split("/")), record)
     except ValueError as exc:
         raise ResultsRootMismatch(str(exc)) from exc
-    commits = s.hdfs_path(COMMITS, "ingest")
-    committed = sum(marker_tag(f) is not None for f in fs.ls(commits, detail=False)) if fs.exists(commits) else 0
     why = claim_refusal(s.hdfs_uri(), theirs, {k: getattr(s, k) for k in ROOT_SETTINGS}, committed=committed,
                         offsets=f"{s.hdfs_uri('_checkpoints', 'ingest')}/offsets",
-                        has_offsets=fs.exists(s.hdfs_path("_checkpoints", "ingest", "offsets")), topic=s.topic,
-                        topic_id=topic_id)
+                        has_offsets=has_offsets, topic=s.topic, topic_id=topic_id)
     if why:
         raise ResultsRootMismatch(why)
 

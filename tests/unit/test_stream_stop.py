@@ -760,3 +760,49 @@ def test_a_root_webhdfs_will_not_let_it_read_is_one_line_with_what_to_do(tmp_pat
     with pytest.raises(RuntimeError, match=r"could not read the results root .*root over WebHDFS: PermissionError: "
                                            r"Permission denied.* -- the HDFS user \(LOGPIPE_HDFS_USER.*may not read it"):
         run.precheck_root(s, None)
+
+
+def test_stop_or_raise_stops_a_running_query_and_raises_for_one_that_ended_by_itself() -> None:
+    """The stop step of --until-idle's follow query and of a continuous run: a query still running is stopped
+    between batches and the run goes on; one that had ended by itself raises its failure, or says it ended."""
+    from logpipe.config import load_settings
+
+    s = load_settings(stop_grace_s=0.2)
+    running = _Stopping(False)
+    assert run._stop_or_raise(running, _Job(1), s, "ended by itself while stopping") is None and running.stopped
+    with pytest.raises(RuntimeError, match="streaming query ingest ended by itself while stopping"):
+        run._stop_or_raise(_Stopping(True), _Job(1), s, "ended by itself while stopping")
+    with pytest.raises(RuntimeError, match="streaming query ingest failed: .*disk full"):
+        run._stop_or_raise(_Stopping(True, "org.apache.spark.SparkException: disk full"), _Job(1), s, "x")
+
+
+def test_a_continuous_run_ends_on_a_signal_and_fails_when_its_query_stops_by_itself() -> None:
+    """`logpipe stream` (no --until-*): a signal stops the query between batches and writes the run's metrics; a
+    query that stopped by itself (it failed) is raised, with no metrics written."""
+    import signal
+
+    from logpipe.config import load_settings
+
+    class Job(_Job):
+        def __init__(self, query) -> None:
+            super().__init__(10)
+            self.query, self.metrics = query, None
+
+        def ingest_query(self, available_now: bool):
+            assert available_now is False
+            return self.query
+
+        def write_run_metrics(self, extra, before):
+            self.metrics = {**extra, "lines": 10, "parsed": 10, "quarantined": 0, "late": 0, "duplicates_dropped": 0}
+            return self.metrics
+
+    s = load_settings(stop_grace_s=0.2)
+    job = Job(_Stopping(False))
+    metrics = run._run_until_stopped(job, s, _signalled(signal.SIGTERM), time.monotonic(), {})
+    assert job.query.stopped and metrics is job.metrics and "total_s" in metrics
+    stop = run.StopSignal.__new__(run.StopSignal)
+    stop.event, stop.signum, stop._before = threading.Event(), None, {}
+    failed = Job(_Stopping(True, "org.apache.spark.SparkException: disk full"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        run._run_until_stopped(failed, s, stop, time.monotonic(), {})
+    assert failed.metrics is None

@@ -82,6 +82,11 @@ class Segment:
         except OSError:
             return self.read_pos
 
+    def head_changed(self) -> bool:
+        """Whether the file's first bytes are no longer those read from it: truncated and refilled (copytruncate,
+        or a new file written over it) since."""
+        return bool(self.head) and os.pread(self.fd, len(self.head), 0) != self.head
+
 
 @dataclass(eq=False)
 class Block:
@@ -594,7 +599,7 @@ class LogSource:
         """At EOF in follow mode: 'truncated', (fd, stat) of a new file at the path (rotation), or None."""
         if seg.size() < seg.read_pos:
             return "truncated"
-        if seg.head and os.pread(seg.fd, len(seg.head), 0) != seg.head:
+        if seg.head_changed():
             return "truncated"  # truncated and refilled past our position between two polls
         try:
             st = os.stat(self.path)
@@ -627,10 +632,10 @@ class LogSource:
             before = seg.read_pos
             chunk = os.pread(seg.fd, self.block_bytes, before)
             if not chunk:
-                if before and (seg.size() < before or (seg.head and os.pread(seg.fd, len(seg.head), 0) != seg.head)):
+                if before and (seg.size() < before or seg.head_changed()):
                     seg.replaced = True  # truncated (and maybe refilled, not past where it was read) meanwhile
                 return
-            if before and seg.head and os.pread(seg.fd, len(seg.head), 0) != seg.head:
+            if before and seg.head_changed():
                 seg.replaced = True  # truncated (and refilled) since the last read: the chunk is not the old content
                 return
             seg.read_pos = before + len(chunk)

@@ -14,6 +14,24 @@ class WebHdfsRemoteError(OSError):
     still not started", ParentNotDirectoryException, ...): an OSError like every other failed read of HDFS."""
 
 
+_REMOTE_ERRORS = {"FileNotFoundException": FileNotFoundError, "AccessControlException": PermissionError,
+                  "SecurityException": PermissionError}
+
+
+def _checked(response: Any) -> Any:
+    """A DataNode's answer to a read, or its error raised: fsspec returns the body of a failed read (a
+    RemoteException's JSON) as the file's bytes."""
+    if response.status_code < 400:
+        return response
+    try:
+        remote = response.json()["RemoteException"]
+        name, message = remote["exception"], remote["message"]
+    except (ValueError, KeyError, TypeError):
+        response.raise_for_status()  # requests' HTTPError, an OSError
+        raise
+    raise _REMOTE_ERRORS.get(name, WebHdfsRemoteError)(f"{name}: {message}")
+
+
 def _raise_unless_gone(exc: OSError) -> None:
     """walk's on_error: a folder that went away while being walked (a batch's staging folder the job removed) is
     skipped; any other error is raised."""
@@ -22,18 +40,21 @@ def _raise_unless_gone(exc: OSError) -> None:
 
 
 class StrictWebHDFS(WebHDFS):
-    """fsspec's WebHDFS, whose answers cannot pass an error off as an empty result. fsspec's own `exists` says
-    False for any error and its `walk` (under `find`) lists a folder it could not read as empty: with the NameNode
-    gone after a reader's first check, every table then read as missing (`verify` reported each window row
-    missing). Here `exists` is False only for a path that is not there, a listing fails on any error but a folder
-    gone meanwhile, every request gives up after `no_answer_s` seconds without an answer (fsspec's waited for ever
-    on a hung NameNode or DataNode), and the NameNode's other errors are WebHdfsRemoteError (fsspec raises
+    """fsspec's WebHDFS, whose answers cannot pass an error off as a result. fsspec's own `exists`, `isfile` and
+    `isdir` say False for any error, its `walk` (under `find`) lists a folder it could not read as empty, and a
+    file's read returns a DataNode's error message as the file's bytes: with the NameNode gone after a reader's
+    first check, every table then read as missing (`verify` reported each window row missing). Here those say False
+    only for a path that is not there, a listing fails on any error but a folder gone meanwhile, a failed read
+    raises, every request gives up after `no_answer_s` seconds without an answer (fsspec's waited for ever on a
+    hung NameNode or DataNode), and the NameNode's other errors are WebHdfsRemoteError (fsspec raises
     RuntimeError)."""
 
     def __init__(self, *args: Any, no_answer_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if no_answer_s is not None:  # each request's connect and each read of its answer (not its whole time)
             self.session.request = functools.partial(self.session.request, timeout=no_answer_s)
+        get = self.session.get  # fsspec's reads from a DataNode (after the NameNode's redirect), and nothing else
+        self.session.get = lambda *a, **k: _checked(get(*a, **k))
 
     def _call(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -47,6 +68,18 @@ class StrictWebHDFS(WebHDFS):
         except FileNotFoundError:
             return False
         return True
+
+    def isfile(self, path: str) -> bool:
+        try:
+            return self.info(path)["type"] == "file"
+        except FileNotFoundError:
+            return False
+
+    def isdir(self, path: str) -> bool:
+        try:
+            return self.info(path)["type"] == "directory"
+        except FileNotFoundError:
+            return False
 
     def walk(self, path: str, maxdepth: int | None = None, topdown: bool = True, on_error: Any = "omit",
              **kwargs: Any) -> Iterator[Any]:

@@ -180,3 +180,28 @@ def test_a_recount_worker_that_died_is_one_line(log, monkeypatch, capsys):
     assert main(["verify", "--log", str(log)]) == 1
     err = capsys.readouterr().err
     assert f"logpipe verify: the recount of {log} failed: worker process 2 of 2" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("error", "what"), [
+    (PermissionError("Permission denied: user=someone, access=EXECUTE"), "may read it"),
+    (ConnectionRefusedError("Connection refused"), "`logpipe stack status`"),
+])
+def test_a_results_root_it_cannot_read_is_one_line_with_what_to_check(log, monkeypatch, capsys, error, what):
+    """The root's folder answered with an error, not "not there" (a folder the HDFS user may not read; HDFS gone
+    since it answered the wait): one line naming the root, the error and what to check, before the recount."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    import logpipe.results
+    from logpipe import health
+
+    class Refusing(LocalFileSystem):
+        def exists(self, path, **kwargs):
+            raise error
+
+    monkeypatch.setattr(health, "wait_until", lambda *a, **k: None)  # HDFS answered
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: Refusing())
+    monkeypatch.setattr("logpipe.verify.verify_run", lambda *a, **k: pytest.fail("recounted"))
+    assert main(["verify", "--log", str(log), "--hdfs-root", "/results"]) == 1
+    err = capsys.readouterr().err
+    assert f"logpipe verify: cannot read /results on HDFS ({type(error).__name__}: {error}): " in err, err
+    assert what in err and "Traceback" not in err

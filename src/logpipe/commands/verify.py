@@ -209,9 +209,10 @@ def results_problem(s: "Settings") -> str | None:
         return str(exc)
     try:
         found = webhdfs_fs(s).exists(s.hdfs_path(COMMITS))
-    except OSError as exc:  # e.g. a folder of the root's path that the HDFS user may not read
-        return (f"cannot read {s.hdfs_root} on HDFS ({type(exc).__name__}: {exc}): check the path and that the "
-                "HDFS user (LOGPIPE_HDFS_USER, else your login name) may read it")
+    except OSError as exc:  # a folder of the root's path the HDFS user may not read, HDFS gone since the wait
+        what = ("check the path and that the HDFS user (LOGPIPE_HDFS_USER, else your login name) may read it"
+                if isinstance(exc, PermissionError) else "check `logpipe stack status` and the NameNode's log")
+        return f"cannot read {s.hdfs_root} on HDFS ({type(exc).__name__}: {exc}): {what}"
     if not found:
         return (f"no results of the streaming job under {s.hdfs_root} on HDFS: run `logpipe stream --until-done` "
                 "first, or point LOGPIPE_HDFS_ROOT / --hdfs-root at the job's results")

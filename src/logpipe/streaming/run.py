@@ -133,7 +133,7 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
     try:
         if not fs.exists(path):
             return  # a new root; one whose record is gone is judged by the job as before
-        record = fs.cat_file(path).decode()
+        record = fs.cat_file(path)
         commits = s.hdfs_path(COMMITS, "ingest")
         committed = sum(marker_tag(f) is not None for f in fs.ls(commits, detail=False)) if fs.exists(commits) else 0
         has_offsets = fs.exists(s.hdfs_path("_checkpoints", "ingest", "offsets"))
@@ -143,7 +143,7 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
         raise RuntimeError(f"could not read the results root {s.hdfs_uri()} over WebHDFS: {type(exc).__name__}: "
                            f"{exc}{hint}") from exc
     try:
-        theirs = parse_root_record(s.hdfs_uri(*ROOT_SETTINGS_FILE.split("/")), record)
+        theirs = parse_root_record(s.hdfs_uri(*ROOT_SETTINGS_FILE.split("/")), record.decode())
     except ValueError as exc:
         raise ResultsRootMismatch(str(exc)) from exc
     why = claim_refusal(s.hdfs_uri(), theirs, {k: getattr(s, k) for k in ROOT_SETTINGS}, committed=committed,

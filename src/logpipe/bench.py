@@ -18,7 +18,9 @@ from typing import Any
 
 from logpipe.config import PROJECT_ROOT, Settings
 from logpipe.procstats import ResourceSampler
-from logpipe.stack import services
+from logpipe.stack import java, services
+from logpipe.stack.jars import classpath
+from logpipe.stack.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +195,8 @@ def payload_sample(log_path: Path, out: Path, lines: int = PAYLOAD_LINES) -> int
 
 def java_perf_command(s: Settings, topic: str, records: int, payload: Path) -> list[str]:
     """Kafka's ProducerPerformance: `records` records of lines drawn from `payload`, with our producer's settings."""
-    from logpipe.stack.jars import classpath
-    from logpipe.stack.services import Layout, java_binary
-
     lay = Layout(s.run_dir)
-    return [java_binary(s), "-Xmx1g", f"-Dlog4j2.configurationFile={lay.conf / 'kafka' / 'log4j2.properties'}",
+    return [java.java_binary(s), "-Xmx1g", f"-Dlog4j2.configurationFile={lay.conf / 'kafka' / 'log4j2.properties'}",
             "-cp", classpath(lay.jars / "kafka"), "org.apache.kafka.tools.ProducerPerformance",
             "--topic", topic, "--num-records", str(records), "--payload-file", str(payload),
             "--throughput", "-1", "--producer-props", f"bootstrap.servers={s.kafka_address}", "acks=all",
@@ -437,9 +436,9 @@ def versions(s: Settings | None = None) -> dict[str, Any]:
         out[key] = m.group(1) if m else "?"
     if s is not None:
         try:
-            home, release = services.spark_java_home(s)
+            home, release = java.spark_java_home(s)
             out["spark_java"] = f"{release} ({home})"
-            out["services_java"] = services.java_binary(s)
+            out["services_java"] = java.java_binary(s)
         except Exception as exc:  # noqa: BLE001 (a missing Java fails the run elsewhere, with its own message)
             out["spark_java"] = f"? ({exc})"
     try:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from logpipe.config import Settings
 from logpipe.stack.jars import spark_kafka_jars
-from logpipe.stack.services import Layout, spark_java_home
+from logpipe.stack.java import spark_java_home
+from logpipe.stack.layout import Layout
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -19,7 +19,9 @@ import pytest
 
 from logpipe.config import PROJECT_ROOT, Settings
 from logpipe.stack.jars import resolve
-from logpipe.stack.services import HDFS_LOG4J, Layout, java_binary
+from logpipe.stack.configs import HDFS_LOG4J
+from logpipe.stack.java import java_binary
+from logpipe.stack.layout import Layout
 
 pytestmark = pytest.mark.integration
 

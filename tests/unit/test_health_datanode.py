@@ -15,6 +15,7 @@ import pytest
 from logpipe import health
 from logpipe.config import Settings
 from logpipe.stack import services
+from logpipe.stack.layout import Layout
 
 pytestmark = pytest.mark.unit
 
@@ -125,7 +126,7 @@ def test_datanode_ready_still_needs_the_namenode_side(tmp_path, namenode, datano
 def test_datanode_timeout_says_what_to_check(tmp_path, namenode, free_ports):
     http_port, data = free_ports(2)
     s = _settings(tmp_path, namenode, http_port, data)
-    lay = services.Layout(s.run_dir)
+    lay = Layout(s.run_dir)
     with pytest.raises(health.ServiceTimeout) as err:
         health.wait_until(services._ready_probe(s, "datanode"), what="datanode", timeout=0.2, interval=0.05,
                           hint=services._ready_hint(s, lay, "datanode"))

@@ -58,7 +58,7 @@ def test_the_default_java_options_are_taken_by_the_java_spark_runs_on() -> None:
     import shlex
 
     from logpipe.config import SPARK_JAVA_OPTIONS, Settings, load_settings
-    from logpipe.stack.services import spark_java_home
+    from logpipe.stack.java import spark_java_home
 
     assert Settings.model_fields["spark_driver_java_options"].default == SPARK_JAVA_OPTIONS
     java = str(Path(spark_java_home(load_settings())[0]) / "bin" / "java")
@@ -130,7 +130,7 @@ def test_spark_runs_on_the_newest_java_spark_supports(tmp_path, monkeypatch) -> 
     home without bin/java; LOGPIPE_SPARK_JAVA_HOME pins one, and a wrong one is a clear error."""
     from logpipe.config import load_settings
     from logpipe.stack.jars import StackError
-    from logpipe.stack.services import java_release, spark_java_home
+    from logpipe.stack.java import java_release, spark_java_home
 
     jvm = tmp_path / "jvm"
     j17 = _jdk(jvm, "java-17", "17.0.15")
@@ -167,7 +167,7 @@ def test_the_jvm_runs_on_the_java_logpipe_chose_and_java_home_is_left_as_it_was(
 import os
 from logpipe.config import load_settings
 from logpipe.spark import build_spark
-from logpipe.stack.services import java_release, spark_java_home
+from logpipe.stack.java import java_release, spark_java_home
 from pathlib import Path
 s = load_settings()
 home, release = spark_java_home(s)

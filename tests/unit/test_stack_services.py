@@ -21,7 +21,10 @@ import pytest
 from logpipe.cli import build_parser, settings_from_args
 from logpipe.config import Settings, load_settings
 from logpipe.stack import services
+from logpipe.stack.configs import write_configs
+from logpipe.stack.java import java_binary
 from logpipe.stack.jars import CLASSPATHS, StackError
+from logpipe.stack.layout import Layout, stack_lock
 
 pytestmark = pytest.mark.unit
 
@@ -66,13 +69,13 @@ def _fake_service(procs: list, *args: str, ignore_term: bool = False) -> subproc
     return p
 
 
-def _record(lay: services.Layout, name: str, pid: int, started: float) -> None:
+def _record(lay: Layout, name: str, pid: int, started: float) -> None:
     lay.pids.mkdir(parents=True, exist_ok=True)
     lay.pid_file(name).write_text(f'{{"pid": {pid}, "main": "x", "started": {started}}}')
 
 
 def _kafka(s: Settings) -> services.Service:
-    return services.services(s, services.Layout(s.run_dir))[0]
+    return services.services(s, Layout(s.run_dir))[0]
 
 
 def _lock_is_held(run_dir: Path) -> bool:
@@ -100,7 +103,7 @@ def test_start_service_waits_while_another_process_holds_the_lock(run_dir, free_
         ran_after: list[float] = []
         monkeypatch.setattr(services, "java_binary", lambda _s: "java")
         monkeypatch.setattr(services, "_start", lambda *a: (ran_after.append(time.monotonic() - t0), (123, True))[1])
-        with caplog.at_level(logging.INFO, logger="logpipe.stack.services"):
+        with caplog.at_level(logging.INFO, logger="logpipe.stack.layout"):
             assert services.start_service(s, "kafka") == 123
         assert len(ran_after) == 1 and ran_after[0] > 0.7  # only once the holder let go (after its 1 s)
         assert "the other run" in caplog.text and "stack.lock" in caplog.text
@@ -118,15 +121,13 @@ def test_up_holds_the_lock_throughout_and_is_reentrant(run_dir, free_ports, monk
     monkeypatch.setattr(services, "resolve", lambda name, root: seen.append((name, _lock_is_held(run_dir))))
     monkeypatch.setattr(services, "_format_if_needed", lambda *a: seen.append(("format", _lock_is_held(run_dir))))
 
-    def start(s_: Settings, lay: services.Layout, java: str, svc: services.Service) -> tuple[int, bool]:
+    def start(s_: Settings, lay: Layout, java: str, svc: services.Service) -> tuple[int, bool]:
         services.stop_service(s_, svc.name)  # takes the lock again, in the same thread
         seen.append((svc.name, _lock_is_held(run_dir)))
         return 1, False
 
     monkeypatch.setattr(services, "_start", start)
-    from logpipe.stack import aot
-
-    monkeypatch.setattr(aot, "ensure_aot_cache", lambda *a: seen.append(("aot", _lock_is_held(run_dir))))
+    monkeypatch.setattr(services, "ensure_aot_cache", lambda *a: seen.append(("aot", _lock_is_held(run_dir))))
     result: list = []
     t = threading.Thread(target=lambda: result.append(services.up(s, progress=lambda m: None)), daemon=True)
     t.start()
@@ -142,10 +143,10 @@ def test_another_thread_waits_for_the_lock(run_dir):
     order: list[str] = []
 
     def other() -> None:
-        with services.stack_lock(run_dir):
+        with stack_lock(run_dir):
             order.append("t")
 
-    with services.stack_lock(run_dir):
+    with stack_lock(run_dir):
         t = threading.Thread(target=other)
         t.start()
         time.sleep(0.3)
@@ -181,7 +182,7 @@ def test_relative_run_dir_becomes_absolute(tmp_path, monkeypatch):
 # ---- 4: service logs -------------------------------------------------------------------------------------------
 def test_service_log_rotates_at_start(run_dir, free_ports, monkeypatch, procs):
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
+    lay = Layout(run_dir)
     for d in (lay.logs, lay.pids, lay.jars / "kafka"):
         d.mkdir(parents=True, exist_ok=True)
     big = lay.log_file("kafka")
@@ -205,8 +206,8 @@ def test_service_log_rotates_at_start(run_dir, free_ports, monkeypatch, procs):
 
 def test_noisy_datanode_loggers_are_lowered(run_dir, free_ports):
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
-    services.write_configs(s, lay)
+    lay = Layout(run_dir)
+    write_configs(s, lay)
     conf = (lay.conf / "hadoop" / "log4j.properties").read_text()
     for logger in ("fsdataset.impl.FsDatasetImpl", "fsdataset.impl.FsDatasetAsyncDiskService", "datanode.webhdfs"):
         assert f"{logger}=WARN" in conf
@@ -216,8 +217,8 @@ def test_the_broker_makes_no_topic_on_its_own(run_dir, free_ports):
     """Production brokers often forbid auto-creation: here too, so nothing works only because a client named a
     topic (the producer makes its topic, the job its alerts topic)."""
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
-    services.write_configs(s, lay)
+    lay = Layout(run_dir)
+    write_configs(s, lay)
     conf = (lay.conf / "kafka" / "server.properties").read_text().splitlines()
     assert "auto.create.topics.enable=false" in conf
 
@@ -225,7 +226,7 @@ def test_the_broker_makes_no_topic_on_its_own(run_dir, free_ports):
 # ---- 5: whose pid is it -------------------------------------------------------------------------------------
 def test_pid_of_a_service_in_another_run_folder_is_not_ours(tmp_path, free_ports, procs):
     s = _settings(tmp_path / "lp", free_ports)
-    lay = services.Layout(s.run_dir)
+    lay = Layout(s.run_dir)
     other = _fake_service(procs, KAFKA_MAIN, f"{tmp_path / 'lp2'}/conf/kafka/server.properties")
     _record(lay, "kafka", other.pid, psutil.Process(other.pid).create_time())
     assert services.running_pid(lay, _kafka(s)) is None
@@ -233,7 +234,7 @@ def test_pid_of_a_service_in_another_run_folder_is_not_ours(tmp_path, free_ports
 
 def test_pid_started_at_another_time_is_not_ours(run_dir, free_ports, procs):
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
+    lay = Layout(run_dir)
     p = _fake_service(procs, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties")
     created = psutil.Process(p.pid).create_time()
     _record(lay, "kafka", p.pid, created - 3600)  # recorded before a reboot; the pid now belongs to someone else
@@ -248,7 +249,7 @@ def test_a_step_of_the_wall_clock_does_not_make_a_service_a_stranger(run_dir, fr
     them. The record's start in clock ticks since boot decides instead; and a process of ours that no record names
     is still found and stopped, and `down --wipe` stops it before wiping."""
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
+    lay = Layout(run_dir)
     p = _fake_service(procs, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties")
     lay.pids.mkdir()
     services._record_pid(lay, _kafka(s), p.pid)
@@ -273,7 +274,7 @@ def test_a_running_service_on_another_bind_host_is_refused_before_anything_start
     the ports were compared: the check passed, the service was taken as running, and the start then waited its
     whole timeout for 127.0.0.2. Now it stops at once, naming both addresses and what to do."""
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
+    lay = Layout(run_dir)
     kafka = _kafka(s)
     listen = ("import socket\nsocks = []\n"
               f"for port in {list(kafka.ports)}:\n"
@@ -296,7 +297,7 @@ def test_a_running_service_on_another_bind_host_is_refused_before_anything_start
 
 def test_down_does_not_wipe_under_a_service_it_could_not_stop(run_dir, free_ports, procs, monkeypatch):
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
+    lay = Layout(run_dir)
     p = _fake_service(procs, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties")
     lay.data.mkdir(parents=True)
     monkeypatch.setattr(services, "stop_service", lambda *a, **kw: False)  # e.g. a process of another user
@@ -307,7 +308,7 @@ def test_down_does_not_wipe_under_a_service_it_could_not_stop(run_dir, free_port
 
 def test_run_folder_found_in_classpath_and_option_values(run_dir, free_ports, procs):
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
+    lay = Layout(run_dir)
     p = _fake_service(procs, f"-Dhadoop.log.dir={run_dir}/logs", "-cp", f"/opt/x.jar:{run_dir}/jars/hdfs/a.jar",
                       "org.apache.hadoop.hdfs.server.namenode.NameNode")
     _record(lay, "namenode", p.pid, psutil.Process(p.pid).create_time())
@@ -355,7 +356,7 @@ def test_stop_raises_when_a_process_outlives_sigkill(monkeypatch):
 
 def test_kill_of_a_process_that_just_ended_is_fine(run_dir, free_ports, monkeypatch):
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
+    lay = Layout(run_dir)
     _record(lay, "kafka", 4242, time.time())
 
     class Gone:
@@ -375,7 +376,7 @@ def test_kill_of_a_process_that_just_ended_is_fine(run_dir, free_ports, monkeypa
 
 def test_stop_service_kill_stops_a_real_process(run_dir, free_ports, procs):
     s = _settings(run_dir, free_ports)
-    lay = services.Layout(run_dir)
+    lay = Layout(run_dir)
     p = _fake_service(procs, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties")
     _record(lay, "kafka", p.pid, psutil.Process(p.pid).create_time())
     assert services.stop_service(s, "kafka", kill=True, timeout=5)
@@ -450,9 +451,9 @@ def test_a_java_home_without_java_is_named(tmp_path, monkeypatch):
     monkeypatch.delenv("LOGPIPE_JAVA_HOME", raising=False)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
     with pytest.raises(StackError, match=rf"^JAVA_HOME={tmp_path / 'no-jdk'} has no bin/java"):
-        services.java_binary(Settings())
+        java_binary(Settings())
     with pytest.raises(StackError, match=rf"^LOGPIPE_JAVA_HOME={tmp_path} has no bin/java"):
-        services.java_binary(Settings(java_home=str(tmp_path)))
+        java_binary(Settings(java_home=str(tmp_path)))
 
 
 @pytest.mark.parametrize(("argv", "says"), [

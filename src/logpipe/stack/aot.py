@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from logpipe.config import Settings
+from logpipe.stack.java import spark_java_home
+from logpipe.stack.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ TRAINING_TIMEOUT_S = 900
 def aot_cache_file(s: Settings) -> Path | None:
     """Where the AOT cache for Spark's JVM with these settings lives (it may not exist yet); None if caching is
     off (LOGPIPE_SPARK_AOT_CACHE=false) or Spark's Java is older than AOT_MIN_JAVA."""
-    from logpipe.stack.services import Layout, spark_java_home
-
     if not s.spark_aot_cache or importlib.util.find_spec("pyspark") is None:
         return None
     home, release = spark_java_home(s)
@@ -76,8 +76,6 @@ def ensure_aot_cache(s: Settings, progress: Callable[[str], None]) -> Path | Non
     path = aot_cache_file(s)
     if path is None or path.is_file():
         return path
-    from logpipe.stack.services import Layout
-
     out = Layout(s.run_dir).log_file("aot-training")
     failed = path.with_name(path.name + ".failed")  # not tried again on every start: it takes minutes
     if failed.is_file():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import logging
 import os
@@ -11,283 +10,27 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import psutil
 
 from logpipe import health
 from logpipe.config import Settings
 from logpipe.procstats import start_ticks
+from logpipe.stack.aot import ensure_aot_cache
+from logpipe.stack.configs import write_configs
 from logpipe.stack.jars import StackError, classpath, resolve
+from logpipe.stack.java import java_binary
+from logpipe.stack.layout import Layout, stack_lock
 
 log = logging.getLogger(__name__)
 
-MIN_JAVA = 17
-# the HDFS daemons' logging, natively and in the compose containers (hdfs_service/Dockerfile copies it)
-HDFS_LOG4J = Path(__file__).with_name("hdfs-log4j.properties")
 LOG_ROTATE_BYTES = 20 << 20  # a service log over this size moves to <service>.log.1 when the service starts
 PID_START_SLACK_S = 5.0  # a recorded start time and the process's create time differ by at most this much
-
-
-# ------------------------------------------------------------------------------------------------
-# layout of the run folder
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Layout:
-    root: Path
-
-    @property
-    def jars(self) -> Path:
-        return self.root / "jars"
-
-    @property
-    def conf(self) -> Path:
-        return self.root / "conf"
-
-    @property
-    def aot(self) -> Path:
-        return self.root / "aot"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def pids(self) -> Path:
-        return self.root / "pids"
-
-    def log_file(self, service: str) -> Path:
-        return self.logs / f"{service}.log"
-
-    def pid_file(self, service: str) -> Path:
-        return self.pids / f"{service}.json"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "stack.lock"
-
-
-# ------------------------------------------------------------------------------------------------
-# one stack operation at a time per run folder
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class _Held:
-    guard: threading.RLock = field(default_factory=threading.RLock)
-    depth: int = 0
-    fd: int | None = None
-
-
-_HELD: dict[Path, _Held] = {}
-_HELD_GUARD = threading.Lock()
-
-
-@contextmanager
-def stack_lock(run_dir: Path, what: str = "stack operation") -> Iterator[None]:
-    """Hold an exclusive flock on <run_dir>/stack.lock: `stack up`, `stack down`, start_service and stop_service of
-    one run folder run one at a time (no two mvn runs into one jars folder, no double format or start). Blocks,
-    with a log line naming the holder, while another process holds it. Re-entrant within a process (up() calls
-    _start, down() calls stop_service); other threads of this process wait like other processes do."""
-    path = Layout(Path(run_dir)).lock_file
-    with _HELD_GUARD:
-        held = _HELD.setdefault(path, _Held())
-    with held.guard:
-        if held.depth == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the JVMs (O_CLOEXEC)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-                    log.warning("waiting for %s to finish: it holds %s (another `logpipe stack` run or a test "
-                                "session on this run folder)", holder, path)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()} ({what}: {' '.join(sys.argv)[:200]})\n".encode(), 0)
-            except BaseException:
-                os.close(fd)
-                raise
-            held.fd = fd
-        held.depth += 1
-        try:
-            yield
-        finally:
-            held.depth -= 1
-            if held.depth == 0 and held.fd is not None:
-                fd, held.fd = held.fd, None
-                try:
-                    os.ftruncate(fd, 0)
-                finally:
-                    os.close(fd)  # releases the flock
-
-
-# ------------------------------------------------------------------------------------------------
-# java
-# ------------------------------------------------------------------------------------------------
-def java_binary(settings: Settings) -> str:
-    """The `java` to run services with; raises StackError if missing or older than Java 17."""
-    home = settings.java_home or os.environ.get("JAVA_HOME")
-    # absolute: the services start in run_dir, where a relative JAVA_HOME would point elsewhere
-    java = str(Path(home).expanduser().resolve() / "bin" / "java") if home else shutil.which("java")
-    if home and not Path(java).exists():
-        named = "LOGPIPE_JAVA_HOME" if settings.java_home else "JAVA_HOME"
-        raise StackError(f"{named}={home} has no bin/java: point it at a JDK 17+ (a folder holding bin/java), or "
-                         "unset it to use the `java` on PATH.")
-    if not java or not Path(java).exists():
-        raise StackError("Java not found: install a JDK 17+ (Debian: apt-get install openjdk-17-jre-headless) "
-                         "or set LOGPIPE_JAVA_HOME / JAVA_HOME.")
-    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
-    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
-    major = int(m.group(1)) if m else 0
-    if major == 1 and m and m.group(2):  # "1.8.0_..." style
-        major = int(m.group(2))
-    if major < MIN_JAVA:
-        raise StackError(f"{java} is Java {major or '?'}; Kafka 4 and Spark 4 need Java {MIN_JAVA}+. "
-                         "Set LOGPIPE_JAVA_HOME to a newer JDK.")
-    return java
-
-
-# Spark 4.2 runs on these Java releases ("Spark runs on Java 17/21/25", its docs)
-SPARK_JAVA_RELEASES = (17, 21, 25)
-JVM_DIRS = (Path("/usr/lib/jvm"),)  # where Debian and Ubuntu install JDKs (and the Temurin packages)
-
-
-def java_release(home: Path) -> int | None:
-    """The feature release (17, 21, 25, ...) of the Java installed at `home`, from its `release` file; None if
-    `home` holds no `bin/java` or no readable release."""
-    try:
-        if not (home / "bin" / "java").exists():
-            return None
-        m = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?[^"-]*"', (home / "release").read_text(), re.M)
-    except OSError:
-        return None
-    if not m:  # no release file, or a pre-release build ("25-ea")
-        return None
-    major = int(m.group(1))
-    return int(m.group(2)) if major == 1 and m.group(2) else major
-
-
-def spark_java_home(settings: Settings, jvm_dirs: tuple[Path, ...] = JVM_DIRS) -> tuple[str, int | None]:
-    """The Java home Spark's JVM runs on, and its release: LOGPIPE_SPARK_JAVA_HOME if set, else the newest release
-    Spark supports (SPARK_JAVA_RELEASES) among LOGPIPE_JAVA_HOME, JAVA_HOME, the `java` on PATH and the JDKs in
-    `jvm_dirs` (the first of equals wins), else the services' Java (java_binary: a clear error if none)."""
-    supported = "/".join(map(str, SPARK_JAVA_RELEASES))
-    if settings.spark_java_home:
-        home = Path(settings.spark_java_home)
-        if not (home / "bin" / "java").exists():
-            raise StackError(f"LOGPIPE_SPARK_JAVA_HOME={home} has no bin/java: point it at a JDK or JRE of Java "
-                             f"{supported}.")
-        release = java_release(home)
-        if release is not None and release not in SPARK_JAVA_RELEASES:
-            raise StackError(f"LOGPIPE_SPARK_JAVA_HOME={home} is Java {release}; Spark runs on Java {supported}.")
-        return str(home), release
-    candidates = [Path(h) for h in (settings.java_home, os.environ.get("JAVA_HOME")) if h]
-    if on_path := shutil.which("java"):
-        candidates.append(Path(os.path.realpath(on_path)).parent.parent)
-    for d in jvm_dirs:
-        try:
-            candidates.extend(sorted(p for p in d.iterdir() if p.is_dir()))
-        except OSError:  # missing or unreadable: nothing to find there
-            pass
-    best: tuple[int, Path] | None = None
-    for home in candidates:
-        release = java_release(home)
-        if release in SPARK_JAVA_RELEASES and (best is None or release > best[0]):
-            best = (release, home)
-    if best:
-        return str(best[1]), best[0]
-    home = Path(os.path.realpath(java_binary(settings))).parent.parent
-    return str(home), java_release(home)
-
-
-# ------------------------------------------------------------------------------------------------
-# configuration files
-# ------------------------------------------------------------------------------------------------
-def _hadoop_xml(props: dict[str, str]) -> str:
-    rows = "\n".join(f"  <property><name>{escape(k)}</name><value>{escape(v)}</value></property>"
-                     for k, v in props.items())
-    return f'<?xml version="1.0"?>\n<!-- written by logpipe stack up -->\n<configuration>\n{rows}\n</configuration>\n'
-
-
-def write_configs(s: Settings, lay: Layout) -> None:
-    h = s.bind_host
-    kconf = lay.conf / "kafka"
-    hconf = lay.conf / "hadoop"
-    kconf.mkdir(parents=True, exist_ok=True)
-    hconf.mkdir(parents=True, exist_ok=True)
-    (kconf / "server.properties").write_text("\n".join([
-        "# written by logpipe stack up: single-node KRaft broker+controller on loopback",
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@{h}:{s.kafka_controller_port}",
-        f"listeners=PLAINTEXT://{h}:{s.kafka_port},CONTROLLER://{h}:{s.kafka_controller_port}",
-        f"advertised.listeners=PLAINTEXT://{h}:{s.kafka_port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        f"log.dirs={lay.data / 'kafka'}",
-        f"num.partitions={s.topic_partitions}",
-        # as in production: a topic exists because logpipe made it (the producer its log topic, the job its alerts
-        # topic), with the pipeline's settings, never because a client named it
-        "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "log.retention.hours=168",
-        "log.segment.bytes=268435456",
-        "",
-    ]))
-    (kconf / "log4j2.properties").write_text("\n".join([
-        "status = warn",
-        "appender.out.type = Console",
-        "appender.out.name = OUT",
-        "appender.out.layout.type = PatternLayout",
-        "appender.out.layout.pattern = [%d] %p %m (%c)%n",
-        "rootLogger.level = INFO",
-        "rootLogger.appenderRef.out.ref = OUT",
-        "logger.state.name = state.change.logger",
-        "logger.state.level = WARN",
-        "logger.request.name = kafka.request.logger",
-        "logger.request.level = WARN",
-        "",
-    ]))
-    (hconf / "core-site.xml").write_text(_hadoop_xml({
-        "fs.defaultFS": f"hdfs://{h}:{s.namenode_rpc_port}",
-        "hadoop.tmp.dir": str(lay.data / "hadoop-tmp"),
-    }))
-    (hconf / "hdfs-site.xml").write_text(_hadoop_xml({
-        "dfs.replication": "1",
-        "dfs.namenode.name.dir": str(lay.data / "namenode"),
-        "dfs.datanode.data.dir": str(lay.data / "datanode"),
-        "dfs.namenode.rpc-address": f"{h}:{s.namenode_rpc_port}",
-        "dfs.namenode.http-address": f"{h}:{s.namenode_http_port}",
-        "dfs.namenode.https-address": f"{h}:{s.namenode_http_port + 1}",
-        "dfs.namenode.secondary.http-address": f"{h}:{s.namenode_http_port - 2}",
-        "dfs.datanode.address": f"{h}:{s.datanode_data_port}",
-        "dfs.datanode.http.address": f"{h}:{s.datanode_http_port}",
-        "dfs.datanode.ipc.address": f"{h}:{s.datanode_ipc_port}",
-        "dfs.datanode.hostname": h,
-        "dfs.webhdfs.enabled": "true",
-        "dfs.namenode.safemode.extension": "0",
-        # a restarted DataNode re-registers quickly; a dead one is noticed in ~1 min, not 10
-        "dfs.namenode.heartbeat.recheck-interval": "30000",
-    }))
-    (hconf / "log4j.properties").write_text(HDFS_LOG4J.read_text())  # the compose containers use it too
 
 
 # ------------------------------------------------------------------------------------------------
@@ -589,8 +332,6 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
         log.warning("LOGPIPE_KAFKA_BOOTSTRAP / LOGPIPE_WEBHDFS_URL name %s / %s: the other commands use those, not "
                     "this stack (%s, %s)", s.kafka_address, s.webhdfs_address, native_kafka_address(s),
                     native_webhdfs_address(s))
-    from logpipe.stack.aot import ensure_aot_cache  # it reads Layout and spark_java_home from here
-
     ensure_aot_cache(s, progress)
     return status(s)
 

@@ -89,6 +89,21 @@ class Truth:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
+    def count_written(self, kept: int, nbytes: int, malformed: dict[int, tuple[str, bytes]],
+                      late: np.ndarray) -> None:
+        """Tally a written chunk: its first `kept` lines (`nbytes` bytes), the malformed ones among them by kind and
+        by the reason the parser gives, and its out-of-order events (`late`: line numbers; a malformed line is no
+        event)."""
+        for i, (name, _) in malformed.items():
+            if i < kept:
+                self.malformed_by_kind[name] = self.malformed_by_kind.get(name, 0) + 1
+                reason = MALFORMED_REASON[name]
+                self.malformed_by_reason[reason] = self.malformed_by_reason.get(reason, 0) + 1
+                self.malformed_lines += 1
+        self.out_of_order_lines += len(set(late[late < kept].tolist()) - set(malformed))
+        self.total_lines += kept
+        self.total_bytes += nbytes
+
 
 def parse_size(text: str) -> int:
     """'40MB' / '2.5GB' / '1000' -> bytes (decimal units)."""
@@ -395,6 +410,27 @@ class LogGenerator:
     def write(self, out: Path, *, lines: int | None = None, size_bytes: int | None = None,
               progress: bool | None = None) -> Truth:
         """Write the log to `out` (via `<out>.partial`, renamed at the end) and return its ground truth."""
+        t_clock = time.monotonic()
+        est_lines, incidents, planned = self._plan(lines, size_bytes)
+        truth = Truth(args={"seed": None, "format": self.fmt, "start": _iso(self.t0), "rate": self.rate,
+                            "lines": lines, "size_bytes": size_bytes, "malformed_share": self.malformed_share,
+                            "out_of_order_share": self.out_of_order_share, "rate_limit_ceiling": self.ceiling,
+                            "surge_min_count": self.surge_min_count, "surge_min_share": self.surge_min_share,
+                            "window_s": self.window_s},
+                      incidents=incidents)
+        show = sys.stderr.isatty() if progress is None else progress
+        first, last = self._write_chunks(out, truth, lines=lines, size_bytes=size_bytes, est_lines=est_lines,
+                                         show=show)
+        self._end_truth(truth, first, last)
+        self._warn_if_no_incidents(truth, planned, est_lines, last)
+        secs = time.monotonic() - t_clock
+        log.info("generated %s: %d lines, %.1f MB in %.1fs (%.1f MB/s)", out, truth.total_lines,
+                 truth.total_bytes / 1e6, secs, truth.total_bytes / 1e6 / max(secs, 1e-9))
+        return truth
+
+    def _plan(self, lines: int | None, size_bytes: int | None) -> tuple[int, list[Incident], list[Incident]]:
+        """Check the requested length and plan the incidents: (the estimated line count, the incidents that fit in
+        the log, the first plan)."""
         if (lines is None) == (size_bytes is None):
             raise ValueError("give exactly one of lines or size_bytes")
         if (lines is not None and lines <= 0) or (size_bytes is not None and size_bytes <= 0):
@@ -418,90 +454,87 @@ class LogGenerator:
                     break
             duration = int(duration * 0.8)
             incidents = self.plan_incidents(duration)
-        truth = Truth(args={"seed": None, "format": self.fmt, "start": _iso(self.t0), "rate": self.rate,
-                            "lines": lines, "size_bytes": size_bytes, "malformed_share": self.malformed_share,
-                            "out_of_order_share": self.out_of_order_share, "rate_limit_ceiling": self.ceiling,
-                            "surge_min_count": self.surge_min_count, "surge_min_share": self.surge_min_share,
-                            "window_s": self.window_s},
-                      incidents=incidents)
-        show = sys.stderr.isatty() if progress is None else progress
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".partial")
-        written_lines = written_bytes = 0
-        first = last = None
-        t_clock = time.monotonic()
+        return est_lines, incidents, planned
+
+    def _write_chunks(self, out: Path, truth: Truth, *, lines: int | None, size_bytes: int | None, est_lines: int,
+                      show: bool) -> tuple[int | None, int | None]:
+        """Write chunk after chunk of log time until `lines` or `size_bytes` is reached, tallying every written
+        line into `truth`; returns the first and the last written event's second (None if none)."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".partial")
+        first = last = None
         columns = [TextColumn("generate"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                    TransferSpeedColumn(), TimeRemainingColumn()]
-        total = size_bytes or est_lines * AVG_LINE_BYTES[self.fmt]
+        incidents = truth.incidents
+        # incidents lie in slots one after the other, so the few a chunk overlaps are found by bisection (a long,
+        # sparse log has thousands, and testing every one for every chunk took hours)
+        starts, ends = [_seconds(i.start) for i in incidents], [_seconds(i.end) for i in incidents]
+        assert starts == sorted(starts) and ends == sorted(ends)
         try:
             with tmp.open("wb") as f, Progress(*columns, disable=not show, transient=True) as bar:
-                task = bar.add_task("generate", total=total)
+                task = bar.add_task("generate", total=size_bytes or est_lines * AVG_LINE_BYTES[self.fmt])
                 t = self.t0
                 done = False
-                # incidents lie in slots one after the other, so the few a chunk overlaps are found by bisection (a long,
-                # sparse log has thousands, and testing every one for every chunk took hours)
-                starts, ends = [_seconds(i.start) for i in incidents], [_seconds(i.end) for i in incidents]
-                assert starts == sorted(starts) and ends == sorted(ends)
                 while not done:
                     near = incidents[bisect.bisect_right(ends, t):bisect.bisect_left(starts, t + CHUNK_SECONDS)]
                     chunk = self._apply_incidents(self._background(t, CHUNK_SECONDS), t, CHUNK_SECONDS, near)
                     t += CHUNK_SECONDS
                     text, malformed, late = self._render(chunk)
-                    if lines is not None and written_lines + len(text) >= lines:
-                        text, done = text[: lines - written_lines], True
+                    if lines is not None and truth.total_lines + len(text) >= lines:
+                        text, done = text[: lines - truth.total_lines], True
                     blob = _assemble(text, malformed)
                     kept = len(text)
-                    if size_bytes is not None and written_bytes + len(blob) >= size_bytes:
-                        cut = blob.rfind(b"\n", 0, size_bytes - written_bytes) + 1
-                        if cut == 0:
-                            cut = blob.index(b"\n") + 1
-                        kept = blob.count(b"\n", 0, cut)
-                        blob, done = blob[:cut], True
+                    if size_bytes is not None and truth.total_bytes + len(blob) >= size_bytes:
+                        blob, kept = _cut_at_line_end(blob, size_bytes - truth.total_bytes)
+                        done = True
                     f.write(blob)
-                    for i, (name, _) in malformed.items():
-                        if i < kept:
-                            truth.malformed_by_kind[name] = truth.malformed_by_kind.get(name, 0) + 1
-                            reason = MALFORMED_REASON[name]
-                            truth.malformed_by_reason[reason] = truth.malformed_by_reason.get(reason, 0) + 1
-                            truth.malformed_lines += 1
-                    late_kept = set(late[late < kept].tolist()) - set(malformed)  # malformed lines are not events
-                    truth.out_of_order_lines += len(late_kept)
-                    if kept and first is None:
-                        first = int(chunk["ts"][0])
+                    truth.count_written(kept, len(blob), malformed, late)
                     if kept:
+                        first = int(chunk["ts"][0]) if first is None else first
                         last = int(chunk["ts"][kept - 1])
-                    written_lines += kept
-                    written_bytes += len(blob)
-                    bar.update(task, completed=written_bytes if size_bytes else written_lines * AVG_LINE_BYTES[self.fmt])
+                    bar.update(task, completed=truth.total_bytes if size_bytes
+                               else truth.total_lines * AVG_LINE_BYTES[self.fmt])
             tmp.replace(out)
         except BaseException:  # no half-written log left behind (a full disk, Ctrl-C, --out a folder)
             tmp.unlink(missing_ok=True)
             raise
-        truth.total_lines, truth.total_bytes = written_lines, written_bytes
+        return first, last
+
+    def _end_truth(self, truth: Truth, first: int | None, last: int | None) -> None:
+        """Set the log's time span and end the incidents at its last second (drop those that had not begun)."""
         truth.first_time, truth.last_time = _iso(first or self.t0), _iso((last or self.t0) + 1)
-        cut = [inc.id for inc in incidents if inc.end > truth.last_time]
+        cut = [inc.id for inc in truth.incidents if inc.end > truth.last_time]
         if cut:  # only when the size estimate was far off: the truth tells what the file holds
             log.warning("%d incident(s) (%s) planned past the end of the log: ended at the log's end, those that "
                         "had not begun left out", len(cut), ", ".join(cut[:5]) + (", ..." if len(cut) > 5 else ""))
-        for inc in incidents:
+        for inc in truth.incidents:
             inc.end = min(inc.end, truth.last_time)
-        truth.incidents = [i for i in incidents if i.start < truth.last_time]
-        if not truth.incidents and planned:  # say so: verify then has nothing to score its alerts against
+        truth.incidents = [i for i in truth.incidents if i.start < truth.last_time]
+
+    def _warn_if_no_incidents(self, truth: Truth, planned: list[Incident], est_lines: int, last: int | None) -> None:
+        """Say why no incident was planted: verify then has nothing to score its alerts against."""
+        if truth.incidents:
+            return
+        if planned:
             log.warning("no incidents planted: at %s lines/s their own lines would outnumber the log's other lines "
                         "(about %d of %d): give more lines (--lines, --size) or a higher --rate", f"{self.rate:g}",
                         _incident_lines(planned), est_lines)
-        elif not truth.incidents:
+        else:
             need_s = (INCIDENT_MIN_WINDOWS * self.window_s * len(INCIDENT_KINDS)  # a slot per kind at least
                       / (INCIDENT_SPAN[1] - INCIDENT_SPAN[0]))
             log.warning("no incidents planted: the log covers %.1f min of log time, and incidents need %.1f min at "
                         "least: make it longer (--lines, --size) or its pace slower (--rate)",
                         ((last or self.t0) + 1 - self.t0) / 60, need_s / 60)
-        secs = time.monotonic() - t_clock
-        log.info("generated %s: %d lines, %.1f MB in %.1fs (%.1f MB/s)", out, written_lines, written_bytes / 1e6,
-                 secs, written_bytes / 1e6 / max(secs, 1e-9))
-        return truth
+
+
+def _cut_at_line_end(blob: bytes, room: int) -> tuple[bytes, int]:
+    """The whole lines of `blob` that fit in `room` bytes (at least its first line) and how many they are."""
+    cut = blob.rfind(b"\n", 0, room) + 1
+    if cut == 0:
+        cut = blob.index(b"\n") + 1
+    return blob[:cut], blob.count(b"\n", 0, cut)
 
 
 def outage_retry_rate(rate: float, surge_min_count: int, window_s: int) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from logpipe.config import Settings
-from logpipe.generator import (MAX_OUT_OF_ORDER_S, LogGenerator, generate, parse_size,
+from logpipe.generator import (MAX_OUT_OF_ORDER_S, LogGenerator, Truth, _cut_at_line_end, generate, parse_size,
                                truth_path)
 from logpipe.logformat import REASONS, LogRecord, try_parse_line
 
@@ -219,6 +219,27 @@ def test_size_is_honoured(tmp_path):
     truth = generate(out, size_bytes=parse_size("3MB"), seed=2, progress=False)
     assert 2_990_000 <= out.stat().st_size == truth.total_bytes <= 3_000_000
     assert out.read_bytes().endswith(b"\n")
+
+
+def test_a_size_cut_keeps_whole_lines_and_at_least_one():
+    blob = b"aaa\nbb\ncccc\n"
+    assert _cut_at_line_end(blob, 8) == (b"aaa\nbb\n", 2)
+    assert _cut_at_line_end(blob, 7) == (b"aaa\nbb\n", 2)  # the room ends on a newline: that line fits
+    assert _cut_at_line_end(blob, 6) == (b"aaa\n", 1)
+    assert _cut_at_line_end(blob, 2) == (b"aaa\n", 1)  # no room for a whole line: the first one all the same
+    assert _cut_at_line_end(blob, 100) == (blob, 3)
+
+
+def test_a_chunk_cut_short_counts_only_the_lines_kept():
+    import numpy as np
+
+    truth = Truth(args={})
+    truth.count_written(3, 40, {1: ("garbage", b"x"), 4: ("empty", b"")}, np.array([0, 1, 2, 5]))
+    assert (truth.total_lines, truth.total_bytes, truth.malformed_lines) == (3, 40, 1)
+    assert truth.malformed_by_kind == {"garbage": 1} and truth.malformed_by_reason == {"invalid_utf8": 1}
+    assert truth.out_of_order_lines == 2  # lines 0 and 2: line 1 is malformed, line 5 was not written
+    truth.count_written(2, 10, {0: ("truncated", b"y")}, np.array([], dtype=int))
+    assert (truth.total_lines, truth.total_bytes, truth.malformed_lines, truth.out_of_order_lines) == (5, 50, 2, 2)
 
 
 def test_parse_size():

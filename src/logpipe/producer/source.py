@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -466,19 +466,34 @@ class LogSource:
 
     # ---- reading -------------------------------------------------------------------------------
     def blocks(self) -> Iterator[Block | Idle]:
-        """Blocks until EOF (or, in follow mode, until `stop` is set); IDLE marks waits in follow mode."""
-        seg = self.current or self.open()
-        while self.copies:  # the rest of a truncated file's old content, before its new content
+        """Blocks until EOF (or, in follow mode, until `stop` is set); IDLE marks waits in follow mode. Older lines
+        first: a truncated file's old content from its copy, then files rotated away while the producer was
+        stopped, then the log itself."""
+        if self.current is None:
+            self.open()
+        stopped = yield from self._read_copies()
+        if not stopped:
+            stopped = yield from self._read_leftovers()
+        if not stopped:
+            yield from self._read_log()
+
+    def _read_copies(self) -> Generator[Block, None, bool]:
+        """The rest of a truncated file's old content (from logrotate's copy), before its new content. True if
+        `stop` was set before the end."""
+        while self.copies:
             copy = self.copies[0]
             yield from self._read_available(copy)
             if self.stop.is_set():
-                return
+                return True
             yield from self._finish(copy, final=True)
             os.close(copy.fd)
             self.copies.pop(0)
-        # files rotated away while the producer was stopped, before the current one (older lines first). Follow
-        # mode goes on reading them beside the new file (their writer may still append); a one-shot run reads each
-        # to its definite end, as it does the current file
+        return False
+
+    def _read_leftovers(self) -> Generator[Block, None, bool]:
+        """Files rotated away while the producer was stopped, before the current one (older lines first). Follow
+        mode goes on reading them beside the new file (their writer may still append); a one-shot run reads each
+        to its definite end, as it does the current file. True if `stop` was set before the end."""
         for leftover in self.rotated_leftovers():
             log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
             try:
@@ -495,7 +510,7 @@ class LogSource:
             self.rotated.append([old, time.monotonic()])
             yield from self._read_available(old)
             if self.stop.is_set():  # stopped before its end: its unread tail is finished next time
-                return
+                return True
             if self.follow:
                 self.rotated[-1][1] = time.monotonic()  # quiet from now on: its grace starts after this read
                 continue
@@ -503,40 +518,28 @@ class LogSource:
             self.rotated.pop()
             os.close(old.fd)
             yield from tail
-        seg = self.current  # type: ignore[assignment]
+        return False
+
+    def _read_log(self) -> Iterator[Block | Idle]:
+        """The log itself: to its end (one-shot), or on and on through truncations and rotations until `stop`."""
+        seg = self.current
+        assert seg is not None
         while True:
             yield from self._read_available(seg)
             if self.stop.is_set():
                 return
             if not self.follow:
-                yield from self._settle_tail(seg)
-                if self.stop.is_set():
-                    return
-                if seg.replaced:  # its unread rest is in logrotate's copy: the next run reads it from there
-                    log.warning("%s was truncated while it was read: stopped at byte %d; the next run reads the "
-                                "rest from its copy, if there is one beside it", seg.path, seg.carry_start)
-                    return
-                yield from self._finish(seg)
-                self.read_to_end = True
+                yield from self._read_to_the_end(seg)
                 return
             change = self._detect_change(seg)
             if change == "truncated":
-                yield from self._rest_from_copy(seg)
-                if self.stop.is_set():  # not read to the copy's end: the next run goes on from the position
+                stopped = yield from self._start_after_truncation(seg)
+                if stopped:
                     return
-                yield from self._finish(seg, final=True)  # saved as finished: a restart reads no copy again
-                log.info("%s was truncated: reading it from byte 0 as generation %d", seg.path, seg.generation + 1)
-                seg = self.current = Segment(seg.path, seg.fd, seg.key, seg.generation + 1, 0, src_base=seg.src_base)
+                seg = self.current
                 continue
             if isinstance(change, tuple):
-                fd, st = change
-                self.rotated.append([seg, time.monotonic()])  # still read for what its writer appends
-                new = self._resume(self.path, fd, st)
-                log.info("%s was rotated (%s -> %s): following the new file from byte %d; the old one is read "
-                         "until it has had no new bytes for %.0fs", self.path, seg.key, new.key, new.read_pos,
-                         self.rotate_grace_s)
-                self.warn_unread_rotations({new.key, *(old.key for old, _ in self.rotated)}, seg.opened_at)
-                seg = self.current = new
+                seg = self._follow_rotation(seg, *change)
                 continue
             yield from self._read_rotated()
             if self.stop.is_set():
@@ -544,6 +547,41 @@ class LogSource:
             yield IDLE
             if self.stop.wait(self.poll_interval):
                 return
+
+    def _read_to_the_end(self, seg: Segment) -> Iterator[Block]:
+        """A one-shot run's end: the last bytes once the file stopped growing, its last line, `read_to_end`."""
+        yield from self._settle_tail(seg)
+        if self.stop.is_set():
+            return
+        if seg.replaced:  # its unread rest is in logrotate's copy: the next run reads it from there
+            log.warning("%s was truncated while it was read: stopped at byte %d; the next run reads the "
+                        "rest from its copy, if there is one beside it", seg.path, seg.carry_start)
+            return
+        yield from self._finish(seg)
+        self.read_to_end = True
+
+    def _start_after_truncation(self, seg: Segment) -> Generator[Block, None, bool]:
+        """`seg` was truncated: send its old content's rest from the copy, then read the file again from byte 0 as
+        the next generation (`self.current`). True if `stop` was set before the copy's end."""
+        yield from self._rest_from_copy(seg)
+        if self.stop.is_set():  # not read to the copy's end: the next run goes on from the position
+            return True
+        yield from self._finish(seg, final=True)  # saved as finished: a restart reads no copy again
+        log.info("%s was truncated: reading it from byte 0 as generation %d", seg.path, seg.generation + 1)
+        self.current = Segment(seg.path, seg.fd, seg.key, seg.generation + 1, 0, src_base=seg.src_base)
+        return False
+
+    def _follow_rotation(self, seg: Segment, fd: int, st: os.stat_result) -> Segment:
+        """The log was rotated: `seg` (the old file) is still read for what its writer appends; the new file at
+        the path (`fd`) is followed from now on. Returns its segment (also `self.current`)."""
+        self.rotated.append([seg, time.monotonic()])
+        new = self._resume(self.path, fd, st)
+        log.info("%s was rotated (%s -> %s): following the new file from byte %d; the old one is read "
+                 "until it has had no new bytes for %.0fs", self.path, seg.key, new.key, new.read_pos,
+                 self.rotate_grace_s)
+        self.warn_unread_rotations({new.key, *(old.key for old, _ in self.rotated)}, seg.opened_at)
+        self.current = new
+        return new
 
     def _rest_from_copy(self, seg: Segment) -> Iterator[Block]:
         """`seg` was truncated: read what it held after read_pos from its copy beside it (copytruncate), as the

@@ -165,62 +165,66 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     pending = marker_path(root_uri, query, tag, PENDING)
     if fs.exists(marker):
         return False
+    all_writes = [TableWrite(*w) for w in writes]
     if fs.exists(pending):  # an earlier attempt died while moving files: remove what it moved
-        for table in (TableWrite(*w).table for w in writes):
+        for table in (w.table for w in all_writes):
             for f in fs.files(f"{root_uri}/{table}"):
                 if file_tag(f) == tag:
                     fs.delete(f)
     fs.write_text(pending, "")
-
-    def move(staging: str, table: str, only: "Sequence[str] | None" = None) -> None:
-        """Move the Parquet files below `staging` into the table, named by the batch's tag, keeping their
-        partition folders (`only`: those folders' files, e.g. date=2004-05-18)."""
-        base = fs.path(staging).toUri().getPath().rstrip("/")  # (Hadoop lists file:///x as file:/x: by path)
-        files = []
-        for f in fs.files(staging):
-            if not f.endswith(".parquet"):
-                continue
-            rel_dir = fs.path(f).toUri().getPath()[len(base):].rsplit("/", 1)[0]  # e.g. /date=2004-05-18 or ""
-            if only is None or rel_dir.lstrip("/") in only:
-                files.append((f, rel_dir))
-        if only is not None and (gone := sorted(set(only) - {rel_dir.lstrip("/") for _, rel_dir in files})):
-            # the batch found files there; without them the marker would count rows its tables do not hold
-            raise RuntimeError(f"the staged files of {table} in {staging} ({', '.join(gone)}) are gone (removed "
-                               "by another run on the root?): batch not committed")
-        for i, (f, rel_dir) in enumerate(sorted(files)):
-            fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
-
-    def write(w: "TableWrite | tuple[Any, ...]") -> None:
-        frame, table, parts, keep, options, _, _ = TableWrite(*w)
-        df = frame() if callable(frame) else frame
-        if df is None:
-            return
-        staging = staging_dir(root_uri, table, tag)
-        writer = df.write.mode("overwrite").options(**(options or {}))
-        if parts:
-            writer = writer.partitionBy(*parts)
-        writer.parquet(staging)
-        if keep is not None and not keep():
-            fs.delete(staging)
-            return
-        move(staging, table)
-        fs.delete(staging)
-
     # the writes of frames given as such run at once (Spark fills a core one leaves idle: a job's last task, the
     # driver's work between jobs, a wait on HDFS); those built by a callable run after them, in order; the staged
     # tables are moved last (the other writes may read their files)
-    all_writes = [TableWrite(*w) for w in writes]
     ready = [w for w in all_writes if w.staged is None and not callable(w.frame)]
-    run_at_once(spark, [lambda w=w: write(w) for w in ready], concurrent)
+    run_at_once(spark, [lambda w=w: _write_table(fs, root_uri, tag, w) for w in ready], concurrent)
     for w in all_writes:
         if w.staged is None and callable(w.frame):
-            write(w)
+            _write_table(fs, root_uri, tag, w)
     for w in all_writes:
         if w.staged is not None:
-            move(w.staged, w.table, w.staged_parts)
+            _move_into_table(fs, w.staged, root_uri, w.table, tag, w.staged_parts)
     fs.write_text(marker, json.dumps(meta() if callable(meta) else meta, default=str))
     fs.delete(pending)
     return True
+
+
+def _write_table(fs: HadoopFs, root_uri: str, tag: str, w: TableWrite) -> None:
+    """Write one TableWrite's frame as Parquet to the batch's staging folder of its table, then move the files
+    into the table (unless its `keep()` says no)."""
+    frame, table, parts, keep, options, _, _ = w
+    df = frame() if callable(frame) else frame
+    if df is None:
+        return
+    staging = staging_dir(root_uri, table, tag)
+    writer = df.write.mode("overwrite").options(**(options or {}))
+    if parts:
+        writer = writer.partitionBy(*parts)
+    writer.parquet(staging)
+    if keep is not None and not keep():
+        fs.delete(staging)
+        return
+    _move_into_table(fs, staging, root_uri, table, tag)
+    fs.delete(staging)
+
+
+def _move_into_table(fs: HadoopFs, staging: str, root_uri: str, table: str, tag: str,
+                     only: "Sequence[str] | None" = None) -> None:
+    """Move the Parquet files below `staging` into the table, named by the batch's tag, keeping their partition
+    folders (`only`: those folders' files, e.g. date=2004-05-18; a RuntimeError if any of them is gone)."""
+    base = fs.path(staging).toUri().getPath().rstrip("/")  # (Hadoop lists file:///x as file:/x: by path)
+    files = []
+    for f in fs.files(staging):
+        if not f.endswith(".parquet"):
+            continue
+        rel_dir = fs.path(f).toUri().getPath()[len(base):].rsplit("/", 1)[0]  # e.g. /date=2004-05-18 or ""
+        if only is None or rel_dir.lstrip("/") in only:
+            files.append((f, rel_dir))
+    if only is not None and (gone := sorted(set(only) - {rel_dir.lstrip("/") for _, rel_dir in files})):
+        # the batch found files there; without them the marker would count rows its tables do not hold
+        raise RuntimeError(f"the staged files of {table} in {staging} ({', '.join(gone)}) are gone (removed "
+                           "by another run on the root?): batch not committed")
+    for i, (f, rel_dir) in enumerate(sorted(files)):
+        fs.rename(f, f"{root_uri}/{table}{rel_dir}/{tag}-{i:05d}.parquet")
 
 
 def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[str]) -> list[str]:

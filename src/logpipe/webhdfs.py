@@ -10,7 +10,7 @@ from fsspec.implementations.webhdfs import WebHDFS
 
 
 class WebHdfsRemoteError(OSError):
-    """The NameNode answered with an error fsspec has no exception of its own for (StandbyException, "NameNode
+    """The NameNode answered with an error fsspec has no exception of its own for (StandbyException, IllegalArgumentException, "NameNode
     still not started", ParentNotDirectoryException, ...): an OSError like every other failed read of HDFS."""
 
 
@@ -61,6 +61,8 @@ class StrictWebHDFS(WebHDFS):
             return super()._call(*args, **kwargs)
         except RuntimeError as exc:  # fsspec's RuntimeError(message) for a RemoteException it does not map
             raise WebHdfsRemoteError(str(exc)) from exc
+        except ValueError as exc:  # fsspec's ValueError for IllegalArgumentException / UnsupportedOperationException
+            raise WebHdfsRemoteError(f"the NameNode refused the request: {exc}") from exc
 
     def exists(self, path: str, **kwargs: Any) -> bool:
         try:

@@ -20,6 +20,7 @@ TREE = {
     "/root/gone": (404, "FileNotFoundException"),  # removed between its parent's listing and its own
     "/broken": [dict(DIR, pathSuffix="sub")],
     "/broken/sub": (403, "StandbyException"),  # the NameNode's answer to a read it will not serve now
+    "/illegal": (400, "IllegalArgumentException"),  # fsspec raises a ValueError for it
     "/data/ok": {"type": "FILE", "length": 3},
     "/data/denied": {"type": "FILE", "length": 3},  # the DataNode refuses the read
     "/data/odd": {"type": "FILE", "length": 3},  # the DataNode answers 500 with no RemoteException
@@ -90,6 +91,8 @@ def test_a_missing_path_is_missing_and_a_refused_read_is_an_error(namenode):
     assert fs.exists("/root") and not fs.exists("/nothing")
     with pytest.raises(WebHdfsRemoteError, match="StandbyException"):  # fsspec's own exists() said False
         fs.exists("/broken/sub")
+    with pytest.raises(WebHdfsRemoteError, match="refused the request: IllegalArgumentException"):  # a ValueError
+        fs.exists("/illegal")
 
 
 def test_a_listing_skips_a_folder_gone_meanwhile_and_fails_on_any_other_error(namenode):

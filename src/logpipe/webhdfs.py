@@ -10,8 +10,9 @@ from fsspec.implementations.webhdfs import WebHDFS
 
 
 class WebHdfsRemoteError(OSError):
-    """The NameNode answered with an error fsspec has no exception of its own for (StandbyException, IllegalArgumentException, "NameNode
-    still not started", ParentNotDirectoryException, ...): an OSError like every other failed read of HDFS."""
+    """The NameNode answered with an error fsspec has no exception of its own for (StandbyException, "NameNode
+    still not started", ParentNotDirectoryException, ...) or raises a ValueError for (IllegalArgumentException): an
+    OSError like every other failed read of HDFS."""
 
 
 _REMOTE_ERRORS = {"FileNotFoundException": FileNotFoundError, "AccessControlException": PermissionError,

@@ -53,6 +53,11 @@ def test_notebook_runs_top_to_bottom_on_pipeline_results(demo_results, monkeypat
     acc = demo_results.verified["accounting"]
     events = acc["parsed"] - acc["late"] - acc["duplicates_dropped"]
     assert events > 50_000 and re.search(rf"events\s+{events}\b", tables), tables[:2000]
+    # the job's accounting table names each quarantine reason with its count, as verify's recount of the log has them
+    reasons = acc["quarantined_by_reason"]
+    assert len(reasons) >= 3 and sum(reasons.values()) == acc["quarantined"], reasons
+    for reason, n in reasons.items():
+        assert re.search(rf"quarantined: {reason}\s+{n}\b", tables), (reason, n, tables[:3000])
     truth = demo_results.log.with_name(demo_results.log.name + ".truth.json")
     raised = re.search(r"(\d+) of (\d+) expected alerts were raised", text)
     # every planted incident was alerted (verify found recall 1.0 for this run), and the notebook sees that

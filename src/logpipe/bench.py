@@ -256,6 +256,35 @@ REPORTED_SETTINGS = ("topic_partitions", "compression", "batch_size", "linger_ms
                      "shuffle_partitions", "max_offsets_per_trigger", "window", "slide", "watermark")
 
 
+@dataclass(frozen=True)
+class BenchRun:
+    """The names of one benchmark run: its output folder, log file, Kafka topics and HDFS roots."""
+
+    stamp: str
+    label: str
+    run_dir: Path
+    log_path: Path
+    topic: str
+    root: str
+
+    @classmethod
+    def new(cls, name: str, size_bytes: int, seed: int, data_dir: Path, out_dir: Path) -> BenchRun:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        label = size_label(size_bytes)
+        # resolved: the stages run in the project folder (run_stage)
+        return cls(stamp, label, out_dir.resolve() / f"run-{stamp}-{label}",
+                   data_dir.resolve() / f"bench-{label}-seed{seed}.log",
+                   f"{name}-{stamp}-{label}".replace(".", "_").replace("/", "-"), f"/{name}/{stamp}-{label}")
+
+    def topics(self, reference: bool, pipeline: bool) -> list[str]:
+        """The run's topics: the stages' log and alerts, the Java producer's, the pipeline's log and alerts."""
+        return ([self.topic, self.topic + "-alerts"] + ([self.topic + "-java"] if reference else [])
+                + ([self.topic + "-pipeline", self.topic + "-pipeline-alerts"] if pipeline else []))
+
+    def roots(self, pipeline: bool) -> list[str]:
+        return [self.root] + ([self.root + "-pipeline"] if pipeline else [])
+
+
 def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_dir: Path, seed: int = 1,
               reference: bool = True, pipeline: bool = True, idle_s: float = 5.0,
               keep_data: bool = False, name: str = "bench") -> dict[str, Any]:
@@ -269,82 +298,34 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     Once measured and verified exact, the run's Kafka topics and HDFS folders are deleted unless `keep_data` (each
     topic holds the whole log: a 2.5 GB run left about 7.5 GB in Kafka). A run that fails or mismatches keeps them,
     to look into."""
-    data_dir, out_dir = data_dir.resolve(), out_dir.resolve()  # the stages run in the project folder (run_stage)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    label = size_label(size_bytes)
-    run_dir = out_dir / f"run-{stamp}-{label}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / f"bench-{label}-seed{seed}.log"
-    topic = f"{name}-{stamp}-{label}".replace(".", "_").replace("/", "-")
-    root = f"/{name}/{stamp}-{label}"
+    run = BenchRun.new(name, size_bytes, seed, data_dir, out_dir)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
     # the stages run with the settings the result reports (a bench flag such as --shuffle-partitions reaches them)
     # each run publishes its alerts to topics of its own: verify reads the alerts topic from its start, and on a
     # shared one it saw every earlier run's alerts too (exact still, but its copies and other_alerts meant nothing)
     env = {**os.environ, **{f"LOGPIPE_{k.upper()}": str(getattr(s, k)) for k in REPORTED_SETTINGS},
-           "LOGPIPE_TOPIC": topic, "LOGPIPE_ALERTS_TOPIC": topic + "-alerts", "LOGPIPE_HDFS_ROOT": root,
+           "LOGPIPE_TOPIC": run.topic, "LOGPIPE_ALERTS_TOPIC": run.topic + "-alerts", "LOGPIPE_HDFS_ROOT": run.root,
            "LOGPIPE_PRODUCER_CLIENT": client}
-    log.info("benchmark %s: results and each stage's output (<stage>.log) in %s", label, run_dir)
+    log.info("benchmark %s: results and each stage's output (<stage>.log) in %s", run.label, run.run_dir)
     sampler = ResourceSampler().start()
     for row in services.status(s):
         if row["running"]:
             sampler.watch(row["service"], row["pid"], service=True)
     stages: list[Stage] = []
     try:
-        if not log_path.exists():
-            t_gen = run_stage("generate", _cli("generate", "--size", str(size_bytes), "--seed", str(seed),
-                                                 "--out", str(log_path)), env, sampler, 0, run_dir)
-        else:
-            t_gen = None
-        lines = count_lines(log_path)
-        if t_gen:
-            t_gen.lines = lines
-            log.info("stage generate: %s lines, %.0f lines/s", f"{lines:,}", t_gen.lines_per_s)
-            stages.append(t_gen)
-        if reference:
-            stages.append(java_producer_perf(s, topic + "-java", lines, log_path, sampler, run_dir))
-        t0 = time.monotonic()
-        stages.append(run_stage("produce", _cli("produce", str(log_path), "--client", client), env, sampler, lines,
-                                run_dir))
-        stages.append(run_stage("stream", _cli("stream", "--until-done"), env, sampler, lines, run_dir))
-        e2e_seq = Stage("end-to-end, one after the other (produce, then stream)", time.monotonic() - t0, lines)
-        if reference:
-            stages.append(run_stage("batch-reference",
-                                    [sys.executable, "-m", "logpipe.streaming.batch", str(log_path),
-                                     "--json", str(run_dir / "batch.json")], env, sampler, lines, run_dir))
-            batch_lines = json.loads((run_dir / "batch.json").read_text())["lines"]
-            if batch_lines != lines:  # its rate is computed from the log's line count: it must have read them all
-                raise BenchFailed(f"the batch reference read {batch_lines:,} lines, the log has {lines:,}")
-        verify_json = run_dir / "verify.json"
-        # verify exits 1 on a mismatch: that is a result to record (the row says MISMATCH), not a crash
-        vstage = run_stage("verify", _cli("verify", "--log", str(log_path), "--json", str(verify_json)), env, sampler,
-                           lines, run_dir, ok_codes=(0, 1))
-        _require_report(verify_json, run_dir / "verify.log")
-        stages.append(vstage)
-        e2e = e2e_seq
-        if pipeline:
-            penv = {**env, "LOGPIPE_TOPIC": topic + "-pipeline", "LOGPIPE_ALERTS_TOPIC": topic + "-pipeline-alerts",
-                    "LOGPIPE_HDFS_ROOT": root + "-pipeline"}
-            e2e = run_pipeline({"stream": _cli("stream", "--until-idle", str(idle_s)),
-                                "produce": _cli("produce", str(log_path), "--client", client)},
-                               penv, sampler, lines, run_dir)
-            stages.append(e2e)
-            stages.append(run_stage("verify-pipeline", _cli("verify", "--log", str(log_path), "--json",
-                                                             str(run_dir / "verify-pipeline.json")),
-                                    penv, sampler, lines, run_dir, ok_codes=(0, 1)))
-            _require_report(run_dir / "verify-pipeline.json", run_dir / "verify-pipeline.log")
+        lines, e2e_seq, e2e = _run_stages(s, run, client, env, sampler, stages, reference=reference,
+                                          pipeline=pipeline, idle_s=idle_s, seed=seed, size_bytes=size_bytes)
     except BaseException as exc:  # keep what was measured: a late stage failing must not lose an hour's figures
         stats = sampler.stop()
-        (run_dir / "partial.json").write_text(json.dumps({
-            "date": stamp, "size_bytes": size_bytes, "client": client,
+        (run.run_dir / "partial.json").write_text(json.dumps({
+            "date": run.stamp, "size_bytes": size_bytes, "client": client,
             "error": (str(exc) or type(exc).__name__).splitlines()[0],
             # kept for a look (a failed run's data is not deleted): where to find it, and what to delete after
-            "topics": [topic + x for x in ("", "-alerts", "-java", "-pipeline", "-pipeline-alerts")],
-            "hdfs_roots": [root, root + "-pipeline"],
+            "topics": run.topics(True, True), "hdfs_roots": run.roots(True),
             "stages": [st.as_dict() for st in stages], "processes": {k: v.as_dict() for k, v in stats.items()},
             "peak_rss_mb_concurrent": round(sampler.peak_concurrent_mb, 1)}, indent=2, default=str))
         raise
     stats = sampler.stop()
-    peak_concurrent = sampler.peak_concurrent_mb
     by = {st.name: st for st in stages}
     ratios = {}
     if "java-producer-perf" in by:
@@ -352,13 +333,13 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
     if "batch-reference" in by:
         ratios["stream_vs_batch"] = round(by["stream"].lines_per_s / by["batch-reference"].lines_per_s, 3)
     result = {
-        "date": stamp, "machine": machine_info(), "versions": versions(s), "client": client,
-        "size_bytes": log_path.stat().st_size, "lines": lines, "log": str(log_path), "topic": topic, "hdfs_root": root,
-        "settings": {k: getattr(s, k) for k in REPORTED_SETTINGS},
+        "date": run.stamp, "machine": machine_info(), "versions": versions(s), "client": client,
+        "size_bytes": run.log_path.stat().st_size, "lines": lines, "log": str(run.log_path), "topic": run.topic,
+        "hdfs_root": run.root, "settings": {k: getattr(s, k) for k in REPORTED_SETTINGS},
         # every setting the stages ran with (those not in REPORTED_SETTINGS reach them from the environment), and the
         # run's own parameters: results of two runs can be compared knowing all that differed
-        "all_settings": json.loads(s.with_overrides(topic=topic, alerts_topic=topic + "-alerts", hdfs_root=root,
-                                                    producer_client=client).model_dump_json()),
+        "all_settings": json.loads(s.with_overrides(topic=run.topic, alerts_topic=run.topic + "-alerts",
+                                                    hdfs_root=run.root, producer_client=client).model_dump_json()),
         "seed": seed, "idle_s": idle_s,
         "stages": [st.as_dict() for st in stages],
         "end_to_end": e2e.as_dict(),
@@ -366,26 +347,86 @@ def bench_one(s: Settings, size_bytes: int, client: str, *, data_dir: Path, out_
         "ratios": ratios,
         "processes": {k: v.as_dict() for k, v in stats.items()},
         "peak_rss_mb_total": round(sum(v.peak_rss_mb for v in stats.values()), 1),  # sum of per-process peaks
-        "peak_rss_mb_concurrent": round(peak_concurrent, 1),  # all processes in one sample
-        "verify": json.loads(verify_json.read_text()) if verify_json.exists() else None,
-        "verify_pipeline": (json.loads((run_dir / "verify-pipeline.json").read_text())
-                            if (run_dir / "verify-pipeline.json").exists() else None),
+        "peak_rss_mb_concurrent": round(sampler.peak_concurrent_mb, 1),  # all processes in one sample
+        "verify": _read_report(run.run_dir / "verify.json"),
+        "verify_pipeline": _read_report(run.run_dir / "verify-pipeline.json"),
         "run_data": "kept" if keep_data else "deleted",
     }
-    if not keep_data and not verified_exact(result):
-        result["run_data"] = "kept: verify found a mismatch"
-        log.warning("verify found a mismatch: the run's Kafka topics and HDFS folders (%s) are kept", root)
-    elif not keep_data:
-        topics = ([topic, topic + "-alerts"] + ([topic + "-java"] if reference else [])
-                  + ([topic + "-pipeline", topic + "-pipeline-alerts"] if pipeline else []))
-        roots = [root] + ([root + "-pipeline"] if pipeline else [])
-        gone, failed = drop_run_data(s, topics, roots)
-        log.info("deleted the run's data (--keep-data keeps it): %s", ", ".join(gone) or "nothing was left")
-        if failed:  # the figures stand; say what is left behind
-            result["run_data"] = "not all deleted: " + "; ".join(failed)
-            log.warning("could not delete all of the run's data: %s", "; ".join(failed))
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    if not keep_data:
+        result["run_data"] = _drop_if_exact(s, run, result, reference=reference, pipeline=pipeline)
+    (run.run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def _run_stages(s: Settings, run: BenchRun, client: str, env: dict[str, str], sampler: ResourceSampler,
+                stages: list[Stage], *, reference: bool, pipeline: bool, idle_s: float, seed: int,
+                size_bytes: int) -> tuple[int, Stage, Stage]:
+    """Run the stages, appending each to `stages` as it ends: generate (if the log is missing), Kafka's Java
+    producer, produce, stream, the batch reference, verify, then the pipeline and its verify. Returns the log's
+    line count and the two end-to-end stages (one after the other; the pipeline's, or the first again)."""
+    run_dir, log_path = run.run_dir, run.log_path
+    t_gen = None
+    if not log_path.exists():
+        t_gen = run_stage("generate", _cli("generate", "--size", str(size_bytes), "--seed", str(seed),
+                                             "--out", str(log_path)), env, sampler, 0, run_dir)
+    lines = count_lines(log_path)
+    if t_gen:
+        t_gen.lines = lines
+        log.info("stage generate: %s lines, %.0f lines/s", f"{lines:,}", t_gen.lines_per_s)
+        stages.append(t_gen)
+    if reference:
+        stages.append(java_producer_perf(s, run.topic + "-java", lines, log_path, sampler, run_dir))
+    t0 = time.monotonic()
+    stages.append(run_stage("produce", _cli("produce", str(log_path), "--client", client), env, sampler, lines,
+                            run_dir))
+    stages.append(run_stage("stream", _cli("stream", "--until-done"), env, sampler, lines, run_dir))
+    e2e_seq = Stage("end-to-end, one after the other (produce, then stream)", time.monotonic() - t0, lines)
+    if reference:
+        stages.append(run_stage("batch-reference",
+                                [sys.executable, "-m", "logpipe.streaming.batch", str(log_path),
+                                 "--json", str(run_dir / "batch.json")], env, sampler, lines, run_dir))
+        batch_lines = json.loads((run_dir / "batch.json").read_text())["lines"]
+        if batch_lines != lines:  # its rate is computed from the log's line count: it must have read them all
+            raise BenchFailed(f"the batch reference read {batch_lines:,} lines, the log has {lines:,}")
+    stages.append(_verify_stage("verify", log_path, env, sampler, lines, run_dir))
+    if not pipeline:
+        return lines, e2e_seq, e2e_seq
+    penv = {**env, "LOGPIPE_TOPIC": run.topic + "-pipeline", "LOGPIPE_ALERTS_TOPIC": run.topic + "-pipeline-alerts",
+            "LOGPIPE_HDFS_ROOT": run.root + "-pipeline"}
+    e2e = run_pipeline({"stream": _cli("stream", "--until-idle", str(idle_s)),
+                        "produce": _cli("produce", str(log_path), "--client", client)},
+                       penv, sampler, lines, run_dir)
+    stages.append(e2e)
+    stages.append(_verify_stage("verify-pipeline", log_path, penv, sampler, lines, run_dir))
+    return lines, e2e_seq, e2e
+
+
+def _verify_stage(name: str, log_path: Path, env: dict[str, str], sampler: ResourceSampler, lines: int,
+                  run_dir: Path) -> Stage:
+    """`logpipe verify` of the log against the stage's results, its report in <name>.json. It exits 1 on a
+    mismatch: that is a result to record (the row says MISMATCH), not a crash, unless it wrote no report."""
+    report = run_dir / f"{name}.json"
+    stage = run_stage(name, _cli("verify", "--log", str(log_path), "--json", str(report)), env, sampler, lines,
+                      run_dir, ok_codes=(0, 1))
+    _require_report(report, run_dir / f"{name}.log")
+    return stage
+
+
+def _read_report(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _drop_if_exact(s: Settings, run: BenchRun, result: dict[str, Any], *, reference: bool, pipeline: bool) -> str:
+    """Delete the run's Kafka topics and HDFS folders if verify found it exact; what `run_data` then says."""
+    if not verified_exact(result):
+        log.warning("verify found a mismatch: the run's Kafka topics and HDFS folders (%s) are kept", run.root)
+        return "kept: verify found a mismatch"
+    gone, failed = drop_run_data(s, run.topics(reference, pipeline), run.roots(pipeline))
+    log.info("deleted the run's data (--keep-data keeps it): %s", ", ".join(gone) or "nothing was left")
+    if failed:  # the figures stand; say what is left behind
+        log.warning("could not delete all of the run's data: %s", "; ".join(failed))
+        return "not all deleted: " + "; ".join(failed)
+    return "deleted"
 
 
 def drop_run_data(s: Settings, topics: list[str], roots: list[str]) -> tuple[list[str], list[str]]:

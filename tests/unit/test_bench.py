@@ -240,3 +240,34 @@ def test_a_failed_stage_ends_bench_with_its_log_tail_not_a_traceback(monkeypatch
     err = capsys.readouterr().err
     assert f"logpipe bench: stage produce failed (exit 3); log {tmp_path / 'produce.log'}" in err
     assert "the broker said no" in err and "Traceback" not in err
+
+
+def test_a_failed_run_keeps_its_figures_and_names_its_data(tmp_path, monkeypatch):
+    """A stage that fails late must not lose what was measured: partial.json holds the stages that ended, the
+    error, and every topic and HDFS folder the run may have left (not deleted: kept to look into)."""
+    import json
+
+    from logpipe import bench
+    from logpipe.config import Settings
+    from logpipe.stack import services
+
+    monkeypatch.setattr(services, "status", lambda s: [])
+
+    def stages_then_failure(s, run, client, env, sampler, stages, **kw):
+        assert env["LOGPIPE_TOPIC"] == run.topic and env["LOGPIPE_HDFS_ROOT"] == run.root
+        stages.append(bench.Stage("produce", 2.0, 1000))
+        raise bench.BenchFailed("verify wrote no report\nits log's tail")
+
+    monkeypatch.setattr(bench, "_run_stages", stages_then_failure)
+    with pytest.raises(bench.BenchFailed):
+        bench.bench_one(Settings(), 2_500_000, "confluent", data_dir=tmp_path / "data", out_dir=tmp_path / "out",
+                        name="bx")
+    [partial] = (tmp_path / "out").glob("run-*-*/partial.json")
+    got = json.loads(partial.read_text())
+    topic = f"bx-{got['date']}-{bench.size_label(2_500_000)}".replace(".", "_")
+    assert got["error"] == "verify wrote no report" and [st["stage"] for st in got["stages"]] == ["produce"]
+    assert got["topics"] == [topic, f"{topic}-alerts", f"{topic}-java", f"{topic}-pipeline",
+                             f"{topic}-pipeline-alerts"]
+    assert got["hdfs_roots"] == [f"/bx/{got['date']}-{bench.size_label(2_500_000)}",
+                                 f"/bx/{got['date']}-{bench.size_label(2_500_000)}-pipeline"]
+    assert not list((tmp_path / "out").glob("run-*/result.json"))

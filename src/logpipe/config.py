@@ -268,6 +268,9 @@ class Settings(BaseSettings):
         # Kafka's own rule (org.apache.kafka.common.internals.Topic): checked here, not at the first send
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", v) or v in (".", ".."):
             raise ValueError("a Kafka topic name: 1-249 letters, digits, '.', '_' or '-' (not '.' or '..')")
+        if v.startswith("__"):  # __consumer_offsets, __transaction_state, __share_group_state: the broker's own
+            raise ValueError("a topic of logpipe's own: names starting with '__' are Kafka's internal topics "
+                             "(__consumer_offsets, __transaction_state, ...)")
         return v
 
     @field_validator("window", "slide", "watermark")  # the job's window and horizon arithmetic reads them

@@ -148,6 +148,16 @@ def test_topic_names_follow_kafkas_rule(topic):
     assert Settings(topic="Access_logs.v2-" + "x" * 234).topic.startswith("Access_logs")
 
 
+@pytest.mark.parametrize("topic", ["__consumer_offsets", "__transaction_state", "__mine"])
+def test_kafkas_internal_topics_are_refused(topic):
+    """`produce --topic __consumer_offsets` created Kafka's offsets topic with one partition and failed in the
+    client's partitioner with a traceback."""
+    for field in ("topic", "alerts_topic"):
+        with pytest.raises(pydantic.ValidationError, match="names starting with '__' are Kafka's internal topics"):
+            Settings(**{field: topic})
+    assert Settings(topic="_one_underscore").topic == "_one_underscore"
+
+
 @pytest.mark.parametrize(("window", "slide"), [("0 seconds", "10 seconds"), ("20 seconds", "0 seconds"),
                                                ("20 seconds", "30 seconds")])
 def test_slide_must_be_within_the_window(window, slide, monkeypatch, capsys):

@@ -846,6 +846,7 @@ def test_the_command_prints_every_check_and_its_verdict(tmp_path, monkeypatch, c
     real_run = logpipe.verify.verify_run
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: local)
     monkeypatch.setattr(command, "results_problem", lambda s: None)  # its wait for a NameNode: none here
+    monkeypatch.setattr(command, "kafka_problem", lambda s: None)  # the alerts topic is not read here
     monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: real_run(*a, **k, fs=local,
                                                                                 alerts_on_kafka=False))
     assert main(["verify", "--log", str(log), "--hdfs-root", str(root)]) == 0

@@ -25,6 +25,7 @@ def refused_first(monkeypatch):
     from logpipe.commands import verify as command
 
     monkeypatch.setattr(command, "results_problem", lambda *a, **k: pytest.fail("asked HDFS before refusing"))
+    monkeypatch.setattr(command, "kafka_problem", lambda *a, **k: pytest.fail("asked Kafka before refusing"))
     monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: pytest.fail("recounted before refusing"))
 
 
@@ -133,6 +134,23 @@ def test_hdfs_down_is_one_line_that_says_what_to_check(log, monkeypatch, capsys,
     assert "Traceback" not in err
 
 
+def test_kafka_down_is_one_line_said_before_the_recount(log, monkeypatch, capsys, free_ports):
+    """With no broker at LOGPIPE_KAFKA_BOOTSTRAP, verify recounted the log, waited 30 s on the alerts topic and
+    reported the alerts as a MISMATCH, as if the results were wrong."""
+    import logpipe.verify
+    from logpipe.commands import verify as command
+
+    port = free_ports(1)[0]  # nothing listens there
+    monkeypatch.setenv("LOGPIPE_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
+    monkeypatch.setenv("LOGPIPE_CONNECT_TIMEOUT_S", "1")
+    monkeypatch.setattr(command, "results_problem", lambda s: None)  # as if HDFS had answered
+    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: pytest.fail("recounted before refusing"))
+    code = main(["verify", "--log", str(log)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"Kafka at 127.0.0.1:{port} not ready" in err and "alerts topic" in err, err
+    assert "stack status" in err and "MISMATCH" not in err and "Traceback" not in err
+
+
 def test_the_root_s_record_decides_the_alerts_topic_and_a_lost_topic_says_how_to_send_again():
     """verify has no flags for what the root records (the window, the rules, the alerts topic): the record
     always wins, so such a flag would do nothing. When none of the root's alerts is on its topic, the report
@@ -159,6 +177,7 @@ def test_hdfs_gone_during_the_checks_is_one_line_not_a_traceback(log, monkeypatc
     port = free_ports(1)[0]
     monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(command, "results_problem", lambda s: None)  # as if HDFS had answered it
+    monkeypatch.setattr(command, "kafka_problem", lambda s: None)  # and Kafka
     monkeypatch.setattr("logpipe.results.settings_of_results", lambda s: (s, []))
     code = main(["verify", "--log", str(log)])
     err = capsys.readouterr().err
@@ -175,6 +194,7 @@ def test_a_recount_worker_that_died_is_one_line(log, monkeypatch, capsys):
         raise WorkerDied("worker process 2 of 2 ended without a result (exit code -9; ...)")
 
     monkeypatch.setattr(command, "results_problem", lambda s: None)
+    monkeypatch.setattr(command, "kafka_problem", lambda s: None)
     monkeypatch.setattr("logpipe.results.settings_of_results", lambda s: (s, []))
     monkeypatch.setattr(logpipe.verify, "verify_run", died)
     assert main(["verify", "--log", str(log)]) == 1

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"logpipe verify: {problem}", file=sys.stderr)
         return 2
     s = settings_from_args(args)
-    problem = results_problem(s)
+    problem = results_problem(s) or kafka_problem(s)
     if problem:
         print(f"logpipe verify: {problem}", file=sys.stderr)
         return 1
@@ -192,6 +192,20 @@ def kafka_text(k: dict | None) -> str:
     if k.get("other_alerts"):
         text += f", {k['other_alerts']} alerts that are not this root's (another root's, on a shared alerts topic)"
     return text
+
+
+def kafka_problem(s: "Settings") -> str | None:
+    """Why the alerts topic cannot be read (no broker answers within connect_timeout_s), or None: said before
+    the recount, in one line, not as a MISMATCH of the alerts after it."""
+    from logpipe import health
+
+    try:
+        health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
+                          timeout=s.connect_timeout_s, hint="verify reads the job's alerts topic from it. Is the "
+                          "broker running? `logpipe stack status`; LOGPIPE_KAFKA_BOOTSTRAP must name it.")
+    except health.ServiceTimeout as exc:
+        return str(exc)
+    return None
 
 
 def results_problem(s: "Settings") -> str | None:

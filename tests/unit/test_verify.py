@@ -863,3 +863,32 @@ def test_the_command_prints_every_check_and_its_verdict(tmp_path, monkeypatch, c
     assert main(["verify", "--log", str(log), "--hdfs-root", str(root)]) == 1
     out = capsys.readouterr().out
     assert "wrong 1" in out and out.rstrip().endswith("verify: MISMATCH")
+
+
+def test_windows_missing_after_an_unflushed_batch_say_how_to_write_them(tmp_path):
+    """A continuous `stream` stopped with Ctrl-C leaves its open windows unwritten: verify reported them missing
+    (MISMATCH) without a word on why. It says so while the last batch has no flush, not once it has one."""
+    import json
+
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from logpipe.verify import verify_run
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LOG_LINES) + b"\n")
+    s, root = _results_root(tmp_path, log)
+    path = root / "windows/by_host/b0000000000-00000.parquet"
+    t = pq.read_table(path)
+    pq.write_table(t.slice(0, t.num_rows - 1), path)  # a window the job had not closed yet
+    local = fsspec.filesystem("file")
+    r = verify_run(s, log, fs=local, alerts_on_kafka=False)
+    assert not r.ok and r.windows_by_host["missing"] == 1 and r.windows_by_status["missing"] == 0
+    hint = r.windows_by_host["hint"]
+    assert "last micro-batch (0) was not followed by a flush" in hint and "stream --until-done" in hint
+    (root / "_commits" / "flush").mkdir()
+    (root / "_commits" / "flush" / "f0000000000.json").write_text(json.dumps({"batch": 0, "rows": 0}))
+    r = verify_run(s, log, fs=local, alerts_on_kafka=False)
+    assert r.windows_by_host["missing"] == 1 and "hint" not in r.windows_by_host  # flushed: missing is missing
+    pq.write_table(t, path)
+    assert "hint" not in verify_run(s, log, fs=local, alerts_on_kafka=False).windows_by_host  # none missing

@@ -121,7 +121,7 @@ def report_table(args: argparse.Namespace, r: "VerifyReport") -> "Table":
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}, window_end not start + window "
                   f"{c['window_end_wrong']}" + (f"; columns unlike the job's (not compared): {', '.join(c['types_wrong'])}"
-                                                if c.get("types_wrong") else ""))
+                                                if c.get("types_wrong") else "") + (f"; {c['hint']}" if c.get("hint") else ""))
     al = r.alerts
     t.add_row("alerts vs rules", mark(al["ok"]), f"expected {al['expected']}, raised {al['raised']}, missing "
               f"{al['missing']}, duplicates {al['duplicates']}, transient surges {al['transient_surges']}, "

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from logpipe.config import Settings
-from logpipe.results import load_arrow
+from logpipe.results import committed_tags, load_arrow
+from logpipe.root_layout import tag_id
 from logpipe.verify.recount import PARSED_FIELDS, LogCounts, KeyedCounts, _pack, row_fingerprint
 from logpipe.verify.tables import _epoch_s_arrow, keyed_counts_of_table
 from logpipe.windows import window_starts_array
@@ -171,7 +172,23 @@ def compare_window_tables(s: Settings, fs: Any, counts: LogCounts, size_s: int) 
         comparisons[table]["types_wrong"] = []  # none: a table with any was reported as not compared above
         comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong
         del actual
+    if any(c.get("missing") for c in comparisons.values()) and (hint := unflushed_hint(s, fs)):
+        for c in comparisons.values():
+            c["hint"] = hint
     return comparisons
+
+
+def unflushed_hint(s: Settings, fs: Any) -> str | None:
+    """What missing window rows may mean when the job's last micro-batch was not followed by a flush (a
+    continuous `stream` stopped, or still running): the windows still open then are not written yet. None when it
+    was flushed (a window missing then is missing) or no batch was committed."""
+    ids = {tag_id(t) for t in committed_tags(s, fs)} - {None}
+    last = max((n for kind, n in ids if kind == "b"), default=None)
+    if last is None or ("f", last) in ids:
+        return None
+    return (f"the job's last micro-batch ({last}) was not followed by a flush: the windows still open when it "
+            "stopped are not written yet (a continuous `logpipe stream` writes a window once the watermark passes "
+            "its end); `logpipe stream --until-done` on this root writes them, then run verify again")
 
 
 def not_compared(expected: KeyedCounts, rows: Any, problems: list[str], n_rows: int | None = None) -> dict[str, Any]:

@@ -295,6 +295,39 @@ def test_a_running_service_on_another_bind_host_is_refused_before_anything_start
     assert time.monotonic() - t < 5  # every port bound, at the other address: not one still starting (10 s)
 
 
+def test_status_shows_the_ports_a_service_really_listens_on(run_dir, free_ports, procs, monkeypatch, capsys):
+    """`LOGPIPE_KAFKA_PORT=19092 logpipe stack status` said kafka "running" on 127.0.0.1:19092, exit 0, while it
+    listened on 9092 (the settings' ports, printed as they were): the other commands would then fail."""
+    from logpipe import cli
+
+    s = _settings(run_dir, free_ports)
+    lay = Layout(run_dir)
+    kafka = _kafka(s)
+    code = ("import socket\nsocks = []\n"
+            f"for port in {list(kafka.ports)}:\n"
+            "    x = socket.socket(); x.bind(('127.0.0.1', port)); x.listen(); socks.append(x)\n"
+            "print('ready', flush=True)\nimport time\ntime.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties"],
+                         stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    assert p.stdout.readline().strip() == "ready"
+    lay.pids.mkdir()
+    services._record_pid(lay, kafka, p.pid)
+    [row] = [r for r in services.status(s) if r["service"] == "kafka"]
+    assert row["running"] and row["ports_as_set"] and row["ports"] == ",".join(f"127.0.0.1:{p}" for p in kafka.ports)
+    other = free_ports(1)[0]
+    moved = s.with_overrides(kafka_port=other)
+    [row] = [r for r in services.status(moved) if r["service"] == "kafka"]
+    assert row["running"] and not row["ports_as_set"]
+    assert row["ports"] == ",".join(f"127.0.0.1:{p}" for p in sorted(kafka.ports)) and str(other) not in row["ports"]
+    for name, value in moved.model_dump().items():
+        if name.endswith("_port") or name == "run_dir":
+            monkeypatch.setenv(f"LOGPIPE_{name.upper()}", str(value))
+    assert cli.main(["stack", "status"]) == 3
+    out = capsys.readouterr().out
+    assert "running, on other ports" in out and "kafka listens on other ports than the LOGPIPE_* port" in out, out
+
+
 def test_down_does_not_wipe_under_a_service_it_could_not_stop(run_dir, free_ports, procs, monkeypatch):
     s = _settings(run_dir, free_ports)
     lay = Layout(run_dir)
@@ -479,7 +512,7 @@ def test_the_stack_flags_still_reach_their_own_action(monkeypatch, capsys):
 
     calls = []
     monkeypatch.setattr(services, "down", lambda s, wipe, progress: calls.append(wipe))
-    monkeypatch.setattr(services, "status", lambda s: [{"service": "kafka", "running": True}])
+    monkeypatch.setattr(services, "status", lambda s: [{"service": "kafka", "running": True, "ports_as_set": True}])
     monkeypatch.setattr(services, "urls", lambda s: {})
     assert cli.main(["stack", "down", "--wipe"]) == 0 and calls == [True]
     assert cli.main(["stack", "status", "--json"]) == 0

@@ -39,12 +39,18 @@ def _print_status(rows: list[dict], urls: dict[str, str]) -> None:
     for col in ("service", "state", "pid", "ports", "data", "log"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["service"], "[green]running[/]" if r["running"] else "[red]stopped[/]",
-                      str(r["pid"] or "-"), r["ports"], r["data"], r["log"])
+        state = ("[red]stopped[/]" if not r["running"] else "[green]running[/]" if r["ports_as_set"]
+                 else "[yellow]running, on other ports[/]")
+        table.add_row(r["service"], state, str(r["pid"] or "-"), r["ports"], r["data"], r["log"])
     console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
     for k, v in urls.items():
         console.print(f"  {k}: {v}")
+    if others := [r["service"] for r in rows if r["running"] and not r["ports_as_set"]]:
+        console.print(f"  {' and '.join(others)} listen{'s' if len(others) == 1 else ''} on other ports than the "
+                      "LOGPIPE_* port settings now give (the ports shown): the other commands would look for "
+                      f"{'it' if len(others) == 1 else 'them'} on the set ones. Use the settings the stack was "
+                      "started with, or `logpipe stack down` with them, then `logpipe stack up`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"services": rows, "urls": services.urls(s)}, indent=2))
             else:
                 _print_status(rows, services.urls(s))
-            return 0 if all(r["running"] for r in rows) else 3
+            return 0 if all(r["running"] and r["ports_as_set"] for r in rows) else 3
     except (StackError, ServiceTimeout, RuntimeError) as exc:
         print(f"logpipe stack {args.action}: {exc}", file=sys.stderr)
         return 1

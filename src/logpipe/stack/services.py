@@ -348,11 +348,10 @@ def _check_before_start(s: Settings, lay: Layout) -> None:
                                                                 for port, names in sorted(shared.items()))
                          + ". Give each its own port (LOGPIPE_* port settings); nothing was started")
     taken = []
-    bind_ip = "127.0.0.1" if s.bind_host == "localhost" else s.bind_host  # the JVMs run IPv4-only
     for svc in services(s, lay):
         pid = our_pid(lay, svc)
         if pid is not None:
-            wanted = {(bind_ip, port) for port in svc.ports}
+            wanted = _addresses_as_set(s, svc)
             listening, deadline = _listening_addresses(pid), time.monotonic() + 10
             # waited for while some of its ports are bound at no address yet (it may still be starting); every
             # port bound, at other addresses: refused at once
@@ -363,7 +362,7 @@ def _check_before_start(s: Settings, lay: Layout) -> None:
             if listening and not wanted <= listening:
                 raise StackError(
                     f"{svc.name} runs (pid {pid}) on {', '.join(f'{ip}:{port}' for ip, port in sorted(listening))}, "
-                    f"not on {', '.join(f'{bind_ip}:{port}' for port in svc.ports)} as now set (a LOGPIPE_* port or "
+                    f"not on {', '.join(f'{_bind_ip(s)}:{port}' for port in svc.ports)} as now set (a LOGPIPE_* port or "
                     "LOGPIPE_BIND_HOST changed): `logpipe stack down` with the old settings, then `logpipe stack up`")
             continue
         taken += [f"{s.bind_host}:{port} ({svc.name}) by {_port_owner(port)}" for port in svc.ports
@@ -462,16 +461,32 @@ def _down(s: Settings, wipe: bool, progress: Callable[[str], None]) -> None:
 
 
 def status(s: Settings) -> list[dict]:
+    """Each service: running or not, its pid, the ports it listens on (`ports_as_set` False when it runs on other
+    ports than the settings now give: the other commands would look for it there), its data and log."""
     lay = Layout(s.run_dir)
     rows = []
     for svc in services(s, lay):
         # a process of ours that its pid record does not name (lost, or written before a clock step) runs too:
         # `stack down` stops it, `stack up` takes it back
         pid = our_pid(lay, svc)
-        rows.append({"service": svc.name, "running": pid is not None, "pid": pid,
-                     "ports": ",".join(f"{s.bind_host}:{p}" for p in svc.ports),
-                     "data": str(svc.data_dir), "log": str(lay.log_file(svc.name))})
+        wanted = _addresses_as_set(s, svc)
+        listening = _listening_addresses(pid) if pid is not None else set()
+        as_set = not listening or wanted <= listening  # none yet: still starting, or not ours to read
+        ports = (",".join(f"{s.bind_host}:{p}" for p in svc.ports) if as_set
+                 else ",".join(f"{ip}:{port}" for ip, port in sorted(listening, key=lambda a: (a[1], a[0]))))
+        rows.append({"service": svc.name, "running": pid is not None, "pid": pid, "ports": ports,
+                     "ports_as_set": as_set, "data": str(svc.data_dir), "log": str(lay.log_file(svc.name))})
     return rows
+
+
+def _bind_ip(s: Settings) -> str:
+    """The address the services bind (the JVMs run IPv4-only: localhost is 127.0.0.1)."""
+    return "127.0.0.1" if s.bind_host == "localhost" else s.bind_host
+
+
+def _addresses_as_set(s: Settings, svc: Service) -> set[tuple[str, int]]:
+    """The (address, port) pairs svc listens on with these settings."""
+    return {(_bind_ip(s), port) for port in svc.ports}
 
 
 def urls(s: Settings) -> dict[str, str]:

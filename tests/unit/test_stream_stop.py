@@ -743,6 +743,36 @@ def test_a_root_the_job_would_refuse_is_refused_before_spark_starts(tmp_path, mo
     run.precheck_root(s, None)
 
 
+def test_a_folder_of_other_files_is_not_taken_for_a_results_root(tmp_path, monkeypatch) -> None:
+    """`stream --hdfs-root` of a folder holding files the job did not write (here a Parquet file in events/) ran,
+    wrote its tables beside them, and verify then failed on a stray file: refused before Spark starts. A root
+    holding only what the job or the demo put there before the job's record (the lease, checkpoints, the demo's
+    _source.json) passes, as does one with committed batches whose record was lost (the job judges those)."""
+    import fsspec
+
+    import logpipe.results
+    from logpipe.config import load_settings
+    from logpipe.streaming.job import ResultsRootMismatch
+
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
+    root = tmp_path / "root"
+    s = load_settings(hdfs_root=str(root))
+    (root / "_commits").mkdir(parents=True)
+    (root / "_commits" / "lease.json").write_text("{}")
+    (root / "_checkpoints").mkdir()
+    (root / "_source.json").write_text("{}")
+    run.precheck_root(s, None)
+    (root / "events").mkdir()
+    (root / "events" / "x.parquet").write_bytes(b"PAR1")
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(ResultsRootMismatch, match=r"root holds events, notes\.txt but no results of the streaming "
+                                                  r"job \(no _commits/job\.json\).*another LOGPIPE_HDFS_ROOT"):
+        run.precheck_root(s, None)
+    (root / "_commits" / "ingest").mkdir()
+    (root / "_commits" / "ingest" / "b0000000000.json").write_text("{}")
+    run.precheck_root(s, None)  # committed batches: the job's own root, its record lost (the job judges it)
+
+
 def test_a_root_webhdfs_will_not_let_it_read_is_one_line_with_what_to_do(tmp_path, monkeypatch) -> None:
     """The pre-check's reads refused (a folder of the root the HDFS user may not read: WebHDFS's 403, an error
     since its exists() no longer says False for it): one line naming the root, with the hint for permissions."""

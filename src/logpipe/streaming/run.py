@@ -120,6 +120,22 @@ def make_alerts_topic(s: Settings) -> None:
                     "does not exist", s.alerts_topic, exc)
 
 
+# what a root holds before the job's first run wrote its record: the lease (under _commits/), Spark's checkpoints,
+# the demo's mark of the log it replays
+ROOT_ENTRIES_BEFORE_THE_RECORD = frozenset({"_commits", "_checkpoints", "_source.json"})
+
+
+def foreign_entries(s: Settings, fs: Any) -> list[str]:
+    """What a results root without the job's record holds that the job did not put there (sorted names), unless
+    it holds committed batches (a root whose record was lost is the job's own)."""
+    from logpipe.root_layout import COMMITS
+
+    if not fs.exists(s.hdfs_path()) or fs.exists(s.hdfs_path(COMMITS, "ingest")):
+        return []
+    names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(s.hdfs_path(), detail=False))
+    return sorted(n for n in names if n not in ROOT_ENTRIES_BEFORE_THE_RECORD)
+
+
 def precheck_root(s: Settings, topic_id: str | None) -> None:
     """Refuse at once, before Spark starts (10-15 s), a results root the job would refuse (StreamJob.claim_root,
     which checks again under the root's lease): read over WebHDFS."""
@@ -131,8 +147,14 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
     fs = webhdfs_fs(s)
     path = s.hdfs_path(*ROOT_SETTINGS_FILE.split("/"))
     try:
-        if not fs.exists(path):
-            return  # a new root; one whose record is gone is judged by the job as before
+        if not fs.exists(path):  # a new root; one whose record is gone is judged by the job as before
+            if foreign := foreign_entries(s, fs):
+                raise ResultsRootMismatch(
+                    f"{s.hdfs_uri()} holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''} but no "
+                    f"results of the streaming job (no {ROOT_SETTINGS_FILE}): its tables would be written beside "
+                    "them, and verify, the notebook and the job itself would read them as its own. Give another "
+                    "LOGPIPE_HDFS_ROOT (--hdfs-root), or empty this folder")
+            return
         record = fs.cat_file(path)
         commits = s.hdfs_path(COMMITS, "ingest")
         committed = sum(marker_tag(f) is not None for f in fs.ls(commits, detail=False)) if fs.exists(commits) else 0

@@ -298,8 +298,8 @@ def probe_heartbeat(path: Path, max_age_s: float) -> float:
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
-        raise NotReady(f"no heartbeat file {path}: the producer has not started, or runs with another "
-                       "LOGPIPE_TOPIC or LOGPIPE_PRODUCER_STATE_DIR") from None
+        raise NotReady(f"no heartbeat file {path}: the producer has not started, has ended (it removes the file when "
+                       "it does), or runs with another LOGPIPE_TOPIC or LOGPIPE_PRODUCER_STATE_DIR") from None
     if age > max_age_s:
         raise NotReady(f"the producer's last heartbeat ({path}) is {age:.0f}s old (> {max_age_s:g}s): its loop is "
                        "stuck or it stopped. Check its log: a broker it cannot reach holds every send until the "

@@ -440,6 +440,10 @@ def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp
         proc.send_signal(signal.SIGCONT)
         _wait_for("the lines appended while it was stopped", lambda: _records_in(stack, topic) >= 60, proc)
         assert health(2.5).returncode == 0
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        r = health(60)  # ended: not alive for the heartbeat's last minute
+        assert r.returncode == 1 and "has ended" in r.stderr, r.stdout + r.stderr
     finally:
         proc.send_signal(signal.SIGCONT)
         proc.send_signal(signal.SIGTERM)

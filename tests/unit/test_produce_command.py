@@ -243,6 +243,8 @@ def test_follow_waits_for_a_log_that_does_not_exist_yet_and_stops_on_sigterm(tmp
     assert proc.returncode == 1 and "waiting for it to appear" in err, err
     assert f"stopped while waiting for {tmp_path / 'later.log'} to appear; nothing was sent" in err, err
     assert "Traceback" not in err, err
+    # ended: `logpipe health producer` (which only reads the heartbeat's age) counted it alive for a minute more
+    assert not heartbeat.exists()
 
 
 class _StoppingSink:

@@ -172,7 +172,11 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
     """
     store = PositionStore(s.producer_positions_dir, s.topic)
     with store.exclusive(path):  # ProducerBusy if another producer sends this log to this topic
-        return _produce_file(s, path, store, follow=follow, reset=reset, progress=progress, stop_event=stop_event)
+        try:
+            return _produce_file(s, path, store, follow=follow, reset=reset, progress=progress,
+                                 stop_event=stop_event)
+        finally:  # ended: `logpipe health producer` must not count it alive for the heartbeat's minute
+            store.heartbeat_file.unlink(missing_ok=True)
 
 
 def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool, reset: bool,
@@ -221,7 +225,8 @@ def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool
     if summary.unsent_parts:
         log.warning("%d part(s) of %s could not be sent (truncated or rotated away before they were read): the "
                     "warnings above name their bytes", summary.unsent_parts, path)
-    log.info("produced %s: %s lines (%s records, %d quarantined, %d errors), %.1f MB in %.1fs: %s lines/s, %.1f MB/s",
+    log.info("produced %s: %s lines (%s records, %d too large: sent for the job to quarantine, %d errors), %.1f MB "
+             "in %.1fs: %s lines/s, %.1f MB/s",
              path, f"{summary.lines:,}", f"{summary.records:,}", summary.quarantined, summary.errors,
              summary.bytes / 1e6, summary.seconds, f"{summary.lines / max(summary.seconds, 1e-9):,.0f}",
              summary.bytes / 1e6 / max(summary.seconds, 1e-9))

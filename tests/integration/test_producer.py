@@ -255,6 +255,13 @@ def test_a_limit_above_kafkas_default_is_given_to_the_topic_and_an_existing_lowe
     r = _produce(env, str(log))
     assert r.returncode == 1
     assert "max.message.bytes" in r.stderr and f"prod-small-{unique}" in r.stderr and "Traceback" not in r.stderr
+    assert "or lower LOGPIPE_MAX_MESSAGE_BYTES to" in r.stderr, r.stderr  # the broker's default (1 MB) takes batches
+    from logpipe.topics import create_topic
+
+    create_topic(stack, f"prod-tiny-{unique}", partitions=1, configs={"max.message.bytes": "2000"})
+    r = _produce({**env, "LOGPIPE_TOPIC": f"prod-tiny-{unique}"}, str(log))
+    # under the producer's batch size no setting helps: it said "or lower the setting"
+    assert r.returncode == 1 and "takes none of them, whatever LOGPIPE_MAX_MESSAGE_BYTES says" in r.stderr, r.stderr
 
 
 def test_a_topic_the_producer_makes_has_a_limit_of_its_own_at_the_default_setting(stack, unique):

@@ -19,8 +19,8 @@ from logpipe.logformat import ParseError, parse_timestamp
 from logpipe.producer.clients import RecordSink, make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
 from logpipe.producer.source import IDLE, Block, LogSource, Segment, open_log, wait_for_log
-from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, TOO_LARGE_HEAD_BYTES, largest_record_bytes, record_key,
-                            too_large_value)
+from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, TOO_LARGE_HEAD_BYTES,
+                            largest_record_bytes, record_key, too_large_value)
 
 log = logging.getLogger("logpipe.producer")
 # without a terminal (nohup, CI, a container's log) the progress bar is off: a progress line is logged this often
@@ -79,11 +79,15 @@ def ensure_topic(s: Settings, topic: str) -> bool:
             return False
         limit = int(value)
         if limit < needed:
+            floor = largest_record_bytes(0)  # the producer's record batches, whatever the longest line
+            lower = (f"or lower LOGPIPE_MAX_MESSAGE_BYTES to {limit - RECORD_OVERHEAD_BYTES:,} at most"
+                     if limit >= floor else f"a limit under {floor:,} bytes (the size of the producer's record "
+                     "batches) takes none of them, whatever LOGPIPE_MAX_MESSAGE_BYTES says")
             raise TopicLimitError(
                 f"topic {topic} takes records of up to {limit:,} bytes (its max.message.bytes), but "
                 f"LOGPIPE_MAX_MESSAGE_BYTES={s.max_message_bytes:,} lets lines of that size through, in records of "
                 f"up to {needed:,} bytes: raise the topic's limit (kafka-configs.sh --alter --entity-type topics "
-                f"--entity-name {topic} --add-config max.message.bytes={needed}) or lower the setting")
+                f"--entity-name {topic} --add-config max.message.bytes={needed}); {lower}")
     finally:
         admin.close()
     return False

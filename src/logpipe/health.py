@@ -307,12 +307,23 @@ def probe_heartbeat(path: Path, max_age_s: float) -> float:
     return age
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds") from None
+    if not 0 <= value < float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be 0 or more")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `logpipe health` (also `python -m logpipe.health`)."""
     parser.add_argument("service", choices=["kafka", "hdfs", "producer", "spark"],
                         help="spark: the streaming job's Spark UI answers (the job runs), at LOGPIPE_SPARK_UI_PORT")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the service (default 5)")
-    parser.add_argument("--max-age", type=float, default=None,
+    parser.add_argument("--timeout", type=seconds, default=5.0, help="seconds to wait for the service (default 5)")
+    parser.add_argument("--max-age", type=seconds, default=None,
                         help="producer: the oldest heartbeat that counts as alive, in seconds (default 60, or "
                              "three LOGPIPE_PRODUCER_CHECKPOINT_S if longer)")
     parser.add_argument("--datanode", metavar="HOST", default=None,

@@ -301,6 +301,33 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.log"]
 
 
+def test_sigterm_leaves_no_partial_file_either(tmp_path):
+    """Ctrl-C removed the half-written `<out>.partial`; SIGTERM (`kill`, `timeout`) left it (123 MB in one try)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "big.log"
+    proc = subprocess.Popen([sys.executable, "-m", "logpipe", "generate", "--size", "5GB", "--out", str(out),
+                             "--no-progress"], stderr=subprocess.PIPE, text=True)
+    partial = out.with_name("big.log.partial")
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 0):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert list(tmp_path.iterdir()) == [] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_rate_that_is_no_positive_number_is_refused(rate):
+    with pytest.raises(ValueError, match="rate must be a number > 0 lines per second"):
+        LogGenerator(rate=rate)
+
+
 def test_a_sample_of_a_size_comes_with_its_truth(tmp_path):
     out = tmp_path / "demo.log"
     generate(out, size_bytes=parse_size("200KB"), seed=42, settings=Settings())

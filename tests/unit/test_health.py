@@ -219,3 +219,15 @@ def test_the_spark_ui_probe_wants_a_running_application(free_ports):
         health.probe_spark_ui(f"http://127.0.0.1:{free_ports(1)[0]}")
     with pytest.raises(ValueError, match="any free port"):
         health.spark_ui_address("127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_a_wait_that_is_no_number_of_seconds_is_refused(value, capsys):
+    """`health kafka --timeout -1` was taken (and waited no time at all)."""
+    from logpipe.cli import main
+
+    for flag in ("--timeout", "--max-age"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["health", "producer", flag, value])
+        assert exit_.value.code == 2 and f"argument {flag}: '{value}'" in capsys.readouterr().err
+    assert health.seconds("0") == 0.0 and health.seconds("2.5") == 2.5

@@ -81,6 +81,12 @@ def test_a_report_path_that_can_be_written_leaves_nothing_behind_before_the_repo
     assert output_file_problem(link, "--json") is None and link.is_symlink() and not target.exists()
 
 
+def test_a_folder_given_as_the_log_is_called_a_folder(tmp_path, capsys, refused_first):
+    code = main(["verify", "--log", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--log {tmp_path} is a folder" in err and "no such log file" not in err, err
+
+
 def test_a_log_it_cannot_read_is_one_line(log, monkeypatch, capsys):
     real_open = Path.open
 

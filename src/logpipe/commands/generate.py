@@ -35,10 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from logpipe.cli import settings_from_args
+    from logpipe.cli import exit_on_termination, settings_from_args
     from logpipe.generator import generate, parse_size, truth_path
 
     s = settings_from_args(args)
+    exit_on_termination()  # SIGTERM ends it through its clean-up, as Ctrl-C does: no half-written <out>.partial
     try:
         size_bytes = parse_size(args.size) if args.size else None
     except ValueError as exc:

@@ -86,7 +86,9 @@ def input_problem(args: argparse.Namespace) -> str | None:
     from logpipe.producer.source import compression_of
     from logpipe.verify import TruthFileError, load_truth
 
-    if not args.log.exists() or args.log.is_dir():  # a regular file, or a pipe (`--log <(zcat access.log.gz)`)
+    if args.log.is_dir():
+        return f"--log {args.log} is a folder: give the log file that was produced into the topic"
+    if not args.log.exists():  # a regular file, or a pipe (`--log <(zcat access.log.gz)`)
         return f"no such log file: {args.log}"
     if args.log.is_file():
         try:

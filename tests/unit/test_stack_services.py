@@ -78,6 +78,22 @@ def _kafka(s: Settings) -> services.Service:
     return services.services(s, Layout(s.run_dir))[0]
 
 
+def _kafka_listening(lay: Layout, kafka: services.Service, procs: list) -> subprocess.Popen:
+    """A process that looks like this run folder's Kafka (its command line) and listens on its ports at
+    127.0.0.1, recorded as its pid."""
+    code = ("import socket\nsocks = []\n"
+            f"for port in {list(kafka.ports)}:\n"
+            "    x = socket.socket(); x.bind(('127.0.0.1', port)); x.listen(); socks.append(x)\n"
+            "print('ready', flush=True)\nimport time\ntime.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, KAFKA_MAIN, f"{lay.root}/conf/kafka/server.properties"],
+                         stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    assert p.stdout.readline().strip() == "ready"
+    lay.pids.mkdir(exist_ok=True)
+    services._record_pid(lay, kafka, p.pid)
+    return p
+
+
 def _lock_is_held(run_dir: Path) -> bool:
     """True if someone (this process included: flock conflicts between open files) holds run_dir/stack.lock."""
     with open(run_dir / "stack.lock", "a") as f:
@@ -276,16 +292,7 @@ def test_a_running_service_on_another_bind_host_is_refused_before_anything_start
     s = _settings(run_dir, free_ports)
     lay = Layout(run_dir)
     kafka = _kafka(s)
-    listen = ("import socket\nsocks = []\n"
-              f"for port in {list(kafka.ports)}:\n"
-              "    x = socket.socket(); x.bind(('127.0.0.1', port)); x.listen(); socks.append(x)\n")
-    code = listen + "print('ready', flush=True)\nimport time\ntime.sleep(60)\n"
-    p = subprocess.Popen([sys.executable, "-c", code, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties"],
-                         stdout=subprocess.PIPE, text=True)
-    procs.append(p)
-    assert p.stdout.readline().strip() == "ready"
-    lay.pids.mkdir()
-    services._record_pid(lay, kafka, p.pid)
+    p = _kafka_listening(lay, kafka, procs)
     services._check_before_start(s, lay)  # as set: nothing to say (the other services' ports are free)
     moved = s.with_overrides(bind_host="127.0.0.2")
     t = time.monotonic()
@@ -303,16 +310,7 @@ def test_status_shows_the_ports_a_service_really_listens_on(run_dir, free_ports,
     s = _settings(run_dir, free_ports)
     lay = Layout(run_dir)
     kafka = _kafka(s)
-    code = ("import socket\nsocks = []\n"
-            f"for port in {list(kafka.ports)}:\n"
-            "    x = socket.socket(); x.bind(('127.0.0.1', port)); x.listen(); socks.append(x)\n"
-            "print('ready', flush=True)\nimport time\ntime.sleep(60)\n")
-    p = subprocess.Popen([sys.executable, "-c", code, KAFKA_MAIN, f"{run_dir}/conf/kafka/server.properties"],
-                         stdout=subprocess.PIPE, text=True)
-    procs.append(p)
-    assert p.stdout.readline().strip() == "ready"
-    lay.pids.mkdir()
-    services._record_pid(lay, kafka, p.pid)
+    _kafka_listening(lay, kafka, procs)
     [row] = [r for r in services.status(s) if r["service"] == "kafka"]
     assert row["running"] and row["ports_as_set"] and row["ports"] == ",".join(f"127.0.0.1:{p}" for p in kafka.ports)
     other = free_ports(1)[0]

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from logpipe.cli import add_setting_flags, output_file_problem, settings_from_args
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.table import Table
 
     from logpipe.config import Settings
@@ -196,18 +198,25 @@ def kafka_text(k: dict | None) -> str:
     return text
 
 
+def not_ready(probe: "Callable[[], object]", what: str, timeout: float, hint: str) -> str | None:
+    """Why `what` did not answer `probe` within `timeout` seconds (the wait's one line, with `hint`), or None."""
+    from logpipe import health
+
+    try:
+        health.wait_until(probe, what=what, timeout=timeout, hint=hint)
+    except health.ServiceTimeout as exc:
+        return str(exc)
+    return None
+
+
 def kafka_problem(s: "Settings") -> str | None:
     """Why the alerts topic cannot be read (no broker answers within connect_timeout_s), or None: said before
     the recount, in one line, not as a MISMATCH of the alerts after it."""
     from logpipe import health
 
-    try:
-        health.wait_until(lambda: health.probe_kafka(s.kafka_address), what=f"Kafka at {s.kafka_address}",
-                          timeout=s.connect_timeout_s, hint="verify reads the job's alerts topic from it. Is the "
-                          "broker running? `logpipe stack status`; LOGPIPE_KAFKA_BOOTSTRAP must name it.")
-    except health.ServiceTimeout as exc:
-        return str(exc)
-    return None
+    return not_ready(lambda: health.probe_kafka(s.kafka_address), f"Kafka at {s.kafka_address}", s.connect_timeout_s,
+                     "verify reads the job's alerts topic from it. Is the broker running? `logpipe stack status`; "
+                     "LOGPIPE_KAFKA_BOOTSTRAP must name it.")
 
 
 def results_problem(s: "Settings") -> str | None:
@@ -217,12 +226,10 @@ def results_problem(s: "Settings") -> str | None:
     from logpipe.results import webhdfs_fs
     from logpipe.root_layout import COMMITS
 
-    try:
-        health.wait_until(lambda: health.probe_blocks_reported(s.webhdfs_address), what=f"HDFS at {s.webhdfs_address}",
-                          timeout=s.connect_timeout_s, hint="Is the NameNode (and DataNode) running? "
-                          "`logpipe stack status`; LOGPIPE_WEBHDFS_URL must name the NameNode's web address.")
-    except health.ServiceTimeout as exc:
-        return str(exc)
+    if problem := not_ready(lambda: health.probe_blocks_reported(s.webhdfs_address), f"HDFS at {s.webhdfs_address}",
+                            s.connect_timeout_s, "Is the NameNode (and DataNode) running? `logpipe stack status`; "
+                            "LOGPIPE_WEBHDFS_URL must name the NameNode's web address."):
+        return problem
     try:
         found = webhdfs_fs(s).exists(s.hdfs_path(COMMITS))
     except OSError as exc:  # a folder of the root's path the HDFS user may not read, HDFS gone since the wait

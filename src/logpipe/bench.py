@@ -388,7 +388,7 @@ def _run_stages(s: Settings, run: BenchRun, client: str, env: dict[str, str], sa
         batch_lines = json.loads((run_dir / "batch.json").read_text())["lines"]
         if batch_lines != lines:  # its rate is computed from the log's line count: it must have read them all
             raise BenchFailed(f"the batch reference read {batch_lines:,} lines, the log has {lines:,}")
-    stages.append(_verify_stage("verify", log_path, env, sampler, lines, run_dir))
+    _verify_stage("verify", log_path, env, sampler, lines, run_dir, stages)
     if not pipeline:
         return lines, e2e_seq, e2e_seq
     penv = {**env, "LOGPIPE_TOPIC": run.topic + "-pipeline", "LOGPIPE_ALERTS_TOPIC": run.topic + "-pipeline-alerts",
@@ -397,19 +397,19 @@ def _run_stages(s: Settings, run: BenchRun, client: str, env: dict[str, str], sa
                         "produce": _cli("produce", str(log_path), "--client", client)},
                        penv, sampler, lines, run_dir)
     stages.append(e2e)
-    stages.append(_verify_stage("verify-pipeline", log_path, penv, sampler, lines, run_dir))
+    _verify_stage("verify-pipeline", log_path, penv, sampler, lines, run_dir, stages)
     return lines, e2e_seq, e2e
 
 
 def _verify_stage(name: str, log_path: Path, env: dict[str, str], sampler: ResourceSampler, lines: int,
-                  run_dir: Path) -> Stage:
-    """`logpipe verify` of the log against the stage's results, its report in <name>.json. It exits 1 on a
-    mismatch: that is a result to record (the row says MISMATCH), not a crash, unless it wrote no report."""
+                  run_dir: Path, stages: list[Stage]) -> None:
+    """`logpipe verify` of the log against the stage's results, its report in <name>.json, appended to `stages`.
+    It exits 1 on a mismatch: that is a result to record (the row says MISMATCH), not a crash, unless it wrote no
+    report (BenchFailed, the stage's figures kept)."""
     report = run_dir / f"{name}.json"
-    stage = run_stage(name, _cli("verify", "--log", str(log_path), "--json", str(report)), env, sampler, lines,
-                      run_dir, ok_codes=(0, 1))
+    stages.append(run_stage(name, _cli("verify", "--log", str(log_path), "--json", str(report)), env, sampler, lines,
+                            run_dir, ok_codes=(0, 1)))
     _require_report(report, run_dir / f"{name}.log")
-    return stage
 
 
 def _read_report(path: Path) -> dict[str, Any] | None:

@@ -314,7 +314,7 @@ def seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds") from None
     if not 0 <= value < float("inf"):  # NaN too
-        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be 0 or more")
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a finite number, 0 or more")
     return value
 
 

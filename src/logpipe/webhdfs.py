@@ -6,6 +6,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
+import requests
 from fsspec.implementations.webhdfs import WebHDFS
 
 
@@ -62,6 +63,8 @@ class StrictWebHDFS(WebHDFS):
             return super()._call(*args, **kwargs)
         except RuntimeError as exc:  # fsspec's RuntimeError(message) for a RemoteException it does not map
             raise WebHdfsRemoteError(str(exc)) from exc
+        except requests.RequestException:  # InvalidURL and the like are ValueErrors too: the client's, as they are
+            raise
         except ValueError as exc:  # fsspec's ValueError for IllegalArgumentException / UnsupportedOperationException
             raise WebHdfsRemoteError(f"the NameNode refused the request: {exc}") from exc
 

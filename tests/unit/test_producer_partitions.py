@@ -270,3 +270,28 @@ def test_a_second_producer_of_the_same_log_and_topic_is_refused(monkeypatch, tmp
         link.symlink_to(other)
         with pytest.raises(ProducerBusy, match="is sending .*current"):
             _produce(monkeypatch, tmp_path, link, _PartitionSink(1))
+
+
+def test_an_ending_producer_leaves_the_heartbeat_of_another_producer_of_its_topic(monkeypatch, tmp_path):
+    """The heartbeat file is the topic's; each producer locks its own log. One that ends removes the file (so
+    `health producer` does not count it alive for a minute), unless another producer of the topic holds its lock:
+    the file is that one's heartbeat too."""
+    from logpipe.config import Settings
+    from logpipe.producer.position import PositionStore
+
+    folder = Settings(producer_state_dir=str(tmp_path / "pos")).producer_positions_dir
+    following, one_shot = PositionStore(folder, "access-logs"), PositionStore(folder, "access-logs")
+    log = tmp_path / "access.log"
+    log.write_bytes(b"".join(_line(i) for i in range(3)))
+    with following.exclusive(tmp_path / "live.log"):
+        following.beat()
+        assert _produce(monkeypatch, tmp_path, log, _PartitionSink(1)).lines == 3  # ends beside it
+        assert following.heartbeat_file.exists()
+        with one_shot.exclusive(log):
+            one_shot.end_beat()
+        assert following.heartbeat_file.exists()
+        following.end_beat()  # the last one
+        assert not following.heartbeat_file.exists()
+    following.beat()
+    assert _produce(monkeypatch, tmp_path, log, _PartitionSink(1)).lines == 0  # alone: its end removes the file
+    assert not following.heartbeat_file.exists()

@@ -78,11 +78,12 @@ def _kafka(s: Settings) -> services.Service:
     return services.services(s, Layout(s.run_dir))[0]
 
 
-def _kafka_listening(lay: Layout, kafka: services.Service, procs: list) -> subprocess.Popen:
-    """A process that looks like this run folder's Kafka (its command line) and listens on its ports at
-    127.0.0.1, recorded as its pid."""
+def _kafka_listening(lay: Layout, kafka: services.Service, procs: list,
+                     ports: tuple[int, ...] | None = None) -> subprocess.Popen:
+    """A process that looks like this run folder's Kafka (its command line) and listens on its ports (or those
+    of `ports`) at 127.0.0.1, recorded as its pid."""
     code = ("import socket\nsocks = []\n"
-            f"for port in {list(kafka.ports)}:\n"
+            f"for port in {list(kafka.ports if ports is None else ports)}:\n"
             "    x = socket.socket(); x.bind(('127.0.0.1', port)); x.listen(); socks.append(x)\n"
             "print('ready', flush=True)\nimport time\ntime.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", code, KAFKA_MAIN, f"{lay.root}/conf/kafka/server.properties"],
@@ -310,7 +311,7 @@ def test_status_shows_the_ports_a_service_really_listens_on(run_dir, free_ports,
     s = _settings(run_dir, free_ports)
     lay = Layout(run_dir)
     kafka = _kafka(s)
-    _kafka_listening(lay, kafka, procs)
+    p = _kafka_listening(lay, kafka, procs)
     [row] = [r for r in services.status(s) if r["service"] == "kafka"]
     assert row["running"] and row["ports_as_set"] and row["ports"] == ",".join(f"127.0.0.1:{p}" for p in kafka.ports)
     other = free_ports(1)[0]
@@ -324,6 +325,12 @@ def test_status_shows_the_ports_a_service_really_listens_on(run_dir, free_ports,
     assert cli.main(["stack", "status"]) == 3
     out = capsys.readouterr().out
     assert "running, on other ports" in out and "kafka listens on other ports than the LOGPIPE_* port" in out, out
+    half = s.with_overrides(kafka_controller_port=other)  # as if it had bound one of its two ports yet
+    p.kill()
+    p.wait()
+    _kafka_listening(lay, services.services(half, lay)[0], procs, ports=kafka.ports[:1])
+    [row] = [r for r in services.status(half) if r["service"] == "kafka"]
+    assert row["running"] and row["ports_as_set"]  # still starting: not "on other ports"
 
 
 def test_down_does_not_wipe_under_a_service_it_could_not_stop(run_dir, free_ports, procs, monkeypatch):

@@ -883,9 +883,14 @@ def test_windows_missing_after_an_unflushed_batch_say_how_to_write_them(tmp_path
     pq.write_table(t.slice(0, t.num_rows - 1), path)  # a window the job had not closed yet
     local = fsspec.filesystem("file")
     r = verify_run(s, log, fs=local, alerts_on_kafka=False)
+    assert not r.ok and r.windows_by_host["missing"] == 1 and "hint" not in r.windows_by_host  # it left none open
+    marker = root / "_commits" / "ingest" / "b0000000000.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "open_window_rows": 4}))
+    r = verify_run(s, log, fs=local, alerts_on_kafka=False)
     assert not r.ok and r.windows_by_host["missing"] == 1 and r.windows_by_status["missing"] == 0
     hint = r.windows_by_host["hint"]
-    assert "last micro-batch (0) was not followed by a flush" in hint and "stream --until-done" in hint
+    assert "last micro-batch (0) left 4 window rows open and no flush wrote them" in hint, hint
+    assert "stream --until-done" in hint and "hint" not in r.windows_by_status  # none missing there
     (root / "_commits" / "flush").mkdir()
     (root / "_commits" / "flush" / "f0000000000.json").write_text(json.dumps({"batch": 0, "rows": 0}))
     r = verify_run(s, log, fs=local, alerts_on_kafka=False)

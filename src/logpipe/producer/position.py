@@ -85,6 +85,7 @@ class PositionStore:
     def __init__(self, directory: Path, topic: str) -> None:
         safe_topic = re.sub(r"[^A-Za-z0-9._-]", "_", topic)
         self.directory = Path(directory) / safe_topic
+        self._locks_held: set[str] = set()  # the names of the lock files `exclusive` holds now
 
     def _file(self, key: str) -> Path:
         return self.directory / (key.replace(":", "-") + ".json")
@@ -186,10 +187,33 @@ class PositionStore:
                                        f"(lock file {lock})") from None
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._locks_held.add(lock.name)
             yield
         finally:
+            self._locks_held.clear()
             for fd in fds:
                 os.close(fd)  # releases its lock
+
+    def end_beat(self) -> None:
+        """The producer ends (call it inside `exclusive`): remove the heartbeat file, so that `logpipe health
+        producer` does not count it alive for the heartbeat's last minute; unless another producer of this topic
+        (another log, the same positions folder: it holds a lock of its own) runs, whose heartbeat it is too."""
+        import fcntl
+
+        for lock in self.directory.glob("producer-*.lock"):
+            if lock.name in self._locks_held:
+                continue
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # held: another producer runs
+            finally:
+                os.close(fd)
+        self.heartbeat_file.unlink(missing_ok=True)
 
     def clear(self) -> int:
         """Delete every saved position of this topic; returns how many there were."""

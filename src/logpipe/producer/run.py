@@ -179,8 +179,8 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
         try:
             return _produce_file(s, path, store, follow=follow, reset=reset, progress=progress,
                                  stop_event=stop_event)
-        finally:  # ended: `logpipe health producer` must not count it alive for the heartbeat's minute
-            store.heartbeat_file.unlink(missing_ok=True)
+        finally:
+            store.end_beat()
 
 
 def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool, reset: bool,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from logpipe.config import Settings
+from logpipe.stack.configs import native_kafka_address, native_webhdfs_address
 from logpipe.stack.java import spark_java_home
 from logpipe.stack.layout import Layout
 
@@ -187,8 +188,6 @@ def train(out: Path, base: Settings) -> None:
     from logpipe.spark import build_spark
     from logpipe.streaming.job import SPARK_CONF
     from logpipe.streaming.run import run_stream
-
-    from logpipe.stack.services import native_kafka_address, native_webhdfs_address
 
     name = _training_name(os.getpid())
     with tempfile.TemporaryDirectory(prefix="logpipe-aot-") as tmp:

@@ -1,4 +1,5 @@
-"""The configuration files `stack up` writes for the Kafka broker and the HDFS daemons, all bound to one address."""
+"""The native stack's configuration: the files `stack up` writes for the Kafka broker and the HDFS daemons, and
+the addresses they listen on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from logpipe.stack.layout import Layout
 
 # the HDFS daemons' logging, natively and in the compose containers (hdfs_service/Dockerfile copies it)
 HDFS_LOG4J = Path(__file__).with_name("hdfs-log4j.properties")
+
+
+def native_kafka_address(s: Settings) -> str:
+    """Where the native stack's broker listens (LOGPIPE_KAFKA_BOOTSTRAP, a client setting, may name another)."""
+    return f"{s.bind_host}:{s.kafka_port}"
+
+
+def native_webhdfs_address(s: Settings) -> str:
+    """Where the native stack's NameNode serves HTTP (LOGPIPE_WEBHDFS_URL, a client setting, may name another)."""
+    return f"http://{s.bind_host}:{s.namenode_http_port}"
 
 
 def hadoop_xml(props: dict[str, str]) -> str:

@@ -22,7 +22,7 @@ from logpipe import health
 from logpipe.config import Settings
 from logpipe.procstats import start_ticks
 from logpipe.stack.aot import ensure_aot_cache
-from logpipe.stack.configs import write_configs
+from logpipe.stack.configs import native_kafka_address, native_webhdfs_address, write_configs
 from logpipe.stack.jars import StackError, classpath, resolve
 from logpipe.stack.java import java_binary
 from logpipe.stack.layout import Layout, stack_lock
@@ -214,16 +214,6 @@ def namenode_formatted(name_dir: Path) -> bool:
     image holds nothing to lose (there is nothing the NameNode could load), so it is formatted again."""
     current = name_dir / "current"
     return (current / "VERSION").is_file() and any(current.glob("fsimage_*"))
-
-
-def native_kafka_address(s: Settings) -> str:
-    """Where the native stack's broker listens (LOGPIPE_KAFKA_BOOTSTRAP, a client setting, may name another)."""
-    return f"{s.bind_host}:{s.kafka_port}"
-
-
-def native_webhdfs_address(s: Settings) -> str:
-    """Where the native stack's NameNode serves HTTP (LOGPIPE_WEBHDFS_URL, a client setting, may name another)."""
-    return f"http://{s.bind_host}:{s.namenode_http_port}"
 
 
 def _ready_probe(s: Settings, name: str) -> Callable[[], object]:
@@ -471,7 +461,9 @@ def status(s: Settings) -> list[dict]:
         pid = our_pid(lay, svc)
         wanted = _addresses_as_set(s, svc)
         listening = _listening_addresses(pid) if pid is not None else set()
-        as_set = not listening or wanted <= listening  # none yet: still starting, or not ours to read
+        # on other ports only once it listens on as many ports as it has: a service binds them seconds apart, and
+        # one that has bound some is still starting (the DataNode adds a port of its own at random)
+        as_set = wanted <= listening or len({port for _ip, port in listening}) < len(svc.ports)
         ports = (",".join(f"{s.bind_host}:{p}" for p in svc.ports) if as_set
                  else ",".join(f"{ip}:{port}" for ip, port in sorted(listening, key=lambda a: (a[1], a[0]))))
         rows.append({"service": svc.name, "running": pid is not None, "pid": pid, "ports": ports,

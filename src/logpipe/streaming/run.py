@@ -121,8 +121,8 @@ def make_alerts_topic(s: Settings) -> None:
 
 
 # what a root holds before the job's first run wrote its record: the lease (under _commits/), Spark's checkpoints,
-# the demo's mark of the log it replays
-ROOT_ENTRIES_BEFORE_THE_RECORD = frozenset({"_commits", "_checkpoints", "_source.json"})
+# the demo's mark of the log it replays, the batch reference's tables (`python -m logpipe.streaming.batch`)
+ROOT_ENTRIES_BEFORE_THE_RECORD = frozenset({"_commits", "_checkpoints", "_source.json", "_batch_reference"})
 
 
 def foreign_entries(s: Settings, fs: Any) -> list[str]:
@@ -147,7 +147,7 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
     fs = webhdfs_fs(s)
     path = s.hdfs_path(*ROOT_SETTINGS_FILE.split("/"))
     try:
-        if not fs.exists(path):  # a new root; one whose record is gone is judged by the job as before
+        if not fs.exists(path):  # a new root, or one of files the job did not write (its record lost: the job judges)
             if foreign := foreign_entries(s, fs):
                 raise ResultsRootMismatch(
                     f"{s.hdfs_uri()} holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''} but no "

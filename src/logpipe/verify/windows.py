@@ -9,7 +9,7 @@ import numpy as np
 
 from logpipe.config import Settings
 from logpipe.results import committed_tags, load_arrow
-from logpipe.root_layout import tag_id
+from logpipe.root_layout import batch_tag, marker_path, tag_id
 from logpipe.verify.recount import PARSED_FIELDS, LogCounts, KeyedCounts, _pack, row_fingerprint
 from logpipe.verify.tables import _epoch_s_arrow, keyed_counts_of_table
 from logpipe.windows import window_starts_array
@@ -174,21 +174,26 @@ def compare_window_tables(s: Settings, fs: Any, counts: LogCounts, size_s: int) 
         del actual
     if any(c.get("missing") for c in comparisons.values()) and (hint := unflushed_hint(s, fs)):
         for c in comparisons.values():
-            c["hint"] = hint
+            if c.get("missing"):
+                c["hint"] = hint
     return comparisons
 
 
 def unflushed_hint(s: Settings, fs: Any) -> str | None:
-    """What missing window rows may mean when the job's last micro-batch was not followed by a flush (a
-    continuous `stream` stopped, or still running): the windows still open then are not written yet. None when it
-    was flushed (a window missing then is missing) or no batch was committed."""
+    """What missing window rows may mean when the job's last micro-batch left windows open and no flush wrote
+    them (a continuous `stream` stopped, or still running): those are not written yet. None when it was flushed or
+    left none open (a window missing then is missing), or no batch was committed."""
     ids = {tag_id(t) for t in committed_tags(s, fs)} - {None}
     last = max((n for kind, n in ids if kind == "b"), default=None)
     if last is None or ("f", last) in ids:
         return None
-    return (f"the job's last micro-batch ({last}) was not followed by a flush: the windows still open when it "
-            "stopped are not written yet (a continuous `logpipe stream` writes a window once the watermark passes "
-            "its end); `logpipe stream --until-done` on this root writes them, then run verify again")
+    record = json.loads(fs.cat(marker_path(s.hdfs_path(), "ingest", batch_tag(last))))
+    open_rows = int(record.get("open_window_rows", 0))
+    if not open_rows:  # the job writes no flush then: nothing was left to write
+        return None
+    return (f"the job's last micro-batch ({last}) left {open_rows:,} window rows open and no flush wrote them: a "
+            "continuous `logpipe stream` writes a window once the watermark passes its end; `logpipe stream "
+            "--until-done` on this root writes them, then run verify again")
 
 
 def not_compared(expected: KeyedCounts, rows: Any, problems: list[str], n_rows: int | None = None) -> dict[str, Any]:

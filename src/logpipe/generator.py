@@ -153,7 +153,7 @@ class LogGenerator:
         if fmt not in AVG_LINE_BYTES:
             raise ValueError(f"unknown format {fmt!r}: seed, clf or combined")
         if not 0 < rate < math.inf:  # NaN too
-            raise ValueError(f"rate must be a number > 0 lines per second, not {rate}")
+            raise ValueError(f"rate must be > 0 lines per second, not {rate}")
         if not 0.0 <= malformed_share < 0.5:
             raise ValueError("malformed share must be in [0, 0.5)")
         if not 0.0 <= out_of_order_share < 0.5:

@@ -324,7 +324,7 @@ def test_sigterm_leaves_no_partial_file_either(tmp_path):
 
 @pytest.mark.parametrize("rate", [float("nan"), float("inf"), 0.0, -1.0])
 def test_a_rate_that_is_no_positive_number_is_refused(rate):
-    with pytest.raises(ValueError, match="rate must be a number > 0 lines per second"):
+    with pytest.raises(ValueError, match=f"rate must be > 0 lines per second, not {rate}"):
         LogGenerator(rate=rate)
 
 

@@ -762,6 +762,7 @@ def test_a_folder_of_other_files_is_not_taken_for_a_results_root(tmp_path, monke
     (root / "_checkpoints").mkdir()
     (root / "_source.json").write_text("{}")
     (root / "_batch_reference" / "by_host").mkdir(parents=True)  # `python -m logpipe.streaming.batch` on the root
+    (root / "windows" / "by_status").mkdir(parents=True)  # empty folders made first (e.g. to give them a quota)
     run.precheck_root(s, None)
     (root / "events").mkdir()
     (root / "events" / "x.parquet").write_bytes(b"PAR1")

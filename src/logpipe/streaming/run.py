@@ -126,14 +126,20 @@ ROOT_ENTRIES_BEFORE_THE_RECORD = frozenset({"_commits", "_checkpoints", "_source
 
 
 def foreign_entries(s: Settings, fs: Any) -> list[str]:
-    """What a results root without the job's record holds that the job did not put there (sorted names), unless
-    it holds committed batches (a root whose record was lost is the job's own)."""
+    """The entries of a results root without the job's record that hold files the job did not put there (sorted
+    names), unless it holds committed batches (a root whose record was lost is the job's own). Empty folders are
+    not counted: nothing in them can be read as results (an administrator may make a table's folder first, e.g. to
+    give it a quota)."""
     from logpipe.root_layout import COMMITS
 
     if not fs.exists(s.hdfs_path()) or fs.exists(s.hdfs_path(COMMITS, "ingest")):
         return []
-    names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(s.hdfs_path(), detail=False))
-    return sorted(n for n in names if n not in ROOT_ENTRIES_BEFORE_THE_RECORD)
+    found = []
+    for entry in fs.ls(s.hdfs_path(), detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name not in ROOT_ENTRIES_BEFORE_THE_RECORD and (entry["type"] != "directory" or fs.find(entry["name"])):
+            found.append(name)
+    return sorted(found)
 
 
 def precheck_root(s: Settings, topic_id: str | None) -> None:

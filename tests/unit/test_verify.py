@@ -846,11 +846,12 @@ def test_the_command_prints_every_check_and_its_verdict(tmp_path, monkeypatch, c
     real_run = logpipe.verify.verify_run
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: local)
     monkeypatch.setattr(command, "results_problem", lambda s: None)  # its wait for a NameNode: none here
-    monkeypatch.setattr(command, "kafka_problem", lambda s: None)  # the alerts topic is not read here
-    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: real_run(*a, **k, fs=local,
-                                                                                alerts_on_kafka=False))
-    assert main(["verify", "--log", str(log), "--hdfs-root", str(root)]) == 0
+    # --no-kafka: the results on HDFS (here a local folder) only, no broker asked
+    monkeypatch.setattr(command, "kafka_problem", lambda s: pytest.fail("asked Kafka with --no-kafka"))
+    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: real_run(*a, **k, fs=local))
+    assert main(["verify", "--log", str(log), "--hdfs-root", str(root), "--no-kafka"]) == 0
     out = capsys.readouterr().out
+    assert "the alerts topic not checked (--no-kafka)" in out, out
     for row in ("accounting", "windows by host", "windows by status", "alerts vs rules", "alerts vs ground truth"):
         assert row in out, out
     assert "lines 5 = parsed 3 + quarantined 2" in out and "5 rows compared: missing 0" in out
@@ -860,7 +861,7 @@ def test_the_command_prints_every_check_and_its_verdict(tmp_path, monkeypatch, c
     counts = t.column("count").to_pylist()
     pq.write_table(t.set_column(t.schema.get_field_index("count"), "count",
                                 pa.array([counts[0] + 1, *counts[1:]], pa.int64())), path)
-    assert main(["verify", "--log", str(log), "--hdfs-root", str(root)]) == 1
+    assert main(["verify", "--log", str(log), "--hdfs-root", str(root), "--no-kafka"]) == 1
     out = capsys.readouterr().out
     assert "wrong 1" in out and out.rstrip().endswith("verify: MISMATCH")
 

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--lenient-truth", action="store_true",
                    help="report recall/precision against the truth file but do not fail on them")
+    p.add_argument("--no-kafka", action="store_true",
+                   help="check the results on HDFS only: skip the check that every alert was published to the "
+                        "Kafka alerts topic (the report says it was not checked); for results whose broker is gone")
     add_setting_flags(p, "hdfs_root", "max_message_bytes")
     # no flags for the window, the rules or the alerts topic: a root's own record of them always wins
     p.epilog = ("The window, slide, watermark, alert rules and alerts topic a root's results were made with are "
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"logpipe verify: {problem}", file=sys.stderr)
         return 2
     s = settings_from_args(args)
-    problem = results_problem(s) or kafka_problem(s)
+    problem = results_problem(s) or (None if args.no_kafka else kafka_problem(s))
     if problem:
         print(f"logpipe verify: {problem}", file=sys.stderr)
         return 1
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         s, notes = settings_of_results(s)
         for note in notes:
             print(f"logpipe verify: the results were made with {note}: checking with the job's", file=sys.stderr)
-        r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True)
+        r = verify_run(s, args.log, args.truth, strict_truth=not args.lenient_truth, progress=True,
+                       alerts_on_kafka=not args.no_kafka)
     except ResultsSettingsError as exc:
         print(f"logpipe verify: {exc}", file=sys.stderr)
         return 1
@@ -177,7 +181,7 @@ def truth_text(tr: dict) -> str:
 def kafka_text(k: dict | None) -> str:
     """The alerts topic's line of the report (None: not checked)."""
     if k is None:
-        return "the alerts topic not checked"
+        return "the alerts topic not checked (--no-kafka)"
     text = f"on Kafka topic {k['topic']}: {k['missing']} not published"
     if k.get("error"):
         return f"{text} ({k['error']})"
@@ -211,12 +215,12 @@ def not_ready(probe: "Callable[[], object]", what: str, timeout: float, hint: st
 
 def kafka_problem(s: "Settings") -> str | None:
     """Why the alerts topic cannot be read (no broker answers within connect_timeout_s), or None: said before
-    the recount, in one line, not as a MISMATCH of the alerts after it."""
+    the recount, in one line, not as a MISMATCH of the alerts after it (`--no-kafka` skips that check)."""
     from logpipe import health
 
     return not_ready(lambda: health.probe_kafka(s.kafka_address), f"Kafka at {s.kafka_address}", s.connect_timeout_s,
                      "verify reads the job's alerts topic from it. Is the broker running? `logpipe stack status`; "
-                     "LOGPIPE_KAFKA_BOOTSTRAP must name it.")
+                     "LOGPIPE_KAFKA_BOOTSTRAP must name it (or --no-kafka: check the results on HDFS only).")
 
 
 def results_problem(s: "Settings") -> str | None:

@@ -128,7 +128,8 @@ def probe_kafka(bootstrap: str) -> int:
     if closed and len(closed) == len(addresses):
         raise NotReady(f"nothing listens on {', '.join(closed)}")
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="logpipe-health")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000,
+                                 client_id="logpipe-health")
     except KafkaConfigurationError:
         raise
     except (KafkaError, ValueError) as exc:
@@ -151,7 +152,8 @@ def probe_topic(bootstrap: str, topic: str) -> None:
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="logpipe-health")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000,
+                                 client_id="logpipe-health")
     except (KafkaError, ValueError) as exc:
         raise NotReady(f"Kafka at {bootstrap}: {exc!r}") from exc
     try:

@@ -89,12 +89,14 @@ class TopicReadTimeout(TimeoutError):
 def read_topic(s: Settings, topic: str, timeout_s: float = 30.0) -> list:
     """Every record of `topic` (kafka-python ConsumerRecords, by partition, in offset order), from each partition's
     start to its end offset when called: done as soon as the last record is read, with no idle wait, and no
-    consumer group (nothing committed). TopicNotFound if it does not exist; TopicReadTimeout if it was not read to
-    its end within `timeout_s`; a KafkaError if the broker is not reachable."""
+    consumer group (nothing committed). TopicNotFound if it does not exist; TopicReadTimeout if no record came for
+    `timeout_s` before its end (a large topic that keeps coming is read to its end, however long that takes); a
+    KafkaError if the broker is not reachable."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, enable_auto_commit=False,
-                             request_timeout_ms=int(timeout_s * 1000) + 5000, client_id="logpipe-reader")
+                             request_timeout_ms=int(timeout_s * 1000) + 5000,
+                             bootstrap_timeout_ms=int(timeout_s * 1000), client_id="logpipe-reader")
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:  # a topic has a partition at least
@@ -103,15 +105,22 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 30.0) -> list:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
+        total = sum(end.values()) - sum(consumer.beginning_offsets(tps).values())  # retention may have removed some
         records: list = []
         deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
+
+        def at_end(tp: TopicPartition) -> bool:  # position() waits for a gone broker without a time limit of its own
+            pos = consumer.position(tp, timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)))
+            return pos is not None and pos >= end[tp]
+
+        while not all(at_end(tp) for tp in tps):
             if time.monotonic() > deadline:
-                raise TopicReadTimeout(f"could not read {topic} to its end in {timeout_s:.0f}s ({len(records):,} "
-                                       f"records read so far): is the broker at {s.kafka_address} overloaded? "
-                                       "`logpipe stack status`", records)
+                raise TopicReadTimeout(f"no record of {topic} came for {timeout_s:.0f}s before its end "
+                                       f"({len(records):,} of {total:,} read): is the broker at {s.kafka_address} "
+                                       "running, and not overloaded? `logpipe stack status`", records)
             for tp, batch in consumer.poll(timeout_ms=500, max_records=50_000).items():
                 records.extend(r for r in batch if r.offset < end[tp])
+                deadline = time.monotonic() + timeout_s
         return records
     finally:
         consumer.close()

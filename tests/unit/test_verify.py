@@ -866,6 +866,63 @@ def test_the_command_prints_every_check_and_its_verdict(tmp_path, monkeypatch, c
     assert "wrong 1" in out and out.rstrip().endswith("verify: MISMATCH")
 
 
+def test_an_alerts_topic_it_cannot_read_is_unchecked_not_a_finding(free_ports):
+    """Kafka lost after verify's pre-check: the topic's read fails after connect_timeout_s (it waited a fixed 30 s
+    to bootstrap, whatever the setting). With alerts to find, the check is `unchecked` (not ok, and not a finding
+    about the alerts); with none to find, there is nothing to check."""
+    import pandas as pd
+
+    from logpipe.verify import check_alerts_on_kafka
+
+    s = Settings(kafka_bootstrap=f"127.0.0.1:{free_ports(1)[0]}", connect_timeout_s=1)  # nothing listens there
+    lost = check_alerts_on_kafka(s, pd.DataFrame({"alert_id": ["a1", "a2"]}))
+    assert not lost["ok"] and lost["unchecked"] and lost["missing"] == 2, lost
+    assert f"Kafka at {s.kafka_address} not reachable" in lost["error"] and "stack status" in lost["error"]
+    none = check_alerts_on_kafka(s, pd.DataFrame({"alert_id": pd.Series([], dtype=str)}))
+    assert none["ok"] and not none["unchecked"], none
+
+
+def test_a_report_with_only_the_alerts_topic_unread_is_incomplete_not_a_mismatch(tmp_path, monkeypatch, capsys):
+    """Every check made passed, the topic could not be read: the verdict is INCOMPLETE (exit 1: nothing is proven
+    exact), the alerts row says `unchecked` and why, and the JSON report has the verdict. A check that also failed
+    makes it a MISMATCH again."""
+    import json
+    from dataclasses import replace
+
+    import fsspec
+
+    import logpipe.results
+    import logpipe.verify
+    from logpipe.cli import main
+    from logpipe.commands import verify as command
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LOG_LINES) + b"\n")
+    s, root = _results_root(tmp_path, log)
+    local = fsspec.filesystem("file")
+    exact = logpipe.verify.verify_run(s, log, fs=local, alerts_on_kafka=False)
+    assert exact.ok and exact.verdict == "exact" and exact.unchecked is None
+    error = "Kafka at 127.0.0.1:9 not reachable (KafkaTimeoutError: Unable to bootstrap from 127.0.0.1:9)"
+    lost = {"topic": "alerts", "published": 0, "missing": 1, "copies": 0, "error": error, "ok": False,
+            "unchecked": True}
+    unread = replace(exact, ok=False, alerts={**exact.alerts, "kafka": lost, "ok": False})
+    assert unread.verdict == "incomplete" and unread.unchecked == error
+    assert replace(unread, windows_by_host={**exact.windows_by_host, "ok": False}).verdict == "mismatch"
+    assert replace(unread, alerts={**unread.alerts, "rules_ok": False}).verdict == "mismatch"
+    assert replace(unread, alerts={**unread.alerts, "kafka": {**lost, "unchecked": False}}).verdict == "mismatch"
+
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: local)
+    monkeypatch.setattr(command, "results_problem", lambda s: None)
+    monkeypatch.setattr(command, "kafka_problem", lambda s: None)  # the broker answered the pre-check
+    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: unread)
+    report = tmp_path / "verify.json"
+    assert main(["verify", "--log", str(log), "--hdfs-root", str(root), "--json", str(report)]) == 1
+    out = " ".join(capsys.readouterr().out.split())  # the table wraps long cells
+    assert "verify: INCOMPLETE" in out and "MISMATCH" not in out and "unchecked" in out, out
+    assert "Unable to bootstrap from 127.0.0.1:9" in out and "--no-kafka" in out
+    assert json.loads(report.read_text())["verdict"] == "incomplete"
+
+
 def test_windows_missing_after_an_unflushed_batch_say_how_to_write_them(tmp_path):
     """A continuous `stream` stopped with Ctrl-C leaves its open windows unwritten: verify reported them missing
     (MISMATCH) without a word on why. It says so while the last batch has no flush, not once it has one."""

@@ -296,8 +296,9 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
                       "above".format(acc.get("job_parsed_unique", 0), acc.get("job_quarantined_unique", 0)))
     compared = report.get("windows_compared")
     compared = f"{compared:,}" if isinstance(compared, int) else "?"
-    console.print(f"verify: {'[green]exact' if report.get('ok') else '[red]MISMATCH'}[/] "
-                  f"({compared} window counts compared)")
+    verdict = {"exact": "[green]exact", "incomplete": "[yellow]INCOMPLETE (the alerts topic could not be read)"}.get(
+        report.get("verdict", "exact" if report.get("ok") else ""), "[red]MISMATCH")
+    console.print(f"verify: {verdict}[/] ({compared} window counts compared)")
     by_host = load_arrow(s, "windows/by_host", ["host", "count"])  # ~1.5 rows a line: summed up in Arrow
     if by_host is not None and by_host.num_rows:
         top = by_host.group_by("host").aggregate([("count", "max")]).sort_by([("count_max", "descending")])

@@ -74,8 +74,24 @@ class VerifyReport:
     # a reader to see that they are the ones meant, not only that the job agrees with itself
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def unchecked(self) -> str | None:
+        """Why a check could not be made (the alerts topic unreadable: the broker lost during verify), or None."""
+        kafka = self.alerts.get("kafka") or {}
+        return kafka.get("error") if kafka.get("unchecked") else None
+
+    @property
+    def verdict(self) -> str:
+        """"exact"; "incomplete" when every check made passed but one could not be made (see `unchecked`); else
+        "mismatch"."""
+        if self.ok:
+            return "exact"
+        made_ok = (self.windows_by_host["ok"] and self.windows_by_status["ok"] and self.accounting["ok"]
+                   and self.alerts.get("rules_ok", False) and (self.truth is None or self.truth["ok"]))
+        return "incomplete" if made_ok and self.unchecked else "mismatch"
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=str)
+        return json.dumps({**asdict(self), "verdict": self.verdict}, indent=2, default=str)
 
 
 def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, strict_truth: bool = True,

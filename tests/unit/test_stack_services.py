@@ -82,16 +82,22 @@ def _kafka_listening(lay: Layout, kafka: services.Service, procs: list,
                      ports: tuple[int, ...] | None = None) -> subprocess.Popen:
     """A process that looks like this run folder's Kafka (its command line) and listens on its ports (or those
     of `ports`) at 127.0.0.1, recorded as its pid."""
+    return _listening(lay, kafka, procs, kafka.ports if ports is None else ports,
+                      f"{lay.root}/conf/kafka/server.properties")
+
+
+def _listening(lay: Layout, svc: services.Service, procs: list, ports: tuple[int, ...], *args: str) -> subprocess.Popen:
+    """A process whose command line runs svc's main class from this run folder (`args` name it), listening on
+    `ports` at 127.0.0.1 (0: a random one), recorded as svc's pid."""
     code = ("import socket\nsocks = []\n"
-            f"for port in {list(kafka.ports if ports is None else ports)}:\n"
+            f"for port in {list(ports)}:\n"
             "    x = socket.socket(); x.bind(('127.0.0.1', port)); x.listen(); socks.append(x)\n"
             "print('ready', flush=True)\nimport time\ntime.sleep(60)\n")
-    p = subprocess.Popen([sys.executable, "-c", code, KAFKA_MAIN, f"{lay.root}/conf/kafka/server.properties"],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", code, svc.main_class, *args], stdout=subprocess.PIPE, text=True)
     procs.append(p)
     assert p.stdout.readline().strip() == "ready"
     lay.pids.mkdir(exist_ok=True)
-    services._record_pid(lay, kafka, p.pid)
+    services._record_pid(lay, svc, p.pid)
     return p
 
 
@@ -331,6 +337,26 @@ def test_status_shows_the_ports_a_service_really_listens_on(run_dir, free_ports,
     _kafka_listening(lay, services.services(half, lay)[0], procs, ports=kafka.ports[:1])
     [row] = [r for r in services.status(half) if r["service"] == "kafka"]
     assert row["running"] and row["ports_as_set"]  # still starting: not "on other ports"
+
+
+def test_a_starting_datanode_is_not_taken_for_one_on_other_ports(run_dir, free_ports, procs):
+    """The DataNode binds a random port of its own (its internal web server) beside its three: with that one and
+    two of its own bound, and its IPC port not yet, status called it "on other ports" for about a second. All
+    four bound, with one of its own elsewhere, it is on other ports."""
+    s = _settings(run_dir, free_ports)
+    lay = Layout(run_dir)
+    datanode = services.services(s, lay)[2]
+    assert datanode.name == "datanode" and datanode.extra_ports == 1
+    data, http, ipc = datanode.ports
+    p = _listening(lay, datanode, procs, (0, http, data), f"-Dhadoop.log.dir={lay.root}/logs")
+    [row] = [r for r in services.status(s) if r["service"] == "datanode"]
+    assert row["running"] and row["ports_as_set"], row  # still starting
+    p.kill()
+    p.wait()
+    moved_ipc = free_ports(1)[0]
+    _listening(lay, datanode, procs, (0, http, data, moved_ipc), f"-Dhadoop.log.dir={lay.root}/logs")
+    [row] = [r for r in services.status(s) if r["service"] == "datanode"]
+    assert row["running"] and not row["ports_as_set"] and str(moved_ipc) in row["ports"], row
 
 
 def test_down_does_not_wipe_under_a_service_it_could_not_stop(run_dir, free_ports, procs, monkeypatch):

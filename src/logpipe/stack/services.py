@@ -45,6 +45,8 @@ class Service:
     heap: str
     data_dir: Path
     args: tuple[str, ...]
+    # ports it also binds, at random, once up (the DataNode's internal web server, behind its HTTP port)
+    extra_ports: int = 0
 
 
 def services(s: Settings, lay: Layout) -> list[Service]:
@@ -56,7 +58,7 @@ def services(s: Settings, lay: Layout) -> list[Service]:
                 (s.namenode_rpc_port, s.namenode_http_port), s.namenode_heap, lay.data / "namenode", ()),
         Service("datanode", "org.apache.hadoop.hdfs.server.datanode.DataNode", "hdfs",
                 (s.datanode_data_port, s.datanode_http_port, s.datanode_ipc_port), s.datanode_heap,
-                lay.data / "datanode", ()),
+                lay.data / "datanode", (), extra_ports=1),
     ]
 
 
@@ -461,9 +463,10 @@ def status(s: Settings) -> list[dict]:
         pid = our_pid(lay, svc)
         wanted = _addresses_as_set(s, svc)
         listening = _listening_addresses(pid) if pid is not None else set()
-        # on other ports only once it listens on as many ports as it has: a service binds them seconds apart, and
-        # one that has bound some is still starting (the DataNode adds a port of its own at random)
-        as_set = wanted <= listening or len({port for _ip, port in listening}) < len(svc.ports)
+        # on other ports only once it listens on as many ports as it binds: a service binds them seconds apart, and
+        # one that has bound some is still starting (the DataNode's random port counts: bound before its IPC port,
+        # it made a starting DataNode look moved for about a second)
+        as_set = wanted <= listening or len({port for _ip, port in listening}) < len(svc.ports) + svc.extra_ports
         ports = (",".join(f"{s.bind_host}:{p}" for p in svc.ports) if as_set
                  else ",".join(f"{ip}:{port}" for ip, port in sorted(listening, key=lambda a: (a[1], a[0]))))
         rows.append({"service": svc.name, "running": pid is not None, "pid": pid, "ports": ports,

@@ -125,38 +125,23 @@ def alert_rows_off_rule(c: LogCounts, alerts: pd.DataFrame, s: Settings) -> int:
     return int(bad_rate.sum() + bad_surge.sum())
 
 
-def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int) -> dict[str, Any]:
-    """Each alert against the running counts of its window when the micro-batch that raised it committed, replayed
-    from the events/ rows of that batch and the ones before it (by file tag), in that window:
-    - its count, and a surge's share (the final counts alone cannot tell a share, which is taken part-way through
-      its window): a job that divided by the wrong total, or counted a batch's rows twice, does not pass;
-    - raised as soon as the rule held: the running counts after the batches before it must not have met the rule
-      (a job that evaluated its rules only on final windows raises late);
-    - its other columns: window_end = window_start + window, the rule's threshold, a unique alert_id that is the
-      stable id of (rule, key, window_start) (logpipe.rules.alert_id), and
-      top_hosts: [host] for a rate limit; for a surge, the hosts with most requests of that status in the window
-      so far (ties by host name), as many as surge_top_hosts allows."""
-    import pyarrow.parquet as pq
-
-    if not len(alerts):
-        return {"checked": 0, "wrong": 0, "raised_late": 0, "columns_wrong": 0, "examples": [], "ok": True}
-    lacking = {c for row in alerts.get("absent_columns", []) for c in str(row).split(",") if c}  # see load_alerts
-    absent = [c for c in ALERT_FIELDS if c not in alerts.columns or c in lacking]
-    if absent:  # no figure is taken from the rule in a column's place: the table is not the job's
-        return {"checked": int(len(alerts)), "wrong": 0, "raised_late": 0, "columns_wrong": int(len(alerts)),
-                "examples": [{"problem": f"alerts/ has no column {', '.join(absent)} (the job writes "
-                              f"{', '.join(ALERT_FIELDS)})"}], "ok": False}
-    alerts = alerts.assign(ws=_epoch_s(alerts.window_start))
-    # the events of the alerted windows only: the windows merged into time ranges; files of other days skipped,
-    # then the rows in the ranges kept (a root written before logpipe stored INT64 timestamps holds INT96 ones,
-    # which carry no statistics to filter files by)
-    starts = np.unique(alerts.ws.to_numpy())
+def merged_ranges(starts: "np.ndarray", size_s: int) -> list[list[int]]:
+    """The windows [start, start + size_s) of the sorted `starts`, merged where they overlap or touch: [lo, hi)."""
     ranges: list[list[int]] = []
     for a in starts:
         if ranges and a <= ranges[-1][1]:
             ranges[-1][1] = max(ranges[-1][1], a + size_s)
         else:
             ranges.append([a, a + size_s])
+    return ranges
+
+
+def _events_in_ranges(s: Settings, fs: Any, ranges: list[list[int]]) -> pd.DataFrame:
+    """The committed events/ rows whose time (epoch s) is in one of `ranges`: t, host, status and the batch that
+    wrote them (by file tag). Files of other days are skipped, then the rows in the ranges kept (a root written
+    before logpipe stored INT64 timestamps holds INT96 ones, which carry no statistics to filter files by)."""
+    import pyarrow.parquet as pq
+
     events_dir = s.hdfs_path("events")
     lo_arr = np.array([r[0] for r in ranges], dtype=np.int64)
     hi_arr = np.array([r[1] for r in ranges], dtype=np.int64)
@@ -180,9 +165,32 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
                 "t": ts[rows], "host": table.column("host").take(rows).to_numpy(zero_copy_only=False),
                 "status": table.column("http_response").take(rows).to_numpy(zero_copy_only=False),
                 "batch": tag[1]}))
-    ev = (pd.concat(parts, ignore_index=True) if parts else
-          pd.DataFrame({"t": pd.Series(dtype="int64"), "host": pd.Series(dtype=object),
-                        "status": pd.Series(dtype="int64"), "batch": pd.Series(dtype="int64")}))
+    return (pd.concat(parts, ignore_index=True) if parts else
+            pd.DataFrame({"t": pd.Series(dtype="int64"), "host": pd.Series(dtype=object),
+                          "status": pd.Series(dtype="int64"), "batch": pd.Series(dtype="int64")}))
+
+
+def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int) -> dict[str, Any]:
+    """Each alert against the running counts of its window when the micro-batch that raised it committed, replayed
+    from the events/ rows of that batch and the ones before it (by file tag), in that window:
+    - its count, and a surge's share (the final counts alone cannot tell a share, which is taken part-way through
+      its window): a job that divided by the wrong total, or counted a batch's rows twice, does not pass;
+    - raised as soon as the rule held: the running counts after the batches before it must not have met the rule
+      (a job that evaluated its rules only on final windows raises late);
+    - its other columns: window_end = window_start + window, the rule's threshold, a unique alert_id that is the
+      stable id of (rule, key, window_start) (logpipe.rules.alert_id), and
+      top_hosts: [host] for a rate limit; for a surge, the hosts with most requests of that status in the window
+      so far (ties by host name), as many as surge_top_hosts allows."""
+    if not len(alerts):
+        return {"checked": 0, "wrong": 0, "raised_late": 0, "columns_wrong": 0, "examples": [], "ok": True}
+    lacking = {c for row in alerts.get("absent_columns", []) for c in str(row).split(",") if c}  # see load_alerts
+    absent = [c for c in ALERT_FIELDS if c not in alerts.columns or c in lacking]
+    if absent:  # no figure is taken from the rule in a column's place: the table is not the job's
+        return {"checked": int(len(alerts)), "wrong": 0, "raised_late": 0, "columns_wrong": int(len(alerts)),
+                "examples": [{"problem": f"alerts/ has no column {', '.join(absent)} (the job writes "
+                              f"{', '.join(ALERT_FIELDS)})"}], "ok": False}
+    alerts = alerts.assign(ws=_epoch_s(alerts.window_start))
+    ev = _events_in_ranges(s, fs, merged_ranges(np.unique(alerts.ws.to_numpy()), size_s))
     # sorted by time, each alert reads only its window's slice (not every row once per alert: 1,800 alerts over
     # millions of rows at 2.5 GB)
     ev = ev.sort_values("t", kind="stable")
@@ -233,6 +241,21 @@ def check_alert_figures(s: Settings, fs: Any, alerts: pd.DataFrame, size_s: int)
 ALERT_TIME_FIELDS = ("window_start", "window_end", "detected_at")
 
 
+def _same_alert_field(k: str, have: Any, want: Any) -> bool:
+    """Whether field `k` of a published alert (`have`, from its JSON) is the value of its row (`want`)."""
+    try:
+        if k in ALERT_TIME_FIELDS:  # a naive time (a root's INT96 column) is UTC, as everywhere in logpipe
+            return have is not None and abs(pd.to_datetime(have, utc=True) - pd.to_datetime(want, utc=True)) < \
+                pd.Timedelta(1, "ms")
+        if k == "share":
+            return (have is None) == pd.isna(want) and (have is None or abs(float(have) - float(want)) <= 1e-12)
+        if k == "top_hosts":
+            return list(have or []) == list(want)
+        return bool(have == want)
+    except (TypeError, ValueError):
+        return False
+
+
 def alert_payload_differences(row: dict[str, Any], value: bytes | None) -> list[str]:
     """How an alert's Kafka record value (the JSON object the job publishes) differs from its row of alerts/: one
     text per field, none if it is the same alert. Times are compared to the millisecond (JSON has no more)."""
@@ -252,19 +275,7 @@ def alert_payload_differences(row: dict[str, Any], value: bytes | None) -> list[
         have = got[k]
         if isinstance(want, np.generic):
             want = want.item()
-        try:
-            if k in ALERT_TIME_FIELDS:  # a naive time (a root's INT96 column) is UTC, as everywhere in logpipe
-                same = have is not None and abs(pd.to_datetime(have, utc=True) - pd.to_datetime(want, utc=True)) < \
-                    pd.Timedelta(1, "ms")
-            elif k == "share":
-                same = (have is None) == pd.isna(want) and (have is None or abs(float(have) - float(want)) <= 1e-12)
-            elif k == "top_hosts":
-                same = list(have or []) == list(want)
-            else:
-                same = have == want
-        except (TypeError, ValueError):
-            same = False
-        if not same:
+        if not _same_alert_field(k, have, want):
             shown = list(want) if isinstance(want, np.ndarray) else str(want) if k in ALERT_TIME_FIELDS else want
             diffs.append(f"{k} {have!r} (alerts/ has {shown!r})")
     return diffs

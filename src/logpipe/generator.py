@@ -409,19 +409,31 @@ class LogGenerator:
     # ---- driver ---------------------------------------------------------------------------------
     def write(self, out: Path, *, lines: int | None = None, size_bytes: int | None = None,
               progress: bool | None = None) -> Truth:
-        """Write the log to `out` (via `<out>.partial`, renamed at the end) and return its ground truth."""
+        """Write the log to `out` (via `<out>.partial`, renamed at the end) and its ground truth to
+        `<out>.truth.json` (before the rename: a log that has its name has its truth), and return the truth."""
         t_clock = time.monotonic()
         est_lines, incidents, planned = self._plan(lines, size_bytes)
-        truth = Truth(args={"seed": None, "format": self.fmt, "start": _iso(self.t0), "rate": self.rate,
+        truth = Truth(args={"seed": self.seed, "format": self.fmt, "start": _iso(self.t0), "rate": self.rate,
                             "lines": lines, "size_bytes": size_bytes, "malformed_share": self.malformed_share,
                             "out_of_order_share": self.out_of_order_share, "rate_limit_ceiling": self.ceiling,
                             "surge_min_count": self.surge_min_count, "surge_min_share": self.surge_min_share,
                             "window_s": self.window_s},
                       incidents=incidents)
         show = sys.stderr.isatty() if progress is None else progress
-        first, last = self._write_chunks(out, truth, lines=lines, size_bytes=size_bytes, est_lines=est_lines,
-                                         show=show)
-        self._end_truth(truth, first, last)
+        tmp, truth_file = out.with_name(out.name + ".partial"), truth_path(out)
+        truth_written = False
+        try:
+            first, last = self._write_chunks(tmp, truth, lines=lines, size_bytes=size_bytes, est_lines=est_lines,
+                                             show=show)
+            self._end_truth(truth, first, last)
+            truth_file.write_text(truth.to_json())
+            truth_written = True
+            tmp.replace(out)
+        except BaseException:  # no half-written log left behind (a full disk, Ctrl-C, SIGTERM, --out a folder)
+            tmp.unlink(missing_ok=True)
+            if truth_written:  # nor the truth of a log that did not take its name
+                truth_file.unlink(missing_ok=True)
+            raise
         self._warn_if_no_incidents(truth, planned, est_lines, last)
         secs = time.monotonic() - t_clock
         log.info("generated %s: %d lines, %.1f MB in %.1fs (%.1f MB/s)", out, truth.total_lines,
@@ -456,14 +468,13 @@ class LogGenerator:
             incidents = self.plan_incidents(duration)
         return est_lines, incidents, planned
 
-    def _write_chunks(self, out: Path, truth: Truth, *, lines: int | None, size_bytes: int | None, est_lines: int,
+    def _write_chunks(self, tmp: Path, truth: Truth, *, lines: int | None, size_bytes: int | None, est_lines: int,
                       show: bool) -> tuple[int | None, int | None]:
-        """Write chunk after chunk of log time until `lines` or `size_bytes` is reached, tallying every written
-        line into `truth`; returns the first and the last written event's second (None if none)."""
+        """Write chunk after chunk of log time to `tmp` until `lines` or `size_bytes` is reached, tallying every
+        written line into `truth`; returns the first and the last written event's second (None if none)."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".partial")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         first = last = None
         columns = [TextColumn("generate"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                    TransferSpeedColumn(), TimeRemainingColumn()]
@@ -472,34 +483,29 @@ class LogGenerator:
         # sparse log has thousands, and testing every one for every chunk took hours)
         starts, ends = [_seconds(i.start) for i in incidents], [_seconds(i.end) for i in incidents]
         assert starts == sorted(starts) and ends == sorted(ends)
-        try:
-            with tmp.open("wb") as f, Progress(*columns, disable=not show, transient=True) as bar:
-                task = bar.add_task("generate", total=size_bytes or est_lines * AVG_LINE_BYTES[self.fmt])
-                t = self.t0
-                done = False
-                while not done:
-                    near = incidents[bisect.bisect_right(ends, t):bisect.bisect_left(starts, t + CHUNK_SECONDS)]
-                    chunk = self._apply_incidents(self._background(t, CHUNK_SECONDS), t, CHUNK_SECONDS, near)
-                    t += CHUNK_SECONDS
-                    text, malformed, late = self._render(chunk)
-                    if lines is not None and truth.total_lines + len(text) >= lines:
-                        text, done = text[: lines - truth.total_lines], True
-                    blob = _assemble(text, malformed)
-                    kept = len(text)
-                    if size_bytes is not None and truth.total_bytes + len(blob) >= size_bytes:
-                        blob, kept = _cut_at_line_end(blob, size_bytes - truth.total_bytes)
-                        done = True
-                    f.write(blob)
-                    truth.count_written(kept, len(blob), malformed, late)
-                    if kept:
-                        first = int(chunk["ts"][0]) if first is None else first
-                        last = int(chunk["ts"][kept - 1])
-                    bar.update(task, completed=truth.total_bytes if size_bytes
-                               else truth.total_lines * AVG_LINE_BYTES[self.fmt])
-            tmp.replace(out)
-        except BaseException:  # no half-written log left behind (a full disk, Ctrl-C, --out a folder)
-            tmp.unlink(missing_ok=True)
-            raise
+        with tmp.open("wb") as f, Progress(*columns, disable=not show, transient=True) as bar:
+            task = bar.add_task("generate", total=size_bytes or est_lines * AVG_LINE_BYTES[self.fmt])
+            t = self.t0
+            done = False
+            while not done:
+                near = incidents[bisect.bisect_right(ends, t):bisect.bisect_left(starts, t + CHUNK_SECONDS)]
+                chunk = self._apply_incidents(self._background(t, CHUNK_SECONDS), t, CHUNK_SECONDS, near)
+                t += CHUNK_SECONDS
+                text, malformed, late = self._render(chunk)
+                if lines is not None and truth.total_lines + len(text) >= lines:
+                    text, done = text[: lines - truth.total_lines], True
+                blob = _assemble(text, malformed)
+                kept = len(text)
+                if size_bytes is not None and truth.total_bytes + len(blob) >= size_bytes:
+                    blob, kept = _cut_at_line_end(blob, size_bytes - truth.total_bytes)
+                    done = True
+                f.write(blob)
+                truth.count_written(kept, len(blob), malformed, late)
+                if kept:
+                    first = int(chunk["ts"][0]) if first is None else first
+                    last = int(chunk["ts"][kept - 1])
+                bar.update(task, completed=truth.total_bytes if size_bytes
+                           else truth.total_lines * AVG_LINE_BYTES[self.fmt])
         return first, last
 
     def _end_truth(self, truth: Truth, first: int | None, last: int | None) -> None:
@@ -595,10 +601,7 @@ def generate(out: Path, *, lines: int | None = None, size_bytes: int | None = No
                        out_of_order_share=out_of_order_share, ceiling=ceiling or s.rate_limit_ceiling,
                        surge_min_count=surge_min_count or s.surge_min_count, surge_min_share=s.surge_min_share,
                        window_s=duration_seconds(s.window))
-    truth = gen.write(out, lines=lines, size_bytes=size_bytes, progress=progress)
-    truth.args["seed"] = seed
-    truth_path(out).write_text(truth.to_json())
-    return truth
+    return gen.write(out, lines=lines, size_bytes=size_bytes, progress=progress)
 
 
 def truth_path(log_path: Path) -> Path:

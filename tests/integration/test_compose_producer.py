@@ -2,7 +2,8 @@
 
 The command comes from `docker-compose config` itself; only the image's install path is swapped for this
 checkout. It must generate the demo sample when LOG_FILE is missing, follow the file into Kafka, stop cleanly on
-SIGTERM (what `docker compose stop` sends) and, started again, neither regenerate the file nor send it twice.
+SIGTERM (what `docker compose stop` sends; while it generates, too) and, started again, neither regenerate the
+file nor send it twice.
 """
 
 from __future__ import annotations
@@ -104,3 +105,29 @@ def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Set
     sent, again = _run_until_sent(cmd, env, stack, lines, log, wait_for=f"resuming at byte {size} of {size}")
     assert sent == lines and (again["resumed_from"], again["lines"], again["records"]) == (size, 0, 0), again
     assert log_file.stat().st_mtime_ns == mtime
+
+
+def test_producer_service_stopped_while_it_generates_leaves_no_partial_sample(tmp_path: Path) -> None:
+    """SIGTERM (docker's init passes it to the command's process) while the sample is written: the generate step
+    ran as a child of `sh`, which died and left it writing `<LOG_FILE>.partial` on; now the one process ends
+    through generate's clean-up, with 128 + SIGTERM, leaving neither a partial log nor a truth file."""
+    cmd = _producer_command()
+    log_file = tmp_path / "data" / "access.log"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "LOG_FILE": str(log_file),
+           "DEMO_SIZE": "5GB", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "producer-state")}
+    (tmp_path / "data").mkdir()
+    partial = log_file.with_name(log_file.name + ".partial")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    time.sleep(1)  # a generate step that outlived its shell would still be writing
+    assert sorted(p.name for p in log_file.parent.iterdir()) == [], out

@@ -340,11 +340,12 @@ def test_volumes_hold_the_state(resolved: dict) -> None:
     # the producer reads the log (and its demo sample) from the same volume the notebook reads the truth file from
     log_file = services["producer"]["environment"]["LOG_FILE"]
     assert mounts("producer")[str(Path(log_file).parent)] == mounts("notebook")[str(Path(log_file).parent)]
-    # ... and generates the demo sample there when the file is missing, then follows it with the producer
+    # ... and generates the demo sample there when the file is missing, then follows it with the producer, in the
+    # one process `sh` execs (so SIGTERM reaches the generate step too)
     script = " ".join(services["producer"]["command"]).replace("$$", "$")  # compose's escape for a literal $
     assert services["producer"]["entrypoint"] == ["/bin/sh", "-c"]
-    assert '[ -f "$LOG_FILE" ] || logpipe generate' in script and '--out "$LOG_FILE"' in script
-    assert 'python_service/app.py "$LOG_FILE" --follow' in script
+    assert script.startswith("exec python /opt/logpipe/python_service/app.py ") and ";" not in script, script
+    assert 'app.py "$LOG_FILE" --follow --generate-if-missing "$DEMO_SIZE"' in script
 
 
 def test_each_built_image_has_a_tag_of_its_own(resolved: dict) -> None:

@@ -402,7 +402,9 @@ def test_streaming_image_bakes_the_connector_jars_of_the_pom() -> None:
     assert {str(Path(j).parent) for j in jars} == {"/opt/logpipe/jars/spark-kafka"}
     assert "COPY --from=connector-jars /jars /opt/logpipe/jars/spark-kafka" in text
     assert _pom_property("spark-kafka.xml", "spark.version") == pyspark.__version__
-    assert "COPY --from=eclipse-temurin:25-jre /opt/java/openjdk /opt/java" in text and "JAVA_HOME=/opt/java" in text
+    # a Java 25 build pinned to its patch level (a floating tag would change the JVM under the same image tag)
+    assert re.search(r"^COPY --from=eclipse-temurin:25\.\d+\.\d+_\d+-jre /opt/java/openjdk /opt/java$", text, re.M)
+    assert "JAVA_HOME=/opt/java" in text
     assert "PATH=/opt/java/bin:$PATH" in text  # `java -version` at build time finds it
     # the package is installed from the context, never fetched by name; with the spark extra (its pinned
     # pyspark) only in the streaming image

@@ -421,6 +421,7 @@ class LogGenerator:
                       incidents=incidents)
         show = sys.stderr.isatty() if progress is None else progress
         tmp, truth_file = out.with_name(out.name + ".partial"), truth_path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         truth_written = False
         try:
             first, last = self._write_chunks(tmp, truth, lines=lines, size_bytes=size_bytes, est_lines=est_lines,
@@ -474,7 +475,6 @@ class LogGenerator:
         written line into `truth`; returns the first and the last written event's second (None if none)."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-        tmp.parent.mkdir(parents=True, exist_ok=True)
         first = last = None
         columns = [TextColumn("generate"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                    TransferSpeedColumn(), TimeRemainingColumn()]

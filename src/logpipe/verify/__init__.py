@@ -14,42 +14,35 @@ from logpipe.producer.source import LINE_CAP_BYTES
 from logpipe.results import load_arrow, webhdfs_fs
 from logpipe.root_record import RUN_SETTINGS
 from logpipe.verify.accounting import check_job_accounting, check_late_rows, other_log_hint, too_large_hint
-from logpipe.verify.alerts import (ALERT_TIME_FIELDS, StatusReplay, alert_payload_differences, alert_rows_off_rule,
-                                   check_alert_figures, check_alerts, check_alerts_on_kafka, check_every_alert,
-                                   expected_alerts)
+from logpipe.verify.alerts import (StatusReplay, alert_payload_differences, check_alert_figures, check_alerts,
+                                   check_alerts_on_kafka, check_every_alert)
 from logpipe.verify.processes import run_in_processes
-from logpipe.verify.recount import (_MOD, CHUNK_LINES, MAX_WORKERS, PARALLEL_MIN_BYTES, PARSED_FIELDS,
-                                    QUARANTINE_FIELDS, LogCounts, KeyedCounts, count_log, line_ranges,
-                                    merge_log_counts, merge_keyed_counts, row_fingerprint, row_hashes, usable_cpus)
-from logpipe.verify.tables import (ALERT_FIELDS, QuarantineScan, TableScan, _epoch_s_arrow, keyed_counts_of_table,
-                                   load_alerts, newest_event_per_batch, read_until, scan_quarantine, scan_table,
-                                   uncommitted_files)
+from logpipe.verify.recount import (_MOD, PARSED_FIELDS, QUARANTINE_FIELDS, KeyedCounts, LogCounts, count_log,
+                                    line_ranges, row_fingerprint)
+from logpipe.verify.tables import (_epoch_s_arrow, load_alerts, newest_event_per_batch, read_until, scan_quarantine,
+                                   scan_table, uncommitted_files)
 from logpipe.verify.truth import TruthFileError, load_truth, score_against_truth, truth_log_hint
-from logpipe.verify.windows import (WINDOW_KEY_TYPES, compare_counts, compare_window_tables, exclude_late_lines,
-                                    not_compared, window_table_types_wrong, without_late)
+from logpipe.verify.windows import (compare_counts, compare_window_tables, exclude_late_lines, window_table_types_wrong,
+                                    without_late)
 from logpipe.windows import duration_seconds
 
-# `from logpipe.verify import X` for every public name of the modules above (the CLI, the tests)
+# the names the CLI, the demo and the tests take from the package (`from logpipe.verify import X`); the rest
+# of each module is its own
 __all__ = [
     # recount
-    "CHUNK_LINES", "MAX_WORKERS", "PARALLEL_MIN_BYTES", "PARSED_FIELDS", "QUARANTINE_FIELDS", "LogCounts",
-    "KeyedCounts", "count_log", "line_ranges", "merge_log_counts", "merge_keyed_counts", "row_fingerprint",
-    "row_hashes", "usable_cpus",
+    "PARSED_FIELDS", "QUARANTINE_FIELDS", "LogCounts", "KeyedCounts", "count_log", "line_ranges", "row_fingerprint",
     # processes
     "run_in_processes",
     # tables
-    "ALERT_FIELDS", "QuarantineScan", "TableScan", "keyed_counts_of_table", "load_alerts", "newest_event_per_batch",
-    "read_until", "scan_quarantine", "scan_table", "uncommitted_files",
+    "load_alerts", "read_until", "scan_quarantine",
     # windows
-    "WINDOW_KEY_TYPES", "compare_counts", "compare_window_tables", "exclude_late_lines", "not_compared",
-    "window_table_types_wrong", "without_late",
+    "compare_counts", "window_table_types_wrong", "without_late",
     # accounting
     "check_job_accounting", "check_late_rows", "other_log_hint", "too_large_hint",
     # alerts
-    "ALERT_TIME_FIELDS", "StatusReplay", "alert_payload_differences", "alert_rows_off_rule", "check_alert_figures",
-    "check_alerts", "check_alerts_on_kafka", "check_every_alert", "expected_alerts",
+    "StatusReplay", "alert_payload_differences", "check_alert_figures", "check_alerts", "check_alerts_on_kafka",
     # truth
-    "TruthFileError", "load_truth", "score_against_truth", "truth_log_hint",
+    "TruthFileError", "load_truth", "score_against_truth",
     # here
     "VerifyReport", "verify_run",
 ]

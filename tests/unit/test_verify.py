@@ -920,6 +920,7 @@ def test_a_report_with_only_the_alerts_topic_unread_is_incomplete_not_a_mismatch
     out = " ".join(capsys.readouterr().out.split())  # the table wraps long cells
     assert "verify: INCOMPLETE" in out and "MISMATCH" not in out and "unchecked" in out, out
     assert "Unable to bootstrap from 127.0.0.1:9" in out and "--no-kafka" in out
+    assert "on Kafka topic alerts: not checked, it could not be read" in out and "not published" not in out
     assert json.loads(report.read_text())["verdict"] == "incomplete"
 
 

@@ -187,6 +187,8 @@ def kafka_text(k: dict | None) -> str:
     """The alerts topic's line of the report (None: not checked)."""
     if k is None:
         return "the alerts topic not checked (--no-kafka)"
+    if k.get("unchecked"):  # not a count of alerts missing: the topic was not read
+        return f"on Kafka topic {k['topic']}: not checked, it could not be read ({k['error']})"
     text = f"on Kafka topic {k['topic']}: {k['missing']} not published"
     if k.get("error"):
         return f"{text} ({k['error']})"

@@ -176,3 +176,25 @@ def test_a_batch_whose_staged_files_are_gone_is_not_committed(local_spark, tmp_p
                                                              staged_parts=["date=2004-05-18"])], {"events": 1})
     assert not (tmp_path / "_commits" / "q" / "b0000000003.json").exists()
     assert (tmp_path / "_commits" / "q" / "b0000000003.pending").exists()
+
+
+def test_a_pending_marker_left_beside_its_commit_marker_is_removed_not_taken_for_a_crash(local_spark, tmp_path: Path):
+    """A kill between writing a commit marker and deleting its `.pending` left the pending marker for good (a
+    batch that committed): the start's clean-up removes it and keeps the batch's files; a pending marker without
+    its commit marker is still a crashed attempt, whose files go."""
+    from logpipe.root_layout import batch_tag
+    from logpipe.streaming.commit import clean_crashed_attempts
+
+    root = f"file:{tmp_path}"
+    done, died = batch_tag(1), batch_tag(2)
+    (tmp_path / "t").mkdir()
+    for tag in (done, died):
+        (tmp_path / "t" / f"{tag}-00000.parquet").write_bytes(b"")
+    markers = tmp_path / "_commits" / "ingest"
+    markers.mkdir(parents=True)
+    (markers / f"{done}.json").write_text("{}")
+    (markers / f"{done}.pending").write_text("")
+    (markers / f"{died}.pending").write_text("")
+    assert clean_crashed_attempts(local_spark, root, ["t"]) == [died]
+    assert sorted(p.name for p in markers.iterdir()) == [f"{done}.json"]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [f"{done}-00000.parquet"]

@@ -466,3 +466,49 @@ def test_staged_rows_put_each_row_in_its_folder_and_keep_a_quarantined_record_wh
     assert rows[1]["date"] == LATE_DIR and rows[1]["request"] == "GET /b HTTP/1.0"
     assert rows[2]["date"] == QUARANTINE_DIR and rows[2]["host"] == lf.INVALID_UTF8
     assert bytes(rows[2]["raw_bytes"]) == bad and rows[2]["src_key"] == "app.log:200"
+
+
+def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alerts_again(local_spark, tmp_path,
+                                                                                        monkeypatch):
+    """The batch committed, then removing its staging folder failed: the run had not yet noted the batch as
+    committed nor its alerts as raised, so Spark's re-run of it was taken for another run's commit, and the next
+    batch raised the same alerts again (a second row in alerts/, a second Kafka record). Found by a review's
+    crash-injection harness."""
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from logpipe import logformat as lf
+    from logpipe.config import Settings
+    from logpipe.streaming.job import StreamJob
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root), rate_limit_ceiling=3)
+    job = StreamJob(local_spark, s)
+    monkeypatch.setattr(job, "_publish_committed_alerts", lambda *a, **k: None)  # no Kafka here
+
+    def records(first: int, n: int, second: int):
+        lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, second), "GET / HTTP/1.0", 200, 1).encode()
+                 for _ in range(n)]
+        rows = [(f"lp:app.log:{(first + i) * 100}".encode(), v, 0, first + i) for i, v in enumerate(lines)]
+        return (local_spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
+                .withColumn("topic", F.lit(s.topic)))
+
+    real_delete, failed = job.fs.delete, []
+
+    def delete_failing_once(path: str, *a, **k):
+        if "_staging" in path and not failed:
+            failed.append(path)
+            raise OSError("HDFS went away for a moment")
+        return real_delete(path, *a, **k)
+
+    monkeypatch.setattr(job.fs, "delete", delete_failing_once)
+    batch0 = records(0, 4, 1)  # 4 requests of one host in its windows: over the ceiling of 3
+    with pytest.raises(OSError, match="went away"):
+        job._batch(batch0, 0)
+    assert failed and (root / "_commits" / "ingest" / "b0000000000.json").exists()  # committed before the failure
+    job._batch(batch0, 0)  # Spark re-runs the batch: skipped as this run's own commit
+    job._batch(records(4, 2, 3), 1)  # more requests of the host in the same, still open, windows
+    files = sorted(str(f) for f in (root / "alerts").glob("*.parquet"))  # committed files only: no staging here
+    alerts = pq.read_table(files, columns=["alert_id", "rule"]).to_pandas() if files else None
+    assert alerts is not None and len(alerts) > 0 and (alerts["rule"] == "rate_limit").all()
+    assert not alerts["alert_id"].duplicated().any(), alerts

@@ -236,7 +236,11 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
     crashed = []
     for f in fs.files(f"{root_uri}/{COMMITS}"):
         tag = marker_tag(f, PENDING)
-        if tag is not None and not fs.exists(f[:-len(PENDING)] + DONE):
+        if tag is None:
+            continue
+        if fs.exists(f[:-len(PENDING)] + DONE):  # committed; a crash came between its marker and this delete
+            fs.delete(f)
+        else:
             crashed.append((f, tag))
     if not crashed:
         return []

@@ -284,15 +284,17 @@ class StreamJob:
             if not commit_batch(self.spark, self.root, "ingest", batch_id, mb.writes(), batch_meta, concurrent=3):
                 log.warning("batch %d was committed meanwhile by another run on %s: nothing written", batch_id,
                             self.root)
-                self._metas = None  # read the committed history again
+                self._metas = self._emitted_alerts = None  # read the committed history and its alerts again
                 return
+            # known as committed at once: a clean-up that fails below must not leave this run taking the batch for
+            # one still to do (a re-run would raise its alerts again, as new)
+            meta = mb.meta()
+            committed[batch_id] = meta
+            self._emitted().update({r["alert_id"]: r["window_end"] for r in mb.new_alerts})
         finally:
             mb.release()
             self.fs.delete(mb.stage)
-        meta = mb.meta()
-        committed[batch_id] = meta
         self._prune_state(batch_id)
-        self._emitted().update({r["alert_id"]: r["window_end"] for r in mb.new_alerts})
         self._forget_final_alerts(next_horizon)
         if mb.new_alerts:
             self._publish_committed_alerts([batch_tag(batch_id)])

@@ -148,6 +148,23 @@ def unique(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def sigterm_once_writing() -> Callable[[subprocess.Popen, Path], tuple[str, str]]:
+    """`sigterm_once_writing(proc, partial)`: wait (60 s at most) until `proc`, still running, has written bytes to
+    `partial`, then SIGTERM it; returns its (stdout, stderr) once it has ended."""
+    import time
+
+    def stop(proc: subprocess.Popen, partial: Path) -> tuple[str, str]:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=60)
+
+    return stop
+
+
+@pytest.fixture(scope="session")
 def free_ports() -> Callable[[int], list[int]]:
     """`free_ports(n)`: n distinct ports free on 127.0.0.1 now (for services a test starts or fakes itself; fixed
     numbers collide with another checkout's tests). They are drawn at random below the kernel's ephemeral range

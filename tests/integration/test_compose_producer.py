@@ -107,7 +107,8 @@ def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Set
     assert log_file.stat().st_mtime_ns == mtime
 
 
-def test_producer_service_stopped_while_it_generates_leaves_no_partial_sample(tmp_path: Path) -> None:
+def test_producer_service_stopped_while_it_generates_leaves_no_partial_sample(tmp_path: Path,
+                                                                             sigterm_once_writing) -> None:
     """SIGTERM (docker's init passes it to the command's process) while the sample is written: the generate step
     ran as a child of `sh`, which died and left it writing `<LOG_FILE>.partial` on; now the one process ends
     through generate's clean-up, with 128 + SIGTERM, leaving neither a partial log nor a truth file."""
@@ -116,15 +117,9 @@ def test_producer_service_stopped_while_it_generates_leaves_no_partial_sample(tm
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "LOG_FILE": str(log_file),
            "DEMO_SIZE": "5GB", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "producer-state")}
     (tmp_path / "data").mkdir()
-    partial = log_file.with_name(log_file.name + ".partial")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size > 0):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = sigterm_once_writing(proc, log_file.with_name(log_file.name + ".partial"))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -301,23 +301,16 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.log"]
 
 
-def test_sigterm_leaves_no_partial_file_either(tmp_path):
+def test_sigterm_leaves_no_partial_file_either(tmp_path, sigterm_once_writing):
     """Ctrl-C removed the half-written `<out>.partial`; SIGTERM (`kill`, `timeout`) left it (123 MB in one try)."""
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "big.log"
     proc = subprocess.Popen([sys.executable, "-m", "logpipe", "generate", "--size", "5GB", "--out", str(out),
                              "--no-progress"], stderr=subprocess.PIPE, text=True)
-    partial = out.with_name("big.log.partial")
-    deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > 0):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = sigterm_once_writing(proc, out.with_name("big.log.partial"))
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert list(tmp_path.iterdir()) == [] and "Traceback" not in err, err
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from logpipe.commit_log import read_commit_records
 from logpipe.config import Settings
 from logpipe.root_layout import COMMITS, file_tag, marker_tag
 from logpipe.root_record import ROOT_SETTINGS_FILE, RUN_SETTINGS, setting_differs
@@ -79,11 +80,9 @@ def committed_accounting(s: Settings, fs: "fsspec.AbstractFileSystem",
     `tags`, those of the snapshot committed_tags gave): batches, lines, parsed, quarantined, late, duplicates,
     events, and `per_batch` (the records, in batch order). Always current, where `_metrics/latest.json` is
     written only when a run ends."""
-    import json
-
     d = s.hdfs_path(COMMITS, "ingest")
-    names = sorted(f for f in fs.ls(d, detail=False) if marker_tag(f) is not None) if fs.exists(d) else []
-    metas = [json.loads(fs.cat(f)) for f in names if tags is None or marker_tag(f) in tags]
+    records = read_commit_records(fs.ls(d, detail=False), fs.cat) if fs.exists(d) else []
+    metas = [record for tag, record in records if tags is None or tag in tags]
     return {**sum_commit_records(metas), "per_batch": metas}
 
 

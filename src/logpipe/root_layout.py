@@ -7,6 +7,7 @@ COMMITS = "_commits"  # under the results root: the markers, one folder per quer
 # root's settings record (root_record) and the run's lease (streaming.lease)
 DONE = ".json"  # a commit marker: the batch's files are all in place (it holds the batch's record)
 PENDING = ".pending"  # an attempt that began moving its files into the tables and has not committed (yet)
+ROLLUP = ".rollup"  # the records of every marker up to its tag, in one file (commit_log: read instead of each marker)
 STAGING = "_staging"  # a table's folder for the files a batch writes before they are moved in
 
 

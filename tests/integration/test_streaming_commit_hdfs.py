@@ -39,3 +39,35 @@ def test_a_record_is_replaced_whole_and_a_killed_writers_temp_file_is_ignored(st
     assert committed_tags(s, web) == {batch_tag(0)}
     acc = committed_accounting(s, web)
     assert acc["batches"] == 1 and acc["lines"] == 10 and acc["per_batch"] == [first]
+
+
+def test_a_roll_up_on_hdfs_is_read_in_place_of_its_markers_and_only_the_newest_two_are_kept(stack, spark, hdfs_client,
+                                                                                            unique):
+    """roll_up_records on the real HDFS: three roll-ups written, the oldest removed; the job's reader and verify's
+    (WebHDFS) both get every marker's record, opening the newest roll-up and the marker after it."""
+    from logpipe.results import committed_accounting, webhdfs_fs
+    from logpipe.root_layout import batch_tag, marker_path
+    from logpipe.streaming.commit import HadoopFs, committed_meta, roll_up_records
+
+    s = stack.with_overrides(hdfs_root=f"/tests/rollup-{unique}")
+    root = s.hdfs_uri()
+    fs = HadoopFs(spark, root)
+    records = {batch_tag(i): {"batch": i, "lines": 10 + i, "parsed": 9 + i, "quarantined": 1, "late": 0,
+                              "duplicates": 0, "events": 9 + i} for i in range(7)}
+    for i, (tag, record) in enumerate(records.items()):
+        fs.write_text(marker_path(root, "ingest", tag), json.dumps(record))
+        if i in (1, 3, 5):
+            roll_up_records(spark, root, "ingest", {t: records[t] for t in list(records)[:i + 1]})
+    folder = f"{s.hdfs_root}/_commits/ingest"
+    assert sorted(n for n in hdfs_client.list(folder) if n.endswith(".rollup")) == [
+        f"{batch_tag(3)}.rollup", f"{batch_tag(5)}.rollup"]
+    hdfs_client.delete(f"{folder}/{batch_tag(2)}.json")  # a marker removed by hand: neither roll-up fits any more
+    assert committed_meta(spark, root, "ingest") == [r for t, r in records.items() if t != batch_tag(2)]
+    hdfs_client.write(f"{folder}/{batch_tag(2)}.json", json.dumps(records[batch_tag(2)]).encode())  # put back
+    assert committed_meta(spark, root, "ingest") == list(records.values())
+    web = webhdfs_fs(s)
+    opened: list[str] = []
+    real_cat = web.cat
+    web.cat = lambda p: opened.append(p.rsplit("/", 1)[-1]) or real_cat(p)
+    assert committed_accounting(s, web)["per_batch"] == list(records.values())
+    assert opened == [f"{batch_tag(5)}.rollup", f"{batch_tag(6)}.json"]

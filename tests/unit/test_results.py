@@ -87,6 +87,35 @@ def test_tables_and_accounting_read_from_one_snapshot_of_the_commits(tmp_path):
     assert committed_accounting(Settings(hdfs_root=str(tmp_path / "none")), fs)["batches"] == 0
 
 
+def test_the_accounting_reads_a_roll_up_in_place_of_its_markers_and_keeps_to_the_snapshot(tmp_path, monkeypatch):
+    """With a roll-up of batches 0-1, only batch 2's marker is opened; a snapshot taken before batch 2 leaves it
+    out. The records are the markers' whatever file they come from."""
+    import json
+
+    import fsspec
+
+    from logpipe.commit_log import rollup_text
+    from logpipe.results import committed_accounting
+
+    s = Settings(hdfs_root=str(tmp_path / "r"))
+    commits = tmp_path / "r" / "_commits" / "ingest"
+    commits.mkdir(parents=True)
+    records = {f"b{i:010d}": {"batch": i, "lines": 5 + i, "parsed": 4 + i, "quarantined": 1, "late": 0,
+                              "duplicates": 0, "events": 4 + i} for i in range(3)}
+    for tag, record in records.items():
+        (commits / f"{tag}.json").write_text(json.dumps(record))
+    (commits / "b0000000001.rollup").write_text(rollup_text({t: records[t] for t in ("b0000000000", "b0000000001")}))
+    fs = fsspec.filesystem("file")
+    opened: list[str] = []
+    real_cat = fs.cat
+    monkeypatch.setattr(fs, "cat", lambda p: opened.append(p.rsplit("/", 1)[-1]) or real_cat(p))
+    acc = committed_accounting(s, fs)
+    assert acc["per_batch"] == list(records.values()) and (acc["batches"], acc["lines"]) == (3, 18)
+    assert opened == ["b0000000001.rollup", "b0000000002.json"]
+    acc = committed_accounting(s, fs, {"b0000000000", "b0000000001"})
+    assert (acc["batches"], acc["lines"]) == (2, 11)
+
+
 def test_results_are_read_with_the_settings_they_were_made_with(tmp_path):
     """verify and the notebook take the window, slide, watermark and rules the job recorded for the root, and say
     where they differ from their own settings (before, `stream --window "1 minute"` then `verify` reported every

@@ -198,3 +198,18 @@ def test_a_pending_marker_left_beside_its_commit_marker_is_removed_not_taken_for
     assert clean_crashed_attempts(local_spark, root, ["t"]) == [died]
     assert sorted(p.name for p in markers.iterdir()) == [f"{done}.json"]
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [f"{done}-00000.parquet"]
+
+
+def test_ls_names_a_folder_s_entries_in_one_call_and_a_name_with_a_line_break_too(local_spark, tmp_path: Path):
+    from logpipe.streaming.commit import HadoopFs
+
+    folder = tmp_path / "q"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b0000000000.json", "b0000000001.rollup", ".b2.tmp"):
+        (folder / name).write_text("{}")
+    fs = HadoopFs(local_spark, f"file://{tmp_path}")
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"file://{folder}")) == [
+        ".b2.tmp", "b0000000000.json", "b0000000001.rollup", "sub"]
+    assert fs.ls(f"file://{tmp_path}/none") == []
+    (folder / "odd\nname.json").write_text("{}")
+    assert "odd\nname.json" in [p.rsplit("/", 1)[-1] for p in fs.ls(f"file://{folder}")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import datetime
 
 import pytest
@@ -468,6 +470,19 @@ def test_staged_rows_put_each_row_in_its_folder_and_keep_a_quarantined_record_wh
     assert bytes(rows[2]["raw_bytes"]) == bad and rows[2]["src_key"] == "app.log:200"
 
 
+def _kafka_rows(spark, s, first: int, n: int, second: int):
+    """A micro-batch's Kafka rows: `n` requests of one host at 06:00:<second>, records first.. of one source."""
+    from pyspark.sql import functions as F
+
+    from logpipe import logformat as lf
+
+    lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, second), "GET / HTTP/1.0", 200, 1).encode()
+             for _ in range(n)]
+    rows = [(f"lp:app.log:{(first + i) * 100}".encode(), v, 0, first + i) for i, v in enumerate(lines)]
+    return (spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
+            .withColumn("topic", F.lit(s.topic)))
+
+
 def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alerts_again(local_spark, tmp_path,
                                                                                         monkeypatch):
     """The batch committed, then removing its staging folder failed: the run had not yet noted the batch as
@@ -475,9 +490,7 @@ def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alert
     batch raised the same alerts again (a second row in alerts/, a second Kafka record). Found by a review's
     crash-injection harness."""
     import pyarrow.parquet as pq
-    from pyspark.sql import functions as F
 
-    from logpipe import logformat as lf
     from logpipe.config import Settings
     from logpipe.streaming.job import StreamJob
 
@@ -487,11 +500,7 @@ def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alert
     monkeypatch.setattr(job, "_publish_committed_alerts", lambda *a, **k: None)  # no Kafka here
 
     def records(first: int, n: int, second: int):
-        lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, second), "GET / HTTP/1.0", 200, 1).encode()
-                 for _ in range(n)]
-        rows = [(f"lp:app.log:{(first + i) * 100}".encode(), v, 0, first + i) for i, v in enumerate(lines)]
-        return (local_spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
-                .withColumn("topic", F.lit(s.topic)))
+        return _kafka_rows(local_spark, s, first, n, second)
 
     real_delete, failed = job.fs.delete, []
 
@@ -512,3 +521,46 @@ def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alert
     alerts = pq.read_table(files, columns=["alert_id", "rule"]).to_pandas() if files else None
     assert alerts is not None and len(alerts) > 0 and (alerts["rule"] == "rate_limit").all()
     assert not alerts["alert_id"].duplicated().any(), alerts
+
+
+def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not_each_marker(local_spark, tmp_path,
+                                                                                            monkeypatch, caplog):
+    """Every ROLLUP_EVERY batches the job writes the records of all its markers in one file (the two newest kept);
+    a new run, and the readers of results, get every record exactly as its marker holds it, opening only the
+    roll-up and the markers after it. A roll-up that cannot be written is a warning: the batch stays committed."""
+    import fsspec
+
+    from logpipe.config import Settings
+    from logpipe.results import committed_accounting
+    from logpipe.streaming import commit, job as job_module
+    from logpipe.streaming.job import StreamJob
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root))
+    monkeypatch.setattr(job_module, "ROLLUP_EVERY", 2)
+    job = StreamJob(local_spark, s)
+    monkeypatch.setattr(job, "_publish_committed_alerts", lambda *a, **k: None)  # no Kafka here
+    for b in range(5):
+        job._batch(_kafka_rows(local_spark, s, 10 * b, 3, 2 * b), b)
+    folder = root / "_commits" / "ingest"
+    assert sorted(p.name for p in folder.glob("*.rollup")) == ["b0000000001.rollup", "b0000000003.rollup"]
+    markers = [json.loads(p.read_text()) for p in sorted(folder.glob("b*.json"))]
+    assert [m["batch"] for m in markers] == list(range(5)) and all(m["lines"] == 3 for m in markers)
+
+    opened: list[str] = []
+    real_read = commit.HadoopFs.read_text
+    monkeypatch.setattr(commit.HadoopFs, "read_text",
+                        lambda self, p: opened.append(p.rsplit("/", 1)[-1]) or real_read(self, p))
+    restarted = StreamJob(local_spark, s)
+    assert [restarted._committed()[b] for b in range(5)] == markers
+    assert opened == ["b0000000003.rollup", "b0000000004.json"]
+    assert committed_accounting(s, fsspec.filesystem("file"))["per_batch"] == markers
+
+    def no_hdfs(*a, **k):
+        raise OSError("HDFS went away for a moment")
+
+    monkeypatch.setattr(job_module, "roll_up_records", no_hdfs)
+    with caplog.at_level(logging.WARNING, logger="logpipe.streaming.job"):
+        restarted._batch(_kafka_rows(local_spark, s, 50, 3, 10), 5)
+    assert (folder / "b0000000005.json").exists() and not (folder / "b0000000005.rollup").exists()
+    assert "roll-up of the commit records could not be written" in caplog.text and "went away" in caplog.text

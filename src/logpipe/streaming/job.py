@@ -38,12 +38,13 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from logpipe.commit_log import ROLLUP_EVERY
 from logpipe.config import Settings
 from logpipe.root_layout import COMMITS, batch_tag, file_tag, in_staging, marker_path, marker_tag, staging_dir
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
 from logpipe.rules import FAILED_STATUS, Alert, AlertRules, HostCount, StatusCount, WindowCount
 from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch, committed_meta,
-                                      run_at_once)
+                                      roll_up_records, run_at_once)
 from logpipe.streaming.lease import RootLease
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
@@ -295,6 +296,8 @@ class StreamJob:
             mb.release()
             self.fs.delete(mb.stage)
         self._prune_state(batch_id)
+        if (batch_id + 1) % ROLLUP_EVERY == 0:
+            self._roll_up_records()
         self._forget_final_alerts(next_horizon)
         if mb.new_alerts:
             self._publish_committed_alerts([batch_tag(batch_id)])
@@ -307,6 +310,21 @@ class StreamJob:
                  batch_id, f"{meta['lines']:,}", f"{meta['late']:,}", f"{meta['duplicates']:,}",
                  f"{meta['final_window_rows']:,}", f"{meta['open_window_rows']:,}", f"{meta['seen_keys']:,}",
                  t_parse - t0, t1 - t_parse, t2 - t1, time.monotonic() - t2)
+
+    def _roll_up_records(self) -> None:
+        """Write the roll-up of the committed batches' records (commit_log), so that a restart, `verify` and the
+        notebook open one file instead of every marker. The batch is committed whatever happens here: a roll-up
+        that cannot be written only leaves them to read the markers, so it is a warning, not a failed batch."""
+        from py4j.protocol import Py4JError
+
+        try:
+            path = roll_up_records(self.spark, self.root, "ingest",
+                                   {batch_tag(b): m for b, m in self._committed().items()})
+        except (Py4JError, OSError) as exc:
+            log.warning("the roll-up of the commit records could not be written (readers open every marker "
+                        "instead): %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return
+        log.info("commit records of %s batches rolled up in %s", f"{len(self._committed()):,}", path)
 
     def _new_alerts(self, alerts: "Iterable[Alert]") -> list[dict[str, Any]]:
         """Of `alerts`, those not emitted before (by alert_id), as rows of the alerts table."""
@@ -390,10 +408,10 @@ class StreamJob:
     # ------------------------------------------------------------------ alerts to Kafka
     def _committed_alert_files(self) -> dict[str, list[str]]:
         """alerts/ files by batch tag, only of batches whose commit marker exists (a crashed attempt's are not)."""
-        tags = {marker_tag(f) for f in self.fs.files(f"{self.root}/{COMMITS}/ingest")} - {None}
+        tags = {marker_tag(f) for f in self.fs.ls(f"{self.root}/{COMMITS}/ingest")} - {None}
         out: dict[str, list[str]] = {}
-        for f in self.fs.files(self.s.hdfs_uri("alerts")):
-            if f.endswith(".parquet") and not in_staging(f) and file_tag(f) in tags:
+        for f in self.fs.ls(self.s.hdfs_uri("alerts")):  # its files lie in the folder itself (no partitions)
+            if f.endswith(".parquet") and file_tag(f) in tags:
                 out.setdefault(file_tag(f), []).append(f)
         return out
 

@@ -81,6 +81,12 @@ def test_a_report_path_that_can_be_written_leaves_nothing_behind_before_the_repo
     assert output_file_problem(link, "--json") is None and link.is_symlink() and not target.exists()
 
 
+def test_a_second_log_is_refused_not_taken_in_place_of_the_first(log, tmp_path, capsys, refused_first):
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", "--log", str(log), "--log", str(tmp_path / "other.log")])
+    assert exit_.value.code == 2 and "--log given twice: verify recounts one log; give a rotated log as one file" in capsys.readouterr().err
+
+
 def test_a_folder_given_as_the_log_is_called_a_folder(tmp_path, capsys, refused_first):
     code = main(["verify", "--log", str(tmp_path)])
     err = capsys.readouterr().err

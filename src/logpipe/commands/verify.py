@@ -23,9 +23,22 @@ DECOMPRESS_TO_STDOUT = {"gzip": "zcat", "bzip2": "bzcat", "xz": "xzcat", "zstd":
                         "lz4": "lz4cat"}
 
 
+class _GivenOnce(argparse.Action):
+    """A flag that may be given once: argparse keeps the last of two `--log`s, and verify would then check the
+    results against the second log alone while the user meant both."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: verify recounts one log; give a rotated log as one file of "
+                         "its parts in order, e.g. --log <(cat access.log.1 access.log)")
+        setattr(namespace, self.dest, values)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="compare HDFS results with a batch recomputation from the raw log")
-    p.add_argument("--log", type=Path, required=True, help="the log file that was produced into the topic")
+    p.add_argument("--log", type=Path, required=True, action=_GivenOnce,
+                   help="the log file that was produced into the topic")
     p.add_argument("--truth", type=Path, default=None, help="ground truth (default: <log>.truth.json if present)")
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--lenient-truth", action="store_true",

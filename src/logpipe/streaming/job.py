@@ -424,11 +424,13 @@ class StreamJob:
 
         if tags is None:
             by_tag = self._committed_alert_files()
+            sent = {marker_tag(f) for f in self.fs.ls(f"{self.root}/{COMMITS}/alerts-kafka")}  # one listing
         else:  # files of a batch this run just committed: no listing of the whole history (it grows with every batch)
             by_tag = {tag: self.fs.glob(f"{self.s.hdfs_uri('alerts')}/{tag}-*.parquet") for tag in tags}
+            sent = {tag for tag in tags if self.fs.exists(marker_path(self.root, "alerts-kafka", tag))}
         for tag, files in sorted(by_tag.items()):
             marker = marker_path(self.root, "alerts-kafka", tag)
-            if not files or self.fs.exists(marker):
+            if not files or tag in sent:
                 continue
             df = self.spark.read.parquet(*files)
             n = df.count()

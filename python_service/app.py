@@ -7,9 +7,8 @@ a generate step run by `sh` never got it (Docker's init signals its own child on
 
 import argparse
 import sys
-from pathlib import Path
 
-from logpipe.cli import main
+from logpipe.cli import build_parser, main
 from logpipe.commands.demo import SAMPLE_SEED
 
 
@@ -18,11 +17,14 @@ def run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="app.py", add_help=False)
     p.add_argument("--generate-if-missing", metavar="SIZE", default=None)
     ours, produce_args = p.parse_known_args(argv)
-    log = next((a for a in produce_args if not a.startswith("-")), None)
-    if ours.generate_if_missing and log and not Path(log).exists():
-        code = main(["generate", "--size", ours.generate_if_missing, "--seed", str(SAMPLE_SEED), "--out", log])
-        if code:
-            return code
+    if ours.generate_if_missing:
+        # LOG as `logpipe produce` reads it (the first word not starting with "-" may be a flag's value)
+        log = build_parser().parse_args(["produce", *produce_args]).file
+        if not log.exists():
+            code = main(["generate", "--size", ours.generate_if_missing, "--seed", str(SAMPLE_SEED), "--out",
+                         str(log)])
+            if code:
+                return code
     return main(["produce", *produce_args])
 
 

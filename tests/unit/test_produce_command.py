@@ -363,3 +363,26 @@ def test_closing_the_confluent_client_after_a_flush_that_gave_up_does_not_wait_a
     t = time.monotonic()
     sink.close()
     assert time.monotonic() - t < 5
+
+
+def test_the_producer_service_generates_the_log_that_produce_reads_whatever_the_order_of_flags(tmp_path, monkeypatch):
+    """python_service/app.py takes LOG as `logpipe produce` parses it. Before, it took the first word not starting
+    with "-" for LOG, so `--topic weblogs LOG` generated the sample into ./weblogs and then waited for LOG. Found
+    by a review."""
+    import importlib.util
+
+    from logpipe.config import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("producer_service_app", PROJECT_ROOT / "python_service" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(app, "main", lambda argv: calls.append(argv) or 0)
+    log = tmp_path / "access.log"
+    args = ["--topic", "weblogs", str(log), "--follow"]
+    assert app.run([*args, "--generate-if-missing", "40MB"]) == 0
+    assert calls == [["generate", "--size", "40MB", "--seed", str(app.SAMPLE_SEED), "--out", str(log)],
+                     ["produce", *args]]
+    log.write_text("")
+    calls.clear()
+    assert app.run(["--generate-if-missing", "40MB", *args]) == 0 and calls == [["produce", *args]]

@@ -43,7 +43,7 @@ class ProduceSummary:
     seconds: float = 0.0
     errors: int = 0
     resumed_from: int = 0
-    unsent_parts: int = 0   # parts of the log lost before they were read (truncated or rotated away): see warnings
+    unsent_parts: int = 0   # parts of the log that may be lost (truncated or rotated away before read to their end): see warnings
     stopped_early: bool = False  # a one-shot run stopped (a signal) before the file's end: the rest is not sent yet
     # a one-shot run found the file truncated (copytruncate) while reading it: it stopped at its last whole line,
     # and the next run reads the rest from the copy (the warning above says so)
@@ -227,8 +227,9 @@ def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool
             summary.truncated_while_read = not follow and not source.stop.is_set() and not source.read_to_end
             source.close()
     if summary.unsent_parts:
-        log.warning("%d part(s) of %s could not be sent (truncated or rotated away before they were read): the "
-                    "warnings above name their bytes", summary.unsent_parts, path)
+        log.warning("%d part(s) of %s may not have been sent (truncated or rotated away before they were read to "
+                    "their end; a part may be empty: the producer cannot see what a file got after its last read): "
+                    "the warnings above name their bytes", summary.unsent_parts, path)
     log.info("produced %s: %s lines (%s records, %d too large: sent for the job to quarantine, %d errors), %.1f MB "
              "in %.1fs: %s lines/s, %.1f MB/s",
              path, f"{summary.lines:,}", f"{summary.records:,}", summary.quarantined, summary.errors,

@@ -292,6 +292,8 @@ class LogSource:
     backlog_bytes: int = 0
     # new files at the path (a rotation) that could not be opened: identity -> when that was first seen
     unopenable: dict[str, float] = field(default_factory=dict)
+    # the files rotated_leftovers found to read, with the identity their position is saved under
+    _leftover_keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
@@ -384,7 +386,7 @@ class LogSource:
                 return short[1]
             self.unsent_parts += 1
             log.warning("%s: no uncompressed copy of its old content (src %s) found beside it: whatever it held "
-                        "after byte %d was not sent. If a rotation holds it, send that part with `tail -c +%d "
+                        "after byte %d, if anything, was not sent. If a rotation holds it, send that part with `tail -c +%d "
                         "<rotation> > rest.log; logpipe produce rest.log` (zcat a compressed one first)",
                         path, saved.src, saved.offset, saved.offset + 1)
             return None
@@ -426,6 +428,9 @@ class LogSource:
             still_there.add(pos.key)
             if st.st_size > pos.offset or time.time() - st.st_mtime < self.rotate_grace_s:
                 found.append((pos.updated_at, entry.path))
+                self._leftover_keys[entry.path] = pos.key
+            elif not pos.finished:  # quiet for the grace and delivered to its last byte: nothing of it is left
+                self.store.save(replace(pos, finished=True))  # (its later removal is then no loss to report)
         for key in pending.keys() - still_there:  # rotated away and since deleted (or compressed): nothing to read
             pos = pending[key]
             if not pos.finished:
@@ -501,9 +506,13 @@ class LogSource:
             except InputFileError:
                 if os.path.lexists(leftover):
                     raise
-                # deleted (logrotate's `rotate N`) between the scan and now: what it held that was not sent is gone
+                # deleted (logrotate's `rotate N`) between the scan and now: what it held that was not sent is gone.
+                # Counted here, and its position dropped (else the next start would count it)
+                self.unsent_parts += 1
+                self.store.delete(self._leftover_keys.pop(leftover))
                 log.warning("%s, rotated away from %s while the producer was stopped, was deleted before the producer "
-                            "could read it: its lines not sent before are lost", leftover, self.path)
+                            "could read it: lines it got after those sent before, if any, were not sent",
+                            leftover, self.path)
                 continue
             old = self._resume(self.path, fd, st, shown=leftover)  # positions are recorded under the followed path
             self.backlog_bytes += max(0, st.st_size - old.read_pos)
@@ -514,11 +523,28 @@ class LogSource:
             if self.follow:
                 self.rotated[-1][1] = time.monotonic()  # quiet from now on: its grace starts after this read
                 continue
+            yield from self._settle_tail(old)
+            if self.stop.is_set():
+                return True
+            if self._tail_may_grow(old):  # its position stays before that line: a later run sends it whole
+                log.info("%s: its last line has no newline yet and it was written %.0fs ago, within the %.0fs its "
+                         "writer may go on appending after a rotation: not sent now; a later run sends it once the "
+                         "file has been quiet that long", leftover, time.time() - os.fstat(old.fd).st_mtime,
+                         self.rotate_grace_s)
+                self.rotated.pop()
+                os.close(old.fd)
+                continue
             tail = list(self._finish(old, final=True))
             self.rotated.pop()
             os.close(old.fd)
             yield from tail
         return False
+
+    def _tail_may_grow(self, seg: Segment) -> bool:
+        """A rotated file ends in a line without its newline and was written within rotate_grace_s: its writer may
+        still finish that line (sent now, the rest would go out as another line: one line as two records)."""
+        unterminated = bool(seg.carry) or seg.skipping is not None
+        return unterminated and time.time() - os.fstat(seg.fd).st_mtime < self.rotate_grace_s
 
     def _read_log(self) -> Iterator[Block | Idle]:
         """The log itself: to its end (one-shot), or on and on through truncations and rotations until `stop`."""
@@ -600,7 +626,7 @@ class LogSource:
             self.unsent_parts += 1
             seg.lost_rest = True  # the line it cut, if any, is part of this loss (_finish)
             log.warning("%s was truncated and no uncompressed copy of its old content is beside it: whatever it "
-                        "held after byte %d (src %s) was not sent", seg.path, seg.carry_start, seg.src)
+                        "held after byte %d (src %s), if anything, was not sent", seg.path, seg.carry_start, seg.src)
             return
         fd, st = copy
         log.info("%s was truncated: reading the rest of its old content from its copy (%s) at byte %d", seg.path,

@@ -50,5 +50,7 @@ mutants: setup                   ## mutation testing of the domain modules by th
 	$(BIN)/mutmut run
 	$(BIN)/mutmut results
 
-clean: setup                     ## stop the stack, then delete its run folder (kept if a service would not stop)
-	$(BIN)/logpipe stack down --wipe && rm -rf "$${LOGPIPE_RUN_DIR:-.logpipe}"
+clean: setup                     ## stop the stack, then delete what it keeps in its run folder (kept if a service would not stop)
+	$(BIN)/logpipe stack down --wipe && d="$${LOGPIPE_RUN_DIR:-.logpipe}" && \
+	  rm -rf "$$d"/jars "$$d"/conf "$$d"/aot "$$d"/logs "$$d"/pids "$$d"/producer "$$d"/stack.lock \
+	    "$$d"/demo-verify.json && { rmdir "$$d" 2>/dev/null || true; }  # data/: the services' part, by --wipe

@@ -182,7 +182,9 @@ def probe_blocks_reported(webhdfs: str) -> int:
     missing = int(beans[0].get("MissingBlocks", 0))
     if missing:
         raise NotReady(f"{missing} HDFS blocks have no live replica yet (a DataNode has not reported its blocks; "
-                       "if this persists, run `hdfs fsck /` and see the DataNode log)")
+                       "if this persists, see the DataNode log, and list the files whose blocks are lost with "
+                       f"`curl '{webhdfs.rstrip('/')}/fsck?ugi=$USER&path=/&listcorruptfileblocks=1'`: the "
+                       "NameNode's fsck, no Hadoop command needed)")
     return int(beans[0].get("BlocksTotal", 0))
 
 

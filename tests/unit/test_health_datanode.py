@@ -119,8 +119,10 @@ def test_datanode_ready_still_needs_the_namenode_side(tmp_path, namenode, datano
     namenode.pages["/jmx?qry=Hadoop:service=NameNode,name=FSNamesystem"] = _beans({"MissingBlocks": 2})
     probe = services._ready_probe(_settings(tmp_path, namenode, datanode_http.port, data_port.getsockname()[1]),
                                   "datanode")
-    with pytest.raises(health.NotReady, match="2 HDFS blocks have no live replica"):
+    with pytest.raises(health.NotReady, match="2 HDFS blocks have no live replica") as err:
         probe()
+    # a command the native stack can run (it has no `hdfs` script): the NameNode's own fsck page
+    assert f"`curl 'http://127.0.0.1:{namenode.port}/fsck?ugi=$USER&path=/&listcorruptfileblocks=1'`" in str(err.value)
 
 
 def test_datanode_timeout_says_what_to_check(tmp_path, namenode, free_ports):

@@ -66,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "up":
             t = time.monotonic()
             rows = services.up(s, progress=lambda m: log.info(m))
-            log.info("stack ready in %.1fs", time.monotonic() - t)
             _print_status(rows, services.urls(s))
+            if down := [r for r in rows if not (r["running"] and r["ports_as_set"])]:  # e.g. died during the AOT training
+                print(f"logpipe stack up: {', '.join(r['service'] for r in down)} "
+                      f"{'is' if len(down) == 1 else 'are'} not running as set at the end of the start; see "
+                      f"{', '.join(r['log'] for r in down)}", file=sys.stderr)
+                return 1
+            log.info("stack ready in %.1fs", time.monotonic() - t)
         elif args.action == "down":
             services.down(s, wipe=args.wipe, progress=lambda m: log.info(m))
         else:
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 _print_status(rows, services.urls(s))
             return 0 if all(r["running"] and r["ports_as_set"] for r in rows) else 3
-    except (StackError, ServiceTimeout, RuntimeError) as exc:
+    except (StackError, ServiceTimeout, RuntimeError, OSError) as exc:  # OSError: e.g. a full disk, a read-only run folder
         print(f"logpipe stack {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -299,6 +299,7 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
     for d in (lay.logs, lay.pids, lay.data, lay.jars):
         d.mkdir(parents=True, exist_ok=True)
     java = java_binary(s)
+    _check_free_disk(lay)
     _check_before_start(s, lay)  # before minutes of jar resolution on a fresh machine
     for name in UP_CLASSPATHS:
         t = time.monotonic()
@@ -328,6 +329,23 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
     return status(s)
 
 
+# free disk the services need under the run folder's data/: the NameNode stays in safe mode with under 100 MB
+# (dfs.namenode.resource.du.reserved), a DataNode takes no new block with under one block (128 MB) free; a margin
+# for Kafka's segments and the logs
+MIN_FREE_DISK_BYTES = 512 * 1024**2
+
+
+def _check_free_disk(lay: Layout) -> None:
+    """Refuse to start on a disk too full for HDFS to take writes (else it said ready and every write failed with
+    "could only be written to 0 of the 1 minReplication nodes", or the start timed out in safe mode)."""
+    free = shutil.disk_usage(lay.data).free
+    if free < MIN_FREE_DISK_BYTES:
+        raise StackError(f"only {free / 1024**2:,.0f} MiB free on the disk of {lay.data}: HDFS needs at least "
+                         f"{MIN_FREE_DISK_BYTES // 1024**2} MiB there (its NameNode stays in safe mode under 100 MiB, "
+                         "its DataNode takes no block under 128 MiB). Free space on that disk, or set "
+                         "LOGPIPE_RUN_DIR to a folder on another one")
+
+
 def _check_before_start(s: Settings, lay: Layout) -> None:
     """Before anything starts: each running service of ours listens on the ports now set, and no port of a service
     to start is taken (found one service at a time, a busy DataNode port left Kafka and the NameNode running)."""
@@ -343,15 +361,10 @@ def _check_before_start(s: Settings, lay: Layout) -> None:
     for svc in services(s, lay):
         pid = our_pid(lay, svc)
         if pid is not None:
-            wanted = _addresses_as_set(s, svc)
-            listening, deadline = _listening_addresses(pid), time.monotonic() + 10
-            # waited for while some of its ports are bound at no address yet (it may still be starting); every
-            # port bound, at other addresses: refused at once
-            while (listening and not wanted <= listening and not set(svc.ports) <= {p for _ip, p in listening}
-                   and time.monotonic() < deadline):
-                time.sleep(0.5)
-                listening = _listening_addresses(pid)
-            if listening and not wanted <= listening:
+            # one still starting (some of its ports not bound yet) is left to the start's readiness wait: a
+            # NameNode loading a long edit log binds its web port many seconds before its RPC port
+            listening = _listening_addresses(pid)
+            if _moved(s, svc, listening):
                 raise StackError(
                     f"{svc.name} runs (pid {pid}) on {', '.join(f'{ip}:{port}' for ip, port in sorted(listening))}, "
                     f"not on {', '.join(f'{_bind_ip(s)}:{port}' for port in svc.ports)} as now set (a LOGPIPE_* port or "
@@ -443,9 +456,14 @@ def _down(s: Settings, wipe: bool, progress: Callable[[str], None]) -> None:
     left = {svc.name: pids for svc in services(s, lay) if (pids := unrecorded_pids(lay, svc))}
     if wipe and left:
         raise StackError(f"not wiping {lay.data}: {left} still run{'s' if len(left) == 1 else ''} from it")
-    if wipe and lay.data.exists():
-        shutil.rmtree(lay.data)
-        progress(f"wiped {lay.data}")
+    # only the services' own folders: a run folder set to a folder that holds other things (LOGPIPE_RUN_DIR=. in
+    # the checkout, whose data/ holds the sample logs) keeps them
+    for folder in (svc.data_dir for svc in services(s, lay)) if wipe else ():
+        if folder.exists():
+            shutil.rmtree(folder)
+            progress(f"wiped {folder}")
+    if wipe and lay.data.is_dir() and not any(lay.data.iterdir()):
+        lay.data.rmdir()
     positions = s.run_dir / "producer"  # the producer's default position store: it points into the wiped topics
     if wipe and not s.producer_state_dir and positions.exists():
         shutil.rmtree(positions)
@@ -461,17 +479,26 @@ def status(s: Settings) -> list[dict]:
         # a process of ours that its pid record does not name (lost, or written before a clock step) runs too:
         # `stack down` stops it, `stack up` takes it back
         pid = our_pid(lay, svc)
-        wanted = _addresses_as_set(s, svc)
         listening = _listening_addresses(pid) if pid is not None else set()
-        # on other ports only once it listens on as many ports as it binds: a service binds them seconds apart, and
-        # one that has bound some is still starting (the DataNode's random port counts: bound before its IPC port,
-        # it made a starting DataNode look moved for about a second)
-        as_set = wanted <= listening or len({port for _ip, port in listening}) < len(svc.ports) + svc.extra_ports
+        as_set = not _moved(s, svc, listening)
         ports = (",".join(f"{s.bind_host}:{p}" for p in svc.ports) if as_set
                  else ",".join(f"{ip}:{port}" for ip, port in sorted(listening, key=lambda a: (a[1], a[0]))))
         rows.append({"service": svc.name, "running": pid is not None, "pid": pid, "ports": ports,
                      "ports_as_set": as_set, "data": str(svc.data_dir), "log": str(lay.log_file(svc.name))})
     return rows
+
+
+def _moved(s: Settings, svc: Service, listening: set[tuple[str, int]]) -> bool:
+    """Whether a running service listens elsewhere than the settings say: one of its ports at another address, or
+    as many ports bound as it binds without its own among them. One that has bound only some is still starting
+    (a service binds them seconds apart; the DataNode's random port counts: bound before its IPC port, it made a
+    starting DataNode look moved for about a second)."""
+    wanted = _addresses_as_set(s, svc)
+    if wanted <= listening:
+        return False
+    if any(port in svc.ports and (ip, port) not in wanted for ip, port in listening):
+        return True
+    return len({port for _ip, port in listening}) >= len(svc.ports) + svc.extra_ports
 
 
 def _bind_ip(s: Settings) -> str:

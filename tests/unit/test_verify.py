@@ -956,3 +956,51 @@ def test_windows_missing_after_an_unflushed_batch_say_how_to_write_them(tmp_path
     assert r.windows_by_host["missing"] == 1 and "hint" not in r.windows_by_host  # flushed: missing is missing
     pq.write_table(t, path)
     assert "hint" not in verify_run(s, log, fs=local, alerts_on_kafka=False).windows_by_host  # none missing
+
+
+@pytest.mark.parametrize(("table", "columns", "named"), [
+    ("events/date=2004-05-18", ["timestamp"], "events.timestamp"),
+    ("windows/by_host", ["window_start", "window_end"], "windows/by_host.window_end"),
+    ("windows/by_status", ["window_start"], "window_start"),
+])
+def test_times_with_a_fraction_of_a_second_are_a_mismatch_not_rounded_away(tmp_path, table, columns, named, monkeypatch,
+                                                                         capsys):
+    """Verify compared times as whole seconds: 999,999 us added to every event time, or to every window's start and
+    end, still gave "exact" (a parse that keeps a fraction, a unit mixed up, would go unseen). Found by a review.
+    Now such a time fails verify, naming the column; the CLI says MISMATCH and exits 1."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from logpipe import cli
+    from logpipe.commands import verify as command
+    from logpipe.verify import verify_run
+    from logpipe.verify.tables import FractionalTimes
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LOG_LINES) + b"\n")
+    s, root = _results_root(tmp_path, log)
+    assert verify_run(s, log, fs=fsspec.filesystem("file"), alerts_on_kafka=False).verdict == "exact"
+    path = root / table / "b0000000000-00000.parquet"
+    t = pq.read_table(path)
+    for c in columns:
+        shifted = pc.add(t.column(c).cast(pa.int64()), 999_999).cast(t.schema.field(c).type)
+        t = t.set_column(t.schema.get_field_index(c), c, shifted)
+    pq.write_table(t, path)
+    with pytest.raises(FractionalTimes, match=rf"{named} holds \d+ time\(s\) with a fraction of a second"):
+        verify_run(s, log, fs=fsspec.filesystem("file"), alerts_on_kafka=False)
+
+    import logpipe.verify
+
+    def raises(*a, **k):
+        raise FractionalTimes(f"{named} holds 3 time(s) with a fraction of a second")
+
+    monkeypatch.setattr(logpipe.verify, "verify_run", raises)
+    import logpipe.results
+
+    monkeypatch.setattr(command, "results_problem", lambda s: None)
+    monkeypatch.setattr(logpipe.results, "settings_of_results", lambda s: (s, []))  # no HDFS here
+    assert cli.main(["verify", "--log", str(log), "--no-kafka"]) == 1
+    out = capsys.readouterr()
+    assert "verify: MISMATCH" in out.out and f"{named} holds 3 time(s)" in out.err

@@ -59,25 +59,42 @@ def scan_quarantine(s: Settings, fs: Any) -> QuarantineScan:
     return out
 
 
-def _epoch_s(col: pd.Series) -> pd.Series:
-    """Timestamps from Parquet (datetime64, naive UTC or aware) -> epoch seconds."""
+class FractionalTimes(ValueError):
+    """A time of the job's tables is not a whole second: the log's times are, and so are windows of whole-second
+    lengths; compared as whole seconds, such a time would pass unseen (a parse that keeps a fraction, a unit mixed
+    up). verify then says MISMATCH."""
+
+
+def _whole_seconds(since_epoch: np.ndarray, per_s: int, what: str) -> np.ndarray:
+    """`since_epoch` (int64, `per_s` units a second) as epoch seconds; FractionalTimes if any is not whole."""
+    if per_s > 1 and len(since_epoch) and (bad := np.flatnonzero(since_epoch % per_s)).size:
+        first = np.datetime64(int(since_epoch[bad[0]]) * (1_000_000_000 // per_s), "ns")
+        raise FractionalTimes(f"{what} holds {bad.size:,} time(s) with a fraction of a second (e.g. {first}): the "
+                              "job's times are whole seconds, as the log's are")
+    return since_epoch // per_s
+
+
+def _epoch_s(col: pd.Series, what: str = "a time column of the results") -> pd.Series:
+    """Timestamps from Parquet (datetime64, naive UTC or aware) -> epoch seconds (FractionalTimes if one is not a
+    whole second)."""
     c = pd.to_datetime(col, utc=True)
-    return (c - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    ns = (c - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(nanoseconds=1)
+    return pd.Series(_whole_seconds(ns.to_numpy(dtype=np.int64), 1_000_000_000, what), index=col.index)
 
 
-def _epoch_s_arrow(col: Any) -> np.ndarray:
-    """An Arrow timestamp column -> int64 epoch seconds."""
+def _epoch_s_arrow(col: Any, what: str = "a time column of the results") -> np.ndarray:
+    """An Arrow timestamp column -> int64 epoch seconds (FractionalTimes if one is not a whole second)."""
     import pyarrow as pa
 
     per_s = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[col.type.unit]
-    return np.asarray(col.cast(pa.int64()).to_numpy(), dtype=np.int64) // per_s
+    return _whole_seconds(np.asarray(col.cast(pa.int64()).to_numpy(), dtype=np.int64), per_s, what)
 
 
 def keyed_counts_of_table(table: Any, key: str, labels: list[Any]) -> KeyedCounts:
     """A result table (Arrow: window_start, <key>, count) coded against the expected table's labels."""
     if table is None or not table.num_rows:
         return KeyedCounts(key, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), list(labels))
-    return KeyedCounts.from_arrays(key, _epoch_s_arrow(table.column("window_start")), table.column(key),
+    return KeyedCounts.from_arrays(key, _epoch_s_arrow(table.column("window_start"), "window_start"), table.column(key),
                                    table.column("count").to_numpy(), labels)
 
 
@@ -129,7 +146,7 @@ def scan_table(s: Settings, table: str, column: str, fs: Any, fingerprint: dict[
             continue
         out.rows += rb.num_rows
         if fingerprint:
-            cols = {c: (_epoch_s_arrow(rb.column(c)) if c == column else rb.column(c).to_pandas())
+            cols = {c: (_epoch_s_arrow(rb.column(c), f"{table}.{c}") if c == column else rb.column(c).to_pandas())
                     for c in fingerprint}
             out.fingerprint = (out.fingerprint + row_fingerprint(cols, fingerprint)) % _MOD
         tag = _batch_of(rb.column("__filename")[0].as_py(), path)
@@ -142,7 +159,7 @@ def scan_table(s: Settings, table: str, column: str, fs: Any, fingerprint: dict[
             on_rows(tag, rb)
         values = rb.column(column).filter(pc.is_valid(rb.column(column)))
         if len(values):
-            secs = _epoch_s_arrow(values)
+            secs = _epoch_s_arrow(values, f"{table}.{column}")
             lo, hi = int(secs.min()), int(secs.max())
             old = out.ranges.get(tag, (lo, hi))
             out.ranges[tag] = (min(old[0], lo), max(old[1], hi))

@@ -158,7 +158,8 @@ def compare_window_tables(s: Settings, fs: Any, counts: LogCounts, size_s: int) 
             continue
         # checked record batch by record batch
         ends_wrong = 0 if rows is None else sum(
-            int((_epoch_s_arrow(rb.column(1)) - _epoch_s_arrow(rb.column(0)) != size_s).sum())
+            int((_epoch_s_arrow(rb.column(1), f"{table}.window_end") - _epoch_s_arrow(rb.column(0), f"{table}.window_start")
+                 != size_s).sum())
             for rb in rows.to_batches())
         actual = keyed_counts_of_table(rows, kc.key, kc.labels)
         n_rows = 0 if rows is None else rows.num_rows

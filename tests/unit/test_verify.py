@@ -574,7 +574,8 @@ def _results_root(tmp_path, log):
                                                                             pa.int32()),
         "bytes_sent": pa.array([r.bytes_sent for _, r in recs], pa.int32()), "src_key": [f"k{n}" for n, _ in recs]})
     write("quarantine", {"raw_bytes": pa.array(LOG_LINES[3:], pa.binary()), "reason": ["malformed", "empty"],
-                         "src_key": ["k3", "k4"]})
+                         "src_key": ["k3", "k4"], "kafka_partition": pa.array([0, 0], pa.int32()),
+                         "kafka_offset": pa.array([3, 4], pa.int64())})
     # the windows of LOG_LINES, by hand (20 s sliding 10 s; the lines at 00:00:05, :15 and :17 of 2004-05-18), not
     # from verify's own count_log: (window start in s from 00:00:00, key, count)
     t0 = 1_084_838_400
@@ -594,7 +595,7 @@ def _results_root(tmp_path, log):
 
 
 @pytest.mark.parametrize("damage", ["none", "bytes_sent", "request", "reasons_swapped", "raw_bytes", "window_end",
-                                    "date_partition", "stray_file", "unfinished_attempt"])
+                                    "date_partition", "stray_file", "unfinished_attempt", "quarantine_record_twice"])
 def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     """A job with the right counts but a wrong field (bytes_sent, request), quarantine reasons swapped between
     two lines, a wrong raw record, windows that do not end at start + window, events in another date's partition,
@@ -619,6 +620,10 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     elif damage == "stray_file":
         (root / "windows/by_host/part-00000-c000.snappy.parquet").write_bytes((root / "windows/by_host" / tag)
                                                                               .read_bytes())
+    elif damage == "quarantine_record_twice":  # both rows name one Kafka record: one of them was written twice
+        t = pq.read_table(root / "quarantine" / tag)
+        i = t.schema.get_field_index("kafka_offset")
+        pq.write_table(t.set_column(i, "kafka_offset", pa.array([3, 3], pa.int64())), root / "quarantine" / tag)
     elif damage == "unfinished_attempt":
         (root / "events/date=2004-05-18/b0000000001-00000.parquet").write_bytes(events_file.read_bytes())
         (root / "_commits/ingest/b0000000001.pending").write_text("")
@@ -649,6 +654,7 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     assert acc["events_in_wrong_date_partition"] == (3 if damage == "date_partition" else 0)
     assert acc["uncommitted_files"]["stray"] == (damage == "stray_file")
     assert acc["uncommitted_files"]["of_unfinished_attempts"] == (damage == "unfinished_attempt")
+    assert acc["quarantine_records_written_twice"] == (damage == "quarantine_record_twice")
     assert r.ok is (damage in ("none", "unfinished_attempt")), r.to_json()
 
 
@@ -727,17 +733,26 @@ def test_quarantine_is_read_in_bounded_memory_once_per_source_line(tmp_path):
             ("k3", b"\xff", "invalid_utf8"), ("k4", b"x", "malformed")]
     (tmp_path / "quarantine").mkdir()
     (tmp_path / "_commits" / "ingest").mkdir(parents=True)
-    for i, part in enumerate((rows[:2], rows[2:])):
-        tag = f"b{i:010d}"
-        (tmp_path / "_commits" / "ingest" / f"{tag}.json").write_text("{}")
-        pq.write_table(pa.table({"src_key": [r[0] for r in part], "raw_bytes": pa.array([r[1] for r in part]),
-                                 "reason": [r[2] for r in part]}), tmp_path / "quarantine" / f"{tag}-00000.parquet")
+
+    def write(offsets: list[int]) -> None:
+        for i, part in enumerate((rows[:2], rows[2:])):
+            tag = f"b{i:010d}"
+            (tmp_path / "_commits" / "ingest" / f"{tag}.json").write_text("{}")
+            pq.write_table(pa.table({"src_key": [r[0] for r in part], "raw_bytes": pa.array([r[1] for r in part]),
+                                     "reason": [r[2] for r in part], "kafka_partition": pa.array([0] * len(part)),
+                                     "kafka_offset": pa.array(offsets[:2] if i == 0 else offsets[2:])}),
+                           tmp_path / "quarantine" / f"{tag}-00000.parquet")
+
+    write([10, 11, 12, 13, 14])  # k1 re-sent by a restarted producer: another record (offset 12)
     q = scan_quarantine(s, fsspec.filesystem("file"))
     unique = [r for i, r in enumerate(rows) if r[0] not in [x[0] for x in rows[:i]]]
-    assert (q.rows, q.unique) == (5, 4)
+    assert (q.rows, q.unique, q.records_twice) == (5, 4, 0)
     assert q.by_reason == {"malformed": 2, "empty": 1, "invalid_utf8": 1}
     assert q.fingerprint == row_fingerprint({"raw_bytes": [r[1] for r in unique], "reason": [r[2] for r in unique]},
                                             QUARANTINE_FIELDS)
+    # the same Kafka record written twice (a job's error, not a re-sent line): seen, though the counts per line hold
+    write([10, 11, 10, 13, 14])
+    assert scan_quarantine(s, fsspec.filesystem("file")).records_twice == 1
 
 
 def test_a_worker_error_that_does_not_pickle_still_reaches_the_caller():

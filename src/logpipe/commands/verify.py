@@ -179,7 +179,8 @@ def accounting_text(a: dict) -> str:
             f"{a['late_check']['event_batches_behind_horizon']}; the job's counts against its tables: "
             f"{'; '.join(a['job_accounting']['mismatches']) or 'equal'}; parsed fields line by line: "
             f"{'equal' if a['parsed_fields_equal'] else 'DIFFERENT'}; quarantined records and reasons: "
-            f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}; events in the wrong date partition "
+            f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}; quarantine rows of a Kafka record already "
+            f"written {a.get('quarantine_records_written_twice', 0):,}; events in the wrong date partition "
             f"{a['events_in_wrong_date_partition']:,}; files no commit covers: stray "
             f"{a['uncommitted_files']['stray']}, of unfinished attempts "
             f"{a['uncommitted_files']['of_unfinished_attempts']}" + (f". {a['hint']}" if a.get("hint") else ""))

@@ -128,6 +128,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
            "job_event_rows": int(len(event_keys)),
            "job_event_lines": int(pc.count_distinct(event_keys).as_py()) if len(event_keys) else 0,
            "job_quarantined_unique": quarantine.unique, "job_quarantined_by_reason": job_q_by_reason,
+           "quarantine_records_written_twice": quarantine.records_twice,
            "job_records_read": metrics.get("lines"), "late": metrics.get("late", 0),
            "duplicates_dropped": metrics.get("duplicates_dropped", 0),
            "late_lines_excluded": n_late_lines, "late_not_in_log": late_unmatched}
@@ -160,6 +161,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                  and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0
                  and acc["late_check"]["ok"] and acc["job_accounting"]["ok"] and acc["parsed_fields_equal"]
                  and acc["quarantine_records_equal"] and not acc["events_in_wrong_date_partition"]
+                 and not acc["quarantine_records_written_twice"]
                  and acc["uncommitted_files"]["ok"])
     hints = [other_log_hint(counts.lines, acc["job_parsed_unique"] + acc["job_quarantined_unique"], log_path),
              too_large_hint(s, counts.quarantined_by_reason, job_q_by_reason)]

@@ -24,6 +24,9 @@ class QuarantineScan:
     unique: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
     fingerprint: int = 0
+    # rows beyond the first of one Kafka record (partition, offset): a re-sent line is another record and is kept,
+    # the same record written twice is a job's error that the once-per-line counts above cannot see
+    records_twice: int = 0
 
 
 def scan_quarantine(s: Settings, fs: Any) -> QuarantineScan:
@@ -36,19 +39,23 @@ def scan_quarantine(s: Settings, fs: Any) -> QuarantineScan:
     out = QuarantineScan()
     if not files:
         return out
-    keys, hashes, codes = [], [], []
+    keys, hashes, codes, records = [], [], [], []
     reasons: dict[str, int] = {}
     scanner = ds.dataset(files, filesystem=fs, format="parquet").scanner(
-        columns=["src_key", *QUARANTINE_FIELDS], fragment_readahead=1, batch_readahead=2)
+        columns=["src_key", "kafka_partition", "kafka_offset", *QUARANTINE_FIELDS], fragment_readahead=1,
+        batch_readahead=2)
     for rb in scanner.to_batches():
         if not rb.num_rows:
             continue
         cols = {c: rb.column(c).to_pandas() for c in ("src_key", *QUARANTINE_FIELDS)}
         keys.append(pd.util.hash_pandas_object(cols["src_key"], index=False).to_numpy())
+        records.append(pd.util.hash_pandas_object(pd.DataFrame({c: rb.column(c).to_pandas() for c in (
+            "kafka_partition", "kafka_offset")}), index=False).to_numpy())
         hashes.append(row_hashes(cols, QUARANTINE_FIELDS))
         codes.append(np.array([reasons.setdefault(r, len(reasons)) for r in cols["reason"]], dtype=np.int32))
     key_arr = np.concatenate(keys)
     out.rows = len(key_arr)
+    out.records_twice = out.rows - len(np.unique(np.concatenate(records)))
     _, first = np.unique(key_arr, return_index=True)  # the first row of each source line, as drop_duplicates keeps
     del key_arr
     out.unique = len(first)

@@ -507,9 +507,13 @@ class LogSource:
                 if os.path.lexists(leftover):
                     raise
                 # deleted (logrotate's `rotate N`) between the scan and now: what it held that was not sent is gone.
-                # Counted here, and its position dropped (else the next start would count it)
-                self.unsent_parts += 1
-                self.store.delete(self._leftover_keys.pop(leftover))
+                # Counted here, and its position dropped (else the next start would count it); one read to its
+                # definite end (finished, found as written within the grace) held nothing unsent
+                key = self._leftover_keys.pop(leftover)
+                saved = self.store.load(key)
+                if saved is not None and not saved.finished:
+                    self.unsent_parts += 1
+                self.store.delete(key)
                 log.warning("%s, rotated away from %s while the producer was stopped, was deleted before the producer "
                             "could read it: lines it got after those sent before, if any, were not sent",
                             leftover, self.path)

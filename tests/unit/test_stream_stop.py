@@ -809,8 +809,9 @@ def test_stop_or_raise_stops_a_running_query_and_raises_for_one_that_ended_by_it
 
 
 def test_a_continuous_run_ends_on_a_signal_and_fails_when_its_query_stops_by_itself() -> None:
-    """`logpipe stream` (no --until-*): a signal stops the query between batches and writes the run's metrics; a
-    query that stopped by itself (it failed) is raised, with no metrics written."""
+    """`logpipe stream` (no --until-*): a signal stops the query between batches and writes the run's metrics,
+    once a micro-batch callback the stop left running has committed (they counted without its batch); a query
+    that stopped by itself (it failed) is raised, with no metrics written."""
     import signal
 
     from logpipe.config import load_settings
@@ -818,20 +819,37 @@ def test_a_continuous_run_ends_on_a_signal_and_fails_when_its_query_stops_by_its
     class Job(_Job):
         def __init__(self, query) -> None:
             super().__init__(10)
-            self.query, self.metrics = query, None
+            self.query, self.metrics, self.committed = query, None, 10
+            self.in_batch = threading.Lock()
 
         def ingest_query(self, available_now: bool):
             assert available_now is False
             return self.query
 
+        def wait_for_batch(self, timeout: float) -> bool:
+            if not self.in_batch.acquire(timeout=timeout):
+                return False
+            self.in_batch.release()
+            return True
+
         def write_run_metrics(self, extra, before):
-            self.metrics = {**extra, "lines": 10, "parsed": 10, "quarantined": 0, "late": 0, "duplicates_dropped": 0}
+            self.metrics = {**extra, "lines": self.committed, "parsed": self.committed, "quarantined": 0, "late": 0,
+                            "duplicates_dropped": 0}
             return self.metrics
 
     s = load_settings(stop_grace_s=0.2)
     job = Job(_Stopping(False))
+    job.in_batch.acquire()  # a callback still renaming its files when the stop's grace time is over
+
+    def callback_ends() -> None:
+        time.sleep(1.0)
+        job.committed += 5  # its marker: the batch's 5 lines are committed
+        job.in_batch.release()
+
+    threading.Thread(target=callback_ends).start()
     metrics = run._run_until_stopped(job, s, _signalled(signal.SIGTERM), time.monotonic(), {})
     assert job.query.stopped and metrics is job.metrics and "total_s" in metrics
+    assert metrics["lines"] == 15
     stop = run.StopSignal.__new__(run.StopSignal)
     stop.event, stop.signum, stop._before = threading.Event(), None, {}
     failed = Job(_Stopping(True, "org.apache.spark.SparkException: disk full"))

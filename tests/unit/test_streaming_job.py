@@ -564,3 +564,50 @@ def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not
         restarted._batch(_kafka_rows(local_spark, s, 50, 3, 10), 5)
     assert (folder / "b0000000005.json").exists() and not (folder / "b0000000005.rollup").exists()
     assert "roll-up of the commit records could not be written" in caplog.text and "went away" in caplog.text
+
+
+def test_a_missed_roll_up_is_written_after_the_next_batch_and_one_gone_after_the_listing_is_passed_over(
+        local_spark, tmp_path, monkeypatch, caplog):
+    """A review's cases. (1) A roll-up's write failed (or the run died before it): the next batch writes it, not
+    the one ROLLUP_EVERY batches on (readers opened up to ROLLUP_EVERY more markers meanwhile). (2) A roll-up
+    removed between the JVM's listing and its read (a run that lost the root still rolling up): the job reads the
+    markers, as the WebHDFS readers do (py4j's error was not taken for a read error, and the start failed)."""
+    from logpipe.config import Settings
+    from logpipe.streaming import commit, job as job_module
+    from logpipe.streaming.job import StreamJob
+
+    root = tmp_path / "root"
+    folder = root / "_commits" / "ingest"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root))
+    monkeypatch.setattr(job_module, "ROLLUP_EVERY", 2)
+    job = StreamJob(local_spark, s)
+    monkeypatch.setattr(job, "_publish_committed_alerts", lambda *a, **k: None)  # no Kafka here
+    real_roll_up = job_module.roll_up_records
+    failing = [True]
+
+    def roll_up_failing_once(*a, **k):
+        if failing and failing.pop():
+            raise OSError("HDFS went away for a moment")
+        return real_roll_up(*a, **k)
+
+    monkeypatch.setattr(job_module, "roll_up_records", roll_up_failing_once)
+    for b in range(3):
+        job._batch(_kafka_rows(local_spark, s, 10 * b, 3, 2 * b), b)
+    assert sorted(p.name for p in folder.glob("*.rollup")) == ["b0000000002.rollup"]  # batch 1's failed
+    for b in range(3, 6):
+        job._batch(_kafka_rows(local_spark, s, 10 * b, 3, 2 * b), b)
+    assert sorted(p.name for p in folder.glob("*.rollup")) == ["b0000000002.rollup", "b0000000004.rollup"]
+    markers = [json.loads(p.read_text()) for p in sorted(folder.glob("b*.json"))]
+    assert [m["batch"] for m in markers] == list(range(6))
+
+    real_read = commit.HadoopFs.read_text
+
+    def rollup_gone_after_listing(self, p: str) -> str:
+        if p.endswith(".rollup"):
+            (folder / p.rsplit("/", 1)[-1]).unlink(missing_ok=True)
+        return real_read(self, p)
+
+    monkeypatch.setattr(commit.HadoopFs, "read_text", rollup_gone_after_listing)
+    with caplog.at_level(logging.WARNING, logger="logpipe.commit_log"):
+        assert [m for _, m in sorted(StreamJob(local_spark, s)._committed().items())] == markers
+    assert "b0000000004.rollup cannot be read" in caplog.text and "b0000000002.rollup cannot be read" in caplog.text

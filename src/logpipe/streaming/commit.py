@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from logpipe.commit_log import read_commit_records, rollup_text, stale_rollups
 from logpipe.root_layout import (COMMITS, DONE, PENDING, ROLLUP, batch_tag, file_tag, marker_path, marker_tag,
-                                  staging_dir)
+                                  staging_dir, tag_id)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -273,8 +273,28 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
 def committed_meta(spark: "SparkSession", root_uri: str, query: str) -> list[dict[str, Any]]:
     """The record of every committed batch of a query, in batch order (from its newest roll-up and the markers
     after it: commit_log)."""
+    return commit_history(spark, root_uri, query)[0]
+
+
+def commit_history(spark: "SparkSession", root_uri: str, query: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """committed_meta's records, and the batch ids of the query's roll-ups (from the same listing). A roll-up that
+    cannot be read (removed since the listing, refused) is passed over for the markers, as the WebHDFS readers do:
+    its read error is an OSError here, where a marker's stays the JVM's own."""
+    from py4j.protocol import Py4JJavaError
+
     fs = HadoopFs(spark, root_uri)
-    return [record for _, record in read_commit_records(fs.ls(f"{root_uri}/{COMMITS}/{query}"), fs.read_text)]
+    names = fs.ls(f"{root_uri}/{COMMITS}/{query}")
+
+    def read(p: str) -> str:
+        if marker_tag(p, ROLLUP) is None:
+            return fs.read_text(p)
+        try:
+            return fs.read_text(p)
+        except Py4JJavaError as exc:
+            raise OSError(str(exc.java_exception).splitlines()[0]) from exc
+
+    rollups = sorted(tag_id(tag)[1] for n in names if (tag := marker_tag(n, ROLLUP)) is not None)
+    return [record for _, record in read_commit_records(names, read)], rollups
 
 
 def roll_up_records(spark: "SparkSession", root_uri: str, query: str, records: Mapping[str, dict[str, Any]]) -> str:

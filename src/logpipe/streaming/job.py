@@ -38,13 +38,13 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from logpipe.commit_log import ROLLUP_EVERY
+from logpipe.commit_log import ROLLUP_EVERY, ROLLUPS_KEPT
 from logpipe.config import Settings
 from logpipe.root_layout import COMMITS, batch_tag, file_tag, in_staging, marker_path, marker_tag, staging_dir
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
 from logpipe.rules import FAILED_STATUS, Alert, AlertRules, HostCount, StatusCount, WindowCount
-from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch, committed_meta,
-                                      roll_up_records, run_at_once)
+from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch, commit_history,
+                                      committed_meta, roll_up_records, run_at_once)
 from logpipe.streaming.lease import RootLease
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
@@ -129,6 +129,7 @@ class StreamJob:
         self.rules = AlertRules.from_settings(s)
         self.stats = RunStats()
         self._metas: dict[int, dict[str, Any]] | None = None  # committed batches
+        self._rollups: list[int] = []  # the batch ids of the ingest roll-ups on the root (read with _metas)
         self._flushes: dict[int, dict[str, Any]] | None = None  # committed flushes, by the batch they follow
         self._emitted_alerts: dict[str, datetime] | None = None  # see _emitted
         self.event_columns = EVENT_COLUMNS if s.events_request_parts else STORED_EVENT_COLUMNS
@@ -144,7 +145,8 @@ class StreamJob:
     # ------------------------------------------------------------------ committed history
     def _committed(self) -> dict[int, dict[str, Any]]:
         if self._metas is None:
-            self._metas = {m["batch"]: m for m in committed_meta(self.spark, self.root, "ingest")}
+            metas, self._rollups = commit_history(self.spark, self.root, "ingest")
+            self._metas = {m["batch"]: m for m in metas}
             self._flushes = {m["batch"]: m for m in committed_meta(self.spark, self.root, "flush")}
         return self._metas
 
@@ -262,6 +264,7 @@ class StreamJob:
         committed = self._committed()
         if batch_id in committed:  # Spark re-runs a batch we committed when it died before its own commit log
             log.info("batch %d was already committed: nothing is written again", batch_id)
+            self._roll_up_if_due()  # its roll-up too, if the crash came before it
             return
         t0 = time.monotonic()
         mb = MicroBatch(self, batch, batch_id, prev=max((b for b in committed if b < batch_id), default=None))
@@ -296,8 +299,7 @@ class StreamJob:
             mb.release()
             self.fs.delete(mb.stage)
         self._prune_state(batch_id)
-        if (batch_id + 1) % ROLLUP_EVERY == 0:
-            self._roll_up_records()
+        self._roll_up_if_due()
         self._forget_final_alerts(next_horizon)
         if mb.new_alerts:
             self._publish_committed_alerts([batch_tag(batch_id)])
@@ -310,6 +312,13 @@ class StreamJob:
                  batch_id, f"{meta['lines']:,}", f"{meta['late']:,}", f"{meta['duplicates']:,}",
                  f"{meta['final_window_rows']:,}", f"{meta['open_window_rows']:,}", f"{meta['seen_keys']:,}",
                  t_parse - t0, t1 - t_parse, t2 - t1, time.monotonic() - t2)
+
+    def _roll_up_if_due(self) -> None:
+        """Roll up the commit records once ROLLUP_EVERY batches were committed after the newest roll-up (batch
+        99, 199, ... of a run from batch 0; one a crash or a failed write missed is written after the next batch)."""
+        committed = self._committed()
+        if committed and max(committed) - max(self._rollups, default=-1) >= ROLLUP_EVERY:
+            self._roll_up_records()
 
     def _roll_up_records(self) -> None:
         """Write the roll-up of the committed batches' records (commit_log), so that a restart, `verify` and the
@@ -324,6 +333,7 @@ class StreamJob:
             log.warning("the roll-up of the commit records could not be written (readers open every marker "
                         "instead): %s", str(exc).splitlines()[0] if str(exc) else exc)
             return
+        self._rollups = sorted({*self._rollups, max(self._committed())})[-ROLLUPS_KEPT:]
         log.info("commit records of %s batches rolled up in %s", f"{len(self._committed()):,}", path)
 
     def _new_alerts(self, alerts: "Iterable[Alert]") -> list[dict[str, Any]]:

@@ -223,14 +223,10 @@ def uncommitted_files(s: Settings, fs: Any, limit: int = 10) -> dict[str, Any]:
     """Parquet files in the result tables that no commit marker covers, which every reader here skips but a plain
     `spark.read.parquet(<table>)` (or the HDFS browser) would not: those of an attempt still running or that died
     before its marker (a `.pending` marker; the job's next run removes them) are reported; any other (an untagged
-    file, a tag with no marker at all) is stray and fails."""
-    tags = committed_tags(s, fs)
-    pending: set[str] = set()
-    for query in ("ingest", "flush"):
-        d = s.hdfs_path(COMMITS, query)
-        if fs.exists(d):
-            pending |= {marker_tag(f, PENDING) for f in fs.ls(d, detail=False)} - {None}
-    stray, unfinished = [], 0
+    file, a tag with no marker at all) is stray and fails. The files are listed first, the markers last: a batch
+    committing meanwhile moves its files in under its `.pending` marker, which it removes only after its commit
+    marker is written, so a file listed has its batch's `.pending` or commit marker in the later listings."""
+    files: list[tuple[str, str, str]] = []  # (path, below its table, name)
     for table in TABLES:
         path = s.hdfs_path(table)
         if not fs.exists(path):
@@ -240,11 +236,21 @@ def uncommitted_files(s: Settings, fs: Any, limit: int = 10) -> dict[str, Any]:
             at = f.find(base)
             below = f[at + len(base):] if at >= 0 else f
             name = below.rsplit("/", 1)[-1]
-            tag = file_tag(name)
-            if not name.endswith(".parquet") or tag in tags:
-                continue
-            if tag in pending or in_staging(below):
-                unfinished += 1
-            else:
-                stray.append(f)
+            if name.endswith(".parquet"):
+                files.append((f, below, name))
+    pending: set[str] = set()
+    for query in ("ingest", "flush"):
+        d = s.hdfs_path(COMMITS, query)
+        if fs.exists(d):
+            pending |= {marker_tag(f, PENDING) for f in fs.ls(d, detail=False)} - {None}
+    tags = committed_tags(s, fs)
+    stray, unfinished = [], 0
+    for f, below, name in files:
+        tag = file_tag(name)
+        if tag in tags:
+            continue
+        if tag in pending or in_staging(below):
+            unfinished += 1
+        else:
+            stray.append(f)
     return {"stray": len(stray), "of_unfinished_attempts": unfinished, "examples": stray[:limit], "ok": not stray}

@@ -5,6 +5,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: deps test-deps setup constraints demo test unit stack-up stack-down stack-status mutants clean
 
@@ -28,8 +29,8 @@ constraints: | deps              ## pin every installed version again (after cha
 	mv constraints.txt.new constraints.txt
 	touch $(VENV)/.installed
 
-demo: setup                      ## the demo pipeline on the native stack
-	$(BIN)/logpipe demo
+demo: setup                      ## the demo pipeline on the native stack (flags: DEMO_ARGS="--fresh ...")
+	$(BIN)/logpipe demo $(DEMO_ARGS)
 
 test: test-deps setup            ## every test: unit, integration, e2e, faults (starts the native stack)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -39,10 +40,10 @@ unit: setup                      ## fast tests, no services
 
 stack-up: setup
 	$(BIN)/logpipe stack up
-stack-down: setup
-	$(BIN)/logpipe stack down
-stack-status: setup
-	$(BIN)/logpipe stack status
+stack-down:                      ## needs no set-up: without $(VENV) this checkout has started nothing
+	@if [ -x $(BIN)/logpipe ]; then $(BIN)/logpipe stack down; else echo "no $(BIN)/logpipe: nothing to stop"; fi
+stack-status:
+	@if [ -x $(BIN)/logpipe ]; then $(BIN)/logpipe stack status; else echo "no $(BIN)/logpipe: the stack was never set up here (make stack-up)"; exit 3; fi
 
 mutants: setup                   ## mutation testing of the domain modules by the unit tests (~10 min; mutants/)
 	$(BIN)/pip install -q -c constraints.txt -e '.[mutants]'

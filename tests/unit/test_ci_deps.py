@@ -63,3 +63,26 @@ def test_a_python_older_than_3_11_is_refused_with_what_to_do(tmp_path):
     r = _deps(env)
     assert r.returncode == 1, r
     assert "python3 is Python 3.9.2; logpipe needs 3.11+" in r.stderr and "PYTHON=" in r.stderr
+
+
+@pytest.mark.parametrize("home", ["old", "none", "good"])
+def test_the_java_the_stack_runs_is_checked_java_home_first(tmp_path, home):
+    """The stack runs $LOGPIPE_JAVA_HOME/bin/java, else $JAVA_HOME's, before the `java` on PATH
+    (stack.java.java_binary): deps checked only PATH's, so a JAVA_HOME of Java 11 passed and `stack up` failed, and
+    one of Java 17 with no java on PATH had a JDK installed that nothing used. A review's finding."""
+    import sys
+
+    env = _machine(tmp_path, java="echo 'openjdk version \"11.0.2\"' >&2", mvn=":", make=":", python3=PY_OK)
+    jdk = tmp_path / "jdk"
+    if home != "none":
+        (jdk / "bin").mkdir(parents=True)
+        (jdk / "bin" / "java").write_text(f"#!{shutil.which('bash')}\n"
+                                          + (JAVA_17 if home == "good" else "echo 'version \"11.0.2\"' >&2") + "\n")
+        (jdk / "bin" / "java").chmod(0o755)
+    r = _deps({**env, "REAL_PYTHON": sys.executable, "JAVA_HOME": str(jdk)})
+    if home == "good":  # PATH's java 11 is not what the stack runs
+        assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r
+    else:
+        assert r.returncode == 1 and "apt-get" not in r.stdout, r
+        assert f"JAVA_HOME={jdk} " + ("is Java 11; Kafka 4 and Spark 4 need 17+" if home == "old"
+                                      else "has no bin/java") in r.stderr, r

@@ -266,7 +266,7 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
                 f"demo: {s.hdfs_root} has no results of the demo, and starting there would delete "
                 f"{', '.join(theirs)}{' and the producer positions in ' + str(positions) if positions.exists() else ''}"
                 ": give the demo its own root and topics (--hdfs-root, --topic, --alerts-topic), or pass --fresh "
-                "to delete them")
+                "to delete them (with make: make demo DEMO_ARGS=--fresh)")
     refuse_if_a_run_holds(s, client)
     doomed = [f"HDFS {s.hdfs_root}"] if client.status(s.hdfs_root, strict=False) is not None else []
     doomed += [f"topic {t}" for t in topics] + ([f"positions {positions}"] if positions.exists() else [])

@@ -177,3 +177,55 @@ def test_the_training_runs_on_the_native_stack_whatever_cluster_the_client_setti
     assert {(u.kafka_address, u.hdfs_address, u.webhdfs_address) for u in used} == {
         ("127.0.0.1:19092", "hdfs://127.0.0.1:18020", "http://127.0.0.1:19870")}
     assert all(u.topic.startswith("logpipe-aot-training-") for u in used)
+
+
+def test_stack_down_stops_a_training_a_killed_stack_up_left_running(tmp_path, monkeypatch) -> None:
+    """`stack up` killed outright (SIGKILL, a terminal's hang-up) during the training left the training and its
+    Spark JVM running in their own session, writing a cache file nothing would rename, with a topic and HDFS
+    folder of their own. `stack down` now stops that process group and removes what it made; a process of
+    another run folder's training is left alone."""
+    import time
+
+    import psutil
+
+    from logpipe.config import Settings
+    from logpipe.stack import aot, services
+    from logpipe.stack.layout import Layout
+
+    s = Settings(run_dir=tmp_path / "run")
+    other = Settings(run_dir=tmp_path / "other")
+    removed: list[str] = []
+    monkeypatch.setattr(aot, "_remove_training_outputs", lambda s_, name: removed.append(name))
+    marker = f"orphan-jvm-{os.getpid()}"
+    # the training as it is started (`-m logpipe.stack.aot <out> <settings>`), with a child as its Spark JVM
+    code = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+            f"{marker!r}])\nopen(sys.argv[-2], 'wb').write(b'part of a cache')\ntime.sleep(60)\n")
+    procs = []
+    for settings in (s, other):
+        folder = Layout(settings.run_dir).aot
+        folder.mkdir(parents=True)
+        out, settings_file = folder / "spark-x.aot.123.tmp", folder / "spark-x.aot.123.settings.json"
+        settings_file.write_text("{}")
+        procs.append(subprocess.Popen([sys.executable, "-c", code, "logpipe.stack.aot", str(out), str(settings_file)],
+                                      start_new_session=True))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (len([p for p in psutil.process_iter(["cmdline"])
+                                                        if marker in (p.info["cmdline"] or [])]) == 2
+                                                   and (Layout(s.run_dir).aot / "spark-x.aot.123.tmp").exists()):
+            time.sleep(0.1)
+        said: list[str] = []
+        services.down(s, progress=said.append)
+        assert procs[0].wait(15) is not None and removed == [f"logpipe-aot-training-{procs[0].pid}"]
+        assert f"stopping the AOT training (pid {procs[0].pid})" in said[0], said
+        assert list(Layout(s.run_dir).aot.iterdir()) == []  # its partial cache and settings file gone
+        assert procs[1].poll() is None and len(list(Layout(other.run_dir).aot.iterdir())) == 2
+        jvms = [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
+        assert len(jvms) == 1  # the other folder's: its "JVM" runs on, this one's went with its group
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, 9)
+            except ProcessLookupError:
+                pass
+            p.wait()

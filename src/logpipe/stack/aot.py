@@ -131,19 +131,52 @@ def _training_name(pid: int) -> str:
 def _stop_training(s: Settings, proc: subprocess.Popen) -> None:
     """Stop a training run (its process group: the run and its Spark JVM) and remove what it made: its topics and
     its results root (the run's own clean-up does not run when it is stopped)."""
+    _stop_group(proc.pid, proc.poll)  # poll reaps the run once it ended (a zombie still counts in its group)
+    proc.wait()
+    _remove_training_outputs(s, _training_name(proc.pid))
+
+
+def _stop_group(pgid: int, reap: Callable[[], object] = lambda: None) -> None:
+    """SIGTERM a process group, then SIGKILL what is left of it after 10 s."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
             break
         deadline = time.monotonic() + 10  # the JVM may outlive the run by a moment
-        while time.monotonic() < deadline and _group_alive(proc.pid):
-            proc.poll()  # reaps the run once it ended (a zombie still counts in its group)
+        while time.monotonic() < deadline and _group_alive(pgid):
+            reap()
             time.sleep(0.2)
-        if not _group_alive(proc.pid):
+        if not _group_alive(pgid):
             break
-    proc.wait()
-    _remove_training_outputs(s, _training_name(proc.pid))
+
+
+def stop_orphaned_trainings(s: Settings, progress: Callable[[str], None]) -> list[int]:
+    """Stop the training runs a `stack up` killed outright (SIGKILL, a closed terminal's hang-up) left running in
+    their own session, with their Spark JVM, and remove what they made: their topics, HDFS folder, partial cache
+    and settings file. Called by `stack down` under the stack lock, while the services still run: no `stack up`
+    runs then, so any training of this run folder is such an orphan. Returns their pids."""
+    import psutil
+
+    aot_dir = str(Layout(s.run_dir).aot.resolve())
+    found: list[tuple[int, list[str]]] = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if "logpipe.stack.aot" in cmd and len(cmd) >= 2 and all(
+                    str(Path(arg).resolve().parent) == aot_dir for arg in cmd[-2:]) and proc.pid == os.getpgid(proc.pid):
+                found.append((proc.pid, cmd))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            continue
+    for pid, cmd in found:
+        progress(f"stopping the AOT training (pid {pid}) that a stopped `stack up` left running")
+        _stop_group(pid)
+        _remove_training_outputs(s, _training_name(pid))
+        out, settings_file = Path(cmd[-2]), Path(cmd[-1])
+        for left in out.parent.glob(f"{out.name}*"):  # the partial cache its JVM wrote
+            left.unlink(missing_ok=True)
+        settings_file.unlink(missing_ok=True)
+    return [pid for pid, _ in found]
 
 
 def _training_command(out: Path, settings_file: Path) -> list[str]:
@@ -166,13 +199,22 @@ def _remove_training_outputs(s: Settings, name: str) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    import psutil
+
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            continue
+    return False
 
 
 def train(out: Path, base: Settings) -> None:

@@ -21,7 +21,7 @@ import psutil
 from logpipe import health
 from logpipe.config import Settings
 from logpipe.procstats import start_ticks
-from logpipe.stack.aot import ensure_aot_cache
+from logpipe.stack.aot import ensure_aot_cache, stop_orphaned_trainings
 from logpipe.stack.configs import native_kafka_address, native_webhdfs_address, write_configs
 from logpipe.stack.jars import StackError, classpath, resolve
 from logpipe.stack.java import java_binary
@@ -448,6 +448,7 @@ def down(s: Settings, wipe: bool = False, progress: Callable[[str], None] = prin
 
 def _down(s: Settings, wipe: bool, progress: Callable[[str], None]) -> None:
     lay = Layout(s.run_dir)
+    stop_orphaned_trainings(s, progress)  # first: it removes their topics and HDFS folder while the services run
     for svc in reversed(services(s, lay)):
         if stop_service(s, svc.name):
             progress(f"{svc.name:9s} stopped")

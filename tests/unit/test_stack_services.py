@@ -634,3 +634,25 @@ def test_wipe_removes_the_services_data_only(run_dir, free_ports):
     (lay.data / "kafka").mkdir()
     services.down(s, wipe=True, progress=lambda m: None)
     assert not lay.data.exists()
+
+
+def test_up_keeps_the_jars_a_running_service_uses_when_its_pom_changed(run_dir, free_ports, monkeypatch, procs,
+                                                                       caplog):
+    """A newer logpipe (another Kafka in kafka.xml) and `stack up` while the old broker runs: resolving deleted the
+    jars under it (the JVM opens a jar when it first needs a class from it, so the broker could fail later). They
+    are now kept, with a warning saying how to move to the new ones; a classpath no running service uses is
+    resolved as before."""
+    import logging
+
+    s = _settings(run_dir, free_ports)
+    lay = Layout(run_dir)
+    _kafka_listening(lay, _kafka(s), procs)
+    (lay.jars / "kafka").mkdir(parents=True)
+    (lay.jars / "kafka" / ".resolved").write_text("digest-of-an-older-pom\n")
+    resolved: list[str] = []
+    monkeypatch.setattr(services, "resolve", lambda name, root: resolved.append(name))
+    with caplog.at_level(logging.WARNING, logger="logpipe.stack.services"):
+        services._resolve_jars(s, lay, progress=lambda m: None)
+    assert resolved == ["hdfs", "spark-kafka"]
+    assert "kafka runs on the kafka jars of an older logpipe, so they are kept" in caplog.text
+    assert "`logpipe stack down` then `logpipe stack up`" in caplog.text

@@ -39,6 +39,12 @@ def _digest(pom: Path) -> str:
     return hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
 
 
+def is_resolved(name: str, jars_root: Path) -> bool:
+    """Whether the jars of classpath `name` under jars_root were resolved from its present pom."""
+    marker = jars_root / name / ".resolved"
+    return marker.is_file() and marker.read_text().strip() == _digest(pom_path(name))
+
+
 def resolve(name: str, jars_root: Path) -> Path:
     """The folder holding the jars of classpath `name`, resolving them with `mvn` the first time.
 

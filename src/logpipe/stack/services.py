@@ -23,7 +23,7 @@ from logpipe.config import Settings
 from logpipe.procstats import start_ticks
 from logpipe.stack.aot import ensure_aot_cache, stop_orphaned_trainings
 from logpipe.stack.configs import native_kafka_address, native_webhdfs_address, write_configs
-from logpipe.stack.jars import StackError, classpath, resolve
+from logpipe.stack.jars import StackError, classpath, is_resolved, resolve
 from logpipe.stack.java import java_binary
 from logpipe.stack.layout import Layout, stack_lock
 
@@ -294,6 +294,22 @@ def up(s: Settings, progress: Callable[[str], None] = print) -> list[dict]:
         return _up(s, progress)
 
 
+def _resolve_jars(s: Settings, lay: Layout, progress: Callable[[str], None]) -> None:
+    """Resolve every classpath `stack up` needs, but not one whose pom changed (a newer logpipe) under a service that
+    runs on its jars: resolving deletes them first, and the JVM opens a jar only when it first looks for a class
+    in it, so a running broker or NameNode would later fail on a class it had not loaded yet."""
+    in_use = {svc.jars: svc.name for svc in services(s, lay) if our_pid(lay, svc) is not None}
+    for name in UP_CLASSPATHS:
+        if name in in_use and (lay.jars / name).is_dir() and not is_resolved(name, lay.jars):
+            log.warning("%s runs on the %s jars of an older logpipe, so they are kept as they are: `logpipe stack "
+                        "down` then `logpipe stack up` resolves the new ones (data kept)", in_use[name], name)
+            continue
+        t = time.monotonic()
+        resolve(name, lay.jars)
+        if time.monotonic() - t > 1:
+            progress(f"resolved {name} jars in {time.monotonic() - t:.1f}s")
+
+
 def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
     lay = Layout(s.run_dir)
     for d in (lay.logs, lay.pids, lay.data, lay.jars):
@@ -301,11 +317,7 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
     java = java_binary(s)
     _check_free_disk(lay)
     _check_before_start(s, lay)  # before minutes of jar resolution on a fresh machine
-    for name in UP_CLASSPATHS:
-        t = time.monotonic()
-        resolve(name, lay.jars)
-        if time.monotonic() - t > 1:
-            progress(f"resolved {name} jars in {time.monotonic() - t:.1f}s")
+    _resolve_jars(s, lay, progress)
     before = {f: f.read_text() for f in lay.conf.rglob("*") if f.is_file()} if lay.conf.exists() else {}
     write_configs(s, lay)
     changed = {f.parent.name for f in lay.conf.rglob("*") if f.is_file() and before.get(f) != f.read_text()}

@@ -41,6 +41,22 @@ def test_bench_row_shows_both_end_to_end_figures_and_needs_both_runs_exact():
     assert not verified_exact(_result(pipeline=True, pipeline_ok=False))
     assert not verified_exact(_result(pipeline=True, ok=False))
     assert markdown_row(_result(pipeline=True, pipeline_ok=False)).endswith("| MISMATCH |")
+    # every check made passed, but the alerts topic could not be read: said as such, not as a mismatch
+    incomplete = _result(pipeline=True, pipeline_ok=False)
+    incomplete["verify"]["verdict"], incomplete["verify_pipeline"]["verdict"] = "exact", "incomplete"
+    assert markdown_row(incomplete).endswith("| INCOMPLETE |") and not verified_exact(incomplete)
+    incomplete["verify"] = {"ok": False, "verdict": "mismatch"}
+    assert markdown_row(incomplete).endswith("| MISMATCH |")
+
+
+def test_a_last_line_without_a_newline_is_counted(tmp_path):
+    """count_lines gives the rates' line count: the producer sends a last line without its newline and verify
+    counts it, so the rates divided by one line too few."""
+    from logpipe.bench import count_lines
+
+    for text, n in ((b"", 0), (b"a\n", 1), (b"a\nb", 2), (b"a\nb\n", 2), (b"\n\n", 2)):
+        (tmp_path / "log").write_bytes(text)
+        assert count_lines(tmp_path / "log") == n, text
 
 
 def test_bench_row_figures_have_thousands_separators_and_references_not_run_are_blank():
@@ -271,3 +287,26 @@ def test_a_failed_run_keeps_its_figures_and_names_its_data(tmp_path, monkeypatch
     assert got["hdfs_roots"] == [f"/bx/{got['date']}-{bench.size_label(2_500_000)}",
                                  f"/bx/{got['date']}-{bench.size_label(2_500_000)}-pipeline"]
     assert not list((tmp_path / "out").glob("run-*/result.json"))
+
+
+def test_the_rows_a_bench_appends_do_not_mark_the_next_run_dirty(tmp_path, monkeypatch):
+    """A bench appends its row to docs/benchmarks.md (and its result under benchmarks/results): the next run's
+    commit read `(dirty)` with no code changed. A change of the code still does."""
+    import subprocess
+
+    from logpipe import bench
+
+    repo = tmp_path / "repo"
+    for f in ("docs/benchmarks.md", "benchmarks/results/r.json", "src/code.py"):
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).write_text("1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    monkeypatch.setattr(bench, "PROJECT_ROOT", repo)
+    (repo / "docs/benchmarks.md").write_text("1\nrow\n")
+    (repo / "benchmarks/results/r.json").write_text("2\n")
+    assert not bench.versions()["commit"].endswith("(dirty)")
+    (repo / "src/code.py").write_text("2\n")
+    assert bench.versions()["commit"].endswith("(dirty)")

@@ -1046,6 +1046,12 @@ def test_times_with_a_fraction_of_a_second_are_a_mismatch_not_rounded_away(tmp_p
 
     monkeypatch.setattr(command, "results_problem", lambda s: None)
     monkeypatch.setattr(logpipe.results, "settings_of_results", lambda s: (s, []))  # no HDFS here
-    assert cli.main(["verify", "--log", str(log), "--no-kafka"]) == 1
+    import json
+
+    report = tmp_path / "report.json"
+    assert cli.main(["verify", "--log", str(log), "--no-kafka", "--json", str(report)]) == 1
     out = capsys.readouterr()
     assert "verify: MISMATCH" in out.out and f"{named} holds 3 time(s)" in out.err
+    # a report says so too: bench records a MISMATCH row from it (without one it took verify for crashed)
+    assert json.loads(report.read_text()) == {"ok": False, "verdict": "mismatch",
+                                              "error": f"{named} holds 3 time(s) with a fraction of a second"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except FractionalTimes as exc:  # results no whole-second comparison may pass: wrong, whatever else holds
         print(f"logpipe verify: {exc}", file=sys.stderr)
+        if args.json:  # a report saying so (bench records a MISMATCH row from it, not a crashed verify)
+            try:
+                args.json.write_text(json.dumps({"ok": False, "verdict": "mismatch", "error": str(exc)}, indent=2))
+            except OSError as write_exc:
+                print(f"logpipe verify: could not write the report to {args.json}: {write_exc}", file=sys.stderr)
         print("verify: MISMATCH")
         return 1
     except WorkerDied as exc:

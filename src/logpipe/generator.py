@@ -49,9 +49,12 @@ INCIDENT_MIN_WINDOWS = 6       # each incident's slot spans at least this many w
 HEADROOM = 0.3                # background: a host's expected count in a window at the peak rate <= 0.3 x ceiling
 # the rules the planted incidents are made to meet: a URL scan at 1.5x the traffic around it and an outage failing
 # 60 % of requests reach about 0.6 of a window at their peak (at least 0.5 in some window: test_generator), and
-# under a ceiling of 10 requests a window the background's busiest hosts cross it by chance (Poisson tails)
+# the background's busiest hosts cross a ceiling by chance (Poisson tails of HEADROOM x ceiling): about 190
+# (window, host) crossings per day of log time at 10, 0.2 at 20, 6e-4 at 30; and one failing status of a quiet
+# window (20 lines at 1 line/s) meets a surge rule by chance about 4 times a day at a count of 5, 0.01 at 10
 MAX_SURGE_MIN_SHARE = 0.5
-MIN_CEILING = 10
+MIN_CEILING = 30
+MIN_SURGE_COUNT = 10
 MONTHS = list(lf.MONTHS)  # month names in order, as CLF writes them
 
 
@@ -168,6 +171,10 @@ class LogGenerator:
         if ceiling < MIN_CEILING:
             raise ValueError(f"a rate-limit ceiling of {ceiling} is under {MIN_CEILING}: background hosts would "
                              "cross it by chance, and raise alerts the truth file does not expect")
+        if surge_min_count < MIN_SURGE_COUNT:
+            raise ValueError(f"a surge count of {surge_min_count} is under {MIN_SURGE_COUNT}: a failing status of the "
+                             "background would meet the surge rule by chance in quiet windows, and raise alerts the "
+                             "truth file does not expect")
         failing_share = STATUS_P[STATUSES >= 400].max() / STATUS_P.sum()
         if failing_share * 2 >= surge_min_share:
             raise ValueError(f"surge_min_share {surge_min_share} is too close to the background's "

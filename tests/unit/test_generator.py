@@ -409,10 +409,13 @@ def test_a_high_surge_count_keeps_ordinary_hosts_under_the_ceiling(tmp_path):
 
 
 @pytest.mark.parametrize(("setting", "value", "says"), [("surge_min_share", 0.65, "above 0.5"),
-                                                        ("ceiling", 5, "under 10")])
+                                                        ("ceiling", 29, "under 30"),
+                                                        ("surge_min_count", 9, "under 10")])
 def test_rules_the_planted_incidents_cannot_meet_are_refused(setting, value, says):
-    """A surge share above what the planted surges reach at their peak (~0.6), or a ceiling the background's busiest
-    hosts cross by chance, would make a truth file the log does not hold: refused. The bounds themselves work."""
+    """A surge share above what the planted surges reach at their peak (~0.6), or a ceiling or surge count the
+    background meets by chance (a review found a ceiling of 10 crossed in every 30,000-line log at the daily peak),
+    would make a truth file the log does not hold: refused. The bounds themselves work."""
     with pytest.raises(ValueError, match=says):
         LogGenerator(**{setting: value})
-    assert LogGenerator(surge_min_share=0.5, ceiling=10).ceiling == 10
+    gen = LogGenerator(surge_min_share=0.5, ceiling=30, surge_min_count=10)
+    assert (gen.ceiling, gen.surge_min_count) == (30, 10)

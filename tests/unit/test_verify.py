@@ -910,6 +910,24 @@ def test_the_command_prints_every_check_and_its_verdict(tmp_path, monkeypatch, c
     out = capsys.readouterr().out
     assert "wrong 1" in out and out.rstrip().endswith("verify: MISMATCH")
 
+    # a truth file that expects an alert the job did not raise: a MISMATCH; with --lenient-truth the row says the
+    # score is not enforced (it said "ok" beside a recall under 100 %)
+    import json
+
+    pq.write_table(t, path)  # the right counts again
+    truth = tmp_path / "expects.truth.json"
+    truth.write_text(json.dumps({"total_lines": len(LOG_LINES), "incidents": [
+        {"id": "I1", "kind": "rate_limit", "start": "2004-05-18T05:58:00Z", "end": "2004-05-18T06:00:00Z",
+         "expected_alerts": [{"rule": "rate_limit", "key": "10.9.9.9"}]}]}))
+    given = ["verify", "--log", str(log), "--hdfs-root", str(root), "--no-kafka", "--truth", str(truth)]
+    assert main(given) == 1
+    out = capsys.readouterr().out
+    assert "recall 0%" in out and out.rstrip().endswith("verify: MISMATCH"), out
+    assert main([*given, "--lenient-truth"]) == 0
+    out = capsys.readouterr().out
+    assert "not enforced" in out and "not a condition of the verdict" in out and "recall 0%" in out, out
+    assert out.rstrip().endswith("verify: exact")
+
 
 def test_an_alerts_topic_it_cannot_read_is_unchecked_not_a_finding(free_ports):
     """Kafka lost after verify's pre-check: the topic's read fails after connect_timeout_s (it waited a fixed 30 s

@@ -167,7 +167,9 @@ def report_table(args: argparse.Namespace, r: "VerifyReport") -> "Table":
               f"rule {al['figures']['raised_late']}, other columns wrong (window_end, threshold, top_hosts, "
               f"alert_id) {al['figures']['columns_wrong']}; {kafka_text(al['kafka'])}")
     if r.truth:
-        t.add_row("alerts vs ground truth", mark(r.truth["ok"]), truth_text(r.truth))
+        lenient = not r.truth.get("enforced", True) and (r.truth["recall"] < 1.0 or r.truth["false_positives"])
+        t.add_row("alerts vs ground truth", "[yellow]not enforced[/]" if lenient else mark(r.truth["ok"]),
+                  truth_text(r.truth) + ("; --lenient-truth: not a condition of the verdict" if lenient else ""))
     else:
         t.add_row("alerts vs ground truth", "-", f"not scored: no truth file ({args.truth or 'none given'}, and no "
                   f"{args.log.name}.truth.json beside the log); `logpipe generate` writes one")

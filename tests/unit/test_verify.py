@@ -869,6 +869,17 @@ def test_a_truth_file_of_another_log_is_said_so(tmp_path):
     hint = verify_run(s, log, other, fs=fsspec.filesystem("file"), alerts_on_kafka=False).truth["hint"]
     assert hint and f"{other} describes a log of {len(LOG_LINES) + 7:,} lines, {log} has {len(LOG_LINES):,}" in hint
     assert "--truth" in hint and "--lenient-truth" in hint
+    # generated for other rules or another window than the results were made with: said too (a review's finding:
+    # the truth's args were never compared, and a MISMATCH came with no hint why)
+    args = {"rate_limit_ceiling": s.rate_limit_ceiling, "surge_min_count": s.surge_min_count,
+            "surge_min_share": s.surge_min_share, "window_s": 20}
+    own.write_text(json.dumps({"args": args, "total_lines": len(LOG_LINES), "incidents": []}))
+    assert verify_run(s, log, own, fs=fsspec.filesystem("file"), alerts_on_kafka=False).truth["hint"] is None
+    own.write_text(json.dumps({"args": {**args, "window_s": 60, "rate_limit_ceiling": 500},
+                               "total_lines": len(LOG_LINES), "incidents": []}))
+    hint = verify_run(s, log, own, fs=fsspec.filesystem("file"), alerts_on_kafka=False).truth["hint"]
+    assert hint and f"{own} was generated for rate_limit_ceiling 500 (the results': {s.rate_limit_ceiling}), " \
+                    "window_s 60 (the results': 20)" in hint, hint
 
 
 def test_the_command_prints_every_check_and_its_verdict(tmp_path, monkeypatch, capsys):

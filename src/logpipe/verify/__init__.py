@@ -21,7 +21,8 @@ from logpipe.verify.recount import (_MOD, PARSED_FIELDS, QUARANTINE_FIELDS, Keye
                                     line_ranges, row_fingerprint)
 from logpipe.verify.tables import (_epoch_s_arrow, load_alerts, newest_event_per_batch, read_until, scan_quarantine,
                                    scan_table, uncommitted_files)
-from logpipe.verify.truth import TruthFileError, load_truth, score_against_truth, truth_log_hint
+from logpipe.verify.truth import (TruthFileError, load_truth, score_against_truth, truth_log_hint,
+                                   truth_settings_hint)
 from logpipe.verify.windows import (compare_counts, compare_window_tables, exclude_late_lines, window_table_types_wrong,
                                     without_late)
 from logpipe.windows import duration_seconds
@@ -174,7 +175,8 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
         met = truth["recall"] == 1.0 and truth["false_positives"] == 0
         truth["ok"] = met or not strict_truth
         truth["enforced"] = strict_truth  # --lenient-truth: scored and shown, not a condition of the verdict
-        truth["hint"] = truth_log_hint(truth_data, counts.lines, tp, log_path)
+        truth["hint"] = " ".join(h for h in (truth_log_hint(truth_data, counts.lines, tp, log_path),
+                                             truth_settings_hint(truth_data, s, tp)) if h) or None
     ok = host_cmp["ok"] and status_cmp["ok"] and acc["ok"] and alert_check["ok"] and (truth is None or truth["ok"])
     return VerifyReport(ok=ok, log=str(log_path), seconds=round(time.monotonic() - t0, 2), accounting=acc,
                         windows_by_host=host_cmp, windows_by_status=status_cmp, alerts=alert_check, truth=truth,

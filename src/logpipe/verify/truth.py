@@ -80,6 +80,24 @@ def score_against_truth(alerts: pd.DataFrame, truth: dict[str, Any], size_s: int
             "incidents": incidents}
 
 
+def truth_settings_hint(truth: dict[str, Any], s: Any, truth_path: Path) -> str | None:
+    """What to check when the ground truth was generated for other alert rules or another window than the results
+    were made with (`s`): its incidents were planned to meet those, and the background to stay under them."""
+    from logpipe.windows import duration_seconds
+
+    args = truth.get("args")
+    if not isinstance(args, dict):
+        return None
+    mine = {"rate_limit_ceiling": s.rate_limit_ceiling, "surge_min_count": s.surge_min_count,
+            "surge_min_share": s.surge_min_share, "window_s": duration_seconds(s.window)}
+    differ = [f"{k} {args[k]} (the results': {v})" for k, v in mine.items() if args.get(k) not in (None, v)]
+    if not differ:
+        return None
+    return (f"{truth_path} was generated for {', '.join(differ)}: its expected alerts are for those rules, so the "
+            "score above may count alerts these rules raise or do not as misses or false alerts; generate the log "
+            "with the job's settings, or --lenient-truth not to fail on it")
+
+
 def truth_log_hint(truth: dict[str, Any], file_lines: int, truth_path: Path, log_path: Path) -> str | None:
     """What to check when the ground truth describes another log than `log_path` (its line count differs): its
     incidents are another log's, and recall and precision against them say nothing about this run."""

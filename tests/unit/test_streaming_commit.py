@@ -181,7 +181,8 @@ def test_a_batch_whose_staged_files_are_gone_is_not_committed(local_spark, tmp_p
 def test_a_pending_marker_left_beside_its_commit_marker_is_removed_not_taken_for_a_crash(local_spark, tmp_path: Path):
     """A kill between writing a commit marker and deleting its `.pending` left the pending marker for good (a
     batch that committed): the start's clean-up removes it and keeps the batch's files; a pending marker without
-    its commit marker is still a crashed attempt, whose files go."""
+    its commit marker is still a crashed attempt, whose files go. A killed writer's temp files (a review's
+    finding: they stayed for good) go as well."""
     from logpipe.root_layout import batch_tag
     from logpipe.streaming.commit import clean_crashed_attempts
 
@@ -195,9 +196,16 @@ def test_a_pending_marker_left_beside_its_commit_marker_is_removed_not_taken_for
     (markers / f"{done}.json").write_text("{}")
     (markers / f"{done}.pending").write_text("")
     (markers / f"{died}.pending").write_text("")
+    # the temp files of a marker and a roll-up whose writer was killed before their rename go too; the root's own
+    # files (the lease a live run renews through such a temp file, the settings record) are not touched
+    (markers / f".{batch_tag(3)}.json.0a1b.tmp").write_text("{")
+    (markers / f".{batch_tag(99)}.rollup.0a1b.tmp").write_text("{")
+    (tmp_path / "_commits" / ".lease.json.0a1b.tmp").write_text("{")
+    (tmp_path / "_commits" / "job.json").write_text("{}")
     assert clean_crashed_attempts(local_spark, root, ["t"]) == [died]
     assert sorted(p.name for p in markers.iterdir()) == [f"{done}.json"]
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [f"{done}-00000.parquet"]
+    assert sorted(p.name for p in (tmp_path / "_commits").iterdir()) == [".lease.json.0a1b.tmp", "ingest", "job.json"]
 
 
 def test_ls_names_a_folder_s_entries_in_one_call_and_a_name_with_a_line_break_too(local_spark, tmp_path: Path):

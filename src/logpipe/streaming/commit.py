@@ -245,10 +245,16 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
     """Remove what attempts that died before their commit marker left behind: for every `<tag>.pending` of any
     query without its `<tag>.json`, the tag's files in every table and its staging folders. Run once at start,
     before any batch: a crashed flush (which no later batch re-runs under its own tag) or an attempt whose tables
-    differ from the re-run's would otherwise leave rows behind. Returns the cleaned tags."""
+    differ from the re-run's would otherwise leave rows behind. Also removes the hidden temp files of markers and
+    roll-ups whose writer died before renaming them (a roll-up's can be as large as the history; HDFS keeps the
+    dead writer's lease on it for up to an hour). Returns the cleaned tags."""
     fs = HadoopFs(spark, root_uri)
     crashed = []
-    for f in (entry for folder in fs.ls(f"{root_uri}/{COMMITS}") for entry in fs.ls(folder)):  # one per query
+    for folder, f in ((d, entry) for d in fs.ls(f"{root_uri}/{COMMITS}") for entry in fs.ls(d)):
+        name = f.rsplit("/", 1)[-1]
+        if f != folder and name.startswith(".") and name.endswith(".tmp"):  # in a query's folder (one per query)
+            fs.delete(f)  # a marker or roll-up whose writer died before its rename (HadoopFs.write_text)
+            continue
         tag = marker_tag(f, PENDING)
         if tag is None:
             continue

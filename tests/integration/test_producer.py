@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,8 +32,28 @@ def _consume(stack, topic: str, *, records: bool = False) -> list:
 
 
 def _env(stack, unique, tmp_path, **extra) -> dict[str, str]:
+    # PYTHONFAULTHANDLER: a producer that does not end on SIGTERM prints every thread's stack on SIGABRT
+    # (_stop_or_dump), so a failure says where it hung
     return {**os.environ, "LOGPIPE_TOPIC": f"prod-{unique}", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos"),
-            **extra}
+            "PYTHONFAULTHANDLER": "1", **extra}
+
+
+def _stop_or_dump(proc: subprocess.Popen, err_file: Path, timeout: float = 60) -> None:
+    """SIGTERM `proc` and wait for it; one that has not ended after `timeout` s fails the test with its log and
+    every thread's stack (SIGABRT with PYTHONFAULTHANDLER), not a bare TimeoutExpired (it happened once in a CI
+    rehearsal, with nothing to say where the producer waited)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        pytest.fail(f"the producer did not end within {timeout:.0f}s of SIGTERM; its log and stacks:\n"
+                    f"{err_file.read_text(errors='replace')[-6000:]}")
 
 
 def _produce(env, *args, timeout=300):
@@ -352,8 +373,7 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
                 _wait_for("the resume", lambda: resumed in err_file.read_text(), proc)
             time.sleep(1.5)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            _stop_or_dump(proc, err_file)
         assert proc.returncode == 0, err_file.read_text()[-2000:]
 
     follow_briefly(100)

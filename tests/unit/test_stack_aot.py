@@ -200,14 +200,18 @@ def test_stack_down_stops_a_training_a_killed_stack_up_left_running(tmp_path, mo
     # the training as it is started (`-m logpipe.stack.aot <out> <settings>`), with a child as its Spark JVM
     code = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
             f"{marker!r}])\nopen(sys.argv[-2], 'wb').write(b'part of a cache')\ntime.sleep(60)\n")
-    procs = []
+    pids = []
     for settings in (s, other):
         folder = Layout(settings.run_dir).aot
         folder.mkdir(parents=True)
         out, settings_file = folder / "spark-x.aot.123.tmp", folder / "spark-x.aot.123.settings.json"
         settings_file.write_text("{}")
-        procs.append(subprocess.Popen([sys.executable, "-c", code, "logpipe.stack.aot", str(out), str(settings_file)],
-                                      start_new_session=True))
+        # started by a process that then ends, as `stack up` was killed: an orphan, in a session of its own
+        spawn = (f"import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', {code!r}, 'logpipe.stack.aot', "
+                 f"{str(out)!r}, {str(settings_file)!r}], start_new_session=True, stdout=subprocess.DEVNULL, "
+                 "stderr=subprocess.DEVNULL)\nprint(p.pid)\n")
+        pids.append(int(subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True,
+                                       check=True).stdout))
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (len([p for p in psutil.process_iter(["cmdline"])
@@ -216,16 +220,30 @@ def test_stack_down_stops_a_training_a_killed_stack_up_left_running(tmp_path, mo
             time.sleep(0.1)
         said: list[str] = []
         services.down(s, progress=said.append)
-        assert procs[0].wait(15) is not None and removed == [f"logpipe-aot-training-{procs[0].pid}"]
-        assert f"stopping the AOT training (pid {procs[0].pid})" in said[0], said
+        assert removed == [f"logpipe-aot-training-{pids[0]}"]
+        assert f"stopping the AOT training (pid {pids[0]})" in said[0], said
+        assert not _running_in_group(pids[0])  # the whole group ended (zombies wait for init to reap them)
         assert list(Layout(s.run_dir).aot.iterdir()) == []  # its partial cache and settings file gone
-        assert procs[1].poll() is None and len(list(Layout(other.run_dir).aot.iterdir())) == 2
+        assert psutil.pid_exists(pids[1]) and len(list(Layout(other.run_dir).aot.iterdir())) == 2
         jvms = [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
         assert len(jvms) == 1  # the other folder's: its "JVM" runs on, this one's went with its group
     finally:
-        for p in procs:
+        for pid in pids:
             try:
-                os.killpg(p.pid, 9)
+                os.killpg(pid, 9)
             except ProcessLookupError:
                 pass
-            p.wait()
+
+
+def _running_in_group(pgid: int) -> list[int]:
+    """The processes of group `pgid` that still run (not zombies)."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return out

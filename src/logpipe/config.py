@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from functools import cached_property
@@ -67,6 +68,10 @@ def in_streaming_image() -> bool:
     return STREAMING_IMAGE_MARK.exists()
 
 
+# Kafka's millisecond settings are 32-bit ints (librdkafka refuses more; a larger value wrapped to a negative one)
+KAFKA_MAX_MS = 2**31 - 1
+
+
 class Settings(BaseSettings):
     """All settings. Environment variables `LOGPIPE_<FIELD>` set them; CLI flags override the environment.
 
@@ -75,7 +80,9 @@ class Settings(BaseSettings):
 
     # an empty LOGPIPE_* variable is the same as an unset one (compose passes `${VAR:-}` through as ""): before,
     # LOGPIPE_RUN_DIR= meant the current folder and LOGPIPE_KAFKA_PORT= was "not a valid integer"
-    model_config = SettingsConfigDict(env_prefix="LOGPIPE_", frozen=True, extra="forbid", env_ignore_empty=True)
+    # allow_inf_nan: an infinite timeout crashed in the Kafka clients' millisecond settings (OverflowError)
+    model_config = SettingsConfigDict(env_prefix="LOGPIPE_", frozen=True, extra="forbid", env_ignore_empty=True,
+                                      allow_inf_nan=False)
 
     # ---- native stack --------------------------------------------------------------------------
     run_dir: Path = Field(PROJECT_ROOT / ".logpipe", description="jars, data, logs and pids of the native stack")
@@ -115,7 +122,7 @@ class Settings(BaseSettings):
     compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
         "lz4", description="compression of the producer's record batches")
     batch_size: int = Field(512 * 1024, gt=0, description="producer batch size in bytes")
-    linger_ms: int = Field(20, ge=0, description="how long the producer waits to fill a batch")
+    linger_ms: int = Field(20, ge=0, le=900_000, description="how long the producer waits to fill a batch")
     speed: str = Field("max", description="max | realtime | <factor> (x the log's own pace)")
     max_message_bytes: int = Field(
         1_000_000, gt=0, le=64 << 20,  # at most the longest line the producer holds (producer.source.LINE_CAP_BYTES)
@@ -123,7 +130,7 @@ class Settings(BaseSettings):
     producer_state_dir: Path | None = Field(None, description="producer position files (default run_dir/producer)")
     producer_connect_timeout_s: float = Field(30.0, gt=0, description="give up reaching the broker after this long")
     producer_delivery_timeout_s: float = Field(
-        120.0, ge=1, description="give up on lines the broker has not confirmed after this long (a hung broker): "
+        120.0, ge=1, le=KAFKA_MAX_MS / 1000, description="give up on lines the broker has not confirmed after this long (a hung broker): "
         "the producer exits 1, and its next run sends them again from the saved position")
     producer_checkpoint_s: float = Field(1.0, ge=0, description="flush and save the position at least this often")
     rotate_grace_s: float = Field(
@@ -231,6 +238,11 @@ class Settings(BaseSettings):
         if "://" not in v or not url.scheme or (schemes and url.scheme not in schemes) or (
                 url.scheme in ("http", "https", "hdfs") and not url.hostname):
             raise ValueError(f"{v!r} is not a URL with a scheme and host (e.g. {example})")
+        if url.path.strip("/") or url.query or url.fragment or url.username is not None:
+            # Spark would write below its path while verify, the notebook and the health checks read the root at
+            # the top over WebHDFS (which keeps only host and port): the root is LOGPIPE_HDFS_ROOT's alone
+            raise ValueError(f"{v!r} holds more than a scheme, host and port (e.g. {example}): give the results' "
+                             "folder as LOGPIPE_HDFS_ROOT")
         try:
             url.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
         except ValueError as exc:
@@ -295,11 +307,11 @@ class Settings(BaseSettings):
         if v in ("max", "realtime"):
             return v
         try:
-            ok = float(v) > 0
+            ok = 0 < float(v) < math.inf  # NaN too
         except ValueError:
             ok = False
         if not ok:
-            raise ValueError("must be max, realtime or a positive factor (e.g. 10)")
+            raise ValueError("must be max, realtime or a positive, finite factor (e.g. 10)")
         return v
 
     @model_validator(mode="after")

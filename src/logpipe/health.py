@@ -270,15 +270,24 @@ def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
                            "the NameNode's web address.")
 
 
+STREAM_APP = "logpipe-stream"  # the streaming job's Spark application name (streaming.run)
+
+
 def probe_spark_ui(ui: str) -> int:
-    """The Spark UI at `ui` (http://host:port) answers its REST API with at least one application: a Spark job
-    (the streaming job) runs there. Returns how many applications it lists."""
+    """The Spark UI at `ui` (http://host:port) answers its REST API with the streaming job's application (another
+    SparkSession, e.g. a notebook's, may hold the port: the job then takes the next one). Returns how many
+    applications it lists."""
     try:
         apps = json.loads(http_get(f"{ui}/api/v1/applications"))
     except ValueError as exc:
         raise NotReady(f"{ui} is not a Spark UI (its /api/v1/applications is not JSON)") from exc
     if not isinstance(apps, list) or not apps:
         raise NotReady(f"the Spark UI at {ui} lists no application")
+    names = [a.get("name") for a in apps if isinstance(a, dict)]
+    if STREAM_APP not in names:
+        raise NotReady(f"the Spark UI at {ui} is another Spark application's ({', '.join(map(str, names))}), not "
+                       f"the streaming job's ({STREAM_APP}): with that port taken, the job takes the next one (its "
+                       "log names it); free the port, or set LOGPIPE_SPARK_UI_PORT")
     return len(apps)
 
 

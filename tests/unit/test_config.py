@@ -49,9 +49,9 @@ def test_known_speeds_are_accepted(speed):
     assert Settings(speed=speed).speed == speed
 
 
-@pytest.mark.parametrize("speed", ["abc", "0", "-2", "", "fast"])
+@pytest.mark.parametrize("speed", ["abc", "0", "-2", "", "fast", "nan", "inf"])
 def test_a_bad_speed_is_rejected_when_the_settings_load(speed):
-    with pytest.raises(pydantic.ValidationError, match="max, realtime or a positive factor"):
+    with pytest.raises(pydantic.ValidationError, match="max, realtime or a positive, finite factor"):
         Settings(speed=speed)
 
 
@@ -96,6 +96,12 @@ def test_a_misspelt_logpipe_variable_is_warned_about_not_ignored_silently(monkey
     ({"max_offsets_per_trigger": 0}, "max_offsets_per_trigger"),
     ({"kafka_port": 70000}, "kafka_port"),
     ({"connect_timeout_s": 0}, "connect_timeout_s"),
+    # a review's: inf crashed in the clients' millisecond settings (OverflowError, a traceback), and a delivery
+    # timeout past Kafka's 32-bit milliseconds wrapped to a negative one that librdkafka refused
+    ({"connect_timeout_s": float("inf")}, "connect_timeout_s"),
+    ({"producer_delivery_timeout_s": float("nan")}, "producer_delivery_timeout_s"),
+    ({"producer_delivery_timeout_s": 3_000_000}, "producer_delivery_timeout_s"),
+    ({"linger_ms": 1_000_000}, "linger_ms"),
 ])
 def test_values_out_of_range_are_refused_when_the_settings_load(values, shown):
     """A ceiling of 0 or a share above 1 would make every window an alert, or none: refused with the name."""
@@ -386,7 +392,12 @@ def test_the_spark_ui_binds_to_loopback_natively_and_anywhere_in_a_container(mon
                                              ("kafka_bootstrap", "127.0.0.1"), ("kafka_bootstrap", "k:9092,k2:0"),
                                              ("hdfs_url", "namenode:8020"), ("hdfs_url", "hdfs://"),
                                              ("webhdfs_url", "127.0.0.1:9870"), ("webhdfs_url", "hdfs://nn:9870"),
-                                             ("webhdfs_url", "http://nn:port")])
+                                             ("webhdfs_url", "http://nn:port"),
+                                             # more than scheme, host and port: Spark wrote below the path, the
+                                             # WebHDFS readers read the root at the top (a review's finding)
+                                             ("hdfs_url", "hdfs://127.0.0.1:8020/data"), ("hdfs_url", "hdfs://nn:8020?x"),
+                                             ("webhdfs_url", "http://nn:9870/gateway"),
+                                             ("webhdfs_url", "http://user@nn:9870")])
 def test_a_malformed_service_address_is_refused_at_once(monkeypatch, capsys, name, value):
     """A client address that cannot be one is an invalid setting (exit 2, naming it), not a wait for a service
     that times out after a minute."""
@@ -400,6 +411,8 @@ def test_well_formed_service_addresses_are_taken():
                       webhdfs_url="https://namenode:9871")
     assert s.kafka_address == "kafka:9092,[::1]:9093, 10.0.0.1:19092" and s.hdfs_uri("x") == "hdfs://namenode:8020/logpipe/x"
     assert load_settings(hdfs_url="file://").hdfs_url == "file://"  # a local root (the unit tests' results roots)
+    assert load_settings(hdfs_url="hdfs://nn:8020/", webhdfs_url="http://nn:9870/").hdfs_uri("x") == \
+        "hdfs://nn:8020/logpipe/x"
 
 
 def test_java_defaults_for_spark_are_asked_for_by_name(monkeypatch):

@@ -185,7 +185,8 @@ def test_hdfs_probes_on_a_web_server_that_is_not_hadoop_are_not_ready():
 
 def test_the_spark_ui_probe_wants_a_running_application(free_ports):
     """`logpipe health spark` (the streaming container's healthcheck) is ready only when a Spark UI answers its
-    REST API with an application; another web server, or nothing, is not ready."""
+    REST API with the streaming job's application; another web server or Spark application, or nothing, is not
+    ready."""
     import http.server
     import threading
 
@@ -209,6 +210,10 @@ def test_the_spark_ui_probe_wants_a_running_application(free_ports):
             health.probe_spark_ui(ui)
         answer["body"] = b"<html>a proxy</html>"
         with pytest.raises(health.NotReady, match="not a Spark UI"):
+            health.probe_spark_ui(ui)
+        # another SparkSession holding the port (a notebook's): not the job (a review's finding)
+        answer["body"] = b'[{"id": "local-2", "name": "a-notebook"}]'
+        with pytest.raises(health.NotReady, match="another Spark application's \\(a-notebook\\)"):
             health.probe_spark_ui(ui)
         answer["body"] = b'[{"id": "local-1", "name": "logpipe-stream"}]'
         assert health.probe_spark_ui(ui) == 1

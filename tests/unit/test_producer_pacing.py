@@ -34,10 +34,28 @@ def test_max_never_waits_and_garbage_is_ignored():
     assert time.monotonic() - t < 1.0  # (a wait would be 59 s; slack for a busy machine)
 
 
-@pytest.mark.parametrize("bad", ["0", "-2", "fast"])
+@pytest.mark.parametrize("bad", ["0", "-2", "fast", "nan", "inf"])
 def test_bad_speed_refused(bad):
+    from logpipe.config import Settings
+
     with pytest.raises(ValueError):
         Pacer(bad)
+    with pytest.raises(ValueError, match="positive, finite factor"):
+        Settings(speed=bad)
+
+
+def test_a_slow_factor_waits_its_seconds_and_only_a_jump_in_log_time_is_skipped():
+    """A factor under 1/60 replayed at full speed: each second of log was worth more than max_gap_s of wall time,
+    so every step was taken for a jump and skipped (a review's finding). A jump is now a gap of more than
+    max_gap_s in log time as well; here at half speed a 1 s step waits 2 s, a 59 s one is a jump."""
+    p = Pacer("0.5", max_gap_s=1.5)
+    t = time.monotonic()
+    for sec in (0, 1):
+        p.wait(_line(sec))
+    assert 1.8 <= time.monotonic() - t < 5 and p.jumps == 0
+    t = time.monotonic()
+    p.wait(_line(59))
+    assert time.monotonic() - t < 1.0 and p.jumps == 1
 
 
 def test_a_stop_ends_a_long_wait_at_once():

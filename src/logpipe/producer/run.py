@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -97,14 +98,15 @@ class Pacer:
     """Replays at the log's own pace (`realtime`) or a multiple of it; `max` does nothing. A wait ends early when
     `stop` is set (Ctrl-C / SIGTERM), so a paced replay stops at once, not after the log time of a block.
 
-    A jump in log time from one line to the next worth more than `max_gap_s` of wall time (a quiet night, or one
-    line dated years ahead or behind) is not slept: the pace starts again from that line. So no wait is ever longer
-    than `max_gap_s` (one bad date cannot stall the replay for decades, nor overflow `Event.wait`)."""
+    A jump in log time from one line to the next of more than `max_gap_s`, worth more than that of wall time too (a
+    quiet night, or one line dated years ahead or behind), is not slept: the pace starts again from that line. So no
+    wait is longer than `max_gap_s` of log time at the chosen pace (one bad date cannot stall the replay for
+    decades, nor overflow `Event.wait`); a slow factor (0.01: a second of log in 100 s) still waits its seconds."""
 
     def __init__(self, speed: str, stop: threading.Event | None = None, max_gap_s: float = 60.0,
                  on_wait: Callable[[], None] | None = None) -> None:
         self.factor = None if speed == "max" else 1.0 if speed == "realtime" else float(speed)
-        if self.factor is not None and self.factor <= 0:
+        if self.factor is not None and not 0 < self.factor < math.inf:  # NaN too
             raise ValueError(f"--speed must be max, realtime or a positive factor, not {speed!r}")
         self.max_gap_s = max_gap_s
         self.t_log0: float | None = None  # the anchor: this log time was replayed at wall time t_wall0
@@ -124,9 +126,12 @@ class Pacer:
             t = parse_timestamp(line[a + 1:b].decode("ascii", "replace")).timestamp()
         except ParseError:
             return
-        step = (t - self.t_last) / self.factor
+        gap = t - self.t_last
+        step = gap / self.factor
         self.t_last = t
-        if self.t_log0 is None or abs(step) > self.max_gap_s:
+        # a jump by both measures: by wall time alone, every second of log was one at a factor under 1/60 (a review
+        # found 0.01 replaying at full speed)
+        if self.t_log0 is None or (abs(step) > self.max_gap_s and abs(gap) > self.max_gap_s):
             if self.t_log0 is not None:
                 self.jumps += 1
                 log.log(logging.INFO if self.jumps == 1 else logging.DEBUG,
@@ -136,7 +141,7 @@ class Pacer:
             self.t_log0, self.t_wall0 = t, time.monotonic()
             return
         delay = self.t_wall0 + (t - self.t_log0) / self.factor - time.monotonic()
-        remaining = min(delay, self.max_gap_s)
+        remaining = min(delay, self.max_gap_s / min(self.factor, 1.0))
         while remaining > 0:
             step = remaining if self.on_wait is None else min(remaining, 1.0)
             if self.stop.wait(step):

@@ -213,7 +213,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                               timeout=float("inf"), hint="", interval=1.0)
     topic_now = topic_id(s, s.topic)  # the broker's id of the topic: read once, checked before and under the lease
     precheck_root(s, topic_now)
-    spark = build_spark(s, "logpipe-stream", extra=SPARK_CONF)
+    spark = build_spark(s, health.STREAM_APP, extra=SPARK_CONF)
     job = StreamJob(spark, s)
     lease = RootLease(job.fs, job.root)  # one run per results root
     try:

@@ -93,11 +93,43 @@ def test_a_second_stop_signal_quits_at_once(monkeypatch, capsys):
     exits = []
     monkeypatch.setattr(produce.os, "_exit", exits.append)
     stop = threading.Event()
-    produce.on_stop_signal(stop, signal.SIGTERM)
-    assert stop.is_set() and exits == []
-    produce.on_stop_signal(stop, signal.SIGINT)
+    produce.on_stop_signal(stop, signal.SIGTERM, first=True)
+    assert stop.wait(5) and exits == []
+    produce.on_stop_signal(stop, signal.SIGINT, first=False)
     assert exits == [128 + signal.SIGINT]
     assert "sent again next time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("handler", ["produce", "stream"])
+def test_a_signal_while_the_main_thread_enters_or_leaves_its_wait_does_not_deadlock(handler, monkeypatch):
+    """Signal handlers run in the main thread, between two bytecodes: one that came while the main thread held the
+    stop event's lock (entering or leaving Event.wait) called Event.set, which waited for that lock for ever. A
+    producer hung so on SIGTERM in a CI rehearsal (py-spy: on_stop_signal -> Event.set -> Condition.__enter__,
+    under Event.wait). Here a thread holds the event's lock as the main thread would and runs the handler: it
+    must return, and the event be set once the lock is let go."""
+    import signal
+    import threading
+
+    from logpipe.commands import produce
+    from logpipe.streaming import run
+
+    if handler == "produce":
+        stop = threading.Event()
+        handle = lambda: produce.on_stop_signal(stop, signal.SIGTERM, first=True)  # noqa: E731
+    else:
+        got = run.StopSignal.__new__(run.StopSignal)  # without touching the process's handlers
+        got.event, got.signum, got._before = threading.Event(), None, {}
+        stop, handle = got.event, lambda: got._handle(signal.SIGTERM, None)  # noqa: E731
+    returned = threading.Event()
+
+    def main_thread_in_its_wait() -> None:
+        with stop._cond:  # what Event.wait holds as it starts and ends
+            handle()
+            returned.set()
+
+    threading.Thread(target=main_thread_in_its_wait, daemon=True).start()
+    assert returned.wait(5), "the handler waited for the lock its own thread held"
+    assert stop.wait(5)
 
 
 def test_every_compression_the_settings_accept_has_its_kafka_python_codec():

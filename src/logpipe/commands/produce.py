@@ -13,6 +13,7 @@ from typing import get_args
 
 from logpipe.cli import add_setting_flags, settings_from_args
 from logpipe.config import Settings
+from logpipe.stopping import set_from_handler
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         signals.append(signum)
-        on_stop_signal(stop, signum)
+        on_stop_signal(stop, signum, first=len(signals) == 1)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
@@ -84,18 +85,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def on_stop_signal(stop: threading.Event, signum: int) -> None:
+def on_stop_signal(stop: threading.Event, signum: int, first: bool) -> None:
     """The first Ctrl-C / SIGTERM stops at the next line and waits for the broker to confirm what was sent (then
     the position is saved); a second one quits at once: the unconfirmed lines are sent again next time, under the
-    same keys, and the job drops the repeats."""
-    if not stop.is_set():
-        stop.set()  # first: the stop must hold even if the message cannot be written
-        print("logpipe produce: stopping: waiting for the broker to confirm the lines sent (again to quit now)",
-              file=sys.stderr, flush=True)
+    same keys, and the job drops the repeats. Called in the signal handler: `stop` is set by a thread of its own
+    (stopping.set_from_handler), and a message that cannot be written there (the main thread was writing to
+    stderr) is left out."""
+    if first:
+        set_from_handler(stop)  # first: the stop must hold even if the message cannot be written
+        _say("logpipe produce: stopping: waiting for the broker to confirm the lines sent (again to quit now)")
         return
-    print("logpipe produce: quitting without waiting; the lines after the last saved position are sent again "
-          "next time", file=sys.stderr, flush=True)
+    _say("logpipe produce: quitting without waiting; the lines after the last saved position are sent again "
+         "next time")
     os._exit(128 + signum)
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except RuntimeError:  # a reentrant write: the signal came while the main thread wrote to stderr
+        pass
 
 
 def kafka_client_errors() -> tuple[type[BaseException], ...]:

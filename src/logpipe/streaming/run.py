@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from logpipe.config import Settings
+from logpipe.stopping import set_from_handler
 
 if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
@@ -57,7 +58,7 @@ class StopSignal:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signum = signum
-        self.event.set()
+        set_from_handler(self.event)  # event.set() here could wait for ever on the lock the main thread holds
         self.restore()
         log.info("%s: stopping once the running micro-batch is done (again to stop at once)",
                  signal.Signals(signum).name)

@@ -74,7 +74,10 @@ def test_million_lines_exact(stack, unique, tmp_path):
     report = verify(env, log, tmp_path / "verify.json")
     assert report["ok"]
     assert report["windows_compared"] > 1000
+    # recall is 1.0 of nothing too: the planted incidents and their alerts must be there
+    assert len(truth["incidents"]) > 0 and report["truth"]["expected_alerts"] > 0
     assert report["truth"]["recall"] == 1.0 and report["truth"]["false_positives"] == 0
+    assert report["alerts"]["raised"] >= report["truth"]["expected_alerts"]
     assert report["accounting"]["lines"] == report["accounting"]["parsed"] + report["accounting"]["quarantined"]
     # alerts also reached Kafka, once each
     ids = [json.loads(m.value)["alert_id"] for m in read_topic(stack, env["LOGPIPE_ALERTS_TOPIC"])]

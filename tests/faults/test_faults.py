@@ -526,7 +526,11 @@ def test_a_second_run_on_a_root_in_use_is_refused(stack, unique, tmp_path, hdfs_
         assert first.poll() is None  # the first run goes on
     finally:
         first.send_signal(signal.SIGTERM)
-        first.wait(300)
+        try:
+            first.wait(300)
+        except subprocess.TimeoutExpired:
+            _kill_if_running(first)  # its Spark JVM too, which holds the root's lease
+            raise
     assert first.returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
     assert not hdfs_client.status(f"{env['LOGPIPE_HDFS_ROOT']}/_commits/lease.json", strict=False)  # released
     # the root is free again: the same settings finish it, and verify is exact

@@ -56,6 +56,24 @@ def _stop_or_dump(proc: subprocess.Popen, err_file: Path, timeout: float = 60) -
                     f"{err_file.read_text(errors='replace')[-6000:]}")
 
 
+def _stop_and_read(proc: subprocess.Popen, timeout: float = 60) -> tuple[str, str]:
+    """SIGTERM `proc` (its stdout and stderr piped) and return its output once it ended; as _stop_or_dump, one
+    that has not ended after `timeout` s fails the test with its stacks (SIGABRT), and none is left running."""
+    proc.send_signal(signal.SIGCONT)  # one a test stopped
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        pytest.fail(f"the producer did not end within {timeout:.0f}s of SIGTERM; its log and stacks:\n"
+                    f"{(err or '')[-6000:]}")
+
+
 def _produce(env, *args, timeout=300):
     return subprocess.run([sys.executable, "-m", "logpipe", "produce", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -174,8 +192,7 @@ def test_follow_waits_for_the_log_to_appear_then_sends_it(stack, unique, tmp_pat
             f.write(b"\n".join(_lines(5, "x")) + b"\n")
         _wait_for("the 5 appended lines", lambda: _records_in(stack, env["LOGPIPE_TOPIC"]) >= 45, proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = _stop_and_read(proc)
     assert proc.returncode == 0, err[-2000:]
     assert "waiting for it to appear" in err and "appeared" in err
     assert [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"])] == _lines(40, "w") + _lines(5, "x")
@@ -209,8 +226,7 @@ def test_follow_rotation_and_truncation(stack, unique, tmp_path):
         _wait_for("the 20 lines after the truncation", lambda: _records_in(stack, topic) >= 201, proc)
         time.sleep(1.5)  # nothing more may come
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = _stop_and_read(proc)
     assert proc.returncode == 0, err[-2000:]
     got = [v for _, v in _consume(stack, topic)]
     want = (_lines(100, "a") + _lines(50, "b") + [b"partial line without newline now complete"]
@@ -472,7 +488,5 @@ def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp
         r = health(60)  # ended: not alive for the heartbeat's last minute
         assert r.returncode == 1 and "has ended" in r.stderr, r.stdout + r.stderr
     finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = _stop_and_read(proc)
     assert proc.returncode == 0, err[-2000:]

@@ -14,6 +14,13 @@ from logpipe.commands import produce
 pytestmark = pytest.mark.unit
 
 
+def _ended_stderr(proc: "subprocess.Popen") -> str:
+    """The stderr of `proc`, killed first if it still runs (a wait that timed out must fail, not hang)."""
+    if proc.poll() is None:
+        proc.kill()
+    return proc.communicate(timeout=30)[1]
+
+
 def _errors_of(monkeypatch, capsys, exc: BaseException, tmp_path) -> tuple[int, str]:
     def fail(*_a, **_k):
         raise exc
@@ -74,7 +81,7 @@ def test_ctrl_c_while_waiting_for_the_broker_ends_the_wait(tmp_path):
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not _catches(proc.pid, signal.SIGTERM):  # logpipe's handlers are in place (Python catches SIGINT anyway)
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        assert proc.poll() is None and time.monotonic() < deadline, _ended_stderr(proc)
         time.sleep(0.05)
     time.sleep(0.5)  # into the wait
     sent = time.monotonic()
@@ -264,7 +271,7 @@ def test_follow_waits_for_a_log_that_does_not_exist_yet_and_stops_on_sigterm(tmp
     heartbeat = tmp_path / "pos" / "waiting" / "heartbeat"
     deadline = time.monotonic() + 60
     while not (heartbeat.exists() and _catches(proc.pid, signal.SIGTERM)):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        assert proc.poll() is None and time.monotonic() < deadline, _ended_stderr(proc)
         time.sleep(0.05)
     first = heartbeat.stat().st_mtime
     time.sleep(1.5)

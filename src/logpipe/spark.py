@@ -153,5 +153,26 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
         jvm = spark._jvm.System
         log.info("Spark %s on Java %s (%s)%s", spark.version, jvm.getProperty("java.version"),
                  jvm.getProperty("java.home"), f", {aot}" if aot else "")
+        if aot_output is None:  # a training JVM is stopped as before: its cache is written as it exits
+            leave_termination_to_python(spark)
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+JVM_IGNORES = ("TERM", "HUP")
+
+
+def leave_termination_to_python(spark: "SparkSession") -> None:
+    """Make Spark's JVM ignore SIGTERM and SIGHUP, as pyspark makes it ignore SIGINT. The JVM runs in the Python
+    process's group, so `timeout`, systemd's stop or `kill -- -PGID` signal both: the JVM's shutdown hook then
+    stopped Spark under the job's graceful stop (a micro-batch cut off, no metrics, the lease left behind). Python
+    owns the stop; the JVM still ends with it (pyspark's gateway exits at the end of its stdin), and SIGKILL
+    still kills it."""
+    from py4j.protocol import Py4JError
+
+    jvm = spark._jvm
+    try:
+        for name in JVM_IGNORES:
+            jvm.sun.misc.Signal.handle(jvm.sun.misc.Signal(name), jvm.sun.misc.SignalHandler.SIG_IGN)
+    except Py4JError as exc:  # a JVM without sun.misc.Signal: it stops with the group's signal, as before
+        log.warning("Spark's JVM could not be made to leave SIGTERM to Python: %s", str(exc).splitlines()[0])

@@ -259,3 +259,33 @@ def test_an_hdfs_close_asks_again_soon_but_gives_up_no_sooner_than_hadoops_defau
     retries = int(conf["spark.hadoop.dfs.client.block.write.locateFollowingBlock.retries"])
     assert first <= 50
     assert sum(first * 2**i for i in range(retries)) >= sum(400 * 2**i for i in range(5))
+
+
+GROUP_SIGTERM = """
+import os, signal, time
+import psutil
+from logpipe.config import load_settings
+from logpipe.spark import build_spark
+
+spark = build_spark(load_settings(), "term-test", kafka=False)
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # as the job's StopSignal: Python stops
+jvm = next(p for p in psutil.Process().children(recursive=True) if p.name() == "java")
+ignored = int(next(l for l in open(f"/proc/{jvm.pid}/status") if l.startswith("SigIgn:")).split()[1], 16)
+os.killpg(0, signal.SIGTERM)  # as `timeout`, systemd or `kill -- -PGID`: Python and the JVM alike
+time.sleep(3)
+print("python", got, "ignored", bool(ignored & (1 << (signal.SIGTERM - 1))), bool(ignored & (1 << (signal.SIGHUP - 1))),
+      flush=True)
+print("rows", spark.range(1000).count(), flush=True)
+spark.stop()
+"""
+
+
+def test_a_sigterm_to_the_process_group_is_left_to_python_not_taken_by_the_jvm() -> None:
+    """`timeout`, systemd's stop or `kill -- -PGID` signal the whole group: the JVM used to run its shutdown hook,
+    which stopped Spark under the job's graceful stop (its micro-batch cut off, no metrics, the lease left). The
+    JVM ignores SIGTERM and SIGHUP; Python's handler decides, and Spark still answers afterwards."""
+    r = subprocess.run([sys.executable, "-c", GROUP_SIGTERM], capture_output=True, text=True, timeout=300,
+                       start_new_session=True)  # its own group: the test's SIGTERM reaches nothing else
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "python [15] ignored True True" in r.stdout and "rows 1000" in r.stdout, r.stdout + r.stderr[-3000:]

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -837,6 +838,10 @@ def test_a_continuous_run_ends_on_a_signal_and_fails_when_its_query_stops_by_its
                             "duplicates_dropped": 0}
             return self.metrics
 
+        def _publish_committed_alerts(self, tags=None) -> None:
+            assert tags is None  # every committed batch's (a cancelled send of the last one among them)
+            self.sent_after = self.committed
+
     s = load_settings(stop_grace_s=0.2)
     job = Job(_Stopping(False))
     job.in_batch.acquire()  # a callback still renaming its files when the stop's grace time is over
@@ -850,9 +855,117 @@ def test_a_continuous_run_ends_on_a_signal_and_fails_when_its_query_stops_by_its
     metrics = run._run_until_stopped(job, s, _signalled(signal.SIGTERM), time.monotonic(), {})
     assert job.query.stopped and metrics is job.metrics and "total_s" in metrics
     assert metrics["lines"] == 15
+    assert job.sent_after == 15  # the alerts a stop may have kept from Kafka: sent once the callback ended
     stop = run.StopSignal.__new__(run.StopSignal)
     stop.event, stop.signum, stop._before = threading.Event(), None, {}
     failed = Job(_Stopping(True, "org.apache.spark.SparkException: disk full"))
     with pytest.raises(RuntimeError, match="disk full"):
         run._run_until_stopped(failed, s, stop, time.monotonic(), {})
-    assert failed.metrics is None
+    assert failed.metrics is None and not hasattr(failed, "sent_after")
+
+
+def _fake_run_stream_parts(monkeypatch, query: Any) -> tuple[type, type, type]:
+    """run_stream's services, Spark, job and lease, faked: (Spark, Job, Lease) classes that count their calls. The
+    job's query is `query`; Spark's stop() raises as it does once the JVM is gone."""
+    from py4j.protocol import Py4JNetworkError
+
+    import logpipe.spark
+    import logpipe.streaming.job
+    import logpipe.streaming.lease
+    import logpipe.topics
+    from logpipe import health
+
+    for name in ("wait_for_kafka", "wait_for_hdfs", "probe_topic"):
+        monkeypatch.setattr(health, name, lambda *a, **k: None)
+    monkeypatch.setattr(logpipe.topics, "topic_id", lambda s, t: "id")
+    monkeypatch.setattr(run, "precheck_root", lambda s, t: None)
+    monkeypatch.setattr(run, "make_alerts_topic", lambda s: None)
+
+    class Spark:
+        streams = SimpleNamespace(addListener=lambda listener: None)
+        sparkContext = SimpleNamespace(uiWebUrl="http://127.0.0.1:4040")
+        stopped = 0
+
+        def stop(self) -> None:
+            Spark.stopped += 1
+            raise Py4JNetworkError("Answer from Java side is empty")
+
+    class Job(_Job):
+        waits: list[float] = []
+
+        def __init__(self, spark, s) -> None:
+            super().__init__(0)
+            self.s, self.fs, self.root, self.lease = s, None, "hdfs://x/logpipe", None
+
+        def claim_root(self, topic_id) -> None: ...
+        def recover(self) -> None: ...
+        def accounting(self) -> dict: return {}
+        def ingest_query(self, available_now: bool): return query
+
+        def wait_for_batch(self, timeout: float) -> bool:
+            Job.waits.append(timeout)
+            return True
+
+    class Lease:
+        released = 0
+
+        def __init__(self, fs, root) -> None: ...
+        def acquire(self) -> None: ...
+        def check(self) -> None: ...
+
+        def release(self) -> None:
+            Lease.released += 1
+
+    monkeypatch.setattr(logpipe.spark, "build_spark", lambda *a, **k: Spark())
+    monkeypatch.setattr(logpipe.streaming.job, "StreamJob", Job)
+    monkeypatch.setattr(logpipe.streaming.lease, "RootLease", Lease)
+    return Spark, Job, Lease
+
+
+def test_a_spark_jvm_that_stops_answering_is_one_line_and_does_not_hide_a_stop(monkeypatch) -> None:
+    """A JVM killed under the job (the OOM killer, a SIGKILL) makes py4j raise its own errors, not Java's: the run
+    says so in one line (a RuntimeError, which `logpipe stream` prints and exits 1 with), and spark.stop(), which
+    then raises too, neither shows a traceback nor replaces the run's outcome (a signal's StopRequested: 143)."""
+    from py4j.protocol import Py4JNetworkError
+
+    from logpipe.config import load_settings
+
+    class Query:
+        name = "ingest"
+
+        @property
+        def isActive(self) -> bool:
+            raise Py4JNetworkError("Answer from Java side is empty")
+
+    Spark, _, Lease = _fake_run_stream_parts(monkeypatch, Query())
+    s = load_settings()
+    with pytest.raises(RuntimeError, match=r"^Spark's JVM stopped answering \(Py4JNetworkError: .*killed, or out of "
+                                           r"memory .*run the same command again"):
+        run.run_stream(s, until_done=False)
+    assert Spark.stopped == 1 and Lease.released == 1
+
+    def stopped_by_a_signal(*args) -> None:
+        raise run.StopRequested(15, 1_000)
+
+    monkeypatch.setattr(run, "_drain_and_flush", stopped_by_a_signal)
+    with pytest.raises(run.StopRequested) as stop:
+        run.run_stream(s, until_done=True)
+    assert stop.value.exit_code == 143 and Spark.stopped == 2
+
+
+def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_running_batch(monkeypatch, caplog) -> None:
+    """The first Ctrl-C waits for the running micro-batch; the second (KeyboardInterrupt) must not then wait
+    CALLBACK_WAIT_S more for it with the query still running: Spark is stopped at once, and the lease left to be
+    taken over (a callback may still be renaming files)."""
+    from logpipe.config import load_settings
+
+    Spark, Job, Lease = _fake_run_stream_parts(monkeypatch, None)
+
+    def interrupted(*args) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_run_until_stopped", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_stream(load_settings(), until_done=False)
+    assert Job.waits == [0] and Spark.stopped == 1 and Lease.released == 1
+    assert "stopping now: a micro-batch cut short is redone on restart" in caplog.text

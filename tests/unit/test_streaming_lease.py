@@ -268,3 +268,26 @@ def test_a_holder_killed_but_not_yet_reaped_is_gone():
         assert (verdict, why) == ("gone", f"its process {killed.pid} no longer runs on this host")
     finally:
         killed.wait()
+
+
+def test_a_run_refused_the_lease_leaves_the_holders_lease_even_of_its_length(local_fs, tmp_path: Path):
+    """The lease file's length is its holder's signature (1 in 65,536 runs share one): a run refused the lease
+    (`stream` releases it on any start failure) never made a file, so it removes none, whatever its length."""
+    from logpipe.streaming.lease import RootBusy
+
+    sleeper = subprocess.Popen(["sleep", "60"])  # the holder: a live process of this host, not this one
+    holder = _lease(local_fs, tmp_path, pid=sleeper.pid, heartbeat_s=3600)
+    holder.acquire()
+    try:
+        refused = _lease(local_fs, tmp_path)
+        refused._length = holder._length  # the 1-in-65,536 case, forced
+        with pytest.raises(RootBusy, match="another streaming run writes to"):
+            refused.acquire()
+        refused.release()
+        assert json.loads((tmp_path / "_commits" / "lease.json").read_text())["run"] == holder.me["run"]
+        holder.check()  # still the holder's
+    finally:
+        holder.release()
+        sleeper.kill()
+        sleeper.wait()
+    assert not (tmp_path / "_commits" / "lease.json").exists()

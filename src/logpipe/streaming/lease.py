@@ -138,6 +138,7 @@ class RootLease:
         self._length = len((json.dumps(self.me) + "\n").encode()) + self._pad
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._created = False  # this run wrote a lease file: only then may release() remove one
 
     def holder(self) -> tuple[dict[str, Any], float, int] | None:
         """The lease's content, its age in seconds by this host's clock, and its modification time (ms, set by
@@ -194,6 +195,7 @@ class RootLease:
         if not self.fs.create_new(self.path, json.dumps(self.me) + "\n" + " " * self._pad):
             raise RootBusy(f"another streaming run took {self.path} at the same moment: stop it, or give this one "
                            "another LOGPIPE_HDFS_ROOT (--hdfs-root)")
+        self._created = True
         if took_over:  # another newcomer may have deleted ours in the same instant (its delete of the old one)
             time.sleep(self.settle_s)
             if not self._ours():
@@ -266,7 +268,8 @@ class RootLease:
             self._beat.join(timeout=5)
             self._beat = None
         try:
-            if self._ours():
+            # never made one (refused): a live holder's lease of the same length (1 in 65,536) is not ours to remove
+            if self._created and self._ours():
                 self.fs.delete(self.path)
         except Exception as exc:  # noqa: BLE001 (a lease left behind is taken over by the next run)
             log.warning("could not remove the lease %s: %s", self.path, str(exc).splitlines()[0])

@@ -189,7 +189,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     """Run the job. until_done: returns the run's metrics when everything in the topic has been processed.
     until_idle_s: process records as they arrive (a producer may still be writing them); once the first records
     were processed and then none arrived for until_idle_s seconds, finish as until_done does."""
-    from py4j.protocol import Py4JJavaError
+    from py4j.protocol import Py4JError, Py4JJavaError
 
     from logpipe import health
     from logpipe.spark import build_spark
@@ -227,12 +227,14 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         before = job.accounting()  # what earlier runs committed: the end of the run says what this one added
     except BaseException as exc:
         lease.release()
-        spark.stop()
+        _stop_spark(spark)
         if isinstance(exc, Py4JJavaError):  # HDFS refused (permissions, safe mode, no space): one line
             # taking the lease, recording the settings, cleaning a crashed attempt or sending the alerts a crash
             # kept from Kafka (recover): HDFS or Kafka refused
             raise RuntimeError(f"could not start on the results root {job.root}: {failure_summary(str(exc))}"
                                f"{failure_hint(str(exc))}") from exc
+        if isinstance(exc, Py4JError):
+            raise RuntimeError(_jvm_gone(job, exc)) from exc
         raise
     spark.streams.addListener(_listener(job))
     t0 = time.monotonic()
@@ -241,6 +243,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     logging.getLogger("py4j.clientserver").addFilter(short)
     log.info("reading topic %s at %s into %s; Spark UI %s", s.topic, s.kafka_address, s.hdfs_uri(),
              spark.sparkContext.uiWebUrl)  # in every mode: with spark_ui_port 0 or 4040 taken, only this says where
+    at_once = False  # a second signal (KeyboardInterrupt): no wait for the running micro-batch
     try:
         if until_idle_s is not None:
             _follow_until_idle(job, s, stop, until_idle_s)
@@ -251,15 +254,40 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         # one line, as a failed micro-batch is reported (a query's failures come as StreamingQueryException)
         raise RuntimeError(f"writing the results under {job.root} failed: {failure_summary(str(exc))}"
                            f"{failure_hint(str(exc))}") from exc
+    except Py4JError as exc:  # not an error of Java's: the JVM no longer answers
+        raise RuntimeError(_jvm_gone(job, exc)) from exc
+    except KeyboardInterrupt:  # the second Ctrl-C: stop at once (Spark's stop below ends the query)
+        at_once = True
+        log.warning("stopping now: a micro-batch cut short is redone on restart")
+        raise
     finally:
         logging.getLogger("py4j.clientserver").removeFilter(short)
         stop.restore()
-        if job.wait_for_batch(timeout=CALLBACK_WAIT_S):  # a callback a stop left running may still rename files: not yet
+        # a callback a stop left running may still rename files: not yet (nor, stopping at once, at all)
+        if job.wait_for_batch(timeout=0 if at_once else CALLBACK_WAIT_S):
             lease.release()
         else:
             log.warning("a micro-batch callback is still running: the lease %s is left to be taken over once this "
                         "process has ended", lease.path)
+        _stop_spark(spark)
+
+
+def _jvm_gone(job: StreamJob, exc: BaseException) -> str:
+    """The error of a run whose Spark JVM stopped answering (py4j's own error, not one Java raised)."""
+    return (f"Spark's JVM stopped answering ({type(exc).__name__}: {failure_summary(str(exc)) or 'no detail'}): "
+            "was it killed, or out of memory (see `dmesg` for the OOM killer)? The micro-batches committed so far "
+            f"stand; run the same command again to go on from there{_spark_log_note(job)}")
+
+
+def _stop_spark(spark: Any) -> None:
+    """spark.stop(), which raises when the JVM is gone already: that must not hide the run's own outcome (its
+    error, or the StopRequested of a signal) behind a py4j traceback."""
+    from py4j.protocol import Py4JError
+
+    try:
         spark.stop()
+    except Py4JError as exc:
+        log.warning("stopping Spark: its JVM no longer answers (%s)", type(exc).__name__)
 
 
 def _follow_until_idle(job: StreamJob, s: Settings, stop: StopSignal, until_idle_s: float) -> None:
@@ -315,9 +343,22 @@ def _run_until_stopped(job: StreamJob, s: Settings, stop: StopSignal, t0: float,
         log.warning("a micro-batch callback is still running after %.0fs: the run's metrics may leave its batch out "
                     "(verify and the notebook read the commit records, which count it once it commits)",
                     CALLBACK_WAIT_S)
+    else:
+        _send_committed_alerts(job)
     metrics = job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)}, before)
     log.info("stopped after %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
     return metrics
+
+
+def _send_committed_alerts(job: StreamJob) -> None:
+    """Send the committed alerts not sent yet: a stop that cancelled the query's jobs just after a batch's commit
+    marker also cancelled the send of its alerts (a Spark job of the same group), which only the next start would
+    then make. A send that fails is a warning: the next start sends them (StreamJob.recover)."""
+    try:
+        job._publish_committed_alerts()
+    except Exception as exc:  # noqa: BLE001 (py4j's errors among them; the alerts are on HDFS either way)
+        log.warning("alerts of committed batches could not be sent to Kafka now (the next start sends them): %s",
+                    failure_summary(str(exc)))
 
 
 def _stop_or_raise(q: StreamingQuery, job: StreamJob, s: Settings, ended_text: str) -> None:

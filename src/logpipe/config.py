@@ -244,9 +244,12 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} holds more than a scheme, host and port (e.g. {example}): give the results' "
                              "folder as LOGPIPE_HDFS_ROOT")
         try:
-            url.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+            port = url.port  # raises ValueError for a port that is not a number in range
         except ValueError as exc:
             raise ValueError(f"{v!r}: {exc} (e.g. {example})") from None
+        if schemes and port is None:  # http's 80 is not WebHDFS's 9870 (https: 9871), and clients differ on it
+            raise ValueError(f"{v!r} has no port: give the NameNode's HTTP port (e.g. {example}; Hadoop's default "
+                             "9870, 9871 for https)")
         return v
 
     @field_validator("spark_driver_java_options")

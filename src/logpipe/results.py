@@ -36,7 +36,9 @@ def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
     from logpipe.webhdfs import StrictWebHDFS
 
     url = urlparse(s.webhdfs_address)
-    return StrictWebHDFS(host=url.hostname, port=url.port or 9870, user=s.hdfs_user_name,
+    host = url.hostname or ""
+    # fsspec writes host:port into its URLs as given: an IPv6 address needs its brackets back
+    return StrictWebHDFS(host=f"[{host}]" if ":" in host else host, port=url.port, user=s.hdfs_user_name,
                          use_https=url.scheme == "https", no_answer_s=s.connect_timeout_s)
 
 

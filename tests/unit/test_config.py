@@ -397,7 +397,9 @@ def test_the_spark_ui_binds_to_loopback_natively_and_anywhere_in_a_container(mon
                                              # WebHDFS readers read the root at the top (a review's finding)
                                              ("hdfs_url", "hdfs://127.0.0.1:8020/data"), ("hdfs_url", "hdfs://nn:8020?x"),
                                              ("webhdfs_url", "http://nn:9870/gateway"),
-                                             ("webhdfs_url", "http://user@nn:9870")])
+                                             ("webhdfs_url", "http://user@nn:9870"),
+                                             # no port: the readers took 9870, the demo's hdfs client http's 80
+                                             ("webhdfs_url", "http://nn"), ("webhdfs_url", "https://nn/")])
 def test_a_malformed_service_address_is_refused_at_once(monkeypatch, capsys, name, value):
     """A client address that cannot be one is an invalid setting (exit 2, naming it), not a wait for a service
     that times out after a minute."""
@@ -413,6 +415,16 @@ def test_well_formed_service_addresses_are_taken():
     assert load_settings(hdfs_url="file://").hdfs_url == "file://"  # a local root (the unit tests' results roots)
     assert load_settings(hdfs_url="hdfs://nn:8020/", webhdfs_url="http://nn:9870/").hdfs_uri("x") == \
         "hdfs://nn:8020/logpipe/x"
+
+
+def test_the_webhdfs_readers_reach_the_address_the_setting_names_ipv6_too():
+    """verify, the notebook and the demo's summary read over fsspec's WebHDFS, which writes host:port into its URLs
+    as given: an IPv6 address lost its brackets (`http://::1:9870`, refused by requests)."""
+    from logpipe.results import webhdfs_fs
+
+    assert webhdfs_fs(load_settings(webhdfs_url="http://[::1]:9870")).url == "http://[::1]:9870/webhdfs/v1"
+    assert webhdfs_fs(load_settings(webhdfs_url="https://nn.example:9871")).url == "https://nn.example:9871/webhdfs/v1"
+    assert webhdfs_fs(load_settings(webhdfs_url=None)).url.endswith(":9870/webhdfs/v1")
 
 
 def test_java_defaults_for_spark_are_asked_for_by_name(monkeypatch):

@@ -176,3 +176,50 @@ def test_the_notebook_hint_runs_from_any_folder(tmp_path, monkeypatch):
     assert subprocess.run([words[0], "--version"], cwd=tmp_path, capture_output=True).returncode == 0
     other = shlex.split(demo.notebook_command(load_settings(hdfs_root="/my results")))
     assert other[0] == "LOGPIPE_HDFS_ROOT=/my results" and other[1:] == words
+
+
+def _summary(monkeypatch, capsys, tmp_path, report: dict, hosts: list[str]) -> str:
+    """The demo's summary of `report`, with results whose hosts are `hosts` (read from fakes, not HDFS)."""
+    from datetime import datetime
+
+    import pandas as pd
+    import pyarrow as pa
+
+    import logpipe.results
+    from logpipe.commands import demo
+    from logpipe.config import load_settings
+    from logpipe.stack import services
+
+    log = tmp_path / "access.log"
+    log.write_text("x\n")
+    by_host = pa.table({"host": hosts, "count": list(range(len(hosts), 0, -1))})
+    w = datetime(2024, 1, 1)
+    alerts = pd.DataFrame({"rule": ["rate_limit"] * len(hosts), "key": hosts, "window_start": [w] * len(hosts),
+                           "window_end": [w] * len(hosts), "count": [300] * len(hosts),
+                           "top_hosts": [[h] for h in hosts]})
+    monkeypatch.setattr(logpipe.results, "load_arrow", lambda s, table, cols=None: by_host)
+    monkeypatch.setattr(logpipe.results, "load_table", lambda s, table, cols=None: alerts)
+    monkeypatch.setattr(services, "urls", lambda s: {"HDFS UI": "http://127.0.0.1:9870"})
+    demo.print_summary(load_settings(), log, report, {"stream": 1.0}, 2.0)
+    return capsys.readouterr().out
+
+
+def test_the_summary_prints_hosts_and_keys_as_they_are_not_as_markup(monkeypatch, capsys, tmp_path):
+    """Hosts come from the log (any non-blank text): rich read `[fe80::1]` as markup and printed nothing, and a
+    host holding `[/x]` raised MarkupError after verify had finished."""
+    report = {"ok": True, "verdict": "exact", "windows_compared": 10,
+              "accounting": {"lines": 5, "parsed": 5, "quarantined": 0, "late": 0, "ok": True}}
+    out = _summary(monkeypatch, capsys, tmp_path, report, ["[fe80::1]", "evil[/x]", "[bold]plain"])
+    for host in ("[fe80::1]", "evil[/x]", "[bold]plain"):
+        assert out.count(host) >= 3, out  # busiest hosts, alert key, top hosts
+    assert "lines read 5 = parsed 5 + quarantined 0" in out
+
+
+def test_a_verify_that_made_no_recount_is_said_not_shown_as_zero_lines(monkeypatch, capsys, tmp_path):
+    """verify's report of a failure before its recount (e.g. fractions of a second in the results) has no
+    accounting: the summary said `lines read 0 = parsed 0 + quarantined 0` as if the log were empty."""
+    report = {"ok": False, "verdict": "mismatch", "error": "event times with fractions of a second: [12:00:00.5]"}
+    out = _summary(monkeypatch, capsys, tmp_path, report, ["10.0.0.1"])
+    assert "lines read" not in out
+    assert "verify made no recount: event times with fractions of a second: [12:00:00.5]" in out
+    assert "MISMATCH" in out

@@ -280,17 +280,23 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
 def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, float], total_s: float) -> None:
     import pyarrow.compute as pc
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from logpipe.results import alerts_by_key, load_arrow, load_table
     from logpipe.stack import services
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
+    # every text from the log or the settings (hosts, alert keys, paths) is escaped: rich reads `[...]` as markup,
+    # so a host `[fe80::1]` printed as nothing and one holding `[/x]` crashed the summary after verify
     acc = report.get("accounting", {})
     console.rule("[bold]logpipe demo: summary")
-    console.print(f"log: {log_path} ({log_path.stat().st_size / 1e6:.1f} MB)")
-    console.print("lines read {:,} = parsed {:,} + quarantined {:,}; late (behind watermark) {:,}".format(
-        acc.get("lines", 0), acc.get("parsed", 0), acc.get("quarantined", 0), acc.get("late", 0)))
+    console.print(f"log: {escape(str(log_path))} ({log_path.stat().st_size / 1e6:.1f} MB)")
+    if "accounting" not in report:  # verify ended before its recount (its report holds the error instead)
+        console.print(f"[red]verify made no recount:[/] {escape(str(report.get('error', 'see its output above')))}")
+    else:
+        console.print("lines read {:,} = parsed {:,} + quarantined {:,}; late (behind watermark) {:,}".format(
+            acc.get("lines", 0), acc.get("parsed", 0), acc.get("quarantined", 0), acc.get("late", 0)))
     if not acc.get("ok", True):  # the line above is verify's recount of the log; the job's differ
         console.print("[red]the job's results hold[/] parsed {:,} + quarantined {:,} lines: see verify's report "
                       "above".format(acc.get("job_parsed_unique", 0), acc.get("job_quarantined_unique", 0)))
@@ -306,7 +312,7 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
         t.add_column("host")
         t.add_column("max/window", justify="right")
         for host, c in zip(top["host"][:5].to_pylist(), pc.cast(top["count_max"][:5], "int64").to_pylist()):
-            t.add_row(str(host), f"{c:,}")
+            t.add_row(escape(str(host)), f"{c:,}")
         console.print(t)
     alerts = load_table(s, "alerts")
     keys = alerts_by_key(alerts)
@@ -315,17 +321,18 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
                          ("last window end", "left"), ("peak count", "right"), ("top hosts", "left")):
         t.add_column(col, justify=justify)
     for _, k in keys.head(SUMMARY_ALERT_KEYS).iterrows():
-        t.add_row(str(k["rule"]), str(k["key"]), f"{k['windows']:,}", str(k["first"]), str(k["last"]),
-                  f"{int(k['peak_count']):,}", ", ".join(k["top_hosts"]))
+        t.add_row(escape(str(k["rule"])), escape(str(k["key"])), f"{k['windows']:,}", str(k["first"]),
+                  str(k["last"]), f"{int(k['peak_count']):,}", escape(", ".join(k["top_hosts"])))
     console.print(t)
     if len(keys) > SUMMARY_ALERT_KEYS:
         console.print(f"... and {len(keys) - SUMMARY_ALERT_KEYS:,} more (rule, key): all {len(alerts):,} alerts are "
-                      f"in {s.hdfs_root}/alerts and in the notebook")
+                      f"in {escape(s.hdfs_root)}/alerts and in the notebook")
     console.print("steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total_s:.1f}s")
     for name, url in services.urls(s).items():
-        console.print(f"{name}: {url}")
-    console.print(f"results on HDFS: {s.hdfs_root}/{{events,windows/by_host,windows/by_status,alerts,quarantine,late}}")
-    console.print(f"notebook: {notebook_command(s)}")
+        console.print(f"{name}: {escape(url)}")
+    console.print(f"results on HDFS: {escape(s.hdfs_root)}/{{events,windows/by_host,windows/by_status,alerts,"
+                  "quarantine,late}")
+    console.print(f"notebook: {escape(notebook_command(s))}")
 
 
 def notebook_command(s: Settings) -> str:

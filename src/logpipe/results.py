@@ -100,10 +100,11 @@ def sum_commit_records(metas: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
-               fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None) -> "pa.Table | None":
+               fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None,
+               head: int | None = None) -> "pa.Table | None":
     """One result table as an Arrow table (None if the folder does not exist or holds no data): the files of
     committed batches only (committed_files; `tags`: a snapshot of committed_tags, so that several tables read
-    while a job runs are of the same batches).
+    while a job runs are of the same batches); `head`: its first rows only (read no further).
 
     Hive partitions (e.g. events/date=2004-05-18/) become columns.
     """
@@ -115,16 +116,17 @@ def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
     if not files:
         return None
     dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive", partition_base_dir=path)
-    return dataset.to_table(columns=columns)
+    return dataset.to_table(columns=columns) if head is None else dataset.head(head, columns=columns)
 
 
 def load_table(s: Settings, table: str, columns: list[str] | None = None, *,
-               fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None) -> "pd.DataFrame":
+               fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None,
+               head: int | None = None) -> "pd.DataFrame":
     """One result table as a pandas DataFrame (an empty frame with `columns`, or the table's COLUMNS, if there is
-    no data); `tags` as for load_arrow."""
+    no data); `tags` and `head` as for load_arrow."""
     import pandas as pd
 
-    t = load_arrow(s, table, columns, fs=fs, tags=tags)
+    t = load_arrow(s, table, columns, fs=fs, tags=tags, head=head)
     return pd.DataFrame(columns=columns or COLUMNS.get(table, [])) if t is None else t.to_pandas()
 
 

@@ -203,3 +203,85 @@ def test_an_event_dated_decades_away_does_not_fill_millions_of_minutes(tmp_path,
     assert namespace["n_events"] == 31 and namespace["per_minute"].sum() == 31
     assert len(namespace["per_minute"]) == 2  # the two minutes with requests, not every minute between
     assert "minutes without requests are not drawn" in capsys.readouterr().out
+
+
+def _quarantine(root, n: int) -> None:
+    """`n` quarantined rows of batch 0 (half of them from another producer: src and off NULL)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "quarantine").mkdir(parents=True)
+    pq.write_table(pa.table({"raw": [f"bad line {i}" for i in range(n)],
+                             "raw_bytes": [f"bad line {i}".encode() for i in range(n)],
+                             "reason": ["malformed"] * n, "src": [None if i % 2 else "f" for i in range(n)],
+                             "off": pa.array([None if i % 2 else 100 * i for i in range(n)], pa.int64())}),
+                   root / "quarantine" / "b0000000000-00000.parquet")
+
+
+def _notebook_env(monkeypatch, root, log=None) -> None:
+    import fsspec
+    import matplotlib
+
+    import logpipe.results
+
+    matplotlib.use("Agg")
+    monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
+    monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
+    monkeypatch.setenv("LOG_FILE", str(log or root / "no-such.log"))
+
+
+def test_a_root_whose_lines_were_all_quarantined_says_so_not_that_the_job_never_ran(tmp_path, monkeypatch):
+    """A log in a format the job does not parse: its batches commit with no event. The notebook said "has the
+    streaming job run for this root?"; it now says what the job's records hold: the lines, where they went."""
+    import json
+
+    root = tmp_path / "root"
+    (root / "_commits" / "ingest").mkdir(parents=True)
+    (root / "_commits" / "ingest" / "b0000000000.json").write_text(json.dumps(
+        {"batch": 0, "lines": 5, "parsed": 0, "quarantined": 5, "late": 0, "duplicates": 0, "events": 0,
+         "quarantined_by_reason": {"malformed": 5}}))
+    _quarantine(root, 5)
+    _notebook_env(monkeypatch, root)
+    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    namespace: dict = {}
+    with pytest.raises(RuntimeError) as failed:
+        for cell in cells:
+            exec(compile(cell.source, "cell", "exec"), namespace)
+    said = str(failed.value)
+    assert "committed micro-batches read 5 lines: quarantined 5 (by reason: malformed 5)" in said, said
+    assert "has the streaming job run" not in said
+
+
+def test_quarantine_rows_are_counted_in_arrow_and_only_a_few_read_whole(tmp_path, monkeypatch):
+    """Only the reasons of every quarantined row reach pandas, and eight rows to show (a log of mostly bad lines
+    has millions); offsets of other producers' records are NULL, and the others stay integers."""
+    root = tmp_path / "root"
+    _results(root, windows=True, host_counts=[3, 7])
+    _quarantine(root, 20)
+    _notebook_env(monkeypatch, root)
+    namespace = _run_cells()
+    assert namespace["n_quarantined"] == 20 and namespace["reasons"].to_dict() == {"malformed": 20}
+    shown = namespace["quarantine"]
+    assert len(shown) == 8 and "raw_bytes" not in shown.columns and list(shown["raw"][:2]) == ["bad line 0",
+                                                                                                  "bad line 1"]
+    assert str(shown["off"].dtype) == "Int64" and shown["off"][0] == 0 and shown["off"].isna()[1]
+
+
+def test_incidents_planted_after_the_newest_event_read_are_not_counted_as_missed(tmp_path, monkeypatch, capsys):
+    """A job still reading the log (compose's continuous run): the truth file covers the whole log, the root its
+    first part. An incident planted after the newest event is "not read yet", not a miss in the tally."""
+    import json
+
+    root = tmp_path / "root"
+    _results(root, windows=True, host_counts=[3, 7])  # events 00:00:00 .. 00:00:29
+    log = tmp_path / "access.log"
+    log.write_text("")
+    later = {**INCIDENT, "id": "I002", "start": "2004-05-18T01:00:00Z", "end": "2004-05-18T01:00:20Z"}
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(
+        {"incidents": [INCIDENT, later], "first_time": "2004-05-18T00:00:00Z", "last_time": "2004-05-18T02:00:00Z"}))
+    _notebook_env(monkeypatch, root, log)
+    namespace = _run_cells()
+    check = namespace["check"]
+    assert list(check["detected"]) == [False, "not read yet"]
+    out = capsys.readouterr().out
+    assert "0 of 1 expected alerts were raised; 1 more are planted after the newest event read so far" in out

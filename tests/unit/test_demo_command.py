@@ -223,3 +223,36 @@ def test_a_verify_that_made_no_recount_is_said_not_shown_as_zero_lines(monkeypat
     assert "lines read" not in out
     assert "verify made no recount: event times with fractions of a second: [12:00:00.5]" in out
     assert "MISMATCH" in out
+
+
+@pytest.mark.parametrize("renewed", [True, False], ids=["renewed meanwhile", "not renewed"])
+def test_a_lease_from_a_host_whose_clock_lags_is_watched_before_the_demo_deletes_the_root(monkeypatch, renewed):
+    """A run on another host stamps its lease's renewals with its own clock: one a minute behind this host's
+    looked stale at every renewal, and the demo deleted the live run's root. A lease of another host that looks
+    stale is watched for a heartbeat: renewed meanwhile, the demo refuses; not, it goes on."""
+    import io
+    import json
+    from contextlib import contextmanager
+
+    from logpipe.commands import demo
+    from logpipe.config import load_settings
+    from logpipe.streaming import lease
+
+    stamps = iter([1_000_000, 1_000_000 + (10_000 if renewed else 0)])  # ms: 2026 minus decades, as if behind
+
+    class Client:
+        def status(self, path, strict=True):
+            return {"modificationTime": next(stamps)}
+
+        @contextmanager
+        def read(self, path):
+            yield io.BytesIO(json.dumps({"host": "other-host", "pid": 7, "machine": "m2"}).encode())
+
+    slept: list[float] = []
+    monkeypatch.setattr(demo.time, "sleep", slept.append)
+    if renewed:
+        with pytest.raises(SystemExit, match="a streaming run holds it .*other-host, lease .* renewed it just now"):
+            demo.refuse_if_a_run_holds(load_settings(), Client())
+    else:
+        demo.refuse_if_a_run_holds(load_settings(), Client())
+    assert slept == [lease.HEARTBEAT_S + 2]

@@ -49,9 +49,13 @@ _QUOTED = r'"((?:[^"\\]++|\\[^\n])*+)"'
 # The same pattern is used by the Spark job through Java's regex engine (compatible syntax).
 # A UTF-8 byte order mark before the host (a log written by a Windows tool starts with one) is not part of it.
 # The remote user (%u) may hold spaces (Apache escapes only quotes, backslashes and control characters in it: a
-# basic-auth user "John Doe" is logged as is): words up to the first ` [`.
-LINE_PATTERN = (r'^\uFEFF?+(\S+) (\S+) (\S++(?: \S++)*?) \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d{1,10}|-)'
-                r'(?: ' + _QUOTED + r' ' + _QUOTED + r')?$')
+# basic-auth user "John Doe" is logged as is): words up to the first ` [`, taken possessively. A lazy `(?: \S++)*?`
+# let the user grow word by word until the rest of the line matched: a line of two joined by a lost newline was
+# one event with the second's time, and Java's regex recursed once per word, so a line of a few thousand words
+# overflowed the JVM's stack (StackOverflowError kills Spark's executor, and the job met the line again at every
+# restart). The possessive loop runs without recursion (100,000 words in Java: no overflow).
+LINE_PATTERN = (r'^\uFEFF?+(\S+) (\S+) (\S++(?: (?!\[)\S++)*+) \[([^\]]+)\] ' + _QUOTED
+                + r' (\d{1,3}) (\d{1,10}|-)(?: ' + _QUOTED + r' ' + _QUOTED + r')?$')
 # Seconds are 00-59: Spark's make_timestamp would turn a leap second `:60` into the next minute, Python's datetime
 # refuses it; the pattern refuses it for both (bad_timestamp).
 SEED_TIME_PATTERN = r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):([0-5]\d)$"

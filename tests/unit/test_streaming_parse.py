@@ -37,9 +37,19 @@ GOOD = [
     b'1.2.3.4 - - [2099-12-31 23:59:59] "GET / HTTP/1.1" 200 1',
     # a UTF-8 byte order mark (a log's first line) is not part of the host
     b'\xef\xbb\xbf1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',
+    # a remote user of 20,000 words: Java's regex recursed once per word of a lazy loop (StackOverflowError, the
+    # JVM's executor killed, the job meeting the line again at every restart); a fuzz of both parsers found it
+    b'1.2.3.4 - ' + b'a ' * 20_000 + b'[2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',
 ]
 BAD = [
     b"", b"\r\n", b"   ", b"\t", b"\xff\xfe garbage", b"\x80\x81\x82", b"just some text", b" \t\r\n\r",
+    b"w " * 50_000,  # text of many words: the same recursion, 3,000 words were enough (see GOOD)
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /' + b'a ' * 20_000 + b'HTTP/1.1" 200 x',
+    # the user is the words up to the first ` [`: two lines joined by a lost newline are not one event with the
+    # second's time and request, nor a user of `a [b]` with the time after it
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /a HTTP/1.1" 200 1 5.6.7.8 - - [2004-05-18 05:58:49] "GET /b HTTP/1.1" 404 2',
+    b'1.2.3.4 - a [b] [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [x] [2099-12-31 23:59:59] "GET / HTTP/1.1" 200 1',
     b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n",  # a byte order mark alone
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5\r\n ',  # a space after the CR/LF
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5 \r\n',  # a space before it

@@ -467,3 +467,16 @@ def test_the_streaming_container_is_given_longer_to_stop_than_its_batches(resolv
     grace_s = float(streaming["environment"]["LOGPIPE_STOP_GRACE_S"])
     assert _go_duration_s(streaming.get("stop_grace_period", "10s")) >= grace_s + 15, (
         streaming.get("stop_grace_period"), grace_s)
+
+
+def test_every_container_rotates_its_log_and_the_long_running_ones_come_back(resolved: dict) -> None:
+    """Docker keeps a json-file log whole by default (a continuous stack's Kafka and HDFS logs grow without end);
+    the services that run for good, the following producer among them, restart after a host or Docker restart
+    (on-failure does not: the producer stayed down and appended lines went unread without a word)."""
+    services = resolved["services"]
+    for name, svc in services.items():
+        logging = svc.get("logging", {})
+        assert logging.get("driver") == "json-file" and logging.get("options", {}).get("max-size"), name
+    for name in ("kafka", "namenode", "datanode", "producer", "streaming", "notebook"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert "--follow" in " ".join(services["producer"]["command"])

@@ -625,7 +625,7 @@ def test_a_client_whose_flush_gave_up_on_a_paused_broker_closes_at_once(stack, u
         closed_in = time.monotonic() - t
     finally:
         os.kill(kafka_pid, signal.SIGCONT)
-    assert closed_in < 5, f"close() after the flush gave up took {closed_in:.1f}s"
+    assert closed_in < 10, f"close() after the flush gave up took {closed_in:.1f}s"  # the bug: 30 s
     delete_topics(s, [s.topic])
 
 
@@ -670,8 +670,9 @@ def test_a_producer_exits_at_its_delivery_timeout_when_the_broker_hangs_and_the_
         _kill_if_running(producer)
     text = out.read_text()
     assert rc == 1 and "Traceback" not in text, text[-3000:]
-    # the flush that gives up starts within a checkpoint interval (1 s) of the pause; closing adds little
-    assert timeout_s - 1 <= gave_up_after <= timeout_s + 6, f"gave up {gave_up_after:.0f} s after the broker hung"
+    # the flush that gives up starts within a checkpoint interval (1 s) of the pause; closing adds little (the
+    # bugs this guards against gave up 10 s and 120 s late; the margin is for a machine slow that hour)
+    assert timeout_s - 1 <= gave_up_after <= timeout_s + 9, f"gave up {gave_up_after:.0f} s after the broker hung"
     said = [line for line in text.splitlines() if line.startswith("logpipe produce:")]
     assert len(said) == 1 and said[0].startswith("logpipe produce: delivery failed: "), text[-3000:]
     # the records failed at the client's delivery timeout ("N records not acknowledged; first error: ..."), or

@@ -136,7 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     for listed in sub._choices_actions:
         command = sub.choices[listed.dest]
         command.description = command.description or listed.help
+    _verbose_anywhere(parser)
     return parser
+
+
+def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`-v` after a command too (`logpipe health kafka -v`), where users put it: every (sub)command takes it. Its
+    default is left out, so a command's parser does not reset a `-v` given before the command's name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                if not any("-v" in a.option_strings for a in command._actions):
+                    command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                                         help="debug logging (as `logpipe -v`)")
+                _verbose_anywhere(command)
 
 
 def main(argv: list[str] | None = None) -> int:

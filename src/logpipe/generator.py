@@ -112,7 +112,8 @@ def parse_size(text: str) -> int:
     """'40MB' / '2.5GB' / '1000' -> bytes (decimal units)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMG]?B)?\s*", text.upper())
     if not m:
-        raise ValueError(f"not a size: {text!r} (examples: 40MB, 2.5GB)")
+        raise ValueError(f"not a size: {text!r} (a number of bytes, or of KB, MB or GB: decimal units, e.g. 40MB, "
+                         "2.5GB; not MiB or GiB)")
     return int(float(m.group(1)) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}.get(m.group(2) or "", 1))
 
 

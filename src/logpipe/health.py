@@ -76,18 +76,26 @@ def wait_until(
             raise WaitStopped(f"stopped while waiting for {what} (last error: {last})")
 
 
-def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True if something accepts TCP connections at host:port."""
+def connect_problem(host: str, port: int, timeout: float = 1.0) -> str | None:
+    """Why no TCP connection to host:port can be made now (a host name that does not resolve, or nothing listening
+    there), or None if something accepts one."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            return True
+            return None
+    except socket.gaierror as exc:  # a typo in the address, or a name not (yet) in DNS, e.g. a container's
+        return f"cannot resolve host {host!r} ({exc.strerror}): is the host name in the address right?"
     except OSError:
-        return False
+        return f"nothing listens on {host}:{port}"
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts TCP connections at host:port."""
+    return connect_problem(host, port, timeout) is None
 
 
 def probe_port(host: str, port: int) -> None:
-    if not port_open(host, port):
-        raise NotReady(f"nothing listens on {host}:{port}")
+    if problem := connect_problem(host, port):
+        raise NotReady(problem)
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:
@@ -123,10 +131,12 @@ def probe_kafka(bootstrap: str) -> int:
     # fail fast when no bootstrap address takes a connection: kafka-python would wait ~30 s on closed ports.
     # Any one open is enough (the client bootstraps from whichever answers)
     addresses = [a.strip().rpartition(":") for a in bootstrap.split(",") if a.strip()]
-    closed = [f"{host}:{port}" for host, _, port in addresses
-              if host and port.isdigit() and not port_open(host.strip("[]"), int(port))]
-    if closed and len(closed) == len(addresses):
-        raise NotReady(f"nothing listens on {', '.join(closed)}")
+    problems = [problem for host, _, port in addresses
+                if host and port.isdigit() and (problem := connect_problem(host.strip("[]"), int(port)))]
+    if problems and len(problems) == len(addresses):
+        closed = [p.removeprefix("nothing listens on ") for p in problems if p.startswith("nothing listens on ")]
+        raise NotReady("; ".join(([f"nothing listens on {', '.join(closed)}"] if closed else [])
+                                 + [p for p in problems if not p.startswith("nothing listens on ")]))
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000,
                                  client_id="logpipe-health")

@@ -443,3 +443,18 @@ def test_relative_folders_are_made_absolute(tmp_path, monkeypatch):
     s = load_settings(java_home="jdk", spark_java_home="~/jdk25", producer_state_dir="state")
     assert s.java_home == str(tmp_path / "jdk") and s.producer_state_dir == tmp_path / "state"
     assert s.spark_java_home is not None and "~" not in s.spark_java_home and s.spark_java_home.startswith("/")
+
+
+def test_verbose_is_taken_before_or_after_the_command():
+    """`logpipe health kafka -v` was refused (`unrecognized arguments: -v`): users put it after the command. Every
+    command and subcommand takes it; one given before the command's name is not reset by the command's parser."""
+    from logpipe.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["health", "kafka", "-v"]).verbose == 1
+    assert parser.parse_args(["stack", "down", "--verbose"]).verbose == 1
+    assert parser.parse_args(["-v", "produce", "a.log"]).verbose == 1
+    assert parser.parse_args(["produce", "a.log"]).verbose == 0
+    required = {"generate": ["--lines", "10"], "produce": ["a.log"], "verify": ["--log", "a.log"]}
+    for name in ("generate", "produce", "stream", "verify", "demo", "bench"):
+        assert parser.parse_args([name, "-v", *required.get(name, [])]).verbose == 1, name

@@ -236,3 +236,18 @@ def test_a_wait_that_is_no_number_of_seconds_is_refused(value, capsys):
             main(["health", "producer", flag, value])
         assert exit_.value.code == 2 and f"argument {flag}: '{value}'" in capsys.readouterr().err
     assert health.seconds("0") == 0.0 and health.seconds("2.5") == 2.5
+
+
+def test_a_host_name_that_does_not_resolve_is_said_so_not_taken_for_a_closed_port(free_ports) -> None:
+    """`nohost:9092` (a typo in the address) was reported as `nothing listens on nohost:9092`, which sends a user
+    to check a broker that runs. The probes say the name does not resolve (`.invalid` never does: RFC 6761)."""
+    from logpipe import health
+
+    with pytest.raises(health.NotReady, match=r"cannot resolve host 'nohost\.invalid' .*is the host name in the "
+                                              "address right"):
+        health.probe_port("nohost.invalid", 9092)
+    port = free_ports(1)[0]
+    with pytest.raises(health.NotReady, match=rf"^nothing listens on 127\.0\.0\.1:{port}; cannot resolve host "
+                                              r"'nohost\.invalid'"):
+        health.probe_kafka(f"127.0.0.1:{port},nohost.invalid:9093")
+    assert not health.port_open("nohost.invalid", 9092)

@@ -656,3 +656,13 @@ def test_up_keeps_the_jars_a_running_service_uses_when_its_pom_changed(run_dir, 
     assert resolved == ["hdfs", "spark-kafka"]
     assert "kafka runs on the kafka jars of an older logpipe, so they are kept" in caplog.text
     assert "`logpipe stack down` then `logpipe stack up`" in caplog.text
+
+
+def test_status_of_a_stack_that_is_not_running_says_how_to_start_it(tmp_path, monkeypatch, capsys):
+    """`stack status` exits 3 when a service is down (as documented) and says what starts it."""
+    from logpipe import cli
+
+    monkeypatch.setenv("LOGPIPE_RUN_DIR", str(tmp_path / "run"))
+    assert cli.main(["stack", "status"]) == 3
+    out = capsys.readouterr().out
+    assert "kafka, namenode, datanode not running: `logpipe stack up` starts them" in out, out

@@ -137,13 +137,15 @@ def test_a_log_read_from_a_pipe_is_taken(tmp_path, monkeypatch, capsys, free_por
 
 
 def test_hdfs_down_is_one_line_that_says_what_to_check(log, monkeypatch, capsys, free_ports):
+    """...and the wait is said as it begins (it was a silent minute), with the setting that sets its length."""
     port = free_ports(1)[0]  # nothing listens there
     monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("LOGPIPE_CONNECT_TIMEOUT_S", "1")
     code = main(["verify", "--log", str(log)])
     err = capsys.readouterr().err
     assert code == 1 and f"HDFS at http://127.0.0.1:{port} not ready" in err and "stack status" in err, err
-    assert "Traceback" not in err
+    assert "LOGPIPE_CONNECT_TIMEOUT_S sets this wait" in err and "Traceback" not in err
+    assert "not ready (" in err and "waiting up to 1s" in err, err  # the log line as the wait begins
 
 
 def test_kafka_down_is_one_line_said_before_the_recount(log, monkeypatch, capsys, free_ports):

@@ -46,6 +46,9 @@ def _print_status(rows: list[dict], urls: dict[str, str]) -> None:
     console.print(table)
     for k, v in urls.items():
         console.print(f"  {k}: {v}")
+    if stopped := [r["service"] for r in rows if not r["running"]]:
+        console.print(f"  {', '.join(stopped)} not running: `logpipe stack up` starts "
+                      f"{'it' if len(stopped) == 1 else 'them'} (`make stack-up` from a checkout)")
     if others := [r["service"] for r in rows if r["running"] and not r["ports_as_set"]]:
         console.print(f"  {' and '.join(others)} listen{'s' if len(others) == 1 else ''} on other ports than the "
                       "LOGPIPE_* port settings now give (the ports shown): the other commands would look for "

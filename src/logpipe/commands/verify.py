@@ -240,8 +240,9 @@ def not_ready(probe: "Callable[[], object]", what: str, timeout: float, hint: st
     """Why `what` did not answer `probe` within `timeout` seconds (the wait's one line, with `hint`), or None."""
     from logpipe import health
 
-    try:
-        health.wait_until(probe, what=what, timeout=timeout, hint=hint)
+    try:  # announced: a service that is down is no silent minute (LOGPIPE_CONNECT_TIMEOUT_S sets the wait)
+        health.wait_until(probe, what=what, timeout=timeout, hint=f"{hint} (LOGPIPE_CONNECT_TIMEOUT_S sets this wait)",
+                          announce=True)
     except health.ServiceTimeout as exc:
         return str(exc)
     return None

@@ -51,7 +51,8 @@ mutants: setup                   ## mutation testing of the domain modules by th
 	$(BIN)/mutmut run
 	$(BIN)/mutmut results
 
-clean: setup                     ## stop the stack, then delete what it keeps in its run folder (kept if a service would not stop)
-	$(BIN)/logpipe stack down --wipe && d="$${LOGPIPE_RUN_DIR:-.logpipe}" && \
+clean:                           ## stop the stack, then delete what it keeps in its run folder (kept if a service would not stop)
+	@# without $(VENV) this checkout has started nothing: nothing to stop, and nothing is installed just to clean
+	if [ -x $(BIN)/logpipe ]; then $(BIN)/logpipe stack down --wipe; fi && d="$${LOGPIPE_RUN_DIR:-.logpipe}" && \
 	  rm -rf "$$d"/jars "$$d"/conf "$$d"/aot "$$d"/logs "$$d"/pids "$$d"/producer "$$d"/stack.lock \
 	    "$$d"/demo-verify.json && { rmdir "$$d" 2>/dev/null || true; }  # data/: the services' part, by --wipe

@@ -273,6 +273,30 @@ def stack(settings: Settings) -> Iterator[Settings]:
         bg.stop_started()
 
 
+def _installed_jdks_25_plus() -> list[Path]:
+    """JDKs of Java 25 or later under /usr/lib/jvm, by their `release` files (not by logpipe's own lookup, which
+    the AOT tests check)."""
+    import re
+
+    found = []
+    for release in Path("/usr/lib/jvm").glob("*/release"):
+        version = re.search(r'^JAVA_VERSION="(\d+)', release.read_text(errors="replace"), re.M)
+        if version and int(version.group(1)) >= 25:
+            found.append(release.parent)
+    return found
+
+
+@pytest.fixture(scope="session")
+def ci_expects_aot_cache() -> bool:
+    """True in CI on a machine with a JDK 25+ under /usr/lib/jvm (CI's machine image has a Temurin 25), unless the
+    settings turn the cache off or pin Spark's Java: there the AOT tests must take their branch with a cache, or
+    its training, interruption and use would go untested while every test passed. Elsewhere (a plain Debian 12,
+    whose newest JDK is 17) Spark runs on 17 without a cache, and that is what they check."""
+    return (os.environ.get("CI") == "true" and bool(_installed_jdks_25_plus())
+            and not os.environ.get("LOGPIPE_SPARK_JAVA_HOME")
+            and os.environ.get("LOGPIPE_SPARK_AOT_CACHE", "").lower() not in ("false", "0", "no", "off"))
+
+
 @pytest.fixture(scope="session")
 def local_spark(request: pytest.FixtureRequest):
     """One SparkSession (local mode) for the whole test session, unit and integration tests alike: a JVM cannot

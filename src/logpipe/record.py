@@ -17,7 +17,9 @@ TOO_LARGE_HEAD_BYTES = 16 << 10
 TOO_LARGE_PATTERN = r"\A\x00logpipe:too_large:[0-9]+\x00"
 
 
-# room for the key, the record and batch headers beside a line of LOGPIPE_MAX_MESSAGE_BYTES
+# room for the key, the record and batch headers beside a line of LOGPIPE_MAX_MESSAGE_BYTES. None for compression:
+# both clients send a batch uncompressed when compressing would make it larger (an incompressible line: kafka-python's
+# record batch builder, librdkafka's message set writer)
 RECORD_OVERHEAD_BYTES = 4096
 # Kafka's default max.message.bytes (broker message.max.bytes), which a topic created without it gets
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588

@@ -21,9 +21,10 @@ def create_topic(s: Settings, topic: str, partitions: int, configs: dict[str, st
     try:
         if topic in admin.list_topics():
             return False
+        configs = topic_configs(s, configs)
         try:  # returns once every partition has a leader: a client may send to it at once
             admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": s.topic_replication,
-                                         "configs": configs or {}}}, wait_for_metadata=True)
+                                         "configs": configs}}, wait_for_metadata=True)
         except TopicAlreadyExistsError:  # created meanwhile by another process
             return False
         log.info("created topic %s (%d partition%s%s)", topic, partitions, "" if partitions == 1 else "s",
@@ -31,6 +32,17 @@ def create_topic(s: Settings, topic: str, partitions: int, configs: dict[str, st
         return True
     finally:
         admin.close()
+
+
+def topic_configs(s: Settings, configs: dict[str, str] | None = None) -> dict[str, str]:
+    """`configs` for a new topic, with min.insync.replicas 2 when it is replicated (LOGPIPE_TOPIC_REPLICATION 2+):
+    the producers' acks=all then waits for a second copy of every record (a broker's default, 1, lets the leader
+    alone acknowledge one once its followers fell behind, and losing that leader's disk loses it, after the producer
+    saved its position past it). Left as given when set; with one copy there is nothing to wait for."""
+    out = dict(configs or {})
+    if s.topic_replication >= 2:
+        out.setdefault("min.insync.replicas", "2")
+    return out
 
 
 def topic_id(s: Settings, topic: str) -> str | None:

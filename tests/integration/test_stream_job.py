@@ -325,6 +325,46 @@ def test_the_job_makes_its_alerts_topic_even_when_no_alert_fires(job_settings: S
         consumer.close()
 
 
+def test_alerts_the_topic_refuses_leave_the_results_whole_and_go_once_it_takes_them(job_settings: Settings):
+    """A send of alerts that failed (here: the alerts topic takes records of 64 bytes only) failed the query after
+    its batch's commit: the job stopped ingesting, and at every start recover() failed the same way. Now the
+    batches go on, an --until-done run finishes its results and exits 1 naming the cause, and a start once the
+    topic takes the alerts sends each once."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from logpipe.results import load_table, webhdfs_fs
+    from logpipe.topics import create_topic
+
+    s = job_settings
+    lines, rate_host, _ = make_lines(6_000)
+    send(s, [(i, line) for i, line in enumerate(lines)])
+    create_topic(s, s.alerts_topic, partitions=1, configs={"max.message.bytes": "64"})
+    r = subprocess.run([sys.executable, "-m", "logpipe", "stream", "--until-done"],
+                       env=job_env(s, LOGPIPE_RATE_LIMIT_CEILING="50", LOGPIPE_MAX_OFFSETS_PER_TRIGGER="2000"),
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, _first_errors(r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert "are complete, but alerts of committed batches could not be sent" in last, last
+    assert "RecordTooLargeException" in last and "max.message.bytes" in last and "Traceback" not in r.stderr, last
+    assert r.stderr.count(f"alerts could not be sent to the Kafka topic {s.alerts_topic}") >= 2  # a batch's, the end's
+    metrics = json.loads(webhdfs_fs(s).cat(s.hdfs_path("_metrics", "latest.json")))
+    assert metrics["lines"] == len(lines) and metrics["batches"] >= 3, metrics  # every batch went on
+    assert "RecordTooLargeException" in metrics["alerts_unsent"]
+    alerts = load_table(s, "alerts", ["alert_id", "key"])
+    assert rate_host in set(alerts["key"]) and not read_topic(s, s.alerts_topic)
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.alerts_topic,
+                                            configs={"max.message.bytes": "1048588"})])
+    finally:
+        admin.close()
+    metrics = run_until_done(s, LOGPIPE_RATE_LIMIT_CEILING="50")
+    assert metrics["this_run"]["lines"] == 0 and "alerts_unsent" not in metrics
+    published = sorted(m.key.decode() for m in read_topic(s, s.alerts_topic))
+    assert published == sorted(alerts["alert_id"])  # each once
+
+
 def _rows_by_batch(s: Settings, table: str, columns: list[str]) -> dict[tuple, tuple[int, int]]:
     """Each row of `table` (its `columns`) -> the micro-batch that wrote it, as (batch id, 0) for a batch's files
     (b<id>-...) and (batch id, 1) for the --until-done flush after that batch (f<id>-...)."""

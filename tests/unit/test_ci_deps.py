@@ -86,3 +86,18 @@ def test_the_java_the_stack_runs_is_checked_java_home_first(tmp_path, home):
         assert r.returncode == 1 and "apt-get" not in r.stdout, r
         assert f"JAVA_HOME={jdk} " + ("is Java 11; Kafka 4 and Spark 4 need 17+" if home == "old"
                                       else "has no bin/java") in r.stderr, r
+
+
+def test_a_java_still_too_old_after_installing_a_jdk_is_an_error_naming_what_to_set(tmp_path):
+    """A Java 11 first on PATH that Debian's alternatives do not manage stays the `java` run after the JDK is
+    installed: deps exited 0 and `stack up` failed later. It now checks again and names LOGPIPE_JAVA_HOME."""
+    import sys
+
+    env = _machine(tmp_path, java="echo 'openjdk version \"11.0.2\"' >&2", mvn=":", make=":", python3=PY_OK,
+                   sudo='exec "$@"', grep=f'exec {shutil.which("grep")} "$@"',
+                   **{"apt-cache": 'echo "  Candidate: 17.0.9+9-1"',
+                      "apt-get": f'echo "apt-get $*" >> {tmp_path}/apt.log'})
+    r = _deps({**env, "REAL_PYTHON": sys.executable})
+    assert r.returncode == 1, r
+    assert "install -y openjdk-17-jdk-headless" in (tmp_path / "apt.log").read_text()
+    assert "installed openjdk-17-jdk-headless, but `java` is still 11" in r.stderr and "LOGPIPE_JAVA_HOME" in r.stderr, r

@@ -256,3 +256,17 @@ def test_a_lease_from_a_host_whose_clock_lags_is_watched_before_the_demo_deletes
     else:
         demo.refuse_if_a_run_holds(load_settings(), Client())
     assert slept == [lease.HEARTBEAT_S + 2]
+
+
+def test_the_summary_names_the_notebook_only_where_it_is(monkeypatch, capsys, tmp_path):
+    """A package installed outside a checkout has no notebooks/ folder: the summary printed `jupyter lab` of a path
+    that did not exist."""
+    from logpipe.commands import demo
+
+    report = {"ok": True, "verdict": "exact", "windows_compared": 1,
+              "accounting": {"lines": 1, "parsed": 1, "quarantined": 0, "late": 0, "ok": True}}
+    out = _summary(monkeypatch, capsys, tmp_path, report, ["10.0.0.1"])
+    assert f"lab {demo.DEMO_NOTEBOOK}" in out.replace("\n", "")  # this checkout's notebook (a long line: wrapped)
+    monkeypatch.setattr(demo, "DEMO_NOTEBOOK", demo.PROJECT_ROOT / "nowhere" / "demo.ipynb")
+    out = " ".join(_summary(monkeypatch, capsys, tmp_path, report, ["10.0.0.1"]).split())
+    assert "jupyter" not in out and "nowhere/demo.ipynb of a logpipe checkout (not installed with the package)" in out

@@ -340,7 +340,7 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
 
     j._run_batch = slow_batch
     j.fs = StagingFs()
-    j._publish_committed_alerts = lambda: order.append("alerts sent")
+    j._publish_committed_alerts = lambda tags=None: order.append("alerts sent")
     monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: order.append("clean-up") or [])
     callback = threading.Thread(target=j._batch, args=(None, 7))
     callback.start()
@@ -652,7 +652,7 @@ def test_a_callback_of_a_query_stopped_before_recover_does_not_run(monkeypatch) 
     ran: list[int] = []
     j._run_batch = lambda _batch, batch_id: ran.append(batch_id)
     j.fs, j.spark, j.root = type("Fs", (), {"delete": lambda self, p: None})(), None, "hdfs://x/r"
-    j._publish_committed_alerts = lambda: None
+    j._publish_committed_alerts = lambda tags=None: None
     monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: [])
     j.recover()  # before the follow query
     follow_generation = j._generation
@@ -838,9 +838,10 @@ def test_a_continuous_run_ends_on_a_signal_and_fails_when_its_query_stops_by_its
                             "duplicates_dropped": 0}
             return self.metrics
 
-        def _publish_committed_alerts(self, tags=None) -> None:
+        def send_alerts(self, tags=None) -> bool:
             assert tags is None  # every committed batch's (a cancelled send of the last one among them)
             self.sent_after = self.committed
+            return True
 
     s = load_settings(stop_grace_s=0.2)
     job = Job(_Stopping(False))

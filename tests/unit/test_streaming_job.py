@@ -611,3 +611,37 @@ def test_a_missed_roll_up_is_written_after_the_next_batch_and_one_gone_after_the
     with caplog.at_level(logging.WARNING, logger="logpipe.commit_log"):
         assert [m for _, m in sorted(StreamJob(local_spark, s)._committed().items())] == markers
     assert "b0000000004.rollup cannot be read" in caplog.text and "b0000000002.rollup cannot be read" in caplog.text
+
+
+def test_alerts_kafka_does_not_take_leave_the_batches_going_and_go_once_it_does(local_spark, tmp_path, monkeypatch,
+                                                                                caplog):
+    """A send of alerts that failed (the alerts topic gone, records too large for it, the broker away) failed the
+    micro-batch after its commit, so the query: the job stopped ingesting, and at the next start recover() failed
+    the same way, so it did not start. The batches now go on, the alerts stay on HDFS marked unsent, and a later
+    batch sends every unsent batch's alerts once ALERTS_RETRY_S passed."""
+    import socket
+
+    from logpipe.config import Settings
+    from logpipe.streaming.job import StreamJob
+
+    with socket.socket() as sock:  # a port nothing listens on: the send really fails
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    root = tmp_path / "root"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root), rate_limit_ceiling=3, kafka_bootstrap=f"127.0.0.1:{closed}")
+    job = StreamJob(local_spark, s)
+    with caplog.at_level(logging.ERROR, logger="logpipe.streaming.job"):
+        job._batch(_kafka_rows(local_spark, s, 0, 4, 1), 0)  # 4 requests of one host: over the ceiling of 3
+    assert (root / "_commits" / "ingest" / "b0000000000.json").exists() and list((root / "alerts").glob("*.parquet"))
+    assert job.alerts_unsent and not (root / "_commits" / "alerts-kafka").exists()
+    assert any(f"alerts could not be sent to the Kafka topic {s.alerts_topic}" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+    tried: list = []
+    monkeypatch.setattr(job, "_publish_committed_alerts", lambda tags=None: tried.append(tags))  # a send that works
+    job._batch(_kafka_rows(local_spark, s, 4, 4, 3), 1)  # more alerts, within the wait: not tried yet
+    assert tried == [] and job.alerts_unsent
+    monkeypatch.setattr(job, "_alerts_retry_at", 0.0)  # the wait is over
+    job._batch(_kafka_rows(local_spark, s, 8, 1, 5), 2)
+    assert tried == [None] and job.alerts_unsent is None  # every committed batch's unsent alerts, at once
+    assert (root / "_commits" / "ingest" / "b0000000002.json").exists()

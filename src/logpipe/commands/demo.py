@@ -343,7 +343,11 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
         console.print(f"{name}: {escape(url)}")
     console.print(f"results on HDFS: {escape(s.hdfs_root)}/{{events,windows/by_host,windows/by_status,alerts,"
                   "quarantine,late}")
-    console.print(f"notebook: {escape(notebook_command(s))}")
+    if DEMO_NOTEBOOK.is_file():
+        console.print(f"notebook: {escape(notebook_command(s))}")
+    else:  # a package installed outside a checkout: the notebook is not in it
+        console.print(f"notebook: {DEMO_NOTEBOOK.relative_to(PROJECT_ROOT)} of a logpipe checkout (not installed with "
+                      "the package)")
 
 
 def notebook_command(s: Settings) -> str:

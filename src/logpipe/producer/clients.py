@@ -34,6 +34,12 @@ class RecordSink(Protocol):
     def close(self) -> None: ...
 
 
+# Both clients ask a broker to make a topic they send to that does not exist (their default; Kafka's brokers make
+# it unless auto.create.topics.enable=false): a log topic deleted under a running producer then came back with the
+# broker's defaults (partitions, replication, a 1 MB record limit) and the lines after the deletion only. The
+# producer makes its topic itself (producer.run.ensure_topic); a topic gone meanwhile fails the sends instead.
+
+
 class KafkaPythonSink:
     """kafka-python: acks=all, idempotent, compressed, batched."""
 
@@ -49,6 +55,7 @@ class KafkaPythonSink:
             compression_type=None if s.compression == "none" else s.compression,
             batch_size=s.batch_size, linger_ms=s.linger_ms, max_request_size=largest_record_bytes(s.max_message_bytes),
             retries=2**31 - 1, delivery_timeout_ms=delivery_ms, request_timeout_ms=request_ms,
+            allow_auto_create_topics=False,  # see above KafkaPythonSink
             client_id="logpipe-producer")
         self._timed_out = False  # a flush gave up: close() then does not wait for the broker again
 
@@ -141,7 +148,7 @@ class ConfluentSink:
             # acknowledgement, and a failure is still counted and raised
             "delivery.report.only.error": True, "on_delivery": self._on_delivery,
             "delivery.timeout.ms": delivery_ms, "request.timeout.ms": request_ms,
-            "client.id": "logpipe-producer",
+            "client.id": "logpipe-producer", "allow.auto.create.topics": False,  # see above KafkaPythonSink
             # librdkafka's own messages (a broker unreachable, ...) through Python's logging, in the producer's log
             # format, not written straight to stderr by the C library
             "logger": logging.getLogger("logpipe.producer.librdkafka")})

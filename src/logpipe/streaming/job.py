@@ -101,6 +101,15 @@ PASS_DIR, REWRITE_DIR = "pass", "dedup"
 QUARANTINE_DIR, LATE_DIR = "_quarantine", "_late"
 ALERTS_SCHEMA = ("rule STRING, key STRING, window_start TIMESTAMP, window_end TIMESTAMP, count BIGINT, share DOUBLE, "
                  "threshold INT, top_hosts ARRAY<STRING>, alert_id STRING, detected_at TIMESTAMP")
+# an alert's JSON on Kafka: every column, `share` null (not absent) for rate_limit, times in ISO-8601 UTC with
+# milliseconds (pinned: Spark's default format depends on spark.sql.legacy.timeParserPolicy)
+ALERT_JSON_OPTIONS = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"}
+# the alerts' producer (Spark's Kafka sink): a send waits at most 10 s for the topic's metadata (a topic that does
+# not exist: Kafka's default is 60 s) and 30 s for the broker's acknowledgement, then fails; the job goes on and
+# tries again ALERTS_RETRY_S later (StreamJob.send_alerts)
+ALERTS_PRODUCER = {"acks": "all", "max.block.ms": 10_000, "request.timeout.ms": 15_000,
+                   "delivery.timeout.ms": 30_000}
+ALERTS_RETRY_S = 60.0
 
 
 # the accounting's counts that add up over batches, so over runs (write_run_metrics' `this_run`)
@@ -121,6 +130,9 @@ class RunStats:
 class StreamJob:
     """The job on one results root: its micro-batch callback (_batch), the flush of the open windows, recovery
     after a crash, the alerts' delivery to Kafka, and the committed history they read (see the module's text)."""
+
+    alerts_unsent: str | None = None  # why the last send of alerts to Kafka failed; None: every one went
+    _alerts_retry_at = 0.0  # (time.monotonic) when a batch tries that send again
 
     def __init__(self, spark: "SparkSession", s: Settings) -> None:
         self.spark, self.s = spark, s
@@ -301,8 +313,12 @@ class StreamJob:
         self._prune_state(batch_id)
         self._roll_up_if_due()
         self._forget_final_alerts(next_horizon)
+        if self.alerts_unsent is not None:  # an earlier send failed: every unsent batch's, once the wait is over
+            if time.monotonic() >= self._alerts_retry_at:
+                self.send_alerts()
+        elif mb.new_alerts:
+            self.send_alerts([batch_tag(batch_id)])
         if mb.new_alerts:
-            self._publish_committed_alerts([batch_tag(batch_id)])
             for r in mb.new_alerts:
                 log.warning("ALERT %s %s window %s count %s%s", r["rule"], r["key"], r["window_start"], r["count"],
                             f" share {r['share']:.0%} top hosts {list(r['top_hosts'] or [])}" if r["share"] else "")
@@ -362,7 +378,7 @@ class StreamJob:
         if cleaned:
             log.warning("removed the files of %d attempt(s) that died before their commit: %s", len(cleaned),
                         ", ".join(cleaned))
-        self._publish_committed_alerts()
+        self.send_alerts()
 
     def ingest_query(self, available_now: bool) -> "StreamingQuery":
         self.batch_error = None  # a new query: an earlier one's failure (a cancelled follow query) is not its cause
@@ -425,6 +441,28 @@ class StreamJob:
                 out.setdefault(file_tag(f), []).append(f)
         return out
 
+    def send_alerts(self, tags: "Iterable[str] | None" = None) -> bool:
+        """Send the committed alerts not sent yet to Kafka (_publish_committed_alerts; `tags`: only those
+        batches'); True if all went. A send that fails (the alerts topic gone or refusing the records, the broker
+        away for longer than the send waits) does not stop the job: its alerts stay on HDFS (alerts/), marked
+        unsent, and the batches go on; the first batch ALERTS_RETRY_S later, a stop, the end of an --until-done
+        run and every start send every unsent batch's alerts (an --until-done run whose last try fails exits 1)."""
+        from logpipe.streaming.run import failure_hint, failure_summary
+
+        try:
+            self._publish_committed_alerts(tags)
+        except Exception as exc:  # noqa: BLE001 (py4j's errors among them)
+            self.alerts_unsent = f"{failure_summary(str(exc))}{failure_hint(str(exc))}"
+            self._alerts_retry_at = time.monotonic() + ALERTS_RETRY_S
+            log.error("alerts could not be sent to the Kafka topic %s: %s. They are on HDFS (%s); the job goes on "
+                      "and sends them once the topic takes them (tried again every %.0fs, at a stop and at every "
+                      "start)", self.s.alerts_topic, self.alerts_unsent, self.s.hdfs_uri("alerts"), ALERTS_RETRY_S)
+            return False
+        if self.alerts_unsent is not None:
+            log.info("the alerts not sent before are on the Kafka topic %s now", self.s.alerts_topic)
+        self.alerts_unsent = None
+        return True
+
     def _publish_committed_alerts(self, tags: "Iterable[str] | None" = None) -> None:
         """Send to Kafka every committed alerts batch not sent yet (marker _commits/alerts-kafka/<tag>); `tags`:
         only those batches (each batch sends its own as it commits), else every committed one (at start: repairs
@@ -444,9 +482,10 @@ class StreamJob:
                 continue
             df = self.spark.read.parquet(*files)
             n = df.count()
-            value = F.to_json(F.struct(*df.columns), {"ignoreNullFields": "false"})  # share: null, not absent
+            value = F.to_json(F.struct(*df.columns), ALERT_JSON_OPTIONS)
             (df.select(F.col("alert_id").alias("key"), value.alias("value"))
              .write.format("kafka").option("kafka.bootstrap.servers", self.s.kafka_address)
+             .options(**{f"kafka.{k}": str(v) for k, v in ALERTS_PRODUCER.items()})
              .option("topic", self.s.alerts_topic).save())
             self.fs.write_text(marker, json.dumps({"alerts": n}))
 

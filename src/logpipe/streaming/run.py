@@ -320,9 +320,18 @@ def _drain_and_flush(job: StreamJob, s: Settings, stop: StopSignal, t0: float,
     # a signal from here on lets the still-open windows be written: the run then ends as if none came
     t_ingest = time.monotonic() - t0
     flushed = job.flush_open_windows()
-    metrics = job.write_run_metrics({"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2),
-                                     "flushed_window_rows": flushed}, before)
+    if job.alerts_unsent is not None:  # a send failed during the run: a last try before the run ends
+        job.send_alerts()
+    extra = {"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2), "flushed_window_rows": flushed}
+    if job.alerts_unsent is not None:
+        extra["alerts_unsent"] = job.alerts_unsent
+    metrics = job.write_run_metrics(extra, before)
     log.info("done in %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
+    if job.alerts_unsent is not None:
+        raise RuntimeError(f"the results on {job.root} are complete, but alerts of committed batches could not be "
+                           f"sent to the Kafka topic {s.alerts_topic}: {job.alerts_unsent}. They are on HDFS "
+                           f"({s.hdfs_uri('alerts')}); run the job again once the topic takes them (every start "
+                           "sends the alerts not sent yet)")
     return metrics
 
 
@@ -343,22 +352,12 @@ def _run_until_stopped(job: StreamJob, s: Settings, stop: StopSignal, t0: float,
         log.warning("a micro-batch callback is still running after %.0fs: the run's metrics may leave its batch out "
                     "(verify and the notebook read the commit records, which count it once it commits)",
                     CALLBACK_WAIT_S)
-    else:
-        _send_committed_alerts(job)
+    else:  # a stop that cancelled the query's jobs just after a batch's commit marker also cancelled the send of
+        # its alerts (a Spark job of the same group), which only the next start would then make
+        job.send_alerts()
     metrics = job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)}, before)
     log.info("stopped after %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
     return metrics
-
-
-def _send_committed_alerts(job: StreamJob) -> None:
-    """Send the committed alerts not sent yet: a stop that cancelled the query's jobs just after a batch's commit
-    marker also cancelled the send of its alerts (a Spark job of the same group), which only the next start would
-    then make. A send that fails is a warning: the next start sends them (StreamJob.recover)."""
-    try:
-        job._publish_committed_alerts()
-    except Exception as exc:  # noqa: BLE001 (py4j's errors among them; the alerts are on HDFS either way)
-        log.warning("alerts of committed batches could not be sent to Kafka now (the next start sends them): %s",
-                    failure_summary(str(exc)))
 
 
 def _stop_or_raise(q: StreamingQuery, job: StreamJob, s: Settings, ended_text: str) -> None:
@@ -742,6 +741,12 @@ FAILURE_HINTS = {  # what to check next, by a telling part of the error (the fir
                        "or the topic was emptied): the results on this root cannot be completed exactly. Run the job "
                        "on a new LOGPIPE_HDFS_ROOT (it reads what the topic still holds), and produce the log again "
                        "into a new LOGPIPE_TOPIC if all of it is needed",
+    # the alerts' send (StreamJob.send_alerts): a topic that is gone, or smaller records than an alert allowed
+    "not present in metadata": " -- the Kafka topic does not exist and the broker does not make it: make it (the job "
+                                "makes it as it starts, with the right to), or set LOGPIPE_ALERTS_TOPIC to one that "
+                                "exists",
+    "RecordTooLargeException": " -- the topic takes smaller records than these: raise its max.message.bytes "
+                               "(kafka-configs.sh --alter --entity-type topics)",
     # a broker that stopped answering (hung, paused) for longer than Spark's Kafka reads wait
     # (spark.network.timeout, 120 s), or than the alerts' send waits
     "Cannot fetch record for offset": _KAFKA_NO_ANSWER,

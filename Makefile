@@ -52,7 +52,9 @@ mutants: setup                   ## mutation testing of the domain modules by th
 	$(BIN)/mutmut results
 
 clean:                           ## stop the stack, then delete what it keeps in its run folder (kept if a service would not stop)
-	@# without $(VENV) this checkout has started nothing: nothing to stop, and nothing is installed just to clean
-	if [ -x $(BIN)/logpipe ]; then $(BIN)/logpipe stack down --wipe; fi && d="$${LOGPIPE_RUN_DIR:-.logpipe}" && \
+	@# without $(VENV) nothing is installed just to clean; a stack it started (records under pids/) is refused
+	d="$${LOGPIPE_RUN_DIR:-.logpipe}" && if [ -x $(BIN)/logpipe ]; then $(BIN)/logpipe stack down --wipe; \
+	  elif [ -n "$$(ls -A "$$d"/pids 2>/dev/null)" ]; then echo "$$d/pids holds service records but there is no" \
+	    "$(BIN)/logpipe to stop them: make setup, then make clean" >&2; exit 1; fi && \
 	  rm -rf "$$d"/jars "$$d"/conf "$$d"/aot "$$d"/logs "$$d"/pids "$$d"/producer "$$d"/stack.lock \
 	    "$$d"/demo-verify.json && { rmdir "$$d" 2>/dev/null || true; }  # data/: the services' part, by --wipe

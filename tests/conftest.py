@@ -274,14 +274,16 @@ def stack(settings: Settings) -> Iterator[Settings]:
 
 
 def _installed_jdks_25_plus() -> list[Path]:
-    """JDKs of Java 25 or later under /usr/lib/jvm, by their `release` files (not by logpipe's own lookup, which
-    the AOT tests check)."""
+    """JDKs under /usr/lib/jvm of a Java 25 or later that Spark supports (SPARK_JAVA_RELEASES), by their `release`
+    files (not by logpipe's own lookup, which the AOT tests check)."""
     import re
+
+    from logpipe.stack.java import SPARK_JAVA_RELEASES
 
     found = []
     for release in Path("/usr/lib/jvm").glob("*/release"):
         version = re.search(r'^JAVA_VERSION="(\d+)', release.read_text(errors="replace"), re.M)
-        if version and int(version.group(1)) >= 25:
+        if version and int(version.group(1)) >= 25 and int(version.group(1)) in SPARK_JAVA_RELEASES:
             found.append(release.parent)
     return found
 

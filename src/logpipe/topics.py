@@ -35,12 +35,13 @@ def create_topic(s: Settings, topic: str, partitions: int, configs: dict[str, st
 
 
 def topic_configs(s: Settings, configs: dict[str, str] | None = None) -> dict[str, str]:
-    """`configs` for a new topic, with min.insync.replicas 2 when it is replicated (LOGPIPE_TOPIC_REPLICATION 2+):
+    """`configs` for a new topic, with min.insync.replicas 2 when it has 3 copies or more (LOGPIPE_TOPIC_REPLICATION):
     the producers' acks=all then waits for a second copy of every record (a broker's default, 1, lets the leader
     alone acknowledge one once its followers fell behind, and losing that leader's disk loses it, after the producer
-    saved its position past it). Left as given when set; with one copy there is nothing to wait for."""
+    saved its position past it), and one broker may still be down. With 2 copies, 2 would stop every write while
+    either broker is down: left to the broker's default there, as with one copy. Left as given when set."""
     out = dict(configs or {})
-    if s.topic_replication >= 2:
+    if s.topic_replication >= 3:
         out.setdefault("min.insync.replicas", "2")
     return out
 

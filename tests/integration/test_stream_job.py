@@ -345,11 +345,14 @@ def test_alerts_the_topic_refuses_leave_the_results_whole_and_go_once_it_takes_t
     assert r.returncode == 1, _first_errors(r.stderr)
     last = r.stderr.strip().splitlines()[-1]
     assert "are complete, but alerts of committed batches could not be sent" in last, last
-    assert "RecordTooLargeException" in last and "max.message.bytes" in last and "Traceback" not in r.stderr, last
+    # the client splits a batch the broker refuses as too large and sends the parts again: the send ends with the
+    # records' own error, or with their expiry at the delivery timeout (both seen), each with what to check
+    assert ("RecordTooLargeException" in last or "Expiring" in last) and "max.message.bytes" in last, last
+    assert "Traceback" not in r.stderr
     assert r.stderr.count(f"alerts could not be sent to the Kafka topic {s.alerts_topic}") >= 2  # a batch's, the end's
     metrics = json.loads(webhdfs_fs(s).cat(s.hdfs_path("_metrics", "latest.json")))
     assert metrics["lines"] == len(lines) and metrics["batches"] >= 3, metrics  # every batch went on
-    assert "RecordTooLargeException" in metrics["alerts_unsent"]
+    assert metrics["alerts_unsent"] in last
     alerts = load_table(s, "alerts", ["alert_id", "key"])
     assert rate_host in set(alerts["key"]) and not read_topic(s, s.alerts_topic)
 

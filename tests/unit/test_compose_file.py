@@ -463,12 +463,15 @@ def test_the_streaming_container_is_given_longer_to_stop_than_its_batches(resolv
     """On SIGTERM the job lets its running micro-batch finish for LOGPIPE_STOP_GRACE_S; docker kills the container
     after its stop_grace_period (10 s by default), so that period must be longer, or `docker compose stop` cuts
     the batch short (it is redone at the next start, but the stop is not the clean one documented). After the
-    batch the stop waits up to CALLBACK_WAIT_S for its callback, then sends its alerts and writes the metrics."""
+    batch the stop waits up to CALLBACK_WAIT_S for its callback, then sends its alerts (up to ALERTS_SEND_MAX_S
+    when Kafka does not take them) and writes the metrics."""
+    from logpipe.streaming.job import ALERTS_SEND_MAX_S
     from logpipe.streaming.run import CALLBACK_WAIT_S
 
     streaming = resolved["services"]["streaming"]
     grace_s = float(streaming["environment"]["LOGPIPE_STOP_GRACE_S"])
-    assert _go_duration_s(streaming.get("stop_grace_period", "10s")) >= grace_s + CALLBACK_WAIT_S + 15, (
+    need_s = grace_s + CALLBACK_WAIT_S + ALERTS_SEND_MAX_S + 15
+    assert _go_duration_s(streaming.get("stop_grace_period", "10s")) >= need_s, (
         streaming.get("stop_grace_period"), grace_s)
 
 

@@ -838,9 +838,11 @@ def test_a_continuous_run_ends_on_a_signal_and_fails_when_its_query_stops_by_its
                             "duplicates_dropped": 0}
             return self.metrics
 
-        def send_alerts(self, tags=None) -> bool:
-            assert tags is None  # every committed batch's (a cancelled send of the last one among them)
-            self.sent_after = self.committed
+        alerts_unsent = None
+
+        def send_unsent_alerts(self, *, only_if_due: bool = False) -> bool:
+            if not only_if_due:  # the stop's send, of every unsent batch (a cancelled send of the last one among them)
+                self.sent_after = self.committed
             return True
 
     s = load_settings(stop_grace_s=0.2)
@@ -863,6 +865,43 @@ def test_a_continuous_run_ends_on_a_signal_and_fails_when_its_query_stops_by_its
     with pytest.raises(RuntimeError, match="disk full"):
         run._run_until_stopped(failed, s, stop, time.monotonic(), {})
     assert failed.metrics is None and not hasattr(failed, "sent_after")
+
+
+def test_a_continuous_run_tries_unsent_alerts_again_between_batches_and_its_stop_metrics_say_what_is_unsent():
+    """After a failed send of alerts, a batch tries again once ALERTS_RETRY_S passed; on a topic where no batch
+    comes the alerts waited for the stop: the run's main loop now tries when due. A stop whose send fails too
+    writes the cause into the run's metrics (`alerts_unsent`), as the end of an --until-done run does."""
+    import signal
+
+    from logpipe.config import load_settings
+
+    class Job(_Job):
+        alerts_unsent = "Topic alerts not present in metadata after 10000 ms."
+
+        def __init__(self) -> None:
+            super().__init__(10)
+            self.query, self.tries = _Stopping(False), []
+
+        def ingest_query(self, available_now: bool):
+            return self.query
+
+        def wait_for_batch(self, timeout: float) -> bool:
+            return True
+
+        def write_run_metrics(self, extra, before):
+            return {**extra, "lines": 10, "parsed": 10, "quarantined": 0, "late": 0, "duplicates_dropped": 0}
+
+        def send_unsent_alerts(self, *, only_if_due: bool = False) -> bool:
+            self.tries.append("due" if only_if_due else "stop")
+            return False
+
+    job = Job()
+    stop = run.StopSignal.__new__(run.StopSignal)
+    stop.event, stop.signum, stop._before = threading.Event(), signal.SIGTERM, {}
+    threading.Timer(5.0, stop.event.set).start()  # two turns of the main loop (2 s each), then the stop
+    metrics = run._run_until_stopped(job, load_settings(stop_grace_s=0.2), stop, time.monotonic(), {})
+    assert job.tries[-1] == "stop" and job.tries.count("due") >= 2, job.tries
+    assert metrics["alerts_unsent"] == Job.alerts_unsent
 
 
 def _fake_run_stream_parts(monkeypatch, query: Any) -> tuple[type, type, type]:

@@ -617,31 +617,44 @@ def test_alerts_kafka_does_not_take_leave_the_batches_going_and_go_once_it_does(
                                                                                 caplog):
     """A send of alerts that failed (the alerts topic gone, records too large for it, the broker away) failed the
     micro-batch after its commit, so the query: the job stopped ingesting, and at the next start recover() failed
-    the same way, so it did not start. The batches now go on, the alerts stay on HDFS marked unsent, and a later
-    batch sends every unsent batch's alerts once ALERTS_RETRY_S passed."""
-    import socket
+    the same way, so it did not start. The batches now go on, the alerts stay on HDFS with no marker, and once
+    ALERTS_RETRY_S passed a later batch sends every unsent batch's alerts in one write and marks each batch. The
+    Kafka write itself is replaced here (its real failure: tests/integration/test_stream_job.py); the listing,
+    the markers and the job's files are real, on a local root."""
+    import pyarrow.parquet as pq
 
     from logpipe.config import Settings
     from logpipe.streaming.job import StreamJob
 
-    with socket.socket() as sock:  # a port nothing listens on: the send really fails
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
     root = tmp_path / "root"
-    s = Settings(hdfs_url="file://", hdfs_root=str(root), rate_limit_ceiling=3, kafka_bootstrap=f"127.0.0.1:{closed}")
+    s = Settings(hdfs_url="file://", hdfs_root=str(root), rate_limit_ceiling=3)
     job = StreamJob(local_spark, s)
+    written: list[list[str]] = []
+
+    def kafka_refuses(alerts) -> None:
+        raise RuntimeError("org.apache.kafka.common.errors.TimeoutException: Topic alerts not present in metadata "
+                           "after 10000 ms.")
+
+    def kafka_takes(alerts) -> None:
+        written.append(sorted(r[0] for r in alerts.select("alert_id").collect()))
+
+    monkeypatch.setattr(job, "_write_to_kafka", kafka_refuses)
     with caplog.at_level(logging.ERROR, logger="logpipe.streaming.job"):
         job._batch(_kafka_rows(local_spark, s, 0, 4, 1), 0)  # 4 requests of one host: over the ceiling of 3
-    assert (root / "_commits" / "ingest" / "b0000000000.json").exists() and list((root / "alerts").glob("*.parquet"))
-    assert job.alerts_unsent and not (root / "_commits" / "alerts-kafka").exists()
+    markers = root / "_commits" / "alerts-kafka"
+    assert (root / "_commits" / "ingest" / "b0000000000.json").exists() and not markers.exists()
+    assert "not present in metadata" in job.alerts_unsent and "no broker answered" in job.alerts_unsent
     assert any(f"alerts could not be sent to the Kafka topic {s.alerts_topic}" in r.getMessage()
                for r in caplog.records), caplog.text
 
-    tried: list = []
-    monkeypatch.setattr(job, "_publish_committed_alerts", lambda tags=None: tried.append(tags))  # a send that works
-    job._batch(_kafka_rows(local_spark, s, 4, 4, 3), 1)  # more alerts, within the wait: not tried yet
-    assert tried == [] and job.alerts_unsent
+    monkeypatch.setattr(job, "_write_to_kafka", kafka_takes)
+    job._batch(_kafka_rows(local_spark, s, 4, 4, 13), 1)  # alerts of later windows, within the wait: not tried
+    assert written == [] and job.alerts_unsent and not markers.exists()
     monkeypatch.setattr(job, "_alerts_retry_at", 0.0)  # the wait is over
-    job._batch(_kafka_rows(local_spark, s, 8, 1, 5), 2)
-    assert tried == [None] and job.alerts_unsent is None  # every committed batch's unsent alerts, at once
-    assert (root / "_commits" / "ingest" / "b0000000002.json").exists()
+    job._batch(_kafka_rows(local_spark, s, 8, 1, 14), 2)
+    files = sorted(str(f) for f in (root / "alerts").glob("*.parquet"))
+    on_hdfs = sorted(pq.read_table(files, columns=["alert_id"]).column("alert_id").to_pylist())
+    assert len({f.rsplit("/", 1)[-1][:11] for f in files}) == 2  # alerts of batches 0 and 1
+    assert written == [on_hdfs] and job.alerts_unsent is None  # both batches' alerts in one write
+    assert sorted(f.name for f in markers.glob("b*")) == ["b0000000000.json", "b0000000001.json"]
+    assert job.send_unsent_alerts() and written == [on_hdfs]  # nothing left to send

@@ -110,6 +110,29 @@ ALERT_JSON_OPTIONS = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-d
 ALERTS_PRODUCER = {"acks": "all", "max.block.ms": 10_000, "request.timeout.ms": 15_000,
                    "delivery.timeout.ms": 30_000}
 ALERTS_RETRY_S = 60.0
+# the longest a send can take before it fails: the metadata wait and the delivery timeout (compose's stop budget)
+ALERTS_SEND_MAX_S = (ALERTS_PRODUCER["max.block.ms"] + ALERTS_PRODUCER["delivery.timeout.ms"]) / 1000
+CALLBACK_LOCK_WAIT_S = 30.0  # a send outside a callback waits this long for a callback still running
+# what to check next when Kafka refuses the alerts, by a telling part of its error (the first that matches)
+ALERT_SEND_HINTS = {
+    # kafka-clients says so for a topic that does not exist and for a broker that does not answer alike
+    "not present in metadata": " -- the topic does not exist (and the broker does not make it), or no broker "
+                               "answered: check `logpipe stack status`, and make the topic or set LOGPIPE_ALERTS_TOPIC "
+                               "to one that exists",
+    "RecordTooLargeException": " -- the topic takes smaller records than these: raise its max.message.bytes "
+                               "(kafka-configs.sh --alter --entity-type topics)",
+    "TopicAuthorizationException": " -- this job may not write to the topic: grant it, or set LOGPIPE_ALERTS_TOPIC",
+    "TimeoutException": " -- the broker did not acknowledge them in time: it is away, hung or overloaded (check "
+                        "`logpipe stack status` and its log), or it refuses them and the client tried again until "
+                        "then (e.g. records over the topic's max.message.bytes, whose batches it splits and sends "
+                        "again)",
+    "DATA_SOURCE_NOT_FOUND": " -- Spark has no Kafka connector: start the job with `logpipe stream`, which puts it "
+                             "on Spark's classpath",
+}
+
+
+class AlertsNotSent(RuntimeError):
+    """Kafka did not take a batch's alerts (StreamJob._publish_committed_alerts): the message says why."""
 
 
 # the accounting's counts that add up over batches, so over runs (write_run_metrics' `this_run`)
@@ -443,32 +466,47 @@ class StreamJob:
 
     def send_alerts(self, tags: "Iterable[str] | None" = None) -> bool:
         """Send the committed alerts not sent yet to Kafka (_publish_committed_alerts; `tags`: only those
-        batches'); True if all went. A send that fails (the alerts topic gone or refusing the records, the broker
-        away for longer than the send waits) does not stop the job: its alerts stay on HDFS (alerts/), marked
-        unsent, and the batches go on; the first batch ALERTS_RETRY_S later, a stop, the end of an --until-done
-        run and every start send every unsent batch's alerts (an --until-done run whose last try fails exits 1)."""
-        from logpipe.streaming.run import failure_hint, failure_summary
-
+        batches'); True if all went. A send Kafka refuses or does not acknowledge (the alerts topic gone or taking
+        smaller records, the broker away for longer than the send waits) does not stop the job: the alerts stay on
+        HDFS (alerts/), their batches without a marker, and the batches go on; a later try sends every unsent
+        batch's alerts (send_unsent_alerts). HDFS errors (listing, markers) are raised as before."""
         try:
             self._publish_committed_alerts(tags)
-        except Exception as exc:  # noqa: BLE001 (py4j's errors among them)
-            self.alerts_unsent = f"{failure_summary(str(exc))}{failure_hint(str(exc))}"
+        except AlertsNotSent as exc:
+            self.alerts_unsent = str(exc)
             self._alerts_retry_at = time.monotonic() + ALERTS_RETRY_S
             log.error("alerts could not be sent to the Kafka topic %s: %s. They are on HDFS (%s); the job goes on "
-                      "and sends them once the topic takes them (tried again every %.0fs, at a stop and at every "
-                      "start)", self.s.alerts_topic, self.alerts_unsent, self.s.hdfs_uri("alerts"), ALERTS_RETRY_S)
+                      "and sends them once the topic takes them (tried again after %.0fs, at the stop of a "
+                      "continuous run, at the end of an --until-done or --until-idle run and at every start)",
+                      self.s.alerts_topic, self.alerts_unsent, self.s.hdfs_uri("alerts"), ALERTS_RETRY_S)
             return False
         if self.alerts_unsent is not None:
             log.info("the alerts not sent before are on the Kafka topic %s now", self.s.alerts_topic)
         self.alerts_unsent = None
         return True
 
+    def send_unsent_alerts(self, *, only_if_due: bool = False) -> bool:
+        """Outside a micro-batch callback (a stop, the end of a run, a continuous run's main loop on a quiet topic):
+        send every unsent batch's alerts, holding the callbacks' lock, so a callback py4j delivers late cannot
+        send a batch beside it. `only_if_due`: only after a failed send once ALERTS_RETRY_S passed, and not while
+        a callback runs (that one tries). True if nothing is left unsent."""
+        if only_if_due and (self.alerts_unsent is None or time.monotonic() < self._alerts_retry_at):
+            return self.alerts_unsent is None
+        if not self._in_batch.acquire(timeout=0 if only_if_due else CALLBACK_LOCK_WAIT_S):
+            return False
+        try:
+            return self.send_alerts()
+        finally:
+            self._in_batch.release()
+
     def _publish_committed_alerts(self, tags: "Iterable[str] | None" = None) -> None:
-        """Send to Kafka every committed alerts batch not sent yet (marker _commits/alerts-kafka/<tag>); `tags`:
-        only those batches (each batch sends its own as it commits), else every committed one (at start: repairs
-        a crash between an HDFS commit and its send, which no later batch would send). A crash after the send and
-        before its marker re-sends that batch (at-least-once there; the Kafka key is the alert_id)."""
-        from pyspark.sql import functions as F
+        """Send to Kafka every committed alerts batch not sent yet (marker _commits/alerts-kafka/<tag>), in one
+        write, then mark each; `tags`: only those batches (each batch sends its own as it commits), else every
+        committed one (at start: repairs a crash between an HDFS commit and its send, which no later batch would
+        send; after a failed send: the batches since). At least once: a crash after the write and before the
+        markers, or a write that failed after Kafka took some of its records, sends those batches again (the Kafka
+        key is the alert_id). AlertsNotSent if the write fails."""
+        from logpipe.streaming.run import failure_summary
 
         if tags is None:
             by_tag = self._committed_alert_files()
@@ -476,18 +514,28 @@ class StreamJob:
         else:  # files of a batch this run just committed: no listing of the whole history (it grows with every batch)
             by_tag = {tag: self.fs.glob(f"{self.s.hdfs_uri('alerts')}/{tag}-*.parquet") for tag in tags}
             sent = {tag for tag in tags if self.fs.exists(marker_path(self.root, "alerts-kafka", tag))}
-        for tag, files in sorted(by_tag.items()):
-            marker = marker_path(self.root, "alerts-kafka", tag)
-            if not files or tag in sent:
-                continue
-            df = self.spark.read.parquet(*files)
-            n = df.count()
-            value = F.to_json(F.struct(*df.columns), ALERT_JSON_OPTIONS)
-            (df.select(F.col("alert_id").alias("key"), value.alias("value"))
-             .write.format("kafka").option("kafka.bootstrap.servers", self.s.kafka_address)
-             .options(**{f"kafka.{k}": str(v) for k, v in ALERTS_PRODUCER.items()})
-             .option("topic", self.s.alerts_topic).save())
-            self.fs.write_text(marker, json.dumps({"alerts": n}))
+        unsent = {tag: files for tag, files in sorted(by_tag.items()) if files and tag not in sent}
+        if not unsent:
+            return
+        try:
+            self._write_to_kafka(self.spark.read.parquet(*[f for files in unsent.values() for f in files]))
+        except Exception as exc:  # noqa: BLE001 (py4j's errors: Kafka's, or a Kafka connector missing)
+            text = str(exc)
+            raise AlertsNotSent(failure_summary(text) + next((h for k, h in ALERT_SEND_HINTS.items() if k in text),
+                                                            "")) from exc
+        for tag in unsent:
+            self.fs.write_text(marker_path(self.root, "alerts-kafka", tag),
+                               json.dumps({"sent_with": len(unsent), "first": min(unsent), "last": max(unsent)}))
+
+    def _write_to_kafka(self, alerts: "DataFrame") -> None:
+        """Write `alerts` (rows of alerts/) to the alerts topic: key the alert_id, value the row as JSON."""
+        from pyspark.sql import functions as F
+
+        value = F.to_json(F.struct(*alerts.columns), ALERT_JSON_OPTIONS)
+        (alerts.select(F.col("alert_id").alias("key"), value.alias("value"))
+         .write.format("kafka").option("kafka.bootstrap.servers", self.s.kafka_address)
+         .options(**{f"kafka.{k}": str(v) for k, v in ALERTS_PRODUCER.items()})
+         .option("topic", self.s.alerts_topic).save())
 
     def _emitted(self) -> dict[str, datetime]:
         """The alerts raised for windows that may still change (alert_id -> window end), to raise each once. A

@@ -321,7 +321,7 @@ def _drain_and_flush(job: StreamJob, s: Settings, stop: StopSignal, t0: float,
     t_ingest = time.monotonic() - t0
     flushed = job.flush_open_windows()
     if job.alerts_unsent is not None:  # a send failed during the run: a last try before the run ends
-        job.send_alerts()
+        job.send_unsent_alerts()
     extra = {"ingest_s": round(t_ingest, 2), "total_s": round(time.monotonic() - t0, 2), "flushed_window_rows": flushed}
     if job.alerts_unsent is not None:
         extra["alerts_unsent"] = job.alerts_unsent
@@ -345,6 +345,7 @@ def _run_until_stopped(job: StreamJob, s: Settings, stop: StopSignal, t0: float,
         if not query.isActive:
             _raise_if_failed(query, job)
             raise RuntimeError(f"query {query.name} stopped")
+        job.send_unsent_alerts(only_if_due=True)  # after a failed send, on a topic where no batch comes to try
     log.info("stopping: letting the running micro-batch finish (up to %.0fs)", s.stop_grace_s)
     _stop_or_raise(query, job, s, "failed: it ended by itself while stopping")
     # a callback the stop left running still renames its files and writes its marker: the metrics count its batch
@@ -354,8 +355,11 @@ def _run_until_stopped(job: StreamJob, s: Settings, stop: StopSignal, t0: float,
                     CALLBACK_WAIT_S)
     else:  # a stop that cancelled the query's jobs just after a batch's commit marker also cancelled the send of
         # its alerts (a Spark job of the same group), which only the next start would then make
-        job.send_alerts()
-    metrics = job.write_run_metrics({"total_s": round(time.monotonic() - t0, 2)}, before)
+        job.send_unsent_alerts()
+    extra: dict[str, Any] = {"total_s": round(time.monotonic() - t0, 2)}
+    if job.alerts_unsent is not None:
+        extra["alerts_unsent"] = job.alerts_unsent
+    metrics = job.write_run_metrics(extra, before)
     log.info("stopped after %.1fs: %s", time.monotonic() - t0, run_summary(metrics))
     return metrics
 
@@ -741,14 +745,8 @@ FAILURE_HINTS = {  # what to check next, by a telling part of the error (the fir
                        "or the topic was emptied): the results on this root cannot be completed exactly. Run the job "
                        "on a new LOGPIPE_HDFS_ROOT (it reads what the topic still holds), and produce the log again "
                        "into a new LOGPIPE_TOPIC if all of it is needed",
-    # the alerts' send (StreamJob.send_alerts): a topic that is gone, or smaller records than an alert allowed
-    "not present in metadata": " -- the Kafka topic does not exist and the broker does not make it: make it (the job "
-                                "makes it as it starts, with the right to), or set LOGPIPE_ALERTS_TOPIC to one that "
-                                "exists",
-    "RecordTooLargeException": " -- the topic takes smaller records than these: raise its max.message.bytes "
-                               "(kafka-configs.sh --alter --entity-type topics)",
     # a broker that stopped answering (hung, paused) for longer than Spark's Kafka reads wait
-    # (spark.network.timeout, 120 s), or than the alerts' send waits
+    # (spark.network.timeout, 120 s); the alerts' send has hints of its own (job.ALERT_SEND_HINTS)
     "Cannot fetch record for offset": _KAFKA_NO_ANSWER,
     "org.apache.kafka.common.errors.TimeoutException": _KAFKA_NO_ANSWER,
     "Connection refused": " -- a service is not reachable: check `logpipe stack status`; the job resumes from its"

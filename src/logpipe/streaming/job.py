@@ -517,8 +517,9 @@ class StreamJob:
         unsent = {tag: files for tag, files in sorted(by_tag.items()) if files and tag not in sent}
         if not unsent:
             return
+        alerts = self.spark.read.parquet(*[f for files in unsent.values() for f in files])  # their footers, here
         try:
-            self._write_to_kafka(self.spark.read.parquet(*[f for files in unsent.values() for f in files]))
+            self._write_to_kafka(alerts)
         except Exception as exc:  # noqa: BLE001 (py4j's errors: Kafka's, or a Kafka connector missing)
             text = str(exc)
             raise AlertsNotSent(failure_summary(text) + next((h for k, h in ALERT_SEND_HINTS.items() if k in text),

@@ -506,7 +506,7 @@ class StreamJob:
         send; after a failed send: the batches since). At least once: a crash after the write and before the
         markers, or a write that failed after Kafka took some of its records, sends those batches again (the Kafka
         key is the alert_id). AlertsNotSent if the write fails."""
-        from logpipe.streaming.run import failure_summary
+        from logpipe.streaming.run import failure_hint, failure_summary
 
         if tags is None:
             by_tag = self._committed_alert_files()
@@ -522,8 +522,7 @@ class StreamJob:
             self._write_to_kafka(alerts)
         except Exception as exc:  # noqa: BLE001 (py4j's errors: Kafka's, or a Kafka connector missing)
             text = str(exc)
-            raise AlertsNotSent(failure_summary(text) + next((h for k, h in ALERT_SEND_HINTS.items() if k in text),
-                                                            "")) from exc
+            raise AlertsNotSent(failure_summary(text) + failure_hint(text, ALERT_SEND_HINTS)) from exc
         for tag in unsent:
             self.fs.write_text(marker_path(self.root, "alerts-kafka", tag),
                                json.dumps({"sent_with": len(unsent), "first": min(unsent), "last": max(unsent)}))

@@ -711,9 +711,9 @@ def _spark_log_note(job: StreamJob | None) -> str:
     return f" (Spark's errors in full: {spark_log_file(settings)})" if settings is not None else ""
 
 
-def failure_hint(text: str) -> str:
-    """What to check next for an error whose text is `text` (FAILURE_HINTS), or ''."""
-    return next((h for k, h in FAILURE_HINTS.items() if k in text), "")
+def failure_hint(text: str, hints: dict[str, str] | None = None) -> str:
+    """What to check next for an error whose text is `text` (`hints`, by default FAILURE_HINTS), or ''."""
+    return next((h for k, h in (FAILURE_HINTS if hints is None else hints).items() if k in text), "")
 
 
 # `Caused by: a.b.CException(x.YException): msg`, `: a.b.CError: msg`, `RuntimeError: msg`

@@ -69,11 +69,24 @@ class StopSignal:
         self._before = {}
 
 
-def _listener(job: StreamJob) -> Any:
+def records_behind(end: dict[int, int], planned: dict[int, int] | None, now: dict[int, int] | None) -> int:
+    """The records of a topic that a micro-batch which read up to `end` ({partition: offset}) left for later: per
+    partition, the newest end offset known (`planned`: Spark's, when it planned the batch; `now`: the run's poller's,
+    read since) minus `end`. A live tail's batch reads all that is there when it is planned, so its lag is what
+    arrived while it ran: only `now` shows that."""
+    known = [ends for ends in (planned, now) if ends]
+    return sum(max([end.get(p, 0), *(ends.get(p, 0) for ends in known)]) - end.get(p, 0)
+               for p in set(end).union(*known))
+
+
+def _listener(job: StreamJob, input_ends: Callable[[], dict[int, int] | None]) -> Any:
+    """The run's progress logger; `input_ends`: the input topic's end offsets as last read (None: unknown)."""
     from pyspark.sql.streaming import StreamingQueryListener
 
+    topic = job.s.topic
+
     class ProgressLogger(StreamingQueryListener):
-        """Logs each micro-batch (rows, rows/s, lag)."""
+        """Logs each micro-batch (rows, rows/s, lag: the records waiting once it was done)."""
 
         def onQueryStarted(self, event: Any) -> None:
             log.info("query %s started (id %s)", event.name, event.id)
@@ -89,8 +102,9 @@ def _listener(job: StreamJob) -> Any:
             for src in p.get("sources", []):
                 latest, end = kafka_offsets(src.get("latestOffset")), kafka_offsets(src.get("endOffset"))
                 if latest is not None and end is not None:
-                    behind = sum(off - end.get(t, {}).get(part, 0) for t, parts in latest.items()
-                                 for part, off in parts.items())
+                    now = input_ends()
+                    behind = sum(records_behind(end.get(t, {}), parts, now if t == topic else None)
+                                 for t, parts in latest.items())
                     lag = f", lag {behind:,} records"
             # the carried window state and the late horizon are in the job's own line for the batch
             log.info("%-7s batch %d: %s rows, %.0f rows/s%s", name, p["batchId"], f"{rows:,}",
@@ -236,7 +250,11 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         if isinstance(exc, Py4JError):
             raise RuntimeError(_jvm_gone(job, exc)) from exc
         raise
-    spark.streams.addListener(_listener(job))
+    from logpipe.topics import TopicEnds
+
+    ends = TopicEnds(s, s.topic)  # connects on its first read, in the poller's thread
+    quiet = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
+    spark.streams.addListener(_listener(job, lambda: quiet.ends))
     t0 = time.monotonic()
     stop = StopSignal()
     short = ShortCallbackErrors()
@@ -246,7 +264,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
     at_once = False  # a second signal (KeyboardInterrupt): no wait for the running micro-batch
     try:
         if until_idle_s is not None:
-            _follow_until_idle(job, s, stop, until_idle_s)
+            _follow_until_idle(job, s, stop, until_idle_s, quiet)
         if until_done or until_idle_s is not None:
             return _drain_and_flush(job, s, stop, t0, before)
         return _run_until_stopped(job, s, stop, t0, before)
@@ -261,6 +279,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         log.warning("stopping now: a micro-batch cut short is redone on restart")
         raise
     finally:
+        quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
         logging.getLogger("py4j.clientserver").removeFilter(short)
         stop.restore()
         # a callback a stop left running may still rename files: not yet (nor, stopping at once, at all)
@@ -290,20 +309,14 @@ def _stop_spark(spark: Any) -> None:
         log.warning("stopping Spark: its JVM no longer answers (%s)", type(exc).__name__)
 
 
-def _follow_until_idle(job: StreamJob, s: Settings, stop: StopSignal, until_idle_s: float) -> None:
-    """Process records as they arrive until, after the first ones, none came for `until_idle_s` seconds; then stop
-    the query between micro-batches (the drain takes over). A signal meanwhile raises StopRequested."""
-    from logpipe.topics import TopicEnds
-
+def _follow_until_idle(job: StreamJob, s: Settings, stop: StopSignal, until_idle_s: float,
+                       quiet: TopicQuiet) -> None:
+    """Process records as they arrive until, after the first ones, none came for `until_idle_s` seconds (`quiet`:
+    the input topic's end offsets, polled); then stop the query between micro-batches (the drain takes over). A
+    signal meanwhile raises StopRequested."""
     follow = job.ingest_query(available_now=False)
     log.info("following topic %s: finishing once records came and then none for %.0fs", s.topic, until_idle_s)
-    ends = TopicEnds(s, s.topic)  # connects on its first read, in the reading thread
-    quiet = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
-    try:
-        idle = _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history(),
-                                topic=quiet)
-    finally:
-        quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
+    idle = _wait_until_idle(follow, job, until_idle_s, stop.event, processed_before=job.has_history(), topic=quiet)
     if not idle:
         _stop_before_the_end(follow, job, s, stop, may_end=False)
     _stop_or_raise(follow, job, s, "ended by itself while stopping")
@@ -494,7 +507,8 @@ class TopicQuiet:
             ends: dict[int, int] | None = self._read()
         except Exception as exc:  # noqa: BLE001 (unknown ends only make the idle wait the job's own, as before)
             (log.debug if self._failing else log.warning)(
-                "could not read the end offsets of %s (the run then ends after its own idle time, not sooner): %s",
+                "could not read the end offsets of %s (the lag in the progress lines is then Spark's, as of each "
+                "micro-batch's start, and --until-idle ends after its own idle time, not sooner): %s",
                 self.topic, exc)
             ends = None
         self._failing = ends is None

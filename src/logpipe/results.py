@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from logpipe.commit_log import read_commit_records
 from logpipe.config import Settings
-from logpipe.root_layout import COMMITS, file_tag, marker_tag
+from logpipe.root_layout import COMMITS, file_tag, list_markers, marker_tag
 from logpipe.root_record import ROOT_SETTINGS_FILE, RUN_SETTINGS, setting_differs
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def committed_tags(s: Settings, fs: "fsspec.AbstractFileSystem") -> set[str]:
     for query in ("ingest", "flush"):
         d = s.hdfs_path(COMMITS, query)
         if fs.exists(d):
-            tags |= {marker_tag(f) for f in fs.ls(d, detail=False)} - {None}
+            tags |= {marker_tag(f) for f in list_markers(lambda p: fs.ls(p, detail=False), d)} - {None}
     return tags
 
 
@@ -83,7 +83,8 @@ def committed_accounting(s: Settings, fs: "fsspec.AbstractFileSystem",
     events, and `per_batch` (the records, in batch order). Always current, where `_metrics/latest.json` is
     written only when a run ends."""
     d = s.hdfs_path(COMMITS, "ingest")
-    records = read_commit_records(fs.ls(d, detail=False), fs.cat) if fs.exists(d) else []
+    records = (read_commit_records(list_markers(lambda p: fs.ls(p, detail=False), d), fs.cat) if fs.exists(d)
+               else [])
     metas = [record for tag, record in records if tags is None or tag in tags]
     return {**sum_commit_records(metas), "per_batch": metas}
 
@@ -101,12 +102,13 @@ def sum_commit_records(metas: list[dict[str, Any]]) -> dict[str, Any]:
 
 def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
                fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None,
-               head: int | None = None) -> "pa.Table | None":
+               head: int | None = None, dictionary_partitions: bool = False) -> "pa.Table | None":
     """One result table as an Arrow table (None if the folder does not exist or holds no data): the files of
     committed batches only (committed_files; `tags`: a snapshot of committed_tags, so that several tables read
     while a job runs are of the same batches); `head`: its first rows only (read no further).
 
-    Hive partitions (e.g. events/date=2004-05-18/) become columns.
+    Hive partitions (e.g. events/date=2004-05-18/) become columns (`dictionary_partitions`: dictionary-encoded,
+    4 bytes a row where a string column takes 14).
     """
     import pyarrow.dataset as ds
 
@@ -115,7 +117,8 @@ def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
     files = committed_files(s, table, fs, tags)
     if not files:
         return None
-    dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning="hive", partition_base_dir=path)
+    partitioning = ds.HivePartitioning.discover(infer_dictionary=True) if dictionary_partitions else "hive"
+    dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning=partitioning, partition_base_dir=path)
     return dataset.to_table(columns=columns) if head is None else dataset.head(head, columns=columns)
 
 

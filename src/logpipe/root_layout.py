@@ -3,12 +3,20 @@ streaming.commit and the job, read by results, verify and the job's recovery).""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 COMMITS = "_commits"  # under the results root: the markers, one folder per query (ingest, flush, alerts-kafka), the
 # root's settings record (root_record) and the run's lease (streaming.lease)
 DONE = ".json"  # a commit marker: the batch's files are all in place (it holds the batch's record)
 PENDING = ".pending"  # an attempt that began moving its files into the tables and has not committed (yet)
 ROLLUP = ".rollup"  # the records of every marker up to its tag, in one file (commit_log: read instead of each marker)
 STAGING = "_staging"  # a table's folder for the files a batch writes before they are moved in
+# each result table's partition column, a folder per value (`date=2004-05-18`): HDFS refuses a folder's 1,048,576th
+# entry (dfs.namenode.fs-limits.max-directory-items), which a tail followed for weeks would reach with a file or two
+# a micro-batch in one folder. `date` is the UTC day of the event (events, late) or of the window's start (windows, alerts);
+# `ingest_date` the UTC day the job read the line (quarantine: a line that did not parse has no time of its own).
+TABLE_PARTITIONS = {"events": "date", "late": "date", "windows/by_host": "date", "windows/by_status": "date",
+                    "alerts": "date", "quarantine": "ingest_date"}
 
 
 def batch_tag(batch_id: int, prefix: str = "b") -> str:
@@ -29,9 +37,50 @@ def file_tag(path: str) -> str:
     return path.rsplit("/", 1)[-1].split("-", 1)[0]
 
 
+MARKERS_PER_FOLDER = 10_000  # a query's markers lie in folders of this many batches (see marker_folder)
+_FOLDER_SUFFIX = "x" * len(str(MARKERS_PER_FOLDER - 1))
+
+
+def marker_folder(tag: str) -> str:
+    """The folder (below the query's) of a batch's commit and pending markers: its tag with the last four digits
+    as `x`, e.g. b000012xxxx for b0000120000-b0000129999. HDFS refuses a folder's 1,048,576th entry
+    (dfs.namenode.fs-limits.max-directory-items): a tail followed for weeks commits more batches than that."""
+    return tag[:-len(_FOLDER_SUFFIX)] + _FOLDER_SUFFIX
+
+
+def is_marker_folder(path: str) -> bool:
+    """Whether `path` names a folder of markers (marker_folder), by its name."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    head = name[:-len(_FOLDER_SUFFIX)]
+    return (len(name) == len(batch_tag(0)) and name.endswith(_FOLDER_SUFFIX)
+            and tag_id(head + "0" * len(_FOLDER_SUFFIX)) is not None)
+
+
 def marker_path(root: str, query: str, tag: str, kind: str = DONE) -> str:
-    """Where the commit marker (`kind` DONE) or pending marker (PENDING) of one batch of one query lives."""
+    """Where the commit marker (`kind` DONE) or pending marker (PENDING) of one batch of one query lives (in its
+    marker_folder); a roll-up (ROLLUP) lies in the query's folder itself (`tag` may be a glob's `*` for those)."""
+    if kind == ROLLUP:
+        return f"{root}/{COMMITS}/{query}/{tag}{kind}"
+    return f"{root}/{COMMITS}/{query}/{marker_folder(tag)}/{tag}{kind}"
+
+
+def flat_marker_path(root: str, query: str, tag: str, kind: str = DONE) -> str:
+    """Where a marker lay before marker folders (logpipe up to 2026-12-06): in the query's folder itself. Roots
+    written then are read as they are (list_markers) and their batches are known as committed (commit_batch)."""
     return f"{root}/{COMMITS}/{query}/{tag}{kind}"
+
+
+def list_markers(ls: "Callable[[str], Iterable[str]]", folder: str) -> list[str]:
+    """The entries of a query's marker `folder` (`ls` lists one folder, as full paths) with those of its marker
+    folders in place of the folders: every commit, pending and roll-up marker (and hidden temp file) of the query,
+    old flat ones included."""
+    out: list[str] = []
+    for entry in ls(folder):
+        if is_marker_folder(entry):
+            out.extend(ls(entry))
+        else:
+            out.append(entry)
+    return out
 
 
 def marker_tag(path: str, kind: str = DONE) -> str | None:

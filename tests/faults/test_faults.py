@@ -17,7 +17,7 @@ from logpipe.config import Settings
 from logpipe.record import parse_record_key
 from logpipe.results import load_table
 from logpipe.stack import services
-from logpipe.root_layout import batch_tag
+from logpipe.root_layout import PENDING, batch_tag, list_markers, marker_path, marker_tag
 from logpipe.topics import delete_topics, read_topic
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -55,10 +55,13 @@ def _commits(stack: Settings, root: str, query: str) -> int:
     """How many batches of `query` (ingest, flush) have their commit marker under `root`."""
     from hdfs import InsecureClient
 
+    from logpipe.root_layout import list_markers, marker_tag
+
     client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
     folder = f"{root}/_commits/{query}"
-    names = client.list(folder) if client.status(folder, strict=False) else []
-    return sum(n.endswith(".json") for n in names)
+    names = list_markers(lambda d: [f"{d}/{n}" for n in client.list(d)], folder) if client.status(
+        folder, strict=False) else []
+    return sum(marker_tag(n) is not None for n in names)
 
 
 def _ingest_commits(stack: Settings, root: str) -> int:
@@ -377,17 +380,21 @@ def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack,
 
     client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
     root = env["LOGPIPE_HDFS_ROOT"]
-    flush = [n[:-5] for n in client.list(f"{root}/_commits/flush") if n.endswith(".json")]
+    def markers(folder: str) -> list[str]:
+        return [p for p in list_markers(lambda d: [f"{d}/{n}" for n in client.list(d)], folder)
+                if marker_tag(p) is not None]
+
+    flush = [marker_tag(p) for p in markers(f"{root}/_commits/flush")]
     assert len(flush) == 1
     tag = flush[0]
-    flushed = [n for n in client.list(f"{root}/windows/by_host") if n.startswith(tag + "-")]
+    flushed = [n for _, _, names in client.walk(f"{root}/windows/by_host") for n in names if n.startswith(tag + "-")]
     assert flushed, "the flush wrote no window rows"
-    client.delete(f"{root}/_commits/flush/{tag}.json")  # the flush died after moving its files in
-    client.write(f"{root}/_commits/flush/{tag}.pending", data=b"")
-    sent = client.list(f"{root}/_commits/alerts-kafka")
+    client.delete(marker_path(root, "flush", tag))  # the flush died after moving its files in
+    client.write(marker_path(root, "flush", tag, PENDING), data=b"")
+    sent = markers(f"{root}/_commits/alerts-kafka")
     assert sent, "the first half raised no alert"
-    for name in sent:  # committed, never sent
-        client.delete(f"{root}/_commits/alerts-kafka/{name}")
+    for path in sent:  # committed, never sent
+        client.delete(path)
     # what reaches Kafka from now on (the root records its alerts topic: the job makes it again at its start)
     delete_topics(stack, [env["LOGPIPE_ALERTS_TOPIC"]])
 
@@ -516,7 +523,7 @@ def test_a_second_run_on_a_root_in_use_is_refused(stack, unique, tmp_path, hdfs_
     try:
         root = env["LOGPIPE_HDFS_ROOT"]
         deadline = time.monotonic() + 240
-        while not hdfs_client.status(f"{root}/_commits/ingest/b0000000000.json", strict=False):
+        while not hdfs_client.status(marker_path(root, "ingest", batch_tag(0)), strict=False):
             assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(1)
         second = _logpipe(env, "stream", "--until-done")

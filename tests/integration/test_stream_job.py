@@ -176,8 +176,11 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
     assert metrics["late"] == len(late)
     assert metrics["duplicates_dropped"] == exp["dup_events"] >= 1000
     assert len(late) == late_lines and set(late["host"]) == {"7.7.7.7"}  # exactly the planted late lines
-    quarantine = load_table(s, "quarantine", ["reason", "off", "src_key"])
+    quarantine = load_table(s, "quarantine", ["reason", "off", "src_key", "ingest_date"])
     assert len(quarantine) == exp["quarantined"]
+    # in a folder per day the job read them (UTC): today's, or yesterday's for a test that ran over midnight
+    today = datetime.now(timezone.utc).date()
+    assert set(quarantine["ingest_date"].astype(str)) <= {str(today), str(today - timedelta(days=1))}
     planted = Counter(PLANTED[raw] for _, raw in sent.records if raw in PLANTED)
     assert sum(planted.values()) == exp["quarantined"] > 0
     assert Counter(quarantine["reason"]) == planted
@@ -225,6 +228,9 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
     for table, key, counter in (("windows/by_host", "host", exp["by_host"]),
                                 ("windows/by_status", "http_response", exp["by_status"])):
         got = load_table(s, table)
+        assert sorted(got.columns) == sorted(["window_start", "window_end", key, "count", "date"]), table
+        # in a folder per day (root_layout.TABLE_PARTITIONS): that of the window's start, in UTC
+        assert (got["date"].astype(str) == got["window_start"].dt.strftime("%Y-%m-%d")).all(), table
         assert not got.duplicated(["window_start", key]).any(), f"{table}: a (window, key) written twice"
         assert (_epoch(got["window_end"]) == [x + WINDOW_S for x in _epoch(got["window_start"])])
         got_counts = {(st, k): int(c) for st, k, c in zip(_epoch(got["window_start"]), got[key], got["count"])}
@@ -429,13 +435,14 @@ def check_alerts_reach_kafka_as_their_batch_commits(s: Settings) -> None:
 
 
 def _batch_records(s: Settings) -> dict[int, dict]:
-    """The commit record of each committed micro-batch (`_commits/ingest/b<id>.json`), by batch id."""
+    """The commit record of each committed micro-batch (`_commits/ingest/b<folder>/b<id>.json`), by batch id."""
     from logpipe.results import webhdfs_fs
+    from logpipe.root_layout import list_markers, marker_tag, tag_id
 
     fs = webhdfs_fs(s)
-    return {int(f.rsplit("/", 1)[-1][1:-5]): json.loads(fs.cat(f))
-            for f in fs.ls(s.hdfs_path("_commits", "ingest"), detail=False)
-            if f.rsplit("/", 1)[-1].startswith("b") and f.endswith(".json")}
+    return {tag_id(tag)[1]: json.loads(fs.cat(f))
+            for f in list_markers(lambda d: fs.ls(d, detail=False), s.hdfs_path("_commits", "ingest"))
+            if (tag := marker_tag(f)) is not None}
 
 
 def test_a_line_sent_again_in_a_later_micro_batch_is_dropped_by_the_carried_keys(job_settings: Settings):

@@ -22,7 +22,7 @@ def test_a_record_is_replaced_whole_and_a_killed_writers_temp_file_is_ignored(st
     s = stack.with_overrides(hdfs_root=f"/tests/commit-{unique}")
     root = s.hdfs_uri()
     fs = HadoopFs(spark, root)
-    folder = f"{s.hdfs_root}/_commits/ingest"
+    folder = f"{s.hdfs_root}/_commits/ingest/b000000xxxx"  # the marker folder of batches 0-9999
     first = {"batch": 0, "lines": 10, "parsed": 9, "quarantined": 1, "late": 0, "duplicates": 0, "events": 9}
     record = marker_path(root, "ingest", batch_tag(0))
     fs.write_text(record, json.dumps({**first, "lines": 1}))
@@ -61,9 +61,9 @@ def test_a_roll_up_on_hdfs_is_read_in_place_of_its_markers_and_only_the_newest_t
     folder = f"{s.hdfs_root}/_commits/ingest"
     assert sorted(n for n in hdfs_client.list(folder) if n.endswith(".rollup")) == [
         f"{batch_tag(3)}.rollup", f"{batch_tag(5)}.rollup"]
-    hdfs_client.delete(f"{folder}/{batch_tag(2)}.json")  # a marker removed by hand: neither roll-up fits any more
+    hdfs_client.delete(f"{folder}/b000000xxxx/{batch_tag(2)}.json")  # removed by hand: neither roll-up fits any more
     assert committed_meta(spark, root, "ingest") == [r for t, r in records.items() if t != batch_tag(2)]
-    hdfs_client.write(f"{folder}/{batch_tag(2)}.json", json.dumps(records[batch_tag(2)]).encode())  # put back
+    hdfs_client.write(f"{folder}/b000000xxxx/{batch_tag(2)}.json", json.dumps(records[batch_tag(2)]).encode())
     assert committed_meta(spark, root, "ingest") == list(records.values())
     web = webhdfs_fs(s)
     opened: list[str] = []

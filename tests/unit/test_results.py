@@ -16,7 +16,7 @@ def test_only_committed_files_are_read_under_a_root_whose_path_holds_underscores
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from logpipe.results import committed_files, load_arrow, load_table
+    from logpipe.results import committed_files, committed_tags, load_arrow, load_table
 
     root = tmp_path / "_runs" / "logpipe"
     s = Settings(hdfs_root=str(root))
@@ -32,11 +32,14 @@ def test_only_committed_files_are_read_under_a_root_whose_path_holds_underscores
     write("date=2004-05-19/b0000000002-00000.parquet", ["uncommitted"])
     write("_staging/b0000000003/date=2004-05-19/part-0.parquet", ["staging"])
     write("date=2004-05-19/.b0000000001-00001.parquet", ["hidden"])
-    for query, tag in (("ingest", "b0000000000"), ("ingest", "b0000000001"), ("flush", "f0000000001")):
-        (root / "_commits" / query).mkdir(parents=True, exist_ok=True)
+    # batch 0's marker where a root written before marker folders has it; the others in their marker folders
+    for query, tag in (("ingest", "b0000000000"), ("ingest", "b000000xxxx/b0000000001"),
+                       ("flush", "f000000xxxx/f0000000001")):
+        (root / "_commits" / query / tag).parent.mkdir(parents=True, exist_ok=True)
         (root / "_commits" / query / f"{tag}.json").write_text("{}")
-    (root / "_commits" / "ingest" / "b0000000002.pending").write_text("")
+    (root / "_commits" / "ingest" / "b000000xxxx" / "b0000000002.pending").write_text("")
     fs = fsspec.filesystem("file")
+    assert committed_tags(s, fs) == {"b0000000000", "b0000000001", "f0000000001"}
     assert len(committed_files(s, "events", fs)) == 3
     table = load_arrow(s, "events", fs=fs)
     assert table is not None

@@ -42,7 +42,7 @@ def test_lazy_frames_run_in_order_and_keep_drops_a_write(local_spark, tmp_path: 
     assert _files(tmp_path, "kept") and all(f.startswith(batch_tag(7) + "-") for f in _files(tmp_path, "kept"))
     assert not (tmp_path / "skipped").exists()
     assert not _files(tmp_path, "dropped") and not list((tmp_path / "dropped").rglob("*.parquet"))
-    marker = json.loads(next((tmp_path / "_commits" / "q").glob("*.json")).read_text())
+    marker = json.loads(next((tmp_path / "_commits" / "q").rglob("*.json")).read_text())
     assert marker == {"n": 2}
     # committed: a second run writes nothing and builds no frame
     assert not commit_batch(local_spark, root, "q", 7, writes, {"n": 0})
@@ -61,8 +61,8 @@ def test_a_half_moved_batch_is_cleaned_before_lazy_frames_are_built(local_spark,
         (tmp_path / table).mkdir()
         local_spark.range(4).coalesce(1).write.parquet(f"{root}/{table}/_tmp")
         next((tmp_path / table / "_tmp").glob("*.parquet")).rename(tmp_path / table / f"{tag}-00000.parquet")
-    (tmp_path / "_commits" / "q").mkdir(parents=True)
-    (tmp_path / "_commits" / "q" / f"{tag}.pending").write_text("")
+    (tmp_path / "_commits" / "q" / "b000000xxxx").mkdir(parents=True)
+    (tmp_path / "_commits" / "q" / "b000000xxxx" / f"{tag}.pending").write_text("")
     kept: list[bool] = []
 
     def keep() -> bool:
@@ -75,7 +75,7 @@ def test_a_half_moved_batch_is_cleaned_before_lazy_frames_are_built(local_spark,
     assert local_spark.read.parquet(f"{root}/lazy/{tag}-*.parquet").count() == 2  # the old 4 rows are gone
     assert not list((tmp_path / "dropped").glob(f"{tag}-*.parquet"))
     assert kept == [True]  # keep runs after a write only, not for a frame that returned None
-    assert not (tmp_path / "_commits" / "q" / f"{tag}.pending").exists()
+    assert not (tmp_path / "_commits" / "q" / "b000000xxxx" / f"{tag}.pending").exists()
 
 
 @pytest.mark.parametrize("concurrent", [0, 3], ids=["one at a time", "at once"])
@@ -95,8 +95,8 @@ def test_a_failed_write_fails_the_batch_and_leaves_no_marker(local_spark, tmp_pa
     with pytest.raises(Exception, match="boom"):
         commit_batch(local_spark, root, "q", 4, writes, {"n": 1}, concurrent=concurrent)
     assert built == []  # nothing built after the failure
-    assert not list((tmp_path / "_commits" / "q").glob("*.json"))  # not committed ...
-    assert list((tmp_path / "_commits" / "q").glob("*.pending"))  # ... and marked for cleaning on the next run
+    assert not list((tmp_path / "_commits" / "q").rglob("*.json"))  # not committed ...
+    assert list((tmp_path / "_commits" / "q").rglob("*.pending"))  # ... and marked for cleaning on the next run
 
 
 def test_writer_options_reach_the_parquet_writer(local_spark, tmp_path: Path):
@@ -174,8 +174,8 @@ def test_a_batch_whose_staged_files_are_gone_is_not_committed(local_spark, tmp_p
     with pytest.raises(RuntimeError, match=r"staged files of events in .*stage \(date=2004-05-18\) are gone"):
         commit_batch(local_spark, root, "q", 3, [TableWrite(None, "events", staged=staged,
                                                              staged_parts=["date=2004-05-18"])], {"events": 1})
-    assert not (tmp_path / "_commits" / "q" / "b0000000003.json").exists()
-    assert (tmp_path / "_commits" / "q" / "b0000000003.pending").exists()
+    assert not (tmp_path / "_commits" / "q" / "b000000xxxx" / "b0000000003.json").exists()
+    assert (tmp_path / "_commits" / "q" / "b000000xxxx" / "b0000000003.pending").exists()
 
 
 def test_a_pending_marker_left_beside_its_commit_marker_is_removed_not_taken_for_a_crash(local_spark, tmp_path: Path):
@@ -191,19 +191,22 @@ def test_a_pending_marker_left_beside_its_commit_marker_is_removed_not_taken_for
     (tmp_path / "t").mkdir()
     for tag in (done, died):
         (tmp_path / "t" / f"{tag}-00000.parquet").write_bytes(b"")
+    # batch 1's markers where a root written before marker folders has them, batch 2's in its marker folder
     markers = tmp_path / "_commits" / "ingest"
-    markers.mkdir(parents=True)
+    folder = markers / "b000000xxxx"
+    folder.mkdir(parents=True)
     (markers / f"{done}.json").write_text("{}")
     (markers / f"{done}.pending").write_text("")
-    (markers / f"{died}.pending").write_text("")
+    (folder / f"{died}.pending").write_text("")
     # the temp files of a marker and a roll-up whose writer was killed before their rename go too; the root's own
     # files (the lease a live run renews through such a temp file, the settings record) are not touched
-    (markers / f".{batch_tag(3)}.json.0a1b.tmp").write_text("{")
+    (folder / f".{batch_tag(3)}.json.0a1b.tmp").write_text("{")
     (markers / f".{batch_tag(99)}.rollup.0a1b.tmp").write_text("{")
     (tmp_path / "_commits" / ".lease.json.0a1b.tmp").write_text("{")
     (tmp_path / "_commits" / "job.json").write_text("{}")
     assert clean_crashed_attempts(local_spark, root, ["t"]) == [died]
-    assert sorted(p.name for p in markers.iterdir()) == [f"{done}.json"]
+    assert sorted(p.name for p in markers.iterdir()) == [f"{done}.json", "b000000xxxx"]
+    assert not list(folder.iterdir())
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [f"{done}-00000.parquet"]
     assert sorted(p.name for p in (tmp_path / "_commits").iterdir()) == [".lease.json.0a1b.tmp", "ingest", "job.json"]
 
@@ -221,3 +224,22 @@ def test_ls_names_a_folder_s_entries_in_one_call_and_a_name_with_a_line_break_to
     assert fs.ls(f"file://{tmp_path}/none") == []
     (folder / "odd\nname.json").write_text("{}")
     assert "odd\nname.json" in [p.rsplit("/", 1)[-1] for p in fs.ls(f"file://{folder}")]
+
+
+def test_a_batch_committed_before_marker_folders_is_not_written_again(local_spark, tmp_path: Path):
+    """A root written by a logpipe without marker folders has its markers in the query's folder itself: a batch
+    committed there is known as committed (Spark may run it again after a crash before its own commit log), and a
+    new batch's marker goes to its marker folder."""
+    from logpipe.root_layout import batch_tag
+    from logpipe.streaming.commit import HadoopFs, TableWrite, commit_batch
+
+    root = f"file:{tmp_path}"
+    (tmp_path / "_commits" / "q").mkdir(parents=True)
+    (tmp_path / "_commits" / "q" / f"{batch_tag(3)}.json").write_text('{"n": 3}')
+    assert commit_batch(local_spark, root, "q", 3, [TableWrite(local_spark.range(2), "t")], {"n": 0}) is False
+    assert not (tmp_path / "t").exists()
+    assert commit_batch(local_spark, root, "q", 4, [TableWrite(local_spark.range(2), "t")], {"n": 4}) is True
+    fs = HadoopFs(local_spark, root)
+    assert fs.marker(root, "q", batch_tag(3)).endswith(f"/_commits/q/{batch_tag(3)}.json")
+    assert fs.marker(root, "q", batch_tag(4)).endswith(f"/_commits/q/b000000xxxx/{batch_tag(4)}.json")
+    assert fs.marker(root, "q", batch_tag(5)) is None

@@ -330,7 +330,8 @@ def test_a_flush_committed_meanwhile_is_not_written_or_reported_again(local_spar
     job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
     job.root = root.as_uri()
     assert job.flush_open_windows() == 1
-    assert len(list((root / "windows" / "by_host").glob("f0000000004-*.parquet"))) == 1
+    # in the folder of its window's day (root_layout.TABLE_PARTITIONS)
+    assert len(list((root / "windows" / "by_host" / "date=2004-05-18").glob("f0000000004-*.parquet"))) == 1
     assert job.flush_open_windows() == 0
 
 
@@ -356,10 +357,13 @@ def test_alerts_of_final_windows_are_forgotten_and_a_batch_finds_its_own_alert_f
                                                                                           ("open", 40)))]
     local_spark.createDataFrame(rows, ALERTS_SCHEMA).coalesce(1).write.parquet(
         (root / "alerts" / "_staging" / "x").as_uri())
-    (next((root / "alerts" / "_staging" / "x").glob("*.parquet"))).rename(root / "alerts" / "b0000000000-00000.parquet")
-    # an attempt that never committed: its alerts were never raised
-    (root / "alerts" / "b0000000001-00000.parquet").write_bytes(
-        (root / "alerts" / "b0000000000-00000.parquet").read_bytes())
+    (root / "alerts" / "date=2004-05-18").mkdir()
+    committed = root / "alerts" / "date=2004-05-18" / "b0000000000-00000.parquet"
+    (next((root / "alerts" / "_staging" / "x").glob("*.parquet"))).rename(committed)
+    # an attempt that never committed: its alerts were never raised (one file where an older logpipe wrote them)
+    for uncommitted in (root / "alerts" / "b0000000001-00000.parquet",
+                        root / "alerts" / "date=2004-05-18" / "b0000000001-00000.parquet"):
+        uncommitted.write_bytes(committed.read_bytes())
     job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
     job.root = root.as_uri()
     assert job._emitted() == {"open": t("2004-05-18T00:00:40")}
@@ -368,9 +372,9 @@ def test_alerts_of_final_windows_are_forgotten_and_a_batch_finds_its_own_alert_f
     job._forget_final_alerts(t("2004-05-18T00:00:40"))
     assert job._emitted() == {}
     alerts = job.s.hdfs_uri("alerts")
-    assert [f.rsplit("/", 1)[-1] for f in job.fs.glob(f"{alerts}/b0000000000-*.parquet")] == [
+    assert [f.rsplit("/", 1)[-1] for f in job.fs.glob(f"{alerts}/date=*/b0000000000-*.parquet")] == [
         "b0000000000-00000.parquet"]
-    assert job.fs.glob(f"{alerts}/b0000000002-*.parquet") == []
+    assert job.fs.glob(f"{alerts}/date=*/b0000000002-*.parquet") == []
 
 
 def test_a_run_that_lost_its_lease_removes_nothing_when_it_recovers(local_spark, tmp_path):
@@ -514,10 +518,10 @@ def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alert
     batch0 = records(0, 4, 1)  # 4 requests of one host in its windows: over the ceiling of 3
     with pytest.raises(OSError, match="went away"):
         job._batch(batch0, 0)
-    assert failed and (root / "_commits" / "ingest" / "b0000000000.json").exists()  # committed before the failure
+    assert failed and (root / "_commits" / "ingest" / "b000000xxxx" / "b0000000000.json").exists()  # committed
     job._batch(batch0, 0)  # Spark re-runs the batch: skipped as this run's own commit
     job._batch(records(4, 2, 3), 1)  # more requests of the host in the same, still open, windows
-    files = sorted(str(f) for f in (root / "alerts").glob("*.parquet"))  # committed files only: no staging here
+    files = sorted(str(f) for f in (root / "alerts").glob("date=*/*.parquet"))  # committed files only
     alerts = pq.read_table(files, columns=["alert_id", "rule"]).to_pandas() if files else None
     assert alerts is not None and len(alerts) > 0 and (alerts["rule"] == "rate_limit").all()
     assert not alerts["alert_id"].duplicated().any(), alerts
@@ -544,7 +548,7 @@ def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not
         job._batch(_kafka_rows(local_spark, s, 10 * b, 3, 2 * b), b)
     folder = root / "_commits" / "ingest"
     assert sorted(p.name for p in folder.glob("*.rollup")) == ["b0000000001.rollup", "b0000000003.rollup"]
-    markers = [json.loads(p.read_text()) for p in sorted(folder.glob("b*.json"))]
+    markers = [json.loads(p.read_text()) for p in sorted((folder / "b000000xxxx").glob("b*.json"))]
     assert [m["batch"] for m in markers] == list(range(5)) and all(m["lines"] == 3 for m in markers)
 
     opened: list[str] = []
@@ -562,7 +566,7 @@ def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not
     monkeypatch.setattr(job_module, "roll_up_records", no_hdfs)
     with caplog.at_level(logging.WARNING, logger="logpipe.streaming.job"):
         restarted._batch(_kafka_rows(local_spark, s, 50, 3, 10), 5)
-    assert (folder / "b0000000005.json").exists() and not (folder / "b0000000005.rollup").exists()
+    assert (folder / "b000000xxxx" / "b0000000005.json").exists() and not (folder / "b0000000005.rollup").exists()
     assert "roll-up of the commit records could not be written" in caplog.text and "went away" in caplog.text
 
 
@@ -597,7 +601,7 @@ def test_a_missed_roll_up_is_written_after_the_next_batch_and_one_gone_after_the
     for b in range(3, 6):
         job._batch(_kafka_rows(local_spark, s, 10 * b, 3, 2 * b), b)
     assert sorted(p.name for p in folder.glob("*.rollup")) == ["b0000000002.rollup", "b0000000004.rollup"]
-    markers = [json.loads(p.read_text()) for p in sorted(folder.glob("b*.json"))]
+    markers = [json.loads(p.read_text()) for p in sorted((folder / "b000000xxxx").glob("b*.json"))]
     assert [m["batch"] for m in markers] == list(range(6))
 
     real_read = commit.HadoopFs.read_text
@@ -642,7 +646,7 @@ def test_alerts_kafka_does_not_take_leave_the_batches_going_and_go_once_it_does(
     with caplog.at_level(logging.ERROR, logger="logpipe.streaming.job"):
         job._batch(_kafka_rows(local_spark, s, 0, 4, 1), 0)  # 4 requests of one host: over the ceiling of 3
     markers = root / "_commits" / "alerts-kafka"
-    assert (root / "_commits" / "ingest" / "b0000000000.json").exists() and not markers.exists()
+    assert (root / "_commits" / "ingest" / "b000000xxxx" / "b0000000000.json").exists() and not markers.exists()
     assert "not present in metadata" in job.alerts_unsent and "no broker answered" in job.alerts_unsent
     assert any(f"alerts could not be sent to the Kafka topic {s.alerts_topic}" in r.getMessage()
                for r in caplog.records), caplog.text
@@ -652,9 +656,51 @@ def test_alerts_kafka_does_not_take_leave_the_batches_going_and_go_once_it_does(
     assert written == [] and job.alerts_unsent and not markers.exists()
     monkeypatch.setattr(job, "_alerts_retry_at", 0.0)  # the wait is over
     job._batch(_kafka_rows(local_spark, s, 8, 1, 14), 2)
-    files = sorted(str(f) for f in (root / "alerts").glob("*.parquet"))
+    files = sorted(str(f) for f in (root / "alerts").glob("date=*/*.parquet"))
     on_hdfs = sorted(pq.read_table(files, columns=["alert_id"]).column("alert_id").to_pylist())
     assert len({f.rsplit("/", 1)[-1][:11] for f in files}) == 2  # alerts of batches 0 and 1
     assert written == [on_hdfs] and job.alerts_unsent is None  # both batches' alerts in one write
-    assert sorted(f.name for f in markers.glob("b*")) == ["b0000000000.json", "b0000000001.json"]
+    assert sorted(f.name for f in (markers / "b000000xxxx").glob("b*")) == ["b0000000000.json", "b0000000001.json"]
     assert job.send_unsent_alerts() and written == [on_hdfs]  # nothing left to send
+
+
+def test_the_newest_event_time_is_carried_on_from_batch_to_batch(local_spark, tmp_path):
+    """The late horizon needs the newest event time of every committed batch before a batch. It is carried on
+    from call to call, reading only the records committed since (taken from every record, twice a batch, it cost
+    0.05 s a call after a week of a live tail); an earlier batch's or a history read again is taken whole. Equal to
+    the newest over every record, batch ids with gaps and records without an event time among them."""
+    import random
+    from datetime import datetime, timedelta
+
+    from logpipe.config import Settings
+    from logpipe.streaming.job import StreamJob
+
+    class Record(dict):
+        reads = 0
+
+        def get(self, key, default=None):
+            Record.reads += 1
+            return super().get(key, default)
+
+    rng = random.Random(5)
+    t0 = datetime(2004, 5, 18)
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(tmp_path / "r")))
+    job._metas = {b: Record(batch=b, max_ts=None if rng.random() < 0.2 else
+                            (t0 + timedelta(seconds=rng.randrange(100_000))).isoformat())
+                  for b in range(0, 400) if rng.random() < 0.9}
+    job._flushes = {}
+
+    def newest(before: int):
+        return max((datetime.fromisoformat(m["max_ts"]) for b, m in job._metas.items() if b < before
+                    and m["max_ts"]), default=None)
+
+    for before in (0, 1, 2, 7, 7, 150, 151, 120, 399, 400, 401, 3):
+        assert job._newest_before(before) == newest(before), before
+    assert job._newest_before(401) == newest(401)
+    Record.reads = 0
+    job._metas[401] = Record(batch=401, max_ts=(t0 + timedelta(days=9)).isoformat())  # a batch commits
+    assert job._newest_before(402) == t0 + timedelta(days=9)
+    assert Record.reads == 1  # the new record only
+    job._metas = dict(job._metas)  # the history read again (another run committed meanwhile)
+    job._metas[402] = Record(batch=402, max_ts=None)
+    assert job._newest_before(403) == t0 + timedelta(days=9) and Record.reads > 300

@@ -595,12 +595,15 @@ def _results_root(tmp_path, log):
 
 
 @pytest.mark.parametrize("damage", ["none", "bytes_sent", "request", "reasons_swapped", "raw_bytes", "window_end",
-                                    "date_partition", "stray_file", "unfinished_attempt", "quarantine_record_twice"])
+                                    "date_partition", "stray_file", "unfinished_attempt", "quarantine_record_twice",
+                                    "windows_in_date_folders", "window_in_another_date_folder"])
 def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     """A job with the right counts but a wrong field (bytes_sent, request), quarantine reasons swapped between
     two lines, a wrong raw record, windows that do not end at start + window, events in another date's partition,
     or a Parquet file in a table that no commit covers (a reader of the plain folder would count it), does not
-    pass. The files of an attempt that has not committed (yet: its `.pending` marker) are reported only."""
+    pass. The files of an attempt that has not committed (yet: its `.pending` marker) are reported only. Window
+    rows in `date=` folders (as the job writes them) pass when each lies in its window start's day, not otherwise;
+    without such folders (a root written before) they pass too."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -617,6 +620,16 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     if damage == "date_partition":
         (root / "events/date=2004-05-19").mkdir()
         events_file.rename(root / "events/date=2004-05-19" / tag)
+    elif damage in ("windows_in_date_folders", "window_in_another_date_folder"):
+        # by_status's rows start on 2004-05-17 (one: the window before the first line's) and 2004-05-18
+        t = pq.read_table(root / "windows/by_status" / tag)
+        (root / "windows/by_status" / tag).unlink()
+        days = [ws.strftime("%Y-%m-%d") for ws in t.column("window_start").to_pylist()]
+        for i, day in enumerate(sorted(set(days))):
+            folder = "2004-05-18" if damage == "window_in_another_date_folder" else day
+            (root / f"windows/by_status/date={folder}").mkdir(exist_ok=True)
+            pq.write_table(t.filter(pa.array([d == day for d in days])),
+                           root / f"windows/by_status/date={folder}/b0000000000-{i:05d}.parquet")
     elif damage == "stray_file":
         (root / "windows/by_host/part-00000-c000.snappy.parquet").write_bytes((root / "windows/by_host" / tag)
                                                                               .read_bytes())
@@ -651,11 +664,13 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     assert acc["parsed_fields_equal"] is (damage not in ("bytes_sent", "request"))
     assert acc["quarantine_records_equal"] is (damage not in ("reasons_swapped", "raw_bytes"))
     assert r.windows_by_host["window_end_wrong"] == (damage == "window_end")
+    assert r.windows_by_status["date_partition_wrong"] == (damage == "window_in_another_date_folder")
+    assert r.windows_by_status["missing"] == r.windows_by_status["wrong"] == r.windows_by_status["extra"] == 0
     assert acc["events_in_wrong_date_partition"] == (3 if damage == "date_partition" else 0)
     assert acc["uncommitted_files"]["stray"] == (damage == "stray_file")
     assert acc["uncommitted_files"]["of_unfinished_attempts"] == (damage == "unfinished_attempt")
     assert acc["quarantine_records_written_twice"] == (damage == "quarantine_record_twice")
-    assert r.ok is (damage in ("none", "unfinished_attempt")), r.to_json()
+    assert r.ok is (damage in ("none", "unfinished_attempt", "windows_in_date_folders")), r.to_json()
 
 
 def test_a_batch_that_commits_while_verify_lists_the_root_is_not_taken_for_stray_files(tmp_path) -> None:

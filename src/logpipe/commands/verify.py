@@ -156,7 +156,9 @@ def report_table(args: argparse.Namespace, r: "VerifyReport") -> "Table":
     for name, c in (("windows by host", r.windows_by_host), ("windows by status", r.windows_by_status)):
         t.add_row(name, mark(c["ok"]), f"{c['compared']:,} rows compared: missing {c['missing']}, extra {c['extra']}, "
                   f"wrong {c['wrong']}, duplicates {c['duplicates']}, window_end not start + window "
-                  f"{c['window_end_wrong']}" + (f"; columns unlike the job's (not compared): {', '.join(c['types_wrong'])}"
+                  f"{c['window_end_wrong']}"
+                  + (f", in another day's date= folder {c['date_partition_wrong']:,}" if c.get("date_partition_wrong")
+                     else "") + (f"; columns unlike the job's (not compared): {', '.join(c['types_wrong'])}"
                                                 if c.get("types_wrong") else "") + (f"; {c['hint']}" if c.get("hint") else ""))
     al = r.alerts
     alerts_mark = "[yellow]unchecked[/]" if al.get("rules_ok") and r.unchecked else mark(al["ok"])

@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from logpipe.commit_log import read_commit_records, rollup_text, stale_rollups
-from logpipe.root_layout import (COMMITS, DONE, PENDING, ROLLUP, batch_tag, file_tag, marker_path, marker_tag,
-                                  staging_dir, tag_id)
+from logpipe.root_layout import (COMMITS, DONE, PENDING, ROLLUP, batch_tag, file_tag, flat_marker_path, list_markers,
+                                  marker_path, marker_tag, staging_dir, tag_id)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -31,6 +31,14 @@ class HadoopFs:
 
     def exists(self, p: str) -> bool:
         return bool(self.fs.exists(self.path(p)))
+
+    def marker(self, root: str, query: str, tag: str) -> str | None:
+        """The path of a batch's commit marker if it exists: in its marker folder, or where a root written before
+        marker folders has it (root_layout.flat_marker_path); None if it has none."""
+        for p in (marker_path(root, query, tag), flat_marker_path(root, query, tag)):
+            if self.exists(p):
+                return p
+        return None
 
     def delete(self, p: str) -> None:
         self.fs.delete(self.path(p), True)
@@ -165,7 +173,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     exactly once.
 
     Files are written to a staging folder, then renamed into the table with a `b<batch>-` prefix; a commit
-    marker `_commits/<query>/<batch>.json` (holding `meta`, or what `meta()` returns once the files are
+    marker `_commits/<query>/<folder>/<batch>.json` (root_layout.marker_path; holding `meta`, or what `meta()` returns once the files are
     written) ends the batch. A batch that was committed is
     skipped on re-run; one that died half-way is cleaned (its prefixed files removed) and redone.
     A TableWrite's `options` go to its Parquet writer; one that is `staged` is only moved into its table, last.
@@ -177,7 +185,7 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     tag = batch_tag(batch_id, prefix)
     marker = marker_path(root_uri, query, tag)
     pending = marker_path(root_uri, query, tag, PENDING)
-    if fs.exists(marker):
+    if fs.marker(root_uri, query, tag) is not None:
         return False
     all_writes = [TableWrite(*w) for w in writes]
     if fs.exists(pending):  # an earlier attempt died while moving files: remove what it moved
@@ -250,7 +258,7 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
     dead writer's lease on it for up to an hour). Returns the cleaned tags."""
     fs = HadoopFs(spark, root_uri)
     crashed = []
-    for folder, f in ((d, entry) for d in fs.ls(f"{root_uri}/{COMMITS}") for entry in fs.ls(d)):
+    for folder, f in ((d, entry) for d in fs.ls(f"{root_uri}/{COMMITS}") for entry in list_markers(fs.ls, d)):
         name = f.rsplit("/", 1)[-1]
         if f != folder and name.startswith(".") and name.endswith(".tmp"):  # in a query's folder (one per query)
             fs.delete(f)  # a marker or roll-up whose writer died before its rename (HadoopFs.write_text)
@@ -289,7 +297,7 @@ def commit_history(spark: "SparkSession", root_uri: str, query: str) -> tuple[li
     from py4j.protocol import Py4JJavaError
 
     fs = HadoopFs(spark, root_uri)
-    names = fs.ls(f"{root_uri}/{COMMITS}/{query}")
+    names = list_markers(fs.ls, f"{root_uri}/{COMMITS}/{query}")
 
     def read(p: str) -> str:
         if marker_tag(p, ROLLUP) is None:

@@ -164,7 +164,7 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
     """Refuse at once, before Spark starts (10-15 s), a results root the job would refuse (StreamJob.claim_root,
     which checks again under the root's lease): read over WebHDFS."""
     from logpipe.results import webhdfs_fs
-    from logpipe.root_layout import COMMITS, marker_tag
+    from logpipe.root_layout import COMMITS, list_markers, marker_tag
     from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
     from logpipe.streaming.job import ResultsRootMismatch
 
@@ -181,7 +181,8 @@ def precheck_root(s: Settings, topic_id: str | None) -> None:
             return
         record = fs.cat_file(path)
         commits = s.hdfs_path(COMMITS, "ingest")
-        committed = sum(marker_tag(f) is not None for f in fs.ls(commits, detail=False)) if fs.exists(commits) else 0
+        committed = (sum(marker_tag(f) is not None for f in list_markers(lambda p: fs.ls(p, detail=False), commits))
+                     if fs.exists(commits) else 0)
         has_offsets = fs.exists(s.hdfs_path("_checkpoints", "ingest", "offsets"))
     except OSError as exc:  # a folder of the root the HDFS user may not read, or HDFS stopped answering
         hint = (" -- the HDFS user (LOGPIPE_HDFS_USER, else your login name) may not read it: choose another "

@@ -11,7 +11,7 @@ import pandas as pd
 
 from logpipe.config import Settings
 from logpipe.results import TABLES, committed_files, committed_tags
-from logpipe.root_layout import COMMITS, PENDING, file_tag, in_staging, marker_tag, tag_id
+from logpipe.root_layout import COMMITS, PENDING, file_tag, in_staging, list_markers, marker_tag, tag_id
 from logpipe.verify.recount import _MOD, QUARANTINE_FIELDS, KeyedCounts, row_fingerprint, row_hashes
 
 
@@ -242,7 +242,7 @@ def uncommitted_files(s: Settings, fs: Any, limit: int = 10) -> dict[str, Any]:
     for query in ("ingest", "flush"):
         d = s.hdfs_path(COMMITS, query)
         if fs.exists(d):
-            pending |= {marker_tag(f, PENDING) for f in fs.ls(d, detail=False)} - {None}
+            pending |= {marker_tag(f, PENDING) for f in list_markers(lambda p: fs.ls(p, detail=False), d)} - {None}
     tags = committed_tags(s, fs)
     stray, unfinished = [], 0
     for f, below, name in files:

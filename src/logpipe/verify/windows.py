@@ -9,7 +9,7 @@ import numpy as np
 
 from logpipe.config import Settings
 from logpipe.results import committed_tags, load_arrow
-from logpipe.root_layout import batch_tag, marker_path, tag_id
+from logpipe.root_layout import batch_tag, flat_marker_path, marker_path, tag_id
 from logpipe.verify.recount import PARSED_FIELDS, LogCounts, KeyedCounts, _pack, row_fingerprint
 from logpipe.verify.tables import _epoch_s_arrow, keyed_counts_of_table
 from logpipe.windows import window_starts_array
@@ -148,7 +148,7 @@ def compare_window_tables(s: Settings, fs: Any, counts: LogCounts, size_s: int) 
     comparisons = {}
     for table, kc in (("windows/by_host", counts.host), ("windows/by_status", counts.status)):
         columns = ["window_start", "window_end", kc.key, "count"]
-        rows = load_arrow(s, table, columns, fs=fs)
+        rows, date_wrong = _window_rows(s, table, columns, fs)
         # a table of other types or with NULLs is reported as such, not compared (its values cannot be read as
         # the job's): its rows are neither counted as matching nor as missing
         types_wrong = [] if rows is None else window_table_types_wrong(rows.schema, kc.key) + [
@@ -170,14 +170,36 @@ def compare_window_tables(s: Settings, fs: Any, counts: LogCounts, size_s: int) 
             comparisons[table] = not_compared(kc, None, [f"window_start: {exc}"], n_rows)
             continue
         comparisons[table]["window_end_wrong"] = ends_wrong
+        comparisons[table]["date_partition_wrong"] = date_wrong
         comparisons[table]["types_wrong"] = []  # none: a table with any was reported as not compared above
-        comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong
+        comparisons[table]["ok"] = comparisons[table]["ok"] and not ends_wrong and not date_wrong
         del actual
     if any(c.get("missing") for c in comparisons.values()) and (hint := unflushed_hint(s, fs)):
         for c in comparisons.values():
             if c.get("missing"):
                 c["hint"] = hint
     return comparisons
+
+
+def _window_rows(s: Settings, table: str, columns: list[str], fs: Any) -> tuple[Any, int]:
+    """A window table's `columns` (Arrow; None if it has no committed file), and how many of its rows lie in a
+    `date=` folder other than their window start's UTC day (root_layout.TABLE_PARTITIONS; 0 for a root written
+    before the windows were partitioned, whose files have no such folder)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        rows = load_arrow(s, table, [*columns, "date"], fs=fs, dictionary_partitions=True)
+    except (pa.ArrowInvalid, KeyError):  # no `date` partition: files written before it
+        return load_arrow(s, table, columns, fs=fs), 0
+    if rows is None:
+        return None, 0
+    wrong = 0
+    for rb in rows.select(["window_start", "date"]).to_batches():
+        day = pc.strftime(rb.column(0), format="%Y-%m-%d")
+        # a row without a folder (a file of a root written before, continued since) has a null `date`: not counted
+        wrong += int(pc.sum(pc.not_equal(pc.cast(rb.column(1), pa.string()), day)).as_py() or 0)
+    return rows.select(columns), wrong
 
 
 def unflushed_hint(s: Settings, fs: Any) -> str | None:
@@ -188,7 +210,10 @@ def unflushed_hint(s: Settings, fs: Any) -> str | None:
     last = max((n for kind, n in ids if kind == "b"), default=None)
     if last is None or ("f", last) in ids:
         return None
-    record = json.loads(fs.cat(marker_path(s.hdfs_path(), "ingest", batch_tag(last))))
+    marker = marker_path(s.hdfs_path(), "ingest", batch_tag(last))
+    if not fs.exists(marker):  # a root written before marker folders
+        marker = flat_marker_path(s.hdfs_path(), "ingest", batch_tag(last))
+    record = json.loads(fs.cat(marker))
     open_rows = int(record.get("open_window_rows", 0))
     if not open_rows:  # the job writes no flush then: nothing was left to write
         return None
@@ -201,5 +226,5 @@ def not_compared(expected: KeyedCounts, rows: Any, problems: list[str], n_rows: 
     """The comparison of a window table that could not be compared row by row (`problems` say why): failed."""
     return {"compared": 0, "expected_rows": int(len(expected)),
             "actual_rows": int(n_rows if n_rows is not None else 0 if rows is None else rows.num_rows),
-            "missing": 0, "extra": 0, "wrong": 0, "duplicates": 0, "window_end_wrong": 0, "types_wrong": problems,
+            "missing": 0, "extra": 0, "wrong": 0, "duplicates": 0, "window_end_wrong": 0, "date_partition_wrong": 0, "types_wrong": problems,
             "examples": {}, "ok": False}

@@ -596,14 +596,15 @@ def _results_root(tmp_path, log):
 
 @pytest.mark.parametrize("damage", ["none", "bytes_sent", "request", "reasons_swapped", "raw_bytes", "window_end",
                                     "date_partition", "stray_file", "unfinished_attempt", "quarantine_record_twice",
-                                    "windows_in_date_folders", "window_in_another_date_folder"])
+                                    "windows_in_date_folders", "window_in_another_date_folder",
+                                    "windows_partly_in_date_folders"])
 def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     """A job with the right counts but a wrong field (bytes_sent, request), quarantine reasons swapped between
     two lines, a wrong raw record, windows that do not end at start + window, events in another date's partition,
     or a Parquet file in a table that no commit covers (a reader of the plain folder would count it), does not
     pass. The files of an attempt that has not committed (yet: its `.pending` marker) are reported only. Window
     rows in `date=` folders (as the job writes them) pass when each lies in its window start's day, not otherwise;
-    without such folders (a root written before) they pass too."""
+    without such folders (a root written before) they pass too, and so do both at once (such a root continued)."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -620,6 +621,15 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     if damage == "date_partition":
         (root / "events/date=2004-05-19").mkdir()
         events_file.rename(root / "events/date=2004-05-19" / tag)
+    elif damage == "windows_partly_in_date_folders":  # batch 0 before the day folders, a flush after them
+        t = pq.read_table(root / "windows/by_status" / tag)
+        days = [ws.strftime("%Y-%m-%d") for ws in t.column("window_start").to_pylist()]
+        pq.write_table(t.filter(pa.array([d != "2004-05-18" for d in days])), root / "windows/by_status" / tag)
+        (root / "windows/by_status/date=2004-05-18").mkdir()
+        pq.write_table(t.filter(pa.array([d == "2004-05-18" for d in days])),
+                       root / "windows/by_status/date=2004-05-18/f0000000000-00000.parquet")
+        (root / "_commits/flush").mkdir(parents=True)
+        (root / "_commits/flush/f0000000000.json").write_text('{"batch": 0, "rows": 5}')
     elif damage in ("windows_in_date_folders", "window_in_another_date_folder"):
         # by_status's rows start on 2004-05-17 (one: the window before the first line's) and 2004-05-18
         t = pq.read_table(root / "windows/by_status" / tag)
@@ -670,7 +680,8 @@ def test_verify_checks_every_field_not_only_the_counts(tmp_path, damage):
     assert acc["uncommitted_files"]["stray"] == (damage == "stray_file")
     assert acc["uncommitted_files"]["of_unfinished_attempts"] == (damage == "unfinished_attempt")
     assert acc["quarantine_records_written_twice"] == (damage == "quarantine_record_twice")
-    assert r.ok is (damage in ("none", "unfinished_attempt", "windows_in_date_folders")), r.to_json()
+    assert r.ok is (damage in ("none", "unfinished_attempt", "windows_in_date_folders",
+                               "windows_partly_in_date_folders")), r.to_json()
 
 
 def test_a_batch_that_commits_while_verify_lists_the_root_is_not_taken_for_stray_files(tmp_path) -> None:

@@ -338,6 +338,9 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
         def delete(self, path: str) -> None:
             order.append(f"delete {path.rsplit('/', 2)[-2]}/{path.rsplit('/', 1)[-1]}")
 
+        def ls(self, path: str) -> list[str]:  # the tables' folders (recover() looks for files outside day folders)
+            return []
+
     j._run_batch = slow_batch
     j.fs = StagingFs()
     j._publish_committed_alerts = lambda tags=None: order.append("alerts sent")
@@ -651,7 +654,8 @@ def test_a_callback_of_a_query_stopped_before_recover_does_not_run(monkeypatch) 
     j._in_batch, j._generation, j.batch_error, j.lease = threading.Lock(), 0, None, None
     ran: list[int] = []
     j._run_batch = lambda _batch, batch_id: ran.append(batch_id)
-    j.fs, j.spark, j.root = type("Fs", (), {"delete": lambda self, p: None})(), None, "hdfs://x/r"
+    j.fs, j.spark, j.root = type("Fs", (), {"delete": lambda self, p: None, "ls": lambda self, p: []})(), None, \
+        "hdfs://x/r"
     j._publish_committed_alerts = lambda tags=None: None
     monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: [])
     j.recover()  # before the follow query

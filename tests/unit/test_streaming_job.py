@@ -704,3 +704,31 @@ def test_the_newest_event_time_is_carried_on_from_batch_to_batch(local_spark, tm
     job._metas = dict(job._metas)  # the history read again (another run committed meanwhile)
     job._metas[402] = Record(batch=402, max_ts=None)
     assert job._newest_before(403) == t0 + timedelta(days=9) and Record.reads > 300
+
+
+def test_a_start_warns_of_tables_an_earlier_logpipe_wrote_without_day_folders(local_spark, tmp_path, caplog):
+    """Roots written before the tables had day folders hold their files in the table's folder itself. The job
+    goes on writing day folders beside them, and says so at its start: Spark's own reader of such a table
+    (`spark.read.parquet` of its folder) counted only the rows in day folders. Day folders alone: no warning."""
+    import logging
+
+    from logpipe.config import Settings
+    from logpipe.streaming.job import StreamJob
+
+    root = tmp_path / "root"
+    for f in ("events/date=2004-05-18/b0000000000-00000.parquet", "windows/by_host/date=2004-05-18/b0000000001-00000.parquet",
+              "quarantine/ingest_date=2026-12-06/b0000000001-00000.parquet"):
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_bytes(b"")
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.root = root.as_uri()
+    with caplog.at_level(logging.WARNING, logger="logpipe.streaming.job"):
+        assert job._warn_of_tables_without_day_folders() == []
+    assert "day folders" not in caplog.text
+    for f in ("windows/by_status/b0000000000-00000.parquet", "alerts/b0000000000-00000.parquet"):
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="logpipe.streaming.job"):
+        assert job._warn_of_tables_without_day_folders() == ["windows/by_status", "alerts"]
+    assert "windows/by_status, alerts hold(s) files an earlier logpipe wrote" in caplog.text
+    assert "spark.read.parquet" in caplog.text

@@ -9,7 +9,7 @@ COMMITS = "_commits"  # under the results root: the markers, one folder per quer
 # root's settings record (root_record) and the run's lease (streaming.lease)
 DONE = ".json"  # a commit marker: the batch's files are all in place (it holds the batch's record)
 PENDING = ".pending"  # an attempt that began moving its files into the tables and has not committed (yet)
-ROLLUP = ".rollup"  # the records of every marker up to its tag, in one file (commit_log: read instead of each marker)
+ROLLUP = ".rollup"  # the records of its marker folder's markers up to its tag, in one file (commit_log: read instead)
 STAGING = "_staging"  # a table's folder for the files a batch writes before they are moved in
 # each result table's partition column, a folder per value (`date=2004-05-18`): HDFS refuses a folder's 1,048,576th
 # entry (dfs.namenode.fs-limits.max-directory-items), which a tail followed for weeks would reach with a file or two
@@ -57,16 +57,15 @@ def is_marker_folder(path: str) -> bool:
 
 
 def marker_path(root: str, query: str, tag: str, kind: str = DONE) -> str:
-    """Where the commit marker (`kind` DONE) or pending marker (PENDING) of one batch of one query lives (in its
-    marker_folder); a roll-up (ROLLUP) lies in the query's folder itself (`tag` may be a glob's `*` for those)."""
-    if kind == ROLLUP:
-        return f"{root}/{COMMITS}/{query}/{tag}{kind}"
+    """Where the commit marker (`kind` DONE), pending marker (PENDING) or roll-up (ROLLUP) of one batch of one
+    query lives: in its marker_folder (a roll-up there covers that folder's batches: commit_log)."""
     return f"{root}/{COMMITS}/{query}/{marker_folder(tag)}/{tag}{kind}"
 
 
 def flat_marker_path(root: str, query: str, tag: str, kind: str = DONE) -> str:
-    """Where a marker lay before marker folders (logpipe up to 2026-12-06): in the query's folder itself. Roots
-    written then are read as they are (list_markers) and their batches are known as committed (commit_batch)."""
+    """Where a marker lay before marker folders (logpipe up to 2026-12-06): in the query's folder itself (and, until
+    folder roll-ups, roll-ups of every batch up to their tag). Roots written then are read as they are (list_markers,
+    commit_log) and their batches are known as committed (commit_batch)."""
     return f"{root}/{COMMITS}/{query}/{tag}{kind}"
 
 

@@ -41,10 +41,12 @@ def test_a_record_is_replaced_whole_and_a_killed_writers_temp_file_is_ignored(st
     assert acc["batches"] == 1 and acc["lines"] == 10 and acc["per_batch"] == [first]
 
 
-def test_a_roll_up_on_hdfs_is_read_in_place_of_its_markers_and_only_the_newest_two_are_kept(stack, spark, hdfs_client,
-                                                                                            unique):
-    """roll_up_records on the real HDFS: three roll-ups written, the oldest removed; the job's reader and verify's
-    (WebHDFS) both get every marker's record, opening the newest roll-up and the marker after it."""
+def test_roll_ups_on_hdfs_are_read_in_place_of_their_markers_and_each_folder_keeps_its_newest_two(
+        stack, spark, hdfs_client, unique):
+    """roll_up_records on the real HDFS, with batches in two marker folders: each roll-up lies in its folder and
+    holds that folder's records (three written in the first, the oldest removed); one of two folders' records is
+    refused. The job's reader and verify's (WebHDFS) both get every marker's record, opening the newest roll-up of
+    each folder and the marker after them."""
     from logpipe.results import committed_accounting, webhdfs_fs
     from logpipe.root_layout import batch_tag, marker_path
     from logpipe.streaming.commit import HadoopFs, committed_meta, roll_up_records
@@ -52,22 +54,29 @@ def test_a_roll_up_on_hdfs_is_read_in_place_of_its_markers_and_only_the_newest_t
     s = stack.with_overrides(hdfs_root=f"/tests/rollup-{unique}")
     root = s.hdfs_uri()
     fs = HadoopFs(spark, root)
+    ids = [0, 1, 2, 3, 10_000, 10_001, 10_002]
     records = {batch_tag(i): {"batch": i, "lines": 10 + i, "parsed": 9 + i, "quarantined": 1, "late": 0,
-                              "duplicates": 0, "events": 9 + i} for i in range(7)}
-    for i, (tag, record) in enumerate(records.items()):
-        fs.write_text(marker_path(root, "ingest", tag), json.dumps(record))
-        if i in (1, 3, 5):
-            roll_up_records(spark, root, "ingest", {t: records[t] for t in list(records)[:i + 1]})
+                              "duplicates": 0, "events": 9 + i} for i in ids}
+    for i in ids:
+        fs.write_text(marker_path(root, "ingest", batch_tag(i)), json.dumps(records[batch_tag(i)]))
+        if i in (1, 2, 3, 10_001):
+            first = 0 if i < 10_000 else 10_000
+            roll_up_records(spark, root, "ingest", {batch_tag(b): records[batch_tag(b)] for b in ids if first <= b <= i})
+    with pytest.raises(ValueError, match="one marker folder"):
+        roll_up_records(spark, root, "ingest", records)
     folder = f"{s.hdfs_root}/_commits/ingest"
-    assert sorted(n for n in hdfs_client.list(folder) if n.endswith(".rollup")) == [
-        f"{batch_tag(3)}.rollup", f"{batch_tag(5)}.rollup"]
-    hdfs_client.delete(f"{folder}/b000000xxxx/{batch_tag(2)}.json")  # removed by hand: neither roll-up fits any more
-    assert committed_meta(spark, root, "ingest") == [r for t, r in records.items() if t != batch_tag(2)]
-    hdfs_client.write(f"{folder}/b000000xxxx/{batch_tag(2)}.json", json.dumps(records[batch_tag(2)]).encode())
+    assert hdfs_client.list(folder) == ["b000000xxxx", "b000001xxxx"]
+    assert sorted(n for n in hdfs_client.list(f"{folder}/b000000xxxx") if n.endswith(".rollup")) == [
+        f"{batch_tag(2)}.rollup", f"{batch_tag(3)}.rollup"]
+    assert sorted(n for n in hdfs_client.list(f"{folder}/b000001xxxx") if n.endswith(".rollup")) == [
+        f"{batch_tag(10_001)}.rollup"]
+    hdfs_client.delete(f"{folder}/b000000xxxx/{batch_tag(1)}.json")  # removed by hand: neither roll-up fits any more
+    assert committed_meta(spark, root, "ingest") == [r for t, r in records.items() if t != batch_tag(1)]
+    hdfs_client.write(f"{folder}/b000000xxxx/{batch_tag(1)}.json", json.dumps(records[batch_tag(1)]).encode())
     assert committed_meta(spark, root, "ingest") == list(records.values())
     web = webhdfs_fs(s)
     opened: list[str] = []
     real_cat = web.cat
     web.cat = lambda p: opened.append(p.rsplit("/", 1)[-1]) or real_cat(p)
     assert committed_accounting(s, web)["per_batch"] == list(records.values())
-    assert opened == [f"{batch_tag(5)}.rollup", f"{batch_tag(6)}.json"]
+    assert opened == [f"{batch_tag(10_001)}.rollup", f"{batch_tag(3)}.rollup", f"{batch_tag(10_002)}.json"]

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from logpipe.commit_log import read_commit_records, rollup_text, stale_rollups
+from logpipe.commit_log import read_commit_records, read_commit_records_by_folder, rollup_text, stale_rollups
+from logpipe.root_layout import marker_folder
 
 pytestmark = pytest.mark.unit
 
@@ -87,3 +88,86 @@ def test_only_the_newest_roll_ups_are_kept():
     assert stale_rollups(names) == [f"{D}/b0000000099.rollup", f"{D}/b0000000199.rollup"]
     assert stale_rollups(names, keep=1) == [f"{D}/b{i:010d}.rollup" for i in (99, 199, 299)]
     assert stale_rollups(names[:2]) == []
+
+
+def _tag(i: int) -> str:
+    return f"b{i:010d}"
+
+
+def _record(i: int) -> dict:
+    return {"batch": i, "lines": 10 * i}
+
+
+def _foldered(markers: list[int], rollups: dict[int, list[int]], flat_rollups: dict[int, list[int]] | None = None
+              ) -> dict[str, str]:
+    """A query's listing as list_markers gives it: markers and roll-ups in their marker folders (root_layout), and
+    `flat_rollups` in the query's folder (an earlier logpipe's, each of every batch up to its tag)."""
+    files = {f"{D}/{marker_folder(_tag(i))}/{_tag(i)}.json": json.dumps(_record(i)) for i in markers}
+    for tag, covered in rollups.items():
+        files[f"{D}/{marker_folder(_tag(tag))}/{_tag(tag)}.rollup"] = rollup_text({_tag(i): _record(i) for i in covered})
+    for tag, covered in (flat_rollups or {}).items():
+        files[f"{D}/{_tag(tag)}.rollup"] = rollup_text({_tag(i): _record(i) for i in covered})
+    return files
+
+
+def test_each_marker_folder_has_its_roll_ups_and_only_the_newest_of_each_is_opened():
+    """A roll-up holds the records of its marker folder up to its tag (10,000 batches at most, so its size stays
+    bounded however long the job runs): a reader takes the newest that fits in each folder, and opens the markers
+    after it. The older roll-up of a folder is not opened: the newer one covers all it holds."""
+    first, second = list(range(9_990, 10_000)), list(range(10_000, 10_005))
+    files = _foldered(first + second, {9_995: first[:6], 9_999: first, 10_003: second[:4]})
+    read, opened = _read(files)
+    got = read_commit_records(files, read)
+    assert [t for t, _ in got] == [_tag(i) for i in first + second] and [r for _, r in got] == [
+        _record(i) for i in first + second]
+    assert opened == ["b0000010003.rollup", "b0000009999.rollup", "b0000010004.json"]
+
+
+def test_a_root_rolled_up_by_an_earlier_version_is_read_with_the_new_folder_roll_ups():
+    """A root an earlier logpipe rolled up in one file of every batch (in the query's folder), continued by this
+    version, which rolls up the newest folder only: the old roll-up still stands for the folders before."""
+    old = list(range(9_950, 10_000)) + list(range(10_000, 10_020))
+    new = list(range(10_020, 10_060))
+    files = _foldered(old + new, {10_050: list(range(10_000, 10_051))}, flat_rollups={10_019: old})
+    read, opened = _read(files)
+    got = read_commit_records(files, read)
+    assert [r for _, r in got] == [_record(i) for i in old + new]
+    assert opened == ["b0000010050.rollup", "b0000010019.rollup"] + [f"{_tag(i)}.json" for i in range(10_051, 10_060)]
+
+
+def test_a_roll_up_of_a_folder_that_does_not_fit_leaves_that_folder_to_its_markers_only():
+    """A marker removed by hand from the first folder: its roll-up is passed over (a warning), and that folder's
+    markers are read; the other folder still reads from its own."""
+    files = _foldered(list(range(9_998, 10_003)), {9_999: [9_998, 9_999], 10_002: [10_000, 10_001, 10_002]})
+    del files[f"{D}/b000000xxxx/b0000009998.json"]
+    read, opened = _read(files)
+    got = read_commit_records(files, read)
+    assert [r["batch"] for _, r in got] == [9_999, 10_000, 10_001, 10_002]
+    assert opened == ["b0000010002.rollup", "b0000009999.rollup", "b0000009999.json"]
+
+
+def test_each_marker_folder_keeps_its_newest_roll_ups():
+    names = list(_foldered([], {99: [], 199: [], 299: [], 10_099: [], 10_199: []}, flat_rollups={5: [], 7: [], 9: []}))
+    assert stale_rollups(names) == [f"{D}/{_tag(5)}.rollup", f"{D}/b000000xxxx/{_tag(99)}.rollup"]
+    assert stale_rollups(names, keep=1) == [f"{D}/{_tag(i)}.rollup" for i in (5, 7)] + [
+        f"{D}/b000000xxxx/{_tag(i)}.rollup" for i in (99, 199)] + [f"{D}/b000001xxxx/{_tag(10_099)}.rollup"]
+    assert stale_rollups(names, keep=3) == []
+
+
+def test_records_are_read_one_marker_folder_at_a_time_and_an_earlier_version_s_root_in_one_go():
+    """The job keeps the records of two folders only: read_commit_records_by_folder hands them over a folder at a
+    time, each read when its turn comes. A root with a roll-up (or markers) in the query's folder itself, which an
+    earlier logpipe wrote and which may cover several folders, is read in one go."""
+    files = _foldered([0, 1, 9_999, 10_000, 20_005], {1: [0, 1]})
+    read, opened = _read(files)
+    groups = read_commit_records_by_folder(files, read)
+    first = next(groups)
+    assert [t for t, _ in first] == [_tag(0), _tag(1), _tag(9_999)] and opened == ["b0000000001.rollup",
+                                                                                   "b0000009999.json"]
+    assert [[r for _, r in g] for g in groups] == [[_record(10_000)], [_record(20_005)]]
+    assert opened[2:] == ["b0000010000.json", "b0000020005.json"]
+    old = _foldered([9_999, 10_000, 10_001], {}, flat_rollups={10_000: [9_999, 10_000]})
+    read, opened = _read(old)
+    assert [[t for t, _ in g] for g in read_commit_records_by_folder(old, read)] == [
+        [_tag(9_999), _tag(10_000), _tag(10_001)]]
+    assert opened == ["b0000010000.rollup", "b0000010001.json"]

@@ -40,9 +40,10 @@ def test_staging_paths_are_told_from_table_files():
     assert not in_staging("/r/events/date=2004-05-18/b0000000001-00000.parquet")
 
 
-def test_markers_lie_in_folders_of_ten_thousand_batches_and_roll_ups_beside_them():
+def test_markers_and_roll_ups_lie_in_folders_of_ten_thousand_batches():
     """HDFS refuses a folder's 1,048,576th entry: a tail followed for weeks at ~1,200 batches an hour commits more
-    batches than that, so each folder holds the markers of MARKERS_PER_FOLDER consecutive batches."""
+    batches than that, so each folder holds the markers of MARKERS_PER_FOLDER consecutive batches, and the roll-ups
+    of their records (commit_log); roots of earlier versions have markers and roll-ups in the query's folder."""
     assert MARKERS_PER_FOLDER == 10_000
     assert [marker_folder(batch_tag(i)) for i in (0, 9_999, 10_000, 123_456_789)] == [
         "b000000xxxx", "b000000xxxx", "b000001xxxx", "b012345xxxx"]
@@ -50,8 +51,9 @@ def test_markers_lie_in_folders_of_ten_thousand_batches_and_roll_ups_beside_them
     assert {marker_folder(batch_tag(i)) for i in range(0, 10 * MARKERS_PER_FOLDER, 997)} == {
         f"b00000{d}xxxx" for d in range(10)}
     assert marker_path("/r", "ingest", batch_tag(10_001)) == "/r/_commits/ingest/b000001xxxx/b0000010001.json"
-    assert marker_path("/r", "ingest", batch_tag(99), ROLLUP) == "/r/_commits/ingest/b0000000099.rollup"
-    assert marker_path("/r", "ingest", "*", ROLLUP) == "/r/_commits/ingest/*.rollup"
+    assert marker_path("/r", "ingest", batch_tag(99), ROLLUP) == "/r/_commits/ingest/b000000xxxx/b0000000099.rollup"
+    assert marker_path("/r", "ingest", batch_tag(10_099), ROLLUP) == "/r/_commits/ingest/b000001xxxx/b0000010099.rollup"
+    assert flat_marker_path("/r", "ingest", batch_tag(99), ROLLUP) == "/r/_commits/ingest/b0000000099.rollup"
     assert flat_marker_path("/r", "ingest", batch_tag(3)) == "/r/_commits/ingest/b0000000003.json"
     assert is_marker_folder("/r/_commits/ingest/b000001xxxx") and is_marker_folder("hdfs://nn/x/f000000xxxx/")
     for other in ("/r/_commits/ingest/b0000010001.json", "/r/_commits/ingest/b00001xxxx", "/r/a/xxxx",

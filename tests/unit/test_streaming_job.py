@@ -487,6 +487,21 @@ def _kafka_rows(spark, s, first: int, n: int, second: int):
             .withColumn("topic", F.lit(s.topic)))
 
 
+def _job_rolling_up_every_two(spark, tmp_path, monkeypatch):
+    """A StreamJob on a local root that rolls up its records every 2 batches and sends no alerts (no Kafka here):
+    (job, settings, root, the ingest query's marker folder)."""
+    from logpipe.config import Settings
+    from logpipe.streaming import job as job_module
+    from logpipe.streaming.job import StreamJob
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root))
+    monkeypatch.setattr(job_module, "ROLLUP_EVERY", 2)
+    job = StreamJob(spark, s)
+    monkeypatch.setattr(job, "_publish_committed_alerts", lambda *a, **k: None)
+    return job, s, root, root / "_commits" / "ingest"
+
+
 def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alerts_again(local_spark, tmp_path,
                                                                                         monkeypatch):
     """The batch committed, then removing its staging folder failed: the run had not yet noted the batch as
@@ -529,9 +544,10 @@ def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alert
 
 def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not_each_marker(local_spark, tmp_path,
                                                                                             monkeypatch, caplog):
-    """Every ROLLUP_EVERY batches the job writes the records of all its markers in one file (the two newest kept);
-    a new run, and the readers of results, get every record exactly as its marker holds it, opening only the
-    roll-up and the markers after it. A roll-up that cannot be written is a warning: the batch stays committed."""
+    """Every ROLLUP_EVERY batches the job writes the records of its marker folder's markers in one file, in that
+    folder (the two newest kept); a new run, and the readers of results, get every record exactly as its marker
+    holds it, opening only the roll-up and the markers after it. A roll-up that cannot be written is a warning:
+    the batch stays committed."""
     import fsspec
 
     from logpipe.config import Settings
@@ -547,7 +563,8 @@ def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not
     for b in range(5):
         job._batch(_kafka_rows(local_spark, s, 10 * b, 3, 2 * b), b)
     folder = root / "_commits" / "ingest"
-    assert sorted(p.name for p in folder.glob("*.rollup")) == ["b0000000001.rollup", "b0000000003.rollup"]
+    assert sorted(p.name for p in folder.glob("*/*.rollup")) == ["b0000000001.rollup", "b0000000003.rollup"]
+    assert not list(folder.glob("*.rollup"))
     markers = [json.loads(p.read_text()) for p in sorted((folder / "b000000xxxx").glob("b*.json"))]
     assert [m["batch"] for m in markers] == list(range(5)) and all(m["lines"] == 3 for m in markers)
 
@@ -566,7 +583,8 @@ def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not
     monkeypatch.setattr(job_module, "roll_up_records", no_hdfs)
     with caplog.at_level(logging.WARNING, logger="logpipe.streaming.job"):
         restarted._batch(_kafka_rows(local_spark, s, 50, 3, 10), 5)
-    assert (folder / "b000000xxxx" / "b0000000005.json").exists() and not (folder / "b0000000005.rollup").exists()
+    assert (folder / "b000000xxxx" / "b0000000005.json").exists()
+    assert not list(folder.glob("**/b0000000005.rollup"))
     assert "roll-up of the commit records could not be written" in caplog.text and "went away" in caplog.text
 
 
@@ -576,16 +594,10 @@ def test_a_missed_roll_up_is_written_after_the_next_batch_and_one_gone_after_the
     the one ROLLUP_EVERY batches on (readers opened up to ROLLUP_EVERY more markers meanwhile). (2) A roll-up
     removed between the JVM's listing and its read (a run that lost the root still rolling up): the job reads the
     markers, as the WebHDFS readers do (py4j's error was not taken for a read error, and the start failed)."""
-    from logpipe.config import Settings
     from logpipe.streaming import commit, job as job_module
     from logpipe.streaming.job import StreamJob
 
-    root = tmp_path / "root"
-    folder = root / "_commits" / "ingest"
-    s = Settings(hdfs_url="file://", hdfs_root=str(root))
-    monkeypatch.setattr(job_module, "ROLLUP_EVERY", 2)
-    job = StreamJob(local_spark, s)
-    monkeypatch.setattr(job, "_publish_committed_alerts", lambda *a, **k: None)  # no Kafka here
+    job, s, root, folder = _job_rolling_up_every_two(local_spark, tmp_path, monkeypatch)
     real_roll_up = job_module.roll_up_records
     failing = [True]
 
@@ -597,10 +609,10 @@ def test_a_missed_roll_up_is_written_after_the_next_batch_and_one_gone_after_the
     monkeypatch.setattr(job_module, "roll_up_records", roll_up_failing_once)
     for b in range(3):
         job._batch(_kafka_rows(local_spark, s, 10 * b, 3, 2 * b), b)
-    assert sorted(p.name for p in folder.glob("*.rollup")) == ["b0000000002.rollup"]  # batch 1's failed
+    assert sorted(p.name for p in folder.glob("*/*.rollup")) == ["b0000000002.rollup"]  # batch 1's failed
     for b in range(3, 6):
         job._batch(_kafka_rows(local_spark, s, 10 * b, 3, 2 * b), b)
-    assert sorted(p.name for p in folder.glob("*.rollup")) == ["b0000000002.rollup", "b0000000004.rollup"]
+    assert sorted(p.name for p in folder.glob("*/*.rollup")) == ["b0000000002.rollup", "b0000000004.rollup"]
     markers = [json.loads(p.read_text()) for p in sorted((folder / "b000000xxxx").glob("b*.json"))]
     assert [m["batch"] for m in markers] == list(range(6))
 
@@ -608,7 +620,7 @@ def test_a_missed_roll_up_is_written_after_the_next_batch_and_one_gone_after_the
 
     def rollup_gone_after_listing(self, p: str) -> str:
         if p.endswith(".rollup"):
-            (folder / p.rsplit("/", 1)[-1]).unlink(missing_ok=True)
+            (folder / "b000000xxxx" / p.rsplit("/", 1)[-1]).unlink(missing_ok=True)
         return real_read(self, p)
 
     monkeypatch.setattr(commit.HadoopFs, "read_text", rollup_gone_after_listing)
@@ -704,6 +716,62 @@ def test_the_newest_event_time_is_carried_on_from_batch_to_batch(local_spark, tm
     job._metas = dict(job._metas)  # the history read again (another run committed meanwhile)
     job._metas[402] = Record(batch=402, max_ts=None)
     assert job._newest_before(403) == t0 + timedelta(days=9) and Record.reads > 300
+
+
+def test_the_job_keeps_the_records_of_two_marker_folders_and_rolls_up_each_folder(local_spark, tmp_path,
+                                                                                  monkeypatch):
+    """A job followed a tail for weeks kept every batch's record (~2 KB each: ~0.4 GB a week at the default
+    trigger) and rewrote one roll-up of all of them (~11 MB more a day). It now keeps the records of its newest
+    batch's marker folder and the one before, and of the earlier batches only their count and newest event time
+    (the late horizon needs it); each folder has roll-ups of its own. Batches in three folders here (ids 0, 1,
+    9,999, 10,000, 10,001, 20,000, 20,001), the newest event time in batch 1's: the horizon after the trim still
+    has it, a restart opens only the roll-ups, a batch before the records kept is known committed by its marker,
+    and a folder whose last roll-up was lost gets one again."""
+    from logpipe.streaming import commit
+    from logpipe.streaming.job import StreamJob
+
+    job, s, root, folder = _job_rolling_up_every_two(local_spark, tmp_path, monkeypatch)
+    seconds = {0: 0, 1: 55, 9_999: 5, 10_000: 6, 10_001: 7, 20_000: 8, 20_001: 9}
+    for i, (b, second) in enumerate(seconds.items()):
+        job._batch(_kafka_rows(local_spark, s, 10 * i, 3, second), b)
+    assert sorted(job._committed()) == [10_000, 10_001, 20_000, 20_001]
+    assert (job._earlier.count, job._earlier.last) == (3, 9_999)
+    assert job._newest_before(20_002) == datetime(2004, 5, 18, 6, 0, 55)
+    markers = {int(p.stem[1:]): json.loads(p.read_text()) for p in folder.glob("*/b*.json")}
+    assert sorted(markers) == sorted(seconds) and all(m["lines"] == 3 for m in markers.values())
+    # batch 1's 06:00:55 moved the horizon past every later row: all late, also after batch 1's record went
+    assert [markers[b]["late"] for b in sorted(seconds)] == [0, 0, 3, 3, 3, 3, 3]
+    rollups = {p.parent.name: sorted(q.name for q in p.parent.glob("*.rollup")) for p in folder.glob("*/*.rollup")}
+    assert rollups == {"b000000xxxx": ["b0000000001.rollup", "b0000009999.rollup"],
+                       "b000001xxxx": ["b0000010001.rollup"], "b000002xxxx": ["b0000020000.rollup"]}
+    in_rollup = json.loads((folder / "b000001xxxx" / "b0000010001.rollup").read_text())
+    assert in_rollup["tags"] == ["b0000010000", "b0000010001"]  # its folder's records only
+
+    opened: list[str] = []
+    real_read = commit.HadoopFs.read_text
+    monkeypatch.setattr(commit.HadoopFs, "read_text",
+                        lambda self, p: opened.append(p.rsplit("/", 1)[-1]) or real_read(self, p))
+    restarted = StreamJob(local_spark, s)
+    monkeypatch.setattr(restarted, "_publish_committed_alerts", lambda *a, **k: None)
+    assert {b: m for b, m in restarted._committed().items()} == {b: markers[b] for b in (10_000, 10_001, 20_000,
+                                                                                         20_001)}
+    assert sorted(opened) == ["b0000009999.rollup", "b0000010001.rollup", "b0000020000.rollup", "b0000020001.json"]
+    assert restarted._earlier == job._earlier and restarted.has_history()
+    assert restarted._is_committed(1) and restarted._is_committed(20_001) and not restarted._is_committed(5)
+    restarted._batch(_kafka_rows(local_spark, s, 900, 3, 30), 1)  # Spark runs batch 1 again: known as committed
+    assert json.loads((folder / "b000000xxxx" / "b0000000001.json").read_text()) == markers[1]
+    with pytest.raises(RuntimeError, match="batch 5 has no commit marker, but batches after it are committed"):
+        restarted._batch(_kafka_rows(local_spark, s, 950, 3, 30), 5)  # a gap before the records kept: not run
+    assert not list(folder.glob("*/b0000000005.*")) and not list(root.glob("windows/by_host/*/b0000000005-*"))
+
+    (folder / "b000001xxxx" / "b0000010001.rollup").unlink()  # lost: the folder's batches have none
+    again = StreamJob(local_spark, s)
+    monkeypatch.setattr(again, "_publish_committed_alerts", lambda *a, **k: None)
+    for b in (20_002, 20_003):
+        again._batch(_kafka_rows(local_spark, s, 100 * b, 3, 40), b)
+    assert sorted(q.name for q in (folder / "b000001xxxx").glob("*.rollup")) == ["b0000010001.rollup"]
+    assert sorted(q.name for q in (folder / "b000002xxxx").glob("*.rollup")) == ["b0000020000.rollup",
+                                                                                  "b0000020002.rollup"]
 
 
 def test_a_start_warns_of_tables_an_earlier_logpipe_wrote_without_day_folders(local_spark, tmp_path, caplog):

@@ -7,11 +7,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from logpipe.commit_log import read_commit_records, rollup_text, stale_rollups
+from logpipe.commit_log import read_commit_records_by_folder, rollup_text, stale_rollups
 from logpipe.root_layout import (COMMITS, DONE, PENDING, ROLLUP, batch_tag, file_tag, flat_marker_path, list_markers,
-                                  marker_path, marker_tag, staging_dir, tag_id)
+                                  marker_folder, marker_path, marker_tag, staging_dir, tag_id)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pyspark.sql import DataFrame, SparkSession
 
 
@@ -294,6 +296,14 @@ def commit_history(spark: "SparkSession", root_uri: str, query: str) -> tuple[li
     """committed_meta's records, and the batch ids of the query's roll-ups (from the same listing). A roll-up that
     cannot be read (removed since the listing, refused) is passed over for the markers, as the WebHDFS readers do:
     its read error is an OSError here, where a marker's stays the JVM's own."""
+    folders, rollups = commit_history_by_folder(spark, root_uri, query)
+    return [record for records in folders for record in records], rollups
+
+
+def commit_history_by_folder(spark: "SparkSession", root_uri: str, query: str
+                             ) -> tuple["Iterator[list[dict[str, Any]]]", list[int]]:
+    """commit_history's records one marker folder at a time (commit_log.read_commit_records_by_folder), read as
+    they are iterated, and the roll-ups' batch ids."""
     from py4j.protocol import Py4JJavaError
 
     fs = HadoopFs(spark, root_uri)
@@ -308,15 +318,20 @@ def commit_history(spark: "SparkSession", root_uri: str, query: str) -> tuple[li
             raise OSError(str(exc.java_exception).splitlines()[0]) from exc
 
     rollups = sorted(tag_id(tag)[1] for n in names if (tag := marker_tag(n, ROLLUP)) is not None)
-    return [record for _, record in read_commit_records(names, read)], rollups
+    folders = ([record for _, record in records] for records in read_commit_records_by_folder(names, read))
+    return folders, rollups
 
 
 def roll_up_records(spark: "SparkSession", root_uri: str, query: str, records: Mapping[str, dict[str, Any]]) -> str:
-    """Write the roll-up of a query's commit records (tag -> record: every committed batch's, up to the newest) under
-    the newest tag, then remove the roll-ups older than the newest ROLLUPS_KEPT. Returns its path."""
+    """Write the roll-up of a query's commit records (tag -> record: every committed batch of one marker folder, up
+    to the newest) under the newest tag in that folder, then remove the folder's roll-ups older than the newest
+    ROLLUPS_KEPT. Returns its path."""
+    folders = {marker_folder(t) for t in records}
+    if len(folders) != 1:
+        raise ValueError(f"a roll-up holds the records of one marker folder, not of {sorted(folders)}")
     fs = HadoopFs(spark, root_uri)
     path = marker_path(root_uri, query, max(records), ROLLUP)
     fs.write_text(path, rollup_text(records))
-    for old in stale_rollups(fs.glob(marker_path(root_uri, query, "*", ROLLUP))):
+    for old in stale_rollups(fs.glob(f"{path.rsplit('/', 1)[0]}/*{ROLLUP}")):
         fs.delete(old)
     return path

@@ -38,14 +38,14 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from logpipe.commit_log import ROLLUP_EVERY, ROLLUPS_KEPT
+from logpipe.commit_log import ROLLUP_EVERY
 from logpipe.config import Settings
-from logpipe.root_layout import (COMMITS, TABLE_PARTITIONS, batch_tag, file_tag, in_staging, list_markers,
-                                  marker_path, marker_tag, staging_dir)
+from logpipe.root_layout import (COMMITS, MARKERS_PER_FOLDER, TABLE_PARTITIONS, batch_tag, file_tag, in_staging,
+                                  list_markers, marker_path, marker_tag, staging_dir)
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
 from logpipe.rules import FAILED_STATUS, Alert, AlertRules, HostCount, StatusCount, WindowCount
-from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch, commit_history,
-                                      committed_meta, roll_up_records, run_at_once)
+from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch,
+                                      commit_history_by_folder, committed_meta, roll_up_records, run_at_once)
 from logpipe.streaming.lease import RootLease
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
@@ -145,6 +145,30 @@ class ResultsRootMismatch(RuntimeError):
     """The results root holds results this run would corrupt (other settings, or its checkpoint is gone)."""
 
 
+# The job keeps the commit records of the batches in the marker folders (root_layout.marker_folder: 10,000 batches
+# each) of its newest batch and the one before: the roll-ups (commit_log) are written from them, and a batch reads
+# its predecessor's. Of the batches before, it keeps only what the late horizon needs (EarlierBatches): every record
+# kept (0.93 KB each in Python, by tracemalloc) grew the job by ~180 MB a week at the default trigger (~1,180 batches
+# an hour); two folders are at most 20,000 records, ~19 MB.
+HISTORY_FOLDERS_KEPT = 2
+
+
+@dataclass
+class EarlierBatches:
+    """What the job keeps of the committed batches whose records it no longer holds (StreamJob._trim_history)."""
+
+    count: int = 0
+    last: int = -1  # the highest batch id among them (-1: none)
+    newest_event: datetime | None = None  # the newest event time any of them read (their records' max_ts)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        self.last = max(self.last, int(record["batch"]))
+        if record.get("max_ts"):
+            t = datetime.fromisoformat(record["max_ts"])
+            self.newest_event = t if self.newest_event is None or t > self.newest_event else self.newest_event
+
+
 @dataclass
 class RunStats:
     """What the listener saw, per query."""
@@ -165,7 +189,9 @@ class StreamJob:
         self.fs = HadoopFs(spark, self.root)
         self.rules = AlertRules.from_settings(s)
         self.stats = RunStats()
-        self._metas: dict[int, dict[str, Any]] | None = None  # committed batches
+        self._metas: dict[int, dict[str, Any]] | None = None  # committed batches (those HISTORY_FOLDERS_KEPT holds)
+        self._earlier = EarlierBatches()  # the committed batches before those (_trim_history)
+        self._kept_from = 0  # the first batch id _metas may hold (_history_floor when last trimmed)
         self._rollups: list[int] = []  # the batch ids of the ingest roll-ups on the root (read with _metas)
         self._flushes: dict[int, dict[str, Any]] | None = None  # committed flushes, by the batch they follow
         # (the committed records it was read from, batches before this id, their newest event time): _newest_before
@@ -183,11 +209,41 @@ class StreamJob:
 
     # ------------------------------------------------------------------ committed history
     def _committed(self) -> dict[int, dict[str, Any]]:
+        """The records of the committed batches of the newest HISTORY_FOLDERS_KEPT marker folders, by batch id (read
+        from the root once, then kept up to date by this run's commits); the batches before are in _earlier."""
         if self._metas is None:
-            metas, self._rollups = commit_history(self.spark, self.root, "ingest")
-            self._metas = {m["batch"]: m for m in metas}
+            folders, self._rollups = commit_history_by_folder(self.spark, self.root, "ingest")
+            self._metas, self._earlier, self._kept_from = {}, EarlierBatches(), 0
+            for metas in folders:  # a folder at a time, trimmed as read: a long history is never held at once
+                self._metas.update((m["batch"], m) for m in metas)
+                self._trim_history()
             self._flushes = {m["batch"]: m for m in committed_meta(self.spark, self.root, "flush")}
         return self._metas
+
+    def _history_floor(self) -> int:
+        """The first batch id whose record the job keeps: the first of the marker folder HISTORY_FOLDERS_KEPT - 1
+        before its newest batch's."""
+        newest = max(self._metas or {}, default=0)
+        return max(0, (newest // MARKERS_PER_FOLDER - (HISTORY_FOLDERS_KEPT - 1)) * MARKERS_PER_FOLDER)
+
+    def _trim_history(self) -> None:
+        """Keep the records of the batches from _history_floor on; the earlier ones go into _earlier."""
+        committed = self._metas
+        if not committed:
+            return
+        floor = self._history_floor()
+        if floor <= self._kept_from:  # trimmed there already (known without a scan of the records)
+            return
+        for b in sorted(b for b in committed if b < floor):
+            self._earlier.add(committed.pop(b))
+        self._kept_from = floor
+        self._rollups = [r for r in self._rollups if r >= floor]
+
+    def _is_committed(self, batch_id: int) -> bool:
+        """Whether batch `batch_id` is committed on the root (a batch before the records kept: by its marker)."""
+        if batch_id in self._committed():
+            return True
+        return batch_id < self._kept_from and self.fs.marker(self.root, "ingest", batch_tag(batch_id)) is not None
 
     def wait_for_batch(self, timeout: float) -> bool:
         """Wait up to `timeout` s for a micro-batch callback still running to end; False if it has not."""
@@ -214,8 +270,12 @@ class StreamJob:
         if seen is not None and seen[0] is committed and seen[1] <= before and before - seen[1] <= len(committed):
             _, start, newest = seen
             ids: Iterable[int] = range(start, before)
-        else:  # the first call, an earlier batch's, or the history read again
-            newest, ids = None, [b for b in committed if b < before]
+        elif before > self._earlier.last:  # the first call, an earlier batch's, or the history read again
+            newest, ids = self._earlier.newest_event, [b for b in committed if b < before]
+        else:  # a batch before the records kept (never run: it is committed, see _is_committed): every record
+            times = [datetime.fromisoformat(m["max_ts"]) for m in committed_meta(self.spark, self.root, "ingest")
+                     if m["batch"] < before and m.get("max_ts")]
+            return max(times, default=None)
         for b in ids:
             if (m := committed.get(b)) is not None and m.get("max_ts"):
                 t = datetime.fromisoformat(m["max_ts"])
@@ -268,7 +328,7 @@ class StreamJob:
             raise ResultsRootMismatch(str(exc)) from exc
         committed = self._committed()
         offsets = f"{self.s.hdfs_uri('_checkpoints', 'ingest')}/offsets"
-        why = claim_refusal(self.root, theirs, mine, committed=len(committed), offsets=offsets,
+        why = claim_refusal(self.root, theirs, mine, committed=len(committed) + self._earlier.count, offsets=offsets,
                             has_offsets=self.fs.exists(offsets), topic=self.s.topic, topic_id=topic_id)
         if why:
             raise ResultsRootMismatch(why)
@@ -317,10 +377,14 @@ class StreamJob:
         if self.lease is not None:
             self.lease.check()
         committed = self._committed()
-        if batch_id in committed:  # Spark re-runs a batch we committed when it died before its own commit log
+        if self._is_committed(batch_id):  # Spark re-runs a batch we committed when it died before its own commit log
             log.info("batch %d was already committed: nothing is written again", batch_id)
             self._roll_up_if_due()  # its roll-up too, if the crash came before it
             return
+        if batch_id < self._kept_from:
+            raise RuntimeError(f"batch {batch_id} has no commit marker, but batches after it are committed on "
+                               f"{self.root}: markers were removed outside the job, so its results cannot be "
+                               "continued exactly (remove that root and its checkpoint, and stream again)")
         t0 = time.monotonic()
         mb = MicroBatch(self, batch, batch_id, prev=max((b for b in committed if b < batch_id), default=None))
         try:
@@ -349,6 +413,7 @@ class StreamJob:
             # one still to do (a re-run would raise its alerts again, as new)
             meta = mb.meta()
             committed[batch_id] = meta
+            self._trim_history()
             self._emitted().update({r["alert_id"]: r["window_end"] for r in mb.new_alerts})
         finally:
             mb.release()
@@ -373,27 +438,36 @@ class StreamJob:
                  t_parse - t0, t1 - t_parse, t2 - t1, time.monotonic() - t2)
 
     def _roll_up_if_due(self) -> None:
-        """Roll up the commit records once ROLLUP_EVERY batches were committed after the newest roll-up (batch
-        99, 199, ... of a run from batch 0; one a crash or a failed write missed is written after the next batch)."""
+        """Roll up the commit records of the newest batch's marker folder once ROLLUP_EVERY batches were committed
+        after the newest roll-up (batch 99, 199, ... of a run from batch 0; one a crash or a failed write missed is
+        written after the next batch). With it, the folder before, if batches of it were committed after its
+        newest roll-up (the one at its end missed, or a root an earlier logpipe rolled up in one file)."""
         committed = self._committed()
-        if committed and max(committed) - max(self._rollups, default=-1) >= ROLLUP_EVERY:
-            self._roll_up_records()
+        if not committed or max(committed) - max(self._rollups, default=-1) < ROLLUP_EVERY:
+            return
+        newest = max(committed)
+        start = newest - newest % MARKERS_PER_FOLDER  # the first batch of its folder
+        before = [b for b in committed if start - MARKERS_PER_FOLDER <= b < start]
+        if before and max(before) > max((r for r in self._rollups if r < start), default=-1):
+            self._roll_up_records(before)
+        self._roll_up_records([b for b in committed if b >= start])
 
-    def _roll_up_records(self) -> None:
-        """Write the roll-up of the committed batches' records (commit_log), so that a restart, `verify` and the
-        notebook open one file instead of every marker. The batch is committed whatever happens here: a roll-up
-        that cannot be written only leaves them to read the markers, so it is a warning, not a failed batch."""
+    def _roll_up_records(self, batches: list[int]) -> None:
+        """Write the roll-up of the records of committed `batches` (one marker folder's: commit_log), so that a
+        restart, `verify` and the notebook open one file instead of every marker. The batch is committed whatever
+        happens here: a roll-up that cannot be written only leaves them to read the markers, so it is a warning,
+        not a failed batch."""
         from py4j.protocol import Py4JError
 
+        committed = self._committed()
         try:
-            path = roll_up_records(self.spark, self.root, "ingest",
-                                   {batch_tag(b): m for b, m in self._committed().items()})
+            path = roll_up_records(self.spark, self.root, "ingest", {batch_tag(b): committed[b] for b in batches})
         except (Py4JError, OSError) as exc:
             log.warning("the roll-up of the commit records could not be written (readers open every marker "
                         "instead): %s", str(exc).splitlines()[0] if str(exc) else exc)
             return
-        self._rollups = sorted({*self._rollups, max(self._committed())})[-ROLLUPS_KEPT:]
-        log.info("commit records of %s batches rolled up in %s", f"{len(self._committed()):,}", path)
+        self._rollups = sorted({*self._rollups, max(batches)})
+        log.info("commit records of %s batches rolled up in %s", f"{len(batches):,}", path)
 
     def _new_alerts(self, alerts: "Iterable[Alert]") -> list[dict[str, Any]]:
         """Of `alerts`, those not emitted before (by alert_id), as rows of the alerts table."""

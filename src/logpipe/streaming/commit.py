@@ -256,7 +256,7 @@ def clean_crashed_attempts(spark: "SparkSession", root_uri: str, tables: list[st
     query without its `<tag>.json`, the tag's files in every table and its staging folders. Run once at start,
     before any batch: a crashed flush (which no later batch re-runs under its own tag) or an attempt whose tables
     differ from the re-run's would otherwise leave rows behind. Also removes the hidden temp files of markers and
-    roll-ups whose writer died before renaming them (a roll-up's can be as large as the history; HDFS keeps the
+    roll-ups whose writer died before renaming them (a roll-up's holds up to 10,000 records; HDFS keeps the
     dead writer's lease on it for up to an hour). Returns the cleaned tags."""
     fs = HadoopFs(spark, root_uri)
     crashed = []

@@ -50,10 +50,13 @@ def read_commit_records(names: Iterable[str], read: Callable[[str], str | bytes]
     names = list(names)
     markers = {tag: name for name in names if (tag := marker_tag(name)) is not None}
     rollups = sorted(((tag, name) for name in names if (tag := marker_tag(name, ROLLUP)) is not None), reverse=True)
+    in_folder: dict[str, list[str]] = {}  # a folder's markers: a roll-up's are found without a scan of every one
+    for tag in markers:
+        in_folder.setdefault(marker_folder(tag), []).append(tag)
     known: dict[str, dict[str, Any]] = {}
     for tag, name in rollups:
         scope = rollup_scope(name)
-        covered = {t for t in markers if t <= tag and (scope is None or marker_folder(t) == scope)}
+        covered = {t for t in (markers if scope is None else in_folder.get(scope, ())) if t <= tag}
         if covered <= known.keys():
             continue
         try:

@@ -5,9 +5,9 @@ Every committed batch has its marker `_commits/<query>/<folder>/<tag>.json` hold
 thousands of batches, and opening each marker (5 ms through the JVM, 9 ms over WebHDFS) made a restart, `verify` and
 the notebook slower with every hour of history. So every ROLLUP_EVERY batches the job also writes
 `<folder>/<tag>.rollup`: the records of every marker of that folder up to that tag, in one file. A roll-up holds one
-folder's records, at most 10,000 (~4 MB), so its write costs the same after a week as after an hour (one of every
-batch so far grew by ~11 MB a day at the default trigger, ~400 B a record, and was rewritten every ROLLUP_EVERY
-batches). A reader lists the markers once, takes for each folder the newest roll-up that covers exactly the markers
+folder's records, at most 10,000 (~3.5 MB), so its write costs the same after a week as after an hour (one of
+every batch so far grew by ~11 MB a day at the default trigger, ~350 B a record, and was rewritten every
+ROLLUP_EVERY batches). A reader lists the markers once, takes for each folder the newest roll-up that covers exactly the markers
 listed in it up to its tag, and opens only the markers no roll-up covers. The markers stay: they alone say which
 files are committed, and a roll-up that does not match them (a marker removed by hand, a file cut short) is not
 used. Roots of earlier logpipe versions hold roll-ups in the query's folder itself, each of every batch up to its

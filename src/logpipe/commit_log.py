@@ -10,8 +10,9 @@ every batch so far grew by ~11 MB a day at the default trigger, ~350 B a record,
 ROLLUP_EVERY batches). A reader lists the markers once, takes for each folder the newest roll-up that covers exactly the markers
 listed in it up to its tag, and opens only the markers no roll-up covers. The markers stay: they alone say which
 files are committed, and a roll-up that does not match them (a marker removed by hand, a file cut short) is not
-used. Roots of earlier logpipe versions hold roll-ups in the query's folder itself, each of every batch up to its
-tag: read the same way, for the batches no folder's roll-up covers.
+used. Roots of earlier logpipe versions hold markers and roll-ups in the query's folder itself, each roll-up of
+every batch up to its tag: read the same way, for the batches no folder's roll-up covers, until the job's next
+start replaces those roll-ups with one per marker folder (streaming.commit.fold_in_flat_rollups).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from logpipe.root_layout import ROLLUP, is_marker_folder, marker_folder, marker_tag
+from logpipe.root_layout import ROLLUP, containing_marker_folder, marker_folder, marker_tag
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,21 @@ def rollup_text(records: Mapping[str, dict[str, Any]]) -> str:
 def rollup_scope(path: str) -> str | None:
     """The marker folder whose batches a roll-up at `path` covers (up to its tag): the folder it lies in; None for
     one in the query's folder itself (earlier logpipe versions), which covers every batch up to its tag."""
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    return parent.rsplit("/", 1)[-1] if parent and is_marker_folder(parent) else None
+    return containing_marker_folder(path)
 
 
 def read_commit_records(names: Iterable[str], read: Callable[[str], str | bytes]) -> list[tuple[str, dict[str, Any]]]:
     """(tag, record) of every commit marker among `names` (list_markers' listing of one query), in tag order. The
     records come from the roll-ups that cover exactly the markers listed in their scope (rollup_scope) up to their
-    tag, the newest first, and from the markers no such roll-up covers, each opened with `read`. A roll-up whose
-    markers a newer one covered already is not opened."""
+    tag, the newest first (the folders' own before any in the query's folder), and from the markers no such roll-up
+    covers, each opened with `read`. A roll-up whose markers the ones opened before covered already is not
+    opened."""
     names = list(names)
     markers = {tag: name for name in names if (tag := marker_tag(name)) is not None}
     rollups = sorted(((tag, name) for name in names if (tag := marker_tag(name, ROLLUP)) is not None), reverse=True)
+    # the folders' own roll-ups first: one an earlier logpipe wrote in the query's folder holds every batch up to
+    # its tag (~79 MB after a week), opened only for batches no folder's roll-up covers
+    rollups.sort(key=lambda r: rollup_scope(r[1]) is None)
     in_folder: dict[str, list[str]] = {}  # a folder's markers: a roll-up's are found without a scan of every one
     for tag in markers:
         in_folder.setdefault(marker_folder(tag), []).append(tag)
@@ -77,17 +81,19 @@ def read_commit_records(names: Iterable[str], read: Callable[[str], str | bytes]
 def read_commit_records_by_folder(names: Iterable[str], read: Callable[[str], str | bytes]
                                   ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
     """read_commit_records' records one marker folder at a time, in tag order, so that a reader that keeps only
-    some (the job: StreamJob._committed) never holds a long history's records at once. A root an earlier logpipe
-    wrote (markers or roll-ups in the query's folder itself) is read in one go."""
+    some (the job: StreamJob._committed) never holds a long history's records at once. A marker an earlier logpipe
+    wrote in the query's folder itself is read with its batch's folder; a root with a roll-up there (of every
+    batch up to its tag: streaming.commit.fold_in_flat_rollups replaces them) is read in one go."""
     names = list(names)
     by_folder: dict[str, list[str]] = {}
     for name in names:
-        parent = name.rsplit("/", 1)[0] if "/" in name else ""
-        if is_marker_folder(parent):
-            by_folder.setdefault(parent.rsplit("/", 1)[-1], []).append(name)
-        elif marker_tag(name) is not None or marker_tag(name, ROLLUP) is not None:
-            yield read_commit_records(names, read)
-            return
+        if (tag := marker_tag(name)) is not None:
+            by_folder.setdefault(marker_folder(tag), []).append(name)
+        elif marker_tag(name, ROLLUP) is not None:
+            if (scope := rollup_scope(name)) is None:
+                yield read_commit_records(names, read)
+                return
+            by_folder.setdefault(scope, []).append(name)
     for folder in sorted(by_folder):
         yield read_commit_records(by_folder[folder], read)
 

@@ -3,6 +3,7 @@ benchmarks."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -89,15 +90,18 @@ def committed_accounting(s: Settings, fs: "fsspec.AbstractFileSystem",
     return {**sum_commit_records(metas), "per_batch": metas}
 
 
-def sum_commit_records(metas: list[dict[str, Any]]) -> dict[str, Any]:
-    """The accounting of committed micro-batches from their commit records: batches, the ACCOUNTING_FIELDS summed
-    (a field an older record lacks counts 0) and quarantined_by_reason."""
-    by_reason: dict[str, int] = {}
+def sum_commit_records(metas: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The accounting of committed micro-batches from their commit records (read once: an iterator of a long
+    history's records need not be held at once): batches, the ACCOUNTING_FIELDS summed (a field an older record
+    lacks counts 0) and quarantined_by_reason."""
+    batches, totals, by_reason = 0, dict.fromkeys(ACCOUNTING_FIELDS, 0), {}
     for m in metas:
+        batches += 1
+        for k in ACCOUNTING_FIELDS:
+            totals[k] += int(m.get(k, 0))
         for reason, n in m.get("quarantined_by_reason", {}).items():
             by_reason[reason] = by_reason.get(reason, 0) + int(n)
-    return {"batches": len(metas), **{k: sum(int(m.get(k, 0)) for m in metas) for k in ACCOUNTING_FIELDS},
-            "quarantined_by_reason": by_reason}
+    return {"batches": batches, **totals, "quarantined_by_reason": by_reason}
 
 
 def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,

@@ -56,6 +56,13 @@ def is_marker_folder(path: str) -> bool:
             and tag_id(head + "0" * len(_FOLDER_SUFFIX)) is not None)
 
 
+def containing_marker_folder(path: str) -> str | None:
+    """The name of the marker folder (marker_folder) a file at `path` lies in; None for a file outside one (e.g.
+    in the query's folder itself, where earlier logpipe versions wrote markers and roll-ups)."""
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    return parent.rsplit("/", 1)[-1] if parent and is_marker_folder(parent) else None
+
+
 def marker_path(root: str, query: str, tag: str, kind: str = DONE) -> str:
     """Where the commit marker (`kind` DONE), pending marker (PENDING) or roll-up (ROLLUP) of one batch of one
     query lives: in its marker_folder (a roll-up there covers that folder's batches: commit_log)."""

@@ -46,10 +46,12 @@ def test_roll_ups_on_hdfs_are_read_in_place_of_their_markers_and_each_folder_kee
     """roll_up_records on the real HDFS, with batches in two marker folders: each roll-up lies in its folder and
     holds that folder's records (three written in the first, the oldest removed); one of two folders' records is
     refused. The job's reader and verify's (WebHDFS) both get every marker's record, opening the newest roll-up of
-    each folder and the marker after them."""
+    each folder and the marker after them. A roll-up an earlier logpipe wrote in the query's folder is folded into
+    the folders' own."""
     from logpipe.results import committed_accounting, webhdfs_fs
     from logpipe.root_layout import batch_tag, marker_path
-    from logpipe.streaming.commit import HadoopFs, committed_meta, roll_up_records
+    from logpipe.commit_log import rollup_text
+    from logpipe.streaming.commit import HadoopFs, committed_meta, fold_in_flat_rollups, roll_up_records
 
     s = stack.with_overrides(hdfs_root=f"/tests/rollup-{unique}")
     root = s.hdfs_uri()
@@ -80,3 +82,18 @@ def test_roll_ups_on_hdfs_are_read_in_place_of_their_markers_and_each_folder_kee
     web.cat = lambda p: opened.append(p.rsplit("/", 1)[-1]) or real_cat(p)
     assert committed_accounting(s, web)["per_batch"] == list(records.values())
     assert opened == [f"{batch_tag(10_001)}.rollup", f"{batch_tag(3)}.rollup", f"{batch_tag(10_002)}.json"]
+
+    # a roll-up of every batch in the query's folder itself, as an earlier logpipe wrote: a start folds it into
+    # the folders' own (the second folder's newest batch had none) and removes it
+    fs.write_text(f"{root}/_commits/ingest/{batch_tag(10_002)}.rollup", rollup_text(records))
+    folded = fold_in_flat_rollups(spark, root, "ingest")
+    assert [p.rsplit("/", 1)[-1] for p in folded] == [f"{batch_tag(10_002)}.rollup"]
+    assert hdfs_client.list(folder) == ["b000000xxxx", "b000001xxxx"]
+    assert sorted(n for n in hdfs_client.list(f"{folder}/b000001xxxx") if n.endswith(".rollup")) == [
+        f"{batch_tag(10_001)}.rollup", f"{batch_tag(10_002)}.rollup"]
+    assert sorted(n for n in hdfs_client.list(f"{folder}/b000000xxxx") if n.endswith(".rollup")) == [
+        f"{batch_tag(2)}.rollup", f"{batch_tag(3)}.rollup"]
+    assert fold_in_flat_rollups(spark, root, "ingest") == []
+    opened.clear()
+    assert committed_accounting(s, web)["per_batch"] == list(records.values())
+    assert opened == [f"{batch_tag(10_002)}.rollup", f"{batch_tag(3)}.rollup"]

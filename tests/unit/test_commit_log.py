@@ -134,6 +134,14 @@ def test_a_root_rolled_up_by_an_earlier_version_is_read_with_the_new_folder_roll
     assert [r for _, r in got] == [_record(i) for i in old + new]
     assert opened == ["b0000010050.rollup", "b0000010019.rollup"] + [f"{_tag(i)}.json" for i in range(10_051, 10_060)]
 
+    # once each folder has a roll-up of its own (commit.fold_in_flat_rollups), the old one is not opened though
+    # its tag is the newest but one: it held every batch (~79 MB after a week) and was opened at every read
+    files = _foldered(old + new, {9_999: list(range(9_950, 10_000)), 10_050: list(range(10_000, 10_051))},
+                      flat_rollups={10_019: old})
+    read, opened = _read(files)
+    assert [r for _, r in read_commit_records(files, read)] == [_record(i) for i in old + new]
+    assert opened[:2] == ["b0000010050.rollup", "b0000009999.rollup"] and "b0000010019.rollup" not in opened
+
 
 def test_a_roll_up_of_a_folder_that_does_not_fit_leaves_that_folder_to_its_markers_only():
     """A marker removed by hand from the first folder: its roll-up is passed over (a warning), and that folder's
@@ -171,3 +179,16 @@ def test_records_are_read_one_marker_folder_at_a_time_and_an_earlier_version_s_r
     assert [[t for t, _ in g] for g in read_commit_records_by_folder(old, read)] == [
         [_tag(9_999), _tag(10_000), _tag(10_001)]]
     assert opened == ["b0000010000.rollup", "b0000010001.json"]
+
+
+def test_markers_an_earlier_version_wrote_in_the_query_s_folder_are_read_with_their_batch_s_folder():
+    """The oldest roots hold every marker in the query's folder itself; once their roll-ups are per folder
+    (commit.fold_in_flat_rollups), they are read a folder at a time too, each folder's roll-up standing for its
+    markers wherever they lie."""
+    files = {f"{D}/{_tag(i)}.json": json.dumps(_record(i)) for i in (0, 1, 9_999, 10_000)}
+    files |= _foldered([10_001, 20_000], {9_999: [0, 1, 9_999], 10_001: [10_000, 10_001]})
+    read, opened = _read(files)
+    groups = read_commit_records_by_folder(files, read)
+    assert [r for _, r in next(groups)] == [_record(i) for i in (0, 1, 9_999)] and opened == ["b0000009999.rollup"]
+    assert [[r["batch"] for _, r in g] for g in groups] == [[10_000, 10_001], [20_000]]
+    assert opened == ["b0000009999.rollup", "b0000010001.rollup", "b0000020000.json"]

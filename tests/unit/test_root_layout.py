@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from logpipe.root_layout import (DONE, MARKERS_PER_FOLDER, PENDING, ROLLUP, batch_tag, file_tag, flat_marker_path,
-                                 in_staging, is_marker_folder, list_markers, marker_folder, marker_path, marker_tag,
-                                 staging_dir, tag_id)
+from logpipe.root_layout import (DONE, MARKERS_PER_FOLDER, PENDING, ROLLUP, batch_tag, containing_marker_folder,
+                                 file_tag, flat_marker_path, in_staging, is_marker_folder, list_markers,
+                                 marker_folder, marker_path, marker_tag, staging_dir, tag_id)
 
 pytestmark = pytest.mark.unit
 
@@ -59,6 +59,11 @@ def test_markers_and_roll_ups_lie_in_folders_of_ten_thousand_batches():
     for other in ("/r/_commits/ingest/b0000010001.json", "/r/_commits/ingest/b00001xxxx", "/r/a/xxxx",
                   "/r/_commits/ingest/c000001xxxx", "/r/_commits/ingest/b000001xxxxx", "/r/_commits/ingest"):
         assert not is_marker_folder(other), other
+    assert containing_marker_folder(marker_path("hdfs://nn/r", "ingest", batch_tag(10_099), ROLLUP)) == "b000001xxxx"
+    assert containing_marker_folder("b000001xxxx/b0000010001.json") == "b000001xxxx"
+    for outside in (flat_marker_path("/r", "ingest", batch_tag(99), ROLLUP), "b0000000099.rollup", "",
+                    "/r/_commits/ingest/b000001xxxx", "/r/_commits/ingest/b000001xxxx/x/b0000010001.json"):
+        assert containing_marker_folder(outside) is None, outside
 
 
 def test_a_listing_of_markers_takes_in_the_marker_folders_and_the_old_flat_markers():

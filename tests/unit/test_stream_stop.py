@@ -345,6 +345,7 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
     j.fs = StagingFs()
     j._publish_committed_alerts = lambda tags=None: order.append("alerts sent")
     monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: order.append("clean-up") or [])
+    monkeypatch.setattr(job_mod, "fold_in_flat_rollups", lambda *_a: [])  # a root of this version's layout
     callback = threading.Thread(target=j._batch, args=(None, 7))
     callback.start()
     deadline = time.monotonic() + 10
@@ -658,6 +659,7 @@ def test_a_callback_of_a_query_stopped_before_recover_does_not_run(monkeypatch) 
         "hdfs://x/r"
     j._publish_committed_alerts = lambda tags=None: None
     monkeypatch.setattr(job_mod, "clean_crashed_attempts", lambda *_a: [])
+    monkeypatch.setattr(job_mod, "fold_in_flat_rollups", lambda *_a: [])
     j.recover()  # before the follow query
     follow_generation = j._generation
     j._batch(None, 3, follow_generation)

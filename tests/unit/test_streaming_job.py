@@ -768,10 +768,77 @@ def test_the_job_keeps_the_records_of_two_marker_folders_and_rolls_up_each_folde
     again = StreamJob(local_spark, s)
     monkeypatch.setattr(again, "_publish_committed_alerts", lambda *a, **k: None)
     for b in (20_002, 20_003):
-        again._batch(_kafka_rows(local_spark, s, 100 * b, 3, 40), b)
+        again._batch(_kafka_rows(local_spark, s, 100 * b, 3, 20), b)
     assert sorted(q.name for q in (folder / "b000001xxxx").glob("*.rollup")) == ["b0000010001.rollup"]
     assert sorted(q.name for q in (folder / "b000002xxxx").glob("*.rollup")) == ["b0000020000.rollup",
                                                                                   "b0000020002.rollup"]
+    # 06:00:20, late only behind batch 1's 06:00:55 (a 30 s watermark), whose record the restarted job does not
+    # hold: it came from EarlierBatches
+    assert [json.loads((folder / "b000002xxxx" / f"b00000{b}.json").read_text())["late"] for b in (20_002, 20_003)
+            ] == [3, 3]
+
+
+def test_a_start_rolls_up_per_folder_what_an_earlier_version_rolled_up_in_one_file(local_spark, tmp_path,
+                                                                                  monkeypatch, caplog):
+    """A root an earlier logpipe wrote: markers in the query's folder itself (the oldest layout) and in marker
+    folders, and a roll-up of every batch in the query's folder, which made every start read the whole history at
+    once (and readers open that roll-up for good). A start (recover) writes a roll-up for each folder without one
+    of its own, then removes the old one; a start that failed half-way goes on at the next. The next start reads
+    the history a folder at a time, opening the folders' roll-ups only, and every record is as its marker holds
+    it."""
+    from logpipe.commit_log import rollup_text
+    from logpipe.streaming import commit
+    from logpipe.streaming.job import StreamJob
+
+    job, s, root, folder = _job_rolling_up_every_two(local_spark, tmp_path, monkeypatch)
+    batches = (0, 1, 9_999, 10_000, 10_001, 20_000)
+    for i, b in enumerate(batches):
+        job._batch(_kafka_rows(local_spark, s, 10 * i, 3, i), b)
+    for p in folder.glob("*/*.rollup"):  # the earlier layout: no roll-up in the folders ...
+        p.unlink()
+    for b in (0, 1):  # ... the first markers in the query's folder ...
+        (folder / "b000000xxxx" / f"b{b:010d}.json").rename(folder / f"b{b:010d}.json")
+    markers = {int(p.stem[1:]): json.loads(p.read_text()) for p in folder.glob("**/b*.json")}
+    assert sorted(markers) == list(batches)
+    flat = folder / "b0000010001.rollup"  # ... and a roll-up of every batch up to 10,001 beside them
+    flat.write_text(rollup_text({f"b{b:010d}": markers[b] for b in batches[:5]}))
+
+    def fail_on_second_folder(spark, root_uri, query, records):
+        if min(records) >= "b0000010000":
+            raise OSError("HDFS went away for a moment")
+        return real_roll_up(spark, root_uri, query, records)
+
+    real_roll_up = commit.roll_up_records
+    monkeypatch.setattr(commit, "roll_up_records", fail_on_second_folder)
+    crashed = StreamJob(local_spark, s)
+    with pytest.raises(OSError, match="went away"):
+        crashed.recover()
+    assert flat.exists() and sorted(p.name for p in folder.glob("*/*.rollup")) == ["b0000009999.rollup"]
+    monkeypatch.setattr(commit, "roll_up_records", real_roll_up)
+
+    restarted = StreamJob(local_spark, s)
+    monkeypatch.setattr(restarted, "_publish_committed_alerts", lambda *a, **k: None)
+    with caplog.at_level(logging.INFO, logger="logpipe.streaming.job"):
+        restarted.recover()
+    assert "b0000010001.rollup are now rolled up per marker folder" in caplog.text
+    assert not flat.exists()
+    rollups = {p.parent.name: p.name for p in folder.glob("*/*.rollup")}
+    assert rollups == {"b000000xxxx": "b0000009999.rollup", "b000001xxxx": "b0000010001.rollup",
+                       "b000002xxxx": "b0000020000.rollup"}
+    assert json.loads((folder / "b000000xxxx" / "b0000009999.rollup").read_text())["records"] == [
+        markers[b] for b in (0, 1, 9_999)]
+    restarted.recover()  # nothing left to do: nothing written again
+    assert {p.parent.name: p.name for p in folder.glob("*/*.rollup")} == rollups
+
+    opened: list[str] = []
+    real_read = commit.HadoopFs.read_text
+    monkeypatch.setattr(commit.HadoopFs, "read_text",
+                        lambda self, p: opened.append(p.rsplit("/", 1)[-1]) or real_read(self, p))
+    again = StreamJob(local_spark, s)
+    assert again._committed() == {b: markers[b] for b in (10_000, 10_001, 20_000)}
+    assert (again._earlier.count, again._earlier.last) == (3, 9_999)
+    assert sorted(opened) == sorted(rollups.values())
+    assert again.accounting()["lines"] == 3 * len(batches)
 
 
 def test_a_start_warns_of_tables_an_earlier_logpipe_wrote_without_day_folders(local_spark, tmp_path, caplog):

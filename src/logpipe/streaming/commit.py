@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from logpipe.commit_log import read_commit_records_by_folder, rollup_text, stale_rollups
+from logpipe.commit_log import (read_commit_records, read_commit_records_by_folder, rollup_scope, rollup_text,
+                                stale_rollups)
 from logpipe.root_layout import (COMMITS, DONE, PENDING, ROLLUP, batch_tag, file_tag, flat_marker_path, list_markers,
                                   marker_folder, marker_path, marker_tag, staging_dir, tag_id)
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 
     from pyspark.sql import DataFrame, SparkSession
 
+log = logging.getLogger(__name__)
 
 
 class HadoopFs:
@@ -304,10 +307,19 @@ def commit_history_by_folder(spark: "SparkSession", root_uri: str, query: str
                              ) -> tuple["Iterator[list[dict[str, Any]]]", list[int]]:
     """commit_history's records one marker folder at a time (commit_log.read_commit_records_by_folder), read as
     they are iterated, and the roll-ups' batch ids."""
-    from py4j.protocol import Py4JJavaError
-
     fs = HadoopFs(spark, root_uri)
     names = list_markers(fs.ls, f"{root_uri}/{COMMITS}/{query}")
+    rollups = sorted(tag_id(tag)[1] for n in names if (tag := marker_tag(n, ROLLUP)) is not None)
+    folders = ([record for _, record in records]
+               for records in read_commit_records_by_folder(names, _commit_record_reader(fs)))
+    return folders, rollups
+
+
+def _commit_record_reader(fs: HadoopFs) -> Callable[[str], str]:
+    """The text of a marker or roll-up, for commit_log's readers: a roll-up that cannot be read (removed since the
+    listing, refused) raises OSError, so that the readers pass it over for the markers; a marker's error stays the
+    JVM's own."""
+    from py4j.protocol import Py4JJavaError
 
     def read(p: str) -> str:
         if marker_tag(p, ROLLUP) is None:
@@ -317,15 +329,42 @@ def commit_history_by_folder(spark: "SparkSession", root_uri: str, query: str
         except Py4JJavaError as exc:
             raise OSError(str(exc.java_exception).splitlines()[0]) from exc
 
-    rollups = sorted(tag_id(tag)[1] for n in names if (tag := marker_tag(n, ROLLUP)) is not None)
-    folders = ([record for _, record in records] for records in read_commit_records_by_folder(names, read))
-    return folders, rollups
+    return read
+
+
+def fold_in_flat_rollups(spark: "SparkSession", root_uri: str, query: str) -> list[str]:
+    """Replace the roll-ups an earlier logpipe wrote in a query's folder itself, each of every batch up to its tag
+    (a root with one is read whole at every start, and readers kept opening it: ~79 MB after a week), by roll-ups
+    per marker folder: one for each folder whose newest batch no roll-up of its own covers, then remove the old
+    ones. Returns the removed paths ([]: the root had none). Run under the root's lease (the job's start); a crash
+    half-way leaves roll-ups that readers take as before, and the next start goes on."""
+    fs = HadoopFs(spark, root_uri)
+    query_dir = f"{root_uri}/{COMMITS}/{query}"
+    if not any(marker_tag(n, ROLLUP) is not None for n in fs.ls(query_dir)):  # the usual case: one listing
+        return []
+    names = list_markers(fs.ls, query_dir)
+    flat = [n for n in names if marker_tag(n, ROLLUP) is not None and rollup_scope(n) is None]
+    newest_own: dict[str, str] = {}  # marker folder -> the tag of its newest roll-up of its own
+    for n in names:
+        if (tag := marker_tag(n, ROLLUP)) is not None and (scope := rollup_scope(n)) is not None:
+            newest_own[scope] = max(tag, newest_own.get(scope, tag))
+    by_folder: dict[str, dict[str, dict[str, Any]]] = {}
+    for tag, record in read_commit_records(names, _commit_record_reader(fs)):  # the whole history, this once
+        by_folder.setdefault(marker_folder(tag), {})[tag] = record
+    for folder, records in sorted(by_folder.items()):
+        if max(records) > newest_own.get(folder, ""):
+            roll_up_records(spark, root_uri, query, records)
+    for old in flat:
+        fs.delete(old)
+    return flat
 
 
 def roll_up_records(spark: "SparkSession", root_uri: str, query: str, records: Mapping[str, dict[str, Any]]) -> str:
     """Write the roll-up of a query's commit records (tag -> record: every committed batch of one marker folder, up
     to the newest) under the newest tag in that folder, then remove the folder's roll-ups older than the newest
-    ROLLUPS_KEPT. Returns its path."""
+    ROLLUPS_KEPT (one that cannot be removed is a warning: the new one covers its batches). Returns its path."""
+    from py4j.protocol import Py4JError
+
     folders = {marker_folder(t) for t in records}
     if len(folders) != 1:
         raise ValueError(f"a roll-up holds the records of one marker folder, not of {sorted(folders)}")
@@ -333,5 +372,9 @@ def roll_up_records(spark: "SparkSession", root_uri: str, query: str, records: M
     path = marker_path(root_uri, query, max(records), ROLLUP)
     fs.write_text(path, rollup_text(records))
     for old in stale_rollups(fs.glob(f"{path.rsplit('/', 1)[0]}/*{ROLLUP}")):
-        fs.delete(old)
+        try:
+            fs.delete(old)
+        except Py4JError as exc:  # the new one is written: readers pass the old one over (its batches are covered)
+            log.warning("an older roll-up of the commit records, %s, could not be removed (the next roll-up tries "
+                        "again): %s", old, str(exc).splitlines()[0] if str(exc) else exc)
     return path

@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import chain
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,8 @@ from logpipe.root_layout import (COMMITS, MARKERS_PER_FOLDER, TABLE_PARTITIONS, 
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
 from logpipe.rules import FAILED_STATUS, Alert, AlertRules, HostCount, StatusCount, WindowCount
 from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch,
-                                      commit_history_by_folder, committed_meta, roll_up_records, run_at_once)
+                                      commit_history_by_folder, committed_meta, fold_in_flat_rollups, roll_up_records,
+                                      run_at_once)
 from logpipe.streaming.lease import RootLease
 from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, source_columns
 from logpipe.windows import duration_seconds, late_horizon
@@ -212,26 +214,30 @@ class StreamJob:
         """The records of the committed batches of the newest HISTORY_FOLDERS_KEPT marker folders, by batch id (read
         from the root once, then kept up to date by this run's commits); the batches before are in _earlier."""
         if self._metas is None:
-            folders, self._rollups = commit_history_by_folder(self.spark, self.root, "ingest")
-            self._metas, self._earlier, self._kept_from = {}, EarlierBatches(), 0
-            for metas in folders:  # a folder at a time, trimmed as read: a long history is never held at once
-                self._metas.update((m["batch"], m) for m in metas)
-                self._trim_history()
-            self._flushes = {m["batch"]: m for m in committed_meta(self.spark, self.root, "flush")}
+            folders, rollups = commit_history_by_folder(self.spark, self.root, "ingest")
+            self._earlier, self._kept_from, self._rollups = EarlierBatches(), 0, rollups
+            metas: dict[int, dict[str, Any]] = {}
+            for records in folders:  # a folder at a time, trimmed as read: a long history is never held at once
+                metas.update((m["batch"], m) for m in records)
+                self._trim_history(metas)
+            flushes = {m["batch"]: m for m in committed_meta(self.spark, self.root, "flush")}
+            # set once all is read: a read that fails half-way leaves the history unread, not taken as complete
+            self._metas, self._flushes = metas, flushes
         return self._metas
 
-    def _history_floor(self) -> int:
+    @staticmethod
+    def _history_floor(committed: dict[int, dict[str, Any]]) -> int:
         """The first batch id whose record the job keeps: the first of the marker folder HISTORY_FOLDERS_KEPT - 1
-        before its newest batch's."""
-        newest = max(self._metas or {}, default=0)
+        before the newest `committed` batch's."""
+        newest = max(committed, default=0)
         return max(0, (newest // MARKERS_PER_FOLDER - (HISTORY_FOLDERS_KEPT - 1)) * MARKERS_PER_FOLDER)
 
-    def _trim_history(self) -> None:
-        """Keep the records of the batches from _history_floor on; the earlier ones go into _earlier."""
-        committed = self._metas
+    def _trim_history(self, committed: dict[int, dict[str, Any]]) -> None:
+        """Keep the records of the `committed` batches (the job's, or those being read) from _history_floor on; the
+        earlier ones go into _earlier."""
         if not committed:
             return
-        floor = self._history_floor()
+        floor = self._history_floor(committed)
         if floor <= self._kept_from:  # trimmed there already (known without a scan of the records)
             return
         for b in sorted(b for b in committed if b < floor):
@@ -413,7 +419,7 @@ class StreamJob:
             # one still to do (a re-run would raise its alerts again, as new)
             meta = mb.meta()
             committed[batch_id] = meta
-            self._trim_history()
+            self._trim_history(committed)
             self._emitted().update({r["alert_id"]: r["window_end"] for r in mb.new_alerts})
         finally:
             mb.release()
@@ -481,9 +487,10 @@ class StreamJob:
 
     def recover(self) -> None:
         """Before the first batch: remove what a crashed attempt left half-written (commit.clean_crashed_attempts),
-        then send the committed alerts a crash kept from Kafka (a committed batch is not run again, so nothing
-        else would send them). Waits for a micro-batch callback still running (see _in_batch); raises RootBusy,
-        removing nothing, if this run no longer holds its lease."""
+        roll up per marker folder the commit records an earlier logpipe rolled up in one file
+        (commit.fold_in_flat_rollups), then send the committed alerts a crash kept from Kafka (a committed batch is
+        not run again, so nothing else would send them). Waits for a micro-batch callback still running (see
+        _in_batch); raises RootBusy, removing nothing, if this run no longer holds its lease."""
         with self._in_batch:
             # a run that lost its lease (paused past STALE_S, e.g. idle in --until-idle, and taken over) would take
             # the new holder's batch in progress for a crashed one and delete its files: it stops here instead
@@ -492,6 +499,12 @@ class StreamJob:
             self._generation += 1
             cleaned = clean_crashed_attempts(self.spark, self.root, list(OUTPUT_TABLES))
             self.fs.delete(staging_dir(self.root, "events"))  # what batches that died staged (see PASS_DIR)
+            folded = fold_in_flat_rollups(self.spark, self.root, "ingest")
+            if folded:
+                self._metas = None  # read again, a marker folder at a time
+        if folded:
+            log.info("the commit records an earlier logpipe rolled up in %s are now rolled up per marker folder: a "
+                     "start reads them a folder at a time", ", ".join(p.rsplit("/", 1)[-1] for p in folded))
         if cleaned:
             log.warning("removed the files of %d attempt(s) that died before their commit: %s", len(cleaned),
                         ", ".join(cleaned))
@@ -675,7 +688,8 @@ class StreamJob:
         """Lines in = parsed + quarantined, summed over every committed batch; late and duplicate rows."""
         from logpipe.results import sum_commit_records
 
-        total = sum_commit_records(committed_meta(self.spark, self.root, "ingest"))
+        folders, _ = commit_history_by_folder(self.spark, self.root, "ingest")
+        total = sum_commit_records(chain.from_iterable(folders))  # a folder's records at a time
         # in the run's metrics (_metrics/latest.json, which verify reads) the records' `duplicates` are so named
         total["duplicates_dropped"] = total.pop("duplicates")
         return total

@@ -34,8 +34,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from itertools import chain
 from datetime import datetime, timezone
+from itertools import chain
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 

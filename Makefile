@@ -6,6 +6,8 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+# pip itself pinned (its resolver decides what the constraints leave open); the build backend: pyproject.toml
+PIP_VERSION := 26.3
 
 .PHONY: deps test-deps setup constraints demo test unit stack-up stack-down stack-status mutants clean
 
@@ -18,7 +20,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt | deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
 	$(BIN)/pip install -q -c constraints.txt -e '.[spark,dev,notebook]'
 	touch $@
 

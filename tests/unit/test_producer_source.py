@@ -917,3 +917,110 @@ def test_a_rotation_to_a_file_it_cannot_open_is_said_then_an_error(tmp_path, mon
         for _ in range(10_000):
             next(blocks)
     source.close()
+
+
+def _one_shot_run_with_src(log, store: PositionStore) -> list[tuple[str, bytes]]:
+    """_one_shot_run, with each line's src (the record key's file part) and the src saved as the run loop saves it."""
+    source = LogSource(str(log), store)
+    source.open()
+    got = []
+    for block in source.blocks():
+        seg = block.segment
+        got += [(seg.src, line) for line in block.lines]
+        head = seg.head[:HEAD_BYTES]
+        store.save(Position(seg.key, seg.generation, block.end, str(log), len(head), head_digest(head),
+                            finished=block.final, src_base=seg.src_base))
+    source.close()
+    return got
+
+
+def _moved_to_another_device(store: PositionStore, path) -> str:
+    """Save the position of the file at `path` under the identity it had before its file system was mounted again
+    (the same inode number on another device number); returns that old identity."""
+    st = os.stat(path)
+    saved = store.load(file_key(st))
+    old = f"{st.st_dev + 1}:{st.st_ino}"
+    store.save(Position(old, saved.generation, saved.offset, saved.path, saved.head_len, saved.head_sha256))
+    store.delete(saved.key)
+    return old
+
+
+def test_a_file_rotated_away_and_remounted_while_stopped_is_read_on_under_its_old_src(tmp_path, caplog):
+    """Rotated away (rename + a new log) while the producer was stopped, and then its file system mounted again (a
+    reboot renumbers devices): the rotated file is found by its inode number and first bytes, and its unsent lines
+    are sent under its old src, before the new log's. Before, it was taken for gone (a warning, its position
+    dropped, `three` never sent)."""
+    import logging
+
+    log, store = _rotated_while_stopped(tmp_path, b"one\ntwo\n", b"three\n")
+    _quiet_since(tmp_path / "live.log.1", 3600)
+    old = _moved_to_another_device(store, tmp_path / "live.log.1")
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        got = _one_shot_run_with_src(log, store)
+    new_log = file_key(os.stat(log))
+    assert got == [(old, b"three"), (new_log, b"new")]
+    assert "mounted again" in caplog.text and "is gone" not in caplog.text
+    rotated = store.load(file_key(os.stat(tmp_path / "live.log.1")))
+    assert rotated.finished and rotated.src == old and store.load(old) is None
+    assert _one_shot_run_with_src(log, store) == []
+
+
+def test_a_symlinked_log_finds_its_rotations_beside_the_file_it_names(tmp_path, caplog):
+    """A log followed through a symbolic link in another folder (Kubernetes' /var/log/containers/x.log ->
+    /var/log/pods/.../0.log), rotated by rename beside the file it names while the producer was stopped: the
+    rotated file's unsent lines are sent, then the new file's. Before, only the link's folder was searched, and the
+    rotated file was taken for gone."""
+    import logging
+
+    pods, links = tmp_path / "pods", tmp_path / "containers"
+    pods.mkdir()
+    links.mkdir()
+    real, link = pods / "0.log", links / "app.log"
+    real.write_bytes(b"one\ntwo\n")
+    link.symlink_to(real)
+    store = PositionStore(tmp_path / "pos", "t")
+    assert _one_shot_run(link, store) == [b"one", b"two"]
+    with real.open("ab") as f:
+        f.write(b"three\n")
+    real.rename(pods / "0.log.20261207")
+    real.write_bytes(b"new\n")
+    _quiet_since(pods / "0.log.20261207", 3600)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _one_shot_run(link, store) == [b"three", b"new"]
+    assert "is gone" not in caplog.text
+
+
+def test_a_rotation_moved_to_another_folder_is_said_to_be_gone_from_the_logs_folder(tmp_path, caplog):
+    """logrotate's `olddir` moves a rotation into another folder, where the producer does not look for it: its
+    unsent lines are counted as not sent, and the warning names the folder searched and that case."""
+    import logging
+
+    log, store = _rotated_while_stopped(tmp_path, b"one\n", b"two\n")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "live.log.1").rename(tmp_path / "old" / "live.log.1")
+    source = LogSource(str(log), store)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert source.rotated_leftovers() == []
+    assert source.unsent_parts == 1
+    (gone,) = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
+    assert f"gone from {tmp_path} (" in gone and "olddir" in gone
+
+
+def test_a_log_in_a_folder_reached_through_a_link_reads_each_rotation_once(tmp_path):
+    """The log's folder reached through a linked parent folder (/var/log -> /data/log): the folder is searched
+    once, so a rotated file is read once, not once per name of its folder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "logs").symlink_to(data)
+    log = tmp_path / "logs" / "live.log"
+    log.write_bytes(b"one\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    assert _one_shot_run(log, store) == [b"one"]
+    with log.open("ab") as f:
+        f.write(b"two\n")
+    log.rename(tmp_path / "logs" / "live.log.1")
+    log.write_bytes(b"new\n")
+    _quiet_since(data / "live.log.1", 3600)
+    source = LogSource(str(log), store)
+    assert len(source.rotated_leftovers()) == 1
+    assert _one_shot_run(log, store) == [b"two", b"new"]

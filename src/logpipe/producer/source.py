@@ -211,18 +211,32 @@ def _holds(fd: int, st: os.stat_result, pos: Position) -> bool:
     return _is_head_of(os.pread(fd, pos.head_len, 0), pos) and pos.offset <= st.st_size
 
 
-def _rotation_names(path: str) -> Iterator[os.DirEntry]:
-    """Files beside `path` named like its uncompressed rotations (`<name>.1`, `<name>-20261130`), but not the
-    files logpipe writes beside a log (SIDE_FILE_SUFFIXES)."""
-    base = os.path.basename(path)
+def _scandir(directory: str) -> list[os.DirEntry]:
+    """The entries of `directory`; [] if it cannot be listed (gone, not readable)."""
     try:
-        entries = list(os.scandir(os.path.dirname(path)))
+        return list(os.scandir(directory))
     except OSError:
-        return
-    for entry in entries:
-        if (entry.name.startswith((base + ".", base + "-"))
-                and not entry.name.endswith(COMPRESSED_SUFFIXES + SIDE_FILE_SUFFIXES)):
-            yield entry
+        return []
+
+
+def _log_places(path: str) -> dict[str, tuple[str, ...]]:
+    """Where rotations of the log at `path` lie: its folder, and, when `path` is a symbolic link, the folder of the
+    file it names (e.g. Kubernetes' /var/log/containers/x.log -> /var/log/pods/.../0.log, rotated beside 0.log);
+    folder -> the rotation name prefixes there (`<name>.`, `<name>-`)."""
+    places: dict[str, tuple[str, ...]] = {}
+    for p in (path, os.path.realpath(path)):
+        base, folder = os.path.basename(p), os.path.realpath(os.path.dirname(p))  # a folder reached two ways: once
+        places[folder] = tuple(dict.fromkeys((*places.get(folder, ()), base + ".", base + "-")))
+    return places
+
+
+def _rotation_names(path: str) -> Iterator[os.DirEntry]:
+    """Files beside `path` (or beside the file it links to: _log_places) named like its uncompressed rotations
+    (`<name>.1`, `<name>-20261130`), but not the files logpipe writes beside a log (SIDE_FILE_SUFFIXES)."""
+    for directory, prefixes in _log_places(path).items():
+        for entry in _scandir(directory):
+            if entry.name.startswith(prefixes) and not entry.name.endswith(COMPRESSED_SUFFIXES + SIDE_FILE_SUFFIXES):
+                yield entry
 
 
 def find_copy(path: str, starts_with: bytes | Position, offset: int, skip: Callable[[str], bool], *,
@@ -413,17 +427,19 @@ class LogSource:
             return []
         found: list[tuple[str, str]] = []
         still_there: set[str] = set()
-        directory = os.path.dirname(self.path)
-        rotation_prefixes = (os.path.basename(self.path) + ".", os.path.basename(self.path) + "-")
-        for entry in os.scandir(directory):
+        places = _log_places(self.path)
+        for entry in (e for directory in places for e in _scandir(directory)):
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            pos = pending.get(file_key(st))
-            if pos is None or not entry.is_file() or not _starts_with(entry.path, pos):
+            if not entry.is_file() or file_key(st) == current:  # (a remount of the log itself: _remounted)
+                continue
+            is_rotation_name = entry.name.startswith(places[os.path.dirname(entry.path)])
+            pos = pending.get(file_key(st)) or self._moved_device(entry.path, st, pending, is_rotation_name)
+            if pos is None or not _starts_with(entry.path, pos):
                 continue  # not a file we read: another file can get a deleted file's inode number
-            if not pos.head_len and not entry.name.startswith(rotation_prefixes):
+            if not pos.head_len and not is_rotation_name:
                 continue  # saved while it was empty, so no first bytes to check: only a file named as a rotation
             still_there.add(pos.key)
             if st.st_size > pos.offset or time.time() - st.st_mtime < self.rotate_grace_s:
@@ -435,15 +451,38 @@ class LogSource:
             pos = pending[key]
             if not pos.finished:
                 self.unsent_parts += 1
-                log.warning("%s: the file rotated away from it (src %s) is gone (compressed or deleted) before the "
-                            "producer read it to its end: lines it got after byte %d, if any, were not sent. If a "
-                            "rotation holds them, send them with `zcat <rotation> | tail -c +%d > rest.log; logpipe "
-                            "produce rest.log`", self.path, pos.src, pos.offset, pos.offset + 1)
+                log.warning("%s: the file rotated away from it (src %s) is gone from %s (compressed, deleted, or "
+                            "moved to another folder, e.g. by logrotate's olddir) before the producer read it to its "
+                            "end: lines it got after byte %d, if any, were not sent. If a rotation holds them, send "
+                            "them with `zcat <rotation> | tail -c +%d > rest.log; logpipe produce rest.log`",
+                            self.path, pos.src, " and ".join(places), pos.offset, pos.offset + 1)
             self.store.delete(key)
         saved_at = [datetime.fromisoformat(p.updated_at).timestamp() for p in pending.values() if p.updated_at]
         if saved_at:  # rotated more than once while stopped: the files in between were never current for us
             self.warn_unread_rotations({current}, max(saved_at))
         return [p for _, p in sorted(found)]
+
+    def _moved_device(self, path: str, st: os.stat_result, pending: dict[str, Position],
+                      is_rotation_name: bool) -> Position | None:
+        """The position saved in `pending` for the file at `path` under its identity before its device number
+        changed (its file system mounted again while the producer was stopped: same inode number, same first
+        bytes; one saved while the file was empty only if `path` is named as a rotation), moved to the file's
+        identity with its src, as _remounted does for the log itself; None if there is none."""
+        key = file_key(st)
+        for p in list(pending.values()):
+            if (p.key == key or p.key.partition(":")[2] != str(st.st_ino) or not _starts_with(path, p)
+                    or not (p.head_len or is_rotation_name)):
+                continue
+            moved = replace(p, key=key, src_base=p.src_base or p.key)
+            self.store.save(moved)
+            self.store.delete(p.key)
+            del pending[p.key]
+            pending[key] = moved
+            log.warning("%s: its identity changed from %s to %s (same inode number and first bytes on another "
+                        "device: its file system was mounted again); it is read on under its old src %s",
+                        path, p.key, key, moved.src)
+            return moved
+        return None
 
     def warn_unread_rotations(self, known: set[str], since: float) -> list[str]:
         """Warn about files beside the log, named like its rotations (`<name>.1`, `<name>-20261130`; not

@@ -1024,3 +1024,25 @@ def test_a_log_in_a_folder_reached_through_a_link_reads_each_rotation_once(tmp_p
     source = LogSource(str(log), store)
     assert len(source.rotated_leftovers()) == 1
     assert _one_shot_run(log, store) == [b"two", b"new"]
+
+
+def test_a_log_whose_end_was_cut_off_is_read_again_and_the_warning_says_its_lines_count_twice(tmp_path, caplog):
+    """The log lost its end while the producer was stopped (truncate -s, or its host crashed before the writer's
+    last bytes reached the disk) but kept its first bytes. No mark says which of its bytes are the ones sent, so it
+    is read again from byte 0 as a new generation, as a replaced file is; the warning says so plainly (the lines
+    sent before are counted twice), where it said 'truncated or replaced'."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"".join(b"line-%03d\n" % i for i in range(1000)))  # beyond the first bytes a position keeps
+    store = PositionStore(tmp_path / "pos", "t")
+    assert len(_one_shot_run(log, store)) == 1000 and HEAD_BYTES < 900 * 9
+    os.truncate(log, 900 * 9)
+    with log.open("ab") as f:
+        f.write(b"after\n")
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        got = _one_shot_run_with_src(log, store)
+    key = file_key(os.stat(log))
+    assert got == [(f"{key}:1", b"line-%03d" % i) for i in range(900)] + [(f"{key}:1", b"after")]
+    (cut,) = [r.getMessage() for r in caplog.records if "cut off" in r.getMessage()]
+    assert "8106 bytes, 9000 read and sent" in cut and "counted twice" in cut and "generation 1" in cut

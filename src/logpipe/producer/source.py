@@ -338,11 +338,20 @@ class LogSource:
                 log.info("%s (%s): its content is not the one read to its end last time (truncated, or a new file "
                          "with the same identity): reading it from byte 0 as generation %d", name, key,
                          saved.generation + 1)
+            elif st.st_size < saved.offset and _is_head_of(os.pread(fd, saved.head_len, 0), saved):
+                # its end cut off (truncate -s; its host crashed before the writer's last bytes reached the disk):
+                # no mark says which of its bytes are the ones sent, so it is read as a new generation, as a
+                # replaced file is; said plainly, since its lines sent before are then counted twice
+                log.warning("%s (%s): shorter than the position saved (%d bytes, %d read and sent) but starting with "
+                            "the same bytes: its end was cut off since the last run. It is read again from byte 0 "
+                            "as generation %d, so the lines it still holds that were sent before are sent again "
+                            "under new keys and counted twice by the job; what it had after byte %d is not in it "
+                            "any more", name, key, st.st_size, saved.offset, saved.generation + 1, st.st_size)
             else:
                 log.warning("%s (%s): content differs from the saved position (truncated or replaced since the "
                             "last run); reading from byte 0 as generation %d", name, key, saved.generation + 1)
-                if from_copy:
-                    copy_key = self._copy_of_old_content(path, key, saved)
+            if from_copy and not saved.finished:
+                copy_key = self._copy_of_old_content(path, key, saved)
             if from_copy and saved.updated_at:  # truncated more than once since: the copies in between are unread
                 self.warn_unread_rotations({key} | ({copy_key} if copy_key else set()),
                                            datetime.fromisoformat(saved.updated_at).timestamp())

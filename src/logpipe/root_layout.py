@@ -4,6 +4,10 @@ streaming.commit and the job, read by results, verify and the job's recovery).""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import date
 
 COMMITS = "_commits"  # under the results root: the markers, one folder per query (ingest, flush, alerts-kafka), the
 # root's settings record (root_record) and the run's lease (streaming.lease)
@@ -17,6 +21,20 @@ STAGING = "_staging"  # a table's folder for the files a batch writes before the
 # `ingest_date` the UTC day the job read the line (quarantine: a line that did not parse has no time of its own).
 TABLE_PARTITIONS = {"events": "date", "late": "date", "windows/by_host": "date", "windows/by_status": "date",
                     "alerts": "date", "quarantine": "ingest_date"}
+
+
+def partition_day(path: str) -> date | None:
+    """The day of the `date=YYYY-MM-DD` folder a table file at `path` lies in; None for a file outside one (a table
+    an earlier logpipe wrote without day folders, or the quarantine's `ingest_date=`)."""
+    from datetime import date
+
+    for part in reversed(path.split("/")[:-1]):
+        if part.startswith("date="):
+            try:
+                return date.fromisoformat(part[len("date="):])
+            except ValueError:
+                return None
+    return None
 
 
 def batch_tag(batch_id: int, prefix: str = "b") -> str:

@@ -84,3 +84,16 @@ def test_a_listing_of_markers_takes_in_the_marker_folders_and_the_old_flat_marke
     assert listed == ["/q", "/q/b000000xxxx", "/q/b000001xxxx"]
     assert [marker_tag(p) for p in got] == ["b0000000000", None, "b0000000100", None, None]
     assert marker_tag(got[-1], PENDING) == "b0000010000"
+
+
+def test_a_table_files_day_folder_is_read_from_its_path():
+    from datetime import date
+
+    from logpipe.root_layout import partition_day
+
+    assert partition_day("hdfs://nn:9000/logpipe/alerts/date=2004-05-18/b0000000001-00000.parquet") == date(2004, 5, 18)
+    assert partition_day("/r/events/date=2004-05-18/x/b0000000001-00000.parquet") == date(2004, 5, 18)
+    assert partition_day("/r/alerts/b0000000001-00000.parquet") is None  # an earlier logpipe's: no day folders
+    assert partition_day("/r/quarantine/ingest_date=2026-12-07/b0000000001-00000.parquet") is None
+    assert partition_day("/r/late/date=_late/b0000000001-00000.parquet") is None
+    assert partition_day("/r/date=2004-05-18") is None  # the name of a file, not a folder it lies in

@@ -377,6 +377,42 @@ def test_alerts_of_final_windows_are_forgotten_and_a_batch_finds_its_own_alert_f
     assert job.fs.glob(f"{alerts}/date=*/b0000000002-*.parquet") == []
 
 
+def test_a_start_reads_the_alerts_of_the_days_that_can_hold_open_windows_only(local_spark, tmp_path):
+    """The alerts already raised are read at a start to raise each once, but only those of windows that may still
+    change matter: of the alerts/ day folders (the window's start), those more than a window and a day before the
+    late horizon are not opened (a start after weeks read every alert file ever written). A file in such a folder
+    that is not Parquet at all proves it: reading it would fail the start."""
+    import json
+    from datetime import datetime
+
+    from logpipe.config import Settings
+    from logpipe.streaming.job import ALERTS_SCHEMA, StreamJob
+
+    root = tmp_path / "root"
+    (root / "_commits" / "ingest").mkdir(parents=True)
+    for b, newest in ((0, "2004-05-16T08:00:00"), (1, "2004-05-18T00:01:00")):  # horizon 2004-05-18 00:00:30
+        (root / "_commits" / "ingest" / f"b000000000{b}.json").write_text(json.dumps({"batch": b, "max_ts": newest}))
+    t = datetime.fromisoformat
+    row = ("rate_limit", "h", t("2004-05-18T00:00:20"), t("2004-05-18T00:00:40"), 5, None, 1, [], "open",
+           t("2004-05-18T00:01:00"))
+    local_spark.createDataFrame([row], ALERTS_SCHEMA).coalesce(1).write.parquet((root / "alerts" / "_staging" / "x").as_uri())
+    for day in ("date=2004-05-16", "date=2004-05-17", "date=2004-05-18"):
+        (root / "alerts" / day).mkdir()
+    (next((root / "alerts" / "_staging" / "x").glob("*.parquet"))).rename(
+        root / "alerts" / "date=2004-05-18" / "b0000000001-00000.parquet")
+    (root / "alerts" / "date=2004-05-16" / "b0000000000-00000.parquet").write_bytes(b"not Parquet: never opened")
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.root = root.as_uri()
+    assert job._emitted() == {"open": t("2004-05-18T00:00:40")}
+    # a day folder within the margin is read: the same unreadable file there fails the start
+    (root / "alerts" / "date=2004-05-16" / "b0000000000-00000.parquet").rename(
+        root / "alerts" / "date=2004-05-17" / "b0000000000-00000.parquet")
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    job.root = root.as_uri()
+    with pytest.raises(Exception, match="(?i)parquet"):
+        job._emitted()
+
+
 def test_a_run_that_lost_its_lease_removes_nothing_when_it_recovers(local_spark, tmp_path):
     """--until-idle calls recover() again after its idle wait. A run paused past the lease's stale time meanwhile
     (its lease taken over by a run on another host, now in the middle of a batch) took that batch for a crashed

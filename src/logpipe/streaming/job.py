@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import chain
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from logpipe.commit_log import ROLLUP_EVERY
 from logpipe.config import Settings
 from logpipe.root_layout import (COMMITS, MARKERS_PER_FOLDER, TABLE_PARTITIONS, batch_tag, file_tag, in_staging,
-                                  list_markers, marker_path, marker_tag, staging_dir)
+                                  list_markers, marker_path, marker_tag, partition_day, staging_dir)
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
 from logpipe.rules import FAILED_STATUS, Alert, AlertRules, HostCount, StatusCount, WindowCount
 from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch,
@@ -666,11 +666,16 @@ class StreamJob:
         window that ends by the late horizon is final: no later batch counts it again, so its alerts are
         forgotten (_forget_final_alerts) and this stays as small as the open windows."""
         if self._emitted_alerts is None:
-            files = [f for fs_ in self._committed_alert_files().values() for f in fs_]
+            committed = self._committed()
+            horizon = self._horizon(max(committed) + 1) if committed else None
+            # only the day folders (the window's start) that can hold a window ending after the horizon, a day's
+            # margin for the session's time zone: a start after weeks opens a day's alert files, not every one
+            oldest = (horizon - timedelta(seconds=duration_seconds(self.s.window) + 86_400)).date() if horizon else None
+            files = [f for fs_ in self._committed_alert_files().values() for f in fs_
+                     if oldest is None or (day := partition_day(f)) is None or day >= oldest]
             rows = self.spark.read.parquet(*files).select("alert_id", "window_end").collect() if files else []
             self._emitted_alerts = {r[0]: r[1] for r in rows}
-            committed = self._committed()
-            self._forget_final_alerts(self._horizon(max(committed) + 1) if committed else None)
+            self._forget_final_alerts(horizon)
         return self._emitted_alerts
 
     def _forget_final_alerts(self, horizon: datetime | None) -> None:

@@ -382,14 +382,18 @@ class LogSource:
             if (p.path != path or p.key == key or p.key.partition(":")[2] != str(st.st_ino) or p.finished
                     or not _holds(fd, st, p)):
                 continue
-            moved = replace(p, key=key, src_base=p.src_base or p.key)
-            self.store.save(moved)
-            self.store.delete(p.key)
-            log.warning("%s: its identity changed from %s to %s (same inode number and first bytes on another "
-                        "device: its file system was mounted again); resuming at byte %d under its old src %s",
-                        path, p.key, key, p.offset, moved.src)
-            return moved
+            return self._move_to_identity(p, key, path, f"resuming at byte {p.offset}")
         return None
+
+    def _move_to_identity(self, p: Position, key: str, path: str, doing: str) -> Position:
+        """Save position `p` under the file's new identity `key` (its file system mounted again), keeping its src,
+        remove it under the old one, and say so (`doing`: what is done with the file now)."""
+        moved = replace(p, key=key, src_base=p.src_base or p.key)
+        self.store.save(moved)
+        self.store.delete(p.key)
+        log.warning("%s: its identity changed from %s to %s (same inode number and first bytes on another device: its "
+                    "file system was mounted again); %s under its old src %s", path, p.key, key, doing, moved.src)
+        return moved
 
     def _tracked_or(self, key: str) -> Callable[[str], bool]:
         """Identities a copy cannot have: `key` (the file itself) and files with a saved position (read as such)."""
@@ -482,14 +486,9 @@ class LogSource:
             if (p.key == key or p.key.partition(":")[2] != str(st.st_ino) or not _starts_with(path, p)
                     or not (p.head_len or is_rotation_name)):
                 continue
-            moved = replace(p, key=key, src_base=p.src_base or p.key)
-            self.store.save(moved)
-            self.store.delete(p.key)
+            moved = self._move_to_identity(p, key, path, "it is read on")
             del pending[p.key]
             pending[key] = moved
-            log.warning("%s: its identity changed from %s to %s (same inode number and first bytes on another "
-                        "device: its file system was mounted again); it is read on under its old src %s",
-                        path, p.key, key, moved.src)
             return moved
         return None
 

@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     window: str = Field("20 seconds", description="length of the sliding windows (a duration: '20 seconds', '1 minute')")
     slide: str = Field("10 seconds", description="how often a new window starts (at most the window's length)")
     watermark: str = Field("30 seconds", description="allowed lateness of events (event time)")
+    future_tolerance: str = Field(
+        "5 minutes", description="how far after the moment the job reads a line its time may lie: a line dated later "
+        "is quarantined (timestamp_in_future), so that a wrong clock cannot move the late horizon ahead of the traffic")
     max_offsets_per_trigger: int = Field(10_000_000, ge=1, description="records per micro-batch at most (catch-up); "
                                          "bigger batches cost less per line (measured: 1 M -> 2.5 M, ~10%; "
                                          "2.5 M -> 5 M, 9% on 1 GB; 5 M -> 10 M, 1-8% on 2.5 GB, Spark's peak RSS "
@@ -288,7 +291,7 @@ class Settings(BaseSettings):
                              "(__consumer_offsets, __transaction_state, ...)")
         return v
 
-    @field_validator("window", "slide", "watermark")  # the job's window and horizon arithmetic reads them
+    @field_validator("window", "slide", "watermark", "future_tolerance")  # the job's time arithmetic reads them
     @classmethod
     def _duration_is_an_interval(cls, v: str) -> str:
         from logpipe.windows import duration_seconds

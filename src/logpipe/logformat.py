@@ -11,7 +11,9 @@ Rules (the Spark job implements the same rules as SQL expressions; tests check t
 - `bytes` of `-` means no body was sent and is stored as 0;
 - status must be 100..599; bytes must fit a signed 32-bit int;
 - timestamps are converted to UTC and must lie in [1990-01-01, 2100-01-01): a forged far-future timestamp
-  would otherwise push the event-time watermark and make all real traffic "late".
+  would otherwise push the event-time watermark and make all real traffic "late". The job also quarantines a
+  line dated more than LOGPIPE_FUTURE_TOLERANCE after it read it (TIMESTAMP_IN_FUTURE: not a rule of the line
+  alone, so not parse_line's).
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ INVALID_UTF8 = "invalid_utf8"
 NO_MATCH = "malformed"
 BAD_TIMESTAMP = "bad_timestamp"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+# not decided by the line alone: the job quarantines a line dated more than LOGPIPE_FUTURE_TOLERANCE after the moment
+# it read it (its micro-batch's start), which one wrong clock would otherwise let move the late horizon
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 BAD_STATUS = "bad_status"
 BAD_BYTES = "bad_bytes"
 # not a parse outcome: the producer sends a line over the Kafka message limit as a too_large record (logpipe.record)
 TOO_LARGE = "too_large"
-REASONS = (EMPTY, INVALID_UTF8, NO_MATCH, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, BAD_STATUS, BAD_BYTES, TOO_LARGE)
+REASONS = (EMPTY, INVALID_UTF8, NO_MATCH, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, TIMESTAMP_IN_FUTURE, BAD_STATUS,
+           BAD_BYTES, TOO_LARGE)
 
 # A quoted field: anything but an unescaped quote (backslash escapes allowed, as Apache writes them).
 # `[^\n]` rather than `.` after a backslash: Java's `.` also refuses \r, \u0085, \u2028, \u2029; Python's does not.

@@ -41,7 +41,9 @@ class Sent:
 
 def make_lines(n: int, seed: int = 11) -> tuple[list[bytes], str, str]:
     """~n lines over n/200 seconds of event time: 40 background hosts (no alert at default thresholds), one host
-    hammering for 15 s (rate limit), a 503 burst (failure surge), three formats, ~1% malformed, local jitter."""
+    hammering for 15 s (rate limit), a 503 burst (failure surge), three formats, ~1% malformed, local jitter, and
+    a third of the way in one line dated 2099 (quarantined as timestamp_in_future: else the lines after it were
+    late)."""
     rnd = random.Random(seed)
     hosts = [f"10.1.{i // 10}.{i % 10}" for i in range(36)] + ["2001:db8::7", "crawler.example.org", "a-b.c", "x"]
     fmts = ["seed", "clf", "combined"]
@@ -66,6 +68,9 @@ def make_lines(n: int, seed: int = 11) -> tuple[list[bytes], str, str]:
                 (line.replace(f" {status} ".encode(), b" 999 ", 1), lf.BAD_STATUS),  # the status, before the bytes
                 (line[:line.index(b'"') + 4], lf.NO_MATCH),  # cut inside the request's quotes
                 (b'1.2.3.4 - - [2024-02-30 12:00:00] "GET / HTTP/1.1" 200 1', lf.BAD_TIMESTAMP)])
+        if i == n // 3:  # a server clock gone wrong: a line inside the parse's range of years, far ahead of the others
+            line, reason = (lf.format_line("9.9.9.99", datetime(2099, 1, 1, tzinfo=timezone.utc), "GET /future HTTP/1.1",
+                                           200, 1).encode(), lf.TIMESTAMP_IN_FUTURE)
         if i % 13 == 0:
             line += b"\r"  # CRLF file
         if reason:
@@ -124,9 +129,12 @@ def expected(records: list[tuple[int | None, bytes]], late_offs: set[int]) -> di
     by_host: Counter = Counter()
     by_status: Counter = Counter()
     parsed = quarantined = dup_events = foreign_parsed = foreign_quarantined = 0
+    # the job quarantines a line dated more than LOGPIPE_FUTURE_TOLERANCE (5 minutes) after it read it: the planted
+    # 2099 line is that far ahead of any moment the job can have read it at
+    ahead = datetime.now(timezone.utc) + timedelta(minutes=5)
     for off, raw in records:
         rec = lf.try_parse_line(raw)
-        if isinstance(rec, str):
+        if isinstance(rec, str) or rec.timestamp > ahead:
             quarantined += 1
             foreign_quarantined += off is None
             continue
@@ -472,7 +480,7 @@ def test_rows_for_windows_a_flush_wrote_are_late_in_the_next_run(job_settings: S
     first = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000")  # the planted late lines: late
     assert first["flushed_window_rows"] > 0 and first["late"] == LATE_LINES
     parsed = [lf.try_parse_line(raw) for _, raw in records]
-    newest = max(r.timestamp for r in parsed if not isinstance(r, str))
+    newest = max(r.timestamp for r in parsed if not isinstance(r, str) and r.timestamp.year < 2099)  # not the future one
     next_off = max(off for off, _ in records if off is not None) + 1_000
     inside = [lf.format_line("7.7.7.7", newest - timedelta(seconds=2), "GET /after HTTP/1.1", 200, 1).encode()
               for _ in range(10)]  # in the last windows the flush wrote

@@ -135,6 +135,30 @@ def test_with_cutoff_compiles_the_same_code_with_or_without_a_cutoff(local_spark
     assert without == with_one
 
 
+def test_the_future_bound_compiles_the_same_code_in_every_batch(local_spark):
+    """Each micro-batch has its own bound (its start plus LOGPIPE_FUTURE_TOLERANCE): joined from the one-row frame
+    as the cutoff is, not compiled in as a literal, so the one pass's code is the same from batch to batch."""
+    import re
+    from datetime import timezone
+
+    from logpipe.streaming.job import with_cutoff
+    from logpipe.streaming.parse import quarantine_in_future
+
+    rows = local_spark.range(10).selectExpr("timestamp_seconds(id) AS timestamp", "CAST(NULL AS STRING) AS reason")
+
+    def code(cutoff: datetime | None, not_after: datetime) -> str:
+        df = quarantine_in_future(with_cutoff(rows, cutoff, not_after=not_after)).where("reason IS NULL")
+        text = local_spark._jvm.PythonSQLUtils.explainString(df._jdf.queryExecution(), "codegen")
+        return re.sub(r"(#|plan_id=)\d+", r"\1", text)
+
+    utc = timezone.utc
+    first = code(None, datetime(2026, 12, 7, 8, 0, 0, tzinfo=utc))
+    assert "GeneratedIteratorForCodegenStage" in first and "1796630400000000" not in first  # the bound's micros
+    assert first == code(T, datetime(2026, 12, 7, 8, 0, 7, tzinfo=utc))
+    kept = quarantine_in_future(with_cutoff(rows, None, not_after=datetime(1970, 1, 1, 0, 0, 5, tzinfo=utc)))
+    assert [r["reason"] for r in kept.orderBy("timestamp").collect()] == [None] * 6 + ["timestamp_in_future"] * 4
+
+
 OPEN = "grain STRING, window_start TIMESTAMP, window_end TIMESTAMP, host STRING, http_response INT, count BIGINT"
 
 
@@ -903,3 +927,85 @@ def test_a_start_warns_of_tables_an_earlier_logpipe_wrote_without_day_folders(lo
         assert job._warn_of_tables_without_day_folders() == ["windows/by_status", "alerts"]
     assert "windows/by_status, alerts hold(s) files an earlier logpipe wrote" in caplog.text
     assert "spark.read.parquet" in caplog.text
+
+
+def test_a_line_dated_after_its_batch_s_bound_is_quarantined_and_moves_no_horizon(local_spark, tmp_path, monkeypatch,
+                                                                                  caplog):
+    """One line dated 2099 (inside the parse's 1990-2099 range) among a micro-batch's lines: it would have moved
+    the late horizon to 2099 and made every later line late. It is quarantined as timestamp_in_future, with a
+    warning, the next batch's lines are on time, and the batch records its bound. `verify`, given the same lines
+    as a log, finds the root exact; with a bound moved after the line, or before the batch's events, it does not:
+    each decision is held to its batch's bound."""
+    from datetime import timezone
+
+    import fsspec
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from logpipe import logformat as lf
+    from logpipe.commands.verify import accounting_text
+    from logpipe.config import Settings
+    from logpipe.streaming.job import StreamJob
+    from logpipe.verify import verify_run
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root))
+    job = StreamJob(local_spark, s)
+    monkeypatch.setattr(job, "_publish_committed_alerts", lambda *a, **k: None)  # no Kafka here
+    utc = timezone.utc
+    lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, sec, tzinfo=utc), "GET / HTTP/1.0", 200, 1)
+             for sec in (1, 2, 3)]
+    lines.insert(2, lf.format_line("6.6.6.6", datetime(2099, 1, 1, tzinfo=utc), "GET /x HTTP/1.0", 404, 1))
+    later = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, sec, tzinfo=utc), "GET / HTTP/1.0", 200, 1)
+             for sec in (5, 6, 7)]
+    offsets, off = [], 0
+    for line in lines + later:
+        offsets.append(off)
+        off += len(line) + 1
+    log_file = tmp_path / "access.log"
+    log_file.write_text("".join(f"{line}\n" for line in lines + later))
+
+    def records(first: int, batch_lines: list[str]):
+        rows = [(f"lp:app.log:{offsets[first + i]}".encode(), v.encode(), 0, first + i)
+                for i, v in enumerate(batch_lines)]
+        return (local_spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
+                .withColumn("topic", F.lit(s.topic)))
+
+    with caplog.at_level(logging.WARNING, logger="logpipe.streaming.job"):
+        job._batch(records(0, lines), 0)
+        job._batch(records(len(lines), later), 1)
+    job.flush_open_windows()
+    markers = root / "_commits" / "ingest" / "b000000xxxx"
+    meta = [json.loads((markers / f"b000000000{b}.json").read_text()) for b in (0, 1)]
+    assert meta[0]["quarantined_by_reason"] == {lf.TIMESTAMP_IN_FUTURE: 1} and meta[0]["events"] == 3, meta[0]
+    assert meta[1]["late"] == 0 and meta[1]["events"] == 3, meta[1]  # 3 late with the 2099 line as an event
+    assert datetime.fromisoformat(meta[0]["horizon"]).year == 2004
+    assert datetime.fromisoformat(meta[0]["not_after"]) > datetime.now(utc), meta[0]
+    quarantined = pq.read_table(sorted(str(f) for f in (root / "quarantine").glob("ingest_date=*/*.parquet")))
+    assert quarantined.column("reason").to_pylist() == [lf.TIMESTAMP_IN_FUTURE]
+    assert quarantined.column("raw_bytes").to_pylist() == [lines[2].encode()]
+    assert "1 lines dated after" in caplog.text and "check the clock and the time zone" in caplog.text
+
+    local = fsspec.filesystem("file")
+    r = verify_run(s, log_file, fs=local, alerts_on_kafka=False)
+    assert r.ok, r.to_json()
+    assert r.accounting["quarantined_by_reason"] == {lf.TIMESTAMP_IN_FUTURE: 1}
+    assert r.accounting["future_check"]["quarantined"] == 1 and r.accounting["future_check"]["ok"]
+    shown = " ".join(accounting_text(r.accounting).split())  # the report's accounting row
+    assert "quarantined as dated after their batch's bound 1 (not after it: 0), batches keeping rows past it 0" in shown
+
+    def verify_with_bound(batch: int, bound: datetime):
+        path = markers / f"b000000000{batch}.json"
+        path.write_text(json.dumps({**meta[batch], "not_after": bound.isoformat()}))
+        try:
+            return verify_run(s, log_file, fs=local, alerts_on_kafka=False)
+        finally:
+            path.write_text(json.dumps(meta[batch]))
+
+    after_the_line = verify_with_bound(0, datetime(2099, 6, 1, tzinfo=utc))  # the line was not past it
+    assert not after_the_line.ok and after_the_line.accounting["future_check"]["quarantined_not_after_the_bound"] == 1
+    before_events = verify_with_bound(1, datetime(2004, 5, 18, 6, 0, 6, tzinfo=utc))  # 06:00:07 kept as an event
+    assert not before_events.ok
+    assert before_events.accounting["future_check"]["batches_keeping_rows_past_the_bound"] == [1]
+    assert "batches keeping rows past it 1;" in accounting_text(before_events.accounting)
+    assert verify_run(s, log_file, fs=local, alerts_on_kafka=False).ok  # the records as the job wrote them

@@ -1110,3 +1110,33 @@ def test_times_with_a_fraction_of_a_second_are_a_mismatch_not_rounded_away(tmp_p
     # a report says so too: bench records a MISMATCH row from it (without one it took verify for crashed)
     assert json.loads(report.read_text()) == {"ok": False, "verdict": "mismatch",
                                               "error": f"{named} holds 3 time(s) with a fraction of a second"}
+
+
+def test_copies_of_a_line_the_job_quarantined_as_in_future_are_counted_as_it_decided(tmp_path):
+    """Three copies of one line in the log; the job quarantined one as timestamp_in_future (read past its batch's
+    bound) and kept two. The recount sets the three aside and counts one quarantined with that reason and two
+    parsed, in their windows and fingerprints (copies are alike: which one does not matter); other lines as usual."""
+    from collections import Counter
+
+    from logpipe.logformat import TIMESTAMP_IN_FUTURE
+    from logpipe.verify.recount import QUARANTINE_FIELDS, count_log, resolve_set_aside, row_fingerprint
+
+    line = b'1.1.1.1 - - [2004-05-18 00:00:05] "GET / HTTP/1.1" 200 10'
+    other = b'2.2.2.2 - - [2004-05-18 00:00:15] "GET /a HTTP/1.1" 404 1'
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join([line, other, line, line]) + b"\n")
+    counts = count_log(log, 20, 10, set_aside=frozenset({line}))
+    assert (counts.lines, counts.parsed, len(counts.set_aside)) == (4, 1, 3)
+    resolved = resolve_set_aside(counts, Counter({line: 1}), 20, 10)
+    assert (resolved.lines, resolved.parsed, resolved.set_aside) == (4, 3, [])
+    assert resolved.quarantined_by_reason == {TIMESTAMP_IN_FUTURE: 1}
+    t0 = 1_084_838_400
+    by_host = {(int(w), resolved.host.labels[c]): int(n)
+               for w, c, n in zip(resolved.host.window_start, resolved.host.code, resolved.host.count)}
+    assert by_host == {(t0 - 10, "1.1.1.1"): 2, (t0, "1.1.1.1"): 2, (t0, "2.2.2.2"): 1, (t0 + 10, "2.2.2.2"): 1}
+    kept = tmp_path / "kept.log"
+    kept.write_bytes(b"\n".join([line, other, line]) + b"\n")
+    assert resolved.parsed_fingerprint == count_log(kept, 20, 10).parsed_fingerprint
+    assert resolved.quarantine_fingerprint == row_fingerprint({"raw_bytes": [line], "reason": [TIMESTAMP_IN_FUTURE]},
+                                                              QUARANTINE_FIELDS)
+    assert resolve_set_aside(count_log(log, 20, 10), Counter({line: 1}), 20, 10).parsed == 4  # none set aside

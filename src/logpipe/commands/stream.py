@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="process records as they arrive (while a producer writes them); once records came and "
                            "then none for SECONDS, finish as --until-done does")
     add_setting_flags(p, "topic", "alerts_topic", "hdfs_root", "spark_master", "window", "slide", "watermark",
-                      "max_offsets_per_trigger", "trigger_interval", "shuffle_partitions", "rate_limit_ceiling",
-                      "surge_min_count", "surge_min_share")
+                      "future_tolerance", "max_offsets_per_trigger", "trigger_interval", "shuffle_partitions",
+                      "rate_limit_ceiling", "surge_min_count", "surge_min_share")
     p.set_defaults(func=run, needs_spark=True)
 
 

@@ -186,7 +186,8 @@ def accounting_text(a: dict) -> str:
             f"{a['job_quarantined_unique']:,}; late {a['late']} ({a['late_lines_excluded']:,} lines out of the windows), "
             f"duplicates dropped {a['duplicates_dropped']}; late rows not behind their batch's horizon "
             f"{a['late_check']['not_behind_horizon']}, batches with events behind it "
-            f"{a['late_check']['event_batches_behind_horizon']}; the job's counts against its tables: "
+            f"{a['late_check']['event_batches_behind_horizon']}; " + _future_text(a.get("future_check"))
+            + "the job's counts against its tables: "
             f"{'; '.join(a['job_accounting']['mismatches']) or 'equal'}; parsed fields line by line: "
             f"{'equal' if a['parsed_fields_equal'] else 'DIFFERENT'}; quarantined records and reasons: "
             f"{'equal' if a['quarantine_records_equal'] else 'DIFFERENT'}; quarantine rows of a Kafka record already "
@@ -281,3 +282,13 @@ def results_problem(s: "Settings") -> str | None:
         return (f"no results of the streaming job under {s.hdfs_root} on HDFS: run `logpipe stream --until-done` "
                 "first, or point LOGPIPE_HDFS_ROOT / --hdfs-root at the job's results")
     return None
+
+
+def _future_text(check: dict | None) -> str:
+    """The timestamp_in_future check's part of the accounting row ("" when no micro-batch recorded a bound)."""
+    if not check or not check["batches_with_a_bound"]:
+        return ""
+    past = check["batches_keeping_rows_past_the_bound"]
+    return (f"lines quarantined as dated after their batch's bound {check['quarantined']:,} (not after it: "
+            f"{check['quarantined_not_after_the_bound']:,}), batches keeping rows past it "
+            f"{', '.join(map(str, past)) if past else 0}; ")

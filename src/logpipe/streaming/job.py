@@ -4,7 +4,9 @@ Every micro-batch (foreachBatch, one MicroBatch object; Spark's checkpoint on HD
 in order:
 - parse each record once in the JVM, in the batch's one pass over its records, which writes every row to a
   staging folder (see PASS_DIR): the events as events/ will hold them, and the few other rows, from which their
-  own tables are written. A line that does not parse goes to quarantine/ with its reason;
+  own tables are written. A line that does not parse goes to quarantine/ with its reason, and so does one dated
+  more than LOGPIPE_FUTURE_TOLERANCE after the batch began (timestamp_in_future: a wrong clock must not move the
+  horizon ahead of the traffic; the bound is in the batch's record, `not_after`);
 - late: a row whose event time is before the batch's horizon goes to late/ (kept and counted, not in the windows).
   The horizon is the newest event time of the earlier batches minus the watermark (Spark's own watermark rule),
   and never earlier than the end of the windows an `--until-done` flush already wrote;
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from logpipe.commit_log import ROLLUP_EVERY
 from logpipe.config import Settings
+from logpipe.logformat import TIMESTAMP_IN_FUTURE
 from logpipe.root_layout import (COMMITS, MARKERS_PER_FOLDER, TABLE_PARTITIONS, batch_tag, file_tag, in_staging,
                                   list_markers, marker_path, marker_tag, partition_day, staging_dir)
 from logpipe.root_record import ROOT_SETTINGS, ROOT_SETTINGS_FILE, claim_refusal, parse_root_record
@@ -49,7 +52,8 @@ from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attemp
                                       commit_history_by_folder, committed_meta, fold_in_flat_rollups, roll_up_records,
                                       run_at_once)
 from logpipe.streaming.lease import RootLease
-from logpipe.streaming.parse import EVENT_COLUMNS, REQUEST_PARTS, parse_columns, source_columns
+from logpipe.streaming.parse import (EVENT_COLUMNS, REQUEST_PARTS, parse_columns, quarantine_in_future,
+                                     source_columns)
 from logpipe.windows import duration_seconds, late_horizon
 
 if TYPE_CHECKING:
@@ -436,6 +440,11 @@ class StreamJob:
             for r in mb.new_alerts:
                 log.warning("ALERT %s %s window %s count %s%s", r["rule"], r["key"], r["window_start"], r["count"],
                             f" share {r['share']:.0%} top hosts {list(r['top_hosts'] or [])}" if r["share"] else "")
+        if future := meta["quarantined_by_reason"].get(TIMESTAMP_IN_FUTURE):
+            log.warning("batch %d: %s lines dated after %s UTC, more than %s after the job read them, were quarantined "
+                        "as %s (they would have moved the late horizon ahead of the real traffic): check the clock "
+                        "and the time zone of the server that wrote them", batch_id, f"{future:,}",
+                        mb.not_after.strftime("%Y-%m-%d %H:%M:%S"), self.s.future_tolerance, TIMESTAMP_IN_FUTURE)
         log.info("batch %d: %s lines (%s late, %s duplicates), %s final window rows, %s open, %s keys carried; "
                  "parse+stage %.1fs, repeats check %.1fs, open windows %.1fs, write+commit (with the final host windows, "
                  "alerts) %.1fs",
@@ -726,6 +735,10 @@ class MicroBatch:
         self.batch, self.batch_id = batch, batch_id
         self.prev = prev  # the last committed batch before this one: its carried state is read
         self.stage = staging_dir(job.root, "events", batch_tag(batch_id))  # see PASS_DIR
+        # a line dated after this is quarantined (TIMESTAMP_IN_FUTURE): the batch's start plus the tolerance, in
+        # whole seconds (as the log's times are: verify compares them with it)
+        self.not_after = (datetime.now(timezone.utc).replace(microsecond=0)
+                          + timedelta(seconds=duration_seconds(self.s.future_tolerance)))
         self.cached: list[DataFrame] = []
         self.new_alerts: list[dict[str, Any]] = []
         self._host_metrics: dict[str, Any] = {}
@@ -749,8 +762,9 @@ class MicroBatch:
         from pyspark.sql import functions as F
         from pyspark.sql.types import TimestampType
 
-        parsed = source_columns(with_cutoff(parse_columns(self.batch, request_parts=self.s.events_request_parts),
-                                            horizon), F.lit(self.s.topic))
+        parsed = source_columns(quarantine_in_future(with_cutoff(
+            parse_columns(self.batch, request_parts=self.s.events_request_parts), horizon, not_after=self.not_after)),
+            F.lit(self.s.topic))
         bad = F.col("reason").isNotNull()
         late = ~bad & F.coalesce(F.col("timestamp") < F.col("_cutoff"), F.lit(False))
         self.seen_rows = Observation(f"parse_{self.batch_id}")
@@ -933,6 +947,7 @@ class MicroBatch:
                 "duplicates": self.n_parsed - self.n_late - self.n_events, "events": self.n_events,
                 "max_ts": self.max_ts.isoformat() if self.max_ts else None,
                 "horizon": self.next_horizon.isoformat() if self.next_horizon else None,
+                "not_after": self.not_after.isoformat(),
                 "final_window_rows": self.final_host_metrics()["rows"] + self.sizes["status"].get(True, 0),
                 "open_window_rows": self.n_open, "seen_keys": self.n_seen, "alerts": len(self.new_alerts),
                 "at": time.time()}
@@ -1024,8 +1039,9 @@ def window_rows(df: "DataFrame", window: str, slide: str) -> "DataFrame":
                     "http_response"))
 
 
-def with_cutoff(df: "DataFrame", cutoff: datetime | None) -> "DataFrame":
-    """`df` with a column `_cutoff` holding `cutoff` (NULL: none yet), joined from a one-row broadcast frame.
+def with_cutoff(df: "DataFrame", cutoff: datetime | None, *, not_after: datetime | None = None) -> "DataFrame":
+    """`df` with a column `_cutoff` holding `cutoff` (NULL: none yet), joined from a one-row broadcast frame (with
+    `not_after`, also a column `_not_after` holding it: parse.quarantine_in_future).
     As a literal, the cutoff would be compiled into Spark's generated code, which would then differ, and be
     compiled and JIT-compiled again, every micro-batch. The frame is a local table (SQL VALUES), held by the
     driver: a frame made from Python rows would run a Spark job with a Python worker each time it is broadcast
@@ -1035,8 +1051,13 @@ def with_cutoff(df: "DataFrame", cutoff: datetime | None) -> "DataFrame":
     and the JIT compiled each twice."""
     from pyspark.sql import functions as F
 
-    one = df.sparkSession.sql("SELECT * FROM VALUES (CAST(if(:cutoff IS NULL, NULL, :cutoff) AS TIMESTAMP)) "
-                              "AS t(_cutoff)", args={"cutoff": cutoff})
+    if not_after is None:
+        one = df.sparkSession.sql("SELECT * FROM VALUES (CAST(if(:cutoff IS NULL, NULL, :cutoff) AS TIMESTAMP)) "
+                                  "AS t(_cutoff)", args={"cutoff": cutoff})
+    else:
+        one = df.sparkSession.sql("SELECT * FROM VALUES (CAST(if(:cutoff IS NULL, NULL, :cutoff) AS TIMESTAMP), "
+                                  "CAST(:not_after AS TIMESTAMP)) AS t(_cutoff, _not_after)",
+                                  args={"cutoff": cutoff, "not_after": not_after})
     return df.crossJoin(F.broadcast(one))
 
 

@@ -104,6 +104,16 @@ def request_columns(df: "DataFrame") -> "DataFrame":
             .drop("_r"))
 
 
+def quarantine_in_future(df: "DataFrame", not_after: str = "_not_after") -> "DataFrame":
+    """Parsed rows dated after the `not_after` column (a TIMESTAMP; NULL: no bound) get the reason
+    TIMESTAMP_IN_FUTURE: quarantined, they cannot move the late horizon. The bound is a moment after the job read
+    the line (logformat.TIMESTAMP_IN_FUTURE), so it is applied on top of parse_columns, not in it."""
+    from pyspark.sql import functions as F
+
+    return df.withColumn("reason", F.expr(
+        f"CASE WHEN reason IS NULL AND timestamp > {not_after} THEN '{lf.TIMESTAMP_IN_FUTURE}' ELSE reason END"))
+
+
 REQUEST_PARTS = ("method", "path", "protocol")
 EVENT_COLUMNS = ["host", "timestamp", "request", "http_response", "bytes_sent", *REQUEST_PARTS]
 

@@ -11,14 +11,15 @@ from typing import Any
 
 from logpipe.config import Settings
 from logpipe.producer.source import LINE_CAP_BYTES
-from logpipe.results import load_arrow, webhdfs_fs
+from logpipe.results import committed_accounting, load_arrow, webhdfs_fs
 from logpipe.root_record import RUN_SETTINGS
 from logpipe.verify.accounting import check_job_accounting, check_late_rows, other_log_hint, too_large_hint
 from logpipe.verify.alerts import (StatusReplay, alert_payload_differences, check_alert_figures, check_alerts,
                                    check_alerts_on_kafka, check_every_alert)
 from logpipe.verify.processes import run_in_processes
+from logpipe.verify.future import batch_bounds, check_in_future, scan_in_future
 from logpipe.verify.recount import (_MOD, PARSED_FIELDS, QUARANTINE_FIELDS, KeyedCounts, LogCounts, count_log,
-                                    line_ranges, row_fingerprint)
+                                    line_ranges, resolve_set_aside, row_fingerprint)
 from logpipe.verify.tables import (_epoch_s_arrow, load_alerts, newest_event_per_batch, read_until, scan_quarantine,
                                    scan_table, uncommitted_files)
 from logpipe.verify.truth import (TruthFileError, load_truth, score_against_truth, truth_log_hint,
@@ -101,10 +102,16 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
     truth_data = load_truth(tp) if truth_path is not None or tp.exists() else None  # before the recount
 
+    fs = fs or webhdfs_fs(s)
+    # each micro-batch's bound: a line dated after it the job quarantined as timestamp_in_future. The recount sets
+    # the lines of those records aside and counts them as the job decided; check_in_future then holds each decision
+    # to its batch's bound (a line kept past it, or quarantined within it, is a mismatch)
+    bounds = batch_bounds(committed_accounting(s, fs)["per_batch"])
+    in_future = scan_in_future(s, fs, bounds)
     # the producer sends a line over its message limit, or over the longest line it holds in memory, as too_large
     counts = count_log(log_path, size_s, slide_s, progress=progress,
-                       max_line_bytes=min(s.max_message_bytes, LINE_CAP_BYTES))
-    fs = fs or webhdfs_fs(s)
+                       max_line_bytes=min(s.max_message_bytes, LINE_CAP_BYTES), set_aside=frozenset(in_future.values))
+    counts = resolve_set_aside(counts, in_future.values, size_s, slide_s)
     # the job's source lines, each table read once: events/ (each line at most once) and late/ (a line sent again
     # after it had left the horizon is kept there as well)
     def keys(t: Any) -> Any:
@@ -151,6 +158,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
              "late": scan_table(s, "late", "timestamp", fs)}
     newest = newest_event_per_batch(s, fs, scans)
     acc["late_check"] = check_late_rows(s, fs, scans)
+    acc["future_check"] = check_in_future(scans, bounds, in_future)
     acc["parsed_fields_equal"] = (scans["events"].fingerprint + late_fingerprint) % _MOD == counts.parsed_fingerprint
     acc["events_in_wrong_date_partition"] = scans["events"].wrong_partition
     acc["uncommitted_files"] = uncommitted_files(s, fs)
@@ -160,7 +168,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     acc["ok"] = (acc["job_parsed_unique"] == counts.parsed and acc["job_event_rows"] == acc["job_event_lines"]
                  and acc["job_quarantined_unique"] == acc["quarantined"]
                  and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0
-                 and acc["late_check"]["ok"] and acc["job_accounting"]["ok"] and acc["parsed_fields_equal"]
+                 and acc["late_check"]["ok"] and acc["future_check"]["ok"] and acc["job_accounting"]["ok"] and acc["parsed_fields_equal"]
                  and acc["quarantine_records_equal"] and not acc["events_in_wrong_date_partition"]
                  and not acc["quarantine_records_written_twice"]
                  and acc["uncommitted_files"]["ok"])

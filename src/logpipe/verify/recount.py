@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from logpipe.logformat import MIN_TIME, TOO_LARGE, try_parse_line
+from logpipe.logformat import MIN_TIME, TIMESTAMP_IN_FUTURE, TOO_LARGE, try_parse_line
 from logpipe.record import TOO_LARGE_PATTERN, too_large_value
 from logpipe.verify.processes import run_in_processes
 from logpipe.windows import window_starts_array
@@ -114,6 +115,9 @@ class LogCounts:
     status: KeyedCounts | None = None    # per (window_start, http_response)
     parsed_fingerprint: int = 0          # row_fingerprint of the parsed lines' PARSED_FIELDS
     quarantine_fingerprint: int = 0      # row_fingerprint of the quarantined lines' record value and reason
+    # parsed lines of count_log's `set_aside` values (each with its newline, if any), not counted yet:
+    # resolve_set_aside counts them
+    set_aside: list[bytes] = field(default_factory=list)
 
     @property
     def by_status(self) -> pd.DataFrame:
@@ -164,17 +168,20 @@ def usable_cpus() -> int:
 
 
 def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
-              max_line_bytes: int | None = None, workers: int | None = None) -> LogCounts:
+              max_line_bytes: int | None = None, workers: int | None = None,
+              set_aside: frozenset[bytes] = frozenset()) -> LogCounts:
     """Parse every line with the reference parser and count per (window, host) and (window, status). A line over
     `max_line_bytes` (without its newline) is quarantined as too_large, as the producer sends it (and so is a line
     that looks like the producer's stand-in for one, as the job takes it). `workers`: processes that each count
     one range of the file's lines (default: one per CPU this process may use, for a log of PARALLEL_MIN_BYTES or
-    more; 1 counts in this process); their counts are summed, so the result is the same for any number."""
+    more; 1 counts in this process); their counts are summed, so the result is the same for any number.
+    `set_aside`: record values whose parsed lines are set aside, not counted (LogCounts.set_aside: resolve_set_aside
+    counts them as the job decided)."""
     if workers is None:
         workers = usable_cpus() if path.is_file() and path.stat().st_size >= PARALLEL_MIN_BYTES else 1
     ranges = line_ranges(path, workers) if workers > 1 else [(0, None)]
     if len(ranges) == 1:
-        return _count_range(path, 0, None, size_s, slide_s, max_line_bytes, progress=progress)
+        return _count_range(path, 0, None, size_s, slide_s, max_line_bytes, set_aside, progress=progress)
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # not fork: the caller may hold threads (a Spark gateway, Arrow)
@@ -184,7 +191,8 @@ def count_log(path: Path, size_s: int, slide_s: int, progress: bool = False,
         if progress and read.value:
             log.info("verify: %s lines read (%d processes)", f"{read.value:,}", len(ranges))
 
-    parts = run_in_processes(_count_range, [(path, a, b, size_s, slide_s, max_line_bytes) for a, b in ranges],
+    args = [(path, a, b, size_s, slide_s, max_line_bytes, set_aside) for a, b in ranges]
+    parts = run_in_processes(_count_range, args,
                              ctx=ctx, initializer=_share_lines_read, initargs=(read,), on_wait=report)
     return merge_log_counts(parts, int(MIN_TIME.timestamp()) - size_s)
 
@@ -213,47 +221,9 @@ def _share_lines_read(counter: Any) -> None:
 
 
 def _count_range(path: Path, start: int, end: int | None, size_s: int, slide_s: int, max_line_bytes: int | None,
-                 *, progress: bool = False) -> LogCounts:
+                 set_aside: frozenset[bytes] = frozenset(), *, progress: bool = False) -> LogCounts:
     """count_log over the lines that start in [start, end) of `path` (end None: to the end of the file)."""
-    import re
-
-    stand_in = re.compile(TOO_LARGE_PATTERN.encode())
-
-    out = LogCounts()
-    base = int(MIN_TIME.timestamp()) - size_s  # every parsed timestamp is >= MIN_TIME
-    hosts, statuses = _WindowCounter("host", base), _WindowCounter("http_response", base)
-
-    # per chunk: the parsed lines' fields, their host and status codes; the quarantined lines' record values
-    chunk: dict[str, list] = {}
-    quarantined: dict[str, list] = {"raw_bytes": [], "reason": []}
-    counted = 0  # lines already added to the shared count
-
-    def new_chunk() -> None:
-        chunk.update({name: [] for name in (*PARSED_FIELDS, "host_code", "status_code")})
-
-    def flush() -> None:
-        nonlocal counted
-        if chunk["timestamp"]:
-            starts = window_starts_array(np.asarray(chunk["timestamp"], dtype=np.int64), size_s, slide_s)
-            hosts.add(starts, np.asarray(chunk["host_code"], dtype=np.int64))
-            statuses.add(starts, np.asarray(chunk["status_code"], dtype=np.int64))
-            out.parsed_fingerprint = (out.parsed_fingerprint + row_fingerprint(chunk, PARSED_FIELDS)) % _MOD
-        new_chunk()
-        if _lines_read is not None:
-            with _lines_read.get_lock():
-                _lines_read.value += out.lines - counted
-            counted = out.lines
-
-    def quarantine(value: bytes, reason: str) -> None:
-        out.quarantined_by_reason[reason] = out.quarantined_by_reason.get(reason, 0) + 1
-        quarantined["raw_bytes"].append(value)
-        quarantined["reason"].append(reason)
-        if len(quarantined["reason"]) >= CHUNK_LINES:
-            out.quarantine_fingerprint = (out.quarantine_fingerprint
-                                          + row_fingerprint(quarantined, QUARANTINE_FIELDS)) % _MOD
-            quarantined.update(raw_bytes=[], reason=[])
-
-    new_chunk()
+    counter = _LineCounter(size_s, slide_s, max_line_bytes, set_aside=set_aside)
     with path.open("rb") as f:
         if start:  # 0: the whole file, which may be a pipe (`--log <(zcat access.log.gz)`)
             f.seek(start)
@@ -262,34 +232,119 @@ def _count_range(path: Path, start: int, end: int | None, size_s: int, slide_s: 
             if end is not None and pos >= end:
                 break
             pos += len(raw)
-            out.lines += 1
-            value = raw[:-1] if raw.endswith(b"\n") else raw  # the record value the producer sends
-            if max_line_bytes is not None and len(value) > max_line_bytes:
-                quarantine(too_large_value(value, len(value)), TOO_LARGE)
-                continue
-            if raw.startswith(b"\x00") and stand_in.match(raw):
-                quarantine(value, TOO_LARGE)
-                continue
-            r = try_parse_line(raw)
-            if isinstance(r, str):
-                quarantine(value, r)
-                continue
-            out.parsed += 1
-            chunk["host"].append(r.host)
-            chunk["timestamp"].append(int(r.timestamp.timestamp()))
-            chunk["request"].append(r.request)
-            chunk["http_response"].append(r.http_response)
-            chunk["bytes_sent"].append(r.bytes_sent)
-            chunk["host_code"].append(hosts.code(r.host))
-            chunk["status_code"].append(statuses.code(r.http_response))
-            if len(chunk["timestamp"]) >= CHUNK_LINES:
-                flush()
-                if progress:
-                    log.info("verify: %s lines read", f"{out.lines:,}")
-    flush()
-    out.quarantine_fingerprint = (out.quarantine_fingerprint + row_fingerprint(quarantined, QUARANTINE_FIELDS)) % _MOD
-    out.host, out.status = hosts.result(), statuses.result()
-    return out
+            if counter.add(raw) and progress:
+                log.info("verify: %s lines read", f"{counter.out.lines:,}")
+    return counter.result()
+
+
+class _LineCounter:
+    """count_log's work on one line after another (`add`): each parsed with the reference parser and counted, or
+    quarantined with its reason. A parsed line whose record value is in `set_aside` is set aside, uncounted
+    (LogCounts.set_aside: the job quarantined a line of that value as TIMESTAMP_IN_FUTURE, see resolve_set_aside);
+    one whose record value is in `in_future` (a multiset, taken from) is quarantined with that reason."""
+
+    def __init__(self, size_s: int, slide_s: int, max_line_bytes: int | None, *,
+                 set_aside: frozenset[bytes] = frozenset(), in_future: Counter[bytes] | None = None) -> None:
+        import re
+
+        self.stand_in = re.compile(TOO_LARGE_PATTERN.encode())
+        self.size_s, self.slide_s, self.max_line_bytes = size_s, slide_s, max_line_bytes
+        self.set_aside, self.in_future = set_aside, in_future
+        self.out = LogCounts()
+        base = int(MIN_TIME.timestamp()) - size_s  # every parsed timestamp is >= MIN_TIME
+        self.hosts, self.statuses = _WindowCounter("host", base), _WindowCounter("http_response", base)
+        # per chunk: the parsed lines' fields, their host and status codes; the quarantined lines' record values
+        self.chunk: dict[str, list] = {}
+        self.quarantined: dict[str, list] = {"raw_bytes": [], "reason": []}
+        self.counted = 0  # lines already added to the shared count
+        self._new_chunk()
+
+    def _new_chunk(self) -> None:
+        self.chunk.update({name: [] for name in (*PARSED_FIELDS, "host_code", "status_code")})
+
+    def _flush(self) -> None:
+        out, chunk = self.out, self.chunk
+        if chunk["timestamp"]:
+            starts = window_starts_array(np.asarray(chunk["timestamp"], dtype=np.int64), self.size_s, self.slide_s)
+            self.hosts.add(starts, np.asarray(chunk["host_code"], dtype=np.int64))
+            self.statuses.add(starts, np.asarray(chunk["status_code"], dtype=np.int64))
+            out.parsed_fingerprint = (out.parsed_fingerprint + row_fingerprint(chunk, PARSED_FIELDS)) % _MOD
+        self._new_chunk()
+        if _lines_read is not None:
+            with _lines_read.get_lock():
+                _lines_read.value += out.lines - self.counted
+            self.counted = out.lines
+
+    def _quarantine(self, value: bytes, reason: str) -> None:
+        out, quarantined = self.out, self.quarantined
+        out.quarantined_by_reason[reason] = out.quarantined_by_reason.get(reason, 0) + 1
+        quarantined["raw_bytes"].append(value)
+        quarantined["reason"].append(reason)
+        if len(quarantined["reason"]) >= CHUNK_LINES:
+            out.quarantine_fingerprint = (out.quarantine_fingerprint
+                                          + row_fingerprint(quarantined, QUARANTINE_FIELDS)) % _MOD
+            quarantined.update(raw_bytes=[], reason=[])
+
+    def add(self, raw: bytes) -> bool:
+        """Count one line as read (with its newline, if any); True when a chunk of parsed lines was just counted."""
+        out, chunk = self.out, self.chunk
+        out.lines += 1
+        value = raw[:-1] if raw.endswith(b"\n") else raw  # the record value the producer sends
+        if self.max_line_bytes is not None and len(value) > self.max_line_bytes:
+            self._quarantine(too_large_value(value, len(value)), TOO_LARGE)
+            return False
+        if raw.startswith(b"\x00") and self.stand_in.match(raw):
+            self._quarantine(value, TOO_LARGE)
+            return False
+        r = try_parse_line(raw)
+        if isinstance(r, str):
+            self._quarantine(value, r)
+            return False
+        if self.set_aside and value in self.set_aside:
+            out.set_aside.append(raw)
+            return False
+        if self.in_future and self.in_future.get(value, 0) > 0:
+            self.in_future[value] -= 1
+            self._quarantine(value, TIMESTAMP_IN_FUTURE)
+            return False
+        out.parsed += 1
+        chunk["host"].append(r.host)
+        chunk["timestamp"].append(int(r.timestamp.timestamp()))
+        chunk["request"].append(r.request)
+        chunk["http_response"].append(r.http_response)
+        chunk["bytes_sent"].append(r.bytes_sent)
+        chunk["host_code"].append(self.hosts.code(r.host))
+        chunk["status_code"].append(self.statuses.code(r.http_response))
+        if len(chunk["timestamp"]) >= CHUNK_LINES:
+            self._flush()
+            return True
+        return False
+
+    def result(self) -> LogCounts:
+        out = self.out
+        self._flush()
+        out.quarantine_fingerprint = (out.quarantine_fingerprint
+                                      + row_fingerprint(self.quarantined, QUARANTINE_FIELDS)) % _MOD
+        out.host, out.status = self.hosts.result(), self.statuses.result()
+        return out
+
+
+def resolve_set_aside(counts: LogCounts, in_future: Counter[bytes], size_s: int, slide_s: int) -> LogCounts:
+    """`counts` with its set-aside lines (count_log's `set_aside`: the values of `in_future`) counted as the job
+    decided: as many lines of each record value as the job quarantined as TIMESTAMP_IN_FUTURE (`in_future`, a
+    multiset of record values: each source line once) quarantined with that reason, the others parsed (copies of
+    a line are alike: which of them does not change a count). Whether each decision keeps to its micro-batch's
+    bound is checked apart (verify.future)."""
+    if not counts.set_aside:
+        return counts
+    counter = _LineCounter(size_s, slide_s, None, in_future=Counter(in_future))
+    for raw in counts.set_aside:
+        counter.add(raw)
+    extra = counter.result()
+    extra.lines = 0  # counted as read already
+    merged = merge_log_counts([counts, extra], int(MIN_TIME.timestamp()) - size_s)
+    merged.set_aside = []
+    return merged
 
 
 def merge_keyed_counts(parts: list[KeyedCounts], base: int) -> KeyedCounts:
@@ -322,6 +377,7 @@ def merge_log_counts(parts: list[LogCounts], base: int) -> LogCounts:
             out.quarantined_by_reason[reason] = out.quarantined_by_reason.get(reason, 0) + n
         out.parsed_fingerprint = (out.parsed_fingerprint + p.parsed_fingerprint) % _MOD
         out.quarantine_fingerprint = (out.quarantine_fingerprint + p.quarantine_fingerprint) % _MOD
+        out.set_aside.extend(p.set_aside)
     out.host = merge_keyed_counts([p.host for p in parts], base)
     out.status = merge_keyed_counts([p.status for p in parts], base)
     return out

@@ -114,11 +114,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _STACK_UP.append(_BackgroundStackUp(s))
 
 
-_SKIPPED: list[str] = []  # tests skipped or xfailed in this session (pytest_runtest_logreport)
+_SKIPPED: list[str] = []  # tests (or modules) skipped or xfailed in this session: the two report hooks below
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped:  # a skip (in any phase) or an xfail
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a module skipped as it is collected (pytest.skip(allow_module_level=True), importorskip)
         _SKIPPED.append(report.nodeid)
 
 

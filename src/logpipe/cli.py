@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logpipe", description="Streaming access-log analytics: a log file -> Kafka -> Spark Structured "
         "Streaming -> sliding-window counts, rate-limit and failure-surge alerts, as Parquet on HDFS.",
-        epilog="Settings come from LOGPIPE_* environment variables (every one: the README's Configuration section, logpipe.config.Settings); a "
-               "command's flags override them. `logpipe COMMAND --help` for each command.")
+        epilog="Settings come from LOGPIPE_* environment variables (the most used: the README's Configuration section; "
+               "every one, with its default and meaning: logpipe.config.Settings); a command's flags override them. "
+               "`logpipe COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"logpipe {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging (and kafka's own)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

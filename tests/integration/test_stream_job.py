@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -307,15 +308,36 @@ def job_settings(stack: Settings, unique: str) -> Settings:
                                 watermark=f"{WATERMARK_S} seconds")
 
 
+def check_bounds_are_dated_by_spark_s_offset_log(s: Settings, since: float) -> None:
+    """verify dates each micro-batch by Spark's offset log on HDFS (WebHDFS's times, in milliseconds): every batch
+    is there, planned during the test, and each batch's bound is its start plus the tolerance by that clock; a
+    bound recorded a tolerance too early (the batch's start itself) is caught for every batch."""
+    from logpipe.results import committed_accounting, webhdfs_fs
+    from logpipe.verify.future import check_bounds_are_batch_starts, planned_times
+
+    fs = webhdfs_fs(s)
+    records = committed_accounting(s, fs)["per_batch"]
+    planned = planned_times(s, fs)
+    assert len(records) > 1 and {int(r["batch"]) for r in records} <= set(planned), (records, planned)
+    assert all(since - 5 <= t <= time.time() + 5 for t in planned.values()), (since, planned)
+    assert check_bounds_are_batch_starts(records, planned) == {"checked": len(records), "not_checked": 0,
+                                                                "not_at_the_batch_start": []}
+    early = [{**r, "not_after": (datetime.fromisoformat(r["not_after"])
+                                 - timedelta(seconds=r["future_tolerance_s"] + 10)).isoformat()} for r in records]
+    assert check_bounds_are_batch_starts(early, planned)["not_at_the_batch_start"] == [int(r["batch"]) for r in records]
+
+
 def test_until_done_is_exact(job_settings: Settings):
     lines, rate_host, surge_status = make_lines(60_000)
     sent = Sent(build_records(lines), rate_host, surge_status)
+    since = time.time()
     send(job_settings, sent.records)
     metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="25000", LOGPIPE_EVENTS_REQUEST_PARTS="true")
     assert metrics["flushed_window_rows"] > 0  # the last windows came from the carried open-window state
     check_results(job_settings, sent, metrics, request_parts=True)
     check_alerts_fire_before_their_window_closes(job_settings)
     check_alerts_reach_kafka_as_their_batch_commits(job_settings)
+    check_bounds_are_dated_by_spark_s_offset_log(job_settings, since)
 
 
 def test_the_job_makes_its_alerts_topic_even_when_no_alert_fires(job_settings: Settings):

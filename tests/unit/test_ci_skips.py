@@ -35,12 +35,14 @@ def test_xfailed():
 '''
 
 
-def _run(tmp_path: Path, ci: str | None, body: str) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, ci: str | None, body: str, **modules: str) -> subprocess.CompletedProcess:
     suite = tmp_path / "suite"
     suite.mkdir(exist_ok=True)
     shutil.copy(PROJECT_ROOT / "tests" / "conftest.py", suite / "conftest.py")
     shutil.copy(PROJECT_ROOT / "pyproject.toml", suite / "pyproject.toml")  # markers, xfail_strict
     (suite / "test_some.py").write_text(body)
+    for name, text in modules.items():
+        (suite / f"{name}.py").write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "CI"} | ({"CI": ci} if ci is not None else {})
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)], cwd=suite,
                           env=env, capture_output=True, text=True, timeout=120)
@@ -61,3 +63,18 @@ def test_in_ci_a_run_without_skips_passes_and_an_unexpected_pass_fails(tmp_path:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     r = _run(tmp_path, None, TESTS.replace("assert False", "assert True"))  # xfail_strict: XPASS fails
     assert r.returncode == 1 and "XPASS(strict)" in r.stdout, r.stdout[-2000:]
+
+
+def test_in_ci_a_module_skipped_as_it_is_collected_fails_the_run(tmp_path: Path) -> None:
+    """A whole module skipped at import (pytest.skip(allow_module_level=True), importorskip) never reaches the
+    per-test reports: the collection's report counts it."""
+    passing = TESTS.split("\n\ndef test_skipped")[0]
+    skipped = ('import pytest\n\npytest.skip("no broker here", allow_module_level=True)\n\n\n'
+               'def test_never_collected():\n    assert False\n')
+    missing = 'import pytest\n\npytest.importorskip("a_module_that_is_not_installed")\n'
+    r = _run(tmp_path, "true", passing, test_module_skip=skipped, test_import_skip=missing)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "2 test(s) skipped or xfailed" in r.stderr
+    assert "test_module_skip.py" in r.stderr and "test_import_skip.py" in r.stderr
+    r = _run(tmp_path, None, passing, test_module_skip=skipped, test_import_skip=missing)
+    assert r.returncode == 0 and "1 passed, 2 skipped" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]

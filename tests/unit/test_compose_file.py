@@ -255,11 +255,13 @@ def test_services_healthchecks_and_dependencies(resolved: dict) -> None:
     assert services["hdfs-ready"]["depends_on"]["datanode"]["condition"] == "service_healthy"
     for name in ("streaming", "notebook"):
         assert services[name]["depends_on"]["hdfs-ready"]["condition"] == "service_completed_successfully", name
-    # the JVMs get the heaps of the native stack's settings
-    heap = {"kafka": ("KAFKA_HEAP_OPTS", "kafka_heap"), "namenode": ("HDFS_NAMENODE_OPTS", "namenode_heap"),
-            "datanode": ("HDFS_DATANODE_OPTS", "datanode_heap")}
-    for name, (var, field) in heap.items():
-        assert services[name]["environment"][var] == f"-Xmx{_default(field)}", name
+    # the JVMs get the heaps of the native stack's settings, the HDFS ones its collector too (Kafka's start script
+    # picks G1 itself)
+    heap = {"kafka": ("KAFKA_HEAP_OPTS", "kafka_heap", ""),
+            "namenode": ("HDFS_NAMENODE_OPTS", "namenode_heap", " -XX:+UseG1GC"),
+            "datanode": ("HDFS_DATANODE_OPTS", "datanode_heap", " -XX:+UseG1GC")}
+    for name, (var, field, gc) in heap.items():
+        assert services[name]["environment"][var] == f"-Xmx{_default(field)}{gc}", name
     assert set(services["streaming"]["depends_on"]) == {"kafka", "namenode", "datanode", "hdfs-ready"}
     assert set(services["producer"]["depends_on"]) == {"kafka"}
     # verify runs in the notebook image (docs/compose.md) and reads the alerts topic

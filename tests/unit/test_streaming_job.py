@@ -936,7 +936,7 @@ def test_a_line_dated_after_its_batch_s_bound_is_quarantined_and_moves_no_horizo
     warning, the next batch's lines are on time, and the batch records its bound. `verify`, given the same lines
     as a log, finds the root exact; with a bound moved after the line, or before the batch's events, it does not:
     each decision is held to its batch's bound."""
-    from datetime import timezone
+    from datetime import timedelta, timezone
 
     import fsspec
     import pyarrow.parquet as pq
@@ -991,8 +991,11 @@ def test_a_line_dated_after_its_batch_s_bound_is_quarantined_and_moves_no_horizo
     assert r.ok, r.to_json()
     assert r.accounting["quarantined_by_reason"] == {lf.TIMESTAMP_IN_FUTURE: 1}
     assert r.accounting["future_check"]["quarantined"] == 1 and r.accounting["future_check"]["ok"]
+    assert r.accounting["future_check"]["bounds_checked_against_the_clock"] == 2
+    assert meta[0]["future_tolerance_s"] == 300 and meta[0]["at"] < meta[1]["at"]
     shown = " ".join(accounting_text(r.accounting).split())  # the report's accounting row
-    assert "quarantined as dated after their batch's bound 1 (not after it: 0), batches keeping rows past it 0" in shown
+    assert ("quarantined as dated after their batch's bound 1 (not after it: 0), batches keeping rows past it 0, "
+            "bounds not at their batch's start plus the tolerance 0;") in shown
 
     def verify_with_bound(batch: int, bound: datetime):
         path = markers / f"b000000000{batch}.json"
@@ -1007,5 +1010,29 @@ def test_a_line_dated_after_its_batch_s_bound_is_quarantined_and_moves_no_horizo
     before_events = verify_with_bound(1, datetime(2004, 5, 18, 6, 0, 6, tzinfo=utc))  # 06:00:07 kept as an event
     assert not before_events.ok
     assert before_events.accounting["future_check"]["batches_keeping_rows_past_the_bound"] == [1]
-    assert "batches keeping rows past it 1;" in accounting_text(before_events.accounting)
+    assert before_events.accounting["future_check"]["bounds_not_at_the_batch_start"] == [1]
+    assert "batches keeping rows past it 1," in accounting_text(before_events.accounting)
+    # a bound that no row breaks but that is not the batch's start plus the tolerance: an hour before batch 0's
+    # commit (taken, say, from the lines' own times), a second after batch 1's commit plus the tolerance, or a
+    # tolerance recorded as negative
+    for bid, bound, tolerance in ((1, datetime.fromtimestamp(meta[0]["at"] - 3600, utc), 300),
+                                  (1, datetime.fromtimestamp(meta[1]["at"] + 301, utc), 300),
+                                  (0, datetime.fromisoformat(meta[0]["not_after"]) - timedelta(seconds=600), -300)):
+        path = markers / f"b000000000{bid}.json"
+        path.write_text(json.dumps({**meta[bid], "not_after": bound.isoformat(), "future_tolerance_s": tolerance}))
+        try:
+            wrong = verify_run(s, log_file, fs=local, alerts_on_kafka=False)
+        finally:
+            path.write_text(json.dumps(meta[bid]))
+        assert not wrong.ok and wrong.accounting["future_check"]["bounds_not_at_the_batch_start"] == [bid], bound
+        assert wrong.accounting["future_check"]["quarantined_not_after_the_bound"] == 0
+        assert f"plus the tolerance {bid};" in " ".join(accounting_text(wrong.accounting).split())
+    old_record = {k: v for k, v in meta[1].items() if k != "future_tolerance_s"}  # an earlier logpipe's record
+    (markers / "b0000000001.json").write_text(json.dumps(old_record))
+    try:
+        unchecked = verify_run(s, log_file, fs=local, alerts_on_kafka=False)
+    finally:
+        (markers / "b0000000001.json").write_text(json.dumps(meta[1]))
+    assert unchecked.ok and unchecked.accounting["future_check"]["bounds_not_checked"] == 1
+    assert "(1 recorded without their tolerance, not checked)" in accounting_text(unchecked.accounting)
     assert verify_run(s, log_file, fs=local, alerts_on_kafka=False).ok  # the records as the job wrote them

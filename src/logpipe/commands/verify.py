@@ -289,6 +289,10 @@ def _future_text(check: dict | None) -> str:
     if not check or not check["batches_with_a_bound"]:
         return ""
     past = check["batches_keeping_rows_past_the_bound"]
+    off = check.get("bounds_not_at_the_batch_start", [])
+    unchecked = check.get("bounds_not_checked", 0)
     return (f"lines quarantined as dated after their batch's bound {check['quarantined']:,} (not after it: "
             f"{check['quarantined_not_after_the_bound']:,}), batches keeping rows past it "
-            f"{', '.join(map(str, past)) if past else 0}; ")
+            f"{', '.join(map(str, past)) if past else 0}, bounds not at their batch's start plus the tolerance "
+            f"{', '.join(map(str, off)) if off else 0}"
+            + (f" ({unchecked:,} recorded without their tolerance, not checked)" if unchecked else "") + "; ")

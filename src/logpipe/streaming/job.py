@@ -737,8 +737,8 @@ class MicroBatch:
         self.stage = staging_dir(job.root, "events", batch_tag(batch_id))  # see PASS_DIR
         # a line dated after this is quarantined (TIMESTAMP_IN_FUTURE): the batch's start plus the tolerance, in
         # whole seconds (as the log's times are: verify compares them with it)
-        self.not_after = (datetime.now(timezone.utc).replace(microsecond=0)
-                          + timedelta(seconds=duration_seconds(self.s.future_tolerance)))
+        self.future_tolerance_s = duration_seconds(self.s.future_tolerance)
+        self.not_after = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=self.future_tolerance_s)
         self.cached: list[DataFrame] = []
         self.new_alerts: list[dict[str, Any]] = []
         self._host_metrics: dict[str, Any] = {}
@@ -947,7 +947,8 @@ class MicroBatch:
                 "duplicates": self.n_parsed - self.n_late - self.n_events, "events": self.n_events,
                 "max_ts": self.max_ts.isoformat() if self.max_ts else None,
                 "horizon": self.next_horizon.isoformat() if self.next_horizon else None,
-                "not_after": self.not_after.isoformat(),
+                # the bound is this batch's start plus the tolerance: verify checks it against the clock
+                "not_after": self.not_after.isoformat(), "future_tolerance_s": self.future_tolerance_s,
                 "final_window_rows": self.final_host_metrics()["rows"] + self.sizes["status"].get(True, 0),
                 "open_window_rows": self.n_open, "seen_keys": self.n_seen, "alerts": len(self.new_alerts),
                 "at": time.time()}

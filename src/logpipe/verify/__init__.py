@@ -17,7 +17,8 @@ from logpipe.verify.accounting import check_job_accounting, check_late_rows, oth
 from logpipe.verify.alerts import (StatusReplay, alert_payload_differences, check_alert_figures, check_alerts,
                                    check_alerts_on_kafka, check_every_alert)
 from logpipe.verify.processes import run_in_processes
-from logpipe.verify.future import batch_bounds, check_in_future, scan_in_future
+from logpipe.verify.future import (batch_bounds, check_bounds_are_batch_starts, check_in_future, planned_times,
+                                  scan_in_future)
 from logpipe.verify.recount import (_MOD, PARSED_FIELDS, QUARANTINE_FIELDS, KeyedCounts, LogCounts, count_log,
                                     line_ranges, resolve_set_aside, row_fingerprint)
 from logpipe.verify.tables import (_epoch_s_arrow, load_alerts, newest_event_per_batch, read_until, scan_quarantine,
@@ -106,7 +107,11 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     # each micro-batch's bound: a line dated after it the job quarantined as timestamp_in_future. The recount sets
     # the lines of those records aside and counts them as the job decided; check_in_future then holds each decision
     # to its batch's bound (a line kept past it, or quarantined within it, is a mismatch)
-    bounds = batch_bounds(committed_accounting(s, fs)["per_batch"])
+    records = committed_accounting(s, fs)["per_batch"]
+    bounds = batch_bounds(records)
+    # and each bound is its batch's start plus the tolerance, on the clock (Spark's offset log, the commit times)
+    starts = check_bounds_are_batch_starts(records, planned_times(s, fs) if bounds else {})
+    del records
     in_future = scan_in_future(s, fs, bounds)
     # the producer sends a line over its message limit, or over the longest line it holds in memory, as too_large
     counts = count_log(log_path, size_s, slide_s, progress=progress,
@@ -158,7 +163,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
              "late": scan_table(s, "late", "timestamp", fs)}
     newest = newest_event_per_batch(s, fs, scans)
     acc["late_check"] = check_late_rows(s, fs, scans)
-    acc["future_check"] = check_in_future(scans, bounds, in_future)
+    acc["future_check"] = check_in_future(scans, bounds, in_future, starts)
     acc["parsed_fields_equal"] = (scans["events"].fingerprint + late_fingerprint) % _MOD == counts.parsed_fingerprint
     acc["events_in_wrong_date_partition"] = scans["events"].wrong_partition
     acc["uncommitted_files"] = uncommitted_files(s, fs)

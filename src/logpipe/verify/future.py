@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,54 @@ def batch_bounds(records: Iterable[dict[str, Any]]) -> dict[int, int]:
     rule): their batches are not in it."""
     return {int(r["batch"]): int(datetime.fromisoformat(r["not_after"]).timestamp())
             for r in records if r.get("not_after") and "batch" in r}
+
+
+# how far the NameNode's clock (a checkpoint file's time) may lag the job's (its batch start): the same clock in the
+# native stack and in compose, a few milliseconds apart on an NTP-kept cluster
+CLOCK_SLACK_S = 5
+
+
+def planned_times(s: Settings, fs: Any) -> dict[int, float]:
+    """{batch id: when Spark planned that micro-batch, epoch s}: the modification time of its file in the query's
+    offset log (`_checkpoints/ingest/offsets/<id>`), which Spark writes before it runs the batch. Spark keeps the
+    newest 100 such files (spark.sql.streaming.minBatchesToRetain); older batches are not in it."""
+    path = s.hdfs_path("_checkpoints", "ingest", "offsets")
+    if not fs.exists(path):
+        return {}
+    out: dict[int, float] = {}
+    for entry in fs.ls(path, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name.isdigit():  # not Spark's hidden temp files, nor a local file system's .crc files
+            # WebHDFS's FileStatus has milliseconds; a local file system (the unit tests) an `mtime` in seconds
+            out[int(name)] = (entry["modificationTime"] / 1000 if "modificationTime" in entry
+                              else float(entry["mtime"]))
+    return out
+
+
+def check_bounds_are_batch_starts(records: Iterable[dict[str, Any]], planned: dict[int, float]) -> dict[str, Any]:
+    """Each batch's bound is the moment it began plus the tolerance it recorded (`future_tolerance_s`), so that
+    moment, `not_after - future_tolerance_s`, lies after Spark planned the batch (`planned`: planned_times; when
+    Spark no longer keeps that file, after the batch before it committed, its record's `at`) and not after the
+    batch's own commit (`at`), and the tolerance is not negative. A bound taken from the lines' own times, or of
+    the wrong sign or unit, fails; the checks on each row (check_in_future) alone would take it as the job's word.
+    Records of an earlier logpipe, which kept no tolerance, are counted as not checked."""
+    wrong: list[int] = []
+    checked = unchecked = 0
+    prev_at: float | None = None
+    for r in sorted((r for r in records if "batch" in r), key=lambda r: int(r["batch"])):
+        bid, at = int(r["batch"]), r.get("at")
+        if r.get("not_after") and r.get("future_tolerance_s") is not None and at is not None:
+            checked += 1
+            tolerance = float(r["future_tolerance_s"])
+            start = datetime.fromisoformat(r["not_after"]).timestamp() - tolerance
+            after = planned.get(bid, prev_at)  # the batch began after this (None: its first, Spark's file gone)
+            if (tolerance < 0 or start > float(at)
+                    or (after is not None and start < math.floor(after) - CLOCK_SLACK_S)):
+                wrong.append(bid)
+        elif r.get("not_after"):
+            unchecked += 1
+        prev_at = float(at) if at is not None else prev_at
+    return {"checked": checked, "not_checked": unchecked, "not_at_the_batch_start": wrong}
 
 
 @dataclass
@@ -59,11 +108,16 @@ def scan_in_future(s: Settings, fs: Any, bounds: dict[int, int]) -> FutureScan:
     return out
 
 
-def check_in_future(scans: dict[str, TableScan], bounds: dict[int, int], future: FutureScan) -> dict[str, Any]:
+def check_in_future(scans: dict[str, TableScan], bounds: dict[int, int], future: FutureScan,
+                    starts: dict[str, Any]) -> dict[str, Any]:
     """The job kept every line dated after its micro-batch's bound out of events/ and late/ (a batch's newest row
-    there is not after it), and quarantined only such lines (FutureScan.not_after_bound)."""
+    there is not after it), quarantined only such lines (FutureScan.not_after_bound), and each bound is its batch's
+    start plus the tolerance (`starts`: check_bounds_are_batch_starts)."""
     past = sorted({bid for table in ("events", "late") for (kind, bid), (_, newest) in scans[table].ranges.items()
                    if kind == "b" and bid in bounds and newest > bounds[bid]})
+    wrong_start = starts["not_at_the_batch_start"]
     return {"batches_with_a_bound": len(bounds), "quarantined": future.rows,
             "quarantined_not_after_the_bound": future.not_after_bound, "batches_keeping_rows_past_the_bound": past[:10],
-            "ok": not past and not future.not_after_bound}
+            "bounds_checked_against_the_clock": starts["checked"], "bounds_not_checked": starts["not_checked"],
+            "bounds_not_at_the_batch_start": wrong_start[:10],
+            "ok": not past and not future.not_after_bound and not wrong_start}

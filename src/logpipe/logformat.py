@@ -175,12 +175,14 @@ CLF_TIME_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
 
 def format_line(host: str, ts: datetime, request: str, status: int, size: int | None, fmt: str = "seed",
                 referrer: str = "-", agent: str = "-") -> str:
-    """Render one line in `fmt` (seed, clf, combined), without the newline. size None renders `-`."""
+    """Render one line in `fmt` (seed, clf, combined), without the newline. size None renders `-`; a naive `ts`
+    is UTC (not the machine's local time) in every format."""
     size_text = "-" if size is None else str(size)
+    ts = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
     if fmt == "seed":
         stamp = ts.astimezone(timezone.utc).strftime(SEED_TIME_FORMAT)
     elif fmt in ("clf", "combined"):
-        stamp = ts.strftime(CLF_TIME_FORMAT) if ts.tzinfo else ts.replace(tzinfo=timezone.utc).strftime(CLF_TIME_FORMAT)
+        stamp = ts.strftime(CLF_TIME_FORMAT)
     else:
         raise ValueError(f"unknown log format {fmt!r} (seed, clf, combined)")
     line = f'{host} - - [{stamp}] "{request}" {status} {size_text}'

@@ -158,6 +158,21 @@ def test_format_line_renders_each_format():
         format_line("h", T, REQ, 200, 1, "json")
 
 
+def test_format_line_takes_a_naive_time_as_utc_in_every_format(monkeypatch):
+    """Not as the machine's local time (the seed format took it so, the CLF ones as UTC)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        naive = T.replace(tzinfo=None)
+        for fmt in ("seed", "clf", "combined"):
+            assert format_line("h", naive, REQ, 200, 1, fmt) == format_line("h", T, REQ, 200, 1, fmt), fmt
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 # ---- properties ---------------------------------------------------------------------------------
 _token_chars = st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters='"\\[]')
 hosts = st.one_of(

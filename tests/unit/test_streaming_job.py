@@ -471,6 +471,52 @@ def test_a_run_that_lost_its_lease_removes_nothing_when_it_recovers(local_spark,
         taker.release()
 
 
+def test_a_run_that_lost_its_lease_during_a_batch_moves_nothing_into_the_tables(local_spark, tmp_path,
+                                                                                monkeypatch):
+    """A run paused past its lease's stale time in the middle of a batch (another host's run took the root over and
+    runs that batch again under the same tag) wrote its files into the tables and deleted the batch's staging
+    folder before its marker's check stopped it. The commit's fence stops it before anything is moved or removed:
+    no table file, no pending marker, and the staged events are left to the run that holds the root."""
+    from pyspark.sql import functions as F
+
+    from logpipe import logformat as lf
+    from logpipe.config import Settings
+    from logpipe.streaming.commit import HadoopFs
+    from logpipe.streaming.job import MicroBatch, StreamJob
+    from logpipe.streaming.lease import RootBusy, RootLease
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root))
+    job = StreamJob(local_spark, s)
+    fs = HadoopFs(local_spark, root.as_uri())
+    paused = RootLease(fs, root.as_uri(), host="host-a", pid=1, heartbeat_s=3600)  # it stops renewing
+    paused.acquire()
+    job.lease = paused
+    taker = RootLease(fs, root.as_uri(), host="host-b", pid=2, stale_s=1.0, heartbeat_s=3600)
+    counted = MicroBatch.count_windows
+
+    def count_then_lose_the_root(mb, horizon):
+        counted(mb, horizon)
+        taker.acquire()  # the pause: another run watched the lease for 1 s and took it over
+
+    monkeypatch.setattr(MicroBatch, "count_windows", count_then_lose_the_root)
+    lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, sec), "GET / HTTP/1.0", 200, 1)
+             for sec in range(5)] + ["not a log line"]
+    rows = [(f"lp:app.log:{i * 100}".encode(), v.encode(), 0, i) for i, v in enumerate(lines)]
+    records = (local_spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
+               .withColumn("topic", F.lit(s.topic)))
+    try:
+        with pytest.raises(RootBusy, match="lost its lease .*now held by process 2 on host-b"):
+            job._batch(records, 0)
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        assert [f for f in files if f.endswith(".parquet") and "/_staging/" not in f] == [], files
+        assert not [f for f in files if f.startswith("_commits/ingest/")], files
+        assert [f for f in files if f.startswith("events/_staging/b0000000000/") and f.endswith(".parquet")], files
+    finally:
+        paused._stop.set()
+        taker.release()
+
+
 def test_carried_state_of_earlier_batches_is_pruned_by_tag(local_spark, tmp_path):
     """After batch 3 commits, the open windows and seen keys carried out of earlier batches are removed (a re-run
     batch is skipped, so none reads them again); batch 3's own files and a staging folder are left."""

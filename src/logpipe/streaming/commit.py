@@ -173,7 +173,8 @@ class TableWrite(NamedTuple):
 
 def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int,
                  writes: "Sequence[TableWrite | tuple[Any, ...]]",
-                 meta: dict[str, Any] | Callable[[], dict[str, Any]], prefix: str = "b", concurrent: int = 0) -> bool:
+                 meta: dict[str, Any] | Callable[[], dict[str, Any]], prefix: str = "b", concurrent: int = 0,
+                 fence: Callable[[], None] | None = None) -> bool:
     """Write each TableWrite (frame, table, partition columns[, keep]) of one micro-batch under root_uri/table,
     exactly once.
 
@@ -184,6 +185,9 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     A TableWrite's `options` go to its Parquet writer; one that is `staged` is only moved into its table, last.
     `concurrent`: up to this many writes of frames given as such run at once (in threads that carry the
     caller's Spark job group, so a stopped query cancels them); then the callables build theirs, in order.
+    `fence`, if given, is called before anything is removed from or moved into a table (and before the marker,
+    by `meta`): it raises when this run may no longer write to the root (streaming.lease.RootLease.check: a run
+    paused past its lease's renewals, whose root another run took over, stops there rather than at its marker).
     Returns False when the batch had already been committed.
     """
     fs = HadoopFs(spark, root_uri)
@@ -193,6 +197,8 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     if fs.marker(root_uri, query, tag) is not None:
         return False
     all_writes = [TableWrite(*w) for w in writes]
+    check = fence or (lambda: None)
+    check()
     if fs.exists(pending):  # an earlier attempt died while moving files: remove what it moved
         for table in (w.table for w in all_writes):
             for f in fs.files(f"{root_uri}/{table}"):
@@ -203,21 +209,22 @@ def commit_batch(spark: "SparkSession", root_uri: str, query: str, batch_id: int
     # driver's work between jobs, a wait on HDFS); those built by a callable run after them, in order; the staged
     # tables are moved last (the other writes may read their files)
     ready = [w for w in all_writes if w.staged is None and not callable(w.frame)]
-    run_at_once(spark, [lambda w=w: _write_table(fs, root_uri, tag, w) for w in ready], concurrent)
+    run_at_once(spark, [lambda w=w: _write_table(fs, root_uri, tag, w, check) for w in ready], concurrent)
     for w in all_writes:
         if w.staged is None and callable(w.frame):
-            _write_table(fs, root_uri, tag, w)
+            _write_table(fs, root_uri, tag, w, check)
     for w in all_writes:
         if w.staged is not None:
+            check()
             _move_into_table(fs, w.staged, root_uri, w.table, tag, w.staged_parts)
     fs.write_text(marker, json.dumps(meta() if callable(meta) else meta, default=str))
     fs.delete(pending)
     return True
 
 
-def _write_table(fs: HadoopFs, root_uri: str, tag: str, w: TableWrite) -> None:
+def _write_table(fs: HadoopFs, root_uri: str, tag: str, w: TableWrite, check: Callable[[], None]) -> None:
     """Write one TableWrite's frame as Parquet to the batch's staging folder of its table, then move the files
-    into the table (unless its `keep()` says no)."""
+    into the table (unless its `keep()` says no); `check()` (commit_batch's fence) first."""
     frame, table, parts, keep, options, _, _ = w
     df = frame() if callable(frame) else frame
     if df is None:
@@ -230,6 +237,7 @@ def _write_table(fs: HadoopFs, root_uri: str, tag: str, w: TableWrite) -> None:
     if keep is not None and not keep():
         fs.delete(staging)
         return
+    check()
     _move_into_table(fs, staging, root_uri, table, tag)
     fs.delete(staging)
 

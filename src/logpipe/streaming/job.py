@@ -51,13 +51,13 @@ from logpipe.rules import FAILED_STATUS, Alert, AlertRules, HostCount, StatusCou
 from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attempts, commit_batch,
                                       commit_history_by_folder, committed_meta, fold_in_flat_rollups, roll_up_records,
                                       run_at_once)
-from logpipe.streaming.lease import RootLease
+from logpipe.streaming.lease import RootBusy, RootLease
 from logpipe.streaming.parse import (EVENT_COLUMNS, REQUEST_PARTS, parse_columns, quarantine_in_future,
                                      source_columns)
 from logpipe.windows import duration_seconds, late_horizon
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
@@ -414,7 +414,8 @@ class StreamJob:
 
             # the tables are written three at a time: 1 GB topic, write+commit 30.7/18.9 s -> 28.3/16.9 s per
             # batch; whole stream, alternating: 112.7, 116.9 s against 117.8, 119.1 s one at a time
-            if not commit_batch(self.spark, self.root, "ingest", batch_id, mb.writes(), batch_meta, concurrent=3):
+            if not commit_batch(self.spark, self.root, "ingest", batch_id, mb.writes(), batch_meta, concurrent=3,
+                                fence=self._fence()):
                 log.warning("batch %d was committed meanwhile by another run on %s: nothing written", batch_id,
                             self.root)
                 self._metas = self._emitted_alerts = None  # read the committed history and its alerts again
@@ -427,7 +428,8 @@ class StreamJob:
             self._emitted().update({r["alert_id"]: r["window_end"] for r in mb.new_alerts})
         finally:
             mb.release()
-            self.fs.delete(mb.stage)
+            if self._still_ours():  # a run that lost the root leaves the staging folder to the run that took it
+                self.fs.delete(mb.stage)
         self._prune_state(batch_id)
         self._roll_up_if_due()
         self._forget_final_alerts(next_horizon)
@@ -451,6 +453,20 @@ class StreamJob:
                  batch_id, f"{meta['lines']:,}", f"{meta['late']:,}", f"{meta['duplicates']:,}",
                  f"{meta['final_window_rows']:,}", f"{meta['open_window_rows']:,}", f"{meta['seen_keys']:,}",
                  t_parse - t0, t1 - t_parse, t2 - t1, time.monotonic() - t2)
+
+    def _fence(self) -> "Callable[[], None] | None":
+        """commit_batch's fence: the lease's check (RootBusy once another run took the root over), if any."""
+        return self.lease.check if self.lease is not None else None
+
+    def _still_ours(self) -> bool:
+        """Whether this run may still remove its own files from the root (no lease: a run of the tests' own)."""
+        if self.lease is None:
+            return True
+        try:
+            self.lease.check()
+        except RootBusy:
+            return False
+        return True
 
     def _roll_up_if_due(self) -> None:
         """Roll up the commit records of the newest batch's marker folder once ROLLUP_EVERY batches were committed
@@ -573,7 +589,8 @@ class StreamJob:
                 return meta
 
             written = commit_batch(self.spark, self.root, "flush", last,
-                                   [(df, table, [TABLE_PARTITIONS[table]]) for df, table in tables], flush_meta, prefix="f")
+                                   [(df, table, [TABLE_PARTITIONS[table]]) for df, table in tables], flush_meta, prefix="f",
+                                   fence=self._fence())
         finally:
             carried.unpersist()
         assert self._flushes is not None

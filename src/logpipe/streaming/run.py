@@ -253,17 +253,19 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         raise
     from logpipe.topics import TopicEnds
 
-    ends = TopicEnds(s, s.topic)  # connects on its first read, in the poller's thread
-    quiet = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
-    spark.streams.addListener(_listener(job, lambda: quiet.ends))
-    t0 = time.monotonic()
-    stop = StopSignal()
-    short = ShortCallbackErrors()
-    logging.getLogger("py4j.clientserver").addFilter(short)
-    log.info("reading topic %s at %s into %s; Spark UI %s", s.topic, s.kafka_address, s.hdfs_uri(),
-             spark.sparkContext.uiWebUrl)  # in every mode: with spark_ui_port 0 or 4040 taken, only this says where
     at_once = False  # a second signal (KeyboardInterrupt): no wait for the running micro-batch
-    try:
+    quiet: TopicQuiet | None = None
+    stop: StopSignal | None = None
+    short = ShortCallbackErrors()
+    try:  # from here on the finally below releases the lease and stops Spark, whatever fails or interrupts
+        ends = TopicEnds(s, s.topic)  # connects on its first read, in the poller's thread
+        quiet = poller = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
+        spark.streams.addListener(_listener(job, lambda: poller.ends))
+        t0 = time.monotonic()
+        stop = StopSignal()
+        logging.getLogger("py4j.clientserver").addFilter(short)
+        log.info("reading topic %s at %s into %s; Spark UI %s", s.topic, s.kafka_address, s.hdfs_uri(),
+                 spark.sparkContext.uiWebUrl)  # in every mode: with spark_ui_port 0 or 4040 taken, only this says where
         if until_idle_s is not None:
             _follow_until_idle(job, s, stop, until_idle_s, quiet)
         if until_done or until_idle_s is not None:
@@ -280,9 +282,11 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         log.warning("stopping now: a micro-batch cut short is redone on restart")
         raise
     finally:
-        quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
+        if quiet is not None:
+            quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
         logging.getLogger("py4j.clientserver").removeFilter(short)
-        stop.restore()
+        if stop is not None:
+            stop.restore()
         # a callback a stop left running may still rename files: not yet (nor, stopping at once, at all)
         if job.wait_for_batch(timeout=0 if at_once else CALLBACK_WAIT_S):
             lease.release()

@@ -43,6 +43,13 @@ def webhdfs_fs(s: Settings) -> "fsspec.AbstractFileSystem":
                          use_https=url.scheme == "https", no_answer_s=s.connect_timeout_s)
 
 
+def existing_tables(s: Settings, fs: "fsspec.AbstractFileSystem | None" = None) -> list[str]:
+    """The TABLES whose folder exists under the results root (`late/` and `quarantine/` appear with their first
+    row, `alerts/` with its first alert)."""
+    fs = fs or webhdfs_fs(s)
+    return [t for t in TABLES if fs.exists(s.hdfs_path(t))]
+
+
 def committed_tags(s: Settings, fs: "fsspec.AbstractFileSystem") -> set[str]:
     """The tags (`b0000000003`, `f0000000007`) of the micro-batches and flushes whose commit marker exists: files of
     other tags belong to an attempt that died before its commit, or to a batch still being written."""

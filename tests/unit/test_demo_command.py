@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.unit
@@ -176,9 +178,14 @@ def test_the_notebook_hint_runs_from_any_folder(tmp_path, monkeypatch):
     assert subprocess.run([words[0], "--version"], cwd=tmp_path, capture_output=True).returncode == 0
     other = shlex.split(demo.notebook_command(load_settings(hdfs_root="/my results")))
     assert other[0] == "LOGPIPE_HDFS_ROOT=/my results" and other[1:] == words
+    # a NameNode on another port (another stack's): the notebook, opened from a new shell, must read that one
+    monkeypatch.setenv("LOGPIPE_NAMENODE_HTTP_PORT", "29870")
+    moved = shlex.split(demo.notebook_command(load_settings()))
+    assert moved[0] == "LOGPIPE_WEBHDFS_URL=http://127.0.0.1:29870" and moved[1:] == words
 
 
-def _summary(monkeypatch, capsys, tmp_path, report: dict, hosts: list[str]) -> str:
+def _summary(monkeypatch, capsys, tmp_path, report: dict, hosts: list[str], tables: list[str] | None = None,
+             report_path: Path | None = None) -> str:
     """The demo's summary of `report`, with results whose hosts are `hosts` (read from fakes, not HDFS)."""
     from datetime import datetime
 
@@ -200,7 +207,9 @@ def _summary(monkeypatch, capsys, tmp_path, report: dict, hosts: list[str]) -> s
     monkeypatch.setattr(logpipe.results, "load_arrow", lambda s, table, cols=None: by_host)
     monkeypatch.setattr(logpipe.results, "load_table", lambda s, table, cols=None: alerts)
     monkeypatch.setattr(services, "urls", lambda s: {"HDFS UI": "http://127.0.0.1:9870"})
-    demo.print_summary(load_settings(), log, report, {"stream": 1.0}, 2.0)
+    monkeypatch.setattr(logpipe.results, "existing_tables",
+                        lambda s: list(logpipe.results.TABLES) if tables is None else tables)
+    demo.print_summary(load_settings(), log, report, {"stream": 1.0}, 2.0, report_path)
     return capsys.readouterr().out
 
 
@@ -223,6 +232,23 @@ def test_a_verify_that_made_no_recount_is_said_not_shown_as_zero_lines(monkeypat
     assert "lines read" not in out
     assert "verify made no recount: event times with fractions of a second: [12:00:00.5]" in out
     assert "MISMATCH" in out
+
+
+def test_the_summary_names_only_the_tables_that_exist_and_a_mismatch_s_report(monkeypatch, capsys, tmp_path):
+    """A run without late lines has no late/ folder: the summary offered /logpipe/late all the same, and a user
+    who opened it found nothing. A mismatch names the file of verify's report (its examples)."""
+    report = {"ok": True, "verdict": "exact", "windows_compared": 10,
+              "accounting": {"lines": 5, "parsed": 5, "quarantined": 0, "late": 0, "ok": True}}
+    out = _summary(monkeypatch, capsys, tmp_path, report, ["10.0.0.1"],
+                   tables=["events", "alerts", "windows/by_host", "windows/by_status"])
+    assert "/logpipe/{events,alerts,windows/by_host,windows/by_status} (no quarantine, late: written with their " \
+           "first row)" in out, out
+    assert "its report" not in out
+    every = _summary(monkeypatch, capsys, tmp_path, report, ["10.0.0.1"])
+    assert "/logpipe/{events,quarantine,late,alerts,windows/by_host,windows/by_status}\n" in every, every
+    bad = _summary(monkeypatch, capsys, tmp_path, {**report, "ok": False, "verdict": "mismatch"}, ["10.0.0.1"],
+                   report_path=tmp_path / "demo-verify.json")
+    assert f"MISMATCH (10 window counts compared); its report: {tmp_path / 'demo-verify.json'}" in bad, bad
 
 
 @pytest.mark.parametrize("renewed", [True, False], ids=["renewed meanwhile", "not renewed"])

@@ -285,3 +285,69 @@ def test_incidents_planted_after_the_newest_event_read_are_not_counted_as_missed
     assert list(check["detected"]) == [False, "not read yet"]
     out = capsys.readouterr().out
     assert "0 of 1 expected alerts were raised; 1 more are planted after the newest event read so far" in out
+
+
+@pytest.mark.parametrize("windows", [True, False], ids=["windows", "no final windows yet"])
+def test_time_axes_tell_their_ticks_apart_and_lie_around_the_log(tmp_path, monkeypatch, windows):
+    """Every time axis used one format, `%m-%d %H:%M`: on a log of a few minutes its labels repeated
+    (`05-18 00:00, 05-18 00:00, 05-18 00:01`), a single minute of requests was one point on an axis years wide,
+    and without final windows the window plots were empty axes dated 1970. Now each axis labels its ticks apart
+    and spans the log's time (30 s here) with a minute either side; without windows, the window plots say so."""
+    from datetime import datetime, timedelta
+
+    import IPython.display
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    root = tmp_path / "root"
+    _results(root, windows=windows, host_counts=[3, 30])
+    _notebook_env(monkeypatch, root)
+    drawn: dict[str, tuple[list[str], tuple[float, float]]] = {}
+
+    def show(*args, **kwargs):
+        for num in plt.get_fignums():
+            fig = plt.figure(num)
+            fig.canvas.draw()
+            for ax in fig.axes:  # each plot's time axis: the one labelled (a shared axis is labelled once)
+                labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+                if "(UTC)" in ax.get_xlabel():
+                    drawn[fig.axes[0].get_title()] = (labels, ax.get_xlim())
+                else:
+                    drawn.setdefault(fig.axes[0].get_title(), None)
+
+    shown: list = []
+    monkeypatch.setattr(plt, "show", show)
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    _run_cells()
+    t0 = datetime(2004, 5, 18)  # the events: t0 .. t0 + 29 s
+    lo, hi = mdates.date2num(t0 - timedelta(minutes=2)), mdates.date2num(t0 + timedelta(minutes=2))
+    timed = {title: v for title, v in drawn.items() if v is not None}
+    assert any(t.startswith("Requests per minute") for t in timed), drawn
+    for title, (labels, (x0, x1)) in timed.items():
+        assert lo <= x0 < x1 <= hi, (title, mdates.num2date(x0), mdates.num2date(x1))
+        assert len(labels) == len(set(labels)) >= 2, (title, labels)
+    window_plots = {"Requests per host per 1 minute window", "Failed requests per status and window"}
+    notes = [o.data for o in shown if isinstance(o, IPython.display.Markdown) and "No final windows" in o.data]
+    if windows:
+        assert window_plots <= set(timed) and not notes, (set(timed), notes)
+    else:
+        assert not window_plots & set(drawn) and len(notes) == 3, (set(drawn), notes)
+
+
+def test_a_namenode_that_does_not_answer_is_one_line_saying_what_to_check(tmp_path, monkeypatch, free_ports):
+    """The notebook's first read of HDFS, with nothing listening at the NameNode's address, ended in the HTTP
+    client's traceback (`Max retries exceeded ... Connection refused`); it says where it asked and what to check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    port = free_ports(1)[0]
+    monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("LOGPIPE_CONNECT_TIMEOUT_S", "2")
+    cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    namespace: dict = {}
+    with pytest.raises(ConnectionError) as refused:
+        for cell in cells[:2]:
+            exec(compile(cell.source, "cell", "exec"), namespace)
+    said = str(refused.value)
+    assert said.startswith(f"no answer from the NameNode at http://127.0.0.1:{port} (") and "stack status" in said
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__

@@ -272,7 +272,40 @@ def test_alert_rules_missing_duplicate_and_unbacked():
     assert check_alerts(c, _alerts(rate), s2)["missing"] == 1           # the 404 surge was not raised
     assert check_alerts(c, _alerts(rate, surge), s2)["ok"]
     assert check_alerts(c, _alerts(rate, surge, rate), s2)["duplicates"] == 1
-    assert check_alerts(c, _alerts(rate, surge, ("rate_limit", "b", 10, None)), s2)["unexplained"] == 1
+    unbacked = check_alerts(c, _alerts(rate, surge, ("rate_limit", "b", 10, None)), s2)
+    assert unbacked["unexplained"] == 1
+    assert unbacked["examples_unexplained"] == [{"rule": "rate_limit", "key": "b", "window_start": 0}]
+
+
+def test_the_report_shows_the_first_differences_of_each_failed_check_in_utc():
+    """Under the report's table, verify names what differs (which window, key and counts; which alerts), with
+    the windows' starts in UTC as the tables show them, from the examples the checks themselves record."""
+    from types import SimpleNamespace
+
+    from logpipe.commands.verify import mismatch_examples
+
+    may18 = int(datetime(2004, 5, 18, 5, 58, 40, tzinfo=timezone.utc).timestamp())
+    windows = compare([(may18, "a", 3), (may18, "b", 2), (may18 + 10, "c", 1)], [(may18, "a", 4), (may18, "b", 2)])
+    assert windows["wrong"] == 1 and windows["missing"] == 1
+    s = Settings(rate_limit_ceiling=10, surge_min_count=5, surge_min_share=0.4)
+    c = _counts([(0, "a", 12), (0, "b", 3)], [(0, 200, 8), (0, 404, 7)])
+    alerts = check_alerts(c, _alerts(("rate_limit", "b", 10, None)), s)  # a's not raised, b's not implied
+    report = SimpleNamespace(windows_by_host=windows, windows_by_status={"ok": True, "examples": {}},
+                             alerts={**alerts, "figures": {"examples": [
+                                 {"rule": "rate_limit", "key": "b", "window_start": 0, "batch": 2, "count": 10,
+                                  "share": None, "replayed_count": 3, "replayed_share": None}]},
+                                 "kafka": {"topic": "alerts", "examples_missing": ["rate_limit|b|0"]}})
+    text = "\n".join(mismatch_examples(report))
+    assert "window starting 2004-05-18 05:58:40, host a: the log's 3, the table's 4" in text, text
+    assert "window starting 2004-05-18 05:58:50, host c: count 1" in text
+    assert "host b" not in text  # equal: not a difference
+    assert ("not raised\n  failure_surge 404, window starting 1970-01-01 00:00:00\n"
+            "  rate_limit a, window starting 1970-01-01 00:00:00\n") in text
+    assert "do not imply for the log's counts\n  rate_limit b, window starting 1970-01-01 00:00:00" in text
+    assert "(batch 2): count 10, share None; replayed: count 3" in text
+    assert "topic alerts (their alert_id)\n  rate_limit|b|0" in text
+    equal = compare([(may18, "a", 3)], [(may18, "a", 3)])
+    assert mismatch_examples(SimpleNamespace(windows_by_host=equal, windows_by_status=equal, alerts={})) == []
 
 
 @pytest.mark.parametrize("rule, count, share", [

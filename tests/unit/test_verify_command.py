@@ -239,3 +239,28 @@ def test_a_results_root_it_cannot_read_is_one_line_with_what_to_check(log, monke
     err = capsys.readouterr().err
     assert f"logpipe verify: cannot read /results on HDFS ({type(error).__name__}: {error}): " in err, err
     assert what in err and "Traceback" not in err
+
+
+def test_a_mismatch_prints_its_first_differences_and_where_the_rest_are(log, monkeypatch, capsys, tmp_path):
+    """A report that fails names its first differences under the table and where the others are (the --json
+    report, or the flag that writes it): the table alone gave only how many."""
+    from types import SimpleNamespace
+
+    import logpipe.verify
+    from logpipe.commands import verify as command
+
+    windows = {"ok": False, "examples": {"wrong": [{"window_start": 1084859920, "host": "10.0.0.1",
+                                                    "count_expected": 2, "count_actual": 3}]}}
+    report = SimpleNamespace(ok=False, verdict="mismatch", windows_by_host=windows,
+                             windows_by_status={"ok": True, "examples": {}}, alerts={}, to_json=lambda: "{}")
+    monkeypatch.setattr(command, "results_problem", lambda s: None)
+    monkeypatch.setattr(command, "kafka_problem", lambda s: None)
+    monkeypatch.setattr("logpipe.results.settings_of_results", lambda s: (s, []))
+    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: report)
+    monkeypatch.setattr(command, "report_table", lambda args, r: "the table")
+    assert main(["verify", "--log", str(log)]) == 1
+    out = capsys.readouterr().out
+    assert "window starting 2004-05-18 05:58:40, host 10.0.0.1: the log's 2, the table's 3" in out, out
+    assert "--json FILE writes the report" in out and "MISMATCH" in out
+    assert main(["verify", "--log", str(log), "--json", str(tmp_path / "r.json")]) == 1
+    assert f"every example: the report in {tmp_path / 'r.json'}" in capsys.readouterr().out

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                                     ok_codes=(0, 1), stop_grace_s=s.stop_grace_s)
     if not report_path.exists():
         raise SystemExit(f"demo: verify wrote no report ({report_path}); see its output above")
-    print_summary(s, args.log, json.loads(report_path.read_text()), timings, time.monotonic() - t0)
+    print_summary(s, args.log, json.loads(report_path.read_text()), timings, time.monotonic() - t0, report_path)
     return code
 
 
@@ -288,13 +288,14 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     client.write(marker, data=json.dumps(ident), overwrite=True)
 
 
-def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, float], total_s: float) -> None:
+def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, float], total_s: float,
+                  report_path: Path | None = None) -> None:
     import pyarrow.compute as pc
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from logpipe.results import alerts_by_key, load_arrow, load_table
+    from logpipe.results import TABLES, alerts_by_key, existing_tables, load_arrow, load_table
     from logpipe.stack import services
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -315,7 +316,8 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
     compared = f"{compared:,}" if isinstance(compared, int) else "?"
     verdict = {"exact": "[green]exact", "incomplete": "[yellow]INCOMPLETE (the alerts topic could not be read)"}.get(
         report.get("verdict", "exact" if report.get("ok") else ""), "[red]MISMATCH")
-    console.print(f"verify: {verdict}[/] ({compared} window counts compared)")
+    console.print(f"verify: {verdict}[/] ({compared} window counts compared)"
+                  + ("" if report.get("ok") or report_path is None else f"; its report: {escape(str(report_path))}"))
     by_host = load_arrow(s, "windows/by_host", ["host", "count"])  # ~1.5 rows a line: summed up in Arrow
     if by_host is not None and by_host.num_rows:
         top = by_host.group_by("host").aggregate([("count", "max")]).sort_by([("count_max", "descending")])
@@ -341,8 +343,10 @@ def print_summary(s: Settings, log_path: Path, report: dict, timings: dict[str, 
     console.print("steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total_s:.1f}s")
     for name, url in services.urls(s).items():
         console.print(f"{name}: {escape(url)}")
-    console.print(f"results on HDFS: {escape(s.hdfs_root)}/{{events,windows/by_host,windows/by_status,alerts,"
-                  "quarantine,late}")
+    present = existing_tables(s)
+    absent = [t for t in TABLES if t not in present]
+    console.print(f"results on HDFS: {escape(s.hdfs_root)}/{{{','.join(present)}}}"
+                  + (f" (no {', '.join(absent)}: written with their first row)" if absent else ""))
     if DEMO_NOTEBOOK.is_file():
         console.print(f"notebook: {escape(notebook_command(s))}")
     else:  # a package installed outside a checkout: the notebook is not in it
@@ -356,6 +360,8 @@ def notebook_command(s: Settings) -> str:
     default."""
     jupyter = Path(sys.executable).parent / "jupyter"
     exe = shlex.quote(str(jupyter)) if jupyter.exists() else "jupyter"
-    root = ("" if s.hdfs_root == Settings.model_fields["hdfs_root"].default
-            else f"LOGPIPE_HDFS_ROOT={shlex.quote(s.hdfs_root)} ")
-    return f"{root}{exe} lab {shlex.quote(str(DEMO_NOTEBOOK))}"
+    default = Settings.model_construct()  # the defaults, not the environment
+    where = "".join(f"{name}={shlex.quote(value)} " for name, value, default_value in (
+        ("LOGPIPE_HDFS_ROOT", s.hdfs_root, default.hdfs_root),
+        ("LOGPIPE_WEBHDFS_URL", s.webhdfs_address, default.webhdfs_address)) if value != default_value)
+    return f"{where}{exe} lab {shlex.quote(str(DEMO_NOTEBOOK))}"

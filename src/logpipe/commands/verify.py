@@ -106,12 +106,77 @@ def run(args: argparse.Namespace) -> int:
             print(f"logpipe verify: could not write the report to {args.json}: {exc}", file=sys.stderr)
     console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(report_table(args, r))
+    if not r.ok:
+        for line in mismatch_examples(r):
+            console.print(line, markup=False, highlight=False)
+        console.print(f"every example: the report in {args.json}" if args.json else
+                      f"--json FILE writes the report, with up to {EXAMPLES_IN_REPORT} examples of each difference")
     if r.verdict == "incomplete":
         console.print(f"[bold yellow]verify: INCOMPLETE[/]: every check made passed, but the alerts topic could not "
                       f"be read ({r.unchecked}); run verify again once Kafka answers, or with --no-kafka")
     else:
         console.print("[bold green]verify: exact[/]" if r.ok else "[bold red]verify: MISMATCH[/]")
     return 0 if r.ok else 1
+
+
+EXAMPLES_SHOWN = 3  # of each kind of difference, under the report's table (the JSON report holds more)
+EXAMPLES_IN_REPORT = 10
+
+
+def _utc(epoch_s: object) -> str:
+    """A window start as verify's reports hold it (epoch seconds) in UTC, as the tables show it."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.fromtimestamp(int(epoch_s), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(epoch_s)
+
+
+def mismatch_examples(r: "VerifyReport") -> list[str]:
+    """The first few differences of each failed check, one per line, times in UTC: what to look up in the tables
+    (the report's table above gives only their numbers)."""
+    lines: list[str] = []
+
+    def section(title: str, rows: list[str]) -> None:
+        if rows:
+            lines.append(title)
+            lines.extend(f"  {row}" for row in rows[:EXAMPLES_SHOWN])
+
+    for table, c in (("windows/by_host", r.windows_by_host), ("windows/by_status", r.windows_by_status)):
+        ex = c.get("examples") or {}
+        key = "host" if table.endswith("host") else "http_response"
+
+        def where(e: dict, key: str = key) -> str:
+            return f"window starting {_utc(e.get('window_start'))}, {key} {e.get(key)}"
+
+        section(f"{table}: windows the recount of the log has and the table has not",
+                [f"{where(e)}: count {e.get('count')}" for e in ex.get("missing", [])])
+        section(f"{table}: rows the recount of the log has not",
+                [f"{where(e)}: count {e.get('count')}" for e in ex.get("extra", [])])
+        section(f"{table}: counts that differ",
+                [f"{where(e)}: the log's {e.get('count_expected')}, the table's {e.get('count_actual')}"
+                 for e in ex.get("wrong", [])])
+        section(f"{table}: rows written more than once",
+                [f"{where(e)}: count {e.get('count')}" for e in ex.get("duplicates", [])])
+    al = r.alerts
+
+    def alert(e: dict) -> str:
+        return f"{e.get('rule')} {e.get('key')}, window starting {_utc(e.get('window_start'))}"
+
+    section("alerts the rules imply for the log's counts, not raised",
+            [alert(e) for e in al.get("examples_missing", [])])
+    section("alerts raised that the rules do not imply for the log's counts",
+            [alert(e) for e in al.get("examples_unexplained", [])])
+    section("alerts whose figures or columns are not those of their batch's running counts",
+            [f"{alert(e)} (batch {e.get('batch')}): "
+             + (e["problem"] if "problem" in e else
+                f"count {e.get('count')}, share {e.get('share')}; replayed: count {e.get('replayed_count')}, "
+                f"share {e.get('replayed_share')}") for e in (al.get("figures") or {}).get("examples", [])])
+    kafka = al.get("kafka") or {}
+    section(f"alerts not published to the Kafka topic {kafka.get('topic')} (their alert_id)",
+            [str(e) for e in kafka.get("examples_missing", [])])
+    return lines
 
 
 def input_problem(args: argparse.Namespace) -> str | None:

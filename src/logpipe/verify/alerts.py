@@ -93,17 +93,20 @@ def check_alerts(c: LogCounts, alerts: pd.DataFrame, s: Settings,
     st = c.by_status.assign(key=c.by_status.http_response.astype(str))
     extra_surge = extra[extra.rule == "failure_surge"].merge(st, on=["window_start", "key"], how="left")
     if surges is None:
-        unexplained = int((extra.rule == "rate_limit").sum()
-                          + (extra_surge["count"].fillna(0) < s.surge_min_count).sum())
-        transient = int(len(extra)) - unexplained
+        weak = extra_surge[extra_surge["count"].fillna(0) < s.surge_min_count]
+        unexplained_rows = pd.concat([extra[extra.rule == "rate_limit"], weak[["rule", "key", "window_start"]]])
+        transient = int(len(extra)) - len(unexplained_rows)
     else:  # every surge the running counts met is expected: any other alert is unexplained
-        unexplained = int(len(extra))
+        unexplained_rows = extra
         transient = max(int(len(surges)) - final_surges, 0)  # a failing run may replay fewer than are final
+    unexplained = int(len(unexplained_rows))
     off_rule = alert_rows_off_rule(c, alerts, s)
     return {"expected": int(len(exp)), "raised": int(len(act)), "missing": int(len(missing)),
             "duplicates": dups, "transient_surges": transient, "unexplained": unexplained,
             "off_rule": off_rule, "ok": not (len(missing) or dups or unexplained or off_rule),
-            "examples_missing": json.loads(missing.drop(columns="_merge").head(10).to_json(orient="records"))}
+            "examples_missing": json.loads(missing.drop(columns="_merge").head(10).to_json(orient="records")),
+            "examples_unexplained": json.loads(unexplained_rows[["rule", "key", "window_start"]].head(10)
+                                               .to_json(orient="records"))}
 
 
 def alert_rows_off_rule(c: LogCounts, alerts: pd.DataFrame, s: Settings) -> int:

@@ -51,7 +51,10 @@ def test_a_delivery_error_says_delivery_failed(monkeypatch, capsys, tmp_path):
     from logpipe.producer.clients import DeliveryError
 
     code, err = _errors_of(monkeypatch, capsys, DeliveryError("3 records failed: MSG_SIZE_TOO_LARGE"), tmp_path)
-    assert code == 1 and err.strip() == "logpipe produce: delivery failed: 3 records failed: MSG_SIZE_TOO_LARGE"
+    assert code == 1 and err.startswith("logpipe produce: delivery failed: 3 records failed: MSG_SIZE_TOO_LARGE. ")
+    # what to check, and that running it again loses nothing (before: the error alone)
+    assert "the topic access-logs still exists" in err and "the same command then goes on" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_other_errors_are_not_hidden(monkeypatch, capsys, tmp_path):

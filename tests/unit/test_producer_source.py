@@ -209,6 +209,7 @@ def test_a_rotation_the_producer_never_saw_is_named_in_a_warning(tmp_path, caplo
     named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
     assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1"))
     assert f"logpipe produce {tmp_path / 'live.log.1'}" in named[0]
+    assert source.unsent_parts == 1  # counted in the run's summary too (before: a warning only)
     source.close()
 
 
@@ -242,6 +243,9 @@ def test_two_rotations_while_stopped_name_the_file_in_between(tmp_path, caplog):
         assert _lines_until(source.blocks(), b"c1") == [b"c1"]
     named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
     assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1"))
+    assert source.unsent_parts == 1
+    source.warn_unread_rotations({file_key(os.stat(log))}, 0)  # named again: still one part
+    assert source.unsent_parts == 1
     source.close()
 
 
@@ -1046,3 +1050,165 @@ def test_a_log_whose_end_was_cut_off_is_read_again_and_the_warning_says_its_line
     assert got == [(f"{key}:1", b"line-%03d" % i) for i in range(900)] + [(f"{key}:1", b"after")]
     (cut,) = [r.getMessage() for r in caplog.records if "cut off" in r.getMessage()]
     assert "8106 bytes, 9000 read and sent" in cut and "counted twice" in cut and "generation 1" in cut
+
+
+def _truncated_while_stopped_with_b1_unread(tmp_path):
+    """a1, a2 delivered; a3 appended and the log copytruncated while the producer was stopped (live.log.1 holds
+    a1..a3), then b1 written. Returns (the log, its store, its identity, a function that copytruncates it again:
+    the older copy shifted to live.log.2, the new one holding b1, then c1 written)."""
+    from logpipe.config import Settings
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\na2\n")
+    store = PositionStore(tmp_path / "pos", Settings.model_construct().topic)  # the one _produce_once uses
+    _save_end(store, log, 6)
+    with log.open("ab") as f:
+        f.write(b"a3\n")
+    _copytruncate(log, b"b1\n")
+
+    def truncated_again() -> None:
+        (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+        _copytruncate(log, b"c1\n")
+
+    return log, store, file_key(os.stat(log)), truncated_again
+
+
+def test_a_log_truncated_again_before_its_new_content_was_read_is_read_from_the_new_copy(tmp_path):
+    """The run after a copytruncate reads a3 from the copy first; meanwhile the log, b1 still unread, is
+    copytruncated again and c1 written. Before, the new generation had no first bytes yet, so this second
+    truncation went unseen: b1, only in the new copy, was never sent, without a word. Now b1 comes from the new
+    copy under its generation's src."""
+    log, store, key, truncated_again = _truncated_while_stopped_with_b1_unread(tmp_path)
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01)
+    source.open()
+    got = [(src, lines) for src, lines, _ in _follow_until(source, b"c1", truncated_again) if lines]
+    assert got == [(key, [b"a3"]), (f"{key}:1", [b"b1"]), (f"{key}:2", [b"c1"])], got
+    assert source.unsent_parts == 0
+
+
+def test_a_one_shot_run_truncated_again_before_the_new_content_leaves_it_to_the_next_run(monkeypatch, tmp_path):
+    """The same in a one-shot run: it stops at the second truncation (it does not read the new content past one
+    it has not resolved) and the next run sends b1 from the new copy, then c1."""
+    log, store, _, truncated_again = _truncated_while_stopped_with_b1_unread(tmp_path)
+    blocks = LogSource.blocks
+
+    def truncated_after_the_first_block(self):
+        for n, item in enumerate(blocks(self)):
+            yield item
+            if n == 0:
+                truncated_again()
+
+    monkeypatch.setattr(LogSource, "blocks", truncated_after_the_first_block)
+    assert _produce_once(monkeypatch, tmp_path, log) == [b"a3"]
+    monkeypatch.setattr(LogSource, "blocks", blocks)
+    assert _produce_once(monkeypatch, tmp_path, log) == [b"b1", b"c1"]
+
+
+def test_a_leftover_renamed_on_before_it_is_opened_is_read_by_its_identity(tmp_path):
+    """Two files rotated away while the producer was stopped (A at live.log.2, B at live.log.1, each with lines
+    unsent). While A is read, the log is rotated on: A to .3, B to .2, a copy of the log (copytruncate) made .1.
+    Before, the reader opened ".1" by the name it had found B under: the copy, taken for a new file and sent from
+    byte 0 under its own src (the job cannot drop those lines as repeats), and B's lines were never read. Now B
+    is found by its identity under its new name."""
+    log = tmp_path / "live.log"
+    store = PositionStore(tmp_path / "pos", "t")
+    log.write_bytes(b"a1\n")
+    _save_end(store, log, 3)
+    with log.open("ab") as f:
+        f.write(b"a2\na3\n")
+    a = file_key(os.stat(log))
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")
+    _save_end(store, log, 3)
+    with log.open("ab") as f:
+        f.write(b"b2\n")
+    b = file_key(os.stat(log))
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"c1\n")
+
+    def rotated_on() -> None:
+        (tmp_path / "live.log.2").rename(tmp_path / "live.log.3")
+        (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+        _copytruncate(log, b"c2\n")
+
+    source = LogSource(str(log), store, rotate_grace_s=0.0)
+    source.open()
+    got = []
+    for n, block in enumerate(source.blocks()):
+        got.append((block.src, block.lines))
+        if n == 0:
+            rotated_on()
+    source.close()
+    assert [(src, lines) for src, lines in got if lines] == [(a, [b"a2", b"a3"]), (b, [b"b2"])], got
+
+
+def test_a_copy_read_while_the_producer_ran_is_not_named_as_never_read_at_the_next_start(tmp_path, caplog):
+    """While a follow run went on: the log A was renamed live.log.1 (A's last lines sent early on), the new log B
+    written, then A shifted to .2 and B copytruncated to .1, the copy read, and the run stopped later (B's
+    position saved then). At the next start, a warning said the copy was never read and advised `logpipe produce
+    live.log.1`, which sent its lines twice under the copy's src: the start compared the copy's time with the last
+    save of the rotated A only, not with the run's last save."""
+    import logging
+
+    log = tmp_path / "live.log"
+    store = PositionStore(tmp_path / "pos", "t")
+    log.write_bytes(b"a1\n")
+    _save_end(store, log, 3)  # A, sent early on
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\nb2\n")
+    time.sleep(0.05)
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    _copytruncate(log, b"c1\n")  # the copy (live.log.1) holds b1, b2: read by the run
+    time.sleep(0.05)
+    st = os.stat(log)
+    store.save(Position(file_key(st), 1, 3, str(log), 3, head_digest(b"c1\n")))  # the run's last save, at its stop
+    source = LogSource(str(log), store, rotate_grace_s=300.0)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert source.rotated_leftovers() == [str(tmp_path / "live.log.2")]  # A: written within the grace
+    assert [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()] == []
+    assert source.unsent_parts == 0
+
+
+@pytest.mark.parametrize("follow", [True, False], ids=["follow", "one-shot"])
+def test_a_log_renamed_away_while_the_producer_starts_is_the_one_read(monkeypatch, tmp_path, follow):
+    """The producer checks the log, then waits for Kafka. A log renamed away in between (a rotation) was opened
+    again by its path: missing ("log file not found", exit 2, with --follow too), or the new file, and the lines
+    of the renamed one were never read. The file checked is the one read; following, the new file after it."""
+    import threading
+
+    from logpipe.config import Settings
+    from logpipe.producer import run
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    sink = _LineSink()
+    stop = threading.Event()
+
+    def renamed_while_waiting_for_kafka(*args, **kwargs) -> None:
+        log.rename(tmp_path / "live.log.1")
+
+        def new_file_then_stop() -> None:
+            time.sleep(0.3)
+            log.write_bytes(b"b1\n")
+            deadline = time.monotonic() + 10
+            while b"b1" not in sink.lines and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+
+        if follow:
+            threading.Thread(target=new_file_then_stop, daemon=True).start()
+
+    monkeypatch.setattr(run.health, "wait_for_kafka", renamed_while_waiting_for_kafka)
+    monkeypatch.setattr(run, "claim_topic", lambda *a: None)
+    monkeypatch.setattr(run, "make_sink", lambda s: sink)
+    run.produce_file(Settings(producer_state_dir=str(tmp_path / "pos")), log, follow=follow, progress=False,
+                     stop_event=stop)
+    assert sink.lines == ([b"a1", b"b1"] if follow else [b"a1"])
+
+
+def test_a_folder_given_as_the_log_is_called_a_folder(tmp_path):
+    from logpipe.producer.source import InputFileError, open_log
+
+    with pytest.raises(InputFileError, match=f"^{tmp_path} is a folder: give the log file in it$"):
+        open_log(tmp_path)

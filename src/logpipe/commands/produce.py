@@ -58,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"logpipe produce: {exc}", file=sys.stderr)
         return 2
     except DeliveryError as exc:  # before RuntimeError, its base
-        print(f"logpipe produce: delivery failed: {exc}", file=sys.stderr)
+        print(f"logpipe produce: delivery failed: {exc}. Check that the broker at {s.kafka_address} is up and "
+              f"that the topic {s.topic} still exists (`logpipe stack status`); the same command then goes on from "
+              "the last position Kafka confirmed (the lines after it are sent again under the same keys: the job "
+              "drops the repeats)", file=sys.stderr)
         return 1
     except (ServiceTimeout, RuntimeError) as exc:
         print(f"logpipe produce: {exc}", file=sys.stderr)

@@ -193,14 +193,20 @@ def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool
     """produce_file, holding the log."""
     if follow and not wait_for_log(path, stop_event or threading.Event(), on_wait=store.beat):
         raise health.WaitStopped(f"stopped while waiting for {path} to appear")
-    fd, _ = open_log(path)  # clear error before touching Kafka
-    os.close(fd)
-    health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event)
-    claim_topic(s, store, path)
+    # a clear error before touching Kafka; the file stays open and is the one read, even if it is renamed away (a
+    # rotation) while the producer waits for Kafka: opened again by its path, it was then missing ("log file not
+    # found", exit 2, with --follow too) or another file, and the lines of this one were never read
+    checked = open_log(path)
+    try:
+        health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event)
+        claim_topic(s, store, path)
+    except BaseException:
+        os.close(checked[0])
+        raise
     source = LogSource(str(path), store, follow=follow, reset=reset, rotate_grace_s=s.rotate_grace_s)
     if stop_event is not None:
         source.stop = stop_event
-    seg = source.open()
+    seg = source.open(checked)
     summary = ProduceSummary(str(path), s.topic, s.producer_client, resumed_from=seg.read_pos)
     show = sys.stderr.isatty() if progress is None else progress
     t0 = time.monotonic()

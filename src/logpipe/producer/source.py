@@ -60,7 +60,9 @@ class Segment:
     key: str
     generation: int
     read_pos: int  # file offset of the next byte to read
-    head: bytes = b""  # the file's first bytes (up to HEAD_BYTES), as read
+    # the file's first bytes (up to HEAD_BYTES): as read, or, for a segment read from byte 0, as they were when the
+    # producer took it up (fresh_segment): a truncation before its first read is then seen too
+    head: bytes = b""
     carry: bytes = b""  # bytes after the last newline read so far (an incomplete line)
     carry_start: int = 0  # file offset of carry[0]
     skipping: int | None = None  # length so far of an overlong line being skipped
@@ -111,6 +113,14 @@ class Idle:
 IDLE = Idle()
 
 
+def fresh_segment(path: str, fd: int, key: str, generation: int, src_base: str = "") -> Segment:
+    """A segment to read file `fd` from byte 0, with the first bytes it holds now. Without them, a file truncated
+    again (copytruncate) while the producer was still busy with older content (a copy, a rotated file) looked
+    untouched when its turn came: the lines it held then, only in the new copy, were never read, without a word."""
+    head = os.pread(fd, HEAD_BYTES, 0)
+    return Segment(path, fd, key, generation, 0, head=head, src_base=src_base)
+
+
 def wait_for_log(path: str | Path, stop: threading.Event, poll_s: float = 0.5,
                  on_wait: Callable[[], None] | None = None) -> bool:
     """Wait until a file exists at `path` (follow mode started before its writer made the log, like `tail -F`):
@@ -150,6 +160,9 @@ def open_log(path: str | Path) -> tuple[int, os.stat_result]:
     st = os.fstat(fd)
     import stat as stat_mod
 
+    if stat_mod.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise InputFileError(f"{p} is a folder: give the log file in it")
     if not stat_mod.S_ISREG(st.st_mode):
         os.close(fd)
         raise InputFileError(f"not a regular file: {p} (the producer reads a log by byte offset, to resume from its "
@@ -209,6 +222,14 @@ def _holds(fd: int, st: os.stat_result, pos: Position) -> bool:
     """Whether the open file `fd` (of size st.st_size) still holds the content `pos` was saved for: the same first
     bytes, and at least pos.offset bytes."""
     return _is_head_of(os.pread(fd, pos.head_len, 0), pos) and pos.offset <= st.st_size
+
+
+def _key_at(path: str) -> str | None:
+    """The identity of the file at `path` (not following a link), or None if there is none."""
+    try:
+        return file_key(os.stat(path, follow_symlinks=False))
+    except OSError:
+        return None
 
 
 def _scandir(directory: str) -> list[os.DirEntry]:
@@ -308,14 +329,17 @@ class LogSource:
     unopenable: dict[str, float] = field(default_factory=dict)
     # the files rotated_leftovers found to read, with the identity their position is saved under
     _leftover_keys: dict[str, str] = field(default_factory=dict)
+    # identities of the rotations named as never read (warn_unread_rotations), each counted once in unsent_parts
+    _unread_rotations: set[str | None] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
 
     # ---- opening and resuming ------------------------------------------------------------------
-    def open(self) -> Segment:
-        """Open the file (raises InputFileError) and place the cursor at the saved position."""
-        fd, st = open_log(self.path)
+    def open(self, opened: tuple[int, os.stat_result] | None = None) -> Segment:
+        """Open the file (raises InputFileError), or take `opened` (open_log's (fd, stat) of it, which this source
+        then owns), and place the cursor at the saved position."""
+        fd, st = opened or open_log(self.path)
         self.current = self._resume(self.path, fd, st, from_copy=True)
         self.backlog_bytes = sum(max(0, copy.size() - copy.read_pos) for copy in self.copies)
         return self.current
@@ -331,7 +355,7 @@ class LogSource:
         name = shown or path
         saved = self.store.load(key) or self._remounted(path, fd, st)
         if saved is None:
-            return Segment(path, fd, key, 0, 0)
+            return fresh_segment(path, fd, key, 0)
         if not _holds(fd, st, saved):
             copy_key = None
             if saved.finished:  # the content saved was read to its end: nothing of it is left to read
@@ -349,17 +373,18 @@ class LogSource:
                             "any more", name, key, st.st_size, saved.offset, saved.generation + 1, st.st_size)
             else:
                 log.warning("%s (%s): content differs from the saved position (truncated or replaced since the "
-                            "last run); reading from byte 0 as generation %d", name, key, saved.generation + 1)
+                            "last run, or a new file that took the identity of one rotated away and removed); "
+                            "reading from byte 0 as generation %d", name, key, saved.generation + 1)
             if from_copy and not saved.finished:
                 copy_key = self._copy_of_old_content(path, key, saved)
             if from_copy and saved.updated_at:  # truncated more than once since: the copies in between are unread
                 self.warn_unread_rotations({key} | ({copy_key} if copy_key else set()),
                                            datetime.fromisoformat(saved.updated_at).timestamp())
-            return Segment(path, fd, key, saved.generation + 1, 0, src_base=saved.src_base)
+            return fresh_segment(path, fd, key, saved.generation + 1, saved.src_base)
         if self.reset:
             log.info("%s: --reset: reading from byte 0 again (src %s; downstream drops the duplicates)",
                      name, saved.src)
-            return Segment(path, fd, key, saved.generation, 0, src_base=saved.src_base)
+            return fresh_segment(path, fd, key, saved.generation, saved.src_base)
         if from_copy and not saved.head_len and saved.updated_at:
             # saved before any byte of it was read (an empty log): its first bytes cannot tell whether it was
             # truncated since. If it was (copytruncate), the copy of what it held is a rotation written since then
@@ -470,7 +495,10 @@ class LogSource:
                             "them with `zcat <rotation> | tail -c +%d > rest.log; logpipe produce rest.log`",
                             self.path, pos.src, " and ".join(places), pos.offset, pos.offset + 1)
             self.store.delete(key)
-        saved_at = [datetime.fromisoformat(p.updated_at).timestamp() for p in pending.values() if p.updated_at]
+        # when the producer last saved a position of this log (the current file's too: a copy it read while it
+        # ran is older than that, though newer than the last save of a rotated file finished before it)
+        saved_at = [datetime.fromisoformat(p.updated_at).timestamp() for p in self.store.all()
+                    if p.path == self.path and p.updated_at]
         if saved_at:  # rotated more than once while stopped: the files in between were never current for us
             self.warn_unread_rotations({current}, max(saved_at))
         return [p for _, p in sorted(found)]
@@ -510,6 +538,10 @@ class LogSource:
             if entry.is_file() and file_key(st) not in known_keys and st.st_mtime >= since:
                 found.append(entry.path)
         for path in sorted(found):
+            key = _key_at(path)
+            if key not in self._unread_rotations:  # a part not sent: counted once, however often it is named
+                self._unread_rotations.add(key)
+                self.unsent_parts += 1
             log.warning("%s looks like a rotation of %s written after %s, and the producer never read it (the log "
                         "was rotated again before the producer reached the rotation before): its lines are not "
                         "sent. If they belong to this log, send them with `logpipe produce %s`", path, self.path,
@@ -548,11 +580,8 @@ class LogSource:
         to its definite end, as it does the current file. True if `stop` was set before the end."""
         for leftover in self.rotated_leftovers():
             log.info("finishing %s, rotated away from %s while the producer was stopped", leftover, self.path)
-            try:
-                fd, st = open_log(leftover)
-            except InputFileError:
-                if os.path.lexists(leftover):
-                    raise
+            opened = self._open_leftover(leftover)
+            if opened is None:
                 # deleted (logrotate's `rotate N`) between the scan and now: what it held that was not sent is gone.
                 # Counted here, and its position dropped (else the next start would count it); one read to its
                 # definite end (finished, found as written within the grace) held nothing unsent
@@ -565,6 +594,7 @@ class LogSource:
                             "could read it: lines it got after those sent before, if any, were not sent",
                             leftover, self.path)
                 continue
+            fd, st, leftover = opened
             old = self._resume(self.path, fd, st, shown=leftover)  # positions are recorded under the followed path
             self.backlog_bytes += max(0, st.st_size - old.read_pos)
             self.rotated.append([old, time.monotonic()])
@@ -590,6 +620,32 @@ class LogSource:
             os.close(old.fd)
             yield from tail
         return False
+
+    def _open_leftover(self, path: str) -> tuple[int, os.stat_result, str] | None:
+        """Open the rotated file rotated_leftovers found at `path`, by its identity: if the log was rotated on since
+        the scan (`.1` renamed `.2`, a new copy made `.1`), the file now at `path` is another one (before, it was
+        read as a new file from byte 0: a copy already read was sent again under its own src, which the stream
+        cannot drop as repeats), and the one found is looked for under its new name beside the log. (fd, stat,
+        its path now), or None if it is gone."""
+        key = self._leftover_keys[path]
+        for _ in range(3):  # renamed again between the look and the open: look again
+            where = path if _key_at(path) == key else next(
+                (e.path for d in _log_places(self.path) for e in _scandir(d) if _key_at(e.path) == key), None)
+            if where is None:
+                return None
+            try:
+                fd, st = open_log(where)
+            except InputFileError:
+                if os.path.lexists(where):
+                    raise
+                continue
+            if file_key(st) == key:
+                if where != path:
+                    log.info("%s was renamed %s since the producer found it: read under that name", path, where)
+                    self._leftover_keys[where] = self._leftover_keys.pop(path)
+                return fd, st, where
+            os.close(fd)
+        return None
 
     def _tail_may_grow(self, seg: Segment) -> bool:
         """A rotated file ends in a line without its newline and was written within rotate_grace_s: its writer may
@@ -645,7 +701,7 @@ class LogSource:
             return True
         yield from self._finish(seg, final=True)  # saved as finished: a restart reads no copy again
         log.info("%s was truncated: reading it from byte 0 as generation %d", seg.path, seg.generation + 1)
-        self.current = Segment(seg.path, seg.fd, seg.key, seg.generation + 1, 0, src_base=seg.src_base)
+        self.current = fresh_segment(seg.path, seg.fd, seg.key, seg.generation + 1, seg.src_base)
         return False
 
     def _follow_rotation(self, seg: Segment, fd: int, st: os.stat_result) -> Segment:
@@ -746,16 +802,17 @@ class LogSource:
         while not self.stop.is_set() and not seg.replaced:
             before = seg.read_pos
             chunk = os.pread(seg.fd, self.block_bytes, before)
+            known = before or seg.head  # something of this content was read, or seen when it was taken up
             if not chunk:
-                if before and (seg.size() < before or seg.head_changed()):
+                if known and (seg.size() < before or seg.head_changed()):
                     seg.replaced = True  # truncated (and maybe refilled, not past where it was read) meanwhile
                 return
-            if before and seg.head_changed():
+            if known and seg.head_changed():
                 seg.replaced = True  # truncated (and refilled) since the last read: the chunk is not the old content
                 return
             seg.read_pos = before + len(chunk)
-            if len(seg.head) < HEAD_BYTES and before == len(seg.head):
-                seg.head += chunk[: HEAD_BYTES - len(seg.head)]
+            if before <= len(seg.head) < min(HEAD_BYTES, seg.read_pos):
+                seg.head += chunk[len(seg.head) - before: HEAD_BYTES - before]
             yield from self._split(seg, chunk)
 
     def _split(self, seg: Segment, chunk: bytes) -> Iterator[Block]:

@@ -351,3 +351,20 @@ def test_a_namenode_that_does_not_answer_is_one_line_saying_what_to_check(tmp_pa
     said = str(refused.value)
     assert said.startswith(f"no answer from the NameNode at http://127.0.0.1:{port} (") and "stack status" in said
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
+
+
+def test_the_notebook_notes_the_job_s_settings_it_reads_with_not_its_alerts_topic(tmp_path, monkeypatch, capsys):
+    """The notebook says which of the job's settings it reads the results with (the window, the rules); the
+    alerts topic the job published to changes nothing it shows (it reads no Kafka), so it is not noted: a note
+    about it suggested a difference in what is drawn."""
+    import json
+
+    root = tmp_path / "root"
+    _results(root, windows=True, host_counts=[3, 7])
+    job = root / "_commits" / "job.json"
+    job.write_text(json.dumps({**json.loads(job.read_text()), "alerts_topic": "elsewhere-alerts"}))
+    _notebook_env(monkeypatch, root)
+    _run_cells()
+    out = capsys.readouterr().out
+    assert "reading the results with the job's window '1 minute'" in out
+    assert "alerts_topic" not in out and "elsewhere-alerts" not in out

@@ -106,9 +106,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"logpipe verify: could not write the report to {args.json}: {exc}", file=sys.stderr)
     console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(report_table(args, r))
-    if not r.ok:
-        for line in mismatch_examples(r):
-            console.print(line, markup=False, highlight=False)
+    examples = [] if r.ok else mismatch_examples(r)
+    for line in examples:
+        console.print(line, markup=False, highlight=False)
+    if examples:
         console.print(f"every example: the report in {args.json}" if args.json else
                       f"--json FILE writes the report, with up to {EXAMPLES_IN_REPORT} examples of each difference")
     if r.verdict == "incomplete":

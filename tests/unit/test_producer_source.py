@@ -1212,3 +1212,152 @@ def test_a_folder_given_as_the_log_is_called_a_folder(tmp_path):
 
     with pytest.raises(InputFileError, match=f"^{tmp_path} is a folder: give the log file in it$"):
         open_log(tmp_path)
+
+
+def test_a_rotation_never_read_is_named_when_the_one_before_was_delivered_and_quiet(tmp_path, caplog):
+    """A delivered, the producer stopped; meanwhile A -> .2, B written and rotated -> .1, C the new log. At the
+    start A, quiet past the grace, is marked finished (its position saved again): the time the never-read check
+    compares with must be the last save before the start, not that one (else B went unnamed and uncounted)."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    time.sleep(0.05)
+    log.rename(tmp_path / "live.log.2")
+    (tmp_path / "live.log.1").write_bytes(b"b1\n")
+    log.write_bytes(b"c1\n")
+    quiet = time.time() - 100
+    os.utime(tmp_path / "live.log.2", (quiet, quiet))
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=1)
+    source.open()
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _lines_until(source.blocks(), b"c1") == [b"c1"]
+    source.close()
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")) and source.unsent_parts == 1
+
+
+def _read_blocks(source: LogSource, n: int = 40) -> list[tuple[str, bytes]]:
+    """(src, line) of the lines of the first `n` items (blocks and waits) of a following source."""
+    got = []
+    for item in source.blocks():
+        got += [(item.src, line) for line in getattr(item, "lines", [])]
+        n -= 1
+        if not n:
+            break
+    source.close()
+    return got
+
+
+def test_a_log_opened_then_renamed_before_the_first_read_is_not_taken_for_a_rotation(tmp_path, caplog):
+    """The producer opens the log, waits for Kafka, then reads. Renamed in between (to .1, a new log made), the
+    file it opened was taken at the start's scan for a rotation it never read: named in a warning (whose advice
+    sends its lines twice) and counted as not sent."""
+    import logging
+
+    from logpipe.producer.source import open_log
+
+    log = tmp_path / "live.log"
+    old = tmp_path / "live.log.1"
+    old.write_bytes(b"z1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    store.save(Position(file_key(os.stat(old)), 0, 3, str(log), 3, head_digest(b"z1\n"), finished=True))
+    time.sleep(0.05)
+    old.rename(tmp_path / "live.log.2")
+    log.write_bytes(b"a1\n")
+    opened = open_log(log)
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.2)
+    source.open(opened)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        got = [line for _, line in _read_blocks(source)]
+    assert got == [b"a1", b"b1"], got
+    assert not [r for r in caplog.records if "never read it" in r.getMessage()]
+    assert source.unsent_parts == 0
+
+
+def test_a_resumed_log_opened_then_renamed_before_the_first_read_is_read_once(tmp_path):
+    """The same with a log that has a saved position: the scan took the file being read for a leftover and read
+    it a second time beside itself."""
+    from logpipe.producer.source import open_log
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    with log.open("ab") as f:
+        f.write(b"a2\n")
+    opened = open_log(log)
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.2)
+    source.open(opened)
+    assert [line for _, line in _read_blocks(source)] == [b"a2", b"b1"]
+
+
+def test_a_rotated_file_truncated_while_stopped_is_said_to_be_truncated_not_gone(tmp_path, caplog):
+    """A rotated file with unsent lines, copytruncated while the producer was stopped: it is still there, with
+    other content. The warning said it was gone from the folder; it now says it was truncated and where its
+    lines are (the copy); counted as not sent, as before."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    with log.open("ab") as f:
+        f.write(b"a2\n")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    _copytruncate(tmp_path / "live.log.2", b"", copy_name="live.log.3")
+    source = LogSource(str(log), store)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        source.rotated_leftovers()
+    said = [r.getMessage() for r in caplog.records if "was truncated (copytruncate) while" in r.getMessage()]
+    assert len(said) == 1 and f"now {tmp_path / 'live.log.2'}" in said[0] and "tail -c +4" in said[0], said
+    assert f"in the copy made of it, {tmp_path / 'live.log.3'})" in said[0], said
+    # one warning and one part: neither the truncated file nor its copy is named again as a rotation never read
+    assert not [r for r in caplog.records if "is gone from" in r.getMessage() or "never read it" in r.getMessage()]
+    assert source.unsent_parts == 1
+
+
+def test_leftovers_renamed_on_between_the_scan_and_their_opens_are_each_read_once(monkeypatch, tmp_path):
+    """Two rotated files with unsent lines, the newer (B, .1) saved before the older (A, .2), so B is read first;
+    between the start's scan and the opens the log rotates on (.2 -> .3, .1 -> .2, a copy made .1). B, looked up
+    under its new name .2, must not take the place of A, found there at the scan: A was then never read and B
+    read twice."""
+    log = tmp_path / "live.log"
+    store = PositionStore(tmp_path / "pos", "t")
+    log.write_bytes(b"b1\n")
+    _save_end(store, log, 3)  # B's position, saved first
+    with log.open("ab") as f:
+        f.write(b"b2\n")
+    b = file_key(os.stat(log))
+    log.rename(tmp_path / "live.log.1")
+    (tmp_path / "live.log.2").write_bytes(b"a1\n")
+    _save_end(store, tmp_path / "live.log.2", 3)  # A's, saved after
+    a_pos = store.load(file_key(os.stat(tmp_path / "live.log.2")))
+    store.save(Position(a_pos.key, 0, 3, str(log), 3, head_digest(b"a1\n")))  # A's position under the log's path
+    with (tmp_path / "live.log.2").open("ab") as f:
+        f.write(b"a2\n")
+    log.write_bytes(b"c1\n")
+    scan = LogSource.rotated_leftovers
+
+    def scanned_then_rotated_on(self):
+        found = scan(self)
+        (tmp_path / "live.log.2").rename(tmp_path / "live.log.3")
+        (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+        _copytruncate(log, b"c2\n")
+        return found
+
+    monkeypatch.setattr(LogSource, "rotated_leftovers", scanned_then_rotated_on)
+    source = LogSource(str(log), store, rotate_grace_s=0.0)
+    source.open()
+    got = [(blk.src, line) for blk in source.blocks() for line in blk.lines]
+    source.close()
+    assert sorted(line for _, line in got if line in (b"a2", b"b2")) == [b"a2", b"b2"], got
+    assert (b, b"b2") in got and (a_pos.key, b"a2") in got

@@ -232,6 +232,11 @@ def _key_at(path: str) -> str | None:
         return None
 
 
+def _path_of(log_path: str, key: str) -> str | None:
+    """The path of the file with identity `key` among the files beside the log (_log_places), or None."""
+    return next((e.path for d in _log_places(log_path) for e in _scandir(d) if _key_at(e.path) == key), None)
+
+
 def _scandir(directory: str) -> list[os.DirEntry]:
     """The entries of `directory`; [] if it cannot be listed (gone, not readable)."""
     try:
@@ -456,15 +461,24 @@ class LogSource:
         """At the start of a run: files rotated away from `path` (found by identity among the files of the same
         directory) whose end was not yet delivered, or that were written to within rotate_grace_s (their writer
         may still append to them), oldest first."""
-        try:
-            current = file_key(os.stat(self.path))
-        except OSError:
-            return []
-        pending = {p.key: p for p in self.store.all() if p.path == self.path and p.key != current}
+        if self.current is not None:  # the file being read, even if renamed away since it was opened (a rotation)
+            current = self.current.key
+        else:
+            try:
+                current = file_key(os.stat(self.path))
+            except OSError:
+                return []
+        positions = [p for p in self.store.all() if p.path == self.path]
+        # when the producer last saved a position of this log, as it stood before this scan (which saves some
+        # again): the current file's too, since a copy read while it ran is older than that, though newer than the
+        # last save of a rotated file finished before it
+        saved_at = [datetime.fromisoformat(p.updated_at).timestamp() for p in positions if p.updated_at]
+        pending = {p.key: p for p in positions if p.key != current}
         if not pending:
             return []
         found: list[tuple[str, str]] = []
         still_there: set[str] = set()
+        truncated: dict[str, str] = {}  # identity -> path of a rotated file found, but not with the content saved
         places = _log_places(self.path)
         for entry in (e for directory in places for e in _scandir(directory)):
             try:
@@ -476,6 +490,8 @@ class LogSource:
             is_rotation_name = entry.name.startswith(places[os.path.dirname(entry.path)])
             pos = pending.get(file_key(st)) or self._moved_device(entry.path, st, pending, is_rotation_name)
             if pos is None or not _starts_with(entry.path, pos):
+                if pos is not None and is_rotation_name:  # (a deleted file's inode number taken by another file
+                    truncated[pos.key] = entry.path       # would rarely be named as a rotation of this log)
                 continue  # not a file we read: another file can get a deleted file's inode number
             if not pos.head_len and not is_rotation_name:
                 continue  # saved while it was empty, so no first bytes to check: only a file named as a rotation
@@ -487,7 +503,18 @@ class LogSource:
                 self.store.save(replace(pos, finished=True))  # (its later removal is then no loss to report)
         for key in pending.keys() - still_there:  # rotated away and since deleted (or compressed): nothing to read
             pos = pending[key]
-            if not pos.finished:
+            if not pos.finished and key in truncated:
+                self.unsent_parts += 1
+                copy = _short_copy(self.path, pos, 1 << 62, self._tracked_or(key))  # any copy of it, by its head
+                self.copy_keys |= {key} | ({copy[1]} if copy else set())  # named here: not as never read too
+                log.warning("%s: the file rotated away from it (src %s), now %s, was truncated (copytruncate) while "
+                            "the producer was stopped, before the producer read it to its end: lines it got after "
+                            "byte %d, if any, were not sent (they are in the copy made of it%s). Send them with "
+                            "`tail -c +%d <the copy> > rest.log; logpipe produce rest.log`", self.path, pos.src,
+                            truncated[key], pos.offset,
+                            f", {_path_of(self.path, copy[1])}" if copy else ": none found beside the log",
+                            pos.offset + 1)
+            elif not pos.finished:
                 self.unsent_parts += 1
                 log.warning("%s: the file rotated away from it (src %s) is gone from %s (compressed, deleted, or "
                             "moved to another folder, e.g. by logrotate's olddir) before the producer read it to its "
@@ -495,10 +522,6 @@ class LogSource:
                             "them with `zcat <rotation> | tail -c +%d > rest.log; logpipe produce rest.log`",
                             self.path, pos.src, " and ".join(places), pos.offset, pos.offset + 1)
             self.store.delete(key)
-        # when the producer last saved a position of this log (the current file's too: a copy it read while it
-        # ran is older than that, though newer than the last save of a rotated file finished before it)
-        saved_at = [datetime.fromisoformat(p.updated_at).timestamp() for p in self.store.all()
-                    if p.path == self.path and p.updated_at]
         if saved_at:  # rotated more than once while stopped: the files in between were never current for us
             self.warn_unread_rotations({current}, max(saved_at))
         return [p for _, p in sorted(found)]
@@ -629,8 +652,7 @@ class LogSource:
         its path now), or None if it is gone."""
         key = self._leftover_keys[path]
         for _ in range(3):  # renamed again between the look and the open: look again
-            where = path if _key_at(path) == key else next(
-                (e.path for d in _log_places(self.path) for e in _scandir(d) if _key_at(e.path) == key), None)
+            where = path if _key_at(path) == key else _path_of(self.path, key)
             if where is None:
                 return None
             try:
@@ -642,7 +664,6 @@ class LogSource:
             if file_key(st) == key:
                 if where != path:
                     log.info("%s was renamed %s since the producer found it: read under that name", path, where)
-                    self._leftover_keys[where] = self._leftover_keys.pop(path)
                 return fd, st, where
             os.close(fd)
         return None

@@ -1257,7 +1257,7 @@ def test_a_log_opened_then_renamed_before_the_first_read_is_not_taken_for_a_rota
     sends its lines twice) and counted as not sent."""
     import logging
 
-    from logpipe.producer.source import open_log
+    from logpipe.producer.source import check_log
 
     log = tmp_path / "live.log"
     old = tmp_path / "live.log.1"
@@ -1267,11 +1267,11 @@ def test_a_log_opened_then_renamed_before_the_first_read_is_not_taken_for_a_rota
     time.sleep(0.05)
     old.rename(tmp_path / "live.log.2")
     log.write_bytes(b"a1\n")
-    opened = open_log(log)
+    checked = check_log(log)
     log.rename(tmp_path / "live.log.1")
     log.write_bytes(b"b1\n")
     source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.2)
-    source.open(opened)
+    source.open(checked)
     with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
         got = [line for _, line in _read_blocks(source)]
     assert got == [b"a1", b"b1"], got
@@ -1282,7 +1282,7 @@ def test_a_log_opened_then_renamed_before_the_first_read_is_not_taken_for_a_rota
 def test_a_resumed_log_opened_then_renamed_before_the_first_read_is_read_once(tmp_path):
     """The same with a log that has a saved position: the scan took the file being read for a leftover and read
     it a second time beside itself."""
-    from logpipe.producer.source import open_log
+    from logpipe.producer.source import check_log
 
     log = tmp_path / "live.log"
     log.write_bytes(b"a1\n")
@@ -1290,11 +1290,11 @@ def test_a_resumed_log_opened_then_renamed_before_the_first_read_is_read_once(tm
     _save_end(store, log, 3)
     with log.open("ab") as f:
         f.write(b"a2\n")
-    opened = open_log(log)
+    checked = check_log(log)
     log.rename(tmp_path / "live.log.1")
     log.write_bytes(b"b1\n")
     source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.2)
-    source.open(opened)
+    source.open(checked)
     assert [line for _, line in _read_blocks(source)] == [b"a2", b"b1"]
 
 
@@ -1361,3 +1361,108 @@ def test_leftovers_renamed_on_between_the_scan_and_their_opens_are_each_read_onc
     source.close()
     assert sorted(line for _, line in got if line in (b"a2", b"b2")) == [b"a2", b"b2"], got
     assert (b, b"b2") in got and (a_pos.key, b"a2") in got
+
+
+def test_a_rotated_file_truncated_and_written_again_while_stopped_is_named_for_its_new_lines(tmp_path, caplog):
+    """The log, a2 unsent, copytruncated (its copy .1 holds a2), written again (a3) and then renamed away, all while
+    the producer was stopped. The warning about the truncation names the copy for a2; a3, in the renamed file
+    from byte 0, is named too (a rotation never read) and counted: before, nothing said a3 was not sent."""
+    import logging
+    import shutil
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    with log.open("ab") as f:
+        f.write(b"a2\n")
+    shutil.copyfile(log, tmp_path / "live.log.1")
+    os.truncate(log, 0)
+    with log.open("ab") as f:
+        f.write(b"a3\n")
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")
+    source = LogSource(str(log), store)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        source.open()
+        assert [line for b in source.blocks() for line in b.lines] == [b"b1"]
+    source.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "was truncated (copytruncate) while" in m and str(tmp_path / "live.log.2") in m]
+    assert [m for m in said if m.startswith(f"{tmp_path / 'live.log.1'} looks like a rotation")], said
+    assert source.unsent_parts == 2
+
+
+def test_a_log_rotated_then_copytruncated_while_the_producer_starts_names_the_copy(tmp_path, caplog):
+    """Between the start's check of the log (A, its position saved) and its first read: A renamed away, B written
+    and rotated on, B's copy made .1 and B truncated. A is read (the file checked) and the new log followed; the
+    copy, made after the check, holds B's lines that nothing reads: named and counted (before: nothing said)."""
+    import logging
+    import shutil
+
+    from logpipe.producer.source import check_log
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    checked = check_log(log)
+    time.sleep(0.05)
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\nb2\n")
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    shutil.copyfile(log, tmp_path / "live.log.1")
+    os.truncate(log, 0)
+    with log.open("ab") as f:
+        f.write(b"b3\n")
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.2)
+    source.open(checked)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _lines_until(source.blocks(), b"b3") == [b"b3"]
+    source.close()
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")), named
+    assert source.unsent_parts == 1
+
+
+def test_a_new_log_copytruncated_while_the_producer_starts_is_read_from_its_copy(tmp_path):
+    """A log with no saved position, checked at the start, then copytruncated (and written again) before its first
+    read: its first bytes as checked tell the truncation, and its lines come from the copy (before: lost, without
+    a word)."""
+    from logpipe.producer.source import check_log
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\na2\n")
+    checked = check_log(log)
+    _copytruncate(log, b"b1\n")
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01)
+    source.open(checked)
+    assert _lines_until(source.blocks(), b"b1") == [b"a1", b"a2", b"b1"]
+    source.close()
+    assert source.unsent_parts == 0
+
+
+def test_two_copytruncates_between_two_looks_name_the_copy_in_between(tmp_path, caplog):
+    """Following: a2 written, the log copytruncated (copy .1), x1 written, the copy shifted to .2 and the log
+    copytruncated again (the new .1 holds x1), y1 written, all between two looks. a2 is read from the .2 copy (it
+    starts as the log did); x1, only in .1, is named and counted (before: not a word, then or at the next start)."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01)
+    source.open()
+    blocks = source.blocks()
+    assert next(blocks).lines == [b"a1"]
+    with log.open("ab") as f:
+        f.write(b"a2\n")
+    _copytruncate(log, b"x1\n")
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    _copytruncate(log, b"y1\n")
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _lines_until(blocks, b"y1") == [b"a2", b"y1"]
+    source.close()
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")), named
+    assert source.unsent_parts == 1

@@ -19,7 +19,7 @@ from logpipe.config import Settings
 from logpipe.logformat import ParseError, parse_timestamp
 from logpipe.producer.clients import RecordSink, make_sink
 from logpipe.producer.position import HEAD_BYTES, Position, PositionStore, head_digest
-from logpipe.producer.source import IDLE, Block, LogSource, Segment, open_log, wait_for_log
+from logpipe.producer.source import IDLE, Block, LogSource, Segment, check_log, wait_for_log
 from logpipe.record import (KAFKA_DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, TOO_LARGE_HEAD_BYTES,
                             largest_record_bytes, record_key, too_large_value)
 
@@ -196,12 +196,12 @@ def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool
     # a clear error before touching Kafka; the file stays open and is the one read, even if it is renamed away (a
     # rotation) while the producer waits for Kafka: opened again by its path, it was then missing ("log file not
     # found", exit 2, with --follow too) or another file, and the lines of this one were never read
-    checked = open_log(path)
+    checked = check_log(path)
     try:
         health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event)
         claim_topic(s, store, path)
     except BaseException:
-        os.close(checked[0])
+        os.close(checked.fd)
         raise
     source = LogSource(str(path), store, follow=follow, reset=reset, rotate_grace_s=s.rotate_grace_s)
     if stop_event is not None:

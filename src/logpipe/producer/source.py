@@ -113,12 +113,32 @@ class Idle:
 IDLE = Idle()
 
 
-def fresh_segment(path: str, fd: int, key: str, generation: int, src_base: str = "") -> Segment:
-    """A segment to read file `fd` from byte 0, with the first bytes it holds now. Without them, a file truncated
-    again (copytruncate) while the producer was still busy with older content (a copy, a rotated file) looked
-    untouched when its turn came: the lines it held then, only in the new copy, were never read, without a word."""
-    head = os.pread(fd, HEAD_BYTES, 0)
-    return Segment(path, fd, key, generation, 0, head=head, src_base=src_base)
+def fresh_segment(path: str, fd: int, key: str, generation: int, src_base: str = "",
+                  head: bytes | None = None) -> Segment:
+    """A segment to read file `fd` from byte 0, with the first bytes it holds now (or `head`, those it held when
+    it was first seen). Without them, a file truncated again (copytruncate) while the producer was still busy with
+    older content (a copy, a rotated file) looked untouched when its turn came: the lines it held then, only in
+    the new copy, were never read, without a word."""
+    return Segment(path, fd, key, generation, 0, head=os.pread(fd, HEAD_BYTES, 0) if head is None else head,
+                   src_base=src_base)
+
+
+@dataclass
+class CheckedLog:
+    """The log as `produce` checked it before it waited for Kafka (check_log): the open file, its first bytes and
+    when. The source reads this file (not whatever is at the path by then: a rotation may have renamed it away),
+    tells a truncation since the check by those bytes, and looks for rotations made since that moment."""
+
+    fd: int
+    st: os.stat_result
+    head: bytes
+    at: float
+
+
+def check_log(path: str | Path) -> CheckedLog:
+    """Open the log (InputFileError with a clear message if it cannot be read) and note its first bytes."""
+    fd, st = open_log(path)
+    return CheckedLog(fd, st, os.pread(fd, HEAD_BYTES, 0), time.time())
 
 
 def wait_for_log(path: str | Path, stop: threading.Event, poll_s: float = 0.5,
@@ -232,6 +252,14 @@ def _key_at(path: str) -> str | None:
         return None
 
 
+def _size(path: str) -> int:
+    """The size of the file at `path` (0 if there is none)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def _path_of(log_path: str, key: str) -> str | None:
     """The path of the file with identity `key` among the files beside the log (_log_places), or None."""
     return next((e.path for d in _log_places(log_path) for e in _scandir(d) if _key_at(e.path) == key), None)
@@ -341,26 +369,29 @@ class LogSource:
         self.path = os.path.abspath(self.path)
 
     # ---- opening and resuming ------------------------------------------------------------------
-    def open(self, opened: tuple[int, os.stat_result] | None = None) -> Segment:
-        """Open the file (raises InputFileError), or take `opened` (open_log's (fd, stat) of it, which this source
-        then owns), and place the cursor at the saved position."""
-        fd, st = opened or open_log(self.path)
-        self.current = self._resume(self.path, fd, st, from_copy=True)
+    def open(self, checked: CheckedLog | None = None) -> Segment:
+        """Open the file (raises InputFileError), or take the one `checked` (which this source then owns), and
+        place the cursor at the saved position."""
+        fd, st = (checked.fd, checked.st) if checked else open_log(self.path)
+        self.current = self._resume(self.path, fd, st, from_copy=True, first_seen=checked)
+        if checked:
+            self.current.opened_at = checked.at
         self.backlog_bytes = sum(max(0, copy.size() - copy.read_pos) for copy in self.copies)
         return self.current
 
     def _resume(self, path: str, fd: int, st: os.stat_result, from_copy: bool = False,
-                shown: str | None = None) -> Segment:
+                shown: str | None = None, first_seen: CheckedLog | None = None) -> Segment:
         """The segment to read the file `fd` (at `path`) from: its saved position, or byte 0 of a new generation
         when its content is not the one saved. `from_copy` (the log at start): the old content's unread rest is
         then queued from logrotate's copy (copytruncate), unless the saved position says it was read to its end.
         `shown`: the file's own name in messages, when `path` is the followed log's (a rotated file's positions
-        are recorded under the log's path)."""
+        are recorded under the log's path). `first_seen`: the file as checked before (a new file, read from byte 0,
+        keeps the first bytes it had then: a truncation since then is seen)."""
         key = file_key(st)
         name = shown or path
         saved = self.store.load(key) or self._remounted(path, fd, st)
         if saved is None:
-            return fresh_segment(path, fd, key, 0)
+            return fresh_segment(path, fd, key, 0, head=first_seen.head if first_seen else None)
         if not _holds(fd, st, saved):
             copy_key = None
             if saved.finished:  # the content saved was read to its end: nothing of it is left to read
@@ -506,7 +537,9 @@ class LogSource:
             if not pos.finished and key in truncated:
                 self.unsent_parts += 1
                 copy = _short_copy(self.path, pos, 1 << 62, self._tracked_or(key))  # any copy of it, by its head
-                self.copy_keys |= {key} | ({copy[1]} if copy else set())  # named here: not as never read too
+                # the copy is named here, not again as never read; the truncated file too, unless it holds lines
+                # written since its truncation (not read either: it is named for them)
+                self.copy_keys |= ({copy[1]} if copy else set()) | ({key} if _size(truncated[key]) == 0 else set())
                 log.warning("%s: the file rotated away from it (src %s), now %s, was truncated (copytruncate) while "
                             "the producer was stopped, before the producer read it to its end: lines it got after "
                             "byte %d, if any, were not sent (they are in the copy made of it%s). Send them with "
@@ -721,6 +754,9 @@ class LogSource:
         if self.stop.is_set():  # not read to the copy's end: the next run goes on from the position
             return True
         yield from self._finish(seg, final=True)  # saved as finished: a restart reads no copy again
+        # truncated twice between two looks (copytruncate, twice): the copy in between is in no file the producer
+        # reads, and the next start would not name it either (made before the producer's last save)
+        self.warn_unread_rotations({seg.key, *(old.key for old, _ in self.rotated)}, seg.opened_at)
         log.info("%s was truncated: reading it from byte 0 as generation %d", seg.path, seg.generation + 1)
         self.current = fresh_segment(seg.path, seg.fd, seg.key, seg.generation + 1, seg.src_base)
         return False

@@ -1466,3 +1466,62 @@ def test_two_copytruncates_between_two_looks_name_the_copy_in_between(tmp_path, 
     named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
     assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")), named
     assert source.unsent_parts == 1
+
+
+def test_a_log_copytruncated_after_the_start_s_open_is_read_from_its_copy_and_not_named(tmp_path, caplog):
+    """a1 sent, the producer stopped; at the start (a finished rotation's position beside the log's), the log is
+    copytruncated after it was opened and before its first read. The start's never-read check named the copy
+    (and counted it as not sent) though the same run then reads a2 from it: its advice would send a2 twice."""
+    import logging
+    import shutil
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\na2\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    old = tmp_path / "live.log.2"
+    old.write_bytes(b"z1\n")
+    store.save(Position(file_key(os.stat(old)), 0, 3, str(log), 3, head_digest(b"z1\n"), finished=True))
+    store.save(Position(file_key(os.stat(log)), 0, 3, str(log), 3, head_digest(b"a1\n")))
+    time.sleep(0.05)
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.05)
+    source.open()
+    shutil.copyfile(log, tmp_path / "live.log.1")
+    os.truncate(log, 0)
+    with log.open("ab") as f:
+        f.write(b"b1\n")
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _lines_until(source.blocks(), b"b1") == [b"a2", b"b1"]
+    source.close()
+    assert not [r for r in caplog.records if "never read it" in r.getMessage()]
+    assert source.unsent_parts == 0
+
+
+def test_a_log_taken_up_empty_and_copytruncated_before_its_first_read_names_the_copy(tmp_path, caplog):
+    """The log is renamed away and the new one is still empty when the producer takes it up; then b1 is written,
+    the log copytruncated (the copy holds b1) and b2 written, before the producer reads it. With no first bytes
+    to compare, the truncation is not seen: b1, only in the copy, is not read, but it is named and counted
+    (before: lost without a word, then and at the next start)."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
+                       rotate_grace_s=0.05)
+    source.open()
+    blocks = source.blocks()
+    assert next(blocks).lines == [b"a1"]
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"")
+    for _ in range(40):  # the new (empty) file taken up, the renamed one finished
+        next(blocks)
+    assert source.current.key == file_key(os.stat(log)) and source.current.head == b""
+    with log.open("ab") as f:
+        f.write(b"b1\n")
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    _copytruncate(log, b"b2\n")
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _lines_until(blocks, b"b2") == [b"b2"]
+    source.close()
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")), named
+    assert source.unsent_parts == 1

@@ -233,6 +233,15 @@ def _starts_with(path: str, pos: Position) -> bool:
     return _is_head_of(head, pos)
 
 
+def _starts_with_bytes(path: str, head: bytes) -> bool:
+    """Whether the file at `path` begins with `head`."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(head)) == head
+    except OSError:
+        return False
+
+
 def _is_head_of(head: bytes, pos: Position) -> bool:
     """Whether `head`, a file's first pos.head_len bytes, are the ones the position `pos` recorded."""
     return len(head) == pos.head_len and head_digest(head) == pos.head_sha256
@@ -585,13 +594,17 @@ class LogSource:
         # the copies found beside the log (copytruncate) were read, or hold nothing unsent: sending them again
         # under their own identity would send their lines twice, under a src the stream cannot drop as repeats
         known_keys = known | self.copy_keys | {p.key for p in self.store.all() if p.path == self.path}
+        # a file that starts as the one being read is a copy of it (copytruncate) that the producer reads from when
+        # it sees the truncation (here too early to know it: at the start, before its first look at the log)
+        head = self.current.head if self.current is not None else b""
         found = []
         for entry in _rotation_names(self.path):
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if entry.is_file() and file_key(st) not in known_keys and st.st_mtime >= since:
+            if (entry.is_file() and file_key(st) not in known_keys and st.st_mtime >= since
+                    and not (head and _starts_with_bytes(entry.path, head))):
                 found.append(entry.path)
         for path in sorted(found):
             key = _key_at(path)
@@ -868,6 +881,11 @@ class LogSource:
                 seg.replaced = True  # truncated (and refilled) since the last read: the chunk is not the old content
                 return
             seg.read_pos = before + len(chunk)
+            if not known and seg is self.current:
+                # its first bytes, in a file taken up empty: a truncation in between cannot be told from its first
+                # writes (nothing of it is known to compare with), so a copy made of it since (copytruncate) holds
+                # lines no file the producer reads does: named and counted
+                self.warn_unread_rotations({seg.key, *(old.key for old, _ in self.rotated)}, seg.opened_at)
             if before <= len(seg.head) < min(HEAD_BYTES, seg.read_pos):
                 seg.head += chunk[len(seg.head) - before: HEAD_BYTES - before]
             yield from self._split(seg, chunk)

@@ -1558,69 +1558,30 @@ def test_a_rotation_never_read_is_named_though_the_new_log_holds_only_part_of_a_
     assert source.unsent_parts == 1
 
 
-@pytest.mark.parametrize("when", ["at the start's check", "saved while stopped", "while followed"])
-def test_a_log_whose_first_line_was_unfinished_when_seen_names_the_copy_of_a_truncation(tmp_path, caplog, when):
-    """The log held only the start of its first line (20 bytes, which every line begins with) when the producer
-    saw it: at the start's check, in a position saved at byte 0, or followed. Then the line was finished, another
-    written, and the log copytruncated and written again. Those bytes were kept as the file's first bytes, so the
-    truncation looked like more of the same file: lines 1 and 2, only in the copy, were lost without a word. Only
-    whole lines are kept as first bytes now: such a file counts as taken up empty, and the copy made before its
-    first whole line was read is named and counted (it cannot be told from the file's own first writes)."""
+def test_an_empty_rotation_in_between_is_named_as_its_writer_may_still_fill_it(tmp_path, caplog):
+    """Between two looks: the log renamed away, a new empty log B made, then rotated on too (B to .1) and a new
+    log made. B is empty when the producer sees the rotation, but its writer, not reopened yet, may still write
+    to it: it is named and counted (a warning that may turn out empty, as the run's closing warning says), not
+    skipped, since nothing looks at it again."""
     import logging
 
-    from logpipe.producer.source import IDLE, check_log
-
     log = tmp_path / "live.log"
-    store = PositionStore(tmp_path / "pos", "t")
-    log.write_bytes(_line(1)[:20])
-    checked = check_log(log) if when == "at the start's check" else None
-    if when == "saved while stopped":  # as claim_unsent saves it: byte 0 and the first bytes it keeps
-        LogSource(str(log), store).open()  # (nothing of it read)
-        store.save(Position(file_key(os.stat(log)), 0, 0, str(log), 0, head_digest(b"")))
-    source = LogSource(str(log), store, follow=True, poll_interval=0.01)
-    blocks = None
-    if when == "while followed":
-        source.open()
-        blocks = source.blocks()
-        while next(blocks) is not IDLE:
-            pass
-    with log.open("ab") as f:
-        f.write(_line(1)[20:] + _line(2))
-    _copytruncate(log, _line(3))
+    log.write_bytes(b"a1\n")
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
+                       rotate_grace_s=0.2)
+    source.open()
+    blocks = source.blocks()
+    assert next(blocks).lines == [b"a1"]
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"")
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"c1\n")
     with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
-        if blocks is None:
-            source.open(checked)
-            blocks = source.blocks()
-        got = _lines_until(blocks, _line(3)[:-1])
+        assert _lines_until(blocks, b"c1") == [b"c1"]
+        with (tmp_path / "live.log.1").open("ab") as f:
+            f.write(b"b1\n")
     source.close()
-    assert got == [_line(3)[:-1]], got
     named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
     assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")), named
     assert source.unsent_parts == 1
-
-
-def test_an_empty_copy_of_an_empty_log_is_not_named_as_holding_unsent_lines(tmp_path, caplog):
-    """An empty log copytruncated while still empty (logrotate's `ifempty`), then written: the empty copy was
-    named as a rotation never read and counted as a part not sent. An empty file holds nothing unsent."""
-    import logging
-    import shutil
-
-    from logpipe.producer.source import IDLE
-
-    log = tmp_path / "live.log"
-    log.write_bytes(b"")
-    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01)
-    source.open()
-    blocks = source.blocks()
-    while next(blocks) is not IDLE:
-        pass
-    time.sleep(0.02)
-    shutil.copyfile(log, tmp_path / "live.log.1")
-    os.truncate(log, 0)
-    with log.open("ab") as f:
-        f.write(b"b1\n")
-    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
-        assert _lines_until(blocks, b"b1") == [b"b1"]
-    source.close()
-    assert not [r for r in caplog.records if "never read it" in r.getMessage()]
-    assert source.unsent_parts == 0

@@ -119,15 +119,8 @@ def fresh_segment(path: str, fd: int, key: str, generation: int, src_base: str =
     it was first seen). Without them, a file truncated again (copytruncate) while the producer was still busy with
     older content (a copy, a rotated file) looked untouched when its turn came: the lines it held then, only in
     the new copy, were never read, without a word."""
-    return Segment(path, fd, key, generation, 0, head=first_lines(fd) if head is None else head, src_base=src_base)
-
-
-def first_lines(fd: int, upto: int = HEAD_BYTES) -> bytes:
-    """The file's first bytes up to `upto` (at most HEAD_BYTES), cut after the last whole line in them: a first
-    line still being written is no identity (its first bytes, e.g. `127.0.0.1 - - [`, may begin every line of
-    the log, so a file truncated and written again would look unchanged)."""
-    head = os.pread(fd, min(upto, HEAD_BYTES), 0)
-    return head[:head.rfind(b"\n") + 1]
+    return Segment(path, fd, key, generation, 0, head=os.pread(fd, HEAD_BYTES, 0) if head is None else head,
+                   src_base=src_base)
 
 
 @dataclass
@@ -145,7 +138,7 @@ class CheckedLog:
 def check_log(path: str | Path) -> CheckedLog:
     """Open the log (InputFileError with a clear message if it cannot be read) and note its first bytes."""
     fd, st = open_log(path)
-    return CheckedLog(fd, st, first_lines(fd), time.time())
+    return CheckedLog(fd, st, os.pread(fd, HEAD_BYTES, 0), time.time())
 
 
 def wait_for_log(path: str | Path, stop: threading.Event, poll_s: float = 0.5,
@@ -606,8 +599,8 @@ class LogSource:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if entry.is_file() and st.st_size and file_key(st) not in known_keys and st.st_mtime >= since:
-                found.append(entry.path)  # (an empty one holds nothing unsent)
+            if entry.is_file() and file_key(st) not in known_keys and st.st_mtime >= since:
+                found.append(entry.path)  # (an empty one too: a writer that has not reopened its log may fill it)
         for path in sorted(found):
             key = _key_at(path)
             if key not in self._unread_rotations:  # a part not sent: counted once, however often it is named
@@ -883,16 +876,13 @@ class LogSource:
                 seg.replaced = True  # truncated (and refilled) since the last read: the chunk is not the old content
                 return
             seg.read_pos = before + len(chunk)
-            if before < HEAD_BYTES and len(seg.head) < HEAD_BYTES:  # its first whole lines, as they are read
-                head = first_lines(seg.fd, seg.read_pos)
-                if len(head) > len(seg.head) and head.startswith(seg.head):
-                    if not seg.head and seg is self.current:
-                        # the first whole line of a file taken up without one (empty, or in its first line): a
-                        # truncation before it cannot be told from its first writes (nothing of it is known to
-                        # compare with), so a copy made of it since (copytruncate) holds lines no file the
-                        # producer reads does: named and counted
-                        self.warn_unread_rotations({seg.key, *(old.key for old, _ in self.rotated)}, seg.opened_at)
-                    seg.head = head
+            if not known and seg is self.current:
+                # its first bytes, in a file taken up empty: a truncation in between cannot be told from its first
+                # writes (nothing of it is known to compare with), so a copy made of it since (copytruncate) holds
+                # lines no file the producer reads does: named and counted
+                self.warn_unread_rotations({seg.key, *(old.key for old, _ in self.rotated)}, seg.opened_at)
+            if before <= len(seg.head) < min(HEAD_BYTES, seg.read_pos):
+                seg.head += chunk[len(seg.head) - before: HEAD_BYTES - before]
             yield from self._split(seg, chunk)
 
     def _split(self, seg: Segment, chunk: bytes) -> Iterator[Block]:

@@ -223,9 +223,12 @@ def test_the_files_generate_writes_beside_a_log_are_the_ones_not_taken_for_rotat
     assert beside == [".truth.json"] and all(name.endswith(SIDE_FILE_SUFFIXES) for name in beside)
 
 
-def test_two_rotations_while_stopped_name_the_file_in_between(tmp_path, caplog):
+@pytest.mark.parametrize("a_quiet", [False, True], ids=["A written within the grace", "A quiet past it"])
+def test_two_rotations_while_stopped_name_the_file_in_between(tmp_path, caplog, a_quiet):
     """Stopped after sending live.log (A); meanwhile A -> .2, B -> .1, C created. At the next start A is finished
-    by its saved position and C followed; B never had a position: the warning names it."""
+    by its saved position and C followed; B never had a position: the warning names it. A quiet past the grace is
+    marked finished at the start (its position saved again): the time the never-read check compares with must
+    be the last save before the start, not that one (else B went unnamed and uncounted)."""
     import logging
     import time
 
@@ -237,7 +240,10 @@ def test_two_rotations_while_stopped_name_the_file_in_between(tmp_path, caplog):
     log.rename(tmp_path / "live.log.2")
     (tmp_path / "live.log.1").write_bytes(b"b1\n")
     log.write_bytes(b"c1\n")
-    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=60)
+    if a_quiet:
+        quiet = time.time() - 100
+        os.utime(tmp_path / "live.log.2", (quiet, quiet))
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=1 if a_quiet else 60)
     source.open()
     with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
         assert _lines_until(source.blocks(), b"c1") == [b"c1"]
@@ -1214,31 +1220,6 @@ def test_a_folder_given_as_the_log_is_called_a_folder(tmp_path):
         open_log(tmp_path)
 
 
-def test_a_rotation_never_read_is_named_when_the_one_before_was_delivered_and_quiet(tmp_path, caplog):
-    """A delivered, the producer stopped; meanwhile A -> .2, B written and rotated -> .1, C the new log. At the
-    start A, quiet past the grace, is marked finished (its position saved again): the time the never-read check
-    compares with must be the last save before the start, not that one (else B went unnamed and uncounted)."""
-    import logging
-
-    log = tmp_path / "live.log"
-    log.write_bytes(b"a1\n")
-    store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, 3)
-    time.sleep(0.05)
-    log.rename(tmp_path / "live.log.2")
-    (tmp_path / "live.log.1").write_bytes(b"b1\n")
-    log.write_bytes(b"c1\n")
-    quiet = time.time() - 100
-    os.utime(tmp_path / "live.log.2", (quiet, quiet))
-    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=1)
-    source.open()
-    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
-        assert _lines_until(source.blocks(), b"c1") == [b"c1"]
-    source.close()
-    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
-    assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")) and source.unsent_parts == 1
-
-
 def _read_blocks(source: LogSource, n: int = 40) -> list[tuple[str, bytes]]:
     """(src, line) of the lines of the first `n` items (blocks and waits) of a following source."""
     got = []
@@ -1251,13 +1232,35 @@ def _read_blocks(source: LogSource, n: int = 40) -> list[tuple[str, bytes]]:
     return got
 
 
+def _a1_sent_a2_not(tmp_path) -> tuple:
+    """live.log: a1 sent (its end saved), then a2 appended while the producer was stopped. (log, store)."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    with log.open("ab") as f:
+        f.write(b"a2\n")
+    return log, store
+
+
+def _checked_then_renamed(log, store: PositionStore) -> LogSource:
+    """The log checked as `produce` checks it at the start, then renamed to live.log.1 and a new log (b1) made
+    before the first read; a source following it, from the file checked."""
+    from logpipe.producer.source import check_log
+
+    checked = check_log(log)
+    log.rename(log.with_name("live.log.1"))
+    log.write_bytes(b"b1\n")
+    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.2)
+    source.open(checked)
+    return source
+
+
 def test_a_log_opened_then_renamed_before_the_first_read_is_not_taken_for_a_rotation(tmp_path, caplog):
     """The producer opens the log, waits for Kafka, then reads. Renamed in between (to .1, a new log made), the
     file it opened was taken at the start's scan for a rotation it never read: named in a warning (whose advice
     sends its lines twice) and counted as not sent."""
     import logging
-
-    from logpipe.producer.source import check_log
 
     log = tmp_path / "live.log"
     old = tmp_path / "live.log.1"
@@ -1267,11 +1270,7 @@ def test_a_log_opened_then_renamed_before_the_first_read_is_not_taken_for_a_rota
     time.sleep(0.05)
     old.rename(tmp_path / "live.log.2")
     log.write_bytes(b"a1\n")
-    checked = check_log(log)
-    log.rename(tmp_path / "live.log.1")
-    log.write_bytes(b"b1\n")
-    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.2)
-    source.open(checked)
+    source = _checked_then_renamed(log, store)
     with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
         got = [line for _, line in _read_blocks(source)]
     assert got == [b"a1", b"b1"], got
@@ -1282,19 +1281,8 @@ def test_a_log_opened_then_renamed_before_the_first_read_is_not_taken_for_a_rota
 def test_a_resumed_log_opened_then_renamed_before_the_first_read_is_read_once(tmp_path):
     """The same with a log that has a saved position: the scan took the file being read for a leftover and read
     it a second time beside itself."""
-    from logpipe.producer.source import check_log
-
-    log = tmp_path / "live.log"
-    log.write_bytes(b"a1\n")
-    store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, 3)
-    with log.open("ab") as f:
-        f.write(b"a2\n")
-    checked = check_log(log)
-    log.rename(tmp_path / "live.log.1")
-    log.write_bytes(b"b1\n")
-    source = LogSource(str(log), store, follow=True, poll_interval=0.01, rotate_grace_s=0.2)
-    source.open(checked)
+    log, store = _a1_sent_a2_not(tmp_path)
+    source = _checked_then_renamed(log, store)
     assert [line for _, line in _read_blocks(source)] == [b"a2", b"b1"]
 
 
@@ -1304,12 +1292,7 @@ def test_a_rotated_file_truncated_while_stopped_is_said_to_be_truncated_not_gone
     lines are (the copy); counted as not sent, as before."""
     import logging
 
-    log = tmp_path / "live.log"
-    log.write_bytes(b"a1\n")
-    store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, 3)
-    with log.open("ab") as f:
-        f.write(b"a2\n")
+    log, store = _a1_sent_a2_not(tmp_path)
     log.rename(tmp_path / "live.log.1")
     log.write_bytes(b"b1\n")
     (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
@@ -1370,12 +1353,7 @@ def test_a_rotated_file_truncated_and_written_again_while_stopped_is_named_for_i
     import logging
     import shutil
 
-    log = tmp_path / "live.log"
-    log.write_bytes(b"a1\n")
-    store = PositionStore(tmp_path / "pos", "t")
-    _save_end(store, log, 3)
-    with log.open("ab") as f:
-        f.write(b"a2\n")
+    log, store = _a1_sent_a2_not(tmp_path)
     shutil.copyfile(log, tmp_path / "live.log.1")
     os.truncate(log, 0)
     with log.open("ab") as f:
@@ -1449,12 +1427,7 @@ def test_two_copytruncates_between_two_looks_name_the_copy_in_between(tmp_path, 
     starts as the log did); x1, only in .1, is named and counted (before: not a word, then or at the next start)."""
     import logging
 
-    log = tmp_path / "live.log"
-    log.write_bytes(b"a1\n")
-    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01)
-    source.open()
-    blocks = source.blocks()
-    assert next(blocks).lines == [b"a1"]
+    log, source, blocks = _following_a1(tmp_path)
     with log.open("ab") as f:
         f.write(b"a2\n")
     _copytruncate(log, b"x1\n")
@@ -1496,6 +1469,18 @@ def test_a_log_copytruncated_after_the_start_s_open_is_read_from_its_copy_and_no
     assert source.unsent_parts == 0
 
 
+def _following_a1(tmp_path, rotate_grace_s: float = 300.0):
+    """live.log (a1) followed, and a1 read. (the log, the source, its blocks)."""
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
+                       rotate_grace_s=rotate_grace_s)
+    source.open()
+    blocks = source.blocks()
+    assert next(blocks).lines == [b"a1"]
+    return log, source, blocks
+
+
 def test_a_log_taken_up_empty_and_copytruncated_before_its_first_read_names_the_copy(tmp_path, caplog):
     """The log is renamed away and the new one is still empty when the producer takes it up; then b1 is written,
     the log copytruncated (the copy holds b1) and b2 written, before the producer reads it. With no first bytes
@@ -1503,13 +1488,7 @@ def test_a_log_taken_up_empty_and_copytruncated_before_its_first_read_names_the_
     (before: lost without a word, then and at the next start)."""
     import logging
 
-    log = tmp_path / "live.log"
-    log.write_bytes(b"a1\n")
-    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
-                       rotate_grace_s=0.05)
-    source.open()
-    blocks = source.blocks()
-    assert next(blocks).lines == [b"a1"]
+    log, source, blocks = _following_a1(tmp_path, rotate_grace_s=0.05)
     log.rename(tmp_path / "live.log.1")
     log.write_bytes(b"")
     for _ in range(40):  # the new (empty) file taken up, the renamed one finished
@@ -1565,13 +1544,7 @@ def test_an_empty_rotation_in_between_is_named_as_its_writer_may_still_fill_it(t
     skipped, since nothing looks at it again."""
     import logging
 
-    log = tmp_path / "live.log"
-    log.write_bytes(b"a1\n")
-    source = LogSource(str(log), PositionStore(tmp_path / "pos", "t"), follow=True, poll_interval=0.01,
-                       rotate_grace_s=0.2)
-    source.open()
-    blocks = source.blocks()
-    assert next(blocks).lines == [b"a1"]
+    log, source, blocks = _following_a1(tmp_path, rotate_grace_s=0.2)
     log.rename(tmp_path / "live.log.1")
     log.write_bytes(b"")
     (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")

@@ -389,8 +389,11 @@ class Settings(BaseSettings):
         return Settings(**{**self.model_dump(), **data}) if data else self
 
 
-# LOGPIPE_* variables that are not settings: switches of the test suite
-NOT_SETTINGS = frozenset({"LOGPIPE_E2E_LINES", "LOGPIPE_KEEP_RESULTS", "LOGPIPE_KEEP_STACK"})
+# LOGPIPE_* variables of docker-compose.yml alone (.env): which log the producer and notebook containers read.
+# Prefixed so that a LOG_DIR or LOG_FILE the shell holds for something else does not move the producer's input.
+COMPOSE_ONLY = frozenset({"LOGPIPE_COMPOSE_LOG_DIR", "LOGPIPE_COMPOSE_LOG_FILE", "LOGPIPE_COMPOSE_DEMO_SIZE"})
+# LOGPIPE_* variables that are not settings: switches of the test suite, and compose's own
+NOT_SETTINGS = frozenset({"LOGPIPE_E2E_LINES", "LOGPIPE_KEEP_RESULTS", "LOGPIPE_KEEP_STACK"}) | COMPOSE_ONLY
 
 
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:

@@ -26,7 +26,7 @@ def test_notebook_runs_top_to_bottom_on_pipeline_results(demo_results, monkeypat
     # the notebook takes its run from the environment, like in docker compose
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", s.hdfs_root)
     monkeypatch.setenv("LOGPIPE_WEBHDFS_URL", s.webhdfs_address)
-    monkeypatch.setenv("LOG_FILE", str(demo_results.log))
+    monkeypatch.setenv("LOGPIPE_COMPOSE_LOG_FILE", str(demo_results.log))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})

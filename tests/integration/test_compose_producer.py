@@ -1,9 +1,9 @@
 """Runs the compose `producer` service's start command for real (native Kafka, no Docker).
 
 The command comes from `docker-compose config` itself; only the image's install path is swapped for this
-checkout. It must generate the demo sample when LOG_FILE is missing, follow the file into Kafka, stop cleanly on
-SIGTERM (what `docker compose stop` sends; while it generates, too) and, started again, neither regenerate the
-file nor send it twice.
+checkout. It must generate the demo sample when the log (LOGPIPE_COMPOSE_LOG_FILE) is missing, follow the file
+into Kafka, stop cleanly on SIGTERM (what `docker compose stop` sends; while it generates, too) and, started
+again, neither regenerate the file nor send it twice.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, expected: 
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
-        log_file = Path(env["LOG_FILE"])
+        log_file = Path(env["LOGPIPE_COMPOSE_LOG_FILE"])
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"producer exited early ({proc.returncode}):\n{log.read_text()[-3000:]}")
@@ -85,13 +85,13 @@ def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Set
     topic = f"compose-producer-{unique}"
     env = {**os.environ,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "LOG_FILE": str(tmp_path / "data" / "access.log"),
-           "DEMO_SIZE": "300KB",
+           "LOGPIPE_COMPOSE_LOG_FILE": str(tmp_path / "data" / "access.log"),
+           "LOGPIPE_COMPOSE_DEMO_SIZE": "300KB",
            "LOGPIPE_TOPIC": topic,
            "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "producer-state")}
     (tmp_path / "data").mkdir()
     log = tmp_path / "producer.log"
-    log_file = Path(env["LOG_FILE"])
+    log_file = Path(env["LOGPIPE_COMPOSE_LOG_FILE"])
 
     sent, first = _run_until_sent(cmd, env, stack, None, log)
     lines = sum(1 for _ in log_file.open("rb"))
@@ -110,12 +110,12 @@ def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Set
 def test_producer_service_stopped_while_it_generates_leaves_no_partial_sample(tmp_path: Path,
                                                                              sigterm_once_writing) -> None:
     """SIGTERM (docker's init passes it to the command's process) while the sample is written: the generate step
-    ran as a child of `sh`, which died and left it writing `<LOG_FILE>.partial` on; now the one process ends
+    ran as a child of `sh`, which died and left it writing `<log>.partial` on; now the one process ends
     through generate's clean-up, with 128 + SIGTERM, leaving neither a partial log nor a truth file."""
     cmd = _producer_command()
     log_file = tmp_path / "data" / "access.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "LOG_FILE": str(log_file),
-           "DEMO_SIZE": "5GB", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "producer-state")}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "LOGPIPE_COMPOSE_LOG_FILE": str(log_file), "LOGPIPE_COMPOSE_DEMO_SIZE": "5GB", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "producer-state")}
     (tmp_path / "data").mkdir()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

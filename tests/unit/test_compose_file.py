@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from logpipe.config import PROJECT_ROOT, Settings
+from logpipe.config import COMPOSE_ONLY, NOT_SETTINGS, PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -171,7 +171,8 @@ def _env_file() -> dict[str, str]:
 
 def test_env_file_names_and_defaults_match_settings() -> None:
     env = _env_file()
-    logpipe = {k: v for k, v in env.items() if k.startswith("LOGPIPE_")}
+    logpipe = {k: v for k, v in env.items() if k.startswith("LOGPIPE_") and k not in NOT_SETTINGS}
+    assert set(env) >= COMPOSE_ONLY  # compose's own names, with their values for the demo
     fields = {k.removeprefix("LOGPIPE_").lower(): v for k, v in logpipe.items()}
     unknown = set(fields) - set(Settings.model_fields)
     assert unknown == set(), f".env names no Settings field: {unknown}"
@@ -198,7 +199,7 @@ def test_a_shell_value_overrides_env_file_in_every_container() -> None:
     LOGPIPE_* name of .env must reach the containers by interpolation, so that a value set in the shell wins for
     the logpipe containers as it does for Kafka (before, LOGPIPE_TOPIC_PARTITIONS=3 gave Kafka 3 partitions and
     the producer and the job 1). The container addresses stay fixed whatever the shell holds."""
-    names = sorted(k for k in _env_file() if k.startswith("LOGPIPE_"))
+    names = sorted(k for k in _env_file() if k.startswith("LOGPIPE_") and k not in COMPOSE_ONLY)  # see below
     shell = {k: str(41000 + i) for i, k in enumerate(names)}  # distinct, and a valid port for the Spark UI's
     native = {"LOGPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "LOGPIPE_HDFS_URL": "hdfs://127.0.0.1:8020",
               "LOGPIPE_WEBHDFS_URL": "http://127.0.0.1:9870", "LOGPIPE_HDFS_USER": "someone",
@@ -220,6 +221,57 @@ def test_a_shell_value_overrides_env_file_in_every_container() -> None:
     # the healthcheck (logpipe health spark) reads the port from the container's settings, as the job does
     assert services["streaming"]["healthcheck"]["test"][:4] == ["CMD", "logpipe", "health", "spark"]
     assert services["streaming"]["environment"]["LOGPIPE_SPARK_UI_PORT"] == ui_port
+
+
+def test_the_log_is_chosen_by_compose_only_names_not_by_a_shells_log_dir_or_log_file() -> None:
+    """Which log the producer follows was set by LOG_DIR, LOG_FILE and DEMO_SIZE: names a shell may hold for
+    another program, and a shell's value beats .env's (a LOG_DIR exported for another tool became the producer's
+    /data). Now only the LOGPIPE_COMPOSE_* names choose it, and a shell's value of those does."""
+    def log_choice(services: dict) -> list:
+        return [(name, sorted((v["source"], v["target"]) for v in services[name]["volumes"] if v["target"] == "/data"),
+                 {k: services[name]["environment"].get(k) for k in sorted(COMPOSE_ONLY)})
+                for name in ("producer", "notebook")]
+
+    base = _compose_config()
+    assert base.returncode == 0, base.stderr
+    default = log_choice(json.loads(base.stdout)["services"])
+    assert default[0][1] == [("logdata", "/data")], default
+    assert default[0][2] == {"LOGPIPE_COMPOSE_DEMO_SIZE": "40MB", "LOGPIPE_COMPOSE_LOG_DIR": "logdata",
+                             "LOGPIPE_COMPOSE_LOG_FILE": "/data/access.log"}, default
+    other = _compose_config({"LOG_DIR": "/var/log/someapp", "LOG_FILE": "/var/log/someapp/app.log",
+                             "DEMO_SIZE": "5GB"})
+    assert other.returncode == 0, other.stderr
+    assert log_choice(json.loads(other.stdout)["services"]) == default
+    own = _compose_config({"LOGPIPE_COMPOSE_LOG_DIR": "/srv/logs", "LOGPIPE_COMPOSE_LOG_FILE": "/data/big.log",
+                           "LOGPIPE_COMPOSE_DEMO_SIZE": "1GB"})
+    assert own.returncode == 0, own.stderr
+    chosen = log_choice(json.loads(own.stdout)["services"])
+    for name, mounts, env in chosen:
+        assert mounts == [("/srv/logs", "/data")], name
+        assert env["LOGPIPE_COMPOSE_LOG_FILE"] == "/data/big.log" and env["LOGPIPE_COMPOSE_DEMO_SIZE"] == "1GB", name
+
+
+def test_the_compose_broker_runs_with_the_native_brokers_settings(tmp_path: Path) -> None:
+    """Every line of the server.properties `stack up` writes, but the addresses and the data folder (which differ
+    by design: two listeners in a container network), is set the same way in compose's kafka service (the image
+    turns KAFKA_X_Y into x.y), and the JVM gets the native options the image does not already give it."""
+    from logpipe.stack.configs import write_configs
+    from logpipe.stack.layout import Layout
+
+    lay = Layout(tmp_path)
+    write_configs(Settings(), lay)
+    native = dict(line.split("=", 1) for line in (lay.conf / "kafka" / "server.properties").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    addresses = {"controller.quorum.voters", "listeners", "advertised.listeners", "inter.broker.listener.name",
+                 "listener.security.protocol.map", "log.dirs"}
+    env = yaml.safe_load(_compose_text())["services"]["kafka"]["environment"]
+    compose = {k.removeprefix("KAFKA_").lower().replace("_", "."): str(v) for k, v in env.items()
+               if k.startswith("KAFKA_") and not k.endswith("_OPTS")}
+    compose["num.partitions"] = str(_default("topic_partitions"))  # ${LOGPIPE_TOPIC_PARTITIONS:-1} in the file
+    differ = {k: (v, compose.get(k)) for k, v in native.items() if k not in addresses and compose.get(k) != v}
+    assert differ == {}, differ
+    assert set(native) - addresses, native  # the comparison compared something
+    assert "-Djava.net.preferIPv4Stack=true" in env["KAFKA_OPTS"].split()
 
 
 def test_a_setting_missing_from_the_env_file_stops_compose(tmp_path: Path) -> None:
@@ -315,7 +367,8 @@ def test_container_addresses_point_at_the_services(resolved: dict, monkeypatch: 
                            "DATANODE_IPC_PORT": _default("datanode_ipc_port")}
     for name in LOGPIPE_SERVICES:
         env = services[name]["environment"]
-        s = Settings(**{k.removeprefix("LOGPIPE_").lower(): v for k, v in env.items() if k.startswith("LOGPIPE_")})
+        s = Settings(**{k.removeprefix("LOGPIPE_").lower(): v for k, v in env.items()
+                        if k.startswith("LOGPIPE_") and k not in NOT_SETTINGS})
         assert s.kafka_address == advertised["INTERNAL"], name
         hdfs, web = urlparse(s.hdfs_address), urlparse(s.webhdfs_address)
         assert (hdfs.hostname, hdfs.port) == ("namenode", _default("namenode_rpc_port")), name
@@ -340,14 +393,14 @@ def test_volumes_hold_the_state(resolved: dict) -> None:
     assert mounts("namenode") == {hdfs_env["HDFS_NAME_DIR"]: "hdfs-name"}
     assert mounts("datanode") == {hdfs_env["HDFS_DATA_DIR"]: "hdfs-data"}
     # the producer reads the log (and its demo sample) from the same volume the notebook reads the truth file from
-    log_file = services["producer"]["environment"]["LOG_FILE"]
+    log_file = services["producer"]["environment"]["LOGPIPE_COMPOSE_LOG_FILE"]
     assert mounts("producer")[str(Path(log_file).parent)] == mounts("notebook")[str(Path(log_file).parent)]
     # ... and generates the demo sample there when the file is missing, then follows it with the producer, in the
     # one process `sh` execs (so SIGTERM reaches the generate step too)
     script = " ".join(services["producer"]["command"]).replace("$$", "$")  # compose's escape for a literal $
     assert services["producer"]["entrypoint"] == ["/bin/sh", "-c"]
     assert script.startswith("exec python /opt/logpipe/python_service/app.py ") and ";" not in script, script
-    assert 'app.py "$LOG_FILE" --follow --generate-if-missing "$DEMO_SIZE"' in script
+    assert 'app.py "$LOGPIPE_COMPOSE_LOG_FILE" --follow --generate-if-missing "$LOGPIPE_COMPOSE_DEMO_SIZE"' in script
 
 
 def test_each_built_image_has_a_tag_of_its_own(resolved: dict) -> None:

@@ -75,7 +75,7 @@ def test_the_notebook_runs_top_to_bottom_on_small_results(tmp_path, monkeypatch,
     _results(root, windows=windows, host_counts=host_counts)
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
-    monkeypatch.setenv("LOG_FILE", str(tmp_path / "no-such.log"))
+    monkeypatch.setenv("LOGPIPE_COMPOSE_LOG_FILE", str(tmp_path / "no-such.log"))
     namespace = _run_cells()
     out = capsys.readouterr().out
     assert namespace["ceiling"] == 25 and "rate_limit_ceiling 25" in out
@@ -135,9 +135,9 @@ def test_the_incident_check_says_why_it_has_nothing_to_compare(tmp_path, monkeyp
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
     if log_known:
-        monkeypatch.setenv("LOG_FILE", str(log))
+        monkeypatch.setenv("LOGPIPE_COMPOSE_LOG_FILE", str(log))
     else:
-        monkeypatch.delenv("LOG_FILE", raising=False)
+        monkeypatch.delenv("LOGPIPE_COMPOSE_LOG_FILE", raising=False)
     namespace = _run_cells()
     markdown = [o.data for o in shown if isinstance(o, IPython.display.Markdown)]
     assert [m for m in markdown if said in m], markdown
@@ -168,7 +168,7 @@ def test_the_accounting_shown_is_of_the_committed_batches(tmp_path, monkeypatch)
     monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
-    monkeypatch.delenv("LOG_FILE", raising=False)
+    monkeypatch.delenv("LOGPIPE_COMPOSE_LOG_FILE", raising=False)
     namespace = _run_cells()
     summary = next(o for o in shown if isinstance(o, pd.DataFrame) and "count" in o.columns)["count"]
     assert summary["records read (job)"] == 33 and summary["parsed (job; events + late + repeats dropped)"] == 31
@@ -198,7 +198,7 @@ def test_an_event_dated_decades_away_does_not_fill_millions_of_minutes(tmp_path,
                    root / "events" / "date=2099-01-01" / "b0000000000-00001.parquet")
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
-    monkeypatch.setenv("LOG_FILE", str(tmp_path / "no-such.log"))
+    monkeypatch.setenv("LOGPIPE_COMPOSE_LOG_FILE", str(tmp_path / "no-such.log"))
     namespace = _run_cells()
     assert namespace["n_events"] == 31 and namespace["per_minute"].sum() == 31
     assert len(namespace["per_minute"]) == 2  # the two minutes with requests, not every minute between
@@ -227,7 +227,7 @@ def _notebook_env(monkeypatch, root, log=None) -> None:
     matplotlib.use("Agg")
     monkeypatch.setattr(logpipe.results, "webhdfs_fs", lambda s: fsspec.filesystem("file"))
     monkeypatch.setenv("LOGPIPE_HDFS_ROOT", str(root))
-    monkeypatch.setenv("LOG_FILE", str(log or root / "no-such.log"))
+    monkeypatch.setenv("LOGPIPE_COMPOSE_LOG_FILE", str(log or root / "no-such.log"))
 
 
 def test_a_root_whose_lines_were_all_quarantined_says_so_not_that_the_job_never_ran(tmp_path, monkeypatch):

@@ -362,8 +362,9 @@ class LogSource:
     unopenable: dict[str, float] = field(default_factory=dict)
     # the files rotated_leftovers found to read, with the identity their position is saved under
     _leftover_keys: dict[str, str] = field(default_factory=dict)
-    # identities of the rotations named as never read (warn_unread_rotations), each counted once in unsent_parts
-    _unread_rotations: set[str | None] = field(default_factory=set)
+    # the rotations named as never read (warn_unread_rotations): identity -> the name it was last named under.
+    # Each is counted once in unsent_parts, and named again only under a new name (shifted by the next rotation)
+    _unread_rotations: dict[str | None, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.path = os.path.abspath(self.path)
@@ -604,8 +605,10 @@ class LogSource:
         for path in sorted(found):
             key = _key_at(path)
             if key not in self._unread_rotations:  # a part not sent: counted once, however often it is named
-                self._unread_rotations.add(key)
                 self.unsent_parts += 1
+            elif self._unread_rotations[key] == path:  # named already, under this name: the warning stands
+                continue
+            self._unread_rotations[key] = path
             log.warning("%s looks like a rotation of %s written after %s, and the producer never read it (the log "
                         "was rotated again before the producer reached the rotation before): its lines are not "
                         "sent. If they belong to this log, send them with `logpipe produce %s`", path, self.path,

@@ -1063,3 +1063,57 @@ def test_the_progress_line_takes_the_lag_from_the_polled_end_offsets(caplog) -> 
     lines = [r.getMessage() for r in caplog.records if "batch 7" in r.getMessage()]
     assert lines == ["ingest  batch 7: 3,000 rows, 1500 rows/s, lag 2,000 records",
                      "ingest  batch 7: 3,000 rows, 1500 rows/s, lag 0 records"], lines
+
+
+def _py4j_error_caused_by(spark: Any, java_exception: Any) -> Exception:
+    """A real Py4JJavaError: a JVM call that fails with `java_exception` as its cause (what an interrupted write
+    or HDFS call in a micro-batch callback raises)."""
+    future = spark._jvm.java.util.concurrent.CompletableFuture()
+    future.completeExceptionally(java_exception)
+    try:
+        future.get()
+    except Exception as exc:  # noqa: BLE001 - the error is the point
+        return exc
+    raise AssertionError("the JVM call did not fail")
+
+
+def test_an_interrupted_callback_hands_spark_a_short_traceback_it_takes_for_an_interruption(local_spark) -> None:
+    """Spark tells a callback interrupted by the stop from a failure by its regex StreamExecution.PROXY_ERROR over
+    the Python traceback, which recurses once per character: over the traceback of a real interrupted py4j call
+    (some 2,400 characters, with its Java stack) it dies of a StackOverflowError, which a review saw printed as
+    ~1,000 lines at 4 of 10 stops of a continuous run. The callback now raises a short BatchInterrupted that the
+    same regex, run in the JVM, recognises; the cause is still kept for the run's report, and a failure that is
+    no interruption is raised as it was."""
+    import traceback
+
+    from py4j.protocol import Py4JJavaError
+
+    from logpipe.streaming.job import BatchInterrupted, StreamJob
+
+    jvm = local_spark._jvm
+    spark_takes_for_interruption = getattr(
+        jvm, "org.apache.spark.sql.execution.streaming.runtime.StreamExecution").PROXY_ERROR().findFirstIn
+
+    def callback_raising(exc: Exception) -> tuple[SimpleNamespace, BaseException]:
+        def run_batch(batch: Any, batch_id: int) -> None:
+            raise exc
+
+        job = SimpleNamespace(_in_batch=threading.Lock(), _generation=0, _run_batch=run_batch, batch_error=None)
+        with pytest.raises(Exception) as raised:
+            StreamJob._batch(job, None, 7)
+        return job, raised.value
+
+    interrupted = _py4j_error_caused_by(local_spark, jvm.java.lang.InterruptedException("sleep interrupted"))
+    long_text = "".join(traceback.format_exception(interrupted))
+    with pytest.raises(Py4JJavaError, match="StackOverflowError"):  # Spark's own check of the old traceback
+        spark_takes_for_interruption(long_text)
+
+    job, exc = callback_raising(interrupted)
+    assert isinstance(exc, BatchInterrupted) and job.batch_error is interrupted
+    text = "".join(traceback.format_exception(exc))
+    assert len(text) < 1000 and "micro-batch 7: java.lang.InterruptedException" in text, text
+    assert spark_takes_for_interruption(text).isDefined(), text
+
+    failed = _py4j_error_caused_by(local_spark, jvm.java.lang.IllegalStateException("disk full"))
+    job, exc = callback_raising(failed)
+    assert exc is failed and job.batch_error is failed

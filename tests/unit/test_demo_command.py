@@ -44,6 +44,39 @@ def test_a_bad_sample_size_is_refused_before_the_stack_starts(monkeypatch, capsy
     assert args.size == "2.5GB"  # handed on to generate as given
 
 
+@pytest.mark.parametrize("given, generated", [([], False), (["--size", "5MB"], True), (["--seed", "7"], True)])
+def test_a_named_log_that_does_not_exist_is_an_error_unless_a_sample_is_asked_for(monkeypatch, capsys, tmp_path,
+                                                                                   given, generated):
+    """`make demo DEMO_ARGS='--log nope.log'` (a typo for the user's own log) generated a 40 MB sample there,
+    replayed it, found it exact and exited 0: the user took the sample's results for their log's. A --log that
+    does not exist is now an error, exit 2, before the stack starts; with --size or --seed the user asks for a
+    sample there, and gets one."""
+    from logpipe import cli
+    from logpipe.commands import demo
+    from logpipe.stack import services
+
+    log = tmp_path / "nope.log"
+    started, steps = [], []
+    monkeypatch.setattr(services, "up", lambda *a, **k: started.append(a))
+
+    class Stop(Exception):
+        pass
+
+    def no_more(*_a, **_k):
+        raise Stop
+
+    monkeypatch.setattr(demo, "_step", lambda name, *a, **k: steps.append(name) or (0.0, 0))
+    monkeypatch.setattr(demo, "fresh_results_for", no_more)  # the step after the sample: the test ends there
+    if generated:
+        with pytest.raises(Stop):
+            cli.main(["demo", "--log", str(log), *given])
+        assert steps == ["generate sample"] and started
+    else:
+        assert cli.main(["demo", "--log", str(log)]) == 2
+        assert not started and not steps
+        assert f"logpipe demo: log file not found: {log}" in capsys.readouterr().err
+
+
 # a step standing in for `logpipe stream`: on SIGINT or SIGTERM it finishes its work (0.5 s) and says so
 _GRACEFUL_STEP = """
 import signal, sys, time

@@ -264,3 +264,33 @@ def test_a_mismatch_prints_its_first_differences_and_where_the_rest_are(log, mon
     assert "--json FILE writes the report" in out and "MISMATCH" in out
     assert main(["verify", "--log", str(log), "--json", str(tmp_path / "r.json")]) == 1
     assert f"every example: the report in {tmp_path / 'r.json'}" in capsys.readouterr().out
+
+
+def test_results_of_another_log_are_said_in_one_line_above_the_verdict(log, monkeypatch, capsys):
+    """`verify --log mylog.log` against the demo's root: the MISMATCH table's window differences all follow from
+    the results being another log's, which the report said only inside the accounting cell. One line above the
+    verdict now says so, naming the log the demo recorded for the root."""
+    from types import SimpleNamespace
+
+    import logpipe.verify
+    from logpipe.commands import verify as command
+
+    hint = "The job's results hold 342,620 distinct source lines, more than the 4,016 of mylog.log: is it ..."
+    accounting = {"ok": False, "other_log": hint, "recorded_log": "/work/data/access.log"}
+    report = SimpleNamespace(ok=False, verdict="mismatch", accounting=accounting,
+                             windows_by_host={"ok": False, "examples": {}},
+                             windows_by_status={"ok": True, "examples": {}}, alerts={}, to_json=lambda: "{}")
+    monkeypatch.setattr(command, "results_problem", lambda s: None)
+    monkeypatch.setattr(command, "kafka_problem", lambda s: None)
+    monkeypatch.setattr("logpipe.results.settings_of_results", lambda s: (s, []))
+    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: report)
+    monkeypatch.setattr(command, "report_table", lambda args, r: "the table")
+    assert main(["verify", "--log", str(log)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("the results may be of another log")]
+    assert len(said) == 1 and lines[said[0] + 1].endswith("MISMATCH"), lines
+    assert "(`logpipe demo` made this root's results from /work/data/access.log): " + hint == \
+        lines[said[0]].removeprefix("the results may be of another log ")
+    accounting.update(other_log=None)  # the same number of lines: nothing said (the table tells what differs)
+    assert main(["verify", "--log", str(log)]) == 1
+    assert "another log" not in capsys.readouterr().out

@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     if examples:
         console.print(f"every example: the report in {args.json}" if args.json else
                       f"--json FILE writes the report, with up to {EXAMPLES_IN_REPORT} examples of each difference")
+    if not r.ok and (first := other_log_line(r)):  # the cause of every other difference, said last and plainly
+        console.print(first, markup=False, highlight=False, soft_wrap=True)
     if r.verdict == "incomplete":
         console.print(f"[bold yellow]verify: INCOMPLETE[/]: every check made passed, but the alerts topic could not "
                       f"be read ({r.unchecked}); run verify again once Kafka answers, or with --no-kafka")
@@ -132,6 +134,18 @@ def _utc(epoch_s: object) -> str:
         return datetime.fromtimestamp(int(epoch_s), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     except (TypeError, ValueError, OverflowError, OSError):
         return str(epoch_s)
+
+
+def other_log_line(r: "VerifyReport") -> str | None:
+    """When the results hold another number of source lines than the log (another log, or a log that grew since),
+    one line that says so, naming the log `logpipe demo` recorded for the root if it is another file: every other
+    difference follows from it, and a full MISMATCH table buried it (a review's wrong --log)."""
+    acc = getattr(r, "accounting", None) or {}
+    if not acc.get("other_log"):
+        return None
+    recorded = f" (`logpipe demo` made this root's results from {acc['recorded_log']})" if acc.get("recorded_log") \
+        else ""
+    return f"the results may be of another log{recorded}: {acc['other_log']}"
 
 
 def mismatch_examples(r: "VerifyReport") -> list[str]:

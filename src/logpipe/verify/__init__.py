@@ -177,8 +177,13 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
                  and acc["quarantine_records_equal"] and not acc["events_in_wrong_date_partition"]
                  and not acc["quarantine_records_written_twice"]
                  and acc["uncommitted_files"]["ok"])
-    hints = [other_log_hint(counts.lines, acc["job_parsed_unique"] + acc["job_quarantined_unique"], log_path),
-             too_large_hint(s, counts.quarantined_by_reason, job_q_by_reason)]
+    acc["other_log"] = other_log_hint(counts.lines, acc["job_parsed_unique"] + acc["job_quarantined_unique"],
+                                      log_path)
+    # the log `logpipe demo` made this root's results of (its _source.json), when that is another file
+    source_path = s.hdfs_path("_source.json")
+    recorded = json.loads(fs.cat(source_path)).get("log") if fs.exists(source_path) else None
+    acc["recorded_log"] = recorded if recorded and recorded != str(Path(log_path).resolve()) else None
+    hints = [acc["other_log"], too_large_hint(s, counts.quarantined_by_reason, job_q_by_reason)]
     acc["hint"] = " ".join(h for h in hints if h) or None
     alerts = load_alerts(s, fs)
     alert_check = check_every_alert(s, fs, counts, alerts, replay, alerts_on_kafka)

@@ -29,6 +29,11 @@ class ServiceTimeout(TimeoutError):
     """A service did not become ready in time. The message says what to check next."""
 
 
+class ServiceDown(ServiceTimeout):
+    """Waiting for a service is pointless: nothing listens where it should, and nothing is starting it (the
+    message says how to start it). A ServiceTimeout, so every caller reports it as one."""
+
+
 class ServiceDied(RuntimeError):
     """A service's process ended while we waited for it to become ready (the message holds its last words)."""
 
@@ -47,12 +52,15 @@ def wait_until(
     alive: Callable[[], str | None] | None = None,
     stop: threading.Event | None = None,
     announce: bool = False,
+    down: Callable[[], str | None] | None = None,
 ) -> T:
     """Call `probe` until it returns without raising NotReady/OSError; raise ServiceTimeout after `timeout` s.
 
     `alive`, if given, is checked between tries; a returned string means the service died (it becomes the error).
     `stop`, if given and set, ends the wait between tries with WaitStopped. `announce`: log once, after the first
     failed try, that the wait has begun and how long it may take (a wrong address is then no silent minute).
+    `down`, if given, is checked after a failed try; a returned string means that no wait will help (e.g. the
+    native stack is not running): ServiceDown with it at once, not ServiceTimeout after `timeout` s.
     """
     deadline = time.monotonic() + timeout
     last = "no attempt made"
@@ -60,6 +68,8 @@ def wait_until(
         try:
             return probe()
         except (NotReady, OSError) as exc:
+            if down is not None and (why := down()):
+                raise ServiceDown(f"{what} not ready ({str(exc) or type(exc).__name__}): {why}") from None
             if announce and last == "no attempt made":
                 log.info("%s not ready (%s): waiting up to %.0fs. %s", what, str(exc) or type(exc).__name__, timeout,
                          hint)
@@ -256,10 +266,12 @@ def probe_datanode_ready(host: str, data_port: int, datanode_http: str, webhdfs:
     return probe_hdfs_ready(webhdfs)
 
 
-def wait_for_kafka(bootstrap: str, timeout: float = 60.0, stop: threading.Event | None = None) -> int:
-    """Wait until the broker at `bootstrap` answers (probe_kafka); `stop` ends the wait early (a signal)."""
+def wait_for_kafka(bootstrap: str, timeout: float = 60.0, stop: threading.Event | None = None,
+                   down: Callable[[], str | None] | None = None) -> int:
+    """Wait until the broker at `bootstrap` answers (probe_kafka); `stop` ends the wait early (a signal), `down`
+    as for wait_until."""
     return wait_until(lambda: probe_kafka(bootstrap), what=f"Kafka at {bootstrap}", timeout=timeout, stop=stop,
-                      announce=True, hint="Check that the broker runs (`logpipe stack status`) and its log; "
+                      announce=True, down=down, hint="Check that the broker runs (`logpipe stack status`) and its log; "
                            "LOGPIPE_KAFKA_BOOTSTRAP must name its PLAINTEXT listener.")
 
 
@@ -272,10 +284,10 @@ def probe_hdfs_ready(webhdfs: str) -> dict:
     return info
 
 
-def wait_for_hdfs(webhdfs: str, timeout: float = 60.0) -> dict:
-    """Wait until HDFS is writable and its files readable (probe_hdfs_ready)."""
+def wait_for_hdfs(webhdfs: str, timeout: float = 60.0, down: Callable[[], str | None] | None = None) -> dict:
+    """Wait until HDFS is writable and its files readable (probe_hdfs_ready); `down` as for wait_until."""
     return wait_until(lambda: probe_hdfs_ready(webhdfs), what=f"HDFS at {webhdfs}", timeout=timeout, announce=True,
-                      hint="Check the NameNode and DataNode logs (`logpipe stack status`): safe mode stays on with "
+                      down=down, hint="Check the NameNode and DataNode logs (`logpipe stack status`): safe mode stays on with "
                            "under 100 MB free disk or with no DataNode registered; LOGPIPE_WEBHDFS_URL must name "
                            "the NameNode's web address.")
 

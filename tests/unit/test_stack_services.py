@@ -666,3 +666,49 @@ def test_status_of_a_stack_that_is_not_running_says_how_to_start_it(tmp_path, mo
     assert cli.main(["stack", "status"]) == 3
     out = capsys.readouterr().out
     assert "kafka, namenode, datanode not running: `logpipe stack up` starts them" in out, out
+
+
+def test_a_wait_on_a_native_stack_that_is_not_running_ends_at_once_saying_how_to_start_it(tmp_path, free_ports,
+                                                                                          monkeypatch, caplog):
+    """`logpipe stream` or `verify` with the stack down waited LOGPIPE_CONNECT_TIMEOUT_S (60 s) before saying
+    anything useful. When the settings name the native stack's address, nothing listens there, no process of
+    the run folder runs the service and no `stack up` holds the folder's lock, the wait ends at once naming
+    `logpipe stack up`. It goes on as before while `stack up` (or a test session) holds the lock, while the
+    service listens (another one on those ports: compose's), or for an address that is not the native stack's."""
+    import fcntl
+    import logging
+    import socket
+    import time
+
+    from logpipe import health
+    from logpipe.config import Settings
+    from logpipe.stack import services
+    from logpipe.stack.layout import Layout
+
+    kafka, controller, rpc, http = free_ports(4)
+    monkeypatch.delenv("LOGPIPE_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("LOGPIPE_WEBHDFS_URL", raising=False)
+    s = Settings(run_dir=tmp_path, kafka_port=kafka, kafka_controller_port=controller, namenode_rpc_port=rpc,
+                 namenode_http_port=http)
+    said = services.native_service_down(s, "kafka")
+    assert said is not None and "`logpipe stack up`" in said and str(tmp_path) in said
+    assert "HDFS is not running" in services.native_service_down(s, "namenode")
+    t = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="logpipe.health"), pytest.raises(health.ServiceTimeout) as exc:
+        health.wait_for_kafka(s.kafka_address, 30, down=lambda: services.native_service_down(s, "kafka"))
+    assert time.monotonic() - t < 5 and isinstance(exc.value, health.ServiceDown)
+    assert str(exc.value).startswith(f"Kafka at 127.0.0.1:{kafka} not ready (nothing listens") and said in str(exc.value)
+    assert not [r for r in caplog.records if "waiting up to" in r.getMessage()]  # no wait announced, then dropped
+
+    elsewhere = s.with_overrides(kafka_bootstrap=f"127.0.0.2:{kafka}")  # another broker's address
+    assert services.native_service_down(elsewhere, "kafka") is None
+    with socket.socket() as srv:  # something listens there: the probe decides, not this
+        srv.bind(("127.0.0.1", kafka))
+        srv.listen()
+        assert services.native_service_down(s, "kafka") is None
+    lock = Layout(tmp_path).lock_file
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as held:  # a `stack up` under way: the service may come
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert services.native_service_down(s, "kafka") is None
+    assert services.native_service_down(s, "kafka") == said

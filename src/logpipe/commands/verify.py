@@ -319,13 +319,15 @@ def kafka_text(k: dict | None) -> str:
     return text
 
 
-def not_ready(probe: "Callable[[], object]", what: str, timeout: float, hint: str) -> str | None:
-    """Why `what` did not answer `probe` within `timeout` seconds (the wait's one line, with `hint`), or None."""
+def not_ready(probe: "Callable[[], object]", what: str, timeout: float, hint: str,
+              down: "Callable[[], str | None] | None" = None) -> str | None:
+    """Why `what` did not answer `probe` within `timeout` seconds (the wait's one line, with `hint`), or None;
+    `down` as for health.wait_until (the native stack not running: said at once)."""
     from logpipe import health
 
     try:  # announced: a service that is down is no silent minute (LOGPIPE_CONNECT_TIMEOUT_S sets the wait)
         health.wait_until(probe, what=what, timeout=timeout, hint=f"{hint} (LOGPIPE_CONNECT_TIMEOUT_S sets this wait)",
-                          announce=True)
+                          announce=True, down=down)
     except health.ServiceTimeout as exc:
         return str(exc)
     return None
@@ -335,10 +337,12 @@ def kafka_problem(s: "Settings") -> str | None:
     """Why the alerts topic cannot be read (no broker answers within connect_timeout_s), or None: said before
     the recount, in one line, not as a MISMATCH of the alerts after it (`--no-kafka` skips that check)."""
     from logpipe import health
+    from logpipe.stack.services import native_service_down
 
     return not_ready(lambda: health.probe_kafka(s.kafka_address), f"Kafka at {s.kafka_address}", s.connect_timeout_s,
                      "verify reads the job's alerts topic from it. Is the broker running? `logpipe stack status`; "
-                     "LOGPIPE_KAFKA_BOOTSTRAP must name it (or --no-kafka: check the results on HDFS only).")
+                     "LOGPIPE_KAFKA_BOOTSTRAP must name it (or --no-kafka: check the results on HDFS only).",
+                     down=lambda: native_service_down(s, "kafka"))
 
 
 def results_problem(s: "Settings") -> str | None:
@@ -347,10 +351,12 @@ def results_problem(s: "Settings") -> str | None:
     from logpipe import health
     from logpipe.results import webhdfs_fs
     from logpipe.root_layout import COMMITS
+    from logpipe.stack.services import native_service_down
 
     if problem := not_ready(lambda: health.probe_blocks_reported(s.webhdfs_address), f"HDFS at {s.webhdfs_address}",
                             s.connect_timeout_s, "Is the NameNode (and DataNode) running? `logpipe stack status`; "
-                            "LOGPIPE_WEBHDFS_URL must name the NameNode's web address."):
+                            "LOGPIPE_WEBHDFS_URL must name the NameNode's web address.",
+                            down=lambda: native_service_down(s, "namenode")):
         return problem
     try:
         found = webhdfs_fs(s).exists(s.hdfs_path(COMMITS))

@@ -444,6 +444,38 @@ def service_pid(s: Settings, name: str) -> int | None:
     return our_pid(lay, _service(s, lay, name))
 
 
+def native_service_down(s: Settings, name: str) -> str | None:
+    """Why waiting for the native stack's `name` (kafka, namenode) is pointless, or None: the client settings name
+    its address here, nothing listens there, no process of this run folder runs it, and no `stack up` (or test
+    session) holds the run folder's lock. A `stream` or `verify` with the stack down then says so at once, not
+    after LOGPIPE_CONNECT_TIMEOUT_S (60 s). Another service on those addresses (compose's published ports) is not
+    this: it listens, or is started by something this cannot see, and the wait goes on."""
+    import fcntl
+    from urllib.parse import urlparse
+
+    if name == "kafka":
+        client, native, what = s.kafka_address, native_kafka_address(s), "Kafka"
+    else:
+        web = urlparse(s.webhdfs_address)
+        client, native, what = f"{web.hostname}:{web.port}", native_webhdfs_address(s).removeprefix("http://"), "HDFS"
+    host, port = native.rsplit(":", 1)
+    if client != native or health.port_open(host, int(port)):
+        return None
+    lay = Layout(s.run_dir)
+    if lay.lock_file.exists():
+        fd = os.open(lay.lock_file, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released with the fd below
+        except BlockingIOError:
+            return None  # a `stack up` (or a test session) is on it: the service may come
+        finally:
+            os.close(fd)
+    if service_pid(s, name) is not None:
+        return None  # starting, or busy: its own wait decides
+    return (f"the native stack's {what} is not running (run folder {s.run_dir}): start it with `logpipe stack up`, "
+            f"or point the settings at the {what} you run")
+
+
 def start_service(s: Settings, name: str) -> int:
     """(Re)start one service and wait until it is ready (for fault tests)."""
     lay = Layout(s.run_dir)

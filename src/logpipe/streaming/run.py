@@ -208,12 +208,13 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
 
     from logpipe import health
     from logpipe.spark import build_spark
+    from logpipe.stack.services import native_service_down
     from logpipe.streaming.job import SPARK_CONF, StreamJob
     from logpipe.streaming.lease import RootLease
     from logpipe.topics import topic_id
 
-    health.wait_for_kafka(s.kafka_address, s.connect_timeout_s)
-    health.wait_for_hdfs(s.webhdfs_address, s.connect_timeout_s)
+    health.wait_for_kafka(s.kafka_address, s.connect_timeout_s, down=lambda: native_service_down(s, "kafka"))
+    health.wait_for_hdfs(s.webhdfs_address, s.connect_timeout_s, down=lambda: native_service_down(s, "namenode"))
     check_until_idle(s, until_idle_s)
     if until_done and until_idle_s is None:  # drains what is there: a topic nobody produced to is a mistake
         health.wait_until(lambda: health.probe_topic(s.kafka_address, s.topic), what=f"topic {s.topic!r}",

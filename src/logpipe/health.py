@@ -313,11 +313,16 @@ def probe_spark_ui(ui: str) -> int:
     return len(apps)
 
 
+def spark_ui_problem() -> str:
+    """Why the Spark UI of a job with LOGPIPE_SPARK_UI_PORT=0 cannot be checked."""
+    return ("LOGPIPE_SPARK_UI_PORT is 0 (any free port): the job logs the port it took, which no health check can "
+            "know; set a fixed port to check it")
+
+
 def spark_ui_address(ui_host: str, ui_port: int) -> str:
     """Where to reach the Spark UI of a job on this machine that listens on `ui_host` (0.0.0.0: any, so loopback)."""
     if not ui_port:
-        raise ValueError("LOGPIPE_SPARK_UI_PORT is 0 (any free port): the job logs the port it took, which no "
-                         "health check can know; set a fixed port to check it")
+        raise ValueError(spark_ui_problem())
     return f"http://{'127.0.0.1' if ui_host == '0.0.0.0' else ui_host}:{ui_port}"
 
 
@@ -365,19 +370,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hdfs: also ask the DataNode on HOST itself (its data port and JMX, at "
                              "LOGPIPE_DATANODE_DATA_PORT and LOGPIPE_DATANODE_HTTP_PORT) whether it has registered, "
                              "as the native stack does: the NameNode lists a DataNode that died as live for a while")
+    parser.add_argument("--topic", default=None,
+                        help="producer: the topic the producer sends to, whose heartbeat is checked (default: "
+                             "LOGPIPE_TOPIC, as `logpipe produce --topic`)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the service `args.service` once ready or timed out: 0 ready, 1 not (the reason on stderr), 2 a flag
-    that does not apply to it."""
+    that does not apply to it, or settings that make the check impossible (the Spark UI on any free port)."""
     from logpipe.cli import misplaced_flag
     from logpipe.config import load_settings
 
-    misplaced = misplaced_flag(args, "service", {"max_age": ("producer",), "datanode": ("hdfs",)})
+    misplaced = misplaced_flag(args, "service", {"max_age": ("producer",), "datanode": ("hdfs",),
+                                                 "topic": ("producer",)})
     if misplaced:
         print(f"logpipe health {args.service}: {misplaced}", file=sys.stderr)
         return 2
-    s = load_settings()
+    s = load_settings(topic=args.topic)
+    if args.service == "spark" and not s.spark_ui_port:  # no port to check: not "not running"
+        print(f"logpipe health spark: {spark_ui_problem()}", file=sys.stderr)
+        return 2
     try:
         if args.service == "kafka":
             wait_for_kafka(s.kafka_address, args.timeout)

@@ -94,6 +94,10 @@ def test_producer_heartbeat_probe_is_ready_only_while_fresh(tmp_path, monkeypatc
     assert health.main(["producer", "--timeout", "0"]) == 1
     monkeypatch.setenv("LOGPIPE_PRODUCER_CHECKPOINT_S", "40")
     assert health.main(["producer", "--timeout", "0"]) == 0
+    # a producer sending to another topic (`produce --topic live`): `--topic` names it, as produce's flag does
+    assert health.main(["producer", "--timeout", "0", "--topic", "live"]) == 1
+    PositionStore(tmp_path / "pos", "live").beat()
+    assert health.main(["producer", "--timeout", "0", "--topic", "live"]) == 0
 
 
 def test_python_m_health_reports_a_bad_setting_as_the_command_does(monkeypatch, capsys):
@@ -111,6 +115,7 @@ def test_python_m_health_reports_a_bad_setting_as_the_command_does(monkeypatch, 
     (["hdfs", "--max-age", "5"], "--max-age applies to `logpipe health producer` only"),
     (["kafka", "--datanode", "127.0.0.1"], "--datanode applies to `logpipe health hdfs` only"),
     (["producer", "--datanode", "127.0.0.1"], "--datanode applies to `logpipe health hdfs` only"),
+    (["kafka", "--topic", "live"], "--topic applies to `logpipe health producer` only"),
 ])
 def test_a_health_flag_for_another_service_is_refused(monkeypatch, capsys, argv, says):
     """`health kafka --max-age 5` checked Kafka and ignored the flag: a flag for another service is one line and
@@ -224,6 +229,15 @@ def test_the_spark_ui_probe_wants_a_running_application(free_ports):
         health.probe_spark_ui(f"http://127.0.0.1:{free_ports(1)[0]}")
     with pytest.raises(ValueError, match="any free port"):
         health.spark_ui_address("127.0.0.1", 0)
+
+
+def test_a_spark_ui_on_any_free_port_cannot_be_checked_and_says_so_with_exit_2(monkeypatch, capsys):
+    """With LOGPIPE_SPARK_UI_PORT=0 no check can know the job's port: that exited 1, which a monitor reads as
+    the job being down; it is the setting that does not allow the check (exit 2, as a flag that does not apply)."""
+    monkeypatch.setenv("LOGPIPE_SPARK_UI_PORT", "0")
+    monkeypatch.setattr(health, "wait_until", lambda *a, **k: pytest.fail("probed"))
+    assert health.main(["spark", "--timeout", "0"]) == 2
+    assert "LOGPIPE_SPARK_UI_PORT is 0 (any free port)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "soon"])

@@ -294,3 +294,17 @@ def test_results_of_another_log_are_said_in_one_line_above_the_verdict(log, monk
     accounting.update(other_log=None)  # the same number of lines: nothing said (the table tells what differs)
     assert main(["verify", "--log", str(log)]) == 1
     assert "another log" not in capsys.readouterr().out
+
+
+def test_the_truth_row_says_what_its_delays_are_measured_in() -> None:
+    """The ground truth's row gave "raised with the job's input read up to max 3980 s after it (micro-batch
+    size)", which a reviewer could not read: it says now that it is log time, read by the batch that raised it."""
+    from logpipe.commands.verify import truth_text
+
+    tr = {"recall": 1.0, "precision": 1.0, "false_positives": 0, "expected_alerts": 2,
+          "incidents": [{"expected": [{"delay_s": 16, "raised_after_s": 3980}, {"delay_s": 8, "raised_after_s": 12}]}]}
+    text = truth_text(tr)
+    assert "first alerted window ends max 16 s after an incident starts" in text
+    assert "raised by a micro-batch that had read the log up to max 3980 s (log time) past the incident's start" in text
+    del tr["incidents"][0]["expected"][0]["raised_after_s"], tr["incidents"][0]["expected"][1]["raised_after_s"]
+    assert "raised by" not in truth_text(tr)  # a job that recorded no read bounds: no such figure

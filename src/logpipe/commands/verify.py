@@ -288,7 +288,8 @@ def truth_text(tr: dict) -> str:
     delay = (f"detection delay (log time): first alerted window ends max {max(delays)} s after an incident "
              "starts" if delays else "detection delay: none measured (no incident was alerted)")
     if raised:
-        delay += f"; raised with the job's input read up to max {max(raised)} s after it (micro-batch size)"
+        delay += (f"; raised by a micro-batch that had read the log up to max {max(raised)} s (log time) past the "
+                  "incident's start (a replay's batches span much log time; a live tail's, about a trigger)")
     return (f"{recall}, precision {tr['precision']:.0%}, false positives {tr['false_positives']}, {delay}"
             + (f". {tr['hint']}" if tr.get("hint") else ""))
 

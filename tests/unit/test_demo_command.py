@@ -44,6 +44,28 @@ def test_a_bad_sample_size_is_refused_before_the_stack_starts(monkeypatch, capsy
     assert args.size == "2.5GB"  # handed on to generate as given
 
 
+class _StopAfterSample(Exception):
+    """Raised by the step after the sample (the results' check): a demo test ends there."""
+
+
+def _demo_up_to_the_sample(monkeypatch) -> tuple[list, list]:
+    """The demo with a stack that starts at once, steps that only record their names, and an end at the step after
+    the sample (_StopAfterSample): (the stack starts, the steps' names)."""
+    from logpipe.commands import demo
+    from logpipe.stack import services
+
+    started: list = []
+    steps: list = []
+
+    def no_more(*_a, **_k):
+        raise _StopAfterSample
+
+    monkeypatch.setattr(services, "up", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(demo, "_step", lambda name, *a, **k: steps.append(name) or (0.0, 0))
+    monkeypatch.setattr(demo, "fresh_results_for", no_more)
+    return started, steps
+
+
 @pytest.mark.parametrize("given, generated", [([], False), (["--size", "5MB"], True), (["--seed", "7"], True)])
 def test_a_named_log_that_does_not_exist_is_an_error_unless_a_sample_is_asked_for(monkeypatch, capsys, tmp_path,
                                                                                    given, generated):
@@ -52,23 +74,11 @@ def test_a_named_log_that_does_not_exist_is_an_error_unless_a_sample_is_asked_fo
     does not exist is now an error, exit 2, before the stack starts; with --size or --seed the user asks for a
     sample there, and gets one."""
     from logpipe import cli
-    from logpipe.commands import demo
-    from logpipe.stack import services
 
     log = tmp_path / "nope.log"
-    started, steps = [], []
-    monkeypatch.setattr(services, "up", lambda *a, **k: started.append(a))
-
-    class Stop(Exception):
-        pass
-
-    def no_more(*_a, **_k):
-        raise Stop
-
-    monkeypatch.setattr(demo, "_step", lambda name, *a, **k: steps.append(name) or (0.0, 0))
-    monkeypatch.setattr(demo, "fresh_results_for", no_more)  # the step after the sample: the test ends there
+    started, steps = _demo_up_to_the_sample(monkeypatch)
     if generated:
-        with pytest.raises(Stop):
+        with pytest.raises(_StopAfterSample):
             cli.main(["demo", "--log", str(log), *given])
         assert steps == ["generate sample"] and started
     else:
@@ -166,23 +176,11 @@ def test_a_sample_size_for_a_log_that_exists_is_said_to_be_unused(monkeypatch, c
     """`demo --size 5MB` with the 40 MB sample already there replayed it without a word; the demo still never
     overwrites an existing log, but now says that the flags made no sample."""
     from logpipe import cli
-    from logpipe.commands import demo
-    from logpipe.stack import services
 
     log = tmp_path / "access.log"
     log.write_text("1.2.3.4 - - [2004-05-18 05:58:48] \"GET / HTTP/1.0\" 200 1\n")
-    steps = []
-    monkeypatch.setattr(services, "up", lambda *a, **k: None)
-
-    class Stop(Exception):
-        pass
-
-    def no_more(*_a, **_k):
-        raise Stop
-
-    monkeypatch.setattr(demo, "_step", lambda name, *a, **k: steps.append(name) or (0.0, 0))
-    monkeypatch.setattr(demo, "fresh_results_for", no_more)  # the step after the sample: the test ends there
-    with pytest.raises(Stop):
+    _, steps = _demo_up_to_the_sample(monkeypatch)
+    with pytest.raises(_StopAfterSample):
         cli.main(["demo", "--log", str(log), *given])
     assert steps == []  # nothing generated: the log exists
     warned = [line for line in capsys.readouterr().err.splitlines() if " WARNING " in line]

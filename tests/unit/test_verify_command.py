@@ -241,23 +241,29 @@ def test_a_results_root_it_cannot_read_is_one_line_with_what_to_check(log, monke
     assert what in err and "Traceback" not in err
 
 
-def test_a_mismatch_prints_its_first_differences_and_where_the_rest_are(log, monkeypatch, capsys, tmp_path):
-    """A report that fails names its first differences under the table and where the others are (the --json
-    report, or the flag that writes it): the table alone gave only how many."""
+def _verify_reporting(monkeypatch, **report: object) -> None:
+    """`logpipe verify` with its checks replaced by a failed report holding `report`'s fields (the table shown as
+    "the table"): what the command prints around a given report."""
     from types import SimpleNamespace
 
     import logpipe.verify
     from logpipe.commands import verify as command
 
-    windows = {"ok": False, "examples": {"wrong": [{"window_start": 1084859920, "host": "10.0.0.1",
-                                                    "count_expected": 2, "count_actual": 3}]}}
-    report = SimpleNamespace(ok=False, verdict="mismatch", windows_by_host=windows,
-                             windows_by_status={"ok": True, "examples": {}}, alerts={}, to_json=lambda: "{}")
+    fields = {"ok": False, "verdict": "mismatch", "windows_by_status": {"ok": True, "examples": {}}, "alerts": {},
+              "to_json": lambda: "{}"}
     monkeypatch.setattr(command, "results_problem", lambda s: None)
     monkeypatch.setattr(command, "kafka_problem", lambda s: None)
     monkeypatch.setattr("logpipe.results.settings_of_results", lambda s: (s, []))
-    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: report)
+    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: SimpleNamespace(**(fields | report)))
     monkeypatch.setattr(command, "report_table", lambda args, r: "the table")
+
+
+def test_a_mismatch_prints_its_first_differences_and_where_the_rest_are(log, monkeypatch, capsys, tmp_path):
+    """A report that fails names its first differences under the table and where the others are (the --json
+    report, or the flag that writes it): the table alone gave only how many."""
+    windows = {"ok": False, "examples": {"wrong": [{"window_start": 1084859920, "host": "10.0.0.1",
+                                                    "count_expected": 2, "count_actual": 3}]}}
+    _verify_reporting(monkeypatch, windows_by_host=windows)
     assert main(["verify", "--log", str(log)]) == 1
     out = capsys.readouterr().out
     assert "window starting 2004-05-18 05:58:40, host 10.0.0.1: the log's 2, the table's 3" in out, out
@@ -270,21 +276,9 @@ def test_results_of_another_log_are_said_in_one_line_above_the_verdict(log, monk
     """`verify --log mylog.log` against the demo's root: the MISMATCH table's window differences all follow from
     the results being another log's, which the report said only inside the accounting cell. One line above the
     verdict now says so, naming the log the demo recorded for the root."""
-    from types import SimpleNamespace
-
-    import logpipe.verify
-    from logpipe.commands import verify as command
-
     hint = "The job's results hold 342,620 distinct source lines, more than the 4,016 of mylog.log: is it ..."
     accounting = {"ok": False, "other_log": hint, "recorded_log": "/work/data/access.log"}
-    report = SimpleNamespace(ok=False, verdict="mismatch", accounting=accounting,
-                             windows_by_host={"ok": False, "examples": {}},
-                             windows_by_status={"ok": True, "examples": {}}, alerts={}, to_json=lambda: "{}")
-    monkeypatch.setattr(command, "results_problem", lambda s: None)
-    monkeypatch.setattr(command, "kafka_problem", lambda s: None)
-    monkeypatch.setattr("logpipe.results.settings_of_results", lambda s: (s, []))
-    monkeypatch.setattr(logpipe.verify, "verify_run", lambda *a, **k: report)
-    monkeypatch.setattr(command, "report_table", lambda args, r: "the table")
+    _verify_reporting(monkeypatch, accounting=accounting, windows_by_host={"ok": False, "examples": {}})
     assert main(["verify", "--log", str(log)]) == 1
     lines = capsys.readouterr().out.splitlines()
     said = [i for i, line in enumerate(lines) if line.startswith("the results may be of another log")]

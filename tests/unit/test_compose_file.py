@@ -410,6 +410,9 @@ def test_each_built_image_has_a_tag_of_its_own(resolved: dict) -> None:
     assert all(built.values()), f"a built service without an image name: {built}"
     tags = list(built.values())
     assert len(set(tags)) == len(tags), f"services share an image tag: {built}"
+    # our own names are built, never pulled (without it `up` first asks a registry for them, `pull` fails)
+    policies = {name: resolved["services"][name].get("pull_policy") for name in built}
+    assert set(policies.values()) == {"build"}, policies
     # the pairs built from one Dockerfile and target still build the same image
     for a, b in (("namenode", "datanode"), ("hdfs-ready", "producer")):
         assert resolved["services"][a]["build"] == resolved["services"][b]["build"], (a, b)

@@ -258,6 +258,24 @@ def _delete_test_data(s: Settings, suffix: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def records_in() -> Callable[[Settings, str], int]:
+    """How many records a topic holds (the sum of its partitions' end offsets; 0 while it does not exist), read
+    with a plain kafka-python consumer, not logpipe's code."""
+    return _records_in
+
+
+def _records_in(s: Settings, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, client_id="logpipe-tests")
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in parts]).values()) if parts else 0
+    finally:
+        consumer.close()
+
+
+@pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Settings]:
     """The native stack, ready. Reused if already up (or if LOGPIPE_KAFKA_BOOTSTRAP points elsewhere);
     otherwise started here (in the background since the tests were collected) and stopped at the end of the

@@ -39,18 +39,6 @@ def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _end_offset(stack: Settings, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_address)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        return sum(consumer.end_offsets(tps).values()) if tps else 0
-    finally:
-        consumer.close()
-
-
 def _commits(stack: Settings, root: str, query: str) -> int:
     """How many batches of `query` (ingest, flush) have their commit marker under `root`."""
     from hdfs import InsecureClient
@@ -165,7 +153,7 @@ def _wait_for_a_commit_after(stack: Settings, root: str, job: subprocess.Popen, 
         time.sleep(0.5)
 
 
-def test_kafka_restart_while_producing_and_streaming(stack, unique, tmp_path):
+def test_kafka_restart_while_producing_and_streaming(stack, unique, tmp_path, records_in):
     """The broker stops and comes back while the producer sends and the job reads: both carry on (the job
     commits batches after the restart and stops cleanly), no line lost or doubled."""
     log = tmp_path / "access.log"
@@ -177,13 +165,13 @@ def test_kafka_restart_while_producing_and_streaming(stack, unique, tmp_path):
     try:
         deadline = time.monotonic() + 300
         # both at work when the broker goes: the producer has sent a part, the job has committed a batch
-        while (_end_offset(stack, env["LOGPIPE_TOPIC"]) < 30_000
+        while (records_in(stack, env["LOGPIPE_TOPIC"]) < 30_000
                or _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < 1):
             assert producer.poll() is None, (tmp_path / "produce.log").read_text()[-3000:]
             assert job.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the producer sent too little, or the job committed nothing, in time"
             time.sleep(1)
-        assert _end_offset(stack, env["LOGPIPE_TOPIC"]) < lines, "the producer was done before the broker stopped"
+        assert records_in(stack, env["LOGPIPE_TOPIC"]) < lines, "the producer was done before the broker stopped"
         _restart(stack, "kafka", down_s=8)
         # the job reads on from the restarted broker: a batch committed after the restart (the producer still
         # sends, so there are new records), by the same process
@@ -638,7 +626,7 @@ def test_a_client_whose_flush_gave_up_on_a_paused_broker_closes_at_once(stack, u
 
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_a_producer_exits_at_its_delivery_timeout_when_the_broker_hangs_and_the_next_run_sends_the_rest(
-        stack, unique, tmp_path, client):
+        stack, unique, tmp_path, client, records_in):
     """The broker stops answering while `logpipe produce` sends (SIGSTOP: a hung JVM): the producer gives up at
     its delivery timeout (LOGPIPE_PRODUCER_DELIVERY_TIMEOUT_S, here 20 s), not later and not at once, and exits 1
     saying so, having saved its position only for lines the broker confirmed. With the broker back, the same
@@ -661,7 +649,7 @@ def test_a_producer_exits_at_its_delivery_timeout_when_the_broker_hangs_and_the_
     paused = False
     try:
         deadline = time.monotonic() + 120
-        while _end_offset(stack, env["LOGPIPE_TOPIC"]) < 5_000:
+        while records_in(stack, env["LOGPIPE_TOPIC"]) < 5_000:
             assert producer.poll() is None, out.read_text()[-3000:]
             assert time.monotonic() < deadline, "the producer sent too little in time"
             time.sleep(0.2)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,19 +37,9 @@ def _producer_command() -> list[str]:
     return [*producer["entrypoint"], script]
 
 
-def _records(s: Settings, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=s.kafka_address, client_id="compose-producer-test")
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in parts]).values()) if parts else 0
-    finally:
-        consumer.close()
-
-
-def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, expected: int | None, log: Path,
-                    timeout: float = 120, wait_for: str | None = None) -> tuple[int, dict]:
+def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, records_in: Callable[[Settings, str], int],
+                    expected: int | None, log: Path, timeout: float = 120,
+                    wait_for: str | None = None) -> tuple[int, dict]:
     """Run the service until the topic holds `expected` records (None: the generated log's lines) and its output
     shows `wait_for`, then SIGTERM it. Returns the topic's records and the producer's summary."""
     start = log.stat().st_size if log.exists() else 0
@@ -64,7 +55,7 @@ def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, expected: 
                 sum(1 for _ in log_file.open("rb")) if log_file.with_name(log_file.name + ".truth.json").exists()
                 else None)
             said = wait_for is None or wait_for in log.read_text(errors="replace")[start:]
-            if target is not None and said and _records(s, env["LOGPIPE_TOPIC"]) >= target:
+            if target is not None and said and records_in(s, env["LOGPIPE_TOPIC"]) >= target:
                 break
             if time.monotonic() > deadline:
                 pytest.fail(f"producer did not send the log within {timeout}s:\n{log.read_text()[-3000:]}")
@@ -76,11 +67,11 @@ def _run_until_sent(cmd: list[str], env: dict[str, str], s: Settings, expected: 
     output = log.read_text(errors="replace")[start:]
     assert code == 0, output[-3000:]
     summary = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
-    return _records(s, env["LOGPIPE_TOPIC"]), summary
+    return records_in(s, env["LOGPIPE_TOPIC"]), summary
 
 
-def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Settings, unique: str,
-                                                                      tmp_path: Path) -> None:
+def test_producer_service_generates_the_sample_follows_it_and_resumes(
+        stack: Settings, unique: str, tmp_path: Path, records_in: Callable[[Settings, str], int]) -> None:
     cmd = _producer_command()
     topic = f"compose-producer-{unique}"
     env = {**os.environ,
@@ -93,7 +84,7 @@ def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Set
     log = tmp_path / "producer.log"
     log_file = Path(env["LOGPIPE_COMPOSE_LOG_FILE"])
 
-    sent, first = _run_until_sent(cmd, env, stack, None, log)
+    sent, first = _run_until_sent(cmd, env, stack, records_in, None, log)
     lines = sum(1 for _ in log_file.open("rb"))
     truth = json.loads(log_file.with_name(log_file.name + ".truth.json").read_text())
     assert 250_000 < log_file.stat().st_size < 350_000 and truth["total_lines"] == lines
@@ -102,7 +93,7 @@ def test_producer_service_generates_the_sample_follows_it_and_resumes(stack: Set
     # `docker compose restart producer`: same volume, so no new sample and no second copy of the lines. It is
     # stopped only once it has resumed at the file's end (a stop before it read anything would also send nothing)
     mtime, size = log_file.stat().st_mtime_ns, log_file.stat().st_size
-    sent, again = _run_until_sent(cmd, env, stack, lines, log, wait_for=f"resuming at byte {size} of {size}")
+    sent, again = _run_until_sent(cmd, env, stack, records_in, lines, log, wait_for=f"resuming at byte {size} of {size}")
     assert sent == lines and (again["resumed_from"], again["lines"], again["records"]) == (size, 0, 0), again
     assert log_file.stat().st_mtime_ns == mtime
 

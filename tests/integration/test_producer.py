@@ -79,17 +79,6 @@ def _produce(env, *args, timeout=300):
                           text=True, timeout=timeout)
 
 
-def _records_in(stack, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_address)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in parts]).values()) if parts else 0
-    finally:
-        consumer.close()
-
-
 def _wait_for(what: str, ready, proc: subprocess.Popen, timeout: float = 90) -> None:
     """Poll `ready()` until true (the producer has reached a step), instead of sleeping a guessed time."""
     deadline = time.monotonic() + timeout
@@ -175,7 +164,7 @@ def test_resume_after_kill9_loses_nothing(stack, unique, tmp_path):
     assert seen == expected  # nothing lost
 
 
-def test_follow_waits_for_the_log_to_appear_then_sends_it(stack, unique, tmp_path):
+def test_follow_waits_for_the_log_to_appear_then_sends_it(stack, unique, tmp_path, records_in):
     """`produce --follow` started before the log exists (a web server not yet up) waits for it, then sends its lines
     and follows it, as `tail -F` would."""
     log = tmp_path / "later.log"
@@ -186,11 +175,11 @@ def test_follow_waits_for_the_log_to_appear_then_sends_it(stack, unique, tmp_pat
         heartbeat = tmp_path / "pos" / env["LOGPIPE_TOPIC"] / "heartbeat"
         _wait_for("the wait for the log", heartbeat.exists, proc)
         log.write_bytes(b"\n".join(_lines(40, "w")) + b"\n")
-        _wait_for("the 40 lines of the log that appeared", lambda: _records_in(stack, env["LOGPIPE_TOPIC"]) >= 40,
+        _wait_for("the 40 lines of the log that appeared", lambda: records_in(stack, env["LOGPIPE_TOPIC"]) >= 40,
                   proc)
         with log.open("ab") as f:
             f.write(b"\n".join(_lines(5, "x")) + b"\n")
-        _wait_for("the 5 appended lines", lambda: _records_in(stack, env["LOGPIPE_TOPIC"]) >= 45, proc)
+        _wait_for("the 5 appended lines", lambda: records_in(stack, env["LOGPIPE_TOPIC"]) >= 45, proc)
     finally:
         _, err = _stop_and_read(proc)
     assert proc.returncode == 0, err[-2000:]
@@ -198,7 +187,7 @@ def test_follow_waits_for_the_log_to_appear_then_sends_it(stack, unique, tmp_pat
     assert [v for _, v in _consume(stack, env["LOGPIPE_TOPIC"])] == _lines(40, "w") + _lines(5, "x")
 
 
-def test_follow_rotation_and_truncation(stack, unique, tmp_path):
+def test_follow_rotation_and_truncation(stack, unique, tmp_path, records_in):
     log = tmp_path / "live.log"
     log.write_bytes(b"\n".join(_lines(100, "a")) + b"\n")
     env = _env(stack, unique, tmp_path)
@@ -206,24 +195,24 @@ def test_follow_rotation_and_truncation(stack, unique, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for("the first 100 lines", lambda: _records_in(stack, topic) >= 100, proc)
+        _wait_for("the first 100 lines", lambda: records_in(stack, topic) >= 100, proc)
         with log.open("ab") as f:
             f.write(b"\n".join(_lines(50, "b")) + b"\n")
             f.write(b"partial line without newline")   # must not be sent before its newline
-        _wait_for("the 50 appended lines", lambda: _records_in(stack, topic) >= 150, proc)
+        _wait_for("the 50 appended lines", lambda: records_in(stack, topic) >= 150, proc)
         time.sleep(1.5)  # several polls of the file
-        assert _records_in(stack, topic) == 150, "the unterminated line was sent before its newline"
+        assert records_in(stack, topic) == 150, "the unterminated line was sent before its newline"
         with log.open("ab") as f:
             f.write(b" now complete\n")
-        _wait_for("the completed line", lambda: _records_in(stack, topic) >= 151, proc)
+        _wait_for("the completed line", lambda: records_in(stack, topic) >= 151, proc)
         log.rename(tmp_path / "live.log.1")             # rotation: rename, then a new file
         log.write_bytes(b"\n".join(_lines(30, "c")) + b"\n")
-        _wait_for("the new file's 30 lines", lambda: _records_in(stack, topic) >= 181, proc)
+        _wait_for("the new file's 30 lines", lambda: records_in(stack, topic) >= 181, proc)
         with log.open("r+b") as f:                       # truncated in place, then written again
             f.truncate(0)
         time.sleep(1)
         log.write_bytes(b"\n".join(_lines(20, "d")) + b"\n")
-        _wait_for("the 20 lines after the truncation", lambda: _records_in(stack, topic) >= 201, proc)
+        _wait_for("the 20 lines after the truncation", lambda: records_in(stack, topic) >= 201, proc)
         time.sleep(1.5)  # nothing more may come
     finally:
         out, err = _stop_and_read(proc)
@@ -363,7 +352,7 @@ def test_a_batch_the_broker_refuses_as_too_large_is_a_delivery_error_with_its_re
         sink.close()
 
 
-def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
+def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path, records_in):
     """Lines appended to the log, then the log rotated, while the producer was stopped: the next `--follow` run
     sends the old file's tail and saves that file's end before moving to the new file, so a third run sends
     nothing again (the tail was re-sent on every restart when only the new file's position was saved)."""
@@ -384,7 +373,7 @@ def test_a_file_rotated_while_stopped_is_finished_once(stack, unique, tmp_path):
             proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
                                     stdout=subprocess.DEVNULL, stderr=err_out, text=True)
         try:
-            _wait_for(f"{records} records", lambda: _records_in(stack, topic) >= records, proc)
+            _wait_for(f"{records} records", lambda: records_in(stack, topic) >= records, proc)
             if runs > 1:
                 _wait_for("the resume", lambda: resumed in err_file.read_text(), proc)
             time.sleep(1.5)
@@ -451,7 +440,7 @@ def test_positions_of_a_topic_made_again_by_hand_are_dropped(stack, unique, tmp_
     assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["lines"] == 0, r.stderr[-2000:]
 
 
-def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp_path):
+def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp_path, records_in):
     """`logpipe health producer` (compose's producer healthcheck): healthy while a --follow run waits for lines;
     unhealthy once its loop stops moving (SIGSTOP: as stuck as a process gets); healthy again when it moves on,
     and the lines appended meanwhile still arrive."""
@@ -468,7 +457,7 @@ def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp
     proc = subprocess.Popen([sys.executable, "-m", "logpipe", "produce", str(log), "--follow"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for("the first 50 lines", lambda: _records_in(stack, topic) >= 50, proc)
+        _wait_for("the first 50 lines", lambda: records_in(stack, topic) >= 50, proc)
         time.sleep(3)  # idle: only the waits for new lines touch the heartbeat now
         r = health(2.5)
         assert r.returncode == 0 and "heartbeat" in r.stdout, r.stdout
@@ -481,7 +470,7 @@ def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp
         with log.open("ab") as f:
             f.write(b"\n".join(_lines(10, "b")) + b"\n")
         proc.send_signal(signal.SIGCONT)
-        _wait_for("the lines appended while it was stopped", lambda: _records_in(stack, topic) >= 60, proc)
+        _wait_for("the lines appended while it was stopped", lambda: records_in(stack, topic) >= 60, proc)
         assert health(2.5).returncode == 0
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

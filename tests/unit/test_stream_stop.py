@@ -341,6 +341,24 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
         def ls(self, path: str) -> list[str]:  # the tables' folders (recover() looks for files outside day folders)
             return []
 
+    class WatchedLock:
+        """The job's lock, telling when the clean-up's thread reaches it."""
+
+        def __init__(self, lock: Any) -> None:
+            self.lock, self.cleanup_waits = lock, threading.Event()
+
+        def __enter__(self) -> bool:
+            if threading.current_thread().name == "clean-up":
+                self.cleanup_waits.set()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.__exit__(*exc)
+
+        def __getattr__(self, name: str) -> Any:  # acquire, release
+            return getattr(self.lock, name)
+
+    j._in_batch = watched = WatchedLock(j._in_batch)
     j._run_batch = slow_batch
     j.fs = StagingFs()
     j._publish_committed_alerts = lambda tags=None: order.append("alerts sent")
@@ -360,10 +378,11 @@ def test_recover_waits_for_a_batch_callback_that_is_still_running(monkeypatch) -
         except BaseException as exc:  # noqa: BLE001 (shown by the assertion below)
             failed.append(exc)
 
-    cleanup = threading.Thread(target=recover)
+    cleanup = threading.Thread(target=recover, name="clean-up")
     cleanup.start()
+    assert watched.cleanup_waits.wait(10), "the clean-up never took the job's batch lock"
     time.sleep(0.3)
-    assert order == ["batch starts"]  # the clean-up waits
+    assert order == ["batch starts"]  # the clean-up waits at the lock
     release.set()
     callback.join(10)
     cleanup.join(10)

@@ -50,6 +50,29 @@ print(rc, "pyspark" in sys.modules)
     assert json.loads(Path(f"{log}.truth.json").read_text())["total_lines"] == 3000
 
 
+def test_verify_recounts_without_any_code_of_the_streaming_job(tmp_path: Path) -> None:
+    """verify is the independent check of the job's numbers: its recount may share the line format
+    (logpipe.logformat, checked against hand-written tables in test_logformat.py) but no module of the job, so a
+    bug in the job's parsing, windows, repeats or alert code cannot make both sides agree."""
+    log = tmp_path / "a.log"
+    code = f"""
+import importlib, pkgutil, sys
+import logpipe.verify as pkg
+from logpipe.cli import main
+main(["generate", "--lines", "3000", "--seed", "3", "--out", {str(log)!r}])
+for m in ("logpipe.commands.verify", *(f"logpipe.verify.{{c.name}}" for c in pkgutil.iter_modules(pkg.__path__))):
+    importlib.import_module(m)
+from pathlib import Path
+from logpipe.verify.recount import count_log
+counts = count_log(Path({str(log)!r}), 20, 10)
+print(counts.lines, sorted(m for m in sys.modules if m.startswith(("logpipe.streaming", "pyspark"))))
+"""
+    r = _run(code, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines, loaded = r.stdout.splitlines()[-1].split(" ", 1)
+    assert (int(lines), loaded) == (3000, "[]")
+
+
 @pytest.mark.parametrize("command", [["stream", "--until-done"], ["demo"], ["bench", "--size", "1MB"]])
 def test_a_spark_command_without_pyspark_says_what_to_install_before_anything_else(tmp_path: Path,
                                                                                    command: list[str]) -> None:

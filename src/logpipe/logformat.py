@@ -3,7 +3,8 @@
 Formats (one line each; the three share the CLF layout and differ in the timestamp and trailing fields):
 - seed:     `host ident user [YYYY-mm-dd HH:MM:SS] "request" status bytes`   (no zone: UTC)
 - clf:      `host ident user [dd/Mon/YYYY:HH:MM:SS +zzzz] "request" status bytes`
-- combined: clf + ` "referrer" "user agent"`
+- combined: clf + ` "referrer" "user agent"`, then any more fields a server appends (nginx's `main`: a quoted
+  X-Forwarded-For; Apache's `combinedio`: bytes in and out), which are not kept
 
 Rules (the Spark job implements the same rules as SQL expressions; tests check they agree):
 - the line is UTF-8; a trailing CR/LF and a leading byte order mark (U+FEFF) are ignored; anything else that
@@ -60,8 +61,19 @@ _QUOTED = r'"((?:[^"\\]++|\\[^\n])*+)"'
 # one event with the second's time, and Java's regex recursed once per word, so a line of a few thousand words
 # overflowed the JVM's stack (StackOverflowError kills Spark's executor, and the job met the line again at every
 # restart). The possessive loop runs without recursion (100,000 words in Java: no overflow).
-LINE_PATTERN = (r'^\uFEFF?+(\S+) (\S+) (\S++(?: (?!\[)\S++)*+) \[([^\]]+)\] ' + _QUOTED
-                + r' (\d{1,3}) (\d{1,10}|-)(?: ' + _QUOTED + r' ' + _QUOTED + r')?$')
+# No word of a user of several words is `-`, and a user `-` is one word: a line with something before the host
+# (Apache's `vhost_combined` `www.example.com:443 203.0.113.9 - - [`, a syslog or Kubernetes (CRI) prefix
+# `2026-12-07T13:30:00Z stdout F 198.51.100.7 - - [`, a forwarded-for list `203.0.113.1, 10.0.0.1 - - [`) would
+# otherwise parse with its first word as the host (a wrong rate-limit key, which verify, using the same rules,
+# cannot see): such lines are `malformed`, as a line of another format is.
+_USER = r'(?!- (?!\[))(\S++(?: (?!\[|- )\S++)*+)'
+# After Combined's referrer and user agent, more fields as servers append them are allowed and not kept: nginx's
+# stock `main` format (`"$http_x_forwarded_for"`), Apache's `combinedio` (`%I %O`), a request time, Traefik's
+# `1 "router" "http://url" 5ms`: each a quoted field or a word that starts with neither a quote nor `[` (two
+# lines joined by a space where a newline was lost stay `malformed`: the second's time is a word `[dd/Mon/...`).
+_MORE_FIELDS = r'(?: (?:"(?:[^"\\]++|\\[^\n])*+"|[^\s"\[]\S*+))*+'
+LINE_PATTERN = (r'^\uFEFF?+(\S+) (\S+) ' + _USER + r' \[([^\]]+)\] ' + _QUOTED
+                + r' (\d{1,3}) (\d{1,10}|-)(?: ' + _QUOTED + r' ' + _QUOTED + _MORE_FIELDS + r')?$')
 # Seconds are 00-59: Spark's make_timestamp would turn a leap second `:60` into the next minute, Python's datetime
 # refuses it; the pattern refuses it for both (bad_timestamp).
 SEED_TIME_PATTERN = r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):([0-5]\d)$"

@@ -63,6 +63,14 @@ VALID = [
     ("1 MB line", _line(request="GET /" + "x" * 1_000_000 + " HTTP/1.1"), dict(http_response=200)),
     ("str input", _line().decode(), dict(host="1.2.3.4")),
     ("byte order mark before the host", b"\xef\xbb\xbf" + _line(), dict(host="1.2.3.4")),
+    ("user a single word", b'127.0.0.1 - alice [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 2326',
+     dict(host="127.0.0.1")),
+    ("nginx main: combined and a forwarded-for", _line(tail=' "-" "curl/8.5.0" "203.0.113.1, 10.0.0.1"'),
+     dict(host="1.2.3.4", bytes_sent=10)),
+    ("apache combinedio: combined and bytes in and out", _line(tail=' "-" "curl/8.5.0" 431 5120'),
+     dict(bytes_sent=10)),
+    ("traefik: combined and four more fields", _line(tail=' "-" "curl/8" 1 "web@docker" "http://10.0.0.2:80" 5ms'),
+     dict(http_response=200)),
 ]
 
 # (id, raw line, quarantine reason)
@@ -89,6 +97,21 @@ INVALID = [
     ("eleven digit bytes", _line(size="12345678901"), NO_MATCH),
     ("negative bytes", _line(size="-5"), NO_MATCH),
     ("only one combined field", _line(tail=' "-"'), NO_MATCH),
+    # something before the host: its first word would be taken for the host (a wrong rate-limit key)
+    ("apache vhost_combined", b'www.example.com:443 203.0.113.9 - - [07/Dec/2026:15:33:45 +0100] "GET / HTTP/1.1" '
+     b'200 5 "-" "curl/8"', NO_MATCH),
+    ("vhost_combined with a user", b'www.example.com:443 203.0.113.9 - alice [07/Dec/2026:15:33:45 +0100] '
+     b'"GET / HTTP/1.1" 200 5', NO_MATCH),
+    ("a forwarded-for list as the host", b'203.0.113.1, 10.0.0.1 - - [07/Dec/2026:15:33:45 +0100] "GET / HTTP/1.1" '
+     b'200 5', NO_MATCH),
+    ("kubernetes cri prefix", b'2026-12-07T13:30:00.000000123Z stdout F 198.51.100.7 - - [07/Dec/2026:13:30:00 '
+     b'+0000] "POST /login HTTP/1.1" 401 20 "-" "python-requests/2.31"', NO_MATCH),
+    ("syslog prefix", b'Nov 30 13:00:00 web1 nginx: 203.0.113.1 - - [30/Nov/2026:13:00:00 +0000] "GET / HTTP/1.1" '
+     b'200 1', NO_MATCH),
+    ("clf and a field more", _line(tail=" 0.123"), NO_MATCH),
+    ("combined and a blank", _line(tail=' "-" "curl/8" '), NO_MATCH),
+    ("combined and an unclosed quote", _line(tail=' "-" "curl/8" "x'), NO_MATCH),
+    ("two combined lines joined by a space", _line(tail=' "-" "curl/8" ') + _line(tail=' "-" "curl/8"'), NO_MATCH),
     ("unicode digits in status", _line(status="\u0662\u0660\u0660"), NO_MATCH),
     ("status 999", _line(status="999"), BAD_STATUS),
     ("status 000", _line(status="000"), BAD_STATUS),

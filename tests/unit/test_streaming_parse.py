@@ -40,6 +40,11 @@ GOOD = [
     # a remote user of 20,000 words: Java's regex recursed once per word of a lazy loop (StackOverflowError, the
     # JVM's executor killed, the job meeting the line again at every restart); a fuzz of both parsers found it
     b'1.2.3.4 - ' + b'a ' * 20_000 + b'[2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',
+    # fields servers append to Combined: nginx's `main`, Apache's `combinedio`, Traefik's
+    b'172.17.0.1 - - [07/Dec/2026:13:30:00 +0000] "GET / HTTP/1.1" 200 615 "-" "curl/8.5.0" "203.0.113.1, 10.0.0.1"',
+    b'172.17.0.1 - - [07/Dec/2026:13:30:00 +0000] "GET / HTTP/1.1" 200 615 "-" "curl/8.5.0" 431 5120\r\n',
+    b'172.17.0.1 - - [07/Dec/2026:13:30:00 +0000] "GET / HTTP/1.1" 200 615 "-" "curl/8" 1 "web@docker" '
+    b'"http://10.0.0.2:80" 5ms',
 ]
 BAD = [
     b"", b"\r\n", b"   ", b"\t", b"\xff\xfe garbage", b"\x80\x81\x82", b"just some text", b" \t\r\n\r",
@@ -98,6 +103,18 @@ BAD = [
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\xf4\x90\x80\x80 HTTP/1.1" 200 1',  # past U+10FFFF
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /\xe2\x82 HTTP/1.1" 200 1',      # a truncated sequence
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1' + b"x" * 1_000_000,
+    # something before the host (its first word would be the host): vhost_combined, with a user, a forwarded-for
+    # list, a Kubernetes (CRI) prefix, a syslog prefix
+    b'www.example.com:443 203.0.113.9 - - [07/Dec/2026:15:33:45 +0100] "GET / HTTP/1.1" 200 5 "-" "curl/8"',
+    b'www.example.com:443 203.0.113.9 - alice [07/Dec/2026:15:33:45 +0100] "GET / HTTP/1.1" 200 5',
+    b'203.0.113.1, 10.0.0.1 - - [07/Dec/2026:15:33:45 +0100] "GET / HTTP/1.1" 200 5',
+    b'2026-12-07T13:30:00.000000123Z stdout F 198.51.100.7 - - [07/Dec/2026:13:30:00 +0000] "GET / HTTP/1.1" 401 2',
+    b'Nov 30 13:00:00 web1 nginx: 203.0.113.1 - - [30/Nov/2026:13:00:00 +0000] "GET / HTTP/1.1" 200 1',
+    # after Combined: a blank, an unclosed quote, a second line joined by a space
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1 "-" "curl/8" ',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1 "-" "curl/8" "x',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /a HTTP/1.1" 200 1 "-" "curl/8" 5.6.7.8 - - [2004-05-18 05:58:49] '
+    b'"GET /b HTTP/1.1" 404 2 "-" "curl/8"',
 ]
 
 

@@ -465,6 +465,21 @@ def test_failure_summary_picks_the_cause_and_the_hint_is_found_anywhere_in_the_e
     expired = "Caused by: org.apache.kafka.common.errors.TimeoutException: Expiring 3 record(s) for alerts-0"
     for text in (hung, expired):
         assert "the Kafka broker did not answer in time" in run.failure_hint(text)
+    # the NameNode stopped, killed or hung while the job ran (Hadoop's RPC texts, measured on the native stack)
+    call = "java.io.IOException: Call From vm/127.0.0.1 to localhost:8020 failed on "
+    for failed, hint in (
+            ("connection exception: java.net.ConnectException: Connection refused; For more details see:  "
+             "http://wiki.apache.org/hadoop/ConnectionRefused", "HDFS's NameNode is not reachable"),
+            ("socket exception: java.net.SocketException: Connection reset; For more details see:  "
+             "http://wiki.apache.org/hadoop/SocketException", "the connection to HDFS's NameNode broke"),
+            ("x\n: java.io.EOFException: End of File Exception between local host is: \"vm/127.0.0.1\"; destination "
+             "host is: \"localhost\":8020; : java.io.EOFException; For more details see:  "
+             "http://wiki.apache.org/hadoop/EOFException", "the connection to HDFS's NameNode broke"),
+            ("socket timeout exception: java.net.SocketTimeoutException: 60000 millis timeout while waiting for "
+             "channel to be ready for read. ch : java.nio.channels.SocketChannel[connected local=/127.0.0.1:38010 "
+             "remote=localhost/127.0.0.1:8020]; For more details see:  http://wiki.apache.org/hadoop/SocketTimeout",
+             "HDFS's NameNode did not answer in time")):
+        assert hint in run.failure_hint(f"{call}{failed}\n\tat x\nCaused by: java.net.Y: z"), failed
     job.batch_error = RootBusy("this run lost its lease on /r: now held by process 7 on host h")
     with pytest.raises(RootBusy, match="lost its lease"):
         run._raise_if_failed(Failed(proxy), job)

@@ -648,6 +648,33 @@ def test_a_clean_up_that_fails_after_the_commit_does_not_raise_the_batch_s_alert
     assert not alerts["alert_id"].duplicated().any(), alerts
 
 
+def test_a_failed_batch_reports_its_own_error_when_its_clean_up_fails_too(local_spark, tmp_path, monkeypatch,
+                                                                          caplog):
+    """The NameNode in safe mode (or gone) fails a batch's commit, and then the removal of its staging folder: the
+    batch's own error is raised ("Cannot create file ..."), not the clean-up's ("Cannot delete ..._staging"), which
+    is a warning. Measured before: the clean-up's error replaced the commit's in the job's one-line failure."""
+    from logpipe.config import Settings
+    from logpipe.streaming import job as job_module
+    from logpipe.streaming.job import StreamJob
+
+    s = Settings(hdfs_url="file://", hdfs_root=str(tmp_path / "root"))
+    job = StreamJob(local_spark, s)
+    monkeypatch.setattr(job, "_publish_committed_alerts", lambda *a, **k: None)  # no Kafka here
+
+    def commit_refused(*_a, **_k) -> bool:
+        raise OSError("Cannot create file /root/_commits/ingest/.b0.pending.tmp. Name node is in safe mode.")
+
+    def delete_refused(path: str, *_a, **_k) -> None:
+        raise OSError(f"Cannot delete {path}. Name node is in safe mode.")
+
+    monkeypatch.setattr(job_module, "commit_batch", commit_refused)
+    monkeypatch.setattr(job.fs, "delete", delete_refused)
+    with caplog.at_level("WARNING", logger="logpipe.streaming.job"), pytest.raises(OSError, match="Cannot create"):
+        job._batch(_kafka_rows(local_spark, s, 0, 3, 1), 0)
+    assert any("was not removed after the batch failed: " in r.getMessage() and "Cannot delete" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not_each_marker(local_spark, tmp_path,
                                                                                             monkeypatch, caplog):
     """Every ROLLUP_EVERY batches the job writes the records of its marker folder's markers in one file, in that

@@ -430,6 +430,7 @@ class StreamJob:
                                "continued exactly (remove that root and its checkpoint, and stream again)")
         t0 = time.monotonic()
         mb = MicroBatch(self, batch, batch_id, prev=max((b for b in committed if b < batch_id), default=None))
+        failure: BaseException | None = None
         try:
             mb.parse(self._horizon(batch_id))
             t_parse = time.monotonic()
@@ -459,10 +460,23 @@ class StreamJob:
             committed[batch_id] = meta
             self._trim_history(committed)
             self._emitted().update({r["alert_id"]: r["window_end"] for r in mb.new_alerts})
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             mb.release()
-            if self._still_ours():  # a run that lost the root leaves the staging folder to the run that took it
-                self.fs.delete(mb.stage)
+            try:
+                if self._still_ours():  # a run that lost the root leaves the staging folder to the run that took it
+                    self.fs.delete(mb.stage)
+            except Exception as exc:
+                if failure is None:
+                    raise
+                # the batch failed already (HDFS gone, in safe mode): its own error is the one to report, not the
+                # clean-up's that the same cause failed (the start after it removes what is left)
+                from logpipe.streaming.run import failure_summary
+
+                log.warning("batch %d: its staging folder %s was not removed after the batch failed: %s", batch_id,
+                            mb.stage, failure_summary(str(exc)))
         self._prune_state(batch_id)
         self._roll_up_if_due()
         self._forget_final_alerts(next_horizon)

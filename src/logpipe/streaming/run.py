@@ -754,6 +754,8 @@ def failure_summary(text: str) -> str:
 _KAFKA_NO_ANSWER = (" -- the Kafka broker did not answer in time (hung, overloaded or paused): check `logpipe stack "
                     "status` and the broker's log; start the job again once it answers (it resumes from its last "
                     "committed micro-batch)")
+_NAMENODE_LOST = (" -- the connection to HDFS's NameNode broke (it stopped or restarted): check `logpipe stack "
+                  "status` and its log; the job resumes from its checkpoints when started again")
 FAILURE_HINTS = {  # what to check next, by a telling part of the error (the first that matches)
     "There are 0 datanode(s) running": " -- HDFS has no DataNode to write to: check `logpipe stack status` and the "
                                        "DataNode log; once it is back, start the job again (it resumes from its "
@@ -769,6 +771,17 @@ FAILURE_HINTS = {  # what to check next, by a telling part of the error (the fir
     # (spark.network.timeout, 120 s); the alerts' send has hints of its own (job.ALERT_SEND_HINTS)
     "Cannot fetch record for offset": _KAFKA_NO_ANSWER,
     "org.apache.kafka.common.errors.TimeoutException": _KAFKA_NO_ANSWER,
+    # Hadoop's RPC client (the NameNode's calls) ends each failure's text with a link named by its kind ("Call From h
+    # to nn:8020 failed on connection exception: ...; For more details see:  http://wiki.apache.org/hadoop/
+    # ConnectionRefused"); Spark's Kafka reads and the alerts' send have texts of their own
+    "wiki.apache.org/hadoop/SocketTimeout": " -- HDFS's NameNode did not answer in time (hung, overloaded or "
+                                            "paused): check `logpipe stack status` and its log; start the job again "
+                                            "once it answers (it resumes from its checkpoints)",
+    "wiki.apache.org/hadoop/ConnectionRefused": " -- HDFS's NameNode is not reachable (LOGPIPE_HDFS_URL): check "
+                                                "`logpipe stack status` and its log; the job resumes from its "
+                                                "checkpoints when started again",
+    "wiki.apache.org/hadoop/EOFException": _NAMENODE_LOST,
+    "wiki.apache.org/hadoop/SocketException": _NAMENODE_LOST,
     "Connection refused": " -- a service is not reachable: check `logpipe stack status`; the job resumes from its"
                           " checkpoints when started again",
     "AccessControlException": " -- the HDFS user (LOGPIPE_HDFS_USER, else your login name) may not write there: "

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -312,37 +313,45 @@ def test_a_broker_that_hangs_while_the_job_reads(stack, unique, tmp_path):
     _finish_and_verify(env, log, tmp_path, lines)
 
 
-def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):
-    """The DataNode goes away while the job writes: the job carries on or fails clearly; after a restart the
-    results are exact."""
-    log = tmp_path / "access.log"
-    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="10000")
-    lines = 150_000
-    _generate_and_produce(env, log, lines, 22, "--client", "confluent")
+def _hdfs_outage_while_the_job_writes(stack: Settings, env: dict[str, str], tmp_path: Path, seed: int,
+                                      outage: Callable[[], None], service: str) -> tuple[int, str]:
+    """Stream a produced log of 150,000 lines in batches of 10,000; after its second commit run `outage` (which
+    brings the service back before it returns), then let the job commit once more or fail, which
+    _assert_survived_or_failed_clearly judges (a job that does neither in 120 s has hung). Returns the job's exit
+    code and output."""
+    log, root = tmp_path / "access.log", env["LOGPIPE_HDFS_ROOT"]
+    _generate_and_produce(env, log, 150_000, seed, "--client", "confluent")
     job = _start(env, tmp_path / "stream.log", "stream")
     try:
         deadline = time.monotonic() + 300
-        while _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < 2:
+        while _ingest_commits(stack, root) < 2:
             assert job.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the job committed nothing in time"
             time.sleep(0.5)
-        _restart(stack, "datanode", down_s=10)
-        # then let it commit once more with the restarted DataNode, or fail (which the checks below judge); a job
-        # that neither commits nor exits has hung
-        after_restart, deadline = _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]), time.monotonic() + 120
+        outage()
+        after_restart, deadline = _ingest_commits(stack, root), time.monotonic() + 120
         while job.poll() is None and time.monotonic() < deadline:
-            if _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) > after_restart:
+            if _ingest_commits(stack, root) > after_restart:
                 break
             time.sleep(0.5)
-        assert job.poll() is not None or _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) > after_restart, \
-            "the job neither committed nor exited in 120 s after the DataNode came back:\n" + \
+        assert job.poll() is not None or _ingest_commits(stack, root) > after_restart, \
+            f"the job neither committed nor exited in 120 s after the {service} came back:\n" + \
             (tmp_path / "stream.log").read_text()[-3000:]
     finally:
         rc = _stop_job(job)
     job_log = (tmp_path / "stream.log").read_text()
     _assert_survived_or_failed_clearly(rc, job_log)
-    assert _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < lines / 10_000, "the outage came too late to matter"
-    _finish_and_verify(env, log, tmp_path, lines)
+    assert _ingest_commits(stack, root) < 15, "the outage came too late to matter"
+    _finish_and_verify(env, log, tmp_path, 150_000)
+    return rc, job_log
+
+
+def test_datanode_restart_while_the_job_writes(stack, unique, tmp_path):
+    """The DataNode goes away while the job writes: the job carries on or fails clearly; after a restart the
+    results are exact."""
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="10000")
+    _hdfs_outage_while_the_job_writes(stack, env, tmp_path, 22, lambda: _restart(stack, "datanode", down_s=10),
+                                      "DataNode")
     assert _assert_not_world_writable(stack, env["LOGPIPE_HDFS_ROOT"]) > 10
 
 
@@ -354,17 +363,7 @@ def test_namenode_killed_while_the_job_writes(stack, unique, tmp_path):
     90 s was ridden through."""
     from logpipe import health
 
-    log = tmp_path / "access.log"
-    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="10000")
-    lines = 150_000
-    _generate_and_produce(env, log, lines, 23, "--client", "confluent")
-    job = _start(env, tmp_path / "stream.log", "stream")
-    try:
-        deadline = time.monotonic() + 300
-        while _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < 2:
-            assert job.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the job committed nothing in time"
-            time.sleep(0.5)
+    def kill_namenode() -> None:
         assert services.stop_service(stack, "namenode", kill=True), "the NameNode was not running"
         try:
             time.sleep(10)
@@ -372,23 +371,12 @@ def test_namenode_killed_while_the_job_writes(stack, unique, tmp_path):
             services.start_service(stack, "namenode")
             # the DataNode registers again by itself: the next tests need HDFS writable and every block readable
             health.wait_for_hdfs(stack.webhdfs_address, timeout=120)
-        after_restart, deadline = _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]), time.monotonic() + 120
-        while job.poll() is None and time.monotonic() < deadline:
-            if _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) > after_restart:
-                break
-            time.sleep(0.5)
-        assert job.poll() is not None or _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) > after_restart, \
-            "the job neither committed nor exited in 120 s after the NameNode came back:\n" + \
-            (tmp_path / "stream.log").read_text()[-3000:]
-    finally:
-        rc = _stop_job(job)
-    job_log = (tmp_path / "stream.log").read_text()
-    _assert_survived_or_failed_clearly(rc, job_log)
+
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="10000")
+    rc, job_log = _hdfs_outage_while_the_job_writes(stack, env, tmp_path, 23, kill_namenode, "NameNode")
     if rc == 1:
         error = next(line for line in job_log.splitlines() if line.startswith("logpipe stream: streaming query "))
         assert "NameNode" in error, error
-    assert _ingest_commits(stack, env["LOGPIPE_HDFS_ROOT"]) < lines / 10_000, "the outage came too late to matter"
-    _finish_and_verify(env, log, tmp_path, lines)
 
 
 def test_a_crashed_flush_and_unsent_alerts_are_repaired_at_the_next_start(stack, unique, tmp_path):

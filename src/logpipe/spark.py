@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,6 +132,7 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
         builder = builder.config(k, v)
     if SparkContext._active_spark_context is not None:  # the JVM runs already: its session, with these settings
         spark = builder.getOrCreate()
+        plain_keyboard_interrupt()
         if kafka and not spark.sparkContext.getConf().get("spark.jars", ""):
             raise RuntimeError("a SparkSession without the Kafka connector runs in this process already (built "
                                "with kafka=False), and a running JVM cannot take jars: build the first session "
@@ -145,6 +148,7 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
         os.environ["JAVA_HOME"] = java_home
         try:
             spark = builder.getOrCreate()
+            plain_keyboard_interrupt()
         finally:
             if saved is None:
                 os.environ.pop("JAVA_HOME", None)
@@ -157,6 +161,15 @@ def build_spark(s: Settings, app_name: str = "logpipe", *, kafka: bool = True,
             leave_termination_to_python(spark)
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def plain_keyboard_interrupt() -> None:
+    """Ctrl-C raises KeyboardInterrupt, as in any Python program. pyspark's SIGINT handler (set by the SparkContext)
+    first cancels every job through py4j, from inside the signal handler: the call the main thread is in then
+    breaks ("reentrant call", py4j's tracebacks), and a second Ctrl-C could end as if the JVM had died. Spark's
+    stop, which every end of a logpipe run makes, cancels the jobs anyway."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 JVM_IGNORES = ("TERM", "HUP")

@@ -61,3 +61,13 @@ def late_horizon(max_times: list[datetime], watermark_s: int, floor: datetime | 
     if floor is not None and (horizon is None or floor > horizon):
         return floor
     return horizon
+
+
+LATE_SHARE_WARNED = 0.1
+
+
+def late_share_is_high(late: int, parsed: int) -> bool:
+    """Whether a micro-batch's late rows are a share of its parsed lines (LATE_SHARE_WARNED) that no straggler
+    explains: the horizon then lies ahead of the log's traffic (one line dated later than its neighbours set it: a
+    wrong date in a replayed log, a server clock running fast), and the lines after it are all late."""
+    return late > 0 and late >= LATE_SHARE_WARNED * parsed

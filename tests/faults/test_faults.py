@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,6 +230,55 @@ def test_sigterm_stops_between_batches_and_the_same_command_goes_on(stack, uniqu
     assert 1 <= committed < lines // per_batch  # it stopped before the end ...
     assert f"{committed * per_batch:,} lines" in said[0]  # ... between batches: each committed whole
     assert _commits(stack, root, "flush") == 0, "a stopped run wrote its open windows as final"
+    _finish_and_verify(env, log, tmp_path, lines)
+
+
+@pytest.mark.parametrize("when", ["while Spark starts", "twice during a batch"])
+def test_ctrl_c_while_spark_starts_or_twice_stops_at_once_in_one_line(stack, unique, tmp_path, when):
+    """Ctrl-C (SIGINT) once Spark runs but before the job reads (taking the root, cleaning a crashed attempt), or
+    twice while a micro-batch runs (the second one stops at once): the job exits 130 saying `interrupted`, with no
+    Python traceback (pyspark's own handler called into the JVM from inside the signal, and py4j logged the call it
+    cut short), and never as if its JVM had died. The same command then finishes the topic, `verify` exact."""
+    log = tmp_path / "access.log"
+    # a second batch to interrupt, or (signalled before any batch) a small log: the restart is what is checked
+    per_batch, lines = 50_000, (150_000 if when == "twice during a batch" else 20_000)
+    env = _env(stack, unique, tmp_path, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(per_batch), LOGPIPE_TOPIC_PARTITIONS="1")
+    _generate_and_produce(env, log, lines, 31)
+    out = tmp_path / "stream.log"
+    job = _start(env, out, "stream", "--until-done")
+    root = env["LOGPIPE_HDFS_ROOT"]
+    from hdfs import InsecureClient
+
+    client = InsecureClient(stack.webhdfs_address, user=stack.hdfs_user_name)
+
+    def ready() -> bool:
+        if when == "while Spark starts":
+            return " Spark 4" in out.read_text()
+        # the second batch has begun writing (its one pass), and is far from its end
+        return client.status(f"{root}/events/_staging/{batch_tag(1)}", strict=False) is not None
+
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert job.poll() is None, "the job ended before the signal:\n" + out.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no signal point in time:\n" + out.read_text()[-3000:]
+            time.sleep(0.05)
+        job.send_signal(signal.SIGINT)
+        if when == "twice during a batch":  # the second as soon as the first is seen, the batch still running
+            while "SIGINT: stopping once the running micro-batch is done" not in out.read_text():
+                assert job.poll() is None and time.monotonic() < deadline, out.read_text()[-3000:]
+                time.sleep(0.02)
+            job.send_signal(signal.SIGINT)
+            assert _ingest_commits(stack, root) == 1, "the batch ended before the second signal: nothing tested"
+        rc = job.wait(300)
+    finally:
+        _kill_if_running(job)
+    text = out.read_text()
+    # the last line of ours (Spark's JVM logs the writes a stop at once cut short, also as the process ends)
+    ours = [line for line in text.splitlines() if line.strip() and not re.match(r"\d\d/\d\d/\d\d ", line)]
+    assert rc == 130 and ours[-1] == "interrupted", text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert "JVM stopped answering" not in text, text[-3000:]
     _finish_and_verify(env, log, tmp_path, lines)
 
 

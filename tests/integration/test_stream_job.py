@@ -288,10 +288,20 @@ def job_env(s: Settings, **extra: str) -> dict[str, str]:
 
 
 def run_until_done(s: Settings, **extra: str) -> dict:
+    return run_until_done_with_log(s, **extra)[0]
+
+
+def run_until_done_with_log(s: Settings, **extra: str) -> tuple[dict, str]:
+    """`logpipe stream --until-done`: its metrics, and its log (stderr)."""
     r = subprocess.run([sys.executable, "-m", "logpipe", "stream", "--until-done"], env=job_env(s, **extra),
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, _first_errors(r.stderr)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+
+def late_share_warnings(log: str) -> list[str]:
+    """The job's warnings that most lines of a batch were late."""
+    return [line for line in log.splitlines() if "WARNING" in line and "behind the late horizon" in line]
 
 
 def _first_errors(stderr: str) -> str:
@@ -510,9 +520,33 @@ def test_rows_for_windows_a_flush_wrote_are_late_in_the_next_run(job_settings: S
              for i in range(10)]
     extra = [(next_off + 100 * i, line) for i, line in enumerate(inside + later)]
     send(job_settings, extra, partitions=None)
-    metrics = run_until_done(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000")
+    metrics, log = run_until_done_with_log(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER="6000")
     assert metrics["late"] - first["late"] == len(inside), (first["late"], metrics["late"])
     check_results(job_settings, Sent(records + extra, rate_host, surge_status), metrics, late_lines=LATE_LINES + 10)
+    # half of the second run's one batch was late: it says so, and why (the first run's flush set its horizon)
+    warned = late_share_warnings(log)
+    assert len(warned) == 1 and "10 of its 20 parsed lines" in warned[0], log[-3000:]
+    assert "the end of the windows an earlier `--until-done` run wrote" in warned[0], warned
+
+
+def test_a_line_dated_ahead_of_a_replayed_log_makes_the_lines_after_it_late_and_says_so(job_settings: Settings):
+    """A replayed log (dated in the past: the job's future bound cannot tell) with one line a day ahead of its
+    neighbours: that line moves the late horizon, the lines of the batches after it are late, as Spark's watermark
+    would make them. Nothing is lost (they are in late/, counted), and each such batch warns, naming the time that
+    set the horizon."""
+    def line(host: str, seconds: int) -> bytes:
+        return lf.format_line(host, BASE + timedelta(seconds=seconds), "GET / HTTP/1.1", 200, 1).encode()
+
+    first = [line("10.0.0.1", i) for i in range(20)] + [line("10.0.0.9", 86_400 + 20)]  # a day ahead
+    after = [line("10.0.0.2", 20 + i) for i in range(20)]
+    offs = range(0, 100 * (len(first) + len(after)), 100)
+    send(job_settings, list(zip(offs, first + after)), partitions=1)
+    metrics, log = run_until_done_with_log(job_settings, LOGPIPE_MAX_OFFSETS_PER_TRIGGER=str(len(first)))
+    assert metrics["lines"] == metrics["parsed"] == len(first) + len(after) and metrics["late"] == len(after), metrics
+    warned = late_share_warnings(log)
+    assert len(warned) == 1 and f"{len(after)} of its {len(after)} parsed lines" in warned[0], log[-3000:]
+    ahead = BASE + timedelta(seconds=86_400 + 20)
+    assert f"the newest event time of the batches before, {ahead:%Y-%m-%d %H:%M:%S}" in warned[0], warned
 
 
 @pytest.mark.faults

@@ -95,7 +95,8 @@ def test_the_spark_jvm_logs_one_line_per_error_and_keeps_the_whole_text_in_the_r
 
 def test_the_warning_of_a_stop_with_no_job_to_cancel_stays_off_the_console(tmp_path) -> None:
     """Spark warns twice at every stop between micro-batches that it found no job to cancel: kept in the run's
-    spark.log, not on stderr, where other warnings still come."""
+    spark.log, not on stderr, where other warnings still come. Also: a broker gone floods no console, and Ctrl-C
+    is a plain KeyboardInterrupt once the session is built."""
     import subprocess
     import sys
 
@@ -104,16 +105,28 @@ def test_the_warning_of_a_stop_with_no_job_to_cancel_stays_off_the_console(tmp_p
         from logpipe.config import load_settings
         from logpipe.spark import build_spark
         spark = build_spark(load_settings(run_dir=sys.argv[1]), "log-filter", kafka=False)
+        import signal
+        print("SIGINT plain:", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
         logger = spark._jvm.org.apache.logging.log4j.LogManager.getLogger("org.apache.spark.scheduler.DAGScheduler")
         logger.warn("Failed to cancel job group 4a0a3742-5373-46a1-b008-2f813af00b94. Cannot find active jobs for it.")
         logger.warn("Failed to cancel job group 4a0a: something else")
+        kafka = spark._jvm.org.apache.logging.log4j.LogManager.getLogger("org.apache.kafka.clients.NetworkClient")
+        for i in range(30):
+            kafka.warn(f"[Producer clientId=producer-1] Connection to node 1 could not be established #{i}")
+        kafka.error("a Kafka client error")
         spark.stop()
     """
     r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Cannot find active jobs" not in r.stderr and "Failed to cancel job group 4a0a: something else" in r.stderr
+    # Ctrl-C raises KeyboardInterrupt, not through pyspark's handler, which calls into the JVM from the signal
+    assert "SIGINT plain: True" in r.stdout, r.stdout
+    # a broker gone: the Kafka clients' warnings at every retry are cut to a few, their errors all come
+    retries = r.stderr.count("could not be established #")
+    assert 1 <= retries <= 5 and "a Kafka client error" in r.stderr, r.stderr[-3000:]
     kept = (tmp_path / "logs" / "spark.log").read_text()
     assert "Cannot find active jobs for it." in kept and "something else" in kept
+    assert kept.count("could not be established #") == 30 and "a Kafka client error" in kept  # the file has all
 
 
 def _jdk(root, name: str, version: str, *, java: bool = True):

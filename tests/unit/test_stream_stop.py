@@ -974,7 +974,7 @@ def _fake_run_stream_parts(monkeypatch, query: Any) -> tuple[type, type, type]:
     monkeypatch.setattr(run, "make_alerts_topic", lambda s: None)
 
     class Spark:
-        streams = SimpleNamespace(addListener=lambda listener: None)
+        streams = SimpleNamespace(addListener=lambda listener: None, active=[])
         sparkContext = SimpleNamespace(uiWebUrl="http://127.0.0.1:4040")
         stopped = 0
 
@@ -1151,3 +1151,92 @@ def test_an_interrupted_callback_hands_spark_a_short_traceback_it_takes_for_an_i
     failed = _py4j_error_caused_by(local_spark, jvm.java.lang.IllegalStateException("disk full"))
     job, exc = callback_raising(failed)
     assert exc is failed and job.batch_error is failed
+
+
+def test_a_failure_while_the_native_stack_is_down_says_so_before_the_error_s_own_hint(tmp_path, monkeypatch) -> None:
+    """A `stack down` while the job runs: Spark's Kafka client fails with a timeout, whose own hint says the broker
+    hangs. With the native stack's services not running (nothing on their ports, no process, no `stack up` on the
+    run folder), the run says that instead; without a job's settings, the error's own hint."""
+    import socket
+
+    from logpipe.config import load_settings
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    for name in ("LOGPIPE_KAFKA_BOOTSTRAP", "LOGPIPE_WEBHDFS_URL", "LOGPIPE_HDFS_URL"):  # the native stack's addresses
+        monkeypatch.delenv(name, raising=False)
+
+    class Job:
+        s = load_settings(run_dir=tmp_path, kafka_port=free_port(), namenode_http_port=free_port())
+
+    text = "Caused by: org.apache.kafka.common.errors.TimeoutException: Timed out waiting for a node assignment"
+    got = run.what_to_check(text, Job())
+    assert "the native stack's Kafka is not running" in got and "the native stack's HDFS is not running" in got, got
+    assert "did not answer in time" not in got and "resumes from its last committed micro-batch" in got
+    assert run.what_to_check(text, None) == run.failure_hint(text) != ""
+
+
+def test_a_py4j_error_that_hides_a_ctrl_c_is_taken_for_the_interrupt() -> None:
+    """py4j closes a call that Ctrl-C cut short, and may raise an error of its own while doing so: the run takes it
+    for the interrupt (exit 130), not for a JVM that died; a py4j error with no interrupt behind it is not one."""
+    from py4j.protocol import Py4JError
+
+    def hidden() -> Py4JError:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise Py4JError("Gateway must be connected to send cancel cmd.")  # noqa: B904 (as py4j does)
+        except Py4JError as exc:
+            return exc
+
+    assert run._interrupted(hidden())
+    assert not run._interrupted(Py4JError("An error occurred while calling o58.sc"))
+    looped = Py4JError("x")
+    looped.__context__ = looped
+    assert not run._interrupted(looped)
+
+
+def test_py4j_s_record_of_a_call_ctrl_c_cut_short_is_kept_off_the_console(caplog) -> None:
+    """py4j logs "KeyboardInterrupt while sending command." with a traceback on the root logger: while the run's
+    Spark session lives it goes to debug level; other root records pass, and once the session is over the filter
+    is gone."""
+    caplog.set_level(logging.DEBUG)
+    with run._short_py4j_records():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            logging.exception("KeyboardInterrupt while sending command.")
+        logging.warning("another root record")
+    assert [(r.name, r.levelname) for r in caplog.records] == [("logpipe.stream", "DEBUG"), ("root", "WARNING")]
+    assert not logging.getLogger().filters and not logging.getLogger("py4j.clientserver").filters
+
+
+def test_stopping_spark_stops_its_queries_first_and_spark_whatever_they_raise() -> None:
+    """A run that ends with a query still running (a second Ctrl-C) stops the query, then Spark: stopped with Spark
+    under it, the query's thread printed Java stack traces as the process ended. A query whose stop fails (its JVM
+    going) does not keep Spark from being stopped."""
+    from py4j.protocol import Py4JError
+
+    calls: list[str] = []
+
+    class Query:
+        def __init__(self, name: str, fails: bool) -> None:
+            self.name, self.fails = name, fails
+
+        def stop(self) -> None:
+            calls.append(f"stop {self.name}")
+            if self.fails:
+                raise Py4JError("An error occurred while calling o90.stop")
+
+    class Spark:
+        streams = SimpleNamespace(active=[Query("ingest", True), Query("other", False)])
+
+        def stop(self) -> None:
+            calls.append("spark")
+
+    run._stop_spark(Spark())
+    assert calls == ["stop ingest", "stop other", "spark"]

@@ -673,6 +673,17 @@ def test_a_failed_batch_reports_its_own_error_when_its_clean_up_fails_too(local_
         job._batch(_kafka_rows(local_spark, s, 0, 3, 1), 0)
     assert any("was not removed after the batch failed: " in r.getMessage() and "Cannot delete" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+    # a batch the query's stop interrupted: its clean-up, interrupted too, is no news (info, not a warning)
+    caplog.clear()
+
+    def commit_interrupted(*_a, **_k) -> bool:
+        raise job_module.BatchInterrupted("java.lang.InterruptedException (the query was stopped)")
+
+    monkeypatch.setattr(job_module, "commit_batch", commit_interrupted)
+    with caplog.at_level("INFO", logger="logpipe.streaming.job"), pytest.raises(job_module.BatchInterrupted):
+        job._batch(_kafka_rows(local_spark, s, 0, 3, 1), 0)
+    said = [r for r in caplog.records if "was not removed after the batch" in r.getMessage()]
+    assert [(r.levelname, "after the batch was stopped" in r.getMessage()) for r in said] == [("INFO", True)], said
 
 
 def test_the_job_rolls_up_its_commit_records_and_a_restart_reads_the_roll_up_not_each_marker(local_spark, tmp_path,

@@ -7,7 +7,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from logpipe.windows import duration_seconds, late_horizon, window_starts, window_starts_array
+from logpipe.windows import duration_seconds, late_horizon, late_share_is_high, window_starts, window_starts_array
 
 pytestmark = pytest.mark.unit
 
@@ -65,3 +65,11 @@ def test_late_horizon_never_reopens_flushed_windows():
     assert late_horizon(t, 30, floor) == floor
     assert late_horizon([], 30, floor) == floor
     assert late_horizon([datetime(2024, 3, 1, 13, 0, 0)], 30, floor) == datetime(2024, 3, 1, 12, 59, 30)
+
+
+def test_a_late_share_is_high_from_a_tenth_of_the_parsed_lines():
+    """Stragglers behind the horizon are normal; a tenth of a batch's parsed lines late is not (the horizon lies
+    ahead of the traffic): the job warns then."""
+    assert not late_share_is_high(0, 0) and not late_share_is_high(0, 100)
+    assert not late_share_is_high(9, 100) and late_share_is_high(10, 100) and late_share_is_high(5, 5)
+    assert not late_share_is_high(1, 11) and late_share_is_high(1, 10)

@@ -54,7 +54,7 @@ from logpipe.streaming.commit import (HadoopFs, TableWrite, clean_crashed_attemp
 from logpipe.streaming.lease import RootBusy, RootLease
 from logpipe.streaming.parse import (EVENT_COLUMNS, REQUEST_PARTS, parse_columns, quarantine_in_future,
                                      source_columns)
-from logpipe.windows import duration_seconds, late_horizon
+from logpipe.windows import duration_seconds, late_horizon, late_share_is_high
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -432,7 +432,8 @@ class StreamJob:
         mb = MicroBatch(self, batch, batch_id, prev=max((b for b in committed if b < batch_id), default=None))
         failure: BaseException | None = None
         try:
-            mb.parse(self._horizon(batch_id))
+            horizon = self._horizon(batch_id)
+            mb.parse(horizon)
             t_parse = time.monotonic()
             mb.drop_repeats()
             next_horizon = self._horizon(batch_id, extra=mb.max_ts)
@@ -475,8 +476,16 @@ class StreamJob:
                 # clean-up's that the same cause failed (the start after it removes what is left)
                 from logpipe.streaming.run import failure_summary
 
-                log.warning("batch %d: its staging folder %s was not removed after the batch failed: %s", batch_id,
-                            mb.stage, failure_summary(str(exc)))
+                # a stop that cut the batch short interrupts its clean-up too: nothing to warn about then
+                stopped = (isinstance(failure, (BatchInterrupted, KeyboardInterrupt)) or interruption_in(failure)
+                           or interruption_in(exc))
+                try:
+                    text = failure_summary(str(exc))  # a Java error's text comes from the JVM, which may be going
+                except Exception:  # noqa: BLE001
+                    text = type(exc).__name__
+                log.log(logging.INFO if stopped else logging.WARNING, "batch %d: its staging folder %s was not "
+                        "removed after the batch %s: %s (the next start removes it)", batch_id, mb.stage,
+                        "was stopped" if stopped else "failed", text)
         self._prune_state(batch_id)
         self._roll_up_if_due()
         self._forget_final_alerts(next_horizon)
@@ -494,12 +503,34 @@ class StreamJob:
                         "as %s (they would have moved the late horizon ahead of the real traffic): check the clock "
                         "and the time zone of the server that wrote them", batch_id, f"{future:,}",
                         mb.not_after.strftime("%Y-%m-%d %H:%M:%S"), self.s.future_tolerance, TIMESTAMP_IN_FUTURE)
-        log.info("batch %d: %s lines (%s late, %s duplicates), %s final window rows, %s open, %s keys carried; "
-                 "parse+stage %.1fs, repeats check %.1fs, open windows %.1fs, write+commit (with the final host windows, "
-                 "alerts) %.1fs",
+        self._warn_if_late_share_is_high(batch_id, horizon, meta["late"], meta["lines"] - meta["quarantined"])
+        failed_open = mb.sizes["failed"].get(False, 0) if mb.sizes else 0
+        log.info("batch %d: %s lines (%s late, %s duplicates), %s final window rows, %s open (and %s failed-request "
+                 "counts per host the surge rule keeps), %s keys carried; parse+stage %.1fs, repeats check %.1fs, open "
+                 "windows %.1fs, write+commit (with the final host windows, alerts) %.1fs",
                  batch_id, f"{meta['lines']:,}", f"{meta['late']:,}", f"{meta['duplicates']:,}",
-                 f"{meta['final_window_rows']:,}", f"{meta['open_window_rows']:,}", f"{meta['seen_keys']:,}",
-                 t_parse - t0, t1 - t_parse, t2 - t1, time.monotonic() - t2)
+                 f"{meta['final_window_rows']:,}", f"{meta['open_window_rows'] - failed_open:,}", f"{failed_open:,}",
+                 f"{meta['seen_keys']:,}", t_parse - t0, t1 - t_parse, t2 - t1, time.monotonic() - t2)
+
+    def _warn_if_late_share_is_high(self, batch_id: int, horizon: datetime | None, late: int, parsed: int) -> None:
+        """A warning when a batch's late rows are more than stragglers (windows.late_share_is_high), naming what set
+        its horizon: the newest event time before it (a line dated ahead of the traffic moves it there) or the end
+        of the windows an `--until-done` run wrote."""
+        if horizon is None or not late_share_is_high(late, parsed):
+            return
+        newest = self._newest_before(batch_id)
+        if newest is not None and horizon == newest - timedelta(seconds=duration_seconds(self.s.watermark)):
+            why = (f"the newest event time of the batches before, {newest:%Y-%m-%d %H:%M:%S}, minus the watermark "
+                   f"{self.s.watermark}. A line dated later than the log's traffic (a wrong date in a replayed log, "
+                   "a server clock running fast) moves the horizon there and makes every line after it late: look "
+                   "for it among the newest events/ of the batches before. Lines sent again long after their first "
+                   "sending (`produce --reset`, positions lost) are late too: their first copies are counted")
+        else:
+            why = ("the end of the windows an earlier `--until-done` run wrote as final: lines for them came after "
+                   "it (see docs/reliability.md, Known limits)")
+        log.warning("batch %d: %s of its %s parsed lines were behind the late horizon %s UTC, so they are in late/, "
+                    "not in the windows nor the alerts. The horizon is %s", batch_id, f"{late:,}", f"{parsed:,}",
+                    f"{horizon:%Y-%m-%d %H:%M:%S}", why)
 
     def _fence(self) -> "Callable[[], None] | None":
         """commit_batch's fence: the lease's check (RootBusy once another run took the root over), if any."""

@@ -230,71 +230,127 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
                               timeout=float("inf"), hint="", interval=1.0)
     topic_now = topic_id(s, s.topic)  # the broker's id of the topic: read once, checked before and under the lease
     precheck_root(s, topic_now)
-    spark = build_spark(s, health.STREAM_APP, extra=SPARK_CONF)
-    job = StreamJob(spark, s)
-    lease = RootLease(job.fs, job.root)  # one run per results root
-    try:
-        lease.acquire()
-        job.lease = lease
-        job.claim_root(topic_now)
-        lease.check()  # a newcomer that took it over meanwhile: stop before recover() cleans its batch in progress
-        make_alerts_topic(s)  # once the root is known to be usable: a refused root leaves no topic behind
-        job.recover()  # sends the alerts a crash kept from Kafka
-        before = job.accounting()  # what earlier runs committed: the end of the run says what this one added
-    except BaseException as exc:
-        lease.release()
-        _stop_spark(spark)
-        if isinstance(exc, Py4JJavaError):  # HDFS refused (permissions, safe mode, no space): one line
-            # taking the lease, recording the settings, cleaning a crashed attempt or sending the alerts a crash
-            # kept from Kafka (recover): HDFS or Kafka refused
-            raise RuntimeError(f"could not start on the results root {job.root}: {failure_summary(str(exc))}"
-                               f"{failure_hint(str(exc))}") from exc
-        if isinstance(exc, Py4JError):
-            raise RuntimeError(_jvm_gone(job, exc)) from exc
-        raise
-    from logpipe.topics import TopicEnds
-
-    at_once = False  # a second signal (KeyboardInterrupt): no wait for the running micro-batch
-    quiet: TopicQuiet | None = None
-    stop: StopSignal | None = None
-    short = ShortCallbackErrors()
-    try:  # from here on the finally below releases the lease and stops Spark, whatever fails or interrupts
-        ends = TopicEnds(s, s.topic)  # connects on its first read, in the poller's thread
-        quiet = poller = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
-        spark.streams.addListener(_listener(job, lambda: poller.ends))
-        t0 = time.monotonic()
-        stop = StopSignal()
-        logging.getLogger("py4j.clientserver").addFilter(short)
-        log.info("reading topic %s at %s into %s; Spark UI %s", s.topic, s.kafka_address, s.hdfs_uri(),
-                 spark.sparkContext.uiWebUrl)  # in every mode: with spark_ui_port 0 or 4040 taken, only this says where
-        if until_idle_s is not None:
-            _follow_until_idle(job, s, stop, until_idle_s, quiet)
-        if until_done or until_idle_s is not None:
-            return _drain_and_flush(job, s, stop, t0, before)
-        return _run_until_stopped(job, s, stop, t0, before)
-    except Py4JJavaError as exc:  # HDFS refused a write outside the queries (the flush, the metrics, recover()):
-        # one line, as a failed micro-batch is reported (a query's failures come as StreamingQueryException)
-        raise RuntimeError(f"writing the results under {job.root} failed: {failure_summary(str(exc))}"
-                           f"{failure_hint(str(exc))}") from exc
-    except Py4JError as exc:  # not an error of Java's: the JVM no longer answers
-        raise RuntimeError(_jvm_gone(job, exc)) from exc
-    except KeyboardInterrupt:  # the second Ctrl-C: stop at once (Spark's stop below ends the query)
-        at_once = True
-        log.warning("stopping now: a micro-batch cut short is redone on restart")
-        raise
-    finally:
-        if quiet is not None:
-            quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
-        logging.getLogger("py4j.clientserver").removeFilter(short)
-        if stop is not None:
-            stop.restore()
-        # a callback a stop left running may still rename files: not yet (nor, stopping at once, at all)
-        if job.wait_for_batch(timeout=0 if at_once else CALLBACK_WAIT_S):
+    # until Spark has stopped, py4j's records of a failed callback or of a call Ctrl-C cut short are one line each (a
+    # Ctrl-C raises KeyboardInterrupt without a call into the JVM: spark.plain_keyboard_interrupt)
+    with _short_py4j_records():
+        spark = build_spark(s, health.STREAM_APP, extra=SPARK_CONF)
+        try:
+            job = StreamJob(spark, s)
+            lease = RootLease(job.fs, job.root)  # one run per results root
+        except BaseException:  # a Ctrl-C here too: Spark is stopped
+            _stop_spark(spark)
+            raise
+        try:
+            lease.acquire()
+            job.lease = lease
+            job.claim_root(topic_now)
+            lease.check()  # a newcomer that took it over meanwhile: stop before recover() cleans its batch in progress
+            make_alerts_topic(s)  # once the root is known to be usable: a refused root leaves no topic behind
+            job.recover()  # sends the alerts a crash kept from Kafka
+            before = job.accounting()  # what earlier runs committed: the end of the run says what this one added
+        except BaseException as exc:
             lease.release()
-        else:
-            log.warning("a micro-batch callback is still running: the lease %s is left to be taken over once this "
-                        "process has ended", lease.path)
-        _stop_spark(spark)
+            _stop_spark(spark)
+            if isinstance(exc, Py4JJavaError):  # HDFS refused (permissions, safe mode, no space): one line
+                # taking the lease, recording the settings, cleaning a crashed attempt or sending the alerts a crash
+                # kept from Kafka (recover): HDFS or Kafka refused
+                raise RuntimeError(f"could not start on the results root {job.root}: {failure_summary(str(exc))}"
+                                   f"{what_to_check(str(exc), job)}") from exc
+            if isinstance(exc, Py4JError):
+                if _interrupted(exc):
+                    raise KeyboardInterrupt from exc
+                raise RuntimeError(_jvm_gone(job, exc)) from exc
+            raise
+        from logpipe.topics import TopicEnds
+
+        at_once = False  # a second signal (KeyboardInterrupt): no wait for the running micro-batch
+        quiet: TopicQuiet | None = None
+        stop: StopSignal | None = None
+        try:  # from here on the finally below releases the lease and stops Spark, whatever fails or interrupts
+            ends = TopicEnds(s, s.topic)  # connects on its first read, in the poller's thread
+            quiet = poller = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
+            spark.streams.addListener(_listener(job, lambda: poller.ends))
+            t0 = time.monotonic()
+            stop = StopSignal()
+            log.info("reading topic %s at %s into %s; Spark UI %s", s.topic, s.kafka_address, s.hdfs_uri(),
+                     spark.sparkContext.uiWebUrl)  # in every mode: with spark_ui_port 0 or 4040 taken, only this says where
+            if until_idle_s is not None:
+                _follow_until_idle(job, s, stop, until_idle_s, quiet)
+            if until_done or until_idle_s is not None:
+                return _drain_and_flush(job, s, stop, t0, before)
+            return _run_until_stopped(job, s, stop, t0, before)
+        except Py4JJavaError as exc:  # HDFS refused a write outside the queries (the flush, the metrics, recover()):
+            # one line, as a failed micro-batch is reported (a query's failures come as StreamingQueryException)
+            raise RuntimeError(f"writing the results under {job.root} failed: {failure_summary(str(exc))}"
+                               f"{what_to_check(str(exc), job)}") from exc
+        except Py4JError as exc:  # not an error of Java's: the JVM no longer answers, or a Ctrl-C cut a call short
+            if not _interrupted(exc):
+                raise RuntimeError(_jvm_gone(job, exc)) from exc
+            at_once = True
+            log.warning("stopping now: a micro-batch cut short is redone on restart")
+            raise KeyboardInterrupt from exc
+        except KeyboardInterrupt:  # the second Ctrl-C: stop at once (Spark's stop below ends the query)
+            at_once = True
+            log.warning("stopping now: a micro-batch cut short is redone on restart")
+            raise
+        finally:
+            if quiet is not None:
+                quiet.stop(timeout=1.0)  # a hung read is not waited for: the thread closes `ends` once it ends
+            if stop is not None:
+                stop.restore()
+            # a callback a stop left running may still rename files: not yet (nor, stopping at once, at all)
+            if job.wait_for_batch(timeout=0 if at_once else CALLBACK_WAIT_S):
+                lease.release()
+            else:
+                log.warning("a micro-batch callback is still running: the lease %s is left to be taken over once this "
+                            "process has ended", lease.path)
+            _stop_spark(spark)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether py4j's error `exc` came of a Ctrl-C: py4j closes a call that KeyboardInterrupt cut short, and that
+    clean-up may raise an error of its own ("Gateway must be connected to send cancel cmd."), which hides the
+    interrupt (it is the error's context)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+class InterruptedCallRecords(logging.Filter):
+    """py4j logs a call that Ctrl-C cut short ("KeyboardInterrupt while sending command.", on the root logger) and
+    the failures of closing its connection as errors with their tracebacks; the run says itself that it was
+    interrupted. Such records (a KeyboardInterrupt in their exception's chain) go to debug level (`logpipe -v`
+    shows them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _interrupted(exc):
+            log.debug("py4j: %s (a call to Spark's JVM cut short by Ctrl-C)", record.getMessage(),
+                      exc_info=record.exc_info)
+            return False
+        return True
+
+
+@contextmanager
+def _short_py4j_records() -> Iterator[None]:
+    """While the run's Spark session lives (until Spark has stopped): py4j's record of a failed micro-batch callback
+    in one line (ShortCallbackErrors) and none of a call Ctrl-C cut short (InterruptedCallRecords)."""
+    loggers = [logging.getLogger(name) for name in ("", "py4j.clientserver", "py4j.java_gateway")]
+    short, interrupted = ShortCallbackErrors(), InterruptedCallRecords()
+    loggers[1].addFilter(short)
+    for logger in loggers:
+        logger.addFilter(interrupted)
+    try:
+        yield
+    finally:
+        loggers[1].removeFilter(short)
+        for logger in loggers:
+            logger.removeFilter(interrupted)
 
 
 def _jvm_gone(job: StreamJob, exc: BaseException) -> str:
@@ -306,9 +362,21 @@ def _jvm_gone(job: StreamJob, exc: BaseException) -> str:
 
 def _stop_spark(spark: Any) -> None:
     """spark.stop(), which raises when the JVM is gone already: that must not hide the run's own outcome (its
-    error, or the StopRequested of a signal) behind a py4j traceback."""
+    error, or the StopRequested of a signal) behind a py4j traceback. A query still running (a second Ctrl-C
+    stops at once) is stopped first: stopped with Spark under it, its thread printed Java stack traces as the
+    process ended."""
     from py4j.protocol import Py4JError
 
+    try:
+        queries = spark.streams.active
+    except Py4JError:
+        queries = []
+    for query in queries:
+        try:
+            with _quiet_interrupted_callbacks():
+                query.stop()
+        except Py4JError as exc:  # Spark's stop below ends it anyway
+            log.debug("stopping query %s: %s", getattr(query, "name", "?"), type(exc).__name__)
     try:
         spark.stop()
     except Py4JError as exc:
@@ -720,7 +788,24 @@ def _raise_if_failed(q: StreamingQuery, job: StreamJob | None = None) -> None:
         raise cause
     text = str(exc) if cause is None else f"{cause}\n{exc}"
     summary = failure_summary(str(cause)) if cause is not None else failure_summary(text)
-    raise RuntimeError(f"streaming query {q.name} failed: {summary}{failure_hint(text)}{_spark_log_note(job)}")
+    raise RuntimeError(f"streaming query {q.name} failed: {summary}{what_to_check(text, job)}{_spark_log_note(job)}")
+
+
+def what_to_check(text: str, job: StreamJob | None) -> str:
+    """What to check next for the run's error `text`: first whether the native stack's services it uses are
+    still running (a `stack down` during the run: the Kafka client's error then reads as a broker that hangs),
+    else the error's own hint (failure_hint)."""
+    from logpipe.stack.services import native_service_down
+
+    settings = getattr(job, "s", None)
+    try:
+        down = [] if settings is None else [why for name in ("kafka", "namenode")
+                                            if (why := native_service_down(settings, name))]
+    except OSError:  # the run folder unreadable: the error's own hint
+        down = []
+    if down:
+        return f" -- {'; '.join(down)}; the job resumes from its last committed micro-batch when started again"
+    return failure_hint(text)
 
 
 def _spark_log_note(job: StreamJob | None) -> str:

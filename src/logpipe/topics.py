@@ -46,12 +46,15 @@ def topic_configs(s: Settings, configs: dict[str, str] | None = None) -> dict[st
     return out
 
 
-def topic_id(s: Settings, topic: str) -> str | None:
+def topic_id(s: Settings, topic: str, timeout_s: float | None = None) -> str | None:
     """The broker's id of `topic` (a UUID, new each time a topic of that name is made), or None if there is none.
-    Offsets are only meaningful within one id: a topic deleted and made again starts at offset 0."""
+    Offsets are only meaningful within one id: a topic deleted and made again starts at offset 0. `timeout_s`:
+    how long the broker may take to answer (default: the client's own, 30 s)."""
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-admin")
+    limits = {} if timeout_s is None else {"request_timeout_ms": int(timeout_s * 1000),
+                                           "bootstrap_timeout_ms": int(timeout_s * 1000)}
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_address, client_id="logpipe-admin", **limits)
     try:
         if topic not in admin.list_topics():
             return None

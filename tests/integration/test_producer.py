@@ -479,3 +479,20 @@ def test_a_following_producer_is_healthy_while_its_loop_moves(stack, unique, tmp
     finally:
         out, err = _stop_and_read(proc)
     assert proc.returncode == 0, err[-2000:]
+
+
+def test_a_topic_with_records_but_no_saved_positions_is_warned_about(stack, unique, tmp_path):
+    """Positions saved in another folder than this run's (another LOGPIPE_PRODUCER_STATE_DIR or run folder) while
+    the topic holds records: the producer reads the log from byte 0 and says so, naming the folder it looked in.
+    The first run into an empty topic says nothing of the kind."""
+    log = tmp_path / "a.log"
+    log.write_bytes(b"\n".join(_lines(200)) + b"\n")
+    env = _env(stack, unique, tmp_path)
+    r = _produce(env, str(log))
+    assert r.returncode == 0 and "already got" not in r.stderr, r.stderr[-2000:]
+    elsewhere = tmp_path / "other-positions"
+    r = _produce({**env, "LOGPIPE_PRODUCER_STATE_DIR": str(elsewhere)}, str(log))
+    assert r.returncode == 0, r.stderr[-2000:]
+    warned = [line for line in r.stderr.splitlines() if "already got 200 records" in line]
+    assert len(warned) == 1 and str(elsewhere) in warned[0] and "LOGPIPE_PRODUCER_STATE_DIR" in warned[0], r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["lines"] == 200  # read from byte 0, as said

@@ -50,11 +50,17 @@ def test_a_kafka_client_error_is_one_line_and_exit_1(monkeypatch, capsys, tmp_pa
 def test_a_delivery_error_says_delivery_failed(monkeypatch, capsys, tmp_path):
     from logpipe.producer.clients import DeliveryError
 
+    monkeypatch.setattr(produce, "_topic_gone", lambda s: False)
     code, err = _errors_of(monkeypatch, capsys, DeliveryError("3 records failed: MSG_SIZE_TOO_LARGE"), tmp_path)
     assert code == 1 and err.startswith("logpipe produce: delivery failed: 3 records failed: MSG_SIZE_TOO_LARGE. ")
     # what to check, and that running it again loses nothing (before: the error alone)
     assert "the topic access-logs still exists" in err and "the same command then goes on" in err
     assert len(err.strip().splitlines()) == 1
+    # the topic deleted under the producer: the next run starts it again from byte 0, and old results cannot go on
+    monkeypatch.setattr(produce, "_topic_gone", lambda s: True)
+    code, err = _errors_of(monkeypatch, capsys, DeliveryError("3 records failed: UNKNOWN_TOPIC_OR_PART"), tmp_path)
+    assert code == 1 and "The topic access-logs no longer exists" in err and "from byte 0" in err, err
+    assert "goes on from the last position" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_other_errors_are_not_hidden(monkeypatch, capsys, tmp_path):
@@ -259,6 +265,23 @@ def test_an_unreachable_broker_is_a_clear_error(tmp_path, free_ports):
            "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")}
     r = _produce(env, str(log))
     assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_native_stack_down_is_said_at_once_not_after_the_connect_timeout(tmp_path, free_ports):
+    """No broker on the native stack's port, no process of it and no `stack up` on its run folder: the producer
+    says that the native stack's Kafka is not running and how to start it, at once (as `stream` and `verify`
+    do), not after LOGPIPE_PRODUCER_CONNECT_TIMEOUT_S."""
+    import time
+
+    log = tmp_path / "a.log"
+    log.write_bytes(b"x\n")
+    env = {k: v for k, v in os.environ.items() if k != "LOGPIPE_KAFKA_BOOTSTRAP"}
+    env.update({"LOGPIPE_RUN_DIR": str(tmp_path / "run"), "LOGPIPE_KAFKA_PORT": str(free_ports(1)[0]),
+                "LOGPIPE_PRODUCER_CONNECT_TIMEOUT_S": "120", "LOGPIPE_PRODUCER_STATE_DIR": str(tmp_path / "pos")})
+    t0 = time.monotonic()
+    r = _produce(env, str(log))
+    assert r.returncode == 1 and "the native stack's Kafka is not running" in r.stderr, r.stderr
+    assert "logpipe stack up" in r.stderr and time.monotonic() - t0 < 60, r.stderr
 
 
 def test_follow_waits_for_a_log_that_does_not_exist_yet_and_stops_on_sigterm(tmp_path):

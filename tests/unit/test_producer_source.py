@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -714,6 +715,38 @@ def test_the_newline_that_ends_a_line_sent_without_it_is_not_a_line_on_resume(tm
     # the same with CRLF line ends: before, the CR went out as a line of its own
     key, got = resumed("c.log", b"c1\r\nc2 no line end", b"\r\nc3\r\n")
     assert got == [(key, len(b"c1\r\nc2 no line end\r\n"), [b"c3\r"], False)]
+
+
+def test_a_line_sent_without_its_end_and_then_continued_is_warned_about(tmp_path, caplog):
+    """A one-shot run sent the file's unterminated last line; the writer then went on with that line. Its rest
+    goes out as a line of its own (the producer cannot take back what it sent): said in a warning naming the byte,
+    where before nothing was said. A newline written after it (the line ended, test above) is no such case."""
+    import logging
+
+    store = PositionStore(tmp_path / "pos", "t")
+    log = tmp_path / "d.log"
+    log.write_bytes(b"d1\nd2 cut")
+    _save_end(store, log, len(b"d1\nd2 cut"))
+    with log.open("ab") as f:
+        f.write(b" here\nd3\n")
+    source = LogSource(str(log), store)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        source.open()
+        assert [line for _, _, lines, _ in _blocks_until_idle(source) for line in lines] == [b" here", b"d3"]
+    source.close()
+    warned = [r.getMessage() for r in caplog.records if "had no line end yet" in r.getMessage()]
+    assert len(warned) == 1 and "byte 9 on" in warned[0], caplog.text  # after b"d1\nd2 cut"
+    caplog.clear()
+    ended = tmp_path / "e.log"
+    ended.write_bytes(b"e1\ne2 cut")
+    _save_end(store, ended, len(b"e1\ne2 cut"))
+    with ended.open("ab") as f:
+        f.write(b"\ne3\n")
+    source = LogSource(str(ended), store)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        source.open()
+    source.close()
+    assert "had no line end yet" not in caplog.text
 
 
 class _LineSink:
@@ -1567,3 +1600,107 @@ def test_an_empty_rotation_in_between_is_named_as_its_writer_may_still_fill_it(t
     named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
     assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")), named
     assert source.unsent_parts == 1
+
+
+def test_a_log_written_anew_with_the_same_content_and_more_is_read_on_under_its_old_src(tmp_path, caplog):
+    """The log replaced, while the producer was stopped, by a new file holding what it held and more (rsync's
+    temporary file renamed over it; `cp` and `mv`): the old file is gone, the new one starts with its first bytes
+    and holds at least the bytes read. The producer goes on after the lines it sent, under the old src, and does
+    not report the old file as unsent. Before, the new file was read from byte 0 under a new src (every line sent
+    before counted twice by the stream), and the old one was said to hold lines never sent."""
+    import logging
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"one\ntwo\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    first = _one_shot_run_with_src(log, store)
+    assert [line for _, line in first] == [b"one", b"two"]
+    src = first[0][0]
+    tmp = tmp_path / ".live.log.XyZ12"  # rsync's temporary name (not a rotation name of the log)
+    tmp.write_bytes(b"one\ntwo\nthree\n")
+    tmp.rename(log)
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert _one_shot_run_with_src(log, store) == [(src, b"three")]
+    assert "written anew" in caplog.text and "not sent" not in caplog.text, caplog.text
+    assert store.load(file_key(os.stat(log))).src == src
+
+    # the same content, but the old file still beside the log (a rotation that copied it): not taken for it
+    kept = tmp_path / "other.log"
+    kept.write_bytes(b"a\nb\n")
+    store2 = PositionStore(tmp_path / "pos2", "t")
+    assert [line for _, line in _one_shot_run_with_src(kept, store2)] == [b"a", b"b"]
+    os.link(kept, tmp_path / "other.log.1")  # the old file stays, under a rotation's name
+    (tmp_path / "other.log.new").write_bytes(b"a\nb\nc\n")
+    (tmp_path / "other.log.new").rename(kept)
+    got = _one_shot_run_with_src(kept, store2)
+    assert [line for _, line in got] == [b"a", b"b", b"c"] and got[0][0] == file_key(os.stat(kept))
+
+
+def test_two_rotations_while_a_busy_run_never_looked_at_the_path_name_the_file_in_between(tmp_path, caplog):
+    """A `--follow` run busy on live.log (A: a backlog, `--speed`) never looked at the path while the log was
+    rotated twice (A -> .1 -> .2; B -> .1; C new), then stopped, saving A's position after B was last written. The
+    next start names B as never read: the time it compares with is when the run last saw its file at the path, not
+    its last save. Before, B went unnamed and its lines unsent, silently (the producer review of 2026-12-07)."""
+    import logging
+    from datetime import datetime, timezone
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\na2\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    looked = datetime.fromtimestamp(time.time() - 10, timezone.utc).isoformat()  # the run's last look at the path
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"b1\n")  # B, written after that look
+    (tmp_path / "live.log.1").rename(tmp_path / "live.log.2")
+    log.rename(tmp_path / "live.log.1")
+    log.write_bytes(b"c1\n")
+    a = os.stat(tmp_path / "live.log.2")  # the run's save at its stop (after B was written): A read to its end
+    store.save(Position(file_key(a), 0, 6, str(log), 6, head_digest(b"a1\na2\n"), path_seen_at=looked))
+    source = LogSource(str(log), store, rotate_grace_s=0.0)
+    source.open()
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        assert [line for block in source.blocks() for line in block.lines] == [b"c1"]
+    named = [r.getMessage() for r in caplog.records if "never read it" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith(str(tmp_path / "live.log.1")), caplog.text
+    assert source.unsent_parts == 1
+    source.close()
+
+
+def test_a_damaged_position_file_is_a_clear_error_naming_it(tmp_path):
+    """A position file edited or damaged by hand (saves are atomic): the producer stops with an error naming the
+    file and what to do (`logpipe produce` prints it, exit 2), not a JSON traceback."""
+    from logpipe.producer.position import PositionFolderError
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"a1\n")
+    store = PositionStore(tmp_path / "pos", "t")
+    _save_end(store, log, 3)
+    key = file_key(os.stat(log))
+    damaged = store.directory / (key.replace(":", "-") + ".json")
+    damaged.write_text('{"key": "65')
+    for read in (lambda: store.load(key), store.all):
+        said = f"the saved position {re.escape(str(damaged))} cannot be read .*remove it"
+        with pytest.raises(PositionFolderError, match=said):
+            read()
+    damaged.write_text('{"key": "x"}')  # valid JSON, not a position
+    with pytest.raises(PositionFolderError, match="TypeError"):
+        store.load(key)
+
+
+def test_a_followed_log_cut_to_a_shorter_size_says_its_lines_are_sent_twice(tmp_path, caplog):
+    """`truncate -s` to a size that keeps its first bytes, while followed: the producer reads it again from byte 0
+    as a new generation (it cannot tell which of its bytes were the ones sent), and now says that the lines it
+    still holds are sent again and counted twice, as a start after such a cut says. Before, the warning said only
+    that what it held after the cut was not sent (the producer review of 2026-12-07)."""
+    import logging
+
+    lines = [b"line %05d" % i for i in range(1000)]  # 11 bytes each: more than the first bytes kept (4 KB)
+    log, source, blocks = _followed(tmp_path, b"".join(line + b"\n" for line in lines))
+    assert _lines_until(blocks, lines[-1]) == lines
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        os.truncate(log, 11 * 600)  # the first 600 lines kept
+        with log.open("ab") as f:
+            f.write(b"n1\n")
+        assert _lines_until(blocks, b"n1") == lines[:600] + [b"n1"]  # read again: sent twice
+    warned = [r.getMessage() for r in caplog.records if "counted twice" in r.getMessage()]
+    assert len(warned) == 1 and "its end was cut off (11000 bytes had been read and sent" in warned[0], caplog.text
+    source.close()

@@ -58,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"logpipe produce: {exc}", file=sys.stderr)
         return 2
     except DeliveryError as exc:  # before RuntimeError, its base
+        if _topic_gone(s):
+            print(f"logpipe produce: delivery failed: {exc}. The topic {s.topic} no longer exists (deleted while "
+                  "the producer ran): the same command makes it again and sends the log from byte 0 (the positions "
+                  "saved stand for lines of the old topic); results made from the old topic cannot be continued "
+                  "from the new one (`logpipe stream` refuses their root: give it another LOGPIPE_HDFS_ROOT)",
+                  file=sys.stderr)
+            return 1
         print(f"logpipe produce: delivery failed: {exc}. Check that the broker at {s.kafka_address} is up and "
               f"that the topic {s.topic} still exists (`logpipe stack status`); the same command then goes on from "
               "the last position Kafka confirmed (the lines after it are sent again under the same keys: the job "
@@ -116,3 +123,13 @@ def kafka_client_errors() -> tuple[type[BaseException], ...]:
     from kafka.errors import KafkaError
 
     return (KafkaError, KafkaException)
+
+
+def _topic_gone(s: Settings) -> bool:
+    """Whether the broker answers and has no topic `s.topic` (False when it cannot be asked: a broker down)."""
+    from logpipe.topics import topic_id
+
+    try:
+        return topic_id(s, s.topic, timeout_s=3.0) is None  # a broker that hangs: asked briefly, not for 30 s
+    except Exception:  # noqa: BLE001 (the broker gone too: the general message applies)
+        return False

@@ -57,6 +57,9 @@ class Position:
     finished: bool = False  # the file was rotated away and read to its definite end: nothing of it is left to send
     src_base: str = ""  # the identity its src is made of, when not `key` (the file's device number changed)
     partition: int | None = None  # the Kafka partition its records went to (None: saved by an earlier version)
+    # when the producer last saw this file at the log's path (ISO, UTC; "" for a file rotated away, or saved by an
+    # earlier version): a rotation named like the log's and written since may have been at the path unseen
+    path_seen_at: str = ""
 
     @property
     def src(self) -> str:
@@ -69,6 +72,18 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _read_position(file: Path) -> Position:
+    """The position saved in `file`; PositionFolderError naming it if it is not one (edited or damaged by hand:
+    saves are atomic)."""
+    try:
+        return Position(**json.loads(file.read_text()))
+    except (ValueError, TypeError) as exc:  # bad JSON, bad UTF-8, or fields that are not a position's
+        raise PositionFolderError(
+            f"the saved position {file} cannot be read ({type(exc).__name__}: {exc}): restore it, or remove it to read "
+            "that file from byte 0 again (its lines sent before are then sent again: the job drops those of a file "
+            "still as it was)") from exc
 
 
 class ProducerBusy(RuntimeError):
@@ -93,16 +108,15 @@ class PositionStore:
     def load(self, key: str) -> Position | None:
         """The saved position of file `key`, or None if there is none."""
         try:
-            data = json.loads(self._file(key).read_text())
+            return _read_position(self._file(key))
         except FileNotFoundError:
             return None
-        return Position(**data)
 
     def all(self) -> list[Position]:
         """Every saved position of this topic."""
         if not self.directory.is_dir():
             return []
-        return [Position(**json.loads(p.read_text())) for p in sorted(self.directory.glob("*.json"))]
+        return [_read_position(p) for p in sorted(self.directory.glob("*.json"))]
 
     def save(self, position: Position) -> None:
         """Write atomically and durably: temp file, fsync, rename over the old one, fsync the directory."""

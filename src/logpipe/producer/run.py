@@ -11,6 +11,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,8 @@ def produce_file(s: Settings, path: Path, *, follow: bool = False, reset: bool =
 def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool, reset: bool,
                   progress: bool | None, stop_event: threading.Event | None) -> ProduceSummary:
     """produce_file, holding the log."""
+    from logpipe.stack.services import native_service_down
+
     if follow and not wait_for_log(path, stop_event or threading.Event(), on_wait=store.beat):
         raise health.WaitStopped(f"stopped while waiting for {path} to appear")
     # a clear error before touching Kafka; the file stays open and is the one read, even if it is renamed away (a
@@ -198,7 +201,9 @@ def _produce_file(s: Settings, path: Path, store: PositionStore, *, follow: bool
     # found", exit 2, with --follow too) or another file, and the lines of this one were never read
     checked = check_log(path)
     try:
-        health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event)
+        # the native stack down (no `stack up` on its run folder): said at once, as `stream` and `verify` do
+        health.wait_for_kafka(s.kafka_address, s.producer_connect_timeout_s, stop=stop_event,
+                              down=lambda: native_service_down(s, "kafka"))
         claim_topic(s, store, path)
     except BaseException:
         os.close(checked.fd)
@@ -266,8 +271,37 @@ def claim_topic(s: Settings, store: PositionStore, path: Path) -> None:
             log.warning("topic %s %s: dropped %d saved position(s) of it in %s, reading %s from byte 0. Results of "
                         "the old topic cannot be continued with this one: `logpipe stream` refuses their root (give "
                         "it another one)", s.topic, why, stale, store.directory, path)
+    elif saved_id is None and not store.all() and (held := _records_held(s)):
+        log.warning("topic %s already got %s records, but no position of it is saved in %s: %s is read from byte 0. "
+                    "If those records came from another producer's log, that is as it should be. If they came from "
+                    "this log with positions saved elsewhere (another LOGPIPE_PRODUCER_STATE_DIR or run folder than "
+                    "before), the job drops its lines as repeats only where the file is as it was then (after a "
+                    "copytruncate they are counted twice): stop now (Ctrl-C) and point LOGPIPE_PRODUCER_STATE_DIR "
+                    "at those positions", s.topic, f"{held:,}", store.directory, path)
     if now_id and now_id != saved_id:
         store.record_topic_id(now_id)
+
+
+def _records_held(s: Settings, timeout_s: float = 10.0) -> int:
+    """How many records the log topic got so far (its partitions' end offsets), 0 if that cannot be read within
+    `timeout_s` (read in a thread of its own: a metadata fetch has no time limit of its own, see TopicEnds)."""
+    from logpipe.topics import TopicEnds
+
+    got: list[int] = []
+
+    def read() -> None:
+        ends = TopicEnds(s, s.topic)
+        try:
+            got.append(sum(ends.read().values()))
+        except Exception as exc:  # noqa: BLE001 (a warning's courtesy: the send itself reports a broker gone)
+            log.debug("could not read the end offsets of topic %s: %s", s.topic, exc)
+        finally:
+            ends.close()
+
+    reader = threading.Thread(target=read, name="topic-ends", daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return got[0] if got else 0
 
 
 class LogShipper:
@@ -324,8 +358,11 @@ class LogShipper:
     def save_position(self, seg: Segment, offset: int, finished: bool = False) -> None:
         """Save that everything of `seg` before `offset` was delivered, with the file's first bytes."""
         head = seg.head[:HEAD_BYTES]
+        seen = (datetime.fromtimestamp(seg.path_seen_at, timezone.utc).isoformat() if seg is self.source.current
+                else "")
         self.store.save(Position(seg.key, seg.generation, offset, self.source.path, len(head), head_digest(head),
-                                 finished=finished, src_base=seg.src_base, partition=self.partition))
+                                 finished=finished, src_base=seg.src_base, partition=self.partition,
+                                 path_seen_at=seen))
 
     def beat(self) -> None:
         """Touch the heartbeat file, at most once a second: called after each flush (every checkpoint interval

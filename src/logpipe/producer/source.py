@@ -18,6 +18,7 @@ before the new content; without such a copy (compressed, or removed) a warning s
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -70,6 +71,7 @@ class Segment:
     skip_start: int = 0
     resumed_from: int = 0
     opened_at: float = field(default_factory=time.time)  # wall clock: when the producer took this file up
+    path_seen_at: float = field(default_factory=time.time)  # wall clock: when it last saw this file at the log's path
     replaced: bool = False  # its first bytes changed while it was read: truncated (and maybe refilled)
     lost_rest: bool = False  # truncated without a copy: what it held past the read position is lost (warned)
     src_base: str = ""  # the identity its src is made of, when not `key` (see position.py: a remounted file)
@@ -376,7 +378,7 @@ class LogSource:
         fd, st = (checked.fd, checked.st) if checked else open_log(self.path)
         self.current = self._resume(self.path, fd, st, from_copy=True, first_seen=checked)
         if checked:
-            self.current.opened_at = checked.at
+            self.current.opened_at = self.current.path_seen_at = checked.at
         self.backlog_bytes = sum(max(0, copy.size() - copy.read_pos) for copy in self.copies)
         return self.current
 
@@ -390,7 +392,8 @@ class LogSource:
         keeps the first bytes it had then: a truncation since then is seen)."""
         key = file_key(st)
         name = shown or path
-        saved = self.store.load(key) or self._remounted(path, fd, st)
+        saved = (self.store.load(key) or self._remounted(path, fd, st)
+                 or (self._written_anew(path, fd, st) if from_copy else None))
         if saved is None:
             return fresh_segment(path, fd, key, 0, head=first_seen.head if first_seen else None)
         if not _holds(fd, st, saved):
@@ -430,6 +433,13 @@ class LogSource:
         start = resume_offset(fd, saved.offset)
         if saved.offset:
             log.info("%s: resuming at byte %d of %d (src %s)", name, start, st.st_size, saved.src)
+        if 0 < start == saved.offset < st.st_size and os.pread(fd, 1, start - 1) not in (b"", b"\n"):
+            # the last run sent an unterminated last line (a one-shot run ends at the end of the file), and the
+            # writer went on with that line since: its rest goes out as a line of its own
+            log.warning("%s: the line the last run sent last had no line end yet, and more of it was written since "
+                        "(byte %d on): that rest is sent as a line of its own, so that log line reaches the job as "
+                        "two records (each parsed or quarantined alone). `logpipe produce --follow` waits for a "
+                        "line's end", name, start)
         return Segment(path, fd, key, saved.generation, start, head=head, carry_start=start,
                        resumed_from=start, src_base=saved.src_base)
 
@@ -447,15 +457,38 @@ class LogSource:
             return self._move_to_identity(p, key, path, f"resuming at byte {p.offset}")
         return None
 
-    def _move_to_identity(self, p: Position, key: str, path: str, doing: str) -> Position:
-        """Save position `p` under the file's new identity `key` (its file system mounted again), keeping its src,
-        remove it under the old one, and say so (`doing`: what is done with the file now)."""
+    def _move_to_identity(self, p: Position, key: str, path: str, doing: str,
+                          why: str = "same inode number and first bytes on another device: its file system was "
+                                     "mounted again") -> Position:
+        """Save position `p` under the file's new identity `key` (its file system mounted again, or the file
+        written anew: `why`), keeping its src, remove it under the old one, and say so (`doing`: what is done with
+        the file now)."""
         moved = replace(p, key=key, src_base=p.src_base or p.key)
         self.store.save(moved)
         self.store.delete(p.key)
-        log.warning("%s: its identity changed from %s to %s (same inode number and first bytes on another device: its "
-                    "file system was mounted again); %s under its old src %s", path, p.key, key, doing, moved.src)
+        log.warning("%s: its identity changed from %s to %s (%s); %s under its old src %s", path, p.key, key, why,
+                    doing, moved.src)
         return moved
+
+    def _written_anew(self, path: str, fd: int, st: os.stat_result) -> Position | None:
+        """At start: the saved position of the file that was at `path` when a new file took its place holding the
+        same content and more (rsync's temporary file renamed over it, `cp` to a new file and `mv`): the old file is
+        gone (no file beside the log has its identity), and the new one starts with the bytes saved and holds at
+        least the offset. The position moves to the new file's identity and keeps its src: read from byte 0 under a
+        new src, its lines sent before went out again and the stream counted them twice. None if there is none."""
+        key = file_key(st)
+        candidates = [p for p in self.store.all()
+                      if p.path == path and p.key != key and not p.finished and p.head_len and _holds(fd, st, p)]
+        if not candidates:
+            return None
+        present = {_key_at(e.path) for d in _log_places(path) for e in _scandir(d)}
+        for p in sorted(candidates, key=lambda p: p.updated_at, reverse=True):
+            if p.key not in present:
+                return self._move_to_identity(
+                    p, key, path, f"resuming at byte {p.offset}",
+                    why=f"the file read before is gone, and this one starts with its first {p.head_len} bytes and "
+                        f"holds at least the {p.offset} read: the same log written anew, e.g. by rsync")
+        return None
 
     def _tracked_or(self, key: str) -> Callable[[str], bool]:
         """Identities a copy cannot have: `key` (the file itself) and files with a saved position (read as such)."""
@@ -565,7 +598,10 @@ class LogSource:
                 os.close(copy[0])
                 self.copy_keys.add(file_key(copy[1]))
         if saved_at:  # rotated more than once while stopped: the files in between were never current for us
-            self.warn_unread_rotations({current}, max(saved_at))
+            # (nor while the last run was busy on a file without looking at the path: since it last saw its file
+            # there, as the positions of the files current at their saves say, when they say)
+            seen_at = [datetime.fromisoformat(p.path_seen_at).timestamp() for p in positions if p.path_seen_at]
+            self.warn_unread_rotations({current}, min(max(saved_at), max(seen_at, default=math.inf)))
         return [p for _, p in sorted(found)]
 
     def _moved_device(self, path: str, st: os.stat_result, pending: dict[str, Position],
@@ -761,6 +797,13 @@ class LogSource:
     def _start_after_truncation(self, seg: Segment) -> Generator[Block, None, bool]:
         """`seg` was truncated: send its old content's rest from the copy, then read the file again from byte 0 as
         the next generation (`self.current`). True if `stop` was set before the copy's end."""
+        now = os.pread(seg.fd, len(seg.head), 0)
+        if now and seg.head.startswith(now):
+            # its end cut off (truncate -s), not emptied: what it still holds was sent, and is read again
+            log.warning("%s: its end was cut off (%d bytes had been read and sent; it still starts with the same "
+                        "bytes). It is read again from byte 0 as generation %d, so the lines it still holds that were "
+                        "sent before are sent again under new keys and counted twice by the job",
+                        seg.path, seg.read_pos, seg.generation + 1)
         yield from self._rest_from_copy(seg)
         if self.stop.is_set():  # not read to the copy's end: the next run goes on from the position
             return True
@@ -845,6 +888,7 @@ class LogSource:
         except OSError:
             return None  # renamed away, new file not created yet: keep reading the old one
         if file_key(st) == seg.key:
+            seg.path_seen_at = time.time()
             return None
         try:
             fd, st = open_log(self.path)

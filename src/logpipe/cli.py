@@ -80,6 +80,9 @@ def output_file_problem(path: Path, flag: str) -> str | None:
     if path.is_dir():
         return f"{flag} {path} is a folder: give a file name"
     target = path.resolve()
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return f"cannot write {flag} {path}: {blocking} is a file, not a folder"
     existed = target.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

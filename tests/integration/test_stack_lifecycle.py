@@ -72,9 +72,15 @@ def test_up_status_down_up_keeps_data(tmp_path: Path, settings, free_ports):
         client.write("/keep/me.txt", data=b"kept", overwrite=True)
 
         t = time.monotonic()
-        r = _cli(env, "down")
+        import socket
+
+        # a client of the stack, named by `down`: through a v6 socket, as Java's are (`::ffff:127.0.0.1`)
+        with socket.socket(socket.AF_INET6) as client_socket:
+            client_socket.connect(("::ffff:127.0.0.1", ports["KAFKA_PORT"]))
+            r = _cli(env, "down")
         timings["down_s"] = time.monotonic() - t
         assert r.returncode == 0, r.stderr[-3000:]
+        assert f"pid {os.getpid()} uses the stack and fails once it is down" in r.stderr, r.stderr[-3000:]
         assert _cli(env, "status").returncode == 3  # not running any more
         t = time.monotonic()
         r = _cli(env, "up")

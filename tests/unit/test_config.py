@@ -458,3 +458,14 @@ def test_verbose_is_taken_before_or_after_the_command():
     required = {"generate": ["--lines", "10"], "produce": ["a.log"], "verify": ["--log", "a.log"]}
     for name in ("generate", "produce", "stream", "verify", "demo", "bench"):
         assert parser.parse_args([name, "-v", *required.get(name, [])]).verbose == 1, name
+
+
+def test_every_flag_of_every_command_says_what_it_does() -> None:
+    """`logpipe COMMAND --help` explains each flag (a bare `--malformed-share MALFORMED_SHARE` left users guessing)."""
+    import argparse
+
+    from logpipe.cli import build_parser
+
+    bare = [(name, act.option_strings) for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+            for name, sub in a.choices.items() for act in sub._actions if act.option_strings and not act.help]
+    assert bare == []

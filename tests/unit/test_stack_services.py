@@ -591,6 +591,24 @@ def test_stack_up_fails_when_a_service_is_not_running_at_the_end(monkeypatch, ca
     assert cli.main(["stack", "up"]) == 0
 
 
+def test_ctrl_c_during_stack_up_names_what_runs_on_and_what_to_do(monkeypatch, capsys):
+    """Ctrl-C while `stack up` starts the services: what it started runs on. It said only `interrupted`; it now
+    names the services running and the two commands that complete or undo the start (exit 130 as before)."""
+    from logpipe import cli
+
+    def interrupted(s, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(services, "up", interrupted)
+    monkeypatch.setattr(services, "status", lambda s: [{"service": "kafka", "running": True},
+                                                       {"service": "namenode", "running": True},
+                                                       {"service": "datanode", "running": False}])
+    assert cli.main(["stack", "up"]) == 130
+    err = capsys.readouterr().err
+    assert ("logpipe stack up: interrupted; kafka, namenode run on: `logpipe stack up` completes the start, "
+            "`logpipe stack down` stops them") in err and err.rstrip().endswith("interrupted"), err
+
+
 def test_stack_up_refuses_a_disk_too_full_for_hdfs_and_an_os_error_is_one_line(run_dir, free_ports, monkeypatch,
                                                                                capsys):
     """With under 512 MiB free under the run folder, HDFS said ready and then refused every write (or timed out in

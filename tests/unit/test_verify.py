@@ -134,6 +134,18 @@ def test_range_processes_give_results_in_order_and_report_progress():
     assert run_in_processes(pow, [(2, 3), (3, 2)], ctx=multiprocessing.get_context("spawn")) == [8, 9]
 
 
+def test_range_processes_leave_ctrl_c_to_the_caller():
+    """Ctrl-C reaches the workers too (the terminal's whole process group): they ignore it, and the caller stops
+    them. Each printed `Process SpawnProcess-N:` with a traceback under verify's `interrupted`."""
+    import multiprocessing
+    import signal
+
+    from logpipe.verify import run_in_processes
+
+    handler = run_in_processes(signal.getsignal, [(signal.SIGINT,)], ctx=multiprocessing.get_context("spawn"))
+    assert handler == [signal.SIG_IGN]
+
+
 def test_a_failed_range_stops_the_others_at_once():
     """One worker's error is raised as soon as it happens: the others are terminated, not waited for."""
     import multiprocessing

@@ -79,6 +79,10 @@ def test_a_report_path_that_can_be_written_leaves_nothing_behind_before_the_repo
     link, target = tmp_path / "latest.json", tmp_path / "runs" / "run-1.json"
     link.symlink_to(target)  # a link to the report to come stays a link, with nothing made behind it
     assert output_file_problem(link, "--json") is None and link.is_symlink() and not target.exists()
+    afile = tmp_path / "afile"  # a file where a folder of the path should be: said so, not "File exists"
+    afile.write_text("x")
+    assert output_file_problem(afile / "sub" / "r.json", "--json") == (
+        f"cannot write --json {afile / 'sub' / 'r.json'}: {afile} is a file, not a folder")
 
 
 def test_a_second_log_is_refused_not_taken_in_place_of_the_first(log, tmp_path, capsys, refused_first):

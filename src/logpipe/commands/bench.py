@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="log size(s) in decimal units, comma-separated, e.g. 250MB,1GB,2.5GB (default 2.5GB)")
     p.add_argument("--client", choices=["kafka-python", "confluent"], default="confluent",
                    help="the producer's Kafka client (default confluent, whatever LOGPIPE_PRODUCER_CLIENT says)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="the generated logs' seed (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="where generated logs are kept and reused (default data/, from the current folder)")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"),

@@ -23,11 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("data/access.log"),
                    help="the log to write (default data/access.log, from the current folder); the truth goes beside it")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (refused otherwise)")
-    p.add_argument("--format", dest="fmt", choices=["seed", "clf", "combined"], default="seed")
-    p.add_argument("--start", default="2004-05-18T00:00:00Z", help="log time of the first line (ISO, UTC if no zone)")
-    p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="average lines per second of log time")
-    p.add_argument("--malformed-share", type=float, default=DEFAULT_MALFORMED_SHARE)
-    p.add_argument("--out-of-order-share", type=float, default=DEFAULT_OUT_OF_ORDER_SHARE)
+    p.add_argument("--format", dest="fmt", choices=["seed", "clf", "combined"], default="seed",
+                   help="the lines' format: the seed's `[2004-05-18 05:58:48]` (UTC), Apache's Common or Combined "
+                        "Log Format (with zone offsets) (default seed)")
+    p.add_argument("--start", default="2004-05-18T00:00:00Z",
+                   help="log time of the first line (ISO, UTC if no zone) (default %(default)s)")
+    p.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                   help="average lines per second of log time (default %(default)s)")
+    p.add_argument("--malformed-share", type=float, default=DEFAULT_MALFORMED_SHARE,
+                   help="share of lines made unparseable on purpose, each kind with its reason in the truth file "
+                        "(default %(default)s)")
+    p.add_argument("--out-of-order-share", type=float, default=DEFAULT_OUT_OF_ORDER_SHARE,
+                   help="share of lines stamped 1-10 s before their place in the file (out of order, inside the "
+                        "watermark) (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when not a TTY)")
     # the traffic is shaped by the alert rules: background below them, incidents clearly above
     add_setting_flags(p, "rate_limit_ceiling", "surge_min_count", "surge_min_share", "window", "slide")

@@ -68,7 +68,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
             t = time.monotonic()
-            rows = services.up(s, progress=lambda m: log.info(m))
+            try:
+                rows = services.up(s, progress=lambda m: log.info(m))
+            except KeyboardInterrupt:  # what was started runs on: say so, and what to do
+                running = [r["service"] for r in services.status(s) if r["running"]]
+                if running:
+                    print(f"logpipe stack up: interrupted; {', '.join(running)} "
+                          f"{'runs' if len(running) == 1 else 'run'} on: `logpipe stack up` completes the start, "
+                          "`logpipe stack down` stops them", file=sys.stderr)
+                raise
             _print_status(rows, services.urls(s))
             if down := [r for r in rows if not (r["running"] and r["ports_as_set"])]:  # e.g. died during the AOT training
                 print(f"logpipe stack up: {', '.join(r['service'] for r in down)} "

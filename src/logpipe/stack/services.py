@@ -493,6 +493,9 @@ def down(s: Settings, wipe: bool = False, progress: Callable[[str], None] = prin
 def _down(s: Settings, wipe: bool, progress: Callable[[str], None]) -> None:
     lay = Layout(s.run_dir)
     stop_orphaned_trainings(s, progress)  # first: it removes their topics and HDFS folder while the services run
+    for pid, what in stack_clients(s, lay).items():
+        log.warning("pid %d uses the stack and fails once it is down (the same command goes on after the next "
+                    "`stack up`): %s", pid, what)
     for svc in reversed(services(s, lay)):
         if stop_service(s, svc.name):
             progress(f"{svc.name:9s} stopped")
@@ -513,6 +516,46 @@ def _down(s: Settings, wipe: bool, progress: Callable[[str], None]) -> None:
     if wipe and not s.producer_state_dir and positions.exists():
         shutil.rmtree(positions)
         progress(f"wiped {positions}")
+
+
+def stack_clients(s: Settings, lay: Layout) -> dict[int, str]:
+    """The processes other than the services themselves connected to Kafka's or the NameNode's client ports (a
+    streaming job, a producer, verify, a notebook): pid -> its command line, shortened. Empty if connections
+    cannot be listed."""
+    import psutil
+
+    import ipaddress
+    import socket
+
+    ports = {s.kafka_port, s.namenode_rpc_port, s.namenode_http_port}
+
+    def ipv4(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """`ip` as an address, a v4 one mapped into v6 (`::ffff:127.0.0.1`, a Java socket's) as the v4 one."""
+        address = ipaddress.ip_address(ip.split("%")[0])
+        return getattr(address, "ipv4_mapped", None) or address
+
+    try:
+        ours = {ipv4(info[4][0]) for info in socket.getaddrinfo(s.bind_host, None)}
+    except (OSError, ValueError):
+        return {}
+    own = {pid for svc in services(s, lay) if (pid := our_pid(lay, svc)) is not None}
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return {}
+    found: dict[int, str] = {}
+    for c in conns:
+        if (c.pid and c.pid not in own and c.pid != os.getpid() and c.raddr and c.raddr.port in ports
+                and c.status == psutil.CONN_ESTABLISHED and c.pid not in found and ipv4(c.raddr.ip) in ours):
+            try:
+                proc = psutil.Process(c.pid)
+                cmd = " ".join(proc.cmdline())
+                if "org.apache.spark.deploy.SparkSubmit" in cmd and (parent := proc.parent()) is not None:
+                    cmd = f"Spark's JVM of pid {parent.pid}: {' '.join(parent.cmdline())}"  # the job, not the JVM
+            except psutil.Error:
+                continue
+            found[c.pid] = cmd if len(cmd) <= 160 else cmd[:157] + "..."
+    return found
 
 
 def status(s: Settings) -> list[dict]:

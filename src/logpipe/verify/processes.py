@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -28,7 +29,8 @@ def run_in_processes(fn: Callable[..., Any], calls: list[tuple[Any, ...]], *, ct
         for args in calls:
             receive, send = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_call_and_send, args=(send, fn, args, initializer, initargs), daemon=True)
-            proc.start()
+            with _sigint_ignored():  # the worker starts with it ignored (an ignored signal stays so across exec)
+                proc.start()
             send.close()  # the worker holds the other end: its exit, with or without a result, ends the pipe
             procs.append(proc)
             conns.append(receive)
@@ -61,12 +63,31 @@ def run_in_processes(fn: Callable[..., Any], calls: list[tuple[Any, ...]], *, ct
             conn.close()
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process while the block runs (the main thread only: elsewhere, nothing changes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
+
+
 def _call_and_send(send: Any, fn: Callable[..., Any], args: tuple[Any, ...], initializer: Any,
                    initargs: tuple[Any, ...]) -> None:
     """In a run_in_processes worker: (True, fn(*args)) or (False, its error, with the worker's traceback as a note)
-    through `send`."""
+    through `send`. Ctrl-C reaches the whole process group: the worker leaves it to the caller, which stops the
+    workers (each printed `Process SpawnProcess-N:` and its traceback under the caller's `interrupted`)."""
+    import signal
     import traceback
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if initializer is not None:
             initializer(*initargs)

@@ -693,20 +693,8 @@ def test_the_newline_that_ends_a_line_sent_without_it_is_not_a_line_on_resume(tm
     byte offset: before, it sent the newline as an empty line that is not in the file (quarantined as `empty`, and
     verify found the quarantine different from the file's). A real empty line after a terminated one is kept. CRLF
     alike."""
-    store = PositionStore(tmp_path / "pos", "t")
-
     def resumed(name: str, sent: bytes, appended: bytes) -> tuple:
-        """The blocks of a run resuming at the end of `sent` (saved by a run before) after `appended` came."""
-        log = tmp_path / name
-        log.write_bytes(sent)
-        _save_end(store, log, len(sent))
-        with log.open("ab") as f:
-            f.write(appended)
-        source = LogSource(str(log), store)
-        source.open()
-        got = _blocks_until_idle(source)
-        source.close()
-        return file_key(os.stat(log)), got
+        return _resumed(tmp_path, name, sent, appended)
 
     key, got = resumed("a.log", b"a1\na2 no newline", b"\na3\n")
     assert got == [(key, 17, [b"a3"], False)]
@@ -717,36 +705,42 @@ def test_the_newline_that_ends_a_line_sent_without_it_is_not_a_line_on_resume(tm
     assert got == [(key, len(b"c1\r\nc2 no line end\r\n"), [b"c3\r"], False)]
 
 
+def _resumed(tmp_path, name: str, sent: bytes, appended: bytes) -> tuple:
+    """The log's identity and the blocks of a run resuming at the end of `sent` (saved by a run before) after
+    `appended` came."""
+    store = PositionStore(tmp_path / "pos", "t")
+    log = tmp_path / name
+    log.write_bytes(sent)
+    _save_end(store, log, len(sent))
+    with log.open("ab") as f:
+        f.write(appended)
+    source = LogSource(str(log), store)
+    source.open()
+    got = _blocks_until_idle(source)
+    source.close()
+    return file_key(os.stat(log)), got
+
+
+def _resumed_with_warnings(tmp_path, caplog, name: str, sent: bytes, appended: bytes) -> tuple[list, list]:
+    """_resumed's lines, and its warnings."""
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
+        _, got = _resumed(tmp_path, name, sent, appended)
+    return [line for _, _, block, _ in got for line in block], [r.getMessage() for r in caplog.records]
+
+
 def test_a_line_sent_without_its_end_and_then_continued_is_warned_about(tmp_path, caplog):
     """A one-shot run sent the file's unterminated last line; the writer then went on with that line. Its rest
     goes out as a line of its own (the producer cannot take back what it sent): said in a warning naming the byte,
     where before nothing was said. A newline written after it (the line ended, test above) is no such case."""
-    import logging
-
-    store = PositionStore(tmp_path / "pos", "t")
-    log = tmp_path / "d.log"
-    log.write_bytes(b"d1\nd2 cut")
-    _save_end(store, log, len(b"d1\nd2 cut"))
-    with log.open("ab") as f:
-        f.write(b" here\nd3\n")
-    source = LogSource(str(log), store)
-    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
-        source.open()
-        assert [line for _, _, lines, _ in _blocks_until_idle(source) for line in lines] == [b" here", b"d3"]
-    source.close()
-    warned = [r.getMessage() for r in caplog.records if "had no line end yet" in r.getMessage()]
-    assert len(warned) == 1 and "byte 9 on" in warned[0], caplog.text  # after b"d1\nd2 cut"
-    caplog.clear()
-    ended = tmp_path / "e.log"
-    ended.write_bytes(b"e1\ne2 cut")
-    _save_end(store, ended, len(b"e1\ne2 cut"))
-    with ended.open("ab") as f:
-        f.write(b"\ne3\n")
-    source = LogSource(str(ended), store)
-    with caplog.at_level(logging.WARNING, logger="logpipe.producer"):
-        source.open()
-    source.close()
-    assert "had no line end yet" not in caplog.text
+    lines, warnings = _resumed_with_warnings(tmp_path, caplog, "d.log", b"d1\nd2 cut", b" here\nd3\n")
+    assert lines == [b" here", b"d3"]
+    warned = [w for w in warnings if "had no line end yet" in w]
+    assert len(warned) == 1 and "byte 9 on" in warned[0], warnings  # after b"d1\nd2 cut"
+    lines, warnings = _resumed_with_warnings(tmp_path, caplog, "e.log", b"e1\ne2 cut", b"\ne3\n")
+    assert lines == [b"e3"] and not [w for w in warnings if "had no line end yet" in w], warnings
 
 
 class _LineSink:

@@ -710,7 +710,7 @@ def test_a_wait_on_a_native_stack_that_is_not_running_ends_at_once_saying_how_to
                  namenode_http_port=http)
     said = services.native_service_down(s, "kafka")
     assert said is not None and "`logpipe stack up`" in said and str(tmp_path) in said
-    assert "HDFS is not running" in services.native_service_down(s, "namenode")
+    assert "HDFS NameNode is not running" in services.native_service_down(s, "namenode")
     t = time.monotonic()
     with caplog.at_level(logging.INFO, logger="logpipe.health"), pytest.raises(health.ServiceTimeout) as exc:
         health.wait_for_kafka(s.kafka_address, 30, down=lambda: services.native_service_down(s, "kafka"))

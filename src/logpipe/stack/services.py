@@ -457,7 +457,8 @@ def native_service_down(s: Settings, name: str) -> str | None:
         client, native, what = s.kafka_address, native_kafka_address(s), "Kafka"
     else:
         web = urlparse(s.webhdfs_address)
-        client, native, what = f"{web.hostname}:{web.port}", native_webhdfs_address(s).removeprefix("http://"), "HDFS"
+        client, native = f"{web.hostname}:{web.port}", native_webhdfs_address(s).removeprefix("http://")
+        what = "HDFS NameNode"
     host, port = native.rsplit(":", 1)
     if client != native or health.port_open(host, int(port)):
         return None

@@ -329,7 +329,11 @@ class InterruptedCallRecords(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and _interrupted(exc):
+        # and py4j's notice, with its traceback, that it sends a call again on a new connection (the one a Ctrl-C
+        # broke): at info level on the root logger, before a retry; a retry that fails is logged as an error
+        retried = (record.name == "root" and record.levelno < logging.WARNING
+                   and record.getMessage().startswith("Exception while sending command"))
+        if retried or (exc is not None and _interrupted(exc)):
             log.debug("py4j: %s (a call to Spark's JVM cut short by Ctrl-C)", record.getMessage(),
                       exc_info=record.exc_info)
             return False

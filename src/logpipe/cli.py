@@ -48,14 +48,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def add_setting_flags(parser: argparse.ArgumentParser, *names: str) -> None:
     """Add `--<name>` flags (default: unset) overriding the Settings fields `names`. Their help gives the setting's
     default (what applies when neither the flag nor its LOGPIPE_* variable is set) and, for a fixed set of values,
-    the values (argparse then refuses others before any work starts)."""
+    the values (argparse then refuses others before any work starts). A LOGPIPE_* variable set now is shown with
+    its value: that, not the default, is what applies without the flag."""
+    import os
+
     for name in names:
         field = Settings.model_fields[name]
         choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
         default = "" if field.default in (None, "") else f" (default: {field.default})"
+        env = f"LOGPIPE_{name.upper()}"
+        now = os.environ.get(env, "")  # empty counts as unset (env_ignore_empty)
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, choices=choices,
-                            help=((field.description or name.replace("_", " ")) + default).replace("%", "%%")
-                            + f" [env LOGPIPE_{name.upper()}]")  # argparse formats help with %
+                            help=((field.description or name.replace("_", " ")) + default
+                                  + (f" [env {env}, set now: {now}]" if now else f" [env {env}]"))
+                            .replace("%", "%%"))  # argparse formats help with %
 
 
 def size_bytes(text: str) -> int:

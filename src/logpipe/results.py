@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import fsspec
     import pandas as pd
     import pyarrow as pa
+    import pyarrow.compute as pc
 
 # result tables under settings.hdfs_root
 TABLES = ("events", "quarantine", "late", "alerts", "windows/by_host", "windows/by_status")
@@ -113,10 +114,12 @@ def sum_commit_records(metas: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
                fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None,
-               head: int | None = None, dictionary_partitions: bool = False) -> "pa.Table | None":
+               head: int | None = None, dictionary_partitions: bool = False,
+               where: "pc.Expression | None" = None) -> "pa.Table | None":
     """One result table as an Arrow table (None if the folder does not exist or holds no data): the files of
     committed batches only (committed_files; `tags`: a snapshot of committed_tags, so that several tables read
-    while a job runs are of the same batches); `head`: its first rows only (read no further).
+    while a job runs are of the same batches); `head`: its first rows only (read no further); `where`: only the
+    rows it holds for (a pyarrow.compute expression, e.g. `pc.field("reason") == "malformed"`).
 
     Hive partitions (e.g. events/date=2004-05-18/) become columns (`dictionary_partitions`: dictionary-encoded,
     4 bytes a row where a string column takes 14).
@@ -130,17 +133,19 @@ def load_arrow(s: Settings, table: str, columns: list[str] | None = None, *,
         return None
     partitioning = ds.HivePartitioning.discover(infer_dictionary=True) if dictionary_partitions else "hive"
     dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning=partitioning, partition_base_dir=path)
-    return dataset.to_table(columns=columns) if head is None else dataset.head(head, columns=columns)
+    if head is None:
+        return dataset.to_table(columns=columns, filter=where)
+    return dataset.head(head, columns=columns, filter=where)
 
 
 def load_table(s: Settings, table: str, columns: list[str] | None = None, *,
                fs: "fsspec.AbstractFileSystem | None" = None, tags: set[str] | None = None,
-               head: int | None = None) -> "pd.DataFrame":
+               head: int | None = None, where: "pc.Expression | None" = None) -> "pd.DataFrame":
     """One result table as a pandas DataFrame (an empty frame with `columns`, or the table's COLUMNS, if there is
-    no data); `tags` and `head` as for load_arrow."""
+    no data); `tags`, `head` and `where` as for load_arrow."""
     import pandas as pd
 
-    t = load_arrow(s, table, columns, fs=fs, tags=tags, head=head)
+    t = load_arrow(s, table, columns, fs=fs, tags=tags, head=head, where=where)
     return pd.DataFrame(columns=columns or COLUMNS.get(table, [])) if t is None else t.to_pandas()
 
 

@@ -279,6 +279,18 @@ def test_setting_flags_say_their_default_and_refuse_values_outside_a_fixed_set(c
     assert exit_.value.code == 2 and "invalid choice: 'brotli'" in capsys.readouterr().err
 
 
+def test_a_setting_flags_help_shows_the_value_its_variable_holds_now(capsys, monkeypatch):
+    """With LOGPIPE_WINDOW set, `--help` said only "(default: 20 seconds)", which was not what the command would
+    use: the variable's value is shown beside it; an empty variable counts as unset, as in the settings."""
+    monkeypatch.setenv("LOGPIPE_WINDOW", "30 seconds")
+    monkeypatch.setenv("LOGPIPE_SLIDE", "")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["stream", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 20 seconds) [env LOGPIPE_WINDOW, set now: 30 seconds]" in out
+    assert "[env LOGPIPE_SLIDE]" in out and "LOGPIPE_SLIDE, set now" not in out
+
+
 @pytest.mark.parametrize("name", ["window", "slide", "watermark", "trigger_interval"])
 def test_durations_must_be_spark_intervals_of_whole_units(name):
     """'30s' or '1.5 minutes' would reach the job's window and horizon arithmetic and fail there: refused up front

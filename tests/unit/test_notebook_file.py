@@ -205,15 +205,16 @@ def test_an_event_dated_decades_away_does_not_fill_millions_of_minutes(tmp_path,
     assert "minutes without requests are not drawn" in capsys.readouterr().out
 
 
-def _quarantine(root, n: int) -> None:
-    """`n` quarantined rows of batch 0 (half of them from another producer: src and off NULL)."""
+def _quarantine(root, n: int, reasons: list[str] | None = None) -> None:
+    """`n` quarantined rows of batch 0 (half of them from another producer: src and off NULL); `reasons`: each
+    row's reason (default: all malformed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     (root / "quarantine").mkdir(parents=True)
     pq.write_table(pa.table({"raw": [f"bad line {i}" for i in range(n)],
                              "raw_bytes": [f"bad line {i}".encode() for i in range(n)],
-                             "reason": ["malformed"] * n, "src": [None if i % 2 else "f" for i in range(n)],
+                             "reason": reasons or ["malformed"] * n, "src": [None if i % 2 else "f" for i in range(n)],
                              "off": pa.array([None if i % 2 else 100 * i for i in range(n)], pa.int64())}),
                    root / "quarantine" / "b0000000000-00000.parquet")
 
@@ -253,18 +254,23 @@ def test_a_root_whose_lines_were_all_quarantined_says_so_not_that_the_job_never_
 
 
 def test_quarantine_rows_are_counted_in_arrow_and_only_a_few_read_whole(tmp_path, monkeypatch):
-    """Only the reasons of every quarantined row reach pandas, and eight rows to show (a log of mostly bad lines
-    has millions); offsets of other producers' records are NULL, and the others stay integers."""
+    """Only the reasons of every quarantined row reach pandas, and three rows of each reason to show (a log of
+    mostly bad lines has millions; the first eight rows read showed one reason only), the most frequent reason
+    first, each in log order; offsets of other producers' records are NULL, and the others stay integers."""
     root = tmp_path / "root"
     _results(root, windows=True, host_counts=[3, 7])
-    _quarantine(root, 20)
+    _quarantine(root, 20, reasons=["malformed"] * 14 + ["bad_timestamp"] * 6)
     _notebook_env(monkeypatch, root)
     namespace = _run_cells()
-    assert namespace["n_quarantined"] == 20 and namespace["reasons"].to_dict() == {"malformed": 20}
+    assert namespace["n_quarantined"] == 20
+    assert namespace["reasons"].to_dict() == {"malformed": 14, "bad_timestamp": 6}
     shown = namespace["quarantine"]
-    assert len(shown) == 8 and "raw_bytes" not in shown.columns and list(shown["raw"][:2]) == ["bad line 0",
-                                                                                                  "bad line 1"]
-    assert str(shown["off"].dtype) == "Int64" and shown["off"][0] == 0 and shown["off"].isna()[1]
+    assert "raw_bytes" not in shown.columns and str(shown["off"].dtype) == "Int64"
+    assert list(shown["reason"]) == ["malformed"] * 3 + ["bad_timestamp"] * 3
+    # rows 0, 1, 2 and 14, 15, 16: src "f" in offset order first, another producer's (NULL) after
+    assert list(shown["raw"]) == ["bad line 0", "bad line 2", "bad line 1", "bad line 14", "bad line 16",
+                                  "bad line 15"], list(shown["raw"])
+    assert list(shown["off"].isna()) == [False, False, True] * 2 and shown["off"][1] == 200
 
 
 def test_incidents_planted_after_the_newest_event_read_are_not_counted_as_missed(tmp_path, monkeypatch, capsys):

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(1, ge=1, description="partitions of a topic the producer creates")
     topic_replication: int = Field(1, ge=1, description="replication factor of a topic the producer creates")
     hdfs_root: str = Field("/logpipe", description="HDFS folder holding events/, windows/, alerts/, quarantine/")
+    # the job's files (results, checkpoints, commits) get this many replicas: Spark's HDFS client does not read the
+    # NameNode's dfs.replication, and with its default of 3 every block of a one-DataNode cluster stayed
+    # under-replicated (the NameNode log and `fsck` say so for ever)
+    hdfs_replication: int = Field(1, ge=1, le=512, description="replicas of each file the job writes to HDFS (the "
+                                  "native and compose stacks have one DataNode; 3 is usual on a cluster)")
 
     # ---- producer ---------------------------------------------------------------------------------
     producer_client: Literal["kafka-python", "confluent"] = Field(

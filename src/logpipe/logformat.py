@@ -9,8 +9,11 @@ Formats (one line each; the three share the CLF layout and differ in the timesta
 Rules (the Spark job implements the same rules as SQL expressions; tests check they agree):
 - the line is UTF-8; a trailing CR/LF and a leading byte order mark (U+FEFF) are ignored; anything else that
   does not fit is quarantined with a reason;
-- `bytes` of `-` means no body was sent and is stored as 0;
+- `bytes` of `-` means no body was sent and is stored as 0; spaces or tabs after the last field are ignored;
 - status must be 100..599; bytes must fit a signed 32-bit int;
+- a line whose fields after `bytes` hold what ends a request line (`HTTP/1.1" 404 5`) is quarantined as
+  UNESCAPED_QUOTE: a server that does not escape `"` in the request (Express/morgan, nginx `escape=none`) writes a
+  request holding `x" 200 1 "-" "-" "y` so that the line reads as status 200 instead of the real status after it;
 - timestamps are converted to UTC and must lie in [1990-01-01, 2100-01-01): a forged far-future timestamp
   would otherwise push the event-time watermark and make all real traffic "late". The job also quarantines a
   line dated more than LOGPIPE_FUTURE_TOLERANCE after it read it (TIMESTAMP_IN_FUTURE: not a rule of the line
@@ -42,10 +45,13 @@ TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 BAD_STATUS = "bad_status"
 BAD_BYTES = "bad_bytes"
+# the line reads two ways: its request holds a quote the server did not escape, followed by what looks like a
+# status and bytes (see _FORGED_TAIL)
+UNESCAPED_QUOTE = "unescaped_quote"
 # not a parse outcome: the producer sends a line over the Kafka message limit as a too_large record (logpipe.record)
 TOO_LARGE = "too_large"
 REASONS = (EMPTY, INVALID_UTF8, NO_MATCH, BAD_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, TIMESTAMP_IN_FUTURE, BAD_STATUS,
-           BAD_BYTES, TOO_LARGE)
+           BAD_BYTES, UNESCAPED_QUOTE, TOO_LARGE)
 
 # A quoted field: anything but an unescaped quote (backslash escapes allowed, as Apache writes them).
 # `[^\n]` rather than `.` after a backslash: Java's `.` also refuses \r, \u0085, \u2028, \u2029; Python's does not.
@@ -55,8 +61,11 @@ _QUOTED = r'"((?:[^"\\]++|\\[^\n])*+)"'
 # Shared line layout. Group order: host, ident, user, time, request, status, bytes, referrer, agent.
 # The same pattern is used by the Spark job through Java's regex engine (compatible syntax).
 # A UTF-8 byte order mark before the host (a log written by a Windows tool starts with one) is not part of it.
-# The remote user (%u) may hold spaces (Apache escapes only quotes, backslashes and control characters in it: a
-# basic-auth user "John Doe" is logged as is): words up to the first ` [`, taken possessively. A lazy `(?: \S++)*?`
+# The remote user (%u) may hold spaces and brackets (Apache escapes only quotes, backslashes and control characters
+# in it: a basic-auth user "John Doe" or "x [" is logged as is, also when the login failed, so a client picks it):
+# words up to the first that looks like the time field (`[...] "`, no bracket inside), taken possessively. (Up to
+# the first word starting with `[`, before: a user "x [" made every line of a brute-force client bad_timestamp,
+# out of its host's windows.) A lazy `(?: \S++)*?`
 # let the user grow word by word until the rest of the line matched: a line of two joined by a lost newline was
 # one event with the second's time, and Java's regex recursed once per word, so a line of a few thousand words
 # overflowed the JVM's stack (StackOverflowError kills Spark's executor, and the job met the line again at every
@@ -66,25 +75,47 @@ _QUOTED = r'"((?:[^"\\]++|\\[^\n])*+)"'
 # `2026-12-07T13:30:00Z stdout F 198.51.100.7 - - [`, a forwarded-for list `203.0.113.1, 10.0.0.1 - - [`) would
 # otherwise parse with its first word as the host (a wrong rate-limit key, which verify, using the same rules,
 # cannot see): such lines are `malformed`, as a line of another format is.
-_USER = r'(?!- (?!\[))(\S++(?: (?!\[|- )\S++)*+)'
+# `-` (no user, nearly every line) is tried first, with one look at the time after it.
+_TIME_AHEAD = r'\[[^\[\]]*+\] "'
+_USER = r'(-(?= ' + _TIME_AHEAD + r')|(?!- )\S++(?: (?!' + _TIME_AHEAD + r'|- )\S++)*+)'
 # After Combined's referrer and user agent, more fields as servers append them are allowed and not kept: nginx's
 # stock `main` format (`"$http_x_forwarded_for"`), Apache's `combinedio` (`%I %O`), a request time, Traefik's
 # `1 "router" "http://url" 5ms`: each a quoted field or a word that starts with neither a quote nor `[` (two
 # lines joined by a space where a newline was lost stay `malformed`: the second's time is a word `[dd/Mon/...`).
 _MORE_FIELDS = r'(?: (?:"(?:[^"\\]++|\\[^\n])*+"|[^\s"\[]\S*+))*+'
-LINE_PATTERN = (r'^\uFEFF?+(\S+) (\S+) ' + _USER + r' \[([^\]]+)\] ' + _QUOTED
-                + r' (\d{1,3}) (\d{1,10}|-)(?: ' + _QUOTED + r' ' + _QUOTED + _MORE_FIELDS + r')?$')
+# Nothing after `bytes` may end like a request line followed by a status and bytes (`HTTP/1.1" 404 5`): where a
+# server does not escape `"` in the request, a client that asks for `/x" 200 1 "-" "-" "y` gets the line
+# `"GET /x" 200 1 "-" "-" "y HTTP/1.1" 404 5`, which the fields above read as status 200, bytes 1 and the real
+# rest as more fields: a forged status (a 404 surge, a 401 brute force hidden as 200s). Such a line is
+# UNESCAPED_QUOTE (LAX_LINE_PATTERN, without this guard, tells it from a malformed one). A server that escapes the
+# quote (Apache: `\"`, nginx: `\x22`) never writes it. A request without a protocol (HTTP/0.9) is not caught.
+_FORGED_TAIL = r'(?![\s\S]*?HTTP/\d(?:\.\d)?" \d{3} (?:\d++|-)(?!\S))'
+
+
+def _line_pattern(after_bytes: str) -> str:
+    # bytes: any run of digits (more than a 32-bit int is BAD_BYTES, not malformed); then spaces or tabs may end it
+    return (r'^\uFEFF?+(\S+) (\S+) ' + _USER + r' \[([^\]]+)\] ' + _QUOTED + r' (\d{1,3}) (\d++|-)' + after_bytes
+            + r'(?: ' + _QUOTED + r' ' + _QUOTED + _MORE_FIELDS + r')?[ \t]*+$')
+
+
+LINE_PATTERN = _line_pattern(_FORGED_TAIL)
+LAX_LINE_PATTERN = _line_pattern("")
 # Seconds are 00-59: Spark's make_timestamp would turn a leap second `:60` into the next minute, Python's datetime
 # refuses it; the pattern refuses it for both (bad_timestamp).
 SEED_TIME_PATTERN = r"^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):([0-5]\d)$"
 CLF_TIME_PATTERN = r"^(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):([0-5]\d) ([+-])(\d{2})(\d{2})$"
-REQUEST_PATTERN = r"^(\S+) (\S+)(?: (\S+))?$"
+# The request line: method, path (words, a space between: a server that does not escape spaces logs
+# `GET /my file.pdf`), and a protocol when the last word is one (`HTTP/1.1`, `HTTP/2.0`); `GET /my file.pdf` was
+# method GET, path /my and protocol file.pdf
+REQUEST_PATTERN = r"^(\S++) (\S++(?: \S++)*?)(?: ([A-Za-z]++/\d++(?:\.\d++)?))?$"
 # Java's `$` also matches before a final \r, \u0085, \u2028 or \u2029, and Python's before a final \n: the Spark
 # job uses `\z` (the true end), Python uses fullmatch.
 JAVA_LINE_PATTERN = LINE_PATTERN[:-1] + r"\z"
+JAVA_LAX_LINE_PATTERN = LAX_LINE_PATTERN[:-1] + r"\z"
 JAVA_REQUEST_PATTERN = REQUEST_PATTERN[:-1] + r"\z"
 
 _LINE = re.compile(LINE_PATTERN, re.ASCII)  # \S, \d as in Java regex
+_LAX_LINE = re.compile(LAX_LINE_PATTERN, re.ASCII)
 _SEED_TIME = re.compile(SEED_TIME_PATTERN, re.ASCII)
 _CLF_TIME = re.compile(CLF_TIME_PATTERN, re.ASCII)
 _REQUEST = re.compile(REQUEST_PATTERN, re.ASCII)
@@ -159,13 +190,14 @@ def parse_line(raw: bytes | str) -> LogRecord:
         raise ParseError(NO_MATCH)
     m = _LINE.fullmatch(line)
     if m is None:
-        raise ParseError(NO_MATCH)
+        raise ParseError(UNESCAPED_QUOTE if _LAX_LINE.fullmatch(line) else NO_MATCH)
     host, _ident, _user, time_text, request, status_text, bytes_text = m.groups()[:7]
     ts = parse_timestamp(time_text)
     status = int(status_text)
     if not 100 <= status <= 599:
         raise ParseError(BAD_STATUS, status_text)
-    size = 0 if bytes_text == "-" else int(bytes_text)
+    digits = bytes_text.lstrip("0")  # (int() refuses more than 4,300 digits)
+    size = 0 if bytes_text == "-" else INT32_MAX + 1 if len(digits) > 10 else int(bytes_text)
     if size > INT32_MAX:
         raise ParseError(BAD_BYTES, bytes_text)
     rm = _REQUEST.fullmatch(request)

@@ -54,6 +54,7 @@ def spark_conf(s: Settings, app_name: str = "logpipe", *, kafka: bool = True) ->
         "spark.sql.shuffle.partitions": str(s.shuffle_partitions),
         "spark.sql.adaptive.enabled": "false",  # not used by streaming; keeps batch plans comparable
         "spark.hadoop.fs.defaultFS": s.hdfs_address,
+        "spark.hadoop.dfs.replication": str(s.hdfs_replication),
         # one DataNode: never try to replace it in a write pipeline
         "spark.hadoop.dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
         "spark.hadoop.dfs.client.use.datanode.hostname": "true",

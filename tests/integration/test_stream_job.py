@@ -348,6 +348,20 @@ def test_until_done_is_exact(job_settings: Settings):
     check_alerts_fire_before_their_window_closes(job_settings)
     check_alerts_reach_kafka_as_their_batch_commits(job_settings)
     check_bounds_are_dated_by_spark_s_offset_log(job_settings, since)
+    check_files_have_the_set_replication(job_settings)
+
+
+def check_files_have_the_set_replication(s: Settings) -> None:
+    """Every file the job wrote under its root (tables, commits, Spark's checkpoint) has LOGPIPE_HDFS_REPLICATION's
+    replicas: Spark's HDFS client took its own default of 3, and on the one DataNode every block stayed
+    under-replicated."""
+    from hdfs import InsecureClient
+
+    client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
+    files = [(f"{folder}/{name}", st["replication"]) for (folder, _), _, names in client.walk(s.hdfs_root, status=True)
+             for name, st in names]
+    assert len(files) > 20 and any("/events/" in f for f, _ in files), files[:5]
+    assert [f for f, r in files if r != s.hdfs_replication] == [], s.hdfs_replication
 
 
 def test_the_job_makes_its_alerts_topic_even_when_no_alert_fires(job_settings: Settings):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from logpipe.logformat import (BAD_BYTES, BAD_STATUS, BAD_TIMESTAMP, EMPTY, INVALID_UTF8, NO_MATCH, REASONS,
-                               TIMESTAMP_OUT_OF_RANGE, LogRecord, ParseError, format_line, parse_line, try_parse_line)
+                               TIMESTAMP_OUT_OF_RANGE, UNESCAPED_QUOTE, LogRecord, ParseError, format_line, parse_line, try_parse_line)
 
 pytestmark = pytest.mark.unit
 
@@ -71,6 +71,21 @@ VALID = [
      dict(bytes_sent=10)),
     ("traefik: combined and four more fields", _line(tail=' "-" "curl/8" 1 "web@docker" "http://10.0.0.2:80" 5ms'),
      dict(http_response=200)),
+    ("combined and a blank", _line(tail=' "-" "curl/8" '), dict(bytes_sent=10)),
+    ("blanks after the bytes", _line(tail=" \t ") + b"\r\n", dict(bytes_sent=10, protocol="HTTP/1.0")),
+    # a basic-auth user is logged as the client sent it (Apache escapes neither spaces nor brackets), also when
+    # the login failed: a user "x [" made every line of a brute-force client bad_timestamp
+    ("a user holding a bracket", b'1.2.3.4 - x [ [10/Oct/2000:13:55:36 -0700] "GET /admin HTTP/1.1" 401 381',
+     dict(host="1.2.3.4", http_response=401, path="/admin")),
+    ("a user in brackets", b'1.2.3.4 - [admin] [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 401 381',
+     dict(http_response=401)),
+    ("spaces in the path", _line(request="GET /my file.pdf"), dict(method="GET", path="/my file.pdf", protocol=None)),
+    ("spaces in the path and a protocol", _line(request="GET /a b HTTP/1.1"), dict(path="/a b", protocol="HTTP/1.1")),
+    ("three words, no protocol", _line(request="foo bar baz"), dict(method="foo", path="bar baz", protocol=None)),
+    ("http/2.0", _line(request="GET / HTTP/2.0"), dict(protocol="HTTP/2.0")),
+    ("bytes with leading zeros", _line(size="0" * 20 + "42"), dict(bytes_sent=42)),
+    ("a protocol in a referrer is a field",
+     _line(tail=' "http://x/ HTTP/1.1" "curl/8" 431 5120'), dict(http_response=200, bytes_sent=10)),
 ]
 
 # (id, raw line, quarantine reason)
@@ -94,7 +109,8 @@ INVALID = [
     ("escaped closing quote", _line(request="GET /a\\"), NO_MATCH),
     ("four digit status", _line(status="2000"), NO_MATCH),
     ("letters in bytes", _line(size="12k"), NO_MATCH),
-    ("eleven digit bytes", _line(size="12345678901"), NO_MATCH),
+    ("eleven digit bytes", _line(size="12345678901"), BAD_BYTES),
+    ("bytes past a bigint", _line(size="9" * 6000), BAD_BYTES),
     ("negative bytes", _line(size="-5"), NO_MATCH),
     ("only one combined field", _line(tail=' "-"'), NO_MATCH),
     # something before the host: its first word would be taken for the host (a wrong rate-limit key)
@@ -109,10 +125,20 @@ INVALID = [
     ("syslog prefix", b'Nov 30 13:00:00 web1 nginx: 203.0.113.1 - - [30/Nov/2026:13:00:00 +0000] "GET / HTTP/1.1" '
      b'200 1', NO_MATCH),
     ("clf and a field more", _line(tail=" 0.123"), NO_MATCH),
-    ("combined and a blank", _line(tail=' "-" "curl/8" '), NO_MATCH),
     ("combined and an unclosed quote", _line(tail=' "-" "curl/8" "x'), NO_MATCH),
     ("two combined lines joined by a space", _line(tail=' "-" "curl/8" ') + _line(tail=' "-" "curl/8"'), NO_MATCH),
     ("unicode digits in status", _line(status="\u0662\u0660\u0660"), NO_MATCH),
+    # a request with a quote its server did not escape (Express/morgan, nginx escape=none), so that the line reads
+    # as another status: the real end of the request line comes after the bytes
+    ("a 404 forged as 200 by an unescaped quote",
+     _line("10/Oct/2000:13:55:36 -0700", request='GET /x" 200 1 "-" "-" "y HTTP/1.1', status="404", size="5"),
+     UNESCAPED_QUOTE),
+    ("a 401 forged as 200, its end in the user agent",
+     _line(request='GET /x" 200 1 "-" " HTTP/1.1', status="401", size="5", tail=' "-" "curl/8"'), UNESCAPED_QUOTE),
+    ("a 500 forged with a protocol",
+     _line(request='GET /x HTTP/1.1" 200 99999 "-" "-" "y HTTP/1.0', status="500", size="-"), UNESCAPED_QUOTE),
+    ("a 404 forged as 200, its end in a word", _line(request='GET /x" 200 1 "-" "-" y HTTP/1.1', status="404", size="5"),
+     UNESCAPED_QUOTE),
     ("status 999", _line(status="999"), BAD_STATUS),
     ("status 000", _line(status="000"), BAD_STATUS),
     ("status 99", _line(status="99"), BAD_STATUS),

@@ -45,19 +45,41 @@ GOOD = [
     b'172.17.0.1 - - [07/Dec/2026:13:30:00 +0000] "GET / HTTP/1.1" 200 615 "-" "curl/8.5.0" 431 5120\r\n',
     b'172.17.0.1 - - [07/Dec/2026:13:30:00 +0000] "GET / HTTP/1.1" 200 615 "-" "curl/8" 1 "web@docker" '
     b'"http://10.0.0.2:80" 5ms',
+    # a user holding brackets (a basic-auth user is logged as the client sent it, also when the login failed)
+    b'1.2.3.4 - x [ [10/Oct/2000:13:55:36 -0700] "GET /admin HTTP/1.1" 401 381',
+    b'1.2.3.4 - a [b [10/Oct/2000:13:55:36 -0700] "GET /admin HTTP/1.1" 401 381',
+    b'1.2.3.4 - a [b] [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',
+    b'1.2.3.4 - [admin] [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',
+    # spaces or tabs after the last field, before a CR/LF or not
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5 \r\n',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1 "-" "curl/8" \t',
+    # request lines: spaces in the path, a last word that is no protocol, HTTP/2.0; bytes with leading zeros
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /my file.pdf" 200 1',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /a b HTTP/1.1" 200 1',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/2.0" 200 000000000000000000000000042',
+    # fields after the bytes that hold a protocol but no status after its quote stay fields
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1 "http://x/ HTTP/1.1" "curl/8" 431 5120',
 ]
 BAD = [
     b"", b"\r\n", b"   ", b"\t", b"\xff\xfe garbage", b"\x80\x81\x82", b"just some text", b" \t\r\n\r",
     b"w " * 50_000,  # text of many words: the same recursion, 3,000 words were enough (see GOOD)
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /' + b'a ' * 20_000 + b'HTTP/1.1" 200 x',
-    # the user is the words up to the first ` [`: two lines joined by a lost newline are not one event with the
-    # second's time and request, nor a user of `a [b]` with the time after it
+    # the user is the words up to the one that looks like the time (`[...] "`): two lines joined by a lost newline
+    # are not one event with the second's time and request; a user `-` is followed by the time, so `- [x]` is no user
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /a HTTP/1.1" 200 1 5.6.7.8 - - [2004-05-18 05:58:49] "GET /b HTTP/1.1" 404 2',
-    b'1.2.3.4 - a [b] [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1',
     b'1.2.3.4 - - [x] [2099-12-31 23:59:59] "GET / HTTP/1.1" 200 1',
+    # a request holding a quote its server did not escape, so that the line reads as another status (unescaped_quote):
+    # the real end of the request line after the bytes, in more fields, in the user agent, after a forged protocol
+    b'1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET /x" 200 1 "-" "-" "y HTTP/1.1" 404 5',
+    b'1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET /x" 200 1 "-" " HTTP/1.1" 401 5 "-" "curl/8"',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /x HTTP/1.1" 200 99999 "-" "-" "y HTTP/1.0" 500 14101\r\n',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /x" 200 1 "-" "-" "y HTTP/2.0" 404 -',
+    # bytes past a BIGINT, with and without leading zeros
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 12884901888',
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 ' + b"9" * 6000,
+    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 0000000000' + b"9" * 30,
     b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n",  # a byte order mark alone
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5\r\n ',  # a space after the CR/LF
-    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 5 \r\n',  # a space before it
     b'1.2.3.4 - - [2004-13-18 05:58:48] "GET / HTTP/1.1" 200 1',     # month 13
     b'1.2.3.4 - - [2004-02-30 05:58:48] "GET / HTTP/1.1" 200 1',     # Feb 30
     b'1.2.3.4 - - [2004-05-18 25:58:48] "GET / HTTP/1.1" 200 1',     # hour 25
@@ -110,8 +132,7 @@ BAD = [
     b'203.0.113.1, 10.0.0.1 - - [07/Dec/2026:15:33:45 +0100] "GET / HTTP/1.1" 200 5',
     b'2026-12-07T13:30:00.000000123Z stdout F 198.51.100.7 - - [07/Dec/2026:13:30:00 +0000] "GET / HTTP/1.1" 401 2',
     b'Nov 30 13:00:00 web1 nginx: 203.0.113.1 - - [30/Nov/2026:13:00:00 +0000] "GET / HTTP/1.1" 200 1',
-    # after Combined: a blank, an unclosed quote, a second line joined by a space
-    b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1 "-" "curl/8" ',
+    # after Combined: an unclosed quote, a second line joined by a space
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET / HTTP/1.1" 200 1 "-" "curl/8" "x',
     b'1.2.3.4 - - [2004-05-18 05:58:48] "GET /a HTTP/1.1" 200 1 "-" "curl/8" 5.6.7.8 - - [2004-05-18 05:58:49] '
     b'"GET /b HTTP/1.1" 404 2 "-" "curl/8"',

@@ -39,6 +39,7 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
     # line was ~10 % of the parse)
     assert lf.JAVA_LINE_PATTERN.endswith(r"\z")
     line_pat = _sql_str(lf.JAVA_LINE_PATTERN[:-2] + r"[\r\n]*\z")
+    lax_pat = _sql_str(lf.JAVA_LAX_LINE_PATTERN[:-2] + r"[\r\n]*\z")
     seed_t = _sql_str(lf.SEED_TIME_PATTERN[:-1] + r"\z")
     clf_t = _sql_str(lf.CLF_TIME_PATTERN[:-1] + r"\z")
     sep = SEP
@@ -71,11 +72,14 @@ def parse_columns(df: "DataFrame", value_col: str = "value", *, request_parts: b
                "concat(substr(_t, 22, 3), ':', substr(_t, 25, 2))) END"))
            .withColumn("request", F.expr("CASE WHEN _ok THEN _f[2] END"))
            .withColumn("http_response", F.expr("CASE WHEN _ok THEN CAST(_f[3] AS INT) END"))
-           .withColumn("_bytes", F.expr("CASE WHEN _ok THEN CASE WHEN _f[4] = '-' THEN 0L ELSE CAST(_f[4] AS BIGINT) END END"))
+           # more digits than a BIGINT holds: NULL, BAD_BYTES as any count over INT32_MAX
+           .withColumn("_bytes", F.expr("CASE WHEN _ok THEN CASE WHEN _f[4] = '-' THEN 0L "
+                                        f"ELSE coalesce(try_cast(_f[4] AS BIGINT), {lf.INT32_MAX + 1}L) END END"))
            .withColumn("reason", F.expr(f"""
                CASE WHEN NOT _ok AND _text RLIKE {too_large} THEN '{lf.TOO_LARGE}'
                     WHEN NOT _utf8 THEN '{lf.INVALID_UTF8}'
                     WHEN NOT _ok AND _text RLIKE '^\\\\uFEFF?[ \\\\t\\\\f\\\\x0B]*[\\\\r\\\\n]*\\\\z' THEN '{lf.EMPTY}'
+                    WHEN NOT _ok AND _f IS NOT NULL AND _text RLIKE {lax_pat} THEN '{lf.UNESCAPED_QUOTE}'
                     WHEN NOT _ok THEN '{lf.NO_MATCH}'
                     WHEN timestamp IS NULL THEN '{lf.BAD_TIMESTAMP}'
                     WHEN timestamp < TIMESTAMP'{lf.MIN_TIME:%Y-%m-%d %H:%M:%S}'

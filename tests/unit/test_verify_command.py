@@ -285,10 +285,10 @@ def test_results_of_another_log_are_said_in_one_line_above_the_verdict(log, monk
     _verify_reporting(monkeypatch, accounting=accounting, windows_by_host={"ok": False, "examples": {}})
     assert main(["verify", "--log", str(log)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    said = [i for i, line in enumerate(lines) if line.startswith("the results may be of another log")]
+    said = [i for i, line in enumerate(lines) if line.startswith("the results hold another number of lines than the log")]
     assert len(said) == 1 and lines[said[0] + 1].endswith("MISMATCH"), lines
     assert "(`logpipe demo` made this root's results from /work/data/access.log): " + hint == \
-        lines[said[0]].removeprefix("the results may be of another log ")
+        lines[said[0]].removeprefix("the results hold another number of lines than the log ")
     accounting.update(other_log=None)  # the same number of lines: nothing said (the table tells what differs)
     assert main(["verify", "--log", str(log)]) == 1
     assert "another log" not in capsys.readouterr().out

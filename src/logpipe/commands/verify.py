@@ -139,7 +139,8 @@ def _utc(epoch_s: object) -> str:
 
 
 def other_log_line(r: "VerifyReport") -> str | None:
-    """When the results hold another number of source lines than the log (another log, or a log that grew since),
+    """When the results hold another number of source lines than the log (another log, a log that grew since, rows
+    lost from the tables),
     one line that says so, naming the log `logpipe demo` recorded for the root if it is another file: every other
     difference follows from it, and a full MISMATCH table buried it (a review's wrong --log)."""
     acc = getattr(r, "accounting", None) or {}
@@ -147,7 +148,7 @@ def other_log_line(r: "VerifyReport") -> str | None:
         return None
     recorded = f" (`logpipe demo` made this root's results from {acc['recorded_log']})" if acc.get("recorded_log") \
         else ""
-    return f"the results may be of another log{recorded}: {acc['other_log']}"
+    return f"the results hold another number of lines than the log{recorded}: {acc['other_log']}"
 
 
 def mismatch_examples(r: "VerifyReport") -> list[str]:
@@ -373,6 +374,11 @@ def results_problem(s: "Settings") -> str | None:
     return None
 
 
+def _batches(numbers: list[int]) -> str:
+    """Micro-batches by number, or "none" (a bare 0 read as none where batch 0 was meant)."""
+    return ("batch " if len(numbers) == 1 else "batches ") + ", ".join(map(str, numbers)) if numbers else "none"
+
+
 def _future_text(check: dict | None) -> str:
     """The timestamp_in_future check's part of the accounting row ("" when no micro-batch recorded a bound)."""
     if not check or not check["batches_with_a_bound"]:
@@ -381,7 +387,9 @@ def _future_text(check: dict | None) -> str:
     off = check.get("bounds_not_at_the_batch_start", [])
     unchecked = check.get("bounds_not_checked", 0)
     return (f"lines quarantined as dated after their batch's bound {check['quarantined']:,} (not after it: "
-            f"{check['quarantined_not_after_the_bound']:,}), batches keeping rows past it "
-            f"{', '.join(map(str, past)) if past else 0}, bounds not at their batch's start plus the tolerance "
-            f"{', '.join(map(str, off)) if off else 0}"
+            f"{check['quarantined_not_after_the_bound']:,}), batches keeping rows past it: "
+            f"{_batches(past)}, bounds not at their batch's start plus the tolerance: {_batches(off)}"
+            # the batches are dated by the times of Spark's offset files: a copy that did not keep them moves them
+            + (" (a root copied without its files' times, e.g. `hdfs dfs -cp` without -p, fails this check)"
+               if off else "")
             + (f" ({unchecked:,} recorded without their tolerance, not checked)" if unchecked else "") + "; ")

@@ -272,6 +272,8 @@ def test_the_compose_broker_runs_with_the_native_brokers_settings(tmp_path: Path
     assert differ == {}, differ
     assert set(native) - addresses, native  # the comparison compared something
     assert "-Djava.net.preferIPv4Stack=true" in env["KAFKA_OPTS"].split()
+    # no GC log (kafka-server-start.sh adds -loggc unless EXTRA_ARGS is set), as the native broker writes none
+    assert "-loggc" not in env["EXTRA_ARGS"].split() and "kafkaServer" in env["EXTRA_ARGS"].split()
 
 
 def test_a_setting_missing_from_the_env_file_stops_compose(tmp_path: Path) -> None:

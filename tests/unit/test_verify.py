@@ -765,10 +765,12 @@ def test_a_batch_that_commits_while_verify_lists_the_root_is_not_taken_for_stray
 
 
 @pytest.mark.parametrize("damage", ["status_as_text", "window_start_as_text", "null_window_start",
-                                    "window_start_far_off"])
+                                    "window_start_far_off", "counts_as_doubles_in_a_later_file"])
 def test_a_window_table_unlike_the_jobs_is_reported_not_a_crash(tmp_path, damage):
     """A window table whose columns are of other types, hold NULLs, or whose times cannot be those of the log is
-    a MISMATCH that names the column; verify used to stop there with an Arrow or packing error instead."""
+    a MISMATCH that names the column; verify used to stop there with an Arrow or packing error instead. A file
+    other than the first with other types: Arrow read the table in the first file's types, so whole doubles
+    passed as counts, and one with a fraction stopped verify with Arrow's traceback; each file is checked."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -781,8 +783,18 @@ def test_a_window_table_unlike_the_jobs_is_reported_not_a_crash(tmp_path, damage
     table = "windows/by_status" if damage == "status_as_text" else "windows/by_host"
     path = root / table / "b0000000000-00000.parquet"
     t = pq.read_table(path)
-    column = "http_response" if damage == "status_as_text" else "window_start"
+    column = {"status_as_text": "http_response", "counts_as_doubles_in_a_later_file": "count"}.get(damage,
+                                                                                                  "window_start")
     values = t.column(column)
+    if damage == "counts_as_doubles_in_a_later_file":
+        for name, extra in (("b0000000000-00001.parquet", 0.0), ("b0000000000-00002.parquet", 0.5)):
+            doubles = pa.array([v + extra for v in values.to_pylist()], pa.float64())
+            pq.write_table(t.set_column(t.schema.get_field_index(column), column, doubles), path.with_name(name))
+        r = verify_run(s, log, fs=fsspec.filesystem("file"), alerts_on_kafka=False)
+        c = r.windows_by_host
+        assert not r.ok and not c["ok"] and c["types_wrong"] == ["b0000000000-00001.parquet: count: double",
+                                                                  "b0000000000-00002.parquet: count: double"], c
+        return
     if damage == "status_as_text":
         values = pa.array([str(v) for v in values.to_pylist()])
     elif damage == "window_start_as_text":
@@ -794,7 +806,7 @@ def test_a_window_table_unlike_the_jobs_is_reported_not_a_crash(tmp_path, damage
     pq.write_table(t.set_column(t.schema.get_field_index(column), column, values), path)
     r = verify_run(s, log, fs=fsspec.filesystem("file"), alerts_on_kafka=False)
     c = r.windows_by_status if damage == "status_as_text" else r.windows_by_host
-    assert not r.ok and not c["ok"] and any(p.startswith(column) for p in c["types_wrong"]), c
+    assert not r.ok and not c["ok"] and any(p.startswith(column) or f": {column}:" in p for p in c["types_wrong"]), c
 
 
 def test_a_surge_whose_share_faded_by_the_windows_end_must_have_been_raised():

@@ -644,6 +644,26 @@ def _results_root(tmp_path, log):
     return s, root
 
 
+def test_the_figures_shown_come_from_the_committed_batches_not_the_last_runs_metrics(tmp_path):
+    """Records read, late and duplicates dropped were shown from `_metrics/latest.json`, which a run writes when
+    it ends (a killed run's batches are not in it) and nothing checked: they come from the committed batches'
+    records now, which the accounting check holds to the tables."""
+    import json
+
+    import fsspec
+
+    from logpipe.verify import verify_run
+
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LOG_LINES) + b"\n")
+    s, root = _results_root(tmp_path, log)
+    (root / "_metrics").mkdir()
+    (root / "_metrics" / "latest.json").write_text(json.dumps({"lines": 999, "late": 7, "duplicates_dropped": 5}))
+    r = verify_run(s, log, fs=fsspec.filesystem("file"), alerts_on_kafka=False)
+    assert r.ok, r.to_json()
+    assert (r.accounting["job_records_read"], r.accounting["late"], r.accounting["duplicates_dropped"]) == (5, 0, 0)
+
+
 @pytest.mark.parametrize("damage", ["none", "bytes_sent", "request", "reasons_swapped", "raw_bytes", "window_end",
                                     "date_partition", "stray_file", "unfinished_attempt", "quarantine_record_twice",
                                     "windows_in_date_folders", "window_in_another_date_folder",

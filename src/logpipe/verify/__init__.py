@@ -170,6 +170,10 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     acc["quarantine_records_equal"] = quarantine.fingerprint == counts.quarantine_fingerprint
     acc["job_accounting"] = check_job_accounting(s, fs, event_rows=acc["job_event_rows"], late_rows=late_rows,
                                                  quarantine_rows=quarantine.rows)
+    if acc["job_accounting"]["batches"]:  # the figures shown from the committed batches' records, which are
+        # checked: _metrics/latest.json is written when a run ends (a killed run's batches are not in it)
+        job = acc["job_accounting"]
+        acc.update(job_records_read=job["lines"], late=job["late"], duplicates_dropped=job["duplicates"])
     acc["ok"] = (acc["job_parsed_unique"] == counts.parsed and acc["job_event_rows"] == acc["job_event_lines"]
                  and acc["job_quarantined_unique"] == acc["quarantined"]
                  and job_q_by_reason == counts.quarantined_by_reason and late_unmatched == 0

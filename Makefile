@@ -42,8 +42,11 @@ unit: setup                      ## fast tests, no services
 
 stack-up: setup
 	$(BIN)/logpipe stack up
-stack-down:                      ## needs no set-up: without $(VENV) this checkout has started nothing
-	@if [ -x $(BIN)/logpipe ]; then $(BIN)/logpipe stack down; else echo "no $(BIN)/logpipe: nothing to stop"; fi
+stack-down:                      ## needs no set-up: without $(VENV) nothing started here runs, unless pids/ says so
+	@d="$${LOGPIPE_RUN_DIR:-.logpipe}"; if [ -x $(BIN)/logpipe ]; then $(BIN)/logpipe stack down; \
+	  elif [ -n "$$(ls -A "$$d"/pids 2>/dev/null)" ]; then echo "$$d/pids holds service records (its services may" \
+	    "still run) but there is no $(BIN)/logpipe to stop them: make setup, then make stack-down" >&2; exit 1; \
+	  else echo "no $(BIN)/logpipe: nothing to stop"; fi
 stack-status:
 	@if [ -x $(BIN)/logpipe ]; then $(BIN)/logpipe stack status; else echo "no $(BIN)/logpipe: the stack was never set up here (make stack-up)"; exit 3; fi
 

@@ -450,7 +450,7 @@ def drop_run_data(s: Settings, topics: list[str], roots: list[str]) -> tuple[lis
             shutil.rmtree(positions, ignore_errors=True)
     except Exception as exc:  # noqa: BLE001 (reported in the result, not fatal: the figures stand)
         failed.append(f"Kafka topics {topics}: {exc}")
-    client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
+    client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name, timeout=s.connect_timeout_s)
     for root in roots:
         try:
             if client.delete(root, recursive=True):

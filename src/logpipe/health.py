@@ -271,7 +271,8 @@ def wait_for_kafka(bootstrap: str, timeout: float = 60.0, stop: threading.Event 
     """Wait until the broker at `bootstrap` answers (probe_kafka); `stop` ends the wait early (a signal), `down`
     as for wait_until."""
     return wait_until(lambda: probe_kafka(bootstrap), what=f"Kafka at {bootstrap}", timeout=timeout, stop=stop,
-                      announce=True, down=down, hint="Check that the broker runs (`logpipe stack status`) and its log; "
+                      announce=True, down=down, hint="Check that the broker runs and its log (native stack: `logpipe stack "
+                           "status`; compose: `docker compose ps kafka`, `docker compose logs kafka`); "
                            "LOGPIPE_KAFKA_BOOTSTRAP must name its PLAINTEXT listener.")
 
 
@@ -287,7 +288,8 @@ def probe_hdfs_ready(webhdfs: str) -> dict:
 def wait_for_hdfs(webhdfs: str, timeout: float = 60.0, down: Callable[[], str | None] | None = None) -> dict:
     """Wait until HDFS is writable and its files readable (probe_hdfs_ready); `down` as for wait_until."""
     return wait_until(lambda: probe_hdfs_ready(webhdfs), what=f"HDFS at {webhdfs}", timeout=timeout, announce=True,
-                      down=down, hint="Check the NameNode and DataNode logs (`logpipe stack status`): safe mode stays on with "
+                      down=down, hint="Check the NameNode and DataNode logs (native stack: `logpipe stack status` "
+                           "names them; compose: `docker compose logs namenode datanode`): safe mode stays on with "
                            "under 100 MB free disk or with no DataNode registered; LOGPIPE_WEBHDFS_URL must name "
                            "the NameNode's web address.")
 
@@ -398,7 +400,9 @@ def run(args: argparse.Namespace) -> int:
             wait_until(lambda: probe_datanode_ready(args.datanode, s.datanode_data_port, dn_http, s.webhdfs_address),
                        what=f"HDFS at {s.webhdfs_address} with the DataNode at {args.datanode}", timeout=args.timeout,
                        hint=f"Check the DataNode's log and its state at {dn_http}/jmx?qry=Hadoop:service=DataNode,"
-                            "name=DataNodeInfo, and the NameNode's log.")
+                            "name=DataNodeInfo, and the NameNode's log (native stack: `logpipe stack status` "
+                            "names them; in compose that address is on the compose network: `docker compose logs "
+                            "datanode namenode`).")
         elif args.service == "hdfs":
             wait_for_hdfs(s.webhdfs_address, args.timeout)
         elif args.service == "spark":
@@ -414,7 +418,9 @@ def run(args: argparse.Namespace) -> int:
                 s.producer_checkpoint_s)
             age = wait_until(lambda: probe_heartbeat(beat, max_age), what="producer", timeout=args.timeout,
                              hint="A running producer touches it after each flush and at each wait for new "
-                                  "lines.")
+                                  "lines: check that it runs and its log (compose: `docker compose logs producer`), "
+                                  f"and that the topic (--topic or LOGPIPE_TOPIC, now {s.topic}) and "
+                                  "LOGPIPE_PRODUCER_STATE_DIR are the producer's.")
             print(f"producer: heartbeat {age:.1f}s ago")
             return 0
     except (ServiceTimeout, RuntimeError, ValueError) as exc:

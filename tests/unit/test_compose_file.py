@@ -276,6 +276,40 @@ def test_the_compose_broker_runs_with_the_native_brokers_settings(tmp_path: Path
     assert "-loggc" not in env["EXTRA_ARGS"].split() and "kafkaServer" in env["EXTRA_ARGS"].split()
 
 
+def test_the_compose_hdfs_runs_with_the_native_hdfs_settings(tmp_path: Path) -> None:
+    """The core-site and hdfs-site properties hdfs_service/start-hadoop.sh writes in the containers and those
+    `stack up` writes: the same names and values, but for addresses, folders and host names (which differ by
+    design) and the few each side needs for its own network, named here with the reason."""
+    from logpipe.spark import spark_conf
+    from logpipe.stack.configs import write_configs
+    from logpipe.stack.layout import Layout
+
+    lay = Layout(tmp_path)
+    s = Settings()
+    write_configs(s, lay)
+    native = {prop.findtext("name"): prop.findtext("value") for f in ("core-site.xml", "hdfs-site.xml")
+              for prop in ET.parse(lay.conf / "hadoop" / f).getroot().iter("property")}
+    script = (PROJECT_ROOT / "hdfs_service" / "start-hadoop.sh").read_text()
+    compose = {name: value.strip('"') for name, value in re.findall(r"^\s*property (\S+) (.+)$", script, re.M)}
+    by_design = {"fs.defaultFS", "hadoop.tmp.dir", "dfs.namenode.name.dir", "dfs.datanode.data.dir",
+                 "dfs.datanode.hostname"}
+    placed = {k for k in native.keys() | compose.keys() if k in by_design or "address" in k or "bind-host" in k}
+    compose_only = {
+        # clients reach the DataNode by its compose host name, not a container IP; no reverse DNS to check
+        "dfs.client.use.datanode.hostname", "dfs.datanode.use.datanode.hostname",
+        "dfs.namenode.datanode.registration.ip-hostname-check",
+        # for `hdfs dfs` in the containers; the job sets it on its own client (below) in both stacks
+        "dfs.client.block.write.replace-datanode-on-failure.policy",
+    }
+    assert set(compose) - set(native) - placed == compose_only
+    assert set(native) - set(compose) - placed == set(), "a native HDFS setting compose does not make"
+    differ = {k: (v, compose[k]) for k, v in native.items() if k in compose and k not in placed and compose[k] != v}
+    assert differ == {}, differ
+    assert {"dfs.replication", "dfs.webhdfs.enabled", "dfs.namenode.safemode.extension"} <= set(native) - placed
+    policy = "dfs.client.block.write.replace-datanode-on-failure.policy"
+    assert spark_conf(s)[f"spark.hadoop.{policy}"] == compose[policy]
+
+
 def test_a_setting_missing_from_the_env_file_stops_compose(tmp_path: Path) -> None:
     """Without a value (in .env or the shell), compose names the setting instead of passing an empty string."""
     env_file = tmp_path / "env"

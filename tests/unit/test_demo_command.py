@@ -327,3 +327,35 @@ def test_the_summary_names_the_notebook_only_where_it_is(monkeypatch, capsys, tm
     monkeypatch.setattr(demo, "DEMO_NOTEBOOK", demo.PROJECT_ROOT / "nowhere" / "demo.ipynb")
     out = " ".join(_summary(monkeypatch, capsys, tmp_path, report, ["10.0.0.1"]).split())
     assert "jupyter" not in out and "nowhere/demo.ipynb of a logpipe checkout (not installed with the package)" in out
+
+
+def test_webhdfs_that_does_not_answer_is_one_line_naming_what_to_check(monkeypatch, capsys, tmp_path):
+    """The demo's check of its results root talks to WebHDFS with LOGPIPE_CONNECT_TIMEOUT_S as its limit (it had
+    none: a hung NameNode hung the demo); a time-out or a refused connection ends it in one line, no traceback."""
+    import requests
+
+    from logpipe import cli
+    from logpipe.commands import demo
+
+    log = tmp_path / "access.log"
+    log.write_text("1.2.3.4 - - [2004-05-18 05:58:48] \"GET / HTTP/1.0\" 200 1\n")
+    real_check = demo.fresh_results_for
+    _demo_up_to_the_sample(monkeypatch)
+    monkeypatch.setattr(demo, "fresh_results_for", real_check)  # up to WebHDFS, which does not answer here
+    seen: list[float | None] = []
+
+    class Client:
+        def __init__(self, url: str, user: str | None = None, timeout: float | None = None) -> None:
+            seen.append(timeout)
+
+        def status(self, *a, **k):
+            raise requests.exceptions.ReadTimeout("read timed out")
+
+    monkeypatch.setattr("hdfs.InsecureClient", Client)
+    monkeypatch.setenv("LOGPIPE_CONNECT_TIMEOUT_S", "7")
+    monkeypatch.setattr("kafka.admin.KafkaAdminClient", lambda **k: type("A", (), {
+        "list_topics": lambda self: [], "close": lambda self: None})())
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--log", str(log)])
+    assert seen == [7.0]
+    assert "over WebHDFS" in str(exc.value) and "ReadTimeout" in str(exc.value) and "stack status" in str(exc.value)

@@ -190,6 +190,22 @@ def test_up_resolves_the_spark_kafka_connector(run_dir, free_ports, monkeypatch)
     assert "spark-kafka" in resolved and "spark-kafka" in CLASSPATHS
 
 
+def test_up_stops_a_storage_format_a_killed_up_left_before_it_formats(run_dir, free_ports, monkeypatch, procs):
+    """The format a killed `stack up` left running holds the storage's lock: the next `stack up` stops it before
+    it formats (again, if that one was cut short) and starts the services."""
+    s = _settings(run_dir, free_ports)
+    lay = Layout(run_dir)
+    namenode = next(svc for svc in services.services(s, lay) if svc.name == "namenode")
+    fmt = _fake_service(procs, namenode.main_class, "-format", "-nonInteractive", f"-Dx={run_dir}/conf/hdfs")
+    seen: list[tuple[str, int | None]] = []
+    monkeypatch.setattr(services, "java_binary", lambda _s: "java")
+    monkeypatch.setattr(services, "resolve", lambda name, root: None)
+    monkeypatch.setattr(services, "_format_if_needed", lambda *a: seen.append(("format", fmt.poll())))
+    monkeypatch.setattr(services, "_start", lambda *a: (1, False))
+    services.up(s, progress=lambda m: None)
+    assert seen == [("format", fmt.returncode)] and fmt.returncode is not None  # ended before the format step
+
+
 # ---- 3: a relative run folder ----------------------------------------------------------------------------------
 def test_relative_run_dir_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -234,6 +250,24 @@ def test_noisy_datanode_loggers_are_lowered(run_dir, free_ports):
     conf = (lay.conf / "hadoop" / "log4j.properties").read_text()
     for logger in ("fsdataset.impl.FsDatasetImpl", "fsdataset.impl.FsDatasetAsyncDiskService", "datanode.webhdfs"):
         assert f"{logger}=WARN" in conf
+
+
+def test_every_hdfs_address_the_native_stack_sets_is_on_the_bind_host(run_dir):
+    """Nothing binds to anything but the loopback host: every *address the NameNode and DataNode read is set, on
+    it (Hadoop's defaults are 0.0.0.0, e.g. the DataNode's https address, unused while dfs.http.policy is
+    HTTP_ONLY), and no two of them share a port."""
+    import xml.etree.ElementTree as ET
+
+    s = Settings(run_dir=run_dir, bind_host="127.0.0.1")  # the default ports (random ones might meet a +1)
+    lay = Layout(run_dir)
+    write_configs(s, lay)
+    props = {prop.findtext("name"): prop.findtext("value")
+             for prop in ET.parse(lay.conf / "hadoop" / "hdfs-site.xml").getroot().iter("property")}
+    addresses = {k: v for k, v in props.items() if k.endswith("address")}
+    assert {"dfs.namenode.https-address", "dfs.datanode.https.address", "dfs.datanode.address"} <= set(addresses)
+    assert all(v.rsplit(":", 1)[0] == s.bind_host for v in addresses.values()), addresses
+    ports = [v.rsplit(":", 1)[1] for v in addresses.values()]
+    assert len(set(ports)) == len(ports), addresses
 
 
 def test_the_broker_makes_no_topic_on_its_own(run_dir, free_ports):
@@ -290,6 +324,42 @@ def test_a_step_of_the_wall_clock_does_not_make_a_service_a_stranger(run_dir, fr
     lay.data.mkdir()
     services.down(s, wipe=True, progress=lambda m: None)
     assert p.wait(10) is not None and not lay.data.exists()
+
+
+def test_down_stops_a_second_instance_beside_the_recorded_one(run_dir, free_ports, procs, caplog):
+    """Two processes of one service from this run folder (a second start whose record overwrote the first's):
+    `stack down` stopped the recorded one, said "stopped" and left the other running, which `stack status` then
+    showed. Both are stopped, the one no record names with a warning."""
+    s = _settings(run_dir, free_ports)
+    lay = Layout(run_dir)
+    conf = f"{run_dir}/conf/kafka/server.properties"
+    recorded, stray = _fake_service(procs, KAFKA_MAIN, conf), _fake_service(procs, KAFKA_MAIN, conf)
+    lay.pids.mkdir()
+    services._record_pid(lay, _kafka(s), recorded.pid)
+    said: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="logpipe.stack.services"):
+        services.down(s, progress=said.append)
+    assert recorded.wait(10) is not None and stray.wait(10) is not None
+    assert "kafka     stopped" in said and f"as pid {stray.pid}" in caplog.text
+    assert not services.status(s)[0]["running"]
+
+
+def test_a_namenode_format_left_running_is_not_taken_for_the_namenode_but_is_stopped(run_dir, free_ports, procs):
+    """A `stack up` killed while it formats leaves `NameNode -format` running from the run folder: the next
+    `stack up` took it for the NameNode (the same main class) and waited 180 s for ports it never opens. It is
+    not the service, but it is stopped with it (and `down --wipe` does not delete the storage under it)."""
+    s = _settings(run_dir, free_ports)
+    lay = Layout(run_dir)
+    namenode = next(svc for svc in services.services(s, lay) if svc.name == "namenode")
+    fmt = _fake_service(procs, namenode.main_class, "-format", "-nonInteractive", f"-Dx={run_dir}/conf/hdfs")
+    assert services.unrecorded_pids(lay, namenode) == [] and services.our_pid(lay, namenode) is None
+    assert services.format_pids(lay, namenode) == [fmt.pid]
+    assert services.unrecorded_pids(lay, namenode, formats=True) == [fmt.pid]
+    real = _fake_service(procs, namenode.main_class, f"-Dx={run_dir}/conf/hdfs")
+    assert services.unrecorded_pids(lay, namenode) == [real.pid] and fmt.poll() is None
+    said: list[str] = []
+    services.down(s, progress=said.append)
+    assert fmt.wait(10) is not None and real.wait(10) is not None and "namenode  stopped" in said
 
 
 def test_a_running_service_on_another_bind_host_is_refused_before_anything_starts(run_dir, free_ports, procs):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logpipe.cli import add_setting_flags, exit_on_termination, settings_from_args, size_bytes
-from logpipe.config import PROJECT_ROOT, Settings
+from logpipe.config import PRODUCER_CLIENTS, PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
     from hdfs import InsecureClient
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"(default {SAMPLE_SIZE})")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed of the generated sample (default {SAMPLE_SEED}); as --size, only for a new sample")
-    p.add_argument("--client", choices=["kafka-python", "confluent"], default=None,
+    p.add_argument("--client", choices=PRODUCER_CLIENTS, default=None,
                    help="the producer's Kafka client (default: LOGPIPE_PRODUCER_CLIENT, else kafka-python)")
     p.add_argument("--report", type=Path, default=None,
                    help="where verify writes its JSON report (default: <run dir>/demo-verify.json)")
@@ -114,6 +114,8 @@ def _stop_step(proc: subprocess.Popen, name: str, *, forward: bool, grace_s: flo
 
 
 def run(args: argparse.Namespace) -> int:
+    import requests
+
     from logpipe.generator import truth_path
     from logpipe.stack import services
 
@@ -146,7 +148,11 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s has no ground truth beside it (%s): verify checks the window counts and the alert rules, not "
                      "planted incidents (delete the log to have the demo make its sample again)", args.log,
                      truth_path(args.log).name)
-    fresh_results_for(s, args.log, fresh=args.fresh)
+    try:
+        fresh_results_for(s, args.log, fresh=args.fresh)
+    except requests.RequestException as exc:  # WebHDFS did not answer in LOGPIPE_CONNECT_TIMEOUT_S, or refused
+        raise SystemExit(f"demo: reading the results root {s.hdfs_root} over WebHDFS ({s.webhdfs_address}) failed: "
+                         f"{type(exc).__name__}: {exc}; check the NameNode (`logpipe stack status`)") from exc
     produce = ["produce", str(args.log)] + (["--client", args.client] if args.client else [])
     timings["produce"], _ = _step("produce", produce, env, stop_grace_s=s.stop_grace_s)
     timings["stream"], _ = _step("stream --until-done", ["stream", "--until-done"], env,
@@ -262,7 +268,7 @@ def fresh_results_for(s: Settings, log_path: Path, fresh: bool = False) -> None:
     from hdfs import InsecureClient
     from kafka.admin import KafkaAdminClient
 
-    client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name)
+    client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name, timeout=s.connect_timeout_s)
     marker = s.hdfs_path("_source.json")
     ident = _log_identity(log_path)
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)

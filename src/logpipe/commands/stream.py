@@ -24,7 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hdfs.util import HdfsError
     from kafka.errors import KafkaError
 
     from logpipe.health import ServiceTimeout
@@ -44,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     except (ServiceTimeout, RuntimeError) as exc:
         print(f"logpipe stream: {exc}", file=sys.stderr)
         return 1
-    except (KafkaError, HdfsError) as exc:  # the admin and WebHDFS calls before the query starts
-        print(f"logpipe stream: {type(exc).__name__}: {exc} -- check `logpipe stack status` and the settings "
-              f"LOGPIPE_KAFKA_BOOTSTRAP ({s.kafka_address}) / LOGPIPE_WEBHDFS_URL ({s.webhdfs_address})",
+    except KafkaError as exc:  # the admin calls before the query starts (its topic's id, the alerts topic)
+        print(f"logpipe stream: {type(exc).__name__}: {exc} -- check that the broker runs (native stack: `logpipe "
+              f"stack status`; compose: `docker compose ps kafka`, `docker compose logs kafka`) and LOGPIPE_KAFKA_BOOTSTRAP ({s.kafka_address})",
               file=sys.stderr)
         return 1
     print(json.dumps(metrics, default=str))

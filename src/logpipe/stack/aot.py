@@ -192,7 +192,8 @@ def _remove_training_outputs(s: Settings, name: str) -> None:
         from logpipe.topics import delete_topics
 
         delete_topics(s, [name, f"{name}-alerts"])
-        InsecureClient(s.webhdfs_address, user=s.hdfs_user_name).delete(f"/tmp/{name}", recursive=True)
+        client = InsecureClient(s.webhdfs_address, user=s.hdfs_user_name, timeout=s.connect_timeout_s)
+        client.delete(f"/tmp/{name}", recursive=True)
     except Exception as exc:  # noqa: BLE001 (left behind, said so: the training's names are its own)
         log.warning("could not remove the stopped AOT training's topic %s or HDFS folder /tmp/%s: %s", name, name,
                     exc)

@@ -89,6 +89,8 @@ def write_configs(s: Settings, lay: Layout) -> None:
         "dfs.datanode.address": f"{h}:{s.datanode_data_port}",
         "dfs.datanode.http.address": f"{h}:{s.datanode_http_port}",
         "dfs.datanode.ipc.address": f"{h}:{s.datanode_ipc_port}",
+        # not started (dfs.http.policy is HTTP_ONLY), but were it turned on: loopback, not Hadoop's 0.0.0.0:9865
+        "dfs.datanode.https.address": f"{h}:{s.datanode_http_port + 1}",
         "dfs.datanode.hostname": h,
         "dfs.webhdfs.enabled": "true",
         "dfs.namenode.safemode.extension": "0",

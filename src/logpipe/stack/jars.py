@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import shlex
 import shutil
 import subprocess
 from importlib import resources
@@ -35,6 +36,10 @@ def pom_path(name: str) -> Path:
 COPY_DEPENDENCIES_GOAL = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
 
 
+MVN_LOCK = ".mvn.lock"  # one lock for every classpath under a jars folder (resolve)
+MVN_TIMEOUT_S = 30 * 60  # one mvn run; a first run downloads ~380 MB of jars and Maven's own plugins
+
+
 def _digest(pom: Path) -> str:
     return hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
 
@@ -48,9 +53,11 @@ def is_resolved(name: str, jars_root: Path) -> bool:
 def resolve(name: str, jars_root: Path) -> Path:
     """The folder holding the jars of classpath `name`, resolving them with `mvn` the first time.
 
-    A marker with the pom's digest makes this a no-op until the pom changes. An exclusive flock on
-    <jars_root>/.<name>.lock makes concurrent callers (`stack up`, a Spark session) wait for one another's mvn run
-    instead of deleting each other's jars.
+    A marker with the pom's digest makes this a no-op until the pom changes. One exclusive flock on
+    <jars_root>/.mvn.lock for every classpath makes concurrent callers into one jars folder (`stack up` in the
+    background, a test's Spark session) wait for one another's mvn run: they would otherwise delete each other's
+    jars, or, on a fresh machine, download the same plugins and poms into ~/.m2 at once (Maven 3.8 does not lock
+    its local repository).
     """
     pom = pom_path(name)
     target = jars_root / name
@@ -59,11 +66,13 @@ def resolve(name: str, jars_root: Path) -> Path:
     if marker.is_file() and marker.read_text().strip() == digest:
         return target
     jars_root.mkdir(parents=True, exist_ok=True)
-    with (jars_root / f".{name}.lock").open("a") as lock:
+    with (jars_root / MVN_LOCK).open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.warning("waiting for another process resolving the %s jars into %s ...", name, target)
+            log.warning("waiting for another process running Maven into %s (seconds once ~/.m2 holds the jars, "
+                        "minutes on a first run; logpipe stops a run after %d s) before resolving the %s jars ...",
+                        jars_root, MVN_TIMEOUT_S, name)
             fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.is_file() and marker.read_text().strip() == digest:  # the other process did it
             return target
@@ -83,7 +92,13 @@ def _resolve_locked(name: str, pom: Path, target: Path, marker: Path, digest: st
     if not CLASSPATHS[name][1]:
         cmd.append("-DexcludeTransitive=true")
     log.info("resolving %s jars with Maven (first time only) ...", name)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MVN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        watch = shlex.join(c for c in cmd if c != "-q")
+        raise StackError(f"resolving the {name} jars took over {MVN_TIMEOUT_S:,} s (pom: {pom}): Maven "
+                         "Central, or a mirror in ~/.m2/settings.xml, answers too slowly or not at all. Run "
+                         f"`{watch}` to watch what it waits for.") from None
     if proc.returncode != 0:
         out = (proc.stdout + proc.stderr).strip().splitlines()
         tail = "\n".join(out[-15:])

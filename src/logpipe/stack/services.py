@@ -95,7 +95,14 @@ def _record_pid(lay: Layout, svc: Service, pid: int) -> None:
 
 
 def _is_ours(lay: Layout, svc: Service, cmd: list[str]) -> bool:
+    """cmd runs svc's main class from this run folder: the service, or its one-off storage format (_is_format)."""
     return svc.main_class in cmd and _names_run_dir(cmd, lay.root)
+
+
+def _is_format(svc: Service, cmd: list[str]) -> bool:
+    """cmd is svc's one-off storage format (`NameNode -format`), e.g. left running by a killed `stack up`: stopped
+    with the service, never taken for it (it opens no port)."""
+    return "-format" in cmd[cmd.index(svc.main_class) + 1:] if svc.main_class in cmd else False
 
 
 def running_pid(lay: Layout, svc: Service) -> int | None:
@@ -121,16 +128,27 @@ def running_pid(lay: Layout, svc: Service) -> int | None:
     return pid if _is_ours(lay, svc, cmd) else None
 
 
-def unrecorded_pids(lay: Layout, svc: Service) -> list[int]:
+def unrecorded_pids(lay: Layout, svc: Service, *, formats: bool = False) -> list[int]:
     """Processes that run svc's main class from this run folder but are not the recorded pid: its pid record was
-    lost, or no longer matches (written by an older logpipe before the wall clock was stepped)."""
+    lost, or no longer matches (written by an older logpipe before the wall clock was stepped). With `formats`,
+    also a storage format of svc's left running (which is never the service itself)."""
+    return [pid for pid, is_format in _unrecorded(lay, svc) if formats or not is_format]
+
+
+def format_pids(lay: Layout, svc: Service) -> list[int]:
+    """Storage formats of svc (`NameNode -format`) running from this run folder: left by a killed `stack up`."""
+    return [pid for pid, is_format in _unrecorded(lay, svc) if is_format]
+
+
+def _unrecorded(lay: Layout, svc: Service) -> list[tuple[int, bool]]:
+    """(pid, is a storage format) of each process of svc from this run folder but the recorded one."""
     recorded = running_pid(lay, svc)
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if proc.pid != recorded and proc.status() != psutil.STATUS_ZOMBIE \
-                    and _is_ours(lay, svc, proc.info["cmdline"] or []):
-                found.append(proc.pid)
+            cmd = proc.info["cmdline"] or []
+            if proc.pid != recorded and proc.status() != psutil.STATUS_ZOMBIE and _is_ours(lay, svc, cmd):
+                found.append((proc.pid, _is_format(svc, cmd)))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
@@ -180,11 +198,19 @@ def _port_owner(port: int) -> str:
     return "another process"
 
 
+FORMAT_TIMEOUT_S = 300  # a storage format takes seconds; one that hangs (a locked storage) is stopped
+
+
 def _run_once(cmd: list[str], log_path: Path, what: str) -> None:
     """Run a one-off Java tool (a storage format) into its log; StackError with the log's tail if it fails."""
     rotate_log(log_path)
     with log_path.open("a") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  timeout=FORMAT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise StackError(f"{what} did not end in {FORMAT_TIMEOUT_S} s (stopped). Last lines of {log_path}:\n"
+                             f"{_log_tail(log_path)}") from None
     if proc.returncode != 0:
         raise StackError(f"{what} failed (exit {proc.returncode}). Last lines of {log_path}:\n{_log_tail(log_path)}")
 
@@ -326,6 +352,10 @@ def _up(s: Settings, progress: Callable[[str], None]) -> list[dict]:
         if conf in changed and running_pid(lay, svc):  # e.g. a newer logpipe changed a broker setting
             log.warning("%s runs with an older configuration than %s now holds: `logpipe stack down` then "
                         "`logpipe stack up` applies it (data kept)", svc.name, lay.conf / conf)
+    for svc in services(s, lay):  # a format a killed `stack up` left running would hold the storage's lock
+        for pid in format_pids(lay, svc):
+            log.warning("stopping the storage format of %s a stopped `stack up` left running (pid %d)", svc.name, pid)
+            _stop_pid(pid, 30.0)
     _format_if_needed(lay, java)
     for svc in services(s, lay):
         t = time.monotonic()
@@ -421,17 +451,20 @@ def _service(s: Settings, lay: Layout, name: str) -> Service:
 
 
 def stop_service(s: Settings, name: str, *, kill: bool = False, timeout: float = 30.0) -> bool:
-    """Stop one service we started (SIGTERM, or SIGKILL with kill=True) and wait until its process has ended.
-    True if it was running."""
+    """Stop one service we started (SIGTERM, or SIGKILL with kill=True) and wait until its process has ended:
+    the recorded pid and any other instance running from this run folder. True if one was running."""
     lay = Layout(s.run_dir)
     svc = _service(s, lay, name)
     with stack_lock(s.run_dir, f"stop {name}"):
-        pids = [pid] if (pid := running_pid(lay, svc)) else unrecorded_pids(lay, svc)
+        pid = running_pid(lay, svc)
+        strays = unrecorded_pids(lay, svc, formats=True)
+        pids = ([pid] if pid else []) + strays
         if not pids:
             return False
-        if pid is None:
-            log.warning("%s runs from %s as pid %s, which its pid record did not name (lost, or written before the "
-                        "wall clock was stepped): stopping it", name, lay.root, ", ".join(map(str, pids)))
+        if strays:
+            log.warning("%s runs from %s as pid %s, which its pid record did not name (lost, written before the "
+                        "wall clock was stepped, a second start, or a storage format a killed `stack up` left): "
+                        "stopping it", name, lay.root, ", ".join(map(str, strays)))
         for p in pids:
             _stop_pid(p, timeout, kill=kill)
         lay.pid_file(name).unlink(missing_ok=True)
@@ -486,7 +519,8 @@ def start_service(s: Settings, name: str) -> int:
 
 
 def down(s: Settings, wipe: bool = False, progress: Callable[[str], None] = print) -> None:
-    """Stop the services we started (reverse order), by recorded pid. wipe=True also deletes their data."""
+    """Stop the services we started (reverse order): the recorded pids, and any other process of theirs running
+    from this run folder (stop_service). wipe=True also deletes their data."""
     with stack_lock(s.run_dir, "stack down"):
         _down(s, wipe, progress)
 
@@ -502,7 +536,7 @@ def _down(s: Settings, wipe: bool, progress: Callable[[str], None]) -> None:
             progress(f"{svc.name:9s} stopped")
         else:
             progress(f"{svc.name:9s} was not running")
-    left = {svc.name: pids for svc in services(s, lay) if (pids := unrecorded_pids(lay, svc))}
+    left = {svc.name: pids for svc in services(s, lay) if (pids := unrecorded_pids(lay, svc, formats=True))}
     if wipe and left:
         raise StackError(f"not wiping {lay.data}: {left} still run{'s' if len(left) == 1 else ''} from it")
     # only the services' own folders: a run folder set to a folder that holds other things (LOGPIPE_RUN_DIR=. in

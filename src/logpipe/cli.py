@@ -150,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _option_of(parser: argparse.ArgumentParser, command: str, dest: str) -> str | None:
+    """The flag of `command` (or of a command under it) that sets `dest` (`produce --client` sets
+    producer_client), or None."""
+    def walk(p: argparse.ArgumentParser) -> str | None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found = next((f for sub in action.choices.values() if (f := walk(sub))), None)
+                if found:
+                    return found
+            elif action.dest == dest and action.option_strings:
+                return max(action.option_strings, key=len)
+        return None
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return walk(sub.choices[command])
+
+
 def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
     """`-v` after a command too (`logpipe health kafka -v`), where users put it: every (sub)command takes it. Its
     default is left out, so a command's parser does not reset a `-v` given before the command's name."""
@@ -179,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             if not name:  # a rule across settings (e.g. slide <= window): the message names them
                 print(f"logpipe: invalid settings: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
                 continue
-            flag = f"flag --{name.replace('_', '-')} or " if name in vars(args) else ""  # this command's flags only
+            option = _option_of(parser, args.command, name) if name in vars(args) else None  # this command's
+            flag = f"flag {option} or " if option else ""
             print(f"logpipe: invalid setting {name} = {err.get('input')!r} ({flag}LOGPIPE_{name.upper()}): "
                   f"{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2

@@ -170,6 +170,22 @@ def _one_fffd_per_run(text: str) -> str:
     return re.sub("\ufffd+", "\ufffd", text)
 
 
+def assert_windows_exact(s: Settings, exp: dict) -> None:
+    """Both window tables hold each (window, key) once, with the count of the independent computation `exp`."""
+    from logpipe.results import load_table
+
+    for table, key, counter in (("windows/by_host", "host", exp["by_host"]),
+                                ("windows/by_status", "http_response", exp["by_status"])):
+        got = load_table(s, table)
+        assert sorted(got.columns) == sorted(["window_start", "window_end", key, "count", "date"]), table
+        # in a folder per day (root_layout.TABLE_PARTITIONS): that of the window's start, in UTC
+        assert (got["date"].astype(str) == got["window_start"].dt.strftime("%Y-%m-%d")).all(), table
+        assert not got.duplicated(["window_start", key]).any(), f"{table}: a (window, key) written twice"
+        assert (_epoch(got["window_end"]) == [x + WINDOW_S for x in _epoch(got["window_start"])])
+        got_counts = {(st, k): int(c) for st, k, c in zip(_epoch(got["window_start"]), got[key], got["count"])}
+        assert got_counts == dict(counter), table
+
+
 def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool = False,
                   late_lines: int = LATE_LINES) -> None:
     from logpipe.results import load_table
@@ -233,17 +249,7 @@ def check_results(s: Settings, sent: Sent, metrics: dict, *, request_parts: bool
             got = str(events[name].dtype)
             assert got.startswith("datetime64") if typ == "TIMESTAMP" else got == {"STRING": "object",
                                                                                    "INT": "int32"}[typ], (name, got)
-    # windows: each (window, key) once, equal to the independent computation
-    for table, key, counter in (("windows/by_host", "host", exp["by_host"]),
-                                ("windows/by_status", "http_response", exp["by_status"])):
-        got = load_table(s, table)
-        assert sorted(got.columns) == sorted(["window_start", "window_end", key, "count", "date"]), table
-        # in a folder per day (root_layout.TABLE_PARTITIONS): that of the window's start, in UTC
-        assert (got["date"].astype(str) == got["window_start"].dt.strftime("%Y-%m-%d")).all(), table
-        assert not got.duplicated(["window_start", key]).any(), f"{table}: a (window, key) written twice"
-        assert (_epoch(got["window_end"]) == [x + WINDOW_S for x in _epoch(got["window_start"])])
-        got_counts = {(st, k): int(c) for st, k, c in zip(_epoch(got["window_start"]), got[key], got["count"])}
-        assert got_counts == dict(counter), table
+    assert_windows_exact(s, exp)
     # alerts: the rules over the final counts, each (rule, key, window) exactly once on HDFS and in Kafka. The
     # rules are applied here as the README states them, not with logpipe.rules (which the job uses): a host at or
     # over the ceiling in a window; a failed status (>= 400) at or over the surge's count and share of the window
@@ -416,8 +422,14 @@ def test_alerts_the_topic_refuses_leave_the_results_whole_and_go_once_it_takes_t
     metrics = json.loads(webhdfs_fs(s).cat(s.hdfs_path("_metrics", "latest.json")))
     assert metrics["lines"] == len(lines) and metrics["batches"] >= 3, metrics  # every batch went on
     assert metrics["alerts_unsent"] in last
-    alerts = load_table(s, "alerts", ["alert_id", "key"])
+    alerts = load_table(s, "alerts", ["alert_id", "rule", "key", "window_start"])
     assert rate_host in set(alerts["key"]) and not read_topic(s, s.alerts_topic)
+    # whole: the windows as the independent computation counts them, and the rate-limit alerts its counts call for
+    late = load_table(s, "late", ["off"])
+    exp = expected([(i, line) for i, line in enumerate(lines)], {int(x) for x in late["off"]})
+    assert_windows_exact(s, exp)
+    assert ({(k, st) for r, k, st in zip(alerts["rule"], alerts["key"], _epoch(alerts["window_start"]))
+             if r == RATE_LIMIT} == {(host, st) for (st, host), n in exp["by_host"].items() if n >= 50})
 
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_address)
     try:

@@ -72,6 +72,13 @@ def test_a_bad_value_is_one_clear_line_and_exit_2(monkeypatch, capsys):
     monkeypatch.setenv("LOGPIPE_TRIGGER_INTERVAL", "soon")
     assert main(["stack", "status"]) == 2
     assert "'500 milliseconds'" in capsys.readouterr().err  # the examples show every form it takes
+    # a flag whose name is not the setting's: `produce --client` sets producer_client (no --producer-client)
+    monkeypatch.delenv("LOGPIPE_TRIGGER_INTERVAL")
+    monkeypatch.setenv("LOGPIPE_PRODUCER_CLIENT", "fastest")
+    assert main(["produce", "/dev/null"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("logpipe: invalid setting producer_client = 'fastest' (flag --client or "
+                          "LOGPIPE_PRODUCER_CLIENT): "), err
 
 
 def test_a_misspelt_logpipe_variable_is_warned_about_not_ignored_silently(monkeypatch, capsys):

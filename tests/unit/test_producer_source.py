@@ -1698,3 +1698,29 @@ def test_a_followed_log_cut_to_a_shorter_size_says_its_lines_are_sent_twice(tmp_
     warned = [r.getMessage() for r in caplog.records if "counted twice" in r.getMessage()]
     assert len(warned) == 1 and "its end was cut off (11000 bytes had been read and sent" in warned[0], caplog.text
     source.close()
+
+
+def test_a_start_that_fails_while_placing_the_cursor_leaves_no_file_open(tmp_path, monkeypatch):
+    """The position store may refuse a save while the start places the cursor (a folder that cannot be written):
+    the error reaches the user, and the log (opened by the caller's check or by open()) is closed, not leaked."""
+    from logpipe.producer.position import PositionFolderError
+    from logpipe.producer.source import check_log
+
+    log = tmp_path / "live.log"
+    log.write_bytes(b"one\ntwo\n")
+    store = PositionStore(tmp_path / "pos", "t")
+
+    def refused(*args, **kwargs):
+        raise PositionFolderError("the folder of the saved positions cannot be written")
+
+    for checked in (None, check_log(log)):
+        before = set(os.listdir("/proc/self/fd"))
+        source = LogSource(str(log), store)
+        monkeypatch.setattr(source, "_resume", refused)
+        with pytest.raises(PositionFolderError):
+            source.open(checked)
+        left = set(os.listdir("/proc/self/fd")) - before
+        assert not left, left
+        if checked is not None:
+            with pytest.raises(OSError):
+                os.fstat(checked.fd)  # closed (no other file was opened since to take its number)

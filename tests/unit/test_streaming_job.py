@@ -433,8 +433,9 @@ def test_a_start_reads_the_alerts_of_the_days_that_can_hold_open_windows_only(lo
         root / "alerts" / "date=2004-05-17" / "b0000000000-00000.parquet")
     job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
     job.root = root.as_uri()
-    with pytest.raises(Exception, match="(?i)parquet"):
+    with pytest.raises(Exception, match="(?i)parquet") as info:
         job._emitted()
+    assert "date=2004-05-17/b0000000000-00000.parquet" in str(info.value)  # that file, not another error
 
 
 def test_a_run_that_lost_its_lease_removes_nothing_when_it_recovers(local_spark, tmp_path):
@@ -512,6 +513,58 @@ def test_a_run_that_lost_its_lease_during_a_batch_moves_nothing_into_the_tables(
         assert [f for f in files if f.endswith(".parquet") and "/_staging/" not in f] == [], files
         assert not [f for f in files if f.startswith("_commits/ingest/")], files
         assert [f for f in files if f.startswith("events/_staging/b0000000000/") and f.endswith(".parquet")], files
+    finally:
+        paused._stop.set()
+        taker.release()
+
+
+def test_a_run_that_lost_its_lease_during_the_flush_writes_no_final_windows_nor_metrics(local_spark, tmp_path,
+                                                                                         monkeypatch):
+    """A run paused past its lease while it writes the windows still open as final (the end of `--until-done`)
+    would write them into a root another run now holds, which counts those windows on: rows twice. The flush's
+    fence stops it before anything is moved into the tables or marked, and the run's metrics are not written over
+    the new holder's."""
+    from pyspark.sql import functions as F
+
+    import logpipe.streaming.job as job_module
+    from logpipe import logformat as lf
+    from logpipe.config import Settings
+    from logpipe.streaming.commit import HadoopFs
+    from logpipe.streaming.job import StreamJob
+    from logpipe.streaming.lease import RootBusy, RootLease
+
+    root = tmp_path / "root"
+    s = Settings(hdfs_url="file://", hdfs_root=str(root))
+    job = StreamJob(local_spark, s)
+    fs = HadoopFs(local_spark, root.as_uri())
+    paused = RootLease(fs, root.as_uri(), host="host-a", pid=1, heartbeat_s=3600)  # it stops renewing
+    paused.acquire()
+    job.lease = paused
+    taker = RootLease(fs, root.as_uri(), host="host-b", pid=2, stale_s=1.0, heartbeat_s=3600)
+    lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, sec), "GET / HTTP/1.0", 200, 1) for sec in range(5)]
+    rows = [(f"lp:app.log:{i * 100}".encode(), v.encode(), 0, i) for i, v in enumerate(lines)]
+    records = (local_spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
+               .withColumn("topic", F.lit(s.topic)))
+    real_commit = job_module.commit_batch
+
+    def take_the_root_then_commit(spark, root_uri, query, *args, **kwargs):
+        if query == "flush":
+            taker.acquire()  # the pause: after the flush's first check, before its files are moved
+        return real_commit(spark, root_uri, query, *args, **kwargs)
+
+    try:
+        job._batch(records, 0)
+        assert job._committed()[0]["open_window_rows"] > 0  # windows left open for the flush
+        monkeypatch.setattr(job_module, "commit_batch", take_the_root_then_commit)
+        with pytest.raises(RootBusy, match="lost its lease .*now held by process 2 on host-b"):
+            job.flush_open_windows()
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        assert not [f for f in files if f.startswith("windows/") and "/_staging/" not in f
+                    and f.rsplit("/", 1)[-1].startswith("f")], files
+        assert not [f for f in files if f.startswith("_commits/flush/")], files
+        with pytest.raises(RootBusy):
+            job.write_run_metrics({"status": "done"})
+        assert not (root / "_metrics" / "latest.json").exists()
     finally:
         paused._stop.set()
         taker.release()

@@ -175,6 +175,30 @@ def test_good_lines_parse_identically(local_spark):
         assert g == _reference(raw), raw
 
 
+def test_the_jvm_parse_gives_the_fields_written_here_by_hand(local_spark):
+    """The job's parse and verify's recount share logformat's patterns, so their agreement cannot catch a wrong
+    rule in both (a field taken from the wrong group, a zone offset applied the wrong way): these lines' fields
+    are written here by hand, in UTC."""
+    from datetime import datetime
+
+    lines = {
+        b'168.178.113.108 - - [2004-05-18 05:58:48] "GET /Archives/edgar/data/0001439124/ HTTP/1.0" 500 14101':
+            ("168.178.113.108", datetime(2004, 5, 18, 5, 58, 48), "GET /Archives/edgar/data/0001439124/ HTTP/1.0",
+             500, 14101, "GET", "/Archives/edgar/data/0001439124/", "HTTP/1.0"),
+        b'127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326':  # 7 h behind UTC
+            ("127.0.0.1", datetime(2000, 10, 10, 20, 55, 36), "GET /apache_pb.gif HTTP/1.0", 200, 2326, "GET",
+             "/apache_pb.gif", "HTTP/1.0"),
+        b'10.0.0.2 - - [31/Dec/2003:23:30:00 +0530] "POST /login HTTP/1.1" 401 12 "http://r.example/" "curl/8"':
+            ("10.0.0.2", datetime(2003, 12, 31, 18, 0, 0), "POST /login HTTP/1.1", 401, 12, "POST", "/login",
+             "HTTP/1.1"),
+        b'2001:db8::7 - - [2004-05-18 00:00:00] "HEAD / HTTP/2.0" 404 -':  # no body: 0 bytes
+            ("2001:db8::7", datetime(2004, 5, 18, 0, 0, 0), "HEAD / HTTP/2.0", 404, 0, "HEAD", "/", "HTTP/2.0"),
+    }
+    got = _spark_parse(local_spark, list(lines))
+    assert [g[1:] for g in got] == list(lines.values())
+    assert all(g[0] is None for g in got), got
+
+
 def test_bad_lines_quarantined_with_the_same_reason(local_spark):
     got = _spark_parse(local_spark, BAD)
     assert len(got) == len(BAD), "a line was dropped or added by the parse"

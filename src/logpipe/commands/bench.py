@@ -10,6 +10,7 @@ from pathlib import Path
 
 from logpipe.cli import (add_setting_flags, exit_on_termination, output_file_problem, settings_from_args,
                          size_bytes)
+from logpipe.config import PRODUCER_CLIENTS
 
 log = logging.getLogger("logpipe.bench")
 
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark generate -> produce -> stream -> verify at one or more log sizes")
     p.add_argument("--size", default="2.5GB", type=_sizes,
                    help="log size(s) in decimal units, comma-separated, e.g. 250MB,1GB,2.5GB (default 2.5GB)")
-    p.add_argument("--client", choices=["kafka-python", "confluent"], default="confluent",
+    p.add_argument("--client", choices=PRODUCER_CLIENTS, default="confluent",
                    help="the producer's Kafka client (default confluent, whatever LOGPIPE_PRODUCER_CLIENT says)")
     p.add_argument("--seed", type=int, default=1, help="the generated logs' seed (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=Path("data"),

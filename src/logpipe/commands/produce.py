@@ -9,10 +9,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import get_args
 
 from logpipe.cli import add_setting_flags, settings_from_args
-from logpipe.config import Settings
+from logpipe.config import PRODUCER_CLIENTS, Settings
 from logpipe.stopping import set_from_handler
 
 
@@ -25,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "not exist yet")
     p.add_argument("--reset", action="store_true", help="ignore the saved position and send the file again")
     client = Settings.model_fields["producer_client"]
-    p.add_argument("--client", dest="producer_client", choices=get_args(client.annotation), default=None,
+    p.add_argument("--client", dest="producer_client", choices=PRODUCER_CLIENTS, default=None,
                    help=f"{client.description} (default: {client.default}) [env LOGPIPE_PRODUCER_CLIENT]")
     add_setting_flags(p, "topic", "speed", "compression", "batch_size", "linger_ms", "topic_partitions",
                       "max_message_bytes", "producer_state_dir")

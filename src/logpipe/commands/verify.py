@@ -200,6 +200,7 @@ def mismatch_examples(r: "VerifyReport") -> list[str]:
 def input_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the files given (the log, the truth file, the report's path), or None: each is checked
     before anything else, so a typo is said at once."""
+    from logpipe.generator import truth_path
     from logpipe.producer.source import compression_of
     from logpipe.verify import TruthFileError, load_truth
 
@@ -218,7 +219,7 @@ def input_problem(args: argparse.Namespace) -> str | None:
                     f"--log <({DECOMPRESS_TO_STDOUT[kind]} {args.log})")
     if args.truth is not None and not args.truth.is_file():
         return f"no such truth file: {args.truth}"
-    truth = args.truth or args.log.with_name(args.log.name + ".truth.json")
+    truth = args.truth or truth_path(args.log)
     try:
         if truth.is_file():
             load_truth(truth)

@@ -376,7 +376,15 @@ class LogSource:
         """Open the file (raises InputFileError), or take the one `checked` (which this source then owns), and
         place the cursor at the saved position."""
         fd, st = (checked.fd, checked.st) if checked else open_log(self.path)
-        self.current = self._resume(self.path, fd, st, from_copy=True, first_seen=checked)
+        try:
+            self.current = self._resume(self.path, fd, st, from_copy=True, first_seen=checked)
+        except BaseException:  # e.g. the position store refuses a save: the log and any copy queued are closed
+            self.close()
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            raise
         if checked:
             self.current.opened_at = self.current.path_seen_at = checked.at
         self.backlog_bytes = sum(max(0, copy.size() - copy.read_pos) for copy in self.copies)

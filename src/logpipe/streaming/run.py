@@ -135,11 +135,11 @@ def make_alerts_topic(s: Settings) -> None:
                     "does not exist", s.alerts_topic, exc)
 
 
-# what a root holds before the job's first run wrote its record: the lease (under _commits/), Spark's checkpoints,
-# the demo's mark of the log it replays, the batch reference's tables (`python -m logpipe.streaming.batch`)
 # how long a run waits, after its query stopped, for a micro-batch callback the stop left running (it still renames
 # its files and writes its marker) before it writes the run's metrics and releases the lease
 CALLBACK_WAIT_S = 30.0
+# what a root holds before the job's first run wrote its record: the lease (under _commits/), Spark's checkpoints,
+# the demo's mark of the log it replays, the batch reference's tables (`python -m logpipe.streaming.batch`)
 ROOT_ENTRIES_BEFORE_THE_RECORD = frozenset({"_commits", "_checkpoints", "_source.json", "_batch_reference"})
 
 
@@ -268,7 +268,7 @@ def run_stream(s: Settings, *, until_done: bool, until_idle_s: float | None = No
         stop: StopSignal | None = None
         try:  # from here on the finally below releases the lease and stops Spark, whatever fails or interrupts
             ends = TopicEnds(s, s.topic)  # connects on its first read, in the poller's thread
-            quiet = poller = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
+            poller = quiet = TopicQuiet(s.topic, ends.read, on_exit=ends.close).start()  # the thread closes its consumer
             spark.streams.addListener(_listener(job, lambda: poller.ends))
             t0 = time.monotonic()
             stop = StopSignal()

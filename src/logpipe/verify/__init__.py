@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from logpipe.config import Settings
+from logpipe.generator import truth_path as truth_file_of
 from logpipe.producer.source import LINE_CAP_BYTES
 from logpipe.results import committed_accounting, load_arrow, webhdfs_fs
 from logpipe.root_record import RUN_SETTINGS
@@ -100,7 +101,7 @@ def verify_run(s: Settings, log_path: Path, truth_path: Path | None = None, *, s
     t0 = time.monotonic()
     size_s, slide_s = duration_seconds(s.window), duration_seconds(s.slide)
 
-    tp = truth_path or log_path.with_name(log_path.name + ".truth.json")
+    tp = truth_path or truth_file_of(log_path)
     truth_data = load_truth(tp) if truth_path is not None or tp.exists() else None  # before the recount
 
     fs = fs or webhdfs_fs(s)

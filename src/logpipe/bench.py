@@ -246,6 +246,22 @@ def count_lines(path: Path) -> int:
     return n + (last != b"\n")
 
 
+def batch_reference_problem(batch: dict[str, Any], report: dict[str, Any]) -> str | None:
+    """What makes the batch reference's figures not those of the log, or None: its parsed lines and the rows of
+    its two window tables against verify's recount of the same log (`report`; the rows only when verify excluded
+    no late line, which the reference counts). A fast reference that counted wrong would flatter the stream's
+    ratio in the other direction: it is a reference only if it did the work."""
+    problems = []
+    if batch["parsed"] != report["accounting"]["parsed"]:
+        problems.append(f"{batch['parsed']:,} lines parsed, the recount {report['accounting']['parsed']:,}")
+    if "window_rows" in batch and not report["accounting"].get("late_lines_excluded"):
+        for name in ("by_host", "by_status"):
+            want = report[f"windows_{name}"]["expected_rows"]
+            if batch["window_rows"][name] != want:
+                problems.append(f"{batch['window_rows'][name]:,} windows/{name} rows, the recount {want:,}")
+    return "; ".join(problems) or None
+
+
 def _require_report(report: Path, log_path: Path) -> None:
     """verify exits 1 on a mismatch and on a crash; only a mismatch leaves its report."""
     if not report.exists():
@@ -391,6 +407,10 @@ def _run_stages(s: Settings, run: BenchRun, client: str, env: dict[str, str], sa
         if batch_lines != lines:  # its rate is computed from the log's line count: it must have read them all
             raise BenchFailed(f"the batch reference read {batch_lines:,} lines, the log has {lines:,}")
     _verify_stage("verify", log_path, env, sampler, lines, run_dir, stages)
+    if reference and (problem := batch_reference_problem(json.loads((run_dir / "batch.json").read_text()),
+                                                         json.loads((run_dir / "verify.json").read_text()))):
+        raise BenchFailed(f"the batch reference's results are not the log's: {problem} ({run_dir / 'batch.json'}, "
+                          f"{run_dir / 'verify.json'}): its rate says nothing")
     if not pipeline:
         return lines, e2e_seq, e2e_seq
     penv = {**env, "LOGPIPE_TOPIC": run.topic + "-pipeline", "LOGPIPE_ALERTS_TOPIC": run.topic + "-pipeline-alerts",

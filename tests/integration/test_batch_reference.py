@@ -56,4 +56,5 @@ def test_the_batch_reference_counts_the_windows_verify_counts(stack: Settings, u
         want = {(int(w), int(k) if key == "http_response" else k, int(n))
                 for w, k, n in zip(frame["window_start"], frame[key], frame["count"])}
         assert got == want, (table, sorted(got ^ want)[:10])
+        assert result["window_rows"][table] == len(got)  # what `bench` holds against verify's recount
         assert len(want) > 1000 if key == "host" else len(want) > 50

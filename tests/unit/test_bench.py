@@ -310,3 +310,21 @@ def test_the_rows_a_bench_appends_do_not_mark_the_next_run_dirty(tmp_path, monke
     assert not bench.versions()["commit"].endswith("(dirty)")
     (repo / "src/code.py").write_text("2\n")
     assert bench.versions()["commit"].endswith("(dirty)")
+
+
+def test_the_batch_reference_counts_as_one_only_with_the_recounts_figures():
+    """The batch reference's rate is held against the stream's: one that parsed other lines or wrote other window
+    rows than verify's recount of the same log is no reference (bench fails); rows are compared only when verify
+    excluded no late line (the reference has no watermark)."""
+    from logpipe.bench import batch_reference_problem
+
+    report = {"accounting": {"parsed": 1_000, "late_lines_excluded": 0},
+              "windows_by_host": {"expected_rows": 700}, "windows_by_status": {"expected_rows": 90}}
+    same = {"parsed": 1_000, "window_rows": {"by_host": 700, "by_status": 90}}
+    assert batch_reference_problem(same, report) is None
+    assert batch_reference_problem({**same, "parsed": 999}, report) == "999 lines parsed, the recount 1,000"
+    fewer = {**same, "window_rows": {"by_host": 700, "by_status": 89}}
+    assert batch_reference_problem(fewer, report) == "89 windows/by_status rows, the recount 90"
+    late = {**report, "accounting": {"parsed": 1_000, "late_lines_excluded": 3}}
+    assert batch_reference_problem(fewer, late) is None  # the recount left late lines out; the reference did not
+    assert batch_reference_problem({"parsed": 1_000}, report) is None  # a batch.json of before the rows were written

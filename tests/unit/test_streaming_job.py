@@ -472,28 +472,47 @@ def test_a_run_that_lost_its_lease_removes_nothing_when_it_recovers(local_spark,
         taker.release()
 
 
+def _job_whose_lease_another_run_can_take(local_spark, tmp_path):
+    """(job, root folder, its lease, another host's lease): the job's lease is never renewed (a paused run), and
+    the other's acquire() takes the root over after watching it for 1 s."""
+    from logpipe.config import Settings
+    from logpipe.streaming.commit import HadoopFs
+    from logpipe.streaming.job import StreamJob
+    from logpipe.streaming.lease import RootLease
+
+    root = tmp_path / "root"
+    job = StreamJob(local_spark, Settings(hdfs_url="file://", hdfs_root=str(root)))
+    fs = HadoopFs(local_spark, root.as_uri())
+    paused = RootLease(fs, root.as_uri(), host="host-a", pid=1, heartbeat_s=3600)  # it stops renewing
+    paused.acquire()
+    job.lease = paused
+    taker = RootLease(fs, root.as_uri(), host="host-b", pid=2, stale_s=1.0, heartbeat_s=3600)
+    return job, root, paused, taker
+
+
+def _five_lines_at_06_00(local_spark, s, *more: str):
+    """Kafka records of one host's five lines at 2004-05-18 06:00:00-04 (then `more` lines), keyed by position."""
+    from pyspark.sql import functions as F
+
+    from logpipe import logformat as lf
+
+    lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, sec), "GET / HTTP/1.0", 200, 1)
+             for sec in range(5)] + list(more)
+    rows = [(f"lp:app.log:{i * 100}".encode(), v.encode(), 0, i) for i, v in enumerate(lines)]
+    return (local_spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
+            .withColumn("topic", F.lit(s.topic)))
+
+
 def test_a_run_that_lost_its_lease_during_a_batch_moves_nothing_into_the_tables(local_spark, tmp_path,
                                                                                 monkeypatch):
     """A run paused past its lease's stale time in the middle of a batch (another host's run took the root over and
     runs that batch again under the same tag) wrote its files into the tables and deleted the batch's staging
     folder before its marker's check stopped it. The commit's fence stops it before anything is moved or removed:
     no table file, no pending marker, and the staged events are left to the run that holds the root."""
-    from pyspark.sql import functions as F
+    from logpipe.streaming.job import MicroBatch
+    from logpipe.streaming.lease import RootBusy
 
-    from logpipe import logformat as lf
-    from logpipe.config import Settings
-    from logpipe.streaming.commit import HadoopFs
-    from logpipe.streaming.job import MicroBatch, StreamJob
-    from logpipe.streaming.lease import RootBusy, RootLease
-
-    root = tmp_path / "root"
-    s = Settings(hdfs_url="file://", hdfs_root=str(root))
-    job = StreamJob(local_spark, s)
-    fs = HadoopFs(local_spark, root.as_uri())
-    paused = RootLease(fs, root.as_uri(), host="host-a", pid=1, heartbeat_s=3600)  # it stops renewing
-    paused.acquire()
-    job.lease = paused
-    taker = RootLease(fs, root.as_uri(), host="host-b", pid=2, stale_s=1.0, heartbeat_s=3600)
+    job, root, paused, taker = _job_whose_lease_another_run_can_take(local_spark, tmp_path)
     counted = MicroBatch.count_windows
 
     def count_then_lose_the_root(mb, horizon):
@@ -501,11 +520,7 @@ def test_a_run_that_lost_its_lease_during_a_batch_moves_nothing_into_the_tables(
         taker.acquire()  # the pause: another run watched the lease for 1 s and took it over
 
     monkeypatch.setattr(MicroBatch, "count_windows", count_then_lose_the_root)
-    lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, sec), "GET / HTTP/1.0", 200, 1)
-             for sec in range(5)] + ["not a log line"]
-    rows = [(f"lp:app.log:{i * 100}".encode(), v.encode(), 0, i) for i, v in enumerate(lines)]
-    records = (local_spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
-               .withColumn("topic", F.lit(s.topic)))
+    records = _five_lines_at_06_00(local_spark, job.s, "not a log line")
     try:
         with pytest.raises(RootBusy, match="lost its lease .*now held by process 2 on host-b"):
             job._batch(records, 0)
@@ -524,27 +539,11 @@ def test_a_run_that_lost_its_lease_during_the_flush_writes_no_final_windows_nor_
     would write them into a root another run now holds, which counts those windows on: rows twice. The flush's
     fence stops it before anything is moved into the tables or marked, and the run's metrics are not written over
     the new holder's."""
-    from pyspark.sql import functions as F
-
     import logpipe.streaming.job as job_module
-    from logpipe import logformat as lf
-    from logpipe.config import Settings
-    from logpipe.streaming.commit import HadoopFs
-    from logpipe.streaming.job import StreamJob
-    from logpipe.streaming.lease import RootBusy, RootLease
+    from logpipe.streaming.lease import RootBusy
 
-    root = tmp_path / "root"
-    s = Settings(hdfs_url="file://", hdfs_root=str(root))
-    job = StreamJob(local_spark, s)
-    fs = HadoopFs(local_spark, root.as_uri())
-    paused = RootLease(fs, root.as_uri(), host="host-a", pid=1, heartbeat_s=3600)  # it stops renewing
-    paused.acquire()
-    job.lease = paused
-    taker = RootLease(fs, root.as_uri(), host="host-b", pid=2, stale_s=1.0, heartbeat_s=3600)
-    lines = [lf.format_line("9.9.9.9", datetime(2004, 5, 18, 6, 0, sec), "GET / HTTP/1.0", 200, 1) for sec in range(5)]
-    rows = [(f"lp:app.log:{i * 100}".encode(), v.encode(), 0, i) for i, v in enumerate(lines)]
-    records = (local_spark.createDataFrame(rows, "key BINARY, value BINARY, partition INT, offset BIGINT")
-               .withColumn("topic", F.lit(s.topic)))
+    job, root, paused, taker = _job_whose_lease_another_run_can_take(local_spark, tmp_path)
+    records = _five_lines_at_06_00(local_spark, job.s)
     real_commit = job_module.commit_batch
 
     def take_the_root_then_commit(spark, root_uri, query, *args, **kwargs):
